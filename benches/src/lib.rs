@@ -1,0 +1,1 @@
+//! Benchmarks for Remora; see `benches/`.

@@ -1,0 +1,257 @@
+//! The ROCKETMQ binary header (serialize type 1).
+//!
+//! Layout: code `i16`, language `u8`, version `i16`, opaque `i32`, flag `i32`, remark (`i32` length +
+//! UTF-8; length 0 is no remark), extension block (`i32` length, then entries of `u16` key length,
+//! key, `i32` value length, value). Every length is checked against the header before it is used.
+//!
+//! Java-compatible readings: the code and version are 16 bits on the wire (wider values are
+//! truncated when encoding and sign-extended when decoding), an empty remark is written as no
+//! remark, extension entries with an empty value are dropped when decoding (Java reads them as
+//! null), and bytes after the extension block are ignored.
+
+use bytes::{BufMut, Bytes};
+
+use crate::command::{Command, ExtFields, HeaderStr, LanguageCode};
+use crate::error::{BinaryField, DecodeError, EncodeError};
+use crate::frame::Limits;
+
+const FIXED_LEN: usize = 13;
+
+/// Decodes a ROCKETMQ header into a command with an empty body.
+///
+/// Strings are zero-copy slices of `header`.
+pub fn decode_header(header: &Bytes, limits: &Limits) -> Result<Command, DecodeError> {
+    let mut r = Reader {
+        buf: header,
+        pos: 0,
+        end: header.len(),
+    };
+    let fixed = r.take(FIXED_LEN, BinaryField::Fixed)?;
+    let be16 = |i: usize| i16::from_be_bytes([fixed[i], fixed[i + 1]]);
+    let be32 = |i: usize| i32::from_be_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
+    let mut cmd = Command {
+        code: i32::from(be16(0)),
+        language: LanguageCode(fixed[2]),
+        version: i32::from(be16(3)),
+        opaque: be32(5),
+        flag: be32(9),
+        ..Command::request(0)
+    };
+    cmd.serialize_type = crate::SerializeType::RocketMq;
+
+    let remark_len = r.len_i32(BinaryField::RemarkLength)?;
+    if remark_len > 0 {
+        cmd.remark = Some(r.string(remark_len, BinaryField::Remark, limits)?);
+    }
+
+    let ext_len = r.len_i32(BinaryField::ExtLength)?;
+    let mut e = Reader {
+        buf: header,
+        pos: r.pos,
+        end: r.pos,
+    };
+    r.take(ext_len, BinaryField::Ext)?;
+    e.end = r.pos;
+    let mut ext = ExtFields::new();
+    while e.pos < e.end {
+        let key_len = e.take(2, BinaryField::ExtKeyLength)?;
+        let key_len = usize::from(u16::from_be_bytes([key_len[0], key_len[1]]));
+        let key = e.string(key_len, BinaryField::ExtKey, limits)?;
+        let value_len = e.len_i32(BinaryField::ExtValueLength)?;
+        let value = e.string(value_len, BinaryField::ExtValue, limits)?;
+        if value.is_empty() {
+            continue;
+        }
+        if ext.len() == limits.max_ext_fields {
+            return Err(DecodeError::TooManyExtFields {
+                max: limits.max_ext_fields,
+            });
+        }
+        ext.push(key, value);
+    }
+    cmd.ext_fields = ext;
+    Ok(cmd)
+}
+
+/// Reads `buf[pos..end]`; offsets in errors are positions in `buf` (the header).
+struct Reader<'a> {
+    buf: &'a Bytes,
+    pos: usize,
+    end: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, field: BinaryField) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.checked_add(n).filter(|&end| end <= self.end);
+        let Some(end) = end else {
+            return Err(DecodeError::BinaryOverrun {
+                field,
+                offset: self.pos,
+            });
+        };
+        let buf: &'a [u8] = self.buf;
+        let out = &buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn len_i32(&mut self, field: BinaryField) -> Result<usize, DecodeError> {
+        let at = self.pos;
+        let b = self.take(4, field)?;
+        usize::try_from(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            .map_err(|_| DecodeError::BinaryOverrun { field, offset: at })
+    }
+
+    fn string(
+        &mut self,
+        len: usize,
+        field: BinaryField,
+        limits: &Limits,
+    ) -> Result<HeaderStr, DecodeError> {
+        let at = self.pos;
+        if len > limits.max_string_len {
+            return Err(DecodeError::StringTooLong {
+                offset: at,
+                max: limits.max_string_len,
+            });
+        }
+        self.take(len, field)?;
+        HeaderStr::from_utf8(self.buf.slice(at..self.pos))
+            .map_err(|_| DecodeError::BinaryInvalidUtf8 { field, offset: at })
+    }
+}
+
+/// The exact length [`encode_header`] will write for `cmd`.
+pub fn header_len(cmd: &Command) -> Result<usize, EncodeError> {
+    Ok(FIXED_LEN + 4 + remark_len(cmd) + 4 + ext_len(cmd)?)
+}
+
+fn remark_len(cmd: &Command) -> usize {
+    cmd.remark.as_ref().map_or(0, |r| r.len())
+}
+
+fn ext_len(cmd: &Command) -> Result<usize, EncodeError> {
+    let mut n = 0;
+    for (k, v) in cmd.ext_fields.entries() {
+        if k.len() > usize::from(u16::MAX) {
+            return Err(EncodeError::ExtKeyTooLong { len: k.len() });
+        }
+        n += 2 + k.len() + 4 + v.len();
+    }
+    Ok(n)
+}
+
+/// Writes `cmd`'s header; exactly [`header_len`] bytes. The caller has checked [`header_len`]
+/// (lengths that fit the frame limit fit their fields).
+pub fn encode_header(cmd: &Command, dst: &mut impl BufMut) {
+    // Java truncates a code or version wider than 16 bits; so do we.
+    dst.put_i16(cmd.code as i16);
+    dst.put_u8(cmd.language.0);
+    dst.put_i16(cmd.version as i16);
+    dst.put_i32(cmd.opaque);
+    dst.put_i32(cmd.flag);
+    let remark = cmd.remark.as_deref().unwrap_or("");
+    dst.put_u32(remark.len() as u32);
+    dst.put_slice(remark.as_bytes());
+    let ext_len: usize = cmd
+        .ext_fields
+        .entries()
+        .iter()
+        .map(|(k, v)| 6 + k.len() + v.len())
+        .sum();
+    dst.put_u32(ext_len as u32);
+    for (k, v) in cmd.ext_fields.entries() {
+        dst.put_u16(k.len() as u16);
+        dst.put_slice(k.as_bytes());
+        dst.put_u32(v.len() as u32);
+        dst.put_slice(v.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use alloc::vec::Vec;
+
+    fn decode(b: &[u8]) -> Result<Command, DecodeError> {
+        decode_header(&Bytes::copy_from_slice(b), &Limits::default())
+    }
+
+    fn fixed() -> Vec<u8> {
+        vec![0, 10, 1, 1, 0x8f, 0, 0, 0, 1, 0, 0, 0, 0]
+    }
+
+    #[test]
+    fn round_trip_keeps_fields() {
+        let cmd = Command::request(310)
+            .with_opaque(-5)
+            .with_remark("说明")
+            .with_ext("a", "1")
+            .with_ext("", "empty key")
+            .with_serialize_type(crate::SerializeType::RocketMq);
+        let mut out = vec![];
+        encode_header(&cmd, &mut out);
+        assert_eq!(out.len(), header_len(&cmd).unwrap());
+        assert_eq!(decode(&out).unwrap(), cmd);
+    }
+
+    #[test]
+    fn negative_and_overrunning_lengths_are_rejected() {
+        let mut neg_remark = fixed();
+        neg_remark.extend_from_slice(&(-1i32).to_be_bytes());
+        assert_eq!(
+            decode(&neg_remark).unwrap_err(),
+            DecodeError::BinaryOverrun {
+                field: BinaryField::RemarkLength,
+                offset: 13
+            }
+        );
+        let mut neg_value = fixed();
+        neg_value.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 7, 0, 1, b'k', 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(
+            decode(&neg_value).unwrap_err(),
+            DecodeError::BinaryOverrun {
+                field: BinaryField::ExtValueLength,
+                offset: 24
+            }
+        );
+        let mut cut_value = fixed();
+        cut_value.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 9, 0, 1, b'k', 0, 0, 0, 5, b'v', b'v']);
+        assert_eq!(
+            decode(&cut_value).unwrap_err(),
+            DecodeError::BinaryOverrun {
+                field: BinaryField::ExtValue,
+                offset: 28
+            }
+        );
+        let mut bad_utf8 = fixed();
+        bad_utf8.extend_from_slice(&[0, 0, 0, 1, 0xff, 0, 0, 0, 0]);
+        assert_eq!(
+            decode(&bad_utf8).unwrap_err(),
+            DecodeError::BinaryInvalidUtf8 {
+                field: BinaryField::Remark,
+                offset: 17
+            }
+        );
+    }
+
+    #[test]
+    fn empty_values_are_dropped_and_limits_hold() {
+        let mut h = fixed();
+        h.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 14]);
+        h.extend_from_slice(&[0, 1, b'a', 0, 0, 0, 0]);
+        h.extend_from_slice(&[0, 1, b'b', 0, 0, 0, 0]);
+        assert!(decode(&h).unwrap().ext_fields.is_empty());
+        let limits = Limits {
+            max_string_len: 2,
+            ..Limits::default()
+        };
+        let mut long = fixed();
+        long.extend_from_slice(&[0, 0, 0, 3, b'a', b'b', b'c', 0, 0, 0, 0]);
+        assert_eq!(
+            decode_header(&Bytes::from(long), &limits).unwrap_err(),
+            DecodeError::StringTooLong { offset: 17, max: 2 }
+        );
+    }
+}

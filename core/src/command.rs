@@ -1,0 +1,525 @@
+//! The command model: what one remoting frame carries.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ops::Deref;
+
+use bytes::Bytes;
+
+/// Flag bit 0: the command is a response.
+pub const FLAG_RESPONSE: i32 = 1;
+/// Flag bit 1: the request is oneway; a server never answers it.
+pub const FLAG_ONEWAY: i32 = 1 << 1;
+
+/// The `version` Remora puts on the commands it builds: RocketMQ V5_3_3's release ordinal.
+pub const DEFAULT_VERSION: i32 = 479;
+
+/// How a frame's header is serialized (the high byte of the frame's marker word).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SerializeType {
+    /// JSON header (type byte 0), what every peer accepts.
+    #[default]
+    Json,
+    /// RocketMQ's compact binary header (type byte 1).
+    RocketMq,
+}
+
+impl SerializeType {
+    /// The type byte written in the high byte of the marker word.
+    pub const fn code(self) -> u8 {
+        match self {
+            SerializeType::Json => 0,
+            SerializeType::RocketMq => 1,
+        }
+    }
+
+    /// The type for a marker's type byte, or `None` for a type byte no peer defines.
+    pub const fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(SerializeType::Json),
+            1 => Some(SerializeType::RocketMq),
+            _ => None,
+        }
+    }
+
+    /// The name Java uses: `"JSON"` or `"ROCKETMQ"`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SerializeType::Json => "JSON",
+            SerializeType::RocketMq => "ROCKETMQ",
+        }
+    }
+
+    /// The type for a name as [`SerializeType::name`] prints it (ASCII case-insensitive).
+    pub fn from_name(name: &str) -> Option<Self> {
+        if name.eq_ignore_ascii_case("JSON") {
+            Some(SerializeType::Json)
+        } else if name.eq_ignore_ascii_case("ROCKETMQ") {
+            Some(SerializeType::RocketMq)
+        } else {
+            None
+        }
+    }
+}
+
+/// The sender's implementation language, as the wire byte.
+///
+/// Known languages are associated constants; any other byte is kept as it came, so a command decoded
+/// from a newer peer re-encodes unchanged.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LanguageCode(pub u8);
+
+const LANGUAGE_NAMES: [&str; 14] = [
+    "JAVA", "CPP", "DOTNET", "PYTHON", "DELPHI", "ERLANG", "RUBY", "OTHER", "HTTP", "GO", "PHP",
+    "OMS", "RUST", "NODE_JS",
+];
+
+impl LanguageCode {
+    /// `JAVA` (0).
+    pub const JAVA: Self = Self(0);
+    /// `CPP` (1).
+    pub const CPP: Self = Self(1);
+    /// `DOTNET` (2).
+    pub const DOTNET: Self = Self(2);
+    /// `PYTHON` (3).
+    pub const PYTHON: Self = Self(3);
+    /// `DELPHI` (4).
+    pub const DELPHI: Self = Self(4);
+    /// `ERLANG` (5).
+    pub const ERLANG: Self = Self(5);
+    /// `RUBY` (6).
+    pub const RUBY: Self = Self(6);
+    /// `OTHER` (7): what Remora sends by default, since every peer version knows it.
+    pub const OTHER: Self = Self(7);
+    /// `HTTP` (8).
+    pub const HTTP: Self = Self(8);
+    /// `GO` (9).
+    pub const GO: Self = Self(9);
+    /// `PHP` (10).
+    pub const PHP: Self = Self(10);
+    /// `OMS` (11).
+    pub const OMS: Self = Self(11);
+    /// `RUST` (12). Java brokers before 5.0 do not know it.
+    pub const RUST: Self = Self(12);
+    /// `NODE_JS` (13).
+    pub const NODE_JS: Self = Self(13);
+
+    /// The Java enum name, or `None` for a byte no known peer defines.
+    pub fn name(self) -> Option<&'static str> {
+        LANGUAGE_NAMES.get(usize::from(self.0)).copied()
+    }
+
+    /// The language with Java enum name `name` (exact, case-sensitive as Java is).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::from_name_bytes(name.as_bytes())
+    }
+
+    pub(crate) fn from_name_bytes(name: &[u8]) -> Option<Self> {
+        LANGUAGE_NAMES
+            .iter()
+            .position(|n| n.as_bytes() == name)
+            .map(|i| Self(i as u8))
+    }
+}
+
+impl Default for LanguageCode {
+    fn default() -> Self {
+        Self::OTHER
+    }
+}
+
+impl fmt::Debug for LanguageCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(name) => f.write_str(name),
+            None => write!(f, "LanguageCode({})", self.0),
+        }
+    }
+}
+
+/// A UTF-8 string that may share the frame's read buffer.
+///
+/// Header strings (the remark, extension field keys and values) decode without copying when they
+/// hold no JSON escapes: they are slices of the frame's [`Bytes`]. Holding one keeps that frame's
+/// buffer alive; call [`HeaderStr::detach`] to copy it out.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HeaderStr(Bytes);
+
+impl HeaderStr {
+    /// The empty string.
+    pub const EMPTY: Self = Self(Bytes::new());
+
+    /// A string borrowed for the program's life, without copying.
+    pub const fn from_static(s: &'static str) -> Self {
+        Self(Bytes::from_static(s.as_bytes()))
+    }
+
+    /// Wraps `bytes` if they are UTF-8, else gives them back with the error.
+    pub fn from_utf8(bytes: Bytes) -> Result<Self, (Bytes, core::str::Utf8Error)> {
+        match core::str::from_utf8(&bytes) {
+            Ok(_) => Ok(Self(bytes)),
+            Err(e) => Err((bytes, e)),
+        }
+    }
+
+    /// The string.
+    pub fn as_str(&self) -> &str {
+        // SAFETY: every constructor checks that the bytes are UTF-8 (`from_utf8`) or takes them
+        // from a `str`/`String`, and the bytes are never mutated afterwards (`Bytes` is immutable).
+        // `tests::header_str_rejects_invalid_utf8` checks the one fallible constructor.
+        unsafe { core::str::from_utf8_unchecked(&self.0) }
+    }
+
+    /// The UTF-8 bytes, sharing this string's buffer.
+    pub fn as_bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// Copies the string into a buffer of its own, so it no longer keeps a frame alive.
+    pub fn detach(&self) -> Self {
+        Self(Bytes::copy_from_slice(&self.0))
+    }
+}
+
+impl Deref for HeaderStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for HeaderStr {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl fmt::Debug for HeaderStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for HeaderStr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<String> for HeaderStr {
+    fn from(s: String) -> Self {
+        Self(Bytes::from(s.into_bytes()))
+    }
+}
+
+impl From<&str> for HeaderStr {
+    fn from(s: &str) -> Self {
+        Self(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl From<HeaderStr> for String {
+    fn from(s: HeaderStr) -> String {
+        String::from(s.as_str())
+    }
+}
+
+impl PartialEq<str> for HeaderStr {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for HeaderStr {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// Extension fields: string keys to string values, in insertion (wire) order.
+///
+/// Decoding keeps every entry as it came, duplicates included; [`ExtFields::get`] returns the last
+/// value for a key, which is what Java's `HashMap` ends up holding. [`ExtFields::insert`] replaces a
+/// key's value in place.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct ExtFields {
+    entries: Vec<(HeaderStr, HeaderStr)>,
+}
+
+impl ExtFields {
+    /// No fields.
+    pub const fn new() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+    }
+
+    /// No fields, with room for `n`.
+    pub fn with_capacity(n: usize) -> Self {
+        Self {
+            entries: Vec::with_capacity(n),
+        }
+    }
+
+    /// The number of entries (duplicates counted).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The value of `key` (the last one, if the peer sent the key twice).
+    pub fn get(&self, key: &str) -> Option<&HeaderStr> {
+        self.entries
+            .iter()
+            .rev()
+            .find(|(k, _)| k.as_str() == key)
+            .map(|(_, v)| v)
+    }
+
+    /// Sets `key` to `value`, in place if the key is present (every copy of it), else at the end.
+    /// Returns the previous value.
+    pub fn insert(
+        &mut self,
+        key: impl Into<HeaderStr>,
+        value: impl Into<HeaderStr>,
+    ) -> Option<HeaderStr> {
+        let key = key.into();
+        let value = value.into();
+        let mut old = None;
+        let mut found = false;
+        self.entries.retain_mut(|(k, v)| {
+            if *k != key {
+                return true;
+            }
+            if found {
+                return false;
+            }
+            found = true;
+            old = Some(core::mem::replace(v, value.clone()));
+            true
+        });
+        if !found {
+            self.entries.push((key, value));
+        }
+        old
+    }
+
+    /// Removes every entry for `key`, returning the value that [`ExtFields::get`] would have.
+    pub fn remove(&mut self, key: &str) -> Option<HeaderStr> {
+        let mut last = None;
+        self.entries.retain(|(k, v)| {
+            if k.as_str() == key {
+                last = Some(v.clone());
+                false
+            } else {
+                true
+            }
+        });
+        last
+    }
+
+    /// The entries in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&HeaderStr, &HeaderStr)> + '_ {
+        self.entries.iter().map(|(k, v)| (k, v))
+    }
+
+    /// Appends an entry without looking for the key (what decoders do).
+    pub(crate) fn push(&mut self, key: HeaderStr, value: HeaderStr) {
+        self.entries.push((key, value));
+    }
+
+    pub(crate) fn entries(&self) -> &[(HeaderStr, HeaderStr)] {
+        &self.entries
+    }
+}
+
+impl fmt::Debug for ExtFields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<K: Into<HeaderStr>, V: Into<HeaderStr>> FromIterator<(K, V)> for ExtFields {
+    fn from_iter<I: IntoIterator<Item = (K, V)>>(iter: I) -> Self {
+        let mut ext = ExtFields::new();
+        for (k, v) in iter {
+            ext.insert(k, v);
+        }
+        ext
+    }
+}
+
+/// One remoting command: a request, a oneway request or a response.
+///
+/// `opaque` is the wire field that pairs a response with its request; `flag` bit 0 marks a response
+/// and bit 1 a oneway request. Everything else is carried as the peer sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    /// Request code (what to do) or response code (how it went).
+    pub code: i32,
+    /// The sender's implementation language.
+    pub language: LanguageCode,
+    /// The sender's release ordinal.
+    pub version: i32,
+    /// The requester's id for the request; a response copies it.
+    pub opaque: i32,
+    /// Bit 0: response; bit 1: oneway. Other bits are carried untouched.
+    pub flag: i32,
+    /// Free text, mostly the reason of an error response.
+    pub remark: Option<HeaderStr>,
+    /// Extension fields: the request's or response's custom header.
+    pub ext_fields: ExtFields,
+    /// The opaque payload after the header.
+    pub body: Bytes,
+    /// How this command's header is (or will be) serialized.
+    pub serialize_type: SerializeType,
+}
+
+impl Command {
+    /// A request with `code`, Remora's language and version, opaque 0 and no payload.
+    pub fn request(code: i32) -> Self {
+        Command {
+            code,
+            language: LanguageCode::default(),
+            version: DEFAULT_VERSION,
+            opaque: 0,
+            flag: 0,
+            remark: None,
+            ext_fields: ExtFields::new(),
+            body: Bytes::new(),
+            serialize_type: SerializeType::Json,
+        }
+    }
+
+    /// A oneway request with `code`: the peer will not answer it.
+    pub fn oneway(code: i32) -> Self {
+        let mut cmd = Command::request(code);
+        cmd.flag |= FLAG_ONEWAY;
+        cmd
+    }
+
+    /// A response to this request: same opaque and serialize type, response bit set, given `code`.
+    pub fn response(&self, code: i32) -> Self {
+        Command {
+            code,
+            opaque: self.opaque,
+            flag: FLAG_RESPONSE,
+            serialize_type: self.serialize_type,
+            ..Command::request(code)
+        }
+    }
+
+    /// Whether flag bit 0 (response) is set.
+    pub fn is_response(&self) -> bool {
+        self.flag & FLAG_RESPONSE != 0
+    }
+
+    /// Whether flag bit 1 (oneway) is set.
+    pub fn is_oneway(&self) -> bool {
+        self.flag & FLAG_ONEWAY != 0
+    }
+
+    /// Sets or clears the response bit.
+    pub fn set_response(&mut self, on: bool) {
+        self.set_flag_bit(FLAG_RESPONSE, on);
+    }
+
+    /// Sets or clears the oneway bit.
+    pub fn set_oneway(&mut self, on: bool) {
+        self.set_flag_bit(FLAG_ONEWAY, on);
+    }
+
+    fn set_flag_bit(&mut self, bit: i32, on: bool) {
+        if on {
+            self.flag |= bit;
+        } else {
+            self.flag &= !bit;
+        }
+    }
+
+    /// Sets the remark.
+    pub fn with_remark(mut self, remark: impl Into<HeaderStr>) -> Self {
+        self.remark = Some(remark.into());
+        self
+    }
+
+    /// Sets an extension field.
+    pub fn with_ext(mut self, key: impl Into<HeaderStr>, value: impl Into<HeaderStr>) -> Self {
+        self.ext_fields.insert(key, value);
+        self
+    }
+
+    /// Sets the body.
+    pub fn with_body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Sets the opaque.
+    pub fn with_opaque(mut self, opaque: i32) -> Self {
+        self.opaque = opaque;
+        self
+    }
+
+    /// Sets the header serialization.
+    pub fn with_serialize_type(mut self, serialize_type: SerializeType) -> Self {
+        self.serialize_type = serialize_type;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_str_rejects_invalid_utf8() {
+        assert!(HeaderStr::from_utf8(Bytes::from_static(b"\xff\xfe")).is_err());
+        assert!(HeaderStr::from_utf8(Bytes::from_static(b"ok \xe4\xb8")).is_err());
+        let s = HeaderStr::from_utf8(Bytes::from_static("主题".as_bytes())).unwrap();
+        assert_eq!(s.as_str(), "主题");
+    }
+
+    #[test]
+    fn response_copies_opaque_and_sets_bit() {
+        let req = Command::request(105)
+            .with_opaque(-7)
+            .with_serialize_type(SerializeType::RocketMq);
+        let resp = req.response(0);
+        assert_eq!(resp.opaque, -7);
+        assert!(resp.is_response());
+        assert!(!resp.is_oneway());
+        assert_eq!(resp.serialize_type, SerializeType::RocketMq);
+        assert!(Command::oneway(34).is_oneway());
+    }
+
+    #[test]
+    fn ext_insert_replaces_in_place_and_get_sees_last() {
+        let mut ext = ExtFields::new();
+        ext.push("a".into(), "1".into());
+        ext.push("b".into(), "2".into());
+        ext.push("a".into(), "3".into());
+        assert_eq!(ext.get("a").unwrap(), "3");
+        assert_eq!(ext.insert("a", "4").unwrap(), "1");
+        let keys: Vec<_> = ext.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(keys, [("a", "4"), ("b", "2")]);
+        assert_eq!(ext.remove("b").unwrap(), "2");
+        assert_eq!(ext.len(), 1);
+        assert!(ext.remove("zz").is_none());
+    }
+
+    #[test]
+    fn language_names_round_trip_and_unknown_is_kept() {
+        for code in 0..=13u8 {
+            let name = LanguageCode(code).name().unwrap();
+            assert_eq!(LanguageCode::from_name(name), Some(LanguageCode(code)));
+        }
+        assert_eq!(LanguageCode(200).name(), None);
+        assert_eq!(LanguageCode::from_name("java"), None);
+    }
+}

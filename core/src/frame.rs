@@ -1,0 +1,322 @@
+//! Framing: the length prefix, the marker word, and the [`Codec`] that turns a read buffer into
+//! commands and commands into bytes.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use nom::number::streaming::be_u32;
+
+use crate::command::{Command, SerializeType};
+use crate::error::{DecodeError, EncodeError};
+use crate::{binary, json};
+
+/// The largest frame Java accepts by default, length prefix included: 16 MiB.
+pub const DEFAULT_MAX_FRAME_LEN: u32 = 16 * 1024 * 1024;
+
+/// Bounds on what a peer may make the decoder hold. Every one is checked before the memory it
+/// guards is allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest frame, length prefix included (Java's `frameMaxLength`). Also bounds what
+    /// [`Codec::encode`] writes, since a peer with the same limit would reject more.
+    pub max_frame_len: u32,
+    /// Most extension fields in one header.
+    pub max_ext_fields: usize,
+    /// Longest remark, extension key or extension value, in bytes.
+    pub max_string_len: usize,
+    /// Deepest nesting of JSON values (the header object is level 1); only unknown keys nest.
+    pub max_json_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            max_ext_fields: 1024,
+            max_string_len: 4 * 1024 * 1024,
+            max_json_depth: 32,
+        }
+    }
+}
+
+/// What [`Codec::decode`] found at the front of the read buffer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// A whole frame, removed from the buffer.
+    Command(Command),
+    /// The buffer holds only part of a frame; at least `needed` more bytes must arrive. Nothing was
+    /// removed. The frame's announced length has passed the limit check, so reserving `needed` is
+    /// safe.
+    Incomplete {
+        /// Bytes still missing (at least 1).
+        needed: usize,
+    },
+}
+
+/// Frame encoder and streaming decoder. Stateless apart from its [`Limits`]; cheap to copy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Codec {
+    limits: Limits,
+}
+
+/// Bytes before the header: the length prefix and the marker word.
+pub const PREFIX_LEN: usize = 8;
+
+impl Codec {
+    /// A codec enforcing `limits`.
+    pub const fn new(limits: Limits) -> Self {
+        Codec { limits }
+    }
+
+    /// The limits this codec enforces.
+    pub const fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Takes the first frame off `buf`.
+    ///
+    /// The length prefix is checked against the limit as soon as its 4 bytes are present, and the
+    /// marker as soon as its 4 are, so a hostile peer is refused before the rest of its frame is
+    /// waited for. The body and unescaped header strings are zero-copy slices of `buf`'s memory.
+    ///
+    /// An error means the stream is corrupt and the connection must be closed; `buf` is left as
+    /// it was.
+    pub fn decode(&self, buf: &mut BytesMut) -> Result<Decoded, DecodeError> {
+        let length = match be_u32::<&[u8], nom::error::Error<&[u8]>>(&buf[..]) {
+            Ok((_, length)) => length,
+            Err(nom::Err::Incomplete(needed)) => {
+                let needed = match needed {
+                    nom::Needed::Size(n) => n.get(),
+                    nom::Needed::Unknown => 4 - buf.len(),
+                };
+                return Ok(Decoded::Incomplete { needed });
+            }
+            // A streaming `be_u32` fails only with `Incomplete`; keep a typed answer regardless.
+            Err(_) => return Ok(Decoded::Incomplete { needed: 1 }),
+        };
+        let frame_len = self.check_length(length)?;
+        if let Some(marker) = buf.get(4..PREFIX_LEN) {
+            check_marker(length, [marker[0], marker[1], marker[2], marker[3]])?;
+        }
+        if buf.len() < frame_len {
+            return Ok(Decoded::Incomplete {
+                needed: frame_len - buf.len(),
+            });
+        }
+        let frame = buf.split_to(frame_len).freeze();
+        self.decode_frame(&frame).map(Decoded::Command)
+    }
+
+    /// Decodes one complete frame (length prefix included) that is already in memory.
+    ///
+    /// A frame shorter than its prefix announces is reported as [`DecodeError::HeaderOverrunsFrame`]
+    /// when the header is cut, otherwise its body is what is there; use [`Codec::decode`] for
+    /// streams.
+    pub fn decode_frame(&self, frame: &Bytes) -> Result<Command, DecodeError> {
+        let Some(prefix) = frame.get(..PREFIX_LEN) else {
+            return Err(DecodeError::FrameTooShort {
+                length: frame.len().saturating_sub(4) as u32,
+            });
+        };
+        let length = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+        self.check_length(length)?;
+        let (ty, header_len) = check_marker(length, [prefix[4], prefix[5], prefix[6], prefix[7]])?;
+        let header_end = PREFIX_LEN + header_len;
+        if header_end > frame.len() {
+            return Err(DecodeError::HeaderOverrunsFrame {
+                header_len: header_len as u32,
+                available: (frame.len() - PREFIX_LEN) as u32,
+            });
+        }
+        let header = frame.slice(PREFIX_LEN..header_end);
+        let mut cmd = match ty {
+            SerializeType::Json => json::decode_header(&header, &self.limits)?,
+            SerializeType::RocketMq => binary::decode_header(&header, &self.limits)?,
+        };
+        cmd.serialize_type = ty;
+        let body_end = frame.len().min(length as usize + 4);
+        cmd.body = frame.slice(header_end..body_end);
+        Ok(cmd)
+    }
+
+    /// Checks a length prefix; returns the whole frame's length.
+    fn check_length(&self, length: u32) -> Result<usize, DecodeError> {
+        if (length as i32) < 0 {
+            return Err(DecodeError::NegativeLength {
+                length: length as i32,
+            });
+        }
+        if length < 4 {
+            return Err(DecodeError::FrameTooShort { length });
+        }
+        let frame_len = u64::from(length) + 4;
+        if frame_len > u64::from(self.limits.max_frame_len) {
+            return Err(DecodeError::FrameTooLarge {
+                frame_len,
+                max: self.limits.max_frame_len,
+            });
+        }
+        Ok(frame_len as usize)
+    }
+
+    /// Writes `cmd` as one frame, length prefix included, with its own [`Command::serialize_type`].
+    pub fn encode(&self, cmd: &Command, dst: &mut impl BufMut) -> Result<(), EncodeError> {
+        self.encode_as(cmd, cmd.serialize_type, dst)
+    }
+
+    /// Writes `cmd` as one frame with the header serialized as `ty` (a connection's choice).
+    ///
+    /// Nothing is written when an error is returned. In a JSON header,
+    /// `serializeTypeCurrentRPC` says `ty`.
+    pub fn encode_as(
+        &self,
+        cmd: &Command,
+        ty: SerializeType,
+        dst: &mut impl BufMut,
+    ) -> Result<(), EncodeError> {
+        let header_len = self.checked_header_len(cmd, ty)?;
+        let frame_len = PREFIX_LEN + header_len + cmd.body.len();
+        if dst.remaining_mut() < frame_len {
+            return Err(EncodeError::BufferTooSmall { needed: frame_len });
+        }
+        dst.put_u32((frame_len - 4) as u32);
+        dst.put_u32(u32::from(ty.code()) << 24 | header_len as u32);
+        match ty {
+            SerializeType::Json if cmd.serialize_type == ty => json::encode_header(cmd, dst),
+            SerializeType::Json => json::encode_header(
+                &Command {
+                    serialize_type: ty,
+                    ..cmd.clone()
+                },
+                dst,
+            ),
+            SerializeType::RocketMq => binary::encode_header(cmd, dst),
+        }
+        dst.put_slice(&cmd.body);
+        Ok(())
+    }
+
+    /// The bytes [`Codec::encode_as`] would write for `cmd`, or why it would refuse.
+    pub fn encoded_len(&self, cmd: &Command, ty: SerializeType) -> Result<usize, EncodeError> {
+        Ok(PREFIX_LEN + self.checked_header_len(cmd, ty)? + cmd.body.len())
+    }
+
+    fn checked_header_len(&self, cmd: &Command, ty: SerializeType) -> Result<usize, EncodeError> {
+        let header_len = match ty {
+            SerializeType::Json => {
+                json::header_len(cmd) - cmd.serialize_type.name().len() + ty.name().len()
+            }
+            SerializeType::RocketMq => binary::header_len(cmd)?,
+        };
+        if header_len > MAX_HEADER_LEN {
+            return Err(EncodeError::HeaderTooLarge { header_len });
+        }
+        let frame_len = (PREFIX_LEN + header_len) as u64 + cmd.body.len() as u64;
+        if frame_len > u64::from(self.limits.max_frame_len) {
+            return Err(EncodeError::FrameTooLarge {
+                frame_len,
+                max: self.limits.max_frame_len,
+            });
+        }
+        Ok(header_len)
+    }
+}
+
+/// The marker's 24-bit header length field holds at most this.
+const MAX_HEADER_LEN: usize = 0x00FF_FFFF;
+
+/// Checks the marker word against the frame's length; returns the type and header length.
+fn check_marker(length: u32, marker: [u8; 4]) -> Result<(SerializeType, usize), DecodeError> {
+    let ty = SerializeType::from_code(marker[0])
+        .ok_or(DecodeError::UnknownSerializeType { ty: marker[0] })?;
+    let header_len = u32::from_be_bytes([0, marker[1], marker[2], marker[3]]);
+    if header_len > length - 4 {
+        return Err(DecodeError::HeaderOverrunsFrame {
+            header_len,
+            available: length - 4,
+        });
+    }
+    Ok((ty, header_len as usize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn length_is_refused_on_the_prefix_alone() {
+        let codec = Codec::default();
+        let mut buf = BytesMut::from(&[0x01, 0, 0, 1][..]);
+        assert_eq!(
+            codec.decode(&mut buf).unwrap_err(),
+            DecodeError::FrameTooLarge {
+                frame_len: (1 << 24) + 5,
+                max: 1 << 24
+            }
+        );
+        let mut neg = BytesMut::from(&[0xff, 0xff, 0xff, 0xfe][..]);
+        assert_eq!(
+            codec.decode(&mut neg).unwrap_err(),
+            DecodeError::NegativeLength { length: -2 }
+        );
+        let mut short = BytesMut::from(&[0, 0][..]);
+        assert_eq!(
+            codec.decode(&mut short).unwrap(),
+            Decoded::Incomplete { needed: 2 }
+        );
+    }
+
+    #[test]
+    fn largest_legal_frame_is_accepted_by_the_limit() {
+        let codec = Codec::default();
+        let length = DEFAULT_MAX_FRAME_LEN - 4;
+        let mut buf = BytesMut::from(&length.to_be_bytes()[..]);
+        buf.extend_from_slice(&[0, 0, 0, 2]);
+        assert_eq!(
+            codec.decode(&mut buf).unwrap(),
+            Decoded::Incomplete {
+                needed: length as usize + 4 - 8
+            }
+        );
+    }
+
+    #[test]
+    fn encode_refuses_what_the_peer_would_refuse() {
+        let codec = Codec::new(Limits {
+            max_frame_len: 200,
+            ..Limits::default()
+        });
+        let cmd = Command::request(1).with_body(vec![0u8; 200]);
+        let mut out = vec![];
+        assert!(matches!(
+            codec.encode(&cmd, &mut out),
+            Err(EncodeError::FrameTooLarge { .. })
+        ));
+        assert!(out.is_empty());
+        let mut small = [0u8; 16];
+        assert_eq!(
+            codec.encode(&Command::request(1), &mut &mut small[..]),
+            Err(EncodeError::BufferTooSmall {
+                needed: codec
+                    .encoded_len(&Command::request(1), SerializeType::Json)
+                    .unwrap()
+            })
+        );
+    }
+
+    #[test]
+    fn encode_as_overrides_the_commands_type() {
+        let codec = Codec::default();
+        let cmd = Command::request(7).with_ext("k", "v");
+        for ty in [SerializeType::Json, SerializeType::RocketMq] {
+            let mut out = BytesMut::new();
+            codec.encode_as(&cmd, ty, &mut out).unwrap();
+            assert_eq!(out.len(), codec.encoded_len(&cmd, ty).unwrap());
+            let Decoded::Command(back) = codec.decode(&mut out).unwrap() else {
+                panic!()
+            };
+            assert_eq!(back.serialize_type, ty);
+            assert_eq!((back.code, back.ext_fields), (7, cmd.ext_fields.clone()));
+            assert!(out.is_empty());
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! Sans-IO core of the Apache RocketMQ remoting protocol.
+//!
+//! `remora-core` owns every decision that needs no socket and no clock. Today that is the codec:
+//! [`Command`] is what one frame carries, and [`Codec`] turns a read buffer into commands and
+//! commands into bytes, with a JSON ([`json`]) or ROCKETMQ binary ([`binary`]) header.
+//!
+//! # Contract
+//! - Decoding never panics and never allocates on the strength of an unchecked length: the frame
+//!   length is compared with [`Limits::max_frame_len`] on the 4-byte prefix, every header length
+//!   with the bytes that are really there.
+//! - Partial input is [`Decoded::Incomplete`], not an error. Any [`DecodeError`] means the stream
+//!   is corrupt and the connection should be closed, as Java does.
+//! - Bodies, and header strings without escapes, are zero-copy slices of the read buffer.
+//! - Encoding writes straight into the caller's [`bytes::BufMut`], length prefix included, or
+//!   writes nothing and returns an [`EncodeError`].
+//!
+//! `#![no_std]` with `alloc`; the `std` feature adds nothing the codec needs and exists for the
+//! drivers.
+//!
+//! # Example
+//! ```
+//! use bytes::BytesMut;
+//! use remora_core::{Codec, Command, Decoded, SerializeType};
+//!
+//! let codec = Codec::default();
+//! let request = Command::request(105).with_opaque(1).with_ext("topic", "orders");
+//! let mut wire = BytesMut::new();
+//! codec.encode_as(&request, SerializeType::RocketMq, &mut wire).unwrap();
+//!
+//! // The peer reads the frame back, maybe in pieces.
+//! let mut read_buf = wire.split_to(5);
+//! assert_eq!(codec.decode(&mut read_buf).unwrap(), Decoded::Incomplete { needed: wire.len() });
+//! read_buf.unsplit(wire);
+//! let Decoded::Command(got) = codec.decode(&mut read_buf).unwrap() else { unreachable!() };
+//! assert_eq!(got.ext_fields.get("topic").unwrap(), "orders");
+//!
+//! let response = got.response(0).with_body(&b"route data"[..]);
+//! assert!(response.is_response() && response.opaque == 1);
+//! ```
+#![no_std]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod binary;
+mod command;
+pub mod error;
+mod frame;
+pub mod json;
+
+pub use command::{
+    Command, ExtFields, HeaderStr, LanguageCode, SerializeType, DEFAULT_VERSION, FLAG_ONEWAY,
+    FLAG_RESPONSE,
+};
+pub use error::{BinaryField, DecodeError, EncodeError, JsonErrorKind};
+pub use frame::{Codec, Decoded, Limits, DEFAULT_MAX_FRAME_LEN, PREFIX_LEN};
