@@ -33,6 +33,15 @@ pub enum DecodeError {
         /// Bytes after the marker.
         available: u32,
     },
+    /// [`Codec::decode_frame`](crate::Codec::decode_frame) was given more or fewer bytes than the
+    /// frame's length prefix announces (a stream decoder would wait for the rest instead).
+    FrameLengthMismatch {
+        /// Total frame bytes the prefix announces, prefix included (the bytes given, when there
+        /// were not even 8).
+        frame_len: u64,
+        /// Bytes given.
+        actual: usize,
+    },
     /// The marker's type byte is neither 0 (JSON) nor 1 (ROCKETMQ).
     UnknownSerializeType {
         /// The type byte.
@@ -172,6 +181,10 @@ impl fmt::Display for DecodeError {
             } => write!(
                 f,
                 "header length {header_len} overruns the frame ({available} bytes after the marker)"
+            ),
+            DecodeError::FrameLengthMismatch { frame_len, actual } => write!(
+                f,
+                "frame announces {frame_len} bytes but {actual} were given"
             ),
             DecodeError::UnknownSerializeType { ty } => {
                 write!(f, "unknown header serialize type {ty}")

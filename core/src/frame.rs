@@ -105,35 +105,33 @@ impl Codec {
         self.decode_frame(&frame).map(Decoded::Command)
     }
 
-    /// Decodes one complete frame (length prefix included) that is already in memory.
-    ///
-    /// A frame shorter than its prefix announces is reported as [`DecodeError::HeaderOverrunsFrame`]
-    /// when the header is cut, otherwise its body is what is there; use [`Codec::decode`] for
-    /// streams.
+    /// Decodes one frame that is already in memory: `frame` must hold exactly the bytes its
+    /// length prefix announces, prefix included. Use [`Codec::decode`] for streams.
     pub fn decode_frame(&self, frame: &Bytes) -> Result<Command, DecodeError> {
-        let Some(prefix) = frame.get(..PREFIX_LEN) else {
-            return Err(DecodeError::FrameTooShort {
-                length: frame.len().saturating_sub(4) as u32,
-            });
+        let mismatch = |frame_len: usize| DecodeError::FrameLengthMismatch {
+            frame_len: frame_len as u64,
+            actual: frame.len(),
         };
-        let length = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
-        self.check_length(length)?;
+        let Some(&[a, b, c, d]) = frame.get(..4) else {
+            return Err(mismatch(frame.len()));
+        };
+        let length = u32::from_be_bytes([a, b, c, d]);
+        let frame_len = self.check_length(length)?;
+        let Some(prefix) = frame.get(..PREFIX_LEN) else {
+            return Err(mismatch(frame_len));
+        };
         let (ty, header_len) = check_marker(length, [prefix[4], prefix[5], prefix[6], prefix[7]])?;
-        let header_end = PREFIX_LEN + header_len;
-        if header_end > frame.len() {
-            return Err(DecodeError::HeaderOverrunsFrame {
-                header_len: header_len as u32,
-                available: (frame.len() - PREFIX_LEN) as u32,
-            });
+        if frame_len != frame.len() {
+            return Err(mismatch(frame_len));
         }
+        let header_end = PREFIX_LEN + header_len;
         let header = frame.slice(PREFIX_LEN..header_end);
         let mut cmd = match ty {
             SerializeType::Json => json::decode_header(&header, &self.limits)?,
             SerializeType::RocketMq => binary::decode_header(&header, &self.limits)?,
         };
         cmd.serialize_type = ty;
-        let body_end = frame.len().min(length as usize + 4);
-        cmd.body = frame.slice(header_end..body_end);
+        cmd.body = frame.slice(header_end..);
         Ok(cmd)
     }
 
