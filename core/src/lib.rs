@@ -1,8 +1,12 @@
 //! Sans-IO core of the Apache RocketMQ remoting protocol.
 //!
-//! `remora-core` owns every decision that needs no socket and no clock. Today that is the codec:
-//! [`Command`] is what one frame carries, and [`Codec`] turns a read buffer into commands and
-//! commands into bytes, with a JSON ([`json`]) or ROCKETMQ binary ([`binary`]) header.
+//! `remora-core` owns every decision that needs no socket and no clock:
+//! - the codec: [`Command`] is what one frame carries, and [`Codec`] turns a read buffer into
+//!   commands and commands into bytes, with a JSON ([`json`]) or ROCKETMQ binary ([`binary`])
+//!   header;
+//! - the connection machine: [`Connection`] pairs responses with requests, keeps deadlines,
+//!   answers for an overloaded server, and fails every pending request exactly once when the
+//!   connection ends. Drivers feed it bytes and [`Instant`]s; see its docs for the drain order.
 //!
 //! # Contract
 //! - Decoding never panics and never allocates on the strength of an unchecked length: the frame
@@ -46,13 +50,21 @@ extern crate std;
 
 pub mod binary;
 mod command;
+mod connection;
+mod deadlines;
 pub mod error;
 mod frame;
 pub mod json;
+mod time;
 
 pub use command::{
     Command, ExtFields, HeaderStr, LanguageCode, SerializeType, DEFAULT_VERSION, FLAG_ONEWAY,
     FLAG_RESPONSE,
 };
+pub use connection::{
+    CloseReason, Config, Connection, Event, IncomingRequest, RequestError, RequestId, SendError,
+    Stats, SYSTEM_BUSY, SYSTEM_ERROR,
+};
 pub use error::{BinaryField, DecodeError, EncodeError, JsonErrorKind};
 pub use frame::{Codec, Decoded, Limits, DEFAULT_MAX_FRAME_LEN, PREFIX_LEN};
+pub use time::Instant;

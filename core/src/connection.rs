@@ -1,0 +1,1017 @@
+//! The connection machine: one remoting connection's state, driven by bytes and time.
+//!
+//! See [`Connection`] for the contract a driver follows.
+
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
+use core::fmt;
+
+use bytes::{Buf, BytesMut};
+use slab::Slab;
+
+use crate::command::{Command, FLAG_ONEWAY, FLAG_RESPONSE};
+use crate::deadlines::Deadlines;
+use crate::error::{DecodeError, EncodeError};
+use crate::frame::{Codec, Decoded, Limits};
+use crate::time::Instant;
+use crate::SerializeType;
+
+/// `SYSTEM_BUSY`: what the machine answers when a peer has too many requests in flight.
+pub const SYSTEM_BUSY: i32 = 2;
+/// `SYSTEM_ERROR`: what the machine answers when a response could not be encoded.
+pub const SYSTEM_ERROR: i32 = 1;
+
+/// How a [`Connection`] behaves. `Default` suits a client or server talking to RocketMQ peers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Most requests of ours awaiting a response; [`Connection::send_request`] refuses more with
+    /// [`SendError::TooManyWaiters`]. At most 2^24 (the opaque keeps 8 bits for a generation).
+    pub max_waiters: usize,
+    /// Most requests from the peer delivered and not yet answered; beyond it the machine answers
+    /// `SYSTEM_BUSY` itself (as a busy Java server does) without delivering the request.
+    pub max_incoming: usize,
+    /// Most bytes waiting to be written before requests and oneways are refused with
+    /// [`SendError::TransmitFull`] (responses are always queued). A frame is always accepted
+    /// into an empty buffer.
+    pub max_transmit_len: usize,
+    /// Serialize every outgoing header this way; `None` keeps each command's own
+    /// [`Command::serialize_type`].
+    pub serialize_type: Option<SerializeType>,
+    /// Decoder limits for incoming frames (and the encoder's frame limit).
+    pub limits: Limits,
+    /// Reserve room for `max_waiters` waiters and their deadlines up front, so that steady-state
+    /// operation never allocates for them (for embedded users; costs ~40 bytes per waiter).
+    pub preallocate: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_waiters: 65_536,
+            max_incoming: 4_096,
+            max_transmit_len: 64 * 1024 * 1024,
+            serialize_type: None,
+            limits: Limits::default(),
+            preallocate: false,
+        }
+    }
+}
+
+/// Our handle for a request we sent. It is derived from the request's `opaque`: slot and
+/// generation of its waiter, so matching a response costs one array index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(u32);
+
+impl RequestId {
+    /// The `opaque` this request carried on the wire.
+    pub fn opaque(self) -> i32 {
+        self.0 as i32
+    }
+}
+
+/// A request from the peer awaiting our answer. Give it back exactly once, to
+/// [`Connection::send_response`] or [`Connection::dismiss`]; it cannot be copied.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "answer it with send_response or release it with dismiss"]
+pub struct IncomingRequest {
+    opaque: i32,
+}
+
+impl IncomingRequest {
+    /// The peer's `opaque`, which the response will echo.
+    pub fn opaque(&self) -> i32 {
+        self.opaque
+    }
+}
+
+/// Why a connection closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// [`Connection::close`] was called.
+    Local,
+    /// The driver reported the transport gone ([`Connection::handle_disconnect`]).
+    ConnectionLost,
+    /// The peer sent bytes that are not a frame.
+    Corrupt(DecodeError),
+    /// The peer sent a response whose flag also says oneway: a protocol violation.
+    OnewayResponse {
+        /// The response's opaque.
+        opaque: i32,
+    },
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Local => f.write_str("closed locally"),
+            CloseReason::ConnectionLost => f.write_str("connection lost"),
+            CloseReason::Corrupt(e) => write!(f, "corrupt frame from peer: {e}"),
+            CloseReason::OnewayResponse { opaque } => {
+                write!(f, "peer sent a response flagged oneway (opaque {opaque})")
+            }
+        }
+    }
+}
+
+/// Why a request ended without a response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestError {
+    /// The connection's close reason, or `None` when the deadline passed.
+    pub closed: Option<CloseReason>,
+    /// Whether the whole request had been handed to the transport, so the peer may have acted
+    /// on it. When false, retrying cannot duplicate it.
+    pub written: bool,
+}
+
+impl RequestError {
+    /// Whether the peer may have received (and acted on) the request.
+    pub fn may_have_reached_peer(&self) -> bool {
+        self.written
+    }
+
+    /// Whether the request ended because its deadline passed.
+    pub fn is_timeout(&self) -> bool {
+        self.closed.is_none()
+    }
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.closed {
+            None => f.write_str("request timed out")?,
+            Some(reason) => write!(f, "request failed: {reason}")?,
+        }
+        f.write_str(if self.written {
+            " (it was written: the peer may have received it)"
+        } else {
+            " (it was never written: safe to retry)"
+        })
+    }
+}
+
+/// Something the driver must hand on, from [`Connection::poll_event`].
+#[derive(Debug, PartialEq)]
+pub enum Event {
+    /// The response to one of our requests.
+    Response {
+        /// Which request.
+        id: RequestId,
+        /// The response.
+        response: Command,
+    },
+    /// One of our requests ended without a response: deadline passed or connection closed.
+    Failed {
+        /// Which request.
+        id: RequestId,
+        /// Why, and whether it may have reached the peer.
+        error: RequestError,
+    },
+    /// A request from the peer; answer it with [`Connection::send_response`].
+    Request {
+        /// The token to answer with.
+        request: IncomingRequest,
+        /// The request.
+        command: Command,
+    },
+    /// A oneway request from the peer; it must not be answered.
+    Oneway {
+        /// The request.
+        command: Command,
+    },
+    /// The connection closed; every request of ours has had its `Failed` event before this.
+    Closed {
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// Why a send was refused. Nothing was queued: a refused request can be retried safely.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The connection is closed.
+    Closed,
+    /// [`Config::max_waiters`] requests are already awaiting responses.
+    TooManyWaiters {
+        /// The limit.
+        max: usize,
+    },
+    /// [`Config::max_transmit_len`] bytes are already waiting to be written.
+    TransmitFull {
+        /// Bytes waiting.
+        pending: usize,
+    },
+    /// The deadline had already passed.
+    DeadlinePassed,
+    /// The command cannot be encoded (for a response: the peer got `SYSTEM_ERROR` instead).
+    Encode(EncodeError),
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::Closed => f.write_str("connection closed"),
+            SendError::TooManyWaiters { max } => {
+                write!(f, "{max} requests already await responses")
+            }
+            SendError::TransmitFull { pending } => {
+                write!(f, "{pending} bytes already wait to be written")
+            }
+            SendError::DeadlinePassed => f.write_str("deadline already passed"),
+            SendError::Encode(e) => write!(f, "cannot encode: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for SendError {}
+impl core::error::Error for RequestError {}
+
+/// Counters since the connection was made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests of ours queued for writing.
+    pub requests_sent: u64,
+    /// Oneway requests of ours queued for writing.
+    pub oneways_sent: u64,
+    /// Responses matched to a waiting request.
+    pub responses_matched: u64,
+    /// Requests of ours whose deadline passed.
+    pub timeouts: u64,
+    /// Responses for no waiting request (late, duplicated, cancelled or unknown), dropped.
+    pub stale_responses: u64,
+    /// Requests from the peer delivered.
+    pub requests_received: u64,
+    /// Oneway requests from the peer delivered.
+    pub oneways_received: u64,
+    /// Responses we queued, including busy answers.
+    pub responses_sent: u64,
+    /// Requests from the peer answered `SYSTEM_BUSY` by the machine.
+    pub busy_rejections: u64,
+    /// Bytes handed in by the driver.
+    pub bytes_in: u64,
+    /// Bytes the driver reported written.
+    pub bytes_out: u64,
+}
+
+/// Bytes queued for writing up to and including this request's frame. The request is written
+/// once `bytes_out` reaches it.
+#[derive(Debug)]
+struct Waiter {
+    written_at: u64,
+}
+
+/// One remoting connection as a state machine: a driver feeds it bytes and time and drains it
+/// for bytes to write, events, and the next deadline. It never reads a clock, never does I/O,
+/// and never panics on anything the peer sends.
+///
+/// # Inputs
+/// - [`handle_input`](Self::handle_input) (or [`read_buffer`](Self::read_buffer) +
+///   [`handle_read`](Self::handle_read)): bytes the transport delivered, in order.
+/// - [`handle_written`](Self::handle_written): how many bytes of
+///   [`poll_transmit`](Self::poll_transmit) the transport accepted.
+/// - [`handle_timeout`](Self::handle_timeout): the clock reached (or passed)
+///   [`poll_timeout`](Self::poll_timeout).
+/// - [`handle_disconnect`](Self::handle_disconnect): the transport is gone.
+/// - [`send_request`](Self::send_request), [`send_oneway`](Self::send_oneway),
+///   [`send_response`](Self::send_response), [`dismiss`](Self::dismiss),
+///   [`cancel`](Self::cancel), [`close`](Self::close): what the application wants.
+///
+/// # Drain order
+/// After any input, a driver MUST, in this order:
+/// 1. write [`poll_transmit`](Self::poll_transmit) (every frame queued so far, coalesced into one
+///    contiguous slice) and report with [`handle_written`](Self::handle_written) until it is
+///    `None` or the transport would block;
+/// 2. take [`poll_event`](Self::poll_event) until `None` and hand each on (answering
+///    [`Event::Request`]s may queue more to write: go back to 1);
+/// 3. arm its timer for [`poll_timeout`](Self::poll_timeout) and call
+///    [`handle_timeout`](Self::handle_timeout) when it fires.
+///
+/// # Guarantees
+/// Every request accepted by [`send_request`](Self::send_request) ends exactly once: with an
+/// [`Event::Response`], an [`Event::Failed`] (deadline passed, or connection closed — saying
+/// whether it was written), or by [`cancel`](Self::cancel). A response that matches no waiting
+/// request (late, duplicated, for a reused slot) is counted in [`Stats::stale_responses`] and
+/// dropped. The opaques of requests we receive are echoed untouched.
+///
+/// # Example
+/// ```
+/// use remora_core::{Command, Connection, Config, Event, Instant};
+/// use core::time::Duration;
+///
+/// let mut client = Connection::new(Config::default());
+/// let mut server = Connection::new(Config::default());
+/// let now = Instant::ZERO;
+///
+/// let id = client.send_request(Command::request(105), now + Duration::from_secs(3), now).unwrap();
+/// // The client's driver writes its bytes; the server's driver reads them.
+/// let wire = client.poll_transmit().unwrap().to_vec();
+/// client.handle_written(wire.len());
+/// server.handle_input(&wire, now);
+///
+/// // The server's application answers.
+/// let Some(Event::Request { request, command }) = server.poll_event() else { panic!() };
+/// server.send_response(request, command.response(0).with_body(&b"route"[..])).unwrap();
+/// let wire = server.poll_transmit().unwrap().to_vec();
+/// server.handle_written(wire.len());
+///
+/// // The response reaches the client and is matched to its request.
+/// client.handle_input(&wire, now);
+/// let Some(Event::Response { id: got, response }) = client.poll_event() else { panic!() };
+/// assert_eq!((got, &response.body[..]), (id, &b"route"[..]));
+/// assert_eq!(client.poll_timeout(), None);
+/// ```
+pub struct Connection {
+    config: Config,
+    codec: Codec,
+    waiters: Slab<Waiter>,
+    /// `generations[slot]`: the generation the slot's next (or current) waiter carries.
+    generations: Vec<u32>,
+    deadlines: Deadlines,
+    slot_bits: u32,
+    oneway_counter: u32,
+    read_buf: BytesMut,
+    transmit: BytesMut,
+    events: VecDeque<Event>,
+    incoming: usize,
+    closed: Option<CloseReason>,
+    stats: Stats,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("waiters", &self.waiters.len())
+            .field("incoming", &self.incoming)
+            .field("transmit", &self.transmit.len())
+            .field("closed", &self.closed)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Largest `max_waiters`: the opaque keeps at least 8 bits for the generation.
+const MAX_WAITERS: usize = 1 << 24;
+
+impl Connection {
+    /// A connection in the open state. `max_waiters` is clamped to 1..=2^24.
+    pub fn new(mut config: Config) -> Self {
+        config.max_waiters = config.max_waiters.clamp(1, MAX_WAITERS);
+        // Enough slot bits for max_waiters; the rest of the 32 are the generation.
+        let slot_bits = usize::BITS - (config.max_waiters - 1).leading_zeros();
+        let capacity = if config.preallocate {
+            config.max_waiters
+        } else {
+            0
+        };
+        Connection {
+            config,
+            codec: Codec::new(config.limits),
+            waiters: Slab::with_capacity(capacity),
+            generations: Vec::with_capacity(capacity),
+            deadlines: Deadlines::with_capacity(capacity),
+            slot_bits,
+            oneway_counter: 0,
+            read_buf: BytesMut::new(),
+            transmit: BytesMut::new(),
+            events: VecDeque::new(),
+            incoming: 0,
+            closed: None,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Counters since the connection was made.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Requests of ours awaiting a response.
+    pub fn pending_requests(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// Requests from the peer delivered and not yet answered or dismissed.
+    pub fn pending_incoming(&self) -> usize {
+        self.incoming
+    }
+
+    /// Why the connection closed, once it has.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.closed
+    }
+
+    /// Whether the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_some()
+    }
+
+    // ---- application inputs ----
+
+    /// Queues a request and starts waiting for its response until `deadline`.
+    ///
+    /// The command's `opaque` is replaced with one that names its waiter, and its response and
+    /// oneway bits are cleared.
+    pub fn send_request(
+        &mut self,
+        mut cmd: Command,
+        deadline: Instant,
+        now: Instant,
+    ) -> Result<RequestId, SendError> {
+        self.check_can_send()?;
+        if deadline <= now {
+            return Err(SendError::DeadlinePassed);
+        }
+        if self.waiters.len() >= self.config.max_waiters {
+            return Err(SendError::TooManyWaiters {
+                max: self.config.max_waiters,
+            });
+        }
+        let slot = self.waiters.vacant_key();
+        if self.generations.len() <= slot {
+            self.generations.resize(slot + 1, 1);
+        }
+        let id = RequestId(self.generations[slot] << self.slot_bits | slot as u32);
+        cmd.opaque = id.opaque();
+        cmd.flag &= !(FLAG_RESPONSE | FLAG_ONEWAY);
+        let ty = self.config.serialize_type.unwrap_or(cmd.serialize_type);
+        self.codec
+            .encode_as(&cmd, ty, &mut self.transmit)
+            .map_err(SendError::Encode)?;
+        let written_at = self.stream_end();
+        let inserted = self.waiters.insert(Waiter { written_at });
+        debug_assert_eq!(inserted, slot);
+        self.deadlines.insert(slot, deadline);
+        self.stats.requests_sent += 1;
+        Ok(id)
+    }
+
+    /// Queues a oneway request: the peer will not answer it.
+    ///
+    /// Its `opaque` is replaced with one no waiter ever carries (generation 0), so a peer that
+    /// wrongly answers cannot complete someone else's request.
+    pub fn send_oneway(&mut self, mut cmd: Command) -> Result<(), SendError> {
+        self.check_can_send()?;
+        let slot_mask = (1u32 << self.slot_bits) - 1;
+        self.oneway_counter = self.oneway_counter.wrapping_add(1) & slot_mask;
+        cmd.opaque = self.oneway_counter as i32;
+        cmd.flag = (cmd.flag & !FLAG_RESPONSE) | FLAG_ONEWAY;
+        let ty = self.config.serialize_type.unwrap_or(cmd.serialize_type);
+        self.codec
+            .encode_as(&cmd, ty, &mut self.transmit)
+            .map_err(SendError::Encode)?;
+        self.stats.oneways_sent += 1;
+        Ok(())
+    }
+
+    /// Answers a request from the peer: the response carries the request's opaque and the
+    /// response bit. Responses are queued even when the transmit buffer is over its limit.
+    ///
+    /// If `response` cannot be encoded, the peer is answered `SYSTEM_ERROR` instead (so it is
+    /// not left waiting) and the error is returned.
+    pub fn send_response(
+        &mut self,
+        request: IncomingRequest,
+        mut response: Command,
+    ) -> Result<(), SendError> {
+        self.incoming = self.incoming.saturating_sub(1);
+        if self.closed.is_some() {
+            return Err(SendError::Closed);
+        }
+        response.opaque = request.opaque;
+        response.flag = (response.flag | FLAG_RESPONSE) & !FLAG_ONEWAY;
+        let ty = self
+            .config
+            .serialize_type
+            .unwrap_or(response.serialize_type);
+        let result = self.codec.encode_as(&response, ty, &mut self.transmit);
+        if let Err(e) = result {
+            let fallback = Command::request(SYSTEM_ERROR)
+                .with_remark("response could not be encoded")
+                .with_opaque(request.opaque);
+            let mut fallback = fallback;
+            fallback.flag = FLAG_RESPONSE;
+            self.codec
+                .encode_as(&fallback, ty, &mut self.transmit)
+                .expect("a bare response always encodes");
+            self.stats.responses_sent += 1;
+            return Err(SendError::Encode(e));
+        }
+        self.stats.responses_sent += 1;
+        Ok(())
+    }
+
+    /// Gives up on answering a request from the peer (it will wait until its own deadline).
+    pub fn dismiss(&mut self, request: IncomingRequest) {
+        let IncomingRequest { .. } = request;
+        self.incoming = self.incoming.saturating_sub(1);
+    }
+
+    /// Stops waiting for a request's response; no event will be emitted for it. Returns whether
+    /// it was still waiting. A response that still arrives is counted as stale.
+    pub fn cancel(&mut self, id: RequestId) -> bool {
+        match self.waiter_slot(id.0) {
+            Some(slot) => {
+                self.remove_waiter(slot);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes the connection: every waiting request fails (saying whether it was written), unsent
+    /// bytes are discarded, and [`Event::Closed`] follows. Idempotent.
+    pub fn close(&mut self) {
+        self.shut(CloseReason::Local);
+    }
+
+    // ---- transport inputs ----
+
+    /// Bytes the transport delivered. Decodes every complete frame among them.
+    pub fn handle_input(&mut self, data: &[u8], now: Instant) {
+        if self.closed.is_some() {
+            return;
+        }
+        self.read_buf.extend_from_slice(data);
+        self.stats.bytes_in += data.len() as u64;
+        self.process_input(now);
+    }
+
+    /// The buffer the transport may read into directly (append only), followed by
+    /// [`handle_read`](Self::handle_read). Saves a copy when the transport can fill a `BytesMut`.
+    pub fn read_buffer(&mut self) -> &mut BytesMut {
+        &mut self.read_buf
+    }
+
+    /// `appended` bytes were added to [`read_buffer`](Self::read_buffer): decode them.
+    pub fn handle_read(&mut self, appended: usize, now: Instant) {
+        if self.closed.is_some() {
+            self.read_buf.clear();
+            return;
+        }
+        self.stats.bytes_in += appended as u64;
+        self.process_input(now);
+    }
+
+    /// The transport accepted the first `n` bytes of [`poll_transmit`](Self::poll_transmit).
+    pub fn handle_written(&mut self, n: usize) {
+        let n = n.min(self.transmit.len());
+        self.transmit.advance(n);
+        self.stats.bytes_out += n as u64;
+    }
+
+    /// The clock reached `now`: every request whose deadline is at or before it fails.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some((deadline, slot)) = self.deadlines.peek() {
+            if deadline > now {
+                break;
+            }
+            let id = self.slot_id(slot);
+            let written = self.remove_waiter(slot);
+            self.stats.timeouts += 1;
+            self.events.push_back(Event::Failed {
+                id,
+                error: RequestError {
+                    closed: None,
+                    written,
+                },
+            });
+        }
+    }
+
+    /// The transport is gone (EOF, reset, or an I/O error): every waiting request fails.
+    pub fn handle_disconnect(&mut self) {
+        self.shut(CloseReason::ConnectionLost);
+    }
+
+    // ---- outputs ----
+
+    /// Every byte queued for writing, as one contiguous slice; `None` when there is none.
+    #[must_use]
+    pub fn poll_transmit(&self) -> Option<&[u8]> {
+        (!self.transmit.is_empty()).then_some(&self.transmit[..])
+    }
+
+    /// The next event, in the order they happened.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) must next be called: the earliest deadline
+    /// of a waiting request.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.deadlines.peek().map(|(deadline, _)| deadline)
+    }
+
+    // ---- internals ----
+
+    fn check_can_send(&self) -> Result<(), SendError> {
+        if self.closed.is_some() {
+            return Err(SendError::Closed);
+        }
+        if !self.transmit.is_empty() && self.transmit.len() >= self.config.max_transmit_len {
+            return Err(SendError::TransmitFull {
+                pending: self.transmit.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stream offset of the end of what is queued: written bytes plus what still waits.
+    fn stream_end(&self) -> u64 {
+        self.stats.bytes_out + self.transmit.len() as u64
+    }
+
+    fn slot_id(&self, slot: usize) -> RequestId {
+        RequestId(self.generations[slot] << self.slot_bits | slot as u32)
+    }
+
+    /// The slot of the waiter an opaque names, if it is still waiting.
+    fn waiter_slot(&self, opaque: u32) -> Option<usize> {
+        let slot = (opaque & ((1u32 << self.slot_bits) - 1)) as usize;
+        let generation = opaque >> self.slot_bits;
+        (self.waiters.contains(slot) && self.generations[slot] == generation).then_some(slot)
+    }
+
+    /// Frees a waiter's slot and returns whether its request was written.
+    fn remove_waiter(&mut self, slot: usize) -> bool {
+        let waiter = self.waiters.remove(slot);
+        self.deadlines.remove(slot);
+        debug_assert_eq!(self.deadlines.len(), self.waiters.len());
+        let generation_mask = u32::MAX >> self.slot_bits;
+        let next = self.generations[slot].wrapping_add(1) & generation_mask;
+        // Generation 0 is reserved for oneways.
+        self.generations[slot] = next.max(1);
+        waiter.written_at <= self.stats.bytes_out
+    }
+
+    fn shut(&mut self, reason: CloseReason) {
+        if self.closed.is_some() {
+            return;
+        }
+        self.closed = Some(reason);
+        let slots: Vec<usize> = self.waiters.iter().map(|(slot, _)| slot).collect();
+        for slot in slots {
+            let id = self.slot_id(slot);
+            let written = self.remove_waiter(slot);
+            self.events.push_back(Event::Failed {
+                id,
+                error: RequestError {
+                    closed: Some(reason),
+                    written,
+                },
+            });
+        }
+        self.transmit.clear();
+        self.read_buf.clear();
+        self.events.push_back(Event::Closed { reason });
+    }
+
+    fn process_input(&mut self, now: Instant) {
+        let _ = now;
+        loop {
+            match self.codec.decode(&mut self.read_buf) {
+                Ok(Decoded::Command(cmd)) => {
+                    if let Err(reason) = self.dispatch(cmd) {
+                        self.shut(reason);
+                        return;
+                    }
+                }
+                Ok(Decoded::Incomplete { needed }) => {
+                    self.read_buf.reserve(needed);
+                    return;
+                }
+                Err(e) => {
+                    self.shut(CloseReason::Corrupt(e));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn dispatch(&mut self, cmd: Command) -> Result<(), CloseReason> {
+        if cmd.is_response() {
+            if cmd.is_oneway() {
+                return Err(CloseReason::OnewayResponse { opaque: cmd.opaque });
+            }
+            match self.waiter_slot(cmd.opaque as u32) {
+                Some(slot) => {
+                    let id = self.slot_id(slot);
+                    self.remove_waiter(slot);
+                    self.stats.responses_matched += 1;
+                    self.events.push_back(Event::Response { id, response: cmd });
+                }
+                None => self.stats.stale_responses += 1,
+            }
+        } else if cmd.is_oneway() {
+            self.stats.oneways_received += 1;
+            self.events.push_back(Event::Oneway { command: cmd });
+        } else if self.incoming >= self.config.max_incoming {
+            self.stats.busy_rejections += 1;
+            self.incoming += 1;
+            let busy = cmd.response(SYSTEM_BUSY).with_remark(
+                "[REJECTREQUEST]system busy, too many requests in flight on this connection",
+            );
+            // A bare busy answer always fits the frame limit.
+            let _ = self.send_response(IncomingRequest { opaque: cmd.opaque }, busy);
+        } else {
+            self.incoming += 1;
+            self.stats.requests_received += 1;
+            self.events.push_back(Event::Request {
+                request: IncomingRequest { opaque: cmd.opaque },
+                command: cmd,
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use core::time::Duration;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    fn pair() -> (Connection, Connection) {
+        (
+            Connection::new(Config::default()),
+            Connection::new(Config::default()),
+        )
+    }
+
+    /// Moves everything `from` has to write into `to`.
+    fn flow(from: &mut Connection, to: &mut Connection, now: Instant) -> usize {
+        let Some(bytes) = from.poll_transmit().map(<[u8]>::to_vec) else {
+            return 0;
+        };
+        from.handle_written(bytes.len());
+        to.handle_input(&bytes, now);
+        bytes.len()
+    }
+
+    fn events(conn: &mut Connection) -> Vec<Event> {
+        core::iter::from_fn(|| conn.poll_event()).collect()
+    }
+
+    /// Answers every request the server has with SUCCESS and the request's body.
+    fn echo(server: &mut Connection) {
+        for event in events(server) {
+            if let Event::Request { request, command } = event {
+                let body = command.body.clone();
+                server
+                    .send_response(request, command.response(0).with_body(body))
+                    .unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn late_response_for_a_reused_slot_is_dropped() {
+        let (mut client, mut server) = pair();
+        let t0 = Instant::ZERO;
+        let a = client
+            .send_request(Command::request(1).with_body(&b"a"[..]), t0 + SEC, t0)
+            .unwrap();
+        flow(&mut client, &mut server, t0);
+        client.handle_timeout(t0 + SEC);
+        assert!(
+            matches!(events(&mut client)[..], [Event::Failed { id, error: RequestError { closed: None, written: true } }] if id == a)
+        );
+        // The freed slot is reused with a new generation.
+        let b = client
+            .send_request(
+                Command::request(1).with_body(&b"b"[..]),
+                t0 + 5 * SEC,
+                t0 + SEC,
+            )
+            .unwrap();
+        assert_eq!(a.opaque() & 0xffff, b.opaque() & 0xffff, "same slot");
+        assert_ne!(a, b);
+        echo(&mut server); // answers a, late
+        flow(&mut server, &mut client, t0 + SEC);
+        assert_eq!(client.stats().stale_responses, 1);
+        assert!(events(&mut client).is_empty());
+        flow(&mut client, &mut server, t0 + SEC);
+        echo(&mut server);
+        flow(&mut server, &mut client, t0 + SEC);
+        let got = events(&mut client);
+        assert!(
+            matches!(&got[..], [Event::Response { id, response }] if *id == b && &response.body[..] == b"b")
+        );
+        assert_eq!(client.pending_requests(), 0);
+        assert_eq!(client.poll_timeout(), None);
+    }
+
+    #[test]
+    fn max_waiters_is_refused_at_once() {
+        let mut client = Connection::new(Config {
+            max_waiters: 2,
+            ..Config::default()
+        });
+        let t0 = Instant::ZERO;
+        client
+            .send_request(Command::request(1), t0 + SEC, t0)
+            .unwrap();
+        client
+            .send_request(Command::request(1), t0 + SEC, t0)
+            .unwrap();
+        assert_eq!(
+            client.send_request(Command::request(1), t0 + SEC, t0),
+            Err(SendError::TooManyWaiters { max: 2 })
+        );
+        assert_eq!(
+            client.send_request(Command::request(1), t0, t0),
+            Err(SendError::DeadlinePassed)
+        );
+    }
+
+    #[test]
+    fn corrupt_input_fails_pending_requests_saying_which_were_written() {
+        let (mut client, _) = pair();
+        let t0 = Instant::ZERO;
+        let a = client
+            .send_request(Command::request(1), t0 + SEC, t0)
+            .unwrap();
+        let first = client.poll_transmit().unwrap().len();
+        client.handle_written(first);
+        let b = client
+            .send_request(Command::request(2), t0 + SEC, t0)
+            .unwrap();
+        client.handle_written(3); // b only partly written
+        client.handle_input(&[0xff, 0xff, 0xff, 0xff], t0);
+        let got = events(&mut client);
+        let reason = CloseReason::Corrupt(DecodeError::NegativeLength { length: -1 });
+        assert_eq!(got.len(), 3);
+        assert!(got.contains(&Event::Failed {
+            id: a,
+            error: RequestError {
+                closed: Some(reason),
+                written: true
+            }
+        }));
+        assert!(got.contains(&Event::Failed {
+            id: b,
+            error: RequestError {
+                closed: Some(reason),
+                written: false
+            }
+        }));
+        assert_eq!(got[2], Event::Closed { reason });
+        assert_eq!(client.poll_transmit(), None);
+        assert_eq!(
+            client.send_oneway(Command::oneway(3)),
+            Err(SendError::Closed)
+        );
+        client.close();
+        assert!(
+            events(&mut client).is_empty(),
+            "close after close emits nothing"
+        );
+    }
+
+    #[test]
+    fn oneway_flagged_response_is_a_protocol_violation() {
+        let (mut client, mut server) = pair();
+        let t0 = Instant::ZERO;
+        let a = client
+            .send_request(Command::request(1), t0 + SEC, t0)
+            .unwrap();
+        let mut bad = Command::request(0).with_opaque(a.opaque());
+        bad.flag = FLAG_RESPONSE | FLAG_ONEWAY;
+        server.send_oneway(Command::oneway(1)).unwrap();
+        server.handle_written(server.poll_transmit().unwrap().len());
+        let mut wire = BytesMut::new();
+        Codec::default().encode(&bad, &mut wire).unwrap();
+        client.handle_input(&wire, t0);
+        let reason = CloseReason::OnewayResponse { opaque: a.opaque() };
+        assert_eq!(events(&mut client).last(), Some(&Event::Closed { reason }));
+    }
+
+    #[test]
+    fn peer_opaques_are_echoed_and_oneways_never_answered() {
+        let mut server = Connection::new(Config::default());
+        let t0 = Instant::ZERO;
+        let codec = Codec::default();
+        let mut wire = BytesMut::new();
+        codec
+            .encode(&Command::request(105).with_opaque(i32::MIN), &mut wire)
+            .unwrap();
+        codec
+            .encode(&Command::oneway(34).with_opaque(-9), &mut wire)
+            .unwrap();
+        server.handle_input(&wire, t0);
+        let mut got = events(&mut server).into_iter();
+        let Some(Event::Request { request, command }) = got.next() else {
+            panic!()
+        };
+        assert!(matches!(got.next(), Some(Event::Oneway { command }) if command.opaque == -9));
+        server.send_response(request, command.response(0)).unwrap();
+        let mut answer = BytesMut::from(server.poll_transmit().unwrap());
+        let Decoded::Command(resp) = codec.decode(&mut answer).unwrap() else {
+            panic!()
+        };
+        assert_eq!((resp.opaque, resp.is_response()), (i32::MIN, true));
+        assert!(answer.is_empty(), "exactly one response");
+    }
+
+    #[test]
+    fn overloaded_server_answers_busy_itself() {
+        let mut server = Connection::new(Config {
+            max_incoming: 1,
+            ..Config::default()
+        });
+        let codec = Codec::default();
+        let mut wire = BytesMut::new();
+        codec
+            .encode(&Command::request(1).with_opaque(10), &mut wire)
+            .unwrap();
+        codec
+            .encode(&Command::request(1).with_opaque(11), &mut wire)
+            .unwrap();
+        server.handle_input(&wire, Instant::ZERO);
+        let got = events(&mut server);
+        assert_eq!(got.len(), 1, "only the first request is delivered");
+        let mut answer = BytesMut::from(server.poll_transmit().unwrap());
+        let Decoded::Command(busy) = codec.decode(&mut answer).unwrap() else {
+            panic!()
+        };
+        assert_eq!((busy.code, busy.opaque), (SYSTEM_BUSY, 11));
+        assert_eq!(server.stats().busy_rejections, 1);
+        let Event::Request { request, .. } = got.into_iter().next().unwrap() else {
+            panic!()
+        };
+        server.dismiss(request);
+        assert_eq!(server.pending_incoming(), 0);
+    }
+
+    #[test]
+    fn transmit_limit_pushes_back_on_requests_only() {
+        let mut conn = Connection::new(Config {
+            max_transmit_len: 10,
+            ..Config::default()
+        });
+        let t0 = Instant::ZERO;
+        conn.send_request(Command::request(1), t0 + SEC, t0)
+            .unwrap();
+        assert!(matches!(
+            conn.send_oneway(Command::oneway(1)),
+            Err(SendError::TransmitFull { .. })
+        ));
+        let n = conn.poll_transmit().unwrap().len();
+        conn.handle_written(n);
+        conn.send_oneway(Command::oneway(1)).unwrap();
+    }
+
+    #[test]
+    fn cancel_ends_a_request_silently() {
+        let (mut client, mut server) = pair();
+        let t0 = Instant::ZERO;
+        let a = client
+            .send_request(Command::request(1), t0 + SEC, t0)
+            .unwrap();
+        assert!(client.cancel(a));
+        assert!(!client.cancel(a));
+        assert_eq!(client.poll_timeout(), None);
+        flow(&mut client, &mut server, t0);
+        echo(&mut server);
+        flow(&mut server, &mut client, t0);
+        assert!(events(&mut client).is_empty());
+        assert_eq!(client.stats().stale_responses, 1);
+    }
+
+    #[test]
+    fn earliest_deadline_drives_the_timer() {
+        let mut client = Connection::new(Config::default());
+        let t0 = Instant::ZERO;
+        let ids: Vec<_> = [5u32, 2, 9, 2]
+            .iter()
+            .map(|&s| {
+                client
+                    .send_request(Command::request(1), t0 + s * SEC, t0)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(client.poll_timeout(), Some(t0 + 2 * SEC));
+        client.handle_timeout(t0 + 2 * SEC);
+        let failed: Vec<_> = events(&mut client)
+            .into_iter()
+            .map(|e| match e {
+                Event::Failed { id, .. } => id,
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(failed.len(), 2);
+        assert!(failed.contains(&ids[1]) && failed.contains(&ids[3]));
+        assert_eq!(client.poll_timeout(), Some(t0 + 5 * SEC));
+        let _ = vec![0u8; 0];
+    }
+}
