@@ -254,11 +254,12 @@ pub struct Stats {
     pub bytes_out: u64,
 }
 
-/// Bytes queued for writing up to and including this request's frame. The request is written
-/// once `bytes_out` reaches it.
+/// Where a request's frame sits in the outgoing stream: it ends at stream offset `end` and is
+/// `len` bytes long.
 #[derive(Debug)]
 struct Waiter {
-    written_at: u64,
+    end: u64,
+    len: u32,
 }
 
 /// One remoting connection as a state machine: a driver feeds it bytes and time and drains it
@@ -331,7 +332,12 @@ pub struct Connection {
     slot_bits: u32,
     oneway_counter: u32,
     read_buf: BytesMut,
+    /// Frames waiting to be written. `transmit[0]` is at stream offset `consumed`.
     transmit: BytesMut,
+    consumed: u64,
+    /// Stream ranges of frames withdrawn before their first byte was written (their request
+    /// ended first), in order; all start after `consumed`. They are skipped, never written.
+    holes: VecDeque<(u64, u64)>,
     events: VecDeque<Event>,
     incoming: usize,
     closed: Option<CloseReason>,
@@ -374,6 +380,8 @@ impl Connection {
             oneway_counter: 0,
             read_buf: BytesMut::new(),
             transmit: BytesMut::new(),
+            consumed: 0,
+            holes: VecDeque::new(),
             events: VecDeque::new(),
             incoming: 0,
             closed: None,
@@ -440,11 +448,15 @@ impl Connection {
         cmd.opaque = id.opaque();
         cmd.flag &= !(FLAG_RESPONSE | FLAG_ONEWAY);
         let ty = self.config.serialize_type.unwrap_or(cmd.serialize_type);
+        let before = self.transmit.len();
         self.codec
             .encode_as(&cmd, ty, &mut self.transmit)
             .map_err(SendError::Encode)?;
-        let written_at = self.stream_end();
-        let inserted = self.waiters.insert(Waiter { written_at });
+        let waiter = Waiter {
+            end: self.stream_end(),
+            len: (self.transmit.len() - before) as u32,
+        };
+        let inserted = self.waiters.insert(waiter);
         debug_assert_eq!(inserted, slot);
         self.deadlines.insert(slot, deadline);
         self.stats.requests_sent += 1;
@@ -513,11 +525,12 @@ impl Connection {
     }
 
     /// Stops waiting for a request's response; no event will be emitted for it. Returns whether
-    /// it was still waiting. A response that still arrives is counted as stale.
+    /// it was still waiting. If none of its bytes were written yet, it is withdrawn and never
+    /// sent; otherwise a response that still arrives is counted as stale.
     pub fn cancel(&mut self, id: RequestId) -> bool {
         match self.waiter_slot(id.0) {
             Some(slot) => {
-                self.remove_waiter(slot);
+                self.remove_waiter(slot, false);
                 true
             }
             None => false,
@@ -560,9 +573,11 @@ impl Connection {
 
     /// The transport accepted the first `n` bytes of [`poll_transmit`](Self::poll_transmit).
     pub fn handle_written(&mut self, n: usize) {
-        let n = n.min(self.transmit.len());
+        let n = n.min(self.writable());
         self.transmit.advance(n);
+        self.consumed += n as u64;
         self.stats.bytes_out += n as u64;
+        self.skip_holes();
     }
 
     /// The clock reached `now`: every request whose deadline is at or before it fails.
@@ -572,7 +587,7 @@ impl Connection {
                 break;
             }
             let id = self.slot_id(slot);
-            let written = self.remove_waiter(slot);
+            let written = self.remove_waiter(slot, false);
             self.stats.timeouts += 1;
             self.events.push_back(Event::Failed {
                 id,
@@ -591,10 +606,12 @@ impl Connection {
 
     // ---- outputs ----
 
-    /// Every byte queued for writing, as one contiguous slice; `None` when there is none.
+    /// The bytes to write next: every frame queued so far, coalesced into one contiguous slice
+    /// (cut short only where a withdrawn frame is skipped). `None` when there is nothing.
     #[must_use]
     pub fn poll_transmit(&self) -> Option<&[u8]> {
-        (!self.transmit.is_empty()).then_some(&self.transmit[..])
+        let n = self.writable();
+        (n > 0).then(|| &self.transmit[..n])
     }
 
     /// The next event, in the order they happened.
@@ -624,9 +641,29 @@ impl Connection {
         Ok(())
     }
 
-    /// Stream offset of the end of what is queued: written bytes plus what still waits.
+    /// Stream offset of the end of what is queued.
     fn stream_end(&self) -> u64 {
-        self.stats.bytes_out + self.transmit.len() as u64
+        self.consumed + self.transmit.len() as u64
+    }
+
+    /// Bytes that may be written now: up to the next hole.
+    fn writable(&self) -> usize {
+        match self.holes.front() {
+            Some(&(start, _)) => (start - self.consumed) as usize,
+            None => self.transmit.len(),
+        }
+    }
+
+    /// Drops withdrawn frames that are now at the front of the buffer.
+    fn skip_holes(&mut self) {
+        while let Some(&(start, end)) = self.holes.front() {
+            if start != self.consumed {
+                break;
+            }
+            self.transmit.advance((end - start) as usize);
+            self.consumed = end;
+            self.holes.pop_front();
+        }
     }
 
     fn slot_id(&self, slot: usize) -> RequestId {
@@ -640,8 +677,12 @@ impl Connection {
         (self.waiters.contains(slot) && self.generations[slot] == generation).then_some(slot)
     }
 
-    /// Frees a waiter's slot and returns whether its request was written.
-    fn remove_waiter(&mut self, slot: usize) -> bool {
+    /// Frees a waiter's slot and returns whether the peer may receive its request.
+    ///
+    /// Fully written: yes. When `closing` (unsent bytes are about to be discarded): only if fully
+    /// written, since a peer cannot act on part of a frame. Otherwise a frame already begun will
+    /// be finished (yes), and one not begun is withdrawn from the buffer (no).
+    fn remove_waiter(&mut self, slot: usize, closing: bool) -> bool {
         let waiter = self.waiters.remove(slot);
         self.deadlines.remove(slot);
         debug_assert_eq!(self.deadlines.len(), self.waiters.len());
@@ -649,7 +690,19 @@ impl Connection {
         let next = self.generations[slot].wrapping_add(1) & generation_mask;
         // Generation 0 is reserved for oneways.
         self.generations[slot] = next.max(1);
-        waiter.written_at <= self.stats.bytes_out
+        let start = waiter.end - u64::from(waiter.len);
+        if waiter.end <= self.consumed {
+            true
+        } else if closing {
+            false
+        } else if start < self.consumed {
+            true
+        } else {
+            let at = self.holes.partition_point(|&(s, _)| s < start);
+            self.holes.insert(at, (start, waiter.end));
+            self.skip_holes();
+            false
+        }
     }
 
     fn shut(&mut self, reason: CloseReason) {
@@ -660,7 +713,7 @@ impl Connection {
         let slots: Vec<usize> = self.waiters.iter().map(|(slot, _)| slot).collect();
         for slot in slots {
             let id = self.slot_id(slot);
-            let written = self.remove_waiter(slot);
+            let written = self.remove_waiter(slot, true);
             self.events.push_back(Event::Failed {
                 id,
                 error: RequestError {
@@ -670,6 +723,7 @@ impl Connection {
             });
         }
         self.transmit.clear();
+        self.holes.clear();
         self.read_buf.clear();
         self.events.push_back(Event::Closed { reason });
     }
@@ -704,7 +758,7 @@ impl Connection {
             match self.waiter_slot(cmd.opaque as u32) {
                 Some(slot) => {
                     let id = self.slot_id(slot);
-                    self.remove_waiter(slot);
+                    self.remove_waiter(slot, false);
                     self.stats.responses_matched += 1;
                     self.events.push_back(Event::Response { id, response: cmd });
                 }
@@ -972,7 +1026,7 @@ mod tests {
     }
 
     #[test]
-    fn cancel_ends_a_request_silently() {
+    fn cancel_ends_a_request_silently_and_withdraws_it_if_unwritten() {
         let (mut client, mut server) = pair();
         let t0 = Instant::ZERO;
         let a = client
@@ -981,11 +1035,64 @@ mod tests {
         assert!(client.cancel(a));
         assert!(!client.cancel(a));
         assert_eq!(client.poll_timeout(), None);
+        assert_eq!(
+            client.poll_transmit(),
+            None,
+            "an unwritten request is withdrawn"
+        );
+        // Once written, a cancelled request's response is stale.
+        let b = client
+            .send_request(Command::request(1), t0 + SEC, t0)
+            .unwrap();
         flow(&mut client, &mut server, t0);
+        assert!(client.cancel(b));
         echo(&mut server);
         flow(&mut server, &mut client, t0);
         assert!(events(&mut client).is_empty());
         assert_eq!(client.stats().stale_responses, 1);
+    }
+
+    #[test]
+    fn a_request_that_times_out_unwritten_is_never_sent() {
+        let (mut client, mut server) = pair();
+        let t0 = Instant::ZERO;
+        let a = client
+            .send_request(Command::request(1).with_body(&b"a"[..]), t0 + 5 * SEC, t0)
+            .unwrap();
+        let b = client
+            .send_request(Command::request(2).with_body(&b"b"[..]), t0 + SEC, t0)
+            .unwrap();
+        let c = client
+            .send_request(Command::request(3).with_body(&b"c"[..]), t0 + 5 * SEC, t0)
+            .unwrap();
+        let mut wire = client.poll_transmit().unwrap()[..5].to_vec();
+        client.handle_written(5); // `a` begun, `b` and `c` not
+        client.handle_timeout(t0 + SEC);
+        assert_eq!(
+            events(&mut client),
+            [Event::Failed {
+                id: b,
+                error: RequestError {
+                    closed: None,
+                    written: false
+                }
+            }]
+        );
+        // The rest of `a` goes out, then `c`; `b` is skipped.
+        while let Some(bytes) = client.poll_transmit() {
+            let n = bytes.len();
+            wire.extend_from_slice(bytes);
+            client.handle_written(n);
+        }
+        server.handle_input(&wire, t0);
+        let opaques: Vec<_> = events(&mut server)
+            .into_iter()
+            .map(|e| match e {
+                Event::Request { command, .. } => command.opaque,
+                _ => panic!(),
+            })
+            .collect();
+        assert_eq!(opaques, [a.opaque(), c.opaque()]);
     }
 
     #[test]

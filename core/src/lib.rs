@@ -42,6 +42,7 @@
 //! assert!(response.is_response() && response.opaque == 1);
 //! ```
 #![no_std]
+#![warn(clippy::std_instead_of_core, clippy::alloc_instead_of_core)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 extern crate alloc;

@@ -1,5 +1,7 @@
 //! Helpers shared by Remora's cross-crate tests.
 
+pub mod sim;
+
 use std::path::PathBuf;
 
 /// The project's copy of the test vectors (`tests/fixtures/vectors`).
