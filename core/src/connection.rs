@@ -16,10 +16,7 @@ use crate::frame::{Codec, Decoded, Limits};
 use crate::time::Instant;
 use crate::SerializeType;
 
-/// `SYSTEM_BUSY`: what the machine answers when a peer has too many requests in flight.
-pub const SYSTEM_BUSY: i32 = 2;
-/// `SYSTEM_ERROR`: what the machine answers when a response could not be encoded.
-pub const SYSTEM_ERROR: i32 = 1;
+use crate::codes::{SYSTEM_BUSY, SYSTEM_ERROR};
 
 /// How a [`Connection`] behaves. `Default` suits a client or server talking to RocketMQ peers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -606,6 +603,22 @@ impl Connection {
 
     // ---- outputs ----
 
+    /// Takes the bytes [`poll_transmit`](Self::poll_transmit) would show, for a driver that hands
+    /// owned buffers to its transport (or writes outside a lock). They count as written at once:
+    /// the driver commits to writing them, and a request among them is reported as possibly
+    /// delivered from then on. No copy: the returned `Bytes` shares the machine's buffer.
+    pub fn take_transmit(&mut self) -> Option<bytes::Bytes> {
+        let n = self.writable();
+        if n == 0 {
+            return None;
+        }
+        let out = self.transmit.split_to(n).freeze();
+        self.consumed += n as u64;
+        self.stats.bytes_out += n as u64;
+        self.skip_holes();
+        Some(out)
+    }
+
     /// The bytes to write next: every frame queued so far, coalesced into one contiguous slice
     /// (cut short only where a withdrawn frame is skipped). `None` when there is nothing.
     #[must_use]
@@ -790,6 +803,7 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codes::SYSTEM_BUSY;
     use alloc::vec;
     use core::time::Duration;
 

@@ -49,7 +49,9 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod backoff;
 pub mod binary;
+pub mod codes;
 mod command;
 mod connection;
 mod deadlines;
@@ -64,7 +66,7 @@ pub use command::{
 };
 pub use connection::{
     CloseReason, Config, Connection, Event, IncomingRequest, RequestError, RequestId, SendError,
-    Stats, SYSTEM_BUSY, SYSTEM_ERROR,
+    Stats,
 };
 pub use error::{BinaryField, DecodeError, EncodeError, JsonErrorKind};
 pub use frame::{Codec, Decoded, Limits, DEFAULT_MAX_FRAME_LEN, PREFIX_LEN};

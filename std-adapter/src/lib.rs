@@ -1,6 +1,28 @@
-//! Blocking `std::net` driver for the Remora remoting core.
+//! Blocking `std::net` client and server for the Apache RocketMQ remoting protocol.
 //!
-//! Not implemented yet (issue 4): this crate only re-exports [`remora_core`] so the workspace layout
-//! is in place. Nothing here moves bytes today.
+//! For programs that do not want an async runtime: plain sockets and threads drive the
+//! `remora-core` [`Connection`](remora_core::Connection) machine. The driver moves bytes, reads
+//! the clock and wakes threads; every protocol decision (matching, deadlines, busy answers,
+//! which requests may have reached the peer) is the core's.
+//!
+//! - [`Client`]: `call` from any number of threads over a pool of multiplexed connections
+//!   (least in-flight first), `oneway`, reconnect with backoff, short-connection mode, idle
+//!   expiry, and a [`Handler`] for requests the server sends.
+//! - [`Server`]: a handler per request on a worker pool, `SYSTEM_BUSY` beyond the in-flight
+//!   limit, `REQUEST_CODE_NOT_SUPPORTED` from the default [`NotSupported`] handler, graceful stop.
+//!
+//! Threads: each connection has a reader thread that never writes (so two peers can never
+//! deadlock on full socket buffers); callers and workers write, and a thread that finds another
+//! one writing leaves its frames to it, so writes coalesce under load.
 
-pub use remora_core as core;
+mod client;
+mod conn;
+mod error;
+mod handler;
+mod server;
+
+pub use client::{Client, ClientConfig, Mode};
+pub use conn::Peer;
+pub use error::Error;
+pub use handler::{Handler, NotSupported};
+pub use server::{Server, ServerConfig};

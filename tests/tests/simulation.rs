@@ -12,9 +12,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use remora_core::codes::SYSTEM_BUSY;
 use remora_core::{
     CloseReason, Command, Config, Connection, Event, IncomingRequest, Instant, RequestId,
-    SendError, SerializeType, SYSTEM_BUSY,
+    SendError, SerializeType,
 };
 use remora_tests::sim::{LinkParams, Pair, Rng};
 

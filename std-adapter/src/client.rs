@@ -1,0 +1,350 @@
+//! The blocking client: a pool of multiplexed connections to one endpoint.
+
+use std::io;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use remora_core::backoff::Backoff;
+use remora_core::{CloseReason, Command, Config};
+
+use crate::conn::{Clock, Conn, ConnConfig};
+use crate::handler::{Handler, NotSupported, Pool};
+use crate::Error;
+
+/// How connections are used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Connections stay open and carry many calls at once; one unused for `idle_timeout` is
+    /// closed (and reopened on demand).
+    Long {
+        /// Close a connection after this long with nothing in flight; `None` keeps it.
+        idle_timeout: Option<Duration>,
+    },
+    /// A new connection for every call, closed after it.
+    Short,
+}
+
+/// How a [`Client`] behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientConfig {
+    /// Each connection's machine (`max_waiters` is the most calls in flight per connection).
+    pub connection: Config,
+    /// Connections kept to the endpoint; calls go to the one with the fewest in flight.
+    pub pool_size: usize,
+    /// Long-lived or per-call connections.
+    pub mode: Mode,
+    /// How long a connect may take.
+    pub connect_timeout: Duration,
+    /// Delay before reconnecting after a connection failed (grows with consecutive failures).
+    pub reconnect: Backoff,
+    /// Worker threads for requests the server sends to this client.
+    pub workers: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connection: Config::default(),
+            pool_size: 1,
+            mode: Mode::Long {
+                idle_timeout: Some(Duration::from_secs(120)),
+            },
+            connect_timeout: Duration::from_secs(3),
+            reconnect: Backoff::default(),
+            workers: 1,
+        }
+    }
+}
+
+enum Slot {
+    Empty,
+    Connecting,
+    Up(Arc<Conn>),
+    Down { retry_at: Instant, failures: u32 },
+}
+
+struct Shared {
+    addrs: Vec<SocketAddr>,
+    config: ClientConfig,
+    handler: Arc<dyn Handler>,
+    pool: Arc<Pool>,
+    clock: Clock,
+    slots: Mutex<Vec<Slot>>,
+    changed: Condvar,
+    closed: AtomicBool,
+    entropy: AtomicU64,
+}
+
+/// A remoting client on `std::net`, safe to share between threads: every thread may
+/// [`call`](Client::call) at once over the same connections (each response goes to its own
+/// caller). Requests the server sends to the client are answered by a [`Handler`].
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use remora_core::{codes, Command};
+/// use remora_std::{Client, ClientConfig};
+///
+/// let client = Client::connect("127.0.0.1:9876", ClientConfig::default())?;
+/// let request = Command::request(codes::GET_ROUTEINFO_BY_TOPIC).with_ext("topic", "TopicTest");
+/// let response = client.call(request, Duration::from_secs(3))?;
+/// println!("{} {:?}", response.code, response.remark);
+/// client.close();
+/// # Ok::<(), remora_std::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+impl Client {
+    /// Connects to `addr` (one connection now, the rest of the pool on demand). Requests from
+    /// the server are answered `REQUEST_CODE_NOT_SUPPORTED`.
+    pub fn connect(addr: impl ToSocketAddrs, config: ClientConfig) -> Result<Client, Error> {
+        Client::connect_with_handler(addr, config, NotSupported)
+    }
+
+    /// Connects to `addr`; requests from the server go to `handler`.
+    pub fn connect_with_handler(
+        addr: impl ToSocketAddrs,
+        config: ClientConfig,
+        handler: impl Handler,
+    ) -> Result<Client, Error> {
+        let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(Error::Connect)?.collect();
+        if addrs.is_empty() {
+            return Err(Error::Connect(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "address resolved to nothing",
+            )));
+        }
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let client = Client {
+            shared: Arc::new(Shared {
+                addrs,
+                config,
+                handler: Arc::new(handler),
+                pool: Pool::new(config.workers, "remora-client-worker"),
+                clock: Clock::new(),
+                slots: Mutex::new((0..config.pool_size.max(1)).map(|_| Slot::Empty).collect()),
+                changed: Condvar::new(),
+                closed: AtomicBool::new(false),
+                entropy: AtomicU64::new(seed | 1),
+            }),
+        };
+        if let Mode::Long { .. } = config.mode {
+            // Fail fast on a wrong address.
+            client.acquire()?;
+        }
+        Ok(client)
+    }
+
+    /// Sends `request` and waits up to `timeout` for its response (whatever its code).
+    pub fn call(&self, request: Command, timeout: Duration) -> Result<Command, Error> {
+        match self.shared.config.mode {
+            Mode::Short => {
+                let conn = self.shared.open()?;
+                let outcome = conn.call(request, timeout);
+                conn.close();
+                outcome
+            }
+            Mode::Long { .. } => self.acquire()?.call(request, timeout),
+        }
+    }
+
+    /// Sends a oneway request: it is written (or queued) when this returns; no answer comes.
+    pub fn oneway(&self, request: Command) -> Result<(), Error> {
+        match self.shared.config.mode {
+            Mode::Short => {
+                let conn = self.shared.open()?;
+                let outcome = conn.oneway(request);
+                conn.close();
+                outcome
+            }
+            Mode::Long { .. } => self.acquire()?.oneway(request),
+        }
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.shared
+            .lock_slots()
+            .iter()
+            .filter(|s| matches!(s, Slot::Up(c) if !c.is_closed()))
+            .count()
+    }
+
+    /// Closes every connection (idempotent): calls in flight fail with [`Error::Closed`], the
+    /// client's threads are joined, later calls fail at once.
+    pub fn close(&self) {
+        if self.shared.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let conns: Vec<Arc<Conn>> = self
+            .shared
+            .lock_slots()
+            .iter_mut()
+            .filter_map(|s| match std::mem::replace(s, Slot::Empty) {
+                Slot::Up(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        for conn in conns {
+            conn.close();
+        }
+        self.shared.changed.notify_all();
+        self.shared.pool.shutdown();
+    }
+
+    /// The least loaded live connection, connecting (or reconnecting) when that helps.
+    fn acquire(&self) -> Result<Arc<Conn>, Error> {
+        let shared = &self.shared;
+        let mut slots = shared.lock_slots();
+        loop {
+            if shared.closed.load(Ordering::Acquire) {
+                return Err(Error::Closed { written: false });
+            }
+            let now = Instant::now();
+            for slot in slots.iter_mut() {
+                if let Slot::Up(conn) = slot {
+                    if conn.is_closed() {
+                        *slot = match conn.close_reason() {
+                            // Closed while idle: reopen on demand, no penalty.
+                            Some(CloseReason::Local) | None => Slot::Empty,
+                            Some(_) => shared.down(now, 0),
+                        };
+                    }
+                }
+            }
+            let best = slots
+                .iter()
+                .filter_map(|s| match s {
+                    Slot::Up(c) => Some(c),
+                    _ => None,
+                })
+                .min_by_key(|c| c.in_flight())
+                .cloned();
+            let vacancy = slots.iter().position(|s| match s {
+                Slot::Empty => true,
+                Slot::Down { retry_at, .. } => *retry_at <= now,
+                _ => false,
+            });
+            match (best, vacancy) {
+                (Some(conn), None) => return Ok(conn),
+                (Some(conn), Some(_)) if conn.in_flight() == 0 => return Ok(conn),
+                (best, Some(i)) => {
+                    let failures = match slots[i] {
+                        Slot::Down { failures, .. } => failures,
+                        _ => 0,
+                    };
+                    slots[i] = Slot::Connecting;
+                    drop(slots);
+                    let opened = shared.open();
+                    slots = shared.lock_slots();
+                    shared.changed.notify_all();
+                    match opened {
+                        Ok(conn) => {
+                            if shared.closed.load(Ordering::Acquire) {
+                                conn.close();
+                                slots[i] = Slot::Empty;
+                                continue;
+                            }
+                            slots[i] = Slot::Up(Arc::clone(&conn));
+                            return Ok(conn);
+                        }
+                        Err(e) => {
+                            slots[i] = shared.down(Instant::now(), failures + 1);
+                            if let Some(conn) = best {
+                                return Ok(conn);
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+                (None, None) => {
+                    if slots.iter().any(|s| matches!(s, Slot::Connecting)) {
+                        let (guard, _) = shared
+                            .changed
+                            .wait_timeout(slots, shared.config.connect_timeout)
+                            .unwrap_or_else(|e| e.into_inner());
+                        slots = guard;
+                        continue;
+                    }
+                    let retry_at = slots
+                        .iter()
+                        .filter_map(|s| match s {
+                            Slot::Down { retry_at, .. } => Some(*retry_at),
+                            _ => None,
+                        })
+                        .min()
+                        .unwrap_or(now);
+                    return Err(Error::Unavailable {
+                        retry_in: retry_at.saturating_duration_since(now),
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn lock_slots(&self) -> MutexGuard<'_, Vec<Slot>> {
+        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot that failed `failures` times in a row, retried after the backoff.
+    fn down(&self, now: Instant, failures: u32) -> Slot {
+        let entropy = self.next_entropy();
+        let delay = self
+            .config
+            .reconnect
+            .delay(failures.saturating_sub(1), entropy);
+        Slot::Down {
+            retry_at: now + delay,
+            failures: failures.max(1),
+        }
+    }
+
+    fn next_entropy(&self) -> u64 {
+        // xorshift64*: the driver's entropy source for jitter (the core has none).
+        let mut x = self.entropy.load(Ordering::Relaxed);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.entropy.store(x, Ordering::Relaxed);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A new connection to the first address that accepts.
+    fn open(&self) -> Result<Arc<Conn>, Error> {
+        let mut last = None;
+        for addr in &self.addrs {
+            match TcpStream::connect_timeout(addr, self.config.connect_timeout) {
+                Ok(stream) => {
+                    let idle_timeout = match self.config.mode {
+                        Mode::Long { idle_timeout } => idle_timeout,
+                        Mode::Short => None,
+                    };
+                    let config = ConnConfig {
+                        machine: self.config.connection,
+                        idle_timeout,
+                    };
+                    return Conn::start(
+                        stream,
+                        config,
+                        self.clock,
+                        Arc::clone(&self.handler),
+                        Arc::clone(&self.pool),
+                    )
+                    .map_err(Error::Connect);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(Error::Connect(last.unwrap_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "no address")
+        })))
+    }
+}

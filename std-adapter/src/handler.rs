@@ -1,0 +1,100 @@
+//! What answers the peer's requests, and the worker pool that runs it.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use remora_core::codes;
+use remora_core::Command;
+
+/// Answers requests from the peer.
+///
+/// Called on a worker thread, possibly on many at once. For a oneway request the answer is
+/// discarded (a oneway request is never answered). A panic is caught and answered
+/// `SYSTEM_ERROR`.
+pub trait Handler: Send + Sync + 'static {
+    /// The response to `request`; build it with [`Command::response`] so it answers in kind.
+    fn handle(&self, request: Command) -> Command;
+}
+
+impl<F> Handler for F
+where
+    F: Fn(Command) -> Command + Send + Sync + 'static,
+{
+    fn handle(&self, request: Command) -> Command {
+        self(request)
+    }
+}
+
+/// The default handler: answers every request `REQUEST_CODE_NOT_SUPPORTED`, as Java does for a
+/// code no processor is registered for.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NotSupported;
+
+impl Handler for NotSupported {
+    fn handle(&self, request: Command) -> Command {
+        codes::not_supported(&request)
+    }
+}
+
+pub(crate) fn run_handler(handler: &dyn Handler, request: Command) -> Command {
+    let fallback = request.response(codes::SYSTEM_ERROR);
+    catch_unwind(AssertUnwindSafe(|| handler.handle(request)))
+        .unwrap_or_else(|_| fallback.with_remark("request handler panicked"))
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A fixed set of worker threads fed through a channel.
+pub(crate) struct Pool {
+    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Pool {
+    pub(crate) fn new(threads: usize, name: &str) -> Arc<Pool> {
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        let workers = (0..threads.max(1))
+            .map(|i| {
+                let receiver = Arc::clone(&receiver);
+                std::thread::Builder::new()
+                    .name(format!("{name}-{i}"))
+                    .spawn(move || loop {
+                        let job = receiver.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(_) => return,
+                        }
+                    })
+                    .expect("spawn worker thread")
+            })
+            .collect();
+        Arc::new(Pool {
+            sender: Mutex::new(Some(sender)),
+            workers: Mutex::new(workers),
+        })
+    }
+
+    /// Runs `job` on a worker; false if the pool is shut down.
+    pub(crate) fn execute(&self, job: impl FnOnce() + Send + 'static) -> bool {
+        let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        match sender.as_ref() {
+            Some(s) => s.send(Box::new(job)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Lets queued jobs finish, then joins the workers. Idempotent; must not run on a worker.
+    pub(crate) fn shutdown(&self) {
+        self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let workers = std::mem::take(&mut *self.workers.lock().unwrap_or_else(|e| e.into_inner()));
+        let me = std::thread::current().id();
+        for w in workers {
+            if w.thread().id() != me {
+                let _ = w.join();
+            }
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! The blocking server: an accept thread, a reader thread per connection, a worker pool.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use remora_core::Config;
+
+use crate::conn::{Clock, Conn, ConnConfig, Peer};
+use crate::handler::{Handler, Pool};
+
+/// How a [`Server`] runs.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerConfig {
+    /// Each connection's machine. `max_incoming` is the most requests in flight per connection;
+    /// beyond it the server answers `SYSTEM_BUSY`.
+    pub connection: Config,
+    /// Worker threads running the handler (shared by all connections).
+    pub workers: usize,
+    /// How long [`Server::stop`] waits for requests in flight to be answered and written.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            connection: Config::default(),
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+struct Shared {
+    config: ServerConfig,
+    handler: Arc<dyn Handler>,
+    pool: Arc<Pool>,
+    clock: Clock,
+    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    next_id: AtomicU64,
+    stopping: AtomicBool,
+}
+
+/// A remoting server on `std::net`: every request on every connection is answered by the
+/// handler on a worker thread. A corrupt frame closes only the connection that sent it; oneway
+/// requests are handled and never answered.
+pub struct Server {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    acceptor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Server {
+    /// Listens on `addr` with the default configuration.
+    pub fn bind(addr: impl ToSocketAddrs, handler: impl Handler) -> io::Result<Server> {
+        Server::bind_with(addr, handler, ServerConfig::default())
+    }
+
+    /// Listens on `addr`.
+    pub fn bind_with(
+        addr: impl ToSocketAddrs,
+        handler: impl Handler,
+        config: ServerConfig,
+    ) -> io::Result<Server> {
+        let listener = TcpListener::bind(addr)?;
+        let local_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            config,
+            handler: Arc::new(handler),
+            pool: Pool::new(config.workers, "remora-worker"),
+            clock: Clock::new(),
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+        });
+        let for_acceptor = Arc::clone(&shared);
+        let acceptor = std::thread::Builder::new()
+            .name("remora-accept".into())
+            .spawn(move || accept_loop(&for_acceptor, &listener))?;
+        Ok(Server {
+            shared,
+            local_addr,
+            acceptor: Mutex::new(Some(acceptor)),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        let mut conns = self.shared.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.retain(|_, c| !c.is_closed());
+        conns.len()
+    }
+
+    /// The open connections, to send requests to their clients.
+    pub fn peers(&self) -> Vec<Peer> {
+        let mut conns = self.shared.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.retain(|_, c| !c.is_closed());
+        conns.values().map(|c| Peer::new(Arc::clone(c))).collect()
+    }
+
+    /// Stops gracefully (idempotent): accepts no more connections, waits up to
+    /// [`ServerConfig::drain_timeout`] for requests in flight to be answered and written, then
+    /// closes every connection and joins every thread.
+    pub fn stop(&self) {
+        if self.shared.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Wake the acceptor from its blocking accept.
+        let mut wake = self.local_addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        if let Some(handle) = self
+            .acceptor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = handle.join();
+        }
+        let conns: Vec<Arc<Conn>> = self
+            .shared
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        let give_up = std::time::Instant::now() + self.shared.config.drain_timeout;
+        for conn in &conns {
+            while !conn.is_closed() && std::time::Instant::now() < give_up {
+                if conn.unfinished() == (0, false) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        for conn in &conns {
+            conn.close();
+        }
+        self.shared.pool.shutdown();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
+    for stream in listener.incoming() {
+        if shared.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(stream) = stream else {
+            // EMFILE and friends: back off a little rather than spin.
+            std::thread::sleep(Duration::from_millis(10));
+            continue;
+        };
+        let config = ConnConfig {
+            machine: shared.config.connection,
+            idle_timeout: None,
+        };
+        let conn = Conn::start(
+            stream,
+            config,
+            shared.clock,
+            Arc::clone(&shared.handler),
+            Arc::clone(&shared.pool),
+        );
+        if let Ok(conn) = conn {
+            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let mut conns = shared.conns.lock().unwrap_or_else(|e| e.into_inner());
+            conns.retain(|_, c| !c.is_closed());
+            conns.insert(id, conn);
+        }
+    }
+}
