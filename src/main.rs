@@ -5,9 +5,12 @@ mod view;
 use std::io::{self, Read, Write};
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use bytes::BytesMut;
 use clap::{Parser, Subcommand};
-use remora_core::{Codec, Decoded, Limits};
+use remora_core::{codes, Codec, Command, Decoded, Limits, SerializeType};
+use remora_std::{Client, ClientConfig, Mode, Server, ServerConfig};
 
 /// Speak the Apache RocketMQ remoting protocol.
 #[derive(Parser)]
@@ -34,6 +37,50 @@ enum Cmd {
         #[arg(long, default_value_t = remora_core::DEFAULT_MAX_FRAME_LEN)]
         max_frame_len: u32,
     },
+    /// Send one request to a server and print its response (the JSON shape `decode` prints).
+    ///
+    /// Exits 0 when a response arrived, whatever its code; non-zero with a one-line error on a
+    /// timeout, a refused connection or a protocol error.
+    Call {
+        /// Server address, e.g. 127.0.0.1:9876.
+        addr: String,
+        /// Request code, e.g. 105 (GET_ROUTEINFO_BY_TOPIC).
+        #[arg(long)]
+        code: i32,
+        /// An extension field, `key=value`; repeatable.
+        #[arg(long = "ext", value_name = "KEY=VALUE")]
+        ext: Vec<String>,
+        /// Remark.
+        #[arg(long)]
+        remark: Option<String>,
+        /// Body, as text.
+        #[arg(long, conflicts_with = "body_file")]
+        body: Option<String>,
+        /// Body, from a file.
+        #[arg(long)]
+        body_file: Option<std::path::PathBuf>,
+        /// Header serialization.
+        #[arg(long, value_enum, default_value_t = Serialize::Json)]
+        serialize: Serialize,
+        /// How long to wait for the response.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+        /// Send a oneway request (no response is awaited; exits 0 once it is written).
+        #[arg(long)]
+        oneway: bool,
+    },
+    /// Run an echo server: every request is answered SUCCESS with its own body and ext fields.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9876")]
+        listen: String,
+        /// Which driver serves.
+        #[arg(long, value_enum, default_value_t = Backend::Std)]
+        backend: Backend,
+        /// Answer with this header serialization (default: the request's).
+        #[arg(long, value_enum)]
+        serialize: Option<Serialize>,
+    },
     /// Encode commands given as JSON objects (the shape `decode` prints); print one hex frame each.
     ///
     /// Input: `--json`, or one or more objects on stdin. Only `code` is required.
@@ -42,6 +89,33 @@ enum Cmd {
         #[arg(long)]
         json: Option<String>,
     },
+}
+
+/// Header serialization, as a command-line value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Serialize {
+    /// JSON header.
+    Json,
+    /// ROCKETMQ binary header.
+    Rocketmq,
+}
+
+impl From<Serialize> for SerializeType {
+    fn from(s: Serialize) -> SerializeType {
+        match s {
+            Serialize::Json => SerializeType::Json,
+            Serialize::Rocketmq => SerializeType::RocketMq,
+        }
+    }
+}
+
+/// Which driver moves the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Backend {
+    /// Blocking std::net threads.
+    Std,
+    /// io_uring, thread per core.
+    Uring,
 }
 
 fn main() -> ExitCode {
@@ -53,6 +127,45 @@ fn main() -> ExitCode {
             max_frame_len,
         } => decode(hex, file, max_frame_len),
         Cmd::Encode { json } => encode(json),
+        Cmd::Call {
+            addr,
+            code,
+            ext,
+            remark,
+            body,
+            body_file,
+            serialize,
+            timeout_ms,
+            oneway,
+        } => {
+            let body = match (body, body_file) {
+                (Some(text), _) => Ok(text.into_bytes()),
+                (None, Some(path)) => {
+                    std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))
+                }
+                (None, None) => Ok(vec![]),
+            };
+            body.and_then(|body| {
+                let mut request = Command::request(code)
+                    .with_body(body)
+                    .with_serialize_type(serialize.into());
+                if let Some(remark) = remark {
+                    request = request.with_remark(remark);
+                }
+                for pair in &ext {
+                    let (k, v) = pair
+                        .split_once('=')
+                        .ok_or_else(|| format!("--ext {pair:?}: expected KEY=VALUE"))?;
+                    request = request.with_ext(k, v);
+                }
+                call(&addr, request, Duration::from_millis(timeout_ms), oneway)
+            })
+        }
+        Cmd::Serve {
+            listen,
+            backend,
+            serialize,
+        } => serve(&listen, backend, serialize.map(Into::into)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -105,6 +218,51 @@ fn decode(
             }
             Err(e) => return Err(format!("frame {}: {e}", frames + 1)),
         }
+    }
+}
+
+fn call(addr: &str, request: Command, timeout: Duration, oneway: bool) -> Result<(), String> {
+    let config = ClientConfig {
+        mode: Mode::Short,
+        connect_timeout: timeout,
+        ..ClientConfig::default()
+    };
+    let client = Client::connect(addr, config).map_err(|e| format!("{addr}: {e}"))?;
+    let outcome = if oneway {
+        client.oneway(request).map(|()| None)
+    } else {
+        client.call(request, timeout).map(Some)
+    };
+    client.close();
+    if let Some(response) = outcome.map_err(|e| format!("{addr}: {e}"))? {
+        println!("{}", view::to_json(&response));
+    }
+    Ok(())
+}
+
+/// Answers SUCCESS with the request's body and ext fields.
+fn echo(request: Command) -> Command {
+    let mut response = request
+        .response(codes::SUCCESS)
+        .with_body(request.body.clone());
+    response.ext_fields = request.ext_fields;
+    response
+}
+
+fn serve(listen: &str, backend: Backend, serialize: Option<SerializeType>) -> Result<(), String> {
+    let mut config = ServerConfig::default();
+    config.connection.serialize_type = serialize;
+    match backend {
+        Backend::Std => {
+            let server =
+                Server::bind_with(listen, echo, config).map_err(|e| format!("{listen}: {e}"))?;
+            println!("listening on {}", server.local_addr());
+            io::stdout().flush().map_err(|e| e.to_string())?;
+            loop {
+                std::thread::park();
+            }
+        }
+        Backend::Uring => Err("the uring backend is not built yet (issue 5)".into()),
     }
 }
 

@@ -141,3 +141,123 @@ fn encode_reads_a_stream_of_objects_and_refuses_bad_ones() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown key"));
 }
+
+/// `remora serve` on an ephemeral port; killed when dropped.
+struct Served {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(extra: &[&str]) -> Served {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_remora"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start remora serve");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_string();
+    Served { child, addr }
+}
+
+#[test]
+fn call_against_serve_echoes_and_reports_failures() {
+    let served = serve(&[]);
+    let out = remora(
+        &[
+            "call",
+            &served.addr,
+            "--code",
+            "105",
+            "--ext",
+            "topic=TopicTest",
+            "--body",
+            "hello",
+            "--serialize",
+            "rocketmq",
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys: Vec<&str> = got
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, KEYS);
+    assert_eq!(got["code"], 0);
+    assert_eq!(got["flag"], 1);
+    assert_eq!(got["serialize_type"], "ROCKETMQ");
+    assert_eq!(got["ext_fields"]["topic"], "TopicTest");
+    assert_eq!(got["body_hex"], "68656c6c6f");
+
+    let oneway = remora(&["call", &served.addr, "--code", "34", "--oneway"], b"");
+    assert!(oneway.status.success());
+    assert!(oneway.stdout.is_empty());
+
+    let bad_ext = remora(
+        &["call", &served.addr, "--code", "1", "--ext", "novalue"],
+        b"",
+    );
+    assert!(!bad_ext.status.success());
+
+    let addr = served.addr.clone();
+    drop(served);
+    let refused = remora(&["call", &addr, "--code", "1", "--timeout-ms", "500"], b"");
+    assert!(!refused.status.success());
+    let err = String::from_utf8(refused.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("connect"), "{err}");
+}
+
+#[test]
+fn call_times_out_with_one_line() {
+    // A listener that accepts and never answers.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let holder = std::thread::spawn(move || listener.accept().map(|(s, _)| s));
+    let out = remora(&["call", &addr, "--code", "1", "--timeout-ms", "200"], b"");
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("timed out"), "{err}");
+    drop(holder.join());
+}
+
+#[test]
+fn serve_answers_in_the_configured_serialization() {
+    let served = serve(&["--serialize", "rocketmq"]);
+    let out = remora(
+        &["call", &served.addr, "--code", "7", "--serialize", "json"],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["serialize_type"], "ROCKETMQ");
+}
