@@ -64,6 +64,12 @@ impl RequestId {
     pub fn opaque(self) -> i32 {
         self.0 as i32
     }
+
+    /// A dense index below [`Config::max_waiters`], unique among the requests pending on one
+    /// connection: drivers may keep per-request state in a `Vec` at this index, no hashing.
+    pub fn index(self, connection: &Connection) -> usize {
+        (self.0 & ((1u32 << connection.slot_bits) - 1)) as usize
+    }
 }
 
 /// A request from the peer awaiting our answer. Give it back exactly once, to

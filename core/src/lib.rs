@@ -51,6 +51,7 @@ extern crate std;
 
 pub mod backoff;
 pub mod binary;
+mod call;
 pub mod codes;
 mod command;
 mod connection;
@@ -60,6 +61,7 @@ mod frame;
 pub mod json;
 mod time;
 
+pub use call::{CallError, ConnectError, Handler, NotSupported};
 pub use command::{
     Command, ExtFields, HeaderStr, LanguageCode, SerializeType, DEFAULT_VERSION, FLAG_ONEWAY,
     FLAG_RESPONSE,

@@ -111,11 +111,13 @@ impl Client {
         config: ClientConfig,
         handler: impl Handler,
     ) -> Result<Client, Error> {
-        let addrs: Vec<SocketAddr> = addr.to_socket_addrs().map_err(Error::Connect)?.collect();
+        let addrs: Vec<SocketAddr> = addr
+            .to_socket_addrs()
+            .map_err(|e| Error::Connect(e.into()))?
+            .collect();
         if addrs.is_empty() {
-            return Err(Error::Connect(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "address resolved to nothing",
+            return Err(Error::Connect(remora_core::ConnectError::new(
+                io::Error::new(io::ErrorKind::InvalidInput, "address resolved to nothing"),
             )));
         }
         let seed = std::time::SystemTime::now()
@@ -338,13 +340,14 @@ impl Shared {
                         Arc::clone(&self.handler),
                         Arc::clone(&self.pool),
                     )
-                    .map_err(Error::Connect);
+                    .map_err(|e| Error::Connect(e.into()));
                 }
                 Err(e) => last = Some(e),
             }
         }
-        Err(Error::Connect(last.unwrap_or_else(|| {
-            io::Error::new(io::ErrorKind::NotFound, "no address")
-        })))
+        Err(Error::Connect(
+            last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
+                .into(),
+        ))
     }
 }

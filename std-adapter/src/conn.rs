@@ -207,7 +207,7 @@ impl Conn {
             let id = st
                 .machine
                 .send_request(cmd, deadline, now)
-                .map_err(Error::from_send)?;
+                .map_err(Error::from)?;
             st.calls.insert(id, Arc::clone(&slot));
         }
         self.touch();
@@ -234,7 +234,7 @@ impl Conn {
         lock(&self.state)
             .machine
             .send_oneway(cmd)
-            .map_err(Error::from_send)?;
+            .map_err(Error::from)?;
         self.touch();
         self.flush();
         Ok(())
@@ -294,7 +294,7 @@ impl Conn {
                 }
                 Event::Failed { id, error } => {
                     if let Some(slot) = st.calls.remove(&id) {
-                        slot.complete(Err(Error::from_request(error)));
+                        slot.complete(Err(Error::from(error)));
                     }
                 }
                 Event::Request { request, command } => {

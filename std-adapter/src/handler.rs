@@ -8,35 +8,7 @@ use std::thread::JoinHandle;
 use remora_core::codes;
 use remora_core::Command;
 
-/// Answers requests from the peer.
-///
-/// Called on a worker thread, possibly on many at once. For a oneway request the answer is
-/// discarded (a oneway request is never answered). A panic is caught and answered
-/// `SYSTEM_ERROR`.
-pub trait Handler: Send + Sync + 'static {
-    /// The response to `request`; build it with [`Command::response`] so it answers in kind.
-    fn handle(&self, request: Command) -> Command;
-}
-
-impl<F> Handler for F
-where
-    F: Fn(Command) -> Command + Send + Sync + 'static,
-{
-    fn handle(&self, request: Command) -> Command {
-        self(request)
-    }
-}
-
-/// The default handler: answers every request `REQUEST_CODE_NOT_SUPPORTED`, as Java does for a
-/// code no processor is registered for.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NotSupported;
-
-impl Handler for NotSupported {
-    fn handle(&self, request: Command) -> Command {
-        codes::not_supported(&request)
-    }
-}
+pub use remora_core::{Handler, NotSupported};
 
 pub(crate) fn run_handler(handler: &dyn Handler, request: Command) -> Command {
     let fallback = request.response(codes::SYSTEM_ERROR);

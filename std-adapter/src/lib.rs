@@ -17,12 +17,13 @@
 
 mod client;
 mod conn;
-mod error;
 mod handler;
 mod server;
 
 pub use client::{Client, ClientConfig, Mode};
 pub use conn::Peer;
-pub use error::Error;
 pub use handler::{Handler, NotSupported};
+
+/// Why a call got no response (the core's [`CallError`](remora_core::CallError)).
+pub type Error = remora_core::CallError;
 pub use server::{Server, ServerConfig};
