@@ -29,6 +29,15 @@ where
     }
 }
 
+/// Runs `handler`, answering `SYSTEM_ERROR` if it panics (so the peer is not left waiting and
+/// the driver's thread survives).
+#[cfg(feature = "std")]
+pub fn handle_catching(handler: &dyn Handler, request: Command) -> Command {
+    let fallback = request.response(codes::SYSTEM_ERROR);
+    std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| handler.handle(request)))
+        .unwrap_or_else(|_| fallback.with_remark("request handler panicked"))
+}
+
 /// The default handler: answers every request `REQUEST_CODE_NOT_SUPPORTED`, as Java does for a
 /// code no processor is registered for.
 #[derive(Clone, Copy, Debug, Default)]

@@ -61,6 +61,8 @@ mod frame;
 pub mod json;
 mod time;
 
+#[cfg(feature = "std")]
+pub use call::handle_catching;
 pub use call::{CallError, ConnectError, Handler, NotSupported};
 pub use command::{
     Command, ExtFields, HeaderStr, LanguageCode, SerializeType, DEFAULT_VERSION, FLAG_ONEWAY,

@@ -1,20 +1,12 @@
 //! What answers the peer's requests, and the worker pool that runs it.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use remora_core::codes;
-use remora_core::Command;
-
 pub use remora_core::{Handler, NotSupported};
 
-pub(crate) fn run_handler(handler: &dyn Handler, request: Command) -> Command {
-    let fallback = request.response(codes::SYSTEM_ERROR);
-    catch_unwind(AssertUnwindSafe(|| handler.handle(request)))
-        .unwrap_or_else(|_| fallback.with_remark("request handler panicked"))
-}
+pub(crate) use remora_core::handle_catching as run_handler;
 
 type Job = Box<dyn FnOnce() + Send>;
 

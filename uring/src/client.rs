@@ -1,0 +1,538 @@
+//! Clients: [`LocalClient`] for code already on a tokio-uring thread, and [`Client`], a `Send`
+//! handle that runs its connections on threads of its own.
+
+use std::cell::RefCell;
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use remora_core::backoff::Backoff;
+use remora_core::{CallError, CloseReason, Command, Config, ConnectError, Handler, NotSupported};
+use tokio::sync::{oneshot, Notify};
+use tokio_uring::net::TcpStream;
+
+use crate::conn::{CallFuture, Clock, Conn};
+
+/// How a client behaves.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientConfig {
+    /// Each connection's machine (`max_waiters` is the most calls in flight per connection).
+    pub connection: Config,
+    /// Connections per endpoint (per thread, for [`Client`]); calls go to the one with the
+    /// fewest in flight.
+    pub pool_size: usize,
+    /// Close a connection after this long with nothing in flight (reopened on demand).
+    pub idle_timeout: Option<Duration>,
+    /// How long a connect may take.
+    pub connect_timeout: Duration,
+    /// Delay before reconnecting after a connection failed (grows with consecutive failures).
+    pub reconnect: Backoff,
+    /// I/O threads of a [`Client`] (each with its own ring and its own connections).
+    pub threads: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            connection: Config::default(),
+            pool_size: 1,
+            idle_timeout: Some(Duration::from_secs(120)),
+            connect_timeout: Duration::from_secs(3),
+            reconnect: Backoff::default(),
+            threads: 1,
+        }
+    }
+}
+
+enum Slot {
+    Empty,
+    Connecting,
+    Up(Rc<Conn>),
+    Down {
+        retry_at: remora_core::Instant,
+        failures: u32,
+    },
+}
+
+struct Local {
+    addrs: Vec<SocketAddr>,
+    config: ClientConfig,
+    handler: Arc<dyn Handler>,
+    clock: Clock,
+    slots: RefCell<Vec<Slot>>,
+    changed: Notify,
+    closed: std::cell::Cell<bool>,
+    entropy: std::cell::Cell<u64>,
+}
+
+/// A client for code running on a tokio-uring thread: not `Send`, no locks, no cross-thread
+/// hops. Clone it freely within the thread.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use remora_core::{codes, Command};
+/// use remora_uring::{ClientConfig, LocalClient};
+///
+/// tokio_uring::start(async {
+///     let client = LocalClient::connect("127.0.0.1:9876", ClientConfig::default()).await?;
+///     let request = Command::request(codes::GET_ROUTEINFO_BY_TOPIC).with_ext("topic", "T");
+///     let response = client.call(request, Duration::from_secs(3)).await?;
+///     println!("{}", response.code);
+///     client.close();
+///     Ok::<(), remora_core::CallError>(())
+/// })
+/// # .unwrap();
+/// ```
+#[derive(Clone)]
+pub struct LocalClient {
+    inner: Rc<Local>,
+}
+
+impl LocalClient {
+    /// Connects to `addr` (one connection now, the rest of the pool on demand). Requests from
+    /// the server are answered `REQUEST_CODE_NOT_SUPPORTED`.
+    pub async fn connect(
+        addr: impl ToSocketAddrs,
+        config: ClientConfig,
+    ) -> Result<LocalClient, CallError> {
+        LocalClient::connect_with_handler(addr, config, Arc::new(NotSupported)).await
+    }
+
+    /// Connects to `addr`; requests from the server go to `handler` (run on this thread).
+    pub async fn connect_with_handler(
+        addr: impl ToSocketAddrs,
+        config: ClientConfig,
+        handler: Arc<dyn Handler>,
+    ) -> Result<LocalClient, CallError> {
+        let addrs = resolve(addr)?;
+        let client = LocalClient {
+            inner: Rc::new(Local {
+                addrs,
+                config,
+                handler,
+                clock: Clock::new(),
+                slots: RefCell::new((0..config.pool_size.max(1)).map(|_| Slot::Empty).collect()),
+                changed: Notify::new(),
+                closed: std::cell::Cell::new(false),
+                entropy: std::cell::Cell::new(seed()),
+            }),
+        };
+        client.acquire().await?;
+        Ok(client)
+    }
+
+    /// Sends `request` and waits up to `timeout` for its response (whatever its code).
+    pub async fn call(&self, request: Command, timeout: Duration) -> Result<Command, CallError> {
+        self.start_call(request, timeout).await?.await
+    }
+
+    /// Queues `request` and returns the future of its outcome without waiting: start many calls,
+    /// then await them (they share one write).
+    pub async fn start_call(
+        &self,
+        request: Command,
+        timeout: Duration,
+    ) -> Result<CallFuture, CallError> {
+        self.acquire().await?.call(request, timeout)
+    }
+
+    /// Queues a oneway request.
+    pub async fn oneway(&self, request: Command) -> Result<(), CallError> {
+        self.acquire().await?.oneway(request)
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.inner
+            .slots
+            .borrow()
+            .iter()
+            .filter(|s| matches!(s, Slot::Up(c) if !c.is_closed()))
+            .count()
+    }
+
+    /// Closes every connection (idempotent): calls in flight fail with `Closed`.
+    pub fn close(&self) {
+        self.inner.closed.set(true);
+        let conns: Vec<Rc<Conn>> = self
+            .inner
+            .slots
+            .borrow_mut()
+            .iter_mut()
+            .filter_map(|s| match std::mem::replace(s, Slot::Empty) {
+                Slot::Up(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        for conn in conns {
+            conn.close();
+        }
+        self.inner.changed.notify_waiters();
+    }
+
+    async fn acquire(&self) -> Result<Rc<Conn>, CallError> {
+        let inner = &self.inner;
+        loop {
+            if inner.closed.get() {
+                return Err(CallError::Closed { written: false });
+            }
+            let now = inner.clock.now();
+            let (best, vacancy, connecting, retry_at) = {
+                let mut slots = inner.slots.borrow_mut();
+                for slot in slots.iter_mut() {
+                    if let Slot::Up(conn) = slot {
+                        if conn.is_closed() {
+                            *slot = match conn.close_reason() {
+                                Some(CloseReason::Local) | None => Slot::Empty,
+                                Some(_) => inner.down(now, 1),
+                            };
+                        }
+                    }
+                }
+                let best = slots
+                    .iter()
+                    .filter_map(|s| match s {
+                        Slot::Up(c) => Some(c),
+                        _ => None,
+                    })
+                    .min_by_key(|c| c.in_flight())
+                    .cloned();
+                let vacancy = slots.iter().position(|s| match s {
+                    Slot::Empty => true,
+                    Slot::Down { retry_at, .. } => *retry_at <= now,
+                    _ => false,
+                });
+                let connecting = slots.iter().any(|s| matches!(s, Slot::Connecting));
+                let retry_at = slots
+                    .iter()
+                    .filter_map(|s| match s {
+                        Slot::Down { retry_at, .. } => Some(*retry_at),
+                        _ => None,
+                    })
+                    .min();
+                (best, vacancy, connecting, retry_at)
+            };
+            match (best, vacancy) {
+                (Some(conn), None) => return Ok(conn),
+                (Some(conn), Some(_)) if conn.in_flight() == 0 => return Ok(conn),
+                (best, Some(i)) => {
+                    let failures = match inner.slots.borrow()[i] {
+                        Slot::Down { failures, .. } => failures,
+                        _ => 0,
+                    };
+                    inner.slots.borrow_mut()[i] = Slot::Connecting;
+                    let opened = inner.open().await;
+                    inner.changed.notify_waiters();
+                    match opened {
+                        Ok(conn) => {
+                            if inner.closed.get() {
+                                conn.close();
+                                inner.slots.borrow_mut()[i] = Slot::Empty;
+                                continue;
+                            }
+                            inner.slots.borrow_mut()[i] = Slot::Up(Rc::clone(&conn));
+                            return Ok(conn);
+                        }
+                        Err(e) => {
+                            let down = inner.down(inner.clock.now(), failures + 1);
+                            inner.slots.borrow_mut()[i] = down;
+                            match best {
+                                Some(conn) => return Ok(conn),
+                                None => return Err(e),
+                            }
+                        }
+                    }
+                }
+                (None, None) if connecting => {
+                    let _ = tokio::time::timeout(
+                        inner.config.connect_timeout,
+                        inner.changed.notified(),
+                    )
+                    .await;
+                }
+                (None, None) => {
+                    return Err(CallError::Unavailable {
+                        retry_in: retry_at.unwrap_or(now) - now,
+                    })
+                }
+            }
+        }
+    }
+}
+
+impl Local {
+    fn down(&self, now: remora_core::Instant, failures: u32) -> Slot {
+        let mut x = self.entropy.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.entropy.set(x);
+        let delay = self.config.reconnect.delay(
+            failures.saturating_sub(1),
+            x.wrapping_mul(0x2545_F491_4F6C_DD1D),
+        );
+        Slot::Down {
+            retry_at: now + delay,
+            failures: failures.max(1),
+        }
+    }
+
+    async fn open(&self) -> Result<Rc<Conn>, CallError> {
+        let mut last = None;
+        for &addr in &self.addrs {
+            match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr)).await
+            {
+                Ok(Ok(stream)) => {
+                    return Ok(Conn::start(
+                        stream,
+                        self.config.connection,
+                        self.config.idle_timeout,
+                        Arc::clone(&self.handler),
+                        self.clock,
+                    ))
+                }
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+            }
+        }
+        Err(CallError::Connect(ConnectError::from(last.unwrap_or_else(
+            || io::Error::new(io::ErrorKind::NotFound, "no address"),
+        ))))
+    }
+}
+
+fn resolve(addr: impl ToSocketAddrs) -> Result<Vec<SocketAddr>, CallError> {
+    let addrs: Vec<SocketAddr> = addr
+        .to_socket_addrs()
+        .map_err(|e| CallError::Connect(e.into()))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(CallError::Connect(
+            io::Error::new(io::ErrorKind::InvalidInput, "address resolved to nothing").into(),
+        ));
+    }
+    Ok(addrs)
+}
+
+fn seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0x9E37, |d| d.as_nanos() as u64)
+        | 1
+}
+
+enum Job {
+    Call {
+        request: Command,
+        timeout: Duration,
+        reply: oneshot::Sender<Result<Command, CallError>>,
+    },
+    Oneway {
+        request: Command,
+        reply: oneshot::Sender<Result<(), CallError>>,
+    },
+}
+
+struct Worker {
+    jobs: tokio::sync::mpsc::UnboundedSender<Job>,
+    thread: Option<JoinHandle<()>>,
+    stop: Arc<Notify>,
+}
+
+/// A `Send + Sync` client whose connections live on io_uring threads of its own
+/// ([`ClientConfig::threads`]). Calls from any thread or runtime are handed to those threads;
+/// await the returned future anywhere, or use [`Client::call_blocking`].
+#[derive(Clone)]
+pub struct Client {
+    workers: Arc<std::sync::Mutex<Vec<Worker>>>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Client {
+    /// Starts the client's threads and connects each to `addr`.
+    pub fn connect(addr: impl ToSocketAddrs, config: ClientConfig) -> Result<Client, CallError> {
+        Client::connect_with_handler(addr, config, Arc::new(NotSupported))
+    }
+
+    /// Like [`Client::connect`]; requests from the server go to `handler`.
+    pub fn connect_with_handler(
+        addr: impl ToSocketAddrs,
+        config: ClientConfig,
+        handler: Arc<dyn Handler>,
+    ) -> Result<Client, CallError> {
+        let addrs = resolve(addr)?;
+        let mut workers = Vec::new();
+        for i in 0..config.threads.max(1) {
+            let (jobs, mut queue) = tokio::sync::mpsc::unbounded_channel::<Job>();
+            let (ready_tx, ready_rx) = mpsc::channel();
+            let stop = Arc::new(Notify::new());
+            let stop_here = Arc::clone(&stop);
+            let addrs = addrs.clone();
+            let handler = Arc::clone(&handler);
+            let thread = std::thread::Builder::new()
+                .name(format!("remora-uring-client-{i}"))
+                .spawn(move || {
+                    tokio_uring::start(async move {
+                        let client =
+                            match LocalClient::connect_with_handler(&addrs[..], config, handler)
+                                .await
+                            {
+                                Ok(c) => {
+                                    let _ = ready_tx.send(Ok(()));
+                                    c
+                                }
+                                Err(e) => {
+                                    let _ = ready_tx.send(Err(e));
+                                    return;
+                                }
+                            };
+                        let running = Rc::new(std::cell::Cell::new(0usize));
+                        loop {
+                            let job = tokio::select! {
+                                job = queue.recv() => job,
+                                _ = stop_here.notified() => None,
+                            };
+                            let Some(job) = job else { break };
+                            let client = client.clone();
+                            let running = Rc::clone(&running);
+                            running.set(running.get() + 1);
+                            tokio_uring::spawn(async move {
+                                match job {
+                                    Job::Call {
+                                        request,
+                                        timeout,
+                                        reply,
+                                    } => {
+                                        let _ = reply.send(client.call(request, timeout).await);
+                                    }
+                                    Job::Oneway { request, reply } => {
+                                        let _ = reply.send(client.oneway(request).await);
+                                    }
+                                }
+                                running.set(running.get() - 1);
+                            });
+                        }
+                        client.close();
+                        // Let the tasks holding the calls that close() failed deliver them.
+                        for _ in 0..1000 {
+                            if running.get() == 0 {
+                                break;
+                            }
+                            tokio::task::yield_now().await;
+                        }
+                    });
+                })
+                .map_err(|e| CallError::Connect(e.into()))?;
+            let worker = Worker {
+                jobs,
+                thread: Some(thread),
+                stop,
+            };
+            match ready_rx.recv() {
+                Ok(Ok(())) => workers.push(worker),
+                Ok(Err(e)) => {
+                    worker_join(worker);
+                    Client::shut(&mut workers);
+                    return Err(e);
+                }
+                Err(_) => {
+                    Client::shut(&mut workers);
+                    return Err(CallError::Closed { written: false });
+                }
+            }
+        }
+        Ok(Client {
+            workers: Arc::new(std::sync::Mutex::new(workers)),
+            next: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    fn submit(&self, job: Job) -> bool {
+        let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        if workers.is_empty() {
+            return false;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % workers.len();
+        workers[i].jobs.send(job).is_ok()
+    }
+
+    /// Sends `request` and resolves with its response (or why there is none). The future is
+    /// `Send` and runtime-agnostic.
+    pub fn call(
+        &self,
+        request: Command,
+        timeout: Duration,
+    ) -> impl std::future::Future<Output = Result<Command, CallError>> + Send + 'static {
+        let (reply, outcome) = oneshot::channel();
+        let submitted = self.submit(Job::Call {
+            request,
+            timeout,
+            reply,
+        });
+        async move {
+            if !submitted {
+                return Err(CallError::Closed { written: false });
+            }
+            // A reply dropped unanswered: the client shut down mid-call; assume the worst.
+            outcome
+                .await
+                .unwrap_or(Err(CallError::Closed { written: true }))
+        }
+    }
+
+    /// [`Client::call`] for threads outside any async runtime.
+    pub fn call_blocking(&self, request: Command, timeout: Duration) -> Result<Command, CallError> {
+        let (reply, outcome) = oneshot::channel();
+        if !self.submit(Job::Call {
+            request,
+            timeout,
+            reply,
+        }) {
+            return Err(CallError::Closed { written: false });
+        }
+        outcome
+            .blocking_recv()
+            .unwrap_or(Err(CallError::Closed { written: true }))
+    }
+
+    /// Sends a oneway request; resolves once it is queued on a connection.
+    pub fn oneway(
+        &self,
+        request: Command,
+    ) -> impl std::future::Future<Output = Result<(), CallError>> + Send + 'static {
+        let (reply, outcome) = oneshot::channel();
+        let submitted = self.submit(Job::Oneway { request, reply });
+        async move {
+            if !submitted {
+                return Err(CallError::Closed { written: false });
+            }
+            outcome
+                .await
+                .unwrap_or(Err(CallError::Closed { written: true }))
+        }
+    }
+
+    /// Closes every connection and joins the client's threads (idempotent). Calls in flight
+    /// fail with `Closed`.
+    pub fn close(&self) {
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        Client::shut(&mut workers);
+    }
+
+    fn shut(workers: &mut Vec<Worker>) {
+        for w in workers.drain(..) {
+            worker_join(w);
+        }
+    }
+}
+
+fn worker_join(mut w: Worker) {
+    w.stop.notify_one();
+    if let Some(t) = w.thread.take() {
+        let _ = t.join();
+    }
+}

@@ -1,0 +1,379 @@
+//! One TCP connection on the current io_uring thread, driven by a `remora_core::Connection`.
+//!
+//! Three local tasks share the machine (no locks: everything is on one thread): the reader feeds
+//! it, the writer drains it (all frames queued since the last write go out as one write), the
+//! timer fires its deadlines. Calls wait on a slot indexed by their `RequestId`, so a response
+//! wakes its caller without hashing or allocating.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use remora_core::{
+    handle_catching, CallError, Command, Config, Connection, Event, Handler, Instant, RequestId,
+};
+use tokio::sync::Notify;
+use tokio_uring::buf::BoundedBuf;
+use tokio_uring::net::TcpStream;
+
+/// The driver's clock: core `Instant`s are nanoseconds since `origin`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    origin: tokio::time::Instant,
+}
+
+impl Clock {
+    pub(crate) fn new() -> Self {
+        Clock {
+            origin: tokio::time::Instant::now(),
+        }
+    }
+
+    pub(crate) fn now(&self) -> Instant {
+        Instant::from_nanos(self.origin.elapsed().as_nanos() as u64)
+    }
+
+    fn to_tokio(self, at: Instant) -> tokio::time::Instant {
+        self.origin + Duration::from_nanos(at.as_nanos())
+    }
+}
+
+enum CallSlot {
+    Empty,
+    Waiting {
+        id: RequestId,
+        waker: Option<Waker>,
+    },
+    Done {
+        id: RequestId,
+        outcome: Result<Command, CallError>,
+    },
+}
+
+/// Read this much at least per read.
+const READ_CHUNK: usize = 64 * 1024;
+
+pub(crate) struct Conn {
+    machine: RefCell<Connection>,
+    calls: RefCell<Vec<CallSlot>>,
+    /// Outcomes whose slot was reused before their future collected them (the machine frees a
+    /// slot as soon as the response arrives).
+    parked: RefCell<HashMap<RequestId, Result<Command, CallError>>>,
+    stream: TcpStream,
+    write_wake: Notify,
+    timer_wake: Notify,
+    handler: Arc<dyn Handler>,
+    clock: Clock,
+    closed: Cell<bool>,
+    last_active: Cell<Instant>,
+    idle_timeout: Option<Duration>,
+}
+
+impl Conn {
+    /// Starts driving `stream` on the current tokio-uring runtime.
+    pub(crate) fn start(
+        stream: TcpStream,
+        config: Config,
+        idle_timeout: Option<Duration>,
+        handler: Arc<dyn Handler>,
+        clock: Clock,
+    ) -> Rc<Conn> {
+        let _ = stream.set_nodelay(true);
+        let conn = Rc::new(Conn {
+            machine: RefCell::new(Connection::new(config)),
+            calls: RefCell::new(Vec::new()),
+            parked: RefCell::new(HashMap::new()),
+            stream,
+            write_wake: Notify::new(),
+            timer_wake: Notify::new(),
+            handler,
+            clock,
+            closed: Cell::new(false),
+            last_active: Cell::new(clock.now()),
+            idle_timeout,
+        });
+        tokio_uring::spawn(Rc::clone(&conn).read_loop());
+        tokio_uring::spawn(Rc::clone(&conn).write_loop());
+        tokio_uring::spawn(Rc::clone(&conn).timer_loop());
+        conn
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    pub(crate) fn close_reason(&self) -> Option<remora_core::CloseReason> {
+        self.machine.borrow().close_reason()
+    }
+
+    /// Our requests awaiting responses.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.machine.borrow().pending_requests()
+    }
+
+    /// Peer requests not yet answered, and whether bytes still wait to be written.
+    pub(crate) fn unfinished(&self) -> (usize, bool) {
+        let m = self.machine.borrow();
+        (m.pending_incoming(), m.poll_transmit().is_some())
+    }
+
+    /// Queues `cmd`; the returned future resolves with its response or error. Dropping the
+    /// future cancels the call (an unwritten request is then never sent).
+    pub(crate) fn call(
+        self: &Rc<Self>,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<CallFuture, CallError> {
+        let now = self.clock.now();
+        let deadline = now + timeout;
+        let (id, index, rearm) = {
+            let mut m = self.machine.borrow_mut();
+            let earliest = m.poll_timeout();
+            let id = m.send_request(cmd, deadline, now)?;
+            (id, id.index(&m), earliest.map_or(true, |t| deadline < t))
+        };
+        {
+            let mut calls = self.calls.borrow_mut();
+            if calls.len() <= index {
+                calls.resize_with(index + 1, || CallSlot::Empty);
+            }
+            let previous =
+                std::mem::replace(&mut calls[index], CallSlot::Waiting { id, waker: None });
+            if let CallSlot::Done { id, outcome } = previous {
+                self.parked.borrow_mut().insert(id, outcome);
+            }
+        }
+        self.last_active.set(now);
+        self.write_wake.notify_one();
+        if rearm {
+            self.timer_wake.notify_one();
+        }
+        Ok(CallFuture {
+            conn: Rc::clone(self),
+            id,
+            index,
+            finished: false,
+        })
+    }
+
+    /// Queues a oneway request.
+    pub(crate) fn oneway(&self, cmd: Command) -> Result<(), CallError> {
+        self.machine.borrow_mut().send_oneway(cmd)?;
+        self.last_active.set(self.clock.now());
+        self.write_wake.notify_one();
+        Ok(())
+    }
+
+    /// Closes the connection (idempotent): calls in flight fail with `Closed`.
+    pub(crate) fn close(&self) {
+        self.machine.borrow_mut().close();
+        self.drain_events();
+    }
+
+    fn complete(&self, id: RequestId, outcome: Result<Command, CallError>) {
+        let index = id.index(&self.machine.borrow());
+        let mut calls = self.calls.borrow_mut();
+        let Some(slot) = calls.get_mut(index) else {
+            return;
+        };
+        if let CallSlot::Waiting { id: waiting, waker } = slot {
+            if *waiting == id {
+                let waker = waker.take();
+                *slot = CallSlot::Done { id, outcome };
+                if let Some(w) = waker {
+                    w.wake();
+                }
+            }
+        }
+    }
+
+    /// Hands the machine's events on: wakes callers, runs the handler for the peer's requests.
+    fn drain_events(&self) {
+        let mut answered = false;
+        loop {
+            let event = self.machine.borrow_mut().poll_event();
+            let Some(event) = event else { break };
+            match event {
+                Event::Response { id, response } => self.complete(id, Ok(response)),
+                Event::Failed { id, error } => self.complete(id, Err(error.into())),
+                Event::Request { request, command } => {
+                    let response = handle_catching(&*self.handler, command);
+                    let _ = self.machine.borrow_mut().send_response(request, response);
+                    answered = true;
+                }
+                Event::Oneway { command } => {
+                    let _ = handle_catching(&*self.handler, command);
+                }
+                Event::Closed { .. } => {
+                    self.closed.set(true);
+                    let _ = self.stream.shutdown(std::net::Shutdown::Both);
+                    self.write_wake.notify_one();
+                    self.timer_wake.notify_one();
+                }
+            }
+        }
+        if answered || self.machine.borrow().poll_transmit().is_some() {
+            self.write_wake.notify_one();
+        }
+    }
+
+    async fn read_loop(self: Rc<Self>) {
+        loop {
+            if self.closed.get() {
+                return;
+            }
+            // Read straight into the machine's buffer: bodies stay zero-copy slices of it.
+            let mut buf = std::mem::take(self.machine.borrow_mut().read_buffer());
+            buf.reserve(READ_CHUNK);
+            let len = buf.len();
+            let cap = buf.capacity();
+            let (result, slice) = self.stream.read(buf.slice(len..cap)).await;
+            let buf: BytesMut = slice.into_inner();
+            let n = match result {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    self.machine.borrow_mut().handle_disconnect();
+                    self.drain_events();
+                    return;
+                }
+            };
+            let now = self.clock.now();
+            self.last_active.set(now);
+            {
+                let mut m = self.machine.borrow_mut();
+                *m.read_buffer() = buf;
+                m.handle_read(n, now);
+            }
+            self.drain_events();
+        }
+    }
+
+    async fn write_loop(self: Rc<Self>) {
+        loop {
+            if self.closed.get() {
+                return;
+            }
+            let chunk = self.machine.borrow_mut().take_transmit();
+            match chunk {
+                Some(bytes) => {
+                    let (result, _) = self.stream.write_all(bytes).await;
+                    if result.is_err() {
+                        self.machine.borrow_mut().handle_disconnect();
+                        self.drain_events();
+                        return;
+                    }
+                }
+                None => self.write_wake.notified().await,
+            }
+        }
+    }
+
+    async fn timer_loop(self: Rc<Self>) {
+        loop {
+            if self.closed.get() {
+                return;
+            }
+            let deadline = self.machine.borrow().poll_timeout();
+            let idle_at = self.idle_timeout.and_then(|idle| {
+                let m = self.machine.borrow();
+                (m.pending_requests() == 0 && m.pending_incoming() == 0)
+                    .then(|| self.last_active.get() + idle)
+            });
+            let wake_at = match (deadline, idle_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match wake_at {
+                Some(at) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(self.clock.to_tokio(at)) => {}
+                        _ = self.timer_wake.notified() => continue,
+                    }
+                }
+                None => {
+                    self.timer_wake.notified().await;
+                    continue;
+                }
+            }
+            let now = self.clock.now();
+            self.machine.borrow_mut().handle_timeout(now);
+            self.drain_events();
+            if let Some(idle) = self.idle_timeout {
+                let m = self.machine.borrow();
+                let quiet = m.pending_requests() == 0 && m.pending_incoming() == 0;
+                drop(m);
+                if quiet && now >= self.last_active.get() + idle {
+                    self.close();
+                }
+            }
+        }
+    }
+}
+
+/// A call in flight; resolves with the response or why there is none. Dropping it cancels the
+/// call.
+pub struct CallFuture {
+    conn: Rc<Conn>,
+    id: RequestId,
+    index: usize,
+    finished: bool,
+}
+
+impl Future for CallFuture {
+    type Output = Result<Command, CallError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut calls = this.conn.calls.borrow_mut();
+        let slot = &mut calls[this.index];
+        match slot {
+            CallSlot::Done { id, .. } if *id == this.id => {
+                let CallSlot::Done { outcome, .. } = std::mem::replace(slot, CallSlot::Empty)
+                else {
+                    unreachable!("matched Done above")
+                };
+                this.finished = true;
+                Poll::Ready(outcome)
+            }
+            CallSlot::Waiting { id, waker } if *id == this.id => {
+                match waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            // The slot went to a newer call after ours completed: our outcome was parked.
+            _ => {
+                this.finished = true;
+                let parked = this.conn.parked.borrow_mut().remove(&this.id);
+                Poll::Ready(parked.unwrap_or(Err(CallError::Closed { written: true })))
+            }
+        }
+    }
+}
+
+impl Drop for CallFuture {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut calls = self.conn.calls.borrow_mut();
+        if let Some(slot) = calls.get_mut(self.index) {
+            let ours = matches!(slot, CallSlot::Waiting { id, .. } | CallSlot::Done { id, .. } if *id == self.id);
+            if ours {
+                *slot = CallSlot::Empty;
+                drop(calls);
+                self.conn.machine.borrow_mut().cancel(self.id);
+                return;
+            }
+        }
+        drop(calls);
+        self.conn.parked.borrow_mut().remove(&self.id);
+    }
+}
