@@ -1,10 +1,12 @@
 //! The `remora` command-line tool.
 
+mod bench;
 mod view;
 
 use std::io::{self, Read, Write};
 use std::process::ExitCode;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -81,6 +83,50 @@ enum Cmd {
         #[arg(long, value_enum)]
         serialize: Option<Serialize>,
     },
+    /// Load-test a server: C connections x N requests in flight, every response checked.
+    ///
+    /// With no --target, starts a server on loopback. --mode both (the default) runs the real
+    /// protocol (rpc) and then a byte echo of the same frames (raw, the machine's ceiling), and
+    /// prints their ratio.
+    Bench {
+        /// External server to drive (rpc: a remoting echo server such as `remora serve`; raw: a
+        /// byte echo server).
+        #[arg(long)]
+        target: Option<SocketAddr>,
+        /// Which driver moves the bytes.
+        #[arg(long, value_enum, default_value_t = Backend::Uring)]
+        backend: Backend,
+        /// What runs over the sockets.
+        #[arg(long, value_enum, default_value_t = BenchMode::Both)]
+        mode: BenchMode,
+        /// Connections.
+        #[arg(long, default_value_t = 1)]
+        connections: usize,
+        /// Requests in flight per connection.
+        #[arg(long, default_value_t = 128)]
+        inflight: usize,
+        /// Body bytes per request (at least 8).
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Requests per run.
+        #[arg(long, conflicts_with = "duration")]
+        requests: Option<u64>,
+        /// Seconds per run (default 5 when --requests is not given).
+        #[arg(long)]
+        duration: Option<f64>,
+        /// Header serialization.
+        #[arg(long, value_enum, default_value_t = Serialize::Json)]
+        serialize: Serialize,
+        /// Print one JSON line per run instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Load-generator I/O threads (uring).
+        #[arg(long, default_value_t = 1)]
+        client_threads: usize,
+        /// Embedded server threads.
+        #[arg(long, default_value_t = 1)]
+        server_threads: usize,
+    },
     /// Encode commands given as JSON objects (the shape `decode` prints); print one hex frame each.
     ///
     /// Input: `--json`, or one or more objects on stdin. Only `code` is required.
@@ -107,6 +153,17 @@ impl From<Serialize> for SerializeType {
             Serialize::Rocketmq => SerializeType::RocketMq,
         }
     }
+}
+
+/// `remora bench --mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum BenchMode {
+    /// The remoting protocol through Remora's client and server.
+    Rpc,
+    /// A byte echo of the same frames: no protocol processing.
+    Raw,
+    /// rpc, then raw, and their ratio.
+    Both,
 }
 
 /// Which driver moves the bytes.
@@ -166,6 +223,41 @@ fn main() -> ExitCode {
             backend,
             serialize,
         } => serve(&listen, backend, serialize.map(Into::into)),
+        Cmd::Bench {
+            target,
+            backend,
+            mode,
+            connections,
+            inflight,
+            payload,
+            requests,
+            duration,
+            serialize,
+            json,
+            client_threads,
+            server_threads,
+        } => {
+            let plan = bench::Plan {
+                backend: match backend {
+                    Backend::Uring => bench::Backend::Uring,
+                    Backend::Std => bench::Backend::Std,
+                },
+                connections: connections.max(1),
+                inflight: inflight.max(1),
+                payload: payload.max(8),
+                requests,
+                duration: match (requests, duration) {
+                    (Some(_), _) => None,
+                    (None, d) => Some(Duration::from_secs_f64(d.unwrap_or(5.0).max(0.1))),
+                },
+                serialize: serialize.into(),
+                target,
+                client_threads,
+                server_threads,
+                progress: !json,
+            };
+            run_bench(&plan, mode, json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -262,8 +354,53 @@ fn serve(listen: &str, backend: Backend, serialize: Option<SerializeType>) -> Re
                 std::thread::park();
             }
         }
-        Backend::Uring => Err("the uring backend is not built yet (issue 5)".into()),
+        Backend::Uring => {
+            let config = remora_uring::ServerConfig {
+                connection: config.connection,
+                ..Default::default()
+            };
+            let server = remora_uring::Server::bind_with(listen, std::sync::Arc::new(echo), config)
+                .map_err(|e| format!("{listen}: {e}"))?;
+            println!("listening on {}", server.local_addr());
+            io::stdout().flush().map_err(|e| e.to_string())?;
+            loop {
+                std::thread::park();
+            }
+        }
     }
+}
+
+fn run_bench(plan: &bench::Plan, mode: BenchMode, json: bool) -> Result<(), String> {
+    let modes: &[bench::Mode] = match mode {
+        BenchMode::Rpc => &[bench::Mode::Rpc],
+        BenchMode::Raw => &[bench::Mode::Raw],
+        BenchMode::Both => &[bench::Mode::Rpc, bench::Mode::Raw],
+    };
+    let mut reports = Vec::new();
+    for &m in modes {
+        let report = bench::run(plan, m)?;
+        if json {
+            println!("{}", report.json(plan));
+        } else {
+            println!("{}", report.text(plan));
+        }
+        reports.push(report);
+    }
+    if let [rpc, raw] = &reports[..] {
+        if !json {
+            println!(
+                "rpc / raw requests per second: {:.2}",
+                rpc.rps() / raw.rps().max(1e-9)
+            );
+        }
+    }
+    if reports.iter().any(|r| r.errors > 0) {
+        return Err(format!(
+            "{} requests failed or came back wrong",
+            reports.iter().map(|r| r.errors).sum::<u64>()
+        ));
+    }
+    Ok(())
 }
 
 fn encode(json: Option<String>) -> Result<(), String> {

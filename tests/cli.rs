@@ -261,3 +261,78 @@ fn serve_answers_in_the_configured_serialization() {
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got["serialize_type"], "ROCKETMQ");
 }
+
+#[test]
+fn bench_checks_every_response_and_prints_one_json_line_per_mode() {
+    for backend in ["uring", "std"] {
+        let out = remora(
+            &[
+                "bench",
+                "--backend",
+                backend,
+                "--requests",
+                "2000",
+                "--inflight",
+                "8",
+                "--connections",
+                "2",
+                "--json",
+            ],
+            b"",
+        );
+        assert!(
+            out.status.success(),
+            "{backend}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2, "rpc and raw");
+        for (line, mode) in lines.iter().zip(["rpc", "raw"]) {
+            let keys: Vec<&str> = line
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(
+                keys,
+                [
+                    "backend",
+                    "mode",
+                    "connections",
+                    "inflight",
+                    "payload",
+                    "requests",
+                    "errors",
+                    "seconds",
+                    "rps",
+                    "p50_us",
+                    "p99_us",
+                    "p999_us",
+                    "max_us"
+                ]
+            );
+            assert_eq!(line["backend"], backend);
+            assert_eq!(line["mode"], mode);
+            assert_eq!(line["requests"], 2000);
+            assert_eq!(line["errors"], 0);
+        }
+    }
+}
+
+#[test]
+fn serve_uring_backend_answers() {
+    let served = serve(&["--backend", "uring"]);
+    let out = remora(&["call", &served.addr, "--code", "7", "--body", "u"], b"");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["body_hex"], "75");
+}
