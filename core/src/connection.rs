@@ -359,6 +359,9 @@ impl fmt::Debug for Connection {
     }
 }
 
+/// Initial (and minimum growth) size of the transmit buffer.
+const TRANSMIT_CAPACITY: usize = 16 * 1024;
+
 /// Largest `max_waiters`: the opaque keeps at least 8 bits for the generation.
 const MAX_WAITERS: usize = 1 << 24;
 
@@ -382,7 +385,9 @@ impl Connection {
             slot_bits,
             oneway_counter: 0,
             read_buf: BytesMut::new(),
-            transmit: BytesMut::new(),
+            // Sized up front: BytesMut grows a shared buffer (one a driver is still writing from)
+            // by at least its first capacity, so this sets how rarely encoding allocates.
+            transmit: BytesMut::with_capacity(TRANSMIT_CAPACITY),
             consumed: 0,
             holes: VecDeque::new(),
             events: VecDeque::new(),

@@ -56,8 +56,10 @@ enum CallSlot {
     },
 }
 
-/// Read this much at least per read.
+/// Room made in the read buffer when it runs low.
 const READ_CHUNK: usize = 64 * 1024;
+/// Below this much free room, the read buffer grows by `READ_CHUNK`.
+const READ_LOW_WATER: usize = 8 * 1024;
 
 pub(crate) struct Conn {
     machine: RefCell<Connection>,
@@ -230,7 +232,11 @@ impl Conn {
             }
             // Read straight into the machine's buffer: bodies stay zero-copy slices of it.
             let mut buf = std::mem::take(self.machine.borrow_mut().read_buffer());
-            buf.reserve(READ_CHUNK);
+            // Grow only when nearly full: while decoded bodies still share the buffer, growing
+            // means a new allocation, so do it once per READ_CHUNK, not once per read.
+            if buf.capacity() - buf.len() < READ_LOW_WATER {
+                buf.reserve(READ_CHUNK);
+            }
             let len = buf.len();
             let cap = buf.capacity();
             let (result, slice) = self.stream.read(buf.slice(len..cap)).await;
