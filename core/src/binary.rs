@@ -116,7 +116,7 @@ impl<'a> Reader<'a> {
             });
         }
         self.take(len, field)?;
-        HeaderStr::from_utf8(self.buf.slice(at..self.pos))
+        HeaderStr::from_utf8_slice(self.buf, at..self.pos)
             .map_err(|_| DecodeError::BinaryInvalidUtf8 { field, offset: at })
     }
 }

@@ -138,47 +138,142 @@ impl fmt::Debug for LanguageCode {
     }
 }
 
-/// A UTF-8 string that may share the frame's read buffer.
+/// A UTF-8 string from a header: short ones are stored inline, longer ones share the frame's
+/// read buffer.
 ///
-/// Header strings (the remark, extension field keys and values) decode without copying when they
-/// hold no JSON escapes: they are slices of the frame's [`Bytes`]. Holding one keeps that frame's
-/// buffer alive; call [`HeaderStr::detach`] to copy it out.
-#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct HeaderStr(Bytes);
+/// Header strings (the remark, extension field keys and values) decode without allocating: up
+/// to [`HeaderStr::INLINE_CAPACITY`] bytes are copied into the value itself (no heap, no
+/// reference count to touch), longer unescaped ones are zero-copy slices of the frame's
+/// [`Bytes`]. Holding a long one keeps that frame's buffer alive; call [`HeaderStr::detach`] to
+/// copy it out.
+#[derive(Clone)]
+pub struct HeaderStr(Repr);
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Shared(Bytes),
+}
+
+const INLINE: usize = 22;
+
+impl Default for HeaderStr {
+    fn default() -> Self {
+        HeaderStr::EMPTY
+    }
+}
+
+impl PartialEq for HeaderStr {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for HeaderStr {}
+
+impl PartialOrd for HeaderStr {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for HeaderStr {
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl core::hash::Hash for HeaderStr {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
 
 impl HeaderStr {
     /// The empty string.
-    pub const EMPTY: Self = Self(Bytes::new());
+    pub const EMPTY: Self = HeaderStr(Repr::Inline {
+        len: 0,
+        buf: [0; INLINE],
+    });
+
+    /// Strings up to this many bytes are stored inline.
+    pub const INLINE_CAPACITY: usize = INLINE;
 
     /// A string borrowed for the program's life, without copying.
     pub const fn from_static(s: &'static str) -> Self {
-        Self(Bytes::from_static(s.as_bytes()))
+        Self(Repr::Shared(Bytes::from_static(s.as_bytes())))
     }
 
-    /// Wraps `bytes` if they are UTF-8, else gives them back with the error.
+    /// Wraps `bytes` if they are UTF-8 (inline if short, else sharing them), else gives them
+    /// back with the error.
     pub fn from_utf8(bytes: Bytes) -> Result<Self, (Bytes, core::str::Utf8Error)> {
         match core::str::from_utf8(&bytes) {
-            Ok(_) => Ok(Self(bytes)),
+            Ok(s) if s.len() <= INLINE => Ok(Self::inline(s)),
+            Ok(_) => Ok(Self(Repr::Shared(bytes))),
             Err(e) => Err((bytes, e)),
         }
     }
 
+    /// `src[range]` if it is UTF-8: copied inline when short, a zero-copy slice otherwise.
+    pub(crate) fn from_utf8_slice(
+        src: &Bytes,
+        range: core::ops::Range<usize>,
+    ) -> Result<Self, core::str::Utf8Error> {
+        let s = core::str::from_utf8(&src[range.clone()])?;
+        Ok(if s.len() <= INLINE {
+            Self::inline(s)
+        } else {
+            Self(Repr::Shared(src.slice(range)))
+        })
+    }
+
+    fn inline(s: &str) -> Self {
+        debug_assert!(s.len() <= INLINE);
+        let mut buf = [0; INLINE];
+        buf[..s.len()].copy_from_slice(s.as_bytes());
+        Self(Repr::Inline {
+            len: s.len() as u8,
+            buf,
+        })
+    }
+
     /// The string.
     pub fn as_str(&self) -> &str {
-        // SAFETY: every constructor checks that the bytes are UTF-8 (`from_utf8`) or takes them
-        // from a `str`/`String`, and the bytes are never mutated afterwards (`Bytes` is immutable).
-        // `tests::header_str_rejects_invalid_utf8` checks the one fallible constructor.
-        unsafe { core::str::from_utf8_unchecked(&self.0) }
+        let bytes = self.as_bytes();
+        // SAFETY: every constructor checks that the bytes are UTF-8 (`from_utf8`,
+        // `from_utf8_slice`) or copies them from a `str`/`String`; inline bytes are a copy of a
+        // `str`'s, and neither representation is mutated afterwards.
+        // `tests::header_str_rejects_invalid_utf8` checks the fallible constructors.
+        unsafe { core::str::from_utf8_unchecked(bytes) }
     }
 
-    /// The UTF-8 bytes, sharing this string's buffer.
-    pub fn as_bytes(&self) -> &Bytes {
-        &self.0
+    /// The UTF-8 bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline { len, buf } => &buf[..usize::from(*len)],
+            Repr::Shared(b) => b,
+        }
     }
 
-    /// Copies the string into a buffer of its own, so it no longer keeps a frame alive.
+    /// Whether the string is stored inline (short) rather than sharing a buffer.
+    pub fn is_inline(&self) -> bool {
+        matches!(self.0, Repr::Inline { .. })
+    }
+
+    /// The string as `Bytes` (shares the buffer when it is a slice of one).
+    pub fn to_bytes(&self) -> Bytes {
+        match &self.0 {
+            Repr::Inline { .. } => Bytes::copy_from_slice(self.as_bytes()),
+            Repr::Shared(b) => b.clone(),
+        }
+    }
+
+    /// Copies the string into memory of its own, so it no longer keeps a frame alive.
     pub fn detach(&self) -> Self {
-        Self(Bytes::copy_from_slice(&self.0))
+        match &self.0 {
+            Repr::Inline { .. } => self.clone(),
+            Repr::Shared(b) => Self(Repr::Shared(Bytes::copy_from_slice(b))),
+        }
     }
 }
 
@@ -209,13 +304,21 @@ impl fmt::Display for HeaderStr {
 
 impl From<String> for HeaderStr {
     fn from(s: String) -> Self {
-        Self(Bytes::from(s.into_bytes()))
+        if s.len() <= INLINE {
+            Self::inline(&s)
+        } else {
+            Self(Repr::Shared(Bytes::from(s.into_bytes())))
+        }
     }
 }
 
 impl From<&str> for HeaderStr {
     fn from(s: &str) -> Self {
-        Self(Bytes::copy_from_slice(s.as_bytes()))
+        if s.len() <= INLINE {
+            Self::inline(s)
+        } else {
+            Self(Repr::Shared(Bytes::copy_from_slice(s.as_bytes())))
+        }
     }
 }
 
@@ -483,6 +586,17 @@ mod tests {
         assert!(HeaderStr::from_utf8(Bytes::from_static(b"ok \xe4\xb8")).is_err());
         let s = HeaderStr::from_utf8(Bytes::from_static("主题".as_bytes())).unwrap();
         assert_eq!(s.as_str(), "主题");
+        assert!(s.is_inline());
+        let long = "a long value that does not fit inline: 主题";
+        let l = HeaderStr::from_utf8(Bytes::from_static(long.as_bytes())).unwrap();
+        assert!(!l.is_inline());
+        assert_eq!(l, long);
+        let src = Bytes::from_static(b"xx\xff\xfe");
+        assert!(HeaderStr::from_utf8_slice(&src, 0..4).is_err());
+        assert_eq!(HeaderStr::from_utf8_slice(&src, 0..2).unwrap(), "xx");
+        assert_eq!(HeaderStr::from(String::from(long)).as_str(), long);
+        assert_eq!(HeaderStr::EMPTY.as_str(), "");
+        assert_eq!(core::mem::size_of::<HeaderStr>(), 32);
     }
 
     #[test]

@@ -102,7 +102,18 @@ impl Codec {
             });
         }
         let frame = buf.split_to(frame_len).freeze();
-        self.decode_frame(&frame).map(Decoded::Command)
+        match self.decode_frame(&frame) {
+            Ok(cmd) => Ok(Decoded::Command(cmd)),
+            Err(e) => {
+                // Keep the promise that an error leaves `buf` as it was: put the frame back
+                // (a copy, on this path only; the connection is about to close anyway).
+                let mut restored = BytesMut::with_capacity(frame.len() + buf.len());
+                restored.extend_from_slice(&frame);
+                restored.extend_from_slice(buf);
+                *buf = restored;
+                Err(e)
+            }
+        }
     }
 
     /// Decodes one frame that is already in memory: `frame` must hold exactly the bytes its
@@ -261,6 +272,15 @@ mod tests {
             codec.decode(&mut short).unwrap(),
             Decoded::Incomplete { needed: 2 }
         );
+    }
+
+    #[test]
+    fn a_bad_header_leaves_the_buffer_as_it_was() {
+        // Found by the frame_decoder fuzz target: the frame used to be split off and lost.
+        let bytes = [0, 0, 0, 6, 0, 0, 0, 2, b'[', b']', 0xaa];
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert!(Codec::default().decode(&mut buf).is_err());
+        assert_eq!(&buf[..], &bytes[..]);
     }
 
     #[test]

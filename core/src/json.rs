@@ -429,7 +429,7 @@ impl<'a> Parser<'a> {
         let invalid = || Self::error_at(start, JsonErrorKind::InvalidUtf8);
         match raw {
             RawStr::Slice(a, b) => {
-                HeaderStr::from_utf8(self.src.slice(a..b)).map_err(|_| invalid())
+                HeaderStr::from_utf8_slice(self.src, a..b).map_err(|_| invalid())
             }
             RawStr::Owned(v) => String::from_utf8(v)
                 .map(HeaderStr::from)
@@ -543,6 +543,12 @@ impl<'a> Parser<'a> {
                 b'-' | b'0'..=b'9' | b't' | b'f' => {
                     let start = self.pos;
                     self.skip_scalar()?;
+                    if self.pos - start > self.limits.max_string_len {
+                        return Err(DecodeError::StringTooLong {
+                            offset: start,
+                            max: self.limits.max_string_len,
+                        });
+                    }
                     Some(
                         HeaderStr::from_utf8(self.src.slice(start..self.pos))
                             .map_err(|_| Self::error_at(start, JsonErrorKind::InvalidUtf8))?,
@@ -824,9 +830,11 @@ mod tests {
 
     #[test]
     fn unescaped_strings_share_the_header_buffer() {
-        let header = Bytes::from_static(br#"{"extFields":{"topic":"orders"}}"#);
+        let header =
+            Bytes::from_static(br#"{"extFields":{"topic":"orders-of-the-day-for-the-eu-region"}}"#);
         let cmd = decode_header(&header, &Limits::default()).unwrap();
         let value = cmd.ext_fields.get("topic").unwrap();
+        assert!(!value.is_inline());
         let range = header.as_ptr_range();
         assert!(range.contains(&value.as_bytes().as_ptr()));
     }
