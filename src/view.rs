@@ -23,7 +23,7 @@ pub fn to_json(cmd: &Command) -> Value {
     let ext: Map<String, Value> = cmd
         .ext_fields
         .iter()
-        .map(|(k, v)| (k.to_string(), Value::from(v.as_str())))
+        .map(|(k, v)| (k.to_string(), Value::from(v)))
         .collect();
     json!({
         "serialize_type": cmd.serialize_type.name(),

@@ -11,15 +11,19 @@
 
 use bytes::{BufMut, Bytes};
 
-use crate::command::{Command, ExtFields, HeaderStr, LanguageCode};
+use alloc::vec::Vec;
+
+use crate::command::{Command, ExtFields, HeaderStr, LanguageCode, Span};
 use crate::error::{BinaryField, DecodeError, EncodeError};
 use crate::frame::Limits;
+use crate::sink::{BufSink, Sink};
 
 const FIXED_LEN: usize = 13;
 
 /// Decodes a ROCKETMQ header into a command with an empty body.
 ///
-/// Strings are zero-copy slices of `header`.
+/// Short strings are copied inline, longer ones are zero-copy slices of `header`; extension
+/// fields are positions in it.
 pub fn decode_header(header: &Bytes, limits: &Limits) -> Result<Command, DecodeError> {
     let mut r = Reader {
         buf: header,
@@ -45,32 +49,92 @@ pub fn decode_header(header: &Bytes, limits: &Limits) -> Result<Command, DecodeE
     }
 
     let ext_len = r.len_i32(BinaryField::ExtLength)?;
-    let mut e = Reader {
-        buf: header,
-        pos: r.pos,
-        end: r.pos,
-    };
+    let ext_start = r.pos;
     r.take(ext_len, BinaryField::Ext)?;
-    e.end = r.pos;
-    let mut ext = ExtFields::new();
-    while e.pos < e.end {
-        let key_len = e.take(2, BinaryField::ExtKeyLength)?;
-        let key_len = usize::from(u16::from_be_bytes([key_len[0], key_len[1]]));
-        let key = e.string(key_len, BinaryField::ExtKey, limits)?;
-        let value_len = e.len_i32(BinaryField::ExtValueLength)?;
-        let value = e.string(value_len, BinaryField::ExtValue, limits)?;
-        if value.is_empty() {
+    let spans = ext_spans(header, ext_start, r.pos, limits)?;
+    if !spans.is_empty() {
+        cmd.ext_fields = ExtFields::from_spans(header.clone(), Bytes::new(), spans);
+    }
+    Ok(cmd)
+}
+
+/// Walks the extension block `header[start..end]`, checking every length against it, and
+/// returns each entry's key and value positions (entries with an empty value dropped).
+fn ext_spans(
+    header: &[u8],
+    start: usize,
+    end: usize,
+    limits: &Limits,
+) -> Result<Vec<Span>, DecodeError> {
+    let overrun = |field, offset| DecodeError::BinaryOverrun { field, offset };
+    let too_long = |offset| DecodeError::StringTooLong {
+        offset,
+        max: limits.max_string_len,
+    };
+    // Entries are at least 6 bytes: a guess that avoids regrowing, bounded by the limit.
+    let mut spans = Vec::with_capacity(((end - start) / 12).min(limits.max_ext_fields).min(64));
+    // One vectorisable pass: if no byte of the block (strings and lengths alike) has its high
+    // bit set, every string is ASCII and needs no UTF-8 check of its own.
+    let block_ascii = header[start..end].iter().fold(0u8, |a, &b| a | b) < 0x80;
+    let mut p = start;
+    while p < end {
+        let Some(&[k0, k1]) = header.get(p..p + 2).filter(|_| p + 2 <= end) else {
+            return Err(overrun(BinaryField::ExtKeyLength, p));
+        };
+        let key_len = usize::from(u16::from_be_bytes([k0, k1]));
+        let key_at = p + 2;
+        if key_len > limits.max_string_len {
+            return Err(too_long(key_at));
+        }
+        if key_at + key_len > end {
+            return Err(overrun(BinaryField::ExtKey, key_at));
+        }
+        let len_at = key_at + key_len;
+        let Some(&[v0, v1, v2, v3]) = header.get(len_at..len_at + 4).filter(|_| len_at + 4 <= end)
+        else {
+            return Err(overrun(BinaryField::ExtValueLength, len_at));
+        };
+        let Ok(value_len) = usize::try_from(i32::from_be_bytes([v0, v1, v2, v3])) else {
+            return Err(overrun(BinaryField::ExtValueLength, len_at));
+        };
+        let value_at = len_at + 4;
+        if value_len > limits.max_string_len {
+            return Err(too_long(value_at));
+        }
+        if value_at + value_len > end {
+            return Err(overrun(BinaryField::ExtValue, value_at));
+        }
+        p = value_at + value_len;
+        let key = &header[key_at..len_at];
+        let value = &header[value_at..p];
+        if !block_ascii {
+            if core::str::from_utf8(key).is_err() {
+                return Err(DecodeError::BinaryInvalidUtf8 {
+                    field: BinaryField::ExtKey,
+                    offset: key_at,
+                });
+            }
+            if core::str::from_utf8(value).is_err() {
+                return Err(DecodeError::BinaryInvalidUtf8 {
+                    field: BinaryField::ExtValue,
+                    offset: value_at,
+                });
+            }
+        }
+        if value_len == 0 {
             continue;
         }
-        if ext.len() == limits.max_ext_fields {
+        if spans.len() == limits.max_ext_fields {
             return Err(DecodeError::TooManyExtFields {
                 max: limits.max_ext_fields,
             });
         }
-        ext.push(key, value);
+        spans.push(Span {
+            key: (key_at as u32, key_len as u32),
+            value: (value_at as u32, value_len as u32),
+        });
     }
-    cmd.ext_fields = ext;
-    Ok(cmd)
+    Ok(spans)
 }
 
 /// Reads `buf[pos..end]`; offsets in errors are positions in `buf` (the header).
@@ -132,7 +196,7 @@ fn remark_len(cmd: &Command) -> usize {
 
 fn ext_len(cmd: &Command) -> Result<usize, EncodeError> {
     let mut n = 0;
-    for (k, v) in cmd.ext_fields.entries() {
+    for (k, v) in cmd.ext_fields.iter() {
         if k.len() > usize::from(u16::MAX) {
             return Err(EncodeError::ExtKeyTooLong { len: k.len() });
         }
@@ -144,28 +208,50 @@ fn ext_len(cmd: &Command) -> Result<usize, EncodeError> {
 /// Writes `cmd`'s header; exactly [`header_len`] bytes. The caller has checked [`header_len`]
 /// (lengths that fit the frame limit fit their fields).
 pub fn encode_header(cmd: &Command, dst: &mut impl BufMut) {
+    write_header(cmd, ext_len(cmd).unwrap_or(0), &mut BufSink(dst));
+}
+
+/// Writes `cmd`'s header whose extension block is `ext_len` bytes (from [`header_len`]).
+pub(crate) fn write_header(cmd: &Command, ext_len: usize, out: &mut impl Sink) {
     // Java truncates a code or version wider than 16 bits; so do we.
-    dst.put_i16(cmd.code as i16);
-    dst.put_u8(cmd.language.0);
-    dst.put_i16(cmd.version as i16);
-    dst.put_i32(cmd.opaque);
-    dst.put_i32(cmd.flag);
+    let code = (cmd.code as i16).to_be_bytes();
+    let version = (cmd.version as i16).to_be_bytes();
+    let opaque = cmd.opaque.to_be_bytes();
+    let flag = cmd.flag.to_be_bytes();
     let remark = cmd.remark.as_deref().unwrap_or("");
-    dst.put_u32(remark.len() as u32);
-    dst.put_slice(remark.as_bytes());
-    let ext_len: usize = cmd
-        .ext_fields
-        .entries()
-        .iter()
-        .map(|(k, v)| 6 + k.len() + v.len())
-        .sum();
-    dst.put_u32(ext_len as u32);
-    for (k, v) in cmd.ext_fields.entries() {
-        dst.put_u16(k.len() as u16);
-        dst.put_slice(k.as_bytes());
-        dst.put_u32(v.len() as u32);
-        dst.put_slice(v.as_bytes());
+    let remark_len = (remark.len() as u32).to_be_bytes();
+    out.put(&[
+        code[0],
+        code[1],
+        cmd.language.0,
+        version[0],
+        version[1],
+        opaque[0],
+        opaque[1],
+        opaque[2],
+        opaque[3],
+        flag[0],
+        flag[1],
+        flag[2],
+        flag[3],
+        remark_len[0],
+        remark_len[1],
+        remark_len[2],
+        remark_len[3],
+    ]);
+    out.put(remark.as_bytes());
+    out.put_u32(ext_len as u32);
+    for (k, v) in cmd.ext_fields.iter() {
+        out.put_u16(k.len() as u16);
+        out.put(k.as_bytes());
+        out.put_u32(v.len() as u32);
+        out.put(v.as_bytes());
     }
+}
+
+/// The extension block's length, or why it cannot be encoded.
+pub(crate) fn checked_ext_len(cmd: &Command) -> Result<usize, EncodeError> {
+    ext_len(cmd)
 }
 
 #[cfg(test)]

@@ -345,43 +345,186 @@ impl PartialEq<&str> for HeaderStr {
 /// Decoding keeps every entry as it came, duplicates included; [`ExtFields::get`] returns the last
 /// value for a key, which is what Java's `HashMap` ends up holding. [`ExtFields::insert`] replaces a
 /// key's value in place.
-#[derive(Clone, Default, PartialEq, Eq, Hash)]
+///
+/// A decoded set is compact: one shared reference to the frame's header (plus, for JSON strings
+/// that held escapes, one buffer of their unescaped text) and 16 bytes of positions per entry,
+/// so decoding touches no reference count per field and validates UTF-8 once. The first
+/// [`insert`](ExtFields::insert) or [`remove`](ExtFields::remove) turns it into owned strings.
+#[derive(Clone, Default)]
 pub struct ExtFields {
-    entries: Vec<(HeaderStr, HeaderStr)>,
+    repr: ExtRepr,
 }
+
+#[derive(Clone)]
+enum ExtRepr {
+    /// Entries whose text lies in `src` (or, with [`SIDE`] set in the start, in `side`).
+    Spans {
+        src: Bytes,
+        side: Bytes,
+        spans: Vec<Span>,
+    },
+    Owned(Vec<(HeaderStr, HeaderStr)>),
+}
+
+impl Default for ExtRepr {
+    fn default() -> Self {
+        ExtRepr::Owned(Vec::new())
+    }
+}
+
+/// Where one entry's key and value lie: `(start, len)` each; a start with [`SIDE`] set counts in
+/// the side buffer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Span {
+    pub(crate) key: (u32, u32),
+    pub(crate) value: (u32, u32),
+}
+
+/// Marks a span start as counting in the side buffer (headers are far below 2 GiB).
+pub(crate) const SIDE: u32 = 1 << 31;
+
+/// Iterator over [`ExtFields`] entries, in order.
+pub struct ExtIter<'a> {
+    inner: ExtIterInner<'a>,
+}
+
+enum ExtIterInner<'a> {
+    Spans {
+        src: &'a [u8],
+        side: &'a [u8],
+        spans: core::slice::Iter<'a, Span>,
+    },
+    Owned(core::slice::Iter<'a, (HeaderStr, HeaderStr)>),
+}
+
+fn span_str<'a>(src: &'a [u8], side: &'a [u8], (start, len): (u32, u32)) -> &'a str {
+    let (buf, start) = if start & SIDE != 0 {
+        (side, start & !SIDE)
+    } else {
+        (src, start)
+    };
+    let bytes = &buf[start as usize..start as usize + len as usize];
+    debug_assert!(core::str::from_utf8(bytes).is_ok(), "span is not UTF-8");
+    // SAFETY: spans are made only by the decoders (`ExtFields::from_spans`), which validated
+    // every span as UTF-8 before (JSON: the whole header at once, and unescaping only produces
+    // UTF-8; ROCKETMQ: each string), and `src`/`side` are immutable `Bytes`. The debug assertion
+    // above re-checks it in every test, property test and fuzz run.
+    unsafe { core::str::from_utf8_unchecked(bytes) }
+}
+
+impl<'a> Iterator for ExtIter<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.inner {
+            ExtIterInner::Spans { src, side, spans } => spans
+                .next()
+                .map(|s| (span_str(src, side, s.key), span_str(src, side, s.value))),
+            ExtIterInner::Owned(it) => it.next().map(|(k, v)| (k.as_str(), v.as_str())),
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = match &self.inner {
+            ExtIterInner::Spans { spans, .. } => spans.len(),
+            ExtIterInner::Owned(it) => it.len(),
+        };
+        (n, Some(n))
+    }
+}
+
+impl DoubleEndedIterator for ExtIter<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        match &mut self.inner {
+            ExtIterInner::Spans { src, side, spans } => spans
+                .next_back()
+                .map(|s| (span_str(src, side, s.key), span_str(src, side, s.value))),
+            ExtIterInner::Owned(it) => it.next_back().map(|(k, v)| (k.as_str(), v.as_str())),
+        }
+    }
+}
+
+impl ExactSizeIterator for ExtIter<'_> {}
 
 impl ExtFields {
     /// No fields.
     pub const fn new() -> Self {
         Self {
-            entries: Vec::new(),
+            repr: ExtRepr::Owned(Vec::new()),
         }
     }
 
     /// No fields, with room for `n`.
     pub fn with_capacity(n: usize) -> Self {
         Self {
-            entries: Vec::with_capacity(n),
+            repr: ExtRepr::Owned(Vec::with_capacity(n)),
+        }
+    }
+
+    /// Fields decoded from `src` (and `side`); every span MUST already be validated UTF-8.
+    pub(crate) fn from_spans(src: Bytes, side: Bytes, spans: Vec<Span>) -> Self {
+        if spans.is_empty() {
+            return Self::new();
+        }
+        Self {
+            repr: ExtRepr::Spans { src, side, spans },
         }
     }
 
     /// The number of entries (duplicates counted).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        match &self.repr {
+            ExtRepr::Spans { spans, .. } => spans.len(),
+            ExtRepr::Owned(v) => v.len(),
+        }
     }
 
     /// Whether there are no entries.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// The value of `key` (the last one, if the peer sent the key twice).
-    pub fn get(&self, key: &str) -> Option<&HeaderStr> {
-        self.entries
-            .iter()
-            .rev()
-            .find(|(k, _)| k.as_str() == key)
-            .map(|(_, v)| v)
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| v)
+    }
+
+    /// The entries in order.
+    pub fn iter(&self) -> ExtIter<'_> {
+        ExtIter {
+            inner: match &self.repr {
+                ExtRepr::Spans { src, side, spans } => ExtIterInner::Spans {
+                    src,
+                    side,
+                    spans: spans.iter(),
+                },
+                ExtRepr::Owned(v) => ExtIterInner::Owned(v.iter()),
+            },
+        }
+    }
+
+    /// The owned form, converting a decoded set first.
+    fn owned(&mut self) -> &mut Vec<(HeaderStr, HeaderStr)> {
+        if let ExtRepr::Spans { src, side, spans } = &self.repr {
+            let strings = |(start, len): (u32, u32)| {
+                let (buf, start) = if start & SIDE != 0 {
+                    (side, start & !SIDE)
+                } else {
+                    (src, start)
+                };
+                let range = start as usize..start as usize + len as usize;
+                HeaderStr::from_utf8_slice(buf, range).expect("decoded spans are UTF-8")
+            };
+            let owned = spans
+                .iter()
+                .map(|s| (strings(s.key), strings(s.value)))
+                .collect();
+            self.repr = ExtRepr::Owned(owned);
+        }
+        match &mut self.repr {
+            ExtRepr::Owned(v) => v,
+            ExtRepr::Spans { .. } => unreachable!("converted above"),
+        }
     }
 
     /// Sets `key` to `value`, in place if the key is present (every copy of it), else at the end.
@@ -393,9 +536,10 @@ impl ExtFields {
     ) -> Option<HeaderStr> {
         let key = key.into();
         let value = value.into();
+        let entries = self.owned();
         let mut old = None;
         let mut found = false;
-        self.entries.retain_mut(|(k, v)| {
+        entries.retain_mut(|(k, v)| {
             if *k != key {
                 return true;
             }
@@ -407,15 +551,16 @@ impl ExtFields {
             true
         });
         if !found {
-            self.entries.push((key, value));
+            entries.push((key, value));
         }
         old
     }
 
     /// Removes every entry for `key`, returning the value that [`ExtFields::get`] would have.
     pub fn remove(&mut self, key: &str) -> Option<HeaderStr> {
+        self.get(key)?;
         let mut last = None;
-        self.entries.retain(|(k, v)| {
+        self.owned().retain(|(k, v)| {
             if k.as_str() == key {
                 last = Some(v.clone());
                 false
@@ -426,18 +571,28 @@ impl ExtFields {
         last
     }
 
-    /// The entries in order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&HeaderStr, &HeaderStr)> + '_ {
-        self.entries.iter().map(|(k, v)| (k, v))
-    }
-
-    /// Appends an entry without looking for the key (what decoders do).
+    /// Appends an entry without looking for the key.
+    #[cfg(test)]
     pub(crate) fn push(&mut self, key: HeaderStr, value: HeaderStr) {
-        self.entries.push((key, value));
+        self.owned().push((key, value));
     }
+}
 
-    pub(crate) fn entries(&self) -> &[(HeaderStr, HeaderStr)] {
-        &self.entries
+impl PartialEq for ExtFields {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for ExtFields {}
+
+impl core::hash::Hash for ExtFields {
+    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
+        self.len().hash(state);
+        for (k, v) in self.iter() {
+            k.hash(state);
+            v.hash(state);
+        }
     }
 }
 
@@ -614,17 +769,58 @@ mod tests {
 
     #[test]
     fn ext_insert_replaces_in_place_and_get_sees_last() {
+        use alloc::vec::Vec;
         let mut ext = ExtFields::new();
         ext.push("a".into(), "1".into());
         ext.push("b".into(), "2".into());
         ext.push("a".into(), "3".into());
         assert_eq!(ext.get("a").unwrap(), "3");
         assert_eq!(ext.insert("a", "4").unwrap(), "1");
-        let keys: Vec<_> = ext.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(ext.get("a"), Some("4"));
+        let keys: Vec<_> = ext.iter().collect();
         assert_eq!(keys, [("a", "4"), ("b", "2")]);
         assert_eq!(ext.remove("b").unwrap(), "2");
         assert_eq!(ext.len(), 1);
         assert!(ext.remove("zz").is_none());
+    }
+
+    #[test]
+    fn decoded_spans_read_and_convert_on_write() {
+        use alloc::vec;
+        use alloc::vec::Vec;
+        let src = Bytes::from_static(b"kvkeyvalue");
+        let side = Bytes::from_static("é".as_bytes());
+        let spans = vec![
+            Span {
+                key: (0, 1),
+                value: (1, 1),
+            },
+            Span {
+                key: (2, 3),
+                value: (SIDE, 2),
+            },
+            Span {
+                key: (0, 1),
+                value: (5, 5),
+            },
+        ];
+        let mut ext = ExtFields::from_spans(src, side, spans);
+        assert_eq!(ext.len(), 3);
+        assert_eq!(ext.get("k"), Some("value"), "the last duplicate wins");
+        assert_eq!(ext.get("key"), Some("é"));
+        let same: ExtFields = [("k", "v"), ("key", "é"), ("k", "value")].into_iter().fold(
+            ExtFields::new(),
+            |mut e, (k, v)| {
+                e.push(k.into(), v.into());
+                e
+            },
+        );
+        assert_eq!(ext, same);
+        assert_eq!(ext.insert("key", "x").as_deref(), Some("é"));
+        assert_eq!(
+            ext.iter().collect::<Vec<_>>(),
+            [("k", "v"), ("key", "x"), ("k", "value")]
+        );
     }
 
     #[test]

@@ -362,10 +362,26 @@ impl fmt::Debug for Connection {
 /// Initial (and minimum growth) size of the transmit buffer.
 const TRANSMIT_CAPACITY: usize = 16 * 1024;
 
+// The budget for a waiting request, checked at compile time.
+const _: () = assert!(Connection::WAITER_BYTES < 64);
+
+/// The layout of a `slab` entry (`slab::Entry` is private), for [`Connection::WAITER_BYTES`].
+#[allow(dead_code)]
+enum SlabEntryLayout<T> {
+    Vacant(usize),
+    Occupied(T),
+}
+
 /// Largest `max_waiters`: the opaque keeps at least 8 bits for the generation.
 const MAX_WAITERS: usize = 1 << 24;
 
 impl Connection {
+    /// Heap bytes one waiting request costs, structurally: its slab entry, its generation, its
+    /// deadline-heap entry and heap position (spare capacity of grown vectors not counted).
+    pub const WAITER_BYTES: usize = core::mem::size_of::<SlabEntryLayout<Waiter>>()
+        + core::mem::size_of::<u32>()
+        + crate::deadlines::BYTES_PER_ENTRY;
+
     /// A connection in the open state. `max_waiters` is clamped to 1..=2^24.
     pub fn new(mut config: Config) -> Self {
         config.max_waiters = config.max_waiters.clamp(1, MAX_WAITERS);
@@ -458,7 +474,7 @@ impl Connection {
         let ty = self.config.serialize_type.unwrap_or(cmd.serialize_type);
         let before = self.transmit.len();
         self.codec
-            .encode_as(&cmd, ty, &mut self.transmit)
+            .encode_into(&cmd, ty, &mut self.transmit)
             .map_err(SendError::Encode)?;
         let waiter = Waiter {
             end: self.stream_end(),
@@ -483,7 +499,7 @@ impl Connection {
         cmd.flag = (cmd.flag & !FLAG_RESPONSE) | FLAG_ONEWAY;
         let ty = self.config.serialize_type.unwrap_or(cmd.serialize_type);
         self.codec
-            .encode_as(&cmd, ty, &mut self.transmit)
+            .encode_into(&cmd, ty, &mut self.transmit)
             .map_err(SendError::Encode)?;
         self.stats.oneways_sent += 1;
         Ok(())
@@ -509,7 +525,7 @@ impl Connection {
             .config
             .serialize_type
             .unwrap_or(response.serialize_type);
-        let result = self.codec.encode_as(&response, ty, &mut self.transmit);
+        let result = self.codec.encode_into(&response, ty, &mut self.transmit);
         if let Err(e) = result {
             let fallback = Command::request(SYSTEM_ERROR)
                 .with_remark("response could not be encoded")
@@ -517,7 +533,7 @@ impl Connection {
             let mut fallback = fallback;
             fallback.flag = FLAG_RESPONSE;
             self.codec
-                .encode_as(&fallback, ty, &mut self.transmit)
+                .encode_into(&fallback, ty, &mut self.transmit)
                 .expect("a bare response always encodes");
             self.stats.responses_sent += 1;
             return Err(SendError::Encode(e));

@@ -7,6 +7,10 @@ use crate::time::Instant;
 
 const NOT_QUEUED: u32 = u32::MAX;
 
+/// Bytes per queued slot: its heap entry and its position.
+pub(crate) const BYTES_PER_ENTRY: usize =
+    core::mem::size_of::<Entry>() + core::mem::size_of::<u32>();
+
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     deadline: Instant,

@@ -6,6 +6,7 @@ use nom::number::streaming::be_u32;
 
 use crate::command::{Command, SerializeType};
 use crate::error::{DecodeError, EncodeError};
+use crate::sink::{BufSink, WindowSink};
 use crate::{binary, json};
 
 /// The largest frame Java accepts by default, length prefix included: 16 MiB.
@@ -174,13 +175,28 @@ impl Codec {
     /// Writes `cmd` as one frame with the header serialized as `ty` (a connection's choice).
     ///
     /// Nothing is written when an error is returned. In a JSON header,
-    /// `serializeTypeCurrentRPC` says `ty`.
+    /// `serializeTypeCurrentRPC` says `ty`. When `dst` already has room for the frame's prefix and
+    /// header (a `BytesMut` with spare capacity), the header is written once, straight into it;
+    /// otherwise its length is computed first.
     pub fn encode_as(
         &self,
         cmd: &Command,
         ty: SerializeType,
         dst: &mut impl BufMut,
     ) -> Result<(), EncodeError> {
+        let ext_len = match ty {
+            SerializeType::RocketMq => binary::checked_ext_len(cmd)?,
+            SerializeType::Json => 0,
+        };
+        if let Some(written) = self.encode_in_place(cmd, ty, ext_len, dst)? {
+            // SAFETY: `encode_in_place` initialised the first `written` bytes of
+            // `dst.chunk_mut()` (prefix and header) and nothing after; committing exactly those
+            // is what `advance_mut` requires. `tests::in_place_and_two_pass_encodings_agree`
+            // compares every byte with the two-pass path.
+            unsafe { dst.advance_mut(written) };
+            dst.put_slice(&cmd.body);
+            return Ok(());
+        }
         let header_len = self.checked_header_len(cmd, ty)?;
         let frame_len = PREFIX_LEN + header_len + cmd.body.len();
         if dst.remaining_mut() < frame_len {
@@ -188,19 +204,64 @@ impl Codec {
         }
         dst.put_u32((frame_len - 4) as u32);
         dst.put_u32(u32::from(ty.code()) << 24 | header_len as u32);
+        let mut out = BufSink(dst);
         match ty {
-            SerializeType::Json if cmd.serialize_type == ty => json::encode_header(cmd, dst),
-            SerializeType::Json => json::encode_header(
-                &Command {
-                    serialize_type: ty,
-                    ..cmd.clone()
-                },
-                dst,
-            ),
-            SerializeType::RocketMq => binary::encode_header(cmd, dst),
+            SerializeType::Json => json::write_header(cmd, ty, &mut out),
+            SerializeType::RocketMq => binary::write_header(cmd, ext_len, &mut out),
         }
         dst.put_slice(&cmd.body);
         Ok(())
+    }
+
+    /// Writes prefix and header into `dst`'s current chunk without committing them; returns how
+    /// many bytes were written, or `None` if the chunk is too small (nothing usable written).
+    fn encode_in_place(
+        &self,
+        cmd: &Command,
+        ty: SerializeType,
+        ext_len: usize,
+        dst: &mut impl BufMut,
+    ) -> Result<Option<usize>, EncodeError> {
+        let body_len = cmd.body.len();
+        let remaining = dst.remaining_mut();
+        let chunk = dst.chunk_mut();
+        if chunk.len() < PREFIX_LEN + 32 {
+            return Ok(None);
+        }
+        let mut out = WindowSink::new(chunk, PREFIX_LEN);
+        match ty {
+            SerializeType::Json => json::write_header(cmd, ty, &mut out),
+            SerializeType::RocketMq => binary::write_header(cmd, ext_len, &mut out),
+        }
+        if out.overflow {
+            return Ok(None);
+        }
+        let written = out.pos;
+        let header_len = written - PREFIX_LEN;
+        self.check_lengths(header_len, body_len)?;
+        let frame_len = written + body_len;
+        if remaining < frame_len {
+            return Err(EncodeError::BufferTooSmall { needed: frame_len });
+        }
+        let mut prefix = [0u8; PREFIX_LEN];
+        prefix[..4].copy_from_slice(&((frame_len - 4) as u32).to_be_bytes());
+        prefix[4..]
+            .copy_from_slice(&(u32::from(ty.code()) << 24 | header_len as u32).to_be_bytes());
+        let chunk = dst.chunk_mut();
+        chunk[..PREFIX_LEN].copy_from_slice(&prefix);
+        Ok(Some(written))
+    }
+
+    /// Like [`Codec::encode_as`] into a `BytesMut`, reserving room first so the header is written
+    /// in one pass.
+    pub fn encode_into(
+        &self,
+        cmd: &Command,
+        ty: SerializeType,
+        dst: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        dst.reserve(RESERVE_FOR_HEADER + cmd.body.len());
+        self.encode_as(cmd, ty, dst)
     }
 
     /// The bytes [`Codec::encode_as`] would write for `cmd`, or why it would refuse.
@@ -210,24 +271,31 @@ impl Codec {
 
     fn checked_header_len(&self, cmd: &Command, ty: SerializeType) -> Result<usize, EncodeError> {
         let header_len = match ty {
-            SerializeType::Json => {
-                json::header_len(cmd) - cmd.serialize_type.name().len() + ty.name().len()
-            }
+            SerializeType::Json => json::header_len_as(cmd, ty),
             SerializeType::RocketMq => binary::header_len(cmd)?,
         };
+        self.check_lengths(header_len, cmd.body.len())?;
+        Ok(header_len)
+    }
+
+    fn check_lengths(&self, header_len: usize, body_len: usize) -> Result<(), EncodeError> {
         if header_len > MAX_HEADER_LEN {
             return Err(EncodeError::HeaderTooLarge { header_len });
         }
-        let frame_len = (PREFIX_LEN + header_len) as u64 + cmd.body.len() as u64;
+        let frame_len = (PREFIX_LEN + header_len) as u64 + body_len as u64;
         if frame_len > u64::from(self.limits.max_frame_len) {
             return Err(EncodeError::FrameTooLarge {
                 frame_len,
                 max: self.limits.max_frame_len,
             });
         }
-        Ok(header_len)
+        Ok(())
     }
 }
+
+/// Room [`Codec::encode_into`] makes for prefix and header beyond the body; larger headers take
+/// the two-pass path.
+const RESERVE_FOR_HEADER: usize = 1024;
 
 /// The marker's 24-bit header length field holds at most this.
 const MAX_HEADER_LEN: usize = 0x00FF_FFFF;
@@ -319,6 +387,46 @@ mod tests {
                     .unwrap()
             })
         );
+    }
+
+    #[test]
+    fn in_place_and_two_pass_encodings_agree() {
+        let codec = Codec::default();
+        let long = "x".repeat(3000);
+        let cmds = [
+            Command::request(1),
+            Command::request(310)
+                .with_opaque(-9)
+                .with_remark("r\u{1}\"é")
+                .with_ext("a", "1")
+                .with_ext("properties", "K\u{1}V\u{2}")
+                .with_body(&b"body"[..]),
+            Command::request(2).with_ext("long", long.as_str()),
+        ];
+        for cmd in &cmds {
+            for ty in [SerializeType::Json, SerializeType::RocketMq] {
+                // A fresh BytesMut offers a 64-byte chunk: too small, so the two-pass path runs.
+                let mut two_pass = BytesMut::new();
+                codec.encode_as(cmd, ty, &mut two_pass).unwrap();
+                let mut in_place = BytesMut::with_capacity(8192);
+                codec.encode_as(cmd, ty, &mut in_place).unwrap();
+                let mut into = BytesMut::new();
+                codec.encode_into(cmd, ty, &mut into).unwrap();
+                assert_eq!(in_place, two_pass, "{ty:?} {cmd:?}");
+                assert_eq!(into, two_pass);
+                assert_eq!(two_pass.len(), codec.encoded_len(cmd, ty).unwrap());
+            }
+        }
+        // Refusals commit nothing on either path.
+        let small = Codec::new(Limits {
+            max_frame_len: 64,
+            ..Limits::default()
+        });
+        let mut out = BytesMut::with_capacity(4096);
+        assert!(small
+            .encode_as(&cmds[1], SerializeType::Json, &mut out)
+            .is_err());
+        assert!(out.is_empty());
     }
 
     #[test]

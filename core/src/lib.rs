@@ -59,6 +59,7 @@ mod deadlines;
 pub mod error;
 mod frame;
 pub mod json;
+mod sink;
 mod time;
 
 #[cfg(feature = "std")]

@@ -70,7 +70,7 @@ fn assert_fields(name: &str, cmd: &Command, v: &Value) {
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
         .collect();
-    let got: BTreeMap<&str, &str> = cmd.ext_fields.iter().map(|(k, v)| (&**k, &**v)).collect();
+    let got: BTreeMap<&str, &str> = cmd.ext_fields.iter().collect();
     assert_eq!(
         got.len(),
         cmd.ext_fields.len(),

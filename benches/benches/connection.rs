@@ -1,0 +1,127 @@
+//! The connection machine alone, no sockets: round trips through a client `Connection` and a
+//! server `Connection` in one thread (encode, frame, decode, match, answer, match), and the memory
+//! each waiting request costs.
+//!
+//! Ids: `connection/round_trip/{1,64}/{json,rocketmq}` (batch of requests in flight per step;
+//! throughput is round trips per second). Before criterion runs, the bench prints the measured
+//! heap bytes per waiter at 100,000 waiters (counting allocator) and the structural figure.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput};
+use remora_core::{Command, Config, Connection, Event, Instant, SerializeType};
+
+struct Counting;
+
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: forwards every call unchanged to the system allocator; only keeps a byte count.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as our caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: `ptr` came from `System.alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        // SAFETY: same contract as our caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// One step: `batch` requests from client to server and their responses back.
+fn round_trips(client: &mut Connection, server: &mut Connection, batch: usize, ty: SerializeType) {
+    let now = Instant::ZERO;
+    let deadline = now + Duration::from_secs(3600);
+    for _ in 0..batch {
+        let request = Command::request(310).with_serialize_type(ty);
+        client.send_request(request, deadline, now).unwrap();
+    }
+    while let Some(bytes) = client.take_transmit() {
+        server.handle_input(&bytes, now);
+    }
+    while let Some(event) = server.poll_event() {
+        if let Event::Request { request, command } = event {
+            let response = command.response(0);
+            server.send_response(request, response).unwrap();
+        }
+    }
+    while let Some(bytes) = server.take_transmit() {
+        client.handle_input(&bytes, now);
+    }
+    let mut answered = 0;
+    while let Some(event) = client.poll_event() {
+        if let Event::Response { response, .. } = event {
+            black_box(response);
+            answered += 1;
+        }
+    }
+    assert_eq!(answered, batch);
+}
+
+fn bench(c: &mut Criterion) {
+    for batch in [1usize, 64] {
+        let mut group = c.benchmark_group(format!("connection/round_trip/{batch}"));
+        group.throughput(Throughput::Elements(batch as u64));
+        for (name, ty) in [
+            ("json", SerializeType::Json),
+            ("rocketmq", SerializeType::RocketMq),
+        ] {
+            let mut client = Connection::new(Config::default());
+            let mut server = Connection::new(Config::default());
+            round_trips(&mut client, &mut server, batch, ty); // warm the buffers
+            group.bench_function(name, |b| {
+                b.iter(|| round_trips(&mut client, &mut server, batch, ty))
+            });
+        }
+        group.finish();
+    }
+}
+
+/// Heap bytes per waiting request at `n` waiters (what the machine holds, not the frames).
+fn memory_per_waiter(n: usize) -> f64 {
+    let now = Instant::ZERO;
+    let mut conn = Connection::new(Config {
+        max_waiters: n,
+        ..Config::default()
+    });
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    for i in 0..n {
+        let deadline = now + Duration::from_millis(1_000 + (i as u64 * 7919) % 60_000);
+        conn.send_request(Command::request(1), deadline, now)
+            .unwrap();
+        // Send the bytes away: they are the transport's, not the waiter's.
+        drop(conn.take_transmit());
+    }
+    let after = LIVE_BYTES.load(Ordering::Relaxed);
+    assert_eq!(conn.pending_requests(), n);
+    assert!(conn.poll_timeout().is_some());
+    (after - before) as f64 / n as f64
+}
+
+fn main() {
+    let n = 100_000;
+    let measured = memory_per_waiter(n);
+    eprintln!(
+        "memory per waiter at {n} waiters: {measured:.1} bytes measured (heap, includes spare \
+         capacity of grown vectors); {} bytes structural (Connection::WAITER_BYTES)",
+        Connection::WAITER_BYTES
+    );
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c);
+    c.final_summary();
+}
