@@ -59,6 +59,7 @@ mod deadlines;
 pub mod error;
 mod frame;
 pub mod json;
+pub mod resilience;
 mod sink;
 mod time;
 
