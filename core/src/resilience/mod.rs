@@ -7,4 +7,5 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod eject;
 pub mod retry;
