@@ -221,6 +221,57 @@ impl RetryPolicy<'_> {
     }
 }
 
+/// Hedging (gRPC A6 "hedging policy", Finagle "backup requests"): when an attempt has had no
+/// answer after `delay`, send another to a different endpoint; the first success wins and the
+/// others are cancelled. Hedges draw from the same [`RetryBudget`] as retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HedgePolicy {
+    /// Wait this long for an answer before sending the next attempt.
+    pub delay: Duration,
+    /// Attempts in all, the first one included (at least 2 for hedging to happen).
+    pub max_attempts: u32,
+}
+
+/// Why a hedging policy is refused when a client is built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HedgeError {
+    /// Fewer than 2 attempts: nothing would ever be hedged.
+    TooFewAttempts,
+    /// The delay is not shorter than the call's timeout: a hedge could never be sent.
+    DelayNotBelowTimeout,
+}
+
+impl HedgePolicy {
+    /// Checks the policy against the calls' timeout.
+    pub fn validate(&self, call_timeout: Duration) -> Result<(), HedgeError> {
+        if self.max_attempts < 2 {
+            return Err(HedgeError::TooFewAttempts);
+        }
+        if self.delay >= call_timeout {
+            return Err(HedgeError::DelayNotBelowTimeout);
+        }
+        Ok(())
+    }
+
+    /// When the next hedge is due for a call whose last attempt went out at `last_sent`, with
+    /// `sent` attempts so far and none answered; `None` when no more may be sent (attempts
+    /// exhausted, budget spent, or the call's deadline would come first).
+    pub fn next_hedge(
+        &self,
+        sent: u32,
+        last_sent: Instant,
+        budget: &RetryBudget,
+        deadline: Instant,
+    ) -> Option<Instant> {
+        if sent >= self.max_attempts || !budget.allows_retry() {
+            return None;
+        }
+        let at = last_sent + self.delay;
+        (at < deadline).then_some(at)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,6 +325,53 @@ mod tests {
             b.record(Class::Success);
         }
         assert_eq!(b.tokens(), 10.0, "capped");
+    }
+
+    #[test]
+    fn hedges_are_scheduled_within_attempts_budget_and_deadline() {
+        let hedge = HedgePolicy {
+            delay: 50 * MS,
+            max_attempts: 3,
+        };
+        assert_eq!(hedge.validate(Duration::from_secs(1)), Ok(()));
+        assert_eq!(
+            hedge.validate(50 * MS),
+            Err(HedgeError::DelayNotBelowTimeout)
+        );
+        assert_eq!(
+            HedgePolicy {
+                max_attempts: 1,
+                ..hedge
+            }
+            .validate(Duration::from_secs(1)),
+            Err(HedgeError::TooFewAttempts)
+        );
+        let budget = RetryBudget::default();
+        let t0 = Instant::ZERO;
+        let deadline = t0 + Duration::from_secs(1);
+        assert_eq!(
+            hedge.next_hedge(1, t0, &budget, deadline),
+            Some(t0 + 50 * MS)
+        );
+        assert_eq!(
+            hedge.next_hedge(2, t0 + 50 * MS, &budget, deadline),
+            Some(t0 + 100 * MS)
+        );
+        assert_eq!(hedge.next_hedge(3, t0 + 100 * MS, &budget, deadline), None);
+        assert_eq!(
+            hedge.next_hedge(1, t0 + 960 * MS, &budget, deadline),
+            None,
+            "past the deadline"
+        );
+        let mut spent = RetryBudget::default();
+        for _ in 0..5 {
+            spent.record(Class::Retryable);
+        }
+        assert_eq!(
+            hedge.next_hedge(1, t0, &spent, deadline),
+            None,
+            "budget spent"
+        );
     }
 
     #[test]
