@@ -527,15 +527,20 @@ impl Connection {
             .unwrap_or(response.serialize_type);
         let result = self.codec.encode_into(&response, ty, &mut self.transmit);
         if let Err(e) = result {
-            let fallback = Command::request(SYSTEM_ERROR)
+            let mut fallback = Command::request(SYSTEM_ERROR)
                 .with_remark("response could not be encoded")
                 .with_opaque(request.opaque);
-            let mut fallback = fallback;
             fallback.flag = FLAG_RESPONSE;
-            self.codec
+            // Only a frame limit below ~160 bytes refuses even this bare answer; then nothing
+            // is sent and the peer's own deadline ends its request (never a panic: the peer
+            // can cause this path).
+            if self
+                .codec
                 .encode_into(&fallback, ty, &mut self.transmit)
-                .expect("a bare response always encodes");
-            self.stats.responses_sent += 1;
+                .is_ok()
+            {
+                self.stats.responses_sent += 1;
+            }
             return Err(SendError::Encode(e));
         }
         self.stats.responses_sent += 1;
@@ -813,7 +818,7 @@ impl Connection {
             let busy = cmd.response(SYSTEM_BUSY).with_remark(
                 "[REJECTREQUEST]system busy, too many requests in flight on this connection",
             );
-            // A bare busy answer always fits the frame limit.
+            // If even the bare busy answer exceeds a tiny frame limit, nothing is sent.
             let _ = self.send_response(IncomingRequest { opaque: cmd.opaque }, busy);
         } else {
             self.incoming += 1;
@@ -1045,6 +1050,46 @@ mod tests {
             panic!()
         };
         server.dismiss(request);
+        assert_eq!(server.pending_incoming(), 0);
+    }
+
+    #[test]
+    fn a_frame_limit_too_small_for_any_answer_never_panics() {
+        // Found by the connection fuzz target: the SYSTEM_ERROR fallback and the busy answer
+        // used to `expect` that they fit, and a peer could make them not fit.
+        let limits = Limits {
+            max_frame_len: 40,
+            ..Limits::default()
+        };
+        let mut server = Connection::new(Config {
+            max_incoming: 0,
+            limits,
+            ..Config::default()
+        });
+        let mut wire = BytesMut::new();
+        Codec::default()
+            .encode_as(
+                &Command::request(1).with_opaque(7),
+                SerializeType::RocketMq,
+                &mut wire,
+            )
+            .unwrap();
+        server.handle_input(&wire, Instant::ZERO); // would be answered busy: cannot be
+        assert_eq!(server.poll_transmit(), None);
+        let mut server = Connection::new(Config {
+            limits,
+            ..Config::default()
+        });
+        server.handle_input(&wire, Instant::ZERO);
+        let Some(Event::Request { request, command }) = server.poll_event() else {
+            panic!()
+        };
+        let big = command.response(0).with_body(vec![0u8; 64]);
+        assert!(matches!(
+            server.send_response(request, big),
+            Err(SendError::Encode(_))
+        ));
+        assert_eq!(server.poll_transmit(), None);
         assert_eq!(server.pending_incoming(), 0);
     }
 
