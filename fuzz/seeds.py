@@ -8,7 +8,9 @@ Usage: python3 fuzz/seeds.py   (from anywhere; writes next to this script)
 - json_header / binary_header: the header (bytes 8 .. 8 + (u32 at 4..8 & 0xFFFFFF), clamped to
   the frame) of each frame whose marker says JSON (0) / ROCKETMQ (1), plus a few JSON dialects
   peers are known to send.
-Seeds the fuzzer found (seed-found-*) are not touched.
+Seeds the fuzzer found (seed-found-*) are not touched. The `connection` target's seeds are not
+made here: they are op lists in tests/connection_seeds.rs
+(`REMORA_FUZZ_WRITE_SEEDS=1 cargo test --test connection_seeds` rewrites them).
 """
 import json
 import os

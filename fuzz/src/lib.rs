@@ -1,11 +1,20 @@
 //! The checks behind the `remora-core` fuzz targets.
 //!
-//! Each `fuzz_targets/*.rs` is a thin wrapper around one `check_*` function here, so the same
+//! Each `fuzz_targets/*.rs` is a thin wrapper around one `check_*` function here (or
+//! [`run_connection`], whose driver and model live in the `connection` module), so the same
 //! checks can be replayed from a plain `cargo test` (see `tests/replay.rs`) on any input, without
 //! libFuzzer.
 //!
 //! What is asserted, and the normalisations that are *not* bugs, are documented on each function
 //! and in `fuzz/README.md`.
+
+mod connection;
+
+pub use connection::{
+    connection_tolerated, parse_connection, run_connection, run_ops, Msg, Op, OpaquePick, Override,
+    Raw, Setup, Side, SideConfig, Tag, Ty, BUSY_REMARK, FALLBACK_REMARK, MAX_DELIVER, MAX_OPS,
+    MAX_READS_PER_OP,
+};
 
 use bytes::{Bytes, BytesMut};
 use remora_core::{
@@ -64,7 +73,7 @@ impl View {
             ext: cmd
                 .ext_fields
                 .iter()
-                .map(|(k, v)| (String::from(k.as_str()), String::from(v.as_str())))
+                .map(|(k, v)| (String::from(k), String::from(v)))
                 .collect(),
             body: cmd.body.clone(),
             serialize_type: cmd.serialize_type,
@@ -400,8 +409,8 @@ fn check_json_text(text: &[u8], cmd: &Command) {
             for (k, v) in cmd.ext_fields.iter() {
                 // serde_json keeps the last of duplicate keys, as `ExtFields::get` does.
                 assert_eq!(
-                    ext.get(k.as_str()).and_then(Value::as_str),
-                    cmd.ext_fields.get(k).map(|v| v.as_str()),
+                    ext.get(k).and_then(Value::as_str),
+                    cmd.ext_fields.get(k),
                     "extFields[{k:?}] (one value was {v:?})"
                 );
             }
@@ -488,4 +497,3 @@ pub fn preview(bytes: &[u8]) -> String {
         format!("{shown:?}")
     }
 }
-

@@ -48,3 +48,8 @@ fn json_header_seeds() {
 fn binary_header_seeds() {
     replay("binary_header", remora_fuzz::check_binary_header);
 }
+
+#[test]
+fn connection_seeds() {
+    replay("connection", remora_fuzz::run_connection);
+}
