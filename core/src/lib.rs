@@ -59,6 +59,7 @@ mod deadlines;
 pub mod error;
 mod frame;
 pub mod json;
+pub mod pool;
 pub mod resilience;
 mod sink;
 mod time;

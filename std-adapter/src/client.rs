@@ -4,13 +4,14 @@ use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use remora_core::backoff::Backoff;
-use remora_core::{CloseReason, Command, Config};
+use remora_core::pool::{Choice, Pool};
+use remora_core::{Command, Config};
 
 use crate::conn::{Clock, Conn, ConnConfig};
-use crate::handler::{Handler, NotSupported, Pool};
+use crate::handler::{Handler, NotSupported, Workers};
 use crate::Error;
 
 /// How connections are used.
@@ -58,20 +59,13 @@ impl Default for ClientConfig {
     }
 }
 
-enum Slot {
-    Empty,
-    Connecting,
-    Up(Arc<Conn>),
-    Down { retry_at: Instant, failures: u32 },
-}
-
 struct Shared {
     addrs: Vec<SocketAddr>,
     config: ClientConfig,
     handler: Arc<dyn Handler>,
-    pool: Arc<Pool>,
+    workers: Arc<Workers>,
     clock: Clock,
-    slots: Mutex<Vec<Slot>>,
+    pool: Mutex<Pool<Arc<Conn>>>,
     changed: Condvar,
     closed: AtomicBool,
     entropy: AtomicU64,
@@ -128,9 +122,9 @@ impl Client {
                 addrs,
                 config,
                 handler: Arc::new(handler),
-                pool: Pool::new(config.workers, "remora-client-worker"),
+                workers: Workers::new(config.workers, "remora-client-worker"),
                 clock: Clock::new(),
-                slots: Mutex::new((0..config.pool_size.max(1)).map(|_| Slot::Empty).collect()),
+                pool: Mutex::new(Pool::new(config.pool_size, config.reconnect)),
                 changed: Condvar::new(),
                 closed: AtomicBool::new(false),
                 entropy: AtomicU64::new(seed | 1),
@@ -172,9 +166,9 @@ impl Client {
     /// Open connections.
     pub fn connections(&self) -> usize {
         self.shared
-            .lock_slots()
-            .iter()
-            .filter(|s| matches!(s, Slot::Up(c) if !c.is_closed()))
+            .lock_pool()
+            .connections()
+            .filter(|c| !c.is_closed())
             .count()
     }
 
@@ -184,129 +178,69 @@ impl Client {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let conns: Vec<Arc<Conn>> = self
-            .shared
-            .lock_slots()
-            .iter_mut()
-            .filter_map(|s| match std::mem::replace(s, Slot::Empty) {
-                Slot::Up(c) => Some(c),
-                _ => None,
-            })
-            .collect();
+        let conns = self.shared.lock_pool().take_all();
         for conn in conns {
             conn.close();
         }
         self.shared.changed.notify_all();
-        self.shared.pool.shutdown();
+        self.shared.workers.shutdown();
     }
 
-    /// The least loaded live connection, connecting (or reconnecting) when that helps.
+    /// The connection the core's pool policy picks, connecting (or reconnecting) when it says so.
     fn acquire(&self) -> Result<Arc<Conn>, Error> {
         let shared = &self.shared;
-        let mut slots = shared.lock_slots();
+        let mut pool = shared.lock_pool();
         loop {
             if shared.closed.load(Ordering::Acquire) {
                 return Err(Error::Closed { written: false });
             }
-            let now = Instant::now();
-            for slot in slots.iter_mut() {
-                if let Slot::Up(conn) = slot {
-                    if conn.is_closed() {
-                        *slot = match conn.close_reason() {
-                            // Closed while idle: reopen on demand, no penalty.
-                            Some(CloseReason::Local) | None => Slot::Empty,
-                            Some(_) => shared.down(now, 0),
-                        };
-                    }
-                }
-            }
-            let best = slots
-                .iter()
-                .filter_map(|s| match s {
-                    Slot::Up(c) => Some(c),
-                    _ => None,
-                })
-                .min_by_key(|c| c.in_flight())
-                .cloned();
-            let vacancy = slots.iter().position(|s| match s {
-                Slot::Empty => true,
-                Slot::Down { retry_at, .. } => *retry_at <= now,
-                _ => false,
-            });
-            match (best, vacancy) {
-                (Some(conn), None) => return Ok(conn),
-                (Some(conn), Some(_)) if conn.in_flight() == 0 => return Ok(conn),
-                (best, Some(i)) => {
-                    let failures = match slots[i] {
-                        Slot::Down { failures, .. } => failures,
-                        _ => 0,
-                    };
-                    slots[i] = Slot::Connecting;
-                    drop(slots);
+            let choice = pool.choose(
+                shared.clock.now(),
+                shared.next_entropy(),
+                Conn::health,
+                |c| c.in_flight(),
+            );
+            match choice {
+                Choice::Use(i) => return Ok(Arc::clone(pool.get(i).expect("chosen slot is up"))),
+                Choice::Connect { slot, fallback } => {
+                    let fallback = fallback.and_then(|i| pool.get(i)).cloned();
+                    drop(pool);
                     let opened = shared.open();
-                    slots = shared.lock_slots();
+                    pool = shared.lock_pool();
                     shared.changed.notify_all();
                     match opened {
+                        Ok(conn) if shared.closed.load(Ordering::Acquire) => {
+                            pool.abandon(slot);
+                            drop(pool);
+                            conn.close();
+                            return Err(Error::Closed { written: false });
+                        }
                         Ok(conn) => {
-                            if shared.closed.load(Ordering::Acquire) {
-                                conn.close();
-                                slots[i] = Slot::Empty;
-                                continue;
-                            }
-                            slots[i] = Slot::Up(Arc::clone(&conn));
+                            pool.connected(slot, Arc::clone(&conn));
                             return Ok(conn);
                         }
                         Err(e) => {
-                            slots[i] = shared.down(Instant::now(), failures + 1);
-                            if let Some(conn) = best {
-                                return Ok(conn);
-                            }
-                            return Err(e);
+                            pool.connect_failed(slot, shared.clock.now(), shared.next_entropy());
+                            return fallback.ok_or(e);
                         }
                     }
                 }
-                (None, None) => {
-                    if slots.iter().any(|s| matches!(s, Slot::Connecting)) {
-                        let (guard, _) = shared
-                            .changed
-                            .wait_timeout(slots, shared.config.connect_timeout)
-                            .unwrap_or_else(|e| e.into_inner());
-                        slots = guard;
-                        continue;
-                    }
-                    let retry_at = slots
-                        .iter()
-                        .filter_map(|s| match s {
-                            Slot::Down { retry_at, .. } => Some(*retry_at),
-                            _ => None,
-                        })
-                        .min()
-                        .unwrap_or(now);
-                    return Err(Error::Unavailable {
-                        retry_in: retry_at.saturating_duration_since(now),
-                    });
+                Choice::Wait => {
+                    let (guard, _) = shared
+                        .changed
+                        .wait_timeout(pool, shared.config.connect_timeout)
+                        .unwrap_or_else(|e| e.into_inner());
+                    pool = guard;
                 }
+                Choice::Unavailable { retry_in } => return Err(Error::Unavailable { retry_in }),
             }
         }
     }
 }
 
 impl Shared {
-    fn lock_slots(&self) -> MutexGuard<'_, Vec<Slot>> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// A slot that failed `failures` times in a row, retried after the backoff.
-    fn down(&self, now: Instant, failures: u32) -> Slot {
-        let entropy = self.next_entropy();
-        let delay = self
-            .config
-            .reconnect
-            .delay(failures.saturating_sub(1), entropy);
-        Slot::Down {
-            retry_at: now + delay,
-            failures: failures.max(1),
-        }
+    fn lock_pool(&self) -> MutexGuard<'_, Pool<Arc<Conn>>> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn next_entropy(&self) -> u64 {
@@ -338,7 +272,7 @@ impl Shared {
                         config,
                         self.clock,
                         Arc::clone(&self.handler),
-                        Arc::clone(&self.pool),
+                        Arc::clone(&self.workers),
                     )
                     .map_err(|e| Error::Connect(e.into()));
                 }

@@ -14,7 +14,7 @@ use remora_core::{
     CloseReason, Command, Config, Connection, Event, IncomingRequest, Instant, RequestId,
 };
 
-use crate::handler::{run_handler, Handler, Pool};
+use crate::handler::{run_handler, Handler, Workers};
 use crate::Error;
 
 /// The driver's clock: core `Instant`s are nanoseconds since `origin`.
@@ -81,7 +81,7 @@ pub(crate) struct Conn {
     control: TcpStream,
     clock: Clock,
     handler: Arc<dyn Handler>,
-    pool: Arc<Pool>,
+    workers: Arc<Workers>,
     reader: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
     /// Nanoseconds (on `clock`) of the last call or byte read.
@@ -129,7 +129,7 @@ impl Conn {
         config: ConnConfig,
         clock: Clock,
         handler: Arc<dyn Handler>,
-        pool: Arc<Pool>,
+        workers: Arc<Workers>,
     ) -> io::Result<Arc<Conn>> {
         stream.set_nodelay(true)?;
         let peer = stream.peer_addr()?;
@@ -146,7 +146,7 @@ impl Conn {
             writer: Mutex::new(stream),
             clock,
             handler,
-            pool,
+            workers,
             reader: Mutex::new(None),
             closed: AtomicBool::new(false),
             last_active: AtomicU64::new(clock.now().as_nanos()),
@@ -168,6 +168,18 @@ impl Conn {
     /// Why the machine closed, once it has.
     pub(crate) fn close_reason(&self) -> Option<CloseReason> {
         lock(&self.state).machine.close_reason()
+    }
+
+    /// How the pool should see this connection.
+    pub(crate) fn health(self: &Arc<Self>) -> remora_core::pool::Health {
+        use remora_core::pool::Health;
+        if !self.is_closed() {
+            return Health::Open;
+        }
+        match self.close_reason() {
+            Some(remora_core::CloseReason::Local) | None => Health::Closed,
+            Some(_) => Health::Failed,
+        }
     }
 
     /// Our requests awaiting responses.
@@ -300,11 +312,11 @@ impl Conn {
                 Event::Request { request, command } => {
                     let conn = Arc::clone(self);
                     // Refused only while shutting down, when the connection is closing anyway.
-                    self.pool.execute(move || conn.answer(request, command));
+                    self.workers.execute(move || conn.answer(request, command));
                 }
                 Event::Oneway { command } => {
                     let handler = Arc::clone(&self.handler);
-                    self.pool.execute(move || {
+                    self.workers.execute(move || {
                         let _ = run_handler(&*handler, command);
                     });
                 }
@@ -336,7 +348,7 @@ impl Conn {
                         // The machine answered by itself (SYSTEM_BUSY). The reader must never
                         // block on a write, so a worker writes it.
                         let conn = Arc::clone(&self);
-                        self.pool.execute(move || conn.flush());
+                        self.workers.execute(move || conn.flush());
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -11,13 +11,13 @@ pub(crate) use remora_core::handle_catching as run_handler;
 type Job = Box<dyn FnOnce() + Send>;
 
 /// A fixed set of worker threads fed through a channel.
-pub(crate) struct Pool {
+pub(crate) struct Workers {
     sender: Mutex<Option<mpsc::Sender<Job>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
-impl Pool {
-    pub(crate) fn new(threads: usize, name: &str) -> Arc<Pool> {
+impl Workers {
+    pub(crate) fn new(threads: usize, name: &str) -> Arc<Workers> {
         let (sender, receiver) = mpsc::channel::<Job>();
         let receiver = Arc::new(Mutex::new(receiver));
         let workers = (0..threads.max(1))
@@ -35,7 +35,7 @@ impl Pool {
                     .expect("spawn worker thread")
             })
             .collect();
-        Arc::new(Pool {
+        Arc::new(Workers {
             sender: Mutex::new(Some(sender)),
             workers: Mutex::new(workers),
         })

@@ -11,7 +11,7 @@ use std::time::Duration;
 use remora_core::Config;
 
 use crate::conn::{Clock, Conn, ConnConfig, Peer};
-use crate::handler::{Handler, Pool};
+use crate::handler::{Handler, Workers};
 
 /// How a [`Server`] runs.
 #[derive(Clone, Copy, Debug)]
@@ -38,7 +38,7 @@ impl Default for ServerConfig {
 struct Shared {
     config: ServerConfig,
     handler: Arc<dyn Handler>,
-    pool: Arc<Pool>,
+    workers: Arc<Workers>,
     clock: Clock,
     conns: Mutex<HashMap<u64, Arc<Conn>>>,
     next_id: AtomicU64,
@@ -71,7 +71,7 @@ impl Server {
         let shared = Arc::new(Shared {
             config,
             handler: Arc::new(handler),
-            pool: Pool::new(config.workers, "remora-worker"),
+            workers: Workers::new(config.workers, "remora-worker"),
             clock: Clock::new(),
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
@@ -148,7 +148,7 @@ impl Server {
         for conn in &conns {
             conn.close();
         }
-        self.shared.pool.shutdown();
+        self.shared.workers.shutdown();
     }
 }
 
@@ -177,7 +177,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             config,
             shared.clock,
             Arc::clone(&shared.handler),
-            Arc::clone(&shared.pool),
+            Arc::clone(&shared.workers),
         );
         if let Ok(conn) = conn {
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);

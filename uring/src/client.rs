@@ -11,7 +11,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use remora_core::backoff::Backoff;
-use remora_core::{CallError, CloseReason, Command, Config, ConnectError, Handler, NotSupported};
+use remora_core::pool::{Choice, Pool};
+use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported};
 use tokio::sync::{oneshot, Notify};
 use tokio_uring::net::TcpStream;
 
@@ -48,22 +49,12 @@ impl Default for ClientConfig {
     }
 }
 
-enum Slot {
-    Empty,
-    Connecting,
-    Up(Rc<Conn>),
-    Down {
-        retry_at: remora_core::Instant,
-        failures: u32,
-    },
-}
-
 struct Local {
     addrs: Vec<SocketAddr>,
     config: ClientConfig,
     handler: Arc<dyn Handler>,
     clock: Clock,
-    slots: RefCell<Vec<Slot>>,
+    pool: RefCell<Pool<Rc<Conn>>>,
     changed: Notify,
     closed: std::cell::Cell<bool>,
     entropy: std::cell::Cell<u64>,
@@ -115,7 +106,7 @@ impl LocalClient {
                 config,
                 handler,
                 clock: Clock::new(),
-                slots: RefCell::new((0..config.pool_size.max(1)).map(|_| Slot::Empty).collect()),
+                pool: RefCell::new(Pool::new(config.pool_size, config.reconnect)),
                 changed: Notify::new(),
                 closed: std::cell::Cell::new(false),
                 entropy: std::cell::Cell::new(seed()),
@@ -148,116 +139,72 @@ impl LocalClient {
     /// Open connections.
     pub fn connections(&self) -> usize {
         self.inner
-            .slots
+            .pool
             .borrow()
-            .iter()
-            .filter(|s| matches!(s, Slot::Up(c) if !c.is_closed()))
+            .connections()
+            .filter(|c| !c.is_closed())
             .count()
     }
 
     /// Closes every connection (idempotent): calls in flight fail with `Closed`.
     pub fn close(&self) {
         self.inner.closed.set(true);
-        let conns: Vec<Rc<Conn>> = self
-            .inner
-            .slots
-            .borrow_mut()
-            .iter_mut()
-            .filter_map(|s| match std::mem::replace(s, Slot::Empty) {
-                Slot::Up(c) => Some(c),
-                _ => None,
-            })
-            .collect();
+        let conns = self.inner.pool.borrow_mut().take_all();
         for conn in conns {
             conn.close();
         }
         self.inner.changed.notify_waiters();
     }
 
+    /// The connection the core's pool policy picks, connecting (or reconnecting) when it says so.
     async fn acquire(&self) -> Result<Rc<Conn>, CallError> {
         let inner = &self.inner;
         loop {
             if inner.closed.get() {
                 return Err(CallError::Closed { written: false });
             }
-            let now = inner.clock.now();
-            let (best, vacancy, connecting, retry_at) = {
-                let mut slots = inner.slots.borrow_mut();
-                for slot in slots.iter_mut() {
-                    if let Slot::Up(conn) = slot {
-                        if conn.is_closed() {
-                            *slot = match conn.close_reason() {
-                                Some(CloseReason::Local) | None => Slot::Empty,
-                                Some(_) => inner.down(now, 1),
-                            };
-                        }
-                    }
+            let choice = inner.pool.borrow_mut().choose(
+                inner.clock.now(),
+                inner.next_entropy(),
+                |c| c.health(),
+                |c| c.in_flight(),
+            );
+            match choice {
+                Choice::Use(i) => {
+                    return Ok(Rc::clone(
+                        inner.pool.borrow().get(i).expect("chosen slot is up"),
+                    ))
                 }
-                let best = slots
-                    .iter()
-                    .filter_map(|s| match s {
-                        Slot::Up(c) => Some(c),
-                        _ => None,
-                    })
-                    .min_by_key(|c| c.in_flight())
-                    .cloned();
-                let vacancy = slots.iter().position(|s| match s {
-                    Slot::Empty => true,
-                    Slot::Down { retry_at, .. } => *retry_at <= now,
-                    _ => false,
-                });
-                let connecting = slots.iter().any(|s| matches!(s, Slot::Connecting));
-                let retry_at = slots
-                    .iter()
-                    .filter_map(|s| match s {
-                        Slot::Down { retry_at, .. } => Some(*retry_at),
-                        _ => None,
-                    })
-                    .min();
-                (best, vacancy, connecting, retry_at)
-            };
-            match (best, vacancy) {
-                (Some(conn), None) => return Ok(conn),
-                (Some(conn), Some(_)) if conn.in_flight() == 0 => return Ok(conn),
-                (best, Some(i)) => {
-                    let failures = match inner.slots.borrow()[i] {
-                        Slot::Down { failures, .. } => failures,
-                        _ => 0,
-                    };
-                    inner.slots.borrow_mut()[i] = Slot::Connecting;
+                Choice::Connect { slot, fallback } => {
+                    let fallback = fallback.and_then(|i| inner.pool.borrow().get(i).cloned());
                     let opened = inner.open().await;
                     inner.changed.notify_waiters();
                     match opened {
+                        Ok(conn) if inner.closed.get() => {
+                            inner.pool.borrow_mut().abandon(slot);
+                            conn.close();
+                            return Err(CallError::Closed { written: false });
+                        }
                         Ok(conn) => {
-                            if inner.closed.get() {
-                                conn.close();
-                                inner.slots.borrow_mut()[i] = Slot::Empty;
-                                continue;
-                            }
-                            inner.slots.borrow_mut()[i] = Slot::Up(Rc::clone(&conn));
+                            inner.pool.borrow_mut().connected(slot, Rc::clone(&conn));
                             return Ok(conn);
                         }
                         Err(e) => {
-                            let down = inner.down(inner.clock.now(), failures + 1);
-                            inner.slots.borrow_mut()[i] = down;
-                            match best {
-                                Some(conn) => return Ok(conn),
-                                None => return Err(e),
-                            }
+                            let (now, entropy) = (inner.clock.now(), inner.next_entropy());
+                            inner.pool.borrow_mut().connect_failed(slot, now, entropy);
+                            return fallback.ok_or(e);
                         }
                     }
                 }
-                (None, None) if connecting => {
+                Choice::Wait => {
                     let _ = tokio::time::timeout(
                         inner.config.connect_timeout,
                         inner.changed.notified(),
                     )
                     .await;
                 }
-                (None, None) => {
-                    return Err(CallError::Unavailable {
-                        retry_in: retry_at.unwrap_or(now) - now,
-                    })
+                Choice::Unavailable { retry_in } => {
+                    return Err(CallError::Unavailable { retry_in })
                 }
             }
         }
@@ -265,20 +212,14 @@ impl LocalClient {
 }
 
 impl Local {
-    fn down(&self, now: remora_core::Instant, failures: u32) -> Slot {
+    fn next_entropy(&self) -> u64 {
+        // xorshift64*: the driver's entropy source for jitter (the core has none).
         let mut x = self.entropy.get();
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;
         self.entropy.set(x);
-        let delay = self.config.reconnect.delay(
-            failures.saturating_sub(1),
-            x.wrapping_mul(0x2545_F491_4F6C_DD1D),
-        );
-        Slot::Down {
-            retry_at: now + delay,
-            failures: failures.max(1),
-        }
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
     async fn open(&self) -> Result<Rc<Conn>, CallError> {

@@ -114,6 +114,18 @@ impl Conn {
         self.machine.borrow().close_reason()
     }
 
+    /// How the pool should see this connection.
+    pub(crate) fn health(&self) -> remora_core::pool::Health {
+        use remora_core::pool::Health;
+        if !self.is_closed() {
+            return Health::Open;
+        }
+        match self.close_reason() {
+            Some(remora_core::CloseReason::Local) | None => Health::Closed,
+            Some(_) => Health::Failed,
+        }
+    }
+
     /// Our requests awaiting responses.
     pub(crate) fn in_flight(&self) -> usize {
         self.machine.borrow().pending_requests()
