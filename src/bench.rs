@@ -236,9 +236,12 @@ fn show_progress(
     started: Instant,
     handles: &[std::thread::JoinHandle<()>],
 ) {
-    let tick = Duration::from_millis(200);
+    // Poll often (so a run's end is seen within ~10 ms), draw every 200 ms.
+    let tick = Duration::from_millis(10);
+    let mut ticks = 0u64;
     loop {
         std::thread::sleep(tick);
+        ticks += 1;
         let elapsed = started.elapsed();
         if let Some(d) = plan.duration {
             if elapsed >= d {
@@ -252,7 +255,7 @@ fn show_progress(
             (None, None) => 0.0,
         }
         .min(1.0);
-        if plan.progress {
+        if plan.progress && ticks % 20 == 0 {
             let width = 30;
             let filled = (fraction * width as f64) as usize;
             eprint!(
@@ -537,19 +540,14 @@ fn uring_raw(
                             return;
                         }
                     };
-                    acc.extend_from_slice(&buf[..n]);
-                    let whole = acc.len() / len;
-                    for i in 0..whole {
-                        let t0 = sent.pop_front().expect("a frame was sent");
-                        outstanding -= 1;
-                        if acc[i * len..(i + 1) * len] == frame[..] {
-                            let _ = hist.borrow_mut().record(t0.elapsed().as_micros() as u64);
-                            progress.done.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            progress.errors.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                    acc.drain(..whole * len);
+                    outstanding -= echoed_frames(
+                        &mut acc,
+                        &buf[..n],
+                        &frame,
+                        &mut sent,
+                        &mut hist.borrow_mut(),
+                        &progress,
+                    );
                 }
             }));
         }
@@ -559,6 +557,33 @@ fn uring_raw(
         let h = hist.borrow().clone();
         Ok(h)
     })
+}
+
+/// Raw mode's accounting: appends `read` to `acc`, and for every whole frame now in it checks it
+/// against `frame` (a mismatch is an error) and records the latency since its send. Returns how
+/// many frames came back.
+fn echoed_frames(
+    acc: &mut Vec<u8>,
+    read: &[u8],
+    frame: &[u8],
+    sent: &mut std::collections::VecDeque<Instant>,
+    hist: &mut Histogram<u64>,
+    progress: &Progress,
+) -> usize {
+    acc.extend_from_slice(read);
+    let len = frame.len();
+    let whole = acc.len() / len;
+    for echoed in acc.chunks_exact(len).take(whole) {
+        let t0 = sent.pop_front().expect("a frame was sent");
+        if echoed == frame {
+            let _ = hist.record(t0.elapsed().as_micros() as u64);
+            progress.done.fetch_add(1, Ordering::Relaxed);
+        } else {
+            progress.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    acc.drain(..whole * len);
+    whole
 }
 
 fn std_rpc(
@@ -654,19 +679,7 @@ fn std_raw(
                 break;
             }
         };
-        acc.extend_from_slice(&buf[..n]);
-        let whole = acc.len() / len;
-        for i in 0..whole {
-            let t0 = sent.pop_front().expect("a frame was sent");
-            outstanding -= 1;
-            if acc[i * len..(i + 1) * len] == frame[..] {
-                let _ = hist.record(t0.elapsed().as_micros() as u64);
-                progress.done.fetch_add(1, Ordering::Relaxed);
-            } else {
-                progress.errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        acc.drain(..whole * len);
+        outstanding -= echoed_frames(&mut acc, &buf[..n], &frame, &mut sent, &mut hist, progress);
     }
     Ok(hist)
 }
