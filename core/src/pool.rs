@@ -99,23 +99,30 @@ impl<T> Pool<T> {
             .collect()
     }
 
-    /// Chooses for a call at `now`. `health` and `load` (calls in flight) describe a connection;
-    /// `entropy` is any 64 random bits (used if a closed connection must back off).
+    /// Chooses for a call. `health` and `load` (calls in flight) describe a connection; `now`
+    /// reads the clock and `entropy` gives 64 random bits (for a failed connection's backoff) —
+    /// each is called only if needed, so the common case (a live connection) reads neither.
     pub fn choose(
         &mut self,
-        now: Instant,
-        entropy: u64,
+        now: impl FnOnce() -> Instant,
+        entropy: impl FnOnce() -> u64,
         health: impl Fn(&T) -> Health,
         load: impl Fn(&T) -> usize,
     ) -> Choice {
+        let mut now = Some(now);
+        let mut clock = None;
+        let mut read_clock =
+            move || *clock.get_or_insert_with(|| (now.take().expect("read once"))());
+        let mut entropy = Some(entropy);
         for slot in &mut self.slots {
             if let Slot::Up(conn) = slot {
                 match health(conn) {
                     Health::Open => {}
                     Health::Closed => *slot = Slot::Empty,
                     Health::Failed => {
+                        let bits = entropy.take().map_or(0x9E37_79B9, |e| e());
                         *slot = Slot::Down {
-                            retry_at: now + self.backoff.delay(0, entropy),
+                            retry_at: read_clock() + self.backoff.delay(0, bits),
                             failures: 1,
                         }
                     }
@@ -133,7 +140,7 @@ impl<T> Pool<T> {
             .min_by_key(|&(i, l)| (l, i));
         let vacancy = self.slots.iter().position(|s| match s {
             Slot::Empty => true,
-            Slot::Down { retry_at, .. } => *retry_at <= now,
+            Slot::Down { retry_at, .. } => *retry_at <= read_clock(),
             _ => false,
         });
         match (best, vacancy) {
@@ -157,6 +164,7 @@ impl<T> Pool<T> {
                 {
                     return Choice::Wait;
                 }
+                let now = read_clock();
                 let retry_at = self
                     .slots
                     .iter()
@@ -222,7 +230,7 @@ mod tests {
     type C = (Health, usize);
 
     fn choose(p: &mut Pool<C>, now: Instant) -> Choice {
-        p.choose(now, 0, |c| c.0, |c| c.1)
+        p.choose(|| now, || 0, |c| c.0, |c| c.1)
     }
 
     #[test]

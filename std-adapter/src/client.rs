@@ -195,8 +195,8 @@ impl Client {
                 return Err(Error::Closed { written: false });
             }
             let choice = pool.choose(
-                shared.clock.now(),
-                shared.next_entropy(),
+                || shared.clock.now(),
+                || shared.next_entropy(),
                 Conn::health,
                 |c| c.in_flight(),
             );

@@ -164,8 +164,8 @@ impl LocalClient {
                 return Err(CallError::Closed { written: false });
             }
             let choice = inner.pool.borrow_mut().choose(
-                inner.clock.now(),
-                inner.next_entropy(),
+                || inner.clock.now(),
+                || inner.next_entropy(),
                 |c| c.health(),
                 |c| c.in_flight(),
             );
