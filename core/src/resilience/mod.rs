@@ -7,5 +7,6 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod call;
 pub mod eject;
 pub mod retry;

@@ -1,0 +1,380 @@
+//! One logical call across several endpoints: which endpoint each attempt goes to, when to retry,
+//! when to hedge, which attempts to cancel once one wins. Pure: the driver sends, reads the
+//! clock, supplies entropy, and reports outcomes; [`Call`] answers with [`Step`]s.
+//!
+//! Client-wide state (balancer, per-endpoint breakers, outlier ejection, the retry budget, calls in
+//! flight per endpoint) lives in [`Endpoints`] and is shared by every call of a client.
+
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use super::balance::{Balancer, Endpoint, Strategy};
+use super::breaker::{Breaker, BreakerConfig, State as BreakerState};
+use super::eject::{EjectionConfig, Ejector};
+use super::retry::{Class, Decision, HedgePolicy, RetryBudget, RetryPolicy};
+use crate::time::Instant;
+
+/// A client's view of its endpoints, shared by its calls.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    weights: Vec<u32>,
+    in_flight: Vec<u32>,
+    balancer: Balancer,
+    breakers: Vec<Breaker>,
+    ejector: Ejector,
+    budget: RetryBudget,
+    available: Vec<bool>,
+    views: Vec<Endpoint>,
+}
+
+impl Endpoints {
+    /// Endpoints with these weights (their order is the index everything else uses).
+    pub fn new(
+        weights: Vec<u32>,
+        strategy: Strategy,
+        breaker: BreakerConfig,
+        ejection: EjectionConfig,
+        budget: RetryBudget,
+    ) -> Self {
+        let n = weights.len();
+        Endpoints {
+            in_flight: alloc::vec![0; n],
+            balancer: Balancer::new(strategy),
+            breakers: alloc::vec![Breaker::new(breaker); n],
+            ejector: Ejector::new(ejection, n),
+            budget,
+            available: Vec::with_capacity(n),
+            views: Vec::with_capacity(n),
+            weights,
+        }
+    }
+
+    /// How many endpoints.
+    pub fn len(&self) -> usize {
+        self.weights.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.weights.is_empty()
+    }
+
+    /// The balancer (to give a consistent-hash ring its endpoint identities).
+    pub fn balancer_mut(&mut self) -> &mut Balancer {
+        &mut self.balancer
+    }
+
+    /// The retry budget.
+    pub fn budget(&self) -> &RetryBudget {
+        &self.budget
+    }
+
+    /// Endpoint `i`'s breaker state.
+    pub fn breaker(&self, i: usize) -> BreakerState {
+        self.breakers[i].state()
+    }
+
+    /// Whether endpoint `i` is ejected at `now`.
+    pub fn is_ejected(&self, i: usize, now: Instant) -> bool {
+        self.ejector.is_ejected(i, now)
+    }
+
+    /// Calls in flight to endpoint `i`.
+    pub fn in_flight(&self, i: usize) -> u32 {
+        self.in_flight[i]
+    }
+
+    /// The ejector's interval tick (success-rate evaluation); call it periodically.
+    pub fn tick(&mut self, now: Instant) -> Vec<usize> {
+        self.ejector.tick(now)
+    }
+
+    /// Picks an endpoint not in `exclude` (when any other is available) whose breaker lets a
+    /// call through, and counts the call in flight.
+    fn pick(
+        &mut self,
+        now: Instant,
+        key: Option<u64>,
+        exclude: &[usize],
+        entropy: u64,
+    ) -> Option<usize> {
+        self.ejector.available(now, &mut self.available);
+        let open = |b: &Breaker| matches!(b.state(), BreakerState::Open { until } if now < until);
+        let base: Vec<bool> = (0..self.len())
+            .map(|i| self.available[i] && !open(&self.breakers[i]))
+            .collect();
+        // Prefer endpoints this call has not tried; fall back to any.
+        for avoid in [true, false] {
+            self.views.clear();
+            self.views.extend((0..self.len()).map(|i| Endpoint {
+                weight: self.weights[i],
+                in_flight: self.in_flight[i],
+                available: base[i] && !(avoid && exclude.contains(&i)),
+            }));
+            let mut candidates = self.views.clone();
+            // A half-open breaker may still refuse (probe quota): skip it and pick again.
+            for _ in 0..self.len() {
+                let Some(i) = self.balancer.pick(&candidates, key, entropy) else {
+                    break;
+                };
+                if self.breakers[i].allow(now) {
+                    self.in_flight[i] += 1;
+                    return Some(i);
+                }
+                candidates[i].available = false;
+            }
+        }
+        None
+    }
+
+    /// An attempt on endpoint `i` ended as `class` (`None`: cancelled, no verdict).
+    fn ended(&mut self, i: usize, class: Option<Class>, now: Instant) {
+        self.in_flight[i] = self.in_flight[i].saturating_sub(1);
+        let Some(class) = class else { return };
+        let success = class == Class::Success;
+        self.breakers[i].record(success, now);
+        self.ejector.record(i, success, now);
+        self.budget.record(class);
+    }
+}
+
+/// What a call wants from its options.
+#[derive(Clone, Copy, Debug)]
+pub struct CallOptions<'a> {
+    /// The whole call's time, all attempts included.
+    pub timeout: Duration,
+    /// Retries after a retryable outcome.
+    pub retry: RetryPolicy<'a>,
+    /// Backup attempts while the first ones are unanswered.
+    pub hedge: Option<HedgePolicy>,
+    /// The call's hash key (consistent hashing).
+    pub key: Option<u64>,
+}
+
+/// What the driver must do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Send attempt number `attempt` (1-based) to endpoint `endpoint`, to end by `deadline`.
+    Send {
+        /// The attempt's number.
+        attempt: u32,
+        /// Which endpoint.
+        endpoint: usize,
+        /// The call's deadline (an attempt may not outlive it).
+        deadline: Instant,
+    },
+    /// Cancel attempt `attempt` (another one won, or the call is over).
+    Cancel {
+        /// The attempt's number.
+        attempt: u32,
+    },
+    /// The call is over: report the outcome of attempt `attempt`; `None` means no attempt
+    /// answered (no endpoint was available, or the deadline passed first).
+    Finish {
+        /// The attempt whose outcome is the call's.
+        attempt: Option<u32>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Attempt {
+    number: u32,
+    endpoint: usize,
+    live: bool,
+}
+
+/// One logical call's state.
+#[derive(Clone, Debug)]
+pub struct Call {
+    deadline: Instant,
+    attempts: Vec<Attempt>,
+    retry_at: Option<Instant>,
+    hedge_at: Option<Instant>,
+    finished: bool,
+    last_class: Option<(u32, Class)>,
+}
+
+impl Call {
+    /// Starts a call at `now`: usually one [`Step::Send`] (or a [`Step::Finish`] with no attempt
+    /// when no endpoint is available).
+    pub fn start(
+        eps: &mut Endpoints,
+        opts: &CallOptions<'_>,
+        now: Instant,
+        entropy: u64,
+        out: &mut Vec<Step>,
+    ) -> Call {
+        let mut call = Call {
+            deadline: now + opts.timeout,
+            attempts: Vec::new(),
+            retry_at: None,
+            hedge_at: None,
+            finished: false,
+            last_class: None,
+        };
+        call.send(eps, opts, now, entropy, out);
+        call
+    }
+
+    /// Whether the call is over.
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Attempts sent so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempts.len() as u32
+    }
+
+    /// The endpoints tried, in order.
+    pub fn endpoints(&self) -> impl Iterator<Item = usize> + '_ {
+        self.attempts.iter().map(|a| a.endpoint)
+    }
+
+    /// When [`Call::handle_timeout`] is next due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.finished {
+            return None;
+        }
+        [self.retry_at, self.hedge_at, Some(self.deadline)]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn live(&self) -> usize {
+        self.attempts.iter().filter(|a| a.live).count()
+    }
+
+    fn send(
+        &mut self,
+        eps: &mut Endpoints,
+        opts: &CallOptions<'_>,
+        now: Instant,
+        entropy: u64,
+        out: &mut Vec<Step>,
+    ) -> bool {
+        let tried: Vec<usize> = self.attempts.iter().map(|a| a.endpoint).collect();
+        let Some(endpoint) = eps.pick(now, opts.key, &tried, entropy) else {
+            if self.live() == 0 {
+                self.finish(eps, now, out);
+            }
+            return false;
+        };
+        let number = self.attempts.len() as u32 + 1;
+        self.attempts.push(Attempt {
+            number,
+            endpoint,
+            live: true,
+        });
+        out.push(Step::Send {
+            attempt: number,
+            endpoint,
+            deadline: self.deadline,
+        });
+        self.hedge_at = opts
+            .hedge
+            .and_then(|h| h.next_hedge(number, now, &eps.budget, self.deadline));
+        true
+    }
+
+    fn finish(&mut self, eps: &mut Endpoints, now: Instant, out: &mut Vec<Step>) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        for a in &mut self.attempts {
+            if a.live {
+                a.live = false;
+                eps.ended(a.endpoint, None, now);
+                out.push(Step::Cancel { attempt: a.number });
+            }
+        }
+        out.push(Step::Finish {
+            attempt: self.last_class.map(|(n, _)| n),
+        });
+        self.retry_at = None;
+        self.hedge_at = None;
+    }
+
+    /// Attempt `attempt` ended as `class` at `now`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn handle_outcome(
+        &mut self,
+        eps: &mut Endpoints,
+        opts: &CallOptions<'_>,
+        attempt: u32,
+        class: Class,
+        now: Instant,
+        entropy: u64,
+        out: &mut Vec<Step>,
+    ) {
+        let Some(a) = self
+            .attempts
+            .iter_mut()
+            .find(|a| a.number == attempt && a.live)
+        else {
+            return; // cancelled or already reported
+        };
+        a.live = false;
+        let endpoint = a.endpoint;
+        eps.ended(endpoint, Some(class), now);
+        if self.finished {
+            return;
+        }
+        self.last_class = Some((attempt, class));
+        if class != Class::Retryable {
+            return self.finish(eps, now, out);
+        }
+        if self.live() > 0 {
+            // A hedge is still out: it may yet succeed.
+            return;
+        }
+        match opts.retry.decide(
+            self.attempts.len() as u32,
+            class,
+            &eps.budget,
+            now,
+            self.deadline,
+            entropy,
+        ) {
+            Decision::RetryAfter(delay) => {
+                self.hedge_at = None;
+                self.retry_at = Some(now + delay);
+                if delay.is_zero() {
+                    self.handle_timeout(eps, opts, now, entropy, out);
+                }
+            }
+            Decision::GiveUp(_) => self.finish(eps, now, out),
+        }
+    }
+
+    /// The clock reached `now` (at or after [`Call::poll_timeout`]).
+    pub fn handle_timeout(
+        &mut self,
+        eps: &mut Endpoints,
+        opts: &CallOptions<'_>,
+        now: Instant,
+        entropy: u64,
+        out: &mut Vec<Step>,
+    ) {
+        if self.finished {
+            return;
+        }
+        if now >= self.deadline {
+            // Attempts still out are cancelled; the call's outcome is the last one reported, or
+            // none (a timeout) if nothing answered.
+            return self.finish(eps, now, out);
+        }
+        if self.retry_at.is_some_and(|t| now >= t) {
+            self.retry_at = None;
+            self.send(eps, opts, now, entropy, out);
+        } else if self.hedge_at.is_some_and(|t| now >= t) {
+            self.hedge_at = None;
+            let limit = opts.hedge.map_or(1, |h| h.max_attempts);
+            if self.attempts.len() < limit as usize && eps.budget.allows_retry() {
+                self.send(eps, opts, now, entropy, out);
+            }
+        }
+    }
+}
