@@ -105,6 +105,21 @@ impl Client {
         config: ClientConfig,
         handler: impl Handler,
     ) -> Result<Client, Error> {
+        let client = Client::lazy(addr, config, handler)?;
+        if let Mode::Long { .. } = client.shared.config.mode {
+            // Fail fast on a wrong address.
+            client.acquire()?;
+        }
+        Ok(client)
+    }
+
+    /// A client that connects on its first call (for a cluster, where one endpoint being down
+    /// must not stop the others). The address is resolved now.
+    pub fn lazy(
+        addr: impl ToSocketAddrs,
+        config: ClientConfig,
+        handler: impl Handler,
+    ) -> Result<Client, Error> {
         let addrs: Vec<SocketAddr> = addr
             .to_socket_addrs()
             .map_err(|e| Error::Connect(e.into()))?
@@ -130,10 +145,6 @@ impl Client {
                 entropy: AtomicU64::new(seed | 1),
             }),
         };
-        if let Mode::Long { .. } = config.mode {
-            // Fail fast on a wrong address.
-            client.acquire()?;
-        }
         Ok(client)
     }
 

@@ -16,11 +16,13 @@
 //! one writing leaves its frames to it, so writes coalesce under load.
 
 mod client;
+mod cluster;
 mod conn;
 mod handler;
 mod server;
 
 pub use client::{Client, ClientConfig, Mode};
+pub use cluster::{CallOpts, Cluster, ClusterConfig, Counters, EndpointReport, Hook};
 pub use conn::Peer;
 pub use handler::{Handler, NotSupported};
 

@@ -226,6 +226,11 @@ impl Call {
         self.attempts.len() as u32
     }
 
+    /// Attempts sent and not yet ended (more than one while a hedge is out).
+    pub fn in_flight(&self) -> u32 {
+        self.live() as u32
+    }
+
     /// The endpoints tried, in order.
     pub fn endpoints(&self) -> impl Iterator<Item = usize> + '_ {
         self.attempts.iter().map(|a| a.endpoint)

@@ -1,0 +1,497 @@
+//! A client over several endpoints: balancing, retries, hedging, circuit breaking and outlier
+//! ejection, all decided by `remora_core::resilience` (this file only sends, waits and counts).
+
+use std::collections::HashMap;
+use std::net::ToSocketAddrs;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use remora_core::backoff::Backoff;
+use remora_core::resilience::balance::Strategy;
+use remora_core::resilience::breaker::{BreakerConfig, State as BreakerState};
+use remora_core::resilience::call::{Call, CallOptions, Endpoints, Step};
+use remora_core::resilience::eject::EjectionConfig;
+use remora_core::resilience::retry::{
+    Class, Classifier, HedgePolicy, PolicyError, RetryBudget, RetryPolicy, Schedule,
+};
+use remora_core::{Command, Instant};
+
+use crate::conn::Clock;
+use crate::{Client, ClientConfig, Error, NotSupported};
+
+/// Runs before a request is sent and after its response arrives (e.g. to sign requests).
+pub trait Hook: Send + Sync + 'static {
+    /// Called on every attempt's request just before it is sent.
+    fn before_send(&self, request: &mut Command) {
+        let _ = request;
+    }
+    /// Called on the response the call returns.
+    fn after_receive(&self, response: &mut Command) {
+        let _ = response;
+    }
+}
+
+/// How a [`Cluster`] behaves. `Default` is the production preset ([`ClusterConfig::production`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterConfig {
+    /// Each endpoint's client (pool, reconnect, machine limits).
+    pub client: ClientConfig,
+    /// How an endpoint is chosen.
+    pub strategy: Strategy,
+    /// Per-endpoint circuit breaker.
+    pub breaker: BreakerConfig,
+    /// Outlier ejection.
+    pub ejection: EjectionConfig,
+    /// Retry budget: tokens and the share a success gives back (gRPC A6 throttling).
+    pub budget_tokens: u32,
+    /// See `budget_tokens`.
+    pub budget_ratio: f64,
+    /// Timeout of a call, all attempts included, unless the call says otherwise.
+    pub timeout: Duration,
+    /// Attempts per call, the first included.
+    pub max_attempts: u32,
+    /// Delay between retries.
+    pub backoff: Backoff,
+    /// Backup requests, if any.
+    pub hedge: Option<HedgePolicy>,
+}
+
+impl ClusterConfig {
+    /// Production: round robin skipping unhealthy endpoints, 3 attempts with 100 ms..2 s
+    /// exponential backoff, a 3 s timeout, breakers and ejection on, no hedging.
+    pub fn production() -> Self {
+        ClusterConfig {
+            client: ClientConfig::default(),
+            strategy: Strategy::RoundRobin,
+            breaker: BreakerConfig::default(),
+            ejection: EjectionConfig::default(),
+            budget_tokens: 10,
+            budget_ratio: 0.1,
+            timeout: Duration::from_secs(3),
+            max_attempts: 3,
+            backoff: Backoff {
+                initial: Duration::from_millis(100),
+                multiplier: 2.0,
+                max: Duration::from_secs(2),
+                ..Backoff::default()
+            },
+            hedge: None,
+        }
+    }
+
+    /// Development: like production but with a 10 s timeout and a single attempt, so failures
+    /// show at once.
+    pub fn development() -> Self {
+        ClusterConfig {
+            timeout: Duration::from_secs(10),
+            max_attempts: 1,
+            ..ClusterConfig::production()
+        }
+    }
+
+    /// Testing: short timeouts and backoff so tests run fast.
+    pub fn testing() -> Self {
+        ClusterConfig {
+            timeout: Duration::from_millis(500),
+            backoff: Backoff {
+                initial: Duration::from_millis(5),
+                multiplier: 2.0,
+                max: Duration::from_millis(50),
+                ..Backoff::default()
+            },
+            ..ClusterConfig::production()
+        }
+    }
+
+    /// Applies `REMORA_TIMEOUT_MS`, `REMORA_MAX_ATTEMPTS`, `REMORA_HEDGE_DELAY_MS` (0: off) and
+    /// `REMORA_POOL_SIZE` from the environment; unparsable values are reported, not ignored.
+    pub fn with_env_overrides(mut self) -> Result<Self, String> {
+        fn var(name: &str) -> Result<Option<u64>, String> {
+            match std::env::var(name) {
+                Ok(v) => v
+                    .trim()
+                    .parse()
+                    .map(Some)
+                    .map_err(|_| format!("{name}={v:?} is not a whole number")),
+                Err(_) => Ok(None),
+            }
+        }
+        if let Some(ms) = var("REMORA_TIMEOUT_MS")? {
+            self.timeout = Duration::from_millis(ms);
+        }
+        if let Some(n) = var("REMORA_MAX_ATTEMPTS")? {
+            self.max_attempts = n as u32;
+        }
+        if let Some(ms) = var("REMORA_HEDGE_DELAY_MS")? {
+            self.hedge = (ms > 0).then(|| HedgePolicy {
+                delay: Duration::from_millis(ms),
+                max_attempts: self.max_attempts.max(2),
+            });
+        }
+        if let Some(n) = var("REMORA_POOL_SIZE")? {
+            self.client.pool_size = n as usize;
+        }
+        Ok(self)
+    }
+
+    fn retry(&self, max_attempts: u32) -> RetryPolicy<'static> {
+        RetryPolicy {
+            max_attempts,
+            schedule: Schedule::Exponential(self.backoff),
+        }
+    }
+
+    /// Checks the policies (attempts ≥ 1, backoff sane, hedge delay below the timeout).
+    pub fn validate(&self) -> Result<(), String> {
+        self.retry(self.max_attempts)
+            .validate()
+            .map_err(|e: PolicyError| format!("retry policy: {e:?}"))?;
+        if let Some(h) = self.hedge {
+            h.validate(self.timeout)
+                .map_err(|e| format!("hedging policy: {e:?}"))?;
+        }
+        Ok(())
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig::production()
+    }
+}
+
+/// Per-call choices; `None` fields take the cluster's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CallOpts {
+    /// The call's timeout, all attempts included.
+    pub timeout: Option<Duration>,
+    /// Attempts, the first included.
+    pub max_attempts: Option<u32>,
+    /// The key for consistent hashing (see `remora_core::resilience::balance::hash_key`).
+    pub hash_key: Option<u64>,
+    /// The request is idempotent: it may be retried even when it may have reached the server.
+    pub idempotent: bool,
+}
+
+/// Counters of one endpoint (or of the whole cluster).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Attempts sent.
+    pub attempts: AtomicU64,
+    /// Attempts that were retries.
+    pub retries: AtomicU64,
+    /// Attempts that were hedges.
+    pub hedges: AtomicU64,
+    /// Attempts that succeeded.
+    pub successes: AtomicU64,
+    /// Attempts that failed retryably (busy, unavailable, transport).
+    pub retryable_failures: AtomicU64,
+    /// Attempts that failed fatally.
+    pub fatal_failures: AtomicU64,
+}
+
+/// A snapshot of one endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointReport {
+    /// The endpoint as given.
+    pub address: String,
+    /// Attempts sent.
+    pub attempts: u64,
+    /// Successes.
+    pub successes: u64,
+    /// Retryable failures.
+    pub retryable_failures: u64,
+    /// Fatal failures.
+    pub fatal_failures: u64,
+    /// Breaker state.
+    pub breaker: BreakerState,
+    /// Whether ejected now.
+    pub ejected: bool,
+    /// Attempt latency p50 / p99 / max, microseconds.
+    pub latency_us: (u64, u64, u64),
+}
+
+struct EndpointState {
+    address: String,
+    client: Client,
+    counters: Counters,
+    latency: Mutex<Histogram<u64>>,
+}
+
+struct Inner {
+    endpoints: Vec<EndpointState>,
+    machine: Mutex<Endpoints>,
+    config: ClusterConfig,
+    hooks: Vec<Arc<dyn Hook>>,
+    clock: Clock,
+    entropy: AtomicU64,
+    total: Counters,
+}
+
+/// A client over several endpoints of one service. Cheap to clone; share it between threads.
+///
+/// Each call goes to the endpoint the core's balancer picks among those whose breaker is closed
+/// and that are not ejected; retryable failures are retried on another endpoint after the
+/// backoff while the retry budget allows; with hedging, an unanswered attempt is backed up on
+/// another endpoint after the hedge delay and the first success wins.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+impl Cluster {
+    /// A cluster over `addresses` (connections are made on demand, so endpoints that are down
+    /// now do not stop it).
+    pub fn new(addresses: &[&str], config: ClusterConfig) -> Result<Cluster, Error> {
+        Cluster::with_hooks(addresses, config, Vec::new())
+    }
+
+    /// Like [`Cluster::new`], with hooks run around every call (in order).
+    pub fn with_hooks(
+        addresses: &[&str],
+        config: ClusterConfig,
+        hooks: Vec<Arc<dyn Hook>>,
+    ) -> Result<Cluster, Error> {
+        config.validate().map_err(|e| {
+            Error::Connect(std::io::Error::new(std::io::ErrorKind::InvalidInput, e).into())
+        })?;
+        let mut endpoints = Vec::with_capacity(addresses.len());
+        for &address in addresses {
+            let resolved: Vec<_> = address
+                .to_socket_addrs()
+                .map_err(|e| Error::Connect(e.into()))?
+                .collect();
+            endpoints.push(EndpointState {
+                address: address.to_string(),
+                client: Client::lazy(&resolved[..], config.client, NotSupported)?,
+                counters: Counters::default(),
+                latency: Mutex::new(
+                    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+                ),
+            });
+        }
+        let mut machine = Endpoints::new(
+            vec![1; endpoints.len()],
+            config.strategy,
+            config.breaker,
+            config.ejection,
+            RetryBudget::new(config.budget_tokens, config.budget_ratio),
+        );
+        let ids: Vec<&str> = addresses.to_vec();
+        machine.balancer_mut().set_ring(&ids);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+        Ok(Cluster {
+            inner: Arc::new(Inner {
+                endpoints,
+                machine: Mutex::new(machine),
+                config,
+                hooks,
+                clock: Clock::new(),
+                entropy: AtomicU64::new(seed | 1),
+                total: Counters::default(),
+            }),
+        })
+    }
+
+    fn machine(&self) -> MutexGuard<'_, Endpoints> {
+        self.inner.machine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn entropy(&self) -> u64 {
+        // A splitmix step on a shared counter: the driver's entropy for the core's choices.
+        let mut z = self
+            .inner
+            .entropy
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Sends `request` with the cluster's policies.
+    pub fn call(&self, request: Command) -> Result<Command, Error> {
+        self.call_with(request, CallOpts::default())
+    }
+
+    /// Sends `request` with per-call options.
+    pub fn call_with(&self, request: Command, opts: CallOpts) -> Result<Command, Error> {
+        let config = &self.inner.config;
+        let classifier = Classifier {
+            retry_possibly_delivered: opts.idempotent,
+            ..Classifier::default()
+        };
+        let call_opts = CallOptions {
+            timeout: opts.timeout.unwrap_or(config.timeout),
+            retry: config.retry(opts.max_attempts.unwrap_or(config.max_attempts)),
+            hedge: config.hedge,
+            key: opts.hash_key,
+        };
+        let mut request = request;
+        for hook in &self.inner.hooks {
+            hook.before_send(&mut request);
+        }
+        let (tx, rx) = mpsc::channel::<(u32, usize, Instant, Result<Command, Error>)>();
+        let mut steps = Vec::new();
+        let mut call = Call::start(
+            &mut self.machine(),
+            &call_opts,
+            self.inner.clock.now(),
+            self.entropy(),
+            &mut steps,
+        );
+        let mut outcomes: HashMap<u32, Result<Command, Error>> = HashMap::new();
+        let mut inline = Vec::new();
+        let mut sent_any = false;
+        loop {
+            for step in steps.drain(..) {
+                match step {
+                    Step::Send {
+                        attempt,
+                        endpoint,
+                        deadline,
+                    } => {
+                        sent_any = true;
+                        self.count_attempt(endpoint, attempt, &call);
+                        let ep = &self.inner.endpoints[endpoint];
+                        let client = ep.client.clone();
+                        let timeout = deadline - self.inner.clock.now();
+                        let attempt_request = request.clone();
+                        let started = self.inner.clock.now();
+                        if config.hedge.is_some() {
+                            // Hedged calls need attempts in parallel: each on a thread of its own.
+                            let tx = tx.clone();
+                            std::thread::spawn(move || {
+                                let outcome = client.call(attempt_request, timeout);
+                                let _ = tx.send((attempt, endpoint, started, outcome));
+                            });
+                        } else {
+                            let outcome = client.call(attempt_request, timeout);
+                            inline.push((attempt, endpoint, started, outcome));
+                        }
+                    }
+                    // A blocking call cannot be withdrawn; its late outcome is dropped.
+                    Step::Cancel { .. } => {}
+                    Step::Finish { attempt } => {
+                        let outcome = attempt.and_then(|a| outcomes.remove(&a));
+                        return match outcome {
+                            Some(Ok(mut response)) => {
+                                for hook in &self.inner.hooks {
+                                    hook.after_receive(&mut response);
+                                }
+                                Ok(response)
+                            }
+                            Some(Err(e)) => Err(e),
+                            None if sent_any => Err(Error::Timeout { written: true }),
+                            None => Err(Error::Unavailable {
+                                retry_in: Duration::ZERO,
+                            }),
+                        };
+                    }
+                }
+            }
+            let next = match inline.pop() {
+                Some(done) => Some(done),
+                None => {
+                    let now = self.inner.clock.now();
+                    let wait = call.poll_timeout().map_or(Duration::ZERO, |t| t - now);
+                    rx.recv_timeout(wait).ok()
+                }
+            };
+            let now = self.inner.clock.now();
+            match next {
+                Some((attempt, endpoint, started, outcome)) => {
+                    let class = classifier.classify(&outcome);
+                    self.count_outcome(endpoint, class, now - started);
+                    outcomes.insert(attempt, outcome);
+                    let entropy = self.entropy();
+                    call.handle_outcome(
+                        &mut self.machine(),
+                        &call_opts,
+                        attempt,
+                        class,
+                        now,
+                        entropy,
+                        &mut steps,
+                    );
+                }
+                None => {
+                    let entropy = self.entropy();
+                    call.handle_timeout(&mut self.machine(), &call_opts, now, entropy, &mut steps);
+                }
+            }
+        }
+    }
+
+    fn count_attempt(&self, endpoint: usize, attempt: u32, call: &Call) {
+        for c in [&self.inner.endpoints[endpoint].counters, &self.inner.total] {
+            c.attempts.fetch_add(1, Ordering::Relaxed);
+            if attempt > 1 {
+                // Sent while an earlier attempt is still out: a hedge; otherwise a retry.
+                let counter = if call.in_flight() > 1 {
+                    &c.hedges
+                } else {
+                    &c.retries
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn count_outcome(&self, endpoint: usize, class: Class, latency: Duration) {
+        let ep = &self.inner.endpoints[endpoint];
+        for c in [&ep.counters, &self.inner.total] {
+            let counter = match class {
+                Class::Success => &c.successes,
+                Class::Retryable => &c.retryable_failures,
+                Class::Fatal => &c.fatal_failures,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = ep
+            .latency
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(latency.as_micros() as u64);
+    }
+
+    /// Counters over all endpoints.
+    pub fn totals(&self) -> &Counters {
+        &self.inner.total
+    }
+
+    /// A snapshot of every endpoint.
+    pub fn report(&self) -> Vec<EndpointReport> {
+        let now = self.inner.clock.now();
+        let machine = self.machine();
+        self.inner
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, ep)| {
+                let h = ep.latency.lock().unwrap_or_else(|e| e.into_inner());
+                let c = &ep.counters;
+                EndpointReport {
+                    address: ep.address.clone(),
+                    attempts: c.attempts.load(Ordering::Relaxed),
+                    successes: c.successes.load(Ordering::Relaxed),
+                    retryable_failures: c.retryable_failures.load(Ordering::Relaxed),
+                    fatal_failures: c.fatal_failures.load(Ordering::Relaxed),
+                    breaker: machine.breaker(i),
+                    ejected: machine.is_ejected(i, now),
+                    latency_us: (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max()),
+                }
+            })
+            .collect()
+    }
+
+    /// Closes every endpoint's connections (idempotent).
+    pub fn close(&self) {
+        for ep in &self.inner.endpoints {
+            ep.client.close();
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The std multi-endpoint client over real sockets: three servers, one killed mid-run and one
+//! slowed; calls keep succeeding through the others, within their deadlines.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use remora_core::resilience::retry::HedgePolicy;
+use remora_core::{codes, Command};
+use remora_std::{Cluster, ClusterConfig, Hook, Server, ServerConfig};
+
+fn echo(request: Command) -> Command {
+    let body = request.body.clone();
+    request.response(codes::SUCCESS).with_body(body)
+}
+
+#[test]
+fn calls_survive_a_killed_and_a_slow_server() {
+    let fast = Server::bind("127.0.0.1:0", echo).unwrap();
+    let doomed = Server::bind_with(
+        "127.0.0.1:0",
+        echo,
+        ServerConfig {
+            drain_timeout: Duration::ZERO,
+            ..ServerConfig::default()
+        },
+    )
+    .unwrap();
+    let slow = Server::bind_with(
+        "127.0.0.1:0",
+        |r: Command| {
+            std::thread::sleep(Duration::from_millis(300));
+            echo(r)
+        },
+        ServerConfig {
+            drain_timeout: Duration::ZERO,
+            ..ServerConfig::default()
+        },
+    )
+    .unwrap();
+    let addrs: Vec<String> = [&fast, &doomed, &slow]
+        .iter()
+        .map(|s| s.local_addr().to_string())
+        .collect();
+    let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let timeout = Duration::from_secs(1);
+    let config = ClusterConfig {
+        timeout,
+        hedge: Some(HedgePolicy {
+            delay: Duration::from_millis(50),
+            max_attempts: 3,
+        }),
+        ..ClusterConfig::testing()
+    };
+    let cluster = Cluster::new(&addr_refs, config).unwrap();
+
+    let run = |cluster: &Cluster, tag: &str| {
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let cluster = cluster.clone();
+                let tag = tag.to_string();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        let body = format!("{tag}-{t}-{i}");
+                        let started = Instant::now();
+                        let response = cluster
+                            .call(Command::request(7).with_body(body.clone().into_bytes()))
+                            .unwrap_or_else(|e| panic!("{body}: {e}"));
+                        assert_eq!(&response.body[..], body.as_bytes());
+                        let took = started.elapsed();
+                        assert!(
+                            took < timeout + Duration::from_millis(200),
+                            "{body} took {took:?}"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    };
+    run(&cluster, "before");
+    drop(doomed); // killed: connections cut, port closed
+    run(&cluster, "after");
+
+    let totals = cluster.totals();
+    assert!(
+        totals.hedges.load(Ordering::Relaxed) > 0,
+        "the slow server's calls were hedged"
+    );
+    let report = cluster.report();
+    assert!(report[2].attempts > 0, "the slow server was tried");
+    assert!(
+        report[1].retryable_failures > 0 || report[1].ejected,
+        "the killed server failed calls: {report:?}"
+    );
+    cluster.close();
+    drop((fast, slow));
+}
+
+struct Tagger;
+
+impl Hook for Tagger {
+    fn before_send(&self, request: &mut Command) {
+        request.ext_fields.insert("signedBy", "tagger");
+    }
+    fn after_receive(&self, response: &mut Command) {
+        response.ext_fields.insert("seen", "yes");
+    }
+}
+
+#[test]
+fn hooks_run_around_every_call_and_bad_configs_are_refused() {
+    let server = Server::bind("127.0.0.1:0", |r: Command| {
+        let mut resp = r.response(codes::SUCCESS);
+        resp.ext_fields = r.ext_fields.clone();
+        resp
+    })
+    .unwrap();
+    let addr = server.local_addr().to_string();
+    let cluster = Cluster::with_hooks(
+        &[addr.as_str()],
+        ClusterConfig::testing(),
+        vec![Arc::new(Tagger)],
+    )
+    .unwrap();
+    let response = cluster.call(Command::request(1)).unwrap();
+    assert_eq!(response.ext_fields.get("signedBy"), Some("tagger"));
+    assert_eq!(response.ext_fields.get("seen"), Some("yes"));
+    cluster.close();
+
+    let bad = ClusterConfig {
+        hedge: Some(HedgePolicy {
+            delay: Duration::from_secs(5),
+            max_attempts: 2,
+        }),
+        ..ClusterConfig::testing()
+    };
+    assert!(
+        Cluster::new(&[addr.as_str()], bad).is_err(),
+        "hedge delay above the timeout"
+    );
+    let none = ClusterConfig {
+        max_attempts: 0,
+        ..ClusterConfig::testing()
+    };
+    assert!(Cluster::new(&[addr.as_str()], none).is_err());
+}
