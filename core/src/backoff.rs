@@ -5,6 +5,7 @@ use core::time::Duration;
 
 /// How a delay is randomised (AWS's "Exponential Backoff and Jitter" names).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Jitter {
     /// The computed delay exactly.
     None,
@@ -17,6 +18,7 @@ pub enum Jitter {
 
 /// Exponential backoff: `initial * multiplier^attempt`, capped at `max`, then jittered.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Backoff {
     /// Delay before the first retry (attempt 0).
     pub initial: Duration,

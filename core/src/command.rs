@@ -17,6 +17,7 @@ pub const DEFAULT_VERSION: i32 = 479;
 
 /// How a frame's header is serialized (the high byte of the frame's marker word).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum SerializeType {
     /// JSON header (type byte 0), what every peer accepts.
     #[default]

@@ -20,6 +20,7 @@ use crate::codes::{SYSTEM_BUSY, SYSTEM_ERROR};
 
 /// How a [`Connection`] behaves. `Default` suits a client or server talking to RocketMQ peers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Config {
     /// Most requests of ours awaiting a response; [`Connection::send_request`] refuses more with
     /// [`SendError::TooManyWaiters`]. At most 2^24 (the opaque keeps 8 bits for a generation).

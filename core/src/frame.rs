@@ -15,6 +15,7 @@ pub const DEFAULT_MAX_FRAME_LEN: u32 = 16 * 1024 * 1024;
 /// Bounds on what a peer may make the decoder hold. Every one is checked before the memory it
 /// guards is allocated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Limits {
     /// Largest frame, length prefix included (Java's `frameMaxLength`). Also bounds what
     /// [`Codec::encode`] writes, since a peer with the same limit would reject more.

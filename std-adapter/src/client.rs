@@ -15,7 +15,7 @@ use crate::handler::{Handler, NotSupported, Workers};
 use crate::Error;
 
 /// How connections are used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Mode {
     /// Connections stay open and carry many calls at once; one unused for `idle_timeout` is
     /// closed (and reopened on demand).
@@ -28,7 +28,7 @@ pub enum Mode {
 }
 
 /// How a [`Client`] behaves.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ClientConfig {
     /// Each connection's machine (`max_waiters` is the most calls in flight per connection).
     pub connection: Config,

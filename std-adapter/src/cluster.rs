@@ -8,14 +8,10 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use remora_core::backoff::Backoff;
-use remora_core::resilience::balance::Strategy;
-use remora_core::resilience::breaker::{BreakerConfig, State as BreakerState};
+use remora_core::resilience::breaker::State as BreakerState;
 use remora_core::resilience::call::{Call, CallOptions, Endpoints, Step};
-use remora_core::resilience::eject::EjectionConfig;
-use remora_core::resilience::retry::{
-    Class, Classifier, HedgePolicy, PolicyError, RetryBudget, RetryPolicy, Schedule,
-};
+use remora_core::resilience::policies::Policies;
+use remora_core::resilience::retry::{Class, Classifier};
 use remora_core::{Command, Instant};
 
 use crate::conn::Clock;
@@ -33,132 +29,47 @@ pub trait Hook: Send + Sync + 'static {
     }
 }
 
-/// How a [`Cluster`] behaves. `Default` is the production preset ([`ClusterConfig::production`]).
-#[derive(Clone, Copy, Debug)]
+/// How a [`Cluster`] behaves: each endpoint's client, and the core's resilience policies.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ClusterConfig {
     /// Each endpoint's client (pool, reconnect, machine limits).
     pub client: ClientConfig,
-    /// How an endpoint is chosen.
-    pub strategy: Strategy,
-    /// Per-endpoint circuit breaker.
-    pub breaker: BreakerConfig,
-    /// Outlier ejection.
-    pub ejection: EjectionConfig,
-    /// Retry budget: tokens and the share a success gives back (gRPC A6 throttling).
-    pub budget_tokens: u32,
-    /// See `budget_tokens`.
-    pub budget_ratio: f64,
-    /// Timeout of a call, all attempts included, unless the call says otherwise.
-    pub timeout: Duration,
-    /// Attempts per call, the first included.
-    pub max_attempts: u32,
-    /// Delay between retries.
-    pub backoff: Backoff,
-    /// Backup requests, if any.
-    pub hedge: Option<HedgePolicy>,
+    /// Balancing, breakers, ejection, budget, timeout, retries, hedging.
+    pub policies: Policies,
 }
 
 impl ClusterConfig {
-    /// Production: round robin skipping unhealthy endpoints, 3 attempts with 100 ms..2 s
-    /// exponential backoff, a 3 s timeout, breakers and ejection on, no hedging.
+    /// [`Policies::production`] with the default client.
     pub fn production() -> Self {
         ClusterConfig {
             client: ClientConfig::default(),
-            strategy: Strategy::RoundRobin,
-            breaker: BreakerConfig::default(),
-            ejection: EjectionConfig::default(),
-            budget_tokens: 10,
-            budget_ratio: 0.1,
-            timeout: Duration::from_secs(3),
-            max_attempts: 3,
-            backoff: Backoff {
-                initial: Duration::from_millis(100),
-                multiplier: 2.0,
-                max: Duration::from_secs(2),
-                ..Backoff::default()
-            },
-            hedge: None,
+            policies: Policies::production(),
         }
     }
 
-    /// Development: like production but with a 10 s timeout and a single attempt, so failures
-    /// show at once.
+    /// [`Policies::development`] with the default client.
     pub fn development() -> Self {
         ClusterConfig {
-            timeout: Duration::from_secs(10),
-            max_attempts: 1,
+            policies: Policies::development(),
             ..ClusterConfig::production()
         }
     }
 
-    /// Testing: short timeouts and backoff so tests run fast.
+    /// [`Policies::testing`] with the default client.
     pub fn testing() -> Self {
         ClusterConfig {
-            timeout: Duration::from_millis(500),
-            backoff: Backoff {
-                initial: Duration::from_millis(5),
-                multiplier: 2.0,
-                max: Duration::from_millis(50),
-                ..Backoff::default()
-            },
+            policies: Policies::testing(),
             ..ClusterConfig::production()
         }
     }
 
-    /// Applies `REMORA_TIMEOUT_MS`, `REMORA_MAX_ATTEMPTS`, `REMORA_HEDGE_DELAY_MS` (0: off) and
-    /// `REMORA_POOL_SIZE` from the environment; unparsable values are reported, not ignored.
+    /// The policies' `REMORA_*` overrides, plus `REMORA_POOL_SIZE` for the clients.
     pub fn with_env_overrides(mut self) -> Result<Self, String> {
-        fn var(name: &str) -> Result<Option<u64>, String> {
-            match std::env::var(name) {
-                Ok(v) => v
-                    .trim()
-                    .parse()
-                    .map(Some)
-                    .map_err(|_| format!("{name}={v:?} is not a whole number")),
-                Err(_) => Ok(None),
-            }
-        }
-        if let Some(ms) = var("REMORA_TIMEOUT_MS")? {
-            self.timeout = Duration::from_millis(ms);
-        }
-        if let Some(n) = var("REMORA_MAX_ATTEMPTS")? {
-            self.max_attempts = n as u32;
-        }
-        if let Some(ms) = var("REMORA_HEDGE_DELAY_MS")? {
-            self.hedge = (ms > 0).then(|| HedgePolicy {
-                delay: Duration::from_millis(ms),
-                max_attempts: self.max_attempts.max(2),
-            });
-        }
-        if let Some(n) = var("REMORA_POOL_SIZE")? {
+        self.policies = self.policies.with_env_overrides()?;
+        if let Some(n) = remora_core::resilience::policies::env_number("REMORA_POOL_SIZE")? {
             self.client.pool_size = n as usize;
         }
         Ok(self)
-    }
-
-    fn retry(&self, max_attempts: u32) -> RetryPolicy<'static> {
-        RetryPolicy {
-            max_attempts,
-            schedule: Schedule::Exponential(self.backoff),
-        }
-    }
-
-    /// Checks the policies (attempts ≥ 1, backoff sane, hedge delay below the timeout).
-    pub fn validate(&self) -> Result<(), String> {
-        self.retry(self.max_attempts)
-            .validate()
-            .map_err(|e: PolicyError| format!("retry policy: {e:?}"))?;
-        if let Some(h) = self.hedge {
-            h.validate(self.timeout)
-                .map_err(|e| format!("hedging policy: {e:?}"))?;
-        }
-        Ok(())
-    }
-}
-
-impl Default for ClusterConfig {
-    fn default() -> Self {
-        ClusterConfig::production()
     }
 }
 
@@ -254,7 +165,7 @@ impl Cluster {
         config: ClusterConfig,
         hooks: Vec<Arc<dyn Hook>>,
     ) -> Result<Cluster, Error> {
-        config.validate().map_err(|e| {
+        config.policies.validate().map_err(|e| {
             Error::Connect(std::io::Error::new(std::io::ErrorKind::InvalidInput, e).into())
         })?;
         let mut endpoints = Vec::with_capacity(addresses.len());
@@ -272,12 +183,13 @@ impl Cluster {
                 ),
             });
         }
+        let p = &config.policies;
         let mut machine = Endpoints::new(
             vec![1; endpoints.len()],
-            config.strategy,
-            config.breaker,
-            config.ejection,
-            RetryBudget::new(config.budget_tokens, config.budget_ratio),
+            p.strategy,
+            p.breaker,
+            p.ejection,
+            p.budget(),
         );
         let ids: Vec<&str> = addresses.to_vec();
         machine.balancer_mut().set_ring(&ids);
@@ -319,7 +231,7 @@ impl Cluster {
 
     /// Sends `request` with per-call options.
     pub fn call_with(&self, request: Command, opts: CallOpts) -> Result<Command, Error> {
-        let config = &self.inner.config;
+        let config = &self.inner.config.policies;
         let classifier = Classifier {
             retry_possibly_delivered: opts.idempotent,
             ..Classifier::default()

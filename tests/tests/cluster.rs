@@ -44,14 +44,12 @@ fn calls_survive_a_killed_and_a_slow_server() {
         .collect();
     let addr_refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
     let timeout = Duration::from_secs(1);
-    let config = ClusterConfig {
-        timeout,
-        hedge: Some(HedgePolicy {
-            delay: Duration::from_millis(50),
-            max_attempts: 3,
-        }),
-        ..ClusterConfig::testing()
-    };
+    let mut config = ClusterConfig::testing();
+    config.policies.timeout = timeout;
+    config.policies.hedge = Some(HedgePolicy {
+        delay: Duration::from_millis(50),
+        max_attempts: 3,
+    });
     let cluster = Cluster::new(&addr_refs, config).unwrap();
 
     let run = |cluster: &Cluster, tag: &str| {
@@ -130,20 +128,25 @@ fn hooks_run_around_every_call_and_bad_configs_are_refused() {
     assert_eq!(response.ext_fields.get("seen"), Some("yes"));
     cluster.close();
 
-    let bad = ClusterConfig {
-        hedge: Some(HedgePolicy {
-            delay: Duration::from_secs(5),
-            max_attempts: 2,
-        }),
-        ..ClusterConfig::testing()
-    };
+    let mut bad = ClusterConfig::testing();
+    bad.policies.hedge = Some(HedgePolicy {
+        delay: Duration::from_secs(5),
+        max_attempts: 2,
+    });
     assert!(
         Cluster::new(&[addr.as_str()], bad).is_err(),
         "hedge delay above the timeout"
     );
-    let none = ClusterConfig {
-        max_attempts: 0,
-        ..ClusterConfig::testing()
-    };
+    let mut none = ClusterConfig::testing();
+    none.policies.max_attempts = 0;
     assert!(Cluster::new(&[addr.as_str()], none).is_err());
+
+    // The whole configuration travels as JSON and comes back equal.
+    let json = serde_json::to_string(&ClusterConfig::production()).unwrap();
+    let back: ClusterConfig = serde_json::from_str(&json).unwrap();
+    assert_eq!(back.policies, ClusterConfig::production().policies);
+    assert_eq!(
+        back.client.pool_size,
+        ClusterConfig::production().client.pool_size
+    );
 }

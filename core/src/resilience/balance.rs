@@ -18,6 +18,7 @@ pub struct Endpoint {
 
 /// How to choose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum Strategy {
     /// Each available endpoint in turn.
     RoundRobin,

@@ -8,6 +8,7 @@ use crate::time::Instant;
 
 /// When the breaker trips, and how it recovers.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct BreakerConfig {
     /// Trip after this many failures in a row (0: never on this rule).
     pub consecutive_failures: u32,
@@ -22,6 +23,7 @@ pub struct BreakerConfig {
 
 /// The failure-rate rule of [`BreakerConfig`].
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RateRule {
     /// Fraction of failures (0.0–1.0) that trips the breaker.
     pub threshold: f64,

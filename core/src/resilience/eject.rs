@@ -11,6 +11,7 @@ use crate::time::Instant;
 
 /// When endpoints are ejected and for how long.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct EjectionConfig {
     /// Eject after this many failures in a row (0: never on this rule).
     pub consecutive_failures: u32,
@@ -31,6 +32,7 @@ pub struct EjectionConfig {
 /// Eject endpoints whose success rate in the last interval is below `mean - stdev_factor * stdev`
 /// of the endpoints with enough requests.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SuccessRateRule {
     /// Evaluate only when at least this many endpoints had `request_volume` requests.
     pub minimum_hosts: u32,

@@ -225,6 +225,7 @@ impl RetryPolicy<'_> {
 /// answer after `delay`, send another to a different endpoint; the first success wins and the
 /// others are cancelled. Hedges draw from the same [`RetryBudget`] as retries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct HedgePolicy {
     /// Wait this long for an answer before sending the next attempt.
     pub delay: Duration,

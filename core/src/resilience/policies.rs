@@ -1,0 +1,180 @@
+//! Every resilience setting of a multi-endpoint client in one value, with presets, validation
+//! and (with `std`) `REMORA_*` environment overrides. Both drivers' cluster clients take it.
+
+use alloc::format;
+use alloc::string::String;
+use core::time::Duration;
+
+use super::balance::Strategy;
+use super::breaker::BreakerConfig;
+use super::eject::EjectionConfig;
+use super::retry::{HedgePolicy, RetryBudget, RetryPolicy, Schedule};
+use crate::backoff::Backoff;
+
+/// A client's resilience policies. `Default` is [`Policies::production`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Policies {
+    /// How an endpoint is chosen.
+    pub strategy: Strategy,
+    /// Per-endpoint circuit breaker.
+    pub breaker: BreakerConfig,
+    /// Outlier ejection.
+    pub ejection: EjectionConfig,
+    /// Retry budget tokens (gRPC A6 `maxTokens`).
+    pub budget_tokens: u32,
+    /// Share of a token a success gives back (gRPC A6 `tokenRatio`).
+    pub budget_ratio: f64,
+    /// A call's timeout, all attempts included.
+    pub timeout: Duration,
+    /// Attempts per call, the first included.
+    pub max_attempts: u32,
+    /// Delay between retries.
+    pub backoff: Backoff,
+    /// Backup requests, if any.
+    pub hedge: Option<HedgePolicy>,
+}
+
+impl Policies {
+    /// Production: round robin over healthy endpoints, 3 attempts with 100 ms..2 s exponential
+    /// backoff (equal jitter), 3 s timeout, breakers (5 in a row or 50 % of 20 in 10 s; open 5 s)
+    /// and ejection (Envoy's defaults) on, gRPC's budget (10 tokens, 0.1), no hedging.
+    pub fn production() -> Self {
+        Policies {
+            strategy: Strategy::RoundRobin,
+            breaker: BreakerConfig::default(),
+            ejection: EjectionConfig::default(),
+            budget_tokens: 10,
+            budget_ratio: 0.1,
+            timeout: Duration::from_secs(3),
+            max_attempts: 3,
+            backoff: Backoff {
+                initial: Duration::from_millis(100),
+                multiplier: 2.0,
+                max: Duration::from_secs(2),
+                ..Backoff::default()
+            },
+            hedge: None,
+        }
+    }
+
+    /// Development: production with a 10 s timeout and a single attempt, so failures show.
+    pub fn development() -> Self {
+        Policies {
+            timeout: Duration::from_secs(10),
+            max_attempts: 1,
+            ..Policies::production()
+        }
+    }
+
+    /// Testing: production with a 500 ms timeout and 5..50 ms backoff, so tests run fast.
+    pub fn testing() -> Self {
+        Policies {
+            timeout: Duration::from_millis(500),
+            backoff: Backoff {
+                initial: Duration::from_millis(5),
+                multiplier: 2.0,
+                max: Duration::from_millis(50),
+                ..Backoff::default()
+            },
+            ..Policies::production()
+        }
+    }
+
+    /// The retry policy for `max_attempts` attempts.
+    pub fn retry(&self, max_attempts: u32) -> RetryPolicy<'static> {
+        RetryPolicy {
+            max_attempts,
+            schedule: Schedule::Exponential(self.backoff),
+        }
+    }
+
+    /// A full retry budget as configured.
+    pub fn budget(&self) -> RetryBudget {
+        RetryBudget::new(self.budget_tokens, self.budget_ratio)
+    }
+
+    /// Checks the policies: attempts ≥ 1, backoff max ≥ initial, hedge delay below the timeout
+    /// and at least 2 hedge attempts, a budget ratio within 0..=tokens.
+    pub fn validate(&self) -> Result<(), String> {
+        self.retry(self.max_attempts)
+            .validate()
+            .map_err(|e| format!("retry policy: {e:?}"))?;
+        if let Some(h) = self.hedge {
+            h.validate(self.timeout)
+                .map_err(|e| format!("hedging policy: {e:?}"))?;
+        }
+        if !(0.0..=f64::from(self.budget_tokens.max(1))).contains(&self.budget_ratio) {
+            return Err(format!("budget ratio {} out of range", self.budget_ratio));
+        }
+        Ok(())
+    }
+
+    /// Applies `REMORA_TIMEOUT_MS`, `REMORA_MAX_ATTEMPTS` and `REMORA_HEDGE_DELAY_MS` (0: off)
+    /// from the environment; an unparsable value is an error, not ignored.
+    #[cfg(feature = "std")]
+    pub fn with_env_overrides(mut self) -> Result<Self, String> {
+        if let Some(ms) = env_number("REMORA_TIMEOUT_MS")? {
+            self.timeout = Duration::from_millis(ms);
+        }
+        if let Some(n) = env_number("REMORA_MAX_ATTEMPTS")? {
+            self.max_attempts =
+                u32::try_from(n).map_err(|_| String::from("REMORA_MAX_ATTEMPTS too large"))?;
+        }
+        if let Some(ms) = env_number("REMORA_HEDGE_DELAY_MS")? {
+            self.hedge = (ms > 0).then(|| HedgePolicy {
+                delay: Duration::from_millis(ms),
+                max_attempts: self.max_attempts.max(2),
+            });
+        }
+        Ok(self)
+    }
+}
+
+/// A whole number from the environment variable `name`, if set.
+#[cfg(feature = "std")]
+pub fn env_number(name: &str) -> Result<Option<u64>, String> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{name}={v:?} is not a whole number")),
+        Err(_) => Ok(None),
+    }
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Policies::production()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate_and_bad_policies_do_not() {
+        for p in [
+            Policies::production(),
+            Policies::development(),
+            Policies::testing(),
+        ] {
+            assert_eq!(p.validate(), Ok(()));
+        }
+        let hedged = Policies {
+            hedge: Some(HedgePolicy {
+                delay: Duration::from_secs(3),
+                max_attempts: 2,
+            }),
+            ..Policies::production()
+        };
+        assert!(hedged.validate().unwrap_err().contains("hedging"));
+        let none = Policies {
+            max_attempts: 0,
+            ..Policies::production()
+        };
+        assert!(none.validate().unwrap_err().contains("retry"));
+    }
+}
