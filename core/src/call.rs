@@ -38,6 +38,19 @@ pub fn handle_catching(handler: &dyn Handler, request: Command) -> Command {
         .unwrap_or_else(|_| fallback.with_remark("request handler panicked"))
 }
 
+/// Runs around a client's calls: before each attempt's request is sent and after the response
+/// the call returns (e.g. to sign requests or to trace).
+pub trait Hook: Send + Sync + 'static {
+    /// Called on the request before it is sent.
+    fn before_send(&self, request: &mut Command) {
+        let _ = request;
+    }
+    /// Called on the response the call returns.
+    fn after_receive(&self, response: &mut Command) {
+        let _ = response;
+    }
+}
+
 /// The default handler: answers every request `REQUEST_CODE_NOT_SUPPORTED`, as Java does for a
 /// code no processor is registered for.
 #[derive(Clone, Copy, Debug, Default)]

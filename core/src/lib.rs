@@ -49,6 +49,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod acl;
 pub mod backoff;
 pub mod binary;
 mod call;
@@ -66,7 +67,7 @@ mod time;
 
 #[cfg(feature = "std")]
 pub use call::handle_catching;
-pub use call::{CallError, ConnectError, Handler, NotSupported};
+pub use call::{CallError, ConnectError, Handler, Hook, NotSupported};
 pub use command::{
     Command, ExtFields, HeaderStr, LanguageCode, SerializeType, DEFAULT_VERSION, FLAG_ONEWAY,
     FLAG_RESPONSE,

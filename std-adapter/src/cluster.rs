@@ -17,17 +17,7 @@ use remora_core::{Command, Instant};
 use crate::conn::Clock;
 use crate::{Client, ClientConfig, Error, NotSupported};
 
-/// Runs before a request is sent and after its response arrives (e.g. to sign requests).
-pub trait Hook: Send + Sync + 'static {
-    /// Called on every attempt's request just before it is sent.
-    fn before_send(&self, request: &mut Command) {
-        let _ = request;
-    }
-    /// Called on the response the call returns.
-    fn after_receive(&self, response: &mut Command) {
-        let _ = response;
-    }
-}
+pub use remora_core::Hook;
 
 /// How a [`Cluster`] behaves: each endpoint's client, and the core's resilience policies.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]

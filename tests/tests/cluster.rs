@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use remora_core::resilience::retry::HedgePolicy;
 use remora_core::{codes, Command};
-use remora_std::{Cluster, ClusterConfig, Hook, Server, ServerConfig};
+use remora_std::{CallOpts, Cluster, ClusterConfig, Hook, Server, ServerConfig};
 
 fn echo(request: Command) -> Command {
     let body = request.body.clone();
@@ -61,8 +61,17 @@ fn calls_survive_a_killed_and_a_slow_server() {
                     for i in 0..25 {
                         let body = format!("{tag}-{t}-{i}");
                         let started = Instant::now();
+                        // Echo is idempotent: a request that may have reached the killed server
+                        // may be retried elsewhere.
+                        let opts = CallOpts {
+                            idempotent: true,
+                            ..Default::default()
+                        };
                         let response = cluster
-                            .call(Command::request(7).with_body(body.clone().into_bytes()))
+                            .call_with(
+                                Command::request(7).with_body(body.clone().into_bytes()),
+                                opts,
+                            )
                             .unwrap_or_else(|e| panic!("{body}: {e}"));
                         assert_eq!(&response.body[..], body.as_bytes());
                         let took = started.elapsed();
@@ -149,4 +158,138 @@ fn hooks_run_around_every_call_and_bad_configs_are_refused() {
         back.client.pool_size,
         ClusterConfig::production().client.pool_size
     );
+}
+
+#[test]
+fn uring_cluster_survives_a_killed_and_a_slow_server() {
+    use remora_uring::{ClusterConfig as UringClusterConfig, LocalCluster};
+    let fast = Server::bind("127.0.0.1:0", echo).unwrap();
+    let doomed = Server::bind_with(
+        "127.0.0.1:0",
+        echo,
+        ServerConfig {
+            drain_timeout: Duration::ZERO,
+            ..ServerConfig::default()
+        },
+    )
+    .unwrap();
+    let slow = Server::bind_with(
+        "127.0.0.1:0",
+        |r: Command| {
+            std::thread::sleep(Duration::from_millis(300));
+            echo(r)
+        },
+        ServerConfig {
+            drain_timeout: Duration::ZERO,
+            ..ServerConfig::default()
+        },
+    )
+    .unwrap();
+    let addrs: Vec<String> = [&fast, &doomed, &slow]
+        .iter()
+        .map(|s| s.local_addr().to_string())
+        .collect();
+    let timeout = Duration::from_secs(1);
+    let mut config = UringClusterConfig {
+        policies: remora_core::resilience::policies::Policies::testing(),
+        ..Default::default()
+    };
+    config.policies.timeout = timeout;
+    config.policies.hedge = Some(HedgePolicy {
+        delay: Duration::from_millis(50),
+        max_attempts: 3,
+    });
+    let mut doomed = Some(doomed);
+    tokio_uring::start(async move {
+        let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+        let cluster = LocalCluster::new(&refs, config, Vec::new()).unwrap();
+        for round in 0..2 {
+            if round == 1 {
+                drop(doomed.take());
+            }
+            let tasks: Vec<_> = (0..4)
+                .map(|t| {
+                    let cluster = cluster.clone();
+                    tokio_uring::spawn(async move {
+                        for i in 0..20 {
+                            let body = format!("{round}-{t}-{i}");
+                            let started = Instant::now();
+                            // Echo is idempotent: a request that may have reached the killed
+                            // server may be retried elsewhere.
+                            let opts = remora_uring::CallOpts {
+                                idempotent: true,
+                                ..Default::default()
+                            };
+                            let response = cluster
+                                .call_with(
+                                    Command::request(7).with_body(body.clone().into_bytes()),
+                                    opts,
+                                )
+                                .await
+                                .unwrap_or_else(|e| panic!("{body}: {e}"));
+                            assert_eq!(&response.body[..], body.as_bytes());
+                            assert!(started.elapsed() < timeout + Duration::from_millis(200));
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+        let counts = cluster.counts();
+        assert!(
+            counts.iter().map(|c| c.hedges).sum::<u64>() > 0,
+            "{counts:?}"
+        );
+        assert!(
+            counts[1].retryable_failures > 0 || cluster.health(1).1,
+            "{counts:?}"
+        );
+        cluster.close();
+    });
+    drop((fast, slow));
+}
+
+#[test]
+fn acl_signing_hook_and_server_verifier_work_end_to_end() {
+    use remora_core::acl::{AclCredentials, Signer, Verifier};
+    let server = Server::bind(
+        "127.0.0.1:0",
+        Verifier::new(echo, |ak: &str| (ak == "rocketmq2").then_some("12345678")),
+    )
+    .unwrap();
+    let addr = server.local_addr().to_string();
+    let good = Cluster::with_hooks(
+        &[addr.as_str()],
+        ClusterConfig::testing(),
+        vec![Arc::new(Signer::new(AclCredentials::new(
+            "rocketmq2",
+            "12345678",
+        )))],
+    )
+    .unwrap();
+    let ok = good
+        .call(
+            Command::request(7)
+                .with_ext("topic", "T")
+                .with_body(&b"x"[..]),
+        )
+        .unwrap();
+    assert_eq!(ok.code, codes::SUCCESS);
+    let bad = Cluster::with_hooks(
+        &[addr.as_str()],
+        ClusterConfig::testing(),
+        vec![Arc::new(Signer::new(AclCredentials::new(
+            "rocketmq2",
+            "wrong",
+        )))],
+    )
+    .unwrap();
+    let refused = bad
+        .call(Command::request(7).with_ext("topic", "T"))
+        .unwrap();
+    assert_eq!(refused.code, codes::NO_PERMISSION);
+    good.close();
+    bad.close();
 }

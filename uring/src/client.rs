@@ -99,6 +99,18 @@ impl LocalClient {
         config: ClientConfig,
         handler: Arc<dyn Handler>,
     ) -> Result<LocalClient, CallError> {
+        let client = LocalClient::lazy(addr, config, handler)?;
+        client.acquire().await?;
+        Ok(client)
+    }
+
+    /// A client that connects on its first call (for a cluster, where one endpoint being down
+    /// must not stop the others). The address is resolved now.
+    pub fn lazy(
+        addr: impl ToSocketAddrs,
+        config: ClientConfig,
+        handler: Arc<dyn Handler>,
+    ) -> Result<LocalClient, CallError> {
         let addrs = resolve(addr)?;
         let client = LocalClient {
             inner: Rc::new(Local {
@@ -112,7 +124,6 @@ impl LocalClient {
                 entropy: std::cell::Cell::new(seed()),
             }),
         };
-        client.acquire().await?;
         Ok(client)
     }
 

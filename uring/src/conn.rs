@@ -39,7 +39,7 @@ impl Clock {
         Instant::from_nanos(self.origin.elapsed().as_nanos() as u64)
     }
 
-    fn to_tokio(self, at: Instant) -> tokio::time::Instant {
+    pub(crate) fn to_tokio(self, at: Instant) -> tokio::time::Instant {
         self.origin + Duration::from_nanos(at.as_nanos())
     }
 }

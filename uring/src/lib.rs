@@ -21,9 +21,11 @@
 //! not exposed by tokio-uring 0.5.
 
 mod client;
+mod cluster;
 mod conn;
 mod server;
 
 pub use client::{Client, ClientConfig, LocalClient};
+pub use cluster::{CallOpts, ClusterConfig, Counts, LocalCluster};
 pub use conn::CallFuture;
 pub use server::{Server, ServerConfig};

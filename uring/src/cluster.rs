@@ -1,0 +1,276 @@
+//! A client over several endpoints on the current io_uring thread: balancing, retries, hedging,
+//! circuit breaking and outlier ejection, all decided by `remora_core::resilience` (this file
+//! only sends, waits and counts).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use remora_core::resilience::breaker::State as BreakerState;
+use remora_core::resilience::call::{Call, CallOptions, Endpoints, Step};
+use remora_core::resilience::policies::Policies;
+use remora_core::resilience::retry::{Class, Classifier};
+use remora_core::{CallError, Command, Hook, Instant, NotSupported};
+
+use crate::client::{ClientConfig, LocalClient};
+use crate::conn::Clock;
+
+/// How a [`LocalCluster`] behaves: each endpoint's client, and the core's resilience policies.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClusterConfig {
+    /// Each endpoint's client.
+    pub client: ClientConfig,
+    /// Balancing, breakers, ejection, budget, timeout, retries, hedging.
+    pub policies: Policies,
+}
+
+/// Per-call choices; `None` fields take the cluster's.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CallOpts {
+    /// The call's timeout, all attempts included.
+    pub timeout: Option<Duration>,
+    /// Attempts, the first included.
+    pub max_attempts: Option<u32>,
+    /// The key for consistent hashing.
+    pub hash_key: Option<u64>,
+    /// The request is idempotent: it may be retried even when it may have reached the server.
+    pub idempotent: bool,
+}
+
+/// Attempts, retries, hedges and outcomes, per endpoint or in total.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Attempts sent.
+    pub attempts: u64,
+    /// Attempts that were retries.
+    pub retries: u64,
+    /// Attempts that were hedges.
+    pub hedges: u64,
+    /// Successes.
+    pub successes: u64,
+    /// Retryable failures.
+    pub retryable_failures: u64,
+    /// Fatal failures.
+    pub fatal_failures: u64,
+}
+
+struct Inner {
+    clients: Vec<LocalClient>,
+    machine: RefCell<Endpoints>,
+    policies: Policies,
+    hooks: Vec<Arc<dyn Hook>>,
+    clock: Clock,
+    entropy: Cell<u64>,
+    counts: RefCell<Vec<Counts>>,
+}
+
+/// A multi-endpoint client for code on a tokio-uring thread. Clone it within the thread.
+#[derive(Clone)]
+pub struct LocalCluster {
+    inner: Rc<Inner>,
+}
+
+impl LocalCluster {
+    /// A cluster over `addresses` (connections are made on demand).
+    pub fn new(
+        addresses: &[&str],
+        config: ClusterConfig,
+        hooks: Vec<Arc<dyn Hook>>,
+    ) -> Result<LocalCluster, CallError> {
+        config.policies.validate().map_err(|e| {
+            CallError::Connect(std::io::Error::new(std::io::ErrorKind::InvalidInput, e).into())
+        })?;
+        let clients = addresses
+            .iter()
+            .map(|a| LocalClient::lazy(*a, config.client, Arc::new(NotSupported)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let p = &config.policies;
+        let mut machine = Endpoints::new(
+            vec![1; clients.len()],
+            p.strategy,
+            p.breaker,
+            p.ejection,
+            p.budget(),
+        );
+        machine.balancer_mut().set_ring(addresses);
+        let n = clients.len();
+        Ok(LocalCluster {
+            inner: Rc::new(Inner {
+                clients,
+                machine: RefCell::new(machine),
+                policies: config.policies,
+                hooks,
+                clock: Clock::new(),
+                entropy: Cell::new(0x853C_49E6_748F_EA9B),
+                counts: RefCell::new(vec![Counts::default(); n]),
+            }),
+        })
+    }
+
+    fn entropy(&self) -> u64 {
+        let z0 = self.inner.entropy.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+        self.inner.entropy.set(z0);
+        let mut z = (z0 ^ (z0 >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Sends `request` with the cluster's policies.
+    pub async fn call(&self, request: Command) -> Result<Command, CallError> {
+        self.call_with(request, CallOpts::default()).await
+    }
+
+    /// Sends `request` with per-call options.
+    pub async fn call_with(
+        &self,
+        mut request: Command,
+        opts: CallOpts,
+    ) -> Result<Command, CallError> {
+        let p = &self.inner.policies;
+        let classifier = Classifier {
+            retry_possibly_delivered: opts.idempotent,
+            ..Classifier::default()
+        };
+        let call_opts = CallOptions {
+            timeout: opts.timeout.unwrap_or(p.timeout),
+            retry: p.retry(opts.max_attempts.unwrap_or(p.max_attempts)),
+            hedge: p.hedge,
+            key: opts.hash_key,
+        };
+        for hook in &self.inner.hooks {
+            hook.before_send(&mut request);
+        }
+        type Outcome = (u32, usize, Instant, Result<Command, CallError>);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
+        let mut steps = Vec::new();
+        let mut call = Call::start(
+            &mut self.inner.machine.borrow_mut(),
+            &call_opts,
+            self.inner.clock.now(),
+            self.entropy(),
+            &mut steps,
+        );
+        let mut running = HashMap::new();
+        let mut outcomes: HashMap<u32, Result<Command, CallError>> = HashMap::new();
+        let mut sent_any = false;
+        loop {
+            for step in steps.drain(..) {
+                match step {
+                    Step::Send {
+                        attempt,
+                        endpoint,
+                        deadline,
+                    } => {
+                        sent_any = true;
+                        self.count_attempt(endpoint, attempt, call.in_flight());
+                        let client = self.inner.clients[endpoint].clone();
+                        let started = self.inner.clock.now();
+                        let timeout = deadline - started;
+                        let attempt_request = request.clone();
+                        let tx = tx.clone();
+                        let task = tokio_uring::spawn(async move {
+                            let outcome = client.call(attempt_request, timeout).await;
+                            let _ = tx.send((attempt, endpoint, started, outcome));
+                        });
+                        running.insert(attempt, task);
+                    }
+                    Step::Cancel { attempt } => {
+                        // Dropping the attempt's call future withdraws or cancels its request.
+                        if let Some(task) = running.remove(&attempt) {
+                            task.abort();
+                        }
+                    }
+                    Step::Finish { attempt } => {
+                        for (_, task) in running.drain() {
+                            task.abort();
+                        }
+                        return match attempt.and_then(|a| outcomes.remove(&a)) {
+                            Some(Ok(mut response)) => {
+                                for hook in &self.inner.hooks {
+                                    hook.after_receive(&mut response);
+                                }
+                                Ok(response)
+                            }
+                            Some(Err(e)) => Err(e),
+                            None if sent_any => Err(CallError::Timeout { written: true }),
+                            None => Err(CallError::Unavailable {
+                                retry_in: Duration::ZERO,
+                            }),
+                        };
+                    }
+                }
+            }
+            let wake = call
+                .poll_timeout()
+                .unwrap_or_else(|| self.inner.clock.now());
+            let next = tokio::select! {
+                outcome = rx.recv() => outcome,
+                _ = tokio::time::sleep_until(self.inner.clock.to_tokio(wake)) => None,
+            };
+            let now = self.inner.clock.now();
+            let entropy = self.entropy();
+            let mut machine = self.inner.machine.borrow_mut();
+            match next {
+                Some((attempt, endpoint, _started, outcome)) => {
+                    running.remove(&attempt);
+                    let class = classifier.classify(&outcome);
+                    self.count_outcome(endpoint, class);
+                    outcomes.insert(attempt, outcome);
+                    call.handle_outcome(
+                        &mut machine,
+                        &call_opts,
+                        attempt,
+                        class,
+                        now,
+                        entropy,
+                        &mut steps,
+                    );
+                }
+                None => call.handle_timeout(&mut machine, &call_opts, now, entropy, &mut steps),
+            }
+        }
+    }
+
+    fn count_attempt(&self, endpoint: usize, attempt: u32, in_flight: u32) {
+        let mut counts = self.inner.counts.borrow_mut();
+        let c = &mut counts[endpoint];
+        c.attempts += 1;
+        if attempt > 1 {
+            if in_flight > 1 {
+                c.hedges += 1;
+            } else {
+                c.retries += 1;
+            }
+        }
+    }
+
+    fn count_outcome(&self, endpoint: usize, class: Class) {
+        let mut counts = self.inner.counts.borrow_mut();
+        let c = &mut counts[endpoint];
+        match class {
+            Class::Success => c.successes += 1,
+            Class::Retryable => c.retryable_failures += 1,
+            Class::Fatal => c.fatal_failures += 1,
+        }
+    }
+
+    /// Counts per endpoint, in the order of the addresses given.
+    pub fn counts(&self) -> Vec<Counts> {
+        self.inner.counts.borrow().clone()
+    }
+
+    /// Endpoint `i`'s breaker state and whether it is ejected now.
+    pub fn health(&self, i: usize) -> (BreakerState, bool) {
+        let m = self.inner.machine.borrow();
+        (m.breaker(i), m.is_ejected(i, self.inner.clock.now()))
+    }
+
+    /// Closes every endpoint's connections.
+    pub fn close(&self) {
+        for c in &self.inner.clients {
+            c.close();
+        }
+    }
+}
