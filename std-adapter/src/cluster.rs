@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -91,6 +91,8 @@ pub struct Counters {
     pub retryable_failures: AtomicU64,
     /// Attempts that failed fatally.
     pub fatal_failures: AtomicU64,
+    /// Calls that wanted a retry or hedge the retry budget refused.
+    pub budget_exhausted: AtomicU64,
 }
 
 /// A snapshot of one endpoint.
@@ -121,8 +123,80 @@ struct EndpointState {
     latency: Mutex<Histogram<u64>>,
 }
 
+impl EndpointState {
+    fn new(address: &str, config: ClientConfig) -> Result<EndpointState, Error> {
+        let resolved: Vec<_> = address
+            .to_socket_addrs()
+            .map_err(|e| Error::Connect(e.into()))?
+            .collect();
+        Ok(EndpointState {
+            address: address.to_string(),
+            client: Client::lazy(&resolved[..], config, NotSupported)?,
+            counters: Counters::default(),
+            latency: Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            ),
+        })
+    }
+}
+
+/// Where a [`Cluster`]'s endpoints come from.
+#[derive(Clone)]
+pub enum Resolver {
+    /// A fixed list of `host:port`.
+    Static(Vec<String>),
+    /// `host:port` names resolved through DNS now and again every `every`; each address a name
+    /// resolves to is an endpoint.
+    Dns {
+        /// The names.
+        names: Vec<String>,
+        /// How often to resolve again.
+        every: Duration,
+    },
+    /// Your own source of `host:port` endpoints, asked again every `every`.
+    Custom {
+        /// Returns the current endpoints.
+        resolve: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+        /// How often to ask.
+        every: Duration,
+    },
+}
+
+impl Resolver {
+    fn every(&self) -> Option<Duration> {
+        match self {
+            Resolver::Static(_) => None,
+            Resolver::Dns { every, .. } | Resolver::Custom { every, .. } => Some(*every),
+        }
+    }
+
+    /// The endpoints now (a name that does not resolve contributes none).
+    pub fn resolve(&self) -> Vec<String> {
+        match self {
+            Resolver::Static(list) => list.clone(),
+            Resolver::Dns { names, .. } => {
+                let mut out: Vec<String> = names
+                    .iter()
+                    .flat_map(|n| n.to_socket_addrs().into_iter().flatten())
+                    .map(|a| a.to_string())
+                    .collect();
+                out.sort();
+                out.dedup();
+                out
+            }
+            Resolver::Custom { resolve, .. } => resolve(),
+        }
+    }
+}
+
+/// Called with the current endpoints whenever the set changes.
+pub type Watch = Arc<dyn Fn(&[String]) + Send + Sync>;
+
 struct Inner {
-    endpoints: Vec<EndpointState>,
+    endpoints: RwLock<Vec<Arc<EndpointState>>>,
+    resolver: Resolver,
+    resolved_at: Mutex<std::time::Instant>,
+    watch: Option<Watch>,
     machine: Mutex<Endpoints>,
     config: ClusterConfig,
     hooks: Vec<Arc<dyn Hook>>,
@@ -155,23 +229,26 @@ impl Cluster {
         config: ClusterConfig,
         hooks: Vec<Arc<dyn Hook>>,
     ) -> Result<Cluster, Error> {
+        let list = addresses.iter().map(|a| a.to_string()).collect();
+        Cluster::with_resolver(Resolver::Static(list), config, hooks, None)
+    }
+
+    /// A cluster whose endpoints come from `resolver`, re-resolved on its schedule (checked at
+    /// each call); `watch` is told the new set whenever it changes. Endpoints that disappear are
+    /// retired (calls in flight to them end normally); new ones join the balancer.
+    pub fn with_resolver(
+        resolver: Resolver,
+        config: ClusterConfig,
+        hooks: Vec<Arc<dyn Hook>>,
+        watch: Option<Watch>,
+    ) -> Result<Cluster, Error> {
         config.policies.validate().map_err(|e| {
             Error::Connect(std::io::Error::new(std::io::ErrorKind::InvalidInput, e).into())
         })?;
+        let addresses = resolver.resolve();
         let mut endpoints = Vec::with_capacity(addresses.len());
-        for &address in addresses {
-            let resolved: Vec<_> = address
-                .to_socket_addrs()
-                .map_err(|e| Error::Connect(e.into()))?
-                .collect();
-            endpoints.push(EndpointState {
-                address: address.to_string(),
-                client: Client::lazy(&resolved[..], config.client, NotSupported)?,
-                counters: Counters::default(),
-                latency: Mutex::new(
-                    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
-                ),
-            });
+        for address in &addresses {
+            endpoints.push(Arc::new(EndpointState::new(address, config.client)?));
         }
         let p = &config.policies;
         let mut machine = Endpoints::new(
@@ -181,14 +258,16 @@ impl Cluster {
             p.ejection,
             p.budget(),
         );
-        let ids: Vec<&str> = addresses.to_vec();
-        machine.balancer_mut().set_ring(&ids);
+        machine.balancer_mut().set_ring(&addresses);
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
         Ok(Cluster {
             inner: Arc::new(Inner {
-                endpoints,
+                endpoints: RwLock::new(endpoints),
+                resolver,
+                resolved_at: Mutex::new(std::time::Instant::now()),
+                watch,
                 machine: Mutex::new(machine),
                 config,
                 hooks,
@@ -197,6 +276,86 @@ impl Cluster {
                 total: Counters::default(),
             }),
         })
+    }
+
+    fn endpoints(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<EndpointState>>> {
+        self.inner
+            .endpoints
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn endpoint(&self, i: usize) -> Arc<EndpointState> {
+        Arc::clone(&self.endpoints()[i])
+    }
+
+    /// The endpoints now (retired ones left out).
+    pub fn addresses(&self) -> Vec<String> {
+        // Lock order everywhere: endpoints, then machine.
+        let endpoints = self.endpoints();
+        let machine = self.machine();
+        endpoints
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !machine.is_retired(*i))
+            .map(|(_, e)| e.address.clone())
+            .collect()
+    }
+
+    /// Resolves again if the resolver's interval has passed, and applies the difference.
+    pub fn refresh(&self) {
+        let Some(every) = self.inner.resolver.every() else {
+            return;
+        };
+        {
+            let mut at = self
+                .inner
+                .resolved_at
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if at.elapsed() < every {
+                return;
+            }
+            *at = std::time::Instant::now();
+        }
+        let wanted = self.inner.resolver.resolve();
+        if wanted.is_empty() {
+            // A resolver that finds nothing keeps the last known endpoints rather than none.
+            return;
+        }
+        let current = self.addresses();
+        if wanted.iter().collect::<std::collections::BTreeSet<_>>()
+            == current.iter().collect::<std::collections::BTreeSet<_>>()
+        {
+            return;
+        }
+        let mut endpoints = self
+            .inner
+            .endpoints
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut machine = self.machine();
+        for (i, ep) in endpoints.iter().enumerate() {
+            if !machine.is_retired(i) && !wanted.contains(&ep.address) {
+                machine.retire(i);
+                ep.client.close();
+            }
+        }
+        for address in &wanted {
+            if current.contains(address) {
+                continue;
+            }
+            if let Ok(ep) = EndpointState::new(address, self.inner.config.client) {
+                endpoints.push(Arc::new(ep));
+                machine.add(1);
+            }
+        }
+        let ids: Vec<&str> = endpoints.iter().map(|e| e.address.as_str()).collect();
+        machine.balancer_mut().set_ring(&ids);
+        drop((machine, endpoints));
+        if let Some(watch) = &self.inner.watch {
+            watch(&self.addresses());
+        }
     }
 
     fn machine(&self) -> MutexGuard<'_, Endpoints> {
@@ -221,6 +380,7 @@ impl Cluster {
 
     /// Sends `request` with per-call options.
     pub fn call_with(&self, request: Command, opts: CallOpts) -> Result<Command, Error> {
+        self.refresh();
         let config = &self.inner.config.policies;
         let classifier = Classifier {
             retry_possibly_delivered: opts.idempotent,
@@ -258,8 +418,7 @@ impl Cluster {
                     } => {
                         sent_any = true;
                         self.count_attempt(endpoint, attempt, &call);
-                        let ep = &self.inner.endpoints[endpoint];
-                        let client = ep.client.clone();
+                        let client = self.endpoint(endpoint).client.clone();
                         let timeout = deadline - self.inner.clock.now();
                         let attempt_request = request.clone();
                         let started = self.inner.clock.now();
@@ -278,6 +437,12 @@ impl Cluster {
                     // A blocking call cannot be withdrawn; its late outcome is dropped.
                     Step::Cancel { .. } => {}
                     Step::Finish { attempt } => {
+                        if call.budget_refused() {
+                            self.inner
+                                .total
+                                .budget_exhausted
+                                .fetch_add(1, Ordering::Relaxed);
+                        }
                         let outcome = attempt.and_then(|a| outcomes.remove(&a));
                         return match outcome {
                             Some(Ok(mut response)) => {
@@ -329,7 +494,8 @@ impl Cluster {
     }
 
     fn count_attempt(&self, endpoint: usize, attempt: u32, call: &Call) {
-        for c in [&self.inner.endpoints[endpoint].counters, &self.inner.total] {
+        let ep = self.endpoint(endpoint);
+        for c in [&ep.counters, &self.inner.total] {
             c.attempts.fetch_add(1, Ordering::Relaxed);
             if attempt > 1 {
                 // Sent while an earlier attempt is still out: a hedge; otherwise a retry.
@@ -344,7 +510,7 @@ impl Cluster {
     }
 
     fn count_outcome(&self, endpoint: usize, class: Class, latency: Duration) {
-        let ep = &self.inner.endpoints[endpoint];
+        let ep = self.endpoint(endpoint);
         for c in [&ep.counters, &self.inner.total] {
             let counter = match class {
                 Class::Success => &c.successes,
@@ -368,9 +534,9 @@ impl Cluster {
     /// A snapshot of every endpoint.
     pub fn report(&self) -> Vec<EndpointReport> {
         let now = self.inner.clock.now();
+        let endpoints = self.endpoints();
         let machine = self.machine();
-        self.inner
-            .endpoints
+        endpoints
             .iter()
             .enumerate()
             .map(|(i, ep)| {
@@ -392,7 +558,7 @@ impl Cluster {
 
     /// Closes every endpoint's connections (idempotent).
     pub fn close(&self) {
-        for ep in &self.inner.endpoints {
+        for ep in self.endpoints().iter() {
             ep.client.close();
         }
     }

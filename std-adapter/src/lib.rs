@@ -22,7 +22,9 @@ mod handler;
 mod server;
 
 pub use client::{Client, ClientConfig, Mode};
-pub use cluster::{CallOpts, Cluster, ClusterConfig, Counters, EndpointReport, Hook};
+pub use cluster::{
+    CallOpts, Cluster, ClusterConfig, Counters, EndpointReport, Hook, Resolver, Watch,
+};
 pub use conn::Peer;
 pub use handler::{Handler, NotSupported};
 

@@ -293,3 +293,46 @@ fn acl_signing_hook_and_server_verifier_work_end_to_end() {
     good.close();
     bad.close();
 }
+
+#[test]
+fn a_custom_resolver_adds_and_retires_endpoints_and_the_watch_hears_it() {
+    use remora_std::Resolver;
+    use std::sync::Mutex;
+    let a = Server::bind("127.0.0.1:0", echo).unwrap();
+    let b = Server::bind("127.0.0.1:0", echo).unwrap();
+    let (a_addr, b_addr) = (a.local_addr().to_string(), b.local_addr().to_string());
+    let current = Arc::new(Mutex::new(vec![a_addr.clone()]));
+    let source = Arc::clone(&current);
+    let seen: Arc<Mutex<Vec<Vec<String>>>> = Arc::new(Mutex::new(Vec::new()));
+    let heard = Arc::clone(&seen);
+    let cluster = Cluster::with_resolver(
+        Resolver::Custom {
+            resolve: Arc::new(move || source.lock().unwrap().clone()),
+            every: Duration::from_millis(1),
+        },
+        ClusterConfig::testing(),
+        Vec::new(),
+        Some(Arc::new(move |set: &[String]| {
+            heard.lock().unwrap().push(set.to_vec())
+        })),
+    )
+    .unwrap();
+    assert_eq!(cluster.addresses(), [a_addr.clone()]);
+    cluster.call(Command::request(1)).unwrap();
+
+    *current.lock().unwrap() = vec![b_addr.clone()];
+    std::thread::sleep(Duration::from_millis(5));
+    for _ in 0..6 {
+        cluster.call(Command::request(1)).unwrap();
+    }
+    assert_eq!(cluster.addresses(), [b_addr.clone()]);
+    assert_eq!(seen.lock().unwrap().last().unwrap(), &vec![b_addr.clone()]);
+    let report = cluster.report();
+    assert_eq!(
+        report.len(),
+        2,
+        "indices are stable: a is retired, b appended"
+    );
+    assert!(report[1].attempts >= 6, "{report:?}");
+    cluster.close();
+}

@@ -11,7 +11,7 @@ use core::time::Duration;
 use super::balance::{Balancer, Endpoint, Strategy};
 use super::breaker::{Breaker, BreakerConfig, State as BreakerState};
 use super::eject::{EjectionConfig, Ejector};
-use super::retry::{Class, Decision, HedgePolicy, RetryBudget, RetryPolicy};
+use super::retry::{Class, Decision, GiveUpReason, HedgePolicy, RetryBudget, RetryPolicy};
 use crate::time::Instant;
 
 /// A client's view of its endpoints, shared by its calls.
@@ -25,6 +25,8 @@ pub struct Endpoints {
     budget: RetryBudget,
     available: Vec<bool>,
     views: Vec<Endpoint>,
+    retired: Vec<bool>,
+    breaker_config: BreakerConfig,
 }
 
 impl Endpoints {
@@ -45,11 +47,37 @@ impl Endpoints {
             budget,
             available: Vec::with_capacity(n),
             views: Vec::with_capacity(n),
+            retired: alloc::vec![false; n],
+            breaker_config: breaker,
             weights,
         }
     }
 
-    /// How many endpoints.
+    /// Adds an endpoint (a resolver found a new address); returns its index. Indices are never
+    /// reused, so calls in flight keep pointing at the right endpoint.
+    pub fn add(&mut self, weight: u32) -> usize {
+        self.weights.push(weight);
+        self.in_flight.push(0);
+        self.breakers.push(Breaker::new(self.breaker_config));
+        self.retired.push(false);
+        self.ejector.resize(self.weights.len());
+        self.weights.len() - 1
+    }
+
+    /// Takes endpoint `i` out of balancing for good (its address went away); calls in flight to
+    /// it still end normally.
+    pub fn retire(&mut self, i: usize) {
+        if let Some(r) = self.retired.get_mut(i) {
+            *r = true;
+        }
+    }
+
+    /// Whether endpoint `i` was retired.
+    pub fn is_retired(&self, i: usize) -> bool {
+        self.retired.get(i).copied().unwrap_or(true)
+    }
+
+    /// How many endpoints (retired ones included: indices are stable).
     pub fn len(&self) -> usize {
         self.weights.len()
     }
@@ -101,7 +129,7 @@ impl Endpoints {
         self.ejector.available(now, &mut self.available);
         let open = |b: &Breaker| matches!(b.state(), BreakerState::Open { until } if now < until);
         let base: Vec<bool> = (0..self.len())
-            .map(|i| self.available[i] && !open(&self.breakers[i]))
+            .map(|i| !self.retired[i] && self.available[i] && !open(&self.breakers[i]))
             .collect();
         // Prefer endpoints this call has not tried; fall back to any.
         for avoid in [true, false] {
@@ -192,6 +220,7 @@ pub struct Call {
     hedge_at: Option<Instant>,
     finished: bool,
     last_class: Option<(u32, Class)>,
+    budget_refused: bool,
 }
 
 impl Call {
@@ -211,6 +240,7 @@ impl Call {
             hedge_at: None,
             finished: false,
             last_class: None,
+            budget_refused: false,
         };
         call.send(eps, opts, now, entropy, out);
         call
@@ -224,6 +254,11 @@ impl Call {
     /// Attempts sent so far.
     pub fn attempts(&self) -> u32 {
         self.attempts.len() as u32
+    }
+
+    /// Whether the retry budget refused a retry or hedge this call wanted (for metrics).
+    pub fn budget_refused(&self) -> bool {
+        self.budget_refused
     }
 
     /// Attempts sent and not yet ended (more than one while a hedge is out).
@@ -350,7 +385,10 @@ impl Call {
                     self.handle_timeout(eps, opts, now, entropy, out);
                 }
             }
-            Decision::GiveUp(_) => self.finish(eps, now, out),
+            Decision::GiveUp(reason) => {
+                self.budget_refused |= reason == GiveUpReason::BudgetExhausted;
+                self.finish(eps, now, out)
+            }
         }
     }
 
@@ -377,8 +415,12 @@ impl Call {
         } else if self.hedge_at.is_some_and(|t| now >= t) {
             self.hedge_at = None;
             let limit = opts.hedge.map_or(1, |h| h.max_attempts);
-            if self.attempts.len() < limit as usize && eps.budget.allows_retry() {
-                self.send(eps, opts, now, entropy, out);
+            if self.attempts.len() < limit as usize {
+                if eps.budget.allows_retry() {
+                    self.send(eps, opts, now, entropy, out);
+                } else {
+                    self.budget_refused = true;
+                }
             }
         }
     }
