@@ -339,15 +339,20 @@ impl Cluster {
             if !machine.is_retired(i) && !wanted.contains(&ep.address) {
                 machine.retire(i);
                 ep.client.close();
+                tracing::info!(endpoint = %ep.address, "endpoint retired: no longer resolved");
             }
         }
         for address in &wanted {
             if current.contains(address) {
                 continue;
             }
-            if let Ok(ep) = EndpointState::new(address, self.inner.config.client) {
-                endpoints.push(Arc::new(ep));
-                machine.add(1);
+            match EndpointState::new(address, self.inner.config.client) {
+                Ok(ep) => {
+                    endpoints.push(Arc::new(ep));
+                    machine.add(1);
+                    tracing::info!(endpoint = %address, "endpoint added");
+                }
+                Err(e) => tracing::warn!(endpoint = %address, error = %e, "endpoint not added"),
             }
         }
         let ids: Vec<&str> = endpoints.iter().map(|e| e.address.as_str()).collect();
@@ -475,8 +480,10 @@ impl Cluster {
                     self.count_outcome(endpoint, class, now - started);
                     outcomes.insert(attempt, outcome);
                     let entropy = self.entropy();
+                    let mut machine = self.machine();
+                    let before = (machine.breaker(endpoint), machine.is_ejected(endpoint, now));
                     call.handle_outcome(
-                        &mut self.machine(),
+                        &mut machine,
                         &call_opts,
                         attempt,
                         class,
@@ -484,6 +491,17 @@ impl Cluster {
                         entropy,
                         &mut steps,
                     );
+                    let after = (machine.breaker(endpoint), machine.is_ejected(endpoint, now));
+                    drop(machine);
+                    if before != after {
+                        let address = &self.endpoint(endpoint).address;
+                        tracing::info!(
+                            endpoint = %address,
+                            breaker = ?after.0,
+                            ejected = after.1,
+                            "endpoint health changed"
+                        );
+                    }
                 }
                 None => {
                     let entropy = self.entropy();

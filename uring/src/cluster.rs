@@ -54,6 +54,9 @@ pub struct Counts {
     pub retryable_failures: u64,
     /// Fatal failures.
     pub fatal_failures: u64,
+    /// Calls (counted on the endpoint of their last attempt) that wanted a retry or hedge the
+    /// retry budget refused.
+    pub budget_exhausted: u64,
 }
 
 struct Inner {
@@ -183,6 +186,11 @@ impl LocalCluster {
                         }
                     }
                     Step::Finish { attempt } => {
+                        if call.budget_refused() {
+                            if let Some(last) = call.endpoints().last() {
+                                self.inner.counts.borrow_mut()[last].budget_exhausted += 1;
+                            }
+                        }
                         for (_, task) in running.drain() {
                             task.abort();
                         }
@@ -218,6 +226,7 @@ impl LocalCluster {
                     let class = classifier.classify(&outcome);
                     self.count_outcome(endpoint, class);
                     outcomes.insert(attempt, outcome);
+                    let before = (machine.breaker(endpoint), machine.is_ejected(endpoint, now));
                     call.handle_outcome(
                         &mut machine,
                         &call_opts,
@@ -227,6 +236,15 @@ impl LocalCluster {
                         entropy,
                         &mut steps,
                     );
+                    let after = (machine.breaker(endpoint), machine.is_ejected(endpoint, now));
+                    if before != after {
+                        tracing::info!(
+                            endpoint,
+                            breaker = ?after.0,
+                            ejected = after.1,
+                            "endpoint health changed"
+                        );
+                    }
                 }
                 None => call.handle_timeout(&mut machine, &call_opts, now, entropy, &mut steps),
             }
