@@ -256,7 +256,7 @@ impl Cluster {
             p.strategy,
             p.breaker,
             p.ejection,
-            p.budget(),
+            p.retry_budget(),
         );
         machine.balancer_mut().set_ring(&addresses);
         let seed = std::time::SystemTime::now()

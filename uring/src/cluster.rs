@@ -95,7 +95,7 @@ impl LocalCluster {
             p.strategy,
             p.breaker,
             p.ejection,
-            p.budget(),
+            p.retry_budget(),
         );
         machine.balancer_mut().set_ring(addresses);
         let n = clients.len();

@@ -242,6 +242,7 @@ impl Call {
             last_class: None,
             budget_refused: false,
         };
+        eps.budget.on_request(now);
         call.send(eps, opts, now, entropy, out);
         call
     }
@@ -302,6 +303,9 @@ impl Call {
             return false;
         };
         let number = self.attempts.len() as u32 + 1;
+        if number > 1 {
+            eps.budget.on_retry(now);
+        }
         self.attempts.push(Attempt {
             number,
             endpoint,

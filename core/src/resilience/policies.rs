@@ -8,7 +8,7 @@ use core::time::Duration;
 use super::balance::Strategy;
 use super::breaker::BreakerConfig;
 use super::eject::EjectionConfig;
-use super::retry::{HedgePolicy, RetryBudget, RetryPolicy, Schedule};
+use super::retry::{BudgetKind, HedgePolicy, RetryBudget, RetryPolicy, Schedule};
 use crate::backoff::Backoff;
 
 /// A client's resilience policies. `Default` is [`Policies::production`].
@@ -21,10 +21,8 @@ pub struct Policies {
     pub breaker: BreakerConfig,
     /// Outlier ejection.
     pub ejection: EjectionConfig,
-    /// Retry budget tokens (gRPC A6 `maxTokens`).
-    pub budget_tokens: u32,
-    /// Share of a token a success gives back (gRPC A6 `tokenRatio`).
-    pub budget_ratio: f64,
+    /// How retries and hedges are rationed (gRPC token bucket or Finagle percentage).
+    pub budget: BudgetKind,
     /// A call's timeout, all attempts included.
     pub timeout: Duration,
     /// Attempts per call, the first included.
@@ -38,14 +36,17 @@ pub struct Policies {
 impl Policies {
     /// Production: round robin over healthy endpoints, 3 attempts with 100 ms..2 s exponential
     /// backoff (equal jitter), 3 s timeout, breakers (5 in a row or 50 % of 20 in 10 s; open 5 s)
-    /// and ejection (Envoy's defaults) on, gRPC's budget (10 tokens, 0.1), no hedging.
+    /// and ejection (Envoy's defaults) on, gRPC's token-bucket budget (10 tokens, 0.1), no
+    /// hedging.
     pub fn production() -> Self {
         Policies {
             strategy: Strategy::RoundRobin,
             breaker: BreakerConfig::default(),
             ejection: EjectionConfig::default(),
-            budget_tokens: 10,
-            budget_ratio: 0.1,
+            budget: BudgetKind::TokenBucket {
+                max_tokens: 10,
+                token_ratio: 0.1,
+            },
             timeout: Duration::from_secs(3),
             max_attempts: 3,
             backoff: Backoff {
@@ -90,8 +91,8 @@ impl Policies {
     }
 
     /// A full retry budget as configured.
-    pub fn budget(&self) -> RetryBudget {
-        RetryBudget::new(self.budget_tokens, self.budget_ratio)
+    pub fn retry_budget(&self) -> RetryBudget {
+        RetryBudget::from_kind(self.budget)
     }
 
     /// Checks the policies: attempts ≥ 1, backoff max ≥ initial, hedge delay below the timeout
@@ -104,8 +105,19 @@ impl Policies {
             h.validate(self.timeout)
                 .map_err(|e| format!("hedging policy: {e:?}"))?;
         }
-        if !(0.0..=f64::from(self.budget_tokens.max(1))).contains(&self.budget_ratio) {
-            return Err(format!("budget ratio {} out of range", self.budget_ratio));
+        match self.budget {
+            BudgetKind::TokenBucket {
+                max_tokens,
+                token_ratio,
+            } if !(0.0..=f64::from(max_tokens.max(1))).contains(&token_ratio) => {
+                return Err(format!("budget token ratio {token_ratio} out of range"));
+            }
+            BudgetKind::Percent { percent, ttl, .. }
+                if percent.is_nan() || percent < 0.0 || ttl.is_zero() =>
+            {
+                return Err(format!("percent budget {percent} over {ttl:?} is not sane"));
+            }
+            _ => {}
         }
         Ok(())
     }

@@ -73,44 +73,190 @@ impl Classifier<'_> {
     }
 }
 
-/// gRPC A6 retry throttling: a token bucket shared by a client's retries and hedges.
-///
-/// Each failure takes one token, each success adds `token_ratio`; retries are allowed while more
-/// than half the tokens remain.
+/// How retries and hedges are rationed across a client's calls.
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub enum BudgetKind {
+    /// gRPC A6 retry throttling: each failure takes a token, each success gives back
+    /// `token_ratio`; retries are allowed while more than half of `max_tokens` remain.
+    TokenBucket {
+        /// Bucket size (gRPC default 10).
+        max_tokens: u32,
+        /// Tokens a success gives back (gRPC default 0.1).
+        token_ratio: f64,
+    },
+    /// Finagle's `RetryBudget`: retries may be at most `percent` of the requests of the last
+    /// `ttl`, plus `min_retries_per_sec` × `ttl` whatever the traffic.
+    Percent {
+        /// Retries per request allowed (Finagle default 0.2).
+        percent: f64,
+        /// A floor for quiet clients (Finagle default 10 per second).
+        min_retries_per_sec: u32,
+        /// The window (Finagle default 10 s).
+        ttl: Duration,
+    },
+}
+
+/// A client's retry budget, shared by its retries and hedges (and, for
+/// [`BudgetKind::Percent`], fed by its requests).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RetryBudget {
-    max_tokens: f64,
-    token_ratio: f64,
-    tokens: f64,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Tokens {
+        max_tokens: f64,
+        token_ratio: f64,
+        tokens: f64,
+    },
+    Percent {
+        percent: f64,
+        reserve: f64,
+        slot_nanos: u64,
+        slots: [WindowSlot; WINDOW_SLOTS],
+        now: Instant,
+    },
+}
+
+/// The percent budget's window is this many slots of `ttl / WINDOW_SLOTS` each.
+const WINDOW_SLOTS: usize = 10;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct WindowSlot {
+    epoch: u64,
+    deposits: u32,
+    withdrawals: u32,
 }
 
 impl RetryBudget {
-    /// A full bucket. gRPC's defaults are `max_tokens` 10, `token_ratio` 0.1.
+    /// A full gRPC-style token bucket. gRPC's defaults are `max_tokens` 10, `token_ratio` 0.1.
     pub fn new(max_tokens: u32, token_ratio: f64) -> Self {
         let max_tokens = f64::from(max_tokens.max(1));
         RetryBudget {
-            max_tokens,
-            token_ratio: token_ratio.clamp(0.0, max_tokens),
-            tokens: max_tokens,
+            kind: Kind::Tokens {
+                max_tokens,
+                token_ratio: token_ratio.clamp(0.0, max_tokens),
+                tokens: max_tokens,
+            },
+        }
+    }
+
+    /// A Finagle-style percentage budget (see [`BudgetKind::Percent`]).
+    pub fn percent(percent: f64, min_retries_per_sec: u32, ttl: Duration) -> Self {
+        let ttl_nanos = u64::try_from(ttl.as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(WINDOW_SLOTS as u64);
+        RetryBudget {
+            kind: Kind::Percent {
+                percent: percent.max(0.0),
+                reserve: f64::from(min_retries_per_sec) * ttl.as_secs_f64(),
+                slot_nanos: ttl_nanos / WINDOW_SLOTS as u64,
+                slots: [WindowSlot::default(); WINDOW_SLOTS],
+                now: Instant::ZERO,
+            },
+        }
+    }
+
+    /// The budget `kind` describes, full.
+    pub fn from_kind(kind: BudgetKind) -> Self {
+        match kind {
+            BudgetKind::TokenBucket {
+                max_tokens,
+                token_ratio,
+            } => RetryBudget::new(max_tokens, token_ratio),
+            BudgetKind::Percent {
+                percent,
+                min_retries_per_sec,
+                ttl,
+            } => RetryBudget::percent(percent, min_retries_per_sec, ttl),
         }
     }
 
     /// Records an outcome (of a first attempt, retry or hedge alike).
     pub fn record(&mut self, class: Class) {
-        match class {
-            Class::Success => self.tokens = (self.tokens + self.token_ratio).min(self.max_tokens),
-            Class::Retryable | Class::Fatal => self.tokens = (self.tokens - 1.0).max(0.0),
+        if let Kind::Tokens {
+            max_tokens,
+            token_ratio,
+            tokens,
+        } = &mut self.kind
+        {
+            match class {
+                Class::Success => *tokens = (*tokens + *token_ratio).min(*max_tokens),
+                Class::Retryable | Class::Fatal => *tokens = (*tokens - 1.0).max(0.0),
+            }
         }
     }
 
-    /// Whether a retry (or hedge) may be sent now.
-    pub fn allows_retry(&self) -> bool {
-        self.tokens > self.max_tokens / 2.0
+    fn slot(&mut self, now: Instant) -> Option<&mut WindowSlot> {
+        let Kind::Percent {
+            slot_nanos,
+            slots,
+            now: last,
+            ..
+        } = &mut self.kind
+        else {
+            return None;
+        };
+        *last = (*last).max(now);
+        let epoch = now.as_nanos() / *slot_nanos;
+        let slot = &mut slots[(epoch % WINDOW_SLOTS as u64) as usize];
+        if slot.epoch != epoch {
+            *slot = WindowSlot {
+                epoch,
+                ..WindowSlot::default()
+            };
+        }
+        Some(slot)
     }
 
-    /// Tokens left.
+    /// A call's first attempt was sent at `now` (feeds a percent budget).
+    pub fn on_request(&mut self, now: Instant) {
+        if let Some(slot) = self.slot(now) {
+            slot.deposits += 1;
+        }
+    }
+
+    /// A retry or hedge was sent at `now` (spends from a percent budget).
+    pub fn on_retry(&mut self, now: Instant) {
+        if let Some(slot) = self.slot(now) {
+            slot.withdrawals += 1;
+        }
+    }
+
+    /// Whether a retry (or hedge) may be sent now (as of the latest event, for a percent
+    /// budget).
+    pub fn allows_retry(&self) -> bool {
+        match self.kind {
+            Kind::Tokens {
+                max_tokens, tokens, ..
+            } => tokens > max_tokens / 2.0,
+            Kind::Percent { .. } => self.tokens() >= 1.0,
+        }
+    }
+
+    /// What is left: tokens (bucket), or retries allowed now (percent).
     pub fn tokens(&self) -> f64 {
-        self.tokens
+        match self.kind {
+            Kind::Tokens { tokens, .. } => tokens,
+            Kind::Percent {
+                percent,
+                reserve,
+                slot_nanos,
+                slots,
+                now,
+            } => {
+                let current = now.as_nanos() / slot_nanos;
+                let live = slots
+                    .iter()
+                    .filter(|s| s.epoch + (WINDOW_SLOTS as u64) > current && s.epoch <= current);
+                let (deposits, withdrawals) = live.fold((0.0, 0.0), |(d, w), s| {
+                    (d + f64::from(s.deposits), w + f64::from(s.withdrawals))
+                });
+                reserve + percent * deposits - withdrawals
+            }
+        }
     }
 }
 
@@ -372,6 +518,36 @@ mod tests {
             hedge.next_hedge(1, t0, &spent, deadline),
             None,
             "budget spent"
+        );
+    }
+
+    #[test]
+    fn percent_budget_allows_a_share_of_recent_requests() {
+        let sec = Duration::from_secs(1);
+        // 20 % of requests, no floor, a 10 s window.
+        let mut b = RetryBudget::percent(0.2, 0, 10 * sec);
+        let t = Instant::ZERO + sec;
+        assert!(!b.allows_retry(), "no traffic, no floor: nothing to spend");
+        for _ in 0..10 {
+            b.on_request(t);
+        }
+        assert!(b.allows_retry(), "2 retries earned");
+        b.on_retry(t);
+        b.on_retry(t);
+        assert!(!b.allows_retry(), "spent");
+        // The window slides: after 10 s the old traffic and spending are forgotten.
+        b.on_request(t + 11 * sec);
+        assert!((b.tokens() - 0.2).abs() < 1e-9, "{}", b.tokens());
+        // A floor lets a quiet client retry anyway.
+        let mut floor = RetryBudget::percent(0.2, 1, 10 * sec);
+        floor.on_request(t);
+        assert!(floor.allows_retry());
+        for _ in 0..10 {
+            floor.on_retry(t);
+        }
+        assert!(
+            !floor.allows_retry(),
+            "10 s x 1/s + 0.2 = 10.2 < 10 spent + 1"
         );
     }
 
