@@ -140,57 +140,7 @@ impl EndpointState {
     }
 }
 
-/// Where a [`Cluster`]'s endpoints come from.
-#[derive(Clone)]
-pub enum Resolver {
-    /// A fixed list of `host:port`.
-    Static(Vec<String>),
-    /// `host:port` names resolved through DNS now and again every `every`; each address a name
-    /// resolves to is an endpoint.
-    Dns {
-        /// The names.
-        names: Vec<String>,
-        /// How often to resolve again.
-        every: Duration,
-    },
-    /// Your own source of `host:port` endpoints, asked again every `every`.
-    Custom {
-        /// Returns the current endpoints.
-        resolve: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
-        /// How often to ask.
-        every: Duration,
-    },
-}
-
-impl Resolver {
-    fn every(&self) -> Option<Duration> {
-        match self {
-            Resolver::Static(_) => None,
-            Resolver::Dns { every, .. } | Resolver::Custom { every, .. } => Some(*every),
-        }
-    }
-
-    /// The endpoints now (a name that does not resolve contributes none).
-    pub fn resolve(&self) -> Vec<String> {
-        match self {
-            Resolver::Static(list) => list.clone(),
-            Resolver::Dns { names, .. } => {
-                let mut out: Vec<String> = names
-                    .iter()
-                    .flat_map(|n| n.to_socket_addrs().into_iter().flatten())
-                    .map(|a| a.to_string())
-                    .collect();
-                out.sort();
-                out.dedup();
-                out
-            }
-            Resolver::Custom { resolve, .. } => resolve(),
-        }
-    }
-}
-
-/// Called with the current endpoints whenever the set changes.
-pub type Watch = Arc<dyn Fn(&[String]) + Send + Sync>;
+pub use remora_core::resilience::resolve::{Resolver, Watch};
 
 struct Inner {
     endpoints: RwLock<Vec<Arc<EndpointState>>>,

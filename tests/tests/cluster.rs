@@ -336,3 +336,46 @@ fn a_custom_resolver_adds_and_retires_endpoints_and_the_watch_hears_it() {
     assert!(report[1].attempts >= 6, "{report:?}");
     cluster.close();
 }
+
+#[test]
+fn uring_cluster_follows_its_resolver() {
+    use remora_uring::{ClusterConfig as UringClusterConfig, LocalCluster, Resolver};
+    use std::sync::Mutex;
+    let a = Server::bind("127.0.0.1:0", echo).unwrap();
+    let b = Server::bind("127.0.0.1:0", echo).unwrap();
+    let (a_addr, b_addr) = (a.local_addr().to_string(), b.local_addr().to_string());
+    let current = Arc::new(Mutex::new(vec![a_addr.clone()]));
+    let source = Arc::clone(&current);
+    let heard = Arc::new(Mutex::new(Vec::<Vec<String>>::new()));
+    let watch_log = Arc::clone(&heard);
+    let config = UringClusterConfig {
+        policies: remora_core::resilience::policies::Policies::testing(),
+        ..Default::default()
+    };
+    let expected = b_addr.clone();
+    tokio_uring::start(async move {
+        let cluster = LocalCluster::with_resolver(
+            Resolver::Custom {
+                resolve: Arc::new(move || source.lock().unwrap().clone()),
+                every: Duration::from_millis(1),
+            },
+            config,
+            Vec::new(),
+            Some(Arc::new(move |set: &[String]| {
+                watch_log.lock().unwrap().push(set.to_vec())
+            })),
+        )
+        .unwrap();
+        cluster.call(Command::request(1)).await.unwrap();
+        *current.lock().unwrap() = vec![b_addr.clone()];
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        for _ in 0..4 {
+            cluster.call(Command::request(1)).await.unwrap();
+        }
+        assert_eq!(cluster.addresses(), std::slice::from_ref(&b_addr));
+        assert_eq!(cluster.counts()[1].successes, 4);
+        cluster.close();
+    });
+    assert_eq!(heard.lock().unwrap().last().unwrap(), &vec![expected]);
+    drop((a, b));
+}

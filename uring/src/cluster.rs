@@ -11,6 +11,7 @@ use std::time::Duration;
 use remora_core::resilience::breaker::State as BreakerState;
 use remora_core::resilience::call::{Call, CallOptions, Endpoints, Step};
 use remora_core::resilience::policies::Policies;
+use remora_core::resilience::resolve::{Resolver, Watch};
 use remora_core::resilience::retry::{Class, Classifier};
 use remora_core::{CallError, Command, Hook, Instant, NotSupported};
 
@@ -60,7 +61,11 @@ pub struct Counts {
 }
 
 struct Inner {
-    clients: Vec<LocalClient>,
+    clients: RefCell<Vec<(String, LocalClient)>>,
+    resolver: Resolver,
+    resolved_at: Cell<Instant>,
+    watch: Option<Watch>,
+    client_config: ClientConfig,
     machine: RefCell<Endpoints>,
     policies: Policies,
     hooks: Vec<Arc<dyn Hook>>,
@@ -82,12 +87,29 @@ impl LocalCluster {
         config: ClusterConfig,
         hooks: Vec<Arc<dyn Hook>>,
     ) -> Result<LocalCluster, CallError> {
+        let list = addresses.iter().map(|a| a.to_string()).collect();
+        LocalCluster::with_resolver(Resolver::Static(list), config, hooks, None)
+    }
+
+    /// A cluster whose endpoints come from `resolver`, re-resolved on its schedule (checked at
+    /// each call); `watch` hears every new set. Endpoints that disappear are retired (calls in
+    /// flight end normally), new ones join.
+    pub fn with_resolver(
+        resolver: Resolver,
+        config: ClusterConfig,
+        hooks: Vec<Arc<dyn Hook>>,
+        watch: Option<Watch>,
+    ) -> Result<LocalCluster, CallError> {
         config.policies.validate().map_err(|e| {
             CallError::Connect(std::io::Error::new(std::io::ErrorKind::InvalidInput, e).into())
         })?;
+        let addresses = resolver.resolve();
         let clients = addresses
             .iter()
-            .map(|a| LocalClient::lazy(*a, config.client, Arc::new(NotSupported)))
+            .map(|a| {
+                LocalClient::lazy(a.as_str(), config.client, Arc::new(NotSupported))
+                    .map(|c| (a.clone(), c))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let p = &config.policies;
         let mut machine = Endpoints::new(
@@ -97,19 +119,88 @@ impl LocalCluster {
             p.ejection,
             p.retry_budget(),
         );
-        machine.balancer_mut().set_ring(addresses);
+        machine.balancer_mut().set_ring(&addresses);
         let n = clients.len();
+        let clock = Clock::new();
         Ok(LocalCluster {
             inner: Rc::new(Inner {
-                clients,
+                clients: RefCell::new(clients),
+                resolver,
+                resolved_at: Cell::new(clock.now()),
+                watch,
+                client_config: config.client,
                 machine: RefCell::new(machine),
                 policies: config.policies,
                 hooks,
-                clock: Clock::new(),
+                clock,
                 entropy: Cell::new(0x853C_49E6_748F_EA9B),
                 counts: RefCell::new(vec![Counts::default(); n]),
             }),
         })
+    }
+
+    /// The endpoints now (retired ones left out).
+    pub fn addresses(&self) -> Vec<String> {
+        let machine = self.inner.machine.borrow();
+        self.inner
+            .clients
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !machine.is_retired(*i))
+            .map(|(_, (a, _))| a.clone())
+            .collect()
+    }
+
+    /// Resolves again if the resolver's interval has passed, and applies the difference.
+    pub fn refresh(&self) {
+        let inner = &self.inner;
+        let Some(every) = inner.resolver.every() else {
+            return;
+        };
+        let now = inner.clock.now();
+        if now - inner.resolved_at.get() < every {
+            return;
+        }
+        inner.resolved_at.set(now);
+        let wanted = inner.resolver.resolve();
+        let current = self.addresses();
+        let same = wanted.iter().collect::<std::collections::BTreeSet<_>>()
+            == current.iter().collect::<std::collections::BTreeSet<_>>();
+        if wanted.is_empty() || same {
+            return;
+        }
+        {
+            let mut clients = inner.clients.borrow_mut();
+            let mut machine = inner.machine.borrow_mut();
+            for (i, (address, client)) in clients.iter().enumerate() {
+                if !machine.is_retired(i) && !wanted.contains(address) {
+                    machine.retire(i);
+                    client.close();
+                    tracing::info!(endpoint = %address, "endpoint retired: no longer resolved");
+                }
+            }
+            for address in wanted.iter().filter(|a| !current.contains(a)) {
+                match LocalClient::lazy(
+                    address.as_str(),
+                    inner.client_config,
+                    Arc::new(NotSupported),
+                ) {
+                    Ok(client) => {
+                        clients.push((address.clone(), client));
+                        machine.add(1);
+                        inner.counts.borrow_mut().push(Counts::default());
+                        tracing::info!(endpoint = %address, "endpoint added");
+                    }
+                    Err(e) => tracing::warn!(endpoint = %address, error = %e, "endpoint not added"),
+                }
+            }
+            let ids: Vec<&str> = clients.iter().map(|(a, _)| a.as_str()).collect();
+            machine.balancer_mut().set_ring(&ids);
+        }
+        if let Some(watch) = &inner.watch {
+            watch(&self.addresses());
+        }
     }
 
     fn entropy(&self) -> u64 {
@@ -131,6 +222,7 @@ impl LocalCluster {
         mut request: Command,
         opts: CallOpts,
     ) -> Result<Command, CallError> {
+        self.refresh();
         let p = &self.inner.policies;
         let classifier = Classifier {
             retry_possibly_delivered: opts.idempotent,
@@ -168,7 +260,7 @@ impl LocalCluster {
                     } => {
                         sent_any = true;
                         self.count_attempt(endpoint, attempt, call.in_flight());
-                        let client = self.inner.clients[endpoint].clone();
+                        let client = self.inner.clients.borrow()[endpoint].1.clone();
                         let started = self.inner.clock.now();
                         let timeout = deadline - started;
                         let attempt_request = request.clone();
@@ -287,7 +379,7 @@ impl LocalCluster {
 
     /// Closes every endpoint's connections.
     pub fn close(&self) {
-        for c in &self.inner.clients {
+        for (_, c) in self.inner.clients.borrow().iter() {
             c.close();
         }
     }

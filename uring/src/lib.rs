@@ -28,4 +28,5 @@ mod server;
 pub use client::{Client, ClientConfig, LocalClient};
 pub use cluster::{CallOpts, ClusterConfig, Counts, LocalCluster};
 pub use conn::CallFuture;
+pub use remora_core::resilience::resolve::{Resolver, Watch};
 pub use server::{Server, ServerConfig};

@@ -10,4 +10,6 @@ pub mod breaker;
 pub mod call;
 pub mod eject;
 pub mod policies;
+#[cfg(feature = "std")]
+pub mod resolve;
 pub mod retry;
