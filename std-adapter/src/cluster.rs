@@ -8,10 +8,11 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use remora_core::backoff::Backoff;
 use remora_core::resilience::breaker::State as BreakerState;
 use remora_core::resilience::call::{Call, CallOptions, Endpoints, Step};
 use remora_core::resilience::policies::Policies;
-use remora_core::resilience::retry::{Class, Classifier};
+use remora_core::resilience::retry::{Class, Classifier, RetryPolicy, Schedule};
 use remora_core::{Command, Instant};
 
 use crate::conn::Clock;
@@ -64,8 +65,12 @@ impl ClusterConfig {
 }
 
 /// Per-call choices; `None` fields take the cluster's.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct CallOpts {
+    /// The delays between this call's retries.
+    pub backoff: Option<Backoff>,
+    /// Hooks run for this call only, after the cluster's.
+    pub hooks: Vec<Arc<dyn Hook>>,
     /// The call's timeout, all attempts included.
     pub timeout: Option<Duration>,
     /// Attempts, the first included.
@@ -343,12 +348,16 @@ impl Cluster {
         };
         let call_opts = CallOptions {
             timeout: opts.timeout.unwrap_or(config.timeout),
-            retry: config.retry(opts.max_attempts.unwrap_or(config.max_attempts)),
+            retry: RetryPolicy {
+                max_attempts: opts.max_attempts.unwrap_or(config.max_attempts),
+                schedule: Schedule::Exponential(opts.backoff.unwrap_or(config.backoff)),
+            },
             hedge: config.hedge,
             key: opts.hash_key,
         };
+        let hooks: Vec<&Arc<dyn Hook>> = self.inner.hooks.iter().chain(&opts.hooks).collect();
         let mut request = request;
-        for hook in &self.inner.hooks {
+        for hook in &hooks {
             hook.before_send(&mut request);
         }
         let (tx, rx) = mpsc::channel::<(u32, usize, Instant, Result<Command, Error>)>();
@@ -401,7 +410,7 @@ impl Cluster {
                         let outcome = attempt.and_then(|a| outcomes.remove(&a));
                         return match outcome {
                             Some(Ok(mut response)) => {
-                                for hook in &self.inner.hooks {
+                                for hook in &hooks {
                                     hook.after_receive(&mut response);
                                 }
                                 Ok(response)
@@ -459,6 +468,62 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Sends a oneway request to the endpoint the balancer picks (never retried: nothing comes
+    /// back to say it failed, and a write that may have gone out must not be repeated).
+    pub fn oneway(&self, request: Command) -> Result<(), Error> {
+        self.refresh();
+        let config = &self.inner.config.policies;
+        let call_opts = CallOptions {
+            timeout: config.timeout,
+            retry: config.retry(1),
+            hedge: None,
+            key: None,
+        };
+        let mut request = request;
+        for hook in &self.inner.hooks {
+            hook.before_send(&mut request);
+        }
+        let mut steps = Vec::new();
+        let now = self.inner.clock.now();
+        let mut call = Call::start(
+            &mut self.machine(),
+            &call_opts,
+            now,
+            self.entropy(),
+            &mut steps,
+        );
+        let mut result = Err(Error::Unavailable {
+            retry_in: Duration::ZERO,
+        });
+        while let Some(step) = steps.pop() {
+            if let Step::Send {
+                attempt, endpoint, ..
+            } = step
+            {
+                self.count_attempt(endpoint, attempt, &call);
+                let client = self.endpoint(endpoint).client.clone();
+                result = client.oneway(request.clone());
+                let class = match &result {
+                    Ok(()) => Class::Success,
+                    Err(e) if e.is_safe_to_retry() => Class::Retryable,
+                    Err(_) => Class::Fatal,
+                };
+                self.count_outcome(endpoint, class, Duration::ZERO);
+                let entropy = self.entropy();
+                call.handle_outcome(
+                    &mut self.machine(),
+                    &call_opts,
+                    attempt,
+                    class,
+                    self.inner.clock.now(),
+                    entropy,
+                    &mut steps,
+                );
+            }
+        }
+        result
     }
 
     fn count_attempt(&self, endpoint: usize, attempt: u32, call: &Call) {

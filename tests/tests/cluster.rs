@@ -379,3 +379,37 @@ fn uring_cluster_follows_its_resolver() {
     assert_eq!(heard.lock().unwrap().last().unwrap(), &vec![expected]);
     drop((a, b));
 }
+
+#[test]
+fn cluster_oneway_and_per_call_hooks() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    let server = Server::bind("127.0.0.1:0", move |r: Command| {
+        tx.lock()
+            .unwrap()
+            .send(r.ext_fields.get("signedBy").map(String::from))
+            .unwrap();
+        echo(r)
+    })
+    .unwrap();
+    let addr = server.local_addr().to_string();
+    let cluster = Cluster::new(&[addr.as_str()], ClusterConfig::testing()).unwrap();
+    cluster.oneway(Command::oneway(34)).unwrap();
+    assert_eq!(rx.recv_timeout(Duration::from_secs(2)).unwrap(), None);
+    let opts = CallOpts {
+        hooks: vec![Arc::new(Tagger)],
+        ..Default::default()
+    };
+    let response = cluster.call_with(Command::request(1), opts).unwrap();
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(2)).unwrap().as_deref(),
+        Some("tagger")
+    );
+    assert_eq!(
+        response.ext_fields.get("seen"),
+        Some("yes"),
+        "the per-call hook saw the response"
+    );
+    assert_eq!(cluster.totals().successes.load(Ordering::Relaxed), 2);
+    cluster.close();
+}
