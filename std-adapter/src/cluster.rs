@@ -148,6 +148,7 @@ impl EndpointState {
 pub use remora_core::resilience::resolve::{Resolver, Watch};
 
 struct Inner {
+    closed: std::sync::atomic::AtomicBool,
     endpoints: RwLock<Vec<Arc<EndpointState>>>,
     resolver: Resolver,
     resolved_at: Mutex<std::time::Instant>,
@@ -217,8 +218,9 @@ impl Cluster {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
-        Ok(Cluster {
+        let cluster = Cluster {
             inner: Arc::new(Inner {
+                closed: std::sync::atomic::AtomicBool::new(false),
                 endpoints: RwLock::new(endpoints),
                 resolver,
                 resolved_at: Mutex::new(std::time::Instant::now()),
@@ -230,7 +232,15 @@ impl Cluster {
                 entropy: AtomicU64::new(seed | 1),
                 total: Counters::default(),
             }),
-        })
+        };
+        if let Some(probe) = cluster.inner.config.policies.probe {
+            let weak = Arc::downgrade(&cluster.inner);
+            std::thread::Builder::new()
+                .name("remora-cluster-probe".into())
+                .spawn(move || probe_loop(&weak, probe))
+                .map_err(|e| Error::Connect(e.into()))?;
+        }
+        Ok(cluster)
     }
 
     fn endpoints(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<EndpointState>>> {
@@ -589,10 +599,36 @@ impl Cluster {
             .collect()
     }
 
-    /// Closes every endpoint's connections (idempotent).
+    /// Closes every endpoint's connections and stops the probes (idempotent).
     pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
         for ep in self.endpoints().iter() {
             ep.client.close();
+        }
+    }
+}
+
+/// Probes ejected or breaker-open endpoints every `probe.every` until the cluster is closed or
+/// dropped.
+fn probe_loop(inner: &std::sync::Weak<Inner>, probe: remora_core::resilience::policies::Probe) {
+    loop {
+        std::thread::sleep(probe.every);
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let cluster = Cluster { inner };
+        let now = cluster.inner.clock.now();
+        let targets = cluster.machine().needing_probe(now);
+        for i in targets {
+            let ep = cluster.endpoint(i);
+            let timeout = probe.every.min(cluster.inner.config.policies.timeout);
+            let healthy = ep
+                .client
+                .call(Command::request(probe.code), timeout)
+                .is_ok();
+            cluster.machine().probe_result(i, healthy);
+            tracing::info!(endpoint = %ep.address, healthy, "health probe");
         }
     }
 }

@@ -413,3 +413,54 @@ fn cluster_oneway_and_per_call_hooks() {
     assert_eq!(cluster.totals().successes.load(Ordering::Relaxed), 2);
     cluster.close();
 }
+
+#[test]
+fn health_probes_bring_back_an_open_endpoint_before_its_breaker_would() {
+    use remora_core::resilience::breaker::State;
+    use remora_core::resilience::policies::Probe;
+    use std::sync::atomic::AtomicBool;
+    let healthy = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&healthy);
+    let server = Server::bind("127.0.0.1:0", move |r: Command| {
+        if flag.load(Ordering::SeqCst) || r.code == 34 {
+            echo(r)
+        } else {
+            r.response(codes::SYSTEM_BUSY)
+        }
+    })
+    .unwrap();
+    let addr = server.local_addr().to_string();
+    let mut config = ClusterConfig::testing();
+    config.policies.max_attempts = 1;
+    config.policies.breaker.consecutive_failures = 3;
+    config.policies.breaker.open_for = Duration::from_secs(60);
+    config.policies.ejection.consecutive_failures = 0;
+    config.policies.probe = Some(Probe {
+        every: Duration::from_millis(300),
+        code: 34,
+    });
+    let cluster = Cluster::new(&[addr.as_str()], config).unwrap();
+    for _ in 0..3 {
+        let busy = cluster.call(Command::request(1)).unwrap();
+        assert_eq!(busy.code, codes::SYSTEM_BUSY);
+    }
+    assert!(matches!(cluster.report()[0].breaker, State::Open { .. }));
+    assert!(
+        cluster.call(Command::request(1)).is_err(),
+        "open: refused at once"
+    );
+    healthy.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !matches!(cluster.report()[0].breaker, State::Closed) {
+        assert!(
+            Instant::now() < deadline,
+            "the probe never closed the breaker"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        cluster.call(Command::request(1)).unwrap().code,
+        codes::SUCCESS
+    );
+    cluster.close();
+}

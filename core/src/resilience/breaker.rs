@@ -171,6 +171,11 @@ impl Breaker {
         }
     }
 
+    /// A health probe outside normal traffic found the endpoint healthy: close the breaker.
+    pub fn reset(&mut self) {
+        self.close();
+    }
+
     fn trip(&mut self, now: Instant) {
         self.state = State::Open {
             until: now + self.config.open_for,

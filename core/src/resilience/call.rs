@@ -97,6 +97,26 @@ impl Endpoints {
         &self.budget
     }
 
+    /// The endpoints a health probe should check at `now`: not retired, and ejected or with a
+    /// breaker that is not closed (probe-before-use, as the seed clients probe before retrying).
+    pub fn needing_probe(&self, now: Instant) -> Vec<usize> {
+        (0..self.len())
+            .filter(|&i| !self.retired[i])
+            .filter(|&i| {
+                self.ejector.is_ejected(i, now) || self.breakers[i].state() != BreakerState::Closed
+            })
+            .collect()
+    }
+
+    /// A health probe of endpoint `i` ended: healthy closes its breaker and ends its ejection;
+    /// unhealthy changes nothing (the breaker and ejection clocks run on).
+    pub fn probe_result(&mut self, i: usize, healthy: bool) {
+        if healthy && i < self.len() {
+            self.breakers[i].reset();
+            self.ejector.reinstate(i);
+        }
+    }
+
     /// Endpoint `i`'s breaker state.
     pub fn breaker(&self, i: usize) -> BreakerState {
         self.breakers[i].state()

@@ -146,6 +146,15 @@ impl Ejector {
         host.consecutive = 0;
     }
 
+    /// A health probe found endpoint `i` healthy: end its ejection now (its ejection count stays,
+    /// so a relapse is ejected for longer).
+    pub fn reinstate(&mut self, i: usize) {
+        if let Some(h) = self.hosts.get_mut(i) {
+            h.ejected_until = None;
+            h.consecutive = 0;
+        }
+    }
+
     /// A call to endpoint `i` ended at `now`. Returns true if this ejected it.
     pub fn record(&mut self, i: usize, success: bool, now: Instant) -> bool {
         let Some(host) = self.hosts.get_mut(i) else {

@@ -31,6 +31,20 @@ pub struct Policies {
     pub backoff: Backoff,
     /// Backup requests, if any.
     pub hedge: Option<HedgePolicy>,
+    /// Periodic health probes of ejected or breaker-open endpoints, if any.
+    pub probe: Option<Probe>,
+}
+
+/// A health probe: every `every`, each endpoint that is ejected or whose breaker is not closed is
+/// sent a request with `code`; any response (even an error code) proves it alive, closes its
+/// breaker and ends its ejection. RocketMQ clients probe before retrying in the same spirit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct Probe {
+    /// How often.
+    pub every: Duration,
+    /// The request code sent (an unknown code is fine: REQUEST_CODE_NOT_SUPPORTED is an answer).
+    pub code: i32,
 }
 
 impl Policies {
@@ -56,6 +70,7 @@ impl Policies {
                 ..Backoff::default()
             },
             hedge: None,
+            probe: None,
         }
     }
 
