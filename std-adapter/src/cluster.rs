@@ -79,6 +79,8 @@ pub struct CallOpts {
     pub hash_key: Option<u64>,
     /// The request is idempotent: it may be retried even when it may have reached the server.
     pub idempotent: bool,
+    /// This call's per-attempt limit (`None`: the policies').
+    pub per_attempt_timeout: Option<Duration>,
 }
 
 /// Counters of one endpoint (or of the whole cluster).
@@ -364,6 +366,7 @@ impl Cluster {
             },
             hedge: config.hedge,
             key: opts.hash_key,
+            per_attempt: opts.per_attempt_timeout.or(config.per_attempt_timeout),
         };
         let hooks: Vec<&Arc<dyn Hook>> = self.inner.hooks.iter().chain(&opts.hooks).collect();
         let mut request = request;
@@ -447,19 +450,31 @@ impl Cluster {
                 Some((attempt, endpoint, started, outcome)) => {
                     let class = classifier.classify(&outcome);
                     self.count_outcome(endpoint, class, now - started);
+                    let unsent = matches!(&outcome, Err(e) if never_left(e));
                     outcomes.insert(attempt, outcome);
                     let entropy = self.entropy();
                     let mut machine = self.machine();
                     let before = (machine.breaker(endpoint), machine.is_ejected(endpoint, now));
-                    call.handle_outcome(
-                        &mut machine,
-                        &call_opts,
-                        attempt,
-                        class,
-                        now,
-                        entropy,
-                        &mut steps,
-                    );
+                    if unsent {
+                        call.handle_unsent(
+                            &mut machine,
+                            &call_opts,
+                            attempt,
+                            now,
+                            entropy,
+                            &mut steps,
+                        );
+                    } else {
+                        call.handle_outcome(
+                            &mut machine,
+                            &call_opts,
+                            attempt,
+                            class,
+                            now,
+                            entropy,
+                            &mut steps,
+                        );
+                    }
                     let after = (machine.breaker(endpoint), machine.is_ejected(endpoint, now));
                     drop(machine);
                     if before != after {
@@ -490,6 +505,7 @@ impl Cluster {
             retry: config.retry(1),
             hedge: None,
             key: None,
+            per_attempt: None,
         };
         let mut request = request;
         for hook in &self.inner.hooks {
@@ -631,4 +647,17 @@ fn probe_loop(inner: &std::sync::Weak<Inner>, probe: remora_core::resilience::po
             tracing::info!(endpoint = %ep.address, healthy, "health probe");
         }
     }
+}
+
+/// Whether a failed attempt never left this process (so it may be requeued transparently).
+fn never_left(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Connect(_)
+            | Error::Unavailable { .. }
+            | Error::TooManyInFlight
+            | Error::Backpressure
+            | Error::ConnectionLost { written: false }
+            | Error::Timeout { written: false }
+    )
 }

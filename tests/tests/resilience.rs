@@ -23,6 +23,8 @@ struct Behaviour {
     jitter: Duration,
     /// Probability of a retryable failure.
     fail: f64,
+    /// Failures never leave the client (refused connection): transparent requeue.
+    unsent: bool,
 }
 
 /// An attempt's end: (when, call, attempt, endpoint, succeeded).
@@ -90,7 +92,7 @@ fn run(
             continue;
         }
         if next_event == Some(now) {
-            let Reverse((_, id, attempt, _endpoint, ok)) = world.events.pop().unwrap();
+            let Reverse((_, id, attempt, endpoint, ok)) = world.events.pop().unwrap();
             if world.cancelled.contains(&(id, attempt)) {
                 continue;
             }
@@ -98,16 +100,20 @@ fn run(
                 continue;
             };
             steps.clear();
-            let class = if ok { Class::Success } else { Class::Retryable };
-            call.handle_outcome(
-                eps,
-                opts,
-                attempt,
-                class,
-                now,
-                world.rng.next_u64(),
-                &mut steps,
-            );
+            if !ok && world.behaviour[endpoint].unsent {
+                call.handle_unsent(eps, opts, attempt, now, world.rng.next_u64(), &mut steps);
+            } else {
+                let class = if ok { Class::Success } else { Class::Retryable };
+                call.handle_outcome(
+                    eps,
+                    opts,
+                    attempt,
+                    class,
+                    now,
+                    world.rng.next_u64(),
+                    &mut steps,
+                );
+            }
             if ok {
                 tally.successes += 1;
             }
@@ -208,6 +214,7 @@ fn fast(fail: f64) -> Behaviour {
         latency: MS,
         jitter: MS,
         fail,
+        unsent: false,
     }
 }
 
@@ -247,6 +254,7 @@ fn every_call_finishes_exactly_once_across_seeds() {
                 latency: Duration::from_micros(rng.between(100, 20_000)),
                 jitter: Duration::from_micros(rng.between(0, 20_000)),
                 fail: rng.below(60) as f64 / 100.0,
+                unsent: rng.chance(0.3),
             })
             .collect();
         let n = behaviour.len();
@@ -272,6 +280,7 @@ fn every_call_finishes_exactly_once_across_seeds() {
                 max_attempts: 3,
             }),
             key: None,
+            per_attempt: None,
         };
         let mut w = world(seed, behaviour);
         let t = run(
@@ -304,6 +313,7 @@ fn retries_stop_when_the_budget_is_empty() {
         retry: retry_policy(5),
         hedge: None,
         key: None,
+        per_attempt: None,
     };
     let mut w = world(1, vec![fast(1.0); 3]);
     let t = run(&mut eps, &opts, &mut w, 200, 50 * MS);
@@ -324,6 +334,7 @@ fn hedges_go_to_another_endpoint_and_the_first_success_wins() {
         latency: 40 * MS,
         jitter: MS,
         fail: 0.0,
+        unsent: false,
     };
     let mut eps = endpoints(
         3,
@@ -341,6 +352,7 @@ fn hedges_go_to_another_endpoint_and_the_first_success_wins() {
             max_attempts: 2,
         }),
         key: None,
+        per_attempt: None,
     };
     let mut w = world(2, vec![slow, fast(0.0), fast(0.0)]);
     let t = run(&mut eps, &opts, &mut w, 90, 20 * MS);
@@ -367,6 +379,7 @@ fn a_failing_endpoint_is_ejected_and_comes_back() {
         retry: retry_policy(3),
         hedge: None,
         key: None,
+        per_attempt: None,
     };
     let mut w = world(3, vec![fast(1.0), fast(0.0), fast(0.0)]);
     // 60 calls in 300 ms: endpoint 0 fails 3 times, is ejected, and gets nothing more.
@@ -397,9 +410,73 @@ fn max_ejection_percent_holds_when_everything_fails() {
         retry: retry_policy(2),
         hedge: None,
         key: None,
+        per_attempt: None,
     };
     let mut w = world(4, vec![fast(1.0); 10]);
     run(&mut eps, &opts, &mut w, 200, MS);
     let ejected = (0..10).filter(|&i| eps.is_ejected(i, w.now)).count();
     assert_eq!(ejected, 3, "30 % of 10");
+}
+
+#[test]
+fn never_written_failures_requeue_without_using_an_attempt() {
+    let refused = Behaviour {
+        latency: MS,
+        jitter: MS,
+        fail: 1.0,
+        unsent: true,
+    };
+    let mut eps = endpoints(
+        2,
+        EjectionConfig {
+            consecutive_failures: 2,
+            success_rate: None,
+            max_ejection_percent: 50,
+            ..EjectionConfig::default()
+        },
+    );
+    // One attempt only, yet every call succeeds: the refused endpoint's failures are requeued
+    // (and after two of them it is ejected).
+    let opts = CallOptions {
+        timeout: Duration::from_secs(1),
+        retry: retry_policy(1),
+        hedge: None,
+        key: None,
+        per_attempt: None,
+    };
+    let mut w = world(5, vec![refused, fast(0.0)]);
+    let t = run(&mut eps, &opts, &mut w, 20, 10 * MS);
+    assert_eq!(t.successes, 20, "{t:?}");
+    assert!(t.per_endpoint[0] > 0, "the refused endpoint was tried");
+}
+
+#[test]
+fn per_attempt_timeouts_bound_each_attempt() {
+    let slow = Behaviour {
+        latency: 200 * MS,
+        jitter: MS,
+        fail: 0.0,
+        unsent: false,
+    };
+    let mut eps = endpoints(
+        2,
+        EjectionConfig {
+            consecutive_failures: 0,
+            success_rate: None,
+            ..EjectionConfig::default()
+        },
+    );
+    let opts = CallOptions {
+        timeout: Duration::from_secs(1),
+        retry: retry_policy(2),
+        hedge: None,
+        key: None,
+        per_attempt: Some(50 * MS),
+    };
+    // Endpoint 0 is too slow for the per-attempt limit; its attempts end at 50 ms as failures and
+    // the retry goes to endpoint 1.
+    let mut w = world(6, vec![slow, fast(0.0)]);
+    // Few enough calls that the retry budget (10 tokens, retry while > 5) never runs dry.
+    let t = run(&mut eps, &opts, &mut w, 6, 20 * MS);
+    assert_eq!(t.successes, 6, "{t:?}");
 }

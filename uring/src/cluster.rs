@@ -38,6 +38,8 @@ pub struct CallOpts {
     pub hash_key: Option<u64>,
     /// The request is idempotent: it may be retried even when it may have reached the server.
     pub idempotent: bool,
+    /// This call's per-attempt limit (`None`: the policies').
+    pub per_attempt_timeout: Option<Duration>,
 }
 
 /// Attempts, retries, hedges and outcomes, per endpoint or in total.
@@ -233,6 +235,7 @@ impl LocalCluster {
             retry: p.retry(opts.max_attempts.unwrap_or(p.max_attempts)),
             hedge: p.hedge,
             key: opts.hash_key,
+            per_attempt: opts.per_attempt_timeout.or(p.per_attempt_timeout),
         };
         for hook in &self.inner.hooks {
             hook.before_send(&mut request);
@@ -317,17 +320,29 @@ impl LocalCluster {
                     running.remove(&attempt);
                     let class = classifier.classify(&outcome);
                     self.count_outcome(endpoint, class);
+                    let unsent = matches!(&outcome, Err(e) if never_left(e));
                     outcomes.insert(attempt, outcome);
                     let before = (machine.breaker(endpoint), machine.is_ejected(endpoint, now));
-                    call.handle_outcome(
-                        &mut machine,
-                        &call_opts,
-                        attempt,
-                        class,
-                        now,
-                        entropy,
-                        &mut steps,
-                    );
+                    if unsent {
+                        call.handle_unsent(
+                            &mut machine,
+                            &call_opts,
+                            attempt,
+                            now,
+                            entropy,
+                            &mut steps,
+                        );
+                    } else {
+                        call.handle_outcome(
+                            &mut machine,
+                            &call_opts,
+                            attempt,
+                            class,
+                            now,
+                            entropy,
+                            &mut steps,
+                        );
+                    }
                     let after = (machine.breaker(endpoint), machine.is_ejected(endpoint, now));
                     if before != after {
                         tracing::info!(
@@ -383,4 +398,17 @@ impl LocalCluster {
             c.close();
         }
     }
+}
+
+/// Whether a failed attempt never left this process (so it may be requeued transparently).
+fn never_left(e: &CallError) -> bool {
+    matches!(
+        e,
+        CallError::Connect(_)
+            | CallError::Unavailable { .. }
+            | CallError::TooManyInFlight
+            | CallError::Backpressure
+            | CallError::ConnectionLost { written: false }
+            | CallError::Timeout { written: false }
+    )
 }

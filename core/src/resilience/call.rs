@@ -197,12 +197,19 @@ pub struct CallOptions<'a> {
     pub hedge: Option<HedgePolicy>,
     /// The call's hash key (consistent hashing).
     pub key: Option<u64>,
+    /// Each attempt's own limit within the call's timeout (`None`: the call's deadline).
+    pub per_attempt: Option<Duration>,
 }
+
+/// At most this many transparent requeues per call (attempts that never left this process and
+/// are sent again without counting as an attempt).
+pub const MAX_REQUEUES: u32 = 3;
 
 /// What the driver must do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Send attempt number `attempt` (1-based) to endpoint `endpoint`, to end by `deadline`.
+    /// Send attempt number `attempt` (1-based) to endpoint `endpoint`, to end by `deadline`
+    /// (the call's deadline, or sooner with a per-attempt timeout).
     Send {
         /// The attempt's number.
         attempt: u32,
@@ -241,6 +248,7 @@ pub struct Call {
     finished: bool,
     last_class: Option<(u32, Class)>,
     budget_refused: bool,
+    requeues: u32,
 }
 
 impl Call {
@@ -261,6 +269,7 @@ impl Call {
             finished: false,
             last_class: None,
             budget_refused: false,
+            requeues: 0,
         };
         eps.budget.on_request(now);
         call.send(eps, opts, now, entropy, out);
@@ -331,10 +340,14 @@ impl Call {
             endpoint,
             live: true,
         });
+        let deadline = match opts.per_attempt {
+            Some(limit) => self.deadline.min(now + limit),
+            None => self.deadline,
+        };
         out.push(Step::Send {
             attempt: number,
             endpoint,
-            deadline: self.deadline,
+            deadline,
         });
         self.hedge_at = opts
             .hedge
@@ -395,7 +408,7 @@ impl Call {
             return;
         }
         match opts.retry.decide(
-            self.attempts.len() as u32,
+            self.attempts.len() as u32 - self.requeues,
             class,
             &eps.budget,
             now,
@@ -414,6 +427,36 @@ impl Call {
                 self.finish(eps, now, out)
             }
         }
+    }
+
+    /// Attempt `attempt` failed without ever leaving this process (never written, or no
+    /// connection could be made) at `now`: it is sent again at once, to another endpoint if one is
+    /// available, without using an attempt — a transparent requeue, paid from the retry budget and
+    /// at most [`MAX_REQUEUES`] times. Past that it is an ordinary retryable outcome.
+    pub fn handle_unsent(
+        &mut self,
+        eps: &mut Endpoints,
+        opts: &CallOptions<'_>,
+        attempt: u32,
+        now: Instant,
+        entropy: u64,
+        out: &mut Vec<Step>,
+    ) {
+        let requeue = self.requeues < MAX_REQUEUES
+            && now < self.deadline
+            && eps.budget.allows_retry()
+            && self.attempts.iter().any(|a| a.number == attempt && a.live);
+        if !requeue || self.finished {
+            return self.handle_outcome(eps, opts, attempt, Class::Retryable, now, entropy, out);
+        }
+        if let Some(a) = self.attempts.iter_mut().find(|a| a.number == attempt) {
+            a.live = false;
+            let endpoint = a.endpoint;
+            eps.ended(endpoint, Some(Class::Retryable), now);
+        }
+        self.last_class = Some((attempt, Class::Retryable));
+        self.requeues += 1;
+        self.send(eps, opts, now, entropy, out);
     }
 
     /// The clock reached `now` (at or after [`Call::poll_timeout`]).

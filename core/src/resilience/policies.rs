@@ -25,6 +25,8 @@ pub struct Policies {
     pub budget: BudgetKind,
     /// A call's timeout, all attempts included.
     pub timeout: Duration,
+    /// Each attempt's own limit within the call's timeout (`None`: the call's deadline).
+    pub per_attempt_timeout: Option<Duration>,
     /// Attempts per call, the first included.
     pub max_attempts: u32,
     /// Delay between retries.
@@ -62,6 +64,7 @@ impl Policies {
                 token_ratio: 0.1,
             },
             timeout: Duration::from_secs(3),
+            per_attempt_timeout: None,
             max_attempts: 3,
             backoff: Backoff {
                 initial: Duration::from_millis(100),
