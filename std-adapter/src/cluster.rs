@@ -81,6 +81,9 @@ pub struct CallOpts {
     pub idempotent: bool,
     /// This call's per-attempt limit (`None`: the policies').
     pub per_attempt_timeout: Option<Duration>,
+    /// Response codes this call treats as retryable, replacing the default set (e.g. a
+    /// service's own "try later" code).
+    pub retryable_codes: Option<Vec<i32>>,
 }
 
 /// Counters of one endpoint (or of the whole cluster).
@@ -354,10 +357,13 @@ impl Cluster {
     pub fn call_with(&self, request: Command, opts: CallOpts) -> Result<Command, Error> {
         self.refresh();
         let config = &self.inner.config.policies;
-        let classifier = Classifier {
+        let mut classifier = Classifier {
             retry_possibly_delivered: opts.idempotent,
             ..Classifier::default()
         };
+        if let Some(codes) = &opts.retryable_codes {
+            classifier.retryable_codes = codes;
+        }
         let call_opts = CallOptions {
             timeout: opts.timeout.unwrap_or(config.timeout),
             retry: RetryPolicy {

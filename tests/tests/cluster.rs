@@ -464,3 +464,53 @@ fn health_probes_bring_back_an_open_endpoint_before_its_breaker_would() {
     );
     cluster.close();
 }
+
+#[test]
+fn per_call_retryable_codes_and_uring_oneway() {
+    use std::sync::atomic::AtomicU32;
+    // A server whose own "try later" code is 408, answered to every other request.
+    let n = Arc::new(AtomicU32::new(0));
+    let count = Arc::clone(&n);
+    let server = Server::bind("127.0.0.1:0", move |r: Command| {
+        if count.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+            r.response(408)
+        } else {
+            echo(r)
+        }
+    })
+    .unwrap();
+    let addr = server.local_addr().to_string();
+    let cluster = Cluster::new(&[addr.as_str()], ClusterConfig::testing()).unwrap();
+    let opts = CallOpts {
+        retryable_codes: Some(vec![408]),
+        ..Default::default()
+    };
+    let retried = cluster.call_with(Command::request(1), opts).unwrap();
+    assert_eq!(retried.code, codes::SUCCESS, "408 retried for this call");
+    assert_eq!(n.load(Ordering::SeqCst), 2, "one 408, one retry");
+    let plain = cluster.call(Command::request(1)).unwrap();
+    assert_eq!(plain.code, 408, "not retryable by default");
+
+    cluster.close();
+
+    let config = remora_uring::ClusterConfig {
+        policies: remora_core::resilience::policies::Policies::testing(),
+        ..Default::default()
+    };
+    tokio_uring::start(async move {
+        let cluster =
+            remora_uring::LocalCluster::new(&[addr.as_str()], config, Vec::new()).unwrap();
+        cluster.oneway(Command::oneway(34)).await.unwrap();
+        assert_eq!(cluster.counts()[0].successes, 1);
+        // A oneway is queued, not yet written, when oneway() returns; let the writer run before
+        // close() (which drops unsent bytes).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        cluster.close();
+    });
+    // The oneway reached the server.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while n.load(Ordering::SeqCst) < 4 {
+        assert!(Instant::now() < deadline, "oneway never arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

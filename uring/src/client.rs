@@ -19,7 +19,7 @@ use tokio_uring::net::TcpStream;
 use crate::conn::{CallFuture, Clock, Conn};
 
 /// How a client behaves.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ClientConfig {
     /// Each connection's machine (`max_waiters` is the most calls in flight per connection).
     pub connection: Config,
@@ -142,7 +142,8 @@ impl LocalClient {
         self.acquire().await?.call(request, timeout)
     }
 
-    /// Queues a oneway request.
+    /// Queues a oneway request; the connection's writer sends it on its next turn. A
+    /// [`close`](LocalClient::close) before then drops it (close discards unsent bytes).
     pub async fn oneway(&self, request: Command) -> Result<(), CallError> {
         self.acquire().await?.oneway(request)
     }

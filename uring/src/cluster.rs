@@ -8,18 +8,19 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use remora_core::backoff::Backoff;
 use remora_core::resilience::breaker::State as BreakerState;
 use remora_core::resilience::call::{Call, CallOptions, Endpoints, Step};
 use remora_core::resilience::policies::Policies;
 use remora_core::resilience::resolve::{Resolver, Watch};
-use remora_core::resilience::retry::{Class, Classifier};
+use remora_core::resilience::retry::{Class, Classifier, RetryPolicy, Schedule};
 use remora_core::{CallError, Command, Hook, Instant, NotSupported};
 
 use crate::client::{ClientConfig, LocalClient};
 use crate::conn::Clock;
 
 /// How a [`LocalCluster`] behaves: each endpoint's client, and the core's resilience policies.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ClusterConfig {
     /// Each endpoint's client.
     pub client: ClientConfig,
@@ -28,8 +29,12 @@ pub struct ClusterConfig {
 }
 
 /// Per-call choices; `None` fields take the cluster's.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct CallOpts {
+    /// The delays between this call's retries.
+    pub backoff: Option<Backoff>,
+    /// Hooks run for this call only, after the cluster's.
+    pub hooks: Vec<Arc<dyn Hook>>,
     /// The call's timeout, all attempts included.
     pub timeout: Option<Duration>,
     /// Attempts, the first included.
@@ -40,6 +45,9 @@ pub struct CallOpts {
     pub idempotent: bool,
     /// This call's per-attempt limit (`None`: the policies').
     pub per_attempt_timeout: Option<Duration>,
+    /// Response codes this call treats as retryable, replacing the default set (e.g. a
+    /// service's own "try later" code).
+    pub retryable_codes: Option<Vec<i32>>,
 }
 
 /// Attempts, retries, hedges and outcomes, per endpoint or in total.
@@ -226,18 +234,25 @@ impl LocalCluster {
     ) -> Result<Command, CallError> {
         self.refresh();
         let p = &self.inner.policies;
-        let classifier = Classifier {
+        let mut classifier = Classifier {
             retry_possibly_delivered: opts.idempotent,
             ..Classifier::default()
         };
+        if let Some(codes) = &opts.retryable_codes {
+            classifier.retryable_codes = codes;
+        }
         let call_opts = CallOptions {
             timeout: opts.timeout.unwrap_or(p.timeout),
-            retry: p.retry(opts.max_attempts.unwrap_or(p.max_attempts)),
+            retry: RetryPolicy {
+                max_attempts: opts.max_attempts.unwrap_or(p.max_attempts),
+                schedule: Schedule::Exponential(opts.backoff.unwrap_or(p.backoff)),
+            },
             hedge: p.hedge,
             key: opts.hash_key,
             per_attempt: opts.per_attempt_timeout.or(p.per_attempt_timeout),
         };
-        for hook in &self.inner.hooks {
+        let hooks: Vec<&Arc<dyn Hook>> = self.inner.hooks.iter().chain(&opts.hooks).collect();
+        for hook in &hooks {
             hook.before_send(&mut request);
         }
         type Outcome = (u32, usize, Instant, Result<Command, CallError>);
@@ -291,7 +306,7 @@ impl LocalCluster {
                         }
                         return match attempt.and_then(|a| outcomes.remove(&a)) {
                             Some(Ok(mut response)) => {
-                                for hook in &self.inner.hooks {
+                                for hook in &hooks {
                                     hook.after_receive(&mut response);
                                 }
                                 Ok(response)
@@ -356,6 +371,62 @@ impl LocalCluster {
                 None => call.handle_timeout(&mut machine, &call_opts, now, entropy, &mut steps),
             }
         }
+    }
+
+    /// Sends a oneway request to the endpoint the balancer picks (never retried: nothing reports
+    /// a failure, and a possibly-sent oneway must not repeat).
+    pub async fn oneway(&self, mut request: Command) -> Result<(), CallError> {
+        self.refresh();
+        let p = &self.inner.policies;
+        let call_opts = CallOptions {
+            timeout: p.timeout,
+            retry: p.retry(1),
+            hedge: None,
+            key: None,
+            per_attempt: None,
+        };
+        for hook in &self.inner.hooks {
+            hook.before_send(&mut request);
+        }
+        let mut steps = Vec::new();
+        let now = self.inner.clock.now();
+        let mut call = Call::start(
+            &mut self.inner.machine.borrow_mut(),
+            &call_opts,
+            now,
+            self.entropy(),
+            &mut steps,
+        );
+        let mut result = Err(CallError::Unavailable {
+            retry_in: Duration::ZERO,
+        });
+        while let Some(step) = steps.pop() {
+            if let Step::Send {
+                attempt, endpoint, ..
+            } = step
+            {
+                self.count_attempt(endpoint, attempt, call.in_flight());
+                let client = self.inner.clients.borrow()[endpoint].1.clone();
+                result = client.oneway(request.clone()).await;
+                let class = match &result {
+                    Ok(()) => Class::Success,
+                    Err(e) if e.is_safe_to_retry() => Class::Retryable,
+                    Err(_) => Class::Fatal,
+                };
+                self.count_outcome(endpoint, class);
+                let entropy = self.entropy();
+                call.handle_outcome(
+                    &mut self.inner.machine.borrow_mut(),
+                    &call_opts,
+                    attempt,
+                    class,
+                    self.inner.clock.now(),
+                    entropy,
+                    &mut steps,
+                );
+            }
+        }
+        result
     }
 
     fn count_attempt(&self, endpoint: usize, attempt: u32, in_flight: u32) {
