@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
 use remora_core::backoff::Backoff;
 use remora_core::resilience::breaker::State as BreakerState;
 use remora_core::resilience::call::{Call, CallOptions, Endpoints, Step};
@@ -82,6 +83,7 @@ struct Inner {
     clock: Clock,
     entropy: Cell<u64>,
     counts: RefCell<Vec<Counts>>,
+    latency: RefCell<Vec<Histogram<u64>>>,
 }
 
 /// A multi-endpoint client for code on a tokio-uring thread. Clone it within the thread.
@@ -145,6 +147,7 @@ impl LocalCluster {
                 clock,
                 entropy: Cell::new(0x853C_49E6_748F_EA9B),
                 counts: RefCell::new(vec![Counts::default(); n]),
+                latency: RefCell::new(vec![histogram(); n]),
             }),
         })
     }
@@ -200,6 +203,7 @@ impl LocalCluster {
                         clients.push((address.clone(), client));
                         machine.add(1);
                         inner.counts.borrow_mut().push(Counts::default());
+                        inner.latency.borrow_mut().push(histogram());
                         tracing::info!(endpoint = %address, "endpoint added");
                     }
                     Err(e) => tracing::warn!(endpoint = %address, error = %e, "endpoint not added"),
@@ -331,10 +335,12 @@ impl LocalCluster {
             let entropy = self.entropy();
             let mut machine = self.inner.machine.borrow_mut();
             match next {
-                Some((attempt, endpoint, _started, outcome)) => {
+                Some((attempt, endpoint, started, outcome)) => {
                     running.remove(&attempt);
                     let class = classifier.classify(&outcome);
                     self.count_outcome(endpoint, class);
+                    let micros = (now - started).as_micros() as u64;
+                    let _ = self.inner.latency.borrow_mut()[endpoint].record(micros);
                     let unsent = matches!(&outcome, Err(e) if never_left(e));
                     outcomes.insert(attempt, outcome);
                     let before = (machine.breaker(endpoint), machine.is_ejected(endpoint, now));
@@ -452,6 +458,29 @@ impl LocalCluster {
         }
     }
 
+    /// Endpoint `i`'s attempt latency: p50, p99 and max, in microseconds.
+    pub fn latency_us(&self, i: usize) -> (u64, u64, u64) {
+        let h = &self.inner.latency.borrow()[i];
+        (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
+    }
+
+    /// Counts over all endpoints.
+    pub fn totals(&self) -> Counts {
+        self.inner
+            .counts
+            .borrow()
+            .iter()
+            .fold(Counts::default(), |t, c| Counts {
+                attempts: t.attempts + c.attempts,
+                retries: t.retries + c.retries,
+                hedges: t.hedges + c.hedges,
+                successes: t.successes + c.successes,
+                retryable_failures: t.retryable_failures + c.retryable_failures,
+                fatal_failures: t.fatal_failures + c.fatal_failures,
+                budget_exhausted: t.budget_exhausted + c.budget_exhausted,
+            })
+    }
+
     /// Counts per endpoint, in the order of the addresses given.
     pub fn counts(&self) -> Vec<Counts> {
         self.inner.counts.borrow().clone()
@@ -482,4 +511,8 @@ fn never_left(e: &CallError) -> bool {
             | CallError::ConnectionLost { written: false }
             | CallError::Timeout { written: false }
     )
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }

@@ -175,6 +175,14 @@ impl Endpoints {
         None
     }
 
+    /// An attempt on endpoint `i` never left this process: the endpoint's health pays (it may be
+    /// unreachable), the retry budget does not (the server saw no load).
+    fn ended_unsent(&mut self, i: usize, now: Instant) {
+        self.in_flight[i] = self.in_flight[i].saturating_sub(1);
+        self.breakers[i].record(false, now);
+        self.ejector.record(i, false, now);
+    }
+
     /// An attempt on endpoint `i` ended as `class` (`None`: cancelled, no verdict).
     fn ended(&mut self, i: usize, class: Option<Class>, now: Instant) {
         self.in_flight[i] = self.in_flight[i].saturating_sub(1);
@@ -452,7 +460,7 @@ impl Call {
         if let Some(a) = self.attempts.iter_mut().find(|a| a.number == attempt) {
             a.live = false;
             let endpoint = a.endpoint;
-            eps.ended(endpoint, Some(Class::Retryable), now);
+            eps.ended_unsent(endpoint, now);
         }
         self.last_class = Some((attempt, Class::Retryable));
         self.requeues += 1;
