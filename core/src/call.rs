@@ -156,6 +156,20 @@ impl CallError {
         }
     }
 
+    /// Whether the request never left this process (no connection, never written, or refused by
+    /// a local limit): it may be requeued transparently, without using an attempt.
+    pub fn never_left(&self) -> bool {
+        matches!(
+            self,
+            CallError::Connect(_)
+                | CallError::Unavailable { .. }
+                | CallError::TooManyInFlight
+                | CallError::Backpressure
+                | CallError::ConnectionLost { written: false }
+                | CallError::Timeout { written: false }
+        )
+    }
+
     /// Whether retrying can only help and never duplicate: the request never left this process,
     /// and the cause is transient.
     pub fn is_safe_to_retry(&self) -> bool {

@@ -150,6 +150,7 @@ impl EndpointState {
     }
 }
 
+use remora_core::resilience::resolve::diff;
 pub use remora_core::resilience::resolve::{Resolver, Watch};
 
 struct Inner {
@@ -289,33 +290,27 @@ impl Cluster {
             *at = std::time::Instant::now();
         }
         let wanted = self.inner.resolver.resolve();
-        if wanted.is_empty() {
-            // A resolver that finds nothing keeps the last known endpoints rather than none.
-            return;
-        }
-        let current = self.addresses();
-        if wanted.iter().collect::<std::collections::BTreeSet<_>>()
-            == current.iter().collect::<std::collections::BTreeSet<_>>()
-        {
-            return;
-        }
         let mut endpoints = self
             .inner
             .endpoints
             .write()
             .unwrap_or_else(|e| e.into_inner());
         let mut machine = self.machine();
-        for (i, ep) in endpoints.iter().enumerate() {
-            if !machine.is_retired(i) && !wanted.contains(&ep.address) {
-                machine.retire(i);
-                ep.client.close();
-                tracing::info!(endpoint = %ep.address, "endpoint retired: no longer resolved");
-            }
+        let current: Vec<(usize, &str)> = endpoints
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !machine.is_retired(*i))
+            .map(|(i, e)| (i, e.address.as_str()))
+            .collect();
+        let Some((retire, add)) = diff(&current, &wanted) else {
+            return;
+        };
+        for i in retire {
+            machine.retire(i);
+            endpoints[i].client.close();
+            tracing::info!(endpoint = %endpoints[i].address, "endpoint retired: no longer resolved");
         }
-        for address in &wanted {
-            if current.contains(address) {
-                continue;
-            }
+        for address in &add {
             match EndpointState::new(address, self.inner.config.client) {
                 Ok(ep) => {
                     endpoints.push(Arc::new(ep));
@@ -456,7 +451,7 @@ impl Cluster {
                 Some((attempt, endpoint, started, outcome)) => {
                     let class = classifier.classify(&outcome);
                     self.count_outcome(endpoint, class, now - started);
-                    let unsent = matches!(&outcome, Err(e) if never_left(e));
+                    let unsent = matches!(&outcome, Err(e) if e.never_left());
                     outcomes.insert(attempt, outcome);
                     let entropy = self.entropy();
                     let mut machine = self.machine();
@@ -653,17 +648,4 @@ fn probe_loop(inner: &std::sync::Weak<Inner>, probe: remora_core::resilience::po
             tracing::info!(endpoint = %ep.address, healthy, "health probe");
         }
     }
-}
-
-/// Whether a failed attempt never left this process (so it may be requeued transparently).
-fn never_left(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::Connect(_)
-            | Error::Unavailable { .. }
-            | Error::TooManyInFlight
-            | Error::Backpressure
-            | Error::ConnectionLost { written: false }
-            | Error::Timeout { written: false }
-    )
 }

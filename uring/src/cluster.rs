@@ -13,7 +13,7 @@ use remora_core::backoff::Backoff;
 use remora_core::resilience::breaker::State as BreakerState;
 use remora_core::resilience::call::{Call, CallOptions, Endpoints, Step};
 use remora_core::resilience::policies::Policies;
-use remora_core::resilience::resolve::{Resolver, Watch};
+use remora_core::resilience::resolve::{diff, Resolver, Watch};
 use remora_core::resilience::retry::{Class, Classifier, RetryPolicy, Schedule};
 use remora_core::{CallError, Command, Hook, Instant, NotSupported};
 
@@ -177,28 +177,30 @@ impl LocalCluster {
         }
         inner.resolved_at.set(now);
         let wanted = inner.resolver.resolve();
-        let current = self.addresses();
-        let same = wanted.iter().collect::<std::collections::BTreeSet<_>>()
-            == current.iter().collect::<std::collections::BTreeSet<_>>();
-        if wanted.is_empty() || same {
-            return;
-        }
         {
             let mut clients = inner.clients.borrow_mut();
             let mut machine = inner.machine.borrow_mut();
-            for (i, (address, client)) in clients.iter().enumerate() {
-                if !machine.is_retired(i) && !wanted.contains(address) {
-                    machine.retire(i);
-                    client.close();
-                    tracing::info!(endpoint = %address, "endpoint retired: no longer resolved");
-                }
+            let current: Vec<(usize, &str)> = clients
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !machine.is_retired(*i))
+                .map(|(i, (a, _))| (i, a.as_str()))
+                .collect();
+            let Some((retire, add)) = diff(&current, &wanted) else {
+                return;
+            };
+            for i in retire {
+                machine.retire(i);
+                clients[i].1.close();
+                tracing::info!(endpoint = %clients[i].0, "endpoint retired: no longer resolved");
             }
-            for address in wanted.iter().filter(|a| !current.contains(a)) {
-                match LocalClient::lazy(
+            for address in &add {
+                let client = LocalClient::lazy(
                     address.as_str(),
                     inner.client_config,
                     Arc::new(NotSupported),
-                ) {
+                );
+                match client {
                     Ok(client) => {
                         clients.push((address.clone(), client));
                         machine.add(1);
@@ -341,7 +343,7 @@ impl LocalCluster {
                     self.count_outcome(endpoint, class);
                     let micros = (now - started).as_micros() as u64;
                     let _ = self.inner.latency.borrow_mut()[endpoint].record(micros);
-                    let unsent = matches!(&outcome, Err(e) if never_left(e));
+                    let unsent = matches!(&outcome, Err(e) if e.never_left());
                     outcomes.insert(attempt, outcome);
                     let before = (machine.breaker(endpoint), machine.is_ejected(endpoint, now));
                     if unsent {
@@ -498,19 +500,6 @@ impl LocalCluster {
             c.close();
         }
     }
-}
-
-/// Whether a failed attempt never left this process (so it may be requeued transparently).
-fn never_left(e: &CallError) -> bool {
-    matches!(
-        e,
-        CallError::Connect(_)
-            | CallError::Unavailable { .. }
-            | CallError::TooManyInFlight
-            | CallError::Backpressure
-            | CallError::ConnectionLost { written: false }
-            | CallError::Timeout { written: false }
-    )
 }
 
 fn histogram() -> Histogram<u64> {

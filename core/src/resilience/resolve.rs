@@ -60,3 +60,45 @@ impl Resolver {
 
 /// Called with the current endpoints whenever the set changes.
 pub type Watch = Arc<dyn Fn(&[String]) + Send + Sync>;
+
+/// What to change to go from the endpoints a client has (`current`, with the indices of those
+/// not yet retired) to the set a resolver returned (`wanted`): the indices to retire and the
+/// addresses to add. `None` when nothing changes or the resolver found nothing (keep the last
+/// known endpoints rather than none).
+pub fn diff(current: &[(usize, &str)], wanted: &[String]) -> Option<(Vec<usize>, Vec<String>)> {
+    if wanted.is_empty() {
+        return None;
+    }
+    let retire: Vec<usize> = current
+        .iter()
+        .filter(|(_, a)| !wanted.iter().any(|w| w == a))
+        .map(|(i, _)| *i)
+        .collect();
+    let add: Vec<String> = wanted
+        .iter()
+        .filter(|w| !current.iter().any(|(_, a)| a == w))
+        .cloned()
+        .collect();
+    (!retire.is_empty() || !add.is_empty()).then_some((retire, add))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_retires_the_gone_and_adds_the_new() {
+        let current = [(0, "a:1"), (2, "b:1")];
+        let wanted = ["b:1".to_string(), "c:1".to_string()];
+        assert_eq!(
+            diff(&current, &wanted),
+            Some((vec![0], vec!["c:1".to_string()]))
+        );
+        assert_eq!(diff(&current, &["a:1".into(), "b:1".into()]), None);
+        assert_eq!(
+            diff(&current, &[]),
+            None,
+            "an empty answer keeps what we have"
+        );
+    }
+}
