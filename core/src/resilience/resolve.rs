@@ -85,6 +85,7 @@ pub fn diff(current: &[(usize, &str)], wanted: &[String]) -> Option<(Vec<usize>,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::vec;
 
     #[test]
     fn diff_retires_the_gone_and_adds_the_new() {
