@@ -165,6 +165,8 @@ struct Inner {
     clock: Clock,
     entropy: AtomicU64,
     total: Counters,
+    /// Attempt latency over all endpoints (for percentile hedging).
+    latency: Mutex<Histogram<u64>>,
 }
 
 /// A client over several endpoints of one service. Cheap to clone; share it between threads.
@@ -237,6 +239,9 @@ impl Cluster {
                 clock: Clock::new(),
                 entropy: AtomicU64::new(seed | 1),
                 total: Counters::default(),
+                latency: Mutex::new(
+                    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+                ),
             }),
         };
         if let Some(probe) = cluster.inner.config.policies.probe {
@@ -365,7 +370,10 @@ impl Cluster {
                 max_attempts: opts.max_attempts.unwrap_or(config.max_attempts),
                 schedule: Schedule::Exponential(opts.backoff.unwrap_or(config.backoff)),
             },
-            hedge: config.hedge,
+            hedge: config.hedge_for(|q| {
+                let h = self.inner.latency.lock().unwrap_or_else(|e| e.into_inner());
+                (h.len() >= 100).then(|| Duration::from_micros(h.value_at_quantile(q)))
+            }),
             key: opts.hash_key,
             per_attempt: opts.per_attempt_timeout.or(config.per_attempt_timeout),
         };
@@ -400,7 +408,7 @@ impl Cluster {
                         let timeout = deadline - self.inner.clock.now();
                         let attempt_request = request.clone();
                         let started = self.inner.clock.now();
-                        if config.hedge.is_some() {
+                        if call_opts.hedge.is_some() {
                             // Hedged calls need attempts in parallel: each on a thread of its own.
                             let tx = tx.clone();
                             std::thread::spawn(move || {
@@ -579,11 +587,16 @@ impl Cluster {
             };
             counter.fetch_add(1, Ordering::Relaxed);
         }
+        let micros = latency.as_micros() as u64;
         let _ = ep
             .latency
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .record(latency.as_micros() as u64);
+            .record(micros);
+        if class == Class::Success {
+            let mut all = self.inner.latency.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = all.record(micros);
+        }
     }
 
     /// Counters over all endpoints.

@@ -514,3 +514,59 @@ fn per_call_retryable_codes_and_uring_oneway() {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+#[test]
+fn uring_health_probes_close_an_open_breaker() {
+    use remora_core::resilience::breaker::State;
+    use remora_core::resilience::policies::{Policies, Probe};
+    use std::sync::atomic::AtomicBool;
+    let healthy = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&healthy);
+    let server = Server::bind("127.0.0.1:0", move |r: Command| {
+        if flag.load(Ordering::SeqCst) || r.code == 34 {
+            echo(r)
+        } else {
+            r.response(codes::SYSTEM_BUSY)
+        }
+    })
+    .unwrap();
+    let addr = server.local_addr().to_string();
+    let mut policies = Policies::testing();
+    policies.max_attempts = 1;
+    policies.breaker.consecutive_failures = 3;
+    policies.breaker.open_for = Duration::from_secs(60);
+    policies.ejection.consecutive_failures = 0;
+    policies.probe = Some(Probe {
+        every: Duration::from_millis(300),
+        code: 34,
+    });
+    let config = remora_uring::ClusterConfig {
+        policies,
+        ..Default::default()
+    };
+    tokio_uring::start(async move {
+        let cluster =
+            remora_uring::LocalCluster::new(&[addr.as_str()], config, Vec::new()).unwrap();
+        for _ in 0..3 {
+            assert_eq!(
+                cluster.call(Command::request(1)).await.unwrap().code,
+                codes::SYSTEM_BUSY
+            );
+        }
+        assert!(matches!(cluster.health(0).0, State::Open { .. }));
+        healthy.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while !matches!(cluster.health(0).0, State::Closed) {
+            assert!(
+                Instant::now() < deadline,
+                "the probe never closed the breaker"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            cluster.call(Command::request(1)).await.unwrap().code,
+            codes::SUCCESS
+        );
+        cluster.close();
+    });
+}

@@ -84,6 +84,11 @@ struct Inner {
     entropy: Cell<u64>,
     counts: RefCell<Vec<Counts>>,
     latency: RefCell<Vec<Histogram<u64>>>,
+    /// Successful attempts' latency over all endpoints (for percentile hedging).
+    all_latency: RefCell<Histogram<u64>>,
+    /// Whether the probe task was started (on the first call, inside the runtime).
+    probing: Cell<bool>,
+    closed: Cell<bool>,
 }
 
 /// A multi-endpoint client for code on a tokio-uring thread. Clone it within the thread.
@@ -148,6 +153,9 @@ impl LocalCluster {
                 entropy: Cell::new(0x853C_49E6_748F_EA9B),
                 counts: RefCell::new(vec![Counts::default(); n]),
                 latency: RefCell::new(vec![histogram(); n]),
+                all_latency: RefCell::new(histogram()),
+                probing: Cell::new(false),
+                closed: Cell::new(false),
             }),
         })
     }
@@ -163,6 +171,38 @@ impl LocalCluster {
             .filter(|(i, _)| !machine.is_retired(*i))
             .map(|(_, (a, _))| a.clone())
             .collect()
+    }
+
+    /// Starts the periodic health probes, if configured and not started yet.
+    fn start_probes(&self) {
+        let Some(probe) = self.inner.policies.probe else {
+            return;
+        };
+        if self.inner.probing.replace(true) {
+            return;
+        }
+        let weak = Rc::downgrade(&self.inner);
+        tokio_uring::spawn(async move {
+            loop {
+                tokio::time::sleep(probe.every).await;
+                let Some(inner) = weak.upgrade() else { return };
+                if inner.closed.get() {
+                    return;
+                }
+                let now = inner.clock.now();
+                let targets = inner.machine.borrow().needing_probe(now);
+                for i in targets {
+                    let client = inner.clients.borrow()[i].1.clone();
+                    let timeout = probe.every.min(inner.policies.timeout);
+                    let healthy = client
+                        .call(Command::request(probe.code), timeout)
+                        .await
+                        .is_ok();
+                    inner.machine.borrow_mut().probe_result(i, healthy);
+                    tracing::info!(endpoint = i, healthy, "health probe");
+                }
+            }
+        });
     }
 
     /// Resolves again if the resolver's interval has passed, and applies the difference.
@@ -238,6 +278,7 @@ impl LocalCluster {
         mut request: Command,
         opts: CallOpts,
     ) -> Result<Command, CallError> {
+        self.start_probes();
         self.refresh();
         let p = &self.inner.policies;
         let mut classifier = Classifier {
@@ -253,7 +294,10 @@ impl LocalCluster {
                 max_attempts: opts.max_attempts.unwrap_or(p.max_attempts),
                 schedule: Schedule::Exponential(opts.backoff.unwrap_or(p.backoff)),
             },
-            hedge: p.hedge,
+            hedge: p.hedge_for(|q| {
+                let h = self.inner.all_latency.borrow();
+                (h.len() >= 100).then(|| Duration::from_micros(h.value_at_quantile(q)))
+            }),
             key: opts.hash_key,
             per_attempt: opts.per_attempt_timeout.or(p.per_attempt_timeout),
         };
@@ -343,6 +387,9 @@ impl LocalCluster {
                     self.count_outcome(endpoint, class);
                     let micros = (now - started).as_micros() as u64;
                     let _ = self.inner.latency.borrow_mut()[endpoint].record(micros);
+                    if class == Class::Success {
+                        let _ = self.inner.all_latency.borrow_mut().record(micros);
+                    }
                     let unsent = matches!(&outcome, Err(e) if e.never_left());
                     outcomes.insert(attempt, outcome);
                     let before = (machine.breaker(endpoint), machine.is_ejected(endpoint, now));
@@ -494,8 +541,9 @@ impl LocalCluster {
         (m.breaker(i), m.is_ejected(i, self.inner.clock.now()))
     }
 
-    /// Closes every endpoint's connections.
+    /// Closes every endpoint's connections and stops the probes.
     pub fn close(&self) {
+        self.inner.closed.set(true);
         for (_, c) in self.inner.clients.borrow().iter() {
             c.close();
         }

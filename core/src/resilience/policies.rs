@@ -33,6 +33,10 @@ pub struct Policies {
     pub backoff: Backoff,
     /// Backup requests, if any.
     pub hedge: Option<HedgePolicy>,
+    /// Hedge after this quantile (0..1) of recent attempt latency instead of the fixed delay,
+    /// once there are enough samples (Finagle's backup requests); the fixed delay is the
+    /// fallback.
+    pub hedge_percentile: Option<f64>,
     /// Periodic health probes of ejected or breaker-open endpoints, if any.
     pub probe: Option<Probe>,
 }
@@ -73,6 +77,7 @@ impl Policies {
                 ..Backoff::default()
             },
             hedge: None,
+            hedge_percentile: None,
             probe: None,
         }
     }
@@ -100,6 +105,22 @@ impl Policies {
         }
     }
 
+    /// The hedging policy for a call, given recent attempt latency: the configured one, with its
+    /// delay replaced by the `hedge_percentile` quantile of `latency` when that is set and
+    /// `latency` has at least `min_samples` samples (kept below `timeout`).
+    pub fn hedge_for(
+        &self,
+        quantile_latency: impl FnOnce(f64) -> Option<Duration>,
+    ) -> Option<HedgePolicy> {
+        let mut hedge = self.hedge?;
+        if let Some(q) = self.hedge_percentile {
+            if let Some(d) = quantile_latency(q.clamp(0.0, 1.0)) {
+                hedge.delay = d.min(self.timeout / 2).max(Duration::from_micros(100));
+            }
+        }
+        Some(hedge)
+    }
+
     /// The retry policy for `max_attempts` attempts.
     pub fn retry(&self, max_attempts: u32) -> RetryPolicy<'static> {
         RetryPolicy {
@@ -122,6 +143,11 @@ impl Policies {
         if let Some(h) = self.hedge {
             h.validate(self.timeout)
                 .map_err(|e| format!("hedging policy: {e:?}"))?;
+        }
+        if let Some(q) = self.hedge_percentile {
+            if !(0.0..=1.0).contains(&q) {
+                return Err(format!("hedge percentile {q} is not within 0..=1"));
+            }
         }
         match self.budget {
             BudgetKind::TokenBucket {
@@ -183,6 +209,35 @@ impl Default for Policies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hedge_delay_follows_the_latency_percentile_when_asked() {
+        let ms = Duration::from_millis;
+        let p = Policies {
+            hedge: Some(HedgePolicy {
+                delay: ms(50),
+                max_attempts: 2,
+            }),
+            hedge_percentile: Some(0.95),
+            ..Policies::production()
+        };
+        assert_eq!(
+            p.hedge_for(|_| None).unwrap().delay,
+            ms(50),
+            "too few samples: fixed"
+        );
+        assert_eq!(
+            p.hedge_for(|q| (q == 0.95).then(|| ms(12))).unwrap().delay,
+            ms(12)
+        );
+        assert_eq!(
+            p.hedge_for(|_| Some(ms(10_000))).unwrap().delay,
+            ms(1500),
+            "below timeout"
+        );
+        let off = Policies::production();
+        assert_eq!(off.hedge_for(|_| Some(ms(1))), None);
+    }
 
     #[test]
     fn presets_validate_and_bad_policies_do_not() {
