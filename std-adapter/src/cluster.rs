@@ -10,7 +10,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use remora_core::backoff::Backoff;
 use remora_core::resilience::breaker::State as BreakerState;
-use remora_core::resilience::call::{Call, CallOptions, Endpoints, Step};
+use remora_core::resilience::call::{AttemptKind, Call, CallOptions, Endpoints, Step};
 use remora_core::resilience::policies::Policies;
 use remora_core::resilience::retry::{Class, Classifier, RetryPolicy, Schedule};
 use remora_core::{Command, Instant};
@@ -214,15 +214,7 @@ impl Cluster {
         for address in &addresses {
             endpoints.push(Arc::new(EndpointState::new(address, config.client)?));
         }
-        let p = &config.policies;
-        let mut machine = Endpoints::new(
-            vec![1; endpoints.len()],
-            p.strategy,
-            p.breaker,
-            p.ejection,
-            p.retry_budget(),
-        );
-        machine.balancer_mut().set_ring(&addresses);
+        let machine = Endpoints::from_policies(&addresses, &config.policies);
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64);
@@ -393,17 +385,16 @@ impl Cluster {
         );
         let mut outcomes: HashMap<u32, Result<Command, Error>> = HashMap::new();
         let mut inline = Vec::new();
-        let mut sent_any = false;
         loop {
             for step in steps.drain(..) {
                 match step {
                     Step::Send {
+                        kind,
                         attempt,
                         endpoint,
                         deadline,
                     } => {
-                        sent_any = true;
-                        self.count_attempt(endpoint, attempt, &call);
+                        self.count_attempt(endpoint, kind);
                         let client = self.endpoint(endpoint).client.clone();
                         let timeout = deadline - self.inner.clock.now();
                         let attempt_request = request.clone();
@@ -438,10 +429,7 @@ impl Cluster {
                                 Ok(response)
                             }
                             Some(Err(e)) => Err(e),
-                            None if sent_any => Err(Error::Timeout { written: true }),
-                            None => Err(Error::Unavailable {
-                                retry_in: Duration::ZERO,
-                            }),
+                            None => Err(call.unanswered_error()),
                         };
                     }
                 }
@@ -534,10 +522,13 @@ impl Cluster {
         });
         while let Some(step) = steps.pop() {
             if let Step::Send {
-                attempt, endpoint, ..
+                kind,
+                attempt,
+                endpoint,
+                ..
             } = step
             {
-                self.count_attempt(endpoint, attempt, &call);
+                self.count_attempt(endpoint, kind);
                 let client = self.endpoint(endpoint).client.clone();
                 result = client.oneway(request.clone());
                 let class = match &result {
@@ -561,18 +552,18 @@ impl Cluster {
         result
     }
 
-    fn count_attempt(&self, endpoint: usize, attempt: u32, call: &Call) {
+    fn count_attempt(&self, endpoint: usize, kind: AttemptKind) {
         let ep = self.endpoint(endpoint);
         for c in [&ep.counters, &self.inner.total] {
             c.attempts.fetch_add(1, Ordering::Relaxed);
-            if attempt > 1 {
-                // Sent while an earlier attempt is still out: a hedge; otherwise a retry.
-                let counter = if call.in_flight() > 1 {
-                    &c.hedges
-                } else {
-                    &c.retries
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
+            match kind {
+                AttemptKind::First => {}
+                AttemptKind::Retry => {
+                    c.retries.fetch_add(1, Ordering::Relaxed);
+                }
+                AttemptKind::Hedge => {
+                    c.hedges.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }

@@ -164,6 +164,7 @@ fn apply(
                 attempt,
                 endpoint,
                 deadline,
+                ..
             } => {
                 tally.attempts += 1;
                 tally.per_endpoint[endpoint] += 1;

@@ -11,7 +11,7 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use remora_core::backoff::Backoff;
 use remora_core::resilience::breaker::State as BreakerState;
-use remora_core::resilience::call::{Call, CallOptions, Endpoints, Step};
+use remora_core::resilience::call::{AttemptKind, Call, CallOptions, Endpoints, Step};
 use remora_core::resilience::policies::Policies;
 use remora_core::resilience::resolve::{diff, Resolver, Watch};
 use remora_core::resilience::retry::{Class, Classifier, RetryPolicy, Schedule};
@@ -128,15 +128,7 @@ impl LocalCluster {
                     .map(|c| (a.clone(), c))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let p = &config.policies;
-        let mut machine = Endpoints::new(
-            vec![1; clients.len()],
-            p.strategy,
-            p.breaker,
-            p.ejection,
-            p.retry_budget(),
-        );
-        machine.balancer_mut().set_ring(&addresses);
+        let machine = Endpoints::from_policies(&addresses, &config.policies);
         let n = clients.len();
         let clock = Clock::new();
         Ok(LocalCluster {
@@ -317,17 +309,16 @@ impl LocalCluster {
         );
         let mut running = HashMap::new();
         let mut outcomes: HashMap<u32, Result<Command, CallError>> = HashMap::new();
-        let mut sent_any = false;
         loop {
             for step in steps.drain(..) {
                 match step {
                     Step::Send {
+                        kind,
                         attempt,
                         endpoint,
                         deadline,
                     } => {
-                        sent_any = true;
-                        self.count_attempt(endpoint, attempt, call.in_flight());
+                        self.count_attempt(endpoint, kind);
                         let client = self.inner.clients.borrow()[endpoint].1.clone();
                         let started = self.inner.clock.now();
                         let timeout = deadline - started;
@@ -362,10 +353,7 @@ impl LocalCluster {
                                 Ok(response)
                             }
                             Some(Err(e)) => Err(e),
-                            None if sent_any => Err(CallError::Timeout { written: true }),
-                            None => Err(CallError::Unavailable {
-                                retry_in: Duration::ZERO,
-                            }),
+                            None => Err(call.unanswered_error()),
                         };
                     }
                 }
@@ -457,10 +445,13 @@ impl LocalCluster {
         });
         while let Some(step) = steps.pop() {
             if let Step::Send {
-                attempt, endpoint, ..
+                kind,
+                attempt,
+                endpoint,
+                ..
             } = step
             {
-                self.count_attempt(endpoint, attempt, call.in_flight());
+                self.count_attempt(endpoint, kind);
                 let client = self.inner.clients.borrow()[endpoint].1.clone();
                 result = client.oneway(request.clone()).await;
                 let class = match &result {
@@ -484,16 +475,14 @@ impl LocalCluster {
         result
     }
 
-    fn count_attempt(&self, endpoint: usize, attempt: u32, in_flight: u32) {
+    fn count_attempt(&self, endpoint: usize, kind: AttemptKind) {
         let mut counts = self.inner.counts.borrow_mut();
         let c = &mut counts[endpoint];
         c.attempts += 1;
-        if attempt > 1 {
-            if in_flight > 1 {
-                c.hedges += 1;
-            } else {
-                c.retries += 1;
-            }
+        match kind {
+            AttemptKind::First => {}
+            AttemptKind::Retry => c.retries += 1,
+            AttemptKind::Hedge => c.hedges += 1,
         }
     }
 

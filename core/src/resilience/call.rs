@@ -30,6 +30,20 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
+    /// Equal-weight endpoints with these identities (the consistent-hash ring is built from
+    /// them), balanced, broken, ejected and budgeted as `policies` say.
+    pub fn from_policies<I: AsRef<[u8]>>(ids: &[I], policies: &super::policies::Policies) -> Self {
+        let mut eps = Endpoints::new(
+            alloc::vec![1; ids.len()],
+            policies.strategy,
+            policies.breaker,
+            policies.ejection,
+            policies.retry_budget(),
+        );
+        eps.balancer.set_ring(ids);
+        eps
+    }
+
     /// Endpoints with these weights (their order is the index everything else uses).
     pub fn new(
         weights: Vec<u32>,
@@ -219,6 +233,8 @@ pub enum Step {
     /// Send attempt number `attempt` (1-based) to endpoint `endpoint`, to end by `deadline`
     /// (the call's deadline, or sooner with a per-attempt timeout).
     Send {
+        /// Why this attempt is sent (for metrics).
+        kind: AttemptKind,
         /// The attempt's number.
         attempt: u32,
         /// Which endpoint.
@@ -237,6 +253,17 @@ pub enum Step {
         /// The attempt whose outcome is the call's.
         attempt: Option<u32>,
     },
+}
+
+/// Why an attempt is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptKind {
+    /// The call's first attempt.
+    First,
+    /// After the earlier attempts ended (a retry or a transparent requeue).
+    Retry,
+    /// While an earlier attempt is still out (a hedge).
+    Hedge,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -294,6 +321,19 @@ impl Call {
         self.attempts.len() as u32
     }
 
+    /// The error a finished call reports when no attempt answered ([`Step::Finish`] with
+    /// `None`): a timeout that may have reached a server if anything was sent, else "no endpoint
+    /// available".
+    pub fn unanswered_error(&self) -> crate::CallError {
+        if self.attempts.is_empty() {
+            crate::CallError::Unavailable {
+                retry_in: Duration::ZERO,
+            }
+        } else {
+            crate::CallError::Timeout { written: true }
+        }
+    }
+
     /// Whether the retry budget refused a retry or hedge this call wanted (for metrics).
     pub fn budget_refused(&self) -> bool {
         self.budget_refused
@@ -340,7 +380,12 @@ impl Call {
             return false;
         };
         let number = self.attempts.len() as u32 + 1;
-        if number > 1 {
+        let kind = match (number, self.live()) {
+            (1, _) => AttemptKind::First,
+            (_, 0) => AttemptKind::Retry,
+            _ => AttemptKind::Hedge,
+        };
+        if kind != AttemptKind::First {
             eps.budget.on_retry(now);
         }
         self.attempts.push(Attempt {
@@ -353,6 +398,7 @@ impl Call {
             None => self.deadline,
         };
         out.push(Step::Send {
+            kind,
             attempt: number,
             endpoint,
             deadline,
