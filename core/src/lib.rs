@@ -62,6 +62,7 @@ mod frame;
 pub mod json;
 pub mod pool;
 pub mod resilience;
+pub mod route;
 mod sink;
 mod time;
 
