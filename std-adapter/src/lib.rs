@@ -10,6 +10,8 @@
 //!   expiry, and a [`Handler`] for requests the server sends.
 //! - [`Cluster`]: a client over several endpoints with the core's balancing, retries, hedging,
 //!   breakers, ejection, probes, resolver and hooks.
+//! - [`namesrv::RouteFollower`]: a topic's route from RocketMQ name servers, kept up to date,
+//!   as a resolver for a [`Cluster`] (the writable masters).
 //! - [`Server`]: a handler per request on a worker pool, `SYSTEM_BUSY` beyond the in-flight
 //!   limit, `REQUEST_CODE_NOT_SUPPORTED` from the default [`NotSupported`] handler, graceful stop.
 //!
@@ -21,6 +23,7 @@ mod client;
 mod cluster;
 mod conn;
 mod handler;
+pub mod namesrv;
 mod server;
 
 pub use client::{Client, ClientConfig, Mode};
