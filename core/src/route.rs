@@ -995,7 +995,8 @@ mod tests {
 
     #[test]
     fn malformed_bodies_are_typed_errors() {
-        let cases: &[(&[u8], fn(&RouteError) -> bool)] = &[
+        type Check = fn(&RouteError) -> bool;
+        let cases: &[(&[u8], Check)] = &[
             (b"", |e| *e == RouteError::Empty),
             (b"   ", |e| *e == RouteError::Empty),
             (b"{", |e| matches!(e, RouteError::Syntax { .. })),

@@ -138,7 +138,10 @@ fn a_cluster_follows_the_topics_master_as_the_route_changes() {
     }
     let resp = cluster.call(Command::request(10)).unwrap();
     assert_eq!(&resp.body[..], b"b");
-    assert_eq!(watched.lock().unwrap().last().unwrap(), std::slice::from_ref(&addr_b));
+    assert_eq!(
+        watched.lock().unwrap().last().unwrap(),
+        std::slice::from_ref(&addr_b)
+    );
     assert!(changes.lock().unwrap().iter().any(|c| matches!(c,
         Change::MasterChanged { from: Some(f), to: Some(t), .. } if *f == addr_a && *t == addr_b)));
 
