@@ -1,6 +1,8 @@
 //! The `remora` command-line tool.
 
 mod bench;
+mod pcap;
+mod script;
 mod view;
 
 use std::io::{self, Read, Write};
@@ -30,8 +32,12 @@ enum Cmd {
     /// frame is corrupt or the stream ends inside a frame.
     Decode {
         /// The frames as hex (whitespace ignored).
-        #[arg(long, conflicts_with = "file")]
+        #[arg(long, conflicts_with_all = ["file", "pcap"])]
         hex: Option<String>,
+        /// A tcpdump capture (pcap or pcapng): each TCP direction is reassembled and its frames
+        /// printed in capture order, with `ts`, `src` and `dst`.
+        #[arg(long, conflicts_with = "file")]
+        pcap: Option<std::path::PathBuf>,
         /// A file of raw frames.
         #[arg(long)]
         file: Option<std::path::PathBuf>,
@@ -44,8 +50,19 @@ enum Cmd {
     /// Exits 0 when a response arrived, whatever its code; non-zero with a one-line error on a
     /// timeout, a refused connection or a protocol error.
     Call {
-        /// Server address, e.g. 127.0.0.1:9876.
-        addr: String,
+        /// Server address, e.g. 127.0.0.1:9876 (or give --namesrv and --topic).
+        #[arg(required_unless_present = "namesrv", conflicts_with = "namesrv")]
+        addr: Option<String>,
+        /// Name servers, `HOST:PORT[;HOST:PORT...]`: ask them for --topic's route and send to the
+        /// topic's master broker that accepts writes (printed on stderr).
+        #[arg(long, requires = "topic")]
+        namesrv: Option<String>,
+        /// The topic whose broker to send to (with --namesrv).
+        #[arg(long, requires = "namesrv")]
+        topic: Option<String>,
+        /// The broker name to send to (with --namesrv; default: the first that accepts writes).
+        #[arg(long, requires = "namesrv")]
+        broker: Option<String>,
         /// Request code, e.g. 105 (GET_ROUTEINFO_BY_TOPIC).
         #[arg(long)]
         code: i32,
@@ -72,7 +89,13 @@ enum Cmd {
         oneway: bool,
     },
     /// Run an echo server: every request is answered SUCCESS with its own body and ext fields.
+    ///
+    /// With --script FILE, answer from a script of rules instead (see the README): a stand-in
+    /// name server or broker that answers, delays, drops or closes on demand.
     Serve {
+        /// A script of rules, `{"rules": [...]}` (served by the std backend).
+        #[arg(long)]
+        script: Option<std::path::PathBuf>,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9876")]
         listen: String,
@@ -179,13 +202,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Decode {
+            pcap: Some(path),
+            max_frame_len,
+            ..
+        } => pcap::decode_file(&path, max_frame_len),
+        Cmd::Decode {
             hex,
             file,
+            pcap: None,
             max_frame_len,
         } => decode(hex, file, max_frame_len),
         Cmd::Encode { json } => encode(json),
         Cmd::Call {
             addr,
+            namesrv,
+            topic,
+            broker,
             code,
             ext,
             remark,
@@ -215,13 +247,39 @@ fn main() -> ExitCode {
                         .ok_or_else(|| format!("--ext {pair:?}: expected KEY=VALUE"))?;
                     request = request.with_ext(k, v);
                 }
-                call(&addr, request, Duration::from_millis(timeout_ms), oneway)
+                let timeout = Duration::from_millis(timeout_ms);
+                let addr = match (addr, namesrv, topic) {
+                    (Some(addr), _, _) => addr,
+                    (None, Some(namesrv), Some(topic)) => {
+                        broker_for(&namesrv, &topic, broker.as_deref(), timeout)?
+                    }
+                    _ => return Err("give an address, or --namesrv and --topic".into()),
+                };
+                call(&addr, request, timeout, oneway)
             })
         }
         Cmd::Serve {
             listen,
             backend,
             serialize,
+            script: Some(path),
+        } => {
+            if backend == Backend::Uring {
+                Err("--script is served by the std backend only: the server Handler answers every request, so it cannot drop one or close the connection".into())
+            } else {
+                std::fs::read_to_string(&path)
+                    .map_err(|e| format!("reading {}: {e}", path.display()))
+                    .and_then(|text| {
+                        script::Script::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+                    })
+                    .and_then(|s| script::serve(&listen, s, serialize.map(Into::into)))
+            }
+        }
+        Cmd::Serve {
+            listen,
+            backend,
+            serialize,
+            script: None,
         } => serve(&listen, backend, serialize.map(Into::into)),
         Cmd::Bench {
             target,
@@ -330,6 +388,38 @@ fn call(addr: &str, request: Command, timeout: Duration, oneway: bool) -> Result
         println!("{}", view::to_json(&response));
     }
     Ok(())
+}
+
+/// Asks the name servers for `topic`'s route and picks the master of `broker` (or of the first
+/// broker that accepts writes); says what it chose on stderr.
+fn broker_for(
+    namesrv: &str,
+    topic: &str,
+    broker: Option<&str>,
+    timeout: Duration,
+) -> Result<String, String> {
+    use remora_core::route::TrackerConfig;
+    use remora_std::namesrv::{FollowerConfig, RouteFollower};
+    let config = FollowerConfig {
+        tracker: TrackerConfig {
+            ask_timeout: timeout,
+            ..TrackerConfig::default()
+        },
+    };
+    let follower = RouteFollower::new(namesrv, topic, config);
+    let route = follower.fetch()?;
+    let chosen = route
+        .choose_writable(broker)
+        .map_err(|e| format!("topic {topic:?}: {e}"))?;
+    let addr = chosen
+        .master
+        .clone()
+        .ok_or("the chosen broker has no master")?;
+    eprintln!(
+        "topic {topic:?}: broker {} (cluster {:?}, perm {}, {} write queues), master {addr}",
+        chosen.name, chosen.cluster, chosen.perm, chosen.write_queues
+    );
+    Ok(addr)
 }
 
 /// Answers SUCCESS with the request's body and ext fields.
