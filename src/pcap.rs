@@ -42,6 +42,8 @@ pub struct Segment<'a> {
     pub seq: u32,
     /// SYN flag.
     pub syn: bool,
+    /// The acknowledgement number, when the ACK flag is set.
+    pub ack: Option<u32>,
     /// The TCP payload.
     pub payload: &'a [u8],
 }
@@ -168,6 +170,28 @@ impl Stream {
             // `deliver` advanced next_seq by the piece and the gap.
             self.drain(out);
         }
+    }
+
+    /// The peer acknowledged every byte before sequence number `ack`: gaps before that were
+    /// lost by the capture, not by the network, and will not be filled; skip them now.
+    fn acked(&mut self, ack: u32) -> Delivered {
+        let mut out = Delivered::default();
+        let Some(next_seq) = self.next_seq else {
+            return out;
+        };
+        let ahead = i64::from(ack.wrapping_sub(next_seq) as i32);
+        if ahead <= 0 {
+            return out;
+        }
+        let acked_off = self.next_off + ahead as u64;
+        while self
+            .pending
+            .first_key_value()
+            .is_some_and(|(&start, _)| start < acked_off)
+        {
+            self.skip_gap(&mut out);
+        }
+        out
     }
 
     /// At the end of the capture: skips every gap left.
@@ -339,6 +363,34 @@ impl Decoder {
 
     /// Takes one segment; what it completed.
     pub fn segment(&mut self, seg: &Segment<'_>) -> Vec<Found> {
+        let mut found = Vec::new();
+        if let Some(ack) = seg.ack {
+            if let Some(rev) = self.directions.get_mut(&(seg.dst, seg.src)) {
+                let delivered = rev.stream.acked(ack);
+                if !delivered.pieces.is_empty() {
+                    let rev_seg = Segment {
+                        ts: seg.ts,
+                        src: seg.dst,
+                        dst: seg.src,
+                        seq: 0,
+                        syn: false,
+                        ack: None,
+                        payload: &[],
+                    };
+                    let mut notes = Vec::new();
+                    Self::take(
+                        &self.codec,
+                        &self.limits,
+                        rev,
+                        delivered,
+                        false,
+                        &rev_seg,
+                        &mut notes,
+                        &mut found,
+                    );
+                }
+            }
+        }
         let key = (seg.src, seg.dst);
         let dir = self.directions.entry(key).or_insert_with(|| {
             self.order.push(key);
@@ -356,7 +408,6 @@ impl Decoder {
         } else if started == Some(false) {
             notes.push("capture began after the connection opened (no SYN seen)".to_string());
         }
-        let mut found = Vec::new();
         Self::take(
             &self.codec,
             &self.limits,
@@ -445,6 +496,7 @@ impl Decoder {
                 dst: key.1,
                 seq: 0,
                 syn: false,
+                ack: None,
                 payload: &[],
             };
             let mut notes = Vec::new();
@@ -531,6 +583,7 @@ fn segment(linktype: i32, ts: f64, data: &[u8]) -> Result<Option<Segment<'_>>, S
         dst: SocketAddr::new(dst_ip, tcp.destination_port()),
         seq: tcp.sequence_number(),
         syn: tcp.syn(),
+        ack: tcp.ack().then(|| tcp.acknowledgment_number()),
         payload: tcp.payload(),
     }))
 }
