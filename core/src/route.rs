@@ -1276,4 +1276,25 @@ mod tests {
             ["a:1", "b:2", "c:3"]
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = TopicRoute::parse(&body);
+            let _ = ClusterInfo::parse(&body);
+        }
+
+        #[test]
+        fn mutated_routes_never_panic(
+            edits in proptest::collection::vec((0..FASTJSON_ROUTE.len(), proptest::num::u8::ANY), 1..8)
+        ) {
+            let mut body = FASTJSON_ROUTE.as_bytes().to_vec();
+            for (at, byte) in edits {
+                body[at] = byte;
+            }
+            if let Err(e) = TopicRoute::parse(&body) {
+                proptest::prop_assert!(!e.to_string().contains('\n'));
+            }
+        }
+    }
 }

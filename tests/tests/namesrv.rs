@@ -161,3 +161,54 @@ fn a_cluster_follows_the_topics_master_as_the_route_changes() {
     cluster.close();
     drop(follower); // stops its thread
 }
+
+#[test]
+fn the_uring_cluster_follows_the_same_resolver() {
+    use remora_uring::{ClusterConfig as UringClusterConfig, LocalCluster};
+    let (a, b) = (broker("a"), broker("b"));
+    let (addr_a, addr_b) = (a.local_addr().to_string(), b.local_addr().to_string());
+    let body = Arc::new(Mutex::new(Some(route(&addr_a, 6))));
+    let ns = name_server(Arc::clone(&body), Arc::default());
+    let follower = RouteFollower::new(&ns.local_addr().to_string(), "T", quick());
+    follower.fetch().unwrap();
+    follower.start();
+    let resolver = follower.resolver(Duration::from_millis(5));
+    let watched: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+    let w = Arc::clone(&watched);
+    let config = UringClusterConfig {
+        policies: remora_core::resilience::policies::Policies::testing(),
+        ..Default::default()
+    };
+    let (want_a, want_b) = (addr_a.clone(), addr_b.clone());
+    tokio_uring::start(async move {
+        let cluster = LocalCluster::with_resolver(
+            resolver,
+            config,
+            Vec::new(),
+            Some(Arc::new(move |set: &[String]| {
+                w.lock().unwrap().push(set.to_vec())
+            })),
+        )
+        .unwrap();
+        assert_eq!(cluster.addresses(), std::slice::from_ref(&want_a));
+        let r = cluster.call(Command::request(10)).await.unwrap();
+        assert_eq!(&r.body[..], b"a");
+        *body.lock().unwrap() = Some(route(&want_b, 6));
+        let start = Instant::now();
+        loop {
+            let r = cluster.call(Command::request(10)).await.unwrap();
+            if &r.body[..] == b"b" {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "route change not followed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(cluster.addresses(), std::slice::from_ref(&want_b));
+        cluster.close();
+    });
+    assert_eq!(watched.lock().unwrap().last().unwrap(), &vec![addr_b]);
+    drop(follower);
+}
