@@ -75,19 +75,39 @@ fn link(linktype: u16, ip: &[u8]) -> Vec<u8> {
 }
 
 fn pcap(linktype: u16, packets: &[Pkt]) -> Vec<u8> {
+    pcap_as(linktype, packets, false, false)
+}
+
+/// Legacy pcap, microsecond or nanosecond timestamps, little- or big-endian.
+fn pcap_as(linktype: u16, packets: &[Pkt], nanos: bool, big_endian: bool) -> Vec<u8> {
+    let u32b = |v: u32| {
+        if big_endian {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    };
+    let u16b = |v: u16| {
+        if big_endian {
+            v.to_be_bytes()
+        } else {
+            v.to_le_bytes()
+        }
+    };
     let mut out = Vec::new();
-    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes());
-    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(&u32b(if nanos { 0xa1b2_3c4d } else { 0xa1b2_c3d4 }));
+    out.extend_from_slice(&u16b(2));
+    out.extend_from_slice(&u16b(4));
     out.extend_from_slice(&[0; 8]);
-    out.extend_from_slice(&262_144u32.to_le_bytes());
-    out.extend_from_slice(&u32::from(linktype).to_le_bytes());
+    out.extend_from_slice(&u32b(262_144));
+    out.extend_from_slice(&u32b(u32::from(linktype)));
     for p in packets {
         let data = link(linktype, &ip_packet(p));
-        out.extend_from_slice(&((p.ts_ns / 1_000_000_000) as u32).to_le_bytes());
-        out.extend_from_slice(&((p.ts_ns % 1_000_000_000 / 1000) as u32).to_le_bytes());
-        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        let frac = p.ts_ns % 1_000_000_000;
+        out.extend_from_slice(&u32b((p.ts_ns / 1_000_000_000) as u32));
+        out.extend_from_slice(&u32b(if nanos { frac } else { frac / 1000 } as u32));
+        out.extend_from_slice(&u32b(data.len() as u32));
+        out.extend_from_slice(&u32b(data.len() as u32));
         out.extend_from_slice(&data);
     }
     out
@@ -292,6 +312,8 @@ fn reassembles_out_of_order_and_retransmitted_segments_on_every_link_type() {
         let (packets, expected) = exchange(client, server);
         for (form, bytes) in [
             ("pcap", pcap(linktype, &packets)),
+            ("ns.pcap", pcap_as(linktype, &packets, true, false)),
+            ("be.pcap", pcap_as(linktype, &packets, true, true)),
             ("pcapng", pcapng(linktype, &packets)),
         ] {
             let (out, lines, stderr) = decode_pcap(&format!("x{linktype}.{form}"), &bytes);
