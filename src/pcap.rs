@@ -76,6 +76,8 @@ struct Stream {
     /// Segments that arrived before the bytes in front of them, by stream offset.
     pending: BTreeMap<u64, Vec<u8>>,
     pending_bytes: usize,
+    /// The SYN's sequence number, when the stream began with one.
+    isn: Option<u32>,
 }
 
 /// What a segment delivered in order: bytes, and the gaps skipped before each piece.
@@ -93,6 +95,7 @@ impl Stream {
         let next_seq = match self.next_seq {
             Some(s) => s,
             None if syn => {
+                self.isn = Some(seq);
                 self.next_seq = Some(seq.wrapping_add(1));
                 started = Some(true);
                 seq.wrapping_add(1)
@@ -392,8 +395,33 @@ impl Decoder {
             }
         }
         let key = (seg.src, seg.dst);
+        // A SYN with another initial sequence number on a direction already seen: the 4-tuple
+        // was reused by a new connection. The old one ends here.
+        let reused = seg.syn
+            && self
+                .directions
+                .get(&key)
+                .is_some_and(|d| d.stream.next_seq.is_some() && d.stream.isn != Some(seg.seq));
+        if reused {
+            if let Some(mut old) = self.directions.remove(&key) {
+                let delivered = old.stream.finish();
+                let mut notes = vec!["a new connection reuses these addresses".to_string()];
+                Self::take(
+                    &self.codec,
+                    &self.limits,
+                    &mut old,
+                    delivered,
+                    true,
+                    seg,
+                    &mut notes,
+                    &mut found,
+                );
+            }
+        }
         let dir = self.directions.entry(key).or_insert_with(|| {
-            self.order.push(key);
+            if !reused {
+                self.order.push(key); // a reused direction keeps its place
+            }
             Direction {
                 stream: Stream::default(),
                 frames: Frames::new(),

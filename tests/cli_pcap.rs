@@ -469,3 +469,29 @@ fn truncated_and_corrupt_captures_get_one_line() {
         bad[i] = keep;
     }
 }
+
+#[test]
+fn a_new_connection_on_the_same_addresses_starts_a_new_stream() {
+    let (client, server): (SocketAddr, SocketAddr) = (
+        "127.0.0.1:40000".parse().unwrap(),
+        "127.0.0.1:9876".parse().unwrap(),
+    );
+    let f1 = frame(&Frame::request(34).with_opaque(1));
+    let f2 = frame(&Frame::request(10).with_opaque(2).with_body("x"));
+    let packets = vec![
+        syn(0, client, server, 99),
+        pkt(1, client, server, 100, &f1),
+        pkt(2, client, server, 100 + f1.len() as u32, &f2[..5]), // cut off by a reset
+        syn(3, client, server, 7_000_000),
+        pkt(4, client, server, 7_000_001, &f2),
+    ];
+    let (out, lines, stderr) = decode_pcap("reuse.pcap", &pcap(1, &packets));
+    assert!(out.status.success(), "{stderr}");
+    let opaques: Vec<i64> = lines
+        .iter()
+        .map(|l| l["opaque"].as_i64().unwrap())
+        .collect();
+    assert_eq!(opaques, [1, 2]);
+    assert!(stderr.contains("reuses"), "{stderr}");
+    assert!(stderr.contains("5 bytes at the end"), "{stderr}");
+}
