@@ -216,6 +216,11 @@ struct Frames {
     offset: u64,
     /// Bytes skipped while looking for a frame, not yet reported.
     skipped: u64,
+    /// While unsynced: offsets before this were looked at.
+    scanned: usize,
+    /// While unsynced: offsets (before `scanned`) whose prefix fits but whose frame has not all
+    /// arrived, in order.
+    candidates: Vec<usize>,
 }
 
 impl Frames {
@@ -225,7 +230,15 @@ impl Frames {
             synced: false,
             offset: 0,
             skipped: 0,
+            scanned: 0,
+            candidates: Vec::new(),
         }
+    }
+
+    /// Forgets what the search for a frame start had looked at (the buffer changed under it).
+    fn reset_scan(&mut self) {
+        self.scanned = 0;
+        self.candidates.clear();
     }
 
     /// Whether a plausible frame starts at `at`: `Some(true)` it decodes, `Some(false)` its
@@ -272,26 +285,48 @@ impl Frames {
         if !self.synced {
             // The first offset where a whole plausible frame decodes; an offset whose prefix
             // fits but whose frame has not all arrived is waited for (a whole frame further on
-            // is preferred to it).
+            // is preferred to it). An offset found implausible stays so, so each byte is
+            // scanned once: only the waiting candidates and the new bytes are looked at again.
             let mut found = None;
-            let mut waiting = false;
-            for at in 0..=self.buf.len().saturating_sub(PREFIX_LEN) {
+            let mut waiting = Vec::new();
+            for &at in &self.candidates {
                 match self.plausible(codec, limits, at) {
                     Some(true) => {
                         found = Some(at);
                         break;
                     }
-                    Some(false) => waiting = true,
+                    Some(false) => waiting.push(at),
                     None => {}
                 }
             }
+            if found.is_none() {
+                let end = (self.buf.len() + 1).saturating_sub(PREFIX_LEN);
+                for at in self.scanned..end {
+                    match self.plausible(codec, limits, at) {
+                        Some(true) => {
+                            found = Some(at);
+                            break;
+                        }
+                        Some(false) => waiting.push(at),
+                        None => {}
+                    }
+                }
+                self.scanned = self.scanned.max(end);
+            }
             let skip = match found {
                 Some(at) => at,
-                None if waiting && !eof => return None,
+                // Nothing before the first candidate can start a frame.
+                None if !waiting.is_empty() && !eof => waiting[0],
                 // Keep the tail that may still begin a frame.
                 None if !eof => self.buf.len().saturating_sub(PREFIX_LEN - 1),
                 None => self.buf.len(),
             };
+            self.candidates = waiting
+                .into_iter()
+                .filter(|&at| at >= skip)
+                .map(|at| at - skip)
+                .collect();
+            self.scanned = self.scanned.saturating_sub(skip);
             if skip > 0 {
                 let _ = self.buf.split_to(skip);
                 self.skipped += skip as u64;
@@ -299,6 +334,7 @@ impl Frames {
             }
             if found.is_some() {
                 self.synced = true;
+                self.reset_scan();
                 if self.skipped > 0 {
                     notes.push(format!(
                         "skipped {} bytes before stream offset {} and resynchronised on the next plausible frame",
@@ -477,6 +513,7 @@ impl Decoder {
                 dir.frames.offset += dir.frames.buf.len() as u64 + missing;
                 dir.frames.buf.clear();
                 dir.frames.synced = false;
+                dir.frames.reset_scan();
             }
             dir.frames.buf.extend_from_slice(&bytes);
             while let Some(cmd) = dir.frames.next(codec, limits, false, notes) {
@@ -813,5 +850,56 @@ mod tests {
         let (d, started) = s.push(5000, false, b"xy");
         assert_eq!(started, Some(false));
         assert_eq!(d.pieces, [(0, b"xy".to_vec())]);
+    }
+
+    fn encoded(cmd: &Command) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        Codec::default().encode(cmd, &mut out).unwrap();
+        out.to_vec()
+    }
+
+    /// Feeds `stream` to an unsynced `Frames` in pieces of `step` bytes; the opaques found and
+    /// the notes.
+    fn frames_of(stream: &[u8], step: usize) -> (Vec<i32>, Vec<String>) {
+        let (codec, limits) = (Codec::default(), Limits::default());
+        let mut f = Frames::new();
+        let (mut got, mut notes) = (Vec::new(), Vec::new());
+        for piece in stream.chunks(step) {
+            f.buf.extend_from_slice(piece);
+            while let Some(cmd) = f.next(&codec, &limits, false, &mut notes) {
+                got.push(cmd.opaque);
+            }
+        }
+        while let Some(cmd) = f.next(&codec, &limits, true, &mut notes) {
+            got.push(cmd.opaque);
+        }
+        (got, notes)
+    }
+
+    #[test]
+    fn resync_finds_the_same_frames_whatever_the_pieces() {
+        // Junk, then something that looks like the start of a 1 MiB JSON frame, then real
+        // frames: the whole frames further on win over the candidate that never completes.
+        let mut stream = b"garbage bytes \x01\x02".to_vec();
+        stream.extend_from_slice(&[0, 16, 0, 0, 0, 0, 0, 2, b'{', b'}']);
+        for opaque in 1..=3 {
+            stream.extend(encoded(
+                &Command::request(10).with_opaque(opaque).with_body("body"),
+            ));
+        }
+        let whole = frames_of(&stream, stream.len());
+        assert_eq!(whole.0, [1, 2, 3]);
+        assert!(whole.1[0].contains("resynchronised"), "{:?}", whole.1);
+        for step in [1, 2, 3, 7, 64] {
+            assert_eq!(frames_of(&stream, step).0, whole.0, "pieces of {step}");
+        }
+    }
+
+    #[test]
+    fn a_stream_with_no_frame_is_skipped_and_said_so() {
+        let (got, notes) = frames_of(&[0x55; 1000], 10);
+        assert!(got.is_empty());
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(notes[0].contains("skipped 1000 bytes"), "{notes:?}");
     }
 }
