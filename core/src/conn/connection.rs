@@ -9,14 +9,15 @@ use core::fmt;
 use bytes::{Buf, BytesMut};
 use slab::Slab;
 
-use crate::command::{Command, FLAG_ONEWAY, FLAG_RESPONSE};
-use crate::deadlines::Deadlines;
-use crate::error::{DecodeError, EncodeError};
-use crate::frame::{Codec, Decoded, Limits};
+use crate::codec::command::{Command, FLAG_ONEWAY, FLAG_RESPONSE};
+use crate::codec::error::{DecodeError, EncodeError};
+use crate::codec::frame::{Codec, Decoded};
+use crate::codec::limits::Limits;
+use crate::conn::deadlines::Deadlines;
 use crate::time::Instant;
 use crate::SerializeType;
 
-use crate::codes::{SYSTEM_BUSY, SYSTEM_ERROR};
+use crate::codec::codes::{SYSTEM_BUSY, SYSTEM_ERROR};
 
 /// How a [`Connection`] behaves. `Default` suits a client or server talking to RocketMQ peers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -381,7 +382,7 @@ impl Connection {
     /// deadline-heap entry and heap position (spare capacity of grown vectors not counted).
     pub const WAITER_BYTES: usize = core::mem::size_of::<SlabEntryLayout<Waiter>>()
         + core::mem::size_of::<u32>()
-        + crate::deadlines::BYTES_PER_ENTRY;
+        + crate::conn::deadlines::BYTES_PER_ENTRY;
 
     /// A connection in the open state. `max_waiters` is clamped to 1..=2^24.
     pub fn new(mut config: Config) -> Self {
@@ -836,7 +837,7 @@ impl Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codes::SYSTEM_BUSY;
+    use crate::codec::codes::SYSTEM_BUSY;
     use alloc::vec;
     use core::time::Duration;
 
