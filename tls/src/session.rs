@@ -203,6 +203,8 @@ pub struct Session {
     pending_deadline: Option<Instant>,
     /// Whether the peer has sent application data (then an alert is no longer a refusal).
     peer_data_seen: bool,
+    /// Whether this connection chose TLS (it stays so after the session ends).
+    tls: bool,
     error: Option<TlsError>,
 }
 
@@ -228,6 +230,7 @@ impl Session {
     fn with_state(conn: Connection, state: State, handshake_deadline: Option<Instant>) -> Self {
         Session {
             conn,
+            tls: matches!(state, State::Tls(_)),
             state,
             out: BytesMut::new(),
             inbuf: BytesMut::new(),
@@ -299,10 +302,10 @@ impl Session {
         &self.conn
     }
 
-    /// Whether this session is TLS (`false` for plaintext, and for a server that has not yet
-    /// seen its first byte).
+    /// Whether this connection speaks (or spoke) TLS: `false` for plaintext, and for a server
+    /// that has not yet seen its first byte or refused a plaintext one.
     pub fn is_tls(&self) -> bool {
-        matches!(self.state, State::Tls(_)) || (self.error.is_some() && !self.is_plain())
+        self.tls
     }
 
     fn is_plain(&self) -> bool {
@@ -523,6 +526,7 @@ impl Session {
             match rustls::ServerConnection::new(config.clone()) {
                 Ok(server) => {
                     self.state = State::Tls(Box::new(server.into()));
+                    self.tls = true;
                     if let Some(deadline) = self.pending_deadline.take() {
                         self.handshake_deadline = Some(deadline);
                     }
