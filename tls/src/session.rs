@@ -551,11 +551,22 @@ impl Session {
                 return;
             };
             // Never called with an empty slice: rustls reads 0 bytes as EOF.
-            if let Err(e) = tls.read_tls(&mut data) {
-                let during_handshake = tls.is_handshaking();
-                let error = TlsError::Malformed(rustls::Error::General(e.to_string()));
-                self.fail(error, during_handshake);
-                return;
+            match tls.read_tls(&mut data) {
+                Ok(n) if n > 0 => {}
+                // rustls refuses more when its buffer is full (a record beyond its limits);
+                // taking nothing would loop forever, and dropping bytes would corrupt the stream.
+                result => {
+                    let during_handshake = tls.is_handshaking();
+                    let reason = match result {
+                        Err(e) => e.to_string(),
+                        Ok(_) => "TLS input refused".into(),
+                    };
+                    self.fail(
+                        TlsError::Malformed(rustls::Error::General(reason)),
+                        during_handshake,
+                    );
+                    return;
+                }
             }
             let was_handshaking = tls.is_handshaking();
             let io = match tls.process_new_packets() {

@@ -622,3 +622,58 @@ fn configuration_from_pem_files_and_its_errors() {
     assert!("strict".parse::<ServerMode>().is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A small deterministic generator (xorshift), so the test needs no extra crate.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+#[test]
+fn random_bytes_end_in_a_typed_error_never_a_panic_or_a_hang() {
+    let pki = Pki::new();
+    let permissive = pki.server_tls(ServerMode::Permissive);
+    let enforcing = pki.mtls_server_tls();
+    let client_tls = pki.client_tls();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for round in 0..300 {
+        let mut sessions = [
+            Session::server(conn(), &permissive, T0 + SEC),
+            Session::server(conn(), &enforcing, T0 + SEC),
+            Session::client(conn(), &client_tls, SERVER_NAME, T0 + SEC).unwrap(),
+        ];
+        // At least one byte: a permissive server waits for its first byte without a deadline.
+        let len = 1 + (rng.next() % 600) as usize;
+        let mut bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+        if round % 2 == 0 {
+            // A plausible TLS record header, so the garbage reaches rustls's parsers.
+            bytes[0] = 0x16;
+            if bytes.len() > 2 {
+                bytes[1] = 0x03;
+                bytes[2] = (rng.next() % 4) as u8;
+            }
+        }
+        for session in &mut sessions {
+            let _ = session.take_transmit();
+            for chunk in bytes.chunks(1 + (rng.next() % 64) as usize) {
+                session.handle_input(chunk, T0);
+            }
+            let _ = session.take_transmit();
+            // Whatever state it is in, its deadline ends it with a typed error.
+            session.handle_timeout(T0 + SEC);
+            assert!(
+                session.is_closed() || !session.is_handshaking(),
+                "round {round}: {session:?}"
+            );
+            if session.is_tls() {
+                assert!(session.tls_error().is_some(), "round {round}: {session:?}");
+            }
+        }
+    }
+}
