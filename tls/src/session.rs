@@ -340,6 +340,14 @@ impl Session {
         }
     }
 
+    /// The negotiated cipher suite, once the handshake completed.
+    pub fn cipher_suite(&self) -> Option<rustls::SupportedCipherSuite> {
+        match &self.state {
+            State::Tls(tls) => tls.negotiated_cipher_suite(),
+            _ => None,
+        }
+    }
+
     /// The negotiated ALPN protocol, if any.
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         match &self.state {

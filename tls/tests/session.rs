@@ -63,6 +63,9 @@ fn requests_queued_before_the_handshake_are_answered_over_tls() {
     assert!(!client.is_handshaking() && client.is_tls() && server.is_tls());
     assert_eq!(client.protocol_version(), Some(ProtocolVersion::TLSv1_3));
     assert_eq!(client.alpn_protocol(), None, "ALPN is unset by default");
+    let suite = client.cipher_suite().map(|s| s.suite());
+    assert_eq!(suite, server.cipher_suite().map(|s| s.suite()));
+    assert!(suite.is_some());
     assert_eq!(
         client.poll_timeout(),
         None,
