@@ -45,6 +45,25 @@
 //! installed system-wide are honoured, and the roots follow OS updates).
 //! [`ClientTlsBuilder::insecure_accept_any_server_certificate`] exists for test setups only.
 //!
+//! # Wiring a driver
+//! - At start-up: build `Option<ClientTls>` / `Option<ServerTls>` from the user's flags (PEM
+//!   paths, CA file or system roots, mode). A `ConfigError` is a start-up error.
+//! - Per connection: [`Session::outbound`]`(conn, tls, host, connect_deadline)` after the TCP
+//!   connect (the host of the address dialled; the connect deadline bounds the handshake too),
+//!   or [`Session::inbound`]`(conn, tls, accepted_at + handshake_timeout)` after `accept`.
+//! - Then replace every `Connection` call by the `Session` call of the same name; the only
+//!   change is that [`Session::poll_transmit`] takes `&mut self`. Keep the drain order.
+//! - On [`Event::Closed`](remora_core::Event::Closed): flush [`Session::poll_transmit`] best
+//!   effort, close the socket, and log [`Session::tls_error`] if it is `Some` (for an enforcing
+//!   server refusing plaintext this is the "refused a plaintext connection" line). A client
+//!   that wants a failed handshake to count as a failed connect can wrap the `TlsError` in
+//!   [`ConnectError::new`](remora_core::ConnectError::new) (it is `Clone + Send + Sync`).
+//! - Requests already queued fail by themselves through the connection's events, with
+//!   `written: false` when the handshake failed.
+//!
+//! `tls/tests/socket.rs` has a complete blocking driver loop over `std::net::TcpStream` in
+//! about 60 lines.
+//!
 //! # Example
 //! A client and a server session exchanging a request in memory:
 //! ```

@@ -295,6 +295,29 @@ impl Session {
         }
     }
 
+    /// A client session: TLS with `tls`, plaintext without — so a driver holding an
+    /// `Option<ClientTls>` needs no branch. See [`Session::client`].
+    pub fn outbound(
+        conn: Connection,
+        tls: Option<&ClientTls>,
+        host: &str,
+        handshake_deadline: Instant,
+    ) -> Result<Self, ConfigError> {
+        match tls {
+            Some(tls) => Session::client(conn, tls, host, handshake_deadline),
+            None => Ok(Session::plain(conn)),
+        }
+    }
+
+    /// A server session: in `tls`'s mode with `tls`, plaintext without. See
+    /// [`Session::server`].
+    pub fn inbound(conn: Connection, tls: Option<&ServerTls>, handshake_deadline: Instant) -> Self {
+        match tls {
+            Some(tls) => Session::server(conn, tls, handshake_deadline),
+            None => Session::plain(conn),
+        }
+    }
+
     // ---- state ----
 
     /// The connection under the layer, for its queries (stats, pending counts, close reason).

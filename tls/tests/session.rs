@@ -680,3 +680,27 @@ fn random_bytes_end_in_a_typed_error_never_a_panic_or_a_hang() {
         }
     }
 }
+
+#[test]
+fn sessions_and_errors_can_cross_threads_and_options_pick_plaintext() {
+    fn send<T: Send + 'static>() {}
+    fn shared<T: Send + Sync + Clone + std::error::Error + 'static>() {}
+    send::<Session>();
+    shared::<TlsError>();
+    let _ = remora_core::ConnectError::new(TlsError::HandshakeTimeout);
+
+    let pki = Pki::new();
+    let plain = Session::outbound(conn(), None, SERVER_NAME, T0 + SEC).unwrap();
+    assert!(!plain.is_tls() && !plain.is_handshaking());
+    let plain = Session::inbound(conn(), None, T0 + SEC);
+    assert!(!plain.is_handshaking());
+    let mut client =
+        Session::outbound(conn(), Some(&pki.client_tls()), SERVER_NAME, T0 + SEC).unwrap();
+    let mut server = Session::inbound(
+        conn(),
+        Some(&pki.server_tls(ServerMode::Enforcing)),
+        T0 + SEC,
+    );
+    pump(&mut client, &mut server, T0);
+    assert!(client.is_tls() && server.is_tls() && !client.is_handshaking());
+}
