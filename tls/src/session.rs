@@ -189,6 +189,12 @@ enum State {
 ///   transport closing — fails every waiting request with
 ///   [`CloseReason::HandshakeFailed`](remora_core::CloseReason::HandshakeFailed) and
 ///   `written: false`: never "may have reached the peer".
+/// - After the handshake, the connection's bytes count as written (for
+///   [`RequestError::written`](remora_core::RequestError::written)) when they are encrypted into
+///   the session's outgoing buffer, as [`Connection::take_transmit`] counts them when taken: a
+///   request is never reported unwritten when it may have left. At most 256 KiB of ciphertext
+///   waits in the session; the rest stays in the connection, under its `max_transmit_len`, where
+///   a request not yet begun can still be withdrawn.
 /// - Nothing the peer sends makes it panic; every failure is a [`TlsError`].
 pub struct Session {
     conn: Connection,
