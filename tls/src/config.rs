@@ -212,6 +212,12 @@ impl ServerTls {
         ServerTlsBuilder::default()
     }
 
+    /// A configuration made directly with rustls (other protocol versions, cipher suites, a
+    /// certificate resolver), accepted in `mode`.
+    pub fn from_rustls(config: Arc<rustls::ServerConfig>, mode: ServerMode) -> Self {
+        ServerTls { config, mode }
+    }
+
     /// The mode connections are accepted in.
     pub fn mode(&self) -> ServerMode {
         self.mode
@@ -345,7 +351,21 @@ impl ClientTls {
         }
     }
 
-    /// Whether this configuration accepts any server certificate (test setups only).
+    /// A configuration made directly with rustls (other protocol versions, a custom verifier),
+    /// verifying `server_name` when given, else the host connected to.
+    pub fn from_rustls(
+        config: Arc<rustls::ClientConfig>,
+        server_name: Option<ServerName<'static>>,
+    ) -> Self {
+        ClientTls {
+            config,
+            server_name,
+            insecure: false,
+        }
+    }
+
+    /// Whether this configuration accepts any server certificate (test setups only; a
+    /// configuration from [`from_rustls`](Self::from_rustls) reports `false`).
     pub fn is_insecure(&self) -> bool {
         self.insecure
     }

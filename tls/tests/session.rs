@@ -704,3 +704,26 @@ fn sessions_and_errors_can_cross_threads_and_options_pick_plaintext() {
     pump(&mut client, &mut server, T0);
     assert!(client.is_tls() && server.is_tls() && !client.is_handshaking());
 }
+
+#[test]
+fn a_tls12_only_server_is_reached_by_the_default_client() {
+    use remora_tls::rustls;
+    let pki = Pki::new();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS12])
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![pki.server.cert.clone()], pki.server.key())
+    .unwrap();
+    let server_tls = ServerTls::from_rustls(std::sync::Arc::new(config), ServerMode::Enforcing);
+    let mut client = Session::client(conn(), &pki.client_tls(), SERVER_NAME, T0 + SEC).unwrap();
+    let mut server = Session::server(conn(), &server_tls, T0 + SEC);
+    let id = client
+        .send_request(request(b"12"), T0 + 3 * SEC, T0)
+        .unwrap();
+    let (events, _) = pump(&mut client, &mut server, T0);
+    assert!(matches!(&events[..], [Event::Response { id: got, .. }] if *got == id));
+    assert_eq!(client.protocol_version(), Some(ProtocolVersion::TLSv1_2));
+}
