@@ -1,5 +1,6 @@
 //! The `remora` command-line tool.
 
+mod acl_cli;
 mod bench;
 mod pcap;
 mod script;
@@ -87,6 +88,8 @@ enum Cmd {
         /// Send a oneway request (no response is awaited; exits 0 once it is written).
         #[arg(long)]
         oneway: bool,
+        #[command(flatten)]
+        acl: acl_cli::SignArgs,
     },
     /// Run an echo server: every request is answered SUCCESS with its own body and ext fields.
     ///
@@ -105,6 +108,10 @@ enum Cmd {
         /// Answer with this header serialization (default: the request's).
         #[arg(long, value_enum)]
         serialize: Option<Serialize>,
+        /// Verify every request's ACL signature against this file of `ACCESS_KEY=SECRET_KEY`
+        /// lines; others are answered NO_PERMISSION (16).
+        #[arg(long, value_name = "FILE")]
+        acl: Option<std::path::PathBuf>,
     },
     /// Load-test a server: C connections x N requests in flight, every response checked.
     ///
@@ -149,6 +156,8 @@ enum Cmd {
         /// Embedded server threads.
         #[arg(long, default_value_t = 1)]
         server_threads: usize,
+        #[command(flatten)]
+        acl: acl_cli::SignArgs,
     },
     /// Encode commands given as JSON objects (the shape `decode` prints); print one hex frame each.
     ///
@@ -226,6 +235,7 @@ fn main() -> ExitCode {
             serialize,
             timeout_ms,
             oneway,
+            acl,
         } => {
             let body = match (body, body_file) {
                 (Some(text), _) => Ok(text.into_bytes()),
@@ -247,6 +257,7 @@ fn main() -> ExitCode {
                         .ok_or_else(|| format!("--ext {pair:?}: expected KEY=VALUE"))?;
                     request = request.with_ext(k, v);
                 }
+                acl_cli::sign(acl.signer()?.as_ref(), &mut request);
                 let timeout = Duration::from_millis(timeout_ms);
                 let addr = match (addr, namesrv, topic) {
                     (Some(addr), _, _) => addr,
@@ -262,6 +273,7 @@ fn main() -> ExitCode {
             listen,
             backend,
             serialize,
+            acl,
             script: Some(path),
         } => {
             if backend == Backend::Uring {
@@ -272,15 +284,22 @@ fn main() -> ExitCode {
                     .and_then(|text| {
                         script::Script::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
                     })
-                    .and_then(|s| script::serve(&listen, s, serialize.map(Into::into)))
+                    .and_then(|s| {
+                        let gate = match &acl {
+                            Some(_) => Some(acl_cli::guard(script::pass, acl.as_ref())?),
+                            None => None,
+                        };
+                        script::serve(&listen, s, serialize.map(Into::into), gate)
+                    })
             }
         }
         Cmd::Serve {
             listen,
             backend,
             serialize,
+            acl,
             script: None,
-        } => serve(&listen, backend, serialize.map(Into::into)),
+        } => serve(&listen, backend, serialize.map(Into::into), acl.as_ref()),
         Cmd::Bench {
             target,
             backend,
@@ -294,7 +313,15 @@ fn main() -> ExitCode {
             json,
             client_threads,
             server_threads,
+            acl,
         } => {
+            let signer = match acl.signer() {
+                Ok(signer) => signer,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let plan = bench::Plan {
                 backend: match backend {
                     Backend::Uring => bench::Backend::Uring,
@@ -313,6 +340,7 @@ fn main() -> ExitCode {
                 client_threads,
                 server_threads,
                 progress: !json,
+                signer,
             };
             run_bench(&plan, mode, json)
         }
@@ -431,13 +459,19 @@ fn echo(request: Command) -> Command {
     response
 }
 
-fn serve(listen: &str, backend: Backend, serialize: Option<SerializeType>) -> Result<(), String> {
+fn serve(
+    listen: &str,
+    backend: Backend,
+    serialize: Option<SerializeType>,
+    acl: Option<&std::path::PathBuf>,
+) -> Result<(), String> {
+    let handler = acl_cli::guard(echo, acl)?;
     let mut config = ServerConfig::default();
     config.connection.serialize_type = serialize;
     match backend {
         Backend::Std => {
-            let server =
-                Server::bind_with(listen, echo, config).map_err(|e| format!("{listen}: {e}"))?;
+            let server = Server::bind_with(listen, move |r| handler.handle(r), config)
+                .map_err(|e| format!("{listen}: {e}"))?;
             println!("listening on {}", server.local_addr());
             io::stdout().flush().map_err(|e| e.to_string())?;
             loop {
@@ -449,7 +483,7 @@ fn serve(listen: &str, backend: Backend, serialize: Option<SerializeType>) -> Re
                 connection: config.connection,
                 ..Default::default()
             };
-            let server = remora_uring::Server::bind_with(listen, std::sync::Arc::new(echo), config)
+            let server = remora_uring::Server::bind_with(listen, handler, config)
                 .map_err(|e| format!("{listen}: {e}"))?;
             println!("listening on {}", server.local_addr());
             io::stdout().flush().map_err(|e| e.to_string())?;

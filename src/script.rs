@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use remora_core::{Codec, Command, Decoded, SerializeType, FLAG_RESPONSE};
+use remora_core::{Codec, Command, Decoded, Handler, SerializeType, FLAG_RESPONSE};
 use serde_json::Value;
 
 use crate::view;
@@ -209,8 +209,24 @@ fn response(v: &Value) -> Result<(Command, bool), String> {
     Ok((cmd, fixed))
 }
 
-/// Serves `script` on `listen` until the process ends.
-pub fn serve(listen: &str, script: Script, serialize: Option<SerializeType>) -> Result<(), String> {
+/// A code no server answers with: what [`pass`] answers, so a gate built on it (such as the ACL
+/// check of `serve --acl`) can be told apart from its own refusals.
+const PASSED: i32 = i32::MIN;
+
+/// The handler behind a gate: marks a request that got through.
+pub fn pass(request: Command) -> Command {
+    request.response(PASSED)
+}
+
+/// Serves `script` on `listen` until the process ends. With `gate` (a handler wrapping [`pass`]),
+/// each request goes through it first, and whatever it answers other than [`pass`]'s mark is sent
+/// instead of the script's answer.
+pub fn serve(
+    listen: &str,
+    script: Script,
+    serialize: Option<SerializeType>,
+    gate: Option<Arc<dyn Handler>>,
+) -> Result<(), String> {
     let listener = TcpListener::bind(listen).map_err(|e| format!("{listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     println!("listening on {addr}");
@@ -222,9 +238,10 @@ pub fn serve(listen: &str, script: Script, serialize: Option<SerializeType>) -> 
             continue;
         };
         let script = Arc::clone(&script);
+        let gate = gate.clone();
         let spawned = std::thread::Builder::new()
             .name("remora-script".into())
-            .spawn(move || connection(stream, &script, serialize));
+            .spawn(move || connection(stream, &script, serialize, gate.as_deref()));
         if let Err(e) = spawned {
             eprintln!("cannot start a connection thread: {e}");
         }
@@ -286,7 +303,12 @@ fn timer(jobs: mpsc::Receiver<(Instant, Job)>) {
     }
 }
 
-fn connection(stream: TcpStream, script: &Script, serialize: Option<SerializeType>) {
+fn connection(
+    stream: TcpStream,
+    script: &Script,
+    serialize: Option<SerializeType>,
+    gate: Option<&dyn Handler>,
+) {
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
@@ -321,10 +343,18 @@ fn connection(stream: TcpStream, script: &Script, serialize: Option<SerializeTyp
             if request.is_response() {
                 continue;
             }
-            let decision = script.decide(&request, serialize);
-            let rule = script
-                .rule_for(&request)
-                .map_or_else(|| "echo".to_string(), |(i, _)| format!("rule {}", i + 1));
+            let refused = gate
+                .map(|g| g.handle(request.clone()))
+                .filter(|answer| answer.code != PASSED);
+            let (decision, rule) = match refused {
+                Some(answer) => (Decision::Respond(answer, Duration::ZERO), "acl".to_string()),
+                None => (
+                    script.decide(&request, serialize),
+                    script
+                        .rule_for(&request)
+                        .map_or_else(|| "echo".to_string(), |(i, _)| format!("rule {}", i + 1)),
+                ),
+            };
             match decision {
                 Decision::Drop => {
                     eprintln!(

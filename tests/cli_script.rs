@@ -311,3 +311,56 @@ fn bad_scripts_exit_with_one_line() {
         .unwrap()
         .contains("std backend"));
 }
+
+#[test]
+fn a_script_behind_acl_answers_only_signed_requests() {
+    let acl = TempFile::new("acl.txt", "rocketmq2=12345678\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_remora"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--acl",
+            acl.path(),
+            "--script",
+        ])
+        .arg(format!("{SAMPLES}/broker-script.json"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let served = Served {
+        child,
+        addr: line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .to_string(),
+    };
+    let unsigned = remora(&["call", &served.addr, "--code", "10"]);
+    assert!(unsigned.status.success());
+    let got: Value = serde_json::from_slice(&unsigned.stdout).unwrap();
+    assert_eq!(got["code"], codes::NO_PERMISSION);
+
+    let signed = remora(&[
+        "call",
+        &served.addr,
+        "--code",
+        "10",
+        "--access-key",
+        "rocketmq2",
+        "--secret-key",
+        "12345678",
+    ]);
+    assert!(signed.status.success());
+    let got: Value = serde_json::from_slice(&signed.stdout).unwrap();
+    assert_eq!(got["code"], 0);
+    assert!(
+        got["ext_fields"]["msgId"].is_string(),
+        "the script answered: {got}"
+    );
+}

@@ -61,9 +61,9 @@ use hmac::{Hmac, Mac};
 use sha1::Sha1;
 use subtle::ConstantTimeEq;
 
-use crate::call::Handler;
-use crate::codes;
-use crate::command::Command;
+use crate::codec::codes;
+use crate::codec::command::Command;
+use crate::conn::call::Handler;
 
 /// The ext field carrying the access key (`SessionCredentials.ACCESS_KEY`).
 pub const ACCESS_KEY: &str = "AccessKey";

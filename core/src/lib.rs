@@ -18,8 +18,11 @@
 //! - Encoding writes straight into the caller's [`bytes::BufMut`], length prefix included, or
 //!   writes nothing and returns an [`EncodeError`].
 //!
-//! `#![no_std]` with `alloc`; the `std` feature adds nothing the codec needs and exists for the
-//! drivers.
+//! The folders are the layers: [`codec`] (frames and headers) under [`conn`] (one connection's
+//! requests, responses and deadlines) under [`resilience`] (several endpoints: retries, hedging,
+//! breakers, balancing, the pool policy). [`acl`] signs and verifies requests.
+//!
+//! `#![no_std]` with `alloc`.
 //!
 //! # Example
 //! ```
@@ -50,33 +53,27 @@ extern crate alloc;
 extern crate std;
 
 pub mod acl;
-pub mod backoff;
-pub mod binary;
-mod call;
-pub mod codes;
-mod command;
-mod connection;
-mod deadlines;
-pub mod error;
-mod frame;
-pub mod json;
-pub mod pool;
+pub mod codec;
+pub mod conn;
 pub mod resilience;
 pub mod route;
-mod sink;
 mod time;
 
-#[cfg(feature = "std")]
-pub use call::handle_catching;
-pub use call::{CallError, ConnectError, Handler, Hook, NotSupported};
-pub use command::{
+pub use codec::{binary, codes, error, json};
+pub use resilience::{backoff, pool};
+
+pub use codec::command::{
     Command, ExtFields, HeaderStr, LanguageCode, SerializeType, DEFAULT_VERSION, FLAG_ONEWAY,
     FLAG_RESPONSE,
 };
-pub use connection::{
+pub use codec::error::{BinaryField, DecodeError, EncodeError, JsonErrorKind};
+pub use codec::frame::{Codec, Decoded, PREFIX_LEN};
+pub use codec::limits::{Limits, DEFAULT_MAX_FRAME_LEN};
+#[cfg(feature = "std")]
+pub use conn::call::handle_catching;
+pub use conn::call::{CallError, ConnectError, Handler, Hook, NotSupported};
+pub use conn::connection::{
     CloseReason, Config, Connection, Event, IncomingRequest, RequestError, RequestId, SendError,
     Stats,
 };
-pub use error::{BinaryField, DecodeError, EncodeError, JsonErrorKind};
-pub use frame::{Codec, Decoded, Limits, DEFAULT_MAX_FRAME_LEN, PREFIX_LEN};
 pub use time::Instant;

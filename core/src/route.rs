@@ -33,8 +33,8 @@ use core::fmt;
 use core::time::Duration;
 
 use crate::codes;
-use crate::command::Command;
-use crate::time::Instant;
+use crate::Command;
+use crate::Instant;
 
 /// Queue permission bit: the broker's queues of this topic may be read.
 pub const PERM_READ: u32 = 1 << 2;

@@ -5,11 +5,13 @@
 //! [`policies::Policies`] gathers every setting; [`call`] is the multi-endpoint call machine the
 //! drivers' cluster clients run.
 
+pub mod backoff;
 pub mod balance;
 pub mod breaker;
 pub mod call;
 pub mod eject;
 pub mod policies;
+pub mod pool;
 #[cfg(feature = "std")]
 pub mod resolve;
 pub mod retry;

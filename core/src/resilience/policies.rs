@@ -9,7 +9,7 @@ use super::balance::Strategy;
 use super::breaker::BreakerConfig;
 use super::eject::EjectionConfig;
 use super::retry::{BudgetKind, HedgePolicy, RetryBudget, RetryPolicy, Schedule};
-use crate::backoff::Backoff;
+use crate::resilience::backoff::Backoff;
 
 /// A client's resilience policies. `Default` is [`Policies::production`].
 #[derive(Clone, Copy, Debug, PartialEq)]

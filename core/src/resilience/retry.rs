@@ -6,10 +6,10 @@
 
 use core::time::Duration;
 
-use crate::backoff::Backoff;
-use crate::call::CallError;
-use crate::codes;
-use crate::command::Command;
+use crate::codec::codes;
+use crate::codec::command::Command;
+use crate::conn::call::CallError;
+use crate::resilience::backoff::Backoff;
 use crate::time::Instant;
 
 /// What an outcome means for retrying.
@@ -422,7 +422,7 @@ impl HedgePolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backoff::Jitter;
+    use crate::resilience::backoff::Jitter;
 
     const MS: Duration = Duration::from_millis(1);
 

@@ -2,7 +2,7 @@
 
 use alloc::format;
 
-use crate::command::Command;
+use crate::codec::command::Command;
 
 /// `SUCCESS`.
 pub const SUCCESS: i32 = 0;

@@ -14,10 +14,12 @@ use alloc::vec::Vec;
 
 use bytes::{BufMut, Bytes};
 
-use crate::command::{Command, ExtFields, HeaderStr, LanguageCode, SerializeType, Span, SIDE};
-use crate::error::{DecodeError, JsonErrorKind};
-use crate::frame::Limits;
-use crate::sink::{BufSink, Sink};
+use crate::codec::command::{
+    Command, ExtFields, HeaderStr, LanguageCode, SerializeType, Span, SIDE,
+};
+use crate::codec::error::{DecodeError, JsonErrorKind};
+use crate::codec::limits::Limits;
+use crate::codec::sink::{BufSink, Sink};
 
 /// Decodes a JSON header into a command with an empty body.
 ///
@@ -857,7 +859,7 @@ fn parse_i32(digits: &[u8]) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::SerializeType;
+    use crate::codec::command::SerializeType;
     use alloc::format;
     use alloc::string::String;
     use alloc::vec;

@@ -5,10 +5,10 @@ use alloc::sync::Arc;
 use core::fmt;
 use core::time::Duration;
 
-use crate::codes;
-use crate::command::Command;
-use crate::connection::{CloseReason, RequestError, SendError};
-use crate::error::EncodeError;
+use crate::codec::codes;
+use crate::codec::command::Command;
+use crate::codec::error::EncodeError;
+use crate::conn::connection::{CloseReason, RequestError, SendError};
 
 /// Answers requests from the peer.
 ///

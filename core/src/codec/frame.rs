@@ -4,40 +4,12 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use nom::number::streaming::be_u32;
 
-use crate::command::{Command, SerializeType};
-use crate::error::{DecodeError, EncodeError};
-use crate::sink::{BufSink, WindowSink};
-use crate::{binary, json};
-
-/// The largest frame Java accepts by default, length prefix included: 16 MiB.
-pub const DEFAULT_MAX_FRAME_LEN: u32 = 16 * 1024 * 1024;
-
-/// Bounds on what a peer may make the decoder hold. Every one is checked before the memory it
-/// guards is allocated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
-pub struct Limits {
-    /// Largest frame, length prefix included (Java's `frameMaxLength`). Also bounds what
-    /// [`Codec::encode`] writes, since a peer with the same limit would reject more.
-    pub max_frame_len: u32,
-    /// Most extension fields in one header.
-    pub max_ext_fields: usize,
-    /// Longest remark, extension key or extension value, in bytes.
-    pub max_string_len: usize,
-    /// Deepest nesting of JSON values (the header object is level 1); only unknown keys nest.
-    pub max_json_depth: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_frame_len: DEFAULT_MAX_FRAME_LEN,
-            max_ext_fields: 1024,
-            max_string_len: 4 * 1024 * 1024,
-            max_json_depth: 32,
-        }
-    }
-}
+use super::binary;
+use super::command::{Command, SerializeType};
+use super::error::{DecodeError, EncodeError};
+use super::json;
+use super::limits::Limits;
+use super::sink::{BufSink, WindowSink};
 
 /// What [`Codec::decode`] found at the front of the read buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -318,6 +290,7 @@ fn check_marker(length: u32, marker: [u8; 4]) -> Result<(SerializeType, usize), 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::limits::DEFAULT_MAX_FRAME_LEN;
     use alloc::vec;
 
     #[test]

@@ -10,7 +10,7 @@
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use crate::backoff::Backoff;
+use crate::resilience::backoff::Backoff;
 use crate::time::Instant;
 
 /// One place in the pool.
@@ -213,7 +213,7 @@ impl<T> Pool<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backoff::Jitter;
+    use crate::resilience::backoff::Jitter;
 
     const MS: Duration = Duration::from_millis(1);
 

@@ -13,10 +13,10 @@ use bytes::{BufMut, Bytes};
 
 use alloc::vec::Vec;
 
-use crate::command::{Command, ExtFields, HeaderStr, LanguageCode, Span};
-use crate::error::{BinaryField, DecodeError, EncodeError};
-use crate::frame::Limits;
-use crate::sink::{BufSink, Sink};
+use crate::codec::command::{Command, ExtFields, HeaderStr, LanguageCode, Span};
+use crate::codec::error::{BinaryField, DecodeError, EncodeError};
+use crate::codec::limits::Limits;
+use crate::codec::sink::{BufSink, Sink};
 
 const FIXED_LEN: usize = 13;
 
