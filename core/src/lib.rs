@@ -70,9 +70,10 @@ pub use codec::frame::{Codec, Decoded, PREFIX_LEN};
 pub use codec::limits::{Limits, DEFAULT_MAX_FRAME_LEN};
 #[cfg(feature = "std")]
 pub use conn::call::handle_catching;
+pub use conn::budget::{Account, Budget, BudgetConfig, Refusal, Snapshot};
 pub use conn::call::{CallError, ConnectError, Handler, Hook, NotSupported};
 pub use conn::connection::{
     CloseReason, Config, Connection, Event, IncomingRequest, RequestError, RequestId, SendError,
-    Stats,
+    Stats, READ_STEP,
 };
 pub use time::Instant;
