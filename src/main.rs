@@ -111,9 +111,13 @@ enum Cmd {
         /// Requests per run.
         #[arg(long, conflicts_with = "duration")]
         requests: Option<u64>,
-        /// Seconds per run (default 5 when --requests is not given).
+        /// Seconds per run (default 5 when --requests is not given); a run ends at most a
+        /// second later, reporting calls still in flight as unfinished.
         #[arg(long)]
         duration: Option<f64>,
+        /// Each call's timeout, in milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
         /// Header serialization.
         #[arg(long, value_enum, default_value_t = Serialize::Json)]
         serialize: Serialize,
@@ -232,6 +236,7 @@ fn main() -> ExitCode {
             payload,
             requests,
             duration,
+            timeout_ms,
             serialize,
             json,
             client_threads,
@@ -255,6 +260,7 @@ fn main() -> ExitCode {
                 client_threads,
                 server_threads,
                 progress: !json,
+                timeout: Duration::from_millis(timeout_ms.max(1)),
             };
             run_bench(&plan, mode, json)
         }
@@ -393,6 +399,22 @@ fn run_bench(plan: &bench::Plan, mode: BenchMode, json: bool) -> Result<(), Stri
                 rpc.rps() / raw.rps().max(1e-9)
             );
         }
+    }
+    if let Some(lost) = reports
+        .iter()
+        .find(|r| r.stop == bench::Stop::ConnectionsLost)
+    {
+        return Err(format!(
+            "stopped early: connections lost and not re-established ({} requests done)",
+            lost.requests
+        ));
+    }
+    if let Some(none) = reports.iter().find(|r| r.requests == 0) {
+        return Err(format!(
+            "nothing succeeded ({} errors: {})",
+            none.errors,
+            none.error_kinds.text()
+        ));
     }
     if reports.iter().any(|r| r.errors > 0) {
         return Err(format!(

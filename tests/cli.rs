@@ -313,13 +313,18 @@ fn bench_checks_every_response_and_prints_one_json_line_per_mode() {
                     "p50_us",
                     "p99_us",
                     "p999_us",
-                    "max_us"
+                    "max_us",
+                    "error_kinds",
+                    "unfinished",
+                    "stop"
                 ]
             );
             assert_eq!(line["backend"], backend);
             assert_eq!(line["mode"], mode);
             assert_eq!(line["requests"], 2000);
             assert_eq!(line["errors"], 0);
+            assert_eq!(line["unfinished"], 0);
+            assert_eq!(line["stop"], "requests");
         }
     }
 }
