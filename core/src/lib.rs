@@ -68,9 +68,9 @@ pub use codec::command::{
 pub use codec::error::{BinaryField, DecodeError, EncodeError, JsonErrorKind};
 pub use codec::frame::{Codec, Decoded, PREFIX_LEN};
 pub use codec::limits::{Limits, DEFAULT_MAX_FRAME_LEN};
+pub use conn::budget::{Account, Budget, BudgetConfig, Refusal, Snapshot};
 #[cfg(feature = "std")]
 pub use conn::call::handle_catching;
-pub use conn::budget::{Account, Budget, BudgetConfig, Refusal, Snapshot};
 pub use conn::call::{CallError, ConnectError, Handler, Hook, NotSupported};
 pub use conn::connection::{
     CloseReason, Config, Connection, Event, IncomingRequest, RequestError, RequestId, SendError,

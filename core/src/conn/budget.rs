@@ -51,7 +51,10 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refusal::TooManyConnections { max } => {
-                write!(f, "connection refused: {max} connections open (the maximum)")
+                write!(
+                    f,
+                    "connection refused: {max} connections open (the maximum)"
+                )
             }
             Refusal::BudgetSpent { buffered, max } => write!(
                 f,
@@ -140,11 +143,11 @@ impl Budget {
             })
         } else {
             let max = self.config.max_connections;
-            let admitted = self
-                .connections
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < max).then_some(n + 1)
-                });
+            let admitted =
+                self.connections
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < max).then_some(n + 1)
+                    });
             admitted
                 .is_err()
                 .then_some(Refusal::TooManyConnections { max })
@@ -193,7 +196,11 @@ impl Budget {
             &mut account.requests,
             stats.requests_received,
         );
-        delta(&self.responses, &mut account.responses, stats.responses_sent);
+        delta(
+            &self.responses,
+            &mut account.responses,
+            stats.responses_sent,
+        );
         delta(&self.busy, &mut account.busy, stats.busy_rejections);
         delta(
             &self.fallback,

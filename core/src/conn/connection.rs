@@ -82,6 +82,8 @@ impl RequestId {
 #[must_use = "answer it with send_response or release it with dismiss"]
 pub struct IncomingRequest {
     opaque: i32,
+    /// Its frame's length: held (its body is a slice of the read buffer) until it is answered.
+    len: usize,
 }
 
 impl IncomingRequest {
@@ -358,6 +360,8 @@ pub struct Connection {
     holes: VecDeque<(u64, u64)>,
     events: VecDeque<Event>,
     incoming: usize,
+    /// Frame bytes of the requests counted in `incoming` (their bodies are still held).
+    incoming_len: usize,
     closed: Option<CloseReason>,
     stats: Stats,
 }
@@ -434,6 +438,7 @@ impl Connection {
             holes: VecDeque::new(),
             events: VecDeque::new(),
             incoming: 0,
+            incoming_len: 0,
             closed: None,
             stats: Stats::default(),
         }
@@ -470,12 +475,23 @@ impl Connection {
     }
 
     /// Whether the driver should read more from the transport now. False once the connection is
-    /// closed or the peer finished sending, and while [`unsent_len`](Self::unsent_len) is at
-    /// [`Config::max_transmit_len`] or more: a peer that does not read our answers is not read
-    /// either (backpressure). It turns true again as the driver reports bytes written.
+    /// closed or the peer finished sending, and while the bytes owed to the peer — unsent output
+    /// ([`unsent_len`](Self::unsent_len)) plus the requests delivered and not yet answered
+    /// ([`pending_incoming_len`](Self::pending_incoming_len), whose answers are still to come) —
+    /// are at [`Config::max_transmit_len`] or more: a peer that does not read our answers is not
+    /// read either (backpressure). It turns true again as answers are written.
     #[must_use]
     pub fn wants_read(&self) -> bool {
-        self.closed.is_none() && !self.eof && self.unsent_len() < self.config.max_transmit_len
+        self.closed.is_none()
+            && !self.eof
+            && self.unsent_len() + self.incoming_len < self.config.max_transmit_len
+    }
+
+    /// Frame bytes of the peer's requests delivered and not yet answered or dismissed (their
+    /// bodies are slices of the read buffer, so this memory is held until they are).
+    #[must_use]
+    pub fn pending_incoming_len(&self) -> usize {
+        self.incoming_len
     }
 
     /// Bytes queued for the peer and not yet reported written: those in
@@ -486,11 +502,12 @@ impl Connection {
         self.transmit.len() + self.taken
     }
 
-    /// Bytes this connection holds for its peer: received and not yet decoded (part of a frame)
-    /// plus [`unsent_len`](Self::unsent_len). What a server-wide budget counts.
+    /// Bytes this connection holds for its peer: received and not yet decoded (part of a frame),
+    /// requests not yet answered ([`pending_incoming_len`](Self::pending_incoming_len)), and
+    /// [`unsent_len`](Self::unsent_len). What a server-wide budget counts.
     #[must_use]
     pub fn buffered_len(&self) -> usize {
-        self.read_buf.len() + self.unsent_len()
+        self.read_buf.len() + self.incoming_len + self.unsent_len()
     }
 
     /// Answer every new request from the peer `SYSTEM_BUSY` (without delivering it) while
@@ -573,6 +590,7 @@ impl Connection {
         mut response: Command,
     ) -> Result<(), SendError> {
         self.incoming = self.incoming.saturating_sub(1);
+        self.incoming_len = self.incoming_len.saturating_sub(request.len);
         if self.closed.is_some() {
             return Err(SendError::Closed);
         }
@@ -609,8 +627,8 @@ impl Connection {
 
     /// Gives up on answering a request from the peer (it will wait until its own deadline).
     pub fn dismiss(&mut self, request: IncomingRequest) {
-        let IncomingRequest { .. } = request;
         self.incoming = self.incoming.saturating_sub(1);
+        self.incoming_len = self.incoming_len.saturating_sub(request.len);
         self.close_if_finished();
     }
 
@@ -893,9 +911,11 @@ impl Connection {
     fn process_input(&mut self, now: Instant) {
         let _ = now;
         loop {
+            let before = self.read_buf.len();
             match self.codec.decode(&mut self.read_buf) {
                 Ok(Decoded::Command(cmd)) => {
-                    if let Err(reason) = self.dispatch(cmd) {
+                    let frame_len = before - self.read_buf.len();
+                    if let Err(reason) = self.dispatch(cmd, frame_len) {
                         self.shut(reason);
                         return;
                     }
@@ -918,7 +938,7 @@ impl Connection {
         }
     }
 
-    fn dispatch(&mut self, cmd: Command) -> Result<(), CloseReason> {
+    fn dispatch(&mut self, cmd: Command, frame_len: usize) -> Result<(), CloseReason> {
         if cmd.is_response() {
             if cmd.is_oneway() {
                 return Err(CloseReason::OnewayResponse { opaque: cmd.opaque });
@@ -944,12 +964,20 @@ impl Connection {
                 "[REJECTREQUEST]system busy, too many requests in flight on this connection"
             });
             // If even the bare busy answer exceeds a tiny frame limit, nothing is sent.
-            let _ = self.send_response(IncomingRequest { opaque: cmd.opaque }, busy);
+            let request = IncomingRequest {
+                opaque: cmd.opaque,
+                len: 0,
+            };
+            let _ = self.send_response(request, busy);
         } else {
             self.incoming += 1;
+            self.incoming_len += frame_len;
             self.stats.requests_received += 1;
             self.events.push_back(Event::Request {
-                request: IncomingRequest { opaque: cmd.opaque },
+                request: IncomingRequest {
+                    opaque: cmd.opaque,
+                    len: frame_len,
+                },
                 command: cmd,
             });
         }
