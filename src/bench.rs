@@ -307,7 +307,7 @@ impl Progress {
 
     /// Claims the right to issue one more request.
     fn claim(&self) -> bool {
-        if self.stop.load(Ordering::Relaxed) {
+        if self.stop.load(Ordering::Relaxed) || self.ends_at.is_some_and(|t| Instant::now() >= t) {
             return false;
         }
         let claimed = match self.limit {
@@ -490,8 +490,7 @@ fn show_progress(
         if stop.is_none() {
             if plan.duration.is_some_and(|d| elapsed >= d) {
                 stop = Some((Stop::Duration, Instant::now()));
-            } else if conn_failures > conn_failures_then
-                && last_success.elapsed() >= GIVE_UP_AFTER
+            } else if conn_failures > conn_failures_then && last_success.elapsed() >= GIVE_UP_AFTER
             {
                 stop = Some((Stop::ConnectionsLost, Instant::now()));
             }

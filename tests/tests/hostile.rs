@@ -464,3 +464,64 @@ fn a_spent_budget_answers_busy_then_recovers() {
         assert_eq!(latencies.len(), 20);
     }
 }
+
+/// A client whose server sends it requests and never reads the answers stops reading too.
+#[test]
+fn a_client_pushes_back_on_a_server_that_never_reads() {
+    const FRAMES: i32 = 600;
+    const BODY: usize = 64 * 1024;
+    for backend in BACKENDS {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connection = Config {
+            max_transmit_len: 256 * 1024,
+            ..Config::default()
+        };
+        // The first request makes the client connect; the "server" reads it only at the end.
+        let close: Box<dyn FnOnce()> = match backend {
+            Backend::Std => {
+                let config = remora_std::ClientConfig {
+                    connection,
+                    ..Default::default()
+                };
+                let client = remora_std::Client::connect_with_handler(addr, config, echo).unwrap();
+                client.oneway(Command::oneway(1)).unwrap();
+                Box::new(move || client.close())
+            }
+            Backend::Uring => {
+                let config = remora_uring::ClientConfig {
+                    connection,
+                    threads: 1,
+                    ..Default::default()
+                };
+                let client =
+                    remora_uring::Client::connect_with_handler(addr, config, Arc::new(echo))
+                        .unwrap();
+                // Connects, then times out (nobody answers yet).
+                let _ = client.call_blocking(Command::request(1), Duration::from_millis(50));
+                Box::new(move || client.close())
+            }
+        };
+        let (mut server_side, _) = listener.accept().unwrap();
+        let written = Arc::new(AtomicUsize::new(0));
+        let flood = spawn_flood(&server_side, FRAMES, BODY, Arc::clone(&written));
+        let stuck_at = wait_until_stuck(&written, Duration::from_millis(300));
+        assert!(
+            stuck_at < FRAMES as usize * BODY,
+            "{backend:?}: the client read everything"
+        );
+        let answers: Vec<Command> =
+            read_answers(&mut server_side, FRAMES as usize + 1, 30 * SECOND)
+                .into_iter()
+                .filter(|c| c.is_response())
+                .collect();
+        flood.join().unwrap();
+        let opaques: HashSet<i32> = answers.iter().map(|a| a.opaque).collect();
+        assert_eq!(
+            (answers.len(), opaques.len()),
+            (FRAMES as usize, FRAMES as usize),
+            "{backend:?}: every request answered once"
+        );
+        close();
+    }
+}
