@@ -1,6 +1,7 @@
 //! The `remora` command-line tool.
 
 mod bench;
+mod log;
 mod view;
 
 use std::io::{self, Read, Write};
@@ -82,6 +83,9 @@ enum Cmd {
         /// Answer with this header serialization (default: the request's).
         #[arg(long, value_enum)]
         serialize: Option<Serialize>,
+        /// Most connections open at once; more are refused with a line on stderr.
+        #[arg(long, default_value_t = remora_core::BudgetConfig::default().max_connections)]
+        max_connections: usize,
     },
     /// Load-test a server: C connections x N requests in flight, every response checked.
     ///
@@ -226,7 +230,8 @@ fn main() -> ExitCode {
             listen,
             backend,
             serialize,
-        } => serve(&listen, backend, serialize.map(Into::into)),
+            max_connections,
+        } => serve(&listen, backend, serialize.map(Into::into), max_connections),
         Cmd::Bench {
             target,
             backend,
@@ -347,9 +352,16 @@ fn echo(request: Command) -> Command {
     response
 }
 
-fn serve(listen: &str, backend: Backend, serialize: Option<SerializeType>) -> Result<(), String> {
+fn serve(
+    listen: &str,
+    backend: Backend,
+    serialize: Option<SerializeType>,
+    max_connections: usize,
+) -> Result<(), String> {
+    log::install();
     let mut config = ServerConfig::default();
     config.connection.serialize_type = serialize;
+    config.budget.max_connections = max_connections;
     match backend {
         Backend::Std => {
             let server =
@@ -363,6 +375,7 @@ fn serve(listen: &str, backend: Backend, serialize: Option<SerializeType>) -> Re
         Backend::Uring => {
             let config = remora_uring::ServerConfig {
                 connection: config.connection,
+                budget: config.budget,
                 ..Default::default()
             };
             let server = remora_uring::Server::bind_with(listen, std::sync::Arc::new(echo), config)

@@ -341,3 +341,52 @@ fn serve_uring_backend_answers() {
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got["body_hex"], "75");
 }
+
+#[test]
+fn serve_refuses_connections_beyond_its_maximum_with_a_log_line() {
+    use std::io::{BufRead, Read};
+    for backend in ["std", "uring"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_remora"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--max-connections", "1"])
+            .args(["--backend", backend])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start remora serve");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .to_string();
+        let first = std::net::TcpStream::connect(&addr).unwrap();
+        // The first is admitted and stays open; the second is closed at once.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut second = std::net::TcpStream::connect(&addr).unwrap();
+        second
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        assert!(
+            matches!(second.read(&mut buf), Ok(0) | Err(_)),
+            "{backend}: refused"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(
+            stderr.contains("WARN") && stderr.contains("connection refused: 1 connections open"),
+            "{backend}: {stderr:?}"
+        );
+        drop(first);
+    }
+}
