@@ -418,6 +418,8 @@ impl Conn {
         let _ = st.machine.send_response(request, response);
         self.settle(&mut st);
         drop(st);
+        // Answered: the bytes owed to the peer changed, so a paused reader looks again.
+        self.changed.notify_all();
         self.flush();
     }
 
