@@ -160,12 +160,27 @@ impl Conn {
         workers: Arc<Workers>,
         served: Option<Served>,
     ) -> io::Result<Arc<Conn>> {
-        stream.set_nodelay(true)?;
-        let peer = stream.peer_addr()?;
-        let read_half = stream.try_clone()?;
-        if let Some(idle) = config.idle_timeout {
-            read_half.set_read_timeout(Some(idle.max(Duration::from_millis(1))))?;
-        }
+        let prepared = (|| {
+            stream.set_nodelay(true)?;
+            let peer = stream.peer_addr()?;
+            let read_half = stream.try_clone()?;
+            if let Some(idle) = config.idle_timeout {
+                read_half.set_read_timeout(Some(idle.max(Duration::from_millis(1))))?;
+            }
+            Ok::<_, io::Error>((peer, read_half, stream.try_clone()?))
+        })();
+        let (peer, read_half, control) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                // Gone before it started (a peer that connected and reset at once): give its
+                // place back.
+                if let Some(served) = served {
+                    served.budget.leave(served.account);
+                    (served.on_closed)();
+                }
+                return Err(e);
+            }
+        };
         let (budget, account, on_closed) = match served {
             Some(s) => (Some(s.budget), Some(s.account), Some(s.on_closed)),
             None => (None, None, None),
@@ -179,7 +194,7 @@ impl Conn {
                 account,
             }),
             changed: Condvar::new(),
-            control: stream.try_clone()?,
+            control,
             writer: stream,
             writer_thread: Mutex::new(None),
             budget,

@@ -525,3 +525,40 @@ fn a_client_pushes_back_on_a_server_that_never_reads() {
         close();
     }
 }
+
+#[test]
+fn garbage_and_resets_close_only_their_own_connections() {
+    for backend in BACKENDS {
+        let server = Running::start(backend, Config::default(), BudgetConfig::default());
+        let addr = server.addr();
+        let hostile = std::thread::spawn(move || {
+            for i in 0..40u32 {
+                let mut s = connect(addr);
+                if i % 2 == 0 {
+                    // Garbage: a negative length.
+                    let _ = s.write_all(&[0xff, 0xfe, 0xfd, 0xfc, 1, 2, 3, 4]);
+                    let _ = read_answers(&mut s, 1, SECOND);
+                } else {
+                    // Half a frame, then a reset (SO_LINGER 0).
+                    let f = frame(i as i32, 32 * 1024);
+                    s.write_all(&f[..f.len() / 2]).unwrap();
+                    socket2::SockRef::from(&s)
+                        .set_linger(Some(Duration::ZERO))
+                        .unwrap();
+                }
+            }
+        });
+        let latencies = good_calls(addr, 200);
+        hostile.join().unwrap();
+        eprintln!(
+            "{backend:?}: 200 calls beside garbage and resets: p99 {:?}",
+            p99(&latencies)
+        );
+        assert!(p99(&latencies) < P99_BOUND, "{backend:?}");
+        let s = server.wait_for("hostile connections released", |s| {
+            s.connections == 0 && s.accepted == 41
+        });
+        assert_eq!(s.buffered, 0, "{backend:?}");
+        assert_eq!((s.requests, s.responses), (200, 200), "{backend:?}");
+    }
+}
