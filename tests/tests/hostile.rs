@@ -314,6 +314,12 @@ fn peers_that_never_read_are_held_back_and_others_are_served() {
             assert!(answers.iter().all(|a| a.code == codes::SUCCESS));
         }
         let s = server.wait_for("connections gone", |s| s.connections == 0);
+        eprintln!(
+            "{backend:?}: two floods of {} MiB each held back at {} bytes buffered (peak {})",
+            FRAMES as usize * (BODY + 100) >> 20,
+            held.buffered,
+            s.peak_buffered
+        );
         assert!(
             s.peak_buffered <= 2 * (MARK + 4 * BODY) + 64 * 1024,
             "{backend:?}: peak {} over the floods' bound",
