@@ -70,6 +70,8 @@ struct State {
     writing: bool,
     /// Bytes a non-blocking write could not finish, handed to the connection's writer thread.
     stash: Option<Bytes>,
+    /// The reader waits for the machine to want input (it is woken only then).
+    reader_paused: bool,
     /// This connection's share of the server's budget (server connections only).
     account: Option<Account>,
 }
@@ -191,6 +193,7 @@ impl Conn {
                 calls: HashMap::new(),
                 writing: false,
                 stash: None,
+                reader_paused: false,
                 account,
             }),
             changed: Condvar::new(),
@@ -342,7 +345,6 @@ impl Conn {
                         return;
                     }
                     self.settle(&mut st);
-                    self.changed.notify_all();
                 }
                 Err(_) => {
                     st.writing = false;
@@ -404,20 +406,22 @@ impl Conn {
                 }
                 st.machine.handle_sent(bytes.len());
                 self.settle(&mut st);
-                self.changed.notify_all();
                 next = st.machine.take_transmit();
             }
             st.writing = false;
         }
     }
 
-    /// Brings the server's budget up to date and hands the machine's events on. Runs under the
-    /// state lock.
+    /// Brings the server's budget up to date, hands the machine's events on, and wakes a paused
+    /// reader if the machine wants input again. Runs under the state lock, after any change.
     fn settle(self: &Arc<Self>, st: &mut State) {
         if let (Some(budget), Some(account)) = (&self.budget, st.account.as_mut()) {
             budget.sync(account, &mut st.machine);
         }
         self.drain_events(st);
+        if st.reader_paused && st.machine.wants_read() {
+            self.changed.notify_all();
+        }
     }
 
     /// Answers a peer's request (on a worker thread).
@@ -433,8 +437,6 @@ impl Conn {
         let _ = st.machine.send_response(request, response);
         self.settle(&mut st);
         drop(st);
-        // Answered: the bytes owed to the peer changed, so a paused reader looks again.
-        self.changed.notify_all();
         self.flush();
     }
 
@@ -548,14 +550,17 @@ impl Conn {
         let mut st = lock(&self.state);
         while !st.machine.wants_read() {
             if st.machine.is_closed() {
+                st.reader_paused = false;
                 return false;
             }
+            st.reader_paused = true;
             st = self
                 .changed
                 .wait_timeout(st, Duration::from_secs(1))
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        st.reader_paused = false;
         true
     }
 
