@@ -390,3 +390,95 @@ fn serve_refuses_connections_beyond_its_maximum_with_a_log_line() {
         drop(first);
     }
 }
+
+/// Runs `remora bench --json` with `args`; returns its exit status, its JSON line and how long it
+/// took.
+fn bench_json(args: &[&str]) -> (std::process::ExitStatus, Value, std::time::Duration) {
+    let t0 = std::time::Instant::now();
+    let out = remora(
+        &[&["bench", "--mode", "rpc", "--json"][..], args].concat(),
+        b"",
+    );
+    let took = t0.elapsed();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let line = stdout.lines().next().unwrap_or_else(|| {
+        panic!(
+            "no JSON line; stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status, serde_json::from_str(line).unwrap(), took)
+}
+
+#[test]
+fn bench_against_a_silent_server_ends_on_time_and_says_timeouts() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    // Accept and hold every connection, never answering.
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().take(4).collect();
+        std::thread::sleep(std::time::Duration::from_secs(30));
+        drop(held);
+    });
+    for backend in ["uring", "std"] {
+        let (status, line, took) = bench_json(&[
+            "--backend",
+            backend,
+            "--target",
+            &addr,
+            "--duration",
+            "1",
+            "--timeout-ms",
+            "400",
+            "--inflight",
+            "2",
+        ]);
+        assert!(!status.success(), "{backend}: nothing succeeded");
+        assert!(
+            took < std::time::Duration::from_secs(4),
+            "{backend}: {took:?}"
+        );
+        assert_eq!(line["requests"], 0);
+        assert_eq!(line["stop"], "duration");
+        let timeouts = line["error_kinds"]["timeout"].as_u64().unwrap();
+        assert!(timeouts >= 2, "{backend}: {line}");
+        assert_eq!(line["errors"], timeouts, "{backend}: only timeouts");
+    }
+}
+
+#[test]
+fn bench_stops_early_when_its_server_dies() {
+    for backend in ["uring", "std"] {
+        let served = serve(&[]);
+        let addr = served.addr.clone();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(700));
+            drop(served);
+        });
+        let (status, line, took) = bench_json(&[
+            "--backend",
+            backend,
+            "--target",
+            &addr,
+            "--duration",
+            "20",
+            "--inflight",
+            "4",
+        ]);
+        killer.join().unwrap();
+        assert!(!status.success(), "{backend}");
+        assert_eq!(line["stop"], "connections-lost", "{backend}: {line}");
+        assert!(
+            took < std::time::Duration::from_secs(8),
+            "{backend}: {took:?}"
+        );
+        assert!(line["requests"].as_u64().unwrap() > 0);
+        let kinds = &line["error_kinds"];
+        let lost = kinds["lost"].as_u64().unwrap() + kinds["refused"].as_u64().unwrap();
+        assert!(lost > 0, "{backend}: {line}");
+        assert!(
+            lost < 100_000,
+            "{backend}: a dead server is not hammered: {line}"
+        );
+    }
+}
