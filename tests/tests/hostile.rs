@@ -316,7 +316,7 @@ fn peers_that_never_read_are_held_back_and_others_are_served() {
         let s = server.wait_for("connections gone", |s| s.connections == 0);
         eprintln!(
             "{backend:?}: two floods of {} MiB each held back at {} bytes buffered (peak {})",
-            FRAMES as usize * (BODY + 100) >> 20,
+            (FRAMES as usize * (BODY + 100)) >> 20,
             held.buffered,
             s.peak_buffered
         );
