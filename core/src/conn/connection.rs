@@ -701,9 +701,10 @@ impl Connection {
     }
 
     /// The peer finished sending (end of input; it may still read). Our requests waiting for a
-    /// response fail at once (none can come), no more input is taken, and the connection stays
-    /// open until every request the peer sent before is answered (or dismissed) and written;
-    /// then it closes with [`CloseReason::ConnectionLost`].
+    /// response fail at once (none can come) and new ones are refused with [`SendError::Closed`],
+    /// no more input is taken, and the connection stays open until every request the peer sent
+    /// before is answered (or dismissed) and written; then it closes with
+    /// [`CloseReason::ConnectionLost`].
     pub fn handle_eof(&mut self) {
         if self.closed.is_some() || self.eof {
             return;
@@ -793,7 +794,8 @@ impl Connection {
     // ---- internals ----
 
     fn check_can_send(&self) -> Result<(), SendError> {
-        if self.closed.is_some() {
+        // After end of input no response can come: a new request could only time out.
+        if self.closed.is_some() || self.eof {
             return Err(SendError::Closed);
         }
         if !self.transmit.is_empty() && self.transmit.len() >= self.config.max_transmit_len {
@@ -1416,6 +1418,11 @@ mod tests {
             panic!()
         };
         assert!(!server.is_closed(), "open until the answer is out");
+        assert_eq!(
+            server.send_request(Command::request(3), t0 + SEC, t0),
+            Err(SendError::Closed),
+            "no response could come"
+        );
         server.send_response(request, command.response(0)).unwrap();
         assert!(!server.is_closed());
         let n = server.poll_transmit().unwrap().len();
