@@ -66,6 +66,8 @@ pub struct Plan {
     pub progress: bool,
     /// Each call's timeout (cut short at the end of a timed run).
     pub timeout: Duration,
+    /// Sign every request (ACL), as a client with credentials does.
+    pub signer: Option<remora_core::acl::Signer>,
 }
 
 /// How long a run may outlast its `--duration` (calls still in flight are then unfinished).
@@ -372,13 +374,17 @@ impl Progress {
 
 /// The request whose frame both modes send: code 310-like, ext-free, `payload` body bytes
 /// starting with sequence number `seq`.
-fn request(seq: u64, payload: usize, ty: SerializeType, buf: &mut BytesMut) -> Command {
-    buf.reserve(payload);
+fn request(seq: u64, plan: &Plan, buf: &mut BytesMut) -> Command {
+    buf.reserve(plan.payload);
     buf.put_u64(seq);
-    buf.put_bytes(b'r', payload.saturating_sub(8));
-    Command::request(codes::SEND_MESSAGE_V2)
+    buf.put_bytes(b'r', plan.payload.saturating_sub(8));
+    let mut request = Command::request(codes::SEND_MESSAGE_V2)
         .with_body(buf.split().freeze())
-        .with_serialize_type(ty)
+        .with_serialize_type(plan.serialize);
+    if let Some(signer) = &plan.signer {
+        signer.sign(&mut request);
+    }
+    request
 }
 
 fn body_matches(body: &[u8], seq: u64, payload: usize) -> bool {
@@ -697,7 +703,7 @@ fn uring_rpc(
                     let mut seq = ((c as u64) << 48) | ((w as u64) << 32);
                     while progress.claim() {
                         seq += 1;
-                        let req = request(seq, plan.payload, plan.serialize, &mut buf);
+                        let req = request(seq, &plan, &mut buf);
                         let t0 = Instant::now();
                         let result = client.call(req, progress.timeout()).await;
                         let outcome = Outcome::of(&result, seq, plan.payload);
@@ -725,10 +731,7 @@ fn raw_frame(plan: &Plan) -> Vec<u8> {
     let mut body = BytesMut::new();
     let mut frame = BytesMut::new();
     Codec::default()
-        .encode(
-            &request(1, plan.payload, plan.serialize, &mut body),
-            &mut frame,
-        )
+        .encode(&request(1, plan, &mut body), &mut frame)
         .expect("a bench request encodes");
     frame.to_vec()
 }
@@ -859,7 +862,7 @@ fn std_rpc(
                 let mut seq = (w as u64) << 32;
                 while progress.claim() {
                     seq += 1;
-                    let req = request(seq, plan.payload, plan.serialize, &mut buf);
+                    let req = request(seq, &plan, &mut buf);
                     let t0 = Instant::now();
                     let result = client.call(req, progress.timeout());
                     let outcome = Outcome::of(&result, seq, plan.payload);

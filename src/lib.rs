@@ -6,4 +6,5 @@
 
 pub use remora_core as core;
 pub use remora_std as std_net;
+pub use remora_tls as tls;
 pub use remora_uring as uring;

@@ -1,5 +1,6 @@
 //! The `remora` command-line tool.
 
+mod acl_cli;
 mod bench;
 mod log;
 mod view;
@@ -71,6 +72,8 @@ enum Cmd {
         /// Send a oneway request (no response is awaited; exits 0 once it is written).
         #[arg(long)]
         oneway: bool,
+        #[command(flatten)]
+        acl: acl_cli::SignArgs,
     },
     /// Run an echo server: every request is answered SUCCESS with its own body and ext fields.
     Serve {
@@ -86,6 +89,10 @@ enum Cmd {
         /// Most connections open at once; more are refused with a line on stderr.
         #[arg(long, default_value_t = remora_core::BudgetConfig::default().max_connections)]
         max_connections: usize,
+        /// Verify every request's ACL signature against this file of `ACCESS_KEY=SECRET_KEY`
+        /// lines; others are answered NO_PERMISSION (16).
+        #[arg(long, value_name = "FILE")]
+        acl: Option<std::path::PathBuf>,
     },
     /// Load-test a server: C connections x N requests in flight, every response checked.
     ///
@@ -134,6 +141,8 @@ enum Cmd {
         /// Embedded server threads.
         #[arg(long, default_value_t = 1)]
         server_threads: usize,
+        #[command(flatten)]
+        acl: acl_cli::SignArgs,
     },
     /// Encode commands given as JSON objects (the shape `decode` prints); print one hex frame each.
     ///
@@ -202,6 +211,7 @@ fn main() -> ExitCode {
             serialize,
             timeout_ms,
             oneway,
+            acl,
         } => {
             let body = match (body, body_file) {
                 (Some(text), _) => Ok(text.into_bytes()),
@@ -223,6 +233,7 @@ fn main() -> ExitCode {
                         .ok_or_else(|| format!("--ext {pair:?}: expected KEY=VALUE"))?;
                     request = request.with_ext(k, v);
                 }
+                acl_cli::sign(acl.signer()?.as_ref(), &mut request);
                 call(&addr, request, Duration::from_millis(timeout_ms), oneway)
             })
         }
@@ -231,7 +242,14 @@ fn main() -> ExitCode {
             backend,
             serialize,
             max_connections,
-        } => serve(&listen, backend, serialize.map(Into::into), max_connections),
+            acl,
+        } => serve(
+            &listen,
+            backend,
+            serialize.map(Into::into),
+            max_connections,
+            acl.as_ref(),
+        ),
         Cmd::Bench {
             target,
             backend,
@@ -246,7 +264,15 @@ fn main() -> ExitCode {
             json,
             client_threads,
             server_threads,
+            acl,
         } => {
+            let signer = match acl.signer() {
+                Ok(signer) => signer,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let plan = bench::Plan {
                 backend: match backend {
                     Backend::Uring => bench::Backend::Uring,
@@ -266,6 +292,7 @@ fn main() -> ExitCode {
                 server_threads,
                 progress: !json,
                 timeout: Duration::from_millis(timeout_ms.max(1)),
+                signer,
             };
             run_bench(&plan, mode, json)
         }
@@ -357,15 +384,17 @@ fn serve(
     backend: Backend,
     serialize: Option<SerializeType>,
     max_connections: usize,
+    acl: Option<&std::path::PathBuf>,
 ) -> Result<(), String> {
     log::install();
+    let handler = acl_cli::guard(echo, acl)?;
     let mut config = ServerConfig::default();
     config.connection.serialize_type = serialize;
     config.budget.max_connections = max_connections;
     match backend {
         Backend::Std => {
-            let server =
-                Server::bind_with(listen, echo, config).map_err(|e| format!("{listen}: {e}"))?;
+            let server = Server::bind_with(listen, move |r| handler.handle(r), config)
+                .map_err(|e| format!("{listen}: {e}"))?;
             println!("listening on {}", server.local_addr());
             io::stdout().flush().map_err(|e| e.to_string())?;
             loop {
@@ -378,7 +407,7 @@ fn serve(
                 budget: config.budget,
                 ..Default::default()
             };
-            let server = remora_uring::Server::bind_with(listen, std::sync::Arc::new(echo), config)
+            let server = remora_uring::Server::bind_with(listen, handler, config)
                 .map_err(|e| format!("{listen}: {e}"))?;
             println!("listening on {}", server.local_addr());
             io::stdout().flush().map_err(|e| e.to_string())?;

@@ -108,6 +108,9 @@ pub enum CloseReason {
         /// The response's opaque.
         opaque: i32,
     },
+    /// The secure transport under the connection (TLS) could not be set up, or the peer refused
+    /// it ([`Connection::handle_handshake_failure`]): the peer's application saw none of our bytes.
+    HandshakeFailed,
 }
 
 impl fmt::Display for CloseReason {
@@ -119,6 +122,7 @@ impl fmt::Display for CloseReason {
             CloseReason::OnewayResponse { opaque } => {
                 write!(f, "peer sent a response flagged oneway (opaque {opaque})")
             }
+            CloseReason::HandshakeFailed => f.write_str("secure handshake failed"),
         }
     }
 }
@@ -750,6 +754,15 @@ impl Connection {
         self.shut(CloseReason::ConnectionLost);
     }
 
+    /// The secure transport under this connection failed before the peer accepted it (a TLS
+    /// handshake that failed, stalled, or was refused by the peer): every waiting request fails
+    /// as never written — even bytes handed to the transport cannot have reached the peer's
+    /// application, since a TLS peer delivers nothing before its handshake completes — and the
+    /// connection closes with [`CloseReason::HandshakeFailed`].
+    pub fn handle_handshake_failure(&mut self) {
+        self.shut_with(CloseReason::HandshakeFailed, false);
+    }
+
     // ---- outputs ----
 
     /// Takes the bytes [`poll_transmit`](Self::poll_transmit) would show, for a driver that hands
@@ -887,6 +900,11 @@ impl Connection {
     }
 
     fn shut(&mut self, reason: CloseReason) {
+        self.shut_with(reason, true);
+    }
+
+    /// Closes for `reason`; `may_have_delivered` false reports every waiter as never written.
+    fn shut_with(&mut self, reason: CloseReason, may_have_delivered: bool) {
         if self.closed.is_some() {
             return;
         }
@@ -894,7 +912,7 @@ impl Connection {
         let slots: Vec<usize> = self.waiters.iter().map(|(slot, _)| slot).collect();
         for slot in slots {
             let id = self.slot_id(slot);
-            let written = self.remove_waiter(slot, true);
+            let written = self.remove_waiter(slot, true) && may_have_delivered;
             self.events.push_back(Event::Failed {
                 id,
                 error: RequestError {
@@ -1088,6 +1106,46 @@ mod tests {
             client.send_request(Command::request(1), t0, t0),
             Err(SendError::DeadlinePassed)
         );
+    }
+
+    #[test]
+    fn handshake_failure_reports_even_written_requests_as_never_written() {
+        let mut client = Connection::new(Config::default());
+        let t0 = Instant::ZERO;
+        let written = client
+            .send_request(Command::request(1), t0 + SEC, t0)
+            .unwrap();
+        let n = client.poll_transmit().unwrap().len();
+        client.handle_written(n);
+        let queued = client
+            .send_request(Command::request(2), t0 + SEC, t0)
+            .unwrap();
+        client.handle_handshake_failure();
+        let not_written = RequestError {
+            closed: Some(CloseReason::HandshakeFailed),
+            written: false,
+        };
+        assert_eq!(
+            events(&mut client),
+            vec![
+                Event::Failed {
+                    id: written,
+                    error: not_written
+                },
+                Event::Failed {
+                    id: queued,
+                    error: not_written
+                },
+                Event::Closed {
+                    reason: CloseReason::HandshakeFailed
+                },
+            ]
+        );
+        assert!(!not_written.may_have_reached_peer());
+        // A later disconnect changes nothing.
+        client.handle_disconnect();
+        assert_eq!(client.close_reason(), Some(CloseReason::HandshakeFailed));
+        assert!(client.poll_event().is_none());
     }
 
     #[test]
