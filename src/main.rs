@@ -2,6 +2,7 @@
 
 mod acl_cli;
 mod bench;
+mod log;
 mod pcap;
 mod script;
 mod view;
@@ -108,6 +109,9 @@ enum Cmd {
         /// Answer with this header serialization (default: the request's).
         #[arg(long, value_enum)]
         serialize: Option<Serialize>,
+        /// Most connections open at once; more are refused with a line on stderr.
+        #[arg(long, default_value_t = remora_core::BudgetConfig::default().max_connections)]
+        max_connections: usize,
         /// Verify every request's ACL signature against this file of `ACCESS_KEY=SECRET_KEY`
         /// lines; others are answered NO_PERMISSION (16).
         #[arg(long, value_name = "FILE")]
@@ -141,9 +145,13 @@ enum Cmd {
         /// Requests per run.
         #[arg(long, conflicts_with = "duration")]
         requests: Option<u64>,
-        /// Seconds per run (default 5 when --requests is not given).
+        /// Seconds per run (default 5 when --requests is not given); a run ends at most a
+        /// second later, reporting calls still in flight as unfinished.
         #[arg(long)]
         duration: Option<f64>,
+        /// Each call's timeout, in milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
         /// Header serialization.
         #[arg(long, value_enum, default_value_t = Serialize::Json)]
         serialize: Serialize,
@@ -273,6 +281,7 @@ fn main() -> ExitCode {
             listen,
             backend,
             serialize,
+            max_connections,
             acl,
             script: Some(path),
         } => {
@@ -289,7 +298,7 @@ fn main() -> ExitCode {
                             Some(_) => Some(acl_cli::guard(script::pass, acl.as_ref())?),
                             None => None,
                         };
-                        script::serve(&listen, s, serialize.map(Into::into), gate)
+                        script::serve(&listen, s, serialize.map(Into::into), max_connections, gate)
                     })
             }
         }
@@ -297,9 +306,16 @@ fn main() -> ExitCode {
             listen,
             backend,
             serialize,
+            max_connections,
             acl,
             script: None,
-        } => serve(&listen, backend, serialize.map(Into::into), acl.as_ref()),
+        } => serve(
+            &listen,
+            backend,
+            serialize.map(Into::into),
+            max_connections,
+            acl.as_ref(),
+        ),
         Cmd::Bench {
             target,
             backend,
@@ -309,6 +325,7 @@ fn main() -> ExitCode {
             payload,
             requests,
             duration,
+            timeout_ms,
             serialize,
             json,
             client_threads,
@@ -340,6 +357,7 @@ fn main() -> ExitCode {
                 client_threads,
                 server_threads,
                 progress: !json,
+                timeout: Duration::from_millis(timeout_ms.max(1)),
                 signer,
             };
             run_bench(&plan, mode, json)
@@ -463,11 +481,14 @@ fn serve(
     listen: &str,
     backend: Backend,
     serialize: Option<SerializeType>,
+    max_connections: usize,
     acl: Option<&std::path::PathBuf>,
 ) -> Result<(), String> {
+    log::install();
     let handler = acl_cli::guard(echo, acl)?;
     let mut config = ServerConfig::default();
     config.connection.serialize_type = serialize;
+    config.budget.max_connections = max_connections;
     match backend {
         Backend::Std => {
             let server = Server::bind_with(listen, move |r| handler.handle(r), config)
@@ -481,6 +502,7 @@ fn serve(
         Backend::Uring => {
             let config = remora_uring::ServerConfig {
                 connection: config.connection,
+                budget: config.budget,
                 ..Default::default()
             };
             let server = remora_uring::Server::bind_with(listen, handler, config)
@@ -517,6 +539,22 @@ fn run_bench(plan: &bench::Plan, mode: BenchMode, json: bool) -> Result<(), Stri
                 rpc.rps() / raw.rps().max(1e-9)
             );
         }
+    }
+    if let Some(lost) = reports
+        .iter()
+        .find(|r| r.stop == bench::Stop::ConnectionsLost)
+    {
+        return Err(format!(
+            "stopped early: connections lost and not re-established ({} requests done)",
+            lost.requests
+        ));
+    }
+    if let Some(none) = reports.iter().find(|r| r.requests == 0) {
+        return Err(format!(
+            "nothing succeeded ({} errors: {})",
+            none.errors,
+            none.error_kinds.text()
+        ));
     }
     if reports.iter().any(|r| r.errors > 0) {
         return Err(format!(

@@ -9,12 +9,13 @@
 //!
 //! The core's `Handler` answers every request with one command, so it cannot drop a request or
 //! close a connection: the script is served here by a small thread-per-connection loop over the
-//! core's `Codec` (the std driver's sockets), with a timer thread per connection for delays so a
+//! core's `Codec` over `std::net` sockets, with a timer thread per connection for delays so a
 //! delayed answer does not hold up the ones behind it.
 
 use std::collections::BinaryHeap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -225,6 +226,7 @@ pub fn serve(
     listen: &str,
     script: Script,
     serialize: Option<SerializeType>,
+    max_connections: usize,
     gate: Option<Arc<dyn Handler>>,
 ) -> Result<(), String> {
     let listener = TcpListener::bind(listen).map_err(|e| format!("{listen}: {e}"))?;
@@ -232,17 +234,32 @@ pub fn serve(
     println!("listening on {addr}");
     io::stdout().flush().map_err(|e| e.to_string())?;
     let script = Arc::new(script);
+    let open = Arc::new(AtomicUsize::new(0));
     for stream in listener.incoming() {
         let Ok(stream) = stream else {
             std::thread::sleep(Duration::from_millis(10));
             continue;
         };
+        if open.load(Ordering::Acquire) >= max_connections {
+            let peer = stream
+                .peer_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            eprintln!("{peer}: connection refused: {max_connections} connections open (--max-connections)");
+            continue; // dropping the stream closes it
+        }
         let script = Arc::clone(&script);
         let gate = gate.clone();
+        let open_now = Arc::clone(&open);
+        open.fetch_add(1, Ordering::AcqRel);
         let spawned = std::thread::Builder::new()
             .name("remora-script".into())
-            .spawn(move || connection(stream, &script, serialize, gate.as_deref()));
+            .spawn(move || {
+                connection(stream, &script, serialize, gate.as_deref());
+                open_now.fetch_sub(1, Ordering::AcqRel);
+            });
         if let Err(e) = spawned {
+            open.fetch_sub(1, Ordering::AcqRel);
             eprintln!("cannot start a connection thread: {e}");
         }
     }

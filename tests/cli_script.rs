@@ -364,3 +364,56 @@ fn a_script_behind_acl_answers_only_signed_requests() {
         "the script answered: {got}"
     );
 }
+
+#[test]
+fn a_script_server_refuses_connections_past_its_limit() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_remora"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--max-connections",
+            "1",
+            "--script",
+        ])
+        .arg(format!("{SAMPLES}/broker-script.json"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let served = Served {
+        child,
+        addr: line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .to_string(),
+    };
+    let first = client(&served.addr);
+    assert_eq!(
+        first
+            .call(Frame::request(34), Duration::from_secs(3))
+            .unwrap()
+            .code,
+        codes::SUCCESS
+    );
+    let refused = remora(&["call", &served.addr, "--code", "34", "--timeout-ms", "2000"]);
+    assert!(!refused.status.success(), "a second connection is refused");
+    first.close();
+    let start = Instant::now();
+    loop {
+        let out = remora(&["call", &served.addr, "--code", "34", "--timeout-ms", "2000"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the place was never given back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -525,13 +525,24 @@ impl Session {
     }
 
     /// Takes what [`poll_transmit`](Self::poll_transmit) would show, counted as written at once
-    /// (see [`Connection::take_transmit`]).
+    /// (see [`Connection::take_transmit`]). Report the bytes with
+    /// [`handle_sent`](Self::handle_sent) once the socket took them.
     pub fn take_transmit(&mut self) -> Option<Bytes> {
         if self.is_plain() {
             return self.conn.take_transmit();
         }
         self.encrypt();
         (!self.out.is_empty()).then(|| self.out.split().freeze())
+    }
+
+    /// The socket took `n` bytes given out by [`take_transmit`](Self::take_transmit)
+    /// ([`Connection::handle_sent`]: they stop counting as unsent, so
+    /// [`Connection::wants_read`] can turn true again). Encrypted bytes were already reported to
+    /// the connection when they were encrypted, so only plaintext is passed on.
+    pub fn handle_sent(&mut self, n: usize) {
+        if self.is_plain() {
+            self.conn.handle_sent(n);
+        }
     }
 
     /// [`Connection::poll_event`].
