@@ -430,3 +430,42 @@ fn custom_loop_example_fails_clearly_on_a_refused_connection() {
     );
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn serve_raw_mode_echoes_bytes_on_tokio() {
+    use std::io::{BufRead, BufReader, Read};
+    let mut server = Command::new(env!("CARGO_BIN_EXE_remora"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "tokio",
+            "--mode",
+            "raw",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start remora serve");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .and_then(|rest| rest.strip_suffix(" (raw byte echo)"))
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let mut sock = std::net::TcpStream::connect(&addr).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    // Not a frame: raw mode runs no protocol, it only echoes.
+    sock.write_all(b"\xff\xff\xff\xffnot a frame").unwrap();
+    let mut back = [0u8; 15];
+    sock.read_exact(&mut back).unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(&back, b"\xff\xff\xff\xffnot a frame");
+}

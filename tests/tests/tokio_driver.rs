@@ -594,3 +594,31 @@ fn calls_end_when_the_connections_runtime_is_dropped() {
     );
     assert!(dropped.elapsed() < 2 * SECOND);
 }
+
+#[test]
+fn idle_connections_close_and_reopen_on_demand() {
+    let (_rt, server) = tokio_server(ServerConfig::default());
+    let addr = server.local_addr();
+    runtime().block_on(async move {
+        let config = ClientConfig {
+            idle_timeout: Some(Duration::from_millis(100)),
+            ..Default::default()
+        };
+        let client = Client::connect(addr, config).await.unwrap();
+        client.call(Command::request(1), SECOND).await.unwrap();
+        assert_eq!(client.connections(), 1);
+        let deadline = Instant::now() + 3 * SECOND;
+        while client.connections() > 0 {
+            assert!(Instant::now() < deadline, "idle connection never closed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A clean close is reopened at once, with no backoff.
+        let r = client
+            .call(Command::request(1).with_body(&b"again"[..]), SECOND)
+            .await
+            .unwrap();
+        assert_eq!(&r.body[..], b"again");
+        assert_eq!(client.connections(), 1);
+        client.close();
+    });
+}
