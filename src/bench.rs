@@ -28,6 +28,8 @@ pub enum Backend {
     Uring,
     /// Blocking std::net threads.
     Std,
+    /// tokio (epoll).
+    Tokio,
 }
 
 /// What runs over the sockets.
@@ -165,7 +167,7 @@ impl Report {
         let h = &self.latency;
         format!(
             "{{\"backend\":\"{}\",\"mode\":\"{}\",\"connections\":{},\"inflight\":{},\"payload\":{},\"requests\":{},\"errors\":{},\"seconds\":{:.3},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"error_kinds\":{},\"unfinished\":{},\"stop\":\"{}\"}}",
-            match self.backend { Backend::Uring => "uring", Backend::Std => "std" },
+            match self.backend { Backend::Uring => "uring", Backend::Std => "std", Backend::Tokio => "tokio" },
             match self.mode { Mode::Rpc => "rpc", Mode::Raw => "raw" },
             plan.connections,
             plan.inflight,
@@ -405,7 +407,7 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
     let progress = Arc::new(Progress::new(plan, started));
     let (tx, rx) = mpsc::channel::<Result<Histogram<u64>, String>>();
     let threads = match plan.backend {
-        Backend::Uring => plan.client_threads.max(1).min(plan.connections.max(1)),
+        Backend::Uring | Backend::Tokio => plan.client_threads.max(1).min(plan.connections.max(1)),
         Backend::Std => plan.connections.max(1),
     };
     let mut handles = Vec::new();
@@ -421,6 +423,8 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
                 (Backend::Uring, Mode::Raw) => uring_raw(&plan, addr, conns, &progress),
                 (Backend::Std, Mode::Rpc) => std_rpc(&plan, addr, &progress),
                 (Backend::Std, Mode::Raw) => std_raw(&plan, addr, &progress),
+                (Backend::Tokio, Mode::Rpc) => tokio_rpc(&plan, addr, conns, &progress),
+                (Backend::Tokio, Mode::Raw) => tokio_raw(&plan, addr, conns, &progress),
             };
             let _ = tx.send(outcome);
         }));
@@ -541,6 +545,9 @@ struct EmbeddedServer {
     addr: SocketAddr,
     _uring: Option<remora_uring::Server>,
     _std: Option<remora_std::Server>,
+    /// The tokio server and its runtime (dropped in field order: server, then runtime).
+    _tokio: Option<(remora_tokio::Server, tokio::runtime::Runtime)>,
+    _tokio_raw: Option<tokio::runtime::Runtime>,
     raw_stop: Option<Arc<AtomicBool>>,
 }
 
@@ -554,6 +561,8 @@ impl EmbeddedServer {
             addr: "127.0.0.1:0".parse().expect("literal address"),
             _uring: None,
             _std: None,
+            _tokio: None,
+            _tokio_raw: None,
             raw_stop: None,
         };
         match (plan.backend, mode) {
@@ -577,6 +586,28 @@ impl EmbeddedServer {
                 server.addr = s.local_addr();
                 server._std = Some(s);
             }
+            (Backend::Tokio, Mode::Rpc) => {
+                let rt = tokio_runtime(plan.server_threads)?;
+                let s = rt
+                    .block_on(remora_tokio::Server::bind(
+                        "127.0.0.1:0",
+                        echo,
+                        remora_tokio::ServerConfig::default(),
+                    ))
+                    .map_err(|e| format!("starting the tokio server: {e}"))?;
+                server.addr = s.local_addr();
+                server._tokio = Some((s, rt));
+            }
+            (Backend::Tokio, Mode::Raw) => {
+                let rt = tokio_runtime(plan.server_threads)?;
+                let listener = rt
+                    .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                    .map_err(|e| format!("starting the tokio echo server: {e}"))?;
+                server.addr = listener.local_addr().map_err(|e| e.to_string())?;
+                rt.spawn(tokio_echo(listener));
+                // Dropping the runtime ends the echo tasks.
+                server._tokio_raw = Some(rt);
+            }
             (backend, Mode::Raw) => {
                 let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
                 server.addr = listener.local_addr().map_err(|e| e.to_string())?;
@@ -585,7 +616,7 @@ impl EmbeddedServer {
                 let threads = plan.server_threads.max(1);
                 match backend {
                     Backend::Uring => raw_uring_server(listener, threads, stop),
-                    Backend::Std => raw_std_server(listener, stop),
+                    Backend::Std | Backend::Tokio => raw_std_server(listener, stop),
                 }
             }
         }
@@ -606,7 +637,7 @@ impl Drop for EmbeddedServer {
 }
 
 /// A byte echo server on io_uring: `threads` threads share the listener's accepts.
-fn raw_uring_server(listener: TcpListener, threads: usize, stop: Arc<AtomicBool>) {
+pub(crate) fn raw_uring_server(listener: TcpListener, threads: usize, stop: Arc<AtomicBool>) {
     let listener = Arc::new(listener);
     for _ in 0..threads {
         let listener = Arc::clone(&listener);
@@ -647,7 +678,7 @@ fn raw_uring_server(listener: TcpListener, threads: usize, stop: Arc<AtomicBool>
 }
 
 /// A byte echo server on std threads, one per connection.
-fn raw_std_server(listener: TcpListener, stop: Arc<AtomicBool>) {
+pub(crate) fn raw_std_server(listener: TcpListener, stop: Arc<AtomicBool>) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             if stop.load(Ordering::Relaxed) {
@@ -930,4 +961,183 @@ fn std_raw(
         outstanding -= echoed_frames(&mut acc, &buf[..n], &frame, &mut sent, &mut hist, progress);
     }
     Ok(hist)
+}
+
+/// A multi-threaded tokio runtime with `threads` workers.
+fn tokio_runtime(threads: usize) -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting a tokio runtime: {e}"))
+}
+
+/// A plain tokio byte echo server (the epoll ceiling): a task per connection, read then
+/// write back what was read. `remora serve --backend tokio --mode raw` runs it too.
+pub async fn tokio_echo(listener: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match stream.read(&mut buf).await {
+                    Ok(n) if n > 0 => n,
+                    _ => return,
+                };
+                if stream.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+fn tokio_rpc(
+    plan: &Plan,
+    addr: SocketAddr,
+    conns: usize,
+    progress: &Arc<Progress>,
+) -> Result<Histogram<u64>, String> {
+    let plan = plan.clone();
+    let progress = Arc::clone(progress);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting a tokio runtime: {e}"))?;
+    rt.block_on(async move {
+        let hist = Arc::new(std::sync::Mutex::new(histogram()));
+        let mut tasks = Vec::new();
+        let mut clients = Vec::new();
+        for c in 0..conns {
+            let config = remora_tokio::ClientConfig {
+                connection: remora_core::Config {
+                    max_waiters: plan.inflight.max(1) * 2,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let client = remora_tokio::Client::connect(addr, config)
+                .await
+                .map_err(|e| format!("connecting to {addr}: {e}"))?;
+            for w in 0..plan.inflight.max(1) {
+                let client = client.clone();
+                let plan = plan.clone();
+                let progress = Arc::clone(&progress);
+                let hist = Arc::clone(&hist);
+                tasks.push(tokio::spawn(async move {
+                    let mut local = histogram();
+                    let mut buf = BytesMut::new();
+                    let mut seq = ((c as u64) << 48) | ((w as u64) << 32);
+                    while progress.claim() {
+                        seq += 1;
+                        let req = request(seq, plan.payload, plan.serialize, &mut buf);
+                        let t0 = Instant::now();
+                        match client.call(req, Duration::from_secs(10)).await {
+                            Ok(resp) if body_matches(&resp.body, seq, plan.payload) => {
+                                let _ = local.record(t0.elapsed().as_micros() as u64);
+                                progress.done.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => {
+                                progress.errors.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    let _ = hist.lock().unwrap_or_else(|e| e.into_inner()).add(local);
+                }));
+            }
+            clients.push(client);
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        for client in clients {
+            client.close();
+        }
+        let h = hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(h)
+    })
+}
+
+fn tokio_raw(
+    plan: &Plan,
+    addr: SocketAddr,
+    conns: usize,
+    progress: &Arc<Progress>,
+) -> Result<Histogram<u64>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let frame = Arc::new(raw_frame(plan));
+    let inflight = plan.inflight.max(1);
+    let progress = Arc::clone(progress);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting a tokio runtime: {e}"))?;
+    rt.block_on(async move {
+        let hist = Arc::new(std::sync::Mutex::new(histogram()));
+        let mut tasks = Vec::new();
+        for _ in 0..conns {
+            let mut stream = tokio::net::TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connecting to {addr}: {e}"))?;
+            let _ = stream.set_nodelay(true);
+            let frame = Arc::clone(&frame);
+            let progress = Arc::clone(&progress);
+            let hist = Arc::clone(&hist);
+            tasks.push(tokio::spawn(async move {
+                let len = frame.len();
+                let mut local = histogram();
+                let mut sent = std::collections::VecDeque::with_capacity(inflight);
+                let mut out = Vec::with_capacity(len * inflight);
+                let mut acc: Vec<u8> = Vec::with_capacity(len * inflight * 2);
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut outstanding = 0;
+                loop {
+                    // Top up to `inflight` frames in flight, in one write.
+                    out.clear();
+                    while outstanding < inflight && progress.claim() {
+                        out.extend_from_slice(&frame);
+                        sent.push_back(Instant::now());
+                        outstanding += 1;
+                    }
+                    if !out.is_empty() && stream.write_all(&out).await.is_err() {
+                        progress
+                            .errors
+                            .fetch_add(outstanding as u64, Ordering::Relaxed);
+                        break;
+                    }
+                    if outstanding == 0 {
+                        break;
+                    }
+                    let n = match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => n,
+                        _ => {
+                            progress
+                                .errors
+                                .fetch_add(outstanding as u64, Ordering::Relaxed);
+                            break;
+                        }
+                    };
+                    outstanding -= echoed_frames(
+                        &mut acc,
+                        &buf[..n],
+                        &frame,
+                        &mut sent,
+                        &mut local,
+                        &progress,
+                    );
+                }
+                let _ = hist.lock().unwrap_or_else(|e| e.into_inner()).add(local);
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        let h = hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(h)
+    })
 }

@@ -116,6 +116,10 @@ enum Cmd {
         /// lines; others are answered NO_PERMISSION (16).
         #[arg(long, value_name = "FILE")]
         acl: Option<std::path::PathBuf>,
+        /// rpc: the remoting echo server; raw: a plain byte echo (no protocol), the baseline
+        /// `remora bench --mode raw --target` measures against.
+        #[arg(long, value_enum, default_value_t = ServeMode::Rpc)]
+        mode: ServeMode,
     },
     /// Load-test a server: C connections x N requests in flight, every response checked.
     ///
@@ -213,6 +217,17 @@ enum Backend {
     Std,
     /// io_uring, thread per core.
     Uring,
+    /// tokio (epoll), a multi-threaded runtime.
+    Tokio,
+}
+
+/// `remora serve --mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ServeMode {
+    /// The remoting echo server.
+    Rpc,
+    /// A byte echo: every byte read is written back.
+    Raw,
 }
 
 fn main() -> ExitCode {
@@ -284,6 +299,7 @@ fn main() -> ExitCode {
             max_connections,
             acl,
             script: Some(path),
+            ..
         } => {
             if backend == Backend::Uring {
                 Err("--script is served by the std backend only: the server Handler answers every request, so it cannot drop one or close the connection".into())
@@ -305,10 +321,17 @@ fn main() -> ExitCode {
         Cmd::Serve {
             listen,
             backend,
+            mode: ServeMode::Raw,
+            ..
+        } => serve_raw(&listen, backend),
+        Cmd::Serve {
+            listen,
+            backend,
             serialize,
             max_connections,
             acl,
             script: None,
+            mode: ServeMode::Rpc,
         } => serve(
             &listen,
             backend,
@@ -343,6 +366,7 @@ fn main() -> ExitCode {
                 backend: match backend {
                     Backend::Uring => bench::Backend::Uring,
                     Backend::Std => bench::Backend::Std,
+                    Backend::Tokio => bench::Backend::Tokio,
                 },
                 connections: connections.max(1),
                 inflight: inflight.max(1),
@@ -509,6 +533,61 @@ fn serve(
                 .map_err(|e| format!("{listen}: {e}"))?;
             println!("listening on {}", server.local_addr());
             io::stdout().flush().map_err(|e| e.to_string())?;
+            loop {
+                std::thread::park();
+            }
+        }
+        Backend::Tokio => {
+            let config = remora_tokio::ServerConfig {
+                connection: config.connection,
+                ..Default::default()
+            };
+            let rt = tokio_runtime()?;
+            let server = rt
+                .block_on(remora_tokio::Server::bind(listen, move |r| handler.handle(r), config))
+                .map_err(|e| format!("{listen}: {e}"))?;
+            println!("listening on {}", server.local_addr());
+            io::stdout().flush().map_err(|e| e.to_string())?;
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+}
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting a tokio runtime: {e}"))
+}
+
+/// `remora serve --mode raw`: a byte echo server on the chosen driver.
+fn serve_raw(listen: &str, backend: Backend) -> Result<(), String> {
+    let print = |addr: std::net::SocketAddr| -> Result<(), String> {
+        println!("listening on {addr} (raw byte echo)");
+        io::stdout().flush().map_err(|e| e.to_string())
+    };
+    match backend {
+        Backend::Tokio => {
+            let rt = tokio_runtime()?;
+            let listener = rt
+                .block_on(tokio::net::TcpListener::bind(listen))
+                .map_err(|e| format!("{listen}: {e}"))?;
+            print(listener.local_addr().map_err(|e| e.to_string())?)?;
+            rt.block_on(bench::tokio_echo(listener));
+            Ok(())
+        }
+        Backend::Std | Backend::Uring => {
+            let listener =
+                std::net::TcpListener::bind(listen).map_err(|e| format!("{listen}: {e}"))?;
+            print(listener.local_addr().map_err(|e| e.to_string())?)?;
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            if backend == Backend::Uring {
+                bench::raw_uring_server(listener, 1, stop);
+            } else {
+                bench::raw_std_server(listener, stop);
+            }
             loop {
                 std::thread::park();
             }

@@ -482,3 +482,136 @@ fn bench_stops_early_when_its_server_dies() {
         );
     }
 }
+
+/// `examples/custom_loop`, built (or found up to date) by the same cargo that runs this test, so
+/// a focused `cargo test --test cli` never runs a stale copy.
+fn custom_loop_example() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().unwrap().parent().unwrap(); // target/<profile>/deps/..
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet", "--example", "custom_loop"]);
+    if !cfg!(debug_assertions) {
+        build.arg("--release");
+    }
+    let status = build
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(status.success(), "building examples/custom_loop");
+    let example = profile_dir.join("examples/custom_loop");
+    assert!(example.exists(), "{} missing", example.display());
+    example
+}
+
+/// Runs `program` with `args` to completion, killing it after 60 s.
+fn run_bounded(program: &std::path::Path, args: &[&str]) -> Output {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the example");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{} did not finish in 60 s", program.display());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn custom_loop_example_checks_1000_responses_from_remora_serve() {
+    use std::io::{BufRead, BufReader};
+    let example = custom_loop_example();
+    for backend in ["std", "tokio"] {
+        let mut server = Command::new(env!("CARGO_BIN_EXE_remora"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--backend", backend])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start remora serve");
+        let mut line = String::new();
+        BufReader::new(server.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .to_string();
+        let out = run_bounded(&example, &[&addr]);
+        let _ = server.kill();
+        let _ = server.wait();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{backend}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.starts_with("custom_loop: 1000/1000 responses checked, 32 in flight"),
+            "{backend}: {stdout}"
+        );
+    }
+}
+
+#[test]
+fn custom_loop_example_fails_clearly_on_a_refused_connection() {
+    let example = custom_loop_example();
+    // A port that was free a moment ago: nothing listens there.
+    let addr = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
+    let out = run_bounded(&example, &[&addr]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot connect") && stderr.contains(&addr),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn serve_raw_mode_echoes_bytes_on_tokio() {
+    use std::io::{BufRead, BufReader, Read};
+    let mut server = Command::new(env!("CARGO_BIN_EXE_remora"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "tokio",
+            "--mode",
+            "raw",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start remora serve");
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .and_then(|rest| rest.strip_suffix(" (raw byte echo)"))
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let mut sock = std::net::TcpStream::connect(&addr).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    // Not a frame: raw mode runs no protocol, it only echoes.
+    sock.write_all(b"\xff\xff\xff\xffnot a frame").unwrap();
+    let mut back = [0u8; 15];
+    sock.read_exact(&mut back).unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(&back, b"\xff\xff\xff\xffnot a frame");
+}

@@ -1,0 +1,595 @@
+//! One TCP connection on tokio, driven by a `remora_core::Connection`.
+//!
+//! One task per connection owns the socket. Each turn it writes everything the machine has
+//! queued (one `write` of the coalesced bytes), hands the machine's events on, then waits for
+//! the first of: the socket readable (read straight into the machine's read buffer), the socket
+//! writable (when a write would have blocked), a wake-up from a caller that queued bytes into an
+//! idle connection or set an earlier deadline, and the timer (the machine's next deadline or the
+//! idle expiry). Callers on any thread queue requests under a mutex shared with the task and
+//! wait on a slot indexed by their `RequestId`, so a response wakes its caller without hashing or
+//! allocating.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use remora_core::{
+    handle_catching, CallError, CloseReason, Command, Config, Connection, Event, Handler,
+    IncomingRequest, Instant, RequestId,
+};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+
+/// The driver's clock: core `Instant`s are nanoseconds since `origin`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Clock {
+    origin: tokio::time::Instant,
+}
+
+impl Clock {
+    pub(crate) fn new() -> Self {
+        Clock {
+            origin: tokio::time::Instant::now(),
+        }
+    }
+
+    pub(crate) fn now(&self) -> Instant {
+        Instant::from_nanos(self.origin.elapsed().as_nanos() as u64)
+    }
+
+    fn to_tokio(self, at: Instant) -> tokio::time::Instant {
+        self.origin + Duration::from_nanos(at.as_nanos())
+    }
+}
+
+/// Where the handler answers the peer's requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Dispatch {
+    /// On the connection's own task, between reads: the lowest overhead, for quick handlers (a
+    /// slow one holds up its connection and a runtime worker thread while it runs).
+    #[default]
+    Inline,
+    /// On tokio's blocking pool (`spawn_blocking`), for handlers that block or take long. Up to
+    /// [`Config::max_incoming`] requests per connection run at once; the machine answers the
+    /// rest `SYSTEM_BUSY`.
+    Blocking,
+}
+
+/// How a connection runs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnConfig {
+    pub(crate) machine: Config,
+    /// Close the connection after this long with nothing in flight.
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) dispatch: Dispatch,
+}
+
+enum CallSlot {
+    Empty,
+    Waiting {
+        id: RequestId,
+        waker: Option<Waker>,
+    },
+    Done {
+        id: RequestId,
+        outcome: Result<Command, CallError>,
+    },
+}
+
+/// Room made in the read buffer when it runs low.
+const READ_CHUNK: usize = 64 * 1024;
+/// Below this much free room, the read buffer grows by `READ_CHUNK`.
+const READ_LOW_WATER: usize = 8 * 1024;
+
+struct State {
+    machine: Connection,
+    calls: Vec<CallSlot>,
+    /// Outcomes whose slot was reused before their future collected them (the machine frees a
+    /// slot as soon as the response arrives).
+    parked: HashMap<RequestId, Result<Command, CallError>>,
+    last_active: Instant,
+}
+
+/// What one turn of the connection task hands on after releasing the lock. Kept between turns
+/// so that its vectors stop allocating once they have grown.
+#[derive(Default)]
+struct Turn {
+    wakers: Vec<Waker>,
+    requests: Vec<(IncomingRequest, Command)>,
+    oneways: Vec<Command>,
+    responses: Vec<(IncomingRequest, Command)>,
+}
+
+impl Turn {
+    fn is_empty(&self) -> bool {
+        self.wakers.is_empty() && self.requests.is_empty() && self.oneways.is_empty()
+    }
+}
+
+pub(crate) struct Conn {
+    state: Mutex<State>,
+    /// Wakes the connection task: bytes queued on an idle connection, an earlier deadline, close.
+    wake: Notify,
+    handler: Arc<dyn Handler>,
+    clock: Clock,
+    closed: AtomicBool,
+    config: ConnConfig,
+    peer: SocketAddr,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Conn {
+    /// Starts driving `stream` on the current tokio runtime (panics outside one, as
+    /// `tokio::spawn` does).
+    pub(crate) fn start(
+        stream: TcpStream,
+        config: ConnConfig,
+        handler: Arc<dyn Handler>,
+        clock: Clock,
+    ) -> io::Result<Arc<Conn>> {
+        stream.set_nodelay(true)?;
+        let peer = stream.peer_addr()?;
+        let conn = Arc::new(Conn {
+            state: Mutex::new(State {
+                machine: Connection::new(config.machine),
+                calls: Vec::new(),
+                parked: HashMap::new(),
+                last_active: clock.now(),
+            }),
+            wake: Notify::new(),
+            handler,
+            clock,
+            closed: AtomicBool::new(false),
+            config,
+            peer,
+        });
+        tokio::spawn(TaskGuard(Arc::clone(&conn)).run(stream));
+        Ok(conn)
+    }
+
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.peer
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// How the pool should see this connection.
+    pub(crate) fn health(&self) -> remora_core::pool::Health {
+        use remora_core::pool::Health;
+        if !self.is_closed() {
+            return Health::Open;
+        }
+        match lock(&self.state).machine.close_reason() {
+            Some(CloseReason::Local) | None => Health::Closed,
+            Some(_) => Health::Failed,
+        }
+    }
+
+    /// Our requests awaiting responses.
+    pub(crate) fn in_flight(&self) -> usize {
+        lock(&self.state).machine.pending_requests()
+    }
+
+    /// Peer requests not yet answered, and whether bytes still wait to be written.
+    pub(crate) fn unfinished(&self) -> (usize, bool) {
+        let st = lock(&self.state);
+        (
+            st.machine.pending_incoming(),
+            st.machine.poll_transmit().is_some(),
+        )
+    }
+
+    /// Queues `cmd`; the returned future resolves with its response or error. Dropping the
+    /// future cancels the call (an unwritten request is then never sent).
+    pub(crate) fn call(
+        self: &Arc<Self>,
+        cmd: Command,
+        timeout: Duration,
+    ) -> Result<CallFuture, CallError> {
+        let now = self.clock.now();
+        let deadline = now + timeout;
+        let (id, index, wake) = {
+            let mut st = lock(&self.state);
+            let st = &mut *st;
+            let idle = st.machine.poll_transmit().is_none();
+            let earliest = st.machine.poll_timeout();
+            let id = st.machine.send_request(cmd, deadline, now)?;
+            let index = id.index(&st.machine);
+            if st.calls.len() <= index {
+                st.calls.resize_with(index + 1, || CallSlot::Empty);
+            }
+            let previous =
+                std::mem::replace(&mut st.calls[index], CallSlot::Waiting { id, waker: None });
+            if let CallSlot::Done { id, outcome } = previous {
+                st.parked.insert(id, outcome);
+            }
+            st.last_active = now;
+            // The task flushes whatever is queued before it sleeps: it needs waking only if the
+            // connection had nothing to write, or its timer must fire sooner.
+            (id, index, idle || earliest.map_or(true, |t| deadline < t))
+        };
+        if wake {
+            self.wake.notify_one();
+        }
+        Ok(CallFuture {
+            conn: Arc::clone(self),
+            id,
+            index,
+            finished: false,
+        })
+    }
+
+    /// Queues a oneway request.
+    pub(crate) fn oneway(&self, cmd: Command) -> Result<(), CallError> {
+        let idle = {
+            let mut st = lock(&self.state);
+            let idle = st.machine.poll_transmit().is_none();
+            st.machine.send_oneway(cmd)?;
+            st.last_active = self.clock.now();
+            idle
+        };
+        if idle {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Answers a peer's request from outside the connection task (the blocking pool).
+    fn respond(&self, request: IncomingRequest, response: Command) {
+        let idle = {
+            let mut st = lock(&self.state);
+            let idle = st.machine.poll_transmit().is_none();
+            let _ = st.machine.send_response(request, response);
+            idle
+        };
+        if idle {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Closes the connection (idempotent): calls in flight fail with `Closed`, saying whether
+    /// they were written.
+    pub(crate) fn close(&self) {
+        self.end(|m| m.close());
+    }
+
+    /// Applies `shut` to the machine, then completes what it failed.
+    fn end(&self, shut: impl FnOnce(&mut Connection)) {
+        let mut turn = Turn::default();
+        {
+            let mut st = lock(&self.state);
+            shut(&mut st.machine);
+            self.drain(&mut st, &mut turn);
+            // The machine is closed: nobody can answer these any more.
+            for (request, _) in turn.requests.drain(..) {
+                st.machine.dismiss(request);
+            }
+        }
+        for waker in turn.wakers.drain(..) {
+            waker.wake();
+        }
+        self.wake.notify_one();
+    }
+
+    /// Takes the machine's events: completes calls (their wakers go into `turn`, to be woken
+    /// after the lock is released) and collects the peer's requests for the handler.
+    ///
+    /// Must run under the same lock as whatever made the events (read, timeout, disconnect,
+    /// close): the machine frees a call's slot when it emits the call's outcome, and a call made
+    /// in between would take the slot before the outcome reached it.
+    fn drain(&self, st: &mut State, turn: &mut Turn) {
+        while let Some(event) = st.machine.poll_event() {
+            match event {
+                Event::Response { id, response } => complete(st, id, Ok(response), turn),
+                Event::Failed { id, error } => complete(st, id, Err(error.into()), turn),
+                Event::Request { request, command } => turn.requests.push((request, command)),
+                Event::Oneway { command } => turn.oneways.push(command),
+                Event::Closed { .. } => self.closed.store(true, Ordering::Release),
+            }
+        }
+    }
+
+    /// Wakes callers and runs the handler for what `drain` collected.
+    fn hand_on(self: &Arc<Self>, turn: &mut Turn) {
+        for waker in turn.wakers.drain(..) {
+            waker.wake();
+        }
+        match self.config.dispatch {
+            Dispatch::Inline => {
+                for command in turn.oneways.drain(..) {
+                    let _ = handle_catching(&*self.handler, command);
+                }
+                for (request, command) in turn.requests.drain(..) {
+                    let response = handle_catching(&*self.handler, command);
+                    turn.responses.push((request, response));
+                }
+                if !turn.responses.is_empty() {
+                    let mut st = lock(&self.state);
+                    for (request, response) in turn.responses.drain(..) {
+                        let _ = st.machine.send_response(request, response);
+                    }
+                }
+            }
+            Dispatch::Blocking => {
+                for command in turn.oneways.drain(..) {
+                    let handler = Arc::clone(&self.handler);
+                    tokio::task::spawn_blocking(move || {
+                        let _ = handle_catching(&*handler, command);
+                    });
+                }
+                for (request, command) in turn.requests.drain(..) {
+                    let conn = Arc::clone(self);
+                    tokio::task::spawn_blocking(move || {
+                        let response = handle_catching(&*conn.handler, command);
+                        conn.respond(request, response);
+                    });
+                }
+            }
+        }
+    }
+
+    /// Reads what the socket has straight into the machine's buffer and decodes it.
+    fn read(&self, stream: &TcpStream, st: &mut State) {
+        if st.machine.is_closed() {
+            return;
+        }
+        let buf = st.machine.read_buffer();
+        // Grow only when nearly full: while decoded bodies still share the buffer, growing means
+        // a new allocation, so do it once per READ_CHUNK, not once per read.
+        if buf.capacity() - buf.len() < READ_LOW_WATER {
+            buf.reserve(READ_CHUNK);
+        }
+        match stream.try_read_buf(buf) {
+            Ok(0) => st.machine.handle_disconnect(),
+            Ok(n) => {
+                let now = self.clock.now();
+                st.last_active = now;
+                st.machine.handle_read(n, now);
+            }
+            Err(e) if is_transient(&e) => {}
+            Err(_) => st.machine.handle_disconnect(),
+        }
+    }
+
+    /// The deadlines, or the idle expiry, came due.
+    fn fire_timer(&self, st: &mut State) {
+        let now = self.clock.now();
+        st.machine.handle_timeout(now);
+        if let Some(idle) = self.config.idle_timeout {
+            let quiet = st.machine.pending_requests() == 0 && st.machine.pending_incoming() == 0;
+            if quiet && now >= st.last_active + idle {
+                st.machine.close();
+            }
+        }
+    }
+
+    /// When the task must next wake by itself.
+    fn wake_at(&self, st: &State) -> Option<Instant> {
+        let deadline = st.machine.poll_timeout();
+        let idle_at = self.config.idle_timeout.and_then(|idle| {
+            (st.machine.pending_requests() == 0 && st.machine.pending_incoming() == 0)
+                .then(|| st.last_active + idle)
+        });
+        match (deadline, idle_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
+}
+
+fn complete(st: &mut State, id: RequestId, outcome: Result<Command, CallError>, turn: &mut Turn) {
+    let index = id.index(&st.machine);
+    let Some(slot) = st.calls.get_mut(index) else {
+        return;
+    };
+    if let CallSlot::Waiting { id: waiting, waker } = slot {
+        if *waiting == id {
+            if let Some(w) = waker.take() {
+                turn.wakers.push(w);
+            }
+            *slot = CallSlot::Done { id, outcome };
+        }
+    }
+}
+
+/// Writes everything queued (one write per contiguous run) until done or the socket is full.
+fn flush(stream: &TcpStream, machine: &mut Connection) {
+    while let Some(bytes) = machine.poll_transmit() {
+        match stream.try_write(bytes) {
+            Ok(0) => {
+                machine.handle_disconnect();
+                return;
+            }
+            Ok(n) => machine.handle_written(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => {
+                machine.handle_disconnect();
+                return;
+            }
+        }
+    }
+}
+
+/// Owns the connection task's reference: if the task ends for any reason (including its runtime
+/// shutting down), the machine is told the transport is gone, so every call still waiting ends.
+struct TaskGuard(Arc<Conn>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.end(|m| m.handle_disconnect());
+    }
+}
+
+impl TaskGuard {
+    async fn run(self, stream: TcpStream) {
+        let conn = &self.0;
+        let mut turn = Turn::default();
+        let sleep = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
+        loop {
+            let (want_write, wake_at) = {
+                let mut st = lock(&conn.state);
+                let st = &mut *st;
+                flush(&stream, &mut st.machine);
+                conn.drain(st, &mut turn);
+                (st.machine.poll_transmit().is_some(), conn.wake_at(st))
+            };
+            if !turn.is_empty() {
+                conn.hand_on(&mut turn);
+                // Answers may have been queued: write them before waiting.
+                continue;
+            }
+            if conn.is_closed() {
+                return; // dropping the stream closes the socket
+            }
+            if let Some(at) = wake_at {
+                if armed != Some(at) {
+                    sleep.as_mut().reset(conn.clock.to_tokio(at));
+                    armed = Some(at);
+                }
+            }
+            tokio::select! {
+                biased;
+                ready = stream.readable() => {
+                    let mut st = lock(&conn.state);
+                    match ready {
+                        Ok(()) => conn.read(&stream, &mut st),
+                        Err(_) => st.machine.handle_disconnect(),
+                    }
+                    // Under the same lock: once the machine has freed a call's slot, a new call
+                    // may take it, so its outcome must be in `calls` before the lock is released.
+                    conn.drain(&mut st, &mut turn);
+                }
+                _ = stream.writable(), if want_write => {}
+                () = conn.wake.notified() => {}
+                () = &mut sleep, if wake_at.is_some() => {
+                    armed = None;
+                    let mut st = lock(&conn.state);
+                    conn.fire_timer(&mut st);
+                    conn.drain(&mut st, &mut turn);
+                }
+            }
+        }
+    }
+}
+
+/// A connection, for sending requests to the peer on the other end: a
+/// [`Server`](crate::Server)'s accepted client (as brokers do: transaction checks, consumer
+/// queries).
+#[derive(Clone)]
+pub struct Peer {
+    conn: Arc<Conn>,
+}
+
+impl Peer {
+    pub(crate) fn new(conn: Arc<Conn>) -> Peer {
+        Peer { conn }
+    }
+
+    /// The peer's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.conn.peer()
+    }
+
+    /// Sends a request to the peer and waits up to `timeout` for its response.
+    pub async fn call(&self, request: Command, timeout: Duration) -> Result<Command, CallError> {
+        self.conn.call(request, timeout)?.await
+    }
+
+    /// Queues a oneway request to the peer.
+    pub fn oneway(&self, request: Command) -> Result<(), CallError> {
+        self.conn.oneway(request)
+    }
+
+    /// Whether the connection has closed.
+    pub fn is_closed(&self) -> bool {
+        self.conn.is_closed()
+    }
+}
+
+/// A call in flight; resolves with the response or why there is none. Dropping it cancels the
+/// call (an unwritten request is then never sent). `Send`: await it on any runtime or thread.
+pub struct CallFuture {
+    conn: Arc<Conn>,
+    id: RequestId,
+    index: usize,
+    finished: bool,
+}
+
+impl Future for CallFuture {
+    type Output = Result<Command, CallError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let mut st = lock(&this.conn.state);
+        let st = &mut *st;
+        let slot = &mut st.calls[this.index];
+        match slot {
+            CallSlot::Done { id, .. } if *id == this.id => {
+                let CallSlot::Done { outcome, .. } = std::mem::replace(slot, CallSlot::Empty)
+                else {
+                    unreachable!("matched Done above")
+                };
+                this.finished = true;
+                Poll::Ready(outcome)
+            }
+            CallSlot::Waiting { id, waker } if *id == this.id => {
+                match waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => *waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            // The slot went to a newer call after ours completed: our outcome was parked.
+            _ => {
+                this.finished = true;
+                match st.parked.remove(&this.id) {
+                    Some(outcome) => Poll::Ready(outcome),
+                    // Unreachable by construction (every completed outcome is in the slot or
+                    // parked); if it ever were, the request was queued, so it may have gone out.
+                    None => Poll::Ready(Err(CallError::Closed { written: true })),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for CallFuture {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut st = lock(&self.conn.state);
+        let st = &mut *st;
+        match &st.calls[self.index] {
+            CallSlot::Waiting { id, .. } if *id == self.id => {
+                st.calls[self.index] = CallSlot::Empty;
+                st.machine.cancel(self.id);
+            }
+            CallSlot::Done { id, .. } if *id == self.id => st.calls[self.index] = CallSlot::Empty,
+            _ => {
+                st.parked.remove(&self.id);
+            }
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! tokio (epoll) client and server for the Apache RocketMQ remoting protocol.
+//!
+//! The same `remora-core` [`Connection`](remora_core::Connection) machine as the std and
+//! io_uring drivers, on tokio's `TcpStream`. The driver only moves bytes, reads the clock, waits
+//! and counts: matching, deadlines, busy answers and which requests may have reached the peer are
+//! the core's decisions.
+//!
+//! Each connection is one task that owns the socket. Per turn it writes everything queued since
+//! its last write in one `write` (the machine coalesces frames into one slice), reads straight
+//! into the machine's read buffer (bodies stay zero-copy slices of it), and arms one timer for
+//! the machine's next deadline. Callers on any thread share the machine through one mutex with
+//! the task and wait on a slot indexed by their `RequestId`: in steady state, calls through a
+//! client and server allocate less than once per hundred calls, counted
+//! (`tests/tests/tokio_alloc.rs`).
+//!
+//! - [`Client`]: `Send + Sync + Clone`, a pool of multiplexed connections (the core's pool
+//!   policy: least in-flight first, reconnect with the core's backoff), timeouts, oneway, and a
+//!   [`Handler`](remora_core::Handler) for requests the server sends.
+//! - [`Server`]: the core `Handler` API, run inline or on the blocking pool ([`Dispatch`]),
+//!   `SYSTEM_BUSY` beyond the in-flight limit, [`Peer`]s to send requests to clients, graceful
+//!   stop.
+//!
+//! Both run on the tokio runtime that created them (any flavour, with the `net` and `time`
+//! drivers enabled). A multi-endpoint cluster client is not part of this crate yet.
+
+mod client;
+mod conn;
+mod server;
+
+pub use client::{Client, ClientConfig};
+pub use conn::{CallFuture, Dispatch, Peer};
+pub use server::{Server, ServerConfig};

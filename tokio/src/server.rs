@@ -1,0 +1,212 @@
+//! The server: an accept task and one task per connection, on the caller's tokio runtime.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use remora_core::{Config, Handler};
+use tokio::net::{TcpListener, ToSocketAddrs};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::conn::{Clock, Conn, ConnConfig, Dispatch, Peer};
+
+/// How a [`Server`] runs.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerConfig {
+    /// Each connection's machine. `max_incoming` is the most requests in flight per connection;
+    /// beyond it the machine answers `SYSTEM_BUSY`.
+    pub connection: Config,
+    /// Where the handler runs.
+    pub dispatch: Dispatch,
+    /// How long [`Server::stop`] waits for requests in flight to be answered and written.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            connection: Config::default(),
+            dispatch: Dispatch::Inline,
+            drain_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+struct Shared {
+    conns: Mutex<Vec<Arc<Conn>>>,
+    stop: Notify,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    fn conns(&self) -> MutexGuard<'_, Vec<Arc<Conn>>> {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.retain(|c| !c.is_closed());
+        conns
+    }
+}
+
+/// A remoting server on tokio: an accept task and one task per connection, on the runtime that
+/// called [`Server::bind`] (a multi-threaded runtime spreads connections over its workers).
+///
+/// A corrupt frame closes only its connection; oneway requests are handled and never answered;
+/// with [`Dispatch::Blocking`], requests beyond `max_incoming` per connection are answered
+/// `SYSTEM_BUSY` by the core machine.
+///
+/// ```no_run
+/// use remora_core::{codes, Command};
+/// use remora_tokio::{Server, ServerConfig};
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let echo = |request: Command| {
+///     let body = request.body.clone();
+///     request.response(codes::SUCCESS).with_body(body)
+/// };
+/// let server = Server::bind("127.0.0.1:9876", echo, ServerConfig::default()).await?;
+/// println!("listening on {}", server.local_addr());
+/// // ... later:
+/// server.stop().await;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Server {
+    shared: Arc<Shared>,
+    local_addr: SocketAddr,
+    acceptor: Mutex<Option<JoinHandle<()>>>,
+    drain_timeout: Duration,
+}
+
+impl Server {
+    /// Listens on `addr` and starts accepting on the current runtime.
+    pub async fn bind(
+        addr: impl ToSocketAddrs,
+        handler: impl Handler,
+        config: ServerConfig,
+    ) -> io::Result<Server> {
+        Server::bind_with(addr, Arc::new(handler), config).await
+    }
+
+    /// [`Server::bind`] with a shared handler.
+    pub async fn bind_with(
+        addr: impl ToSocketAddrs,
+        handler: Arc<dyn Handler>,
+        config: ServerConfig,
+    ) -> io::Result<Server> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            conns: Mutex::new(Vec::new()),
+            stop: Notify::new(),
+            stopping: AtomicBool::new(false),
+        });
+        let acceptor = tokio::spawn(accept_loop(listener, Arc::clone(&shared), handler, config));
+        Ok(Server {
+            shared,
+            local_addr,
+            acceptor: Mutex::new(Some(acceptor)),
+            drain_timeout: config.drain_timeout,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.shared.conns().len()
+    }
+
+    /// The open connections, to send requests to their clients.
+    pub fn peers(&self) -> Vec<Peer> {
+        self.shared
+            .conns()
+            .iter()
+            .map(|c| Peer::new(Arc::clone(c)))
+            .collect()
+    }
+
+    /// Stops gracefully (idempotent): accepts no more connections, waits up to
+    /// [`ServerConfig::drain_timeout`] for requests in flight to be answered and written, then
+    /// closes every connection.
+    pub async fn stop(&self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.stop.notify_one();
+        let acceptor = self
+            .acceptor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(acceptor) = acceptor {
+            let _ = acceptor.await;
+        }
+        let conns: Vec<Arc<Conn>> = std::mem::take(&mut *self.shared.conns());
+        let give_up = tokio::time::Instant::now() + self.drain_timeout;
+        for conn in &conns {
+            while !conn.is_closed()
+                && conn.unfinished() != (0, false)
+                && tokio::time::Instant::now() < give_up
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        for conn in &conns {
+            conn.close();
+        }
+    }
+}
+
+impl Drop for Server {
+    /// Without [`Server::stop`]: stops accepting and closes every connection at once.
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.stop.notify_one();
+        if let Some(acceptor) = self
+            .acceptor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            acceptor.abort();
+        }
+        for conn in std::mem::take(&mut *self.shared.conns()) {
+            conn.close();
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    handler: Arc<dyn Handler>,
+    config: ServerConfig,
+) {
+    let clock = Clock::new();
+    let conn_config = ConnConfig {
+        machine: config.connection,
+        idle_timeout: None,
+        dispatch: config.dispatch,
+    };
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _peer)) = accepted else {
+                    // EMFILE and friends: back off a little rather than spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                if shared.stopping.load(Ordering::Acquire) {
+                    return;
+                }
+                if let Ok(conn) = Conn::start(stream, conn_config, Arc::clone(&handler), clock) {
+                    shared.conns().push(conn);
+                }
+            }
+            () = shared.stop.notified() => return,
+        }
+    }
+}
