@@ -55,6 +55,7 @@ extern crate std;
 pub mod acl;
 pub mod codec;
 pub mod conn;
+pub mod rand;
 pub mod resilience;
 mod time;
 
@@ -68,8 +69,6 @@ pub use codec::command::{
 pub use codec::error::{BinaryField, DecodeError, EncodeError, JsonErrorKind};
 pub use codec::frame::{Codec, Decoded, PREFIX_LEN};
 pub use codec::limits::{Limits, DEFAULT_MAX_FRAME_LEN};
-#[cfg(feature = "std")]
-pub use conn::call::handle_catching;
 pub use conn::call::{CallError, ConnectError, Handler, Hook, NotSupported};
 pub use conn::connection::{
     CloseReason, Config, Connection, Event, IncomingRequest, RequestError, RequestId, SendError,

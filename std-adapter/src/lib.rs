@@ -25,7 +25,8 @@ mod server;
 
 pub use client::{Client, ClientConfig, Mode};
 pub use cluster::{
-    CallOpts, Cluster, ClusterConfig, Counters, EndpointReport, Hook, Resolver, Watch,
+    CallOpts, Cluster, ClusterConfig, ClusterError, Counts, Dns, EndpointReport, Fallback, Hook,
+    Resolver, Watch,
 };
 pub use conn::Peer;
 pub use handler::{Handler, NotSupported};

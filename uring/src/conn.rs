@@ -14,10 +14,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use crate::handle_catching;
 use bytes::BytesMut;
-use remora_core::{
-    handle_catching, CallError, Command, Config, Connection, Event, Handler, Instant, RequestId,
-};
+use remora_core::{CallError, Command, Config, Connection, Event, Handler, Instant, RequestId};
 use tokio::sync::Notify;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;

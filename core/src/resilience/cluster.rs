@@ -1,0 +1,635 @@
+//! A multi-endpoint client's whole call, decided here and run by a driver's small loop.
+//!
+//! [`ClusterState`] is what a client's calls share: the endpoints' balancer, breakers, ejection
+//! and budget ([`Endpoints`]), the addresses a resolver gave, per-endpoint [`Counts`], the
+//! resolver's schedule and the random bits for every choice. [`ClusterCall`] is one call: it
+//! classifies outcomes, chooses between a transparent requeue and a retry, hedges (after a
+//! latency percentile once there are enough samples), keeps the deadline and the budget, runs
+//! the hooks and the fallback. A driver's loop is:
+//!
+//! 1. [`ClusterCall::poll`] until it returns `None`, doing what each [`Action`] says (send an
+//!    attempt with the given timeout, cancel one, or stop: [`Action::Done`]);
+//! 2. wait for an attempt's outcome or until [`ClusterCall::wake_at`];
+//! 3. report it with [`ClusterCall::on_outcome`] or [`ClusterCall::on_timeout`], and go to 1.
+//!
+//! Once done, [`ClusterCall::result`] is the call's answer. Oneway requests, health probes and
+//! resolver refreshes are methods of [`ClusterState`]. The core never reads a clock, never
+//! sleeps, never resolves a name: every `now` is the driver's, and DNS is a driver's
+//! [`Resolve`](super::resolve::Resolve).
+
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::time::Duration;
+
+use super::backoff::Backoff;
+use super::breaker::State as BreakerState;
+use super::call::{AttemptKind, Call, CallOptions, Endpoints, Step};
+use super::policies::{ConfigError, Policies};
+use super::resolve::diff;
+use super::retry::{
+    Class, Classifier, HedgePolicy, RetryPolicy, Schedule, DEFAULT_RETRYABLE_CODES,
+};
+use crate::codec::command::Command;
+use crate::conn::call::{CallError, Hook};
+use crate::rand::SplitMix64;
+use crate::time::Instant;
+
+/// Attempts, retries, hedges and outcomes, per endpoint or in total.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Attempts sent.
+    pub attempts: u64,
+    /// Attempts that were retries (or transparent requeues).
+    pub retries: u64,
+    /// Attempts that were hedges.
+    pub hedges: u64,
+    /// Successes.
+    pub successes: u64,
+    /// Retryable failures.
+    pub retryable_failures: u64,
+    /// Fatal failures.
+    pub fatal_failures: u64,
+    /// Calls (counted on the endpoint of their last attempt) that wanted a retry or hedge the
+    /// retry budget refused.
+    pub budget_exhausted: u64,
+}
+
+impl Counts {
+    fn plus(self, c: Counts) -> Counts {
+        Counts {
+            attempts: self.attempts + c.attempts,
+            retries: self.retries + c.retries,
+            hedges: self.hedges + c.hedges,
+            successes: self.successes + c.successes,
+            retryable_failures: self.retryable_failures + c.retryable_failures,
+            fatal_failures: self.fatal_failures + c.fatal_failures,
+            budget_exhausted: self.budget_exhausted + c.budget_exhausted,
+        }
+    }
+
+    fn outcome(&mut self, class: Class) {
+        match class {
+            Class::Success => self.successes += 1,
+            Class::Retryable => self.retryable_failures += 1,
+            Class::Fatal => self.fatal_failures += 1,
+        }
+    }
+
+    fn attempt(&mut self, kind: AttemptKind) {
+        self.attempts += 1;
+        match kind {
+            AttemptKind::First => {}
+            AttemptKind::Retry => self.retries += 1,
+            AttemptKind::Hedge => self.hedges += 1,
+        }
+    }
+}
+
+/// What to do when every attempt of a call failed (Kitex's fallback): answer from elsewhere (a
+/// cache, a default) or report a different error. Not called for a response, whatever its code.
+pub trait Fallback: Send + Sync {
+    /// The call of `request` failed with `error`: the call's result instead.
+    fn fallback(&self, request: &Command, error: CallError) -> Result<Command, CallError>;
+}
+
+impl<F> Fallback for F
+where
+    F: Fn(&Command, CallError) -> Result<Command, CallError> + Send + Sync,
+{
+    fn fallback(&self, request: &Command, error: CallError) -> Result<Command, CallError> {
+        self(request, error)
+    }
+}
+
+/// Per-call choices; `None` fields take the cluster's policies.
+#[derive(Clone, Default)]
+pub struct CallOpts {
+    /// The delays between this call's retries.
+    pub backoff: Option<Backoff>,
+    /// Hooks run for this call only, after the cluster's.
+    pub hooks: Vec<Arc<dyn Hook>>,
+    /// The call's timeout, all attempts included.
+    pub timeout: Option<Duration>,
+    /// Attempts, the first included.
+    pub max_attempts: Option<u32>,
+    /// The key for consistent hashing (see [`hash_key`](super::balance::hash_key)).
+    pub hash_key: Option<u64>,
+    /// The request is idempotent: it may be retried even when it may have reached the server.
+    pub idempotent: bool,
+    /// This call's per-attempt limit (`None`: the policies').
+    pub per_attempt_timeout: Option<Duration>,
+    /// Response codes this call treats as retryable, replacing the default set (e.g. a
+    /// service's own "try later" code).
+    pub retryable_codes: Option<Vec<i32>>,
+    /// What answers when every attempt failed.
+    pub fallback: Option<Arc<dyn Fallback>>,
+}
+
+/// Why a cluster client could not be built.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// The policies are refused.
+    Config(ConfigError),
+    /// An endpoint's client could not be made.
+    Endpoint(CallError),
+}
+
+impl From<ConfigError> for ClusterError {
+    fn from(e: ConfigError) -> Self {
+        ClusterError::Config(e)
+    }
+}
+
+impl From<CallError> for ClusterError {
+    fn from(e: CallError) -> Self {
+        ClusterError::Endpoint(e)
+    }
+}
+
+impl fmt::Display for ClusterError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClusterError::Config(e) => write!(f, "bad cluster configuration: {e}"),
+            ClusterError::Endpoint(e) => write!(f, "endpoint client: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for ClusterError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            ClusterError::Config(e) => Some(e),
+            ClusterError::Endpoint(e) => Some(e),
+        }
+    }
+}
+
+/// Runs every hook's [`Hook::before_send`] on `request`, in order.
+pub fn before_send<'a>(hooks: impl IntoIterator<Item = &'a Arc<dyn Hook>>, request: &mut Command) {
+    hooks.into_iter().for_each(|h| h.before_send(request));
+}
+
+/// What a resolver refresh changed: the endpoints retired (the driver closes their clients) and
+/// the addresses to add (the driver makes a client for each and [`ClusterState::admit`]s it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Change {
+    /// Indices retired.
+    pub retired: Vec<usize>,
+    /// Addresses new to the set.
+    pub added: Vec<String>,
+}
+
+/// What a client's calls share.
+#[derive(Clone, Debug)]
+pub struct ClusterState {
+    endpoints: Endpoints,
+    policies: Policies,
+    addresses: Vec<String>,
+    counts: Vec<Counts>,
+    resolved_at: Instant,
+    rng: SplitMix64,
+}
+
+impl ClusterState {
+    /// State over `addresses` with `policies` (checked), at `now`; `seed` seeds the random
+    /// choices (balancing, jitter).
+    pub fn new(
+        addresses: Vec<String>,
+        policies: Policies,
+        now: Instant,
+        seed: u64,
+    ) -> Result<Self, ConfigError> {
+        policies.validate()?;
+        Ok(ClusterState {
+            endpoints: Endpoints::from_policies(&addresses, &policies),
+            counts: alloc::vec![Counts::default(); addresses.len()],
+            addresses,
+            policies,
+            resolved_at: now,
+            rng: SplitMix64::new(seed),
+        })
+    }
+
+    /// The policies.
+    pub fn policies(&self) -> &Policies {
+        &self.policies
+    }
+
+    /// The endpoints' machine (breakers, ejection, budget).
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.endpoints
+    }
+
+    /// How many endpoints, retired ones included (indices are stable).
+    pub fn len(&self) -> usize {
+        self.addresses.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.addresses.is_empty()
+    }
+
+    /// Endpoint `i`'s address.
+    pub fn address(&self, i: usize) -> &str {
+        &self.addresses[i]
+    }
+
+    /// The endpoints now (retired ones left out).
+    pub fn addresses(&self) -> Vec<String> {
+        let live = |(i, _): &(usize, &String)| !self.endpoints.is_retired(*i);
+        self.addresses
+            .iter()
+            .enumerate()
+            .filter(live)
+            .map(|(_, a)| a.clone())
+            .collect()
+    }
+
+    /// Endpoint `i`'s counts.
+    pub fn counts(&self, i: usize) -> Counts {
+        self.counts[i]
+    }
+
+    /// Counts over all endpoints.
+    pub fn totals(&self) -> Counts {
+        self.counts
+            .iter()
+            .fold(Counts::default(), |t, c| t.plus(*c))
+    }
+
+    /// Endpoint `i`'s breaker state and whether it is ejected at `now`.
+    pub fn health(&self, i: usize, now: Instant) -> (BreakerState, bool) {
+        (self.endpoints.breaker(i), self.endpoints.is_ejected(i, now))
+    }
+
+    /// Whether a resolver asked every `every` is due again at `now`; if so, the schedule starts
+    /// over (ask it, then [`ClusterState::apply`] its answer).
+    pub fn refresh_due(&mut self, every: Option<Duration>, now: Instant) -> bool {
+        let due = every.is_some_and(|every| now - self.resolved_at >= every);
+        if due {
+            self.resolved_at = now;
+        }
+        due
+    }
+
+    /// Goes to the endpoints a resolver answered: retires those that are gone; `None` when
+    /// nothing changes (or the answer is empty: the last known endpoints are kept).
+    pub fn apply(&mut self, wanted: &[String]) -> Option<Change> {
+        let current: Vec<(usize, &str)> = (0..self.len())
+            .filter(|&i| !self.endpoints.is_retired(i))
+            .map(|i| (i, self.addresses[i].as_str()))
+            .collect();
+        let (retired, added) = diff(&current, wanted)?;
+        for &i in &retired {
+            self.endpoints.retire(i);
+        }
+        Some(Change { retired, added })
+    }
+
+    /// Adds an endpoint the driver made a client for; returns its index (the next one).
+    pub fn admit(&mut self, address: String) -> usize {
+        self.addresses.push(address);
+        self.counts.push(Counts::default());
+        let i = self.endpoints.add(1);
+        self.endpoints.balancer_mut().set_ring(&self.addresses);
+        i
+    }
+
+    /// The endpoints a health probe should check at `now`.
+    pub fn probe_targets(&self, now: Instant) -> Vec<usize> {
+        self.endpoints.needing_probe(now)
+    }
+
+    /// A health probe's request and timeout (`None`: probes are off).
+    pub fn probe_request(&self) -> Option<(Command, Duration)> {
+        let probe = self.policies.probe?;
+        Some((
+            Command::request(probe.code),
+            probe.every.min(self.policies.timeout),
+        ))
+    }
+
+    /// A probe of endpoint `i` ended: any response proves it alive. Returns whether it did.
+    pub fn probe_result(&mut self, i: usize, outcome: &Result<Command, CallError>) -> bool {
+        self.endpoints.probe_result(i, outcome.is_ok());
+        outcome.is_ok()
+    }
+
+    /// Picks the endpoint for a oneway request at `now` (never retried: nothing comes back to
+    /// say it failed, and a write that may have gone out must not be repeated).
+    pub fn oneway(&mut self, now: Instant) -> Result<Oneway, CallError> {
+        let opts = CallOptions {
+            timeout: self.policies.timeout,
+            retry: self.policies.retry(1),
+            hedge: None,
+            key: None,
+            per_attempt: None,
+        };
+        let mut steps = Vec::new();
+        let entropy = self.rng.next_u64();
+        let call = Call::start(&mut self.endpoints, &opts, now, entropy, &mut steps);
+        match steps.first() {
+            Some(&Step::Send {
+                kind,
+                attempt,
+                endpoint,
+                ..
+            }) => {
+                self.counts[endpoint].attempt(kind);
+                Ok(Oneway {
+                    call,
+                    attempt,
+                    endpoint,
+                })
+            }
+            _ => Err(call.unanswered_error()),
+        }
+    }
+
+    /// A oneway request picked by [`ClusterState::oneway`] was written (or not) at `now`.
+    pub fn oneway_done(
+        &mut self,
+        mut oneway: Oneway,
+        result: &Result<(), CallError>,
+        now: Instant,
+    ) {
+        let class = match result {
+            Ok(()) => Class::Success,
+            Err(e) if e.is_safe_to_retry() => Class::Retryable,
+            Err(_) => Class::Fatal,
+        };
+        self.counts[oneway.endpoint].outcome(class);
+        let opts = CallOptions {
+            timeout: self.policies.timeout,
+            retry: self.policies.retry(1),
+            hedge: None,
+            key: None,
+            per_attempt: None,
+        };
+        let mut steps = Vec::new();
+        let entropy = self.rng.next_u64();
+        let (eps, attempt) = (&mut self.endpoints, oneway.attempt);
+        oneway
+            .call
+            .handle_outcome(eps, &opts, attempt, class, now, entropy, &mut steps);
+    }
+}
+
+/// A oneway request's endpoint, from [`ClusterState::oneway`].
+#[derive(Debug)]
+pub struct Oneway {
+    call: Call,
+    attempt: u32,
+    /// Where to send it.
+    pub endpoint: usize,
+}
+
+/// What the driver must do next for a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send the request to `endpoint` as attempt `attempt`, to be answered within `timeout`.
+    Send {
+        /// The attempt's number (report its outcome with it).
+        attempt: u32,
+        /// Which endpoint.
+        endpoint: usize,
+        /// How long the attempt may take.
+        timeout: Duration,
+        /// Whether other attempts may run at the same time (a hedged call): a driver that
+        /// blocks on an attempt must then run it apart.
+        parallel: bool,
+    },
+    /// Cancel attempt `attempt` (another one won, or the call is over); its outcome, if it
+    /// still comes, may be dropped.
+    Cancel {
+        /// The attempt's number.
+        attempt: u32,
+    },
+    /// The call is over: [`ClusterCall::result`] is its answer.
+    Done,
+}
+
+/// What an attempt's outcome meant, for the driver's metrics and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// The attempt's endpoint.
+    pub endpoint: usize,
+    /// How the outcome was classified.
+    pub class: Class,
+    /// How long the attempt took.
+    pub latency: Duration,
+    /// The endpoint's breaker state and ejection, if this outcome changed them.
+    pub health: Option<(BreakerState, bool)>,
+}
+
+#[derive(Clone, Debug)]
+struct Settings {
+    timeout: Duration,
+    max_attempts: u32,
+    backoff: Backoff,
+    hedge: Option<HedgePolicy>,
+    key: Option<u64>,
+    per_attempt: Option<Duration>,
+}
+
+impl Settings {
+    fn options(&self) -> CallOptions<'static> {
+        CallOptions {
+            timeout: self.timeout,
+            retry: RetryPolicy {
+                max_attempts: self.max_attempts,
+                schedule: Schedule::Exponential(self.backoff),
+            },
+            hedge: self.hedge,
+            key: self.key,
+            per_attempt: self.per_attempt,
+        }
+    }
+}
+
+/// One call over a cluster (see the module docs for the loop that runs it).
+pub struct ClusterCall {
+    call: Option<Call>,
+    settings: Settings,
+    idempotent: bool,
+    codes: Option<Vec<i32>>,
+    hooks: Vec<Arc<dyn Hook>>,
+    fallback: Option<Arc<dyn Fallback>>,
+    steps: Vec<Step>,
+    next_step: usize,
+    /// (attempt, endpoint, sent at)
+    sent: Vec<(u32, usize, Instant)>,
+    outcomes: Vec<(u32, Result<Command, CallError>)>,
+    answer: Option<u32>,
+}
+
+impl ClusterCall {
+    /// Prepares a call of `request` with `opts` under `policies`: runs the hooks' `before_send`
+    /// (the cluster's `hooks`, then the call's). `latency` is the recent successful attempts'
+    /// latency (sample count and quantiles) for percentile hedging.
+    pub fn new(
+        request: &mut Command,
+        opts: CallOpts,
+        hooks: &[Arc<dyn Hook>],
+        policies: &Policies,
+        latency: (u64, impl FnOnce(f64) -> Duration),
+    ) -> ClusterCall {
+        let hooks: Vec<Arc<dyn Hook>> = hooks.iter().chain(&opts.hooks).cloned().collect();
+        before_send(&hooks, request);
+        ClusterCall {
+            call: None,
+            settings: Settings {
+                timeout: opts.timeout.unwrap_or(policies.timeout),
+                max_attempts: opts.max_attempts.unwrap_or(policies.max_attempts),
+                backoff: opts.backoff.unwrap_or(policies.backoff),
+                hedge: policies.hedge_for(latency.0, latency.1),
+                key: opts.hash_key,
+                per_attempt: opts.per_attempt_timeout.or(policies.per_attempt_timeout),
+            },
+            idempotent: opts.idempotent,
+            codes: opts.retryable_codes,
+            hooks,
+            fallback: opts.fallback,
+            steps: Vec::new(),
+            next_step: 0,
+            sent: Vec::new(),
+            outcomes: Vec::new(),
+            answer: None,
+        }
+    }
+
+    /// Whether attempts may overlap (the call hedges).
+    pub fn is_hedged(&self) -> bool {
+        self.settings.hedge.is_some()
+    }
+
+    /// The next thing to do at `now` (the first call starts the call), or `None` until an
+    /// outcome or [`ClusterCall::wake_at`].
+    pub fn poll(&mut self, state: &mut ClusterState, now: Instant) -> Option<Action> {
+        if self.call.is_none() {
+            let entropy = state.rng.next_u64();
+            let opts = self.settings.options();
+            let eps = &mut state.endpoints;
+            self.call = Some(Call::start(eps, &opts, now, entropy, &mut self.steps));
+        }
+        let step = *self.steps.get(self.next_step)?;
+        self.next_step += 1;
+        if self.next_step == self.steps.len() {
+            self.steps.clear();
+            self.next_step = 0;
+        }
+        Some(match step {
+            Step::Send {
+                kind,
+                attempt,
+                endpoint,
+                deadline,
+            } => {
+                state.counts[endpoint].attempt(kind);
+                self.sent.push((attempt, endpoint, now));
+                Action::Send {
+                    attempt,
+                    endpoint,
+                    timeout: deadline - now,
+                    parallel: self.is_hedged(),
+                }
+            }
+            Step::Cancel { attempt } => Action::Cancel { attempt },
+            Step::Finish { attempt } => {
+                let call = self.call.as_ref()?;
+                if call.budget_refused() {
+                    if let Some(last) = call.endpoints().last() {
+                        state.counts[last].budget_exhausted += 1;
+                    }
+                }
+                self.answer = attempt;
+                Action::Done
+            }
+        })
+    }
+
+    /// When to call [`ClusterCall::on_timeout`] if no outcome comes first.
+    pub fn wake_at(&self) -> Option<Instant> {
+        self.call.as_ref().and_then(Call::poll_timeout)
+    }
+
+    /// Attempt `attempt` ended with `outcome` at `now`. `None` for an attempt this call does not
+    /// know.
+    pub fn on_outcome(
+        &mut self,
+        state: &mut ClusterState,
+        attempt: u32,
+        outcome: Result<Command, CallError>,
+        now: Instant,
+    ) -> Option<Report> {
+        let &(_, endpoint, sent_at) = self.sent.iter().find(|s| s.0 == attempt)?;
+        let classifier = Classifier {
+            retry_possibly_delivered: self.idempotent,
+            retryable_codes: self.codes.as_deref().unwrap_or(&DEFAULT_RETRYABLE_CODES),
+            ..Classifier::default()
+        };
+        let class = classifier.classify(&outcome);
+        state.counts[endpoint].outcome(class);
+        let unsent = matches!(&outcome, Err(e) if e.never_left());
+        self.outcomes.retain(|(a, _)| *a != attempt);
+        self.outcomes.push((attempt, outcome));
+        let before = state.health(endpoint, now);
+        let entropy = state.rng.next_u64();
+        let (opts, eps) = (self.settings.options(), &mut state.endpoints);
+        let call = self.call.as_mut()?;
+        if unsent {
+            call.handle_unsent(eps, &opts, attempt, now, entropy, &mut self.steps);
+        } else {
+            call.handle_outcome(eps, &opts, attempt, class, now, entropy, &mut self.steps);
+        }
+        let after = state.health(endpoint, now);
+        Some(Report {
+            endpoint,
+            class,
+            latency: now - sent_at,
+            health: (before != after).then_some(after),
+        })
+    }
+
+    /// The clock reached `now` with no outcome (a retry, hedge or the deadline is due).
+    pub fn on_timeout(&mut self, state: &mut ClusterState, now: Instant) {
+        let entropy = state.rng.next_u64();
+        let (opts, eps) = (self.settings.options(), &mut state.endpoints);
+        if let Some(call) = self.call.as_mut() {
+            call.handle_timeout(eps, &opts, now, entropy, &mut self.steps);
+        }
+    }
+
+    /// The call's answer once [`Action::Done`] came: the winning attempt's response (after the
+    /// hooks' `after_receive`), or its error (or the timeout or unavailability if nothing
+    /// answered) as the fallback, if any, turns it.
+    pub fn result(mut self, request: &Command) -> Result<Command, CallError> {
+        let outcome = self
+            .answer
+            .and_then(|a| self.outcomes.iter().position(|o| o.0 == a))
+            .map(|i| self.outcomes.swap_remove(i).1);
+        let outcome = match (outcome, &self.call) {
+            (Some(outcome), _) => outcome,
+            (None, Some(call)) => Err(call.unanswered_error()),
+            (None, None) => Err(CallError::Unavailable {
+                retry_in: Duration::ZERO,
+            }),
+        };
+        match outcome {
+            Ok(mut response) => {
+                self.hooks
+                    .iter()
+                    .for_each(|h| h.after_receive(&mut response));
+                Ok(response)
+            }
+            Err(e) => match &self.fallback {
+                Some(f) => f.fallback(request, e),
+                None => Err(e),
+            },
+        }
+    }
+}
