@@ -296,3 +296,9 @@ impl Shared {
         ))
     }
 }
+
+impl remora_core::resilience::cluster::ClientSettings for ClientConfig {
+    fn set_pool_size(&mut self, connections: usize) {
+        self.pool_size = connections;
+    }
+}

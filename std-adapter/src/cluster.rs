@@ -2,15 +2,12 @@
 //! ejection, probes, resolver changes, hooks, fallback) is `remora_core::resilience::cluster`'s;
 //! this file sends, waits on threads and a channel, and keeps latency histograms.
 
-use std::net::ToSocketAddrs;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock, Weak};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, Weak};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use remora_core::resilience::breaker::State as BreakerState;
 use remora_core::resilience::cluster::{before_send, Action, ClusterCall, ClusterState, Report};
-use remora_core::resilience::policies::{number, ConfigError, Policies};
 use remora_core::resilience::resolve::Resolve;
 use remora_core::resilience::retry::Class;
 use remora_core::Command;
@@ -18,96 +15,14 @@ use remora_core::Command;
 use crate::conn::Clock;
 use crate::{Client, ClientConfig, Error, NotSupported};
 
-pub use remora_core::resilience::cluster::{CallOpts, ClusterError, Counts, Fallback};
+pub use remora_core::resilience::cluster::{
+    CallOpts, ClusterError, Counts, EndpointReport, Fallback,
+};
 pub use remora_core::resilience::resolve::{Resolver, Watch};
 pub use remora_core::Hook;
 
-/// How a [`Cluster`] behaves: each endpoint's client, and the core's resilience policies.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct ClusterConfig {
-    /// Each endpoint's client (pool, reconnect, machine limits).
-    pub client: ClientConfig,
-    /// Balancing, breakers, ejection, budget, timeout, retries, hedging.
-    pub policies: Policies,
-}
-
-impl ClusterConfig {
-    /// [`Policies::production`] with the default client.
-    pub fn production() -> Self {
-        let policies = Policies::production();
-        ClusterConfig {
-            client: ClientConfig::default(),
-            policies,
-        }
-    }
-
-    /// [`Policies::development`] with the default client.
-    pub fn development() -> Self {
-        let policies = Policies::development();
-        ClusterConfig {
-            policies,
-            ..ClusterConfig::production()
-        }
-    }
-
-    /// [`Policies::testing`] with the default client.
-    pub fn testing() -> Self {
-        let policies = Policies::testing();
-        ClusterConfig {
-            policies,
-            ..ClusterConfig::production()
-        }
-    }
-
-    /// The policies' `REMORA_*` environment overrides, plus `REMORA_POOL_SIZE` for the clients.
-    pub fn with_env_overrides(mut self) -> Result<Self, ConfigError> {
-        let env = |name: &'static str| std::env::var(name).ok();
-        self.policies = self.policies.with_overrides(env)?;
-        if let Some(n) = number(env, "REMORA_POOL_SIZE")? {
-            self.client.pool_size = n as usize;
-        }
-        Ok(self)
-    }
-}
-
-/// `host:port` names looked up through the system resolver now and again every `every`; each
-/// address a name resolves to is an endpoint (use it as `Resolver::source(Dns { .. })`).
-#[derive(Clone, Debug)]
-pub struct Dns {
-    /// The names.
-    pub names: Vec<String>,
-    /// How often to look them up again.
-    pub every: Duration,
-}
-
-impl Resolve for Dns {
-    fn resolve(&self) -> Vec<String> {
-        let found = self.names.iter().filter_map(|n| n.to_socket_addrs().ok());
-        let mut out: Vec<String> = found.flatten().map(|a| a.to_string()).collect();
-        out.sort_unstable();
-        out.dedup();
-        out
-    }
-
-    fn every(&self) -> Option<Duration> {
-        Some(self.every)
-    }
-}
-
-/// A snapshot of one endpoint.
-#[derive(Debug, Clone)]
-pub struct EndpointReport {
-    /// The endpoint as given.
-    pub address: String,
-    /// Its attempts and outcomes.
-    pub counts: Counts,
-    /// Breaker state.
-    pub breaker: BreakerState,
-    /// Whether ejected now.
-    pub ejected: bool,
-    /// Attempt latency p50 / p99 / max, microseconds.
-    pub latency_us: (u64, u64, u64),
-}
+/// How a cluster behaves: each endpoint's [`ClientConfig`], and the core's resilience policies.
+pub type ClusterConfig = remora_core::resilience::cluster::ClusterConfig<ClientConfig>;
 
 struct Endpoint {
     address: String,
@@ -162,8 +77,7 @@ impl Cluster {
         config: ClusterConfig,
         hooks: Vec<Arc<dyn Hook>>,
     ) -> Result<Cluster, ClusterError> {
-        let list = addresses.iter().map(|a| a.to_string()).collect();
-        Cluster::with_resolver(Resolver::Static(list), config, hooks, None)
+        Cluster::with_resolver(Resolver::fixed(addresses), config, hooks, None)
     }
 
     /// A cluster whose endpoints come from `resolver`, asked again on its schedule (checked at
@@ -178,10 +92,10 @@ impl Cluster {
         let clock = Clock::new();
         let seed = std::time::SystemTime::UNIX_EPOCH
             .elapsed()
-            .map_or(1, |d| d.as_nanos());
+            .unwrap_or_default();
         let addresses = resolver.resolve();
-        let state =
-            ClusterState::new(addresses.clone(), config.policies, clock.now(), seed as u64)?;
+        let seed = seed.as_nanos() as u64;
+        let state = ClusterState::new(addresses.clone(), config.policies, clock.now(), seed)?;
         let endpoints = addresses
             .into_iter()
             .map(|a| Endpoint::new(a, config.client));
@@ -206,13 +120,15 @@ impl Cluster {
         Ok(Cluster { inner })
     }
 
-    fn endpoint(&self, i: usize) -> Arc<Endpoint> {
-        let endpoints = self
-            .inner
+    fn endpoints(&self) -> RwLockReadGuard<'_, Vec<Arc<Endpoint>>> {
+        self.inner
             .endpoints
             .read()
-            .unwrap_or_else(|e| e.into_inner());
-        Arc::clone(&endpoints[i])
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn endpoint(&self, i: usize) -> Arc<Endpoint> {
+        Arc::clone(&self.endpoints()[i])
     }
 
     fn state(&self) -> MutexGuard<'_, ClusterState> {
@@ -235,28 +151,19 @@ impl Cluster {
         }
         let wanted = inner.resolver.resolve();
         let mut endpoints = inner.endpoints.write().unwrap_or_else(|e| e.into_inner());
-        let mut state = self.state();
-        let Some(change) = state.apply(&wanted) else {
+        let push =
+            |a: &str| Endpoint::new(a.into(), inner.config.client).map(|e| endpoints.push(e));
+        let Some(change) = self.state().apply(&wanted, push) else {
             return;
         };
-        for i in change.retired {
-            endpoints[i].client.close();
-            tracing::info!(endpoint = %endpoints[i].address, "endpoint retired: no longer resolved");
-        }
-        for address in change.added {
-            match Endpoint::new(address.clone(), inner.config.client) {
-                Ok(endpoint) => {
-                    endpoints.push(endpoint);
-                    tracing::info!(endpoint = %address, "endpoint added");
-                    state.admit(address);
-                }
-                Err(e) => tracing::warn!(endpoint = %address, error = %e, "endpoint not added"),
-            }
-        }
-        let now = state.addresses();
-        drop((state, endpoints));
+        change
+            .retired
+            .iter()
+            .for_each(|&i| endpoints[i].client.close());
+        tracing::info!(?change, "endpoints changed: resolver");
+        drop(endpoints);
         if let Some(watch) = &inner.watch {
-            watch(&now);
+            watch(&self.addresses());
         }
     }
 
@@ -271,35 +178,26 @@ impl Cluster {
         let (inner, mut inline) = (&self.inner, Vec::new());
         let mut call = {
             let all = lock(&inner.latency);
-            let quantile = |q| Duration::from_micros(all.value_at_quantile(q));
-            let policies = &inner.config.policies;
-            ClusterCall::new(
-                &mut request,
-                opts,
-                &inner.hooks,
-                policies,
-                (all.len(), quantile),
-            )
+            let p = (all.len(), |q| {
+                Duration::from_micros(all.value_at_quantile(q))
+            });
+            ClusterCall::new(&mut request, opts, &inner.hooks, &inner.config.policies, p)
         };
         let (tx, rx) = mpsc::channel();
         loop {
             let now = inner.clock.now();
             let action = call.poll(&mut self.state(), now);
             match action {
-                Some(Action::Send {
-                    attempt,
-                    endpoint,
-                    timeout,
-                    parallel,
-                }) => {
-                    let (endpoint, attempt_request) = (self.endpoint(endpoint), request.clone());
-                    if !parallel {
-                        inline.push((attempt, endpoint.client.call(attempt_request, timeout)));
+                Some(Action::Send(a)) => {
+                    let (client, attempt_request) =
+                        (self.endpoint(a.endpoint).client.clone(), request.clone());
+                    if !a.parallel {
+                        inline.push((a.number, client.call(attempt_request, a.timeout)));
                         continue;
                     }
                     let tx = tx.clone();
                     std::thread::spawn(move || {
-                        let _ = tx.send((attempt, endpoint.client.call(attempt_request, timeout)));
+                        let _ = tx.send((a.number, client.call(attempt_request, a.timeout)));
                     });
                 }
                 // A blocking call cannot be withdrawn; its late outcome is dropped.
@@ -352,23 +250,12 @@ impl Cluster {
 
     /// A snapshot of every endpoint.
     pub fn report(&self) -> Vec<EndpointReport> {
-        let now = self.inner.clock.now();
-        let endpoints = self
-            .inner
-            .endpoints
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let (endpoints, now) = (self.endpoints(), self.inner.clock.now());
         let state = self.state();
         let report = |(i, endpoint): (usize, &Arc<Endpoint>)| {
             let h = lock(&endpoint.latency);
-            let (breaker, ejected) = state.health(i, now);
-            EndpointReport {
-                address: endpoint.address.clone(),
-                counts: state.counts(i),
-                breaker,
-                ejected,
-                latency_us: (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max()),
-            }
+            let p = (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max());
+            state.report(i, now, p)
         };
         endpoints.iter().enumerate().map(report).collect()
     }
@@ -376,12 +263,7 @@ impl Cluster {
     /// Closes every endpoint's connections and stops the probes (idempotent).
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
-        let endpoints = self
-            .inner
-            .endpoints
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        endpoints.iter().for_each(|e| e.client.close());
+        self.endpoints().iter().for_each(|e| e.client.close());
     }
 }
 

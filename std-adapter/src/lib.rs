@@ -20,15 +20,17 @@
 mod client;
 mod cluster;
 mod conn;
+mod dns;
 mod handler;
 mod server;
 
 pub use client::{Client, ClientConfig, Mode};
 pub use cluster::{
-    CallOpts, Cluster, ClusterConfig, ClusterError, Counts, Dns, EndpointReport, Fallback, Hook,
+    CallOpts, Cluster, ClusterConfig, ClusterError, Counts, EndpointReport, Fallback, Hook,
     Resolver, Watch,
 };
 pub use conn::Peer;
+pub use dns::Dns;
 pub use handler::{Handler, NotSupported};
 
 /// Why a call got no response (the core's [`CallError`](remora_core::CallError)).

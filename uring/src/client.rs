@@ -489,3 +489,10 @@ fn worker_join(mut w: Worker) {
         let _ = t.join();
     }
 }
+
+/// `REMORA_POOL_SIZE` sets a cluster's connections per endpoint.
+impl remora_core::resilience::cluster::ClientSettings for ClientConfig {
+    fn set_pool_size(&mut self, n: usize) {
+        self.pool_size = n.max(1);
+    }
+}

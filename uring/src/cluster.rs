@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,34 +23,8 @@ use crate::conn::Clock;
 pub use remora_core::resilience::cluster::{CallOpts, ClusterError, Counts, Fallback};
 pub use remora_core::resilience::resolve::{Resolver, Watch};
 
-/// How a [`LocalCluster`] behaves: each endpoint's client, and the core's resilience policies.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct ClusterConfig {
-    /// Each endpoint's client.
-    pub client: ClientConfig,
-    /// Balancing, breakers, ejection, budget, timeout, retries, hedging.
-    pub policies: Policies,
-}
-
-/// A resolver of `host:port` names through the system's DNS, asked again every `every` (every
-/// address a name has is an endpoint).
-pub fn dns(names: Vec<String>, every: Duration) -> Resolver {
-    Resolver::custom(every, move || {
-        use std::net::ToSocketAddrs;
-        let mut found = Vec::new();
-        for name in &names {
-            found.extend(
-                name.to_socket_addrs()
-                    .into_iter()
-                    .flatten()
-                    .map(|a| a.to_string()),
-            );
-        }
-        found.sort_unstable();
-        found.dedup();
-        found
-    })
-}
+/// How a cluster behaves: each endpoint's [`ClientConfig`], and the core's resilience policies.
+pub type ClusterConfig = remora_core::resilience::cluster::ClusterConfig<ClientConfig>;
 
 struct Inner {
     /// Per endpoint: address, client, attempt latency.
@@ -87,10 +62,10 @@ impl LocalCluster {
     pub fn new(
         addresses: &[&str],
         config: ClusterConfig,
-        hooks: Vec<Arc<dyn Hook>>,
+        hooks: impl IntoIterator<Item = Arc<dyn Hook>>,
     ) -> Result<LocalCluster, ClusterError> {
-        let list = addresses.iter().map(|a| a.to_string()).collect();
-        LocalCluster::with_resolver(Resolver::Static(list), config, hooks, None)
+        let resolver = Resolver::fixed(addresses);
+        LocalCluster::with_resolver(resolver, config, hooks, None)
     }
 
     /// A cluster whose endpoints come from `resolver`, asked again on its schedule (checked at
@@ -99,12 +74,14 @@ impl LocalCluster {
     pub fn with_resolver(
         resolver: Resolver,
         config: ClusterConfig,
-        hooks: Vec<Arc<dyn Hook>>,
+        hooks: impl IntoIterator<Item = Arc<dyn Hook>>,
         watch: Option<Watch>,
     ) -> Result<LocalCluster, ClusterError> {
+        // Each RandomState is seeded afresh by std: a seed for this cluster's random choices.
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
         let clock = Clock::new();
         let found = resolver.resolve();
-        let state = ClusterState::new(found.clone(), config.policies, clock.now(), seed())?;
+        let state = ClusterState::new(found.clone(), config.policies, clock.now(), seed)?;
         let endpoints: Result<Vec<_>, CallError> = found
             .into_iter()
             .map(|a| endpoint(a, config.client))
@@ -116,7 +93,7 @@ impl LocalCluster {
             watch,
             client_config: config.client,
             policies: config.policies,
-            hooks,
+            hooks: hooks.into_iter().collect(),
             clock,
             all_latency: RefCell::new(histogram()),
             probing: Cell::new(false),
@@ -163,34 +140,27 @@ impl LocalCluster {
 
     /// Asks the resolver again if its interval has passed, and applies the difference.
     pub fn refresh(&self) {
-        let inner = &self.inner;
-        let now = inner.clock.now();
-        if !inner
-            .state
-            .borrow_mut()
-            .refresh_due(inner.resolver.every(), now)
-        {
+        let (inner, now) = (&self.inner, self.inner.clock.now());
+        let mut state = inner.state.borrow_mut();
+        if !state.refresh_due(inner.resolver.every(), now) {
             return;
         }
+        let mut endpoints = inner.endpoints.borrow_mut();
+        let config = inner.client_config;
         let wanted = inner.resolver.resolve();
-        let mut state = inner.state.borrow_mut();
-        let Some(change) = state.apply(&wanted) else {
+        let Some(change) = state.apply(&wanted, |address| {
+            endpoints.push(endpoint(address.to_string(), config)?);
+            Ok::<(), CallError>(())
+        }) else {
             return;
         };
-        let mut endpoints = inner.endpoints.borrow_mut();
-        change.retired.iter().for_each(|&i| endpoints[i].1.close());
-        tracing::info!(retired = ?change.retired, "endpoints retired: no longer resolved");
-        for address in change.added {
-            let Ok(added) = endpoint(address.clone(), inner.client_config) else {
-                tracing::warn!(endpoint = %address, "endpoint not added: bad address");
-                continue;
-            };
-            endpoints.push(added);
-            tracing::info!(endpoint = %address, "endpoint added");
-            state.admit(address);
+        for &i in &change.retired {
+            endpoints[i].1.close();
         }
-        let (set, _) = (state.addresses(), drop((state, endpoints)));
-        if let Some(watch) = &inner.watch {
+        tracing::info!(?change, "resolver changed the endpoints");
+        let set = state.addresses();
+        drop((state, endpoints));
+        if let Some(watch) = inner.watch.as_ref() {
             watch(&set);
         }
     }
@@ -221,19 +191,13 @@ impl LocalCluster {
         loop {
             let now = inner.clock.now();
             let action = call.poll(&mut inner.state.borrow_mut(), now);
-            if let Some(Action::Send {
-                attempt,
-                endpoint,
-                timeout,
-                ..
-            }) = action
-            {
-                let client = inner.endpoints.borrow()[endpoint].1.clone();
+            if let Some(Action::Send(a)) = action {
+                let client = inner.endpoints.borrow()[a.endpoint].1.clone();
                 let (tx, attempt_request) = (tx.clone(), request.clone());
                 let task = tokio_uring::spawn(async move {
-                    let _ = tx.send((attempt, client.call(attempt_request, timeout).await));
+                    let _ = tx.send((a.number, client.call(attempt_request, a.timeout).await));
                 });
-                running.insert(attempt, task);
+                running.insert(a.number, task);
             } else if let Some(Action::Cancel { attempt }) = action {
                 // Dropping the attempt's call future withdraws or cancels its request.
                 running.remove(&attempt).inspect(|task| task.abort());
@@ -329,14 +293,4 @@ impl LocalCluster {
 
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
-}
-
-/// The seed of a cluster's random choices: the clock's nanoseconds and a per-thread count.
-fn seed() -> u64 {
-    thread_local!(static CLUSTERS: Cell<u64> = const { Cell::new(0) });
-    let n = CLUSTERS.with(|c| c.replace(c.get() + 1));
-    let t = std::time::SystemTime::UNIX_EPOCH
-        .elapsed()
-        .unwrap_or_default();
-    remora_core::rand::mix(t.as_nanos() as u64 ^ n)
 }

@@ -25,13 +25,15 @@
 mod client;
 mod cluster;
 mod conn;
+mod dns;
 mod server;
 
 pub use client::{Client, ClientConfig, LocalClient};
 pub use cluster::{
-    dns, CallOpts, ClusterConfig, ClusterError, Counts, Fallback, LocalCluster, Resolver, Watch,
+    CallOpts, ClusterConfig, ClusterError, Counts, Fallback, LocalCluster, Resolver, Watch,
 };
 pub use conn::CallFuture;
+pub use dns::dns;
 pub use server::{Server, ServerConfig};
 
 /// Runs `handler` on `request`; a panic in it becomes a `SYSTEM_ERROR` answer, so the peer is not

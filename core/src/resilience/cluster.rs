@@ -26,7 +26,7 @@ use core::time::Duration;
 use super::backoff::Backoff;
 use super::breaker::State as BreakerState;
 use super::call::{AttemptKind, Call, CallOptions, Endpoints, Step};
-use super::policies::{ConfigError, Policies};
+use super::policies::{number, ConfigError, Policies};
 use super::resolve::diff;
 use super::retry::{
     Class, Classifier, HedgePolicy, RetryPolicy, Schedule, DEFAULT_RETRYABLE_CODES,
@@ -127,6 +127,64 @@ pub struct CallOpts {
     pub fallback: Option<Arc<dyn Fallback>>,
 }
 
+/// What the overrides need of a driver's per-endpoint client settings.
+pub trait ClientSettings {
+    /// Sets the connections per endpoint (`REMORA_POOL_SIZE`).
+    fn set_pool_size(&mut self, connections: usize);
+}
+
+/// How a cluster client behaves: each endpoint's client settings `C` (the driver's), and the
+/// core's resilience policies.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct ClusterConfig<C> {
+    /// Each endpoint's client.
+    pub client: C,
+    /// Balancing, breakers, ejection, budget, timeout, retries, hedging, probes.
+    pub policies: Policies,
+}
+
+impl<C: Default> ClusterConfig<C> {
+    /// [`Policies::production`] with the default client.
+    pub fn production() -> Self {
+        Self::with_policies(Policies::production())
+    }
+
+    /// [`Policies::development`] with the default client.
+    pub fn development() -> Self {
+        Self::with_policies(Policies::development())
+    }
+
+    /// [`Policies::testing`] with the default client.
+    pub fn testing() -> Self {
+        Self::with_policies(Policies::testing())
+    }
+
+    fn with_policies(policies: Policies) -> Self {
+        ClusterConfig {
+            client: C::default(),
+            policies,
+        }
+    }
+}
+
+impl<C: ClientSettings> ClusterConfig<C> {
+    /// The policies' `REMORA_*` overrides ([`Policies::with_overrides`]) and
+    /// `REMORA_POOL_SIZE` for the clients, as `lookup` finds them (e.g.
+    /// `|name| std::env::var(name).ok()`).
+    pub fn with_overrides<S: AsRef<str>>(
+        mut self,
+        lookup: impl Fn(&'static str) -> Option<S>,
+    ) -> Result<Self, ConfigError> {
+        if let Some(n) = number(&lookup, "REMORA_POOL_SIZE")? {
+            let n = usize::try_from(n).map_err(|_| ConfigError::Override("REMORA_POOL_SIZE"))?;
+            self.client.set_pool_size(n);
+        }
+        self.policies = self.policies.with_overrides(lookup)?;
+        Ok(self)
+    }
+}
+
 /// Why a cluster client could not be built.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -172,14 +230,15 @@ pub fn before_send<'a>(hooks: impl IntoIterator<Item = &'a Arc<dyn Hook>>, reque
     hooks.into_iter().for_each(|h| h.before_send(request));
 }
 
-/// What a resolver refresh changed: the endpoints retired (the driver closes their clients) and
-/// the addresses to add (the driver makes a client for each and [`ClusterState::admit`]s it).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Change {
-    /// Indices retired.
+/// What a resolver refresh changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change<E> {
+    /// Endpoints retired (the driver closes their clients).
     pub retired: Vec<usize>,
-    /// Addresses new to the set.
+    /// Addresses admitted as new endpoints.
     pub added: Vec<String>,
+    /// Addresses whose client could not be made, and why.
+    pub refused: Vec<(String, E)>,
 }
 
 /// What a client's calls share.
@@ -276,27 +335,53 @@ impl ClusterState {
         due
     }
 
-    /// Goes to the endpoints a resolver answered: retires those that are gone; `None` when
-    /// nothing changes (or the answer is empty: the last known endpoints are kept).
-    pub fn apply(&mut self, wanted: &[String]) -> Option<Change> {
+    /// Goes to the endpoints a resolver answered: retires those that are gone, and admits each
+    /// new one that `admit` makes a client for (the driver appends it to its list: indices are
+    /// the order of admission). `None` when nothing changes (or the answer is empty: the last
+    /// known endpoints are kept).
+    pub fn apply<E>(
+        &mut self,
+        wanted: &[String],
+        mut admit: impl FnMut(&str) -> Result<(), E>,
+    ) -> Option<Change<E>> {
         let current: Vec<(usize, &str)> = (0..self.len())
             .filter(|&i| !self.endpoints.is_retired(i))
             .map(|i| (i, self.addresses[i].as_str()))
             .collect();
-        let (retired, added) = diff(&current, wanted)?;
+        let (retired, new) = diff(&current, wanted)?;
         for &i in &retired {
             self.endpoints.retire(i);
         }
-        Some(Change { retired, added })
+        let (mut added, mut refused) = (Vec::new(), Vec::new());
+        for address in new {
+            match admit(&address) {
+                Ok(()) => {
+                    self.addresses.push(address.clone());
+                    self.counts.push(Counts::default());
+                    self.endpoints.add(1);
+                    added.push(address);
+                }
+                Err(e) => refused.push((address, e)),
+            }
+        }
+        self.endpoints.balancer_mut().set_ring(&self.addresses);
+        Some(Change {
+            retired,
+            added,
+            refused,
+        })
     }
 
-    /// Adds an endpoint the driver made a client for; returns its index (the next one).
-    pub fn admit(&mut self, address: String) -> usize {
-        self.addresses.push(address);
-        self.counts.push(Counts::default());
-        let i = self.endpoints.add(1);
-        self.endpoints.balancer_mut().set_ring(&self.addresses);
-        i
+    /// A snapshot of endpoint `i` at `now`, with the driver's latency figures.
+    pub fn report(&self, i: usize, now: Instant, latency_us: (u64, u64, u64)) -> EndpointReport {
+        let (breaker, ejected) = self.health(i, now);
+        EndpointReport {
+            address: self.addresses[i].clone(),
+            counts: self.counts[i],
+            breaker,
+            ejected,
+            latency_us,
+        }
     }
 
     /// The endpoints a health probe should check at `now`.
@@ -319,16 +404,20 @@ impl ClusterState {
         outcome.is_ok()
     }
 
-    /// Picks the endpoint for a oneway request at `now` (never retried: nothing comes back to
-    /// say it failed, and a write that may have gone out must not be repeated).
-    pub fn oneway(&mut self, now: Instant) -> Result<Oneway, CallError> {
-        let opts = CallOptions {
+    fn oneway_options(&self) -> CallOptions<'static> {
+        CallOptions {
             timeout: self.policies.timeout,
             retry: self.policies.retry(1),
             hedge: None,
             key: None,
             per_attempt: None,
-        };
+        }
+    }
+
+    /// Picks the endpoint for a oneway request at `now` (never retried: nothing comes back to
+    /// say it failed, and a write that may have gone out must not be repeated).
+    pub fn oneway(&mut self, now: Instant) -> Result<Oneway, CallError> {
+        let opts = self.oneway_options();
         let mut steps = Vec::new();
         let entropy = self.rng.next_u64();
         let call = Call::start(&mut self.endpoints, &opts, now, entropy, &mut steps);
@@ -363,13 +452,7 @@ impl ClusterState {
             Err(_) => Class::Fatal,
         };
         self.counts[oneway.endpoint].outcome(class);
-        let opts = CallOptions {
-            timeout: self.policies.timeout,
-            retry: self.policies.retry(1),
-            hedge: None,
-            key: None,
-            per_attempt: None,
-        };
+        let opts = self.oneway_options();
         let mut steps = Vec::new();
         let entropy = self.rng.next_u64();
         let (eps, attempt) = (&mut self.endpoints, oneway.attempt);
@@ -391,18 +474,8 @@ pub struct Oneway {
 /// What the driver must do next for a call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
-    /// Send the request to `endpoint` as attempt `attempt`, to be answered within `timeout`.
-    Send {
-        /// The attempt's number (report its outcome with it).
-        attempt: u32,
-        /// Which endpoint.
-        endpoint: usize,
-        /// How long the attempt may take.
-        timeout: Duration,
-        /// Whether other attempts may run at the same time (a hedged call): a driver that
-        /// blocks on an attempt must then run it apart.
-        parallel: bool,
-    },
+    /// Send the request as this attempt.
+    Send(Attempt),
     /// Cancel attempt `attempt` (another one won, or the call is over); its outcome, if it
     /// still comes, may be dropped.
     Cancel {
@@ -411,6 +484,35 @@ pub enum Action {
     },
     /// The call is over: [`ClusterCall::result`] is its answer.
     Done,
+}
+
+/// An attempt to send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    /// The attempt's number (report its outcome with it).
+    pub number: u32,
+    /// Which endpoint.
+    pub endpoint: usize,
+    /// How long the attempt may take.
+    pub timeout: Duration,
+    /// Whether other attempts may run at the same time (a hedged call): a driver that blocks on
+    /// an attempt must then run it apart.
+    pub parallel: bool,
+}
+
+/// A snapshot of one endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointReport {
+    /// The endpoint as given.
+    pub address: String,
+    /// Its attempts and outcomes.
+    pub counts: Counts,
+    /// Breaker state.
+    pub breaker: BreakerState,
+    /// Whether ejected now.
+    pub ejected: bool,
+    /// Attempt latency p50 / p99 / max, microseconds (as the driver measured it).
+    pub latency_us: (u64, u64, u64),
 }
 
 /// What an attempt's outcome meant, for the driver's metrics and logs.
@@ -531,12 +633,12 @@ impl ClusterCall {
             } => {
                 state.counts[endpoint].attempt(kind);
                 self.sent.push((attempt, endpoint, now));
-                Action::Send {
-                    attempt,
+                Action::Send(Attempt {
+                    number: attempt,
                     endpoint,
                     timeout: deadline - now,
                     parallel: self.is_hedged(),
-                }
+                })
             }
             Step::Cancel { attempt } => Action::Cancel { attempt },
             Step::Finish { attempt } => {

@@ -31,6 +31,11 @@ pub enum Resolver {
 }
 
 impl Resolver {
+    /// A [`Resolver::Static`] list.
+    pub fn fixed(addresses: &[&str]) -> Self {
+        Resolver::Static(addresses.iter().map(|a| String::from(*a)).collect())
+    }
+
     /// A [`Resolver::Custom`] from a closure, asked again every `every`.
     pub fn custom(
         every: Duration,
