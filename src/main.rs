@@ -1,4 +1,5 @@
 //! The `remora` command-line tool.
+#![deny(missing_docs)]
 
 mod bench;
 mod view;

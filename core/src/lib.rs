@@ -22,7 +22,10 @@
 //! requests, responses and deadlines) under [`resilience`] (several endpoints: retries, hedging,
 //! breakers, balancing, the pool policy). [`acl`] signs and verifies requests.
 //!
-//! `#![no_std]` with `alloc`.
+//! `#![no_std]` with `alloc`. The `std` feature (on by default) adds only
+//! `From<std::io::Error>` for [`ConnectError`]; with every feature the core stays pure: no clock,
+//! no environment, no DNS, no caught panics. `serde` derives the configuration types. [`rand`] is
+//! the one small seeded generator drivers and simulations share.
 //!
 //! # Example
 //! ```

@@ -8,6 +8,8 @@
 //! What is asserted, and the normalisations that are *not* bugs, are documented on each function
 //! and in `fuzz/README.md`.
 
+#![deny(missing_docs)]
+
 mod connection;
 
 pub use connection::{
