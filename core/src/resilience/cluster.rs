@@ -735,3 +735,223 @@ impl ClusterCall {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::codes;
+    use alloc::string::ToString;
+    use alloc::vec;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn state(n: usize, policies: Policies) -> ClusterState {
+        let addresses = (0..n).map(|i| alloc::format!("10.0.0.{i}:9876")).collect();
+        ClusterState::new(addresses, policies, Instant::ZERO, 7).unwrap()
+    }
+
+    fn no_latency() -> (u64, fn(f64) -> Duration) {
+        (0, |_| Duration::ZERO)
+    }
+
+    /// Drives `call` to its end: each attempt on endpoint `e` gets `answer(e, attempt)`.
+    fn drive(
+        st: &mut ClusterState,
+        mut call: ClusterCall,
+        request: &Command,
+        answer: impl Fn(usize, u32) -> Result<Command, CallError>,
+    ) -> (Result<Command, CallError>, Vec<usize>) {
+        let (mut now, mut sent, mut tried) = (Instant::ZERO, Vec::new(), Vec::new());
+        for _ in 0..100 {
+            match call.poll(st, now) {
+                Some(Action::Send(a)) => {
+                    tried.push(a.endpoint);
+                    sent.push(a);
+                }
+                Some(Action::Cancel { .. }) => {}
+                Some(Action::Done) => return (call.result(request), tried),
+                None => match sent.pop() {
+                    Some(a) => {
+                        now = now + MS;
+                        call.on_outcome(st, a.number, answer(a.endpoint, a.number), now);
+                    }
+                    None => {
+                        now = call.wake_at().unwrap();
+                        call.on_timeout(st, now);
+                    }
+                },
+            }
+        }
+        panic!("the call did not end");
+    }
+
+    #[test]
+    fn a_requeue_and_a_retry_then_the_fallback_answers() {
+        let mut st = state(3, Policies::testing());
+        let mut request = Command::request(105);
+        let fallback: Arc<dyn Fallback> = Arc::new(|r: &Command, e: CallError| {
+            assert!(matches!(e, CallError::Timeout { written: true }));
+            Ok(r.response(codes::SYSTEM_BUSY).with_remark("fallback"))
+        });
+        let opts = CallOpts {
+            fallback: Some(fallback),
+            idempotent: true,
+            ..CallOpts::default()
+        };
+        let call = ClusterCall::new(&mut request, opts, &[], st.policies(), no_latency());
+        let (result, tried) = drive(&mut st, call, &request, |_, n| {
+            if n == 1 {
+                // Never left this process: requeued without using an attempt.
+                Err(CallError::Unavailable { retry_in: MS })
+            } else {
+                Err(CallError::Timeout { written: true })
+            }
+        });
+        let response = result.unwrap();
+        assert_eq!(response.code, codes::SYSTEM_BUSY);
+        assert_eq!(tried.len(), 4, "one requeue and three attempts: {tried:?}");
+        assert_eq!(st.totals().attempts, 4);
+        assert_eq!(st.totals().retryable_failures, 4);
+    }
+
+    #[test]
+    fn without_a_fallback_a_fatal_error_ends_the_call_and_hooks_run_on_success_only() {
+        struct Mark;
+        impl Hook for Mark {
+            fn before_send(&self, request: &mut Command) {
+                *request = core::mem::replace(request, Command::request(0)).with_ext("signed", "yes");
+            }
+            fn after_receive(&self, response: &mut Command) {
+                *response = core::mem::replace(response, Command::request(0)).with_remark("seen");
+            }
+        }
+        let mut st = state(2, Policies::testing());
+        let hooks: Vec<Arc<dyn Hook>> = vec![Arc::new(Mark)];
+        let mut request = Command::request(1);
+        let call = ClusterCall::new(
+            &mut request,
+            CallOpts::default(),
+            &hooks,
+            st.policies(),
+            no_latency(),
+        );
+        assert!(request.ext_fields.get("signed").is_some());
+        let (result, tried) = drive(&mut st, call, &request, |_, _| {
+            Ok(Command::request(1).response(codes::SUCCESS))
+        });
+        assert_eq!(result.unwrap().remark.as_deref(), Some("seen"));
+        assert_eq!(tried.len(), 1);
+        let call = ClusterCall::new(
+            &mut request,
+            CallOpts::default(),
+            &hooks,
+            st.policies(),
+            no_latency(),
+        );
+        let (result, tried) = drive(&mut st, call, &request, |_, _| {
+            Err(CallError::Timeout { written: true })
+        });
+        assert!(matches!(result, Err(CallError::Timeout { written: true })));
+        assert_eq!(
+            tried.len(),
+            1,
+            "not idempotent: a written request is not retried"
+        );
+    }
+
+    #[test]
+    fn percentile_hedging_waits_for_enough_samples() {
+        let policies = Policies {
+            hedge: Some(HedgePolicy {
+                delay: 50 * MS,
+                max_attempts: 2,
+            }),
+            hedge_percentile: Some(0.9),
+            ..Policies::testing()
+        };
+        let mut st = state(2, policies);
+        let mut request = Command::request(1);
+        let few = (99, |_| 5 * MS);
+        let mut call = ClusterCall::new(&mut request, CallOpts::default(), &[], &policies, few);
+        assert!(matches!(call.poll(&mut st, Instant::ZERO), Some(Action::Send(a)) if a.parallel));
+        assert_eq!(call.wake_at(), Some(Instant::ZERO + 50 * MS), "fixed delay");
+        let enough = (100, |_| 5 * MS);
+        let mut call = ClusterCall::new(&mut request, CallOpts::default(), &[], &policies, enough);
+        call.poll(&mut st, Instant::ZERO);
+        assert_eq!(
+            call.wake_at(),
+            Some(Instant::ZERO + 5 * MS),
+            "the percentile"
+        );
+    }
+
+    #[test]
+    fn oneway_outcomes_are_classified_and_counted() {
+        let mut st = state(1, Policies::testing());
+        let o = st.oneway(Instant::ZERO).unwrap();
+        st.oneway_done(o, &Ok(()), Instant::ZERO);
+        let o = st.oneway(Instant::ZERO).unwrap();
+        st.oneway_done(
+            o,
+            &Err(CallError::ConnectionLost { written: false }),
+            Instant::ZERO,
+        );
+        let o = st.oneway(Instant::ZERO).unwrap();
+        st.oneway_done(
+            o,
+            &Err(CallError::ConnectionLost { written: true }),
+            Instant::ZERO,
+        );
+        let c = st.counts(0);
+        assert_eq!(
+            (
+                c.attempts,
+                c.successes,
+                c.retryable_failures,
+                c.fatal_failures
+            ),
+            (3, 1, 1, 1)
+        );
+    }
+
+    #[test]
+    fn a_refresh_retires_admits_and_refuses() {
+        let mut st = state(2, Policies::testing());
+        assert!(!st.refresh_due(None, Instant::from_millis(10)));
+        assert!(st.refresh_due(Some(5 * MS), Instant::from_millis(10)));
+        assert!(!st.refresh_due(Some(5 * MS), Instant::from_millis(12)));
+        let wanted = vec!["10.0.0.1:9876".to_string(), "new:1".into(), "bad:1".into()];
+        let change = st
+            .apply(&wanted, |a| if a == "bad:1" { Err("no") } else { Ok(()) })
+            .unwrap();
+        assert_eq!(change.retired, vec![0]);
+        assert_eq!(change.added, vec!["new:1".to_string()]);
+        assert_eq!(change.refused, vec![("bad:1".to_string(), "no")]);
+        assert_eq!(
+            st.addresses(),
+            vec!["10.0.0.1:9876".to_string(), "new:1".into()]
+        );
+        assert_eq!(st.apply(&wanted[..2], |_| Ok::<(), ()>(())), None);
+    }
+
+    #[test]
+    fn bad_policies_are_a_typed_error() {
+        let policies = Policies {
+            max_attempts: 0,
+            ..Policies::testing()
+        };
+        let err = ClusterState::new(vec![], policies, Instant::ZERO, 1).unwrap_err();
+        assert!(matches!(err, ConfigError::Retry(_)));
+        let overridden = ClusterConfig::<Pool>::testing()
+            .with_overrides(|n| (n == "REMORA_POOL_SIZE").then_some("4"));
+        assert_eq!(overridden.unwrap().client.0, 4);
+    }
+
+    #[derive(Default, Debug, Clone, Copy, PartialEq)]
+    struct Pool(usize);
+    impl ClientSettings for Pool {
+        fn set_pool_size(&mut self, n: usize) {
+            self.0 = n;
+        }
+    }
+}
