@@ -819,7 +819,8 @@ mod tests {
         struct Mark;
         impl Hook for Mark {
             fn before_send(&self, request: &mut Command) {
-                *request = core::mem::replace(request, Command::request(0)).with_ext("signed", "yes");
+                *request =
+                    core::mem::replace(request, Command::request(0)).with_ext("signed", "yes");
             }
             fn after_receive(&self, response: &mut Command) {
                 *response = core::mem::replace(response, Command::request(0)).with_remark("seen");
