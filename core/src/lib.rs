@@ -62,13 +62,14 @@ pub mod rand;
 pub mod resilience;
 mod time;
 
-pub use codec::{binary, codes, error, json};
+pub use codec::{binary, codes, encoded, error, json};
 pub use resilience::{backoff, pool};
 
 pub use codec::command::{
     Command, ExtFields, HeaderStr, LanguageCode, SerializeType, DEFAULT_VERSION, FLAG_ONEWAY,
     FLAG_RESPONSE,
 };
+pub use codec::encoded::Encoded;
 pub use codec::error::{BinaryField, DecodeError, EncodeError, JsonErrorKind};
 pub use codec::frame::{Codec, Decoded, PREFIX_LEN};
 pub use codec::limits::{Limits, DEFAULT_MAX_FRAME_LEN};
@@ -77,4 +78,5 @@ pub use conn::connection::{
     CloseReason, Config, Connection, Event, IncomingRequest, RequestError, RequestId, SendError,
     Stats,
 };
+pub use conn::outgoing::Outgoing;
 pub use time::Instant;

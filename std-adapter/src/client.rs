@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use remora_core::backoff::Backoff;
 use remora_core::pool::{Choice, Pool};
-use remora_core::{Command, Config};
+use remora_core::{Command, Config, Outgoing};
 
 use crate::conn::{Clock, Conn, ConnConfig};
 use crate::handler::{Handler, NotSupported, Workers};
@@ -149,7 +149,9 @@ impl Client {
     }
 
     /// Sends `request` and waits up to `timeout` for its response (whatever its code).
-    pub fn call(&self, request: Command, timeout: Duration) -> Result<Command, Error> {
+    /// `request` is a [`Command`] or a request encoded once ([`remora_core::Encoded`], as a
+    /// cluster re-sends it).
+    pub fn call(&self, request: impl Outgoing, timeout: Duration) -> Result<Command, Error> {
         match self.shared.config.mode {
             Mode::Short => {
                 let conn = self.shared.open()?;

@@ -7,7 +7,9 @@ use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, Weak};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use remora_core::resilience::cluster::{before_send, Action, ClusterCall, ClusterState, Report};
+use remora_core::resilience::cluster::{
+    before_send, Action, CallDefaults, ClusterCall, ClusterState, Report,
+};
 use remora_core::resilience::resolve::Resolve;
 use remora_core::resilience::retry::Class;
 use remora_core::Command;
@@ -46,7 +48,7 @@ struct Inner {
     resolver: Resolver,
     watch: Option<Watch>,
     config: ClusterConfig,
-    hooks: Vec<Arc<dyn Hook>>,
+    defaults: CallDefaults,
     clock: Clock,
     /// Successful attempts' latency over all endpoints (for percentile hedging).
     latency: Mutex<Histogram<u64>>,
@@ -106,7 +108,11 @@ impl Cluster {
             resolver,
             watch,
             config,
-            hooks,
+            defaults: CallDefaults {
+                hooks,
+                policies: config.policies,
+                connection: config.client.connection,
+            },
             clock,
             latency: histogram(),
         });
@@ -178,10 +184,8 @@ impl Cluster {
         let (inner, mut inline) = (&self.inner, Vec::new());
         let mut call = {
             let all = lock(&inner.latency);
-            let p = (all.len(), |q| {
-                Duration::from_micros(all.value_at_quantile(q))
-            });
-            ClusterCall::new(&mut request, opts, &inner.hooks, &inner.config.policies, p)
+            let quantile = |q| Duration::from_micros(all.value_at_quantile(q));
+            ClusterCall::new(&mut request, opts, &inner.defaults, (all.len(), quantile))?
         };
         let (tx, rx) = mpsc::channel();
         loop {
@@ -189,8 +193,8 @@ impl Cluster {
             let action = call.poll(&mut self.state(), now);
             match action {
                 Some(Action::Send(a)) => {
-                    let (client, attempt_request) =
-                        (self.endpoint(a.endpoint).client.clone(), request.clone());
+                    let client = self.endpoint(a.endpoint).client.clone();
+                    let attempt_request = call.frame().clone();
                     if !a.parallel {
                         inline.push((a.number, client.call(attempt_request, a.timeout)));
                         continue;
@@ -235,7 +239,7 @@ impl Cluster {
     /// back to say it failed, and a write that may have gone out must not be repeated).
     pub fn oneway(&self, mut request: Command) -> Result<(), Error> {
         self.refresh();
-        before_send(&self.inner.hooks, &mut request);
+        before_send(&self.inner.defaults.hooks, &mut request);
         let oneway = self.state().oneway(self.inner.clock.now())?;
         let result = self.endpoint(oneway.endpoint).client.oneway(request);
         self.state()

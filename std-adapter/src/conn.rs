@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crossbeam_utils::sync::{Parker, Unparker};
 use remora_core::{
-    CloseReason, Command, Config, Connection, Event, IncomingRequest, Instant, RequestId,
+    CloseReason, Command, Config, Connection, Event, IncomingRequest, Instant, Outgoing, RequestId,
 };
 
 use crate::handler::{run_handler, Handler, Workers};
@@ -107,7 +107,7 @@ impl Peer {
     }
 
     /// Sends a request to the client and waits up to `timeout` for its response.
-    pub fn call(&self, request: Command, timeout: Duration) -> Result<Command, Error> {
+    pub fn call(&self, request: impl Outgoing, timeout: Duration) -> Result<Command, Error> {
         self.conn.call(request, timeout)
     }
 
@@ -204,7 +204,7 @@ impl Conn {
     /// Sends `cmd` and blocks until its response, its deadline, or the connection's end.
     pub(crate) fn call(
         self: &Arc<Self>,
-        cmd: Command,
+        cmd: impl Outgoing,
         timeout: Duration,
     ) -> Result<Command, Error> {
         let unparker = PARKER.with(|p| p.unparker().clone());
@@ -216,9 +216,8 @@ impl Conn {
         let deadline = now + timeout;
         {
             let mut st = lock(&self.state);
-            let id = st
-                .machine
-                .send_request(cmd, deadline, now)
+            let id = cmd
+                .send(&mut st.machine, deadline, now)
                 .map_err(Error::from)?;
             st.calls.insert(id, Arc::clone(&slot));
         }

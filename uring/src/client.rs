@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use remora_core::backoff::Backoff;
 use remora_core::pool::{Choice, Pool};
-use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported};
+use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported, Outgoing};
 use tokio::sync::{oneshot, Notify};
 use tokio_uring::net::TcpStream;
 
@@ -128,7 +128,12 @@ impl LocalClient {
     }
 
     /// Sends `request` and waits up to `timeout` for its response (whatever its code).
-    pub async fn call(&self, request: Command, timeout: Duration) -> Result<Command, CallError> {
+    /// `request` is a [`Command`] or a request encoded once ([`remora_core::Encoded`]).
+    pub async fn call(
+        &self,
+        request: impl Outgoing,
+        timeout: Duration,
+    ) -> Result<Command, CallError> {
         self.start_call(request, timeout).await?.await
     }
 
@@ -136,7 +141,7 @@ impl LocalClient {
     /// then await them (they share one write).
     pub async fn start_call(
         &self,
-        request: Command,
+        request: impl Outgoing,
         timeout: Duration,
     ) -> Result<CallFuture, CallError> {
         self.acquire().await?.call(request, timeout)

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use remora_core::resilience::breaker::State as BreakerState;
-use remora_core::resilience::cluster::{before_send, Action, ClusterCall, ClusterState, Report};
-use remora_core::resilience::policies::Policies;
+use remora_core::resilience::cluster::{
+    before_send, Action, CallDefaults, ClusterCall, ClusterState, Report,
+};
 use remora_core::resilience::resolve::Resolve;
 use remora_core::resilience::retry::Class;
 use remora_core::{CallError, Command, Hook, NotSupported};
@@ -33,8 +34,7 @@ struct Inner {
     resolver: Resolver,
     watch: Option<Watch>,
     client_config: ClientConfig,
-    policies: Policies,
-    hooks: Vec<Arc<dyn Hook>>,
+    defaults: CallDefaults,
     clock: Clock,
     /// Successful attempts' latency over all endpoints (for percentile hedging).
     all_latency: RefCell<Histogram<u64>>,
@@ -92,8 +92,11 @@ impl LocalCluster {
             resolver,
             watch,
             client_config: config.client,
-            policies: config.policies,
-            hooks: hooks.into_iter().collect(),
+            defaults: CallDefaults {
+                hooks: hooks.into_iter().collect(),
+                policies: config.policies,
+                connection: config.client.connection,
+            },
             clock,
             all_latency: RefCell::new(histogram()),
             probing: Cell::new(false),
@@ -111,7 +114,7 @@ impl LocalCluster {
 
     /// Starts the periodic health probes, if configured and not started yet.
     fn start_probes(&self) {
-        let Some(probe) = self.inner.policies.probe else {
+        let Some(probe) = self.inner.defaults.policies.probe else {
             return;
         };
         if self.inner.probing.replace(true) {
@@ -184,7 +187,7 @@ impl LocalCluster {
             let latency = (all.len(), |q| {
                 Duration::from_micros(all.value_at_quantile(q))
             });
-            ClusterCall::new(&mut request, opts, &inner.hooks, &inner.policies, latency)
+            ClusterCall::new(&mut request, opts, &inner.defaults, latency)?
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut running = HashMap::new();
@@ -193,7 +196,7 @@ impl LocalCluster {
             let action = call.poll(&mut inner.state.borrow_mut(), now);
             if let Some(Action::Send(a)) = action {
                 let client = inner.endpoints.borrow()[a.endpoint].1.clone();
-                let (tx, attempt_request) = (tx.clone(), request.clone());
+                let (tx, attempt_request) = (tx.clone(), call.frame().clone());
                 let task = tokio_uring::spawn(async move {
                     let _ = tx.send((a.number, client.call(attempt_request, a.timeout).await));
                 });
@@ -247,7 +250,7 @@ impl LocalCluster {
     pub async fn oneway(&self, mut request: Command) -> Result<(), CallError> {
         self.refresh();
         let inner = &self.inner;
-        before_send(&inner.hooks, &mut request);
+        before_send(&inner.defaults.hooks, &mut request);
         let picked = inner.state.borrow_mut().oneway(inner.clock.now())?;
         let client = inner.endpoints.borrow()[picked.endpoint].1.clone();
         let written = client.oneway(request).await;

@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use crate::handle_catching;
 use bytes::BytesMut;
-use remora_core::{CallError, Command, Config, Connection, Event, Handler, Instant, RequestId};
+use remora_core::{
+    CallError, Command, Config, Connection, Event, Handler, Instant, Outgoing, RequestId,
+};
 use tokio::sync::Notify;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
@@ -140,7 +142,7 @@ impl Conn {
     /// future cancels the call (an unwritten request is then never sent).
     pub(crate) fn call(
         self: &Rc<Self>,
-        cmd: Command,
+        cmd: impl Outgoing,
         timeout: Duration,
     ) -> Result<CallFuture, CallError> {
         let now = self.clock.now();
@@ -148,7 +150,7 @@ impl Conn {
         let (id, index, rearm) = {
             let mut m = self.machine.borrow_mut();
             let earliest = m.poll_timeout();
-            let id = m.send_request(cmd, deadline, now)?;
+            let id = cmd.send(&mut m, deadline, now)?;
             (id, id.index(&m), earliest.map_or(true, |t| deadline < t))
         };
         {

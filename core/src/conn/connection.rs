@@ -489,6 +489,42 @@ impl Connection {
         Ok(id)
     }
 
+    /// Like [`Connection::send_request`] for a request encoded once ([`Encoded`]): its bytes are
+    /// queued with this request's opaque written in place, nothing is encoded again. The frame
+    /// is sent with the serialize type and limits it was encoded with.
+    ///
+    /// [`Encoded`]: crate::codec::encoded::Encoded
+    pub fn send_encoded_request(
+        &mut self,
+        request: &crate::codec::encoded::Encoded,
+        deadline: Instant,
+        now: Instant,
+    ) -> Result<RequestId, SendError> {
+        self.check_can_send()?;
+        if deadline <= now {
+            return Err(SendError::DeadlinePassed);
+        }
+        if self.waiters.len() >= self.config.max_waiters {
+            let max = self.config.max_waiters;
+            return Err(SendError::TooManyWaiters { max });
+        }
+        let slot = self.waiters.vacant_key();
+        if self.generations.len() <= slot {
+            self.generations.resize(slot + 1, 1);
+        }
+        let id = RequestId(self.generations[slot] << self.slot_bits | slot as u32);
+        request.write(id.opaque(), &mut self.transmit);
+        let len = request.len() as u32;
+        let inserted = self.waiters.insert(Waiter {
+            end: self.stream_end(),
+            len,
+        });
+        debug_assert_eq!(inserted, slot);
+        self.deadlines.insert(slot, deadline);
+        self.stats.requests_sent += 1;
+        Ok(id)
+    }
+
     /// Queues a oneway request: the peer will not answer it.
     ///
     /// Its `opaque` is replaced with one no waiter ever carries (generation 0), so a peer that

@@ -7,3 +7,4 @@
 pub(crate) mod call;
 pub(crate) mod connection;
 pub(crate) mod deadlines;
+pub mod outgoing;

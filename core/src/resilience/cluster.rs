@@ -32,7 +32,10 @@ use super::retry::{
     Class, Classifier, HedgePolicy, RetryPolicy, Schedule, DEFAULT_RETRYABLE_CODES,
 };
 use crate::codec::command::Command;
+use crate::codec::encoded::Encoded;
+use crate::codec::frame::Codec;
 use crate::conn::call::{CallError, Hook};
+use crate::conn::connection::Config;
 use crate::rand::SplitMix64;
 use crate::time::Instant;
 
@@ -553,8 +556,20 @@ impl Settings {
     }
 }
 
+/// What every call of a cluster client starts from.
+#[derive(Clone, Default)]
+pub struct CallDefaults {
+    /// Hooks run around every call (before the call's own).
+    pub hooks: Vec<Arc<dyn Hook>>,
+    /// The policies.
+    pub policies: Policies,
+    /// The endpoints' connection configuration (how a request is encoded).
+    pub connection: Config,
+}
+
 /// One call over a cluster (see the module docs for the loop that runs it).
 pub struct ClusterCall {
+    frame: Encoded,
     call: Option<Call>,
     settings: Settings,
     idempotent: bool,
@@ -570,19 +585,27 @@ pub struct ClusterCall {
 }
 
 impl ClusterCall {
-    /// Prepares a call of `request` with `opts` under `policies`: runs the hooks' `before_send`
-    /// (the cluster's `hooks`, then the call's). `latency` is the recent successful attempts'
-    /// latency (sample count and quantiles) for percentile hedging.
+    /// Prepares a call of `request` with `opts` under a client's `defaults`: runs the hooks'
+    /// `before_send` (the client's, then the call's), then encodes the request once, as the
+    /// client's connections would (every attempt re-sends these bytes with its own opaque:
+    /// [`ClusterCall::frame`]). `latency` is the recent successful attempts' latency (sample
+    /// count and quantiles) for percentile hedging. A request that cannot be encoded is
+    /// [`CallError::Encode`] (no attempt is made, and the fallback is not asked).
     pub fn new(
         request: &mut Command,
         opts: CallOpts,
-        hooks: &[Arc<dyn Hook>],
-        policies: &Policies,
+        defaults: &CallDefaults,
         latency: (u64, impl FnOnce(f64) -> Duration),
-    ) -> ClusterCall {
+    ) -> Result<ClusterCall, CallError> {
+        let (hooks, policies, connection) =
+            (&defaults.hooks, &defaults.policies, &defaults.connection);
         let hooks: Vec<Arc<dyn Hook>> = hooks.iter().chain(&opts.hooks).cloned().collect();
         before_send(&hooks, request);
-        ClusterCall {
+        let ty = connection.serialize_type.unwrap_or(request.serialize_type);
+        let codec = Codec::new(connection.limits);
+        let frame = Encoded::request(&codec, request, ty).map_err(CallError::Encode)?;
+        Ok(ClusterCall {
+            frame,
             call: None,
             settings: Settings {
                 timeout: opts.timeout.unwrap_or(policies.timeout),
@@ -601,7 +624,13 @@ impl ClusterCall {
             sent: Vec::new(),
             outcomes: Vec::new(),
             answer: None,
-        }
+        })
+    }
+
+    /// The request, encoded once: what every [`Action::Send`] sends (the connection writes the
+    /// attempt's opaque in place).
+    pub fn frame(&self) -> &Encoded {
+        &self.frame
     }
 
     /// Whether attempts may overlap (the call hedges).
@@ -798,7 +827,17 @@ mod tests {
             idempotent: true,
             ..CallOpts::default()
         };
-        let call = ClusterCall::new(&mut request, opts, &[], st.policies(), no_latency());
+        let call = ClusterCall::new(
+            &mut request,
+            opts,
+            &CallDefaults {
+                hooks: Vec::new(),
+                policies: *st.policies(),
+                connection: Config::default(),
+            },
+            no_latency(),
+        )
+        .unwrap();
         let (result, tried) = drive(&mut st, call, &request, |_, n| {
             if n == 1 {
                 // Never left this process: requeued without using an attempt.
@@ -832,10 +871,14 @@ mod tests {
         let call = ClusterCall::new(
             &mut request,
             CallOpts::default(),
-            &hooks,
-            st.policies(),
+            &CallDefaults {
+                hooks: hooks.clone(),
+                policies: *st.policies(),
+                connection: Config::default(),
+            },
             no_latency(),
-        );
+        )
+        .unwrap();
         assert!(request.ext_fields.get("signed").is_some());
         let (result, tried) = drive(&mut st, call, &request, |_, _| {
             Ok(Command::request(1).response(codes::SUCCESS))
@@ -845,10 +888,14 @@ mod tests {
         let call = ClusterCall::new(
             &mut request,
             CallOpts::default(),
-            &hooks,
-            st.policies(),
+            &CallDefaults {
+                hooks: hooks.clone(),
+                policies: *st.policies(),
+                connection: Config::default(),
+            },
             no_latency(),
-        );
+        )
+        .unwrap();
         let (result, tried) = drive(&mut st, call, &request, |_, _| {
             Err(CallError::Timeout { written: true })
         });
@@ -858,6 +905,62 @@ mod tests {
             1,
             "not idempotent: a written request is not retried"
         );
+    }
+
+    #[test]
+    fn every_attempt_sends_the_bytes_encoded_once_with_only_the_opaque_changed() {
+        use crate::conn::connection::Connection;
+        use crate::Decoded;
+        let mut st = state(3, Policies::testing());
+        let mut request = Command::request(9)
+            .with_ext("k", "v")
+            .with_body(&b"once"[..]);
+        let opts = CallOpts {
+            idempotent: true,
+            ..CallOpts::default()
+        };
+        let defaults = CallDefaults::default();
+        let mut call = ClusterCall::new(&mut request, opts, &defaults, no_latency()).unwrap();
+        let mut conn = Connection::new(Config::default());
+        let (mut frames, mut now) = (Vec::new(), Instant::ZERO);
+        loop {
+            match call.poll(&mut st, now) {
+                Some(Action::Send(a)) => {
+                    let id = conn
+                        .send_encoded_request(call.frame(), now + a.timeout, now)
+                        .unwrap();
+                    frames.push((id.opaque(), conn.take_transmit().unwrap()));
+                    now = now + MS;
+                    let lost = Err(CallError::ConnectionLost { written: true });
+                    call.on_outcome(&mut st, a.number, lost, now);
+                }
+                Some(Action::Done) => break,
+                Some(Action::Cancel { .. }) => {}
+                None => {
+                    now = call.wake_at().unwrap();
+                    call.on_timeout(&mut st, now);
+                }
+            }
+        }
+        assert_eq!(frames.len(), 3, "three attempts");
+        let span = call.frame().opaque_span();
+        let codec = crate::Codec::default();
+        for (opaque, frame) in &frames {
+            assert_eq!(frame.len(), frames[0].1.len());
+            let differ = (0..frame.len()).filter(|&i| frame[i] != frames[0].1[i]);
+            assert!(
+                differ.clone().all(|i| span.contains(&i)),
+                "only the opaque differs"
+            );
+            let Decoded::Command(got) = codec.decode(&mut frame[..].into()).unwrap() else {
+                panic!("a whole frame")
+            };
+            assert_eq!(
+                (got.opaque, got.code, &got.body[..]),
+                (*opaque, 9, &b"once"[..])
+            );
+        }
+        assert_ne!(frames[0].0, frames[1].0, "each attempt has its own opaque");
     }
 
     #[test]
@@ -873,11 +976,31 @@ mod tests {
         let mut st = state(2, policies);
         let mut request = Command::request(1);
         let few = (99, |_| 5 * MS);
-        let mut call = ClusterCall::new(&mut request, CallOpts::default(), &[], &policies, few);
+        let mut call = ClusterCall::new(
+            &mut request,
+            CallOpts::default(),
+            &CallDefaults {
+                hooks: Vec::new(),
+                policies,
+                connection: Config::default(),
+            },
+            few,
+        )
+        .unwrap();
         assert!(matches!(call.poll(&mut st, Instant::ZERO), Some(Action::Send(a)) if a.parallel));
         assert_eq!(call.wake_at(), Some(Instant::ZERO + 50 * MS), "fixed delay");
         let enough = (100, |_| 5 * MS);
-        let mut call = ClusterCall::new(&mut request, CallOpts::default(), &[], &policies, enough);
+        let mut call = ClusterCall::new(
+            &mut request,
+            CallOpts::default(),
+            &CallDefaults {
+                hooks: Vec::new(),
+                policies,
+                connection: Config::default(),
+            },
+            enough,
+        )
+        .unwrap();
         call.poll(&mut st, Instant::ZERO);
         assert_eq!(
             call.wake_at(),
