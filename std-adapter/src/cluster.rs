@@ -196,12 +196,12 @@ impl Cluster {
                     let client = self.endpoint(a.endpoint).client.clone();
                     let attempt_request = call.frame().clone();
                     if !a.parallel {
-                        inline.push((a.number, client.call(attempt_request, a.timeout)));
+                        inline.push((a.number, client.call(&attempt_request, a.timeout)));
                         continue;
                     }
                     let tx = tx.clone();
                     std::thread::spawn(move || {
-                        let _ = tx.send((a.number, client.call(attempt_request, a.timeout)));
+                        let _ = tx.send((a.number, client.call(&attempt_request, a.timeout)));
                     });
                 }
                 // A blocking call cannot be withdrawn; its late outcome is dropped.

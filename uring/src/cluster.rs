@@ -198,7 +198,7 @@ impl LocalCluster {
                 let client = inner.endpoints.borrow()[a.endpoint].1.clone();
                 let (tx, attempt_request) = (tx.clone(), call.frame().clone());
                 let task = tokio_uring::spawn(async move {
-                    let _ = tx.send((a.number, client.call(attempt_request, a.timeout).await));
+                    let _ = tx.send((a.number, client.call(&attempt_request, a.timeout).await));
                 });
                 running.insert(a.number, task);
             } else if let Some(Action::Cancel { attempt }) = action {

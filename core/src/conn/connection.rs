@@ -457,20 +457,7 @@ impl Connection {
         deadline: Instant,
         now: Instant,
     ) -> Result<RequestId, SendError> {
-        self.check_can_send()?;
-        if deadline <= now {
-            return Err(SendError::DeadlinePassed);
-        }
-        if self.waiters.len() >= self.config.max_waiters {
-            return Err(SendError::TooManyWaiters {
-                max: self.config.max_waiters,
-            });
-        }
-        let slot = self.waiters.vacant_key();
-        if self.generations.len() <= slot {
-            self.generations.resize(slot + 1, 1);
-        }
-        let id = RequestId(self.generations[slot] << self.slot_bits | slot as u32);
+        let (slot, id) = self.reserve_waiter(deadline, now)?;
         cmd.opaque = id.opaque();
         cmd.flag &= !(FLAG_RESPONSE | FLAG_ONEWAY);
         let ty = self.config.serialize_type.unwrap_or(cmd.serialize_type);
@@ -478,14 +465,7 @@ impl Connection {
         self.codec
             .encode_into(&cmd, ty, &mut self.transmit)
             .map_err(SendError::Encode)?;
-        let waiter = Waiter {
-            end: self.stream_end(),
-            len: (self.transmit.len() - before) as u32,
-        };
-        let inserted = self.waiters.insert(waiter);
-        debug_assert_eq!(inserted, slot);
-        self.deadlines.insert(slot, deadline);
-        self.stats.requests_sent += 1;
+        self.commit_waiter(slot, before, deadline);
         Ok(id)
     }
 
@@ -500,29 +480,49 @@ impl Connection {
         deadline: Instant,
         now: Instant,
     ) -> Result<RequestId, SendError> {
+        let (slot, id) = self.reserve_waiter(deadline, now)?;
+        let before = self.transmit.len();
+        request.write(id.opaque(), &mut self.transmit);
+        self.commit_waiter(slot, before, deadline);
+        Ok(id)
+    }
+
+    /// The slot and id the next request's waiter will have, if a request may be sent now.
+    fn reserve_waiter(
+        &mut self,
+        deadline: Instant,
+        now: Instant,
+    ) -> Result<(usize, RequestId), SendError> {
         self.check_can_send()?;
         if deadline <= now {
             return Err(SendError::DeadlinePassed);
         }
         if self.waiters.len() >= self.config.max_waiters {
-            let max = self.config.max_waiters;
-            return Err(SendError::TooManyWaiters { max });
+            return Err(SendError::TooManyWaiters {
+                max: self.config.max_waiters,
+            });
         }
         let slot = self.waiters.vacant_key();
         if self.generations.len() <= slot {
             self.generations.resize(slot + 1, 1);
         }
-        let id = RequestId(self.generations[slot] << self.slot_bits | slot as u32);
-        request.write(id.opaque(), &mut self.transmit);
-        let len = request.len() as u32;
-        let inserted = self.waiters.insert(Waiter {
+        Ok((
+            slot,
+            RequestId(self.generations[slot] << self.slot_bits | slot as u32),
+        ))
+    }
+
+    /// The request whose frame starts at transmit offset `before` was queued: its waiter waits
+    /// in `slot` until `deadline`.
+    fn commit_waiter(&mut self, slot: usize, before: usize, deadline: Instant) {
+        let waiter = Waiter {
             end: self.stream_end(),
-            len,
-        });
+            len: (self.transmit.len() - before) as u32,
+        };
+        let inserted = self.waiters.insert(waiter);
         debug_assert_eq!(inserted, slot);
         self.deadlines.insert(slot, deadline);
         self.stats.requests_sent += 1;
-        Ok(id)
     }
 
     /// Queues a oneway request: the peer will not answer it.

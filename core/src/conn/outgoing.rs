@@ -18,34 +18,13 @@ pub trait Outgoing {
 }
 
 impl Outgoing for Command {
-    fn send(
-        self,
-        c: &mut Connection,
-        deadline: Instant,
-        now: Instant,
-    ) -> Result<RequestId, SendError> {
-        c.send_request(self, deadline, now)
+    fn send(self, c: &mut Connection, at: Instant, now: Instant) -> Result<RequestId, SendError> {
+        c.send_request(self, at, now)
     }
 }
 
 impl Outgoing for &Encoded {
-    fn send(
-        self,
-        c: &mut Connection,
-        deadline: Instant,
-        now: Instant,
-    ) -> Result<RequestId, SendError> {
-        c.send_encoded_request(self, deadline, now)
-    }
-}
-
-impl Outgoing for Encoded {
-    fn send(
-        self,
-        c: &mut Connection,
-        deadline: Instant,
-        now: Instant,
-    ) -> Result<RequestId, SendError> {
-        c.send_encoded_request(&self, deadline, now)
+    fn send(self, c: &mut Connection, at: Instant, now: Instant) -> Result<RequestId, SendError> {
+        c.send_encoded_request(self, at, now)
     }
 }

@@ -866,36 +866,23 @@ mod tests {
             }
         }
         let mut st = state(2, Policies::testing());
-        let hooks: Vec<Arc<dyn Hook>> = vec![Arc::new(Mark)];
+        let defaults = CallDefaults {
+            hooks: vec![Arc::new(Mark)],
+            policies: *st.policies(),
+            connection: Config::default(),
+        };
         let mut request = Command::request(1);
-        let call = ClusterCall::new(
-            &mut request,
-            CallOpts::default(),
-            &CallDefaults {
-                hooks: hooks.clone(),
-                policies: *st.policies(),
-                connection: Config::default(),
-            },
-            no_latency(),
-        )
-        .unwrap();
+        let new = |request: &mut Command| {
+            ClusterCall::new(request, CallOpts::default(), &defaults, no_latency()).unwrap()
+        };
+        let call = new(&mut request);
         assert!(request.ext_fields.get("signed").is_some());
         let (result, tried) = drive(&mut st, call, &request, |_, _| {
             Ok(Command::request(1).response(codes::SUCCESS))
         });
         assert_eq!(result.unwrap().remark.as_deref(), Some("seen"));
         assert_eq!(tried.len(), 1);
-        let call = ClusterCall::new(
-            &mut request,
-            CallOpts::default(),
-            &CallDefaults {
-                hooks: hooks.clone(),
-                policies: *st.policies(),
-                connection: Config::default(),
-            },
-            no_latency(),
-        )
-        .unwrap();
+        let call = new(&mut request);
         let (result, tried) = drive(&mut st, call, &request, |_, _| {
             Err(CallError::Timeout { written: true })
         });
@@ -975,32 +962,18 @@ mod tests {
         };
         let mut st = state(2, policies);
         let mut request = Command::request(1);
-        let few = (99, |_| 5 * MS);
-        let mut call = ClusterCall::new(
-            &mut request,
-            CallOpts::default(),
-            &CallDefaults {
-                hooks: Vec::new(),
-                policies,
-                connection: Config::default(),
-            },
-            few,
-        )
-        .unwrap();
+        let defaults = CallDefaults {
+            policies,
+            ..CallDefaults::default()
+        };
+        let mut new = |samples| {
+            let latency = (samples, |_| 5 * MS);
+            ClusterCall::new(&mut request, CallOpts::default(), &defaults, latency).unwrap()
+        };
+        let mut call = new(99);
         assert!(matches!(call.poll(&mut st, Instant::ZERO), Some(Action::Send(a)) if a.parallel));
         assert_eq!(call.wake_at(), Some(Instant::ZERO + 50 * MS), "fixed delay");
-        let enough = (100, |_| 5 * MS);
-        let mut call = ClusterCall::new(
-            &mut request,
-            CallOpts::default(),
-            &CallDefaults {
-                hooks: Vec::new(),
-                policies,
-                connection: Config::default(),
-            },
-            enough,
-        )
-        .unwrap();
+        let mut call = new(100);
         call.poll(&mut st, Instant::ZERO);
         assert_eq!(
             call.wake_at(),
