@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use criterion::{criterion_main, BenchmarkId, Criterion};
 use remora_core::rand::SplitMix64;
-use remora_core::resilience::balance::Strategy;
+use remora_core::resilience::balance::{Balancer, Endpoint, Strategy};
 use remora_core::resilience::breaker::BreakerConfig;
 use remora_core::resilience::call::{Call, CallOptions, Endpoints, Step};
 use remora_core::resilience::eject::EjectionConfig;
@@ -81,8 +81,40 @@ fn pick(c: &mut Criterion) {
     group.finish();
 }
 
+/// The baseline, measured in the same run: what a pick cost when every attempt built the view of
+/// every endpoint (a `Vec` of availability, the endpoint views and their clone) and the balancer
+/// walked it, as before the incremental view.
+fn full_view(c: &mut Criterion) {
+    let mut group = c.benchmark_group("full_view");
+    for (name, strategy) in [
+        ("round_robin", Strategy::RoundRobin),
+        ("p2c", Strategy::PowerOfTwoChoices),
+    ] {
+        for n in [10usize, 1_000, 100_000] {
+            let mut balancer = Balancer::new(strategy);
+            let (weights, in_flight) = (vec![1u32; n], vec![0u32; n]);
+            let mut rng = SplitMix64::new(n as u64);
+            let mut views = Vec::with_capacity(n);
+            group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
+                b.iter(|| {
+                    let base: Vec<bool> = (0..n).map(|i| weights[i] > 0).collect();
+                    views.clear();
+                    views.extend((0..n).map(|i| Endpoint {
+                        weight: weights[i],
+                        in_flight: in_flight[i],
+                        available: base[i],
+                    }));
+                    let candidates = views.clone();
+                    black_box(balancer.pick(&candidates, None, rng.next_u64()))
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 /// `criterion_group!` makes a `pub fn` without docs; a private module keeps it unexported.
 mod group {
-    criterion::criterion_group!(benches, super::pick);
+    criterion::criterion_group!(benches, super::pick, super::full_view);
 }
 criterion_main!(group::benches);

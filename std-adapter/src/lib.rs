@@ -8,8 +8,9 @@
 //! - [`Client`]: `call` from any number of threads over a pool of multiplexed connections
 //!   (least in-flight first), `oneway`, reconnect with backoff, short-connection mode, idle
 //!   expiry, and a [`Handler`] for requests the server sends.
-//! - [`Cluster`]: a client over several endpoints with the core's balancing, retries, hedging,
-//!   breakers, ejection, probes, resolver and hooks.
+//! - [`Cluster`]: a client over several endpoints: the core's `ClusterCall` decides (balancing,
+//!   retries, hedging, breakers, ejection, probes, resolver, hooks, fallback); the cluster runs
+//!   its loop on threads and keeps latency histograms. [`Dns`] resolves names for it.
 //! - [`Server`]: a handler per request on a worker pool, `SYSTEM_BUSY` beyond the in-flight
 //!   limit, `REQUEST_CODE_NOT_SUPPORTED` from the default [`NotSupported`] handler, graceful stop.
 //!

@@ -11,8 +11,9 @@
 //! - [`LocalClient`]: for code already on a tokio-uring thread; `call(..).await`.
 //! - [`Client`]: a `Send + Sync` handle whose connections live on io_uring threads of its own.
 //! - [`Server`]: one listener per thread (SO_REUSEPORT), handler inline on the I/O thread.
-//! - [`LocalCluster`]: a client over several endpoints with the core's balancing, retries,
-//!   hedging, breakers, ejection, resolver and hooks.
+//! - [`LocalCluster`]: a client over several endpoints: the core's `ClusterCall` decides
+//!   (balancing, retries, hedging, breakers, ejection, probes, resolver, hooks, fallback); the
+//!   cluster runs its loop with local tasks. [`dns`] resolves names for it.
 //!
 //! What tokio-uring 0.5 does and does not let us use: submissions are batched per runtime tick
 //! (all reads and writes issued in one turn go to the kernel in one `io_uring_enter`); buffers are
