@@ -257,13 +257,11 @@ impl Shared {
     }
 
     fn next_entropy(&self) -> u64 {
-        // xorshift64*: the driver's entropy source for jitter (the core has none).
-        let mut x = self.entropy.load(Ordering::Relaxed);
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.entropy.store(x, Ordering::Relaxed);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        // The core's SplitMix64 on a shared counter: the driver's entropy for jitter.
+        let state = self
+            .entropy
+            .fetch_add(remora_core::rand::GAMMA, Ordering::Relaxed);
+        remora_core::rand::mix(state.wrapping_add(remora_core::rand::GAMMA))
     }
 
     /// A new connection to the first address that accepts.

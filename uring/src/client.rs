@@ -230,13 +230,10 @@ impl LocalClient {
 
 impl Local {
     fn next_entropy(&self) -> u64 {
-        // xorshift64*: the driver's entropy source for jitter (the core has none).
-        let mut x = self.entropy.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.entropy.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        // The core's SplitMix64 step: this thread's entropy for jitter.
+        let state = self.entropy.get().wrapping_add(remora_core::rand::GAMMA);
+        self.entropy.set(state);
+        remora_core::rand::mix(state)
     }
 
     async fn open(&self) -> Result<Rc<Conn>, CallError> {
