@@ -29,7 +29,7 @@ pub type ClusterConfig = remora_core::resilience::cluster::ClusterConfig<ClientC
 
 struct Inner {
     /// Per endpoint: address, client, attempt latency.
-    endpoints: RefCell<Vec<(String, LocalClient, Histogram<u64>)>>,
+    endpoints: RefCell<Vec<Endpoint>>,
     state: RefCell<ClusterState>,
     resolver: Resolver,
     watch: Option<Watch>,
@@ -49,10 +49,10 @@ pub struct LocalCluster {
     inner: Rc<Inner>,
 }
 
-fn endpoint(
-    address: String,
-    config: ClientConfig,
-) -> Result<(String, LocalClient, Histogram<u64>), CallError> {
+/// An endpoint: its address, its client, its attempts' latency.
+type Endpoint = (String, LocalClient, Histogram<u64>);
+
+fn endpoint(address: String, config: ClientConfig) -> Result<Endpoint, CallError> {
     let client = LocalClient::lazy(address.as_str(), config, Arc::new(NotSupported))?;
     Ok((address, client, histogram()))
 }
@@ -86,7 +86,7 @@ impl LocalCluster {
             .into_iter()
             .map(|a| endpoint(a, config.client))
             .collect();
-        let inner = Inner {
+        let inner = Rc::new(Inner {
             endpoints: RefCell::new(endpoints?),
             state: RefCell::new(state),
             resolver,
@@ -101,10 +101,8 @@ impl LocalCluster {
             all_latency: RefCell::new(histogram()),
             probing: Cell::new(false),
             closed: Cell::new(false),
-        };
-        Ok(LocalCluster {
-            inner: Rc::new(inner),
-        })
+        });
+        Ok(LocalCluster { inner })
     }
 
     /// The endpoints now (retired ones left out).
@@ -144,13 +142,17 @@ impl LocalCluster {
     /// Asks the resolver again if its interval has passed, and applies the difference.
     pub fn refresh(&self) {
         let (inner, now) = (&self.inner, self.inner.clock.now());
-        let mut state = inner.state.borrow_mut();
-        if !state.refresh_due(inner.resolver.every(), now) {
+        if !inner
+            .state
+            .borrow_mut()
+            .refresh_due(inner.resolver.every(), now)
+        {
             return;
         }
-        let mut endpoints = inner.endpoints.borrow_mut();
-        let config = inner.client_config;
+        // Asked with nothing borrowed: the resolver may look at this cluster.
         let wanted = inner.resolver.resolve();
+        let (mut state, mut endpoints) = (inner.state.borrow_mut(), inner.endpoints.borrow_mut());
+        let config = inner.client_config;
         let Some(change) = state.apply(&wanted, |address| {
             endpoints.push(endpoint(address.to_string(), config)?);
             Ok::<(), CallError>(())
