@@ -17,6 +17,9 @@ use remora_tests::sim::Rng;
 
 const MS: Duration = Duration::from_millis(1);
 
+/// An attempt's end: (when, call, attempt, endpoint, succeeded).
+type AttemptEnd = (Instant, usize, u32, usize, bool);
+
 #[derive(Clone, Copy)]
 struct Endpoint {
     latency: Duration,
