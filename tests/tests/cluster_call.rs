@@ -55,8 +55,7 @@ fn every_call_ends_once_within_its_limits_and_the_counts_add_up() {
             policies,
             ..CallDefaults::default()
         };
-        // (when, call, attempt, endpoint, succeeded)
-        let mut events: BinaryHeap<Reverse<(Instant, usize, u32, usize, bool)>> = BinaryHeap::new();
+        let mut events: BinaryHeap<Reverse<AttemptEnd>> = BinaryHeap::new();
         let mut calls: HashMap<usize, ClusterCall> = HashMap::new();
         let (mut cancelled, mut done) = (HashSet::new(), HashSet::new());
         let (mut sends, mut reported) = (HashMap::<usize, u32>::new(), 0u64);
