@@ -10,7 +10,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 seconds="${FUZZ_SECONDS:-20}"
-targets=(frame_decoder json_header binary_header connection)
+targets=(frame_decoder json_header binary_header connection route)
 
 skip() {
     echo "skipping fuzz smoke run: $1"

@@ -4,6 +4,11 @@
 //! `--mode raw` sends the very same frame bytes over the same kind of sockets to a server that
 //! echoes bytes, with no protocol processing on either side: the machine's ceiling, which the
 //! `rpc` run is compared to in the same invocation (`--mode both`, the default).
+//!
+//! A run lasts its `--duration` plus at most a second: calls still in flight then are reported
+//! as unfinished, not waited for (each call's timeout is cut to fit). It stops early when its
+//! connections are lost and no call succeeds for a second (the server is gone), and every
+//! failure is counted by kind.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -14,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use hdrhistogram::Histogram;
-use remora_core::{codes, Codec, Command, SerializeType};
+use remora_core::{codes, CallError, Codec, Command, SerializeType};
 
 /// Which driver moves the bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,6 +64,71 @@ pub struct Plan {
     pub server_threads: usize,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// Each call's timeout (cut short at the end of a timed run).
+    pub timeout: Duration,
+    /// Sign every request (ACL), as a client with credentials does.
+    pub signer: Option<remora_core::acl::Signer>,
+}
+
+/// How long a run may outlast its `--duration` (calls still in flight are then unfinished).
+const GRACE: Duration = Duration::from_secs(1);
+
+/// A run whose connections fail and where nothing succeeds for this long stops early.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(1);
+
+/// Failed calls by kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Errors {
+    /// No response before the call's timeout.
+    pub timeout: u64,
+    /// The connection ended (closed, reset, protocol violation) before the response.
+    pub lost: u64,
+    /// No connection could be made (refused, or the reconnect backoff not yet due).
+    pub refused: u64,
+    /// A response whose body is not the request's.
+    pub wrong_body: u64,
+    /// A response with a code other than SUCCESS.
+    pub error_code: u64,
+    /// Anything else (too many in flight, backpressure, encoding).
+    pub other: u64,
+}
+
+impl Errors {
+    fn json(&self) -> String {
+        format!(
+            "{{\"timeout\":{},\"lost\":{},\"refused\":{},\"wrong_body\":{},\"error_code\":{},\"other\":{}}}",
+            self.timeout, self.lost, self.refused, self.wrong_body, self.error_code, self.other
+        )
+    }
+
+    /// One line: each kind and its count.
+    pub fn text(&self) -> String {
+        format!(
+            "timeout {}  lost {}  refused {}  wrong body {}  error code {}  other {}",
+            self.timeout, self.lost, self.refused, self.wrong_body, self.error_code, self.other
+        )
+    }
+}
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// `--duration` passed.
+    Duration,
+    /// `--requests` were made.
+    Requests,
+    /// The connections were lost and none could be re-established for [`GIVE_UP_AFTER`].
+    ConnectionsLost,
+}
+
+impl Stop {
+    fn name(self) -> &'static str {
+        match self {
+            Stop::Duration => "duration",
+            Stop::Requests => "requests",
+            Stop::ConnectionsLost => "connections-lost",
+        }
+    }
 }
 
 /// One run's figures.
@@ -72,6 +142,12 @@ pub struct Report {
     pub requests: u64,
     /// Failed calls and mismatched responses.
     pub errors: u64,
+    /// The same, by kind.
+    pub error_kinds: Errors,
+    /// Calls still in flight when the run ended (not waited for).
+    pub unfinished: u64,
+    /// Why the run ended.
+    pub stop: Stop,
     /// Wall time of the measured run.
     pub seconds: f64,
     /// Latency in microseconds.
@@ -88,7 +164,7 @@ impl Report {
     pub fn json(&self, plan: &Plan) -> String {
         let h = &self.latency;
         format!(
-            "{{\"backend\":\"{}\",\"mode\":\"{}\",\"connections\":{},\"inflight\":{},\"payload\":{},\"requests\":{},\"errors\":{},\"seconds\":{:.3},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{}}}",
+            "{{\"backend\":\"{}\",\"mode\":\"{}\",\"connections\":{},\"inflight\":{},\"payload\":{},\"requests\":{},\"errors\":{},\"seconds\":{:.3},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"error_kinds\":{},\"unfinished\":{},\"stop\":\"{}\"}}",
             match self.backend { Backend::Uring => "uring", Backend::Std => "std" },
             match self.mode { Mode::Rpc => "rpc", Mode::Raw => "raw" },
             plan.connections,
@@ -102,6 +178,9 @@ impl Report {
             h.value_at_quantile(0.99),
             h.value_at_quantile(0.999),
             h.max(),
+            self.error_kinds.json(),
+            self.unfinished,
+            self.stop.name(),
         )
     }
 
@@ -109,7 +188,7 @@ impl Report {
     pub fn text(&self, plan: &Plan) -> String {
         let h = &self.latency;
         format!(
-            "{:?}/{:?}: {} conn x {} in flight, {} B payload\n  requests {}  errors {}  seconds {:.2}  rps {:.0}\n  latency us: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            "{:?}/{:?}: {} conn x {} in flight, {} B payload\n  requests {}  errors {}  unfinished {}  seconds {:.2}  rps {:.0}\n  errors: {}\n  stopped: {}\n  latency us: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
             self.backend,
             self.mode,
             plan.connections,
@@ -117,8 +196,18 @@ impl Report {
             plan.payload,
             self.requests,
             self.errors,
+            self.unfinished,
             self.seconds,
             self.rps(),
+            self.error_kinds.text(),
+            match self.stop {
+                Stop::Duration => "the duration passed".to_string(),
+                Stop::Requests => "every request was made".to_string(),
+                Stop::ConnectionsLost => format!(
+                    "connections lost and not re-established within {} s",
+                    GIVE_UP_AFTER.as_secs()
+                ),
+            },
             h.value_at_quantile(0.5),
             h.value_at_quantile(0.9),
             h.value_at_quantile(0.99),
@@ -137,32 +226,165 @@ struct Progress {
     done: AtomicU64,
     errors: AtomicU64,
     issued: AtomicU64,
+    /// Calls begun (done + errors + unfinished).
+    started: AtomicU64,
+    timeout: AtomicU64,
+    lost: AtomicU64,
+    refused: AtomicU64,
+    wrong_body: AtomicU64,
+    error_code: AtomicU64,
+    other: AtomicU64,
     stop: AtomicBool,
     limit: Option<u64>,
+    /// When a timed run ends: no call may wait past it plus the grace.
+    ends_at: Option<Instant>,
+    /// Each call's timeout.
+    call_timeout: Duration,
+}
+
+/// What became of one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Timeout,
+    Lost,
+    Refused { retry_in: Option<Duration> },
+    WrongBody,
+    ErrorCode,
+    Other,
+}
+
+impl Outcome {
+    fn of(result: &Result<Command, CallError>, seq: u64, payload: usize) -> Outcome {
+        match result {
+            Ok(resp) if resp.code != codes::SUCCESS => Outcome::ErrorCode,
+            Ok(resp) if body_matches(&resp.body, seq, payload) => Outcome::Ok,
+            Ok(_) => Outcome::WrongBody,
+            Err(CallError::Timeout { .. }) => Outcome::Timeout,
+            Err(
+                CallError::ConnectionLost { .. }
+                | CallError::Protocol { .. }
+                | CallError::Closed { .. },
+            ) => Outcome::Lost,
+            Err(CallError::Connect(_)) => Outcome::Refused { retry_in: None },
+            Err(CallError::Unavailable { retry_in }) => Outcome::Refused {
+                retry_in: Some(*retry_in),
+            },
+            Err(_) => Outcome::Other,
+        }
+    }
+
+    /// How long a caller should pause before its next call: a failed connection is not
+    /// hammered (the client reconnects with its own backoff).
+    fn pause(self) -> Option<Duration> {
+        match self {
+            Outcome::Lost | Outcome::Refused { retry_in: None } => Some(Duration::from_millis(10)),
+            Outcome::Refused { retry_in: Some(d) } => {
+                Some(d.clamp(Duration::from_millis(1), Duration::from_millis(50)))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl Progress {
+    fn new(plan: &Plan, started: Instant) -> Progress {
+        Progress {
+            done: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            issued: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+            timeout: AtomicU64::new(0),
+            lost: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            wrong_body: AtomicU64::new(0),
+            error_code: AtomicU64::new(0),
+            other: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            limit: plan.requests,
+            ends_at: plan.duration.map(|d| started + d),
+            call_timeout: plan.timeout,
+        }
+    }
+
     /// Claims the right to issue one more request.
     fn claim(&self) -> bool {
-        if self.stop.load(Ordering::Relaxed) {
+        if self.stop.load(Ordering::Relaxed) || self.ends_at.is_some_and(|t| Instant::now() >= t) {
             return false;
         }
-        match self.limit {
+        let claimed = match self.limit {
             Some(limit) => self.issued.fetch_add(1, Ordering::Relaxed) < limit,
             None => true,
+        };
+        if claimed {
+            self.started.fetch_add(1, Ordering::Relaxed);
+        }
+        claimed
+    }
+
+    /// The timeout for a call starting now: the plan's, cut to end within the grace.
+    fn timeout(&self) -> Duration {
+        match self.ends_at {
+            Some(end) => {
+                let left = (end + GRACE).saturating_duration_since(Instant::now());
+                self.call_timeout
+                    .min(left.saturating_sub(Duration::from_millis(50)))
+                    .max(Duration::from_millis(1))
+            }
+            None => self.call_timeout,
+        }
+    }
+
+    /// Counts a call's outcome; returns how long to pause before the next one.
+    fn record(&self, outcome: Outcome) -> Option<Duration> {
+        let counter = match outcome {
+            Outcome::Ok => {
+                self.done.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            Outcome::Timeout => &self.timeout,
+            Outcome::Lost => &self.lost,
+            Outcome::Refused { .. } => &self.refused,
+            Outcome::WrongBody => &self.wrong_body,
+            Outcome::ErrorCode => &self.error_code,
+            Outcome::Other => &self.other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        outcome.pause()
+    }
+
+    /// Raw mode: `n` frames failed with their connection.
+    fn lost_frames(&self, n: u64) {
+        self.lost.fetch_add(n, Ordering::Relaxed);
+        self.errors.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn errors(&self) -> Errors {
+        Errors {
+            timeout: self.timeout.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            wrong_body: self.wrong_body.load(Ordering::Relaxed),
+            error_code: self.error_code.load(Ordering::Relaxed),
+            other: self.other.load(Ordering::Relaxed),
         }
     }
 }
 
 /// The request whose frame both modes send: code 310-like, ext-free, `payload` body bytes
 /// starting with sequence number `seq`.
-fn request(seq: u64, payload: usize, ty: SerializeType, buf: &mut BytesMut) -> Command {
-    buf.reserve(payload);
+fn request(seq: u64, plan: &Plan, buf: &mut BytesMut) -> Command {
+    buf.reserve(plan.payload);
     buf.put_u64(seq);
-    buf.put_bytes(b'r', payload.saturating_sub(8));
-    Command::request(codes::SEND_MESSAGE_V2)
+    buf.put_bytes(b'r', plan.payload.saturating_sub(8));
+    let mut request = Command::request(codes::SEND_MESSAGE_V2)
         .with_body(buf.split().freeze())
-        .with_serialize_type(ty)
+        .with_serialize_type(plan.serialize);
+    if let Some(signer) = &plan.signer {
+        signer.sign(&mut request);
+    }
+    request
 }
 
 fn body_matches(body: &[u8], seq: u64, payload: usize) -> bool {
@@ -179,19 +401,13 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
             (Some(s), addr)
         }
     };
-    let progress = Arc::new(Progress {
-        done: AtomicU64::new(0),
-        errors: AtomicU64::new(0),
-        issued: AtomicU64::new(0),
-        stop: AtomicBool::new(false),
-        limit: plan.requests,
-    });
+    let started = Instant::now();
+    let progress = Arc::new(Progress::new(plan, started));
     let (tx, rx) = mpsc::channel::<Result<Histogram<u64>, String>>();
     let threads = match plan.backend {
         Backend::Uring => plan.client_threads.max(1).min(plan.connections.max(1)),
         Backend::Std => plan.connections.max(1),
     };
-    let started = Instant::now();
     let mut handles = Vec::new();
     for t in 0..threads {
         // Connections t, t+threads, ... belong to thread t.
@@ -210,45 +426,84 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
         }));
     }
     drop(tx);
-    show_progress(plan, &progress, started, &handles);
+    let (stop, stopped_at) = show_progress(plan, &progress, started, &handles);
+    // Collect what the load threads measured; those still busy a grace after the stop are
+    // left behind (their calls are reported unfinished).
+    let give_up = stopped_at + GRACE;
     let mut latency = histogram();
-    for outcome in rx {
-        latency.add(outcome?).map_err(|e| e.to_string())?;
+    let mut pending = handles.len();
+    while pending > 0 {
+        let left = give_up.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(outcome) => {
+                pending -= 1;
+                latency.add(outcome?).map_err(|e| e.to_string())?;
+            }
+            Err(_) => break,
+        }
     }
     for h in handles {
-        let _ = h.join();
+        if h.is_finished() {
+            let _ = h.join();
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
     drop(server);
+    let requests = progress.done.load(Ordering::Relaxed);
+    let errors = progress.errors.load(Ordering::Relaxed);
+    let started_calls = progress.started.load(Ordering::Relaxed);
     Ok(Report {
         backend: plan.backend,
         mode,
-        requests: progress.done.load(Ordering::Relaxed),
-        errors: progress.errors.load(Ordering::Relaxed),
+        requests,
+        errors,
+        error_kinds: progress.errors(),
+        unfinished: started_calls.saturating_sub(requests + errors),
+        stop,
         seconds,
         latency,
     })
 }
 
+/// Draws progress until the run should end; says why it ended and when it was told to stop.
 fn show_progress(
     plan: &Plan,
     progress: &Progress,
     started: Instant,
     handles: &[std::thread::JoinHandle<()>],
-) {
+) -> (Stop, Instant) {
     // Poll often (so a run's end is seen within ~10 ms), draw every 200 ms.
     let tick = Duration::from_millis(10);
     let mut ticks = 0u64;
+    let mut stop: Option<(Stop, Instant)> = None;
+    // Progress as of the last success: when connections keep failing and nothing succeeds
+    // for GIVE_UP_AFTER, the server is gone.
+    let mut last_done = 0;
+    let mut last_success = started;
+    let mut conn_failures_then = 0;
     loop {
         std::thread::sleep(tick);
         ticks += 1;
         let elapsed = started.elapsed();
-        if let Some(d) = plan.duration {
-            if elapsed >= d {
+        let done = progress.done.load(Ordering::Relaxed);
+        let conn_failures =
+            progress.lost.load(Ordering::Relaxed) + progress.refused.load(Ordering::Relaxed);
+        if done != last_done {
+            last_done = done;
+            last_success = Instant::now();
+            conn_failures_then = conn_failures;
+        }
+        if stop.is_none() {
+            if plan.duration.is_some_and(|d| elapsed >= d) {
+                stop = Some((Stop::Duration, Instant::now()));
+            } else if conn_failures > conn_failures_then && last_success.elapsed() >= GIVE_UP_AFTER
+            {
+                stop = Some((Stop::ConnectionsLost, Instant::now()));
+            }
+            if stop.is_some() {
                 progress.stop.store(true, Ordering::Relaxed);
             }
         }
-        let done = progress.done.load(Ordering::Relaxed);
         let fraction = match (plan.requests, plan.duration) {
             (Some(n), _) => done as f64 / n.max(1) as f64,
             (None, Some(d)) => elapsed.as_secs_f64() / d.as_secs_f64(),
@@ -271,10 +526,14 @@ fn show_progress(
         if handles.iter().all(|h| h.is_finished()) {
             break;
         }
+        if stop.is_some_and(|(_, at)| at.elapsed() >= GRACE) {
+            break;
+        }
     }
     if plan.progress {
         eprintln!();
     }
+    stop.unwrap_or((Stop::Requests, Instant::now()))
 }
 
 /// The server `remora bench` starts when no `--target` is given.
@@ -444,16 +703,15 @@ fn uring_rpc(
                     let mut seq = ((c as u64) << 48) | ((w as u64) << 32);
                     while progress.claim() {
                         seq += 1;
-                        let req = request(seq, plan.payload, plan.serialize, &mut buf);
+                        let req = request(seq, &plan, &mut buf);
                         let t0 = Instant::now();
-                        match client.call(req, Duration::from_secs(10)).await {
-                            Ok(resp) if body_matches(&resp.body, seq, plan.payload) => {
-                                let _ = hist.borrow_mut().record(t0.elapsed().as_micros() as u64);
-                                progress.done.fetch_add(1, Ordering::Relaxed);
-                            }
-                            _ => {
-                                progress.errors.fetch_add(1, Ordering::Relaxed);
-                            }
+                        let result = client.call(req, progress.timeout()).await;
+                        let outcome = Outcome::of(&result, seq, plan.payload);
+                        if outcome == Outcome::Ok {
+                            let _ = hist.borrow_mut().record(t0.elapsed().as_micros() as u64);
+                        }
+                        if let Some(pause) = progress.record(outcome) {
+                            tokio::time::sleep(pause).await;
                         }
                     }
                 }));
@@ -473,10 +731,7 @@ fn raw_frame(plan: &Plan) -> Vec<u8> {
     let mut body = BytesMut::new();
     let mut frame = BytesMut::new();
     Codec::default()
-        .encode(
-            &request(1, plan.payload, plan.serialize, &mut body),
-            &mut frame,
-        )
+        .encode(&request(1, plan, &mut body), &mut frame)
         .expect("a bench request encodes");
     frame.to_vec()
 }
@@ -520,9 +775,7 @@ fn uring_raw(
                         let (r, o) = stream.write_all(out).await;
                         out = o;
                         if r.is_err() {
-                            progress
-                                .errors
-                                .fetch_add(outstanding as u64, Ordering::Relaxed);
+                            progress.lost_frames(outstanding as u64);
                             return;
                         }
                     }
@@ -534,9 +787,7 @@ fn uring_raw(
                     let n = match r {
                         Ok(n) if n > 0 => n,
                         _ => {
-                            progress
-                                .errors
-                                .fetch_add(outstanding as u64, Ordering::Relaxed);
+                            progress.lost_frames(outstanding as u64);
                             return;
                         }
                     };
@@ -579,7 +830,7 @@ fn echoed_frames(
             let _ = hist.record(t0.elapsed().as_micros() as u64);
             progress.done.fetch_add(1, Ordering::Relaxed);
         } else {
-            progress.errors.fetch_add(1, Ordering::Relaxed);
+            progress.record(Outcome::WrongBody);
         }
     }
     acc.drain(..whole * len);
@@ -611,16 +862,15 @@ fn std_rpc(
                 let mut seq = (w as u64) << 32;
                 while progress.claim() {
                     seq += 1;
-                    let req = request(seq, plan.payload, plan.serialize, &mut buf);
+                    let req = request(seq, &plan, &mut buf);
                     let t0 = Instant::now();
-                    match client.call(req, Duration::from_secs(10)) {
-                        Ok(resp) if body_matches(&resp.body, seq, plan.payload) => {
-                            let _ = hist.record(t0.elapsed().as_micros() as u64);
-                            progress.done.fetch_add(1, Ordering::Relaxed);
-                        }
-                        _ => {
-                            progress.errors.fetch_add(1, Ordering::Relaxed);
-                        }
+                    let result = client.call(req, progress.timeout());
+                    let outcome = Outcome::of(&result, seq, plan.payload);
+                    if outcome == Outcome::Ok {
+                        let _ = hist.record(t0.elapsed().as_micros() as u64);
+                    }
+                    if let Some(pause) = progress.record(outcome) {
+                        std::thread::sleep(pause);
                     }
                 }
                 hist
@@ -662,9 +912,7 @@ fn std_raw(
             outstanding += 1;
         }
         if !out.is_empty() && stream.write_all(&out).is_err() {
-            progress
-                .errors
-                .fetch_add(outstanding as u64, Ordering::Relaxed);
+            progress.lost_frames(outstanding as u64);
             break;
         }
         if outstanding == 0 {

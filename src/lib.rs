@@ -8,6 +8,7 @@
 
 pub use remora_core as core;
 pub use remora_std as std_net;
+pub use remora_tls as tls;
 pub use remora_uring as uring;
 
 /// The README's Rust examples, compiled and run as doctests so they stay true to the code.

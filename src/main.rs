@@ -1,7 +1,11 @@
 //! The `remora` command-line tool.
 #![deny(missing_docs)]
 
+mod acl_cli;
 mod bench;
+mod log;
+mod pcap;
+mod script;
 mod view;
 
 use std::io::{self, Read, Write};
@@ -31,8 +35,12 @@ enum Cmd {
     /// frame is corrupt or the stream ends inside a frame.
     Decode {
         /// The frames as hex (whitespace ignored).
-        #[arg(long, conflicts_with = "file")]
+        #[arg(long, conflicts_with_all = ["file", "pcap"])]
         hex: Option<String>,
+        /// A tcpdump capture (pcap or pcapng): each TCP direction is reassembled and its frames
+        /// printed in capture order, with `ts`, `src` and `dst`.
+        #[arg(long, conflicts_with = "file")]
+        pcap: Option<std::path::PathBuf>,
         /// A file of raw frames.
         #[arg(long)]
         file: Option<std::path::PathBuf>,
@@ -45,8 +53,19 @@ enum Cmd {
     /// Exits 0 when a response arrived, whatever its code; non-zero with a one-line error on a
     /// timeout, a refused connection or a protocol error.
     Call {
-        /// Server address, e.g. 127.0.0.1:9876.
-        addr: String,
+        /// Server address, e.g. 127.0.0.1:9876 (or give --namesrv and --topic).
+        #[arg(required_unless_present = "namesrv", conflicts_with = "namesrv")]
+        addr: Option<String>,
+        /// Name servers, `HOST:PORT[;HOST:PORT...]`: ask them for --topic's route and send to the
+        /// topic's master broker that accepts writes (printed on stderr).
+        #[arg(long, requires = "topic")]
+        namesrv: Option<String>,
+        /// The topic whose broker to send to (with --namesrv).
+        #[arg(long, requires = "namesrv")]
+        topic: Option<String>,
+        /// The broker name to send to (with --namesrv; default: the first that accepts writes).
+        #[arg(long, requires = "namesrv")]
+        broker: Option<String>,
         /// Request code, e.g. 105 (GET_ROUTEINFO_BY_TOPIC).
         #[arg(long)]
         code: i32,
@@ -71,9 +90,17 @@ enum Cmd {
         /// Send a oneway request (no response is awaited; exits 0 once it is written).
         #[arg(long)]
         oneway: bool,
+        #[command(flatten)]
+        acl: acl_cli::SignArgs,
     },
     /// Run an echo server: every request is answered SUCCESS with its own body and ext fields.
+    ///
+    /// With --script FILE, answer from a script of rules instead (see the README): a stand-in
+    /// name server or broker that answers, delays, drops or closes on demand.
     Serve {
+        /// A script of rules, `{"rules": [...]}` (served by the std backend).
+        #[arg(long)]
+        script: Option<std::path::PathBuf>,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:9876")]
         listen: String,
@@ -83,6 +110,13 @@ enum Cmd {
         /// Answer with this header serialization (default: the request's).
         #[arg(long, value_enum)]
         serialize: Option<Serialize>,
+        /// Most connections open at once; more are refused with a line on stderr.
+        #[arg(long, default_value_t = remora_core::BudgetConfig::default().max_connections)]
+        max_connections: usize,
+        /// Verify every request's ACL signature against this file of `ACCESS_KEY=SECRET_KEY`
+        /// lines; others are answered NO_PERMISSION (16).
+        #[arg(long, value_name = "FILE")]
+        acl: Option<std::path::PathBuf>,
     },
     /// Load-test a server: C connections x N requests in flight, every response checked.
     ///
@@ -112,9 +146,13 @@ enum Cmd {
         /// Requests per run.
         #[arg(long, conflicts_with = "duration")]
         requests: Option<u64>,
-        /// Seconds per run (default 5 when --requests is not given).
+        /// Seconds per run (default 5 when --requests is not given); a run ends at most a
+        /// second later, reporting calls still in flight as unfinished.
         #[arg(long)]
         duration: Option<f64>,
+        /// Each call's timeout, in milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
         /// Header serialization.
         #[arg(long, value_enum, default_value_t = Serialize::Json)]
         serialize: Serialize,
@@ -127,6 +165,8 @@ enum Cmd {
         /// Embedded server threads.
         #[arg(long, default_value_t = 1)]
         server_threads: usize,
+        #[command(flatten)]
+        acl: acl_cli::SignArgs,
     },
     /// Encode commands given as JSON objects (the shape `decode` prints); print one hex frame each.
     ///
@@ -180,13 +220,22 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Decode {
+            pcap: Some(path),
+            max_frame_len,
+            ..
+        } => pcap::decode_file(&path, max_frame_len),
+        Cmd::Decode {
             hex,
             file,
+            pcap: None,
             max_frame_len,
         } => decode(hex, file, max_frame_len),
         Cmd::Encode { json } => encode(json),
         Cmd::Call {
             addr,
+            namesrv,
+            topic,
+            broker,
             code,
             ext,
             remark,
@@ -195,6 +244,7 @@ fn main() -> ExitCode {
             serialize,
             timeout_ms,
             oneway,
+            acl,
         } => {
             let body = match (body, body_file) {
                 (Some(text), _) => Ok(text.into_bytes()),
@@ -216,14 +266,57 @@ fn main() -> ExitCode {
                         .ok_or_else(|| format!("--ext {pair:?}: expected KEY=VALUE"))?;
                     request = request.with_ext(k, v);
                 }
-                call(&addr, request, Duration::from_millis(timeout_ms), oneway)
+                acl_cli::sign(acl.signer()?.as_ref(), &mut request);
+                let timeout = Duration::from_millis(timeout_ms);
+                let addr = match (addr, namesrv, topic) {
+                    (Some(addr), _, _) => addr,
+                    (None, Some(namesrv), Some(topic)) => {
+                        broker_for(&namesrv, &topic, broker.as_deref(), timeout)?
+                    }
+                    _ => return Err("give an address, or --namesrv and --topic".into()),
+                };
+                call(&addr, request, timeout, oneway)
             })
         }
         Cmd::Serve {
             listen,
             backend,
             serialize,
-        } => serve(&listen, backend, serialize.map(Into::into)),
+            max_connections,
+            acl,
+            script: Some(path),
+        } => {
+            if backend == Backend::Uring {
+                Err("--script is served by the std backend only: the server Handler answers every request, so it cannot drop one or close the connection".into())
+            } else {
+                std::fs::read_to_string(&path)
+                    .map_err(|e| format!("reading {}: {e}", path.display()))
+                    .and_then(|text| {
+                        script::Script::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+                    })
+                    .and_then(|s| {
+                        let gate = match &acl {
+                            Some(_) => Some(acl_cli::guard(script::pass, acl.as_ref())?),
+                            None => None,
+                        };
+                        script::serve(&listen, s, serialize.map(Into::into), max_connections, gate)
+                    })
+            }
+        }
+        Cmd::Serve {
+            listen,
+            backend,
+            serialize,
+            max_connections,
+            acl,
+            script: None,
+        } => serve(
+            &listen,
+            backend,
+            serialize.map(Into::into),
+            max_connections,
+            acl.as_ref(),
+        ),
         Cmd::Bench {
             target,
             backend,
@@ -233,11 +326,20 @@ fn main() -> ExitCode {
             payload,
             requests,
             duration,
+            timeout_ms,
             serialize,
             json,
             client_threads,
             server_threads,
+            acl,
         } => {
+            let signer = match acl.signer() {
+                Ok(signer) => signer,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let plan = bench::Plan {
                 backend: match backend {
                     Backend::Uring => bench::Backend::Uring,
@@ -256,6 +358,8 @@ fn main() -> ExitCode {
                 client_threads,
                 server_threads,
                 progress: !json,
+                timeout: Duration::from_millis(timeout_ms.max(1)),
+                signer,
             };
             run_bench(&plan, mode, json)
         }
@@ -333,6 +437,38 @@ fn call(addr: &str, request: Command, timeout: Duration, oneway: bool) -> Result
     Ok(())
 }
 
+/// Asks the name servers for `topic`'s route and picks the master of `broker` (or of the first
+/// broker that accepts writes); says what it chose on stderr.
+fn broker_for(
+    namesrv: &str,
+    topic: &str,
+    broker: Option<&str>,
+    timeout: Duration,
+) -> Result<String, String> {
+    use remora_core::route::TrackerConfig;
+    use remora_std::namesrv::{FollowerConfig, RouteFollower};
+    let config = FollowerConfig {
+        tracker: TrackerConfig {
+            ask_timeout: timeout,
+            ..TrackerConfig::default()
+        },
+    };
+    let follower = RouteFollower::new(namesrv, topic, config);
+    let route = follower.fetch()?;
+    let chosen = route
+        .choose_writable(broker)
+        .map_err(|e| format!("topic {topic:?}: {e}"))?;
+    let addr = chosen
+        .master
+        .clone()
+        .ok_or("the chosen broker has no master")?;
+    eprintln!(
+        "topic {topic:?}: broker {} (cluster {:?}, perm {}, {} write queues), master {addr}",
+        chosen.name, chosen.cluster, chosen.perm, chosen.write_queues
+    );
+    Ok(addr)
+}
+
 /// Answers SUCCESS with the request's body and ext fields.
 fn echo(request: Command) -> Command {
     let mut response = request
@@ -342,13 +478,22 @@ fn echo(request: Command) -> Command {
     response
 }
 
-fn serve(listen: &str, backend: Backend, serialize: Option<SerializeType>) -> Result<(), String> {
+fn serve(
+    listen: &str,
+    backend: Backend,
+    serialize: Option<SerializeType>,
+    max_connections: usize,
+    acl: Option<&std::path::PathBuf>,
+) -> Result<(), String> {
+    log::install();
+    let handler = acl_cli::guard(echo, acl)?;
     let mut config = ServerConfig::default();
     config.connection.serialize_type = serialize;
+    config.budget.max_connections = max_connections;
     match backend {
         Backend::Std => {
-            let server =
-                Server::bind_with(listen, echo, config).map_err(|e| format!("{listen}: {e}"))?;
+            let server = Server::bind_with(listen, move |r| handler.handle(r), config)
+                .map_err(|e| format!("{listen}: {e}"))?;
             println!("listening on {}", server.local_addr());
             io::stdout().flush().map_err(|e| e.to_string())?;
             loop {
@@ -358,9 +503,10 @@ fn serve(listen: &str, backend: Backend, serialize: Option<SerializeType>) -> Re
         Backend::Uring => {
             let config = remora_uring::ServerConfig {
                 connection: config.connection,
+                budget: config.budget,
                 ..Default::default()
             };
-            let server = remora_uring::Server::bind_with(listen, std::sync::Arc::new(echo), config)
+            let server = remora_uring::Server::bind_with(listen, handler, config)
                 .map_err(|e| format!("{listen}: {e}"))?;
             println!("listening on {}", server.local_addr());
             io::stdout().flush().map_err(|e| e.to_string())?;
@@ -394,6 +540,22 @@ fn run_bench(plan: &bench::Plan, mode: BenchMode, json: bool) -> Result<(), Stri
                 rpc.rps() / raw.rps().max(1e-9)
             );
         }
+    }
+    if let Some(lost) = reports
+        .iter()
+        .find(|r| r.stop == bench::Stop::ConnectionsLost)
+    {
+        return Err(format!(
+            "stopped early: connections lost and not re-established ({} requests done)",
+            lost.requests
+        ));
+    }
+    if let Some(none) = reports.iter().find(|r| r.requests == 0) {
+        return Err(format!(
+            "nothing succeeded ({} errors: {})",
+            none.errors,
+            none.error_kinds.text()
+        ));
     }
     if reports.iter().any(|r| r.errors > 0) {
         return Err(format!(

@@ -313,13 +313,18 @@ fn bench_checks_every_response_and_prints_one_json_line_per_mode() {
                     "p50_us",
                     "p99_us",
                     "p999_us",
-                    "max_us"
+                    "max_us",
+                    "error_kinds",
+                    "unfinished",
+                    "stop"
                 ]
             );
             assert_eq!(line["backend"], backend);
             assert_eq!(line["mode"], mode);
             assert_eq!(line["requests"], 2000);
             assert_eq!(line["errors"], 0);
+            assert_eq!(line["unfinished"], 0);
+            assert_eq!(line["stop"], "requests");
         }
     }
 }
@@ -335,4 +340,145 @@ fn serve_uring_backend_answers() {
     );
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got["body_hex"], "75");
+}
+
+#[test]
+fn serve_refuses_connections_beyond_its_maximum_with_a_log_line() {
+    use std::io::{BufRead, Read};
+    for backend in ["std", "uring"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_remora"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--max-connections", "1"])
+            .args(["--backend", backend])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start remora serve");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap()
+            .to_string();
+        let first = std::net::TcpStream::connect(&addr).unwrap();
+        // The first is admitted and stays open; the second is closed at once.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut second = std::net::TcpStream::connect(&addr).unwrap();
+        second
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 16];
+        assert!(
+            matches!(second.read(&mut buf), Ok(0) | Err(_)),
+            "{backend}: refused"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(
+            stderr.contains("WARN") && stderr.contains("connection refused: 1 connections open"),
+            "{backend}: {stderr:?}"
+        );
+        drop(first);
+    }
+}
+
+/// Runs `remora bench --json` with `args`; returns its exit status, its JSON line and how long it
+/// took.
+fn bench_json(args: &[&str]) -> (std::process::ExitStatus, Value, std::time::Duration) {
+    let t0 = std::time::Instant::now();
+    let out = remora(
+        &[&["bench", "--mode", "rpc", "--json"][..], args].concat(),
+        b"",
+    );
+    let took = t0.elapsed();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let line = stdout.lines().next().unwrap_or_else(|| {
+        panic!(
+            "no JSON line; stderr {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status, serde_json::from_str(line).unwrap(), took)
+}
+
+#[test]
+fn bench_against_a_silent_server_ends_on_time_and_says_timeouts() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    // Accept and hold every connection, never answering.
+    std::thread::spawn(move || {
+        let held: Vec<_> = listener.incoming().take(4).collect();
+        std::thread::sleep(std::time::Duration::from_secs(30));
+        drop(held);
+    });
+    for backend in ["uring", "std"] {
+        let (status, line, took) = bench_json(&[
+            "--backend",
+            backend,
+            "--target",
+            &addr,
+            "--duration",
+            "1",
+            "--timeout-ms",
+            "400",
+            "--inflight",
+            "2",
+        ]);
+        assert!(!status.success(), "{backend}: nothing succeeded");
+        assert!(
+            took < std::time::Duration::from_secs(4),
+            "{backend}: {took:?}"
+        );
+        assert_eq!(line["requests"], 0);
+        assert_eq!(line["stop"], "duration");
+        let timeouts = line["error_kinds"]["timeout"].as_u64().unwrap();
+        assert!(timeouts >= 2, "{backend}: {line}");
+        assert_eq!(line["errors"], timeouts, "{backend}: only timeouts");
+    }
+}
+
+#[test]
+fn bench_stops_early_when_its_server_dies() {
+    for backend in ["uring", "std"] {
+        let served = serve(&[]);
+        let addr = served.addr.clone();
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(700));
+            drop(served);
+        });
+        let (status, line, took) = bench_json(&[
+            "--backend",
+            backend,
+            "--target",
+            &addr,
+            "--duration",
+            "20",
+            "--inflight",
+            "4",
+        ]);
+        killer.join().unwrap();
+        assert!(!status.success(), "{backend}");
+        assert_eq!(line["stop"], "connections-lost", "{backend}: {line}");
+        assert!(
+            took < std::time::Duration::from_secs(8),
+            "{backend}: {took:?}"
+        );
+        assert!(line["requests"].as_u64().unwrap() > 0);
+        let kinds = &line["error_kinds"];
+        let lost = kinds["lost"].as_u64().unwrap() + kinds["refused"].as_u64().unwrap();
+        assert!(lost > 0, "{backend}: {line}");
+        assert!(
+            lost < 100_000,
+            "{backend}: a dead server is not hammered: {line}"
+        );
+    }
 }

@@ -7,6 +7,10 @@
 //! - the connection machine: [`Connection`] pairs responses with requests, keeps deadlines,
 //!   answers for an overloaded server, and fails every pending request exactly once when the
 //!   connection ends. Drivers feed it bytes and [`Instant`]s; see its docs for the drain order.
+//!   It bounds what a peer can make it hold: read buffers grow with the bytes that arrived, and
+//!   [`Connection::wants_read`] turns false while a peer leaves its answers unread;
+//! - the server budget: [`Budget`] is shared by a server's connections and decides when new
+//!   connections are refused and new requests answered `SYSTEM_BUSY`.
 //!
 //! # Contract
 //! - Decoding never panics and never allocates on the strength of an unchecked length: the frame
@@ -60,6 +64,7 @@ pub mod codec;
 pub mod conn;
 pub mod rand;
 pub mod resilience;
+pub mod route;
 mod time;
 
 pub use codec::{binary, codes, encoded, error, json};
@@ -73,10 +78,11 @@ pub use codec::encoded::Encoded;
 pub use codec::error::{BinaryField, DecodeError, EncodeError, JsonErrorKind};
 pub use codec::frame::{Codec, Decoded, PREFIX_LEN};
 pub use codec::limits::{Limits, DEFAULT_MAX_FRAME_LEN};
+pub use conn::budget::{Account, Budget, BudgetConfig, Refusal, Snapshot};
 pub use conn::call::{CallError, ConnectError, Handler, Hook, NotSupported};
 pub use conn::connection::{
     CloseReason, Config, Connection, Event, IncomingRequest, RequestError, RequestId, SendError,
-    Stats,
+    Stats, READ_STEP,
 };
 pub use conn::outgoing::Outgoing;
 pub use time::Instant;

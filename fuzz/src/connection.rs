@@ -973,6 +973,7 @@ impl Model {
                 Ok(())
             }
             Err(e) => {
+                self.stats.fallback_answers += 1;
                 let mut buf = BytesMut::new();
                 if self
                     .codec

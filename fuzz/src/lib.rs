@@ -513,3 +513,53 @@ pub fn preview(bytes: &[u8]) -> String {
         format!("{shown:?}")
     }
 }
+
+/// The `route` target: `data` is the body of a route (105) or cluster-info (106) answer.
+///
+/// Never a panic; an error is one line. On a parsed route: broker names are sorted and unique,
+/// each broker's addresses are sorted by id without duplicates, its master is the address of id
+/// 0, a writable broker has a master, and `writable_masters` / `choose_writable` agree with
+/// `Broker::writable`. Against `serde_json`: input it accepts as JSON is never a syntax error
+/// here (this parser also reads fastjson's unquoted keys, so the converse does not hold).
+pub fn check_route(data: &[u8]) {
+    use remora_core::route::{ClusterInfo, RouteError, TopicRoute, MAX_DEPTH};
+    let route = TopicRoute::parse(data);
+    match &route {
+        Ok(route) => {
+            for pair in route.brokers.windows(2) {
+                assert!(pair[0].name < pair[1].name, "brokers sorted and unique");
+            }
+            for b in &route.brokers {
+                for pair in b.addrs.windows(2) {
+                    assert!(pair[0].0 < pair[1].0, "addresses sorted by id, no duplicate");
+                }
+                let id0 = b.addrs.iter().find(|(id, _)| *id == 0).map(|(_, a)| a);
+                assert_eq!(b.master.as_ref(), id0, "master is broker id 0");
+                if b.writable() {
+                    assert!(b.master.is_some());
+                }
+            }
+            let writable: Vec<String> = route
+                .brokers
+                .iter()
+                .filter(|b| b.writable())
+                .map(|b| b.master.clone().unwrap())
+                .collect();
+            assert_eq!(route.writable_masters(), writable);
+            assert_eq!(route.choose_writable(None).is_ok(), !writable.is_empty());
+        }
+        Err(e) => assert!(!e.to_string().contains('\n'), "one-line error: {e}"),
+    }
+    if let Err(e) = ClusterInfo::parse(data) {
+        assert!(!e.to_string().contains('\n'), "one-line error: {e}");
+    }
+    if serde_json::from_slice::<serde_json::Value>(data).is_ok() {
+        let depth = data.iter().filter(|b| matches!(b, b'[' | b'{')).count();
+        if let Err(RouteError::Syntax { at, what }) = route {
+            assert!(
+                depth > MAX_DEPTH,
+                "serde_json accepts it, the route parser says {what} at {at}"
+            );
+        }
+    }
+}

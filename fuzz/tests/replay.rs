@@ -53,3 +53,8 @@ fn binary_header_seeds() {
 fn connection_seeds() {
     replay("connection", remora_fuzz::run_connection);
 }
+
+#[test]
+fn route_seeds() {
+    replay("route", remora_fuzz::check_route);
+}

@@ -284,6 +284,7 @@ impl Shared {
                         self.clock,
                         Arc::clone(&self.handler),
                         Arc::clone(&self.workers),
+                        None,
                     )
                     .map_err(|e| Error::Connect(e.into()));
                 }

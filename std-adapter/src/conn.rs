@@ -5,13 +5,15 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use bytes::Bytes;
 use crossbeam_utils::sync::{Parker, Unparker};
 use remora_core::{
-    CloseReason, Command, Config, Connection, Event, IncomingRequest, Instant, Outgoing, RequestId,
+    Account, Budget, CloseReason, Command, Config, Connection, Event, IncomingRequest, Instant,
+    Outgoing, RequestId,
 };
 
 use crate::handler::{run_handler, Handler, Workers};
@@ -63,7 +65,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct State {
     machine: Connection,
     calls: HashMap<RequestId, Arc<CallSlot>>,
+    /// Some thread is writing to the socket (only one does at a time; the others leave their
+    /// frames to it, and it looks at the machine again before it gives this up).
+    writing: bool,
+    /// Bytes a non-blocking write could not finish, handed to the connection's writer thread.
+    stash: Option<Bytes>,
+    /// The reader waits for the machine to want input (it is woken only then).
+    reader_paused: bool,
+    /// This connection's share of the server's budget (server connections only).
+    account: Option<Account>,
 }
+
+/// What a server's connection carries besides the machine.
+pub(crate) struct Served {
+    pub(crate) budget: Arc<Budget>,
+    pub(crate) account: Account,
+    /// Called once when the connection closes (the server forgets it: its descriptors go as
+    /// soon as the last thread working for it lets go).
+    pub(crate) on_closed: Box<dyn FnOnce() + Send>,
+}
+
+/// Stack of a connection's reader and writer threads: they only move bytes and wake callers.
+const IO_THREAD_STACK: usize = 256 * 1024;
 
 /// How a connection runs.
 #[derive(Clone, Copy, Debug)]
@@ -75,10 +98,17 @@ pub(crate) struct ConnConfig {
 
 pub(crate) struct Conn {
     state: Mutex<State>,
-    /// Held while writing, so frames go out whole and in order.
-    writer: Mutex<TcpStream>,
+    /// Signalled when output is written (a paused reader may read again), when the writer
+    /// thread has work, and when the connection closes.
+    changed: Condvar,
+    /// The socket's write side; used only by the thread holding `State::writing`.
+    writer: TcpStream,
+    /// Started the first time a write would block; writes what `State::stash` holds, blocking.
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
     /// Another handle on the socket, to shut it down while a write or read is blocked.
     control: TcpStream,
+    budget: Option<Arc<Budget>>,
+    on_closed: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     clock: Clock,
     handler: Arc<dyn Handler>,
     workers: Arc<Workers>,
@@ -130,20 +160,48 @@ impl Conn {
         clock: Clock,
         handler: Arc<dyn Handler>,
         workers: Arc<Workers>,
+        served: Option<Served>,
     ) -> io::Result<Arc<Conn>> {
-        stream.set_nodelay(true)?;
-        let peer = stream.peer_addr()?;
-        let read_half = stream.try_clone()?;
-        if let Some(idle) = config.idle_timeout {
-            read_half.set_read_timeout(Some(idle.max(Duration::from_millis(1))))?;
-        }
+        let prepared = (|| {
+            stream.set_nodelay(true)?;
+            let peer = stream.peer_addr()?;
+            let read_half = stream.try_clone()?;
+            if let Some(idle) = config.idle_timeout {
+                read_half.set_read_timeout(Some(idle.max(Duration::from_millis(1))))?;
+            }
+            Ok::<_, io::Error>((peer, read_half, stream.try_clone()?))
+        })();
+        let (peer, read_half, control) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                // Gone before it started (a peer that connected and reset at once): give its
+                // place back.
+                if let Some(served) = served {
+                    served.budget.leave(served.account);
+                    (served.on_closed)();
+                }
+                return Err(e);
+            }
+        };
+        let (budget, account, on_closed) = match served {
+            Some(s) => (Some(s.budget), Some(s.account), Some(s.on_closed)),
+            None => (None, None, None),
+        };
         let conn = Arc::new(Conn {
             state: Mutex::new(State {
                 machine: Connection::new(config.machine),
                 calls: HashMap::new(),
+                writing: false,
+                stash: None,
+                reader_paused: false,
+                account,
             }),
-            control: stream.try_clone()?,
-            writer: Mutex::new(stream),
+            changed: Condvar::new(),
+            control,
+            writer: stream,
+            writer_thread: Mutex::new(None),
+            budget,
+            on_closed: Mutex::new(on_closed),
             clock,
             handler,
             workers,
@@ -156,8 +214,15 @@ impl Conn {
         let idle = config.idle_timeout;
         let handle = std::thread::Builder::new()
             .name(format!("remora-read-{peer}"))
-            .spawn(move || for_reader.read_loop(read_half, idle))?;
-        *lock(&conn.reader) = Some(handle);
+            .stack_size(IO_THREAD_STACK)
+            .spawn(move || for_reader.read_loop(read_half, idle));
+        match handle {
+            Ok(handle) => *lock(&conn.reader) = Some(handle),
+            Err(e) => {
+                conn.lost();
+                return Err(e);
+            }
+        }
         Ok(conn)
     }
 
@@ -190,10 +255,7 @@ impl Conn {
     /// Peer requests not yet answered, and whether bytes still wait to be written.
     pub(crate) fn unfinished(&self) -> (usize, bool) {
         let st = lock(&self.state);
-        (
-            st.machine.pending_incoming(),
-            st.machine.poll_transmit().is_some(),
-        )
+        (st.machine.pending_incoming(), st.machine.unsent_len() > 0)
     }
 
     fn touch(&self) {
@@ -251,32 +313,113 @@ impl Conn {
         Ok(())
     }
 
-    /// Writes whatever the machine has queued. Threads that find another one writing leave
-    /// their frames to it (it loops until the buffer is empty), so writes coalesce under load.
+    /// Writes whatever the machine has queued, never blocking on the socket: a write that would
+    /// block hands the rest to the connection's writer thread. Threads that find another one
+    /// writing leave their frames to it (it looks again before it stops), so writes coalesce
+    /// under load.
     pub(crate) fn flush(self: &Arc<Self>) {
+        let mut st = lock(&self.state);
+        if st.writing {
+            return;
+        }
+        st.writing = true;
         loop {
-            let mut stream = match self.writer.try_lock() {
-                Ok(s) => s,
-                Err(std::sync::TryLockError::WouldBlock) => return,
-                Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            let Some(bytes) = st.machine.take_transmit() else {
+                st.writing = false;
+                return;
             };
-            let chunk = lock(&self.state).machine.take_transmit();
-            match chunk {
-                Some(bytes) => {
-                    if stream.write_all(&bytes).is_err() {
-                        drop(stream);
-                        self.lost();
+            drop(st);
+            let sent = send_nonblocking(&self.writer, &bytes);
+            st = lock(&self.state);
+            match sent {
+                Ok(n) => {
+                    st.machine.handle_sent(n);
+                    if n < bytes.len() {
+                        // The peer is not keeping up: the writer thread waits for it, we don't.
+                        st.stash = Some(bytes.slice(n..));
+                        self.settle(&mut st);
+                        drop(st);
+                        self.changed.notify_all();
+                        self.start_writer();
                         return;
                     }
+                    self.settle(&mut st);
                 }
-                None => {
-                    drop(stream);
-                    // A frame queued while we held the writer would be stranded: look again.
-                    if lock(&self.state).machine.poll_transmit().is_none() {
-                        return;
-                    }
+                Err(_) => {
+                    st.writing = false;
+                    drop(st);
+                    self.lost();
+                    return;
                 }
             }
+        }
+    }
+
+    /// Starts the writer thread if it is not running.
+    fn start_writer(self: &Arc<Self>) {
+        let mut slot = lock(&self.writer_thread);
+        if slot.is_some() {
+            return;
+        }
+        let conn = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name(format!("remora-write-{}", self.peer))
+            .stack_size(IO_THREAD_STACK)
+            .spawn(move || conn.write_loop());
+        match spawned {
+            Ok(handle) => *slot = Some(handle),
+            Err(_) => {
+                drop(slot);
+                self.lost();
+            }
+        }
+    }
+
+    /// The writer thread: writes what a non-blocking write left, blocking (only this thread
+    /// waits for a slow peer), and then everything queued meanwhile; then waits for more.
+    fn write_loop(self: Arc<Self>) {
+        let mut st = lock(&self.state);
+        loop {
+            while st.stash.is_none() && !st.machine.is_closed() {
+                st = self
+                    .changed
+                    .wait_timeout(st, Duration::from_secs(1))
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+            }
+            if st.machine.is_closed() {
+                st.writing = false;
+                return;
+            }
+            // We hold `writing` (handed over with the stash) until the machine is empty.
+            let mut next = st.stash.take();
+            while let Some(bytes) = next {
+                drop(st);
+                let result = (&self.writer).write_all(&bytes);
+                st = lock(&self.state);
+                if result.is_err() {
+                    st.writing = false;
+                    drop(st);
+                    self.lost();
+                    return;
+                }
+                st.machine.handle_sent(bytes.len());
+                self.settle(&mut st);
+                next = st.machine.take_transmit();
+            }
+            st.writing = false;
+        }
+    }
+
+    /// Brings the server's budget up to date, hands the machine's events on, and wakes a paused
+    /// reader if the machine wants input again. Runs under the state lock, after any change.
+    fn settle(self: &Arc<Self>, st: &mut State) {
+        if let (Some(budget), Some(account)) = (&self.budget, st.account.as_mut()) {
+            budget.sync(account, &mut st.machine);
+        }
+        self.drain_events(st);
+        if st.reader_paused && st.machine.wants_read() {
+            self.changed.notify_all();
         }
     }
 
@@ -288,10 +431,12 @@ impl Conn {
             return;
         }
         let response = run_handler(&*self.handler, command);
-        let sent = lock(&self.state).machine.send_response(request, response);
-        if sent.is_ok() {
-            self.flush();
-        }
+        let mut st = lock(&self.state);
+        // An answer too big to encode is replaced by SYSTEM_ERROR: that too must go out now.
+        let _ = st.machine.send_response(request, response);
+        self.settle(&mut st);
+        drop(st);
+        self.flush();
     }
 
     /// Hands the machine's events on. Runs under the state lock.
@@ -319,7 +464,18 @@ impl Conn {
                         let _ = run_handler(&*handler, command);
                     });
                 }
-                Event::Closed { .. } => self.closed.store(true, Ordering::Release),
+                Event::Closed { .. } => {
+                    self.closed.store(true, Ordering::Release);
+                    // Release the socket now (the descriptors follow the last reference).
+                    let _ = self.control.shutdown(Shutdown::Both);
+                    if let (Some(budget), Some(account)) = (&self.budget, st.account.take()) {
+                        budget.leave(account);
+                    }
+                    if let Some(on_closed) = lock(&self.on_closed).take() {
+                        on_closed();
+                    }
+                    self.changed.notify_all();
+                }
             }
         }
     }
@@ -327,15 +483,26 @@ impl Conn {
     fn read_loop(self: Arc<Self>, mut stream: TcpStream, idle: Option<Duration>) {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
+            if !self.wait_until_readable() {
+                return;
+            }
             match stream.read(&mut buf) {
-                Ok(0) => return self.lost(),
+                Ok(0) => {
+                    // End of input: answer what was asked before it, then close.
+                    let mut st = lock(&self.state);
+                    st.machine.handle_eof();
+                    self.settle(&mut st);
+                    drop(st);
+                    self.flush();
+                    return;
+                }
                 Ok(n) => {
                     self.touch();
                     let mut st = lock(&self.state);
                     let now = self.clock.now();
                     st.machine.handle_input(&buf[..n], now);
                     st.machine.handle_timeout(now);
-                    self.drain_events(&mut st);
+                    self.settle(&mut st);
                     let closed = st.machine.is_closed();
                     let to_write = st.machine.poll_transmit().is_some();
                     drop(st);
@@ -344,10 +511,8 @@ impl Conn {
                         return;
                     }
                     if to_write {
-                        // The machine answered by itself (SYSTEM_BUSY). The reader must never
-                        // block on a write, so a worker writes it.
-                        let conn = Arc::clone(&self);
-                        self.workers.execute(move || conn.flush());
+                        // The machine answered by itself (SYSTEM_BUSY); flushing never blocks.
+                        self.flush();
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -378,6 +543,26 @@ impl Conn {
         }
     }
 
+    /// Backpressure: waits while the machine does not want input (its peer is not reading our
+    /// answers). False once the connection is closed.
+    fn wait_until_readable(&self) -> bool {
+        let mut st = lock(&self.state);
+        while !st.machine.wants_read() {
+            if st.machine.is_closed() {
+                st.reader_paused = false;
+                return false;
+            }
+            st.reader_paused = true;
+            st = self
+                .changed
+                .wait_timeout(st, Duration::from_secs(1))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        st.reader_paused = false;
+        true
+    }
+
     fn idle_for(&self) -> Duration {
         let last = self.last_active.load(Ordering::Relaxed);
         Duration::from_nanos(self.clock.now().as_nanos().saturating_sub(last))
@@ -387,7 +572,7 @@ impl Conn {
     fn lost(self: &Arc<Self>) {
         let mut st = lock(&self.state);
         st.machine.handle_disconnect();
-        self.drain_events(&mut st);
+        self.settle(&mut st);
         drop(st);
         self.closed.store(true, Ordering::Release);
         let _ = self.control.shutdown(Shutdown::Both);
@@ -402,18 +587,33 @@ impl Conn {
     fn shut_down(self: &Arc<Self>, from_reader: bool) {
         let mut st = lock(&self.state);
         st.machine.close();
-        self.drain_events(&mut st);
+        self.settle(&mut st);
         drop(st);
         self.closed.store(true, Ordering::Release);
         // Shutting the socket down wakes the reader from its blocking read.
         let _ = self.control.shutdown(Shutdown::Both);
         if !from_reader {
-            let handle = lock(&self.reader).take();
-            if let Some(handle) = handle {
+            for handle in [lock(&self.reader).take(), lock(&self.writer_thread).take()]
+                .into_iter()
+                .flatten()
+            {
                 if handle.thread().id() != std::thread::current().id() {
                     let _ = handle.join();
                 }
             }
+        }
+    }
+}
+
+/// One `send` that never blocks: how many bytes the kernel took (0 when its buffer is full).
+fn send_nonblocking(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    let socket = socket2::SockRef::from(stream);
+    loop {
+        match socket.send_with_flags(bytes, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }

@@ -11,18 +11,26 @@
 //! - [`Cluster`]: a client over several endpoints: the core's `ClusterCall` decides (balancing,
 //!   retries, hedging, breakers, ejection, probes, resolver, hooks, fallback); the cluster runs
 //!   its loop on threads and keeps latency histograms. [`Dns`] resolves names for it.
+//! - [`namesrv::RouteFollower`]: a topic's route from RocketMQ name servers, kept up to date,
+//!   as a resolver for a [`Cluster`] (the writable masters).
 //! - [`Server`]: a handler per request on a worker pool, `SYSTEM_BUSY` beyond the in-flight
 //!   limit, `REQUEST_CODE_NOT_SUPPORTED` from the default [`NotSupported`] handler, graceful stop.
 //!
-//! Threads: each connection has a reader thread that never writes (so two peers can never
-//! deadlock on full socket buffers); callers and workers write, and a thread that finds another
-//! one writing leaves its frames to it, so writes coalesce under load.
+//! Threads: each connection has a reader thread that never blocks on a write (so two peers can
+//! never deadlock on full socket buffers) and pauses while the machine does not want input
+//! (backpressure: its peer is not reading our answers). Callers, workers and the reader write
+//! with non-blocking sends, and a thread that finds another one writing leaves its frames to it,
+//! so writes coalesce under load; what a slow peer leaves unwritten goes to a writer thread of
+//! that connection only, so no worker ever waits for one peer. A server's connections share a
+//! core [`Budget`](remora_core::Budget) (buffered bytes, connection count); see
+//! [`ServerConfig`] and [`Server::stats`].
 
 mod client;
 mod cluster;
 mod conn;
 mod dns;
 mod handler;
+pub mod namesrv;
 mod server;
 
 pub use client::{Client, ClientConfig, Mode};

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use remora_core::Config;
+use remora_core::{Budget, BudgetConfig, Config, Snapshot};
 
-use crate::conn::{Clock, Conn, ConnConfig, Peer};
+use crate::conn::{Clock, Conn, ConnConfig, Peer, Served};
 use crate::handler::{Handler, Workers};
 
 /// How a [`Server`] runs.
@@ -23,6 +23,12 @@ pub struct ServerConfig {
     pub workers: usize,
     /// How long [`Server::stop`] waits for requests in flight to be answered and written.
     pub drain_timeout: Duration,
+    /// Limits on all connections together: beyond its buffered bytes new requests are answered
+    /// `SYSTEM_BUSY` and new connections refused (with a `tracing` warning), as beyond its
+    /// connection count.
+    pub budget: BudgetConfig,
+    /// The listen backlog: connections the kernel completes before we accept them.
+    pub backlog: i32,
 }
 
 impl Default for ServerConfig {
@@ -31,6 +37,8 @@ impl Default for ServerConfig {
             connection: Config::default(),
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
             drain_timeout: Duration::from_secs(5),
+            budget: BudgetConfig::default(),
+            backlog: 4096,
         }
     }
 }
@@ -40,7 +48,8 @@ struct Shared {
     handler: Arc<dyn Handler>,
     workers: Arc<Workers>,
     clock: Clock,
-    conns: Mutex<HashMap<u64, Arc<Conn>>>,
+    budget: Arc<Budget>,
+    conns: Arc<Mutex<HashMap<u64, Arc<Conn>>>>,
     next_id: AtomicU64,
     stopping: AtomicBool,
 }
@@ -66,14 +75,15 @@ impl Server {
         handler: impl Handler,
         config: ServerConfig,
     ) -> io::Result<Server> {
-        let listener = TcpListener::bind(addr)?;
+        let listener = listen(addr, config.backlog)?;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             config,
             handler: Arc::new(handler),
             workers: Workers::new(config.workers, "remora-worker"),
             clock: Clock::new(),
-            conns: Mutex::new(HashMap::new()),
+            budget: Arc::new(Budget::new(config.budget)),
+            conns: Arc::new(Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
         });
@@ -91,6 +101,12 @@ impl Server {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// What the connections hold and have done: connections, buffered bytes (now and at their
+    /// peak), requests, responses, busy answers, refusals.
+    pub fn stats(&self) -> Snapshot {
+        self.shared.budget.snapshot()
     }
 
     /// Open connections.
@@ -158,6 +174,30 @@ impl Drop for Server {
     }
 }
 
+/// A listener with a real backlog (std's is fixed at 128, which makes a burst of connects wait
+/// for SYN retransmissions).
+fn listen(addr: impl ToSocketAddrs, backlog: i32) -> io::Result<TcpListener> {
+    let mut last = None;
+    for addr in addr.to_socket_addrs()? {
+        let attempt = (|| {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                None,
+            )?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(backlog.max(1))?;
+            Ok::<TcpListener, io::Error>(socket.into())
+        })();
+        match attempt {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address")))
+}
+
 fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
     for stream in listener.incoming() {
         if shared.stopping.load(Ordering::Acquire) {
@@ -168,9 +208,29 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             std::thread::sleep(Duration::from_millis(10));
             continue;
         };
+        let account = match shared.budget.admit() {
+            Ok(account) => account,
+            Err(refusal) => {
+                let peer = stream.peer_addr().ok();
+                tracing::warn!(?peer, "{refusal}");
+                drop(stream);
+                continue;
+            }
+        };
         let config = ConnConfig {
             machine: shared.config.connection,
             idle_timeout: None,
+        };
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let registry = Arc::downgrade(&shared.conns);
+        let served = Served {
+            budget: Arc::clone(&shared.budget),
+            account,
+            on_closed: Box::new(move || {
+                if let Some(conns) = registry.upgrade() {
+                    conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                }
+            }),
         };
         let conn = Conn::start(
             stream,
@@ -178,12 +238,15 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             shared.clock,
             Arc::clone(&shared.handler),
             Arc::clone(&shared.workers),
+            Some(served),
         );
         if let Ok(conn) = conn {
-            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            // `closed` is set before `on_closed` runs: a connection that already ended is not
+            // registered, and one that ends later is removed by its `on_closed`.
             let mut conns = shared.conns.lock().unwrap_or_else(|e| e.into_inner());
-            conns.retain(|_, c| !c.is_closed());
-            conns.insert(id, conn);
+            if !conn.is_closed() {
+                conns.insert(id, conn);
+            }
         }
     }
 }

@@ -17,7 +17,8 @@ use std::time::Duration;
 use crate::handle_catching;
 use bytes::BytesMut;
 use remora_core::{
-    CallError, Command, Config, Connection, Event, Handler, Instant, Outgoing, RequestId,
+    Account, Budget, CallError, Command, Config, Connection, Event, Handler, Instant, Outgoing,
+    RequestId,
 };
 use tokio::sync::Notify;
 use tokio_uring::buf::BoundedBuf;
@@ -71,6 +72,11 @@ pub(crate) struct Conn {
     stream: TcpStream,
     write_wake: Notify,
     timer_wake: Notify,
+    /// Wakes a reader paused by backpressure (output was written, or the connection closed).
+    read_wake: Notify,
+    /// A server connection's share of the server's budget.
+    budget: Option<Arc<Budget>>,
+    account: RefCell<Option<Account>>,
     handler: Arc<dyn Handler>,
     clock: Clock,
     closed: Cell<bool>,
@@ -87,7 +93,23 @@ impl Conn {
         handler: Arc<dyn Handler>,
         clock: Clock,
     ) -> Rc<Conn> {
+        Conn::start_served(stream, config, idle_timeout, handler, clock, None)
+    }
+
+    /// [`Conn::start`] for a server's connection, admitted to its budget.
+    pub(crate) fn start_served(
+        stream: TcpStream,
+        config: Config,
+        idle_timeout: Option<Duration>,
+        handler: Arc<dyn Handler>,
+        clock: Clock,
+        served: Option<(Arc<Budget>, Account)>,
+    ) -> Rc<Conn> {
         let _ = stream.set_nodelay(true);
+        let (budget, account) = match served {
+            Some((budget, account)) => (Some(budget), Some(account)),
+            None => (None, None),
+        };
         let conn = Rc::new(Conn {
             machine: RefCell::new(Connection::new(config)),
             calls: RefCell::new(Vec::new()),
@@ -95,6 +117,9 @@ impl Conn {
             stream,
             write_wake: Notify::new(),
             timer_wake: Notify::new(),
+            read_wake: Notify::new(),
+            budget,
+            account: RefCell::new(account),
             handler,
             clock,
             closed: Cell::new(false),
@@ -135,7 +160,7 @@ impl Conn {
     /// Peer requests not yet answered, and whether bytes still wait to be written.
     pub(crate) fn unfinished(&self) -> (usize, bool) {
         let m = self.machine.borrow();
-        (m.pending_incoming(), m.poll_transmit().is_some())
+        (m.pending_incoming(), m.unsent_len() > 0)
     }
 
     /// Queues `cmd`; the returned future resolves with its response or error. Dropping the
@@ -210,6 +235,7 @@ impl Conn {
 
     /// Hands the machine's events on: wakes callers, runs the handler for the peer's requests.
     fn drain_events(&self) {
+        self.sync_budget();
         let mut answered = false;
         loop {
             let event = self.machine.borrow_mut().poll_event();
@@ -228,13 +254,28 @@ impl Conn {
                 Event::Closed { .. } => {
                     self.closed.set(true);
                     let _ = self.stream.shutdown(std::net::Shutdown::Both);
+                    if let (Some(budget), Some(account)) =
+                        (&self.budget, self.account.borrow_mut().take())
+                    {
+                        budget.leave(account);
+                    }
                     self.write_wake.notify_one();
                     self.timer_wake.notify_one();
+                    self.read_wake.notify_one();
                 }
             }
         }
+        self.sync_budget();
         if answered || self.machine.borrow().poll_transmit().is_some() {
             self.write_wake.notify_one();
+        }
+    }
+
+    /// Brings the server's budget up to date with what this connection holds (and tells the
+    /// machine whether the budget is spent).
+    fn sync_budget(&self) {
+        if let (Some(budget), Some(account)) = (&self.budget, self.account.borrow_mut().as_mut()) {
+            budget.sync(account, &mut self.machine.borrow_mut());
         }
     }
 
@@ -242,6 +283,11 @@ impl Conn {
         loop {
             if self.closed.get() {
                 return;
+            }
+            // Backpressure: while the peer leaves our answers unread, leave its requests unread.
+            if !self.machine.borrow().wants_read() {
+                self.read_wake.notified().await;
+                continue;
             }
             // Read straight into the machine's buffer: bodies stay zero-copy slices of it.
             let mut buf = std::mem::take(self.machine.borrow_mut().read_buffer());
@@ -256,7 +302,13 @@ impl Conn {
             let buf: BytesMut = slice.into_inner();
             let n = match result {
                 Ok(n) if n > 0 => n,
-                _ => {
+                Ok(_) => {
+                    // End of input: what was asked before it is answered, then we close.
+                    self.machine.borrow_mut().handle_eof();
+                    self.drain_events();
+                    return;
+                }
+                Err(_) => {
                     self.machine.borrow_mut().handle_disconnect();
                     self.drain_events();
                     return;
@@ -281,12 +333,16 @@ impl Conn {
             let chunk = self.machine.borrow_mut().take_transmit();
             match chunk {
                 Some(bytes) => {
+                    let len = bytes.len();
                     let (result, _) = self.stream.write_all(bytes).await;
                     if result.is_err() {
                         self.machine.borrow_mut().handle_disconnect();
                         self.drain_events();
                         return;
                     }
+                    self.machine.borrow_mut().handle_sent(len);
+                    self.drain_events();
+                    self.read_wake.notify_one();
                 }
                 None => self.write_wake.notified().await,
             }

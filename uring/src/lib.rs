@@ -5,7 +5,9 @@
 //! by io_uring: each connection is three local tasks on one thread sharing the machine with no
 //! locks — a reader that reads straight into the machine's buffer (bodies stay zero-copy
 //! slices of it), a writer that sends everything queued since its last write as one write, and a
-//! timer for deadlines and idle expiry. Calls wait on a slot indexed by their `RequestId`, so a
+//! timer for deadlines and idle expiry. The reader pauses while the machine does not want input
+//! (its peer is not reading our answers), and a server's connections on all threads share one
+//! core [`Budget`](remora_core::Budget) (buffered bytes, connection count). Calls wait on a slot indexed by their `RequestId`, so a
 //! response wakes its caller without hashing or allocating.
 //!
 //! - [`LocalClient`]: for code already on a tokio-uring thread; `call(..).await`.

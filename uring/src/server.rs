@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use remora_core::{Config, Handler};
+use remora_core::{Budget, BudgetConfig, Config, Handler, Snapshot};
 use socket2::{Domain, Socket, Type};
 use tokio::sync::watch;
 use tokio_uring::net::TcpListener;
@@ -26,6 +26,12 @@ pub struct ServerConfig {
     pub connection: Config,
     /// How long [`Server::stop`] waits for requests in flight to be answered and written.
     pub drain_timeout: Duration,
+    /// Limits on all connections of all threads together: beyond its buffered bytes new
+    /// requests are answered `SYSTEM_BUSY` and new connections refused (with a `tracing`
+    /// warning), as beyond its connection count.
+    pub budget: BudgetConfig,
+    /// The listen backlog of each thread's listener.
+    pub backlog: i32,
 }
 
 impl Default for ServerConfig {
@@ -34,6 +40,8 @@ impl Default for ServerConfig {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             connection: Config::default(),
             drain_timeout: Duration::from_secs(5),
+            budget: BudgetConfig::default(),
+            backlog: 4096,
         }
     }
 }
@@ -45,6 +53,7 @@ impl Default for ServerConfig {
 /// its connection; oneway requests are handled and never answered.
 pub struct Server {
     local_addr: SocketAddr,
+    budget: Arc<Budget>,
     stop: watch::Sender<bool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -66,26 +75,29 @@ impl Server {
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address"))?;
         // The first listener fixes the port (when 0 was asked for); the others share it.
-        let first = listener(addr)?;
+        let first = listener(addr, config.backlog)?;
         let local_addr = first.local_addr()?;
         let mut listeners = vec![first];
         for _ in 1..config.threads.max(1) {
-            listeners.push(listener(local_addr)?);
+            listeners.push(listener(local_addr, config.backlog)?);
         }
+        let budget = Arc::new(Budget::new(config.budget));
         let (stop, stopped) = watch::channel(false);
         let mut threads = Vec::new();
         for (i, std_listener) in listeners.into_iter().enumerate() {
             let handler = Arc::clone(&handler);
+            let budget = Arc::clone(&budget);
             let stopped = stopped.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("remora-uring-server-{i}"))
                 .spawn(move || {
-                    tokio_uring::start(serve(std_listener, handler, config, stopped));
+                    tokio_uring::start(serve(std_listener, handler, budget, config, stopped));
                 })?;
             threads.push(thread);
         }
         Ok(Server {
             local_addr,
+            budget,
             stop,
             threads,
         })
@@ -94,6 +106,12 @@ impl Server {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// What the connections of all threads hold and have done: connections, buffered bytes
+    /// (now and at their peak), requests, responses, busy answers, refusals.
+    pub fn stats(&self) -> Snapshot {
+        self.budget.snapshot()
     }
 
     /// Stops gracefully (idempotent): accepts no more connections, waits up to
@@ -113,18 +131,19 @@ impl Drop for Server {
     }
 }
 
-fn listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+fn listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(1024)?;
+    socket.listen(backlog.max(1))?;
     Ok(socket.into())
 }
 
 async fn serve(
     std_listener: std::net::TcpListener,
     handler: Arc<dyn Handler>,
+    budget: Arc<Budget>,
     config: ServerConfig,
     mut stopped: watch::Receiver<bool>,
 ) {
@@ -134,12 +153,28 @@ async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((stream, _peer)) = accepted else {
+                let Ok((stream, peer)) = accepted else {
                     // EMFILE and friends: back off a little rather than spin.
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
-                let conn = Conn::start(stream, config.connection, None, Arc::clone(&handler), clock);
+                let account = match budget.admit() {
+                    Ok(account) => account,
+                    Err(refusal) => {
+                        tracing::warn!(%peer, "{refusal}");
+                        drop(stream);
+                        continue;
+                    }
+                };
+                let served = Some((Arc::clone(&budget), account));
+                let conn = Conn::start_served(
+                    stream,
+                    config.connection,
+                    None,
+                    Arc::clone(&handler),
+                    clock,
+                    served,
+                );
                 let mut list = conns.borrow_mut();
                 list.retain(|c| c.upgrade().is_some_and(|c| !c.is_closed()));
                 list.push(Rc::downgrade(&conn));

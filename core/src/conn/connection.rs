@@ -31,7 +31,9 @@ pub struct Config {
     pub max_incoming: usize,
     /// Most bytes waiting to be written before requests and oneways are refused with
     /// [`SendError::TransmitFull`] (responses are always queued). A frame is always accepted
-    /// into an empty buffer.
+    /// into an empty buffer. It is also the backpressure mark: while at least this many bytes are
+    /// unsent, [`Connection::wants_read`] is false, so a peer that never reads cannot make us
+    /// queue answers without bound.
     pub max_transmit_len: usize,
     /// Serialize every outgoing header this way; `None` keeps each command's own
     /// [`Command::serialize_type`].
@@ -80,6 +82,8 @@ impl RequestId {
 #[must_use = "answer it with send_response or release it with dismiss"]
 pub struct IncomingRequest {
     opaque: i32,
+    /// Its frame's length: held (its body is a slice of the read buffer) until it is answered.
+    len: usize,
 }
 
 impl IncomingRequest {
@@ -104,6 +108,9 @@ pub enum CloseReason {
         /// The response's opaque.
         opaque: i32,
     },
+    /// The secure transport under the connection (TLS) could not be set up, or the peer refused
+    /// it ([`Connection::handle_handshake_failure`]): the peer's application saw none of our bytes.
+    HandshakeFailed,
 }
 
 impl fmt::Display for CloseReason {
@@ -115,6 +122,7 @@ impl fmt::Display for CloseReason {
             CloseReason::OnewayResponse { opaque } => {
                 write!(f, "peer sent a response flagged oneway (opaque {opaque})")
             }
+            CloseReason::HandshakeFailed => f.write_str("secure handshake failed"),
         }
     }
 }
@@ -251,8 +259,11 @@ pub struct Stats {
     pub oneways_received: u64,
     /// Responses we queued, including busy answers.
     pub responses_sent: u64,
-    /// Requests from the peer answered `SYSTEM_BUSY` by the machine.
+    /// Requests from the peer answered `SYSTEM_BUSY` by the machine (in-flight limit or
+    /// [`Connection::set_overloaded`]).
     pub busy_rejections: u64,
+    /// Responses that could not be encoded and went out as `SYSTEM_ERROR` instead.
+    pub fallback_answers: u64,
     /// Bytes handed in by the driver.
     pub bytes_in: u64,
     /// Bytes the driver reported written.
@@ -340,11 +351,21 @@ pub struct Connection {
     /// Frames waiting to be written. `transmit[0]` is at stream offset `consumed`.
     transmit: BytesMut,
     consumed: u64,
+    /// Bytes given out by [`Connection::take_transmit`] that the driver has not yet reported
+    /// sent ([`Connection::handle_sent`]).
+    taken: usize,
+    /// The peer finished sending ([`Connection::handle_eof`]); we close once every request it
+    /// sent is answered and written.
+    eof: bool,
+    /// Answer new requests `SYSTEM_BUSY` (a server-wide budget is spent).
+    overloaded: bool,
     /// Stream ranges of frames withdrawn before their first byte was written (their request
     /// ended first), in order; all start after `consumed`. They are skipped, never written.
     holes: VecDeque<(u64, u64)>,
     events: VecDeque<Event>,
     incoming: usize,
+    /// Frame bytes of the requests counted in `incoming` (their bodies are still held).
+    incoming_len: usize,
     closed: Option<CloseReason>,
     stats: Stats,
 }
@@ -363,6 +384,15 @@ impl fmt::Debug for Connection {
 
 /// Initial (and minimum growth) size of the transmit buffer.
 const TRANSMIT_CAPACITY: usize = 16 * 1024;
+
+/// The most room the read buffer is given for a frame on the strength of its announced length:
+/// beyond that, the buffer grows only as bytes arrive (amortised, so at most about twice what
+/// arrived), and memory follows what the peer really sent, not what it announced.
+pub const READ_STEP: usize = 64 * 1024;
+
+/// An emptied buffer holding more than this is released rather than kept for the next frame,
+/// so an idle connection does not keep the memory of its largest frame.
+const RELEASE_ABOVE: usize = 2 * READ_STEP;
 
 // The budget for a waiting request, checked at compile time.
 const _: () = assert!(Connection::WAITER_BYTES < 64);
@@ -407,9 +437,13 @@ impl Connection {
             // by at least its first capacity, so this sets how rarely encoding allocates.
             transmit: BytesMut::with_capacity(TRANSMIT_CAPACITY),
             consumed: 0,
+            taken: 0,
+            eof: false,
+            overloaded: false,
             holes: VecDeque::new(),
             events: VecDeque::new(),
             incoming: 0,
+            incoming_len: 0,
             closed: None,
             stats: Stats::default(),
         }
@@ -443,6 +477,49 @@ impl Connection {
     /// Whether the connection is closed.
     pub fn is_closed(&self) -> bool {
         self.closed.is_some()
+    }
+
+    /// Whether the driver should read more from the transport now. False once the connection is
+    /// closed or the peer finished sending, and while the bytes owed to the peer — unsent output
+    /// ([`unsent_len`](Self::unsent_len)) plus the requests delivered and not yet answered
+    /// ([`pending_incoming_len`](Self::pending_incoming_len), whose answers are still to come) —
+    /// are at [`Config::max_transmit_len`] or more: a peer that does not read our answers is not
+    /// read either (backpressure). It turns true again as answers are written.
+    #[must_use]
+    pub fn wants_read(&self) -> bool {
+        self.closed.is_none()
+            && !self.eof
+            && self.unsent_len() + self.incoming_len < self.config.max_transmit_len
+    }
+
+    /// Frame bytes of the peer's requests delivered and not yet answered or dismissed (their
+    /// bodies are slices of the read buffer, so this memory is held until they are).
+    #[must_use]
+    pub fn pending_incoming_len(&self) -> usize {
+        self.incoming_len
+    }
+
+    /// Bytes queued for the peer and not yet reported written: those in
+    /// [`poll_transmit`](Self::poll_transmit) plus those given out by
+    /// [`take_transmit`](Self::take_transmit) and not yet [`handle_sent`](Self::handle_sent).
+    #[must_use]
+    pub fn unsent_len(&self) -> usize {
+        self.transmit.len() + self.taken
+    }
+
+    /// Bytes this connection holds for its peer: received and not yet decoded (part of a frame),
+    /// requests not yet answered ([`pending_incoming_len`](Self::pending_incoming_len)), and
+    /// [`unsent_len`](Self::unsent_len). What a server-wide budget counts.
+    #[must_use]
+    pub fn buffered_len(&self) -> usize {
+        self.read_buf.len() + self.incoming_len + self.unsent_len()
+    }
+
+    /// Answer every new request from the peer `SYSTEM_BUSY` (without delivering it) while
+    /// `overloaded`; a server sets it when a budget shared by its connections is spent (see
+    /// [`Budget`](crate::Budget)).
+    pub fn set_overloaded(&mut self, overloaded: bool) {
+        self.overloaded = overloaded;
     }
 
     // ---- application inputs ----
@@ -554,6 +631,7 @@ impl Connection {
         mut response: Command,
     ) -> Result<(), SendError> {
         self.incoming = self.incoming.saturating_sub(1);
+        self.incoming_len = self.incoming_len.saturating_sub(request.len);
         if self.closed.is_some() {
             return Err(SendError::Closed);
         }
@@ -565,6 +643,7 @@ impl Connection {
             .unwrap_or(response.serialize_type);
         let result = self.codec.encode_into(&response, ty, &mut self.transmit);
         if let Err(e) = result {
+            self.stats.fallback_answers += 1;
             let mut fallback = Command::request(SYSTEM_ERROR)
                 .with_remark("response could not be encoded")
                 .with_opaque(request.opaque);
@@ -579,16 +658,19 @@ impl Connection {
             {
                 self.stats.responses_sent += 1;
             }
+            self.close_if_finished();
             return Err(SendError::Encode(e));
         }
         self.stats.responses_sent += 1;
+        self.close_if_finished();
         Ok(())
     }
 
     /// Gives up on answering a request from the peer (it will wait until its own deadline).
     pub fn dismiss(&mut self, request: IncomingRequest) {
-        let IncomingRequest { .. } = request;
         self.incoming = self.incoming.saturating_sub(1);
+        self.incoming_len = self.incoming_len.saturating_sub(request.len);
+        self.close_if_finished();
     }
 
     /// Stops waiting for a request's response; no event will be emitted for it. Returns whether
@@ -614,7 +696,7 @@ impl Connection {
 
     /// Bytes the transport delivered. Decodes every complete frame among them.
     pub fn handle_input(&mut self, data: &[u8], now: Instant) {
-        if self.closed.is_some() {
+        if self.closed.is_some() || self.eof {
             return;
         }
         self.read_buf.extend_from_slice(data);
@@ -624,14 +706,16 @@ impl Connection {
 
     /// The buffer the transport may read into directly (append only), followed by
     /// [`handle_read`](Self::handle_read). Saves a copy when the transport can fill a `BytesMut`.
+    /// Its spare capacity never exceeds [`READ_STEP`] on the strength of a frame's announced
+    /// length; a driver that reserves room itself should reserve by a bounded step too.
     pub fn read_buffer(&mut self) -> &mut BytesMut {
         &mut self.read_buf
     }
 
     /// `appended` bytes were added to [`read_buffer`](Self::read_buffer): decode them.
     pub fn handle_read(&mut self, appended: usize, now: Instant) {
-        if self.closed.is_some() {
-            self.read_buf.clear();
+        if self.closed.is_some() || self.eof {
+            self.read_buf = BytesMut::new();
             return;
         }
         self.stats.bytes_in += appended as u64;
@@ -645,6 +729,41 @@ impl Connection {
         self.consumed += n as u64;
         self.stats.bytes_out += n as u64;
         self.skip_holes();
+        self.after_output();
+    }
+
+    /// The transport finished sending `n` bytes given out by
+    /// [`take_transmit`](Self::take_transmit): they no longer count as unsent (see
+    /// [`wants_read`](Self::wants_read)). A driver that takes bytes must report them here.
+    pub fn handle_sent(&mut self, n: usize) {
+        self.taken = self.taken.saturating_sub(n);
+        self.after_output();
+    }
+
+    /// The peer finished sending (end of input; it may still read). Our requests waiting for a
+    /// response fail at once (none can come) and new ones are refused with [`SendError::Closed`],
+    /// no more input is taken, and the connection stays open until every request the peer sent
+    /// before is answered (or dismissed) and written; then it closes with
+    /// [`CloseReason::ConnectionLost`].
+    pub fn handle_eof(&mut self) {
+        if self.closed.is_some() || self.eof {
+            return;
+        }
+        self.eof = true;
+        self.read_buf = BytesMut::new();
+        let slots: Vec<usize> = self.waiters.iter().map(|(slot, _)| slot).collect();
+        for slot in slots {
+            let id = self.slot_id(slot);
+            let written = self.remove_waiter(slot, false);
+            self.events.push_back(Event::Failed {
+                id,
+                error: RequestError {
+                    closed: Some(CloseReason::ConnectionLost),
+                    written,
+                },
+            });
+        }
+        self.close_if_finished();
     }
 
     /// The clock reached `now`: every request whose deadline is at or before it fails.
@@ -671,6 +790,15 @@ impl Connection {
         self.shut(CloseReason::ConnectionLost);
     }
 
+    /// The secure transport under this connection failed before the peer accepted it (a TLS
+    /// handshake that failed, stalled, or was refused by the peer): every waiting request fails
+    /// as never written — even bytes handed to the transport cannot have reached the peer's
+    /// application, since a TLS peer delivers nothing before its handshake completes — and the
+    /// connection closes with [`CloseReason::HandshakeFailed`].
+    pub fn handle_handshake_failure(&mut self) {
+        self.shut_with(CloseReason::HandshakeFailed, false);
+    }
+
     // ---- outputs ----
 
     /// Takes the bytes [`poll_transmit`](Self::poll_transmit) would show, for a driver that hands
@@ -685,7 +813,9 @@ impl Connection {
         let out = self.transmit.split_to(n).freeze();
         self.consumed += n as u64;
         self.stats.bytes_out += n as u64;
+        self.taken += n;
         self.skip_holes();
+        self.after_output();
         Some(out)
     }
 
@@ -713,7 +843,8 @@ impl Connection {
     // ---- internals ----
 
     fn check_can_send(&self) -> Result<(), SendError> {
-        if self.closed.is_some() {
+        // After end of input no response can come: a new request could only time out.
+        if self.closed.is_some() || self.eof {
             return Err(SendError::Closed);
         }
         if !self.transmit.is_empty() && self.transmit.len() >= self.config.max_transmit_len {
@@ -727,6 +858,22 @@ impl Connection {
     /// Stream offset of the end of what is queued.
     fn stream_end(&self) -> u64 {
         self.consumed + self.transmit.len() as u64
+    }
+
+    /// After output progress: release an emptied, grown transmit buffer, and finish a connection
+    /// whose peer is done once everything is answered and written.
+    fn after_output(&mut self) {
+        if self.transmit.is_empty() && self.transmit.capacity() > RELEASE_ABOVE {
+            self.transmit = BytesMut::with_capacity(TRANSMIT_CAPACITY);
+        }
+        self.close_if_finished();
+    }
+
+    /// After end of input: closes once nothing the peer asked for is left to answer or write.
+    fn close_if_finished(&mut self) {
+        if self.eof && self.incoming == 0 && self.unsent_len() == 0 {
+            self.shut(CloseReason::ConnectionLost);
+        }
     }
 
     /// Bytes that may be written now: up to the next hole.
@@ -789,6 +936,11 @@ impl Connection {
     }
 
     fn shut(&mut self, reason: CloseReason) {
+        self.shut_with(reason, true);
+    }
+
+    /// Closes for `reason`; `may_have_delivered` false reports every waiter as never written.
+    fn shut_with(&mut self, reason: CloseReason, may_have_delivered: bool) {
         if self.closed.is_some() {
             return;
         }
@@ -796,7 +948,7 @@ impl Connection {
         let slots: Vec<usize> = self.waiters.iter().map(|(slot, _)| slot).collect();
         for slot in slots {
             let id = self.slot_id(slot);
-            let written = self.remove_waiter(slot, true);
+            let written = self.remove_waiter(slot, true) && may_have_delivered;
             self.events.push_back(Event::Failed {
                 id,
                 error: RequestError {
@@ -805,24 +957,34 @@ impl Connection {
                 },
             });
         }
-        self.transmit.clear();
+        // Release the memory, not just the contents: a closed machine may live on in a driver.
+        self.transmit = BytesMut::new();
+        self.taken = 0;
         self.holes.clear();
-        self.read_buf.clear();
+        self.read_buf = BytesMut::new();
         self.events.push_back(Event::Closed { reason });
     }
 
     fn process_input(&mut self, now: Instant) {
         let _ = now;
         loop {
+            let before = self.read_buf.len();
             match self.codec.decode(&mut self.read_buf) {
                 Ok(Decoded::Command(cmd)) => {
-                    if let Err(reason) = self.dispatch(cmd) {
+                    let frame_len = before - self.read_buf.len();
+                    if let Err(reason) = self.dispatch(cmd, frame_len) {
                         self.shut(reason);
                         return;
                     }
                 }
                 Ok(Decoded::Incomplete { needed }) => {
-                    self.read_buf.reserve(needed);
+                    if self.read_buf.is_empty() && self.read_buf.capacity() > RELEASE_ABOVE {
+                        // Idle between frames: give back what the last big frame needed.
+                        self.read_buf = BytesMut::new();
+                    }
+                    // Room for what is announced, but never more than a step beyond what
+                    // arrived: a peer that announces 16 MiB and stalls costs a step, not 16 MiB.
+                    self.read_buf.reserve(needed.min(READ_STEP));
                     return;
                 }
                 Err(e) => {
@@ -833,7 +995,7 @@ impl Connection {
         }
     }
 
-    fn dispatch(&mut self, cmd: Command) -> Result<(), CloseReason> {
+    fn dispatch(&mut self, cmd: Command, frame_len: usize) -> Result<(), CloseReason> {
         if cmd.is_response() {
             if cmd.is_oneway() {
                 return Err(CloseReason::OnewayResponse { opaque: cmd.opaque });
@@ -850,19 +1012,29 @@ impl Connection {
         } else if cmd.is_oneway() {
             self.stats.oneways_received += 1;
             self.events.push_back(Event::Oneway { command: cmd });
-        } else if self.incoming >= self.config.max_incoming {
+        } else if self.incoming >= self.config.max_incoming || self.overloaded {
             self.stats.busy_rejections += 1;
             self.incoming += 1;
-            let busy = cmd.response(SYSTEM_BUSY).with_remark(
-                "[REJECTREQUEST]system busy, too many requests in flight on this connection",
-            );
+            let busy = cmd.response(SYSTEM_BUSY).with_remark(if self.overloaded {
+                "[REJECTREQUEST]system busy, the server's buffer budget is spent"
+            } else {
+                "[REJECTREQUEST]system busy, too many requests in flight on this connection"
+            });
             // If even the bare busy answer exceeds a tiny frame limit, nothing is sent.
-            let _ = self.send_response(IncomingRequest { opaque: cmd.opaque }, busy);
+            let request = IncomingRequest {
+                opaque: cmd.opaque,
+                len: 0,
+            };
+            let _ = self.send_response(request, busy);
         } else {
             self.incoming += 1;
+            self.incoming_len += frame_len;
             self.stats.requests_received += 1;
             self.events.push_back(Event::Request {
-                request: IncomingRequest { opaque: cmd.opaque },
+                request: IncomingRequest {
+                    opaque: cmd.opaque,
+                    len: frame_len,
+                },
                 command: cmd,
             });
         }
@@ -970,6 +1142,46 @@ mod tests {
             client.send_request(Command::request(1), t0, t0),
             Err(SendError::DeadlinePassed)
         );
+    }
+
+    #[test]
+    fn handshake_failure_reports_even_written_requests_as_never_written() {
+        let mut client = Connection::new(Config::default());
+        let t0 = Instant::ZERO;
+        let written = client
+            .send_request(Command::request(1), t0 + SEC, t0)
+            .unwrap();
+        let n = client.poll_transmit().unwrap().len();
+        client.handle_written(n);
+        let queued = client
+            .send_request(Command::request(2), t0 + SEC, t0)
+            .unwrap();
+        client.handle_handshake_failure();
+        let not_written = RequestError {
+            closed: Some(CloseReason::HandshakeFailed),
+            written: false,
+        };
+        assert_eq!(
+            events(&mut client),
+            vec![
+                Event::Failed {
+                    id: written,
+                    error: not_written
+                },
+                Event::Failed {
+                    id: queued,
+                    error: not_written
+                },
+                Event::Closed {
+                    reason: CloseReason::HandshakeFailed
+                },
+            ]
+        );
+        assert!(!not_written.may_have_reached_peer());
+        // A later disconnect changes nothing.
+        client.handle_disconnect();
+        assert_eq!(client.close_reason(), Some(CloseReason::HandshakeFailed));
+        assert!(client.poll_event().is_none());
     }
 
     #[test]
@@ -1217,6 +1429,104 @@ mod tests {
             })
             .collect();
         assert_eq!(opaques, [a.opaque(), c.opaque()]);
+    }
+
+    #[test]
+    fn an_announced_length_reserves_one_step_not_the_frame() {
+        let mut server = Connection::new(Config::default());
+        let mut prefix = BytesMut::new();
+        Codec::default()
+            .encode(
+                &Command::request(1).with_body(vec![0u8; 15 * 1024 * 1024]),
+                &mut prefix,
+            )
+            .unwrap();
+        server.handle_input(&prefix[..8], Instant::ZERO);
+        assert!(server.read_buffer().capacity() <= 8 + READ_STEP);
+        // As the frame arrives the buffer follows the bytes (amortised growth: at most about
+        // twice what arrived); once it is decoded and the connection is idle, it is given back.
+        let mut arrived = 8;
+        for piece in prefix[8..].chunks(64 * 1024) {
+            server.handle_input(piece, Instant::ZERO);
+            arrived += piece.len();
+            if arrived < prefix.len() {
+                let held = server.read_buffer().capacity();
+                assert!(held <= 2 * arrived + READ_STEP, "{held} for {arrived}");
+            }
+        }
+        let Some(Event::Request { request, .. }) = server.poll_event() else {
+            panic!()
+        };
+        server.dismiss(request);
+        server.handle_input(&[0, 0], Instant::ZERO);
+        assert!(server.read_buffer().capacity() <= RELEASE_ABOVE);
+        assert_eq!(server.buffered_len(), 2);
+    }
+
+    #[test]
+    fn a_peer_that_does_not_read_is_not_read_either() {
+        let mut server = Connection::new(Config {
+            max_transmit_len: 1000,
+            ..Config::default()
+        });
+        let mut wire = BytesMut::new();
+        Codec::default()
+            .encode(&Command::request(1).with_body(vec![1u8; 600]), &mut wire)
+            .unwrap();
+        assert!(server.wants_read());
+        server.handle_input(&wire, Instant::ZERO);
+        echo(&mut server);
+        assert!(server.wants_read(), "under the mark");
+        server.handle_input(&wire, Instant::ZERO);
+        echo(&mut server);
+        assert!(!server.wants_read(), "over the mark: stop reading");
+        // Taken bytes count until reported sent.
+        let taken = server.take_transmit().unwrap();
+        assert_eq!(server.unsent_len(), taken.len());
+        assert!(!server.wants_read());
+        server.handle_sent(taken.len() - 1);
+        assert!(server.wants_read(), "drained below the mark: read again");
+        server.handle_sent(1);
+        assert_eq!(server.buffered_len(), 0);
+    }
+
+    #[test]
+    fn requests_before_end_of_input_are_answered_then_the_connection_closes() {
+        let (mut client, mut server) = pair();
+        let t0 = Instant::ZERO;
+        client
+            .send_request(Command::request(1), t0 + SEC, t0)
+            .unwrap();
+        flow(&mut client, &mut server, t0);
+        let ours = server
+            .send_request(Command::request(2), t0 + SEC, t0)
+            .unwrap();
+        server.handle_eof();
+        assert!(!server.wants_read());
+        let mut got = events(&mut server);
+        assert!(matches!(
+            got.pop(),
+            Some(Event::Failed { id, error: RequestError { closed: Some(CloseReason::ConnectionLost), written: false } }) if id == ours
+        ));
+        let Some(Event::Request { request, command }) = got.pop() else {
+            panic!()
+        };
+        assert!(!server.is_closed(), "open until the answer is out");
+        assert_eq!(
+            server.send_request(Command::request(3), t0 + SEC, t0),
+            Err(SendError::Closed),
+            "no response could come"
+        );
+        server.send_response(request, command.response(0)).unwrap();
+        assert!(!server.is_closed());
+        let n = server.poll_transmit().unwrap().len();
+        server.handle_written(n);
+        assert_eq!(
+            events(&mut server),
+            [Event::Closed {
+                reason: CloseReason::ConnectionLost
+            }]
+        );
     }
 
     #[test]
