@@ -1,4 +1,5 @@
 //! The `remora` command-line tool.
+#![deny(missing_docs)]
 
 mod acl_cli;
 mod bench;

@@ -26,7 +26,10 @@
 //! requests, responses and deadlines) under [`resilience`] (several endpoints: retries, hedging,
 //! breakers, balancing, the pool policy). [`acl`] signs and verifies requests.
 //!
-//! `#![no_std]` with `alloc`.
+//! `#![no_std]` with `alloc`. The `std` feature (on by default) adds only
+//! `From<std::io::Error>` for [`ConnectError`]; with every feature the core stays pure: no clock,
+//! no environment, no DNS, no caught panics. `serde` derives the configuration types. [`rand`] is
+//! the one small seeded generator drivers and simulations share.
 //!
 //! # Example
 //! ```
@@ -59,26 +62,27 @@ extern crate std;
 pub mod acl;
 pub mod codec;
 pub mod conn;
+pub mod rand;
 pub mod resilience;
 pub mod route;
 mod time;
 
-pub use codec::{binary, codes, error, json};
+pub use codec::{binary, codes, encoded, error, json};
 pub use resilience::{backoff, pool};
 
 pub use codec::command::{
     Command, ExtFields, HeaderStr, LanguageCode, SerializeType, DEFAULT_VERSION, FLAG_ONEWAY,
     FLAG_RESPONSE,
 };
+pub use codec::encoded::Encoded;
 pub use codec::error::{BinaryField, DecodeError, EncodeError, JsonErrorKind};
 pub use codec::frame::{Codec, Decoded, PREFIX_LEN};
 pub use codec::limits::{Limits, DEFAULT_MAX_FRAME_LEN};
 pub use conn::budget::{Account, Budget, BudgetConfig, Refusal, Snapshot};
-#[cfg(feature = "std")]
-pub use conn::call::handle_catching;
 pub use conn::call::{CallError, ConnectError, Handler, Hook, NotSupported};
 pub use conn::connection::{
     CloseReason, Config, Connection, Event, IncomingRequest, RequestError, RequestId, SendError,
     Stats, READ_STEP,
 };
+pub use conn::outgoing::Outgoing;
 pub use time::Instant;

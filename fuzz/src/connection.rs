@@ -58,7 +58,9 @@ pub const FALLBACK_REMARK: &str = "response could not be encoded";
 /// Which connection.
 #[derive(Arbitrary, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Side {
+    /// The connection that dialled.
     Client,
+    /// The connection that accepted.
     Server,
 }
 
@@ -74,7 +76,9 @@ impl Side {
 /// A command's own serialize type.
 #[derive(Arbitrary, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ty {
+    /// A JSON header.
     Json,
+    /// A ROCKETMQ binary header.
     RocketMq,
 }
 
@@ -90,8 +94,11 @@ impl From<Ty> for SerializeType {
 /// [`Config::serialize_type`].
 #[derive(Arbitrary, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Override {
+    /// Each command keeps its own.
     Keep,
+    /// Every command is written with a JSON header.
     Json,
+    /// Every command is written with a ROCKETMQ header.
     RocketMq,
 }
 
@@ -105,6 +112,7 @@ pub struct SideConfig {
     pub max_incoming: u8,
     /// In bytes; `u16::MAX`: 64 MiB (the default).
     pub max_transmit_len: u16,
+    /// The serialize type the side writes with.
     pub serialize_type: Override,
     /// Below 0x8000: the default 16 MiB; else `(n & 0xFFF) >> ((n >> 12) & 7)`, 0 to 4095
     /// bytes and mostly small (so encodes and decodes fail).
@@ -155,13 +163,16 @@ impl SideConfig {
 /// The two configurations.
 #[derive(Arbitrary, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Setup {
+    /// The dialling side's.
     pub client: SideConfig,
+    /// The accepting side's.
     pub server: SideConfig,
 }
 
 /// The application's part of a command: see [`Msg::command`].
 #[derive(Arbitrary, Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Msg {
+    /// The request code.
     pub code: i16,
     /// The whole `flag` (the machine sets or clears the response and oneway bits).
     pub flag: u8,
@@ -170,6 +181,7 @@ pub struct Msg {
     /// Bits 0-1: no remark / empty remark / remark of `n` bytes / extension field `k` with a
     /// value of `n` bytes, where `n` is bits 2-7.
     pub extra: u8,
+    /// The command's own serialize type.
     pub ty: Ty,
 }
 
@@ -204,6 +216,7 @@ pub enum OpaquePick {
     /// The opaque of one of the receiving side's own pending requests (by index, sorted), so a
     /// forged response can complete it; 0 when it has none.
     Pending(u8),
+    /// This opaque, whatever it matches.
     Raw(i32),
 }
 
@@ -234,53 +247,116 @@ pub enum Op {
     /// `send_request` with a unique tag at the start of the body; `timeout_us` 0 is a deadline
     /// of now (refused), `u32::MAX` is [`Instant::MAX`].
     Request {
+        /// The side that acts.
         side: Side,
+        /// The command's fields.
         msg: Msg,
+        /// The deadline, in microseconds from now.
         timeout_us: u32,
     },
     /// `send_oneway`, tagged like a request.
-    Oneway { side: Side, msg: Msg },
+    Oneway {
+        /// The side that acts.
+        side: Side,
+        /// The command's fields.
+        msg: Msg,
+    },
     /// `cancel` of one of the ids this side was handed (pending or not), by index.
-    Cancel { side: Side, pick: u16 },
+    Cancel {
+        /// The side that acts.
+        side: Side,
+        /// Which one, by index (wrapping around the count).
+        pick: u16,
+    },
     /// `send_response` to one of the requests this side holds, by index. The body is `RESP`, the
     /// request's tag and filler (`FAKE` and filler for a request that came from injected bytes).
-    Answer { side: Side, pick: u16, msg: Msg },
+    Answer {
+        /// The side that acts.
+        side: Side,
+        /// Which one, by index (wrapping around the count).
+        pick: u16,
+        /// The command's fields.
+        msg: Msg,
+    },
     /// `dismiss` of one of the requests this side holds.
-    Dismiss { side: Side, pick: u16 },
+    Dismiss {
+        /// The side that acts.
+        side: Side,
+        /// Which one, by index (wrapping around the count).
+        pick: u16,
+    },
     /// `poll_transmit`, then `handle_written(max)` (which the machine clamps).
-    Write { side: Side, max: u16 },
+    Write {
+        /// The side that acts.
+        side: Side,
+        /// At most this many bytes.
+        max: u16,
+    },
     /// `take_transmit`.
-    Take { side: Side },
+    Take {
+        /// The side that acts.
+        side: Side,
+    },
     /// `poll_transmit` + `handle_written` until `None`.
-    Flush { side: Side },
+    Flush {
+        /// The side that acts.
+        side: Side,
+    },
     /// Up to `max` (at most [`MAX_DELIVER`]) of the bytes `to`'s peer wrote reach `to`, in
     /// pieces of `chunk` bytes (0: one piece; larger when more than [`MAX_READS_PER_OP`] pieces),
     /// through `handle_input` or `read_buffer` + `handle_read`.
     Deliver {
+        /// The side that receives.
         to: Side,
+        /// At most this many bytes.
         max: u16,
+        /// The size of each piece.
         chunk: u8,
+        /// Whether through `read_buffer` + `handle_read` rather than `handle_input`.
         read_buffer: bool,
     },
     /// `Flush` of `from`, then everything its peer has not received yet, in one piece.
-    Transfer { from: Side },
+    Transfer {
+        /// The side whose bytes go out.
+        from: Side,
+    },
     /// Bytes from nowhere into `to`'s `handle_input` (the stream is then "tainted").
-    Inject { to: Side, bytes: Raw },
+    Inject {
+        /// The side that receives.
+        to: Side,
+        /// The bytes.
+        bytes: Raw,
+    },
     /// A well-formed frame from nowhere into `to`: `msg` with its flag as given, `FORG` body.
     Forge {
+        /// The side that receives.
         to: Side,
+        /// The opaque the frame carries.
         opaque: OpaquePick,
+        /// The command's fields.
         msg: Msg,
     },
     /// Time moves on; both sides get `handle_timeout(now)`.
-    Advance { micros: u32 },
+    Advance {
+        /// How far, in microseconds.
+        micros: u32,
+    },
     /// Time moves to `side`'s `poll_timeout` (if later than now and not [`Instant::MAX`]), as a
     /// driver's timer fires; both sides get `handle_timeout(now)`.
-    Timer { side: Side },
+    Timer {
+        /// The side that acts.
+        side: Side,
+    },
     /// `close`.
-    Close { side: Side },
+    Close {
+        /// The side that acts.
+        side: Side,
+    },
     /// `handle_disconnect`.
-    Disconnect { side: Side },
+    Disconnect {
+        /// The side that acts.
+        side: Side,
+    },
 }
 
 /// Decodes an input into its setup and operations (at most [`MAX_OPS`]).

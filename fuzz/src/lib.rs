@@ -8,6 +8,8 @@
 //! What is asserted, and the normalisations that are *not* bugs, are documented on each function
 //! and in `fuzz/README.md`.
 
+#![deny(missing_docs)]
+
 mod connection;
 
 pub use connection::{
@@ -49,14 +51,23 @@ pub const MAX_FRAMES: usize = 16 * 1024;
 /// are a plain list, so duplicates survive normalisation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct View {
+    /// The request or response code.
     pub code: i32,
+    /// The language byte.
     pub language: u8,
+    /// The protocol version.
     pub version: i32,
+    /// The request id the response echoes.
     pub opaque: i32,
+    /// The flag bits (response, oneway).
     pub flag: i32,
+    /// The remark, if any.
     pub remark: Option<String>,
+    /// The extension fields in wire order, duplicates kept.
     pub ext: Vec<(String, String)>,
+    /// The body.
     pub body: Bytes,
+    /// How the header was (or is to be) encoded.
     pub serialize_type: SerializeType,
 }
 
@@ -103,10 +114,14 @@ impl View {
 }
 
 /// How a stream decode ended.
+/// How a stream decoder's run over one input ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum End {
     /// The input ran out inside a frame (or exactly between frames).
-    Incomplete { needed: usize },
+    Incomplete {
+        /// The bytes the decoder asked for.
+        needed: usize,
+    },
     /// The decoder refused the stream.
     Error(DecodeError),
 }
@@ -116,6 +131,7 @@ pub enum End {
 pub struct Outcome {
     /// Each decoded command with the number of bytes its frame took off the buffer.
     pub commands: Vec<(usize, Command)>,
+    /// How the run ended.
     pub end: End,
     /// Bytes taken off the buffer in all (the rest of the input is still there, or was never fed
     /// because the stream was refused early).

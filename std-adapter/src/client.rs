@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use remora_core::backoff::Backoff;
 use remora_core::pool::{Choice, Pool};
-use remora_core::{Command, Config};
+use remora_core::{Command, Config, Outgoing};
 
 use crate::conn::{Clock, Conn, ConnConfig};
 use crate::handler::{Handler, NotSupported, Workers};
@@ -149,7 +149,9 @@ impl Client {
     }
 
     /// Sends `request` and waits up to `timeout` for its response (whatever its code).
-    pub fn call(&self, request: Command, timeout: Duration) -> Result<Command, Error> {
+    /// `request` is a [`Command`] or a request encoded once ([`remora_core::Encoded`], as a
+    /// cluster re-sends it).
+    pub fn call(&self, request: impl Outgoing, timeout: Duration) -> Result<Command, Error> {
         match self.shared.config.mode {
             Mode::Short => {
                 let conn = self.shared.open()?;
@@ -255,13 +257,11 @@ impl Shared {
     }
 
     fn next_entropy(&self) -> u64 {
-        // xorshift64*: the driver's entropy source for jitter (the core has none).
-        let mut x = self.entropy.load(Ordering::Relaxed);
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.entropy.store(x, Ordering::Relaxed);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        // The core's SplitMix64 on a shared counter: the driver's entropy for jitter.
+        let state = self
+            .entropy
+            .fetch_add(remora_core::rand::GAMMA, Ordering::Relaxed);
+        remora_core::rand::mix(state.wrapping_add(remora_core::rand::GAMMA))
     }
 
     /// A new connection to the first address that accepts.
@@ -295,5 +295,11 @@ impl Shared {
             last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
                 .into(),
         ))
+    }
+}
+
+impl remora_core::resilience::cluster::ClientSettings for ClientConfig {
+    fn set_pool_size(&mut self, connections: usize) {
+        self.pool_size = connections;
     }
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use crossbeam_utils::sync::{Parker, Unparker};
 use remora_core::{
     Account, Budget, CloseReason, Command, Config, Connection, Event, IncomingRequest, Instant,
-    RequestId,
+    Outgoing, RequestId,
 };
 
 use crate::handler::{run_handler, Handler, Workers};
@@ -137,7 +137,7 @@ impl Peer {
     }
 
     /// Sends a request to the client and waits up to `timeout` for its response.
-    pub fn call(&self, request: Command, timeout: Duration) -> Result<Command, Error> {
+    pub fn call(&self, request: impl Outgoing, timeout: Duration) -> Result<Command, Error> {
         self.conn.call(request, timeout)
     }
 
@@ -266,7 +266,7 @@ impl Conn {
     /// Sends `cmd` and blocks until its response, its deadline, or the connection's end.
     pub(crate) fn call(
         self: &Arc<Self>,
-        cmd: Command,
+        cmd: impl Outgoing,
         timeout: Duration,
     ) -> Result<Command, Error> {
         let unparker = PARKER.with(|p| p.unparker().clone());
@@ -278,9 +278,8 @@ impl Conn {
         let deadline = now + timeout;
         {
             let mut st = lock(&self.state);
-            let id = st
-                .machine
-                .send_request(cmd, deadline, now)
+            let id = cmd
+                .send(&mut st.machine, deadline, now)
                 .map_err(Error::from)?;
             st.calls.insert(id, Arc::clone(&slot));
         }

@@ -8,8 +8,9 @@
 //! - [`Client`]: `call` from any number of threads over a pool of multiplexed connections
 //!   (least in-flight first), `oneway`, reconnect with backoff, short-connection mode, idle
 //!   expiry, and a [`Handler`] for requests the server sends.
-//! - [`Cluster`]: a client over several endpoints with the core's balancing, retries, hedging,
-//!   breakers, ejection, probes, resolver and hooks.
+//! - [`Cluster`]: a client over several endpoints: the core's `ClusterCall` decides (balancing,
+//!   retries, hedging, breakers, ejection, probes, resolver, hooks, fallback); the cluster runs
+//!   its loop on threads and keeps latency histograms. [`Dns`] resolves names for it.
 //! - [`namesrv::RouteFollower`]: a topic's route from RocketMQ name servers, kept up to date,
 //!   as a resolver for a [`Cluster`] (the writable masters).
 //! - [`Server`]: a handler per request on a worker pool, `SYSTEM_BUSY` beyond the in-flight
@@ -27,15 +28,18 @@
 mod client;
 mod cluster;
 mod conn;
+mod dns;
 mod handler;
 pub mod namesrv;
 mod server;
 
 pub use client::{Client, ClientConfig, Mode};
 pub use cluster::{
-    CallOpts, Cluster, ClusterConfig, Counters, EndpointReport, Hook, Resolver, Watch,
+    CallOpts, Cluster, ClusterConfig, ClusterError, Counts, EndpointReport, Fallback, Hook,
+    Resolver, Watch,
 };
 pub use conn::Peer;
+pub use dns::Dns;
 pub use handler::{Handler, NotSupported};
 
 /// Why a call got no response (the core's [`CallError`](remora_core::CallError)).

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use remora_core::backoff::Backoff;
 use remora_core::pool::{Choice, Pool};
-use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported};
+use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported, Outgoing};
 use tokio::sync::{oneshot, Notify};
 use tokio_uring::net::TcpStream;
 
@@ -128,7 +128,12 @@ impl LocalClient {
     }
 
     /// Sends `request` and waits up to `timeout` for its response (whatever its code).
-    pub async fn call(&self, request: Command, timeout: Duration) -> Result<Command, CallError> {
+    /// `request` is a [`Command`] or a request encoded once ([`remora_core::Encoded`]).
+    pub async fn call(
+        &self,
+        request: impl Outgoing,
+        timeout: Duration,
+    ) -> Result<Command, CallError> {
         self.start_call(request, timeout).await?.await
     }
 
@@ -136,7 +141,7 @@ impl LocalClient {
     /// then await them (they share one write).
     pub async fn start_call(
         &self,
-        request: Command,
+        request: impl Outgoing,
         timeout: Duration,
     ) -> Result<CallFuture, CallError> {
         self.acquire().await?.call(request, timeout)
@@ -225,13 +230,10 @@ impl LocalClient {
 
 impl Local {
     fn next_entropy(&self) -> u64 {
-        // xorshift64*: the driver's entropy source for jitter (the core has none).
-        let mut x = self.entropy.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.entropy.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        // The core's SplitMix64 step: this thread's entropy for jitter.
+        let state = self.entropy.get().wrapping_add(remora_core::rand::GAMMA);
+        self.entropy.set(state);
+        remora_core::rand::mix(state)
     }
 
     async fn open(&self) -> Result<Rc<Conn>, CallError> {
@@ -487,5 +489,12 @@ fn worker_join(mut w: Worker) {
     w.stop.notify_one();
     if let Some(t) = w.thread.take() {
         let _ = t.join();
+    }
+}
+
+/// `REMORA_POOL_SIZE` sets a cluster's connections per endpoint.
+impl remora_core::resilience::cluster::ClientSettings for ClientConfig {
+    fn set_pool_size(&mut self, n: usize) {
+        self.pool_size = n.max(1);
     }
 }

@@ -1,89 +1,41 @@
-//! A client over several endpoints on the current io_uring thread: balancing, retries, hedging,
-//! circuit breaking and outlier ejection, all decided by `remora_core::resilience` (this file
-//! only sends, waits and counts).
+//! A client over several endpoints on the current io_uring thread. Every decision is
+//! `remora_core::resilience::cluster`'s; this file spawns attempts as local tasks, waits on a
+//! channel or the call's next deadline, and keeps latency histograms.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use remora_core::backoff::Backoff;
 use remora_core::resilience::breaker::State as BreakerState;
-use remora_core::resilience::call::{AttemptKind, Call, CallOptions, Endpoints, Step};
-use remora_core::resilience::policies::Policies;
-use remora_core::resilience::resolve::{diff, Resolver, Watch};
-use remora_core::resilience::retry::{Class, Classifier, RetryPolicy, Schedule};
-use remora_core::{CallError, Command, Hook, Instant, NotSupported};
+use remora_core::resilience::cluster::{
+    before_send, Action, CallDefaults, ClusterCall, ClusterState, Report,
+};
+use remora_core::resilience::resolve::Resolve;
+use remora_core::resilience::retry::Class;
+use remora_core::{CallError, Command, Hook, NotSupported};
 
 use crate::client::{ClientConfig, LocalClient};
 use crate::conn::Clock;
 
-/// How a [`LocalCluster`] behaves: each endpoint's client, and the core's resilience policies.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
-pub struct ClusterConfig {
-    /// Each endpoint's client.
-    pub client: ClientConfig,
-    /// Balancing, breakers, ejection, budget, timeout, retries, hedging.
-    pub policies: Policies,
-}
+pub use remora_core::resilience::cluster::{CallOpts, ClusterError, Counts, Fallback};
+pub use remora_core::resilience::resolve::{Resolver, Watch};
 
-/// Per-call choices; `None` fields take the cluster's.
-#[derive(Clone, Default)]
-pub struct CallOpts {
-    /// The delays between this call's retries.
-    pub backoff: Option<Backoff>,
-    /// Hooks run for this call only, after the cluster's.
-    pub hooks: Vec<Arc<dyn Hook>>,
-    /// The call's timeout, all attempts included.
-    pub timeout: Option<Duration>,
-    /// Attempts, the first included.
-    pub max_attempts: Option<u32>,
-    /// The key for consistent hashing.
-    pub hash_key: Option<u64>,
-    /// The request is idempotent: it may be retried even when it may have reached the server.
-    pub idempotent: bool,
-    /// This call's per-attempt limit (`None`: the policies').
-    pub per_attempt_timeout: Option<Duration>,
-    /// Response codes this call treats as retryable, replacing the default set (e.g. a
-    /// service's own "try later" code).
-    pub retryable_codes: Option<Vec<i32>>,
-}
-
-/// Attempts, retries, hedges and outcomes, per endpoint or in total.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counts {
-    /// Attempts sent.
-    pub attempts: u64,
-    /// Attempts that were retries.
-    pub retries: u64,
-    /// Attempts that were hedges.
-    pub hedges: u64,
-    /// Successes.
-    pub successes: u64,
-    /// Retryable failures.
-    pub retryable_failures: u64,
-    /// Fatal failures.
-    pub fatal_failures: u64,
-    /// Calls (counted on the endpoint of their last attempt) that wanted a retry or hedge the
-    /// retry budget refused.
-    pub budget_exhausted: u64,
-}
+/// How a cluster behaves: each endpoint's [`ClientConfig`], and the core's resilience policies.
+pub type ClusterConfig = remora_core::resilience::cluster::ClusterConfig<ClientConfig>;
 
 struct Inner {
-    clients: RefCell<Vec<(String, LocalClient)>>,
+    /// Per endpoint: address, client, attempt latency.
+    endpoints: RefCell<Vec<Endpoint>>,
+    state: RefCell<ClusterState>,
     resolver: Resolver,
-    resolved_at: Cell<Instant>,
     watch: Option<Watch>,
     client_config: ClientConfig,
-    machine: RefCell<Endpoints>,
-    policies: Policies,
-    hooks: Vec<Arc<dyn Hook>>,
+    defaults: CallDefaults,
     clock: Clock,
-    entropy: Cell<u64>,
-    counts: RefCell<Vec<Counts>>,
-    latency: RefCell<Vec<Histogram<u64>>>,
     /// Successful attempts' latency over all endpoints (for percentile hedging).
     all_latency: RefCell<Histogram<u64>>,
     /// Whether the probe task was started (on the first call, inside the runtime).
@@ -97,77 +49,70 @@ pub struct LocalCluster {
     inner: Rc<Inner>,
 }
 
+/// An endpoint: its address, its client, its attempts' latency.
+type Endpoint = (String, LocalClient, Histogram<u64>);
+
+fn endpoint(address: String, config: ClientConfig) -> Result<Endpoint, CallError> {
+    let client = LocalClient::lazy(address.as_str(), config, Arc::new(NotSupported))?;
+    Ok((address, client, histogram()))
+}
+
 impl LocalCluster {
     /// A cluster over `addresses` (connections are made on demand).
     pub fn new(
         addresses: &[&str],
         config: ClusterConfig,
-        hooks: Vec<Arc<dyn Hook>>,
-    ) -> Result<LocalCluster, CallError> {
-        let list = addresses.iter().map(|a| a.to_string()).collect();
-        LocalCluster::with_resolver(Resolver::Static(list), config, hooks, None)
+        hooks: impl IntoIterator<Item = Arc<dyn Hook>>,
+    ) -> Result<LocalCluster, ClusterError> {
+        let resolver = Resolver::fixed(addresses);
+        LocalCluster::with_resolver(resolver, config, hooks, None)
     }
 
-    /// A cluster whose endpoints come from `resolver`, re-resolved on its schedule (checked at
+    /// A cluster whose endpoints come from `resolver`, asked again on its schedule (checked at
     /// each call); `watch` hears every new set. Endpoints that disappear are retired (calls in
     /// flight end normally), new ones join.
     pub fn with_resolver(
         resolver: Resolver,
         config: ClusterConfig,
-        hooks: Vec<Arc<dyn Hook>>,
+        hooks: impl IntoIterator<Item = Arc<dyn Hook>>,
         watch: Option<Watch>,
-    ) -> Result<LocalCluster, CallError> {
-        config.policies.validate().map_err(|e| {
-            CallError::Connect(std::io::Error::new(std::io::ErrorKind::InvalidInput, e).into())
-        })?;
-        let addresses = resolver.resolve();
-        let clients = addresses
-            .iter()
-            .map(|a| {
-                LocalClient::lazy(a.as_str(), config.client, Arc::new(NotSupported))
-                    .map(|c| (a.clone(), c))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let machine = Endpoints::from_policies(&addresses, &config.policies);
-        let n = clients.len();
+    ) -> Result<LocalCluster, ClusterError> {
+        // Each RandomState is seeded afresh by std: a seed for this cluster's random choices.
+        let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
         let clock = Clock::new();
-        Ok(LocalCluster {
-            inner: Rc::new(Inner {
-                clients: RefCell::new(clients),
-                resolver,
-                resolved_at: Cell::new(clock.now()),
-                watch,
-                client_config: config.client,
-                machine: RefCell::new(machine),
+        let found = resolver.resolve();
+        let state = ClusterState::new(found.clone(), config.policies, clock.now(), seed)?;
+        let endpoints: Result<Vec<_>, CallError> = found
+            .into_iter()
+            .map(|a| endpoint(a, config.client))
+            .collect();
+        let inner = Rc::new(Inner {
+            endpoints: RefCell::new(endpoints?),
+            state: RefCell::new(state),
+            resolver,
+            watch,
+            client_config: config.client,
+            defaults: CallDefaults {
+                hooks: hooks.into_iter().collect(),
                 policies: config.policies,
-                hooks,
-                clock,
-                entropy: Cell::new(0x853C_49E6_748F_EA9B),
-                counts: RefCell::new(vec![Counts::default(); n]),
-                latency: RefCell::new(vec![histogram(); n]),
-                all_latency: RefCell::new(histogram()),
-                probing: Cell::new(false),
-                closed: Cell::new(false),
-            }),
-        })
+                connection: config.client.connection,
+            },
+            clock,
+            all_latency: RefCell::new(histogram()),
+            probing: Cell::new(false),
+            closed: Cell::new(false),
+        });
+        Ok(LocalCluster { inner })
     }
 
     /// The endpoints now (retired ones left out).
     pub fn addresses(&self) -> Vec<String> {
-        let machine = self.inner.machine.borrow();
-        self.inner
-            .clients
-            .borrow()
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| !machine.is_retired(*i))
-            .map(|(_, (a, _))| a.clone())
-            .collect()
+        self.inner.state.borrow().addresses()
     }
 
     /// Starts the periodic health probes, if configured and not started yet.
     fn start_probes(&self) {
-        let Some(probe) = self.inner.policies.probe else {
+        let Some(probe) = self.inner.defaults.policies.probe else {
             return;
         };
         if self.inner.probing.replace(true) {
@@ -177,86 +122,52 @@ impl LocalCluster {
         tokio_uring::spawn(async move {
             loop {
                 tokio::time::sleep(probe.every).await;
-                let Some(inner) = weak.upgrade() else { return };
-                if inner.closed.get() {
+                let Some(inner) = weak.upgrade().filter(|i| !i.closed.get()) else {
                     return;
-                }
-                let now = inner.clock.now();
-                let targets = inner.machine.borrow().needing_probe(now);
+                };
+                let targets = inner.state.borrow().probe_targets(inner.clock.now());
+                let Some((request, timeout)) = inner.state.borrow().probe_request() else {
+                    return;
+                };
                 for i in targets {
-                    let client = inner.clients.borrow()[i].1.clone();
-                    let timeout = probe.every.min(inner.policies.timeout);
-                    let healthy = client
-                        .call(Command::request(probe.code), timeout)
-                        .await
-                        .is_ok();
-                    inner.machine.borrow_mut().probe_result(i, healthy);
+                    let client = inner.endpoints.borrow()[i].1.clone();
+                    let outcome = client.call(request.clone(), timeout).await;
+                    let healthy = inner.state.borrow_mut().probe_result(i, &outcome);
                     tracing::info!(endpoint = i, healthy, "health probe");
                 }
             }
         });
     }
 
-    /// Resolves again if the resolver's interval has passed, and applies the difference.
+    /// Asks the resolver again if its interval has passed, and applies the difference.
     pub fn refresh(&self) {
-        let inner = &self.inner;
-        let Some(every) = inner.resolver.every() else {
+        let (inner, now) = (&self.inner, self.inner.clock.now());
+        if !inner
+            .state
+            .borrow_mut()
+            .refresh_due(inner.resolver.every(), now)
+        {
+            return;
+        }
+        // Asked with nothing borrowed: the resolver may look at this cluster.
+        let wanted = inner.resolver.resolve();
+        let (mut state, mut endpoints) = (inner.state.borrow_mut(), inner.endpoints.borrow_mut());
+        let config = inner.client_config;
+        let Some(change) = state.apply(&wanted, |address| {
+            endpoints.push(endpoint(address.to_string(), config)?);
+            Ok::<(), CallError>(())
+        }) else {
             return;
         };
-        let now = inner.clock.now();
-        if now - inner.resolved_at.get() < every {
-            return;
+        for &i in &change.retired {
+            endpoints[i].1.close();
         }
-        inner.resolved_at.set(now);
-        let wanted = inner.resolver.resolve();
-        {
-            let mut clients = inner.clients.borrow_mut();
-            let mut machine = inner.machine.borrow_mut();
-            let current: Vec<(usize, &str)> = clients
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !machine.is_retired(*i))
-                .map(|(i, (a, _))| (i, a.as_str()))
-                .collect();
-            let Some((retire, add)) = diff(&current, &wanted) else {
-                return;
-            };
-            for i in retire {
-                machine.retire(i);
-                clients[i].1.close();
-                tracing::info!(endpoint = %clients[i].0, "endpoint retired: no longer resolved");
-            }
-            for address in &add {
-                let client = LocalClient::lazy(
-                    address.as_str(),
-                    inner.client_config,
-                    Arc::new(NotSupported),
-                );
-                match client {
-                    Ok(client) => {
-                        clients.push((address.clone(), client));
-                        machine.add(1);
-                        inner.counts.borrow_mut().push(Counts::default());
-                        inner.latency.borrow_mut().push(histogram());
-                        tracing::info!(endpoint = %address, "endpoint added");
-                    }
-                    Err(e) => tracing::warn!(endpoint = %address, error = %e, "endpoint not added"),
-                }
-            }
-            let ids: Vec<&str> = clients.iter().map(|(a, _)| a.as_str()).collect();
-            machine.balancer_mut().set_ring(&ids);
+        tracing::info!(?change, "resolver changed the endpoints");
+        let set = state.addresses();
+        drop((state, endpoints));
+        if let Some(watch) = inner.watch.as_ref() {
+            watch(&set);
         }
-        if let Some(watch) = &inner.watch {
-            watch(&self.addresses());
-        }
-    }
-
-    fn entropy(&self) -> u64 {
-        let z0 = self.inner.entropy.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
-        self.inner.entropy.set(z0);
-        let mut z = (z0 ^ (z0 >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
     }
 
     /// Sends `request` with the cluster's policies.
@@ -272,147 +183,67 @@ impl LocalCluster {
     ) -> Result<Command, CallError> {
         self.start_probes();
         self.refresh();
-        let p = &self.inner.policies;
-        let mut classifier = Classifier {
-            retry_possibly_delivered: opts.idempotent,
-            ..Classifier::default()
+        let inner = &*self.inner;
+        let mut call = {
+            let all = inner.all_latency.borrow();
+            let latency = (all.len(), |q| {
+                Duration::from_micros(all.value_at_quantile(q))
+            });
+            ClusterCall::new(&mut request, opts, &inner.defaults, latency)?
         };
-        if let Some(codes) = &opts.retryable_codes {
-            classifier.retryable_codes = codes;
-        }
-        let call_opts = CallOptions {
-            timeout: opts.timeout.unwrap_or(p.timeout),
-            retry: RetryPolicy {
-                max_attempts: opts.max_attempts.unwrap_or(p.max_attempts),
-                schedule: Schedule::Exponential(opts.backoff.unwrap_or(p.backoff)),
-            },
-            hedge: p.hedge_for(|q| {
-                let h = self.inner.all_latency.borrow();
-                (h.len() >= 100).then(|| Duration::from_micros(h.value_at_quantile(q)))
-            }),
-            key: opts.hash_key,
-            per_attempt: opts.per_attempt_timeout.or(p.per_attempt_timeout),
-        };
-        let hooks: Vec<&Arc<dyn Hook>> = self.inner.hooks.iter().chain(&opts.hooks).collect();
-        for hook in &hooks {
-            hook.before_send(&mut request);
-        }
-        type Outcome = (u32, usize, Instant, Result<Command, CallError>);
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
-        let mut steps = Vec::new();
-        let mut call = Call::start(
-            &mut self.inner.machine.borrow_mut(),
-            &call_opts,
-            self.inner.clock.now(),
-            self.entropy(),
-            &mut steps,
-        );
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut running = HashMap::new();
-        let mut outcomes: HashMap<u32, Result<Command, CallError>> = HashMap::new();
         loop {
-            for step in steps.drain(..) {
-                match step {
-                    Step::Send {
-                        kind,
-                        attempt,
-                        endpoint,
-                        deadline,
-                    } => {
-                        self.count_attempt(endpoint, kind);
-                        let client = self.inner.clients.borrow()[endpoint].1.clone();
-                        let started = self.inner.clock.now();
-                        let timeout = deadline - started;
-                        let attempt_request = request.clone();
-                        let tx = tx.clone();
-                        let task = tokio_uring::spawn(async move {
-                            let outcome = client.call(attempt_request, timeout).await;
-                            let _ = tx.send((attempt, endpoint, started, outcome));
-                        });
-                        running.insert(attempt, task);
-                    }
-                    Step::Cancel { attempt } => {
-                        // Dropping the attempt's call future withdraws or cancels its request.
-                        if let Some(task) = running.remove(&attempt) {
-                            task.abort();
-                        }
-                    }
-                    Step::Finish { attempt } => {
-                        if call.budget_refused() {
-                            if let Some(last) = call.endpoints().last() {
-                                self.inner.counts.borrow_mut()[last].budget_exhausted += 1;
-                            }
-                        }
-                        for (_, task) in running.drain() {
-                            task.abort();
-                        }
-                        return match attempt.and_then(|a| outcomes.remove(&a)) {
-                            Some(Ok(mut response)) => {
-                                for hook in &hooks {
-                                    hook.after_receive(&mut response);
-                                }
-                                Ok(response)
-                            }
-                            Some(Err(e)) => Err(e),
-                            None => Err(call.unanswered_error()),
-                        };
-                    }
-                }
-            }
-            let wake = call
-                .poll_timeout()
-                .unwrap_or_else(|| self.inner.clock.now());
-            let next = tokio::select! {
-                outcome = rx.recv() => outcome,
-                _ = tokio::time::sleep_until(self.inner.clock.to_tokio(wake)) => None,
-            };
-            let now = self.inner.clock.now();
-            let entropy = self.entropy();
-            let mut machine = self.inner.machine.borrow_mut();
-            match next {
-                Some((attempt, endpoint, started, outcome)) => {
+            let now = inner.clock.now();
+            let action = call.poll(&mut inner.state.borrow_mut(), now);
+            if let Some(Action::Send(a)) = action {
+                let client = inner.endpoints.borrow()[a.endpoint].1.clone();
+                let (tx, attempt_request) = (tx.clone(), call.frame().clone());
+                let task = tokio_uring::spawn(async move {
+                    let _ = tx.send((a.number, client.call(&attempt_request, a.timeout).await));
+                });
+                running.insert(a.number, task);
+            } else if let Some(Action::Cancel { attempt }) = action {
+                // Dropping the attempt's call future withdraws or cancels its request.
+                running.remove(&attempt).inspect(|task| task.abort());
+            } else if let Some(Action::Done) = action {
+                running.into_values().for_each(|task| task.abort());
+                return call.result(&request);
+            } else {
+                let wake = inner.clock.to_tokio(call.wake_at().unwrap_or(now));
+                let next = tokio::select! {
+                    outcome = rx.recv() => outcome,
+                    _ = tokio::time::sleep_until(wake) => None,
+                };
+                let mut state = inner.state.borrow_mut();
+                let now = inner.clock.now();
+                if let Some((attempt, outcome)) = next {
                     running.remove(&attempt);
-                    let class = classifier.classify(&outcome);
-                    self.count_outcome(endpoint, class);
-                    let micros = (now - started).as_micros() as u64;
-                    let _ = self.inner.latency.borrow_mut()[endpoint].record(micros);
-                    if class == Class::Success {
-                        let _ = self.inner.all_latency.borrow_mut().record(micros);
-                    }
-                    let unsent = matches!(&outcome, Err(e) if e.never_left());
-                    outcomes.insert(attempt, outcome);
-                    let before = (machine.breaker(endpoint), machine.is_ejected(endpoint, now));
-                    if unsent {
-                        call.handle_unsent(
-                            &mut machine,
-                            &call_opts,
-                            attempt,
-                            now,
-                            entropy,
-                            &mut steps,
-                        );
-                    } else {
-                        call.handle_outcome(
-                            &mut machine,
-                            &call_opts,
-                            attempt,
-                            class,
-                            now,
-                            entropy,
-                            &mut steps,
-                        );
-                    }
-                    let after = (machine.breaker(endpoint), machine.is_ejected(endpoint, now));
-                    if before != after {
-                        tracing::info!(
-                            endpoint,
-                            breaker = ?after.0,
-                            ejected = after.1,
-                            "endpoint health changed"
-                        );
-                    }
+                    let report = call.on_outcome(&mut state, attempt, outcome, now);
+                    drop(state);
+                    report.into_iter().for_each(|r| self.record(r));
+                } else {
+                    call.on_timeout(&mut state, now);
                 }
-                None => call.handle_timeout(&mut machine, &call_opts, now, entropy, &mut steps),
             }
+        }
+    }
+
+    fn record(&self, r: Report) {
+        let micros = r.latency.as_micros() as u64;
+        let _ = self.inner.endpoints.borrow_mut()[r.endpoint]
+            .2
+            .record(micros);
+        if r.class == Class::Success {
+            let _ = self.inner.all_latency.borrow_mut().record(micros);
+        }
+        if let Some((breaker, ejected)) = r.health {
+            tracing::info!(
+                endpoint = r.endpoint,
+                ?breaker,
+                ejected,
+                "endpoint health changed"
+            );
         }
     }
 
@@ -420,122 +251,48 @@ impl LocalCluster {
     /// a failure, and a possibly-sent oneway must not repeat).
     pub async fn oneway(&self, mut request: Command) -> Result<(), CallError> {
         self.refresh();
-        let p = &self.inner.policies;
-        let call_opts = CallOptions {
-            timeout: p.timeout,
-            retry: p.retry(1),
-            hedge: None,
-            key: None,
-            per_attempt: None,
-        };
-        for hook in &self.inner.hooks {
-            hook.before_send(&mut request);
-        }
-        let mut steps = Vec::new();
-        let now = self.inner.clock.now();
-        let mut call = Call::start(
-            &mut self.inner.machine.borrow_mut(),
-            &call_opts,
-            now,
-            self.entropy(),
-            &mut steps,
-        );
-        let mut result = Err(CallError::Unavailable {
-            retry_in: Duration::ZERO,
-        });
-        while let Some(step) = steps.pop() {
-            if let Step::Send {
-                kind,
-                attempt,
-                endpoint,
-                ..
-            } = step
-            {
-                self.count_attempt(endpoint, kind);
-                let client = self.inner.clients.borrow()[endpoint].1.clone();
-                result = client.oneway(request.clone()).await;
-                let class = match &result {
-                    Ok(()) => Class::Success,
-                    Err(e) if e.is_safe_to_retry() => Class::Retryable,
-                    Err(_) => Class::Fatal,
-                };
-                self.count_outcome(endpoint, class);
-                let entropy = self.entropy();
-                call.handle_outcome(
-                    &mut self.inner.machine.borrow_mut(),
-                    &call_opts,
-                    attempt,
-                    class,
-                    self.inner.clock.now(),
-                    entropy,
-                    &mut steps,
-                );
-            }
-        }
-        result
-    }
-
-    fn count_attempt(&self, endpoint: usize, kind: AttemptKind) {
-        let mut counts = self.inner.counts.borrow_mut();
-        let c = &mut counts[endpoint];
-        c.attempts += 1;
-        match kind {
-            AttemptKind::First => {}
-            AttemptKind::Retry => c.retries += 1,
-            AttemptKind::Hedge => c.hedges += 1,
-        }
-    }
-
-    fn count_outcome(&self, endpoint: usize, class: Class) {
-        let mut counts = self.inner.counts.borrow_mut();
-        let c = &mut counts[endpoint];
-        match class {
-            Class::Success => c.successes += 1,
-            Class::Retryable => c.retryable_failures += 1,
-            Class::Fatal => c.fatal_failures += 1,
-        }
+        let inner = &self.inner;
+        before_send(&inner.defaults.hooks, &mut request);
+        let picked = inner.state.borrow_mut().oneway(inner.clock.now())?;
+        let client = inner.endpoints.borrow()[picked.endpoint].1.clone();
+        let written = client.oneway(request).await;
+        inner
+            .state
+            .borrow_mut()
+            .oneway_done(picked, &written, inner.clock.now());
+        written
     }
 
     /// Endpoint `i`'s attempt latency: p50, p99 and max, in microseconds.
     pub fn latency_us(&self, i: usize) -> (u64, u64, u64) {
-        let h = &self.inner.latency.borrow()[i];
+        let h = &self.inner.endpoints.borrow()[i].2;
         (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
     }
 
     /// Counts over all endpoints.
     pub fn totals(&self) -> Counts {
-        self.inner
-            .counts
-            .borrow()
-            .iter()
-            .fold(Counts::default(), |t, c| Counts {
-                attempts: t.attempts + c.attempts,
-                retries: t.retries + c.retries,
-                hedges: t.hedges + c.hedges,
-                successes: t.successes + c.successes,
-                retryable_failures: t.retryable_failures + c.retryable_failures,
-                fatal_failures: t.fatal_failures + c.fatal_failures,
-                budget_exhausted: t.budget_exhausted + c.budget_exhausted,
-            })
+        self.inner.state.borrow().totals()
     }
 
     /// Counts per endpoint, in the order of the addresses given.
     pub fn counts(&self) -> Vec<Counts> {
-        self.inner.counts.borrow().clone()
+        let state = self.inner.state.borrow();
+        (0..state.len()).map(|i| state.counts(i)).collect()
     }
 
     /// Endpoint `i`'s breaker state and whether it is ejected now.
     pub fn health(&self, i: usize) -> (BreakerState, bool) {
-        let m = self.inner.machine.borrow();
-        (m.breaker(i), m.is_ejected(i, self.inner.clock.now()))
+        self.inner.state.borrow().health(i, self.inner.clock.now())
     }
 
     /// Closes every endpoint's connections and stops the probes.
     pub fn close(&self) {
         self.inner.closed.set(true);
-        for (_, c) in self.inner.clients.borrow().iter() {
-            c.close();
-        }
+        self.inner
+            .endpoints
+            .borrow()
+            .iter()
+            .for_each(|e| e.1.close());
     }
 }
 

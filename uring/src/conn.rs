@@ -14,10 +14,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use crate::handle_catching;
 use bytes::BytesMut;
 use remora_core::{
-    handle_catching, Account, Budget, CallError, Command, Config, Connection, Event, Handler,
-    Instant, RequestId,
+    Account, Budget, CallError, Command, Config, Connection, Event, Handler, Instant, Outgoing,
+    RequestId,
 };
 use tokio::sync::Notify;
 use tokio_uring::buf::BoundedBuf;
@@ -166,7 +167,7 @@ impl Conn {
     /// future cancels the call (an unwritten request is then never sent).
     pub(crate) fn call(
         self: &Rc<Self>,
-        cmd: Command,
+        cmd: impl Outgoing,
         timeout: Duration,
     ) -> Result<CallFuture, CallError> {
         let now = self.clock.now();
@@ -174,7 +175,7 @@ impl Conn {
         let (id, index, rearm) = {
             let mut m = self.machine.borrow_mut();
             let earliest = m.poll_timeout();
-            let id = m.send_request(cmd, deadline, now)?;
+            let id = cmd.send(&mut m, deadline, now)?;
             (id, id.index(&m), earliest.map_or(true, |t| deadline < t))
         };
         {

@@ -13,8 +13,9 @@
 //! - [`LocalClient`]: for code already on a tokio-uring thread; `call(..).await`.
 //! - [`Client`]: a `Send + Sync` handle whose connections live on io_uring threads of its own.
 //! - [`Server`]: one listener per thread (SO_REUSEPORT), handler inline on the I/O thread.
-//! - [`LocalCluster`]: a client over several endpoints with the core's balancing, retries,
-//!   hedging, breakers, ejection, resolver and hooks.
+//! - [`LocalCluster`]: a client over several endpoints: the core's `ClusterCall` decides
+//!   (balancing, retries, hedging, breakers, ejection, probes, resolver, hooks, fallback); the
+//!   cluster runs its loop with local tasks. [`dns`] resolves names for it.
 //!
 //! What tokio-uring 0.5 does and does not let us use: submissions are batched per runtime tick
 //! (all reads and writes issued in one turn go to the kernel in one `io_uring_enter`); buffers are
@@ -27,10 +28,26 @@
 mod client;
 mod cluster;
 mod conn;
+mod dns;
 mod server;
 
 pub use client::{Client, ClientConfig, LocalClient};
-pub use cluster::{CallOpts, ClusterConfig, Counts, LocalCluster};
+pub use cluster::{
+    CallOpts, ClusterConfig, ClusterError, Counts, Fallback, LocalCluster, Resolver, Watch,
+};
 pub use conn::CallFuture;
-pub use remora_core::resilience::resolve::{Resolver, Watch};
+pub use dns::dns;
 pub use server::{Server, ServerConfig};
+
+/// Runs `handler` on `request`; a panic in it becomes a `SYSTEM_ERROR` answer, so the peer is not
+/// left waiting and the I/O thread survives.
+pub(crate) fn handle_catching(
+    handler: &dyn remora_core::Handler,
+    request: remora_core::Command,
+) -> remora_core::Command {
+    let fallback = request.response(remora_core::codes::SYSTEM_ERROR);
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(request))) {
+        Ok(response) => response,
+        Err(_) => fallback.with_remark("request handler panicked"),
+    }
+}

@@ -3,11 +3,13 @@
 //! and the bounds every one of them checks ([`Limits`](crate::Limits)). Nothing here knows about
 //! requests in flight; that is [`crate::conn`].
 //!
-//! Dependencies point one way: `frame` → `json`, `binary` → `command`, `limits`, `sink`, `error`.
+//! Dependencies point one way: `encoded` → `frame` → `json`, `binary` → `command`, `limits`,
+//! `sink`, `error`.
 
 pub mod binary;
 pub mod codes;
 pub(crate) mod command;
+pub mod encoded;
 pub mod error;
 pub(crate) mod frame;
 pub mod json;

@@ -29,15 +29,6 @@ where
     }
 }
 
-/// Runs `handler`, answering `SYSTEM_ERROR` if it panics (so the peer is not left waiting and
-/// the driver's thread survives).
-#[cfg(feature = "std")]
-pub fn handle_catching(handler: &dyn Handler, request: Command) -> Command {
-    let fallback = request.response(codes::SYSTEM_ERROR);
-    std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| handler.handle(request)))
-        .unwrap_or_else(|_| fallback.with_remark("request handler panicked"))
-}
-
 /// Runs around a client's calls: before each attempt's request is sent and after the response
 /// the call returns (e.g. to sign requests or to trace).
 pub trait Hook: Send + Sync + 'static {

@@ -534,6 +534,42 @@ impl Connection {
         deadline: Instant,
         now: Instant,
     ) -> Result<RequestId, SendError> {
+        let (slot, id) = self.reserve_waiter(deadline, now)?;
+        cmd.opaque = id.opaque();
+        cmd.flag &= !(FLAG_RESPONSE | FLAG_ONEWAY);
+        let ty = self.config.serialize_type.unwrap_or(cmd.serialize_type);
+        let before = self.transmit.len();
+        self.codec
+            .encode_into(&cmd, ty, &mut self.transmit)
+            .map_err(SendError::Encode)?;
+        self.commit_waiter(slot, before, deadline);
+        Ok(id)
+    }
+
+    /// Like [`Connection::send_request`] for a request encoded once ([`Encoded`]): its bytes are
+    /// queued with this request's opaque written in place, nothing is encoded again. The frame
+    /// is sent with the serialize type and limits it was encoded with.
+    ///
+    /// [`Encoded`]: crate::codec::encoded::Encoded
+    pub fn send_encoded_request(
+        &mut self,
+        request: &crate::codec::encoded::Encoded,
+        deadline: Instant,
+        now: Instant,
+    ) -> Result<RequestId, SendError> {
+        let (slot, id) = self.reserve_waiter(deadline, now)?;
+        let before = self.transmit.len();
+        request.write(id.opaque(), &mut self.transmit);
+        self.commit_waiter(slot, before, deadline);
+        Ok(id)
+    }
+
+    /// The slot and id the next request's waiter will have, if a request may be sent now.
+    fn reserve_waiter(
+        &mut self,
+        deadline: Instant,
+        now: Instant,
+    ) -> Result<(usize, RequestId), SendError> {
         self.check_can_send()?;
         if deadline <= now {
             return Err(SendError::DeadlinePassed);
@@ -547,14 +583,15 @@ impl Connection {
         if self.generations.len() <= slot {
             self.generations.resize(slot + 1, 1);
         }
-        let id = RequestId(self.generations[slot] << self.slot_bits | slot as u32);
-        cmd.opaque = id.opaque();
-        cmd.flag &= !(FLAG_RESPONSE | FLAG_ONEWAY);
-        let ty = self.config.serialize_type.unwrap_or(cmd.serialize_type);
-        let before = self.transmit.len();
-        self.codec
-            .encode_into(&cmd, ty, &mut self.transmit)
-            .map_err(SendError::Encode)?;
+        Ok((
+            slot,
+            RequestId(self.generations[slot] << self.slot_bits | slot as u32),
+        ))
+    }
+
+    /// The request whose frame starts at transmit offset `before` was queued: its waiter waits
+    /// in `slot` until `deadline`.
+    fn commit_waiter(&mut self, slot: usize, before: usize, deadline: Instant) {
         let waiter = Waiter {
             end: self.stream_end(),
             len: (self.transmit.len() - before) as u32,
@@ -563,7 +600,6 @@ impl Connection {
         debug_assert_eq!(inserted, slot);
         self.deadlines.insert(slot, deadline);
         self.stats.requests_sent += 1;
-        Ok(id)
     }
 
     /// Queues a oneway request: the peer will not answer it.

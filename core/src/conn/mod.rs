@@ -8,3 +8,4 @@ pub(crate) mod budget;
 pub(crate) mod call;
 pub(crate) mod connection;
 pub(crate) mod deadlines;
+pub mod outgoing;

@@ -107,6 +107,79 @@ impl Balancer {
         self.ring.sort_unstable();
     }
 
+    /// Whether [`Balancer::pick_among`] serves this strategy: round robin, random, power of two
+    /// choices and consistent hashing pick from a list of available endpoints in O(1) (the ring
+    /// in O(log n)); the weighted strategies and least loaded need every endpoint's view
+    /// ([`Balancer::pick`]).
+    pub fn picks_among(&self) -> bool {
+        matches!(
+            self.strategy,
+            Strategy::RoundRobin
+                | Strategy::Random
+                | Strategy::PowerOfTwoChoices
+                | Strategy::ConsistentHash { .. }
+        )
+    }
+
+    /// Picks among `members` (the available endpoints' indices, in any order; `is_member` says
+    /// whether an index is one of them) the strategy's choice, or the next in the strategy's
+    /// order that `accept` takes (a half-open breaker may refuse; `accept` is asked only about
+    /// the endpoint about to be returned). `in_flight` is an endpoint's load. No allocation;
+    /// O(1) unless candidates are refused, O(log n) for the ring. `None` when nothing is
+    /// accepted or the strategy is not one [`Balancer::picks_among`] serves.
+    pub fn pick_among(
+        &mut self,
+        members: &[u32],
+        is_member: impl Fn(usize) -> bool,
+        in_flight: impl Fn(usize) -> u32,
+        key: Option<u64>,
+        entropy: u64,
+        mut accept: impl FnMut(usize) -> bool,
+    ) -> Option<usize> {
+        let len = members.len();
+        if len == 0 {
+            return None;
+        }
+        let at = |k: usize| members[k % len] as usize;
+        // From position `start`, the first member `accept` takes.
+        let probe = |start: usize, accept: &mut dyn FnMut(usize) -> bool| {
+            (0..len).map(|k| start + k).find(|&k| accept(at(k)))
+        };
+        match self.strategy {
+            Strategy::RoundRobin => {
+                let k = probe(self.next % len, &mut accept)?;
+                self.next = (k + 1) % len;
+                Some(at(k))
+            }
+            Strategy::Random => probe(below(entropy, len), &mut accept).map(at),
+            Strategy::PowerOfTwoChoices => {
+                let a = below(entropy, len);
+                let mut choice = a;
+                if len > 1 {
+                    // A second, different one from the other half of the bits.
+                    let b = (a + 1 + below(entropy.rotate_left(32), len - 1)) % len;
+                    if in_flight(at(b)) < in_flight(at(a)) {
+                        choice = b;
+                    }
+                }
+                probe(choice, &mut accept).map(at)
+            }
+            Strategy::ConsistentHash { .. } => {
+                let Some(key) = key else {
+                    return probe(below(entropy, len), &mut accept).map(at);
+                };
+                if self.ring.is_empty() {
+                    return probe(below(key, len), &mut accept).map(at);
+                }
+                let start = self.ring.partition_point(|&(h, _)| h < key);
+                (0..self.ring.len())
+                    .map(|step| self.ring[(start + step) % self.ring.len()].1 as usize)
+                    .find(|&i| is_member(i) && accept(i))
+            }
+            _ => None,
+        }
+    }
+
     /// The index of the endpoint for the next call, or `None` if none is available. `key` is
     /// the call's hash key (see [`hash_key`]), used by consistent hashing (without one it picks
     /// at random); `entropy` is any 64 random bits.

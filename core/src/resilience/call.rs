@@ -5,7 +5,9 @@
 //! Client-wide state (balancer, per-endpoint breakers, outlier ejection, the retry budget, calls in
 //! flight per endpoint) lives in [`Endpoints`] and is shared by every call of a client.
 
+use alloc::collections::BinaryHeap;
 use alloc::vec::Vec;
+use core::cmp::Reverse;
 use core::time::Duration;
 
 use super::balance::{Balancer, Endpoint, Strategy};
@@ -15,6 +17,9 @@ use super::retry::{Class, Decision, GiveUpReason, HedgePolicy, RetryBudget, Retr
 use crate::time::Instant;
 
 /// A client's view of its endpoints, shared by its calls.
+///
+/// The view of which endpoints may be picked is kept up to date as breakers, ejections and
+/// retirements change (and as their timers run out), so a pick does not walk every endpoint.
 #[derive(Clone, Debug)]
 pub struct Endpoints {
     weights: Vec<u32>,
@@ -23,10 +28,54 @@ pub struct Endpoints {
     breakers: Vec<Breaker>,
     ejector: Ejector,
     budget: RetryBudget,
-    available: Vec<bool>,
     views: Vec<Endpoint>,
     retired: Vec<bool>,
     breaker_config: BreakerConfig,
+    /// Not retired, breaker not open, not ejected.
+    healthy: Members,
+    /// Not retired, breaker not open (the panic threshold's fallback).
+    usable: Members,
+    /// Whether each endpoint was ejected when last looked at, and how many were.
+    ejected: Vec<bool>,
+    ejected_count: usize,
+    /// When an endpoint's breaker or ejection runs out, to look at it again then.
+    wakeups: BinaryHeap<Reverse<(Instant, usize)>>,
+    scheduled: Vec<Option<Instant>>,
+}
+
+/// A set of endpoint indices with O(1) insert, remove and membership, listed densely.
+#[derive(Clone, Debug, Default)]
+struct Members {
+    list: Vec<u32>,
+    /// Position in `list` plus one, or 0 when absent.
+    at: Vec<u32>,
+}
+
+impl Members {
+    fn set(&mut self, i: usize, member: bool) {
+        if self.at.len() <= i {
+            self.at.resize(i + 1, 0);
+        }
+        match (self.at[i], member) {
+            (0, true) => {
+                self.list.push(i as u32);
+                self.at[i] = self.list.len() as u32;
+            }
+            (p, false) if p > 0 => {
+                let p = p as usize - 1;
+                self.list.swap_remove(p);
+                if let Some(&moved) = self.list.get(p) {
+                    self.at[moved as usize] = p as u32 + 1;
+                }
+                self.at[i] = 0;
+            }
+            _ => {}
+        }
+    }
+
+    fn contains(&self, i: usize) -> bool {
+        self.at.get(i).is_some_and(|&p| p > 0)
+    }
 }
 
 impl Endpoints {
@@ -53,17 +102,67 @@ impl Endpoints {
         budget: RetryBudget,
     ) -> Self {
         let n = weights.len();
+        let mut all = Members::default();
+        (0..n).for_each(|i| all.set(i, true));
         Endpoints {
             in_flight: alloc::vec![0; n],
             balancer: Balancer::new(strategy),
             breakers: alloc::vec![Breaker::new(breaker); n],
             ejector: Ejector::new(ejection, n),
             budget,
-            available: Vec::with_capacity(n),
-            views: Vec::with_capacity(n),
+            views: Vec::new(),
             retired: alloc::vec![false; n],
             breaker_config: breaker,
             weights,
+            healthy: all.clone(),
+            usable: all,
+            ejected: alloc::vec![false; n],
+            ejected_count: 0,
+            wakeups: BinaryHeap::new(),
+            scheduled: alloc::vec![None; n],
+        }
+    }
+
+    /// Looks at endpoint `i` again at `now`: whether it may be picked, and when to look next.
+    fn sync(&mut self, i: usize, now: Instant) {
+        let ejected = self.ejector.is_ejected(i, now);
+        if ejected != self.ejected[i] {
+            self.ejected[i] = ejected;
+            if ejected {
+                self.ejected_count += 1;
+            } else {
+                self.ejected_count -= 1;
+            }
+        }
+        let open_until = match self.breakers[i].state() {
+            BreakerState::Open { until } if now < until => Some(until),
+            _ => None,
+        };
+        let live = !self.retired[i] && open_until.is_none();
+        self.usable.set(i, live);
+        self.healthy.set(i, live && !ejected);
+        let ejected_until = self.ejector.ejected_until(i).filter(|&t| now < t);
+        let next = match (open_until, ejected_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if next.is_some() && next != self.scheduled[i] {
+            self.scheduled[i] = next;
+            self.wakeups.extend(next.map(|t| Reverse((t, i))));
+        }
+    }
+
+    /// Looks again at the endpoints whose breaker or ejection has run out by `now`.
+    fn wake(&mut self, now: Instant) {
+        while let Some(&Reverse((t, i))) = self.wakeups.peek() {
+            if t > now {
+                break;
+            }
+            self.wakeups.pop();
+            if self.scheduled[i] == Some(t) {
+                self.scheduled[i] = None;
+            }
+            self.sync(i, now);
         }
     }
 
@@ -74,8 +173,13 @@ impl Endpoints {
         self.in_flight.push(0);
         self.breakers.push(Breaker::new(self.breaker_config));
         self.retired.push(false);
+        self.ejected.push(false);
+        self.scheduled.push(None);
         self.ejector.resize(self.weights.len());
-        self.weights.len() - 1
+        let i = self.weights.len() - 1;
+        self.healthy.set(i, true);
+        self.usable.set(i, true);
+        i
     }
 
     /// Takes endpoint `i` out of balancing for good (its address went away); calls in flight to
@@ -83,6 +187,8 @@ impl Endpoints {
     pub fn retire(&mut self, i: usize) {
         if let Some(r) = self.retired.get_mut(i) {
             *r = true;
+            self.healthy.set(i, false);
+            self.usable.set(i, false);
         }
     }
 
@@ -128,6 +234,13 @@ impl Endpoints {
         if healthy && i < self.len() {
             self.breakers[i].reset();
             self.ejector.reinstate(i);
+            let live = !self.retired[i];
+            self.usable.set(i, live);
+            self.healthy.set(i, live);
+            if self.ejected[i] {
+                self.ejected[i] = false;
+                self.ejected_count -= 1;
+            }
         }
     }
 
@@ -148,42 +261,60 @@ impl Endpoints {
 
     /// The ejector's interval tick (success-rate evaluation); call it periodically.
     pub fn tick(&mut self, now: Instant) -> Vec<usize> {
-        self.ejector.tick(now)
+        let ejected = self.ejector.tick(now);
+        ejected.iter().for_each(|&i| self.sync(i, now));
+        ejected
     }
 
-    /// Picks an endpoint not in `exclude` (when any other is available) whose breaker lets a
-    /// call through, and counts the call in flight.
+    /// Picks an endpoint that is not `exclude`d (when any other is available) whose breaker lets a
+    /// call through, and counts the call in flight. No allocation once warm; O(1) for round
+    /// robin, random and power of two choices, O(log n) on the hash ring.
     fn pick(
         &mut self,
         now: Instant,
         key: Option<u64>,
-        exclude: &[usize],
+        exclude: &dyn Fn(usize) -> bool,
         entropy: u64,
     ) -> Option<usize> {
-        self.ejector.available(now, &mut self.available);
-        let open = |b: &Breaker| matches!(b.state(), BreakerState::Open { until } if now < until);
-        let base: Vec<bool> = (0..self.len())
-            .map(|i| !self.retired[i] && self.available[i] && !open(&self.breakers[i]))
-            .collect();
+        self.wake(now);
+        let n = self.len();
+        // Below the panic threshold of healthy endpoints, ejection is ignored.
+        let panic = (n - self.ejected_count) * 100 < n * self.ejector.panic_threshold() as usize;
+        let members = if panic { &self.usable } else { &self.healthy };
         // Prefer endpoints this call has not tried; fall back to any.
         for avoid in [true, false] {
-            self.views.clear();
-            self.views.extend((0..self.len()).map(|i| Endpoint {
-                weight: self.weights[i],
-                in_flight: self.in_flight[i],
-                available: base[i] && !(avoid && exclude.contains(&i)),
-            }));
-            let mut candidates = self.views.clone();
-            // A half-open breaker may still refuse (probe quota): skip it and pick again.
-            for _ in 0..self.len() {
-                let Some(i) = self.balancer.pick(&candidates, key, entropy) else {
-                    break;
-                };
-                if self.breakers[i].allow(now) {
-                    self.in_flight[i] += 1;
-                    return Some(i);
+            let breakers = &mut self.breakers;
+            let mut accept = |i: usize| !(avoid && exclude(i)) && breakers[i].allow(now);
+            let picked = if self.balancer.picks_among() {
+                let in_flight = |i: usize| self.in_flight[i];
+                let is_member = |i: usize| members.contains(i);
+                let list = &members.list;
+                self.balancer
+                    .pick_among(list, is_member, in_flight, key, entropy, &mut accept)
+            } else {
+                self.views.clear();
+                self.views.extend((0..n).map(|i| Endpoint {
+                    weight: self.weights[i],
+                    in_flight: self.in_flight[i],
+                    available: members.contains(i) && !(avoid && exclude(i)),
+                }));
+                let mut picked = None;
+                // A half-open breaker may still refuse (probe quota): skip it and pick again.
+                for _ in 0..n {
+                    let Some(i) = self.balancer.pick(&self.views, key, entropy) else {
+                        break;
+                    };
+                    if accept(i) {
+                        picked = Some(i);
+                        break;
+                    }
+                    self.views[i].available = false;
                 }
-                candidates[i].available = false;
+                picked
+            };
+            if let Some(i) = picked {
+                self.in_flight[i] += 1;
+                return Some(i);
             }
         }
         None
@@ -195,6 +326,7 @@ impl Endpoints {
         self.in_flight[i] = self.in_flight[i].saturating_sub(1);
         self.breakers[i].record(false, now);
         self.ejector.record(i, false, now);
+        self.sync(i, now);
     }
 
     /// An attempt on endpoint `i` ended as `class` (`None`: cancelled, no verdict).
@@ -204,6 +336,7 @@ impl Endpoints {
         let success = class == Class::Success;
         self.breakers[i].record(success, now);
         self.ejector.record(i, success, now);
+        self.sync(i, now);
         self.budget.record(class);
     }
 }
@@ -372,7 +505,7 @@ impl Call {
         entropy: u64,
         out: &mut Vec<Step>,
     ) -> bool {
-        let tried: Vec<usize> = self.attempts.iter().map(|a| a.endpoint).collect();
+        let tried = |i: usize| self.attempts.iter().any(|a| a.endpoint == i);
         let Some(endpoint) = eps.pick(now, opts.key, &tried, entropy) else {
             if self.live() == 0 {
                 self.finish(eps, now, out);
@@ -542,6 +675,74 @@ impl Call {
                 } else {
                     self.budget_refused = true;
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rand::SplitMix64;
+
+    /// After any sequence of outcomes, ticks, probes, retirements and additions, the incremental
+    /// view is what a walk over every endpoint would say.
+    #[test]
+    fn the_incremental_view_matches_a_full_walk() {
+        let breaker = BreakerConfig::default();
+        let ejection = EjectionConfig {
+            max_ejection_percent: 50,
+            ..EjectionConfig::default()
+        };
+        for strategy in [Strategy::RoundRobin, Strategy::PowerOfTwoChoices] {
+            let mut rng = SplitMix64::new(3);
+            let mut eps = Endpoints::new(
+                alloc::vec![1; 8],
+                strategy,
+                breaker,
+                ejection,
+                RetryBudget::default(),
+            );
+            let mut now = Instant::ZERO;
+            for step in 0..20_000 {
+                now = now + Duration::from_millis(rng.below(400));
+                let i = rng.below(eps.len() as u64) as usize;
+                match rng.below(100) {
+                    0 => eps.retire(i),
+                    1 => {
+                        eps.add(1);
+                    }
+                    2 => {
+                        eps.tick(now);
+                    }
+                    3 => eps.probe_result(i, true),
+                    _ => {
+                        let excluded = |e: usize| e == i;
+                        if let Some(p) = eps.pick(now, None, &excluded, rng.next_u64()) {
+                            let class = if p % 3 == 0 || rng.below(4) == 0 {
+                                Class::Retryable
+                            } else {
+                                Class::Success
+                            };
+                            eps.ended(p, Some(class), now);
+                        }
+                    }
+                }
+                eps.wake(now);
+                for e in 0..eps.len() {
+                    let open =
+                        matches!(eps.breaker(e), BreakerState::Open { until } if now < until);
+                    let live = !eps.is_retired(e) && !open;
+                    assert_eq!(eps.usable.contains(e), live, "step {step}, endpoint {e}");
+                    let healthy = live && !eps.is_ejected(e, now);
+                    assert_eq!(
+                        eps.healthy.contains(e),
+                        healthy,
+                        "step {step}, endpoint {e}"
+                    );
+                }
+                let ejected = (0..eps.len()).filter(|&e| eps.is_ejected(e, now)).count();
+                assert_eq!(eps.ejected_count, ejected, "step {step}");
             }
         }
     }

@@ -75,6 +75,8 @@ struct Host {
 pub struct Ejector {
     config: EjectionConfig,
     hosts: Vec<Host>,
+    /// The hosts ejected (some perhaps expired since), so counting them does not walk every host.
+    active: Vec<usize>,
 }
 
 impl Ejector {
@@ -83,12 +85,14 @@ impl Ejector {
         Ejector {
             config,
             hosts: alloc::vec![Host::default(); endpoints],
+            active: Vec::new(),
         }
     }
 
     /// Grows or shrinks to `endpoints` (new ones start healthy).
     pub fn resize(&mut self, endpoints: usize) {
         self.hosts.resize(endpoints, Host::default());
+        self.active.retain(|&i| i < endpoints);
     }
 
     /// Whether endpoint `i` is ejected at `now` (ignoring the panic threshold).
@@ -117,14 +121,26 @@ impl Ejector {
         }
     }
 
-    fn ejected_count(&self, now: Instant) -> usize {
-        (0..self.hosts.len())
-            .filter(|&i| self.is_ejected(i, now))
-            .count()
+    /// When endpoint `i`'s ejection ends, if it is ejected at all (expired ones included).
+    pub fn ejected_until(&self, i: usize) -> Option<Instant> {
+        self.hosts.get(i).and_then(|h| h.ejected_until)
+    }
+
+    /// The panic threshold (percent of endpoints that must be healthy for ejection to count).
+    pub fn panic_threshold(&self) -> u32 {
+        self.config.panic_threshold
+    }
+
+    /// Endpoints ejected at `now`: walks only those ejected lately, forgetting the expired.
+    fn ejected_count(&mut self, now: Instant) -> usize {
+        let hosts = &self.hosts;
+        self.active
+            .retain(|&i| hosts[i].ejected_until.is_some_and(|until| now < until));
+        self.active.len()
     }
 
     /// Whether one more endpoint may be ejected now.
-    fn may_eject(&self, now: Instant) -> bool {
+    fn may_eject(&mut self, now: Instant) -> bool {
         let n = self.hosts.len();
         let max = (n * self.config.max_ejection_percent as usize).div_ceil(100);
         self.config.max_ejection_percent > 0 && self.ejected_count(now) < max.max(1)
@@ -144,6 +160,9 @@ impl Ejector {
             );
         host.ejected_until = Some(now + time);
         host.consecutive = 0;
+        if !self.active.contains(&i) {
+            self.active.push(i);
+        }
     }
 
     /// A health probe found endpoint `i` healthy: end its ejection now (its ejection count stays,
@@ -152,6 +171,7 @@ impl Ejector {
         if let Some(h) = self.hosts.get_mut(i) {
             h.ejected_until = None;
             h.consecutive = 0;
+            self.active.retain(|&a| a != i);
         }
     }
 

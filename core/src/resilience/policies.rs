@@ -1,14 +1,14 @@
 //! Every resilience setting of a multi-endpoint client in one value, with presets, validation
-//! and (with `std`) `REMORA_*` environment overrides. Both drivers' cluster clients take it.
+//! and `REMORA_*` overrides from a lookup the driver passes (the environment). Both drivers' cluster clients take it.
 
-use alloc::format;
-use alloc::string::String;
 use core::time::Duration;
 
 use super::balance::Strategy;
 use super::breaker::BreakerConfig;
 use super::eject::EjectionConfig;
-use super::retry::{BudgetKind, HedgePolicy, RetryBudget, RetryPolicy, Schedule};
+use super::retry::{
+    BudgetKind, HedgeError, HedgePolicy, PolicyError, RetryBudget, RetryPolicy, Schedule,
+};
 use crate::resilience::backoff::Backoff;
 
 /// A client's resilience policies. `Default` is [`Policies::production`].
@@ -40,6 +40,9 @@ pub struct Policies {
     /// Periodic health probes of ejected or breaker-open endpoints, if any.
     pub probe: Option<Probe>,
 }
+
+/// Percentile hedging waits for this many latency samples before it trusts them.
+pub const MIN_HEDGE_SAMPLES: u64 = 100;
 
 /// A health probe: every `every`, each endpoint that is ejected or whose breaker is not closed is
 /// sent a request with `code`; any response (even an error code) proves it alive, closes its
@@ -105,17 +108,21 @@ impl Policies {
         }
     }
 
-    /// The hedging policy for a call, given recent attempt latency: the configured one, with its
-    /// delay replaced by the `hedge_percentile` quantile of `latency` when that is set and
-    /// `latency` has at least `min_samples` samples (kept below `timeout`).
+    /// The hedging policy for a call, given recent successful attempts' latency (`samples` of
+    /// them, and their quantiles): the configured one, with its delay replaced by the
+    /// `hedge_percentile` quantile once there are at least [`MIN_HEDGE_SAMPLES`] samples (kept
+    /// below half the timeout).
     pub fn hedge_for(
         &self,
-        quantile_latency: impl FnOnce(f64) -> Option<Duration>,
+        samples: u64,
+        quantile: impl FnOnce(f64) -> Duration,
     ) -> Option<HedgePolicy> {
         let mut hedge = self.hedge?;
         if let Some(q) = self.hedge_percentile {
-            if let Some(d) = quantile_latency(q.clamp(0.0, 1.0)) {
-                hedge.delay = d.min(self.timeout / 2).max(Duration::from_micros(100));
+            if samples >= MIN_HEDGE_SAMPLES {
+                hedge.delay = quantile(q.clamp(0.0, 1.0))
+                    .min(self.timeout / 2)
+                    .max(Duration::from_micros(100));
             }
         }
         Some(hedge)
@@ -136,17 +143,16 @@ impl Policies {
 
     /// Checks the policies: attempts ≥ 1, backoff max ≥ initial, hedge delay below the timeout
     /// and at least 2 hedge attempts, a budget ratio within 0..=tokens.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.retry(self.max_attempts)
             .validate()
-            .map_err(|e| format!("retry policy: {e:?}"))?;
+            .map_err(ConfigError::Retry)?;
         if let Some(h) = self.hedge {
-            h.validate(self.timeout)
-                .map_err(|e| format!("hedging policy: {e:?}"))?;
+            h.validate(self.timeout).map_err(ConfigError::Hedge)?;
         }
         if let Some(q) = self.hedge_percentile {
             if !(0.0..=1.0).contains(&q) {
-                return Err(format!("hedge percentile {q} is not within 0..=1"));
+                return Err(ConfigError::HedgePercentile);
             }
         }
         match self.budget {
@@ -154,30 +160,32 @@ impl Policies {
                 max_tokens,
                 token_ratio,
             } if !(0.0..=f64::from(max_tokens.max(1))).contains(&token_ratio) => {
-                return Err(format!("budget token ratio {token_ratio} out of range"));
+                Err(ConfigError::Budget)
             }
             BudgetKind::Percent { percent, ttl, .. }
                 if percent.is_nan() || percent < 0.0 || ttl.is_zero() =>
             {
-                return Err(format!("percent budget {percent} over {ttl:?} is not sane"));
+                Err(ConfigError::Budget)
             }
-            _ => {}
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Applies `REMORA_TIMEOUT_MS`, `REMORA_MAX_ATTEMPTS` and `REMORA_HEDGE_DELAY_MS` (0: off)
-    /// from the environment; an unparsable value is an error, not ignored.
-    #[cfg(feature = "std")]
-    pub fn with_env_overrides(mut self) -> Result<Self, String> {
-        if let Some(ms) = env_number("REMORA_TIMEOUT_MS")? {
+    /// as `lookup` finds them (a driver passes the environment); an unparsable value is an
+    /// error, not ignored.
+    pub fn with_overrides<S: AsRef<str>>(
+        mut self,
+        lookup: impl Fn(&'static str) -> Option<S>,
+    ) -> Result<Self, ConfigError> {
+        if let Some(ms) = number(&lookup, "REMORA_TIMEOUT_MS")? {
             self.timeout = Duration::from_millis(ms);
         }
-        if let Some(n) = env_number("REMORA_MAX_ATTEMPTS")? {
+        if let Some(n) = number(&lookup, "REMORA_MAX_ATTEMPTS")? {
             self.max_attempts =
-                u32::try_from(n).map_err(|_| String::from("REMORA_MAX_ATTEMPTS too large"))?;
+                u32::try_from(n).map_err(|_| ConfigError::Override("REMORA_MAX_ATTEMPTS"))?;
         }
-        if let Some(ms) = env_number("REMORA_HEDGE_DELAY_MS")? {
+        if let Some(ms) = number(&lookup, "REMORA_HEDGE_DELAY_MS")? {
             self.hedge = (ms > 0).then(|| HedgePolicy {
                 delay: Duration::from_millis(ms),
                 max_attempts: self.max_attempts.max(2),
@@ -187,18 +195,51 @@ impl Policies {
     }
 }
 
-/// A whole number from the environment variable `name`, if set.
-#[cfg(feature = "std")]
-pub fn env_number(name: &str) -> Result<Option<u64>, String> {
-    match std::env::var(name) {
-        Ok(v) => v
+/// The whole number `lookup` finds for `name`, if any.
+pub fn number<S: AsRef<str>>(
+    lookup: impl Fn(&'static str) -> Option<S>,
+    name: &'static str,
+) -> Result<Option<u64>, ConfigError> {
+    match lookup(name) {
+        Some(v) => v
+            .as_ref()
             .trim()
             .parse()
             .map(Some)
-            .map_err(|_| format!("{name}={v:?} is not a whole number")),
-        Err(_) => Ok(None),
+            .map_err(|_| ConfigError::Override(name)),
+        None => Ok(None),
     }
 }
+
+/// Why a client's configuration is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The retry policy (attempts, backoff).
+    Retry(PolicyError),
+    /// The hedging policy.
+    Hedge(HedgeError),
+    /// The hedge percentile is not within 0..=1.
+    HedgePercentile,
+    /// The retry budget's ratio or window is not sane.
+    Budget,
+    /// An override (named) is not a whole number in range.
+    Override(&'static str),
+}
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ConfigError::Retry(e) => write!(f, "retry policy: {e:?}"),
+            ConfigError::Hedge(e) => write!(f, "hedging policy: {e:?}"),
+            ConfigError::HedgePercentile => f.write_str("hedge percentile is not within 0..=1"),
+            ConfigError::Budget => f.write_str("retry budget ratio or window out of range"),
+            ConfigError::Override(name) => write!(f, "{name} is not a whole number in range"),
+        }
+    }
+}
+
+impl core::error::Error for ConfigError {}
 
 impl Default for Policies {
     fn default() -> Self {
@@ -222,21 +263,23 @@ mod tests {
             ..Policies::production()
         };
         assert_eq!(
-            p.hedge_for(|_| None).unwrap().delay,
+            p.hedge_for(99, |_| ms(12)).unwrap().delay,
             ms(50),
             "too few samples: fixed"
         );
         assert_eq!(
-            p.hedge_for(|q| (q == 0.95).then(|| ms(12))).unwrap().delay,
+            p.hedge_for(100, |q| if q == 0.95 { ms(12) } else { ms(1) })
+                .unwrap()
+                .delay,
             ms(12)
         );
         assert_eq!(
-            p.hedge_for(|_| Some(ms(10_000))).unwrap().delay,
+            p.hedge_for(500, |_| ms(10_000)).unwrap().delay,
             ms(1500),
             "below timeout"
         );
         let off = Policies::production();
-        assert_eq!(off.hedge_for(|_| Some(ms(1))), None);
+        assert_eq!(off.hedge_for(500, |_| ms(1)), None);
     }
 
     #[test]
@@ -255,11 +298,31 @@ mod tests {
             }),
             ..Policies::production()
         };
-        assert!(hedged.validate().unwrap_err().contains("hedging"));
+        assert!(matches!(hedged.validate(), Err(ConfigError::Hedge(_))));
         let none = Policies {
             max_attempts: 0,
             ..Policies::production()
         };
-        assert!(none.validate().unwrap_err().contains("retry"));
+        assert_eq!(
+            none.validate(),
+            Err(ConfigError::Retry(PolicyError::NoAttempts))
+        );
+    }
+
+    #[test]
+    fn overrides_apply_and_garbage_is_refused() {
+        let env = |name: &'static str| match name {
+            "REMORA_TIMEOUT_MS" => Some("250"),
+            "REMORA_HEDGE_DELAY_MS" => Some(" 20 "),
+            _ => None,
+        };
+        let p = Policies::production().with_overrides(env).unwrap();
+        assert_eq!(p.timeout, Duration::from_millis(250));
+        assert_eq!(p.hedge.unwrap().delay, Duration::from_millis(20));
+        let bad = |_: &'static str| Some("soon");
+        assert_eq!(
+            Policies::production().with_overrides(bad),
+            Err(ConfigError::Override("REMORA_TIMEOUT_MS"))
+        );
     }
 }

@@ -1,26 +1,24 @@
-//! Where a multi-endpoint client's endpoints come from, and who hears when they change
-//! (`std` only: it resolves names).
+//! Where a multi-endpoint client's endpoints come from, and who hears when they change. The
+//! core only asks and compares: looking names up (DNS) is a driver's job, behind [`Resolve`].
 
-use std::net::ToSocketAddrs;
-use std::string::{String, ToString};
-use std::sync::Arc;
-use std::vec::Vec;
-
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
 use core::time::Duration;
+
+/// A source of `host:port` endpoints, asked again every [`Resolve::every`].
+pub trait Resolve: Send + Sync {
+    /// The endpoints now (an empty answer keeps the endpoints a client has).
+    fn resolve(&self) -> Vec<String>;
+    /// How often to ask again (`None`: never).
+    fn every(&self) -> Option<Duration>;
+}
 
 /// Where a cluster client's endpoints come from.
 #[derive(Clone)]
 pub enum Resolver {
     /// A fixed list of `host:port`.
     Static(Vec<String>),
-    /// `host:port` names resolved through DNS now and again every `every`; each address a name
-    /// resolves to is an endpoint.
-    Dns {
-        /// The names.
-        names: Vec<String>,
-        /// How often to resolve again.
-        every: Duration,
-    },
     /// Your own source of `host:port` endpoints, asked again every `every`.
     Custom {
         /// Returns the current endpoints.
@@ -28,32 +26,47 @@ pub enum Resolver {
         /// How often to ask.
         every: Duration,
     },
+    /// Any [`Resolve`] (the drivers' DNS resolvers, a name server's route table).
+    Source(Arc<dyn Resolve>),
 }
 
 impl Resolver {
-    /// How often to resolve again (`None`: never).
-    pub fn every(&self) -> Option<Duration> {
-        match self {
-            Resolver::Static(_) => None,
-            Resolver::Dns { every, .. } | Resolver::Custom { every, .. } => Some(*every),
+    /// A [`Resolver::Static`] list.
+    pub fn fixed(addresses: &[&str]) -> Self {
+        Resolver::Static(addresses.iter().map(|a| String::from(*a)).collect())
+    }
+
+    /// A [`Resolver::Custom`] from a closure, asked again every `every`.
+    pub fn custom(
+        every: Duration,
+        resolve: impl Fn() -> Vec<String> + Send + Sync + 'static,
+    ) -> Self {
+        Resolver::Custom {
+            resolve: Arc::new(resolve),
+            every,
         }
     }
 
-    /// The endpoints now (a name that does not resolve contributes none).
-    pub fn resolve(&self) -> Vec<String> {
+    /// A [`Resolver::Source`].
+    pub fn source(source: impl Resolve + 'static) -> Self {
+        Resolver::Source(Arc::new(source))
+    }
+}
+
+impl Resolve for Resolver {
+    fn every(&self) -> Option<Duration> {
+        match self {
+            Resolver::Static(_) => None,
+            Resolver::Custom { every, .. } => Some(*every),
+            Resolver::Source(s) => s.every(),
+        }
+    }
+
+    fn resolve(&self) -> Vec<String> {
         match self {
             Resolver::Static(list) => list.clone(),
-            Resolver::Dns { names, .. } => {
-                let mut out: Vec<String> = names
-                    .iter()
-                    .flat_map(|n| n.to_socket_addrs().into_iter().flatten())
-                    .map(|a| a.to_string())
-                    .collect();
-                out.sort();
-                out.dedup();
-                out
-            }
             Resolver::Custom { resolve, .. } => resolve(),
+            Resolver::Source(s) => s.resolve(),
         }
     }
 }
@@ -74,23 +87,25 @@ pub fn diff(current: &[(usize, &str)], wanted: &[String]) -> Option<(Vec<usize>,
         .filter(|(_, a)| !wanted.iter().any(|w| w == a))
         .map(|(i, _)| *i)
         .collect();
-    let add: Vec<String> = wanted
-        .iter()
-        .filter(|w| !current.iter().any(|(_, a)| a == w))
-        .cloned()
-        .collect();
+    let mut add: Vec<String> = Vec::new();
+    for w in wanted {
+        if !current.iter().any(|(_, a)| a == w) && !add.contains(w) {
+            add.push(w.clone());
+        }
+    }
     (!retire.is_empty() || !add.is_empty()).then_some((retire, add))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::vec;
+    use alloc::string::ToString;
+    use alloc::vec;
 
     #[test]
     fn diff_retires_the_gone_and_adds_the_new() {
         let current = [(0, "a:1"), (2, "b:1")];
-        let wanted = ["b:1".to_string(), "c:1".to_string()];
+        let wanted = ["b:1".to_string(), "c:1".to_string(), "c:1".to_string()];
         assert_eq!(
             diff(&current, &wanted),
             Some((vec![0], vec!["c:1".to_string()]))
@@ -101,5 +116,13 @@ mod tests {
             None,
             "an empty answer keeps what we have"
         );
+    }
+
+    #[test]
+    fn a_closure_resolver_is_asked_on_its_schedule() {
+        let r = Resolver::custom(Duration::from_secs(3), || vec!["x:1".to_string()]);
+        assert_eq!(r.every(), Some(Duration::from_secs(3)));
+        assert_eq!(r.resolve(), vec!["x:1".to_string()]);
+        assert_eq!(Resolver::Static(vec![]).every(), None);
     }
 }
