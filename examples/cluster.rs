@@ -37,9 +37,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!(
             "  {}: {} attempts, {} ok, {} retryable failures, ejected {}",
             endpoint.address,
-            endpoint.attempts,
-            endpoint.successes,
-            endpoint.retryable_failures,
+            endpoint.counts.attempts,
+            endpoint.counts.successes,
+            endpoint.counts.retryable_failures,
             endpoint.ejected
         );
     }

@@ -19,9 +19,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use crate::handle_catching;
 use remora_core::{
-    handle_catching, CallError, CloseReason, Command, Config, Connection, Event, Handler,
-    IncomingRequest, Instant, RequestId,
+    CallError, CloseReason, Command, Config, Connection, Event, Handler, IncomingRequest, Instant,
+    RequestId,
 };
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
