@@ -39,7 +39,7 @@
 //! assert_eq!(codec.decode(&mut read_buf).unwrap(), Decoded::Incomplete { needed: wire.len() });
 //! read_buf.unsplit(wire);
 //! let Decoded::Command(got) = codec.decode(&mut read_buf).unwrap() else { unreachable!() };
-//! assert_eq!(got.ext_fields.get("topic").unwrap(), "orders");
+//! assert_eq!(got.ext("topic").unwrap(), "orders");
 //!
 //! let response = got.response(0).with_body(&b"route data"[..]);
 //! assert!(response.is_response() && response.opaque == 1);
