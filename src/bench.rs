@@ -288,7 +288,7 @@ struct EmbeddedServer {
 impl EmbeddedServer {
     fn start(plan: &Plan, mode: Mode) -> Result<EmbeddedServer, String> {
         let echo = |request: Command| {
-            let body = request.body.clone();
+            let body = request.body_bytes();
             request.response(codes::SUCCESS).with_body(body)
         };
         let mut server = EmbeddedServer {
@@ -447,7 +447,7 @@ fn uring_rpc(
                         let req = request(seq, plan.payload, plan.serialize, &mut buf);
                         let t0 = Instant::now();
                         match client.call(req, Duration::from_secs(10)).await {
-                            Ok(resp) if body_matches(&resp.body, seq, plan.payload) => {
+                            Ok(resp) if body_matches(resp.body(), seq, plan.payload) => {
                                 let _ = hist.borrow_mut().record(t0.elapsed().as_micros() as u64);
                                 progress.done.fetch_add(1, Ordering::Relaxed);
                             }
@@ -614,7 +614,7 @@ fn std_rpc(
                     let req = request(seq, plan.payload, plan.serialize, &mut buf);
                     let t0 = Instant::now();
                     match client.call(req, Duration::from_secs(10)) {
-                        Ok(resp) if body_matches(&resp.body, seq, plan.payload) => {
+                        Ok(resp) if body_matches(resp.body(), seq, plan.payload) => {
                             let _ = hist.record(t0.elapsed().as_micros() as u64);
                             progress.done.fetch_add(1, Ordering::Relaxed);
                         }

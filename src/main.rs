@@ -336,8 +336,8 @@ fn call(addr: &str, request: Command, timeout: Duration, oneway: bool) -> Result
 fn echo(request: Command) -> Command {
     let mut response = request
         .response(codes::SUCCESS)
-        .with_body(request.body.clone());
-    response.ext_fields = request.ext_fields;
+        .with_body(request.body_bytes());
+    response.set_ext_fields(request.ext_fields().to_owned());
     response
 }
 

@@ -274,11 +274,11 @@ mod reference {
                 .ext_fields()
                 .map(|m| m.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect())
                 .unwrap_or_default();
-            let want: HashMap<&str, &str> = cmd.ext_fields.iter().collect();
+            let want: HashMap<&str, &str> = cmd.ext_fields().iter().collect();
             assert_eq!(ext, want, "{what}");
             assert_eq!(
                 got.body().map_or(&[][..], |b| &b[..]),
-                &cmd.body[..],
+                cmd.body(),
                 "{what}"
             );
         }

@@ -49,16 +49,17 @@ fn command(ty: SerializeType) -> impl Strategy<Value = Command> {
         vec(any::<u8>(), 0..300),
     )
         .prop_map(
-            move |(code, lang, version, opaque, flag, remark, ext_fields, body)| Command {
-                code,
-                language: LanguageCode(lang),
-                version,
-                opaque,
-                flag,
-                remark: remark.map(Into::into),
-                ext_fields,
-                body: Bytes::from(body),
-                serialize_type: ty,
+            move |(code, lang, version, opaque, flag, remark, ext_fields, body)| {
+                let mut cmd = Command::request(code)
+                    .with_opaque(opaque)
+                    .with_serialize_type(ty)
+                    .with_body(Bytes::from(body));
+                cmd.language = LanguageCode(lang);
+                cmd.version = version;
+                cmd.flag = flag;
+                cmd.set_remark(remark.map(Into::into));
+                cmd.set_ext_fields(ext_fields);
+                cmd
             },
         )
 }
@@ -120,8 +121,8 @@ proptest! {
             codec.encode_as(&cmd, ty, &mut wire).unwrap();
             let back = codec.decode_frame(&wire.freeze()).unwrap();
             prop_assert_eq!(back.serialize_type, ty);
-            prop_assert_eq!(&back.ext_fields, &cmd.ext_fields);
-            prop_assert_eq!(back.remark.as_deref(), cmd.remark.as_deref());
+            prop_assert_eq!(back.ext_fields(), cmd.ext_fields());
+            prop_assert_eq!(back.remark(), cmd.remark());
             prop_assert_eq!((back.code, back.opaque, back.flag, back.language), (cmd.code, cmd.opaque, cmd.flag, cmd.language));
         }
     }
