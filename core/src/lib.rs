@@ -76,3 +76,14 @@ pub use conn::connection::{
     Stats,
 };
 pub use time::Instant;
+
+// A decoded command moves from the decoder to the caller through these; each may be at most 16
+// bytes larger than the 64-byte `Command` (asserted beside it), so a move stays cheap.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<Decoded>() <= size_of::<Command>() + 16);
+    assert!(size_of::<Result<Decoded, DecodeError>>() <= size_of::<Command>() + 16);
+    assert!(size_of::<Event>() <= size_of::<Command>() + 16);
+    assert!(size_of::<Result<Command, RequestError>>() <= size_of::<Command>() + 16);
+    assert!(size_of::<Result<Command, CallError>>() <= size_of::<Command>() + 16);
+};

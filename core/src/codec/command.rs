@@ -1182,4 +1182,46 @@ mod tests {
         assert_eq!(LanguageCode(200).name(), None);
         assert_eq!(LanguageCode::from_name("java"), None);
     }
+
+    #[test]
+    fn a_command_is_64_bytes() {
+        assert_eq!(core::mem::size_of::<Command>(), 64);
+    }
+
+    #[test]
+    fn changing_a_decoded_command_copies_its_fields_out() {
+        use crate::Codec;
+        let codec = Codec::default();
+        let built = Command::request(310)
+            .with_opaque(5)
+            .with_remark("why\u{1}")
+            .with_ext("topic", "T")
+            .with_ext("props", "K\u{1}V")
+            .with_body(&b"payload"[..]);
+        for ty in [SerializeType::Json, SerializeType::RocketMq] {
+            let mut wire = bytes::BytesMut::new();
+            codec.encode_as(&built, ty, &mut wire).unwrap();
+            let crate::Decoded::Command(decoded) = codec.decode(&mut wire).unwrap() else {
+                panic!()
+            };
+            assert_eq!(decoded.remark(), Some("why\u{1}"));
+            assert_eq!(decoded.ext("props"), Some("K\u{1}V"));
+            assert_eq!(decoded.body(), b"payload");
+            assert_eq!(&decoded.body_bytes()[..], b"payload");
+
+            let mut changed = decoded.clone().with_ext("topic", "U");
+            assert_eq!(changed.ext("topic"), Some("U"));
+            assert_eq!(changed.ext("props"), Some("K\u{1}V"));
+            assert_eq!(changed.remark(), Some("why\u{1}"));
+            assert_eq!(changed.body(), b"payload");
+            changed.set_body(&b"other"[..]);
+            changed.set_remark(None);
+            assert_eq!((changed.body(), changed.remark()), (&b"other"[..], None));
+
+            let mut body_only = decoded.clone();
+            body_only.set_body(Bytes::new());
+            assert_eq!(body_only.ext_fields(), decoded.ext_fields());
+            assert_eq!(decoded.clone().into_body(), &b"payload"[..]);
+        }
+    }
 }

@@ -1106,6 +1106,7 @@ mod tests {
     use alloc::format;
     use alloc::string::String;
     use alloc::vec;
+    use alloc::vec::Vec;
 
     fn decode(s: &str) -> Result<Command, DecodeError> {
         decode_header(&Bytes::copy_from_slice(s.as_bytes()), &Limits::default())
@@ -1282,5 +1283,93 @@ mod tests {
         for n in [0, 9, 10, -1, -10, 99, 100, i32::MAX, i32::MIN, 123_456] {
             assert_eq!(int_len(n), itoa::Buffer::new().format(n).len());
         }
+    }
+
+    /// The general parser's answer, never the fast path's.
+    fn general(header: &[u8]) -> Result<Parsed, DecodeError> {
+        let limits = Limits::default();
+        let mut parser = Parser {
+            buf: header,
+            pos: 0,
+            limits: &limits,
+            ext_at: 0,
+            escape_at: None,
+        };
+        let fixed = parser.header()?;
+        Ok(Parsed {
+            fixed,
+            ext_at: parser.ext_at,
+            escape_at: parser.escape_at,
+        })
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_general_parser() {
+        let java = r#"{"code":310,"extFields":{"a":"g","i":"K\u0001V\u0002"},"flag":0,"language":"JAVA","opaque":-7,"remark":"r\"x","serializeTypeCurrentRPC":"ROCKETMQ","version":453}"#;
+        let rust = r#"{"code":10,"language":"RUST","version":399,"opaque":1,"flag":2,"remark":null,"extFields":{"topic":"T"},"serializeTypeCurrentRPC":"JSON"}"#;
+        let rust_nulls = r#"{"code":10,"language":"GO","version":399,"opaque":1,"flag":0,"remark":"","extFields":null,"serializeTypeCurrentRPC":"JSON"}"#;
+        let minimal = r#"{"code":34,"flag":0,"language":"OTHER","opaque":3,"serializeTypeCurrentRPC":"JSON","version":479}"#;
+        for taken in [java, rust, rust_nulls, minimal] {
+            let fast = fast::parse(taken.as_bytes(), &Limits::default())
+                .unwrap_or_else(|| panic!("fast path refused {taken}"));
+            let general = general(taken.as_bytes()).unwrap();
+            assert_eq!(format!("{fast:?}"), format!("{general:?}"), "{taken}");
+        }
+        // Surprises go to the general parser, which decides (and locates) any error.
+        let refused = [
+            r#"{ "code":1,"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}"#,
+            r#"{"code":1,"flag":0,"language":"J\u0041VA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}"#,
+            r#"{"code":1,"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1,"x":2}"#,
+            r#"{"code":1,"extFields":{"a":1},"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}"#,
+            r#"{"code":1,"extFields":{"a":"\q"},"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}"#,
+            r#"{"code":1.5,"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}"#,
+            r#"{"code":1,"flag":0,"language":"NOPE","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}"#,
+        ];
+        for surprise in refused {
+            assert!(
+                fast::parse(surprise.as_bytes(), &Limits::default()).is_none(),
+                "{surprise}"
+            );
+        }
+        let many = Limits {
+            max_ext_fields: 1,
+            ..Limits::default()
+        };
+        assert!(fast::parse(java.as_bytes(), &many).is_none());
+        assert_eq!(
+            parse(java.as_bytes(), &many).unwrap_err(),
+            DecodeError::TooManyExtFields { max: 1 }
+        );
+    }
+
+    #[test]
+    fn rewritten_escapes_read_back_everywhere() {
+        // Escapes in an unknown nested value, a key, a value, the remark, and after them all.
+        let text = r#"{"x":{"k\"":["a\\b",{"c":"\u00e9"}]},"extFields":{"k\u0031":"v\n","plain":"p","n":null,"num":-12,"b":true},"remark":"\ud83d\ude80 \"q\"","code":7}"#;
+        let cmd = decode(text).unwrap();
+        assert_eq!(cmd.code, 7);
+        assert_eq!(cmd.remark(), Some("🚀 \"q\""));
+        let fields: Vec<(&str, &str)> = cmd.ext_fields().iter().collect();
+        assert_eq!(
+            fields,
+            [("k1", "v\n"), ("plain", "p"), ("num", "-12"), ("b", "true")]
+        );
+        assert_eq!(cmd.ext("k1"), Some("v\n"));
+        // Re-encoding reads the same fields.
+        let again = decode(&encode(&cmd)).unwrap();
+        assert_eq!(again, cmd);
+    }
+
+    #[test]
+    fn the_last_remark_and_the_last_ext_object_count() {
+        let cmd = decode(r#"{"remark":"a","extFields":{"k":"1","k":"2"},"remark":null,"extFields":{"j":"3"}}"#).unwrap();
+        assert_eq!(cmd.remark(), None);
+        assert_eq!(cmd.ext("k"), None);
+        assert_eq!(cmd.ext("j"), Some("3"));
+        let dup = decode(r#"{"extFields":{"k":"1","k":"2"}}"#).unwrap();
+        assert_eq!(dup.ext("k"), Some("2"), "the last duplicate wins");
+        assert_eq!(dup.ext_fields().len(), 2);
+        let emptied = decode(r#"{"extFields":{"k":"1"},"extFields":{"n":null}}"#).unwrap();
+        assert!(emptied.ext_fields().is_empty());
     }
 }
