@@ -337,7 +337,7 @@ fn echo(request: Command) -> Command {
     let mut response = request
         .response(codes::SUCCESS)
         .with_body(request.body_bytes());
-    response.set_ext_fields(request.ext_fields().to_owned());
+    response.set_ext_fields(request.ext_fields().to_ext_fields());
     response
 }
 

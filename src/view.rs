@@ -104,7 +104,9 @@ pub fn from_json(view: &Value) -> Result<Command, String> {
     }
     if let Some(body) = obj.get("body_hex").filter(|v| !v.is_null()) {
         let body = body.as_str().ok_or("\"body_hex\" must be a string")?;
-        cmd.set_body(Bytes::from(unhex(body).map_err(|e| format!("body_hex: {e}"))?));
+        cmd.set_body(Bytes::from(
+            unhex(body).map_err(|e| format!("body_hex: {e}"))?,
+        ));
     }
     Ok(cmd)
 }

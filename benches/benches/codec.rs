@@ -206,7 +206,10 @@ fn bench_vectors(c: &mut Criterion) {
     let codec = Codec::default();
     let frames = vector_frames();
     let total: usize = frames.iter().map(BytesMut::len).sum();
-    for (name, read) in [("decode/vectors/44", false), ("decode_read/vectors/44", true)] {
+    for (name, read) in [
+        ("decode/vectors/44", false),
+        ("decode_read/vectors/44", true),
+    ] {
         let mut group = c.benchmark_group(name);
         group.throughput(Throughput::Elements(frames.len() as u64));
         group.bench_function("remora", |b| {
@@ -356,11 +359,7 @@ mod reference {
                 .unwrap_or_default();
             let want: HashMap<&str, &str> = cmd.ext_fields().iter().collect();
             assert_eq!(ext, want, "{what}");
-            assert_eq!(
-                got.body().map_or(&[][..], |b| &b[..]),
-                cmd.body(),
-                "{what}"
-            );
+            assert_eq!(got.body().map_or(&[][..], |b| &b[..]), cmd.body(), "{what}");
         }
         reference_frame
     }

@@ -204,7 +204,8 @@ pub fn signature(cmd: &Command, secret_key: &str) -> String {
 /// Signing again (a retry) replaces the fields and gives the same signature for the same
 /// request.
 pub fn sign(cmd: &mut Command, creds: &AclCredentials) {
-    cmd.ext_fields_mut().insert(ACCESS_KEY, creds.access_key.as_str());
+    cmd.ext_fields_mut()
+        .insert(ACCESS_KEY, creds.access_key.as_str());
     if let Some(token) = &creds.security_token {
         cmd.ext_fields_mut().insert(SECURITY_TOKEN, token.as_str());
     }
@@ -222,13 +223,9 @@ pub fn verify<S: AsRef<str>>(
     cmd: &Command,
     lookup: impl FnOnce(&str) -> Option<S>,
 ) -> Result<(), AclError> {
-    let access_key = cmd
-        .ext(ACCESS_KEY)
-        .ok_or(AclError::MissingAccessKey)?;
+    let access_key = cmd.ext(ACCESS_KEY).ok_or(AclError::MissingAccessKey)?;
     let secret = lookup(access_key).ok_or(AclError::UnknownAccessKey)?;
-    let given = cmd
-        .ext(SIGNATURE)
-        .ok_or(AclError::MissingSignature)?;
+    let given = cmd.ext(SIGNATURE).ok_or(AclError::MissingSignature)?;
     let expected = signature(cmd, secret.as_ref());
     // Lengths are public (a valid signature is always 28 characters); contents are compared in
     // constant time.
@@ -396,10 +393,7 @@ mod tests {
         // Computed independently:
         // python3 -c "import hmac,hashlib,base64; print(base64.b64encode(hmac.new(b'12345678',
         //   b'rocketmq2tokzbee3TopicTesthello body', hashlib.sha1).digest()).decode())"
-        assert_eq!(
-            cmd.ext(SIGNATURE),
-            Some("WCAPEOc7S7K0eVzQm2KM5UyT3eg=")
-        );
+        assert_eq!(cmd.ext(SIGNATURE), Some("WCAPEOc7S7K0eVzQm2KM5UyT3eg="));
         assert_eq!(cmd.ext(ACCESS_KEY), Some(AK));
         assert_eq!(cmd.ext(SECURITY_TOKEN), Some("tok"));
         // The signature does not cover itself.

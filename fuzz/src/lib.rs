@@ -433,11 +433,7 @@ pub fn check_binary_header(data: &[u8]) {
     };
     assert_eq!(cmd.serialize_type, SerializeType::RocketMq);
     assert!(cmd.body().is_empty());
-    assert_ne!(
-        cmd.remark(),
-        Some(""),
-        "empty remark decoded as Some"
-    );
+    assert_ne!(cmd.remark(), Some(""), "empty remark decoded as Some");
     assert!(
         cmd.ext_fields().iter().all(|(_, v)| !v.is_empty()),
         "empty extension value kept"

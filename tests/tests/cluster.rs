@@ -121,7 +121,7 @@ impl Hook for Tagger {
 fn hooks_run_around_every_call_and_bad_configs_are_refused() {
     let server = Server::bind("127.0.0.1:0", |r: Command| {
         let mut resp = r.response(codes::SUCCESS);
-        resp.set_ext_fields(r.ext_fields().to_owned());
+        resp.set_ext_fields(r.ext_fields().to_ext_fields());
         resp
     })
     .unwrap();

@@ -18,7 +18,7 @@ fn echo(request: Command) -> Command {
     let mut response = request
         .response(codes::SUCCESS)
         .with_body(request.body_bytes());
-    response.set_ext_fields(request.ext_fields().to_owned());
+    response.set_ext_fields(request.ext_fields().to_ext_fields());
     response
 }
 
@@ -306,7 +306,10 @@ fn unknown_codes_get_request_code_not_supported() {
     let client = client(&server, ClientConfig::default());
     let response = client.call(Command::request(777), SECOND).unwrap();
     assert_eq!(response.code, codes::REQUEST_CODE_NOT_SUPPORTED);
-    assert_eq!(response.remark().unwrap(), " request type 777 not supported");
+    assert_eq!(
+        response.remark().unwrap(),
+        " request type 777 not supported"
+    );
     client.close();
 }
 

@@ -59,11 +59,7 @@ fn assert_fields(name: &str, cmd: &Command, v: &Value) {
         v["flag"].as_i64().unwrap(),
         "{name}: flag"
     );
-    assert_eq!(
-        cmd.remark(),
-        v["remark"].as_str(),
-        "{name}: remark"
-    );
+    assert_eq!(cmd.remark(), v["remark"].as_str(), "{name}: remark");
     let want: BTreeMap<&str, &str> = v["ext_fields"]
         .as_object()
         .unwrap()

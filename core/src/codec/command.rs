@@ -513,7 +513,7 @@ impl<'a> Ext<'a> {
     }
 
     /// A copy in the owned form.
-    pub fn to_owned(&self) -> ExtFields {
+    pub fn to_ext_fields(self) -> ExtFields {
         ExtFields {
             entries: self
                 .iter()
@@ -761,7 +761,6 @@ impl<'a> Iterator for ExtIter<'a> {
     }
 }
 
-
 /// Where a command's remark, extension fields and body are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Layout {
@@ -850,7 +849,13 @@ impl Command {
     }
 
     /// A decoded command over `buf`, whose header the decoders validated.
-    pub(crate) fn decoded(fixed: Fixed, ty: SerializeType, buf: Bytes, frame: bool, ext_at: u32) -> Self {
+    pub(crate) fn decoded(
+        fixed: Fixed,
+        ty: SerializeType,
+        buf: Bytes,
+        frame: bool,
+        ext_at: u32,
+    ) -> Self {
         let layout = match (ty, frame) {
             (SerializeType::Json, true) => Layout::JsonFrame,
             (SerializeType::RocketMq, true) => Layout::RocketMqFrame,
@@ -1006,7 +1011,7 @@ impl Command {
         if self.layout != Layout::Built {
             let owned = Owned {
                 remark: self.remark().map(HeaderStr::from),
-                ext: self.ext_fields().to_owned(),
+                ext: self.ext_fields().to_ext_fields(),
             };
             self.buf = self.body_bytes();
             self.layout = Layout::Built;

@@ -78,10 +78,10 @@ impl Codec {
         let mut frame = buf.split_to(frame_len);
         match self.check_frame(&frame) {
             Ok(checked) => {
-                if let Some(at) = checked.escape_at {
+                if checked.escapes.any() {
                     // The frame is ours alone now: unescape in place, no copy.
                     let header_end = PREFIX_LEN + checked.header_len;
-                    json::rewrite_escapes(&mut frame[PREFIX_LEN..header_end], at);
+                    checked.escapes.rewrite(&mut frame[PREFIX_LEN..header_end]);
                 }
                 Ok(Decoded::Command(checked.command(frame.freeze())))
             }
@@ -102,14 +102,13 @@ impl Codec {
     /// escapes is copied once to unescape them ([`Codec::decode`] unescapes in place).
     pub fn decode_frame(&self, frame: &Bytes) -> Result<Command, DecodeError> {
         let checked = self.check_frame(frame)?;
-        let buf = match checked.escape_at {
-            None => frame.clone(),
-            Some(at) => {
-                let mut owned = BytesMut::from(&frame[..]);
-                let header_end = PREFIX_LEN + checked.header_len;
-                json::rewrite_escapes(&mut owned[PREFIX_LEN..header_end], at);
-                owned.freeze()
-            }
+        let buf = if checked.escapes.any() {
+            let mut owned = BytesMut::from(&frame[..]);
+            let header_end = PREFIX_LEN + checked.header_len;
+            checked.escapes.rewrite(&mut owned[PREFIX_LEN..header_end]);
+            owned.freeze()
+        } else {
+            frame.clone()
         };
         Ok(checked.command(buf))
     }
@@ -141,7 +140,7 @@ impl Codec {
                     header_len,
                     fixed: parsed.fixed,
                     ext_at: parsed.ext_at,
-                    escape_at: parsed.escape_at,
+                    escapes: parsed.escapes,
                 }
             }
             SerializeType::RocketMq => Checked {
@@ -149,7 +148,7 @@ impl Codec {
                 header_len,
                 fixed: binary::parse(header, &self.limits)?,
                 ext_at: 0,
-                escape_at: None,
+                escapes: json::Escapes::default(),
             },
         })
     }
@@ -313,7 +312,7 @@ struct Checked {
     header_len: usize,
     fixed: Fixed,
     ext_at: u32,
-    escape_at: Option<usize>,
+    escapes: json::Escapes,
 }
 
 impl Checked {

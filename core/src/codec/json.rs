@@ -27,13 +27,12 @@ use crate::codec::sink::{BufSink, Sink};
 /// unescapes in the read buffer instead).
 pub fn decode_header(header: &Bytes, limits: &Limits) -> Result<Command, DecodeError> {
     let parsed = parse(header, limits)?;
-    let buf = match parsed.escape_at {
-        None => header.clone(),
-        Some(at) => {
-            let mut owned = BytesMut::from(&header[..]);
-            rewrite_escapes(&mut owned, at);
-            owned.freeze()
-        }
+    let buf = if parsed.escapes.any() {
+        let mut owned = BytesMut::from(&header[..]);
+        parsed.escapes.rewrite(&mut owned);
+        owned.freeze()
+    } else {
+        header.clone()
     };
     Ok(Command::decoded(
         parsed.fixed,
@@ -275,9 +274,59 @@ pub(crate) struct Parsed {
     pub(crate) fixed: Fixed,
     /// Where the `{` of the last non-empty `extFields` object is; 0 for none.
     pub(crate) ext_at: u32,
-    /// The opening quote of the first string that holds an escape, if any: from there
-    /// [`rewrite_escapes`] must run before the header is read through a [`Command`].
-    pub(crate) escape_at: Option<usize>,
+    /// The strings that hold escapes: [`Escapes::rewrite`] must run before the header is read
+    /// through a [`Command`].
+    pub(crate) escapes: Escapes,
+}
+
+/// Where the strings that hold escapes are, in text order: the first few exactly, the rest as
+/// where to start scanning for them.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Escapes {
+    /// Opening and closing quote of each recorded string.
+    spans: [(u32, u32); 4],
+    n: u8,
+    /// The opening quote of the first escaped string not recorded.
+    rest_from: Option<u32>,
+}
+
+impl Escapes {
+    #[inline]
+    fn note(&mut self, open: usize, close: usize) {
+        if self.rest_from.is_some() {
+            return;
+        }
+        match self.spans.get_mut(usize::from(self.n)) {
+            Some(slot) => {
+                *slot = (open as u32, close as u32);
+                self.n += 1;
+            }
+            None => self.rest_from = Some(open as u32),
+        }
+    }
+
+    /// Whether any string holds an escape.
+    #[inline]
+    pub(crate) fn any(&self) -> bool {
+        self.n > 0
+    }
+
+    /// Unescapes every such string of `header` in place and marks it (see [`UNESCAPED_START`]).
+    pub(crate) fn rewrite(&self, header: &mut [u8]) {
+        for &(open, close) in &self.spans[..usize::from(self.n)] {
+            rewrite_one(header, open as usize, close as usize);
+        }
+        if let Some(from) = self.rest_from {
+            rewrite_escapes(header, from as usize);
+        }
+    }
+}
+
+/// Unescapes the escaped string between the quotes at `open` and `close` in place and marks it.
+fn rewrite_one(buf: &mut [u8], open: usize, close: usize) {
+    let end = unescape_in_place(buf, open + 1, close, open + 1);
+    buf[open] = UNESCAPED_START;
+    buf[end..=close].fill(UNESCAPED_END);
 }
 
 /// Checks a JSON header completely (UTF-8, syntax, types, limits) and reads its fixed fields.
@@ -301,13 +350,13 @@ pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Parsed, DecodeErro
         pos: 0,
         limits,
         ext_at: 0,
-        escape_at: None,
+        escapes: Escapes::default(),
     };
     let fixed = parser.header()?;
     Ok(Parsed {
         fixed,
         ext_at: parser.ext_at,
-        escape_at: parser.escape_at,
+        escapes: parser.escapes,
     })
 }
 
@@ -334,9 +383,7 @@ pub(crate) fn rewrite_escapes(buf: &mut [u8], from: usize) {
                 None => return,
             }
         };
-        let end = unescape_in_place(buf, q + 1, close, q + 1);
-        buf[q] = UNESCAPED_START;
-        buf[end..=close].fill(UNESCAPED_END);
+        rewrite_one(buf, q, close);
         pos = close + 1;
     }
 }
@@ -345,12 +392,37 @@ pub(crate) fn rewrite_escapes(buf: &mut [u8], from: usize) {
 /// returns where the text ends.
 fn unescape_in_place(buf: &mut [u8], mut read: usize, end: usize, mut write: usize) -> usize {
     while read < end {
-        let run = memchr::memchr(b'\\', &buf[read..end]).unwrap_or(end - read);
-        buf.copy_within(read..read + run, write);
-        write += run;
-        read += run;
-        if read >= end {
-            break;
+        // Eight bytes at a time while no backslash is among them. Copying forwards a word at a
+        // time is right although the ranges overlap: `write <= read`, and each word is loaded
+        // before anything at or after it is stored.
+        if read + 8 <= end {
+            let w = word_at(buf, read);
+            let hits = zero_bytes(w ^ (ONES * u64::from(b'\\')));
+            if hits == 0 {
+                buf[write..write + 8].copy_from_slice(&w.to_le_bytes());
+                read += 8;
+                write += 8;
+                continue;
+            }
+            // The bytes before the first backslash (the lowest flagged byte is exact).
+            let plain = (hits.trailing_zeros() / 8) as usize;
+            for i in 0..plain {
+                buf[write + i] = (w >> (8 * i)) as u8;
+            }
+            read += plain;
+            write += plain;
+        }
+        if buf[read] != b'\\' {
+            buf[write] = buf[read];
+            read += 1;
+            write += 1;
+            continue;
+        }
+        if let Some(byte) = ascii_u_escape(buf, read) {
+            buf[write] = byte;
+            write += 1;
+            read += 6;
+            continue;
         }
         let byte = match buf[read + 1] {
             b'b' => 0x08,
@@ -378,6 +450,19 @@ fn unescape_in_place(buf: &mut [u8], mut read: usize, end: usize, mut write: usi
         read += 2;
     }
     write
+}
+
+/// The byte of a `\u00XX` escape at `at` whose character is ASCII (the control characters
+/// Java escapes this way), or `None` for any other escape.
+#[inline]
+fn ascii_u_escape(buf: &[u8], at: usize) -> Option<u8> {
+    match buf.get(at + 1..at + 6)? {
+        [b'u', b'0', b'0', hi, lo] => {
+            let (hi, lo) = (HEX_VALUE[usize::from(*hi)], HEX_VALUE[usize::from(*lo)]);
+            (hi < 8 && lo <= 0xF).then_some(hi << 4 | lo)
+        }
+        _ => None,
+    }
 }
 
 /// Reads `\uXXXX` (and its low surrogate, if it is a high one) at `at` of `buf`; returns the
@@ -413,16 +498,31 @@ fn hex4(buf: &[u8], at: usize) -> PResult<u16> {
     };
     let mut n = 0u16;
     for (i, &d) in digits.iter().enumerate() {
-        let v = match d {
-            b'0'..=b'9' => d - b'0',
-            b'a'..=b'f' => d - b'a' + 10,
-            b'A'..=b'F' => d - b'A' + 10,
-            _ => return Err(error_at(at + i, JsonErrorKind::InvalidEscape)),
-        };
+        let v = HEX_VALUE[usize::from(d)];
+        if v > 0xF {
+            return Err(error_at(at + i, JsonErrorKind::InvalidEscape));
+        }
         n = n << 4 | u16::from(v);
     }
     Ok(n)
 }
+
+/// Each byte's value as a hex digit, or 0xFF.
+static HEX_VALUE: [u8; 256] = {
+    let mut t = [0xFFu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 fn error_at(offset: usize, kind: JsonErrorKind) -> DecodeError {
     DecodeError::Json { offset, kind }
@@ -436,6 +536,37 @@ struct Str {
     escaped: bool,
 }
 
+/// The first `"` or `\\` in `s` at or after `i`: eight bytes at a time for the first 64 (most
+/// header strings are short, and a call into `memchr` costs more than scanning them), then
+/// `memchr2` for the rest of a long string.
+#[inline(always)]
+fn find_quote_or_backslash(s: &[u8], i: usize) -> Option<usize> {
+    let mut j = i;
+    let short_end = s.len().min(i.saturating_add(64));
+    while j + 8 <= short_end {
+        let w = word_at(s, j);
+        let hits =
+            zero_bytes(w ^ (ONES * u64::from(b'"'))) | zero_bytes(w ^ (ONES * u64::from(b'\\')));
+        if hits != 0 {
+            // The lowest flagged byte is exact (only bytes above a real hit can be flagged
+            // falsely), and the word was loaded little-endian: it is the first hit.
+            return Some(j + (hits.trailing_zeros() / 8) as usize);
+        }
+        j += 8;
+    }
+    if short_end < s.len() {
+        return memchr::memchr2(b'"', b'\\', &s[j..]).map(|k| j + k);
+    }
+    while j < s.len() {
+        let b = s[j];
+        if b == b'"' || b == b'\\' {
+            return Some(j);
+        }
+        j += 1;
+    }
+    None
+}
+
 /// Checks the string whose opening quote is at `open`: every escape valid, the unescaped length
 /// within the limit. Returns it and the offset after its closing quote.
 #[inline]
@@ -445,11 +576,7 @@ fn scan_string(buf: &[u8], open: usize, limits: &Limits) -> PResult<(Str, usize)
     let mut len = 0usize;
     let mut escaped = false;
     loop {
-        let Some(hit) = buf
-            .get(at..)
-            .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
-            .map(|i| at + i)
-        else {
+        let Some(hit) = find_quote_or_backslash(buf, at) else {
             return Err(error_at(buf.len(), JsonErrorKind::UnexpectedEnd));
         };
         len += hit - at;
@@ -477,6 +604,10 @@ fn scan_string(buf: &[u8], open: usize, limits: &Limits) -> PResult<(Str, usize)
             b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {
                 len += 1;
                 at = hit + 2;
+            }
+            b'u' if ascii_u_escape(buf, hit).is_some() => {
+                len += 1;
+                at = hit + 6;
             }
             b'u' => {
                 let (c, next) = unicode_escape(buf, hit)?;
@@ -507,7 +638,7 @@ struct Parser<'a> {
     pos: usize,
     limits: &'a Limits,
     ext_at: u32,
-    escape_at: Option<usize>,
+    escapes: Escapes,
 }
 
 type PResult<T> = core::result::Result<T, DecodeError>;
@@ -651,8 +782,8 @@ impl<'a> Parser<'a> {
     fn raw_string(&mut self) -> PResult<Str> {
         let open = self.pos;
         let (s, next) = scan_string(self.buf, open, self.limits)?;
-        if s.escaped && self.escape_at.is_none() {
-            self.escape_at = Some(open);
+        if s.escaped {
+            self.escapes.note(open, s.end);
         }
         self.pos = next;
         Ok(s)
@@ -679,8 +810,7 @@ impl<'a> Parser<'a> {
                 } else {
                     &self.buf[s.start..s.end]
                 };
-                parse_i32(digits)
-                    .ok_or_else(|| error_at(start, JsonErrorKind::WrongType { field }))
+                parse_i32(digits).ok_or_else(|| error_at(start, JsonErrorKind::WrongType { field }))
             }
             b'n' => self.literal(b"null").map(|()| 0),
             _ => Err(self.error(JsonErrorKind::WrongType { field })),
@@ -908,13 +1038,16 @@ fn number_at(buf: &[u8], start: usize) -> Result<(i32, usize), Option<DecodeErro
 /// at the first byte it did not expect (including every error), and the general parser starts
 /// over; so it never decides an error, and what it accepts the general parser accepts the same.
 mod fast {
-    use super::{number_at, scan_string, Fixed, LanguageCode, Limits, Parsed};
+    use super::{
+        find_quote_or_backslash, number_at, scan_string, Escapes, Fixed, LanguageCode, Limits,
+        Parsed,
+    };
 
     struct Cursor<'a> {
         buf: &'a [u8],
         pos: usize,
         limits: &'a Limits,
-        escape_at: Option<usize>,
+        escapes: Escapes,
     }
 
     impl Cursor<'_> {
@@ -926,6 +1059,17 @@ mod fast {
                 true
             } else {
                 false
+            }
+        }
+
+        /// Moves past `b` if it comes next.
+        #[inline]
+        fn byte(&mut self, b: u8) -> Option<()> {
+            if self.buf.get(self.pos) == Some(&b) {
+                self.pos += 1;
+                Some(())
+            } else {
+                None
             }
         }
 
@@ -953,9 +1097,15 @@ mod fast {
                 return None;
             }
             let open = self.pos;
+            // Most strings hold no escape: their end is the first quote or backslash.
+            let hit = find_quote_or_backslash(self.buf, open + 1)?;
+            if self.buf[hit] == b'"' && hit - open - 1 <= self.limits.max_string_len {
+                self.pos = hit + 1;
+                return Some((open + 1, hit));
+            }
             let (s, next) = scan_string(self.buf, open, self.limits).ok()?;
-            if s.escaped && self.escape_at.is_none() {
-                self.escape_at = Some(open);
+            if s.escaped {
+                self.escapes.note(open, s.end);
             }
             self.pos = next;
             Some((s.start, s.end))
@@ -983,23 +1133,27 @@ mod fast {
                 return Some(0);
             }
             let at = self.pos;
-            self.need(b"{")?;
-            if self.lit(b"}") {
+            self.byte(b'{')?;
+            if self.byte(b'}').is_some() {
                 return Some(0);
             }
             let mut count = 0;
             loop {
                 self.string()?;
-                self.need(b":")?;
+                self.byte(b':')?;
                 self.string()?;
                 count += 1;
                 if count > self.limits.max_ext_fields {
                     return None;
                 }
-                if self.lit(b"}") {
-                    return Some(at as u32);
+                match self.buf.get(self.pos) {
+                    Some(b',') => self.pos += 1,
+                    Some(b'}') => {
+                        self.pos += 1;
+                        return Some(at as u32);
+                    }
+                    _ => return None,
                 }
-                self.need(b",")?;
             }
         }
 
@@ -1014,7 +1168,7 @@ mod fast {
             buf,
             pos: 0,
             limits,
-            escape_at: None,
+            escapes: Escapes::default(),
         };
         c.need(b"{\"code\":")?;
         let code = c.int()?;
@@ -1071,11 +1225,11 @@ mod fast {
                 flag,
             }
         };
-        c.need(b"}")?;
+        c.byte(b'}')?;
         (c.pos == buf.len()).then_some(Parsed {
             fixed,
             ext_at,
-            escape_at: c.escape_at,
+            escapes: c.escapes,
         })
     }
 }
@@ -1293,13 +1447,13 @@ mod tests {
             pos: 0,
             limits: &limits,
             ext_at: 0,
-            escape_at: None,
+            escapes: Escapes::default(),
         };
         let fixed = parser.header()?;
         Ok(Parsed {
             fixed,
             ext_at: parser.ext_at,
-            escape_at: parser.escape_at,
+            escapes: parser.escapes,
         })
     }
 
@@ -1362,7 +1516,10 @@ mod tests {
 
     #[test]
     fn the_last_remark_and_the_last_ext_object_count() {
-        let cmd = decode(r#"{"remark":"a","extFields":{"k":"1","k":"2"},"remark":null,"extFields":{"j":"3"}}"#).unwrap();
+        let cmd = decode(
+            r#"{"remark":"a","extFields":{"k":"1","k":"2"},"remark":null,"extFields":{"j":"3"}}"#,
+        )
+        .unwrap();
         assert_eq!(cmd.remark(), None);
         assert_eq!(cmd.ext("k"), None);
         assert_eq!(cmd.ext("j"), Some("3"));
