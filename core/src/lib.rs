@@ -14,7 +14,9 @@
 //!   with the bytes that are really there.
 //! - Partial input is [`Decoded::Incomplete`], not an error. Any [`DecodeError`] means the stream
 //!   is corrupt and the connection should be closed, as Java does.
-//! - Bodies, and header strings without escapes, are zero-copy slices of the read buffer.
+//! - Decoding a frame allocates nothing: a [`Command`] keeps the frame as one `Bytes` and reads
+//!   its remark, extension fields and body from it in place (JSON escapes are undone in the read
+//!   buffer, which the frame owns by then).
 //! - Encoding writes straight into the caller's [`bytes::BufMut`], length prefix included, or
 //!   writes nothing and returns an [`EncodeError`].
 //!
@@ -62,8 +64,8 @@ pub use codec::{binary, codes, error, json};
 pub use resilience::{backoff, pool};
 
 pub use codec::command::{
-    Command, ExtFields, HeaderStr, LanguageCode, SerializeType, DEFAULT_VERSION, FLAG_ONEWAY,
-    FLAG_RESPONSE,
+    Command, Ext, ExtFields, ExtIter, HeaderStr, LanguageCode, SerializeType, DEFAULT_VERSION,
+    FLAG_ONEWAY, FLAG_RESPONSE,
 };
 pub use codec::error::{BinaryField, DecodeError, EncodeError, JsonErrorKind};
 pub use codec::frame::{Codec, Decoded, PREFIX_LEN};

@@ -43,23 +43,26 @@ pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Fixed, DecodeError
     let fixed = r.take(FIXED_LEN, BinaryField::Fixed)?;
     let be16 = |i: usize| i16::from_be_bytes([fixed[i], fixed[i + 1]]);
     let be32 = |i: usize| i32::from_be_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
-    let out = Fixed {
+    let mut out = Fixed {
         code: i32::from(be16(0)),
         language: LanguageCode(fixed[2]),
         version: i32::from(be16(3)),
         opaque: be32(5),
         flag: be32(9),
+        has_remark: false,
+        has_ext: false,
     };
 
     let remark_len = r.len_i32(BinaryField::RemarkLength)?;
     if remark_len > 0 {
         r.string(remark_len, BinaryField::Remark, limits)?;
+        out.has_remark = true;
     }
 
     let ext_len = r.len_i32(BinaryField::ExtLength)?;
     let ext_start = r.pos;
     r.take(ext_len, BinaryField::Ext)?;
-    check_ext_block(header, ext_start, r.pos, limits)?;
+    out.has_ext = check_ext_block(header, ext_start, r.pos, limits)? > 0;
     Ok(out)
 }
 
@@ -71,7 +74,7 @@ fn check_ext_block(
     start: usize,
     end: usize,
     limits: &Limits,
-) -> Result<(), DecodeError> {
+) -> Result<usize, DecodeError> {
     let overrun = |field, offset| DecodeError::BinaryOverrun { field, offset };
     let too_long = |offset| DecodeError::StringTooLong {
         offset,
@@ -134,7 +137,7 @@ fn check_ext_block(
         }
         count += 1;
     }
-    Ok(())
+    Ok(count)
 }
 
 /// Reads `buf[pos..end]`; offsets in errors are positions in `buf` (the header).

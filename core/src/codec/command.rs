@@ -612,20 +612,47 @@ fn skip_json_ws(text: &[u8], mut pos: usize) -> usize {
     pos
 }
 
+/// The first `byte` in `s` at or after `from`: eight bytes at a time for the first 64 (header
+/// strings are mostly short, and a call into `memchr` costs more than scanning them), then
+/// `memchr` for the rest.
+#[inline(always)]
+fn find_byte(s: &[u8], from: usize, byte: u8) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut j = from;
+    let short_end = s.len().min(from.saturating_add(64));
+    while j + 8 <= short_end {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[j..j + 8]);
+        let x = u64::from_le_bytes(w) ^ (ONES * u64::from(byte));
+        // The high bit of every zero byte of `x` (and maybe of bytes above the lowest one,
+        // through the borrow: the lowest is exact, and the load was little-endian).
+        let hits = x.wrapping_sub(ONES) & !x & HIGHS;
+        if hits != 0 {
+            return Some(j + (hits.trailing_zeros() / 8) as usize);
+        }
+        j += 8;
+    }
+    if short_end < s.len() {
+        return memchr::memchr(byte, &s[j..]).map(|k| j + k);
+    }
+    s.get(j..)?.iter().position(|&b| b == byte).map(|k| j + k)
+}
+
 /// The string at `pos` of a validated, rewritten JSON header (plain `"…"` or rewritten), and the
 /// position after it.
 #[inline]
 fn json_str(text: &[u8], pos: usize) -> Option<(&str, usize)> {
     match text.get(pos)? {
         b'"' => {
-            let len = memchr::memchr(b'"', text.get(pos + 1..)?)?;
-            let s = &text[pos + 1..pos + 1 + len];
-            Some((validated_str(s), pos + len + 2))
+            let end = find_byte(text, pos + 1, b'"')?;
+            let s = &text[pos + 1..end];
+            Some((validated_str(s), end + 1))
         }
         &UNESCAPED_START => {
-            let len = memchr::memchr(UNESCAPED_END, text.get(pos + 1..)?)?;
-            let s = &text[pos + 1..pos + 1 + len];
-            let mut end = pos + 1 + len;
+            let text_end = find_byte(text, pos + 1, UNESCAPED_END)?;
+            let s = &text[pos + 1..text_end];
+            let mut end = text_end;
             while text.get(end) == Some(&UNESCAPED_END) {
                 end += 1;
             }
@@ -791,6 +818,10 @@ pub(crate) struct Fixed {
     pub(crate) version: i32,
     pub(crate) opaque: i32,
     pub(crate) flag: i32,
+    /// Whether the header holds a remark (a JSON `null` is none).
+    pub(crate) has_remark: bool,
+    /// Whether the header holds an extension field.
+    pub(crate) has_ext: bool,
 }
 
 /// One remoting command: a request, a oneway request or a response.
@@ -820,6 +851,9 @@ pub struct Command {
     /// How this command's header is (or will be) serialized.
     pub serialize_type: SerializeType,
     layout: Layout,
+    /// Decoded layouts: whether the header holds a remark (else [`Command::remark`] need not
+    /// look).
+    has_remark: bool,
     /// JSON layouts: where the `{` of the (last, non-empty) `extFields` object is in the header;
     /// 0 for none (the header's own `{` comes first, so no object starts at 0).
     ext_at: u32,
@@ -842,6 +876,7 @@ impl Command {
             language: LanguageCode::default(),
             serialize_type: SerializeType::Json,
             layout: Layout::Built,
+            has_remark: false,
             ext_at: 0,
             buf: Bytes::new(),
             owned: None,
@@ -856,6 +891,26 @@ impl Command {
         frame: bool,
         ext_at: u32,
     ) -> Self {
+        let body_empty = match frame {
+            false => true,
+            true => match buf.get(5..8) {
+                Some(&[a, b, c]) => buf.len() == 8 + u32::from_be_bytes([0, a, b, c]) as usize,
+                _ => true,
+            },
+        };
+        if body_empty && !fixed.has_remark && !fixed.has_ext {
+            // Nothing to read from the frame: let its memory go (a connection's read buffer can
+            // then be reused in place).
+            return Command {
+                code: fixed.code,
+                opaque: fixed.opaque,
+                flag: fixed.flag,
+                version: fixed.version,
+                language: fixed.language,
+                serialize_type: ty,
+                ..Command::request(0)
+            };
+        }
         let layout = match (ty, frame) {
             (SerializeType::Json, true) => Layout::JsonFrame,
             (SerializeType::RocketMq, true) => Layout::RocketMqFrame,
@@ -870,6 +925,7 @@ impl Command {
             language: fixed.language,
             serialize_type: ty,
             layout,
+            has_remark: fixed.has_remark,
             ext_at,
             buf,
             owned: None,
@@ -950,6 +1006,9 @@ impl Command {
 
     /// The remark, if any: free text, mostly the reason of an error response.
     pub fn remark(&self) -> Option<&str> {
+        if self.layout != Layout::Built && !self.has_remark {
+            return None;
+        }
         match self.layout {
             Layout::Built => self.owned.as_ref()?.remark.as_deref(),
             Layout::RocketMqFrame | Layout::RocketMqHeader => {
@@ -1015,6 +1074,7 @@ impl Command {
             };
             self.buf = self.body_bytes();
             self.layout = Layout::Built;
+            self.has_remark = false;
             self.ext_at = 0;
             self.owned = Some(Box::new(owned));
         }

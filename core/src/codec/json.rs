@@ -690,6 +690,8 @@ impl<'a> Parser<'a> {
             version: 0,
             opaque: 0,
             flag: 0,
+            has_remark: false,
+            has_ext: false,
         };
         self.skip_ws();
         self.expect(b'{', "'{'")?;
@@ -708,11 +710,12 @@ impl<'a> Parser<'a> {
                     Key::Opaque => fixed.opaque = self.int("opaque")?,
                     Key::Flag => fixed.flag = self.int("flag")?,
                     Key::Language => fixed.language = self.language()?,
-                    Key::Remark => self.remark()?,
+                    Key::Remark => fixed.has_remark = self.remark()?,
                     Key::ExtFields => {
                         let at = self.pos;
                         let count = self.ext_fields()?;
                         self.ext_at = if count > 0 { at as u32 } else { 0 };
+                        fixed.has_ext = count > 0;
                     }
                     Key::Other => self.skip_value(1)?,
                 }
@@ -857,10 +860,11 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn remark(&mut self) -> PResult<()> {
+    /// A remark (`true`) or `null` (`false`).
+    fn remark(&mut self) -> PResult<bool> {
         match self.peek()? {
-            b'"' => self.raw_string().map(|_| ()),
-            b'n' => self.literal(b"null"),
+            b'"' => self.raw_string().map(|_| true),
+            b'n' => self.literal(b"null").map(|()| false),
             _ => Err(self.error(JsonErrorKind::WrongType { field: "remark" })),
         }
     }
@@ -1120,11 +1124,12 @@ mod fast {
 
         /// `null` or a string.
         #[inline]
-        fn remark(&mut self) -> Option<()> {
+        /// A remark (`true`) or `null` (`false`).
+        fn remark(&mut self) -> Option<bool> {
             if self.lit(b"null") {
-                return Some(());
+                return Some(false);
             }
-            self.string().map(|_| ())
+            self.string().map(|_| true)
         }
 
         /// `null` or an object of string values; returns where it starts if it holds any.
@@ -1173,6 +1178,7 @@ mod fast {
         c.need(b"{\"code\":")?;
         let code = c.int()?;
         let mut ext_at = 0;
+        let mut has_remark = false;
         let fixed = if c.lit(b",\"language\":") {
             // rocketmq-rust: code, language, version, opaque, flag, remark, extFields,
             // serializeTypeCurrentRPC.
@@ -1184,7 +1190,7 @@ mod fast {
             c.need(b",\"flag\":")?;
             let flag = c.int()?;
             if c.lit(b",\"remark\":") {
-                c.remark()?;
+                has_remark = c.remark()?;
             }
             if c.lit(b",\"extFields\":") {
                 ext_at = c.ext()?;
@@ -1198,6 +1204,8 @@ mod fast {
                 version,
                 opaque,
                 flag,
+                has_remark,
+                has_ext: ext_at != 0,
             }
         } else {
             // Java: alphabetical order.
@@ -1211,7 +1219,7 @@ mod fast {
             c.need(b",\"opaque\":")?;
             let opaque = c.int()?;
             if c.lit(b",\"remark\":") {
-                c.remark()?;
+                has_remark = c.remark()?;
             }
             c.need(b",\"serializeTypeCurrentRPC\":")?;
             c.serialize_type()?;
@@ -1223,6 +1231,8 @@ mod fast {
                 version,
                 opaque,
                 flag,
+                has_remark,
+                has_ext: ext_at != 0,
             }
         };
         c.byte(b'}')?;
