@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut from_a, mut from_b) = (0, 0);
     for _ in 0..30 {
         let response = cluster.call(Command::request(codes::SEND_MESSAGE_V2))?;
-        match &response.body[..] {
+        match response.body() {
             b"a" => from_a += 1,
             _ => from_b += 1,
         }

@@ -90,11 +90,11 @@ fn run(addr: &str) -> Result<String, String> {
                     let want = expected[id.index(&conn)]
                         .take()
                         .ok_or("a response for no request of ours")?;
-                    if response.code != codes::SUCCESS || response.body[..] != body(want)[..] {
+                    if response.code != codes::SUCCESS || response.body()[..] != body(want)[..] {
                         return Err(format!(
                             "request {want}: code {} body {:?}",
                             response.code,
-                            String::from_utf8_lossy(&response.body)
+                            String::from_utf8_lossy(response.body())
                         ));
                     }
                     checked += 1;

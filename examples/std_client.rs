@@ -17,7 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(addr) => addr,
         None => {
             server = Server::bind("127.0.0.1:0", |request: Command| {
-                let body = request.body.clone();
+                let body = request.body_bytes();
                 request.response(codes::SUCCESS).with_body(body)
             })?;
             println!("started an echo server on {}", server.local_addr());
@@ -36,7 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "call: response code {} body {:?}",
         response.code,
-        String::from_utf8_lossy(&response.body)
+        String::from_utf8_lossy(response.body())
     );
 
     // The client is Clone + Send: four threads share its connection, each gets its own answers.
@@ -51,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                             .with_body(body.clone().into_bytes()),
                         Duration::from_secs(3),
                     )?;
-                    assert_eq!(response.body[..], *body.as_bytes(), "its own answer");
+                    assert_eq!(response.body()[..], *body.as_bytes(), "its own answer");
                 }
                 Ok(25)
             })

@@ -19,7 +19,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(addr) => addr,
         None => {
             let echo = |request: Command| {
-                let body = request.body.clone();
+                let body = request.body_bytes();
                 request.response(codes::SUCCESS).with_body(body)
             };
             let s = Server::bind("127.0.0.1:0", echo, ServerConfig::default()).await?;
@@ -52,7 +52,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let request =
                     Command::request(codes::SEND_MESSAGE_V2).with_body(body.clone().into_bytes());
                 let response = client.call(request, Duration::from_secs(3)).await?;
-                assert_eq!(response.body[..], *body.as_bytes(), "its own answer");
+                assert_eq!(response.body()[..], *body.as_bytes(), "its own answer");
                 Ok::<_, remora_core::CallError>(())
             })
         })
@@ -76,7 +76,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .await?;
         println!(
             "server -> client request answered: code {} remark {:?}",
-            answer.code, answer.remark
+            answer.code,
+            answer.remark()
         );
         client.close();
         server.stop().await;

@@ -16,7 +16,7 @@ use remora_uring::{Server, ServerConfig};
 fn handle(request: Command) -> Command {
     match request.code {
         codes::GET_ROUTEINFO_BY_TOPIC => {
-            let topic = request.ext_fields.get("topic").unwrap_or("?").to_string();
+            let topic = request.ext("topic").unwrap_or("?").to_string();
             let route = format!("{{\"topic\":\"{topic}\",\"brokers\":[\"broker-a\"]}}");
             request
                 .response(codes::SUCCESS)
@@ -52,12 +52,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "GET_ROUTEINFO_BY_TOPIC -> code {} body {}",
         response.code,
-        String::from_utf8_lossy(&response.body)
+        String::from_utf8_lossy(response.body())
     );
     let response = client.call(Command::request(4242), Duration::from_secs(3))?;
     println!(
         "code 4242 -> code {} remark {:?}",
-        response.code, response.remark
+        response.code,
+        response.remark()
     );
     client.close();
     server.stop();

@@ -175,14 +175,8 @@ mod tests {
         let signer = full.signer().unwrap().unwrap();
         let mut request = Command::request(10);
         sign(Some(&signer), &mut request);
-        assert_eq!(
-            request.ext_fields.get(remora_core::acl::ACCESS_KEY),
-            Some("ak")
-        );
-        assert_eq!(
-            request.ext_fields.get(remora_core::acl::SECURITY_TOKEN),
-            Some("tok")
-        );
+        assert_eq!(request.ext(remora_core::acl::ACCESS_KEY), Some("ak"));
+        assert_eq!(request.ext(remora_core::acl::SECURITY_TOKEN), Some("tok"));
         assert!(remora_core::acl::verify(&request, |_: &str| Some("sk")).is_ok());
     }
 }

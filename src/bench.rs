@@ -260,7 +260,7 @@ impl Outcome {
     fn of(result: &Result<Command, CallError>, seq: u64, payload: usize) -> Outcome {
         match result {
             Ok(resp) if resp.code != codes::SUCCESS => Outcome::ErrorCode,
-            Ok(resp) if body_matches(&resp.body, seq, payload) => Outcome::Ok,
+            Ok(resp) if body_matches(resp.body(), seq, payload) => Outcome::Ok,
             Ok(_) => Outcome::WrongBody,
             Err(CallError::Timeout { .. }) => Outcome::Timeout,
             Err(
@@ -554,7 +554,7 @@ struct EmbeddedServer {
 impl EmbeddedServer {
     fn start(plan: &Plan, mode: Mode) -> Result<EmbeddedServer, String> {
         let echo = |request: Command| {
-            let body = request.body.clone();
+            let body = request.body_bytes();
             request.response(codes::SUCCESS).with_body(body)
         };
         let mut server = EmbeddedServer {

@@ -497,8 +497,8 @@ fn broker_for(
 fn echo(request: Command) -> Command {
     let mut response = request
         .response(codes::SUCCESS)
-        .with_body(request.body.clone());
-    response.ext_fields = request.ext_fields;
+        .with_body(request.body_bytes());
+    response.set_ext_fields(request.ext_fields().to_ext_fields());
     response
 }
 

@@ -472,7 +472,7 @@ mod tests {
             (r.code, r.opaque, r.is_response(), d),
             (0, 42, true, Duration::ZERO)
         );
-        assert_eq!(&r.body[..], b"{\"brokerDatas\":[]}");
+        assert_eq!(r.body(), b"{\"brokerDatas\":[]}");
         assert_eq!(r.serialize_type, SerializeType::Json);
 
         let req = Command::request(10)
@@ -486,8 +486,8 @@ mod tests {
             (codes::SYSTEM_BUSY, 7, Duration::from_millis(5))
         );
         assert_eq!(r.serialize_type, SerializeType::RocketMq, "answers in kind");
-        assert_eq!(r.ext_fields.get("k"), Some("v"));
-        assert_eq!(r.remark.as_deref(), Some("[REJECTREQUEST]system busy"));
+        assert_eq!(r.ext("k"), Some("v"));
+        assert_eq!(r.remark(), Some("[REJECTREQUEST]system busy"));
         let Decision::Respond(r, _) = s.decide(&req, Some(SerializeType::Json)) else {
             panic!()
         };
@@ -516,13 +516,13 @@ mod tests {
             panic!()
         };
         assert_eq!((r.code, r.opaque, d), (0, 3, Duration::from_millis(3)));
-        assert_eq!((r.ext_fields.get("a"), &r.body[..]), (Some("b"), &b"x"[..]));
+        assert_eq!((r.ext("a"), r.body()), (Some("b"), &b"x"[..]));
 
         // No rule: echo.
         let Decision::Respond(r, d) = s.decide(&Command::request(99).with_body("y"), None) else {
             panic!()
         };
-        assert_eq!((r.code, &r.body[..], d), (0, &b"y"[..], Duration::ZERO));
+        assert_eq!((r.code, r.body(), d), (0, &b"y"[..], Duration::ZERO));
     }
 
     #[test]

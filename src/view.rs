@@ -21,7 +21,7 @@ pub const KEYS: [&str; 10] = [
 /// The view of `cmd`.
 pub fn to_json(cmd: &Command) -> Value {
     let ext: Map<String, Value> = cmd
-        .ext_fields
+        .ext_fields()
         .iter()
         .map(|(k, v)| (k.to_string(), Value::from(v)))
         .collect();
@@ -36,9 +36,9 @@ pub fn to_json(cmd: &Command) -> Value {
         "version": cmd.version,
         "opaque": cmd.opaque,
         "flag": cmd.flag,
-        "remark": cmd.remark.as_deref(),
+        "remark": cmd.remark(),
         "ext_fields": ext,
-        "body_hex": hex(&cmd.body),
+        "body_hex": hex(cmd.body()),
     })
 }
 
@@ -86,11 +86,11 @@ pub fn from_json(view: &Value) -> Result<Command, String> {
     cmd.version = int("version")?.unwrap_or(cmd.version);
     cmd.opaque = int("opaque")?.unwrap_or(cmd.opaque);
     cmd.flag = int("flag")?.unwrap_or(cmd.flag);
-    cmd.remark = match obj.get("remark") {
+    cmd.set_remark(match obj.get("remark") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(HeaderStr::from(s.as_str())),
         Some(_) => return Err("\"remark\" must be a string or null".into()),
-    };
+    });
     if let Some(ext) = obj.get("ext_fields").filter(|v| !v.is_null()) {
         let ext = ext.as_object().ok_or("\"ext_fields\" must be an object")?;
         let mut fields = ExtFields::with_capacity(ext.len());
@@ -100,11 +100,13 @@ pub fn from_json(view: &Value) -> Result<Command, String> {
                 .ok_or_else(|| format!("ext field {k:?} must be a string"))?;
             fields.insert(k.as_str(), v);
         }
-        cmd.ext_fields = fields;
+        cmd.set_ext_fields(fields);
     }
     if let Some(body) = obj.get("body_hex").filter(|v| !v.is_null()) {
         let body = body.as_str().ok_or("\"body_hex\" must be a string")?;
-        cmd.body = Bytes::from(unhex(body).map_err(|e| format!("body_hex: {e}"))?);
+        cmd.set_body(Bytes::from(
+            unhex(body).map_err(|e| format!("body_hex: {e}"))?,
+        ));
     }
     Ok(cmd)
 }

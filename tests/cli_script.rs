@@ -99,7 +99,7 @@ fn the_sample_name_server_names_the_sample_broker() {
         )
         .unwrap();
     assert_eq!(resp.code, codes::SUCCESS);
-    let route = TopicRoute::parse(&resp.body).unwrap();
+    let route = TopicRoute::parse(resp.body()).unwrap();
     assert_eq!(route.writable_masters(), ["127.0.0.1:10911"]);
     c.close();
 }
@@ -114,7 +114,7 @@ fn a_producer_shaped_exchange_against_scripted_servers() {
         .with_opaque(77);
     let resp = nsc.call(route_req, Duration::from_secs(3)).unwrap();
     assert!(resp.is_response());
-    let route = TopicRoute::parse(&resp.body).unwrap();
+    let route = TopicRoute::parse(resp.body()).unwrap();
     let chosen = route.choose_writable(None).unwrap();
     assert_eq!(chosen.name, "broker-a");
     let master = chosen.master.clone().unwrap();
@@ -146,14 +146,14 @@ fn a_producer_shaped_exchange_against_scripted_servers() {
             )
             .unwrap();
         assert_eq!(sent.code, codes::SUCCESS);
-        assert_eq!(sent.ext_fields.get("queueId"), Some("0"));
-        assert!(sent.ext_fields.get("msgId").is_some());
+        assert_eq!(sent.ext("queueId"), Some("0"));
+        assert!(sent.ext("msgId").is_some());
     }
     // A code no rule names is echoed.
     let echo = bc
         .call(Frame::request(9999).with_body("x"), Duration::from_secs(3))
         .unwrap();
-    assert_eq!((echo.code, &echo.body[..]), (codes::SUCCESS, &b"x"[..]));
+    assert_eq!((echo.code, echo.body()), (codes::SUCCESS, &b"x"[..]));
     bc.close();
 
     // The CLI does the same: route lookup (rotating past a dead name server), then the send.
@@ -227,11 +227,7 @@ fn a_script_injects_busy_drop_close_and_delay() {
 
     let busy = c.call(Frame::request(10).with_opaque(5), t).unwrap();
     assert_eq!(busy.code, codes::SYSTEM_BUSY);
-    assert!(busy
-        .remark
-        .as_deref()
-        .unwrap()
-        .starts_with("[REJECTREQUEST]"));
+    assert!(busy.remark().unwrap().starts_with("[REJECTREQUEST]"));
 
     let dropped = c.call(Frame::request(11), Duration::from_millis(300));
     assert!(
@@ -252,7 +248,7 @@ fn a_script_injects_busy_drop_close_and_delay() {
     assert_eq!(quick.code, codes::SUCCESS);
     let (late, late_at) = late.join().unwrap();
     let late = late.unwrap();
-    assert_eq!(&late.body[..], b"late");
+    assert_eq!(late.body(), b"late");
     assert!(late_at >= Duration::from_millis(400), "{late_at:?}");
     assert!(quick_at < late_at, "{quick_at:?} vs {late_at:?}");
 

@@ -167,6 +167,89 @@ fn bench_codec(c: &mut Criterion) {
     }
 }
 
+/// The 44 frames of the shared test vectors (`tests/fixtures/vectors/remoting-vectors.json`):
+/// varied shapes (remarks, escapes, unicode, 0 to 50 extension fields, bodies up to 64 KiB),
+/// none of them the frames above.
+fn vector_frames() -> Vec<BytesMut> {
+    let text = include_str!("../../tests/fixtures/vectors/remoting-vectors.json");
+    let mut frames = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("\"hex\": \"") {
+        rest = &rest[at + 8..];
+        let end = rest.find('"').expect("a closing quote");
+        let hex = &rest[..end];
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect();
+        frames.push(BytesMut::from(&bytes[..]));
+        rest = &rest[end..];
+    }
+    assert_eq!(frames.len(), 44, "the vector file holds 44 frames");
+    frames
+}
+
+/// Reads every field of `cmd` once (what a program that uses the whole command pays).
+fn remora_read_all(cmd: &Command) -> usize {
+    let mut n = (cmd.code ^ cmd.version ^ cmd.opaque ^ cmd.flag) as usize;
+    n += usize::from(cmd.language.0) + usize::from(cmd.serialize_type.code());
+    n += cmd.remark().map_or(0, str::len);
+    for (k, v) in cmd.ext_fields() {
+        n += k.len() + v.len();
+    }
+    n + cmd.body().len()
+}
+
+/// Decoding the 44 vector frames, and decoding them and reading every field; one iteration
+/// handles all 44 (`Throughput::Elements(44)`).
+fn bench_vectors(c: &mut Criterion) {
+    let codec = Codec::default();
+    let frames = vector_frames();
+    let total: usize = frames.iter().map(BytesMut::len).sum();
+    for (name, read) in [
+        ("decode/vectors/44", false),
+        ("decode_read/vectors/44", true),
+    ] {
+        let mut group = c.benchmark_group(name);
+        group.throughput(Throughput::Elements(frames.len() as u64));
+        group.bench_function("remora", |b| {
+            b.iter_batched_ref(
+                || frames.clone(),
+                |bufs| {
+                    let mut n = 0;
+                    for buf in bufs.iter_mut() {
+                        let cmd = remora_decode(&codec, black_box(buf));
+                        if read {
+                            n += remora_read_all(&cmd);
+                        }
+                        drop(black_box(cmd));
+                    }
+                    black_box(n)
+                },
+                BatchSize::SmallInput,
+            )
+        });
+        if !read {
+            group.bench_function("floor", |b| {
+                b.iter_batched_ref(
+                    || frames.clone(),
+                    |bufs| {
+                        for buf in bufs.iter_mut() {
+                            let len = buf.len();
+                            drop(black_box(buf.split_to(len).freeze()));
+                        }
+                    },
+                    BatchSize::SmallInput,
+                )
+            });
+        }
+        #[cfg(feature = "reference")]
+        reference::bench_vectors(&mut group, &frames, read);
+        group.finish();
+    }
+    black_box(total);
+}
+
 /// The same operations on `rocketmq-protocol` 1.0.0, and the check that both sides agree.
 #[cfg(feature = "reference")]
 mod reference {
@@ -274,15 +357,49 @@ mod reference {
                 .ext_fields()
                 .map(|m| m.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect())
                 .unwrap_or_default();
-            let want: HashMap<&str, &str> = cmd.ext_fields.iter().collect();
+            let want: HashMap<&str, &str> = cmd.ext_fields().iter().collect();
             assert_eq!(ext, want, "{what}");
-            assert_eq!(
-                got.body().map_or(&[][..], |b| &b[..]),
-                &cmd.body[..],
-                "{what}"
-            );
+            assert_eq!(got.body().map_or(&[][..], |b| &b[..]), cmd.body(), "{what}");
         }
         reference_frame
+    }
+
+    /// Reads every field of a reference command once (its extension map is built on first
+    /// access).
+    fn read_all(cmd: &RemotingCommand) -> usize {
+        let mut n = (cmd.code() ^ cmd.version() ^ cmd.opaque() ^ cmd.flag()) as usize;
+        n += usize::from(cmd.language().get_code());
+        n += cmd.remark().map_or(0, |r| r.len());
+        if let Some(ext) = cmd.ext_fields() {
+            for (k, v) in ext.iter() {
+                n += k.len() + v.len();
+            }
+        }
+        n + cmd.body().map_or(0, |b| b.len())
+    }
+
+    pub(super) fn bench_vectors(
+        group: &mut BenchmarkGroup<'_, WallTime>,
+        frames: &[BytesMut],
+        read: bool,
+    ) {
+        group.bench_function("reference", |b| {
+            b.iter_batched_ref(
+                || frames.to_vec(),
+                |bufs| {
+                    let mut n = 0;
+                    for buf in bufs.iter_mut() {
+                        let cmd = decode(black_box(buf));
+                        if read {
+                            n += read_all(&cmd);
+                        }
+                        drop(black_box(cmd));
+                    }
+                    black_box(n)
+                },
+                BatchSize::SmallInput,
+            )
+        });
     }
 
     pub(super) fn bench_decode(group: &mut BenchmarkGroup<'_, WallTime>, frame: &BytesMut) {
@@ -319,7 +436,7 @@ mod harness {
     criterion_group! {
         name = benches;
         config = Criterion::default().without_plots();
-        targets = super::bench_codec
+        targets = super::bench_codec, super::bench_vectors
     }
 }
 

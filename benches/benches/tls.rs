@@ -50,7 +50,7 @@ fn pump(client: &mut Session, server: &mut Session) {
         }
         while let Some(event) = server.poll_event() {
             if let Event::Request { request, command } = event {
-                let body = command.body.clone();
+                let body = command.body_bytes();
                 server
                     .send_response(request, command.response(0).with_body(body))
                     .unwrap();

@@ -24,7 +24,7 @@
 //! (`acl/src/main/java/org/apache/rocketmq/acl/plain/PlainAccessResource.java`, `parse`), looks
 //! the access key's secret up, and compares. [`verify`] does the same and compares in constant
 //! time. When a decoded request carries a key twice, the last value counts, as in Java's
-//! `HashMap` and [`ExtFields::get`](crate::ExtFields::get).
+//! `HashMap` and [`Command::ext`](crate::Command::ext).
 //!
 //! The C++ client (`apache/rocketmq-client-cpp`, `src/common/ClientRPCHook.cpp`) signs the same
 //! way, with its `OnsChannel` ext field among the signed ones; since it sends that field, its
@@ -42,12 +42,12 @@
 //! let creds = AclCredentials::new("rocketmq2", "12345678");
 //! let mut request = Command::request(10).with_ext("topic", "orders").with_body(&b"hi"[..]);
 //! acl::sign(&mut request, &creds);
-//! assert_eq!(request.ext_fields.get(acl::ACCESS_KEY), Some("rocketmq2"));
+//! assert_eq!(request.ext(acl::ACCESS_KEY), Some("rocketmq2"));
 //!
 //! let secret_of = |access_key: &str| (access_key == "rocketmq2").then_some("12345678");
 //! assert_eq!(acl::verify(&request, secret_of), Ok(()));
 //!
-//! request.body = bytes::Bytes::from_static(b"tampered");
+//! request.set_body(bytes::Bytes::from_static(b"tampered"));
 //! assert_eq!(acl::verify(&request, secret_of), Err(AclError::BadSignature));
 //! ```
 
@@ -149,7 +149,7 @@ impl core::error::Error for AclError {}
 /// `Signature`'s, one per key (the last one), in Java `String` key order, then the body.
 fn for_each_content_chunk(cmd: &Command, mut chunk: impl FnMut(&[u8])) {
     let mut fields: Vec<(&str, &str)> = cmd
-        .ext_fields
+        .ext_fields()
         .iter()
         .filter(|(k, _)| *k != SIGNATURE)
         .collect();
@@ -161,7 +161,7 @@ fn for_each_content_chunk(cmd: &Command, mut chunk: impl FnMut(&[u8])) {
             chunk(value.as_bytes());
         }
     }
-    chunk(&cmd.body);
+    chunk(cmd.body());
 }
 
 /// Java's `String.compareTo`: lexicographic over UTF-16 code units. It differs from byte
@@ -204,12 +204,13 @@ pub fn signature(cmd: &Command, secret_key: &str) -> String {
 /// Signing again (a retry) replaces the fields and gives the same signature for the same
 /// request.
 pub fn sign(cmd: &mut Command, creds: &AclCredentials) {
-    cmd.ext_fields.insert(ACCESS_KEY, creds.access_key.as_str());
+    cmd.ext_fields_mut()
+        .insert(ACCESS_KEY, creds.access_key.as_str());
     if let Some(token) = &creds.security_token {
-        cmd.ext_fields.insert(SECURITY_TOKEN, token.as_str());
+        cmd.ext_fields_mut().insert(SECURITY_TOKEN, token.as_str());
     }
     let signature = signature(cmd, &creds.secret_key);
-    cmd.ext_fields.insert(SIGNATURE, signature);
+    cmd.ext_fields_mut().insert(SIGNATURE, signature);
 }
 
 /// Checks `cmd`'s signature as the broker does: reads its `AccessKey`, asks `lookup` for that
@@ -222,15 +223,9 @@ pub fn verify<S: AsRef<str>>(
     cmd: &Command,
     lookup: impl FnOnce(&str) -> Option<S>,
 ) -> Result<(), AclError> {
-    let access_key = cmd
-        .ext_fields
-        .get(ACCESS_KEY)
-        .ok_or(AclError::MissingAccessKey)?;
+    let access_key = cmd.ext(ACCESS_KEY).ok_or(AclError::MissingAccessKey)?;
     let secret = lookup(access_key).ok_or(AclError::UnknownAccessKey)?;
-    let given = cmd
-        .ext_fields
-        .get(SIGNATURE)
-        .ok_or(AclError::MissingSignature)?;
+    let given = cmd.ext(SIGNATURE).ok_or(AclError::MissingSignature)?;
     let expected = signature(cmd, secret.as_ref());
     // Lengths are public (a valid signature is always 28 characters); contents are compared in
     // constant time.
@@ -398,12 +393,9 @@ mod tests {
         // Computed independently:
         // python3 -c "import hmac,hashlib,base64; print(base64.b64encode(hmac.new(b'12345678',
         //   b'rocketmq2tokzbee3TopicTesthello body', hashlib.sha1).digest()).decode())"
-        assert_eq!(
-            cmd.ext_fields.get(SIGNATURE),
-            Some("WCAPEOc7S7K0eVzQm2KM5UyT3eg=")
-        );
-        assert_eq!(cmd.ext_fields.get(ACCESS_KEY), Some(AK));
-        assert_eq!(cmd.ext_fields.get(SECURITY_TOKEN), Some("tok"));
+        assert_eq!(cmd.ext(SIGNATURE), Some("WCAPEOc7S7K0eVzQm2KM5UyT3eg="));
+        assert_eq!(cmd.ext(ACCESS_KEY), Some(AK));
+        assert_eq!(cmd.ext(SECURITY_TOKEN), Some("tok"));
         // The signature does not cover itself.
         assert_eq!(signature(&cmd, SK), "WCAPEOc7S7K0eVzQm2KM5UyT3eg=");
     }
@@ -439,9 +431,9 @@ mod tests {
     #[test]
     fn duplicate_key_last_value_counts() {
         let mut dup = Command::request(1);
-        dup.ext_fields.push("k".into(), "first".into());
-        dup.ext_fields.push("a".into(), "A".into());
-        dup.ext_fields.push("k".into(), "last".into());
+        dup.ext_fields_mut().push("k", "first");
+        dup.ext_fields_mut().push("a", "A");
+        dup.ext_fields_mut().push("k", "last");
         assert_eq!(signed_content(&dup), b"Alast");
         let single = Command::request(1).with_ext("a", "A").with_ext("k", "last");
         assert_eq!(signature(&dup, SK), signature(&single, SK));
@@ -483,22 +475,22 @@ mod tests {
         let good = signed_request();
 
         let mut body = good.clone();
-        body.body = Bytes::from_static(b"hello bodY");
+        body.set_body(Bytes::from_static(b"hello bodY"));
         assert_eq!(verify(&body, secrets), Err(AclError::BadSignature));
 
         let mut field = good.clone();
-        field.ext_fields.insert("queueId", "4");
+        field.ext_fields_mut().insert("queueId", "4");
         assert_eq!(verify(&field, secrets), Err(AclError::BadSignature));
 
         let mut added = good.clone();
-        added.ext_fields.insert("extra", "");
+        added.ext_fields_mut().insert("extra", "");
         // An empty value adds nothing to the content: Java accepts it too.
         assert_eq!(verify(&added, secrets), Ok(()));
-        added.ext_fields.insert("extra", "x");
+        added.ext_fields_mut().insert("extra", "x");
         assert_eq!(verify(&added, secrets), Err(AclError::BadSignature));
 
         let mut token = good.clone();
-        token.ext_fields.remove(SECURITY_TOKEN);
+        token.ext_fields_mut().remove(SECURITY_TOKEN);
         assert_eq!(verify(&token, secrets), Err(AclError::BadSignature));
 
         assert_eq!(
@@ -508,7 +500,7 @@ mod tests {
 
         let mut truncated = good.clone();
         truncated
-            .ext_fields
+            .ext_fields_mut()
             .insert(SIGNATURE, "WCAPEOc7S7K0eVzQm2KM5UyT3eg");
         assert_eq!(verify(&truncated, secrets), Err(AclError::BadSignature));
 
@@ -518,11 +510,11 @@ mod tests {
         );
 
         let mut no_sig = good.clone();
-        no_sig.ext_fields.remove(SIGNATURE);
+        no_sig.ext_fields_mut().remove(SIGNATURE);
         assert_eq!(verify(&no_sig, secrets), Err(AclError::MissingSignature));
 
         let mut no_key = good.clone();
-        no_key.ext_fields.remove(ACCESS_KEY);
+        no_key.ext_fields_mut().remove(ACCESS_KEY);
         let mut called = false;
         let lookup = |_: &str| {
             called = true;
@@ -546,12 +538,12 @@ mod tests {
     fn verifier_rejects_without_calling_inner() {
         let (calls, server) = counting_server();
         let mut bad = signed_request();
-        bad.ext_fields.insert("topic", "Other");
+        bad.ext_fields_mut().insert("topic", "Other");
         let response = server.handle(bad);
         assert_eq!(response.code, codes::NO_PERMISSION);
         assert!(response.is_response());
         assert_eq!(response.opaque, 7);
-        let remark = response.remark.expect("a remark");
+        let remark = response.remark().expect("a remark");
         assert!(
             remark.contains(&AclError::BadSignature.to_string()),
             "{remark}"
@@ -561,7 +553,7 @@ mod tests {
         let response = server.handle(unsigned);
         assert_eq!(response.code, codes::NO_PERMISSION);
         assert!(response
-            .remark
+            .remark()
             .unwrap()
             .contains(&AclError::MissingAccessKey.to_string()));
         assert_eq!(calls.load(Ordering::SeqCst), 0);
@@ -573,7 +565,7 @@ mod tests {
         let response = server.handle(signed_request());
         assert_eq!(response.code, codes::SUCCESS);
         assert_eq!(response.opaque, 7);
-        assert_eq!(&response.body[..], b"ok");
+        assert_eq!(response.body(), b"ok");
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 

@@ -18,7 +18,9 @@
 //!   with the bytes that are really there.
 //! - Partial input is [`Decoded::Incomplete`], not an error. Any [`DecodeError`] means the stream
 //!   is corrupt and the connection should be closed, as Java does.
-//! - Bodies, and header strings without escapes, are zero-copy slices of the read buffer.
+//! - Decoding a frame allocates nothing: a [`Command`] keeps the frame as one `Bytes` and reads
+//!   its remark, extension fields and body from it in place (JSON escapes are undone in the read
+//!   buffer, which the frame owns by then).
 //! - Encoding writes straight into the caller's [`bytes::BufMut`], length prefix included, or
 //!   writes nothing and returns an [`EncodeError`].
 //!
@@ -46,7 +48,7 @@
 //! assert_eq!(codec.decode(&mut read_buf).unwrap(), Decoded::Incomplete { needed: wire.len() });
 //! read_buf.unsplit(wire);
 //! let Decoded::Command(got) = codec.decode(&mut read_buf).unwrap() else { unreachable!() };
-//! assert_eq!(got.ext_fields.get("topic").unwrap(), "orders");
+//! assert_eq!(got.ext("topic").unwrap(), "orders");
 //!
 //! let response = got.response(0).with_body(&b"route data"[..]);
 //! assert!(response.is_response() && response.opaque == 1);
@@ -71,8 +73,8 @@ pub use codec::{binary, codes, encoded, error, json};
 pub use resilience::{backoff, pool};
 
 pub use codec::command::{
-    Command, ExtFields, HeaderStr, LanguageCode, SerializeType, DEFAULT_VERSION, FLAG_ONEWAY,
-    FLAG_RESPONSE,
+    Command, Ext, ExtFields, ExtIter, HeaderStr, LanguageCode, SerializeType, DEFAULT_VERSION,
+    FLAG_ONEWAY, FLAG_RESPONSE,
 };
 pub use codec::encoded::Encoded;
 pub use codec::error::{BinaryField, DecodeError, EncodeError, JsonErrorKind};
@@ -86,3 +88,14 @@ pub use conn::connection::{
 };
 pub use conn::outgoing::Outgoing;
 pub use time::Instant;
+
+// A decoded command moves from the decoder to the caller through these; each may be at most 16
+// bytes larger than the 64-byte `Command` (asserted beside it), so a move stays cheap.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<Decoded>() <= size_of::<Command>() + 16);
+    assert!(size_of::<Result<Decoded, DecodeError>>() <= size_of::<Command>() + 16);
+    assert!(size_of::<Event>() <= size_of::<Command>() + 16);
+    assert!(size_of::<Result<Command, RequestError>>() <= size_of::<Command>() + 16);
+    assert!(size_of::<Result<Command, CallError>>() <= size_of::<Command>() + 16);
+};

@@ -875,7 +875,7 @@ impl RouteTracker {
             return Outcome::Stale;
         }
         let route = match response.code {
-            codes::SUCCESS => match TopicRoute::parse(&response.body) {
+            codes::SUCCESS => match TopicRoute::parse(response.body()) {
                 Ok(route) => route,
                 Err(e) => {
                     let reason = alloc::format!("{}: {e}", self.name_servers[self.current]);
@@ -888,8 +888,12 @@ impl RouteTracker {
                 let reason = alloc::format!(
                     "{}: answered code {code}{}{}",
                     self.name_servers[self.current],
-                    if response.remark.is_some() { ": " } else { "" },
-                    response.remark.as_deref().unwrap_or("")
+                    if response.remark().is_some() {
+                        ": "
+                    } else {
+                        ""
+                    },
+                    response.remark().unwrap_or("")
                 );
                 self.fail(now);
                 return Outcome::Failed(reason);
@@ -1142,7 +1146,7 @@ mod tests {
         let ask = t.poll_ask(ms(0)).expect("first ask is due at once");
         assert_eq!(ask.name_server, "n1:9876");
         assert_eq!(ask.request.code, codes::GET_ROUTEINFO_BY_TOPIC);
-        assert_eq!(ask.request.ext_fields.get("topic"), Some("T"));
+        assert_eq!(ask.request.ext("topic"), Some("T"));
         assert!(t.poll_ask(ms(0)).is_none(), "one ask at a time");
         let out = t.on_response(ms(10), ask.id, &route_body(&[("a", "h1:1", 6)]));
         let Outcome::Route(ch) = out else {

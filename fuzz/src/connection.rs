@@ -1503,7 +1503,7 @@ fn check_events(me: &mut End, peer: &mut End, now: Instant) {
                 assert_eq!(response.opaque, id.opaque(), "{name}: response opaque");
                 me.m.responses_seen += 1;
                 if !me.m.tainted {
-                    let body = &response.body;
+                    let body = response.body();
                     if body.starts_with(RESP_MAGIC) {
                         let tag: Tag = body[4..20].try_into().unwrap();
                         assert!(
@@ -1511,7 +1511,7 @@ fn check_events(me: &mut End, peer: &mut End, now: Instant) {
                             "{name}: cross-talk: {id:?} got the answer to another request"
                         );
                         assert_eq!(
-                            peer.m.answered.get(&tag),
+                            peer.m.answered.get(&tag).map(|b| &b[..]),
                             Some(body),
                             "{name}: the response body is not what the peer answered"
                         );
@@ -1538,7 +1538,7 @@ fn check_events(me: &mut End, peer: &mut End, now: Instant) {
                 let tag = if me.m.tainted {
                     None
                 } else {
-                    tag_of(&command.body)
+                    tag_of(command.body())
                 };
                 if let Some(tag) = tag {
                     saw(me, peer, tag);
@@ -1553,7 +1553,7 @@ fn check_events(me: &mut End, peer: &mut End, now: Instant) {
                 assert_eq!(command, cmd, "{name}: oneway");
                 assert!(command.is_oneway() && !command.is_response());
                 if !me.m.tainted {
-                    if let Some(tag) = tag_of(&command.body) {
+                    if let Some(tag) = tag_of(command.body()) {
                         saw(me, peer, tag);
                     }
                 }

@@ -80,13 +80,13 @@ impl View {
             version: cmd.version,
             opaque: cmd.opaque,
             flag: cmd.flag,
-            remark: cmd.remark.as_ref().map(|r| String::from(r.as_str())),
+            remark: cmd.remark().map(String::from),
             ext: cmd
-                .ext_fields
+                .ext_fields()
                 .iter()
                 .map(|(k, v)| (String::from(k), String::from(v)))
                 .collect(),
-            body: cmd.body.clone(),
+            body: cmd.body_bytes(),
             serialize_type: cmd.serialize_type,
         }
     }
@@ -362,7 +362,7 @@ pub fn check_json_header(data: &[u8]) {
         return;
     };
     assert_eq!(cmd.serialize_type, SerializeType::Json);
-    assert!(cmd.body.is_empty());
+    assert!(cmd.body().is_empty());
 
     let out = json_encode(&cmd);
     check_json_text(&out, &cmd);
@@ -415,22 +415,22 @@ fn check_json_text(text: &[u8], cmd: &Command) {
     assert_eq!(
         obj.get("remark")
             .map(|r| r.as_str().expect("remark is a string")),
-        cmd.remark.as_deref()
+        cmd.remark()
     );
     match obj.get("extFields") {
-        None => assert!(cmd.ext_fields.is_empty()),
+        None => assert!(cmd.ext_fields().is_empty()),
         Some(ext) => {
             let ext = ext.as_object().expect("extFields is an object");
             assert!(!ext.is_empty());
-            for (k, v) in cmd.ext_fields.iter() {
+            for (k, v) in cmd.ext_fields().iter() {
                 // serde_json keeps the last of duplicate keys, as `ExtFields::get` does.
                 assert_eq!(
                     ext.get(k).and_then(Value::as_str),
-                    cmd.ext_fields.get(k),
+                    cmd.ext(k),
                     "extFields[{k:?}] (one value was {v:?})"
                 );
             }
-            assert!(ext.len() <= cmd.ext_fields.len());
+            assert!(ext.len() <= cmd.ext_fields().len());
         }
     }
 }
@@ -448,14 +448,10 @@ pub fn check_binary_header(data: &[u8]) {
         return;
     };
     assert_eq!(cmd.serialize_type, SerializeType::RocketMq);
-    assert!(cmd.body.is_empty());
-    assert_ne!(
-        cmd.remark.as_deref(),
-        Some(""),
-        "empty remark decoded as Some"
-    );
+    assert!(cmd.body().is_empty());
+    assert_ne!(cmd.remark(), Some(""), "empty remark decoded as Some");
     assert!(
-        cmd.ext_fields.iter().all(|(_, v)| !v.is_empty()),
+        cmd.ext_fields().iter().all(|(_, v)| !v.is_empty()),
         "empty extension value kept"
     );
     assert_eq!(cmd.code, i32::from(cmd.code as i16));

@@ -10,7 +10,7 @@ use remora_core::{codes, Command};
 use remora_std::{CallOpts, Cluster, ClusterConfig, Hook, Server, ServerConfig};
 
 fn echo(request: Command) -> Command {
-    let body = request.body.clone();
+    let body = request.body_bytes();
     request.response(codes::SUCCESS).with_body(body)
 }
 
@@ -73,7 +73,7 @@ fn calls_survive_a_killed_and_a_slow_server() {
                                 opts,
                             )
                             .unwrap_or_else(|e| panic!("{body}: {e}"));
-                        assert_eq!(&response.body[..], body.as_bytes());
+                        assert_eq!(response.body(), body.as_bytes());
                         let took = started.elapsed();
                         assert!(
                             took < timeout + Duration::from_millis(200),
@@ -107,10 +107,10 @@ struct Tagger;
 
 impl Hook for Tagger {
     fn before_send(&self, request: &mut Command) {
-        request.ext_fields.insert("signedBy", "tagger");
+        request.ext_fields_mut().insert("signedBy", "tagger");
     }
     fn after_receive(&self, response: &mut Command) {
-        response.ext_fields.insert("seen", "yes");
+        response.ext_fields_mut().insert("seen", "yes");
     }
 }
 
@@ -118,7 +118,7 @@ impl Hook for Tagger {
 fn hooks_run_around_every_call_and_bad_configs_are_refused() {
     let server = Server::bind("127.0.0.1:0", |r: Command| {
         let mut resp = r.response(codes::SUCCESS);
-        resp.ext_fields = r.ext_fields.clone();
+        resp.set_ext_fields(r.ext_fields().to_ext_fields());
         resp
     })
     .unwrap();
@@ -130,8 +130,8 @@ fn hooks_run_around_every_call_and_bad_configs_are_refused() {
     )
     .unwrap();
     let response = cluster.call(Command::request(1)).unwrap();
-    assert_eq!(response.ext_fields.get("signedBy"), Some("tagger"));
-    assert_eq!(response.ext_fields.get("seen"), Some("yes"));
+    assert_eq!(response.ext("signedBy"), Some("tagger"));
+    assert_eq!(response.ext("seen"), Some("yes"));
     cluster.close();
 
     let mut bad = ClusterConfig::testing();
@@ -224,7 +224,7 @@ fn uring_cluster_survives_a_killed_and_a_slow_server() {
                                 )
                                 .await
                                 .unwrap_or_else(|e| panic!("{body}: {e}"));
-                            assert_eq!(&response.body[..], body.as_bytes());
+                            assert_eq!(response.body(), body.as_bytes());
                             assert!(started.elapsed() < timeout + Duration::from_millis(200));
                         }
                     })
@@ -384,7 +384,7 @@ fn cluster_oneway_and_per_call_hooks() {
     let server = Server::bind("127.0.0.1:0", move |r: Command| {
         tx.lock()
             .unwrap()
-            .send(r.ext_fields.get("signedBy").map(String::from))
+            .send(r.ext("signedBy").map(String::from))
             .unwrap();
         echo(r)
     })
@@ -403,7 +403,7 @@ fn cluster_oneway_and_per_call_hooks() {
         Some("tagger")
     );
     assert_eq!(
-        response.ext_fields.get("seen"),
+        response.ext("seen"),
         Some("yes"),
         "the per-call hook saw the response"
     );

@@ -28,7 +28,7 @@ enum Backend {
 const BACKENDS: [Backend; 2] = [Backend::Std, Backend::Uring];
 
 fn echo(request: Command) -> Command {
-    let body = request.body.clone();
+    let body = request.body_bytes();
     request.response(codes::SUCCESS).with_body(body)
 }
 
@@ -151,7 +151,7 @@ fn good_calls(addr: SocketAddr, calls: usize) -> Vec<Duration> {
                 5 * SECOND,
             )
             .unwrap_or_else(|e| panic!("good call {i}: {e}"));
-        assert_eq!((response.code, &response.body[..]), (0, body.as_bytes()));
+        assert_eq!((response.code, response.body()), (0, body.as_bytes()));
         latencies.push(t0.elapsed());
     }
     client.close();

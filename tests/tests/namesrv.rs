@@ -23,7 +23,7 @@ fn name_server(body: Arc<Mutex<Option<String>>>, asked: Arc<AtomicUsize>) -> Ser
     Server::bind("127.0.0.1:0", move |req: Command| {
         asked.fetch_add(1, Ordering::SeqCst);
         assert_eq!(req.code, codes::GET_ROUTEINFO_BY_TOPIC);
-        assert_eq!(req.ext_fields.get("topic"), Some("T"));
+        assert_eq!(req.ext("topic"), Some("T"));
         match body.lock().unwrap().clone() {
             Some(b) => req.response(codes::SUCCESS).with_body(b),
             None => req
@@ -123,7 +123,7 @@ fn a_cluster_follows_the_topics_master_as_the_route_changes() {
     .unwrap();
     assert_eq!(cluster.addresses(), std::slice::from_ref(&addr_a));
     let resp = cluster.call(Command::request(10)).unwrap();
-    assert_eq!(&resp.body[..], b"a");
+    assert_eq!(resp.body(), b"a");
 
     // Failover: broker-a's master moves to the other address.
     *body.lock().unwrap() = Some(route(&addr_b, 6));
@@ -137,7 +137,7 @@ fn a_cluster_follows_the_topics_master_as_the_route_changes() {
         cluster.refresh();
     }
     let resp = cluster.call(Command::request(10)).unwrap();
-    assert_eq!(&resp.body[..], b"b");
+    assert_eq!(resp.body(), b"b");
     assert_eq!(
         watched.lock().unwrap().last().unwrap(),
         std::slice::from_ref(&addr_b)
@@ -192,12 +192,12 @@ fn the_uring_cluster_follows_the_same_resolver() {
         .unwrap();
         assert_eq!(cluster.addresses(), std::slice::from_ref(&want_a));
         let r = cluster.call(Command::request(10)).await.unwrap();
-        assert_eq!(&r.body[..], b"a");
+        assert_eq!(r.body(), b"a");
         *body.lock().unwrap() = Some(route(&want_b, 6));
         let start = Instant::now();
         loop {
             let r = cluster.call(Command::request(10)).await.unwrap();
-            if &r.body[..] == b"b" {
+            if r.body() == b"b" {
                 break;
             }
             assert!(

@@ -40,7 +40,7 @@ fn fastjson_form(body: &[u8]) -> Vec<u8> {
 fn the_captured_route_names_the_master_and_its_permissions() {
     let resp = captured("route-response.json");
     assert_eq!(resp.code, codes::SUCCESS);
-    let route = TopicRoute::parse(&resp.body).unwrap();
+    let route = TopicRoute::parse(resp.body()).unwrap();
     assert_eq!(route.brokers.len(), 1);
     let b = &route.brokers[0];
     assert_eq!(b.name, "broker-a");
@@ -58,7 +58,7 @@ fn the_captured_route_names_the_master_and_its_permissions() {
 #[test]
 fn the_fastjson_form_of_the_captures_reads_the_same() {
     let route = captured("route-response.json");
-    let fast = fastjson_form(&route.body);
+    let fast = fastjson_form(route.body());
     assert!(std::str::from_utf8(&fast)
         .unwrap()
         .contains("{0:\"127.0.0.1:19912\"}"));
@@ -68,18 +68,18 @@ fn the_fastjson_form_of_the_captures_reads_the_same() {
     );
     assert_eq!(
         TopicRoute::parse(&fast).unwrap(),
-        TopicRoute::parse(&route.body).unwrap()
+        TopicRoute::parse(route.body()).unwrap()
     );
     let info = captured("cluster-info-response.json");
     assert_eq!(
-        ClusterInfo::parse(&fastjson_form(&info.body)).unwrap(),
-        ClusterInfo::parse(&info.body).unwrap()
+        ClusterInfo::parse(&fastjson_form(info.body())).unwrap(),
+        ClusterInfo::parse(info.body()).unwrap()
     );
 }
 
 #[test]
 fn the_captured_cluster_info_lists_the_broker() {
-    let info = ClusterInfo::parse(&captured("cluster-info-response.json").body).unwrap();
+    let info = ClusterInfo::parse(captured("cluster-info-response.json").body()).unwrap();
     assert_eq!(info.brokers.len(), 1);
     assert_eq!(info.brokers[0].name, "broker-a");
     assert_eq!(info.brokers[0].master.as_deref(), Some("127.0.0.1:19912"));
@@ -113,7 +113,7 @@ fn the_tracker_follows_the_captured_answers() {
 
 #[test]
 fn corrupted_captures_are_typed_errors() {
-    let body = captured("route-response.json").body;
+    let body = captured("route-response.json").body_bytes();
     for n in 0..body.len() {
         assert!(TopicRoute::parse(&body[..n]).is_err(), "prefix {n}");
     }
@@ -126,7 +126,7 @@ fn corrupted_captures_are_typed_errors() {
     }
     // Not a route at all: the heartbeat's empty body.
     assert_eq!(
-        TopicRoute::parse(&captured("heartbeat-response.json").body),
+        TopicRoute::parse(captured("heartbeat-response.json").body()),
         Err(RouteError::Empty)
     );
 }

@@ -17,8 +17,8 @@ const SECOND: Duration = Duration::from_secs(1);
 fn echo(request: Command) -> Command {
     let mut response = request
         .response(codes::SUCCESS)
-        .with_body(request.body.clone());
-    response.ext_fields = request.ext_fields.clone();
+        .with_body(request.body_bytes());
+    response.set_ext_fields(request.ext_fields().to_ext_fields());
     response
 }
 
@@ -64,8 +64,8 @@ fn many_threads_share_one_connection_without_cross_talk() {
                         .with_serialize_type(ty);
                     let response = client.call(request, 5 * SECOND).unwrap();
                     assert_eq!(response.code, codes::SUCCESS);
-                    assert_eq!(&response.body[..], tag.as_bytes());
-                    assert_eq!(response.ext_fields.get("tag").unwrap(), tag.as_str());
+                    assert_eq!(response.body(), tag.as_bytes());
+                    assert_eq!(response.ext("tag").unwrap(), tag.as_str());
                 }
             })
         })
@@ -198,7 +198,7 @@ fn client_reconnects_after_the_server_comes_back() {
     loop {
         match client.call(Command::request(1).with_body(&b"back"[..]), SECOND) {
             Ok(response) => {
-                assert_eq!(&response.body[..], b"back");
+                assert_eq!(response.body(), b"back");
                 break;
             }
             Err(e) => assert!(Instant::now() < deadline, "never reconnected: {e}"),
@@ -213,7 +213,7 @@ fn oneway_is_handled_and_never_answered() {
     let (tx, rx) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let server = Server::bind("127.0.0.1:0", move |request: Command| {
-        tx.lock().unwrap().send(request.body.clone()).unwrap();
+        tx.lock().unwrap().send(request.body_bytes()).unwrap();
         echo(request)
     })
     .unwrap();
@@ -262,7 +262,7 @@ fn server_can_send_requests_to_a_client_handler() {
         std::thread::sleep(Duration::from_millis(5));
     };
     let response = peer.call(Command::request(39), 2 * SECOND).unwrap();
-    assert_eq!(response.remark.unwrap(), "client here");
+    assert_eq!(response.remark().unwrap(), "client here");
     // A client without a handler answers REQUEST_CODE_NOT_SUPPORTED.
     let plain = Client::connect(server.local_addr(), ClientConfig::default()).unwrap();
     client.close();
@@ -295,7 +295,7 @@ fn corrupt_bytes_close_only_that_connection() {
         let response = client
             .call(Command::request(1).with_body(vec![i]), SECOND)
             .unwrap();
-        assert_eq!(&response.body[..], &[i]);
+        assert_eq!(response.body(), &[i]);
     }
     client.close();
 }
@@ -306,7 +306,10 @@ fn unknown_codes_get_request_code_not_supported() {
     let client = client(&server, ClientConfig::default());
     let response = client.call(Command::request(777), SECOND).unwrap();
     assert_eq!(response.code, codes::REQUEST_CODE_NOT_SUPPORTED);
-    assert_eq!(response.remark.unwrap(), " request type 777 not supported");
+    assert_eq!(
+        response.remark().unwrap(),
+        " request type 777 not supported"
+    );
     client.close();
 }
 
@@ -478,6 +481,6 @@ fn server_to_client_request_from_a_raw_broker() {
     .unwrap();
     let answer = broker.join().unwrap();
     assert!(answer.is_response());
-    assert_eq!((answer.opaque, &answer.body[..]), (-5, &b"state"[..]));
+    assert_eq!((answer.opaque, answer.body()), (-5, &b"state"[..]));
     client.close();
 }

@@ -39,7 +39,7 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn echo(request: Command) -> Command {
-    let body = request.body.clone();
+    let body = request.body_bytes();
     request.response(codes::SUCCESS).with_body(body)
 }
 
@@ -64,7 +64,7 @@ async fn load(client: &Client, tasks: usize, calls: usize, ty: SerializeType) ->
                     .with_body(body)
                     .with_serialize_type(ty);
                 let response = client.call(request, Duration::from_secs(10)).await.unwrap();
-                assert_eq!(response.body.len(), 64);
+                assert_eq!(response.body().len(), 64);
             }
         }));
     }

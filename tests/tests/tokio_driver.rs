@@ -16,8 +16,8 @@ const SECOND: Duration = Duration::from_secs(1);
 fn echo(request: Command) -> Command {
     let mut response = request
         .response(codes::SUCCESS)
-        .with_body(request.body.clone());
-    response.ext_fields = request.ext_fields.clone();
+        .with_body(request.body_bytes());
+    response.set_ext_fields(request.ext_fields().to_ext_fields());
     response
 }
 
@@ -81,8 +81,8 @@ async fn many_calls(addr: SocketAddr) {
                     .with_body(tag.clone().into_bytes())
                     .with_serialize_type(ty);
                 let response = client.call(request, 5 * SECOND).await.unwrap();
-                assert_eq!(&response.body[..], tag.as_bytes());
-                assert_eq!(response.ext_fields.get("tag").unwrap(), tag.as_str());
+                assert_eq!(response.body(), tag.as_bytes());
+                assert_eq!(response.ext("tag").unwrap(), tag.as_str());
             }
         }));
     }
@@ -144,7 +144,7 @@ fn std_and_uring_clients_against_tokio_server() {
                     let r = client
                         .call(Command::request(1).with_body(body.clone()), 5 * SECOND)
                         .unwrap();
-                    assert_eq!(&r.body[..], &body[..]);
+                    assert_eq!(r.body(), &body[..]);
                 }
             })
         })
@@ -168,7 +168,7 @@ fn std_and_uring_clients_against_tokio_server() {
                 )
                 .await
                 .unwrap();
-            assert_eq!(&r.body[..], &body[..]);
+            assert_eq!(r.body(), &body[..]);
         }
         client.close();
     });
@@ -414,7 +414,7 @@ fn tokio_server_sends_requests_to_tokio_and_uring_client_handlers() {
     let response = rt
         .block_on(peer.call(Command::request(39), 2 * SECOND))
         .unwrap();
-    assert_eq!(response.remark.unwrap(), "tokio client here");
+    assert_eq!(response.remark().unwrap(), "tokio client here");
     peer.oneway(Command::oneway(40)).unwrap();
     let deadline = Instant::now() + 2 * SECOND;
     while oneways.load(Ordering::SeqCst) == 0 {
@@ -453,7 +453,7 @@ fn tokio_server_sends_requests_to_tokio_and_uring_client_handlers() {
     let response = rt
         .block_on(peer.call(Command::request(39), 2 * SECOND))
         .unwrap();
-    assert_eq!(&response.body[..], b"uring");
+    assert_eq!(response.body(), b"uring");
     done_tx.send(()).unwrap();
     uring.join().unwrap();
 }
@@ -503,7 +503,7 @@ fn raw_broker_request_reaches_the_tokio_client_handler() {
             .await
             .unwrap();
         assert!(answer.is_response());
-        assert_eq!((answer.opaque, &answer.body[..]), (-5, &b"state"[..]));
+        assert_eq!((answer.opaque, answer.body()), (-5, &b"state"[..]));
         client.close();
     });
 }
@@ -562,7 +562,7 @@ fn blocking_dispatch_answers_busy_beyond_max_incoming_and_stops_gracefully() {
     std::thread::sleep(Duration::from_millis(100));
     rt.block_on(server.stop());
     let answered = slow.join().unwrap().unwrap();
-    assert_eq!(&answered.body[..], b"last");
+    assert_eq!(answered.body(), b"last");
     assert!(
         TcpStream::connect_timeout(&addr, SECOND).is_err(),
         "no more connections accepted"
@@ -617,7 +617,7 @@ fn idle_connections_close_and_reopen_on_demand() {
             .call(Command::request(1).with_body(&b"again"[..]), SECOND)
             .await
             .unwrap();
-        assert_eq!(&r.body[..], b"again");
+        assert_eq!(r.body(), b"again");
         assert_eq!(client.connections(), 1);
         client.close();
     });

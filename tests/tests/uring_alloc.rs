@@ -40,7 +40,7 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 fn echo(request: Command) -> Command {
-    let body = request.body.clone();
+    let body = request.body_bytes();
     request.response(codes::SUCCESS).with_body(body)
 }
 
@@ -65,7 +65,7 @@ async fn load(client: &LocalClient, tasks: usize, calls: usize, ty: SerializeTyp
                     .with_body(body)
                     .with_serialize_type(ty);
                 let response = client.call(request, Duration::from_secs(10)).await.unwrap();
-                assert_eq!(response.body.len(), 64);
+                assert_eq!(response.body().len(), 64);
             }
         }));
     }

@@ -14,8 +14,8 @@ const SECOND: Duration = Duration::from_secs(1);
 fn echo(request: Command) -> Command {
     let mut response = request
         .response(codes::SUCCESS)
-        .with_body(request.body.clone());
-    response.ext_fields = request.ext_fields.clone();
+        .with_body(request.body_bytes());
+    response.set_ext_fields(request.ext_fields().to_ext_fields());
     response
 }
 
@@ -76,8 +76,8 @@ fn uring_client_and_server_many_concurrent_calls_without_cross_talk() {
                         .with_body(tag.clone().into_bytes())
                         .with_serialize_type(ty);
                     let response = client.call(request, 5 * SECOND).await.unwrap();
-                    assert_eq!(&response.body[..], tag.as_bytes());
-                    assert_eq!(response.ext_fields.get("tag").unwrap(), tag.as_str());
+                    assert_eq!(response.body(), tag.as_bytes());
+                    assert_eq!(response.ext("tag").unwrap(), tag.as_str());
                 }
             }));
         }
@@ -108,7 +108,7 @@ fn send_client_from_plain_threads_against_std_server() {
                     let r = client
                         .call_blocking(Command::request(1).with_body(body.clone()), 5 * SECOND)
                         .unwrap();
-                    assert_eq!(&r.body[..], &body[..]);
+                    assert_eq!(r.body(), &body[..]);
                 }
             })
         })
@@ -133,7 +133,7 @@ fn std_client_against_uring_server() {
         let r = client
             .call(Command::request(1).with_body(body.clone()), 5 * SECOND)
             .unwrap();
-        assert_eq!(&r.body[..], &body[..]);
+        assert_eq!(r.body(), &body[..]);
     }
     client.close();
 }
@@ -230,7 +230,7 @@ fn corrupt_bytes_close_only_that_connection_and_unknown_codes_are_refused() {
     let good = remora_std::Client::connect(server.local_addr(), Default::default()).unwrap();
     let r = good.call(Command::request(4242), SECOND).unwrap();
     assert_eq!(r.code, codes::REQUEST_CODE_NOT_SUPPORTED);
-    assert_eq!(r.remark.unwrap(), " request type 4242 not supported");
+    assert_eq!(r.remark().unwrap(), " request type 4242 not supported");
     let mut raw = TcpStream::connect(server.local_addr()).unwrap();
     raw.write_all(&[0x7f, 0xff, 0xff, 0xff, 9, 9, 9, 9])
         .unwrap();
@@ -330,7 +330,7 @@ fn oneway_and_server_to_client_requests() {
             .await
             .unwrap();
         assert!(answer.is_response());
-        assert_eq!((answer.opaque, &answer.body[..]), (-5, &b"state"[..]));
+        assert_eq!((answer.opaque, answer.body()), (-5, &b"state"[..]));
         client.close();
     });
 }

@@ -59,26 +59,22 @@ fn assert_fields(name: &str, cmd: &Command, v: &Value) {
         v["flag"].as_i64().unwrap(),
         "{name}: flag"
     );
-    assert_eq!(
-        cmd.remark.as_deref(),
-        v["remark"].as_str(),
-        "{name}: remark"
-    );
+    assert_eq!(cmd.remark(), v["remark"].as_str(), "{name}: remark");
     let want: BTreeMap<&str, &str> = v["ext_fields"]
         .as_object()
         .unwrap()
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
         .collect();
-    let got: BTreeMap<&str, &str> = cmd.ext_fields.iter().collect();
+    let got: BTreeMap<&str, &str> = cmd.ext_fields().iter().collect();
     assert_eq!(
         got.len(),
-        cmd.ext_fields.len(),
+        cmd.ext_fields().len(),
         "{name}: duplicate ext keys"
     );
     assert_eq!(got, want, "{name}: ext fields");
     assert_eq!(
-        hex(&cmd.body),
+        hex(cmd.body()),
         v["body_hex"].as_str().unwrap(),
         "{name}: body"
     );

@@ -55,7 +55,7 @@ fn requests_queued_before_the_handshake_are_answered_over_tls() {
     let got: Vec<_> = client_events
         .iter()
         .map(|e| match e {
-            Event::Response { id, response } => (*id, response.body.to_vec()),
+            Event::Response { id, response } => (*id, response.body().to_vec()),
             other => panic!("unexpected {other:?}"),
         })
         .collect();
@@ -81,7 +81,7 @@ fn requests_queued_before_the_handshake_are_answered_over_tls() {
     let (_, server_events) = pump(&mut client, &mut server, T0);
     assert!(
         matches!(&server_events[..], [Event::Response { id: got, response }]
-        if *got == id && &response.body[..] == b"s")
+        if *got == id && response.body() == b"s")
     );
 }
 
@@ -108,7 +108,7 @@ fn large_bodies_and_many_requests_cross_record_boundaries() {
     let (events, _) = pump(&mut client, &mut server, T0);
     assert_eq!(events.len(), 201);
     assert!(
-        matches!(&events[0], Event::Response { id, response } if *id == big && response.body[..] == body[..])
+        matches!(&events[0], Event::Response { id, response } if *id == big && response.body()[..] == body[..])
     );
     for (event, id) in events[1..].iter().zip(small) {
         assert!(matches!(event, Event::Response { id: got, .. } if *got == id));
@@ -127,7 +127,7 @@ fn permissive_server_serves_plaintext_and_tls_clients_on_one_config() {
         .unwrap();
     let (events, _) = pump(&mut tls_client, &mut tls_server, T0);
     assert!(
-        matches!(&events[..], [Event::Response { id: got, response }] if *got == id && &response.body[..] == b"tls")
+        matches!(&events[..], [Event::Response { id: got, response }] if *got == id && response.body() == b"tls")
     );
     assert!(tls_server.is_tls());
 
@@ -154,7 +154,7 @@ fn permissive_server_serves_plaintext_and_tls_clients_on_one_config() {
     plain_server.handle_read(frame.len() - 1, T0);
     let (events, _) = pump(&mut plain_client, &mut plain_server, T0);
     assert!(
-        matches!(&events[..], [Event::Response { id: got, response }] if *got == id && &response.body[..] == b"plain")
+        matches!(&events[..], [Event::Response { id: got, response }] if *got == id && response.body() == b"plain")
     );
     assert!(!plain_server.is_tls() && !plain_server.is_handshaking());
 }

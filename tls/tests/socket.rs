@@ -118,7 +118,7 @@ fn serve_one(listener: TcpListener, tls: ServerTls) -> thread::JoinHandle<Sessio
             &mut session,
             |s, e| {
                 if let Event::Request { request, command } = e {
-                    let body = command.body.clone();
+                    let body = command.body_bytes();
                     s.send_response(request, command.response(0).with_body(body))
                         .unwrap();
                 } else {
@@ -153,7 +153,7 @@ fn call_n(stream: &mut TcpStream, session: &mut Session, n: usize) -> Vec<Vec<u8
         |_, e| match e {
             Event::Response { id, response } => {
                 let i = ids.iter().position(|x| *x == id).unwrap();
-                bodies[i] = response.body.to_vec();
+                bodies[i] = response.body().to_vec();
                 answered.set(answered.get() + 1);
             }
             other => panic!("client got {other:?}"),

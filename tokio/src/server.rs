@@ -62,7 +62,7 @@ impl Shared {
 ///
 /// # async fn run() -> std::io::Result<()> {
 /// let echo = |request: Command| {
-///     let body = request.body.clone();
+///     let body = request.body_bytes();
 ///     request.response(codes::SUCCESS).with_body(body)
 /// };
 /// let server = Server::bind("127.0.0.1:9876", echo, ServerConfig::default()).await?;

@@ -11,9 +11,7 @@
 
 use bytes::{BufMut, Bytes};
 
-use alloc::vec::Vec;
-
-use crate::codec::command::{Command, ExtFields, HeaderStr, LanguageCode, Span};
+use crate::codec::command::{Command, Fixed, LanguageCode, SerializeType};
 use crate::codec::error::{BinaryField, DecodeError, EncodeError};
 use crate::codec::limits::Limits;
 use crate::codec::sink::{BufSink, Sink};
@@ -22,9 +20,21 @@ const FIXED_LEN: usize = 13;
 
 /// Decodes a ROCKETMQ header into a command with an empty body.
 ///
-/// Short strings are copied inline, longer ones are zero-copy slices of `header`; extension
-/// fields are positions in it.
+/// The command reads its remark and extension fields from `header` in place.
 pub fn decode_header(header: &Bytes, limits: &Limits) -> Result<Command, DecodeError> {
+    let fixed = parse(header, limits)?;
+    Ok(Command::decoded(
+        fixed,
+        SerializeType::RocketMq,
+        header.clone(),
+        false,
+        0,
+    ))
+}
+
+/// Checks a ROCKETMQ header completely (every length against the header and the limits, every
+/// string's UTF-8) and reads its fixed fields.
+pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Fixed, DecodeError> {
     let mut r = Reader {
         buf: header,
         pos: 0,
@@ -33,46 +43,44 @@ pub fn decode_header(header: &Bytes, limits: &Limits) -> Result<Command, DecodeE
     let fixed = r.take(FIXED_LEN, BinaryField::Fixed)?;
     let be16 = |i: usize| i16::from_be_bytes([fixed[i], fixed[i + 1]]);
     let be32 = |i: usize| i32::from_be_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
-    let mut cmd = Command {
+    let mut out = Fixed {
         code: i32::from(be16(0)),
         language: LanguageCode(fixed[2]),
         version: i32::from(be16(3)),
         opaque: be32(5),
         flag: be32(9),
-        ..Command::request(0)
+        has_remark: false,
+        has_ext: false,
     };
-    cmd.serialize_type = crate::SerializeType::RocketMq;
 
     let remark_len = r.len_i32(BinaryField::RemarkLength)?;
     if remark_len > 0 {
-        cmd.remark = Some(r.string(remark_len, BinaryField::Remark, limits)?);
+        r.string(remark_len, BinaryField::Remark, limits)?;
+        out.has_remark = true;
     }
 
     let ext_len = r.len_i32(BinaryField::ExtLength)?;
     let ext_start = r.pos;
     r.take(ext_len, BinaryField::Ext)?;
-    let spans = ext_spans(header, ext_start, r.pos, limits)?;
-    if !spans.is_empty() {
-        cmd.ext_fields = ExtFields::from_spans(header.clone(), Bytes::new(), spans);
-    }
-    Ok(cmd)
+    out.has_ext = check_ext_block(header, ext_start, r.pos, limits)? > 0;
+    Ok(out)
 }
 
-/// Walks the extension block `header[start..end]`, checking every length against it, and
-/// returns each entry's key and value positions (entries with an empty value dropped).
-fn ext_spans(
+/// Walks the extension block `header[start..end]`, checking every length against it, every
+/// string's UTF-8 and the number of entries (those with an empty value are not counted: Java
+/// reads them as null).
+fn check_ext_block(
     header: &[u8],
     start: usize,
     end: usize,
     limits: &Limits,
-) -> Result<Vec<Span>, DecodeError> {
+) -> Result<usize, DecodeError> {
     let overrun = |field, offset| DecodeError::BinaryOverrun { field, offset };
     let too_long = |offset| DecodeError::StringTooLong {
         offset,
         max: limits.max_string_len,
     };
-    // Entries are at least 6 bytes: a guess that avoids regrowing, bounded by the limit.
-    let mut spans = Vec::with_capacity(((end - start) / 12).min(limits.max_ext_fields).min(64));
+    let mut count = 0;
     // One vectorisable pass: if no byte of the block (strings and lengths alike) has its high
     // bit set, every string is ASCII and needs no UTF-8 check of its own.
     let block_ascii = header[start..end].iter().fold(0u8, |a, &b| a | b) < 0x80;
@@ -105,16 +113,14 @@ fn ext_spans(
             return Err(overrun(BinaryField::ExtValue, value_at));
         }
         p = value_at + value_len;
-        let key = &header[key_at..len_at];
-        let value = &header[value_at..p];
         if !block_ascii {
-            if core::str::from_utf8(key).is_err() {
+            if core::str::from_utf8(&header[key_at..len_at]).is_err() {
                 return Err(DecodeError::BinaryInvalidUtf8 {
                     field: BinaryField::ExtKey,
                     offset: key_at,
                 });
             }
-            if core::str::from_utf8(value).is_err() {
+            if core::str::from_utf8(&header[value_at..p]).is_err() {
                 return Err(DecodeError::BinaryInvalidUtf8 {
                     field: BinaryField::ExtValue,
                     offset: value_at,
@@ -124,22 +130,19 @@ fn ext_spans(
         if value_len == 0 {
             continue;
         }
-        if spans.len() == limits.max_ext_fields {
+        if count == limits.max_ext_fields {
             return Err(DecodeError::TooManyExtFields {
                 max: limits.max_ext_fields,
             });
         }
-        spans.push(Span {
-            key: (key_at as u32, key_len as u32),
-            value: (value_at as u32, value_len as u32),
-        });
+        count += 1;
     }
-    Ok(spans)
+    Ok(count)
 }
 
 /// Reads `buf[pos..end]`; offsets in errors are positions in `buf` (the header).
 struct Reader<'a> {
-    buf: &'a Bytes,
+    buf: &'a [u8],
     pos: usize,
     end: usize,
 }
@@ -153,8 +156,7 @@ impl<'a> Reader<'a> {
                 offset: self.pos,
             });
         };
-        let buf: &'a [u8] = self.buf;
-        let out = &buf[self.pos..end];
+        let out = &self.buf[self.pos..end];
         self.pos = end;
         Ok(out)
     }
@@ -171,7 +173,7 @@ impl<'a> Reader<'a> {
         len: usize,
         field: BinaryField,
         limits: &Limits,
-    ) -> Result<HeaderStr, DecodeError> {
+    ) -> Result<(), DecodeError> {
         let at = self.pos;
         if len > limits.max_string_len {
             return Err(DecodeError::StringTooLong {
@@ -179,8 +181,9 @@ impl<'a> Reader<'a> {
                 max: limits.max_string_len,
             });
         }
-        self.take(len, field)?;
-        HeaderStr::from_utf8_slice(self.buf, at..self.pos)
+        let text = self.take(len, field)?;
+        core::str::from_utf8(text)
+            .map(|_| ())
             .map_err(|_| DecodeError::BinaryInvalidUtf8 { field, offset: at })
     }
 }
@@ -191,12 +194,12 @@ pub fn header_len(cmd: &Command) -> Result<usize, EncodeError> {
 }
 
 fn remark_len(cmd: &Command) -> usize {
-    cmd.remark.as_ref().map_or(0, |r| r.len())
+    cmd.remark().map_or(0, str::len)
 }
 
 fn ext_len(cmd: &Command) -> Result<usize, EncodeError> {
     let mut n = 0;
-    for (k, v) in cmd.ext_fields.iter() {
+    for (k, v) in cmd.ext_fields() {
         if k.len() > usize::from(u16::MAX) {
             return Err(EncodeError::ExtKeyTooLong { len: k.len() });
         }
@@ -218,7 +221,7 @@ pub(crate) fn write_header(cmd: &Command, ext_len: usize, out: &mut impl Sink) {
     let version = (cmd.version as i16).to_be_bytes();
     let opaque = cmd.opaque.to_be_bytes();
     let flag = cmd.flag.to_be_bytes();
-    let remark = cmd.remark.as_deref().unwrap_or("");
+    let remark = cmd.remark().unwrap_or("");
     let remark_len = (remark.len() as u32).to_be_bytes();
     out.put(&[
         code[0],
@@ -241,7 +244,7 @@ pub(crate) fn write_header(cmd: &Command, ext_len: usize, out: &mut impl Sink) {
     ]);
     out.put(remark.as_bytes());
     out.put_u32(ext_len as u32);
-    for (k, v) in cmd.ext_fields.iter() {
+    for (k, v) in cmd.ext_fields() {
         out.put_u16(k.len() as u16);
         out.put(k.as_bytes());
         out.put_u32(v.len() as u32);
@@ -328,7 +331,7 @@ mod tests {
         h.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 14]);
         h.extend_from_slice(&[0, 1, b'a', 0, 0, 0, 0]);
         h.extend_from_slice(&[0, 1, b'b', 0, 0, 0, 0]);
-        assert!(decode(&h).unwrap().ext_fields.is_empty());
+        assert!(decode(&h).unwrap().ext_fields().is_empty());
         let limits = Limits {
             max_string_len: 2,
             ..Limits::default()

@@ -65,6 +65,6 @@ mod tests {
         assert_eq!(resp.code, REQUEST_CODE_NOT_SUPPORTED);
         assert_eq!(resp.opaque, 77);
         assert!(resp.is_response());
-        assert_eq!(resp.remark.unwrap(), " request type 9999 not supported");
+        assert_eq!(resp.remark().unwrap(), " request type 9999 not supported");
     }
 }

@@ -1,5 +1,6 @@
 //! The command model: what one remoting frame carries.
 
+use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -215,19 +216,6 @@ impl HeaderStr {
         }
     }
 
-    /// `src[range]` if it is UTF-8: copied inline when short, a zero-copy slice otherwise.
-    pub(crate) fn from_utf8_slice(
-        src: &Bytes,
-        range: core::ops::Range<usize>,
-    ) -> Result<Self, core::str::Utf8Error> {
-        let s = core::str::from_utf8(&src[range.clone()])?;
-        Ok(if s.len() <= INLINE {
-            Self::inline(s)
-        } else {
-            Self(Repr::Shared(src.slice(range)))
-        })
-    }
-
     fn inline(s: &str) -> Self {
         debug_assert!(s.len() <= INLINE);
         let mut buf = [0; INLINE];
@@ -341,190 +329,57 @@ impl PartialEq<&str> for HeaderStr {
     }
 }
 
-/// Extension fields: string keys to string values, in insertion (wire) order.
+/// Extension fields a program built: string keys to string values, in insertion order.
 ///
-/// Decoding keeps every entry as it came, duplicates included; [`ExtFields::get`] returns the last
-/// value for a key, which is what Java's `HashMap` ends up holding. [`ExtFields::insert`] replaces a
-/// key's value in place.
+/// This is the owned form, what [`Command::ext_fields_mut`] hands out and what
+/// [`Command::with_ext`] fills. A decoded command reads its fields straight from the frame
+/// ([`Command::ext_fields`]); the first change turns them into this.
 ///
-/// A decoded set is compact: one shared reference to the frame's header (plus, for JSON strings
-/// that held escapes, one buffer of their unescaped text) and 16 bytes of positions per entry,
-/// so decoding touches no reference count per field and validates UTF-8 once. The first
-/// [`insert`](ExtFields::insert) or [`remove`](ExtFields::remove) turns it into owned strings.
-#[derive(Clone, Default)]
+/// [`ExtFields::get`] returns the last value for a key, which is what Java's `HashMap` ends up
+/// holding when a peer sends a key twice. [`ExtFields::insert`] replaces a key's value in place.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
 pub struct ExtFields {
-    repr: ExtRepr,
+    entries: Vec<(HeaderStr, HeaderStr)>,
 }
-
-#[derive(Clone)]
-enum ExtRepr {
-    /// Entries whose text lies in `src` (or, with [`SIDE`] set in the start, in `side`).
-    Spans {
-        src: Bytes,
-        side: Bytes,
-        spans: Vec<Span>,
-    },
-    Owned(Vec<(HeaderStr, HeaderStr)>),
-}
-
-impl Default for ExtRepr {
-    fn default() -> Self {
-        ExtRepr::Owned(Vec::new())
-    }
-}
-
-/// Where one entry's key and value lie: `(start, len)` each; a start with [`SIDE`] set counts in
-/// the side buffer.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Span {
-    pub(crate) key: (u32, u32),
-    pub(crate) value: (u32, u32),
-}
-
-/// Marks a span start as counting in the side buffer (headers are far below 2 GiB).
-pub(crate) const SIDE: u32 = 1 << 31;
-
-/// Iterator over [`ExtFields`] entries, in order.
-pub struct ExtIter<'a> {
-    inner: ExtIterInner<'a>,
-}
-
-enum ExtIterInner<'a> {
-    Spans {
-        src: &'a [u8],
-        side: &'a [u8],
-        spans: core::slice::Iter<'a, Span>,
-    },
-    Owned(core::slice::Iter<'a, (HeaderStr, HeaderStr)>),
-}
-
-fn span_str<'a>(src: &'a [u8], side: &'a [u8], (start, len): (u32, u32)) -> &'a str {
-    let (buf, start) = if start & SIDE != 0 {
-        (side, start & !SIDE)
-    } else {
-        (src, start)
-    };
-    let bytes = &buf[start as usize..start as usize + len as usize];
-    debug_assert!(core::str::from_utf8(bytes).is_ok(), "span is not UTF-8");
-    // SAFETY: spans are made only by the decoders (`ExtFields::from_spans`), which validated
-    // every span as UTF-8 before (JSON: the whole header at once, and unescaping only produces
-    // UTF-8; ROCKETMQ: each string), and `src`/`side` are immutable `Bytes`. The debug assertion
-    // above re-checks it in every test, property test and fuzz run.
-    unsafe { core::str::from_utf8_unchecked(bytes) }
-}
-
-impl<'a> Iterator for ExtIter<'a> {
-    type Item = (&'a str, &'a str);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        match &mut self.inner {
-            ExtIterInner::Spans { src, side, spans } => spans
-                .next()
-                .map(|s| (span_str(src, side, s.key), span_str(src, side, s.value))),
-            ExtIterInner::Owned(it) => it.next().map(|(k, v)| (k.as_str(), v.as_str())),
-        }
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = match &self.inner {
-            ExtIterInner::Spans { spans, .. } => spans.len(),
-            ExtIterInner::Owned(it) => it.len(),
-        };
-        (n, Some(n))
-    }
-}
-
-impl DoubleEndedIterator for ExtIter<'_> {
-    fn next_back(&mut self) -> Option<Self::Item> {
-        match &mut self.inner {
-            ExtIterInner::Spans { src, side, spans } => spans
-                .next_back()
-                .map(|s| (span_str(src, side, s.key), span_str(src, side, s.value))),
-            ExtIterInner::Owned(it) => it.next_back().map(|(k, v)| (k.as_str(), v.as_str())),
-        }
-    }
-}
-
-impl ExactSizeIterator for ExtIter<'_> {}
 
 impl ExtFields {
     /// No fields.
     pub const fn new() -> Self {
         Self {
-            repr: ExtRepr::Owned(Vec::new()),
+            entries: Vec::new(),
         }
     }
 
     /// No fields, with room for `n`.
     pub fn with_capacity(n: usize) -> Self {
         Self {
-            repr: ExtRepr::Owned(Vec::with_capacity(n)),
-        }
-    }
-
-    /// Fields decoded from `src` (and `side`); every span MUST already be validated UTF-8.
-    pub(crate) fn from_spans(src: Bytes, side: Bytes, spans: Vec<Span>) -> Self {
-        if spans.is_empty() {
-            return Self::new();
-        }
-        Self {
-            repr: ExtRepr::Spans { src, side, spans },
+            entries: Vec::with_capacity(n),
         }
     }
 
     /// The number of entries (duplicates counted).
     pub fn len(&self) -> usize {
-        match &self.repr {
-            ExtRepr::Spans { spans, .. } => spans.len(),
-            ExtRepr::Owned(v) => v.len(),
-        }
+        self.entries.len()
     }
 
     /// Whether there are no entries.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.entries.is_empty()
     }
 
-    /// The value of `key` (the last one, if the peer sent the key twice).
+    /// The value of `key` (the last one, if it is there twice).
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.iter().rev().find(|(k, _)| *k == key).map(|(_, v)| v)
+        self.entries
+            .iter()
+            .rev()
+            .find(|(k, _)| k.as_str() == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The entries in order.
     pub fn iter(&self) -> ExtIter<'_> {
         ExtIter {
-            inner: match &self.repr {
-                ExtRepr::Spans { src, side, spans } => ExtIterInner::Spans {
-                    src,
-                    side,
-                    spans: spans.iter(),
-                },
-                ExtRepr::Owned(v) => ExtIterInner::Owned(v.iter()),
-            },
-        }
-    }
-
-    /// The owned form, converting a decoded set first.
-    fn owned(&mut self) -> &mut Vec<(HeaderStr, HeaderStr)> {
-        if let ExtRepr::Spans { src, side, spans } = &self.repr {
-            let strings = |(start, len): (u32, u32)| {
-                let (buf, start) = if start & SIDE != 0 {
-                    (side, start & !SIDE)
-                } else {
-                    (src, start)
-                };
-                let range = start as usize..start as usize + len as usize;
-                HeaderStr::from_utf8_slice(buf, range).expect("decoded spans are UTF-8")
-            };
-            let owned = spans
-                .iter()
-                .map(|s| (strings(s.key), strings(s.value)))
-                .collect();
-            self.repr = ExtRepr::Owned(owned);
-        }
-        match &mut self.repr {
-            ExtRepr::Owned(v) => v,
-            ExtRepr::Spans { .. } => unreachable!("converted above"),
+            inner: ExtIterInner::Owned(self.entries.iter()),
         }
     }
 
@@ -537,10 +392,9 @@ impl ExtFields {
     ) -> Option<HeaderStr> {
         let key = key.into();
         let value = value.into();
-        let entries = self.owned();
         let mut old = None;
         let mut found = false;
-        entries.retain_mut(|(k, v)| {
+        self.entries.retain_mut(|(k, v)| {
             if *k != key {
                 return true;
             }
@@ -552,7 +406,7 @@ impl ExtFields {
             true
         });
         if !found {
-            entries.push((key, value));
+            self.entries.push((key, value));
         }
         old
     }
@@ -561,7 +415,7 @@ impl ExtFields {
     pub fn remove(&mut self, key: &str) -> Option<HeaderStr> {
         self.get(key)?;
         let mut last = None;
-        self.owned().retain(|(k, v)| {
+        self.entries.retain(|(k, v)| {
             if k.as_str() == key {
                 last = Some(v.clone());
                 false
@@ -572,28 +426,10 @@ impl ExtFields {
         last
     }
 
-    /// Appends an entry without looking for the key.
-    #[cfg(test)]
-    pub(crate) fn push(&mut self, key: HeaderStr, value: HeaderStr) {
-        self.owned().push((key, value));
-    }
-}
-
-impl PartialEq for ExtFields {
-    fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len() && self.iter().eq(other.iter())
-    }
-}
-
-impl Eq for ExtFields {}
-
-impl core::hash::Hash for ExtFields {
-    fn hash<H: core::hash::Hasher>(&self, state: &mut H) {
-        self.len().hash(state);
-        for (k, v) in self.iter() {
-            k.hash(state);
-            v.hash(state);
-        }
+    /// Appends an entry without looking for the key (so a key may end up there twice, as a
+    /// peer may send it).
+    pub fn push(&mut self, key: impl Into<HeaderStr>, value: impl Into<HeaderStr>) {
+        self.entries.push((key.into(), value.into()));
     }
 }
 
@@ -613,45 +449,486 @@ impl<K: Into<HeaderStr>, V: Into<HeaderStr>> FromIterator<(K, V)> for ExtFields 
     }
 }
 
+impl<'a> IntoIterator for &'a ExtFields {
+    type Item = (&'a str, &'a str);
+    type IntoIter = ExtIter<'a>;
+    fn into_iter(self) -> ExtIter<'a> {
+        self.iter()
+    }
+}
+
+/// A command's extension fields, read in place: what [`Command::ext_fields`] returns.
+///
+/// A decoded command's fields are read from its frame on each call (nothing was indexed when
+/// it was decoded, so decoding allocates nothing); a built command's from its [`ExtFields`].
+/// Entries come in wire order, duplicates included; [`Ext::get`] returns the last one.
+#[derive(Clone, Copy)]
+pub struct Ext<'a> {
+    src: ExtSrc<'a>,
+}
+
+#[derive(Clone, Copy)]
+enum ExtSrc<'a> {
+    /// A ROCKETMQ extension block (validated when decoded).
+    Binary(&'a [u8]),
+    /// A JSON header from the `{` of its `extFields` object (validated, escapes rewritten).
+    Json(&'a [u8]),
+    Owned(&'a [(HeaderStr, HeaderStr)]),
+}
+
+impl<'a> Ext<'a> {
+    /// The entries in wire order.
+    pub fn iter(&self) -> ExtIter<'a> {
+        ExtIter {
+            inner: match self.src {
+                ExtSrc::Binary(block) => ExtIterInner::Binary(block),
+                ExtSrc::Json(text) => ExtIterInner::Json(text, 1),
+                ExtSrc::Owned(v) => ExtIterInner::Owned(v.iter()),
+            },
+        }
+    }
+
+    /// The value of `key` (the last one, if the peer sent the key twice).
+    pub fn get(&self, key: &str) -> Option<&'a str> {
+        let mut found = None;
+        for (k, v) in self.iter() {
+            if k == key {
+                found = Some(v);
+            }
+        }
+        found
+    }
+
+    /// The number of entries (duplicates counted). Counts them: O(fields).
+    pub fn len(&self) -> usize {
+        match self.src {
+            ExtSrc::Owned(v) => v.len(),
+            _ => self.iter().count(),
+        }
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+
+    /// A copy in the owned form.
+    pub fn to_ext_fields(self) -> ExtFields {
+        ExtFields {
+            entries: self
+                .iter()
+                .map(|(k, v)| (HeaderStr::from(k), HeaderStr::from(v)))
+                .collect(),
+        }
+    }
+}
+
+impl<'a> IntoIterator for Ext<'a> {
+    type Item = (&'a str, &'a str);
+    type IntoIter = ExtIter<'a>;
+    fn into_iter(self) -> ExtIter<'a> {
+        self.iter()
+    }
+}
+
+impl PartialEq for Ext<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Ext<'_> {}
+
+impl PartialEq<ExtFields> for Ext<'_> {
+    fn eq(&self, other: &ExtFields) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl fmt::Debug for Ext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+/// Iterator over extension fields, in wire order.
+#[derive(Clone)]
+pub struct ExtIter<'a> {
+    inner: ExtIterInner<'a>,
+}
+
+#[derive(Clone)]
+enum ExtIterInner<'a> {
+    /// The rest of a ROCKETMQ extension block.
+    Binary(&'a [u8]),
+    /// A JSON header and the position of the next entry (or of the closing `}`).
+    Json(&'a [u8], usize),
+    Owned(core::slice::Iter<'a, (HeaderStr, HeaderStr)>),
+}
+
+/// `bytes` as text.
+///
+/// Only for bytes a decoder has validated as UTF-8: every decoded string (JSON: the whole
+/// header before parsing, and in-place unescaping writes only UTF-8; ROCKETMQ: the remark and
+/// the extension block when decoded). The frame is immutable `Bytes` afterwards.
+#[inline]
+pub(crate) fn validated_str(bytes: &[u8]) -> &str {
+    debug_assert!(core::str::from_utf8(bytes).is_ok(), "not UTF-8");
+    // SAFETY: see above; the debug assertion re-checks it in every test, property test and
+    // fuzz run, and `tests::decoded_views_are_utf8` reads every field of every vector.
+    unsafe { core::str::from_utf8_unchecked(bytes) }
+}
+
+/// The next entry of a validated ROCKETMQ extension block (entries with an empty value
+/// skipped, as Java reads them as null).
+fn next_binary<'a>(block: &mut &'a [u8]) -> Option<(&'a str, &'a str)> {
+    loop {
+        let b = *block;
+        let key_len = usize::from(u16::from_be_bytes([*b.first()?, *b.get(1)?]));
+        let key = b.get(2..2 + key_len)?;
+        let at = 2 + key_len;
+        let len = b.get(at..at + 4)?;
+        let value_len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let value = b.get(at + 4..at + 4 + value_len)?;
+        *block = &b[at + 4 + value_len..];
+        if value_len != 0 {
+            return Some((validated_str(key), validated_str(value)));
+        }
+    }
+}
+
+/// Marks a JSON string whose escapes were rewritten in place: the opening quote becomes this,
+/// the unescaped text follows, then [`UNESCAPED_END`] up to where the closing quote was. Neither
+/// byte occurs in UTF-8, so neither can be part of the text.
+pub(crate) const UNESCAPED_START: u8 = 0xFE;
+/// See [`UNESCAPED_START`].
+pub(crate) const UNESCAPED_END: u8 = 0xFF;
+
+#[inline]
+fn skip_json_ws(text: &[u8], mut pos: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\r' | b'\t') = text.get(pos) {
+        pos += 1;
+    }
+    pos
+}
+
+/// The first `byte` in `s` at or after `from`: eight bytes at a time for the first 64 (header
+/// strings are mostly short, and a call into `memchr` costs more than scanning them), then
+/// `memchr` for the rest.
+#[inline(always)]
+fn find_byte(s: &[u8], from: usize, byte: u8) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut j = from;
+    let short_end = s.len().min(from.saturating_add(64));
+    while j + 8 <= short_end {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[j..j + 8]);
+        let x = u64::from_le_bytes(w) ^ (ONES * u64::from(byte));
+        // The high bit of every zero byte of `x` (and maybe of bytes above the lowest one,
+        // through the borrow: the lowest is exact, and the load was little-endian).
+        let hits = x.wrapping_sub(ONES) & !x & HIGHS;
+        if hits != 0 {
+            return Some(j + (hits.trailing_zeros() / 8) as usize);
+        }
+        j += 8;
+    }
+    if short_end < s.len() {
+        return memchr::memchr(byte, &s[j..]).map(|k| j + k);
+    }
+    s.get(j..)?.iter().position(|&b| b == byte).map(|k| j + k)
+}
+
+/// The string at `pos` of a validated, rewritten JSON header (plain `"…"` or rewritten), and the
+/// position after it.
+#[inline]
+fn json_str(text: &[u8], pos: usize) -> Option<(&str, usize)> {
+    match text.get(pos)? {
+        b'"' => {
+            let end = find_byte(text, pos + 1, b'"')?;
+            let s = &text[pos + 1..end];
+            Some((validated_str(s), end + 1))
+        }
+        &UNESCAPED_START => {
+            let text_end = find_byte(text, pos + 1, UNESCAPED_END)?;
+            let s = &text[pos + 1..text_end];
+            let mut end = text_end;
+            while text.get(end) == Some(&UNESCAPED_END) {
+                end += 1;
+            }
+            Some((validated_str(s), end))
+        }
+        _ => None,
+    }
+}
+
+/// Skips any value of a validated, rewritten JSON header at `pos`.
+fn skip_json_value(text: &[u8], pos: usize) -> Option<usize> {
+    match text.get(pos)? {
+        b'"' | &UNESCAPED_START => json_str(text, pos).map(|(_, end)| end),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut p = pos;
+            loop {
+                match *text.get(p)? {
+                    b'"' | UNESCAPED_START => {
+                        p = json_str(text, p)?.1;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Some(p + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                p += 1;
+            }
+        }
+        _ => Some(scalar_end(text, pos)),
+    }
+}
+
+/// The end of a number or `true`/`false`/`null` at `pos`.
+#[inline]
+fn scalar_end(text: &[u8], mut pos: usize) -> usize {
+    while let Some(&b) = text.get(pos) {
+        if matches!(b, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t') {
+            break;
+        }
+        pos += 1;
+    }
+    pos
+}
+
+/// The next non-null entry of a JSON `extFields` object, from `*pos` (just after `{` or `,`).
+fn next_json<'a>(text: &'a [u8], pos: &mut usize) -> Option<(&'a str, &'a str)> {
+    loop {
+        let p = skip_json_ws(text, *pos);
+        if *text.get(p)? == b'}' {
+            *pos = text.len();
+            return None;
+        }
+        let (key, p) = json_str(text, p)?;
+        let p = skip_json_ws(text, p);
+        let p = skip_json_ws(text, p + 1); // ':'
+        let (value, p) = match *text.get(p)? {
+            b'"' | UNESCAPED_START => {
+                let (v, end) = json_str(text, p)?;
+                (Some(v), end)
+            }
+            b'n' => (None, p + 4),
+            _ => {
+                let end = scalar_end(text, p);
+                (Some(validated_str(&text[p..end])), end)
+            }
+        };
+        let p = skip_json_ws(text, p);
+        *pos = if text.get(p) == Some(&b',') {
+            p + 1
+        } else {
+            text.len()
+        };
+        if let Some(value) = value {
+            return Some((key, value));
+        }
+        if *pos >= text.len() {
+            return None;
+        }
+    }
+}
+
+/// The last `remark` of a validated, rewritten JSON header: `None` if absent or `null`.
+fn json_remark(text: &[u8]) -> Option<&str> {
+    let mut p = skip_json_ws(text, 0) + 1;
+    let mut remark = None;
+    loop {
+        p = skip_json_ws(text, p);
+        if *text.get(p)? == b'}' {
+            return remark;
+        }
+        let (key, after) = json_str(text, p)?;
+        p = skip_json_ws(text, skip_json_ws(text, after) + 1);
+        if key == "remark" {
+            remark = match *text.get(p)? {
+                b'n' => {
+                    p += 4;
+                    None
+                }
+                _ => {
+                    let (s, end) = json_str(text, p)?;
+                    p = end;
+                    Some(s)
+                }
+            };
+        } else {
+            p = skip_json_value(text, p)?;
+        }
+        p = skip_json_ws(text, p);
+        if text.get(p) == Some(&b',') {
+            p += 1;
+        } else {
+            return remark;
+        }
+    }
+}
+
+impl<'a> Iterator for ExtIter<'a> {
+    type Item = (&'a str, &'a str);
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.inner {
+            ExtIterInner::Binary(block) => next_binary(block),
+            ExtIterInner::Json(text, pos) => next_json(text, pos),
+            ExtIterInner::Owned(it) => it.next().map(|(k, v)| (k.as_str(), v.as_str())),
+        }
+    }
+}
+
+/// Where a command's remark, extension fields and body are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// Built by the program: `buf` is the body, remark and fields are in `owned` (if any).
+    Built,
+    /// A decoded frame (prefix, header, body) with a JSON header.
+    JsonFrame,
+    /// A decoded frame with a ROCKETMQ header.
+    RocketMqFrame,
+    /// A decoded JSON header alone (no prefix, no body).
+    JsonHeader,
+    /// A decoded ROCKETMQ header alone.
+    RocketMqHeader,
+}
+
+/// A built command's remark and extension fields.
+#[derive(Clone, Default)]
+struct Owned {
+    remark: Option<HeaderStr>,
+    ext: ExtFields,
+}
+
+/// The fixed fields a header decoder read.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fixed {
+    pub(crate) code: i32,
+    pub(crate) language: LanguageCode,
+    pub(crate) version: i32,
+    pub(crate) opaque: i32,
+    pub(crate) flag: i32,
+    /// Whether the header holds a remark (a JSON `null` is none).
+    pub(crate) has_remark: bool,
+    /// Whether the header holds an extension field.
+    pub(crate) has_ext: bool,
+}
+
 /// One remoting command: a request, a oneway request or a response.
 ///
 /// `opaque` is the wire field that pairs a response with its request; `flag` bit 0 marks a response
 /// and bit 1 a oneway request. Everything else is carried as the peer sent it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// The small fields are public. The remark, extension fields and body are read through
+/// [`remark`](Command::remark), [`ext`](Command::ext) / [`ext_fields`](Command::ext_fields) and
+/// [`body`](Command::body), and set through the `with_*`/`set_*` methods: a decoded command keeps
+/// its whole frame as one [`Bytes`] and reads them from it in place, so decoding allocates nothing
+/// and a command is 64 bytes whatever it carries. Changing the remark or the fields of a decoded
+/// command copies them out first (one allocation); a built command keeps them in one boxed
+/// allocation, made by the first `with_ext`/`with_remark`.
+#[derive(Clone)]
 pub struct Command {
     /// Request code (what to do) or response code (how it went).
     pub code: i32,
-    /// The sender's implementation language.
-    pub language: LanguageCode,
-    /// The sender's release ordinal.
-    pub version: i32,
     /// The requester's id for the request; a response copies it.
     pub opaque: i32,
     /// Bit 0: response; bit 1: oneway. Other bits are carried untouched.
     pub flag: i32,
-    /// Free text, mostly the reason of an error response.
-    pub remark: Option<HeaderStr>,
-    /// Extension fields: the request's or response's custom header.
-    pub ext_fields: ExtFields,
-    /// The opaque payload after the header.
-    pub body: Bytes,
+    /// The sender's release ordinal.
+    pub version: i32,
+    /// The sender's implementation language.
+    pub language: LanguageCode,
     /// How this command's header is (or will be) serialized.
     pub serialize_type: SerializeType,
+    layout: Layout,
+    /// Decoded layouts: whether the header holds a remark (else [`Command::remark`] need not
+    /// look).
+    has_remark: bool,
+    /// JSON layouts: where the `{` of the (last, non-empty) `extFields` object is in the header;
+    /// 0 for none (the header's own `{` comes first, so no object starts at 0).
+    ext_at: u32,
+    /// The frame (decoded layouts) or the body (built).
+    buf: Bytes,
+    owned: Option<Box<Owned>>,
 }
+
+/// The command is small, so moving it through results, events and queues is cheap.
+const _: () = assert!(core::mem::size_of::<Command>() <= 64);
 
 impl Command {
     /// A request with `code`, Remora's language and version, opaque 0 and no payload.
     pub fn request(code: i32) -> Self {
         Command {
             code,
-            language: LanguageCode::default(),
-            version: DEFAULT_VERSION,
             opaque: 0,
             flag: 0,
-            remark: None,
-            ext_fields: ExtFields::new(),
-            body: Bytes::new(),
+            version: DEFAULT_VERSION,
+            language: LanguageCode::default(),
             serialize_type: SerializeType::Json,
+            layout: Layout::Built,
+            has_remark: false,
+            ext_at: 0,
+            buf: Bytes::new(),
+            owned: None,
+        }
+    }
+
+    /// A decoded command over `buf`, whose header the decoders validated.
+    pub(crate) fn decoded(
+        fixed: Fixed,
+        ty: SerializeType,
+        buf: Bytes,
+        frame: bool,
+        ext_at: u32,
+    ) -> Self {
+        let body_empty = match frame {
+            false => true,
+            true => match buf.get(5..8) {
+                Some(&[a, b, c]) => buf.len() == 8 + u32::from_be_bytes([0, a, b, c]) as usize,
+                _ => true,
+            },
+        };
+        if body_empty && !fixed.has_remark && !fixed.has_ext {
+            // Nothing to read from the frame: let its memory go (a connection's read buffer can
+            // then be reused in place).
+            return Command {
+                code: fixed.code,
+                opaque: fixed.opaque,
+                flag: fixed.flag,
+                version: fixed.version,
+                language: fixed.language,
+                serialize_type: ty,
+                ..Command::request(0)
+            };
+        }
+        let layout = match (ty, frame) {
+            (SerializeType::Json, true) => Layout::JsonFrame,
+            (SerializeType::RocketMq, true) => Layout::RocketMqFrame,
+            (SerializeType::Json, false) => Layout::JsonHeader,
+            (SerializeType::RocketMq, false) => Layout::RocketMqHeader,
+        };
+        Command {
+            code: fixed.code,
+            opaque: fixed.opaque,
+            flag: fixed.flag,
+            version: fixed.version,
+            language: fixed.language,
+            serialize_type: ty,
+            layout,
+            has_remark: fixed.has_remark,
+            ext_at,
+            buf,
+            owned: None,
         }
     }
 
@@ -665,7 +942,6 @@ impl Command {
     /// A response to this request: same opaque and serialize type, response bit set, given `code`.
     pub fn response(&self, code: i32) -> Self {
         Command {
-            code,
             opaque: self.opaque,
             flag: FLAG_RESPONSE,
             serialize_type: self.serialize_type,
@@ -701,21 +977,154 @@ impl Command {
         }
     }
 
+    /// The header bytes of a decoded command (empty for a built one).
+    #[inline]
+    fn header(&self) -> &[u8] {
+        match self.layout {
+            Layout::Built => &[],
+            Layout::JsonHeader | Layout::RocketMqHeader => &self.buf,
+            Layout::JsonFrame | Layout::RocketMqFrame => {
+                let end = self.body_start();
+                self.buf.get(8..end).unwrap_or(&[])
+            }
+        }
+    }
+
+    /// Where the body starts in `buf`.
+    #[inline]
+    fn body_start(&self) -> usize {
+        match self.layout {
+            Layout::Built => 0,
+            Layout::JsonHeader | Layout::RocketMqHeader => self.buf.len(),
+            Layout::JsonFrame | Layout::RocketMqFrame => match self.buf.get(5..8) {
+                // The marker's 24-bit header length, checked against the frame when decoded.
+                Some(&[a, b, c]) => 8 + u32::from_be_bytes([0, a, b, c]) as usize,
+                _ => self.buf.len(),
+            },
+        }
+    }
+
+    /// The remark, if any: free text, mostly the reason of an error response.
+    pub fn remark(&self) -> Option<&str> {
+        if self.layout != Layout::Built && !self.has_remark {
+            return None;
+        }
+        match self.layout {
+            Layout::Built => self.owned.as_ref()?.remark.as_deref(),
+            Layout::RocketMqFrame | Layout::RocketMqHeader => {
+                let h = self.header();
+                let len = u32::from_be_bytes(h.get(13..17)?.try_into().ok()?) as usize;
+                (len > 0).then(|| validated_str(h.get(17..17 + len).unwrap_or(&[])))
+            }
+            Layout::JsonFrame | Layout::JsonHeader => json_remark(self.header()),
+        }
+    }
+
+    /// The extension fields (the request's or response's custom header), in wire order.
+    #[inline]
+    pub fn ext_fields(&self) -> Ext<'_> {
+        let src = match self.layout {
+            Layout::Built => match &self.owned {
+                Some(owned) => ExtSrc::Owned(&owned.ext.entries),
+                None => ExtSrc::Owned(&[]),
+            },
+            Layout::RocketMqFrame | Layout::RocketMqHeader => {
+                ExtSrc::Binary(binary_ext_block(self.header()))
+            }
+            Layout::JsonFrame | Layout::JsonHeader => match self.ext_at {
+                0 => ExtSrc::Owned(&[]),
+                at => ExtSrc::Json(self.header().get(at as usize..).unwrap_or(&[])),
+            },
+        };
+        Ext { src }
+    }
+
+    /// The value of extension field `key` (the last one, if the peer sent the key twice).
+    #[inline]
+    pub fn ext(&self, key: &str) -> Option<&str> {
+        self.ext_fields().get(key)
+    }
+
+    /// The body: the opaque payload after the header.
+    #[inline]
+    pub fn body(&self) -> &[u8] {
+        self.buf.get(self.body_start()..).unwrap_or(&[])
+    }
+
+    /// The body as [`Bytes`]: a zero-copy handle on the frame (it keeps the frame alive).
+    pub fn body_bytes(&self) -> Bytes {
+        match self.layout {
+            Layout::Built => self.buf.clone(),
+            _ => self.buf.slice(self.body_start()..),
+        }
+    }
+
+    /// The body, taken out of the command.
+    pub fn into_body(self) -> Bytes {
+        self.body_bytes()
+    }
+
+    /// The owned parts, copying a decoded command's remark and fields out first; afterwards
+    /// `buf` holds only the body.
+    fn owned(&mut self) -> &mut Owned {
+        if self.layout != Layout::Built {
+            let owned = Owned {
+                remark: self.remark().map(HeaderStr::from),
+                ext: self.ext_fields().to_ext_fields(),
+            };
+            self.buf = self.body_bytes();
+            self.layout = Layout::Built;
+            self.has_remark = false;
+            self.ext_at = 0;
+            self.owned = Some(Box::new(owned));
+        }
+        self.owned.get_or_insert_with(Box::default)
+    }
+
+    /// The extension fields to change (a decoded command's are copied out first).
+    pub fn ext_fields_mut(&mut self) -> &mut ExtFields {
+        &mut self.owned().ext
+    }
+
+    /// Replaces every extension field.
+    pub fn set_ext_fields(&mut self, ext: ExtFields) {
+        if ext.is_empty() && self.layout == Layout::Built && self.owned.is_none() {
+            return;
+        }
+        self.owned().ext = ext;
+    }
+
+    /// Sets or clears the remark.
+    pub fn set_remark(&mut self, remark: Option<HeaderStr>) {
+        if remark.is_none() && self.layout == Layout::Built && self.owned.is_none() {
+            return;
+        }
+        self.owned().remark = remark;
+    }
+
+    /// Replaces the body.
+    pub fn set_body(&mut self, body: impl Into<Bytes>) {
+        if self.layout != Layout::Built {
+            self.owned();
+        }
+        self.buf = body.into();
+    }
+
     /// Sets the remark.
     pub fn with_remark(mut self, remark: impl Into<HeaderStr>) -> Self {
-        self.remark = Some(remark.into());
+        self.set_remark(Some(remark.into()));
         self
     }
 
     /// Sets an extension field.
     pub fn with_ext(mut self, key: impl Into<HeaderStr>, value: impl Into<HeaderStr>) -> Self {
-        self.ext_fields.insert(key, value);
+        self.ext_fields_mut().insert(key, value);
         self
     }
 
     /// Sets the body.
     pub fn with_body(mut self, body: impl Into<Bytes>) -> Self {
-        self.body = body.into();
+        self.set_body(body);
         self
     }
 
@@ -729,6 +1138,53 @@ impl Command {
     pub fn with_serialize_type(mut self, serialize_type: SerializeType) -> Self {
         self.serialize_type = serialize_type;
         self
+    }
+}
+
+/// The extension block of a validated ROCKETMQ header (see [`crate::binary`] for the layout).
+#[inline]
+fn binary_ext_block(h: &[u8]) -> &[u8] {
+    let be32 = |at: usize| -> Option<usize> {
+        Some(u32::from_be_bytes(h.get(at..at + 4)?.try_into().ok()?) as usize)
+    };
+    let block = || -> Option<&[u8]> {
+        let remark_len = be32(13)?;
+        let at = 17 + remark_len;
+        let len = be32(at)?;
+        h.get(at + 4..at + 4 + len)
+    };
+    block().unwrap_or(&[])
+}
+
+impl PartialEq for Command {
+    fn eq(&self, other: &Self) -> bool {
+        self.code == other.code
+            && self.opaque == other.opaque
+            && self.flag == other.flag
+            && self.version == other.version
+            && self.language == other.language
+            && self.serialize_type == other.serialize_type
+            && self.remark() == other.remark()
+            && self.ext_fields() == other.ext_fields()
+            && self.body() == other.body()
+    }
+}
+
+impl Eq for Command {}
+
+impl fmt::Debug for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Command")
+            .field("code", &self.code)
+            .field("language", &self.language)
+            .field("version", &self.version)
+            .field("opaque", &self.opaque)
+            .field("flag", &self.flag)
+            .field("remark", &self.remark())
+            .field("ext_fields", &self.ext_fields())
+            .field("body", &Bytes::copy_from_slice(self.body()))
+            .field("serialize_type", &self.serialize_type)
+            .finish()
     }
 }
 
@@ -747,9 +1203,6 @@ mod tests {
         let l = HeaderStr::from_utf8(Bytes::from_static(long.as_bytes())).unwrap();
         assert!(!l.is_inline());
         assert_eq!(l, long);
-        let src = Bytes::from_static(b"xx\xff\xfe");
-        assert!(HeaderStr::from_utf8_slice(&src, 0..4).is_err());
-        assert_eq!(HeaderStr::from_utf8_slice(&src, 0..2).unwrap(), "xx");
         assert_eq!(HeaderStr::from(String::from(long)).as_str(), long);
         assert_eq!(HeaderStr::EMPTY.as_str(), "");
         assert_eq!(core::mem::size_of::<HeaderStr>(), 32);
@@ -772,9 +1225,9 @@ mod tests {
     fn ext_insert_replaces_in_place_and_get_sees_last() {
         use alloc::vec::Vec;
         let mut ext = ExtFields::new();
-        ext.push("a".into(), "1".into());
-        ext.push("b".into(), "2".into());
-        ext.push("a".into(), "3".into());
+        ext.push("a", "1");
+        ext.push("b", "2");
+        ext.push("a", "3");
         assert_eq!(ext.get("a").unwrap(), "3");
         assert_eq!(ext.insert("a", "4").unwrap(), "1");
         assert_eq!(ext.get("a"), Some("4"));
@@ -786,45 +1239,6 @@ mod tests {
     }
 
     #[test]
-    fn decoded_spans_read_and_convert_on_write() {
-        use alloc::vec;
-        use alloc::vec::Vec;
-        let src = Bytes::from_static(b"kvkeyvalue");
-        let side = Bytes::from_static("é".as_bytes());
-        let spans = vec![
-            Span {
-                key: (0, 1),
-                value: (1, 1),
-            },
-            Span {
-                key: (2, 3),
-                value: (SIDE, 2),
-            },
-            Span {
-                key: (0, 1),
-                value: (5, 5),
-            },
-        ];
-        let mut ext = ExtFields::from_spans(src, side, spans);
-        assert_eq!(ext.len(), 3);
-        assert_eq!(ext.get("k"), Some("value"), "the last duplicate wins");
-        assert_eq!(ext.get("key"), Some("é"));
-        let same: ExtFields = [("k", "v"), ("key", "é"), ("k", "value")].into_iter().fold(
-            ExtFields::new(),
-            |mut e, (k, v)| {
-                e.push(k.into(), v.into());
-                e
-            },
-        );
-        assert_eq!(ext, same);
-        assert_eq!(ext.insert("key", "x").as_deref(), Some("é"));
-        assert_eq!(
-            ext.iter().collect::<Vec<_>>(),
-            [("k", "v"), ("key", "x"), ("k", "value")]
-        );
-    }
-
-    #[test]
     fn language_names_round_trip_and_unknown_is_kept() {
         for code in 0..=13u8 {
             let name = LanguageCode(code).name().unwrap();
@@ -832,5 +1246,47 @@ mod tests {
         }
         assert_eq!(LanguageCode(200).name(), None);
         assert_eq!(LanguageCode::from_name("java"), None);
+    }
+
+    #[test]
+    fn a_command_is_64_bytes() {
+        assert_eq!(core::mem::size_of::<Command>(), 64);
+    }
+
+    #[test]
+    fn changing_a_decoded_command_copies_its_fields_out() {
+        use crate::Codec;
+        let codec = Codec::default();
+        let built = Command::request(310)
+            .with_opaque(5)
+            .with_remark("why\u{1}")
+            .with_ext("topic", "T")
+            .with_ext("props", "K\u{1}V")
+            .with_body(&b"payload"[..]);
+        for ty in [SerializeType::Json, SerializeType::RocketMq] {
+            let mut wire = bytes::BytesMut::new();
+            codec.encode_as(&built, ty, &mut wire).unwrap();
+            let crate::Decoded::Command(decoded) = codec.decode(&mut wire).unwrap() else {
+                panic!()
+            };
+            assert_eq!(decoded.remark(), Some("why\u{1}"));
+            assert_eq!(decoded.ext("props"), Some("K\u{1}V"));
+            assert_eq!(decoded.body(), b"payload");
+            assert_eq!(&decoded.body_bytes()[..], b"payload");
+
+            let mut changed = decoded.clone().with_ext("topic", "U");
+            assert_eq!(changed.ext("topic"), Some("U"));
+            assert_eq!(changed.ext("props"), Some("K\u{1}V"));
+            assert_eq!(changed.remark(), Some("why\u{1}"));
+            assert_eq!(changed.body(), b"payload");
+            changed.set_body(&b"other"[..]);
+            changed.set_remark(None);
+            assert_eq!((changed.body(), changed.remark()), (&b"other"[..], None));
+
+            let mut body_only = decoded.clone();
+            body_only.set_body(Bytes::new());
+            assert_eq!(body_only.ext_fields(), decoded.ext_fields());
+            assert_eq!(decoded.clone().into_body(), &b"payload"[..]);
+        }
     }
 }

@@ -123,8 +123,8 @@ mod tests {
                     panic!("a whole frame")
                 };
                 assert_eq!(got.opaque, opaque, "{ty:?}");
-                assert_eq!((got.code, got.body.clone()), (310, cmd.body.clone()));
-                assert_eq!(got.ext_fields.get("topic"), Some("orders"));
+                assert_eq!((got.code, got.body()), (310, cmd.body()));
+                assert_eq!(got.ext_fields().get("topic"), Some("orders"));
                 copies.push(out);
             }
             for pair in copies.windows(2) {

@@ -5,7 +5,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use nom::number::streaming::be_u32;
 
 use super::binary;
-use super::command::{Command, SerializeType};
+use super::command::{Command, Fixed, SerializeType};
 use super::error::{DecodeError, EncodeError};
 use super::json;
 use super::limits::Limits;
@@ -75,16 +75,21 @@ impl Codec {
                 needed: frame_len - buf.len(),
             });
         }
-        let frame = buf.split_to(frame_len).freeze();
-        match self.decode_frame(&frame) {
-            Ok(cmd) => Ok(Decoded::Command(cmd)),
+        let mut frame = buf.split_to(frame_len);
+        match self.check_frame(&frame) {
+            Ok(checked) => {
+                if checked.escapes.any() {
+                    // The frame is ours alone now: unescape in place, no copy.
+                    let header_end = PREFIX_LEN + checked.header_len;
+                    checked.escapes.rewrite(&mut frame[PREFIX_LEN..header_end]);
+                }
+                Ok(Decoded::Command(checked.command(frame.freeze())))
+            }
             Err(e) => {
-                // Keep the promise that an error leaves `buf` as it was: put the frame back
-                // (a copy, on this path only; the connection is about to close anyway).
-                let mut restored = BytesMut::with_capacity(frame.len() + buf.len());
-                restored.extend_from_slice(&frame);
-                restored.extend_from_slice(buf);
-                *buf = restored;
+                // Keep the promise that an error leaves `buf` as it was: put the frame back in
+                // front (O(1): the two halves are still adjacent). Nothing was written to it.
+                frame.unsplit(core::mem::take(buf));
+                *buf = frame;
                 Err(e)
             }
         }
@@ -92,7 +97,24 @@ impl Codec {
 
     /// Decodes one frame that is already in memory: `frame` must hold exactly the bytes its
     /// length prefix announces, prefix included. Use [`Codec::decode`] for streams.
+    ///
+    /// The command shares `frame`'s memory, except that a JSON header whose strings hold
+    /// escapes is copied once to unescape them ([`Codec::decode`] unescapes in place).
     pub fn decode_frame(&self, frame: &Bytes) -> Result<Command, DecodeError> {
+        let checked = self.check_frame(frame)?;
+        let buf = if checked.escapes.any() {
+            let mut owned = BytesMut::from(&frame[..]);
+            let header_end = PREFIX_LEN + checked.header_len;
+            checked.escapes.rewrite(&mut owned[PREFIX_LEN..header_end]);
+            owned.freeze()
+        } else {
+            frame.clone()
+        };
+        Ok(checked.command(buf))
+    }
+
+    /// Checks a whole frame in memory: prefix, marker, and the header, completely.
+    fn check_frame(&self, frame: &[u8]) -> Result<Checked, DecodeError> {
         let mismatch = |frame_len: usize| DecodeError::FrameLengthMismatch {
             frame_len: frame_len as u64,
             actual: frame.len(),
@@ -109,15 +131,26 @@ impl Codec {
         if frame_len != frame.len() {
             return Err(mismatch(frame_len));
         }
-        let header_end = PREFIX_LEN + header_len;
-        let header = frame.slice(PREFIX_LEN..header_end);
-        let mut cmd = match ty {
-            SerializeType::Json => json::decode_header(&header, &self.limits)?,
-            SerializeType::RocketMq => binary::decode_header(&header, &self.limits)?,
-        };
-        cmd.serialize_type = ty;
-        cmd.body = frame.slice(header_end..);
-        Ok(cmd)
+        let header = &frame[PREFIX_LEN..PREFIX_LEN + header_len];
+        Ok(match ty {
+            SerializeType::Json => {
+                let parsed = json::parse(header, &self.limits)?;
+                Checked {
+                    ty,
+                    header_len,
+                    fixed: parsed.fixed,
+                    ext_at: parsed.ext_at,
+                    escapes: parsed.escapes,
+                }
+            }
+            SerializeType::RocketMq => Checked {
+                ty,
+                header_len,
+                fixed: binary::parse(header, &self.limits)?,
+                ext_at: 0,
+                escapes: json::Escapes::default(),
+            },
+        })
     }
 
     /// Checks a length prefix; returns the whole frame's length.
@@ -167,11 +200,11 @@ impl Codec {
             // is what `advance_mut` requires. `tests::in_place_and_two_pass_encodings_agree`
             // compares every byte with the two-pass path.
             unsafe { dst.advance_mut(written) };
-            dst.put_slice(&cmd.body);
+            dst.put_slice(cmd.body());
             return Ok(());
         }
         let header_len = self.checked_header_len(cmd, ty)?;
-        let frame_len = PREFIX_LEN + header_len + cmd.body.len();
+        let frame_len = PREFIX_LEN + header_len + cmd.body().len();
         if dst.remaining_mut() < frame_len {
             return Err(EncodeError::BufferTooSmall { needed: frame_len });
         }
@@ -182,7 +215,7 @@ impl Codec {
             SerializeType::Json => json::write_header(cmd, ty, &mut out),
             SerializeType::RocketMq => binary::write_header(cmd, ext_len, &mut out),
         }
-        dst.put_slice(&cmd.body);
+        dst.put_slice(cmd.body());
         Ok(())
     }
 
@@ -195,7 +228,7 @@ impl Codec {
         ext_len: usize,
         dst: &mut impl BufMut,
     ) -> Result<Option<usize>, EncodeError> {
-        let body_len = cmd.body.len();
+        let body_len = cmd.body().len();
         let remaining = dst.remaining_mut();
         let chunk = dst.chunk_mut();
         if chunk.len() < PREFIX_LEN + 32 {
@@ -233,13 +266,13 @@ impl Codec {
         ty: SerializeType,
         dst: &mut BytesMut,
     ) -> Result<(), EncodeError> {
-        dst.reserve(RESERVE_FOR_HEADER + cmd.body.len());
+        dst.reserve(RESERVE_FOR_HEADER + cmd.body().len());
         self.encode_as(cmd, ty, dst)
     }
 
     /// The bytes [`Codec::encode_as`] would write for `cmd`, or why it would refuse.
     pub fn encoded_len(&self, cmd: &Command, ty: SerializeType) -> Result<usize, EncodeError> {
-        Ok(PREFIX_LEN + self.checked_header_len(cmd, ty)? + cmd.body.len())
+        Ok(PREFIX_LEN + self.checked_header_len(cmd, ty)? + cmd.body().len())
     }
 
     fn checked_header_len(&self, cmd: &Command, ty: SerializeType) -> Result<usize, EncodeError> {
@@ -247,7 +280,7 @@ impl Codec {
             SerializeType::Json => json::header_len_as(cmd, ty),
             SerializeType::RocketMq => binary::header_len(cmd)?,
         };
-        self.check_lengths(header_len, cmd.body.len())?;
+        self.check_lengths(header_len, cmd.body().len())?;
         Ok(header_len)
     }
 
@@ -272,6 +305,22 @@ const RESERVE_FOR_HEADER: usize = 1024;
 
 /// The marker's 24-bit header length field holds at most this.
 const MAX_HEADER_LEN: usize = 0x00FF_FFFF;
+
+/// A frame [`Codec::check_frame`] accepted.
+struct Checked {
+    ty: SerializeType,
+    header_len: usize,
+    fixed: Fixed,
+    ext_at: u32,
+    escapes: json::Escapes,
+}
+
+impl Checked {
+    /// The command over `frame` (the checked frame, its escapes rewritten).
+    fn command(&self, frame: Bytes) -> Command {
+        Command::decoded(self.fixed, self.ty, frame, true, self.ext_at)
+    }
+}
 
 /// Checks the marker word against the frame's length; returns the type and header length.
 fn check_marker(length: u32, marker: [u8; 4]) -> Result<(SerializeType, usize), DecodeError> {
@@ -415,7 +464,8 @@ mod tests {
                 panic!()
             };
             assert_eq!(back.serialize_type, ty);
-            assert_eq!((back.code, back.ext_fields), (7, cmd.ext_fields.clone()));
+            assert_eq!(back.code, 7);
+            assert_eq!(back.ext_fields(), cmd.ext_fields());
             assert!(out.is_empty());
         }
     }

@@ -10,12 +10,10 @@
 //! `remark` and an empty `extFields` omitted, `serializeTypeCurrentRPC` present, `"`, `\` and
 //! control characters escaped, everything else (including non-ASCII) raw UTF-8.
 
-use alloc::vec::Vec;
-
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::command::{
-    Command, ExtFields, HeaderStr, LanguageCode, SerializeType, Span, SIDE,
+    Command, Fixed, LanguageCode, SerializeType, UNESCAPED_END, UNESCAPED_START,
 };
 use crate::codec::error::{DecodeError, JsonErrorKind};
 use crate::codec::limits::Limits;
@@ -23,33 +21,26 @@ use crate::codec::sink::{BufSink, Sink};
 
 /// Decodes a JSON header into a command with an empty body.
 ///
-/// The header is checked to be UTF-8 once, as a whole. Extension fields are positions in
-/// `header` (strings that held escapes: in one buffer of their unescaped text); a short remark is
-/// copied inline, a long one is a zero-copy slice.
+/// The header is checked to be UTF-8 once, as a whole, then parsed completely. The command
+/// reads its remark and extension fields from the header in place; a header whose strings hold
+/// escapes is copied once here to unescape them ([`Codec::decode`](crate::Codec::decode)
+/// unescapes in the read buffer instead).
 pub fn decode_header(header: &Bytes, limits: &Limits) -> Result<Command, DecodeError> {
-    if let Err(e) = core::str::from_utf8(header) {
-        return Err(DecodeError::Json {
-            offset: e.valid_up_to(),
-            kind: JsonErrorKind::InvalidUtf8,
-        });
-    }
-    let mut parser = Parser {
-        buf: header,
-        pos: 0,
-        limits,
-        side: Vec::new(),
-        ext: None,
+    let parsed = parse(header, limits)?;
+    let buf = if parsed.escapes.any() {
+        let mut owned = BytesMut::from(&header[..]);
+        parsed.escapes.rewrite(&mut owned);
+        owned.freeze()
+    } else {
+        header.clone()
     };
-    let mut cmd = parser.header(header)?;
-    if let Some(spans) = parser.ext.take() {
-        let side = if parser.side.is_empty() {
-            Bytes::new()
-        } else {
-            Bytes::from(core::mem::take(&mut parser.side))
-        };
-        cmd.ext_fields = ExtFields::from_spans(header.clone(), side, spans);
-    }
-    Ok(cmd)
+    Ok(Command::decoded(
+        parsed.fixed,
+        SerializeType::Json,
+        buf,
+        false,
+        parsed.ext_at,
+    ))
 }
 
 /// The exact length [`encode_header`] will write for `cmd`.
@@ -65,16 +56,17 @@ pub(crate) fn header_len_as(cmd: &Command, ty: SerializeType) -> usize {
         Some(name) => name.len() + 2,
         None => int_len(i32::from(cmd.language.0)),
     };
-    if let Some(remark) = &cmd.remark {
+    if let Some(remark) = cmd.remark() {
         n += REMARK_KEY.len() + escaped_len(remark.as_bytes()) + 1;
     }
-    let ext = &cmd.ext_fields;
-    if !ext.is_empty() {
-        // `"extFields":{` + `}` + commas between entries + `"k":"v"` each.
-        n += EXT_KEY.len() + 1 + (ext.len() - 1);
-        for (k, v) in ext.iter() {
-            n += escaped_len(k.as_bytes()) + escaped_len(v.as_bytes()) + 5;
-        }
+    let mut fields = 0;
+    for (k, v) in cmd.ext_fields() {
+        n += escaped_len(k.as_bytes()) + escaped_len(v.as_bytes()) + 5;
+        fields += 1;
+    }
+    if fields > 0 {
+        // `"extFields":{` + `}` + commas between entries.
+        n += EXT_KEY.len() + 1 + (fields - 1);
     }
     n
 }
@@ -89,10 +81,10 @@ pub(crate) fn write_header(cmd: &Command, ty: SerializeType, out: &mut impl Sink
     let mut ints = itoa::Buffer::new();
     out.put(b"{\"code\":");
     out.put(ints.format(cmd.code).as_bytes());
-    let ext = &cmd.ext_fields;
-    if !ext.is_empty() {
+    let mut fields = cmd.ext_fields().iter().peekable();
+    if fields.peek().is_some() {
         out.put(EXT_KEY);
-        for (i, (k, v)) in ext.iter().enumerate() {
+        for (i, (k, v)) in fields.enumerate() {
             if i > 0 {
                 out.put_u8(b',');
             }
@@ -120,7 +112,7 @@ pub(crate) fn write_header(cmd: &Command, ty: SerializeType, out: &mut impl Sink
         }
     }
     out.put(ints.format(cmd.opaque).as_bytes());
-    if let Some(remark) = &cmd.remark {
+    if let Some(remark) = cmd.remark() {
         out.put(REMARK_KEY);
         put_escaped(remark.as_bytes(), out);
         out.put_u8(b'"');
@@ -276,31 +268,282 @@ impl Key {
     }
 }
 
-struct Parser<'a> {
-    /// The header, already known to be UTF-8.
-    buf: &'a [u8],
-    pos: usize,
-    limits: &'a Limits,
-    /// The unescaped text of strings that held escapes.
-    side: Vec<u8>,
-    /// The last `extFields` object's entries.
-    ext: Option<Vec<Span>>,
+/// What a parse of a JSON header found.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Parsed {
+    pub(crate) fixed: Fixed,
+    /// Where the `{` of the last non-empty `extFields` object is; 0 for none.
+    pub(crate) ext_at: u32,
+    /// The strings that hold escapes: [`Escapes::rewrite`] must run before the header is read
+    /// through a [`Command`].
+    pub(crate) escapes: Escapes,
 }
 
-type PResult<T> = core::result::Result<T, DecodeError>;
-
-/// Where a string's text is: `buf[a..b]` when it held no escape, else `side[a..b]`.
-#[derive(Clone, Copy)]
-enum Str {
-    Header(usize, usize),
-    Side(usize, usize),
+/// Where the strings that hold escapes are, in text order: the first few exactly, the rest as
+/// where to start scanning for them.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Escapes {
+    /// Opening and closing quote of each recorded string.
+    spans: [(u32, u32); 4],
+    n: u8,
+    /// The opening quote of the first escaped string not recorded.
+    rest_from: Option<u32>,
 }
 
-/// The first `"` or `\\` in `s` at or after `i`: eight bytes at a time, then byte by byte.
+impl Escapes {
+    #[inline]
+    fn note(&mut self, open: usize, close: usize) {
+        if self.rest_from.is_some() {
+            return;
+        }
+        match self.spans.get_mut(usize::from(self.n)) {
+            Some(slot) => {
+                *slot = (open as u32, close as u32);
+                self.n += 1;
+            }
+            None => self.rest_from = Some(open as u32),
+        }
+    }
+
+    /// Whether any string holds an escape.
+    #[inline]
+    pub(crate) fn any(&self) -> bool {
+        self.n > 0
+    }
+
+    /// Unescapes every such string of `header` in place and marks it (see [`UNESCAPED_START`]).
+    pub(crate) fn rewrite(&self, header: &mut [u8]) {
+        for &(open, close) in &self.spans[..usize::from(self.n)] {
+            rewrite_one(header, open as usize, close as usize);
+        }
+        if let Some(from) = self.rest_from {
+            rewrite_escapes(header, from as usize);
+        }
+    }
+}
+
+/// Unescapes the escaped string between the quotes at `open` and `close` in place and marks it.
+fn rewrite_one(buf: &mut [u8], open: usize, close: usize) {
+    let end = unescape_in_place(buf, open + 1, close, open + 1);
+    buf[open] = UNESCAPED_START;
+    buf[end..=close].fill(UNESCAPED_END);
+}
+
+/// Checks a JSON header completely (UTF-8, syntax, types, limits) and reads its fixed fields.
+///
+/// Headers in one of the two shapes real peers send (Java's alphabetical key order with
+/// `serializeTypeCurrentRPC`, and rocketmq-rust's struct order), without whitespace, take a
+/// parser specialised for that order; anything else, and anything that surprises it, the
+/// general one, which also gives every error.
+pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Parsed, DecodeError> {
+    if let Err(e) = core::str::from_utf8(header) {
+        return Err(DecodeError::Json {
+            offset: e.valid_up_to(),
+            kind: JsonErrorKind::InvalidUtf8,
+        });
+    }
+    if let Some(parsed) = fast::parse(header, limits) {
+        return Ok(parsed);
+    }
+    let mut parser = Parser {
+        buf: header,
+        pos: 0,
+        limits,
+        ext_at: 0,
+        escapes: Escapes::default(),
+    };
+    let fixed = parser.header()?;
+    Ok(Parsed {
+        fixed,
+        ext_at: parser.ext_at,
+        escapes: parser.escapes,
+    })
+}
+
+/// Rewrites, from `from` on, every string of a header [`parse`] accepted that holds escapes:
+/// its text is unescaped in place and marked (see [`UNESCAPED_START`]), so it can be read
+/// without a copy. `from` must be outside any string (an opening quote, as `escape_at` is).
+pub(crate) fn rewrite_escapes(buf: &mut [u8], from: usize) {
+    let mut pos = from;
+    while let Some(q) = memchr::memchr(b'"', &buf[pos..]).map(|i| pos + i) {
+        let Some(hit) = memchr::memchr2(b'"', b'\\', &buf[q + 1..]).map(|i| q + 1 + i) else {
+            return;
+        };
+        if buf[hit] == b'"' {
+            pos = hit + 1;
+            continue;
+        }
+        // Find the closing quote: every escape is a backslash and one more byte (a `\u`'s hex
+        // digits hold neither quote nor backslash).
+        let mut at = hit;
+        let close = loop {
+            match memchr::memchr2(b'"', b'\\', &buf[at..]).map(|i| at + i) {
+                Some(i) if buf[i] == b'"' => break i,
+                Some(i) => at = i + 2,
+                None => return,
+            }
+        };
+        rewrite_one(buf, q, close);
+        pos = close + 1;
+    }
+}
+
+/// Unescapes the validated string text `buf[read..end]` to `buf[write..]` (`write <= read`);
+/// returns where the text ends.
+fn unescape_in_place(buf: &mut [u8], mut read: usize, end: usize, mut write: usize) -> usize {
+    while read < end {
+        // Eight bytes at a time while no backslash is among them. Copying forwards a word at a
+        // time is right although the ranges overlap: `write <= read`, and each word is loaded
+        // before anything at or after it is stored.
+        if read + 8 <= end {
+            let w = word_at(buf, read);
+            let hits = zero_bytes(w ^ (ONES * u64::from(b'\\')));
+            if hits == 0 {
+                buf[write..write + 8].copy_from_slice(&w.to_le_bytes());
+                read += 8;
+                write += 8;
+                continue;
+            }
+            // The bytes before the first backslash (the lowest flagged byte is exact).
+            let plain = (hits.trailing_zeros() / 8) as usize;
+            for i in 0..plain {
+                buf[write + i] = (w >> (8 * i)) as u8;
+            }
+            read += plain;
+            write += plain;
+        }
+        if buf[read] != b'\\' {
+            buf[write] = buf[read];
+            read += 1;
+            write += 1;
+            continue;
+        }
+        if let Some(byte) = ascii_u_escape(buf, read) {
+            buf[write] = byte;
+            write += 1;
+            read += 6;
+            continue;
+        }
+        let byte = match buf[read + 1] {
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => {
+                let (c, next) = match unicode_escape(buf, read) {
+                    Ok(ok) => ok,
+                    // Validated by `parse`; keep a replacement rather than a panic regardless.
+                    Err(_) => ('\u{fffd}', (read + 6).min(end)),
+                };
+                let mut utf8 = [0u8; 4];
+                let s = c.encode_utf8(&mut utf8);
+                buf[write..write + s.len()].copy_from_slice(s.as_bytes());
+                write += s.len();
+                read = next;
+                continue;
+            }
+            other => other, // `"`, `\`, `/`
+        };
+        buf[write] = byte;
+        write += 1;
+        read += 2;
+    }
+    write
+}
+
+/// The byte of a `\u00XX` escape at `at` whose character is ASCII (the control characters
+/// Java escapes this way), or `None` for any other escape.
 #[inline]
+fn ascii_u_escape(buf: &[u8], at: usize) -> Option<u8> {
+    match buf.get(at + 1..at + 6)? {
+        [b'u', b'0', b'0', hi, lo] => {
+            let (hi, lo) = (HEX_VALUE[usize::from(*hi)], HEX_VALUE[usize::from(*lo)]);
+            (hi < 8 && lo <= 0xF).then_some(hi << 4 | lo)
+        }
+        _ => None,
+    }
+}
+
+/// Reads `\uXXXX` (and its low surrogate, if it is a high one) at `at` of `buf`; returns the
+/// char and the offset after the escape(s).
+fn unicode_escape(buf: &[u8], at: usize) -> PResult<(char, usize)> {
+    let first = hex4(buf, at + 2)?;
+    let (code, next) = match first {
+        0xD800..=0xDBFF => {
+            if buf.get(at + 6..at + 8) != Some(b"\\u") {
+                return Err(error_at(at, JsonErrorKind::InvalidEscape));
+            }
+            let low = hex4(buf, at + 8)?;
+            if !(0xDC00..=0xDFFF).contains(&low) {
+                return Err(error_at(at, JsonErrorKind::InvalidEscape));
+            }
+            (
+                0x10000 + ((u32::from(first) - 0xD800) << 10) + (u32::from(low) - 0xDC00),
+                at + 12,
+            )
+        }
+        0xDC00..=0xDFFF => return Err(error_at(at, JsonErrorKind::InvalidEscape)),
+        _ => (u32::from(first), at + 6),
+    };
+    match char::from_u32(code) {
+        Some(c) => Ok((c, next)),
+        None => Err(error_at(at, JsonErrorKind::InvalidEscape)),
+    }
+}
+
+fn hex4(buf: &[u8], at: usize) -> PResult<u16> {
+    let Some(digits) = buf.get(at..at + 4) else {
+        return Err(error_at(buf.len(), JsonErrorKind::UnexpectedEnd));
+    };
+    let mut n = 0u16;
+    for (i, &d) in digits.iter().enumerate() {
+        let v = HEX_VALUE[usize::from(d)];
+        if v > 0xF {
+            return Err(error_at(at + i, JsonErrorKind::InvalidEscape));
+        }
+        n = n << 4 | u16::from(v);
+    }
+    Ok(n)
+}
+
+/// Each byte's value as a hex digit, or 0xFF.
+static HEX_VALUE: [u8; 256] = {
+    let mut t = [0xFFu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+fn error_at(offset: usize, kind: JsonErrorKind) -> DecodeError {
+    DecodeError::Json { offset, kind }
+}
+
+/// A string [`scan_string`] checked: its text is `buf[start..end]` (escaped as on the wire).
+#[derive(Clone, Copy)]
+struct Str {
+    start: usize,
+    end: usize,
+    escaped: bool,
+}
+
+/// The first `"` or `\\` in `s` at or after `i`: eight bytes at a time for the first 64 (most
+/// header strings are short, and a call into `memchr` costs more than scanning them), then
+/// `memchr2` for the rest of a long string.
+#[inline(always)]
 fn find_quote_or_backslash(s: &[u8], i: usize) -> Option<usize> {
     let mut j = i;
-    while j + 8 <= s.len() {
+    let short_end = s.len().min(i.saturating_add(64));
+    while j + 8 <= short_end {
         let w = word_at(s, j);
         let hits =
             zero_bytes(w ^ (ONES * u64::from(b'"'))) | zero_bytes(w ^ (ONES * u64::from(b'\\')));
@@ -310,6 +553,9 @@ fn find_quote_or_backslash(s: &[u8], i: usize) -> Option<usize> {
             return Some(j + (hits.trailing_zeros() / 8) as usize);
         }
         j += 8;
+    }
+    if short_end < s.len() {
+        return memchr::memchr2(b'"', b'\\', &s[j..]).map(|k| j + k);
     }
     while j < s.len() {
         let b = s[j];
@@ -321,16 +567,88 @@ fn find_quote_or_backslash(s: &[u8], i: usize) -> Option<usize> {
     None
 }
 
+/// Checks the string whose opening quote is at `open`: every escape valid, the unescaped length
+/// within the limit. Returns it and the offset after its closing quote.
+#[inline]
+fn scan_string(buf: &[u8], open: usize, limits: &Limits) -> PResult<(Str, usize)> {
+    let start = open + 1;
+    let mut at = start;
+    let mut len = 0usize;
+    let mut escaped = false;
+    loop {
+        let Some(hit) = find_quote_or_backslash(buf, at) else {
+            return Err(error_at(buf.len(), JsonErrorKind::UnexpectedEnd));
+        };
+        len += hit - at;
+        if buf[hit] == b'"' {
+            if len > limits.max_string_len {
+                return Err(DecodeError::StringTooLong {
+                    offset: open,
+                    max: limits.max_string_len,
+                });
+            }
+            return Ok((
+                Str {
+                    start,
+                    end: hit,
+                    escaped,
+                },
+                hit + 1,
+            ));
+        }
+        escaped = true;
+        let esc = *buf
+            .get(hit + 1)
+            .ok_or_else(|| error_at(buf.len(), JsonErrorKind::UnexpectedEnd))?;
+        match esc {
+            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {
+                len += 1;
+                at = hit + 2;
+            }
+            b'u' if ascii_u_escape(buf, hit).is_some() => {
+                len += 1;
+                at = hit + 6;
+            }
+            b'u' => {
+                let (c, next) = unicode_escape(buf, hit)?;
+                len += c.len_utf8();
+                at = next;
+            }
+            _ => return Err(error_at(hit, JsonErrorKind::InvalidEscape)),
+        }
+    }
+}
+
+/// Calls `f` with the unescaped text of a short escaped string (a known key or language name
+/// is at most 23 characters); a longer one is passed as bytes no name matches.
+fn with_unescaped<R>(buf: &[u8], s: Str, f: impl FnOnce(&[u8]) -> R) -> R {
+    let mut tmp = [0u8; 160];
+    let raw = &buf[s.start..s.end];
+    if raw.len() > tmp.len() {
+        return f(b"\xff");
+    }
+    tmp[..raw.len()].copy_from_slice(raw);
+    let end = unescape_in_place(&mut tmp, 0, raw.len(), 0);
+    f(&tmp[..end])
+}
+
+struct Parser<'a> {
+    /// The header, already known to be UTF-8.
+    buf: &'a [u8],
+    pos: usize,
+    limits: &'a Limits,
+    ext_at: u32,
+    escapes: Escapes,
+}
+
+type PResult<T> = core::result::Result<T, DecodeError>;
+
 impl<'a> Parser<'a> {
     fn error(&self, kind: JsonErrorKind) -> DecodeError {
         DecodeError::Json {
             offset: self.pos,
             kind,
         }
-    }
-
-    fn error_at(offset: usize, kind: JsonErrorKind) -> DecodeError {
-        DecodeError::Json { offset, kind }
     }
 
     fn unexpected(&self, expected: &'static str) -> DecodeError {
@@ -365,11 +683,15 @@ impl<'a> Parser<'a> {
         }
     }
 
-    fn header(&mut self, src: &Bytes) -> PResult<Command> {
-        let mut cmd = Command {
+    fn header(&mut self) -> PResult<Fixed> {
+        let mut fixed = Fixed {
+            code: 0,
             language: LanguageCode::JAVA,
             version: 0,
-            ..Command::request(0)
+            opaque: 0,
+            flag: 0,
+            has_remark: false,
+            has_ext: false,
         };
         self.skip_ws();
         self.expect(b'{', "'{'")?;
@@ -383,15 +705,17 @@ impl<'a> Parser<'a> {
                 self.expect(b':', "':'")?;
                 self.skip_ws();
                 match key {
-                    Key::Code => cmd.code = self.int("code")?,
-                    Key::Version => cmd.version = self.int("version")?,
-                    Key::Opaque => cmd.opaque = self.int("opaque")?,
-                    Key::Flag => cmd.flag = self.int("flag")?,
-                    Key::Language => cmd.language = self.language()?,
-                    Key::Remark => cmd.remark = self.remark(src)?,
+                    Key::Code => fixed.code = self.int("code")?,
+                    Key::Version => fixed.version = self.int("version")?,
+                    Key::Opaque => fixed.opaque = self.int("opaque")?,
+                    Key::Flag => fixed.flag = self.int("flag")?,
+                    Key::Language => fixed.language = self.language()?,
+                    Key::Remark => fixed.has_remark = self.remark()?,
                     Key::ExtFields => {
-                        let spans = self.ext_fields()?;
-                        self.ext = (!spans.is_empty()).then_some(spans);
+                        let at = self.pos;
+                        let count = self.ext_fields()?;
+                        self.ext_at = if count > 0 { at as u32 } else { 0 };
+                        fixed.has_ext = count > 0;
                     }
                     Key::Other => self.skip_value(1)?,
                 }
@@ -413,7 +737,7 @@ impl<'a> Parser<'a> {
         if self.pos != self.buf.len() {
             return Err(self.error(JsonErrorKind::TrailingCharacters));
         }
-        Ok(cmd)
+        Ok(fixed)
     }
 
     fn key(&mut self) -> PResult<Key> {
@@ -436,13 +760,12 @@ impl<'a> Parser<'a> {
         if let Some(key) = fast {
             return Ok(key);
         }
-        let mark = self.side.len();
-        let key = match self.raw_string()? {
-            Str::Header(a, b) => Key::from_bytes(&self.buf[a..b]),
-            Str::Side(a, b) => Key::from_bytes(&self.side[a..b]),
-        };
-        self.side.truncate(mark);
-        Ok(key)
+        let s = self.raw_string()?;
+        Ok(if s.escaped {
+            with_unescaped(self.buf, s, Key::from_bytes)
+        } else {
+            Key::from_bytes(&self.buf[s.start..s.end])
+        })
     }
 
     /// `key` if the string at `pos` is exactly `"` + `spelled` (which ends with the closing
@@ -458,133 +781,15 @@ impl<'a> Parser<'a> {
         }
     }
 
-    /// Parses the string at `pos` (which holds `"`), leaving `pos` after its closing quote. A
-    /// string with escapes is unescaped onto the end of `side`.
+    /// Checks the string at `pos` (which holds `"`), leaving `pos` after its closing quote.
     fn raw_string(&mut self) -> PResult<Str> {
-        let start = self.pos + 1;
-        let mut at = start;
-        let mut side_start = None;
-        loop {
-            let Some(hit) = find_quote_or_backslash(self.buf, at) else {
-                self.pos = self.buf.len();
-                return Err(self.error(JsonErrorKind::UnexpectedEnd));
-            };
-            if self.buf[hit] == b'"' {
-                self.pos = hit + 1;
-                let out = match side_start {
-                    None => Str::Header(start, hit),
-                    Some(from) => {
-                        self.side.extend_from_slice(&self.buf[at..hit]);
-                        Str::Side(from, self.side.len())
-                    }
-                };
-                let len = match out {
-                    Str::Header(a, b) | Str::Side(a, b) => b - a,
-                };
-                if len > self.limits.max_string_len {
-                    return Err(DecodeError::StringTooLong {
-                        offset: start - 1,
-                        max: self.limits.max_string_len,
-                    });
-                }
-                return Ok(out);
-            }
-            // A backslash: unescape (never longer than the escaped text, so one reservation
-            // covers every string left in the header).
-            if side_start.is_none() {
-                side_start = Some(self.side.len());
-                if self.side.capacity() == 0 {
-                    self.side.reserve(self.buf.len() - start);
-                }
-            }
-            self.side.extend_from_slice(&self.buf[at..hit]);
-            self.pos = hit;
-            let esc = *self
-                .buf
-                .get(hit + 1)
-                .ok_or_else(|| Self::error_at(self.buf.len(), JsonErrorKind::UnexpectedEnd))?;
-            at = hit + 2;
-            let byte = match esc {
-                b'"' => b'"',
-                b'\\' => b'\\',
-                b'/' => b'/',
-                b'b' => 0x08,
-                b'f' => 0x0c,
-                b'n' => b'\n',
-                b'r' => b'\r',
-                b't' => b'\t',
-                b'u' => {
-                    let (c, next) = self.unicode_escape(hit)?;
-                    at = next;
-                    let mut utf8 = [0u8; 4];
-                    self.side
-                        .extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
-                    continue;
-                }
-                _ => return Err(self.error(JsonErrorKind::InvalidEscape)),
-            };
-            self.side.push(byte);
+        let open = self.pos;
+        let (s, next) = scan_string(self.buf, open, self.limits)?;
+        if s.escaped {
+            self.escapes.note(open, s.end);
         }
-    }
-
-    /// Reads `\uXXXX` (and its low surrogate, if it is a high one) at `at`; returns the char and
-    /// the offset after the escape(s).
-    fn unicode_escape(&self, at: usize) -> PResult<(char, usize)> {
-        let first = self.hex4(at + 2)?;
-        let (code, next) = match first {
-            0xD800..=0xDBFF => {
-                if self.buf.get(at + 6..at + 8) != Some(b"\\u") {
-                    return Err(Self::error_at(at, JsonErrorKind::InvalidEscape));
-                }
-                let low = self.hex4(at + 8)?;
-                if !(0xDC00..=0xDFFF).contains(&low) {
-                    return Err(Self::error_at(at, JsonErrorKind::InvalidEscape));
-                }
-                (
-                    0x10000 + ((u32::from(first) - 0xD800) << 10) + (u32::from(low) - 0xDC00),
-                    at + 12,
-                )
-            }
-            0xDC00..=0xDFFF => return Err(Self::error_at(at, JsonErrorKind::InvalidEscape)),
-            _ => (u32::from(first), at + 6),
-        };
-        match char::from_u32(code) {
-            Some(c) => Ok((c, next)),
-            None => Err(Self::error_at(at, JsonErrorKind::InvalidEscape)),
-        }
-    }
-
-    fn hex4(&self, at: usize) -> PResult<u16> {
-        let Some(digits) = self.buf.get(at..at + 4) else {
-            return Err(Self::error_at(self.buf.len(), JsonErrorKind::UnexpectedEnd));
-        };
-        let mut n = 0u16;
-        for (i, &d) in digits.iter().enumerate() {
-            let v = match d {
-                b'0'..=b'9' => d - b'0',
-                b'a'..=b'f' => d - b'a' + 10,
-                b'A'..=b'F' => d - b'A' + 10,
-                _ => return Err(Self::error_at(at + i, JsonErrorKind::InvalidEscape)),
-            };
-            n = n << 4 | u16::from(v);
-        }
-        Ok(n)
-    }
-
-    /// A string value as a [`HeaderStr`] (inline when short, else a slice of the header; a
-    /// copy when it held escapes).
-    fn string(&mut self, src: &Bytes) -> PResult<HeaderStr> {
-        let start = self.pos;
-        let invalid = || Self::error_at(start, JsonErrorKind::InvalidUtf8);
-        match self.raw_string()? {
-            Str::Header(a, b) => HeaderStr::from_utf8_slice(src, a..b).map_err(|_| invalid()),
-            Str::Side(a, b) => {
-                let text = core::str::from_utf8(&self.side[a..b]).map_err(|_| invalid())?;
-                let out = HeaderStr::from(text);
-                self.side.truncate(a);
-                Ok(out)
-            }
-        }
+        self.pos = next;
+        Ok(s)
     }
 
     fn literal(&mut self, word: &'static [u8]) -> PResult<()> {
@@ -602,15 +807,13 @@ impl<'a> Parser<'a> {
             b'-' | b'0'..=b'9' => self.number(),
             b'"' => {
                 let start = self.pos;
-                let mark = self.side.len();
-                let digits = match self.raw_string()? {
-                    Str::Header(a, b) => &self.buf[a..b],
-                    Str::Side(..) => &[][..],
+                let s = self.raw_string()?;
+                let digits = if s.escaped {
+                    &[][..]
+                } else {
+                    &self.buf[s.start..s.end]
                 };
-                let n = parse_i32(digits)
-                    .ok_or_else(|| Self::error_at(start, JsonErrorKind::WrongType { field }));
-                self.side.truncate(mark);
-                n
+                parse_i32(digits).ok_or_else(|| error_at(start, JsonErrorKind::WrongType { field }))
             }
             b'n' => self.literal(b"null").map(|()| 0),
             _ => Err(self.error(JsonErrorKind::WrongType { field })),
@@ -618,101 +821,80 @@ impl<'a> Parser<'a> {
     }
 
     fn number(&mut self) -> PResult<i32> {
-        let buf = self.buf;
         let start = self.pos;
-        let neg = buf[start] == b'-';
-        let digits = start + usize::from(neg);
-        let mut end = digits;
-        let mut n: u64 = 0;
-        while end < buf.len() {
-            let d = buf[end].wrapping_sub(b'0');
-            if d > 9 {
-                break;
+        match number_at(self.buf, start) {
+            Ok((n, end)) => {
+                self.pos = end;
+                Ok(n)
             }
-            // Saturates instead of overflowing; anything past 10 digits is refused below.
-            n = n.saturating_mul(10).saturating_add(u64::from(d));
-            end += 1;
+            Err(None) => {
+                self.pos = start + usize::from(self.buf[start] == b'-');
+                Err(self.unexpected("a digit"))
+            }
+            Err(Some(e)) => Err(e),
         }
-        if end == digits {
-            self.pos = end;
-            return Err(self.unexpected("a digit"));
-        }
-        if let Some(b'.' | b'e' | b'E') = buf.get(end) {
-            return Err(Self::error_at(start, JsonErrorKind::NumberOutOfRange));
-        }
-        self.pos = end;
-        let limit = if neg { 1u64 << 31 } else { (1u64 << 31) - 1 };
-        if n > limit {
-            return Err(Self::error_at(start, JsonErrorKind::NumberOutOfRange));
-        }
-        Ok(if neg {
-            (n as i64).wrapping_neg() as i32
-        } else {
-            n as i32
-        })
     }
 
     fn language(&mut self) -> PResult<LanguageCode> {
         match self.peek()? {
             b'"' => {
-                let mark = self.side.len();
-                let name = match self.raw_string()? {
-                    Str::Header(a, b) => &self.buf[a..b],
-                    Str::Side(a, b) => &self.side[a..b],
+                let s = self.raw_string()?;
+                let lookup = LanguageCode::from_name_bytes;
+                let known = if s.escaped {
+                    with_unescaped(self.buf, s, lookup)
+                } else {
+                    lookup(&self.buf[s.start..s.end])
                 };
                 // fastjson turns a name it does not know into null; OTHER is the closest we have.
-                let language = LanguageCode::from_name_bytes(name).unwrap_or(LanguageCode::OTHER);
-                self.side.truncate(mark);
-                Ok(language)
+                Ok(known.unwrap_or(LanguageCode::OTHER))
             }
             b'-' | b'0'..=b'9' => {
                 let start = self.pos;
                 let n = self.number()?;
                 u8::try_from(n)
                     .map(LanguageCode)
-                    .map_err(|_| Self::error_at(start, JsonErrorKind::NumberOutOfRange))
+                    .map_err(|_| error_at(start, JsonErrorKind::NumberOutOfRange))
             }
             b'n' => self.literal(b"null").map(|()| LanguageCode::JAVA),
             _ => Err(self.error(JsonErrorKind::WrongType { field: "language" })),
         }
     }
 
-    fn remark(&mut self, src: &Bytes) -> PResult<Option<HeaderStr>> {
+    /// A remark (`true`) or `null` (`false`).
+    fn remark(&mut self) -> PResult<bool> {
         match self.peek()? {
-            b'"' => self.string(src).map(Some),
-            b'n' => self.literal(b"null").map(|()| None),
+            b'"' => self.raw_string().map(|_| true),
+            b'n' => self.literal(b"null").map(|()| false),
             _ => Err(self.error(JsonErrorKind::WrongType { field: "remark" })),
         }
     }
 
-    /// Reads an `extFields` object (or `null`) into positions of its strings.
-    fn ext_fields(&mut self) -> PResult<Vec<Span>> {
+    /// Checks an `extFields` object (or `null`); returns how many entries it holds (`null`
+    /// values not counted: Java's map holds null, the same as absent).
+    fn ext_fields(&mut self) -> PResult<usize> {
         match self.peek()? {
             b'{' => {}
-            b'n' => return self.literal(b"null").map(|()| Vec::new()),
+            b'n' => return self.literal(b"null").map(|()| 0),
             _ => return Err(self.error(JsonErrorKind::WrongType { field: "extFields" })),
         }
         self.pos += 1;
-        let mut spans = Vec::new();
+        let mut count = 0;
         self.skip_ws();
         if self.peek()? == b'}' {
             self.pos += 1;
-            return Ok(spans);
+            return Ok(count);
         }
-        // A Java producer sends ~13 fields; start there rather than regrow from 4.
-        spans.reserve(16.min(self.limits.max_ext_fields));
         loop {
             if self.peek()? != b'"' {
                 return Err(self.unexpected("a string key"));
             }
-            let key = self.raw_string()?;
+            self.raw_string()?;
             self.skip_ws();
             self.expect(b':', "':'")?;
             self.skip_ws();
-            let value = match self.peek()? {
-                b'"' => Some(self.raw_string()?),
-                // Java's Map<String, String> holds null: the same as absent.
-                b'n' => self.literal(b"null").map(|()| None)?,
+            let present = match self.peek()? {
+                b'"' => self.raw_string().map(|_| true)?,
+                b'n' => self.literal(b"null").map(|()| false)?,
                 // fastjson stores a number or boolean as its text.
                 b'-' | b'0'..=b'9' | b't' | b'f' => {
                     let start = self.pos;
@@ -723,20 +905,17 @@ impl<'a> Parser<'a> {
                             max: self.limits.max_string_len,
                         });
                     }
-                    Some(Str::Header(start, self.pos))
+                    true
                 }
                 _ => return Err(self.error(JsonErrorKind::WrongType { field: "extFields" })),
             };
-            if let Some(value) = value {
-                if spans.len() == self.limits.max_ext_fields {
+            if present {
+                if count == self.limits.max_ext_fields {
                     return Err(DecodeError::TooManyExtFields {
                         max: self.limits.max_ext_fields,
                     });
                 }
-                spans.push(Span {
-                    key: span_of(key),
-                    value: span_of(value),
-                });
+                count += 1;
             }
             self.skip_ws();
             match self.peek()? {
@@ -746,7 +925,7 @@ impl<'a> Parser<'a> {
                 }
                 b'}' => {
                     self.pos += 1;
-                    return Ok(spans);
+                    return Ok(count);
                 }
                 _ => return Err(self.unexpected("',' or '}'")),
             }
@@ -780,12 +959,7 @@ impl<'a> Parser<'a> {
     /// Skips any value, nested at most `max_json_depth` levels below the header object.
     fn skip_value(&mut self, depth: usize) -> PResult<()> {
         match self.peek()? {
-            b'"' => {
-                let mark = self.side.len();
-                self.raw_string()?;
-                self.side.truncate(mark);
-                Ok(())
-            }
+            b'"' => self.raw_string().map(|_| ()),
             open @ (b'{' | b'[') => {
                 if depth >= self.limits.max_json_depth {
                     return Err(self.error(JsonErrorKind::TooDeep));
@@ -802,9 +976,7 @@ impl<'a> Parser<'a> {
                         if self.peek()? != b'"' {
                             return Err(self.unexpected("a string key"));
                         }
-                        let mark = self.side.len();
                         self.raw_string()?;
-                        self.side.truncate(mark);
                         self.skip_ws();
                         self.expect(b':', "':'")?;
                         self.skip_ws();
@@ -829,11 +1001,246 @@ impl<'a> Parser<'a> {
     }
 }
 
-/// A string's position as an extension-field span.
-fn span_of(s: Str) -> (u32, u32) {
-    match s {
-        Str::Header(a, b) => (a as u32, (b - a) as u32),
-        Str::Side(a, b) => (SIDE | a as u32, (b - a) as u32),
+/// The integer at `start` (which holds `-` or a digit) and the offset after it. `Err(None)`:
+/// no digit where one must be (the caller locates it).
+#[inline]
+fn number_at(buf: &[u8], start: usize) -> Result<(i32, usize), Option<DecodeError>> {
+    let neg = buf[start] == b'-';
+    let digits = start + usize::from(neg);
+    let mut end = digits;
+    let mut n: u64 = 0;
+    while end < buf.len() {
+        let d = buf[end].wrapping_sub(b'0');
+        if d > 9 {
+            break;
+        }
+        // Saturates instead of overflowing; anything past 10 digits is refused below.
+        n = n.saturating_mul(10).saturating_add(u64::from(d));
+        end += 1;
+    }
+    if end == digits {
+        return Err(None);
+    }
+    if let Some(b'.' | b'e' | b'E') = buf.get(end) {
+        return Err(Some(error_at(start, JsonErrorKind::NumberOutOfRange)));
+    }
+    let limit = if neg { 1u64 << 31 } else { (1u64 << 31) - 1 };
+    if n > limit {
+        return Err(Some(error_at(start, JsonErrorKind::NumberOutOfRange)));
+    }
+    Ok((
+        if neg {
+            (n as i64).wrapping_neg() as i32
+        } else {
+            n as i32
+        },
+        end,
+    ))
+}
+
+/// The parser for the two key orders real peers send, with no whitespace. It answers `None`
+/// at the first byte it did not expect (including every error), and the general parser starts
+/// over; so it never decides an error, and what it accepts the general parser accepts the same.
+mod fast {
+    use super::{
+        find_quote_or_backslash, number_at, scan_string, Escapes, Fixed, LanguageCode, Limits,
+        Parsed,
+    };
+
+    struct Cursor<'a> {
+        buf: &'a [u8],
+        pos: usize,
+        limits: &'a Limits,
+        escapes: Escapes,
+    }
+
+    impl Cursor<'_> {
+        /// Moves past `lit` if it comes next.
+        #[inline]
+        fn lit(&mut self, lit: &[u8]) -> bool {
+            if self.buf.get(self.pos..self.pos + lit.len()) == Some(lit) {
+                self.pos += lit.len();
+                true
+            } else {
+                false
+            }
+        }
+
+        /// Moves past `b` if it comes next.
+        #[inline]
+        fn byte(&mut self, b: u8) -> Option<()> {
+            if self.buf.get(self.pos) == Some(&b) {
+                self.pos += 1;
+                Some(())
+            } else {
+                None
+            }
+        }
+
+        #[inline]
+        fn need(&mut self, lit: &[u8]) -> Option<()> {
+            self.lit(lit).then_some(())
+        }
+
+        /// A plain integer followed by `,` or `}`.
+        #[inline]
+        fn int(&mut self) -> Option<i32> {
+            match self.buf.get(self.pos)? {
+                b'-' | b'0'..=b'9' => {}
+                _ => return None,
+            }
+            let (n, end) = number_at(self.buf, self.pos).ok()?;
+            self.pos = end;
+            Some(n)
+        }
+
+        /// A string whose opening quote is next; returns its (escaped) text's range.
+        #[inline]
+        fn string(&mut self) -> Option<(usize, usize)> {
+            if self.buf.get(self.pos) != Some(&b'"') {
+                return None;
+            }
+            let open = self.pos;
+            // Most strings hold no escape: their end is the first quote or backslash.
+            let hit = find_quote_or_backslash(self.buf, open + 1)?;
+            if self.buf[hit] == b'"' && hit - open - 1 <= self.limits.max_string_len {
+                self.pos = hit + 1;
+                return Some((open + 1, hit));
+            }
+            let (s, next) = scan_string(self.buf, open, self.limits).ok()?;
+            if s.escaped {
+                self.escapes.note(open, s.end);
+            }
+            self.pos = next;
+            Some((s.start, s.end))
+        }
+
+        /// `"NAME"` for a known language name.
+        #[inline]
+        fn language(&mut self) -> Option<LanguageCode> {
+            let (a, b) = self.string()?;
+            LanguageCode::from_name_bytes(&self.buf[a..b])
+        }
+
+        /// `null` or a string.
+        #[inline]
+        /// A remark (`true`) or `null` (`false`).
+        fn remark(&mut self) -> Option<bool> {
+            if self.lit(b"null") {
+                return Some(false);
+            }
+            self.string().map(|_| true)
+        }
+
+        /// `null` or an object of string values; returns where it starts if it holds any.
+        fn ext(&mut self) -> Option<u32> {
+            if self.lit(b"null") {
+                return Some(0);
+            }
+            let at = self.pos;
+            self.byte(b'{')?;
+            if self.byte(b'}').is_some() {
+                return Some(0);
+            }
+            let mut count = 0;
+            loop {
+                self.string()?;
+                self.byte(b':')?;
+                self.string()?;
+                count += 1;
+                if count > self.limits.max_ext_fields {
+                    return None;
+                }
+                match self.buf.get(self.pos) {
+                    Some(b',') => self.pos += 1,
+                    Some(b'}') => {
+                        self.pos += 1;
+                        return Some(at as u32);
+                    }
+                    _ => return None,
+                }
+            }
+        }
+
+        /// `"JSON"` or `"ROCKETMQ"`.
+        fn serialize_type(&mut self) -> Option<()> {
+            (self.lit(b"\"JSON\"") || self.lit(b"\"ROCKETMQ\"")).then_some(())
+        }
+    }
+
+    pub(super) fn parse(buf: &[u8], limits: &Limits) -> Option<Parsed> {
+        let mut c = Cursor {
+            buf,
+            pos: 0,
+            limits,
+            escapes: Escapes::default(),
+        };
+        c.need(b"{\"code\":")?;
+        let code = c.int()?;
+        let mut ext_at = 0;
+        let mut has_remark = false;
+        let fixed = if c.lit(b",\"language\":") {
+            // rocketmq-rust: code, language, version, opaque, flag, remark, extFields,
+            // serializeTypeCurrentRPC.
+            let language = c.language()?;
+            c.need(b",\"version\":")?;
+            let version = c.int()?;
+            c.need(b",\"opaque\":")?;
+            let opaque = c.int()?;
+            c.need(b",\"flag\":")?;
+            let flag = c.int()?;
+            if c.lit(b",\"remark\":") {
+                has_remark = c.remark()?;
+            }
+            if c.lit(b",\"extFields\":") {
+                ext_at = c.ext()?;
+            }
+            if c.lit(b",\"serializeTypeCurrentRPC\":") {
+                c.serialize_type()?;
+            }
+            Fixed {
+                code,
+                language,
+                version,
+                opaque,
+                flag,
+                has_remark,
+                has_ext: ext_at != 0,
+            }
+        } else {
+            // Java: alphabetical order.
+            if c.lit(b",\"extFields\":") {
+                ext_at = c.ext()?;
+            }
+            c.need(b",\"flag\":")?;
+            let flag = c.int()?;
+            c.need(b",\"language\":")?;
+            let language = c.language()?;
+            c.need(b",\"opaque\":")?;
+            let opaque = c.int()?;
+            if c.lit(b",\"remark\":") {
+                has_remark = c.remark()?;
+            }
+            c.need(b",\"serializeTypeCurrentRPC\":")?;
+            c.serialize_type()?;
+            c.need(b",\"version\":")?;
+            let version = c.int()?;
+            Fixed {
+                code,
+                language,
+                version,
+                opaque,
+                flag,
+                has_remark,
+                has_ext: ext_at != 0,
+            }
+        };
+        c.byte(b'}')?;
+        (c.pos == buf.len()).then_some(Parsed {
+            fixed,
+            ext_at,
+            escapes: c.escapes,
+        })
     }
 }
 
@@ -863,6 +1270,7 @@ mod tests {
     use alloc::format;
     use alloc::string::String;
     use alloc::vec;
+    use alloc::vec::Vec;
 
     fn decode(s: &str) -> Result<Command, DecodeError> {
         decode_header(&Bytes::copy_from_slice(s.as_bytes()), &Limits::default())
@@ -903,15 +1311,15 @@ mod tests {
             (go.code, go.language, go.version, go.opaque),
             (105, LanguageCode::GO, 317, 7)
         );
-        assert_eq!(go.remark.as_deref(), Some(""));
-        assert_eq!(go.ext_fields.get("topic").unwrap(), "t");
+        assert_eq!(go.remark(), Some(""));
+        assert_eq!(go.ext("topic").unwrap(), "t");
         // C++: trailing newline; Python: numeric language; unknown keys of every shape.
         let cpp = decode("{\"code\":1,\"language\":3,\"x\":[1,{\"y\":[true,false,null,-1.5e3]}],\"z\":\"\\u00e9\"}\n\r\t ").unwrap();
         assert_eq!(cpp.language, LanguageCode::PYTHON);
         // Missing fields take Java's defaults.
         let empty = decode("{}").unwrap();
         assert_eq!(
-            (empty.code, empty.language, empty.version, empty.remark),
+            (empty.code, empty.language, empty.version, empty.remark()),
             (0, LanguageCode::JAVA, 0, None)
         );
         // Quoted integers, null fields, numeric and boolean ext values, null ext values dropped.
@@ -920,16 +1328,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(lenient.code, 12);
-        assert_eq!(lenient.ext_fields.get("a").unwrap(), "1");
-        assert_eq!(lenient.ext_fields.get("b").unwrap(), "true");
-        assert!(lenient.ext_fields.get("c").is_none());
+        assert_eq!(lenient.ext("a").unwrap(), "1");
+        assert_eq!(lenient.ext("b").unwrap(), "true");
+        assert!(lenient.ext("c").is_none());
     }
 
     #[test]
     fn escapes_and_raw_control_bytes() {
         let cmd =
             decode("{\"remark\":\"\\ud83d\\ude80 \\\" \\/ \\b\\f\\n\\r\\t \u{1}\u{2}\"}").unwrap();
-        assert_eq!(cmd.remark.unwrap(), "🚀 \" / \u{8}\u{c}\n\r\t \u{1}\u{2}");
+        assert_eq!(cmd.remark().unwrap(), "🚀 \" / \u{8}\u{c}\n\r\t \u{1}\u{2}");
         let key = decode(r#"{"c\u006fde":5}"#).unwrap();
         assert_eq!(key.code, 5);
     }
@@ -1024,10 +1432,10 @@ mod tests {
         let header =
             Bytes::from_static(br#"{"extFields":{"topic":"orders-of-the-day-for-the-eu-region"}}"#);
         let cmd = decode_header(&header, &Limits::default()).unwrap();
-        let value = cmd.ext_fields.get("topic").unwrap();
+        let value = cmd.ext("topic").unwrap();
         let range = header.as_ptr_range();
         assert!(range.contains(&value.as_bytes().as_ptr()));
-        let key = cmd.ext_fields.iter().next().unwrap().0;
+        let key = cmd.ext_fields().iter().next().unwrap().0;
         assert!(
             range.contains(&key.as_bytes().as_ptr()),
             "even short keys are positions"
@@ -1039,5 +1447,96 @@ mod tests {
         for n in [0, 9, 10, -1, -10, 99, 100, i32::MAX, i32::MIN, 123_456] {
             assert_eq!(int_len(n), itoa::Buffer::new().format(n).len());
         }
+    }
+
+    /// The general parser's answer, never the fast path's.
+    fn general(header: &[u8]) -> Result<Parsed, DecodeError> {
+        let limits = Limits::default();
+        let mut parser = Parser {
+            buf: header,
+            pos: 0,
+            limits: &limits,
+            ext_at: 0,
+            escapes: Escapes::default(),
+        };
+        let fixed = parser.header()?;
+        Ok(Parsed {
+            fixed,
+            ext_at: parser.ext_at,
+            escapes: parser.escapes,
+        })
+    }
+
+    #[test]
+    fn fast_path_agrees_with_the_general_parser() {
+        let java = r#"{"code":310,"extFields":{"a":"g","i":"K\u0001V\u0002"},"flag":0,"language":"JAVA","opaque":-7,"remark":"r\"x","serializeTypeCurrentRPC":"ROCKETMQ","version":453}"#;
+        let rust = r#"{"code":10,"language":"RUST","version":399,"opaque":1,"flag":2,"remark":null,"extFields":{"topic":"T"},"serializeTypeCurrentRPC":"JSON"}"#;
+        let rust_nulls = r#"{"code":10,"language":"GO","version":399,"opaque":1,"flag":0,"remark":"","extFields":null,"serializeTypeCurrentRPC":"JSON"}"#;
+        let minimal = r#"{"code":34,"flag":0,"language":"OTHER","opaque":3,"serializeTypeCurrentRPC":"JSON","version":479}"#;
+        for taken in [java, rust, rust_nulls, minimal] {
+            let fast = fast::parse(taken.as_bytes(), &Limits::default())
+                .unwrap_or_else(|| panic!("fast path refused {taken}"));
+            let general = general(taken.as_bytes()).unwrap();
+            assert_eq!(format!("{fast:?}"), format!("{general:?}"), "{taken}");
+        }
+        // Surprises go to the general parser, which decides (and locates) any error.
+        let refused = [
+            r#"{ "code":1,"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}"#,
+            r#"{"code":1,"flag":0,"language":"J\u0041VA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}"#,
+            r#"{"code":1,"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1,"x":2}"#,
+            r#"{"code":1,"extFields":{"a":1},"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}"#,
+            r#"{"code":1,"extFields":{"a":"\q"},"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}"#,
+            r#"{"code":1.5,"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}"#,
+            r#"{"code":1,"flag":0,"language":"NOPE","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}"#,
+        ];
+        for surprise in refused {
+            assert!(
+                fast::parse(surprise.as_bytes(), &Limits::default()).is_none(),
+                "{surprise}"
+            );
+        }
+        let many = Limits {
+            max_ext_fields: 1,
+            ..Limits::default()
+        };
+        assert!(fast::parse(java.as_bytes(), &many).is_none());
+        assert_eq!(
+            parse(java.as_bytes(), &many).unwrap_err(),
+            DecodeError::TooManyExtFields { max: 1 }
+        );
+    }
+
+    #[test]
+    fn rewritten_escapes_read_back_everywhere() {
+        // Escapes in an unknown nested value, a key, a value, the remark, and after them all.
+        let text = r#"{"x":{"k\"":["a\\b",{"c":"\u00e9"}]},"extFields":{"k\u0031":"v\n","plain":"p","n":null,"num":-12,"b":true},"remark":"\ud83d\ude80 \"q\"","code":7}"#;
+        let cmd = decode(text).unwrap();
+        assert_eq!(cmd.code, 7);
+        assert_eq!(cmd.remark(), Some("🚀 \"q\""));
+        let fields: Vec<(&str, &str)> = cmd.ext_fields().iter().collect();
+        assert_eq!(
+            fields,
+            [("k1", "v\n"), ("plain", "p"), ("num", "-12"), ("b", "true")]
+        );
+        assert_eq!(cmd.ext("k1"), Some("v\n"));
+        // Re-encoding reads the same fields.
+        let again = decode(&encode(&cmd)).unwrap();
+        assert_eq!(again, cmd);
+    }
+
+    #[test]
+    fn the_last_remark_and_the_last_ext_object_count() {
+        let cmd = decode(
+            r#"{"remark":"a","extFields":{"k":"1","k":"2"},"remark":null,"extFields":{"j":"3"}}"#,
+        )
+        .unwrap();
+        assert_eq!(cmd.remark(), None);
+        assert_eq!(cmd.ext("k"), None);
+        assert_eq!(cmd.ext("j"), Some("3"));
+        let dup = decode(r#"{"extFields":{"k":"1","k":"2"}}"#).unwrap();
+        assert_eq!(dup.ext("k"), Some("2"), "the last duplicate wins");
+        assert_eq!(dup.ext_fields().len(), 2);
+        let emptied = decode(r#"{"extFields":{"k":"1"},"extFields":{"n":null}}"#).unwrap();
+        assert!(emptied.ext_fields().is_empty());
     }
 }

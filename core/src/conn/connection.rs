@@ -335,7 +335,7 @@ struct Waiter {
 /// // The response reaches the client and is matched to its request.
 /// client.handle_input(&wire, now);
 /// let Some(Event::Response { id: got, response }) = client.poll_event() else { panic!() };
-/// assert_eq!((got, &response.body[..]), (id, &b"route"[..]));
+/// assert_eq!((got, response.body()), (id, &b"route"[..]));
 /// assert_eq!(client.poll_timeout(), None);
 /// ```
 pub struct Connection {
@@ -1076,7 +1076,7 @@ mod tests {
     fn echo(server: &mut Connection) {
         for event in events(server) {
             if let Event::Request { request, command } = event {
-                let body = command.body.clone();
+                let body = command.body_bytes();
                 server
                     .send_response(request, command.response(0).with_body(body))
                     .unwrap();
@@ -1115,7 +1115,7 @@ mod tests {
         flow(&mut server, &mut client, t0 + SEC);
         let got = events(&mut client);
         assert!(
-            matches!(&got[..], [Event::Response { id, response }] if *id == b && &response.body[..] == b"b")
+            matches!(&got[..], [Event::Response { id, response }] if *id == b && response.body() == b"b")
         );
         assert_eq!(client.pending_requests(), 0);
         assert_eq!(client.poll_timeout(), None);

@@ -876,11 +876,11 @@ mod tests {
             ClusterCall::new(request, CallOpts::default(), &defaults, no_latency()).unwrap()
         };
         let call = new(&mut request);
-        assert!(request.ext_fields.get("signed").is_some());
+        assert!(request.ext("signed").is_some());
         let (result, tried) = drive(&mut st, call, &request, |_, _| {
             Ok(Command::request(1).response(codes::SUCCESS))
         });
-        assert_eq!(result.unwrap().remark.as_deref(), Some("seen"));
+        assert_eq!(result.unwrap().remark(), Some("seen"));
         assert_eq!(tried.len(), 1);
         let call = new(&mut request);
         let (result, tried) = drive(&mut st, call, &request, |_, _| {
@@ -943,7 +943,7 @@ mod tests {
                 panic!("a whole frame")
             };
             assert_eq!(
-                (got.opaque, got.code, &got.body[..]),
+                (got.opaque, got.code, got.body()),
                 (*opaque, 9, &b"once"[..])
             );
         }

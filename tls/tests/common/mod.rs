@@ -146,7 +146,7 @@ pub fn answer(session: &mut Session, seen: &mut Vec<Event>) {
     while let Some(event) = session.poll_event() {
         match event {
             Event::Request { request, command } => {
-                let body = command.body.clone();
+                let body = command.body_bytes();
                 session
                     .send_response(request, command.response(0).with_body(body))
                     .unwrap();

@@ -1,0 +1,194 @@
+//! Loops for instruction counting with `valgrind --tool=callgrind` (deterministic, unlike wall
+//! time on a shared machine). `decode_loop WHAT N`, WHAT one of:
+//!
+//! - `{json|rocketmq}-{send|heartbeat}[-read]`: N copies of the bench's `SEND_MESSAGE_V2`
+//!   request (13 extension fields, 64-byte body) or heartbeat, decoded from one read buffer with
+//!   `Codec::decode` and dropped (`-read`: every field read first);
+//! - `vectors[-read]`: the 44 vector frames, N times, each from its own `BytesMut`;
+//! - `ref-…`: the same with `rocketmq-protocol` 1.0 (feature `reference`);
+//! - `roundtrip-{json|rocketmq}`: N connection-machine round trips (as
+//!   `benches/connection.rs` at 1 in flight).
+//!
+//! Instructions per operation: the program total minus an N = 0 run, divided by N (see
+//! `benches/README.md`).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use remora_core::{
+    Codec, Command, Config, Connection, Decoded, Event, Instant, LanguageCode, SerializeType,
+};
+
+fn send_request(ty: SerializeType, send: bool) -> Command {
+    let mut cmd = Command::request(if send { 310 } else { 34 })
+        .with_opaque(1_234_567)
+        .with_serialize_type(ty);
+    cmd.language = LanguageCode::JAVA;
+    cmd.version = 453;
+    if send {
+        cmd = cmd.with_body(vec![7u8; 64]);
+        for (k, v) in [
+            ("a", "please_rename_unique_group_name"),
+            ("b", "TopicTest"),
+            ("c", "TBW102"),
+            ("d", "4"),
+            ("e", "3"),
+            ("f", "0"),
+            ("g", "1714000000123"),
+            ("h", "0"),
+            ("i", "KEYS\u{1}OrderID188\u{2}UNIQ_KEY\u{1}7F0000017A2418B4AAC24D5F3C900000\u{2}WAIT\u{1}true\u{2}TAGS\u{1}TagA\u{2}"),
+            ("j", "0"),
+            ("k", "false"),
+            ("m", "false"),
+            ("n", "broker-a"),
+        ] {
+            cmd = cmd.with_ext(k, v);
+        }
+    }
+    cmd
+}
+
+fn vector_frames() -> Vec<BytesMut> {
+    let text = include_str!("../../tests/fixtures/vectors/remoting-vectors.json");
+    let mut frames = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("\"hex\": \"") {
+        rest = &rest[at + 8..];
+        let end = rest.find('"').expect("a closing quote");
+        let hex = &rest[..end];
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect();
+        frames.push(BytesMut::from(&bytes[..]));
+        rest = &rest[end..];
+    }
+    frames
+}
+
+/// Reads every field of `cmd` once.
+fn remora_read_all(cmd: &Command) -> usize {
+    let mut n = (cmd.code ^ cmd.version ^ cmd.opaque ^ cmd.flag) as usize;
+    n += usize::from(cmd.language.0);
+    n += cmd.remark().map_or(0, str::len);
+    for (k, v) in cmd.ext_fields() {
+        n += k.len() + v.len();
+    }
+    n + cmd.body().len()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let what = args.get(1).cloned().unwrap_or_default();
+    let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    let read = what.ends_with("-read");
+    let codec = Codec::default();
+    let mut sum = 0usize;
+
+    if let Some(ty) = what.strip_prefix("roundtrip-") {
+        let ty = if ty == "json" {
+            SerializeType::Json
+        } else {
+            SerializeType::RocketMq
+        };
+        let mut client = Connection::new(Config::default());
+        let mut server = Connection::new(Config::default());
+        let now = Instant::ZERO;
+        let deadline = now + Duration::from_secs(3600);
+        for _ in 0..n {
+            let request = Command::request(310).with_serialize_type(ty);
+            client.send_request(request, deadline, now).unwrap();
+            while let Some(bytes) = client.take_transmit() {
+                server.handle_input(&bytes, now);
+            }
+            while let Some(event) = server.poll_event() {
+                if let Event::Request { request, command } = event {
+                    server.send_response(request, command.response(0)).unwrap();
+                }
+            }
+            while let Some(bytes) = server.take_transmit() {
+                client.handle_input(&bytes, now);
+            }
+            while let Some(event) = client.poll_event() {
+                if let Event::Response { response, .. } = event {
+                    sum += black_box(response).opaque as usize;
+                }
+            }
+        }
+        println!("{sum}");
+        return;
+    }
+
+    let reference = what.starts_with("ref-");
+    let shape = what.trim_start_matches("ref-");
+    let frames: Vec<BytesMut> = if shape.starts_with("vectors") {
+        vector_frames()
+    } else {
+        let ty = if shape.starts_with("rocketmq") {
+            SerializeType::RocketMq
+        } else {
+            SerializeType::Json
+        };
+        let cmd = send_request(ty, shape.contains("send"));
+        let mut frame = BytesMut::new();
+        codec.encode_as(&cmd, ty, &mut frame).unwrap();
+        vec![frame]
+    };
+    // One read buffer per frame, holding it N times (+1 to warm the buffer up, so that the
+    // storage is shared before counting starts, as in a connection's read buffer).
+    let mut bufs: Vec<BytesMut> = frames
+        .iter()
+        .map(|f| {
+            let mut b = BytesMut::with_capacity(f.len() * (n + 1));
+            for _ in 0..=n {
+                b.extend_from_slice(f);
+            }
+            b
+        })
+        .collect();
+    for _ in 0..=n {
+        for buf in bufs.iter_mut() {
+            if reference {
+                sum += ref_decode(buf, read);
+            } else {
+                match codec.decode(black_box(buf)) {
+                    Ok(Decoded::Command(cmd)) => {
+                        if read {
+                            sum += remora_read_all(&cmd);
+                        }
+                        drop(black_box(cmd));
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+    }
+    println!("{sum}");
+}
+
+#[cfg(feature = "reference")]
+fn ref_decode(buf: &mut BytesMut, read: bool) -> usize {
+    let cmd = rocketmq_protocol::RemotingCommand::decode(buf)
+        .expect("reference decodes")
+        .expect("a whole frame");
+    let mut n = 0;
+    if read {
+        n = (cmd.code() ^ cmd.version() ^ cmd.opaque() ^ cmd.flag()) as usize;
+        n += usize::from(cmd.language().get_code());
+        n += cmd.remark().map_or(0, |r| r.len());
+        if let Some(ext) = cmd.ext_fields() {
+            for (k, v) in ext.iter() {
+                n += k.len() + v.len();
+            }
+        }
+        n += cmd.body().map_or(0, |b| b.len());
+    }
+    drop(black_box(cmd));
+    n
+}
+
+#[cfg(not(feature = "reference"))]
+fn ref_decode(_: &mut BytesMut, _: bool) -> usize {
+    panic!("build with --features reference")
+}

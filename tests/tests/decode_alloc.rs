@@ -1,0 +1,163 @@
+//! Decoding allocates nothing: every frame of the shared vectors (0 to 50 extension fields,
+//! escapes, unicode, remarks, bodies), and the send request a Java producer sends (13 fields,
+//! `\u0001` escapes in `properties`) in both header types and both JSON key orders, decode from a
+//! read buffer and have every field read with zero heap allocations per frame.
+//!
+//! A counting global allocator counts the allocations made by this test's thread.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use bytes::BytesMut;
+use remora_core::{Codec, Command, Decoded, LanguageCode, SerializeType};
+use remora_tests::{read_fixture, unhex};
+
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note_alloc() {
+    // `try_with`: the allocator also runs while thread locals are being torn down.
+    let _ = COUNTING.try_with(|on| {
+        if on.get() {
+            let _ = ALLOCS.try_with(|n| n.set(n.get() + 1));
+        }
+    });
+}
+
+// SAFETY: forwards every call to `System` unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: the caller's contract is passed through.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_alloc();
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made by `f` on this thread.
+fn allocations<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    ALLOCS.with(|n| n.set(0));
+    COUNTING.with(|on| on.set(true));
+    let out = f();
+    COUNTING.with(|on| on.set(false));
+    (out, ALLOCS.with(Cell::get))
+}
+
+/// Reads every field, as a program using the whole command would.
+fn read_all(cmd: &Command) -> usize {
+    let mut n = (cmd.code ^ cmd.version ^ cmd.opaque ^ cmd.flag) as usize;
+    n += usize::from(cmd.language.0);
+    n += cmd.remark().map_or(0, str::len);
+    for (k, v) in cmd.ext_fields() {
+        n += k.len() + v.len();
+    }
+    n += cmd.ext("topic").map_or(0, str::len);
+    n + cmd.body().len()
+}
+
+fn send_request(ty: SerializeType) -> Command {
+    let mut cmd = Command::request(310)
+        .with_opaque(1_234_567)
+        .with_serialize_type(ty)
+        .with_body(vec![7u8; 128]);
+    cmd.language = LanguageCode::JAVA;
+    cmd.version = 453;
+    for (k, v) in [
+        ("a", "please_rename_unique_group_name"),
+        ("b", "TopicTest"),
+        ("c", "TBW102"),
+        ("d", "4"),
+        ("e", "3"),
+        ("f", "0"),
+        ("g", "1714000000123"),
+        ("h", "0"),
+        ("i", "KEYS\u{1}OrderID188\u{2}UNIQ_KEY\u{1}7F0000017A2418B4AAC24D5F3C900000\u{2}WAIT\u{1}true\u{2}TAGS\u{1}TagA\u{2}"),
+        ("j", "0"),
+        ("k", "false"),
+        ("m", "false"),
+        ("n", "broker-a"),
+    ] {
+        cmd = cmd.with_ext(k, v);
+    }
+    cmd
+}
+
+#[test]
+fn decoding_a_frame_allocates_nothing() {
+    let codec = Codec::default();
+    let mut frames: Vec<Vec<u8>> = read_fixture("remoting-vectors.json")["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| unhex(v["hex"].as_str().unwrap()))
+        .collect();
+    assert_eq!(frames.len(), 44);
+    for ty in [SerializeType::Json, SerializeType::RocketMq] {
+        let mut out = BytesMut::new();
+        codec.encode_as(&send_request(ty), ty, &mut out).unwrap();
+        frames.push(out.to_vec());
+    }
+    // The same request in rocketmq-rust's key order, with its explicit nulls.
+    let rust_order = br#"{"code":310,"language":"JAVA","version":453,"opaque":9,"flag":0,"remark":null,"extFields":{"b":"TopicTest","i":"KEYS\u0001A\u0002"},"serializeTypeCurrentRPC":"JSON"}"#;
+    let mut frame = Vec::new();
+    frame.extend_from_slice(&((rust_order.len() + 4) as u32).to_be_bytes());
+    frame.extend_from_slice(&(rust_order.len() as u32).to_be_bytes());
+    frame.extend_from_slice(rust_order);
+    frames.push(frame);
+
+    // A read buffer holding a warm-up frame and then every frame: the first split of a buffer
+    // makes its storage shared (one allocation, which any decoder that hands out `Bytes` pays
+    // once per buffer, not per frame); after that, nothing may allocate.
+    let mut buf = BytesMut::with_capacity(frames.iter().map(Vec::len).sum::<usize>() * 2);
+    buf.extend_from_slice(&frames[0]);
+    for frame in &frames {
+        buf.extend_from_slice(frame);
+    }
+    let Ok(Decoded::Command(_)) = codec.decode(&mut buf) else {
+        panic!("warm-up frame")
+    };
+
+    for (i, frame) in frames.iter().enumerate() {
+        let (read, allocs) = allocations(|| {
+            let Ok(Decoded::Command(cmd)) = codec.decode(&mut buf) else {
+                panic!("frame {i} did not decode")
+            };
+            read_all(&cmd)
+        });
+        assert!(read > 0);
+        let fields = codec
+            .decode_frame(&bytes::Bytes::copy_from_slice(frame))
+            .unwrap()
+            .ext_fields()
+            .len();
+        assert_eq!(
+            allocs, 0,
+            "frame {i} ({fields} extension fields) allocated {allocs} times"
+        );
+    }
+    assert!(buf.is_empty());
+
+    // The counter works: a built request allocates.
+    let (_, allocs) = allocations(|| send_request(SerializeType::Json));
+    assert!(allocs > 0);
+}
