@@ -540,11 +540,16 @@ fn serve(
         Backend::Tokio => {
             let config = remora_tokio::ServerConfig {
                 connection: config.connection,
+                budget: config.budget,
                 ..Default::default()
             };
             let rt = tokio_runtime()?;
             let server = rt
-                .block_on(remora_tokio::Server::bind(listen, move |r| handler.handle(r), config))
+                .block_on(remora_tokio::Server::bind(
+                    listen,
+                    move |r| handler.handle(r),
+                    config,
+                ))
                 .map_err(|e| format!("{listen}: {e}"))?;
             println!("listening on {}", server.local_addr());
             io::stdout().flush().map_err(|e| e.to_string())?;
