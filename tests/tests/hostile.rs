@@ -24,10 +24,28 @@ const SECOND: Duration = Duration::from_secs(1);
 enum Backend {
     Std,
     Uring,
+    /// Handlers inline on the connection's task.
     Tokio,
+    /// Handlers on tokio's blocking pool: answers come while the connection reads on (and may
+    /// see end of input first).
+    TokioBlocking,
 }
 
-const BACKENDS: [Backend; 3] = [Backend::Std, Backend::Uring, Backend::Tokio];
+const BACKENDS: [Backend; 4] = [
+    Backend::Std,
+    Backend::Uring,
+    Backend::Tokio,
+    Backend::TokioBlocking,
+];
+
+impl Backend {
+    fn dispatch(self) -> remora_tokio::Dispatch {
+        match self {
+            Backend::TokioBlocking => remora_tokio::Dispatch::Blocking,
+            _ => remora_tokio::Dispatch::Inline,
+        }
+    }
+}
 
 /// A multi-threaded runtime with one worker: its connection tasks run without anyone blocking
 /// on it, as the other servers' I/O threads do.
@@ -78,10 +96,11 @@ impl Running {
                     remora_uring::Server::bind_with("127.0.0.1:0", Arc::new(echo), config).unwrap(),
                 )
             }
-            Backend::Tokio => {
+            Backend::Tokio | Backend::TokioBlocking => {
                 let config = remora_tokio::ServerConfig {
                     connection,
                     budget,
+                    dispatch: backend.dispatch(),
                     ..Default::default()
                 };
                 let rt = tokio_runtime();
@@ -541,9 +560,10 @@ fn a_client_pushes_back_on_a_server_that_never_reads() {
                 let _ = client.call_blocking(Command::request(1), Duration::from_millis(50));
                 Box::new(move || client.close())
             }
-            Backend::Tokio => {
+            Backend::Tokio | Backend::TokioBlocking => {
                 let config = remora_tokio::ClientConfig {
                     connection,
+                    dispatch: backend.dispatch(),
                     ..Default::default()
                 };
                 // The connection's task runs on the runtime's worker, not in `block_on`.
