@@ -1035,16 +1035,15 @@ fn tokio_rpc(
                     let mut seq = ((c as u64) << 48) | ((w as u64) << 32);
                     while progress.claim() {
                         seq += 1;
-                        let req = request(seq, plan.payload, plan.serialize, &mut buf);
+                        let req = request(seq, &plan, &mut buf);
                         let t0 = Instant::now();
-                        match client.call(req, Duration::from_secs(10)).await {
-                            Ok(resp) if body_matches(&resp.body, seq, plan.payload) => {
-                                let _ = local.record(t0.elapsed().as_micros() as u64);
-                                progress.done.fetch_add(1, Ordering::Relaxed);
-                            }
-                            _ => {
-                                progress.errors.fetch_add(1, Ordering::Relaxed);
-                            }
+                        let result = client.call(req, progress.timeout()).await;
+                        let outcome = Outcome::of(&result, seq, plan.payload);
+                        if outcome == Outcome::Ok {
+                            let _ = local.record(t0.elapsed().as_micros() as u64);
+                        }
+                        if let Some(pause) = progress.record(outcome) {
+                            tokio::time::sleep(pause).await;
                         }
                     }
                     let _ = hist.lock().unwrap_or_else(|e| e.into_inner()).add(local);
