@@ -330,22 +330,19 @@ impl Conn {
                 Event::Failed { id, error } => complete(st, id, Err(error.into()), turn),
                 Event::Request { request, command } => turn.requests.push((request, command)),
                 Event::Oneway { command } => turn.oneways.push(command),
-                Event::Closed { .. } => {
-                    self.sync_budget(st);
-                    if let (Some(budget), Some(account)) = (&self.budget, st.account.take()) {
-                        budget.leave(account);
-                    }
-                    self.closed.store(true, Ordering::Release);
-                }
+                Event::Closed { .. } => self.closed.store(true, Ordering::Release),
             }
         }
+        // Gives the account back once the machine has closed.
+        self.sync_budget(st);
     }
 
     /// Reports what the machine holds and has done to the server's budget, which tells the
-    /// machine whether to answer new requests `SYSTEM_BUSY` (server connections only).
+    /// machine whether to answer new requests `SYSTEM_BUSY`, and gives the connection's share
+    /// back once it has closed (server connections only).
     fn sync_budget(&self, st: &mut State) {
-        if let (Some(budget), Some(account)) = (&self.budget, st.account.as_mut()) {
-            budget.sync(account, &mut st.machine);
+        if let Some(budget) = &self.budget {
+            budget.settle(&mut st.account, &mut st.machine);
         }
     }
 
