@@ -541,6 +541,7 @@ fn serve(
         Backend::Tokio => {
             let config = remora_tokio::ServerConfig {
                 connection: config.connection,
+                budget: config.budget,
                 ..Default::default()
             };
             let rt = tokio_runtime()?;

@@ -345,7 +345,7 @@ fn serve_uring_backend_answers() {
 #[test]
 fn serve_refuses_connections_beyond_its_maximum_with_a_log_line() {
     use std::io::{BufRead, Read};
-    for backend in ["std", "uring"] {
+    for backend in ["std", "uring", "tokio"] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_remora"))
             .args(["serve", "--listen", "127.0.0.1:0", "--max-connections", "1"])
             .args(["--backend", backend])

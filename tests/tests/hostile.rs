@@ -1,9 +1,10 @@
-//! Hostile and slow peers against both servers (issue 11): peers that never read, stall inside
+//! Hostile and slow peers against every server (issue 11: std, io_uring, tokio): peers that never read, stall inside
 //! frames, half-close, flood with connections, or spend the server's budget. The assertions are
 //! on the server's own accounting (`Server::stats`: connections, buffered bytes, requests,
 //! responses, busy answers, refusals) and on every answer arriving exactly once.
 //!
-//! Every server binds 127.0.0.1:0 with one I/O thread (two workers for std); every loop is
+//! Every server binds 127.0.0.1:0 with one I/O thread (two workers for std, a one-worker
+//! runtime for tokio); every loop is
 //! bounded in count and time. Latencies of well-behaved clients are measured and printed; they
 //! are asserted only against a generous bound, since the machine is shared.
 
@@ -23,9 +24,38 @@ const SECOND: Duration = Duration::from_secs(1);
 enum Backend {
     Std,
     Uring,
+    /// Handlers inline on the connection's task.
+    Tokio,
+    /// Handlers on tokio's blocking pool: answers come while the connection reads on (and may
+    /// see end of input first).
+    TokioBlocking,
 }
 
-const BACKENDS: [Backend; 2] = [Backend::Std, Backend::Uring];
+const BACKENDS: [Backend; 4] = [
+    Backend::Std,
+    Backend::Uring,
+    Backend::Tokio,
+    Backend::TokioBlocking,
+];
+
+impl Backend {
+    fn dispatch(self) -> remora_tokio::Dispatch {
+        match self {
+            Backend::TokioBlocking => remora_tokio::Dispatch::Blocking,
+            _ => remora_tokio::Dispatch::Inline,
+        }
+    }
+}
+
+/// A multi-threaded runtime with one worker: its connection tasks run without anyone blocking
+/// on it, as the other servers' I/O threads do.
+fn tokio_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
 
 fn echo(request: Command) -> Command {
     let body = request.body_bytes();
@@ -36,6 +66,11 @@ fn echo(request: Command) -> Command {
 enum Running {
     Std(remora_std::Server),
     Uring(remora_uring::Server),
+    /// The server drops (closing its connections) before its runtime.
+    Tokio {
+        server: remora_tokio::Server,
+        _runtime: tokio::runtime::Runtime,
+    },
 }
 
 impl Running {
@@ -61,6 +96,22 @@ impl Running {
                     remora_uring::Server::bind_with("127.0.0.1:0", Arc::new(echo), config).unwrap(),
                 )
             }
+            Backend::Tokio | Backend::TokioBlocking => {
+                let config = remora_tokio::ServerConfig {
+                    connection,
+                    budget,
+                    dispatch: backend.dispatch(),
+                    ..Default::default()
+                };
+                let rt = tokio_runtime();
+                let server = rt
+                    .block_on(remora_tokio::Server::bind("127.0.0.1:0", echo, config))
+                    .unwrap();
+                Running::Tokio {
+                    server,
+                    _runtime: rt,
+                }
+            }
         }
     }
 
@@ -68,6 +119,7 @@ impl Running {
         match self {
             Running::Std(s) => s.local_addr(),
             Running::Uring(s) => s.local_addr(),
+            Running::Tokio { server, .. } => server.local_addr(),
         }
     }
 
@@ -75,6 +127,7 @@ impl Running {
         match self {
             Running::Std(s) => s.stats(),
             Running::Uring(s) => s.stats(),
+            Running::Tokio { server, .. } => server.stats(),
         }
     }
 
@@ -506,6 +559,26 @@ fn a_client_pushes_back_on_a_server_that_never_reads() {
                 // Connects, then times out (nobody answers yet).
                 let _ = client.call_blocking(Command::request(1), Duration::from_millis(50));
                 Box::new(move || client.close())
+            }
+            Backend::Tokio | Backend::TokioBlocking => {
+                let config = remora_tokio::ClientConfig {
+                    connection,
+                    dispatch: backend.dispatch(),
+                    ..Default::default()
+                };
+                // The connection's task runs on the runtime's worker, not in `block_on`.
+                let rt = tokio_runtime();
+                let client = rt.block_on(async {
+                    let client = remora_tokio::Client::connect_with_handler(addr, config, echo)
+                        .await
+                        .unwrap();
+                    client.oneway(Command::oneway(1)).await.unwrap();
+                    client
+                });
+                Box::new(move || {
+                    client.close();
+                    drop(rt);
+                })
             }
         };
         let (mut server_side, _) = listener.accept().unwrap();

@@ -525,6 +525,7 @@ fn blocking_dispatch_answers_busy_beyond_max_incoming_and_stops_gracefully() {
                 },
                 dispatch: Dispatch::Blocking,
                 drain_timeout: 5 * SECOND,
+                ..ServerConfig::default()
             },
         ))
         .unwrap();

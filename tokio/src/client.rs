@@ -277,8 +277,14 @@ impl Shared {
                         idle_timeout: self.config.idle_timeout,
                         dispatch: self.config.dispatch,
                     };
-                    return Conn::start(stream, config, Arc::clone(&self.handler), self.clock)
-                        .map_err(|e| CallError::Connect(e.into()));
+                    return Conn::start(
+                        stream,
+                        config,
+                        Arc::clone(&self.handler),
+                        self.clock,
+                        None,
+                    )
+                    .map_err(|e| CallError::Connect(e.into()));
                 }
                 Ok(Err(e)) => last = Some(e),
                 Err(_) => last = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),

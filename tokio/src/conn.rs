@@ -2,12 +2,16 @@
 //!
 //! One task per connection owns the socket. Each turn it writes everything the machine has
 //! queued (one `write` of the coalesced bytes), hands the machine's events on, then waits for
-//! the first of: the socket readable (read straight into the machine's read buffer), the socket
-//! writable (when a write would have blocked), a wake-up from a caller that queued bytes into an
-//! idle connection or set an earlier deadline, and the timer (the machine's next deadline or the
-//! idle expiry). Callers on any thread queue requests under a mutex shared with the task and
-//! wait on a slot indexed by their `RequestId`, so a response wakes its caller without hashing or
-//! allocating.
+//! the first of: the socket readable (read straight into the machine's read buffer — only while
+//! the machine [`wants_read`](Connection::wants_read): a peer that leaves our answers unread is
+//! not read either), the socket writable (when a write would have blocked), a wake-up from a
+//! caller that queued bytes into an idle connection or set an earlier deadline, and the timer
+//! (the machine's next deadline or the idle expiry). End of input is the machine's
+//! [`handle_eof`](Connection::handle_eof): requests sent before a half-close are answered before
+//! the connection closes. Callers on any thread queue requests under a mutex shared with the task
+//! and wait on a slot indexed by their `RequestId`, so a response wakes its caller without
+//! hashing or allocating. A server's connection reports what it holds to the server's
+//! [`Budget`] after every turn.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,8 +25,8 @@ use std::time::Duration;
 
 use crate::handle_catching;
 use remora_core::{
-    CallError, CloseReason, Command, Config, Connection, Event, Handler, IncomingRequest, Instant,
-    RequestId,
+    Account, Budget, CallError, CloseReason, Command, Config, Connection, Event, Handler,
+    IncomingRequest, Instant, RequestId, READ_STEP,
 };
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -83,9 +87,8 @@ enum CallSlot {
     },
 }
 
-/// Room made in the read buffer when it runs low.
-const READ_CHUNK: usize = 64 * 1024;
-/// Below this much free room, the read buffer grows by `READ_CHUNK`.
+/// Below this much free room, the read buffer grows by the core's bounded step
+/// ([`READ_STEP`]): never more than that beyond the bytes that arrived.
 const READ_LOW_WATER: usize = 8 * 1024;
 
 struct State {
@@ -95,6 +98,9 @@ struct State {
     /// slot as soon as the response arrives).
     parked: HashMap<RequestId, Result<Command, CallError>>,
     last_active: Instant,
+    /// This connection's share of the server's budget (server connections only; given back
+    /// when the machine reports `Closed`).
+    account: Option<Account>,
 }
 
 /// What one turn of the connection task hands on after releasing the lock. Kept between turns
@@ -122,6 +128,14 @@ pub(crate) struct Conn {
     closed: AtomicBool,
     config: ConnConfig,
     peer: SocketAddr,
+    /// The server's budget, for a server's connection.
+    budget: Option<Arc<Budget>>,
+}
+
+/// A server connection's admission to the server's budget.
+pub(crate) struct Served {
+    pub(crate) budget: Arc<Budget>,
+    pub(crate) account: Account,
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -130,21 +144,37 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 
 impl Conn {
     /// Starts driving `stream` on the current tokio runtime (panics outside one, as
-    /// `tokio::spawn` does).
+    /// `tokio::spawn` does). A server's connection comes `served`: its account is given back to
+    /// the budget when it closes, or at once if it cannot start.
     pub(crate) fn start(
         stream: TcpStream,
         config: ConnConfig,
         handler: Arc<dyn Handler>,
         clock: Clock,
+        served: Option<Served>,
     ) -> io::Result<Arc<Conn>> {
-        stream.set_nodelay(true)?;
-        let peer = stream.peer_addr()?;
+        let prepared = stream.set_nodelay(true).and_then(|()| stream.peer_addr());
+        let peer = match prepared {
+            Ok(peer) => peer,
+            Err(e) => {
+                // Gone before it started (connected and reset at once): give its place back.
+                if let Some(served) = served {
+                    served.budget.leave(served.account);
+                }
+                return Err(e);
+            }
+        };
+        let (budget, account) = match served {
+            Some(s) => (Some(s.budget), Some(s.account)),
+            None => (None, None),
+        };
         let conn = Arc::new(Conn {
             state: Mutex::new(State {
                 machine: Connection::new(config.machine),
                 calls: Vec::new(),
                 parked: HashMap::new(),
                 last_active: clock.now(),
+                account,
             }),
             wake: Notify::new(),
             handler,
@@ -152,6 +182,7 @@ impl Conn {
             closed: AtomicBool::new(false),
             config,
             peer,
+            budget,
         });
         tokio::spawn(TaskGuard(Arc::clone(&conn)).run(stream));
         Ok(conn)
@@ -185,10 +216,7 @@ impl Conn {
     /// Peer requests not yet answered, and whether bytes still wait to be written.
     pub(crate) fn unfinished(&self) -> (usize, bool) {
         let st = lock(&self.state);
-        (
-            st.machine.pending_incoming(),
-            st.machine.poll_transmit().is_some(),
-        )
+        (st.machine.pending_incoming(), st.machine.unsent_len() > 0)
     }
 
     /// Queues `cmd`; the returned future resolves with its response or error. Dropping the
@@ -251,7 +279,9 @@ impl Conn {
         let idle = {
             let mut st = lock(&self.state);
             let idle = st.machine.poll_transmit().is_none();
+            // An answer too big to encode is replaced by SYSTEM_ERROR: that too goes out.
             let _ = st.machine.send_response(request, response);
+            self.sync_budget(&mut st);
             idle
         };
         if idle {
@@ -289,7 +319,12 @@ impl Conn {
     /// Must run under the same lock as whatever made the events (read, timeout, disconnect,
     /// close): the machine frees a call's slot when it emits the call's outcome, and a call made
     /// in between would take the slot before the outcome reached it.
+    ///
+    /// Also brings the server's budget up to date with what the machine holds now (it runs after
+    /// everything that changes that: bytes read or written, answers queued, deadlines), and gives
+    /// the connection's share back when it closes.
     fn drain(&self, st: &mut State, turn: &mut Turn) {
+        self.sync_budget(st);
         while let Some(event) = st.machine.poll_event() {
             match event {
                 Event::Response { id, response } => complete(st, id, Ok(response), turn),
@@ -298,6 +333,17 @@ impl Conn {
                 Event::Oneway { command } => turn.oneways.push(command),
                 Event::Closed { .. } => self.closed.store(true, Ordering::Release),
             }
+        }
+        // Gives the account back once the machine has closed.
+        self.sync_budget(st);
+    }
+
+    /// Reports what the machine holds and has done to the server's budget, which tells the
+    /// machine whether to answer new requests `SYSTEM_BUSY`, and gives the connection's share
+    /// back once it has closed (server connections only).
+    fn sync_budget(&self, st: &mut State) {
+        if let Some(budget) = &self.budget {
+            budget.settle(&mut st.account, &mut st.machine);
         }
     }
 
@@ -347,12 +393,14 @@ impl Conn {
         }
         let buf = st.machine.read_buffer();
         // Grow only when nearly full: while decoded bodies still share the buffer, growing means
-        // a new allocation, so do it once per READ_CHUNK, not once per read.
+        // a new allocation, so do it once per step, not once per read. The step is the core's
+        // bound: room beyond what arrived never exceeds it, whatever a frame announces.
         if buf.capacity() - buf.len() < READ_LOW_WATER {
-            buf.reserve(READ_CHUNK);
+            buf.reserve(READ_STEP);
         }
         match stream.try_read_buf(buf) {
-            Ok(0) => st.machine.handle_disconnect(),
+            // End of input: what the peer asked before it is answered, then the machine closes.
+            Ok(0) => st.machine.handle_eof(),
             Ok(n) => {
                 let now = self.clock.now();
                 st.last_active = now;
@@ -448,12 +496,16 @@ impl TaskGuard {
         tokio::pin!(sleep);
         let mut armed: Option<Instant> = None;
         loop {
-            let (want_write, wake_at) = {
+            let (want_read, want_write, wake_at) = {
                 let mut st = lock(&conn.state);
                 let st = &mut *st;
                 flush(&stream, &mut st.machine);
                 conn.drain(st, &mut turn);
-                (st.machine.poll_transmit().is_some(), conn.wake_at(st))
+                (
+                    st.machine.wants_read(),
+                    st.machine.poll_transmit().is_some(),
+                    conn.wake_at(st),
+                )
             };
             if !turn.is_empty() {
                 conn.hand_on(&mut turn);
@@ -471,7 +523,10 @@ impl TaskGuard {
             }
             tokio::select! {
                 biased;
-                ready = stream.readable() => {
+                // Backpressure: while the peer leaves what we owe it unread (or has finished
+                // sending), its socket is not read; the writes that drain our output end the
+                // pause on a later turn.
+                ready = stream.readable(), if want_read => {
                     let mut st = lock(&conn.state);
                     match ready {
                         Ok(()) => conn.read(&stream, &mut st),

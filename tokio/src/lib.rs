@@ -18,7 +18,12 @@
 //!   [`Handler`](remora_core::Handler) for requests the server sends.
 //! - [`Server`]: the core `Handler` API, run inline or on the blocking pool ([`Dispatch`]),
 //!   `SYSTEM_BUSY` beyond the in-flight limit, [`Peer`]s to send requests to clients, graceful
-//!   stop.
+//!   stop; the core's server-wide [`Budget`](remora_core::Budget) (most connections, most bytes
+//!   buffered: beyond it new requests are answered `SYSTEM_BUSY` and new connections refused,
+//!   with a `tracing` warning) and its counters in [`Server::stats`].
+//!
+//! Servers and clients alike stop reading a peer that does not read what they owe it (the
+//! machine's `wants_read`) and answer the requests a peer sent before half-closing.
 //!
 //! Both run on the tokio runtime that created them (any flavour, with the `net` and `time`
 //! drivers enabled). A multi-endpoint cluster client is not part of this crate yet.

@@ -6,12 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use remora_core::{Config, Handler};
-use tokio::net::{TcpListener, ToSocketAddrs};
+use remora_core::{Budget, BudgetConfig, Config, Handler, Snapshot};
+use tokio::net::{TcpListener, TcpSocket, ToSocketAddrs};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::conn::{Clock, Conn, ConnConfig, Dispatch, Peer};
+use crate::conn::{Clock, Conn, ConnConfig, Dispatch, Peer, Served};
 
 /// How a [`Server`] runs.
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +23,12 @@ pub struct ServerConfig {
     pub dispatch: Dispatch,
     /// How long [`Server::stop`] waits for requests in flight to be answered and written.
     pub drain_timeout: Duration,
+    /// Limits on all connections together: beyond its buffered bytes new requests are answered
+    /// `SYSTEM_BUSY` and new connections refused (with a `tracing` warning), as beyond its
+    /// connection count.
+    pub budget: BudgetConfig,
+    /// The listen backlog: connections the kernel completes before they are accepted.
+    pub backlog: i32,
 }
 
 impl Default for ServerConfig {
@@ -31,6 +37,8 @@ impl Default for ServerConfig {
             connection: Config::default(),
             dispatch: Dispatch::Inline,
             drain_timeout: Duration::from_secs(5),
+            budget: BudgetConfig::default(),
+            backlog: 4096,
         }
     }
 }
@@ -39,6 +47,7 @@ struct Shared {
     conns: Mutex<Vec<Arc<Conn>>>,
     stop: Notify,
     stopping: AtomicBool,
+    budget: Arc<Budget>,
 }
 
 impl Shared {
@@ -54,7 +63,9 @@ impl Shared {
 ///
 /// A corrupt frame closes only its connection; oneway requests are handled and never answered;
 /// with [`Dispatch::Blocking`], requests beyond `max_incoming` per connection are answered
-/// `SYSTEM_BUSY` by the core machine.
+/// `SYSTEM_BUSY` by the core machine. A peer that does not read its answers is not read either
+/// (backpressure), and all connections together stay within [`ServerConfig::budget`]
+/// ([`Server::stats`] shows what they hold).
 ///
 /// ```no_run
 /// use remora_core::{codes, Command};
@@ -95,12 +106,13 @@ impl Server {
         handler: Arc<dyn Handler>,
         config: ServerConfig,
     ) -> io::Result<Server> {
-        let listener = TcpListener::bind(addr).await?;
+        let listener = listen(addr, config.backlog).await?;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             conns: Mutex::new(Vec::new()),
             stop: Notify::new(),
             stopping: AtomicBool::new(false),
+            budget: Arc::new(Budget::new(config.budget)),
         });
         let acceptor = tokio::spawn(accept_loop(listener, Arc::clone(&shared), handler, config));
         Ok(Server {
@@ -119,6 +131,12 @@ impl Server {
     /// Open connections.
     pub fn connections(&self) -> usize {
         self.shared.conns().len()
+    }
+
+    /// What the connections hold and have done: connections, buffered bytes (now and at their
+    /// peak), requests, responses, busy answers, refusals.
+    pub fn stats(&self) -> Snapshot {
+        self.shared.budget.snapshot()
     }
 
     /// The open connections, to send requests to their clients.
@@ -202,11 +220,50 @@ async fn accept_loop(
                 if shared.stopping.load(Ordering::Acquire) {
                     return;
                 }
-                if let Ok(conn) = Conn::start(stream, conn_config, Arc::clone(&handler), clock) {
+                let account = match shared.budget.admit() {
+                    Ok(account) => account,
+                    Err(refusal) => {
+                        let peer = stream.peer_addr().ok();
+                        tracing::warn!(?peer, "{refusal}");
+                        drop(stream);
+                        continue;
+                    }
+                };
+                let served = Served {
+                    budget: Arc::clone(&shared.budget),
+                    account,
+                };
+                let started =
+                    Conn::start(stream, conn_config, Arc::clone(&handler), clock, Some(served));
+                if let Ok(conn) = started {
+                    // Closed ones are dropped from the list here (their sockets already are).
                     shared.conns().push(conn);
                 }
             }
             () = shared.stop.notified() => return,
         }
     }
+}
+
+/// A listener with the configured backlog (tokio's `bind` fixes it at 1024), on the first
+/// address that binds.
+async fn listen(addr: impl ToSocketAddrs, backlog: i32) -> io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let attempt = (|| {
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(backlog.max(1) as u32)
+        })();
+        match attempt {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address")))
 }

@@ -105,6 +105,8 @@ pub struct Account {
 /// the [`Refusal`], when refused), [`sync`](Self::sync) after anything that changes what a
 /// connection holds (bytes read, answers queued, bytes written), and [`leave`](Self::leave) when
 /// it ends. `sync` also tells the connection whether to answer new requests `SYSTEM_BUSY`.
+/// [`settle`](Self::settle) does both of the last two: called after every change, it syncs and,
+/// once the machine has closed, gives the account back after that last sync.
 #[derive(Debug, Default)]
 pub struct Budget {
     config: BudgetConfig,
@@ -210,6 +212,21 @@ impl Budget {
         machine.set_overloaded(total >= self.config.max_buffered);
     }
 
+    /// [`sync`](Self::sync), and once `machine` is closed, [`leave`](Self::leave) after that
+    /// last sync (so its final counters are counted), leaving `None`. Idempotent: a driver may
+    /// call it after every change to a connection, its close included, and needs no other call
+    /// after [`admit`](Self::admit) except `leave` for a connection that never got a machine.
+    pub fn settle(&self, account: &mut Option<Account>, machine: &mut Connection) {
+        if let Some(share) = account.as_mut() {
+            self.sync(share, machine);
+        }
+        if machine.is_closed() {
+            if let Some(share) = account.take() {
+                self.leave(share);
+            }
+        }
+    }
+
     /// The connection ended: its bytes and its place are given back. Sync it one last time
     /// first if its final counters should be counted.
     pub fn leave(&self, account: Account) {
@@ -271,6 +288,29 @@ mod tests {
         budget.leave(b);
         budget.leave(c);
         assert_eq!(budget.snapshot().connections, 0);
+    }
+
+    #[test]
+    fn settle_counts_the_last_answers_then_gives_the_place_back_once() {
+        let budget = Budget::new(BudgetConfig::default());
+        let mut conn = Connection::new(Config::default());
+        let mut account = Some(budget.admit().unwrap());
+        conn.handle_input(&wire(&Command::request(1).with_opaque(5)), Instant::ZERO);
+        let Some(Event::Request { request, .. }) = conn.poll_event() else {
+            panic!("a request")
+        };
+        conn.send_response(request, Command::request(1).response(0))
+            .unwrap();
+        budget.settle(&mut account, &mut conn);
+        let s = budget.snapshot();
+        assert!(s.buffered > 0, "the unwritten answer is held");
+        assert_eq!((s.connections, s.requests, s.responses), (1, 1, 1));
+        conn.close();
+        budget.settle(&mut account, &mut conn);
+        assert!(account.is_none());
+        budget.settle(&mut account, &mut conn);
+        let s = budget.snapshot();
+        assert_eq!((s.connections, s.buffered, s.responses), (0, 0, 1));
     }
 
     #[test]

@@ -71,6 +71,29 @@ impl RequestId {
 
     /// A dense index below [`Config::max_waiters`], unique among the requests pending on one
     /// connection: drivers may keep per-request state in a `Vec` at this index, no hashing.
+    ///
+    /// # Pitfall: the index is free again before its outcome is taken
+    /// A request stops being pending — and its index (its waiter's slot) is free for the next
+    /// [`send_request`](Connection::send_request) — as soon as its outcome is *queued*, inside
+    /// the call that decided it: the [`handle_read`](Connection::handle_read) or
+    /// [`handle_input`](Connection::handle_input) that matched its response, the
+    /// [`handle_timeout`](Connection::handle_timeout) that expired it, or
+    /// [`handle_eof`](Connection::handle_eof),
+    /// [`handle_disconnect`](Connection::handle_disconnect), [`close`](Connection::close). Not
+    /// when the driver takes the [`Event::Response`] or [`Event::Failed`] from
+    /// [`poll_event`](Connection::poll_event). A request sent in between gets the same index
+    /// (with a new generation: its `RequestId` differs, its index does not). A driver that keeps
+    /// per-request state at this index must therefore:
+    /// - move each outcome into its slot in the same critical section as the input that made
+    ///   it (the same lock or borrow, no `send_request` in between), or the newer request takes
+    ///   the slot first and the outcome has nowhere to go; and
+    /// - expect the index to be reused while an outcome still waits in it for its caller: keep
+    ///   the whole `RequestId` in the slot, compare it before completing (never complete on the
+    ///   index alone: the outcome would go to the newer request), and move an uncollected
+    ///   outcome aside when a new request takes its slot.
+    ///
+    /// The tokio and io_uring drivers do both (their `parked` outcomes); the std driver keys its
+    /// calls by the whole `RequestId` in a map and has neither problem.
     pub fn index(self, connection: &Connection) -> usize {
         (self.0 & ((1u32 << connection.slot_bits) - 1)) as usize
     }
@@ -300,7 +323,10 @@ struct Waiter {
 ///    contiguous slice) and report with [`handle_written`](Self::handle_written) until it is
 ///    `None` or the transport would block;
 /// 2. take [`poll_event`](Self::poll_event) until `None` and hand each on (answering
-///    [`Event::Request`]s may queue more to write: go back to 1);
+///    [`Event::Request`]s may queue more to write: go back to 1). Take them before any new
+///    [`send_request`](Self::send_request): a request's slot ([`RequestId::index`]) is freed
+///    when its outcome is queued, not when the event is taken, so a request sent in between
+///    may get the same index (see [`RequestId::index`]);
 /// 3. arm its timer for [`poll_timeout`](Self::poll_timeout) and call
 ///    [`handle_timeout`](Self::handle_timeout) when it fires.
 ///
