@@ -27,10 +27,12 @@
 mod client;
 mod cluster;
 mod conn;
+pub mod ring;
 mod server;
 
 pub use client::{Client, ClientConfig, LocalClient};
 pub use cluster::{CallOpts, ClusterConfig, Counts, LocalCluster};
 pub use conn::CallFuture;
 pub use remora_core::resilience::resolve::{Resolver, Watch};
+pub use ring::{Completion, ConnId, EventLoop, LoopConfig};
 pub use server::{Server, ServerConfig};
