@@ -682,15 +682,16 @@ fn uring_rpc(
 ) -> Result<Histogram<u64>, String> {
     use remora_uring::{ConnId, EventLoop, LoopConfig};
     let inflight = plan.inflight.max(1);
-    let config = LoopConfig {
-        connection: remora_core::Config {
-            max_waiters: inflight * 2,
-            ..Default::default()
-        },
+    let connection = remora_core::Config {
+        max_waiters: inflight * 2,
         ..Default::default()
     };
-    let mut lp = EventLoop::new(config, Arc::new(remora_core::NotSupported))
-        .map_err(|e| format!("starting an io_uring loop: {e}"))?;
+    let mut lp = EventLoop::new(
+        connection,
+        LoopConfig::default(),
+        Arc::new(remora_core::NotSupported),
+    )
+    .map_err(|e| format!("starting an io_uring loop: {e}"))?;
     let connect_timeout = Duration::from_secs(3);
     let mut ids: Vec<ConnId> = Vec::with_capacity(conns);
     for _ in 0..conns {
@@ -719,13 +720,26 @@ fn uring_rpc(
         let c = t / inflight;
         seq[t] += 1;
         t0[t] = Instant::now();
-        let mut result = lp.call(ids[c], request(seq[t], plan, &mut buf), progress.timeout(), t as u64);
-        if matches!(result, Err(CallError::Closed { .. })) {
+        let mut result = lp.call(
+            ids[c],
+            request(seq[t], plan, &mut buf),
+            progress.timeout(),
+            t as u64,
+        );
+        if matches!(
+            result,
+            Err(CallError::Closed { .. } | CallError::ConnectionLost { written: false })
+        ) {
             // The connection is gone: reconnect (bounded) and try once more.
             result = match lp.connect(addr, Duration::from_millis(200)) {
                 Ok(id) => {
                     ids[c] = id;
-                    lp.call(id, request(seq[t], plan, &mut buf), progress.timeout(), t as u64)
+                    lp.call(
+                        id,
+                        request(seq[t], plan, &mut buf),
+                        progress.timeout(),
+                        t as u64,
+                    )
                 }
                 Err(e) => Err(CallError::Connect(e.into())),
             };
@@ -761,7 +775,11 @@ fn uring_rpc(
         }
         if !deferred.is_empty() {
             let now = Instant::now();
-            let due: Vec<usize> = deferred.iter().filter(|(at, _)| *at <= now).map(|&(_, t)| t).collect();
+            let due: Vec<usize> = deferred
+                .iter()
+                .filter(|(at, _)| *at <= now)
+                .map(|&(_, t)| t)
+                .collect();
             deferred.retain(|(at, _)| *at > now);
             for t in due {
                 start(&mut lp, t, &mut seq, &mut t0, &mut deferred);

@@ -3,11 +3,13 @@
 //! completions inline (the handler runs in the loop) and submits every send a turn produced with
 //! the next `io_uring_enter`.
 //!
-//! Receive path: where the kernel supports them (detected at start), one multishot receive per
-//! connection draws from a ring of provided buffers shared by the whole loop, so an idle
-//! connection holds no read buffer; the bytes are copied into the machine at once and the buffer
-//! goes back to the ring. Without buffer rings, each connection has one single-shot receive into
-//! its machine's own read buffer. Accepts are multishot where supported, single-shot otherwise.
+//! Receive path: where the kernel supports them (detected at start), receives draw from a ring
+//! of provided buffers shared by the whole loop, so an idle connection holds no read buffer; the
+//! bytes are copied into the machine at once and the buffer goes back to the ring. Each
+//! connection has one single-shot receive at a time (re-armed only while its machine wants
+//! input, so backpressure holds to one buffer), or optionally one multishot receive. Without
+//! buffer rings, each connection receives into its machine's own read buffer. Accepts are
+//! multishot where supported, single-shot otherwise.
 //!
 //! The loop only moves bytes, reads the clock, waits and counts: every decision is the machine's.
 
@@ -40,11 +42,9 @@ fn user_data(op: u64, key: usize) -> u64 {
     ((key as u64) << OP_BITS) | op
 }
 
-/// How a loop receives, sizes its ring and its provided buffers.
+/// How a loop sizes its ring and its provided buffers, and which operations it uses.
 #[derive(Clone, Copy, Debug)]
 pub struct LoopConfig {
-    /// Each connection's machine.
-    pub connection: Config,
     /// Submission queue entries (the completion queue is four times as large).
     pub entries: u32,
     /// Provided buffers in the loop's buffer ring (a power of two, at most 32,768).
@@ -54,16 +54,32 @@ pub struct LoopConfig {
     /// Never use buffer rings or multishot operations, even where the kernel has them
     /// (single-shot receive into each connection's own buffer). For tests and old kernels.
     pub single_shot: bool,
+    /// Receive with one multishot operation per connection instead of one single-shot
+    /// provided-buffer receive per completion. Saves a submission per read, but the kernel then
+    /// reads ahead of backpressure: a connection that stops wanting input may still take in up
+    /// to its socket's receive buffer (megabytes) before the cancel lands. Off by default.
+    pub multishot_recv: bool,
+}
+
+/// How a loop receives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RecvMode {
+    /// One multishot receive per connection, from the buffer ring.
+    Multishot,
+    /// One single-shot receive at a time, from the buffer ring.
+    Select,
+    /// One single-shot receive at a time, into the connection's own buffer.
+    Own,
 }
 
 impl Default for LoopConfig {
     fn default() -> Self {
         LoopConfig {
-            connection: Config::default(),
             entries: 1024,
             buffers: 256,
             buffer_size: 16 * 1024,
             single_shot: false,
+            multishot_recv: false,
         }
     }
 }
@@ -209,8 +225,10 @@ struct Slot {
     recv_cancelling: bool,
     /// Single-shot fallback: the machine's read buffer while the kernel fills it.
     recv_buf: Option<BytesMut>,
-    /// The bytes a send in flight points into, and how many of them were sent.
+    /// The bytes a send points into, and how many of them were sent.
     sending: Option<(Bytes, usize)>,
+    /// A send is in flight (at most one per connection, so bytes go out in order).
+    send_armed: bool,
     /// Queued on the loop's dirty list: it may have bytes to send.
     dirty: bool,
     /// The deadline the heap holds for this slot.
@@ -224,7 +242,7 @@ struct Slot {
 pub struct EventLoop {
     ring: IoUring,
     bufs: Option<BufRing>,
-    multishot: bool,
+    recv_mode: RecvMode,
     slots: Slab<Slot>,
     generation: u32,
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
@@ -232,7 +250,7 @@ pub struct EventLoop {
     origin: std::time::Instant,
     handler: Arc<dyn Handler>,
     budget: Option<Arc<Budget>>,
-    config: LoopConfig,
+    connection: Config,
     /// A listener accepted on, and whether an accept is in flight.
     listener: Option<(OwnedFd, bool)>,
     accept_multishot: bool,
@@ -246,8 +264,13 @@ pub struct EventLoop {
 }
 
 impl EventLoop {
-    /// A loop whose connections answer requests from their peers with `handler`.
-    pub fn new(config: LoopConfig, handler: Arc<dyn Handler>) -> io::Result<EventLoop> {
+    /// A loop whose connections run machines configured by `connection` and answer requests
+    /// from their peers with `handler`.
+    pub fn new(
+        connection: Config,
+        config: LoopConfig,
+        handler: Arc<dyn Handler>,
+    ) -> io::Result<EventLoop> {
         let entries = config.entries.max(1);
         // Completions are only ever reaped by this thread, in `turn`: let the kernel defer
         // their work until then (fewer interruptions), where it can (Linux 6.1).
@@ -262,11 +285,15 @@ impl EventLoop {
         } else {
             BufRing::register(&ring, config.buffers, config.buffer_size, 0).ok()
         };
-        let multishot = bufs.is_some();
+        let recv_mode = match (&bufs, config.multishot_recv) {
+            (None, _) => RecvMode::Own,
+            (Some(_), true) => RecvMode::Multishot,
+            (Some(_), false) => RecvMode::Select,
+        };
         Ok(EventLoop {
             ring,
             bufs,
-            multishot,
+            recv_mode,
             slots: Slab::new(),
             generation: 0,
             timers: BinaryHeap::new(),
@@ -274,7 +301,7 @@ impl EventLoop {
             origin: std::time::Instant::now(),
             handler,
             budget: None,
-            config,
+            connection,
             listener: None,
             accept_multishot: !config.single_shot,
             accepting: true,
@@ -285,9 +312,10 @@ impl EventLoop {
         })
     }
 
-    /// Whether receives use multishot and provided buffers (false: single-shot fallback).
+    /// Whether receives draw from the loop's provided-buffer ring (false: each connection
+    /// receives into its own buffer).
     pub fn uses_buffer_ring(&self) -> bool {
-        self.multishot
+        self.recv_mode != RecvMode::Own
     }
 
     /// Connections open (or still finishing operations) on this loop.
@@ -345,13 +373,14 @@ impl EventLoop {
         let key = self.slots.insert(Slot {
             fd,
             generation,
-            machine: Connection::new(self.config.connection),
+            machine: Connection::new(self.connection),
             account,
             ops: 0,
             recv_armed: false,
             recv_cancelling: false,
             recv_buf: None,
             sending: None,
+            send_armed: false,
             dirty: false,
             timer_at: None,
             closed: false,
@@ -462,7 +491,11 @@ impl EventLoop {
         };
         match result {
             Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR | libc::EBUSY)) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
             Err(e) => return Err(e),
         }
         self.handle_completions();
@@ -556,8 +589,8 @@ impl EventLoop {
     }
 
     fn arm_recv(&mut self, key: usize) {
-        let multishot = self.multishot;
-        let group = self.bufs.as_ref().map_or(0, |b| b.group);
+        let mode = self.recv_mode;
+        let (group, size) = self.bufs.as_ref().map_or((0, 0), |b| (b.group, b.size));
         let Some(slot) = self.slots.get_mut(key) else {
             return;
         };
@@ -565,8 +598,14 @@ impl EventLoop {
             return;
         }
         let fd = types::Fd(slot.fd.as_raw_fd());
-        let sqe = if multishot {
+        let sqe = if mode == RecvMode::Multishot {
             opcode::RecvMulti::new(fd, group).build()
+        } else if mode == RecvMode::Select {
+            // The kernel picks a buffer from the ring when bytes arrive.
+            opcode::Recv::new(fd, std::ptr::null_mut(), size)
+                .buf_group(group)
+                .build()
+                .flags(squeue::Flags::BUFFER_SELECT)
         } else {
             // Read straight into the machine's buffer: bodies stay zero-copy slices of it. It
             // grows only when nearly full (by a bounded step, as the machine asks).
@@ -618,7 +657,7 @@ impl EventLoop {
         let Some(slot) = self.slots.get_mut(key) else {
             return;
         };
-        if slot.closed {
+        if slot.closed || slot.send_armed {
             return;
         }
         if slot.sending.is_none() {
@@ -640,6 +679,7 @@ impl EventLoop {
         .build()
         .user_data(user_data(OP_SEND, key));
         slot.ops += 1;
+        slot.send_armed = true;
         self.push(sqe);
     }
 
@@ -686,31 +726,43 @@ impl EventLoop {
 
     fn on_recv(&mut self, key: usize, result: i32, flags: u32) {
         let now = self.now();
-        let multishot = self.multishot;
+        let mode = self.recv_mode;
         let Some(slot) = self.slots.get_mut(key) else {
             return;
         };
-        let more = multishot && cqueue::more(flags);
+        let more = mode == RecvMode::Multishot && cqueue::more(flags);
         if !more {
             slot.recv_armed = false;
             slot.ops -= 1;
         }
         let mut lost = false;
-        if multishot {
+        if mode != RecvMode::Own {
             if let Some(bid) = cqueue::buffer_select(flags) {
-                let bufs = self.bufs.as_mut().expect("multishot implies a buffer ring");
+                let bufs = self.bufs.as_mut().expect("this mode implies a buffer ring");
                 if result > 0 && !slot.closed {
-                    slot.machine.handle_input(bufs.get(bid, result as usize), now);
+                    let bytes = bufs.get(bid, result as usize);
+                    // Copy into the machine's buffer (bodies become zero-copy slices of it).
+                    // Grow it by a whole step when short, not by what arrived: while decoded
+                    // bodies still share it, growing means a new allocation, so do it once per
+                    // READ_CHUNK of input, not once per receive.
+                    let read_buf = slot.machine.read_buffer();
+                    if read_buf.capacity() - read_buf.len() < bytes.len() {
+                        read_buf.reserve(bytes.len().max(READ_CHUNK));
+                    }
+                    slot.machine.handle_input(bytes, now);
                 }
                 bufs.give_back(bid);
             }
             match result {
                 0 => slot.machine.handle_eof(),
                 r if r > 0 => {}
-                r if r == -libc::ENOBUFS || r == -libc::ECANCELED => {}
-                r if r == -libc::EINVAL => {
+                r if r == -libc::ENOBUFS
+                    || r == -libc::ECANCELED
+                    || r == -libc::EINTR
+                    || r == -libc::EAGAIN => {}
+                r if r == -libc::EINVAL && mode == RecvMode::Multishot => {
                     // No multishot receive on this kernel: single-shot from now on.
-                    self.multishot = false;
+                    self.recv_mode = RecvMode::Select;
                 }
                 _ => lost = true,
             }
@@ -756,6 +808,7 @@ impl EventLoop {
             return;
         };
         slot.ops -= 1;
+        slot.send_armed = false;
         let Some((bytes, done)) = &mut slot.sending else {
             self.maybe_free(key);
             return;
@@ -934,7 +987,13 @@ impl Drop for EventLoop {
     fn drop(&mut self) {
         let quiet = self.quiesce(Duration::from_secs(1));
         if let Some(bufs) = self.bufs.take() {
-            if quiet && self.ring.submitter().unregister_buf_ring(bufs.group).is_ok() {
+            if quiet
+                && self
+                    .ring
+                    .submitter()
+                    .unregister_buf_ring(bufs.group)
+                    .is_ok()
+            {
                 drop(bufs);
             } else {
                 // The kernel may still write into these buffers: never free them.

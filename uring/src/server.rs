@@ -31,6 +31,8 @@ pub struct ServerConfig {
     pub budget: BudgetConfig,
     /// The listen backlog of each thread's listener.
     pub backlog: i32,
+    /// Each thread's ring: sizes, provided buffers, which operations.
+    pub io: LoopConfig,
 }
 
 impl Default for ServerConfig {
@@ -41,6 +43,7 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(5),
             budget: BudgetConfig::default(),
             backlog: 4096,
+            io: LoopConfig::default(),
         }
     }
 }
@@ -162,11 +165,7 @@ fn serve(
     wake: OwnedFd,
     ready: mpsc::Sender<io::Result<()>>,
 ) {
-    let loop_config = LoopConfig {
-        connection: config.connection,
-        ..LoopConfig::default()
-    };
-    let mut event_loop = match EventLoop::new(loop_config, handler) {
+    let mut event_loop = match EventLoop::new(config.connection, config.io, handler) {
         Ok(l) => l,
         Err(e) => {
             let _ = ready.send(Err(e));
