@@ -163,10 +163,8 @@ impl BufRing {
             ring.submitter()
                 .register_buf_ring(entries as u64, count, group)
         };
-        if let Err(e) = registered {
-            // Dropping `this` frees the descriptor ring; the kernel never saw it.
-            return Err(e);
-        }
+        // On failure, dropping `this` frees the descriptor ring; the kernel never saw it.
+        registered?;
         for bid in 0..count {
             this.give_back(bid);
         }
@@ -744,10 +742,10 @@ impl EventLoop {
                     // Copy into the machine's buffer (bodies become zero-copy slices of it).
                     // Grow it by a whole step when short, not by what arrived: while decoded
                     // bodies still share it, growing means a new allocation, so do it once per
-                    // READ_CHUNK of input, not once per receive.
+                    // step of input, not once per receive.
                     let read_buf = slot.machine.read_buffer();
                     if read_buf.capacity() - read_buf.len() < bytes.len() {
-                        read_buf.reserve(bytes.len().max(READ_CHUNK));
+                        read_buf.reserve(bytes.len().max(SELECT_READ_STEP));
                     }
                     slot.machine.handle_input(bytes, now);
                 }
@@ -1007,6 +1005,10 @@ impl Drop for EventLoop {
     }
 }
 
+/// Room made in the machine's read buffer for bytes copied from a provided buffer: two
+/// provided buffers' worth, so a connection that has been busy holds no more than that when it
+/// goes idle.
+const SELECT_READ_STEP: usize = 32 * 1024;
 /// Room made in a single-shot read buffer when it runs low.
 const READ_CHUNK: usize = 64 * 1024;
 /// Below this much free room, the read buffer grows by `READ_CHUNK`.

@@ -433,9 +433,9 @@ impl Connection {
             slot_bits,
             oneway_counter: 0,
             read_buf: BytesMut::new(),
-            // Sized up front: BytesMut grows a shared buffer (one a driver is still writing from)
-            // by at least its first capacity, so this sets how rarely encoding allocates.
-            transmit: BytesMut::with_capacity(TRANSMIT_CAPACITY),
+            // Allocated on first use (`transmit_room`), so a connection that never sends holds
+            // no transmit buffer.
+            transmit: BytesMut::new(),
             consumed: 0,
             taken: 0,
             eof: false,
@@ -551,6 +551,7 @@ impl Connection {
         cmd.opaque = id.opaque();
         cmd.flag &= !(FLAG_RESPONSE | FLAG_ONEWAY);
         let ty = self.config.serialize_type.unwrap_or(cmd.serialize_type);
+        self.transmit_room();
         let before = self.transmit.len();
         self.codec
             .encode_into(&cmd, ty, &mut self.transmit)
@@ -577,6 +578,7 @@ impl Connection {
         cmd.opaque = self.oneway_counter as i32;
         cmd.flag = (cmd.flag & !FLAG_RESPONSE) | FLAG_ONEWAY;
         let ty = self.config.serialize_type.unwrap_or(cmd.serialize_type);
+        self.transmit_room();
         self.codec
             .encode_into(&cmd, ty, &mut self.transmit)
             .map_err(SendError::Encode)?;
@@ -605,6 +607,7 @@ impl Connection {
             .config
             .serialize_type
             .unwrap_or(response.serialize_type);
+        self.transmit_room();
         let result = self.codec.encode_into(&response, ty, &mut self.transmit);
         if let Err(e) = result {
             self.stats.fallback_answers += 1;
@@ -805,6 +808,15 @@ impl Connection {
     }
 
     // ---- internals ----
+
+    /// Gives an unallocated (or exactly used up) transmit buffer its first capacity. Sized up
+    /// front: BytesMut grows a shared buffer (one a driver is still writing from) by at least its
+    /// first capacity, so this sets how rarely encoding allocates.
+    fn transmit_room(&mut self) {
+        if self.transmit.capacity() == 0 {
+            self.transmit = BytesMut::with_capacity(TRANSMIT_CAPACITY);
+        }
+    }
 
     fn check_can_send(&self) -> Result<(), SendError> {
         // After end of input no response can come: a new request could only time out.
