@@ -417,7 +417,15 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
         let tx = tx.clone();
         handles.push(std::thread::spawn(move || {
             let outcome = match (plan.backend, mode) {
-                (Backend::Uring, Mode::Rpc) => uring_rpc(&plan, addr, conns, &progress),
+                (Backend::Uring, Mode::Rpc) => {
+                    // The loop (and its connections) is closed after the figures are handed
+                    // over: closing 10,000 connections must not push them past the grace.
+                    let mut event_loop = None;
+                    let outcome = uring_rpc(&plan, addr, conns, &progress, &mut event_loop);
+                    let _ = tx.send(outcome);
+                    drop(event_loop);
+                    return;
+                }
                 (Backend::Uring, Mode::Raw) => uring_raw(&plan, addr, conns, &progress),
                 (Backend::Std, Mode::Rpc) => std_rpc(&plan, addr, &progress),
                 (Backend::Std, Mode::Raw) => std_raw(&plan, addr, &progress),
@@ -679,6 +687,7 @@ fn uring_rpc(
     addr: SocketAddr,
     conns: usize,
     progress: &Arc<Progress>,
+    keep: &mut Option<remora_uring::EventLoop>,
 ) -> Result<Histogram<u64>, String> {
     use remora_uring::{ConnId, EventLoop, LoopConfig};
     let inflight = plan.inflight.max(1);
@@ -686,12 +695,14 @@ fn uring_rpc(
         max_waiters: inflight * 2,
         ..Default::default()
     };
-    let mut lp = EventLoop::new(
-        connection,
-        LoopConfig::default(),
-        Arc::new(remora_core::NotSupported),
-    )
-    .map_err(|e| format!("starting an io_uring loop: {e}"))?;
+    let lp = keep.insert(
+        EventLoop::new(
+            connection,
+            LoopConfig::default(),
+            Arc::new(remora_core::NotSupported),
+        )
+        .map_err(|e| format!("starting an io_uring loop: {e}"))?,
+    );
     let connect_timeout = Duration::from_secs(3);
     let mut ids: Vec<ConnId> = Vec::with_capacity(conns);
     for _ in 0..conns {
@@ -750,7 +761,7 @@ fn uring_rpc(
         }
     };
     for t in 0..workers {
-        start(&mut lp, t, &mut seq, &mut t0, &mut deferred);
+        start(lp, t, &mut seq, &mut t0, &mut deferred);
     }
     let mut done = Vec::with_capacity(workers);
     while lp.calls_in_flight() > 0 || !deferred.is_empty() {
@@ -769,7 +780,7 @@ fn uring_rpc(
                 let _ = hist.record(t0[t].elapsed().as_micros() as u64);
             }
             match progress.record(outcome) {
-                None => start(&mut lp, t, &mut seq, &mut t0, &mut deferred),
+                None => start(lp, t, &mut seq, &mut t0, &mut deferred),
                 Some(pause) => deferred.push((Instant::now() + pause, t)),
             }
         }
@@ -782,7 +793,7 @@ fn uring_rpc(
                 .collect();
             deferred.retain(|(at, _)| *at > now);
             for t in due {
-                start(&mut lp, t, &mut seq, &mut t0, &mut deferred);
+                start(lp, t, &mut seq, &mut t0, &mut deferred);
             }
         }
     }

@@ -45,9 +45,13 @@ fn user_data(op: u64, key: usize) -> u64 {
 /// How a loop sizes its ring and its provided buffers, and which operations it uses.
 #[derive(Clone, Copy, Debug)]
 pub struct LoopConfig {
-    /// Submission queue entries (the completion queue is four times as large).
+    /// Submission queue entries (the completion queue is eight times as large, so that a turn
+    /// with a completion from every one of thousands of connections does not overflow it).
     pub entries: u32,
-    /// Provided buffers in the loop's buffer ring (a power of two, at most 32,768).
+    /// Provided buffers in the loop's buffer ring (a power of two, at most 32,768): as many as
+    /// receives may complete in one turn. Beyond them a receive fails with `ENOBUFS` and is
+    /// re-armed, which costs a round trip through the kernel. The default, 4096 buffers of
+    /// 4 KiB, is 16 MiB per loop, shared by all of its connections.
     pub buffers: u16,
     /// Size of each provided buffer.
     pub buffer_size: u32,
@@ -75,9 +79,9 @@ enum RecvMode {
 impl Default for LoopConfig {
     fn default() -> Self {
         LoopConfig {
-            entries: 1024,
-            buffers: 256,
-            buffer_size: 16 * 1024,
+            entries: 2048,
+            buffers: 4096,
+            buffer_size: 4096,
             single_shot: false,
             multishot_recv: false,
         }
@@ -273,11 +277,11 @@ impl EventLoop {
         // Completions are only ever reaped by this thread, in `turn`: let the kernel defer
         // their work until then (fewer interruptions), where it can (Linux 6.1).
         let ring = IoUring::builder()
-            .setup_cqsize(entries * 4)
+            .setup_cqsize(entries * 8)
             .setup_single_issuer()
             .setup_defer_taskrun()
             .build(entries)
-            .or_else(|_| IoUring::builder().setup_cqsize(entries * 4).build(entries))?;
+            .or_else(|_| IoUring::builder().setup_cqsize(entries * 8).build(entries))?;
         let bufs = if config.single_shot {
             None
         } else {
