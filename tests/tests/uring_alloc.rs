@@ -39,6 +39,13 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The counter is process-wide: the tests take turns, so none counts another's allocations.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn echo(request: Command) -> Command {
     let body = request.body.clone();
     request.response(codes::SUCCESS).with_body(body)
@@ -80,6 +87,7 @@ async fn load(client: &LocalClient, tasks: usize, calls: usize, ty: SerializeTyp
 
 #[test]
 fn steady_state_calls_do_not_allocate() {
+    let _turn = one_at_a_time();
     let server = Server::bind_with(
         "127.0.0.1:0",
         Arc::new(echo),
@@ -153,6 +161,7 @@ fn loop_load(
 
 #[test]
 fn steady_state_event_loop_calls_do_not_allocate() {
+    let _turn = one_at_a_time();
     let server = Server::bind_with(
         "127.0.0.1:0",
         Arc::new(echo),
