@@ -24,7 +24,7 @@ use remora_core::{codes, CallError, Codec, Command, SerializeType};
 /// Which driver moves the bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
-    /// io_uring (tokio-uring), thread per core.
+    /// io_uring, one event loop per thread (`remora_uring::EventLoop`).
     Uring,
     /// Blocking std::net threads.
     Std,
@@ -419,7 +419,15 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
         let tx = tx.clone();
         handles.push(std::thread::spawn(move || {
             let outcome = match (plan.backend, mode) {
-                (Backend::Uring, Mode::Rpc) => uring_rpc(&plan, addr, conns, &progress),
+                (Backend::Uring, Mode::Rpc) => {
+                    // The loop (and its connections) is closed after the figures are handed
+                    // over: closing 10,000 connections must not push them past the grace.
+                    let mut event_loop = None;
+                    let outcome = uring_rpc(&plan, addr, conns, &progress, &mut event_loop);
+                    let _ = tx.send(outcome);
+                    drop(event_loop);
+                    return;
+                }
                 (Backend::Uring, Mode::Raw) => uring_raw(&plan, addr, conns, &progress),
                 (Backend::Std, Mode::Rpc) => std_rpc(&plan, addr, &progress),
                 (Backend::Std, Mode::Raw) => std_raw(&plan, addr, &progress),
@@ -702,59 +710,125 @@ pub(crate) fn raw_std_server(listener: TcpListener, stop: Arc<AtomicBool>) {
     });
 }
 
+/// The rpc load on one thread: one `remora_uring::EventLoop` drives all of the thread's
+/// connections; each of the `inflight` workers per connection starts its next call as soon as its
+/// last one completes.
 fn uring_rpc(
     plan: &Plan,
     addr: SocketAddr,
     conns: usize,
     progress: &Arc<Progress>,
+    keep: &mut Option<remora_uring::EventLoop>,
 ) -> Result<Histogram<u64>, String> {
-    let plan = plan.clone();
-    let progress = Arc::clone(progress);
-    tokio_uring::start(async move {
-        let hist = Rc::new(std::cell::RefCell::new(histogram()));
-        let mut tasks = Vec::new();
-        for c in 0..conns {
-            let config = remora_uring::ClientConfig {
-                connection: remora_core::Config {
-                    max_waiters: plan.inflight.max(1) * 2,
-                    ..Default::default()
-                },
-                ..Default::default()
+    use remora_uring::{ConnId, EventLoop, LoopConfig};
+    let inflight = plan.inflight.max(1);
+    let connection = remora_core::Config {
+        max_waiters: inflight * 2,
+        ..Default::default()
+    };
+    let lp = keep.insert(
+        EventLoop::new(
+            connection,
+            LoopConfig::default(),
+            Arc::new(remora_core::NotSupported),
+        )
+        .map_err(|e| format!("starting an io_uring loop: {e}"))?,
+    );
+    let connect_timeout = Duration::from_secs(3);
+    let mut ids: Vec<ConnId> = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        ids.push(
+            lp.connect(addr, connect_timeout)
+                .map_err(|e| format!("connecting to {addr}: {e}"))?,
+        );
+    }
+    let workers = conns * inflight;
+    // Per worker: the sequence number and start of its call in flight.
+    let mut seq: Vec<u64> = (0..workers)
+        .map(|t| (((t / inflight) as u64) << 48) | (((t % inflight) as u64) << 32))
+        .collect();
+    let mut t0 = vec![Instant::now(); workers];
+    let mut deferred: Vec<(Instant, usize)> = Vec::new();
+    let mut hist = histogram();
+    let mut buf = BytesMut::new();
+    let mut start = |lp: &mut EventLoop,
+                     t: usize,
+                     seq: &mut [u64],
+                     t0: &mut [Instant],
+                     deferred: &mut Vec<(Instant, usize)>| {
+        if !progress.claim() {
+            return;
+        }
+        let c = t / inflight;
+        seq[t] += 1;
+        t0[t] = Instant::now();
+        let mut result = lp.call(
+            ids[c],
+            request(seq[t], plan, &mut buf),
+            progress.timeout(),
+            t as u64,
+        );
+        if matches!(
+            result,
+            Err(CallError::Closed { .. } | CallError::ConnectionLost { written: false })
+        ) {
+            // The connection is gone: reconnect (bounded) and try once more.
+            result = match lp.connect(addr, Duration::from_millis(200)) {
+                Ok(id) => {
+                    ids[c] = id;
+                    lp.call(
+                        id,
+                        request(seq[t], plan, &mut buf),
+                        progress.timeout(),
+                        t as u64,
+                    )
+                }
+                Err(e) => Err(CallError::Connect(e.into())),
             };
-            let client = remora_uring::LocalClient::connect(addr, config)
-                .await
-                .map_err(|e| format!("connecting to {addr}: {e}"))?;
-            for w in 0..plan.inflight.max(1) {
-                let client = client.clone();
-                let plan = plan.clone();
-                let progress = Arc::clone(&progress);
-                let hist = Rc::clone(&hist);
-                tasks.push(tokio_uring::spawn(async move {
-                    let mut buf = BytesMut::new();
-                    let mut seq = ((c as u64) << 48) | ((w as u64) << 32);
-                    while progress.claim() {
-                        seq += 1;
-                        let req = request(seq, &plan, &mut buf);
-                        let t0 = Instant::now();
-                        let result = client.call(req, progress.timeout()).await;
-                        let outcome = Outcome::of(&result, seq, plan.payload);
-                        if outcome == Outcome::Ok {
-                            let _ = hist.borrow_mut().record(t0.elapsed().as_micros() as u64);
-                        }
-                        if let Some(pause) = progress.record(outcome) {
-                            tokio::time::sleep(pause).await;
-                        }
-                    }
-                }));
+        }
+        if let Err(e) = result {
+            let pause = progress.record(Outcome::of(&Err(e), seq[t], plan.payload));
+            deferred.push((Instant::now() + pause.unwrap_or_default(), t));
+        }
+    };
+    for t in 0..workers {
+        start(lp, t, &mut seq, &mut t0, &mut deferred);
+    }
+    let mut done = Vec::with_capacity(workers);
+    while lp.calls_in_flight() > 0 || !deferred.is_empty() {
+        let now = Instant::now();
+        let wait = deferred
+            .iter()
+            .map(|(at, _)| at.saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::from_millis(100));
+        lp.turn(wait, &mut done)
+            .map_err(|e| format!("io_uring: {e}"))?;
+        for completion in done.drain(..) {
+            let t = completion.token as usize;
+            let outcome = Outcome::of(&completion.outcome, seq[t], plan.payload);
+            if outcome == Outcome::Ok {
+                let _ = hist.record(t0[t].elapsed().as_micros() as u64);
             }
-            let _ = client;
+            match progress.record(outcome) {
+                None => start(lp, t, &mut seq, &mut t0, &mut deferred),
+                Some(pause) => deferred.push((Instant::now() + pause, t)),
+            }
         }
-        for t in tasks {
-            let _ = t.await;
+        if !deferred.is_empty() {
+            let now = Instant::now();
+            let due: Vec<usize> = deferred
+                .iter()
+                .filter(|(at, _)| *at <= now)
+                .map(|&(_, t)| t)
+                .collect();
+            deferred.retain(|(at, _)| *at > now);
+            for t in due {
+                start(lp, t, &mut seq, &mut t0, &mut deferred);
+            }
         }
-        let h = hist.borrow().clone();
-        Ok(h)
-    })
+    }
+    Ok(hist)
 }
 
 /// The frame the raw mode sends: exactly what the rpc mode would encode.

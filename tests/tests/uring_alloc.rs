@@ -39,6 +39,13 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The counter is process-wide: the tests take turns, so none counts another's allocations.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn echo(request: Command) -> Command {
     let body = request.body_bytes();
     request.response(codes::SUCCESS).with_body(body)
@@ -80,6 +87,7 @@ async fn load(client: &LocalClient, tasks: usize, calls: usize, ty: SerializeTyp
 
 #[test]
 fn steady_state_calls_do_not_allocate() {
+    let _turn = one_at_a_time();
     let server = Server::bind_with(
         "127.0.0.1:0",
         Arc::new(echo),
@@ -106,6 +114,77 @@ fn steady_state_calls_do_not_allocate() {
     });
     for (ty, per_call) in per_call {
         eprintln!("{ty:?}: {per_call:.4} allocations per call (client + server, steady state)");
+        assert!(per_call < 0.01, "{ty:?}: {per_call} allocations per call");
+    }
+}
+
+/// The same through `EventLoop` (the loop under `Server` and the bench's load generator) as the
+/// client: `tasks` calls in flight on one connection, each restarted as it completes.
+fn loop_load(
+    lp: &mut remora_uring::EventLoop,
+    conn: remora_uring::ConnId,
+    tasks: usize,
+    calls: usize,
+    ty: SerializeType,
+) -> u64 {
+    let mut buf = BytesMut::with_capacity(64);
+    let mut done = Vec::with_capacity(tasks);
+    let mut start = |lp: &mut remora_uring::EventLoop, seq: u64| {
+        buf.reserve(64);
+        buf.put_u64(seq);
+        buf.put_bytes(b'x', 56);
+        let request = Command::request(310)
+            .with_body(buf.split().freeze())
+            .with_serialize_type(ty);
+        lp.call(conn, request, Duration::from_secs(10), seq)
+            .unwrap();
+    };
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for t in 0..tasks {
+        start(lp, t as u64);
+    }
+    let (mut started, mut finished) = (tasks, 0);
+    while finished < calls {
+        lp.turn(Duration::from_secs(1), &mut done).unwrap();
+        for c in done.drain(..) {
+            let response = c.outcome.unwrap();
+            assert_eq!(response.body().len(), 64);
+            finished += 1;
+            if started < calls {
+                start(lp, started as u64);
+                started += 1;
+            }
+        }
+    }
+    ALLOCATIONS.load(Ordering::Relaxed) - before
+}
+
+#[test]
+fn steady_state_event_loop_calls_do_not_allocate() {
+    let _turn = one_at_a_time();
+    let server = Server::bind_with(
+        "127.0.0.1:0",
+        Arc::new(echo),
+        ServerConfig {
+            threads: 1,
+            ..ServerConfig::default()
+        },
+    )
+    .unwrap();
+    let mut lp = remora_uring::EventLoop::new(
+        remora_core::Config::default(),
+        remora_uring::LoopConfig::default(),
+        Arc::new(remora_core::NotSupported),
+    )
+    .unwrap();
+    let conn = lp
+        .connect(server.local_addr(), Duration::from_secs(3))
+        .unwrap();
+    for ty in [SerializeType::Json, SerializeType::RocketMq] {
+        loop_load(&mut lp, conn, 32, 4_000, ty); // warm-up
+        let calls = 32_000;
+        let per_call = loop_load(&mut lp, conn, 32, calls, ty) as f64 / calls as f64;
+        eprintln!("{ty:?}: {per_call:.4} allocations per call (EventLoop client + server)");
         assert!(per_call < 0.01, "{ty:?}: {per_call} allocations per call");
     }
 }

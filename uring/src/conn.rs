@@ -157,12 +157,6 @@ impl Conn {
         self.machine.borrow().pending_requests()
     }
 
-    /// Peer requests not yet answered, and whether bytes still wait to be written.
-    pub(crate) fn unfinished(&self) -> (usize, bool) {
-        let m = self.machine.borrow();
-        (m.pending_incoming(), m.unsent_len() > 0)
-    }
-
     /// Queues `cmd`; the returned future resolves with its response or error. Dropping the
     /// future cancels the call (an unwritten request is then never sent).
     pub(crate) fn call(

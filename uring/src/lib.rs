@@ -1,34 +1,47 @@
-//! io_uring client and server for the Apache RocketMQ remoting protocol (tokio-uring,
-//! thread per core).
+//! io_uring client and server for the Apache RocketMQ remoting protocol, thread per core.
 //!
 //! The same `remora-core` [`Connection`](remora_core::Connection) machine as the std driver, driven
-//! by io_uring: each connection is three local tasks on one thread sharing the machine with no
-//! locks — a reader that reads straight into the machine's buffer (bodies stay zero-copy
-//! slices of it), a writer that sends everything queued since its last write as one write, and a
-//! timer for deadlines and idle expiry. The reader pauses while the machine does not want input
-//! (its peer is not reading our answers), and a server's connections on all threads share one
-//! core [`Budget`](remora_core::Budget) (buffered bytes, connection count). Calls wait on a slot indexed by their `RequestId`, so a
-//! response wakes its caller without hashing or allocating.
+//! by io_uring in two ways:
+//!
+//! - [`EventLoop`] (module [`ring`], on the `io-uring` crate): one loop per thread owns all of its
+//!   connections' machines in a slab, with one deadline heap for all of them; completions are
+//!   handled inline (a server's handler runs in the loop), and every send a turn produced goes to
+//!   the kernel with the next `io_uring_enter`. Receives draw from a ring of provided buffers
+//!   shared by the loop (detected at start; without it each connection receives into its own
+//!   buffer), so an idle connection holds no read buffer; accepts are multishot. [`Server`] runs
+//!   one per thread (SO_REUSEPORT), and so does `remora bench`'s load generator. Calls made on an
+//!   `EventLoop` complete as [`Completion`]s carrying the caller's token.
+//! - tokio-uring 0.5 (for programs that already run a tokio-uring runtime): each connection is
+//!   three local tasks on one thread sharing the machine with no locks — a reader that reads
+//!   straight into the machine's buffer, a writer that sends everything queued since its last
+//!   write as one write, and a timer. Calls wait on a slot indexed by their `RequestId`.
+//!   tokio-uring cannot express multishot operations or provided-buffer rings.
+//!
+//! Either way the reader pauses while the machine does not want input (its peer is not reading
+//! our answers), and a server's connections on all threads share one core
+//! [`Budget`](remora_core::Budget) (buffered bytes, connection count).
 //!
 //! - [`LocalClient`]: for code already on a tokio-uring thread; `call(..).await`.
 //! - [`Client`]: a `Send + Sync` handle whose connections live on io_uring threads of its own.
-//! - [`Server`]: one listener per thread (SO_REUSEPORT), handler inline on the I/O thread.
+//! - [`EventLoop`]: a loop of your own (client connections with [`EventLoop::connect`] and
+//!   [`EventLoop::call`], driven by [`EventLoop::turn`]), on the `io-uring` crate directly.
+//! - [`Server`]: one [`EventLoop`] and listener per thread (SO_REUSEPORT), handler inline on the
+//!   I/O thread.
 //! - [`LocalCluster`]: a client over several endpoints: the core's `ClusterCall` decides
 //!   (balancing, retries, hedging, breakers, ejection, probes, resolver, hooks, fallback); the
 //!   cluster runs its loop with local tasks. [`dns`] resolves names for it.
 //!
-//! What tokio-uring 0.5 does and does not let us use: submissions are batched per runtime tick
-//! (all reads and writes issued in one turn go to the kernel in one `io_uring_enter`); buffers are
-//! owned (`BytesMut`/`Bytes`), which is what lets the reader fill the machine's own buffer and
-//! the writer send the machine's bytes without a copy. Registered (fixed) buffers are not used:
-//! tokio-uring's `FixedBuf` cannot be a `BytesMut`, so bodies could no longer be slices of the read
-//! buffer and every frame would be copied once. Multishot receive and provided-buffer rings are
-//! not exposed by tokio-uring 0.5.
+//! `LocalClient`, `Client` and `LocalCluster` run on tokio-uring 0.5: submissions are batched per
+//! runtime tick, buffers are owned (`BytesMut`/`Bytes`), so the reader fills the machine's own
+//! buffer and the writer sends the machine's bytes without a copy; tokio-uring exposes neither
+//! multishot receive nor provided-buffer rings, which is why the server and the bench's load
+//! generator run on [`EventLoop`] instead (see [`ring`]).
 
 mod client;
 mod cluster;
 mod conn;
 mod dns;
+pub mod ring;
 mod server;
 
 pub use client::{Client, ClientConfig, LocalClient};
@@ -37,6 +50,7 @@ pub use cluster::{
 };
 pub use conn::CallFuture;
 pub use dns::dns;
+pub use ring::{Completion, ConnId, EventLoop, LoopConfig};
 pub use server::{Server, ServerConfig};
 
 /// Runs `handler` on `request`; a panic in it becomes a `SYSTEM_ERROR` answer, so the peer is not

@@ -1,20 +1,19 @@
 //! The io_uring server: one listener per thread on the same port (SO_REUSEPORT), each thread
-//! with its own ring, its own connections, and the handler run inline (no locks, no hops).
+//! an [`EventLoop`] with its own ring, its own connections, and the handler run inline (no
+//! locks, no hops).
 
-use std::cell::RefCell;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::rc::{Rc, Weak};
-use std::sync::Arc;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use remora_core::{Budget, BudgetConfig, Config, Handler, Snapshot};
 use socket2::{Domain, Socket, Type};
-use tokio::sync::watch;
-use tokio_uring::net::TcpListener;
 
-use crate::conn::{Clock, Conn};
+use crate::ring::{EventLoop, LoopConfig};
 
 /// How a [`Server`] runs.
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +31,8 @@ pub struct ServerConfig {
     pub budget: BudgetConfig,
     /// The listen backlog of each thread's listener.
     pub backlog: i32,
+    /// Each thread's ring: sizes, provided buffers, which operations.
+    pub io: LoopConfig,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +43,7 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(5),
             budget: BudgetConfig::default(),
             backlog: 4096,
+            io: LoopConfig::default(),
         }
     }
 }
@@ -54,7 +56,8 @@ impl Default for ServerConfig {
 pub struct Server {
     local_addr: SocketAddr,
     budget: Arc<Budget>,
-    stop: watch::Sender<bool>,
+    stop: Arc<AtomicBool>,
+    wakes: Vec<OwnedFd>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -82,25 +85,34 @@ impl Server {
             listeners.push(listener(local_addr, config.backlog)?);
         }
         let budget = Arc::new(Budget::new(config.budget));
-        let (stop, stopped) = watch::channel(false);
-        let mut threads = Vec::new();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut server = Server {
+            local_addr,
+            budget: Arc::clone(&budget),
+            stop: Arc::clone(&stop),
+            wakes: Vec::new(),
+            threads: Vec::new(),
+        };
         for (i, std_listener) in listeners.into_iter().enumerate() {
             let handler = Arc::clone(&handler);
             let budget = Arc::clone(&budget);
-            let stopped = stopped.clone();
+            let stop = Arc::clone(&stop);
+            let (wake_fd, loop_fd) = eventfd()?;
+            let (ready, started) = mpsc::channel();
             let thread = std::thread::Builder::new()
                 .name(format!("remora-uring-server-{i}"))
                 .spawn(move || {
-                    tokio_uring::start(serve(std_listener, handler, budget, config, stopped));
+                    serve(std_listener, handler, budget, config, stop, loop_fd, ready);
                 })?;
-            threads.push(thread);
+            server.wakes.push(wake_fd);
+            server.threads.push(thread);
+            // A thread that could not set up its ring fails the bind (dropping `server` stops
+            // the threads already running).
+            started
+                .recv()
+                .unwrap_or_else(|_| Err(io::Error::other("server thread ended at start")))?;
         }
-        Ok(Server {
-            local_addr,
-            budget,
-            stop,
-            threads,
-        })
+        Ok(server)
     }
 
     /// The address it listens on.
@@ -118,7 +130,10 @@ impl Server {
     /// [`ServerConfig::drain_timeout`] for requests in flight to be answered and written, then
     /// closes every connection and joins every thread.
     pub fn stop(&mut self) {
-        let _ = self.stop.send(true);
+        self.stop.store(true, Ordering::Release);
+        for fd in &self.wakes {
+            wake(fd);
+        }
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -140,62 +155,58 @@ fn listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener>
     Ok(socket.into())
 }
 
-async fn serve(
+/// One server thread: its loop accepts from `std_listener` until `stop`, then drains.
+fn serve(
     std_listener: std::net::TcpListener,
     handler: Arc<dyn Handler>,
     budget: Arc<Budget>,
     config: ServerConfig,
-    mut stopped: watch::Receiver<bool>,
+    stop: Arc<AtomicBool>,
+    wake: OwnedFd,
+    ready: mpsc::Sender<io::Result<()>>,
 ) {
-    let listener = TcpListener::from_std(std_listener);
-    let clock = Clock::new();
-    let conns: Rc<RefCell<Vec<Weak<Conn>>>> = Rc::new(RefCell::new(Vec::new()));
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else {
-                    // EMFILE and friends: back off a little rather than spin.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                let account = match budget.admit() {
-                    Ok(account) => account,
-                    Err(refusal) => {
-                        tracing::warn!(%peer, "{refusal}");
-                        drop(stream);
-                        continue;
-                    }
-                };
-                let served = Some((Arc::clone(&budget), account));
-                let conn = Conn::start_served(
-                    stream,
-                    config.connection,
-                    None,
-                    Arc::clone(&handler),
-                    clock,
-                    served,
-                );
-                let mut list = conns.borrow_mut();
-                list.retain(|c| c.upgrade().is_some_and(|c| !c.is_closed()));
-                list.push(Rc::downgrade(&conn));
-            }
-            _ = stopped.changed() => break,
+    let mut event_loop = match EventLoop::new(config.connection, config.io, handler) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    event_loop.set_budget(budget);
+    event_loop.listen(std_listener);
+    event_loop.wake_on(wake);
+    let _ = ready.send(Ok(()));
+    let mut none = Vec::new();
+    while !stop.load(Ordering::Acquire) {
+        if let Err(e) = event_loop.turn(Duration::from_secs(1), &mut none) {
+            tracing::warn!("io_uring: {e}");
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
-    drop(listener);
-    let live: Vec<Rc<Conn>> = conns.borrow().iter().filter_map(Weak::upgrade).collect();
-    let give_up = tokio::time::Instant::now() + config.drain_timeout;
-    for conn in &live {
-        while !conn.is_closed()
-            && conn.unfinished() != (0, false)
-            && tokio::time::Instant::now() < give_up
-        {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+    event_loop.stop_listening();
+    let give_up = std::time::Instant::now() + config.drain_timeout;
+    while event_loop.unfinished() != (0, false) && std::time::Instant::now() < give_up {
+        let _ = event_loop.turn(Duration::from_millis(1), &mut none);
     }
-    for conn in &live {
-        conn.close();
+    event_loop.close_all();
+    // Dropping the loop waits (bounded) for the kernel to let go of every connection.
+}
+
+/// An eventfd for waking a thread's loop, and a second descriptor of it for the loop.
+fn eventfd() -> io::Result<(OwnedFd, OwnedFd)> {
+    // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor we own.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
     }
-    // Let the connection tasks see the close and finish.
-    tokio::task::yield_now().await;
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let other = fd.try_clone()?;
+    Ok((fd, other))
+}
+
+fn wake(fd: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64 to a descriptor we own.
+    unsafe { libc::write(fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
 }

@@ -461,7 +461,9 @@ impl Connection {
             read_buf: BytesMut::new(),
             // Sized up front: BytesMut grows a shared buffer (one a driver is still writing from)
             // by at least its first capacity, so this sets how rarely encoding allocates.
-            transmit: BytesMut::with_capacity(TRANSMIT_CAPACITY),
+            // Allocated on first use (`transmit_room`), so a connection that never sends holds
+            // no transmit buffer.
+            transmit: BytesMut::new(),
             consumed: 0,
             taken: 0,
             eof: false,
@@ -564,6 +566,7 @@ impl Connection {
         cmd.opaque = id.opaque();
         cmd.flag &= !(FLAG_RESPONSE | FLAG_ONEWAY);
         let ty = self.config.serialize_type.unwrap_or(cmd.serialize_type);
+        self.transmit_room();
         let before = self.transmit.len();
         self.codec
             .encode_into(&cmd, ty, &mut self.transmit)
@@ -584,6 +587,7 @@ impl Connection {
         now: Instant,
     ) -> Result<RequestId, SendError> {
         let (slot, id) = self.reserve_waiter(deadline, now)?;
+        self.transmit_room();
         let before = self.transmit.len();
         request.write(id.opaque(), &mut self.transmit);
         self.commit_waiter(slot, before, deadline);
@@ -639,6 +643,7 @@ impl Connection {
         cmd.opaque = self.oneway_counter as i32;
         cmd.flag = (cmd.flag & !FLAG_RESPONSE) | FLAG_ONEWAY;
         let ty = self.config.serialize_type.unwrap_or(cmd.serialize_type);
+        self.transmit_room();
         self.codec
             .encode_into(&cmd, ty, &mut self.transmit)
             .map_err(SendError::Encode)?;
@@ -667,6 +672,7 @@ impl Connection {
             .config
             .serialize_type
             .unwrap_or(response.serialize_type);
+        self.transmit_room();
         let result = self.codec.encode_into(&response, ty, &mut self.transmit);
         if let Err(e) = result {
             self.stats.fallback_answers += 1;
@@ -867,6 +873,15 @@ impl Connection {
     }
 
     // ---- internals ----
+
+    /// Gives an unallocated (or exactly used up) transmit buffer its first capacity. Sized up
+    /// front: BytesMut grows a shared buffer (one a driver is still writing from) by at least its
+    /// first capacity, so this sets how rarely encoding allocates.
+    fn transmit_room(&mut self) {
+        if self.transmit.capacity() == 0 {
+            self.transmit = BytesMut::with_capacity(TRANSMIT_CAPACITY);
+        }
+    }
 
     fn check_can_send(&self) -> Result<(), SendError> {
         // After end of input no response can come: a new request could only time out.
