@@ -78,6 +78,6 @@ pub use conn::call::handle_catching;
 pub use conn::call::{CallError, ConnectError, Handler, Hook, NotSupported};
 pub use conn::connection::{
     CloseReason, Config, Connection, Event, IncomingRequest, RequestError, RequestId, SendError,
-    Stats, READ_STEP,
+    Stats, COALESCE_BELOW, READ_STEP,
 };
 pub use time::Instant;
