@@ -897,6 +897,8 @@ impl Model {
                 Ok(())
             }
             Err(e) => {
+                // Counted whether or not the fallback itself fits.
+                self.stats.fallback_answers += 1;
                 let mut buf = BytesMut::new();
                 if self
                     .codec
@@ -1054,15 +1056,18 @@ impl Harness {
             Op::Take { side } => {
                 let (me, _) = self.pair(side);
                 let w = me.m.writable();
+                let first = check_chunks(me);
                 match me.conn.take_transmit() {
                     None => assert_eq!(w, 0, "{}: take_transmit gave nothing", me.m.name),
                     Some(bytes) => {
-                        assert_eq!(bytes.len(), w, "{}: take_transmit length", me.m.name);
-                        assert!(w > 0, "{}: take_transmit gave an empty buffer", me.m.name);
+                        // The next chunk: what poll_transmit showed.
+                        let n = bytes.len();
+                        assert_eq!(n, first, "{}: take_transmit length", me.m.name);
+                        assert!(n > 0, "{}: take_transmit gave an empty buffer", me.m.name);
                         me.m.check_bytes(&bytes, "take_transmit");
                         me.pipe.extend_from_slice(&bytes);
-                        me.m.consume(w);
-                        me.m.stats.bytes_out += w as u64;
+                        me.m.consume(n);
+                        me.m.stats.bytes_out += n as u64;
                     }
                 }
             }
@@ -1323,18 +1328,37 @@ fn unwritten(me: &mut End, peer: &End, tag: Tag) {
     me.m.unwritten.insert(tag);
 }
 
-/// `poll_transmit`, then `handle_written(max)`.
+/// Checks `transmit_chunks` and `poll_transmit` against the model: the chunks, none empty,
+/// are exactly the writable bytes, and `poll_transmit` is the first. Returns its length.
+fn check_chunks(me: &End) -> usize {
+    let w = me.m.writable();
+    let chunks: Vec<&[u8]> = me.conn.transmit_chunks().collect();
+    assert!(
+        chunks.iter().all(|c| !c.is_empty()),
+        "{}: an empty chunk",
+        me.m.name
+    );
+    let gathered: Vec<u8> = chunks.concat();
+    assert_eq!(gathered.len(), w, "{}: transmit_chunks length", me.m.name);
+    me.m.check_bytes(&gathered, "transmit_chunks");
+    assert_eq!(
+        me.conn.poll_transmit(),
+        chunks.first().copied(),
+        "{}: poll_transmit is not the first chunk",
+        me.m.name
+    );
+    chunks.first().map_or(0, |c| c.len())
+}
+
+/// A vectored write: `transmit_chunks`, then `handle_written(max)` (it may end inside any
+/// chunk).
 fn write(me: &mut End, max: usize) {
     let w = me.m.writable();
     let k = max.min(w);
-    match me.conn.poll_transmit() {
-        None => assert_eq!(w, 0, "{}: poll_transmit gave nothing", me.m.name),
-        Some(bytes) => {
-            assert_eq!(bytes.len(), w, "{}: poll_transmit length", me.m.name);
-            assert!(w > 0, "{}: poll_transmit gave an empty slice", me.m.name);
-            me.m.check_bytes(&bytes[..k], "poll_transmit");
-            me.pipe.extend_from_slice(&bytes[..k]);
-        }
+    check_chunks(me);
+    if w > 0 {
+        let gathered: Vec<u8> = me.conn.transmit_chunks().flatten().copied().collect();
+        me.pipe.extend_from_slice(&gathered[..k]);
     }
     me.conn.handle_written(max);
     me.m.consume(k);
@@ -1547,13 +1571,7 @@ fn check_queries(me: &mut End) {
         m.deadlines.first().map(|(deadline, _)| *deadline),
         "{name}: poll_timeout is not the earliest deadline"
     );
-    let transmit = conn.poll_transmit();
-    assert!(transmit.is_none_or(|b| !b.is_empty()));
-    assert_eq!(
-        transmit.map_or(0, <[u8]>::len),
-        m.writable(),
-        "{name}: poll_transmit length"
-    );
+    check_chunks(me);
     assert_eq!(conn.stats(), &m.stats, "{name}: stats");
     assert_eq!(
         conn.stats().responses_matched,

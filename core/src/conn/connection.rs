@@ -262,7 +262,8 @@ pub struct Stats {
     /// Requests from the peer answered `SYSTEM_BUSY` by the machine (in-flight limit or
     /// [`Connection::set_overloaded`]).
     pub busy_rejections: u64,
-    /// Responses that could not be encoded and went out as `SYSTEM_ERROR` instead.
+    /// Responses that could not be encoded: `SYSTEM_ERROR` went out instead (unless even that
+    /// exceeds the frame limit).
     pub fallback_answers: u64,
     /// Bytes handed in by the driver.
     pub bytes_in: u64,
