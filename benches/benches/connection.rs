@@ -119,7 +119,7 @@ fn main() {
     eprintln!(
         "memory per waiter at {n} waiters: {measured:.1} bytes measured (heap, includes spare \
          capacity of grown vectors); {} bytes structural (Connection::WAITER_BYTES)",
-        Connection::WAITER_BYTES
+        Connection::<()>::WAITER_BYTES
     );
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c);

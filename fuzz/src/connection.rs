@@ -1413,7 +1413,7 @@ fn check_events(me: &mut End, peer: &mut End, now: Instant) {
                 let mut last = Instant::ZERO;
                 while !left.is_empty() {
                     let event = got.next();
-                    let Some(Event::Failed { id, error }) = event else {
+                    let Some(Event::Failed { id, error, .. }) = event else {
                         panic!("{name}: expected Failed for one of {left:?}, got {event:?}");
                     };
                     let e = left

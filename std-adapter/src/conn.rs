@@ -1,7 +1,6 @@
 //! One TCP connection driven by a `remora_core::Connection`: a reader thread feeds the machine,
 //! callers queue requests and write, worker threads run the handler.
 
-use std::collections::HashMap;
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,7 +12,6 @@ use bytes::Bytes;
 use crossbeam_utils::sync::{Parker, Unparker};
 use remora_core::{
     Account, Budget, CloseReason, Command, Config, Connection, Event, IncomingRequest, Instant,
-    RequestId,
 };
 
 use crate::handler::{run_handler, Handler, Workers};
@@ -37,7 +35,9 @@ impl Clock {
     }
 }
 
-/// Where a caller waits for its call's outcome.
+/// Where a caller waits for its call's outcome: one per thread, reused by every call that
+/// thread makes (a thread waits for one call at a time), and handed to the machine as the
+/// request's token, so a call allocates nothing and the driver keeps no map of calls.
 struct CallSlot {
     outcome: Mutex<Option<Result<Command, Error>>>,
     unparker: Unparker,
@@ -56,6 +56,10 @@ impl CallSlot {
 
 thread_local! {
     static PARKER: Parker = Parker::new();
+    static CALL_SLOT: Arc<CallSlot> = Arc::new(CallSlot {
+        outcome: Mutex::new(None),
+        unparker: PARKER.with(|p| p.unparker().clone()),
+    });
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -63,8 +67,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 struct State {
-    machine: Connection,
-    calls: HashMap<RequestId, Arc<CallSlot>>,
+    /// The machine; each request's token is its caller's slot.
+    machine: Connection<Arc<CallSlot>>,
     /// Some thread is writing to the socket (only one does at a time; the others leave their
     /// frames to it, and it looks at the machine again before it gives this up).
     writing: bool,
@@ -193,8 +197,7 @@ impl Conn {
         };
         let conn = Arc::new(Conn {
             state: Mutex::new(State {
-                machine: Connection::new(config.machine),
-                calls: HashMap::new(),
+                machine: Connection::with_tokens(config.machine),
                 writing: false,
                 stash: Vec::new(),
                 out: Vec::new(),
@@ -274,21 +277,15 @@ impl Conn {
         cmd: Command,
         timeout: Duration,
     ) -> Result<Command, Error> {
-        let unparker = PARKER.with(|p| p.unparker().clone());
-        let slot = Arc::new(CallSlot {
-            outcome: Mutex::new(None),
-            unparker,
-        });
+        let slot = CALL_SLOT.with(Arc::clone);
+        // Left over from nothing: every call of this thread took its outcome before returning.
+        debug_assert!(slot.take().is_none());
         let now = self.clock.now();
         let deadline = now + timeout;
-        {
-            let mut st = lock(&self.state);
-            let id = st
-                .machine
-                .send_request(cmd, deadline, now)
-                .map_err(Error::from)?;
-            st.calls.insert(id, Arc::clone(&slot));
-        }
+        lock(&self.state)
+            .machine
+            .send_request_with(cmd, deadline, now, Arc::clone(&slot))
+            .map_err(Error::from)?;
         self.touch();
         self.flush();
         loop {
@@ -459,16 +456,10 @@ impl Conn {
     fn drain_events(self: &Arc<Self>, st: &mut State) {
         while let Some(event) = st.machine.poll_event() {
             match event {
-                Event::Response { id, response } => {
-                    if let Some(slot) = st.calls.remove(&id) {
-                        slot.complete(Ok(response));
-                    }
-                }
-                Event::Failed { id, error } => {
-                    if let Some(slot) = st.calls.remove(&id) {
-                        slot.complete(Err(Error::from(error)));
-                    }
-                }
+                Event::Response {
+                    response, token, ..
+                } => token.complete(Ok(response)),
+                Event::Failed { error, token, .. } => token.complete(Err(Error::from(error))),
                 Event::Request { request, command } => {
                     let conn = Arc::clone(self);
                     // Refused only while shutting down, when the connection is closing anyway.
@@ -641,7 +632,7 @@ const READ_LOW_WATER: usize = 4 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Appends to `out` the chunks the machine has to write (up to [`MAX_IOV`] in all).
-fn take_chunks(machine: &mut Connection, out: &mut Vec<Bytes>) {
+fn take_chunks<T>(machine: &mut Connection<T>, out: &mut Vec<Bytes>) {
     while out.len() < MAX_IOV {
         match machine.take_transmit() {
             Some(chunk) => out.push(chunk),

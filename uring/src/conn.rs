@@ -240,8 +240,8 @@ impl Conn {
             let event = self.machine.borrow_mut().poll_event();
             let Some(event) = event else { break };
             match event {
-                Event::Response { id, response } => self.complete(id, Ok(response)),
-                Event::Failed { id, error } => self.complete(id, Err(error.into())),
+                Event::Response { id, response, .. } => self.complete(id, Ok(response)),
+                Event::Failed { id, error, .. } => self.complete(id, Err(error.into())),
                 Event::Request { request, command } => {
                     let response = handle_catching(&*self.handler, command);
                     let _ = self.machine.borrow_mut().send_response(request, response);

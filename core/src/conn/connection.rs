@@ -71,7 +71,7 @@ impl RequestId {
 
     /// A dense index below [`Config::max_waiters`], unique among the requests pending on one
     /// connection: drivers may keep per-request state in a `Vec` at this index, no hashing.
-    pub fn index(self, connection: &Connection) -> usize {
+    pub fn index<T>(self, connection: &Connection<T>) -> usize {
         (self.0 & ((1u32 << connection.slot_bits) - 1)) as usize
     }
 }
@@ -163,15 +163,18 @@ impl fmt::Display for RequestError {
     }
 }
 
-/// Something the driver must hand on, from [`Connection::poll_event`].
+/// Something the driver must hand on, from [`Connection::poll_event`]. `T` is the driver's
+/// per-request token (see [`Connection::send_request_with`]); `()` by default.
 #[derive(Debug, PartialEq)]
-pub enum Event {
+pub enum Event<T = ()> {
     /// The response to one of our requests.
     Response {
         /// Which request.
         id: RequestId,
         /// The response.
         response: Command,
+        /// The token the request was sent with.
+        token: T,
     },
     /// One of our requests ended without a response: deadline passed or connection closed.
     Failed {
@@ -179,6 +182,8 @@ pub enum Event {
         id: RequestId,
         /// Why, and whether it may have reached the peer.
         error: RequestError,
+        /// The token the request was sent with.
+        token: T,
     },
     /// A request from the peer; answer it with [`Connection::send_response`].
     Request {
@@ -274,9 +279,11 @@ pub struct Stats {
 /// Where a request's frame sits in the outgoing stream: it ends at stream offset `end` and is
 /// `len` bytes long.
 #[derive(Debug)]
-struct Waiter {
+struct Waiter<T> {
     end: u64,
     len: u32,
+    /// The driver's token for this request, handed back with its outcome.
+    token: T,
 }
 
 /// One remoting connection as a state machine: a driver feeds it bytes and time and drains it
@@ -339,14 +346,14 @@ struct Waiter {
 ///
 /// // The response reaches the client and is matched to its request.
 /// client.handle_input(&wire, now);
-/// let Some(Event::Response { id: got, response }) = client.poll_event() else { panic!() };
+/// let Some(Event::Response { id: got, response, .. }) = client.poll_event() else { panic!() };
 /// assert_eq!((got, &response.body[..]), (id, &b"route"[..]));
 /// assert_eq!(client.poll_timeout(), None);
 /// ```
-pub struct Connection {
+pub struct Connection<T = ()> {
     config: Config,
     codec: Codec,
-    waiters: Slab<Waiter>,
+    waiters: Slab<Waiter<T>>,
     /// `generations[slot]`: the generation the slot's next (or current) waiter carries.
     generations: Vec<u32>,
     deadlines: Deadlines,
@@ -373,7 +380,7 @@ pub struct Connection {
     /// Stream ranges of frames withdrawn before their first byte was written (their request
     /// ended first), in order; all start after `consumed`. They are skipped, never written.
     holes: VecDeque<(u64, u64)>,
-    events: VecDeque<Event>,
+    events: VecDeque<Event<T>>,
     incoming: usize,
     /// Frame bytes of the requests counted in `incoming` (their bodies are still held).
     incoming_len: usize,
@@ -381,7 +388,7 @@ pub struct Connection {
     stats: Stats,
 }
 
-impl fmt::Debug for Connection {
+impl<T> fmt::Debug for Connection<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
             .field("waiters", &self.waiters.len())
@@ -410,7 +417,7 @@ pub const READ_STEP: usize = 64 * 1024;
 const RELEASE_ABOVE: usize = 2 * READ_STEP;
 
 // The issue's budget for a waiting request, checked at compile time.
-const _: () = assert!(Connection::WAITER_BYTES < 64);
+const _: () = assert!(Connection::<()>::WAITER_BYTES < 64);
 
 /// The layout of a `slab` entry (`slab::Entry` is private), for [`Connection::WAITER_BYTES`].
 #[allow(dead_code)]
@@ -423,14 +430,23 @@ enum SlabEntryLayout<T> {
 const MAX_WAITERS: usize = 1 << 24;
 
 impl Connection {
-    /// Heap bytes one waiting request costs, structurally: its slab entry, its generation, its
-    /// deadline-heap entry and heap position (spare capacity of grown vectors not counted).
-    pub const WAITER_BYTES: usize = core::mem::size_of::<SlabEntryLayout<Waiter>>()
+    /// A connection in the open state. `max_waiters` is clamped to 1..=2^24.
+    pub fn new(config: Config) -> Self {
+        Connection::with_tokens(config)
+    }
+}
+
+impl<T> Connection<T> {
+    /// Heap bytes one waiting request costs, structurally: its slab entry (with its token), its
+    /// generation, its deadline-heap entry and heap position (spare capacity of grown vectors
+    /// not counted).
+    pub const WAITER_BYTES: usize = core::mem::size_of::<SlabEntryLayout<Waiter<T>>>()
         + core::mem::size_of::<u32>()
         + crate::conn::deadlines::BYTES_PER_ENTRY;
 
-    /// A connection in the open state. `max_waiters` is clamped to 1..=2^24.
-    pub fn new(mut config: Config) -> Self {
+    /// A connection whose requests each carry a driver's token of type `T` (see
+    /// [`send_request_with`](Self::send_request_with)). `max_waiters` is clamped to 1..=2^24.
+    pub fn with_tokens(mut config: Config) -> Self {
         config.max_waiters = config.max_waiters.clamp(1, MAX_WAITERS);
         // Enough slot bits for max_waiters; the rest of the 32 are the generation.
         let slot_bits = usize::BITS - (config.max_waiters - 1).leading_zeros();
@@ -547,9 +563,26 @@ impl Connection {
     /// oneway bits are cleared.
     pub fn send_request(
         &mut self,
+        cmd: Command,
+        deadline: Instant,
+        now: Instant,
+    ) -> Result<RequestId, SendError>
+    where
+        T: Default,
+    {
+        self.send_request_with(cmd, deadline, now, T::default())
+    }
+
+    /// [`send_request`](Self::send_request) with the driver's `token` for this request (where
+    /// its caller waits, say): the machine keeps it in the request's waiter and hands it back in
+    /// the request's one [`Event::Response`] or [`Event::Failed`], so a driver needs no map of
+    /// its own from requests to callers. On error the token is dropped.
+    pub fn send_request_with(
+        &mut self,
         mut cmd: Command,
         deadline: Instant,
         now: Instant,
+        token: T,
     ) -> Result<RequestId, SendError> {
         self.check_can_send()?;
         if deadline <= now {
@@ -572,6 +605,7 @@ impl Connection {
         let waiter = Waiter {
             end: self.stream_end(),
             len: len as u32,
+            token,
         };
         let inserted = self.waiters.insert(waiter);
         debug_assert_eq!(inserted, slot);
@@ -729,13 +763,14 @@ impl Connection {
         let slots: Vec<usize> = self.waiters.iter().map(|(slot, _)| slot).collect();
         for slot in slots {
             let id = self.slot_id(slot);
-            let written = self.remove_waiter(slot, false);
+            let (written, token) = self.remove_waiter(slot, false);
             self.events.push_back(Event::Failed {
                 id,
                 error: RequestError {
                     closed: Some(CloseReason::ConnectionLost),
                     written,
                 },
+                token,
             });
         }
         self.close_if_finished();
@@ -748,7 +783,7 @@ impl Connection {
                 break;
             }
             let id = self.slot_id(slot);
-            let written = self.remove_waiter(slot, false);
+            let (written, token) = self.remove_waiter(slot, false);
             self.stats.timeouts += 1;
             self.events.push_back(Event::Failed {
                 id,
@@ -756,6 +791,7 @@ impl Connection {
                     closed: None,
                     written,
                 },
+                token,
             });
         }
     }
@@ -837,7 +873,7 @@ impl Connection {
 
     /// The next event, in the order they happened.
     #[must_use]
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub fn poll_event(&mut self) -> Option<Event<T>> {
         self.events.pop_front()
     }
 
@@ -971,13 +1007,15 @@ impl Connection {
         (self.waiters.contains(slot) && self.generations[slot] == generation).then_some(slot)
     }
 
-    /// Frees a waiter's slot and returns whether the peer may receive its request.
+    /// Frees a waiter's slot and returns whether the peer may receive its request, and its
+    /// token.
     ///
     /// Fully written: yes. When `closing` (unsent bytes are about to be discarded): only if fully
     /// written, since a peer cannot act on part of a frame. Otherwise a frame already begun will
     /// be finished (yes), and one not begun is withdrawn from the buffer (no).
-    fn remove_waiter(&mut self, slot: usize, closing: bool) -> bool {
+    fn remove_waiter(&mut self, slot: usize, closing: bool) -> (bool, T) {
         let waiter = self.waiters.remove(slot);
+        let token = waiter.token;
         self.deadlines.remove(slot);
         debug_assert_eq!(self.deadlines.len(), self.waiters.len());
         let generation_mask = u32::MAX >> self.slot_bits;
@@ -985,7 +1023,7 @@ impl Connection {
         // Generation 0 is reserved for oneways.
         self.generations[slot] = next.max(1);
         let start = waiter.end - u64::from(waiter.len);
-        if waiter.end <= self.consumed {
+        let written = if waiter.end <= self.consumed {
             true
         } else if closing {
             false
@@ -996,7 +1034,8 @@ impl Connection {
             self.holes.insert(at, (start, waiter.end));
             self.skip_holes();
             false
-        }
+        };
+        (written, token)
     }
 
     fn shut(&mut self, reason: CloseReason) {
@@ -1012,13 +1051,14 @@ impl Connection {
         let slots: Vec<usize> = self.waiters.iter().map(|(slot, _)| slot).collect();
         for slot in slots {
             let id = self.slot_id(slot);
-            let written = self.remove_waiter(slot, true) && may_have_delivered;
+            let (written, token) = self.remove_waiter(slot, true);
             self.events.push_back(Event::Failed {
                 id,
                 error: RequestError {
                     closed: Some(reason),
-                    written,
+                    written: written && may_have_delivered,
                 },
+                token,
             });
         }
         // Release the memory, not just the contents: a closed machine may live on in a driver.
@@ -1069,9 +1109,13 @@ impl Connection {
             match self.waiter_slot(cmd.opaque as u32) {
                 Some(slot) => {
                     let id = self.slot_id(slot);
-                    self.remove_waiter(slot, false);
+                    let (_, token) = self.remove_waiter(slot, false);
                     self.stats.responses_matched += 1;
-                    self.events.push_back(Event::Response { id, response: cmd });
+                    self.events.push_back(Event::Response {
+                        id,
+                        response: cmd,
+                        token,
+                    });
                 }
                 None => self.stats.stale_responses += 1,
             }
@@ -1160,7 +1204,7 @@ mod tests {
         flow(&mut client, &mut server, t0);
         client.handle_timeout(t0 + SEC);
         assert!(
-            matches!(events(&mut client)[..], [Event::Failed { id, error: RequestError { closed: None, written: true } }] if id == a)
+            matches!(events(&mut client)[..], [Event::Failed { id, error: RequestError { closed: None, written: true }, .. }] if id == a)
         );
         // The freed slot is reused with a new generation.
         let b = client
@@ -1181,7 +1225,7 @@ mod tests {
         flow(&mut server, &mut client, t0 + SEC);
         let got = events(&mut client);
         assert!(
-            matches!(&got[..], [Event::Response { id, response }] if *id == b && &response.body[..] == b"b")
+            matches!(&got[..], [Event::Response { id, response, .. }] if *id == b && &response.body[..] == b"b")
         );
         assert_eq!(client.pending_requests(), 0);
         assert_eq!(client.poll_timeout(), None);
@@ -1232,11 +1276,13 @@ mod tests {
             vec![
                 Event::Failed {
                     id: written,
-                    error: not_written
+                    error: not_written,
+                    token: ()
                 },
                 Event::Failed {
                     id: queued,
-                    error: not_written
+                    error: not_written,
+                    token: ()
                 },
                 Event::Closed {
                     reason: CloseReason::HandshakeFailed
@@ -1272,14 +1318,16 @@ mod tests {
             error: RequestError {
                 closed: Some(reason),
                 written: true
-            }
+            },
+            token: ()
         }));
         assert!(got.contains(&Event::Failed {
             id: b,
             error: RequestError {
                 closed: Some(reason),
                 written: false
-            }
+            },
+            token: ()
         }));
         assert_eq!(got[2], Event::Closed { reason });
         assert_eq!(client.poll_transmit(), None);
@@ -1477,7 +1525,8 @@ mod tests {
                 error: RequestError {
                     closed: None,
                     written: false
-                }
+                },
+                token: ()
             }]
         );
         // The rest of `a` goes out, then `c`; `b` is skipped.
@@ -1606,7 +1655,7 @@ mod tests {
         client.close();
         let got = events(&mut client);
         assert!(
-            matches!(&got[..], [Event::Failed { id, error: RequestError { written: true, .. } }, Event::Closed { .. }] if *id == last)
+            matches!(&got[..], [Event::Failed { id, error: RequestError { written: true, .. }, .. }, Event::Closed { .. }] if *id == last)
         );
     }
 
@@ -1655,7 +1704,7 @@ mod tests {
         let mut got = events(&mut server);
         assert!(matches!(
             got.pop(),
-            Some(Event::Failed { id, error: RequestError { closed: Some(CloseReason::ConnectionLost), written: false } }) if id == ours
+            Some(Event::Failed { id, error: RequestError { closed: Some(CloseReason::ConnectionLost), written: false }, .. }) if id == ours
         ));
         let Some(Event::Request { request, command }) = got.pop() else {
             panic!()
