@@ -1,7 +1,8 @@
 //! One TCP connection on the current io_uring thread, driven by a `remora_core::Connection`.
 //!
 //! Three local tasks share the machine (no locks: everything is on one thread): the reader feeds
-//! it, the writer drains it (all frames queued since the last write go out as one write), the
+//! it, the writer drains it chunk by chunk (small frames queued since the last write coalesced
+//! into one chunk, large bodies as their callers' `Bytes`, never copied), the
 //! timer fires its deadlines. Calls wait on a slot indexed by their `RequestId`, so a response
 //! wakes its caller without hashing or allocating.
 
