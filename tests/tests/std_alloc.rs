@@ -201,6 +201,7 @@ fn server_process() -> (Child, u16) {
         }
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("the server process did not report its port");
 }
 
