@@ -10,9 +10,11 @@
 //! The [`Model`] of each side is a reference implementation of the machine's documented
 //! behaviour, precise to the byte:
 //! - the outgoing stream: every frame queued (requests, oneways, responses, busy answers),
-//!   which of them were withdrawn, how much of the front one was written. What `poll_transmit` /
-//!   `take_transmit` show must be exactly these bytes, and the refusals of `send_*` must be
-//!   exactly the predicted ones;
+//!   which of them were withdrawn, how much of the front one was written. What
+//!   `transmit_chunks` shows (no empty chunk) must be exactly these bytes up to the first
+//!   withdrawn frame, `poll_transmit` and `take_transmit` its first chunk, a vectored write may
+//!   end anywhere in them, and the refusals of `send_*` must be exactly the predicted ones;
+//! - each request's token (its tag) comes back with its one `Response` or `Failed` event;
 //! - the incoming stream: a shadow read buffer decoded with a [`Codec`] with the same limits, so
 //!   each `handle_input` yields a predicted list of events (also for corrupt or forged input);
 //! - the waiters and their deadlines, the peer's unanswered requests, and every [`Stats`] counter.
@@ -412,6 +414,8 @@ enum Exp {
     Response {
         id: RequestId,
         cmd: Command,
+        /// The request's tag: its token.
+        tag: Tag,
     },
     /// `Failed` events for these requests, in any order (a timeout group, or the failures of a
     /// close).
@@ -807,11 +811,11 @@ impl Model {
                 self.name,
                 cmd.opaque
             );
-            match self.pending.get(&cmd.opaque).map(|p| p.id) {
-                Some(id) => {
+            match self.pending.get(&cmd.opaque).map(|p| (p.id, p.tag)) {
+                Some((id, tag)) => {
                     self.end(id, false);
                     self.stats.responses_matched += 1;
-                    self.expected.push(Exp::Response { id, cmd });
+                    self.expected.push(Exp::Response { id, cmd, tag });
                 }
                 None => self.stats.stale_responses += 1,
             }
@@ -931,7 +935,8 @@ struct Held {
 /// One connection with its model, the requests its application holds, and the bytes it wrote
 /// that its peer has not received yet.
 struct End {
-    conn: Connection,
+    /// Each request's token is its tag: the machine must hand it back with its one ending.
+    conn: Connection<Tag>,
     m: Model,
     held: Vec<Held>,
     pipe: BytesMut,
@@ -949,7 +954,7 @@ impl Harness {
         let end = |name, side, cfg: &SideConfig| {
             let config = cfg.config();
             End {
-                conn: Connection::new(config),
+                conn: Connection::with_tokens(config),
                 m: Model::new(name, side, config),
                 held: Vec::new(),
                 pipe: BytesMut::new(),
@@ -1188,7 +1193,7 @@ impl Harness {
                 Ok(())
             }
         });
-        let got = me.conn.send_request(cmd.clone(), deadline, now);
+        let got = me.conn.send_request_with(cmd.clone(), deadline, now, tag);
         let name = me.m.name;
         match (pre, got) {
             (Err(e), got) => assert_eq!(got, Err(e), "{name}: send_request"),
@@ -1401,7 +1406,7 @@ fn feed(me: &mut End, data: &[u8], read_buffer: bool, now: Instant) {
 
 fn check_events(me: &mut End, peer: &mut End, now: Instant) {
     let name = me.m.name;
-    let events: Vec<Event> = std::iter::from_fn(|| me.conn.poll_event()).collect();
+    let events: Vec<Event<Tag>> = std::iter::from_fn(|| me.conn.poll_event()).collect();
     let mut got = events.into_iter();
     let expected = std::mem::take(&mut me.m.expected);
     for exp in expected {
@@ -1413,12 +1418,16 @@ fn check_events(me: &mut End, peer: &mut End, now: Instant) {
                 let mut last = Instant::ZERO;
                 while !left.is_empty() {
                     let event = got.next();
-                    let Some(Event::Failed { id, error, .. }) = event else {
+                    let Some(Event::Failed { id, error, token }) = event else {
                         panic!("{name}: expected Failed for one of {left:?}, got {event:?}");
                     };
                     let e = left
                         .remove(&id)
                         .unwrap_or_else(|| panic!("{name}: Failed for {id:?} ({error:?}), which was not pending or already ended"));
+                    assert_eq!(
+                        token, e.tag,
+                        "{name}: the Failed token is not its request's"
+                    );
                     assert_eq!(error, e.error, "{name}: Failed for {id:?}");
                     if error.closed.is_none() {
                         assert!(
@@ -1436,15 +1445,20 @@ fn check_events(me: &mut End, peer: &mut End, now: Instant) {
                     }
                 }
             }
-            Exp::Response { id, cmd } => {
+            Exp::Response { id, cmd, tag } => {
                 let event = got.next();
                 let Some(Event::Response {
                     id: got_id,
                     response,
+                    token,
                 }) = event
                 else {
                     panic!("{name}: expected Response for {id:?}, got {event:?}");
                 };
+                assert_eq!(
+                    token, tag,
+                    "{name}: the response's token is not its request's"
+                );
                 assert_eq!(got_id, id, "{name}: response matched to the wrong request");
                 assert_eq!(response, cmd, "{name}: response for {id:?}");
                 assert_eq!(response.opaque, id.opaque(), "{name}: response opaque");
