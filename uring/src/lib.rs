@@ -4,7 +4,11 @@
 //! The same `remora-core` [`Connection`](remora_core::Connection) machine as the std driver, driven
 //! by io_uring: each connection is three local tasks on one thread sharing the machine with no
 //! locks — a reader that reads straight into the machine's buffer (bodies stay zero-copy
-//! slices of it), a writer that sends everything queued since its last write as one write, and a
+//! slices of it), a writer that sends the machine's chunks in order (everything queued since its
+//! last write coalesced into one chunk, except that a body of 512 B or more is a chunk of its own,
+//! the caller's `Bytes` sent without a copy — one write per chunk: tokio-uring 0.5's
+//! `TcpStream::writev` builds a `Vec` of iovecs on every call, an allocation per write that the
+//! no-allocation test of this path forbids, and it has no `sendmsg` for TCP), and a
 //! timer for deadlines and idle expiry. The reader pauses while the machine does not want input
 //! (its peer is not reading our answers), and a server's connections on all threads share one
 //! core [`Budget`](remora_core::Budget) (buffered bytes, connection count). Calls wait on a slot indexed by their `RequestId`, so a
