@@ -72,7 +72,7 @@ struct Shared {
 /// let client = Client::connect("127.0.0.1:9876", ClientConfig::default()).await?;
 /// let request = Command::request(codes::GET_ROUTEINFO_BY_TOPIC).with_ext("topic", "TopicTest");
 /// let response = client.call(request, Duration::from_secs(3)).await?;
-/// println!("{} {:?}", response.code, response.remark);
+/// println!("{} {:?}", response.code, response.remark());
 /// client.close();
 /// # Ok(())
 /// # }
