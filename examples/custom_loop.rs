@@ -86,7 +86,7 @@ fn run(addr: &str) -> Result<String, String> {
         //    so its `index`) is free again once its outcome is queued, even before it is read.
         while let Some(event) = conn.poll_event() {
             match event {
-                Event::Response { id, response } => {
+                Event::Response { id, response, .. } => {
                     let want = expected[id.index(&conn)]
                         .take()
                         .ok_or("a response for no request of ours")?;
@@ -99,7 +99,7 @@ fn run(addr: &str) -> Result<String, String> {
                     }
                     checked += 1;
                 }
-                Event::Failed { id, error } => {
+                Event::Failed { id, error, .. } => {
                     let which = expected[id.index(&conn)].take();
                     return Err(format!("request {which:?}: {error}"));
                 }

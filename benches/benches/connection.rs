@@ -3,7 +3,10 @@
 //! each waiting request costs.
 //!
 //! Ids: `connection/round_trip/{1,64}/{json,rocketmq}` (batch of requests in flight per step;
-//! throughput is round trips per second). Before criterion runs, the bench prints the measured
+//! throughput is round trips per second), and `connection/round_trip_64k/1/{json,rocketmq}`:
+//! one round trip whose request carries a 64 KiB body that the response echoes (each side's
+//! bytes are moved into the other's read buffer with `handle_input`, one copy per direction that
+//! a real transport's read would make anyway). Before criterion runs, the bench prints the measured
 //! heap bytes per waiter at 100,000 waiters (counting allocator) and the structural figure.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -11,6 +14,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use criterion::{Criterion, Throughput};
 use remora_core::{Command, Config, Connection, Event, Instant, SerializeType};
 
@@ -44,11 +48,19 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 /// One step: `batch` requests from client to server and their responses back.
-fn round_trips(client: &mut Connection, server: &mut Connection, batch: usize, ty: SerializeType) {
+fn round_trips(
+    client: &mut Connection,
+    server: &mut Connection,
+    batch: usize,
+    ty: SerializeType,
+    body: &Bytes,
+) {
     let now = Instant::ZERO;
     let deadline = now + Duration::from_secs(3600);
     for _ in 0..batch {
-        let request = Command::request(310).with_serialize_type(ty);
+        let request = Command::request(310)
+            .with_serialize_type(ty)
+            .with_body(body.clone());
         client.send_request(request, deadline, now).unwrap();
     }
     while let Some(bytes) = client.take_transmit() {
@@ -56,7 +68,8 @@ fn round_trips(client: &mut Connection, server: &mut Connection, batch: usize, t
     }
     while let Some(event) = server.poll_event() {
         if let Event::Request { request, command } = event {
-            let response = command.response(0);
+            let body = command.body_bytes();
+            let response = command.response(0).with_body(body);
             server.send_response(request, response).unwrap();
         }
     }
@@ -66,6 +79,7 @@ fn round_trips(client: &mut Connection, server: &mut Connection, batch: usize, t
     let mut answered = 0;
     while let Some(event) = client.poll_event() {
         if let Event::Response { response, .. } = event {
+            assert_eq!(response.body().len(), body.len());
             black_box(response);
             answered += 1;
         }
@@ -74,8 +88,13 @@ fn round_trips(client: &mut Connection, server: &mut Connection, batch: usize, t
 }
 
 fn bench(c: &mut Criterion) {
-    for batch in [1usize, 64] {
-        let mut group = c.benchmark_group(format!("connection/round_trip/{batch}"));
+    let big = Bytes::from(vec![0x42u8; 64 * 1024]);
+    for (group_name, batch, body) in [
+        ("round_trip", 1usize, Bytes::new()),
+        ("round_trip", 64, Bytes::new()),
+        ("round_trip_64k", 1, big),
+    ] {
+        let mut group = c.benchmark_group(format!("connection/{group_name}/{batch}"));
         group.throughput(Throughput::Elements(batch as u64));
         for (name, ty) in [
             ("json", SerializeType::Json),
@@ -83,9 +102,9 @@ fn bench(c: &mut Criterion) {
         ] {
             let mut client = Connection::new(Config::default());
             let mut server = Connection::new(Config::default());
-            round_trips(&mut client, &mut server, batch, ty); // warm the buffers
+            round_trips(&mut client, &mut server, batch, ty, &body); // warm the buffers
             group.bench_function(name, |b| {
-                b.iter(|| round_trips(&mut client, &mut server, batch, ty))
+                b.iter(|| round_trips(&mut client, &mut server, batch, ty, &body))
             });
         }
         group.finish();
@@ -119,7 +138,7 @@ fn main() {
     eprintln!(
         "memory per waiter at {n} waiters: {measured:.1} bytes measured (heap, includes spare \
          capacity of grown vectors); {} bytes structural (Connection::WAITER_BYTES)",
-        Connection::WAITER_BYTES
+        Connection::<()>::WAITER_BYTES
     );
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c);

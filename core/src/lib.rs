@@ -84,7 +84,7 @@ pub use conn::budget::{Account, Budget, BudgetConfig, Refusal, Snapshot};
 pub use conn::call::{CallError, ConnectError, Handler, Hook, NotSupported};
 pub use conn::connection::{
     CloseReason, Config, Connection, Event, IncomingRequest, RequestError, RequestId, SendError,
-    Stats, READ_STEP,
+    Stats, COALESCE_BELOW, READ_STEP,
 };
 pub use conn::outgoing::Outgoing;
 pub use time::Instant;

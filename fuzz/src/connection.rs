@@ -10,9 +10,11 @@
 //! The [`Model`] of each side is a reference implementation of the machine's documented
 //! behaviour, precise to the byte:
 //! - the outgoing stream: every frame queued (requests, oneways, responses, busy answers),
-//!   which of them were withdrawn, how much of the front one was written. What `poll_transmit` /
-//!   `take_transmit` show must be exactly these bytes, and the refusals of `send_*` must be
-//!   exactly the predicted ones;
+//!   which of them were withdrawn, how much of the front one was written. What
+//!   `transmit_chunks` shows (no empty chunk) must be exactly these bytes up to the first
+//!   withdrawn frame, `poll_transmit` and `take_transmit` its first chunk, a vectored write may
+//!   end anywhere in them, and the refusals of `send_*` must be exactly the predicted ones;
+//! - each request's token (its tag) comes back with its one `Response` or `Failed` event;
 //! - the incoming stream: a shadow read buffer decoded with a [`Codec`] with the same limits, so
 //!   each `handle_input` yields a predicted list of events (also for corrupt or forged input);
 //! - the waiters and their deadlines, the peer's unanswered requests, and every [`Stats`] counter.
@@ -488,6 +490,8 @@ enum Exp {
     Response {
         id: RequestId,
         cmd: Command,
+        /// The request's tag: its token.
+        tag: Tag,
     },
     /// `Failed` events for these requests, in any order (a timeout group, or the failures of a
     /// close).
@@ -883,11 +887,11 @@ impl Model {
                 self.name,
                 cmd.opaque
             );
-            match self.pending.get(&cmd.opaque).map(|p| p.id) {
-                Some(id) => {
+            match self.pending.get(&cmd.opaque).map(|p| (p.id, p.tag)) {
+                Some((id, tag)) => {
                     self.end(id, false);
                     self.stats.responses_matched += 1;
-                    self.expected.push(Exp::Response { id, cmd });
+                    self.expected.push(Exp::Response { id, cmd, tag });
                 }
                 None => self.stats.stale_responses += 1,
             }
@@ -973,6 +977,7 @@ impl Model {
                 Ok(())
             }
             Err(e) => {
+                // Counted whether or not the fallback itself fits.
                 self.stats.fallback_answers += 1;
                 let mut buf = BytesMut::new();
                 if self
@@ -1006,7 +1011,8 @@ struct Held {
 /// One connection with its model, the requests its application holds, and the bytes it wrote
 /// that its peer has not received yet.
 struct End {
-    conn: Connection,
+    /// Each request's token is its tag: the machine must hand it back with its one ending.
+    conn: Connection<Tag>,
     m: Model,
     held: Vec<Held>,
     pipe: BytesMut,
@@ -1024,7 +1030,7 @@ impl Harness {
         let end = |name, side, cfg: &SideConfig| {
             let config = cfg.config();
             End {
-                conn: Connection::new(config),
+                conn: Connection::with_tokens(config),
                 m: Model::new(name, side, config),
                 held: Vec::new(),
                 pipe: BytesMut::new(),
@@ -1131,15 +1137,18 @@ impl Harness {
             Op::Take { side } => {
                 let (me, _) = self.pair(side);
                 let w = me.m.writable();
+                let first = check_chunks(me);
                 match me.conn.take_transmit() {
                     None => assert_eq!(w, 0, "{}: take_transmit gave nothing", me.m.name),
                     Some(bytes) => {
-                        assert_eq!(bytes.len(), w, "{}: take_transmit length", me.m.name);
-                        assert!(w > 0, "{}: take_transmit gave an empty buffer", me.m.name);
+                        // The next chunk: what poll_transmit showed.
+                        let n = bytes.len();
+                        assert_eq!(n, first, "{}: take_transmit length", me.m.name);
+                        assert!(n > 0, "{}: take_transmit gave an empty buffer", me.m.name);
                         me.m.check_bytes(&bytes, "take_transmit");
                         me.pipe.extend_from_slice(&bytes);
-                        me.m.consume(w);
-                        me.m.stats.bytes_out += w as u64;
+                        me.m.consume(n);
+                        me.m.stats.bytes_out += n as u64;
                     }
                 }
             }
@@ -1260,7 +1269,7 @@ impl Harness {
                 Ok(())
             }
         });
-        let got = me.conn.send_request(cmd.clone(), deadline, now);
+        let got = me.conn.send_request_with(cmd.clone(), deadline, now, tag);
         let name = me.m.name;
         match (pre, got) {
             (Err(e), got) => assert_eq!(got, Err(e), "{name}: send_request"),
@@ -1400,18 +1409,37 @@ fn unwritten(me: &mut End, peer: &End, tag: Tag) {
     me.m.unwritten.insert(tag);
 }
 
-/// `poll_transmit`, then `handle_written(max)`.
+/// Checks `transmit_chunks` and `poll_transmit` against the model: the chunks, none empty,
+/// are exactly the writable bytes, and `poll_transmit` is the first. Returns its length.
+fn check_chunks(me: &End) -> usize {
+    let w = me.m.writable();
+    let chunks: Vec<&[u8]> = me.conn.transmit_chunks().collect();
+    assert!(
+        chunks.iter().all(|c| !c.is_empty()),
+        "{}: an empty chunk",
+        me.m.name
+    );
+    let gathered: Vec<u8> = chunks.concat();
+    assert_eq!(gathered.len(), w, "{}: transmit_chunks length", me.m.name);
+    me.m.check_bytes(&gathered, "transmit_chunks");
+    assert_eq!(
+        me.conn.poll_transmit(),
+        chunks.first().copied(),
+        "{}: poll_transmit is not the first chunk",
+        me.m.name
+    );
+    chunks.first().map_or(0, |c| c.len())
+}
+
+/// A vectored write: `transmit_chunks`, then `handle_written(max)` (it may end inside any
+/// chunk).
 fn write(me: &mut End, max: usize) {
     let w = me.m.writable();
     let k = max.min(w);
-    match me.conn.poll_transmit() {
-        None => assert_eq!(w, 0, "{}: poll_transmit gave nothing", me.m.name),
-        Some(bytes) => {
-            assert_eq!(bytes.len(), w, "{}: poll_transmit length", me.m.name);
-            assert!(w > 0, "{}: poll_transmit gave an empty slice", me.m.name);
-            me.m.check_bytes(&bytes[..k], "poll_transmit");
-            me.pipe.extend_from_slice(&bytes[..k]);
-        }
+    check_chunks(me);
+    if w > 0 {
+        let gathered: Vec<u8> = me.conn.transmit_chunks().flatten().copied().collect();
+        me.pipe.extend_from_slice(&gathered[..k]);
     }
     me.conn.handle_written(max);
     me.m.consume(k);
@@ -1454,7 +1482,7 @@ fn feed(me: &mut End, data: &[u8], read_buffer: bool, now: Instant) {
 
 fn check_events(me: &mut End, peer: &mut End, now: Instant) {
     let name = me.m.name;
-    let events: Vec<Event> = std::iter::from_fn(|| me.conn.poll_event()).collect();
+    let events: Vec<Event<Tag>> = std::iter::from_fn(|| me.conn.poll_event()).collect();
     let mut got = events.into_iter();
     let expected = std::mem::take(&mut me.m.expected);
     for exp in expected {
@@ -1466,12 +1494,16 @@ fn check_events(me: &mut End, peer: &mut End, now: Instant) {
                 let mut last = Instant::ZERO;
                 while !left.is_empty() {
                     let event = got.next();
-                    let Some(Event::Failed { id, error }) = event else {
+                    let Some(Event::Failed { id, error, token }) = event else {
                         panic!("{name}: expected Failed for one of {left:?}, got {event:?}");
                     };
                     let e = left
                         .remove(&id)
                         .unwrap_or_else(|| panic!("{name}: Failed for {id:?} ({error:?}), which was not pending or already ended"));
+                    assert_eq!(
+                        token, e.tag,
+                        "{name}: the Failed token is not its request's"
+                    );
                     assert_eq!(error, e.error, "{name}: Failed for {id:?}");
                     if error.closed.is_none() {
                         assert!(
@@ -1489,15 +1521,20 @@ fn check_events(me: &mut End, peer: &mut End, now: Instant) {
                     }
                 }
             }
-            Exp::Response { id, cmd } => {
+            Exp::Response { id, cmd, tag } => {
                 let event = got.next();
                 let Some(Event::Response {
                     id: got_id,
                     response,
+                    token,
                 }) = event
                 else {
                     panic!("{name}: expected Response for {id:?}, got {event:?}");
                 };
+                assert_eq!(
+                    token, tag,
+                    "{name}: the response's token is not its request's"
+                );
                 assert_eq!(got_id, id, "{name}: response matched to the wrong request");
                 assert_eq!(response, cmd, "{name}: response for {id:?}");
                 assert_eq!(response.opaque, id.opaque(), "{name}: response opaque");
@@ -1624,13 +1661,7 @@ fn check_queries(me: &mut End) {
         m.deadlines.first().map(|(deadline, _)| *deadline),
         "{name}: poll_timeout is not the earliest deadline"
     );
-    let transmit = conn.poll_transmit();
-    assert!(transmit.is_none_or(|b| !b.is_empty()));
-    assert_eq!(
-        transmit.map_or(0, <[u8]>::len),
-        m.writable(),
-        "{name}: poll_transmit length"
-    );
+    check_chunks(me);
     assert_eq!(conn.stats(), &m.stats, "{name}: stats");
     assert_eq!(
         conn.stats().responses_matched,

@@ -1,8 +1,7 @@
 //! One TCP connection driven by a `remora_core::Connection`: a reader thread feeds the machine,
 //! callers queue requests and write, worker threads run the handler.
 
-use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -13,7 +12,7 @@ use bytes::Bytes;
 use crossbeam_utils::sync::{Parker, Unparker};
 use remora_core::{
     Account, Budget, CloseReason, Command, Config, Connection, Event, IncomingRequest, Instant,
-    Outgoing, RequestId,
+    Outgoing,
 };
 
 use crate::handler::{run_handler, Handler, Workers};
@@ -37,7 +36,9 @@ impl Clock {
     }
 }
 
-/// Where a caller waits for its call's outcome.
+/// Where a caller waits for its call's outcome: one per thread, reused by every call that
+/// thread makes (a thread waits for one call at a time), and handed to the machine as the
+/// request's token, so a call allocates nothing and the driver keeps no map of calls.
 struct CallSlot {
     outcome: Mutex<Option<Result<Command, Error>>>,
     unparker: Unparker,
@@ -56,6 +57,10 @@ impl CallSlot {
 
 thread_local! {
     static PARKER: Parker = Parker::new();
+    static CALL_SLOT: Arc<CallSlot> = Arc::new(CallSlot {
+        outcome: Mutex::new(None),
+        unparker: PARKER.with(|p| p.unparker().clone()),
+    });
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -63,13 +68,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 struct State {
-    machine: Connection,
-    calls: HashMap<RequestId, Arc<CallSlot>>,
+    /// The machine; each request's token is its caller's slot.
+    machine: Connection<Arc<CallSlot>>,
     /// Some thread is writing to the socket (only one does at a time; the others leave their
     /// frames to it, and it looks at the machine again before it gives this up).
     writing: bool,
-    /// Bytes a non-blocking write could not finish, handed to the connection's writer thread.
-    stash: Option<Bytes>,
+    /// Chunks a non-blocking write could not finish, handed to the connection's writer thread
+    /// (empty: it has nothing to do).
+    stash: Vec<Bytes>,
+    /// The chunks being written by the thread holding `writing`, kept to be reused (no
+    /// allocation per write).
+    out: Vec<Bytes>,
     /// The reader waits for the machine to want input (it is woken only then).
     reader_paused: bool,
     /// This connection's share of the server's budget (server connections only).
@@ -189,10 +198,10 @@ impl Conn {
         };
         let conn = Arc::new(Conn {
             state: Mutex::new(State {
-                machine: Connection::new(config.machine),
-                calls: HashMap::new(),
+                machine: Connection::with_tokens(config.machine),
                 writing: false,
-                stash: None,
+                stash: Vec::new(),
+                out: Vec::new(),
                 reader_paused: false,
                 account,
             }),
@@ -269,20 +278,18 @@ impl Conn {
         cmd: impl Outgoing,
         timeout: Duration,
     ) -> Result<Command, Error> {
-        let unparker = PARKER.with(|p| p.unparker().clone());
-        let slot = Arc::new(CallSlot {
-            outcome: Mutex::new(None),
-            unparker,
-        });
+        let slot = CALL_SLOT.with(Arc::clone);
+        // Left over from nothing: every call of this thread took its outcome before returning.
+        debug_assert!(slot.take().is_none());
         let now = self.clock.now();
         let deadline = now + timeout;
-        {
-            let mut st = lock(&self.state);
-            let id = cmd
-                .send(&mut st.machine, deadline, now)
-                .map_err(Error::from)?;
-            st.calls.insert(id, Arc::clone(&slot));
-        }
+        cmd.send(
+            &mut lock(&self.state).machine,
+            deadline,
+            now,
+            Arc::clone(&slot),
+        )
+        .map_err(Error::from)?;
         self.touch();
         self.flush();
         loop {
@@ -324,25 +331,32 @@ impl Conn {
         }
         st.writing = true;
         loop {
-            let Some(bytes) = st.machine.take_transmit() else {
+            // Every chunk queued (up to a writev's worth): headers and small bodies coalesced,
+            // large bodies as their callers' memory.
+            let mut out = std::mem::take(&mut st.out);
+            take_chunks(&mut st.machine, &mut out);
+            if out.is_empty() {
+                st.out = out;
                 st.writing = false;
                 return;
-            };
+            }
             drop(st);
-            let sent = send_nonblocking(&self.writer, &bytes);
+            let sent = send_nonblocking(&self.writer, &out);
             st = lock(&self.state);
             match sent {
                 Ok(n) => {
                     st.machine.handle_sent(n);
-                    if n < bytes.len() {
+                    advance_chunks(&mut out, n);
+                    if !out.is_empty() {
                         // The peer is not keeping up: the writer thread waits for it, we don't.
-                        st.stash = Some(bytes.slice(n..));
+                        st.stash = out;
                         self.settle(&mut st);
                         drop(st);
                         self.changed.notify_all();
                         self.start_writer();
                         return;
                     }
+                    st.out = out;
                     self.settle(&mut st);
                 }
                 Err(_) => {
@@ -380,7 +394,7 @@ impl Conn {
     fn write_loop(self: Arc<Self>) {
         let mut st = lock(&self.state);
         loop {
-            while st.stash.is_none() && !st.machine.is_closed() {
+            while st.stash.is_empty() && !st.machine.is_closed() {
                 st = self
                     .changed
                     .wait_timeout(st, Duration::from_secs(1))
@@ -392,21 +406,24 @@ impl Conn {
                 return;
             }
             // We hold `writing` (handed over with the stash) until the machine is empty.
-            let mut next = st.stash.take();
-            while let Some(bytes) = next {
+            let mut chunks = std::mem::take(&mut st.stash);
+            while !chunks.is_empty() {
                 drop(st);
-                let result = (&self.writer).write_all(&bytes);
+                let result = write_all_chunks(&self.writer, &mut chunks);
                 st = lock(&self.state);
-                if result.is_err() {
-                    st.writing = false;
-                    drop(st);
-                    self.lost();
-                    return;
+                match result {
+                    Ok(n) => st.machine.handle_sent(n),
+                    Err(_) => {
+                        st.writing = false;
+                        drop(st);
+                        self.lost();
+                        return;
+                    }
                 }
-                st.machine.handle_sent(bytes.len());
                 self.settle(&mut st);
-                next = st.machine.take_transmit();
+                take_chunks(&mut st.machine, &mut chunks);
             }
+            st.stash = chunks;
             st.writing = false;
         }
     }
@@ -443,16 +460,10 @@ impl Conn {
     fn drain_events(self: &Arc<Self>, st: &mut State) {
         while let Some(event) = st.machine.poll_event() {
             match event {
-                Event::Response { id, response } => {
-                    if let Some(slot) = st.calls.remove(&id) {
-                        slot.complete(Ok(response));
-                    }
-                }
-                Event::Failed { id, error } => {
-                    if let Some(slot) = st.calls.remove(&id) {
-                        slot.complete(Err(Error::from(error)));
-                    }
-                }
+                Event::Response {
+                    response, token, ..
+                } => token.complete(Ok(response)),
+                Event::Failed { error, token, .. } => token.complete(Err(Error::from(error))),
                 Event::Request { request, command } => {
                     let conn = Arc::clone(self);
                     // Refused only while shutting down, when the connection is closing anyway.
@@ -480,16 +491,23 @@ impl Conn {
         }
     }
 
-    fn read_loop(self: Arc<Self>, mut stream: TcpStream, idle: Option<Duration>) {
-        let mut buf = vec![0u8; 64 * 1024];
+    fn read_loop(self: Arc<Self>, stream: TcpStream, idle: Option<Duration>) {
         loop {
             if !self.wait_until_readable() {
                 return;
             }
-            match stream.read(&mut buf) {
+            // Read straight into the machine's buffer (taken out while the read blocks, so the
+            // lock is free): no copy, and decoded bodies are slices of it.
+            let mut buf = std::mem::take(lock(&self.state).machine.read_buffer());
+            if buf.capacity() - buf.len() < READ_LOW_WATER {
+                buf.reserve(READ_CHUNK);
+            }
+            let read = recv_into(&stream, &mut buf);
+            match read {
                 Ok(0) => {
                     // End of input: answer what was asked before it, then close.
                     let mut st = lock(&self.state);
+                    *st.machine.read_buffer() = buf;
                     st.machine.handle_eof();
                     self.settle(&mut st);
                     drop(st);
@@ -500,7 +518,8 @@ impl Conn {
                     self.touch();
                     let mut st = lock(&self.state);
                     let now = self.clock.now();
-                    st.machine.handle_input(&buf[..n], now);
+                    *st.machine.read_buffer() = buf;
+                    st.machine.handle_read(n, now);
                     st.machine.handle_timeout(now);
                     self.settle(&mut st);
                     let closed = st.machine.is_closed();
@@ -515,13 +534,16 @@ impl Conn {
                         self.flush();
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    *lock(&self.state).machine.read_buffer() = buf;
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
+                    *lock(&self.state).machine.read_buffer() = buf;
                     if let Some(idle) = idle {
                         if self.idle_for() >= idle {
                             let st = lock(&self.state);
@@ -605,11 +627,94 @@ impl Conn {
     }
 }
 
-/// One `send` that never blocks: how many bytes the kernel took (0 when its buffer is full).
-fn send_nonblocking(stream: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+/// Most chunks one vectored write carries.
+const MAX_IOV: usize = 64;
+
+/// The read buffer grows (by `READ_CHUNK`) when less than this is free: while decoded bodies
+/// still share it, growing allocates, so it happens once per chunk, not once per read.
+const READ_LOW_WATER: usize = 4 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Appends to `out` the chunks the machine has to write (up to [`MAX_IOV`] in all).
+fn take_chunks<T>(machine: &mut Connection<T>, out: &mut Vec<Bytes>) {
+    while out.len() < MAX_IOV {
+        match machine.take_transmit() {
+            Some(chunk) => out.push(chunk),
+            None => return,
+        }
+    }
+}
+
+/// Drops the first `n` bytes of `chunks`.
+fn advance_chunks(chunks: &mut Vec<Bytes>, mut n: usize) {
+    let whole = chunks
+        .iter()
+        .take_while(|c| {
+            let whole = c.len() <= n;
+            if whole {
+                n -= c.len();
+            }
+            whole
+        })
+        .count();
+    chunks.drain(..whole);
+    if let Some(first) = chunks.first_mut() {
+        bytes::Buf::advance(first, n);
+    }
+}
+
+/// The chunks as an `IoSlice` array for one vectored write (at most [`MAX_IOV`]).
+fn io_slices<'a>(chunks: &'a [Bytes], slices: &mut [IoSlice<'a>; MAX_IOV]) -> usize {
+    let n = chunks.len().min(MAX_IOV);
+    for (slice, chunk) in slices.iter_mut().zip(&chunks[..n]) {
+        *slice = IoSlice::new(chunk);
+    }
+    n
+}
+
+/// Writes every chunk, blocking; returns the bytes written (all of them) and leaves `chunks`
+/// empty.
+fn write_all_chunks(stream: &TcpStream, chunks: &mut Vec<Bytes>) -> io::Result<usize> {
     let socket = socket2::SockRef::from(stream);
+    let mut total = 0;
+    while !chunks.is_empty() {
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let count = io_slices(chunks, &mut slices);
+        match socket.send_vectored_with_flags(&slices[..count], libc::MSG_NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                total += n;
+                advance_chunks(chunks, n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
+}
+
+/// One `recv` into `buf`'s spare capacity; the bytes read are appended.
+fn recv_into(stream: &TcpStream, buf: &mut bytes::BytesMut) -> io::Result<usize> {
+    let socket = socket2::SockRef::from(stream);
+    let n = socket.recv(buf.spare_capacity_mut())?;
+    // SAFETY: `recv` initialised the first `n` bytes of the spare capacity (socket2 documents
+    // that it returns how many bytes of `buf` it filled, at most its length), so the buffer's
+    // first `len + n` bytes are initialised. `std_driver` tests compare every byte of large
+    // bodies read this way with what was sent.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
+}
+
+/// One vectored `send` that never blocks: how many bytes the kernel took (0 when its buffer is
+/// full).
+fn send_nonblocking(stream: &TcpStream, chunks: &[Bytes]) -> io::Result<usize> {
+    let socket = socket2::SockRef::from(stream);
+    let mut slices = [IoSlice::new(&[]); MAX_IOV];
+    let count = io_slices(chunks, &mut slices);
     loop {
-        match socket.send_with_flags(bytes, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) {
+        match socket
+            .send_vectored_with_flags(&slices[..count], libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+        {
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

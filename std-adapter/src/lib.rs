@@ -19,9 +19,13 @@
 //! Threads: each connection has a reader thread that never blocks on a write (so two peers can
 //! never deadlock on full socket buffers) and pauses while the machine does not want input
 //! (backpressure: its peer is not reading our answers). Callers, workers and the reader write
-//! with non-blocking sends, and a thread that finds another one writing leaves its frames to it,
-//! so writes coalesce under load; what a slow peer leaves unwritten goes to a writer thread of
-//! that connection only, so no worker ever waits for one peer. A server's connections share a
+//! with non-blocking vectored sends (`sendmsg` of the machine's chunks: coalesced headers and
+//! small bodies, large bodies from the caller's own memory, never copied), and a thread that finds
+//! another one writing leaves its frames to it, so writes coalesce under load; what a slow peer
+//! leaves unwritten goes to a writer thread of that connection only, so no worker ever waits for
+//! one peer. The reader reads straight into the machine's read buffer (decoded bodies are slices
+//! of it). A call keeps no per-call state of its own: its caller's per-thread slot rides in the
+//! machine's waiter as the request's token, so a call allocates nothing in steady state. A server's connections share a
 //! core [`Budget`](remora_core::Budget) (buffered bytes, connection count); see
 //! [`ServerConfig`] and [`Server::stats`].
 

@@ -187,7 +187,7 @@ fn scenario(seed: u64, totals: &mut Totals) {
         // What the client's application sees.
         while let Some(event) = pair.client.poll_event() {
             match event {
-                Event::Response { id, response } => {
+                Event::Response { id, response, .. } => {
                     let req = outstanding
                         .remove(&id)
                         .unwrap_or_else(|| panic!("seed {seed}: response for {id:?}, not pending"));
@@ -199,7 +199,7 @@ fn scenario(seed: u64, totals: &mut Totals) {
                         totals.responses += 1;
                     }
                 }
-                Event::Failed { id, error } => {
+                Event::Failed { id, error, .. } => {
                     let req = outstanding
                         .remove(&id)
                         .unwrap_or_else(|| panic!("seed {seed}: failure for {id:?}, not pending"));

@@ -22,7 +22,8 @@ fn assert_failed_unwritten(events: &[Event], id: remora_core::RequestId) {
         &[
             Event::Failed {
                 id,
-                error: never_written()
+                error: never_written(),
+                token: ()
             },
             Event::Closed {
                 reason: CloseReason::HandshakeFailed
@@ -55,7 +56,7 @@ fn requests_queued_before_the_handshake_are_answered_over_tls() {
     let got: Vec<_> = client_events
         .iter()
         .map(|e| match e {
-            Event::Response { id, response } => (*id, response.body().to_vec()),
+            Event::Response { id, response, .. } => (*id, response.body().to_vec()),
             other => panic!("unexpected {other:?}"),
         })
         .collect();
@@ -80,7 +81,7 @@ fn requests_queued_before_the_handshake_are_answered_over_tls() {
         .unwrap();
     let (_, server_events) = pump(&mut client, &mut server, T0);
     assert!(
-        matches!(&server_events[..], [Event::Response { id: got, response }]
+        matches!(&server_events[..], [Event::Response { id: got, response, .. }]
         if *got == id && response.body() == b"s")
     );
 }
@@ -108,7 +109,7 @@ fn large_bodies_and_many_requests_cross_record_boundaries() {
     let (events, _) = pump(&mut client, &mut server, T0);
     assert_eq!(events.len(), 201);
     assert!(
-        matches!(&events[0], Event::Response { id, response } if *id == big && response.body()[..] == body[..])
+        matches!(&events[0], Event::Response { id, response, .. } if *id == big && response.body()[..] == body[..])
     );
     for (event, id) in events[1..].iter().zip(small) {
         assert!(matches!(event, Event::Response { id: got, .. } if *got == id));
@@ -127,7 +128,7 @@ fn permissive_server_serves_plaintext_and_tls_clients_on_one_config() {
         .unwrap();
     let (events, _) = pump(&mut tls_client, &mut tls_server, T0);
     assert!(
-        matches!(&events[..], [Event::Response { id: got, response }] if *got == id && response.body() == b"tls")
+        matches!(&events[..], [Event::Response { id: got, response, .. }] if *got == id && response.body() == b"tls")
     );
     assert!(tls_server.is_tls());
 
@@ -154,7 +155,7 @@ fn permissive_server_serves_plaintext_and_tls_clients_on_one_config() {
     plain_server.handle_read(frame.len() - 1, T0);
     let (events, _) = pump(&mut plain_client, &mut plain_server, T0);
     assert!(
-        matches!(&events[..], [Event::Response { id: got, response }] if *got == id && response.body() == b"plain")
+        matches!(&events[..], [Event::Response { id: got, response, .. }] if *got == id && response.body() == b"plain")
     );
     assert!(!plain_server.is_tls() && !plain_server.is_handshaking());
 }
@@ -487,7 +488,8 @@ fn a_request_deadline_still_ends_a_request_waiting_for_the_handshake() {
             error: RequestError {
                 closed: None,
                 written: false
-            }
+            },
+            token: ()
         })
     );
     assert!(client.tls_error().is_none(), "the handshake goes on");
@@ -518,7 +520,8 @@ fn close_sends_close_notify_and_the_peer_sees_the_end() {
                 error: RequestError {
                     closed: Some(CloseReason::ConnectionLost),
                     written: true
-                }
+                },
+                token: ()
             },
             Event::Closed {
                 reason: CloseReason::ConnectionLost

@@ -151,7 +151,7 @@ fn call_n(stream: &mut TcpStream, session: &mut Session, n: usize) -> Vec<Vec<u8
         stream,
         session,
         |_, e| match e {
-            Event::Response { id, response } => {
+            Event::Response { id, response, .. } => {
                 let i = ids.iter().position(|x| *x == id).unwrap();
                 bodies[i] = response.body().to_vec();
                 answered.set(answered.get() + 1);
@@ -223,7 +223,7 @@ fn permissive_serves_a_plaintext_socket_and_enforcing_refuses_one() {
                 &mut stream,
                 &mut session,
                 |_, e| {
-                    if let Event::Failed { id: got, error } = e {
+                    if let Event::Failed { id: got, error, .. } = e {
                         assert_eq!(got, id);
                         failed = Some(error);
                     }

@@ -327,8 +327,8 @@ impl Conn {
         self.sync_budget(st);
         while let Some(event) = st.machine.poll_event() {
             match event {
-                Event::Response { id, response } => complete(st, id, Ok(response), turn),
-                Event::Failed { id, error } => complete(st, id, Err(error.into()), turn),
+                Event::Response { id, response, .. } => complete(st, id, Ok(response), turn),
+                Event::Failed { id, error, .. } => complete(st, id, Err(error.into()), turn),
                 Event::Request { request, command } => turn.requests.push((request, command)),
                 Event::Oneway { command } => turn.oneways.push(command),
                 Event::Closed { .. } => self.closed.store(true, Ordering::Release),

@@ -1,7 +1,8 @@
 //! One TCP connection on the current io_uring thread, driven by a `remora_core::Connection`.
 //!
 //! Three local tasks share the machine (no locks: everything is on one thread): the reader feeds
-//! it, the writer drains it (all frames queued since the last write go out as one write), the
+//! it, the writer drains it chunk by chunk (small frames queued since the last write coalesced
+//! into one chunk, large bodies as their callers' `Bytes`, never copied), the
 //! timer fires its deadlines. Calls wait on a slot indexed by their `RequestId`, so a response
 //! wakes its caller without hashing or allocating.
 
@@ -169,7 +170,7 @@ impl Conn {
         let (id, index, rearm) = {
             let mut m = self.machine.borrow_mut();
             let earliest = m.poll_timeout();
-            let id = cmd.send(&mut m, deadline, now)?;
+            let id = cmd.send(&mut m, deadline, now, ())?;
             (id, id.index(&m), earliest.map_or(true, |t| deadline < t))
         };
         {
@@ -235,8 +236,8 @@ impl Conn {
             let event = self.machine.borrow_mut().poll_event();
             let Some(event) = event else { break };
             match event {
-                Event::Response { id, response } => self.complete(id, Ok(response)),
-                Event::Failed { id, error } => self.complete(id, Err(error.into())),
+                Event::Response { id, response, .. } => self.complete(id, Ok(response)),
+                Event::Failed { id, error, .. } => self.complete(id, Err(error.into())),
                 Event::Request { request, command } => {
                     let response = handle_catching(&*self.handler, command);
                     let _ = self.machine.borrow_mut().send_response(request, response);

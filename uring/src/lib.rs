@@ -13,8 +13,10 @@
 //!   `EventLoop` complete as [`Completion`]s carrying the caller's token.
 //! - tokio-uring 0.5 (for programs that already run a tokio-uring runtime): each connection is
 //!   three local tasks on one thread sharing the machine with no locks — a reader that reads
-//!   straight into the machine's buffer, a writer that sends everything queued since its last
-//!   write as one write, and a timer. Calls wait on a slot indexed by their `RequestId`.
+//!   straight into the machine's buffer, a writer that sends the machine's chunks in order (a
+//!   body of 512 B or more is a chunk of its own, the caller's `Bytes` sent without a copy; one
+//!   write per chunk, since tokio-uring 0.5's `writev` allocates its iovecs on every call and it
+//!   has no `sendmsg` for TCP), and a timer. Calls wait on a slot indexed by their `RequestId`.
 //!   tokio-uring cannot express multishot operations or provided-buffer rings.
 //!
 //! Either way the reader pauses while the machine does not want input (its peer is not reading

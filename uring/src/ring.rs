@@ -864,7 +864,7 @@ impl EventLoop {
             };
             let generation = slot.generation;
             match event {
-                Event::Response { id, response } => {
+                Event::Response { id, response, .. } => {
                     self.in_flight -= 1;
                     let token = slot
                         .tokens
@@ -878,7 +878,7 @@ impl EventLoop {
                         outcome: Ok(response),
                     });
                 }
-                Event::Failed { id, error } => {
+                Event::Failed { id, error, .. } => {
                     self.in_flight -= 1;
                     let token = slot
                         .tokens

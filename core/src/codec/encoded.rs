@@ -76,6 +76,17 @@ impl Encoded {
         self.frame.is_empty()
     }
 
+    /// Where the body starts in the frame: after the length prefix and the header.
+    fn body_start(&self) -> usize {
+        let f = &self.frame;
+        PREFIX_LEN + u32::from_be_bytes([0, f[5], f[6], f[7]]) as usize
+    }
+
+    /// The body's length (the frame's bytes after its header).
+    pub fn body_len(&self) -> usize {
+        self.frame.len() - self.body_start()
+    }
+
     /// Where in the frame the opaque is, and how many bytes it spans.
     pub fn opaque_span(&self) -> core::ops::Range<usize> {
         let width = if self.json { JSON_WIDTH } else { 4 };
@@ -84,8 +95,22 @@ impl Encoded {
 
     /// Appends the frame to `out` with `opaque` written in place of the placeholder.
     pub fn write(&self, opaque: i32, out: &mut BytesMut) {
+        self.write_part(opaque, self.frame.len(), out);
+    }
+
+    /// Appends the frame's prefix and header to `out` with `opaque` written in place of the
+    /// placeholder, and returns its body: the frame's own memory, shared, not copied. Written
+    /// after the header, the two are exactly what [`Encoded::write`] appends.
+    pub fn write_head(&self, opaque: i32, out: &mut BytesMut) -> Bytes {
+        let body_start = self.body_start();
+        self.write_part(opaque, body_start, out);
+        self.frame.slice(body_start..)
+    }
+
+    /// Appends the frame's first `len` bytes (which hold the opaque) with `opaque` in place.
+    fn write_part(&self, opaque: i32, len: usize, out: &mut BytesMut) {
         let start = out.len();
-        out.put_slice(&self.frame);
+        out.put_slice(&self.frame[..len]);
         let span = self.opaque_span();
         let field = &mut out[start + span.start..start + span.end];
         if self.json {
@@ -126,6 +151,15 @@ mod tests {
                 assert_eq!((got.code, got.body()), (310, cmd.body()));
                 assert_eq!(got.ext_fields().get("topic"), Some("orders"));
                 copies.push(out);
+            }
+            for opaque in [0, -5, i32::MIN] {
+                let (mut whole, mut split) = (BytesMut::new(), BytesMut::new());
+                encoded.write(opaque, &mut whole);
+                let body = encoded.write_head(opaque, &mut split);
+                assert_eq!(&body[..], cmd.body(), "{ty:?}");
+                assert_eq!(encoded.body_len(), cmd.body().len());
+                split.extend_from_slice(&body);
+                assert_eq!(split, whole, "{ty:?}");
             }
             for pair in copies.windows(2) {
                 assert_eq!(pair[0].len(), pair[1].len());

@@ -190,23 +190,53 @@ impl Codec {
         ty: SerializeType,
         dst: &mut impl BufMut,
     ) -> Result<(), EncodeError> {
+        self.encode_parts(cmd, ty, dst, true)
+    }
+
+    /// Writes `cmd`'s frame up to its body: the length prefix (which counts the body) and the
+    /// header serialized as `ty`. The caller sends `cmd.body()` right after, from its own memory
+    /// (how a connection sends a large body without copying it). Nothing is written on error.
+    pub fn encode_head_into(
+        &self,
+        cmd: &Command,
+        ty: SerializeType,
+        dst: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        dst.reserve(RESERVE_FOR_HEADER);
+        self.encode_parts(cmd, ty, dst, false)
+    }
+
+    fn encode_parts(
+        &self,
+        cmd: &Command,
+        ty: SerializeType,
+        dst: &mut impl BufMut,
+        with_body: bool,
+    ) -> Result<(), EncodeError> {
         let ext_len = match ty {
             SerializeType::RocketMq => binary::checked_ext_len(cmd)?,
             SerializeType::Json => 0,
         };
-        if let Some(written) = self.encode_in_place(cmd, ty, ext_len, dst)? {
+        if let Some(written) = self.encode_in_place(cmd, ty, ext_len, dst, with_body)? {
             // SAFETY: `encode_in_place` initialised the first `written` bytes of
             // `dst.chunk_mut()` (prefix and header) and nothing after; committing exactly those
             // is what `advance_mut` requires. `tests::in_place_and_two_pass_encodings_agree`
             // compares every byte with the two-pass path.
             unsafe { dst.advance_mut(written) };
-            dst.put_slice(cmd.body());
+            if with_body {
+                dst.put_slice(cmd.body());
+            }
             return Ok(());
         }
         let header_len = self.checked_header_len(cmd, ty)?;
         let frame_len = PREFIX_LEN + header_len + cmd.body().len();
-        if dst.remaining_mut() < frame_len {
-            return Err(EncodeError::BufferTooSmall { needed: frame_len });
+        let needed = if with_body {
+            frame_len
+        } else {
+            PREFIX_LEN + header_len
+        };
+        if dst.remaining_mut() < needed {
+            return Err(EncodeError::BufferTooSmall { needed });
         }
         dst.put_u32((frame_len - 4) as u32);
         dst.put_u32(u32::from(ty.code()) << 24 | header_len as u32);
@@ -215,7 +245,9 @@ impl Codec {
             SerializeType::Json => json::write_header(cmd, ty, &mut out),
             SerializeType::RocketMq => binary::write_header(cmd, ext_len, &mut out),
         }
-        dst.put_slice(cmd.body());
+        if with_body {
+            dst.put_slice(cmd.body());
+        }
         Ok(())
     }
 
@@ -227,6 +259,7 @@ impl Codec {
         ty: SerializeType,
         ext_len: usize,
         dst: &mut impl BufMut,
+        with_body: bool,
     ) -> Result<Option<usize>, EncodeError> {
         let body_len = cmd.body().len();
         let remaining = dst.remaining_mut();
@@ -246,8 +279,9 @@ impl Codec {
         let header_len = written - PREFIX_LEN;
         self.check_lengths(header_len, body_len)?;
         let frame_len = written + body_len;
-        if remaining < frame_len {
-            return Err(EncodeError::BufferTooSmall { needed: frame_len });
+        let needed = if with_body { frame_len } else { written };
+        if remaining < needed {
+            return Err(EncodeError::BufferTooSmall { needed });
         }
         let mut prefix = [0u8; PREFIX_LEN];
         prefix[..4].copy_from_slice(&((frame_len - 4) as u32).to_be_bytes());

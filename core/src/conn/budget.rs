@@ -174,7 +174,7 @@ impl Budget {
 
     /// Brings the budget up to date with what `machine` holds and has done since the last call,
     /// and tells it whether to answer new requests `SYSTEM_BUSY` (the budget is spent).
-    pub fn sync(&self, account: &mut Account, machine: &mut Connection) {
+    pub fn sync<T>(&self, account: &mut Account, machine: &mut Connection<T>) {
         let now = machine.buffered_len();
         let total = if now >= account.buffered {
             let grew = now - account.buffered;

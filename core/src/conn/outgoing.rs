@@ -8,23 +8,37 @@ use crate::time::Instant;
 
 /// A request a [`Connection`] can queue.
 pub trait Outgoing {
-    /// Queues it on `connection`, to be answered by `deadline`.
-    fn send(
+    /// Queues it on `connection`, to be answered by `deadline`; `token` comes back in its
+    /// outcome's event (see [`Connection::send_request_with`]).
+    fn send<T>(
         self,
-        connection: &mut Connection,
+        connection: &mut Connection<T>,
         deadline: Instant,
         now: Instant,
+        token: T,
     ) -> Result<RequestId, SendError>;
 }
 
 impl Outgoing for Command {
-    fn send(self, c: &mut Connection, at: Instant, now: Instant) -> Result<RequestId, SendError> {
-        c.send_request(self, at, now)
+    fn send<T>(
+        self,
+        c: &mut Connection<T>,
+        at: Instant,
+        now: Instant,
+        token: T,
+    ) -> Result<RequestId, SendError> {
+        c.send_request_with(self, at, now, token)
     }
 }
 
 impl Outgoing for &Encoded {
-    fn send(self, c: &mut Connection, at: Instant, now: Instant) -> Result<RequestId, SendError> {
-        c.send_encoded_request(self, at, now)
+    fn send<T>(
+        self,
+        c: &mut Connection<T>,
+        at: Instant,
+        now: Instant,
+        token: T,
+    ) -> Result<RequestId, SendError> {
+        c.send_encoded_request_with(self, at, now, token)
     }
 }
