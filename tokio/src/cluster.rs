@@ -64,6 +64,21 @@ struct Shared {
 /// success wins. Attempts the core cancels (a hedge lost, the call is over) are aborted, which
 /// drops their call and withdraws an unwritten request. Endpoints connect on demand, on the
 /// runtime of the first call that needs them.
+///
+/// ```no_run
+/// use remora_core::Command;
+/// use remora_tokio::{CallOpts, Cluster, ClusterConfig};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let addresses = ["10.0.0.1:9876", "10.0.0.2:9876"];
+/// let cluster = Cluster::new(&addresses, ClusterConfig::production(), &[])?;
+/// let opts = CallOpts { idempotent: true, ..CallOpts::default() };
+/// let response = cluster.call_with(Command::request(105), opts).await?;
+/// println!("{} from one of {:?}; {:?}", response.code, cluster.addresses(), cluster.totals());
+/// cluster.close();
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Cluster {
     shared: Arc<Shared>,
