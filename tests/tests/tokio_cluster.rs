@@ -263,3 +263,49 @@ async fn a_custom_resolver_moves_the_cluster_and_the_watch_hears_it() {
     assert_eq!(report[0].counts.attempts, 1, "{report:?}");
     cluster.close();
 }
+
+#[tokio::test]
+async fn the_probe_task_closes_an_open_breaker() {
+    use remora_core::resilience::breaker::State;
+    use remora_core::resilience::policies::Probe;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Busy to every request but the probe's code (34) until `up`.
+    let up = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&up);
+    let server = Server::bind("127.0.0.1:0", move |r: Command| match r.code {
+        34 => echo(r),
+        _ if seen.load(Ordering::SeqCst) => echo(r),
+        _ => r.response(codes::SYSTEM_BUSY),
+    })
+    .unwrap();
+    let mut config = ClusterConfig::testing();
+    (
+        config.policies.max_attempts,
+        config.policies.ejection.consecutive_failures,
+    ) = (1, 0);
+    config.policies.breaker.consecutive_failures = 2;
+    config.policies.breaker.open_for = Duration::from_secs(60);
+    let every = Duration::from_millis(100);
+    config.policies.probe = Some(Probe { every, code: 34 });
+    let cluster = over(&[addr(&server)], config);
+    for _ in 0..2 {
+        let answer = cluster.call(Command::request(1)).await.unwrap();
+        assert_eq!(answer.code, codes::SYSTEM_BUSY);
+    }
+    let breaker = || cluster.report()[0].breaker;
+    assert!(matches!(breaker(), State::Open { .. }), "{:?}", breaker());
+    let refused = cluster.call(Command::request(1)).await;
+    assert!(refused.is_err(), "an open breaker refuses at once");
+    up.store(true, Ordering::SeqCst);
+    // Bounded: 60 polls of 50 ms, far inside the breaker's 60 s.
+    for _ in 0..60 {
+        if matches!(breaker(), State::Closed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(matches!(breaker(), State::Closed), "the probe never ran");
+    let answer = cluster.call(Command::request(1)).await.unwrap();
+    assert_eq!(answer.code, codes::SUCCESS);
+    cluster.close();
+}
