@@ -100,8 +100,8 @@ impl Cluster {
         Self::with_resolver(Resolver::fixed(addresses), config, hooks, None)
     }
 
-    /// A cluster whose endpoints come from `resolver`, asked again on its schedule (checked at
-    /// each call, inline: keep it quick); `watch` hears every new set. Endpoints that disappear
+    /// A cluster whose endpoints come from `resolver` (asked here, then again on its schedule,
+    /// checked at each call: see [`Cluster::refresh`]); `watch` hears every new set. Endpoints that disappear
     /// are retired (their calls in flight end normally); new ones join the balancer.
     pub fn with_resolver(
         resolver: Resolver,
@@ -114,9 +114,8 @@ impl Cluster {
         let seed = std::time::SystemTime::UNIX_EPOCH
             .elapsed()
             .unwrap_or_default();
-        let state = ClusterState::new(found.clone(), config.policies, clock.now(), {
-            seed.as_nanos() as u64 ^ 0x7a11_5eed
-        })?;
+        let seed = seed.as_nanos() as u64 ^ 0x7a11_5eed;
+        let state = ClusterState::new(found.clone(), config.policies, clock.now(), seed)?;
         let mut endpoints = Vec::with_capacity(found.len());
         for address in &found {
             endpoints.push(open(address, config.client)?);
@@ -157,14 +156,16 @@ impl Cluster {
         self.state().addresses()
     }
 
-    /// Asks the resolver again if its interval has passed, and applies the difference.
-    pub fn refresh(&self) {
-        let s = &*self.shared;
-        let now = s.clock.now();
-        if !self.state().refresh_due(s.resolver.every(), now) {
+    /// Asks the resolver again if its interval has passed, and applies the difference. The
+    /// resolver runs on tokio's blocking pool, so a blocking one (a DNS lookup such as
+    /// `remora_std::Dns`, a file read) does not stall the runtime; if it panics, nothing changes.
+    pub async fn refresh(&self) {
+        let (s, resolver) = (&*self.shared, self.shared.resolver.clone());
+        if !self.state().refresh_due(resolver.every(), s.clock.now()) {
             return;
         }
-        let wanted = s.resolver.resolve();
+        let asked = tokio::task::spawn_blocking(move || resolver.resolve()).await;
+        let Ok(wanted) = asked else { return };
         let mut all = s.endpoints.write().unwrap_or_else(PoisonError::into_inner);
         let change = self.state().apply(&wanted, |address| {
             all.push(open(address, s.config.client)?);
@@ -186,7 +187,7 @@ impl Cluster {
         mut request: Command,
         opts: CallOpts,
     ) -> Result<Command, CallError> {
-        self.refresh();
+        self.refresh().await;
         self.probe_in_background();
         let s = &*self.shared;
         let mut call = {
@@ -250,7 +251,7 @@ impl Cluster {
     /// Sends a oneway request to the endpoint the balancer picks. Never retried: no answer says
     /// it failed, and a write that may have gone out must not be repeated.
     pub async fn oneway(&self, mut request: Command) -> Result<(), CallError> {
-        self.refresh();
+        self.refresh().await;
         let s = &*self.shared;
         before_send(&s.defaults.hooks, &mut request);
         let picked = self.state().oneway(s.clock.now())?;
