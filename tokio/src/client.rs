@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use remora_core::backoff::Backoff;
 use remora_core::pool::{Choice, Pool};
-use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported};
+use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported, Outgoing};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -140,7 +140,12 @@ impl Client {
     }
 
     /// Sends `request` and waits up to `timeout` for its response (whatever its code).
-    pub async fn call(&self, request: Command, timeout: Duration) -> Result<Command, CallError> {
+    /// `request` is a [`Command`] or a request encoded once ([`remora_core::Encoded`]).
+    pub async fn call(
+        &self,
+        request: impl Outgoing,
+        timeout: Duration,
+    ) -> Result<Command, CallError> {
         self.start_call(request, timeout).await?.await
     }
 
@@ -148,7 +153,7 @@ impl Client {
     /// many calls, then await them (they share writes). Dropping the future cancels the call.
     pub async fn start_call(
         &self,
-        request: Command,
+        request: impl Outgoing,
         timeout: Duration,
     ) -> Result<CallFuture, CallError> {
         self.acquire().await?.call(request, timeout)
@@ -293,5 +298,11 @@ impl Shared {
         Err(CallError::Connect(ConnectError::from(last.unwrap_or_else(
             || io::Error::new(io::ErrorKind::NotFound, "no address"),
         ))))
+    }
+}
+
+impl remora_core::resilience::cluster::ClientSettings for ClientConfig {
+    fn set_pool_size(&mut self, connections: usize) {
+        self.pool_size = connections;
     }
 }

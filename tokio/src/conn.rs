@@ -26,7 +26,7 @@ use std::time::Duration;
 use crate::handle_catching;
 use remora_core::{
     Account, Budget, CallError, CloseReason, Command, Config, Connection, Event, Handler,
-    IncomingRequest, Instant, RequestId, READ_STEP,
+    IncomingRequest, Instant, Outgoing, RequestId, READ_STEP,
 };
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -48,7 +48,7 @@ impl Clock {
         Instant::from_nanos(self.origin.elapsed().as_nanos() as u64)
     }
 
-    fn to_tokio(self, at: Instant) -> tokio::time::Instant {
+    pub(crate) fn to_tokio(self, at: Instant) -> tokio::time::Instant {
         self.origin + Duration::from_nanos(at.as_nanos())
     }
 }
@@ -223,7 +223,7 @@ impl Conn {
     /// future cancels the call (an unwritten request is then never sent).
     pub(crate) fn call(
         self: &Arc<Self>,
-        cmd: Command,
+        cmd: impl Outgoing,
         timeout: Duration,
     ) -> Result<CallFuture, CallError> {
         let now = self.clock.now();
@@ -233,7 +233,7 @@ impl Conn {
             let st = &mut *st;
             let idle = st.machine.poll_transmit().is_none();
             let earliest = st.machine.poll_timeout();
-            let id = st.machine.send_request(cmd, deadline, now)?;
+            let id = cmd.send(&mut st.machine, deadline, now)?;
             let index = id.index(&st.machine);
             if st.calls.len() <= index {
                 st.calls.resize_with(index + 1, || CallSlot::Empty);

@@ -25,14 +25,24 @@
 //! Servers and clients alike stop reading a peer that does not read what they owe it (the
 //! machine's `wants_read`) and answer the requests a peer sent before half-closing.
 //!
-//! Both run on the tokio runtime that created them (any flavour, with the `net` and `time`
-//! drivers enabled). A multi-endpoint cluster client is not part of this crate yet.
+//! - [`Cluster`]: `Send + Sync + Clone`, a client over several endpoints on the core's cluster
+//!   call machine (balancing, retries, hedging, breakers, ejection, probes, a [`Resolver`]'s
+//!   endpoint changes, hooks, per-call [`CallOpts`], fallback); this crate only runs each
+//!   attempt as a task and waits for the first of an attempt's end and the call's next deadline.
+//!
+//! All run on the tokio runtime that created them (any flavour, with the `net` and `time`
+//! drivers enabled).
 
 mod client;
+mod cluster;
 mod conn;
 mod server;
 
 pub use client::{Client, ClientConfig};
+pub use cluster::{
+    CallOpts, Cluster, ClusterConfig, ClusterError, Counts, EndpointReport, Fallback, Hook,
+    Resolver, Watch,
+};
 pub use conn::{CallFuture, Dispatch, Peer};
 pub use server::{Server, ServerConfig};
 

@@ -1,0 +1,328 @@
+//! A client over several endpoints, for tokio. Every decision (balancing, retries, hedging,
+//! breakers, ejection, probes, resolver changes, hooks, fallback) is
+//! `remora_core::resilience::cluster`'s; this file runs each attempt as a task in a `JoinSet`,
+//! waits for the first of an attempt's end and the call's next deadline, and keeps histograms.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use remora_core::resilience::cluster::{
+    before_send, Action, CallDefaults, ClusterCall, ClusterState, Report,
+};
+use remora_core::resilience::resolve::Resolve;
+use remora_core::resilience::retry::Class;
+use remora_core::{CallError, Command, NotSupported};
+use tokio::task::{AbortHandle, JoinSet};
+
+use crate::client::{Client, ClientConfig};
+use crate::conn::Clock;
+
+pub use remora_core::resilience::cluster::{
+    CallOpts, ClusterError, Counts, EndpointReport, Fallback,
+};
+pub use remora_core::resilience::resolve::{Resolver, Watch};
+pub use remora_core::Hook;
+
+/// How a cluster behaves: each endpoint's [`ClientConfig`], and the core's resilience policies.
+pub type ClusterConfig = remora_core::resilience::cluster::ClusterConfig<ClientConfig>;
+
+type Latency = Mutex<Histogram<u64>>;
+
+/// Microseconds from 1 µs to a minute, three significant digits.
+fn latency() -> Latency {
+    Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"))
+}
+
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+struct Shared {
+    /// Index `i` is the core's endpoint `i`: address, client, its attempts' latency. Lock
+    /// order: `endpoints`, then `state`.
+    endpoints: RwLock<Vec<Arc<(String, Client, Latency)>>>,
+    state: Mutex<ClusterState>,
+    clock: Clock,
+    config: ClusterConfig,
+    defaults: CallDefaults,
+    resolver: Resolver,
+    watch: Option<Watch>,
+    /// Successful attempts over every endpoint (for percentile hedging).
+    all: Latency,
+    probing: AtomicBool,
+    closed: AtomicBool,
+}
+
+/// A multi-endpoint client on tokio: `Send + Sync + Clone`, so tasks on any threads share it.
+///
+/// Each call goes where the core's balancer sends it (closed breaker, not ejected); retryable
+/// failures go to another endpoint after the backoff while the retry budget allows; with
+/// hedging, an unanswered attempt is backed up elsewhere after the hedge delay and the first
+/// success wins. Attempts the core cancels (a hedge lost, the call is over) are aborted, which
+/// drops their call and withdraws an unwritten request. Endpoints connect on demand, on the
+/// runtime of the first call that needs them.
+///
+/// ```no_run
+/// use remora_core::Command;
+/// use remora_tokio::{CallOpts, Cluster, ClusterConfig};
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let addresses = ["10.0.0.1:9876", "10.0.0.2:9876"];
+/// let cluster = Cluster::new(&addresses, ClusterConfig::production(), &[])?;
+/// let opts = CallOpts { idempotent: true, ..CallOpts::default() };
+/// let response = cluster.call_with(Command::request(105), opts).await?;
+/// println!("{} from one of {:?}; {:?}", response.code, cluster.addresses(), cluster.totals());
+/// cluster.close();
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Cluster {
+    shared: Arc<Shared>,
+}
+
+fn open(address: &str, config: ClientConfig) -> Result<Arc<(String, Client, Latency)>, CallError> {
+    let client = Client::lazy(address, config, NotSupported)?;
+    Ok(Arc::new((address.to_owned(), client, latency())))
+}
+
+impl Cluster {
+    /// A cluster over `addresses` (`ip:port`; each is parsed now, connected on demand) with
+    /// `hooks` run around every call, in order.
+    pub fn new(
+        addresses: &[&str],
+        config: ClusterConfig,
+        hooks: &[Arc<dyn Hook>],
+    ) -> Result<Self, ClusterError> {
+        Self::with_resolver(Resolver::fixed(addresses), config, hooks, None)
+    }
+
+    /// A cluster whose endpoints come from `resolver` (asked here, then again on its schedule,
+    /// checked at each call: see [`Cluster::refresh`]); `watch` hears every new set. Endpoints that disappear
+    /// are retired (their calls in flight end normally); new ones join the balancer.
+    pub fn with_resolver(
+        resolver: Resolver,
+        config: ClusterConfig,
+        hooks: &[Arc<dyn Hook>],
+        watch: Option<Watch>,
+    ) -> Result<Self, ClusterError> {
+        let clock = Clock::new();
+        let found = resolver.resolve();
+        let seed = std::time::SystemTime::UNIX_EPOCH
+            .elapsed()
+            .unwrap_or_default();
+        let seed = seed.as_nanos() as u64 ^ 0x7a11_5eed;
+        let state = ClusterState::new(found.clone(), config.policies, clock.now(), seed)?;
+        let mut endpoints = Vec::with_capacity(found.len());
+        for address in &found {
+            endpoints.push(open(address, config.client)?);
+        }
+        let defaults = CallDefaults {
+            hooks: hooks.to_vec(),
+            policies: config.policies,
+            connection: config.client.connection,
+        };
+        let shared = Shared {
+            endpoints: RwLock::new(endpoints),
+            state: Mutex::new(state),
+            clock,
+            config,
+            defaults,
+            resolver,
+            watch,
+            all: latency(),
+            probing: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+        };
+        Ok(Cluster {
+            shared: Arc::new(shared),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, ClusterState> {
+        guard(&self.shared.state)
+    }
+
+    fn at(&self, i: usize) -> Arc<(String, Client, Latency)> {
+        let all = self.shared.endpoints.read();
+        Arc::clone(&all.unwrap_or_else(PoisonError::into_inner)[i])
+    }
+
+    /// The endpoints now (retired ones left out).
+    pub fn addresses(&self) -> Vec<String> {
+        self.state().addresses()
+    }
+
+    /// Asks the resolver again if its interval has passed, and applies the difference. The
+    /// resolver runs on tokio's blocking pool, so a blocking one (a DNS lookup such as
+    /// `remora_std::Dns`, a file read) does not stall the runtime; if it panics, nothing changes.
+    pub async fn refresh(&self) {
+        let (s, resolver) = (&*self.shared, self.shared.resolver.clone());
+        if !self.state().refresh_due(resolver.every(), s.clock.now()) {
+            return;
+        }
+        let asked = tokio::task::spawn_blocking(move || resolver.resolve()).await;
+        let Ok(wanted) = asked else { return };
+        let mut all = s.endpoints.write().unwrap_or_else(PoisonError::into_inner);
+        let change = self.state().apply(&wanted, |address| {
+            all.push(open(address, s.config.client)?);
+            Ok::<_, CallError>(())
+        });
+        let Some(change) = change else { return };
+        change.retired.iter().for_each(|&i| all[i].1.close());
+        drop(all);
+        tracing::info!(?change, "the resolver changed the endpoints");
+        if let Some(watch) = &s.watch {
+            watch(&self.addresses());
+        }
+    }
+
+    /// Sends `request` with per-call options (timeout, attempts, idempotence, hash key,
+    /// hooks, retryable codes, fallback).
+    pub async fn call_with(
+        &self,
+        mut request: Command,
+        opts: CallOpts,
+    ) -> Result<Command, CallError> {
+        self.refresh().await;
+        self.probe_in_background();
+        let s = &*self.shared;
+        let mut call = {
+            let all = guard(&s.all);
+            let at = |q| Duration::from_micros(all.value_at_quantile(q));
+            ClusterCall::new(&mut request, opts, &s.defaults, (all.len(), at))?
+        };
+        // Dropped on every way out: aborts whatever still runs.
+        let mut attempts = JoinSet::new();
+        let mut handles: HashMap<u32, AbortHandle> = HashMap::new();
+        loop {
+            let action = call.poll(&mut self.state(), s.clock.now());
+            match action {
+                Some(Action::Done) => return call.result(&request),
+                Some(Action::Cancel { attempt }) => {
+                    handles.remove(&attempt).inspect(AbortHandle::abort);
+                }
+                Some(Action::Send(a)) => {
+                    let (frame, client) = (call.frame().clone(), self.at(a.endpoint).1.clone());
+                    let run = async move { (a.number, client.call(&frame, a.timeout).await) };
+                    handles.insert(a.number, attempts.spawn(run));
+                }
+                None => {
+                    let wake = s.clock.to_tokio(call.wake_at().unwrap_or(s.clock.now()));
+                    tokio::select! {
+                        Some(joined) = attempts.join_next() => {
+                            // An attempt aborted on the core's word has nothing to report.
+                            let Ok((number, outcome)) = joined else { continue };
+                            handles.remove(&number);
+                            let now = s.clock.now();
+                            let report = call.on_outcome(&mut self.state(), number, outcome, now);
+                            report.into_iter().for_each(|r| self.note(r));
+                        }
+                        () = tokio::time::sleep_until(wake) => {
+                            call.on_timeout(&mut self.state(), s.clock.now());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends `request` with the cluster's policies.
+    pub async fn call(&self, request: Command) -> Result<Command, CallError> {
+        self.call_with(request, CallOpts::default()).await
+    }
+
+    /// Records an attempt's latency, and logs a change of health.
+    fn note(&self, r: Report) {
+        let endpoint = self.at(r.endpoint);
+        let us = r.latency.as_micros() as u64;
+        let _ = guard(&endpoint.2).record(us);
+        if r.class == Class::Success {
+            let _ = guard(&self.shared.all).record(us);
+        }
+        if let Some((breaker, ejected)) = r.health {
+            tracing::info!(endpoint = %endpoint.0, ?breaker, ejected, "endpoint health changed");
+        }
+    }
+
+    /// Sends a oneway request to the endpoint the balancer picks. Never retried: no answer says
+    /// it failed, and a write that may have gone out must not be repeated.
+    pub async fn oneway(&self, mut request: Command) -> Result<(), CallError> {
+        self.refresh().await;
+        let s = &*self.shared;
+        before_send(&s.defaults.hooks, &mut request);
+        let picked = self.state().oneway(s.clock.now())?;
+        let client = self.at(picked.endpoint).1.clone();
+        let sent = client.oneway(request).await;
+        self.state().oneway_done(picked, &sent, s.clock.now());
+        sent
+    }
+
+    /// Counts over all endpoints.
+    pub fn totals(&self) -> Counts {
+        self.state().totals()
+    }
+
+    /// A snapshot of every endpoint (retired ones too: indices are stable).
+    pub fn report(&self) -> Vec<EndpointReport> {
+        let all = self.shared.endpoints.read();
+        let all = all.unwrap_or_else(PoisonError::into_inner);
+        let (state, now) = (self.state(), self.shared.clock.now());
+        let one = |(i, e): (usize, &Arc<(String, Client, Latency)>)| {
+            let h = guard(&e.2);
+            state.report(
+                i,
+                now,
+                (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max()),
+            )
+        };
+        all.iter().enumerate().map(one).collect()
+    }
+
+    /// Closes every endpoint's connections and stops the probes (idempotent).
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        let all = self.shared.endpoints.read();
+        let all = all.unwrap_or_else(PoisonError::into_inner);
+        all.iter().for_each(|e| e.1.close());
+    }
+
+    /// Starts, once and on the caller's runtime, the health probes the policies ask for. The
+    /// task holds the cluster weakly: it ends when the cluster is closed or dropped.
+    fn probe_in_background(&self) {
+        let Some(probe) = self.shared.defaults.policies.probe else {
+            return;
+        };
+        if self.shared.probing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(probe.every);
+            tick.tick().await;
+            while let Some(shared) = {
+                tick.tick().await;
+                weak.upgrade().filter(|s| !s.closed.load(Ordering::Acquire))
+            } {
+                let cluster = Cluster { shared };
+                let now = cluster.shared.clock.now();
+                let (due, ask) = {
+                    let state = cluster.state();
+                    (state.probe_targets(now), state.probe_request())
+                };
+                let Some((request, timeout)) = ask else {
+                    return;
+                };
+                for i in due {
+                    let (address, client, _) = &*cluster.at(i);
+                    let outcome = client.call(request.clone(), timeout).await;
+                    let healthy = cluster.state().probe_result(i, &outcome);
+                    tracing::info!(endpoint = %address, healthy, "health probe");
+                }
+            }
+        });
+    }
+}
