@@ -233,7 +233,7 @@ impl Conn {
             let st = &mut *st;
             let idle = st.machine.poll_transmit().is_none();
             let earliest = st.machine.poll_timeout();
-            let id = cmd.send(&mut st.machine, deadline, now)?;
+            let id = cmd.send(&mut st.machine, deadline, now, ())?;
             let index = id.index(&st.machine);
             if st.calls.len() <= index {
                 st.calls.resize_with(index + 1, || CallSlot::Empty);
