@@ -544,7 +544,11 @@ fn serve(
             };
             let rt = tokio_runtime()?;
             let server = rt
-                .block_on(remora_tokio::Server::bind(listen, move |r| handler.handle(r), config))
+                .block_on(remora_tokio::Server::bind(
+                    listen,
+                    move |r| handler.handle(r),
+                    config,
+                ))
                 .map_err(|e| format!("{listen}: {e}"))?;
             println!("listening on {}", server.local_addr());
             io::stdout().flush().map_err(|e| e.to_string())?;

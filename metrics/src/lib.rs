@@ -29,10 +29,11 @@
 //! ```
 
 use std::fmt::Display;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use remora_core::resilience::breaker::State as BreakerState;
+use remora_core::resilience::call::AttemptKind;
 use remora_core::{codes, CallError, Command, Handler, Snapshot};
 
 #[cfg(feature = "prometheus")]
@@ -278,6 +279,18 @@ impl Probe {
         }
     }
 
+    /// Ends a oneway request with whether it was sent.
+    #[inline]
+    pub fn end_oneway(self, result: &Result<(), CallError>) {
+        if self.started.is_some() {
+            let outcome = match result {
+                Ok(()) => Outcome::Success,
+                Err(e) => Outcome::of_error(e),
+            };
+            self.finish(outcome, 0);
+        }
+    }
+
     /// Ends a handled request with the handler's response.
     #[inline]
     pub fn end_handled(self, response: &Command) {
@@ -311,27 +324,70 @@ impl Probe {
 }
 
 /// A [`Handler`] that measures every request it handles: a server span (entered while the
-/// handler runs, so its events nest under it) and the installed [`Metrics`].
-pub struct Observed<H> {
-    inner: H,
+/// handler runs, so its events nest under it) and the installed [`Metrics`]. The drivers'
+/// servers wrap their handler in one.
+pub struct Observed {
+    inner: Arc<dyn Handler>,
 }
 
-impl<H: Handler> Observed<H> {
+impl Observed {
     /// Wraps `handler`.
-    pub fn new(handler: H) -> Observed<H> {
-        Observed { inner: handler }
+    pub fn new(handler: Arc<dyn Handler>) -> Arc<dyn Handler> {
+        Arc::new(Observed { inner: handler })
     }
 }
 
-impl<H: Handler> Handler for Observed<H> {
+impl Handler for Observed {
     fn handle(&self, request: Command) -> Command {
         let probe = Probe::server(&request);
-        let response = {
-            let _entered = probe.span().enter();
-            self.inner.handle(request)
-        };
+        let response = probe.span().in_scope(|| self.inner.handle(request));
         probe.end_handled(&response);
         response
+    }
+}
+
+/// Publishes that a connection opened (or, with `Err`, that an attempt failed).
+#[inline]
+pub fn connection<T, E>(side: Side, attempt: &Result<T, E>) {
+    if let Some(m) = global() {
+        match attempt {
+            Ok(_) => m.connection_opened(side),
+            Err(_) => m.connect_failed(side),
+        }
+    }
+}
+
+/// Publishes that a client reopened a connection after losing one.
+#[inline]
+pub fn reconnected() {
+    if let Some(m) = global() {
+        m.reconnected();
+    }
+}
+
+/// A span for one attempt of a cluster call (a child of the call's span): its number, why it
+/// was sent (`reason`: `first`, `retry` after an earlier attempt ended, `hedge` while one is
+/// still out) and where; the client's `remora.request` span nests under it.
+pub fn attempt_span(attempt: u32, kind: AttemptKind, endpoint: &str) -> tracing::Span {
+    let reason = match kind {
+        AttemptKind::First => "first",
+        AttemptKind::Retry => "retry",
+        AttemptKind::Hedge => "hedge",
+    };
+    tracing::info_span!(
+        "remora.attempt",
+        attempt,
+        reason,
+        endpoint,
+        outcome = tracing::field::Empty,
+    )
+}
+
+/// Records a call's outcome class on `span` (an attempt's or a cluster call's).
+#[inline]
+pub fn record_outcome(span: &tracing::Span, result: &Result<Command, CallError>) {
+    if !span.is_disabled() {
+        span.record("outcome", Outcome::of(result).as_str());
     }
 }
 
@@ -366,7 +422,10 @@ mod tests {
     fn outcomes_classify_codes_and_errors() {
         assert_eq!(Outcome::of_code(codes::SUCCESS), Outcome::Success);
         assert_eq!(Outcome::of_code(codes::SYSTEM_BUSY), Outcome::Busy);
-        assert_eq!(Outcome::of_code(codes::SYSTEM_ERROR), Outcome::ErrorResponse);
+        assert_eq!(
+            Outcome::of_code(codes::SYSTEM_ERROR),
+            Outcome::ErrorResponse
+        );
         let timeout = CallError::Timeout { written: true };
         assert_eq!(Outcome::of_error(&timeout), Outcome::Timeout);
         assert_eq!(

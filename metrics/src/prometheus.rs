@@ -124,11 +124,7 @@ impl Collector for ServerCollector {
                 "Requests delivered to the handler",
                 sum.requests,
             ),
-            (
-                "remora_server_responses",
-                "Responses queued",
-                sum.responses,
-            ),
+            ("remora_server_responses", "Responses queued", sum.responses),
             (
                 "remora_server_busy_answers",
                 "Requests answered SYSTEM_BUSY without reaching the handler",

@@ -347,6 +347,13 @@ impl Cluster {
 
     /// Sends `request` with per-call options.
     pub fn call_with(&self, request: Command, opts: CallOpts) -> Result<Command, Error> {
+        let call_span = tracing::info_span!(
+            "remora.cluster.call",
+            code = request.code,
+            attempts = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let _in_call = call_span.enter();
         self.refresh();
         let config = &self.inner.config.policies;
         let mut classifier = Classifier {
@@ -399,15 +406,22 @@ impl Cluster {
                         let timeout = deadline - self.inner.clock.now();
                         let attempt_request = request.clone();
                         let started = self.inner.clock.now();
+                        let span = remora_metrics::attempt_span(
+                            attempt,
+                            kind,
+                            &self.endpoint(endpoint).address,
+                        );
                         if call_opts.hedge.is_some() {
                             // Hedged calls need attempts in parallel: each on a thread of its own.
                             let tx = tx.clone();
                             std::thread::spawn(move || {
-                                let outcome = client.call(attempt_request, timeout);
+                                let outcome =
+                                    observed_attempt(&span, &client, attempt_request, timeout);
                                 let _ = tx.send((attempt, endpoint, started, outcome));
                             });
                         } else {
-                            let outcome = client.call(attempt_request, timeout);
+                            let outcome =
+                                observed_attempt(&span, &client, attempt_request, timeout);
                             inline.push((attempt, endpoint, started, outcome));
                         }
                     }
@@ -419,8 +433,17 @@ impl Cluster {
                                 .total
                                 .budget_exhausted
                                 .fetch_add(1, Ordering::Relaxed);
+                            remora_metrics::budget_exhausted();
                         }
                         let outcome = attempt.and_then(|a| outcomes.remove(&a));
+                        if !call_span.is_disabled() {
+                            let class = match &outcome {
+                                Some(result) => remora_metrics::Outcome::of(result).as_str(),
+                                None => "unanswered",
+                            };
+                            call_span.record("outcome", class);
+                            call_span.record("attempts", attempt.unwrap_or(0));
+                        }
                         return match outcome {
                             Some(Ok(mut response)) => {
                                 for hook in &hooks {
@@ -476,6 +499,7 @@ impl Cluster {
                     drop(machine);
                     if before != after {
                         let address = &self.endpoint(endpoint).address;
+                        remora_metrics::endpoint_health(address, &after.0, after.1);
                         tracing::info!(
                             endpoint = %address,
                             breaker = ?after.0,
@@ -652,4 +676,16 @@ fn probe_loop(inner: &std::sync::Weak<Inner>, probe: remora_core::resilience::po
             tracing::info!(endpoint = %ep.address, healthy, "health probe");
         }
     }
+}
+
+/// One attempt inside its span (the client's request span nests under it).
+fn observed_attempt(
+    span: &tracing::Span,
+    client: &Client,
+    request: Command,
+    timeout: Duration,
+) -> Result<Command, Error> {
+    let outcome = span.in_scope(|| client.call(request, timeout));
+    remora_metrics::record_outcome(span, &outcome);
+    outcome
 }

@@ -16,6 +16,7 @@ use remora_core::resilience::policies::Policies;
 use remora_core::resilience::resolve::{diff, Resolver, Watch};
 use remora_core::resilience::retry::{Class, Classifier, RetryPolicy, Schedule};
 use remora_core::{CallError, Command, Hook, Instant, NotSupported};
+use tracing::Instrument;
 
 use crate::client::{ClientConfig, LocalClient};
 use crate::conn::Clock;
@@ -324,8 +325,17 @@ impl LocalCluster {
                         let timeout = deadline - started;
                         let attempt_request = request.clone();
                         let tx = tx.clone();
+                        let span = remora_metrics::attempt_span(
+                            attempt,
+                            kind,
+                            &self.inner.clients.borrow()[endpoint].0,
+                        );
                         let task = tokio_uring::spawn(async move {
-                            let outcome = client.call(attempt_request, timeout).await;
+                            let outcome = client
+                                .call(attempt_request, timeout)
+                                .instrument(span.clone())
+                                .await;
+                            remora_metrics::record_outcome(&span, &outcome);
                             let _ = tx.send((attempt, endpoint, started, outcome));
                         });
                         running.insert(attempt, task);
@@ -341,6 +351,7 @@ impl LocalCluster {
                             if let Some(last) = call.endpoints().last() {
                                 self.inner.counts.borrow_mut()[last].budget_exhausted += 1;
                             }
+                            remora_metrics::budget_exhausted();
                         }
                         for (_, task) in running.drain() {
                             task.abort();
@@ -403,6 +414,8 @@ impl LocalCluster {
                     }
                     let after = (machine.breaker(endpoint), machine.is_ejected(endpoint, now));
                     if before != after {
+                        let address = &self.inner.clients.borrow()[endpoint].0;
+                        remora_metrics::endpoint_health(address, &after.0, after.1);
                         tracing::info!(
                             endpoint,
                             breaker = ?after.0,
