@@ -24,7 +24,13 @@ impl Drop for Served {
 
 fn serve(backend: &str) -> Served {
     let mut child = Process::new(env!("CARGO_BIN_EXE_remora"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
         .args(["--backend", backend])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -63,7 +69,10 @@ fn get(addr: &str, path: &str) -> (String, String) {
     let mut text = String::new();
     stream.read_to_string(&mut text).unwrap();
     let (head, body) = text.split_once("\r\n\r\n").expect("a header block");
-    (head.lines().next().unwrap_or("").to_string(), body.to_string())
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
 }
 
 fn value(body: &str, series: &str) -> Option<f64> {
@@ -126,7 +135,10 @@ fn metrics_count_the_calls_a_server_handled() {
         if backend != "tokio" {
             // The server's own counts (the tokio server keeps no Budget snapshot); the core
             // counts requests that want an answer, not oneways.
-            for series in ["remora_server_requests_total", "remora_server_responses_total"] {
+            for series in [
+                "remora_server_requests_total",
+                "remora_server_responses_total",
+            ] {
                 assert_eq!(
                     value(&text, series),
                     Some(f64::from(calls)),

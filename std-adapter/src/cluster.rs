@@ -350,7 +350,7 @@ impl Cluster {
         let call_span = tracing::info_span!(
             "remora.cluster.call",
             code = request.code,
-            attempts = tracing::field::Empty,
+            final_attempt = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
         let _in_call = call_span.enter();
@@ -442,7 +442,7 @@ impl Cluster {
                                 None => "unanswered",
                             };
                             call_span.record("outcome", class);
-                            call_span.record("attempts", attempt.unwrap_or(0));
+                            call_span.record("final_attempt", attempt.unwrap_or(0));
                         }
                         return match outcome {
                             Some(Ok(mut response)) => {
