@@ -332,7 +332,7 @@ pub struct Observed {
 
 impl Observed {
     /// Wraps `handler`.
-    pub fn new(handler: Arc<dyn Handler>) -> Arc<dyn Handler> {
+    pub fn wrap(handler: Arc<dyn Handler>) -> Arc<dyn Handler> {
         Arc::new(Observed { inner: handler })
     }
 }

@@ -95,7 +95,7 @@ impl Server {
         handler: Arc<dyn Handler>,
         config: ServerConfig,
     ) -> io::Result<Server> {
-        let handler = remora_metrics::Observed::new(handler);
+        let handler = remora_metrics::Observed::wrap(handler);
         let listener = TcpListener::bind(addr).await?;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
