@@ -73,6 +73,8 @@ pub enum Outcome {
     Unsent,
     /// Failed after it may have reached the peer (connection lost, protocol error, ...).
     Failed,
+    /// The caller gave up on it (dropped the call's future) before it ended.
+    Cancelled,
 }
 
 impl Outcome {
@@ -102,7 +104,8 @@ impl Outcome {
         }
     }
 
-    /// The label value (`success`, `busy`, `error_response`, `timeout`, `unsent`, `failed`).
+    /// The label value (`success`, `busy`, `error_response`, `timeout`, `unsent`, `failed`,
+    /// `cancelled`).
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Success => "success",
@@ -111,6 +114,7 @@ impl Outcome {
             Outcome::Timeout => "timeout",
             Outcome::Unsent => "unsent",
             Outcome::Failed => "failed",
+            Outcome::Cancelled => "cancelled",
         }
     }
 }
@@ -187,8 +191,8 @@ pub fn global() -> Option<&'static dyn Metrics> {
 }
 
 /// One request being measured: its span, its start, what it sent. Create it when the request
-/// starts, [`end`](Probe::end) it once when it ends (a dropped probe counts nothing but still
-/// leaves the in-flight gauge raised, so end every probe).
+/// starts and end it once when it ends; one dropped before it ended (a cancelled call) ends as
+/// [`Outcome::Cancelled`].
 #[must_use = "end the probe when the request ends"]
 pub struct Probe {
     span: tracing::Span,
@@ -258,7 +262,7 @@ impl Probe {
 
     /// Ends a call with its result.
     #[inline]
-    pub fn end(self, result: &Result<Command, CallError>) {
+    pub fn end(mut self, result: &Result<Command, CallError>) {
         if self.started.is_none() {
             return;
         }
@@ -273,7 +277,7 @@ impl Probe {
 
     /// Ends a oneway request (or any without a response) with `outcome`.
     #[inline]
-    pub fn end_with(self, outcome: Outcome) {
+    pub fn end_with(mut self, outcome: Outcome) {
         if self.started.is_some() {
             self.finish(outcome, 0);
         }
@@ -281,7 +285,7 @@ impl Probe {
 
     /// Ends a oneway request with whether it was sent.
     #[inline]
-    pub fn end_oneway(self, result: &Result<(), CallError>) {
+    pub fn end_oneway(mut self, result: &Result<(), CallError>) {
         if self.started.is_some() {
             let outcome = match result {
                 Ok(()) => Outcome::Success,
@@ -293,14 +297,17 @@ impl Probe {
 
     /// Ends a handled request with the handler's response.
     #[inline]
-    pub fn end_handled(self, response: &Command) {
+    pub fn end_handled(mut self, response: &Command) {
         if self.started.is_some() {
             self.finish(Outcome::of_code(response.code), response.body.len());
         }
     }
 
-    fn finish(self, outcome: Outcome, body_in: usize) {
-        let latency = self.started.map_or(Duration::ZERO, |s| s.elapsed());
+    fn finish(&mut self, outcome: Outcome, body_in: usize) {
+        let Some(started) = self.started.take() else {
+            return;
+        };
+        let latency = started.elapsed();
         if !self.span.is_disabled() {
             self.span.record("outcome", outcome.as_str());
             self.span.record("latency_us", latency.as_micros() as u64);
@@ -319,6 +326,14 @@ impl Probe {
                 body_out,
                 body_in,
             });
+        }
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        if self.started.is_some() {
+            self.finish(Outcome::Cancelled, 0);
         }
     }
 }
