@@ -147,9 +147,6 @@ impl Collector for ServerCollector {
 pub struct Prometheus {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    latency: Family<SideLabel, Histogram, fn() -> Histogram>,
-    in_flight: Family<SideLabel, Gauge>,
-    bytes: Family<BytesLabels, Counter>,
     opened: Family<SideLabel, Counter>,
     connect_failures: Family<SideLabel, Counter>,
     reconnects: Counter,
@@ -157,6 +154,24 @@ pub struct Prometheus {
     ejected: Family<EndpointLabel, Gauge>,
     budget_exhausted: Counter,
     servers: Sources,
+    /// Per side (client, server): handles into the families above, looked up once here rather
+    /// than on every request.
+    per_side: [SideHandles; 2],
+}
+
+/// One side's series, shared with the families (the same atomics).
+struct SideHandles {
+    in_flight: Gauge,
+    latency: Histogram,
+    bytes_out: Counter,
+    bytes_in: Counter,
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Client => 0,
+        Side::Server => 1,
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -240,12 +255,33 @@ impl Prometheus {
         registry.register_collector(Box::new(ServerCollector {
             sources: Arc::clone(&servers),
         }));
+        let per_side = [Side::Client, Side::Server].map(|side| {
+            let side = side.as_str();
+            // One statement each: a family's read guard must be gone before the next
+            // `get_or_create` on it may take its write lock.
+            let in_flight = in_flight.get_or_create(&SideLabel { side }).clone();
+            let latency = latency.get_or_create(&SideLabel { side }).clone();
+            let out = BytesLabels {
+                side,
+                direction: "out",
+            };
+            let bytes_out = bytes.get_or_create(&out).clone();
+            let into = BytesLabels {
+                side,
+                direction: "in",
+            };
+            let bytes_in = bytes.get_or_create(&into).clone();
+            SideHandles {
+                in_flight,
+                latency,
+                bytes_out,
+                bytes_in,
+            }
+        });
         Prometheus {
+            per_side,
             registry,
             requests,
-            latency,
-            in_flight,
-            bytes,
             opened,
             connect_failures,
             reconnects,
@@ -275,38 +311,22 @@ impl Prometheus {
 
 impl Metrics for Prometheus {
     fn request_started(&self, side: Side, _code: i32) {
-        self.in_flight
-            .get_or_create(&SideLabel {
-                side: side.as_str(),
-            })
-            .inc();
+        self.per_side[side_index(side)].in_flight.inc();
     }
 
     fn request_ended(&self, e: &Ended) {
-        let side = e.side.as_str();
-        self.in_flight.get_or_create(&SideLabel { side }).dec();
+        let handles = &self.per_side[side_index(e.side)];
+        handles.in_flight.dec();
         self.requests
             .get_or_create(&RequestLabels {
-                side,
+                side: e.side.as_str(),
                 code: e.code,
                 outcome: e.outcome.as_str(),
             })
             .inc();
-        self.latency
-            .get_or_create(&SideLabel { side })
-            .observe(e.latency.as_secs_f64());
-        self.bytes
-            .get_or_create(&BytesLabels {
-                side,
-                direction: "out",
-            })
-            .inc_by(e.body_out as u64);
-        self.bytes
-            .get_or_create(&BytesLabels {
-                side,
-                direction: "in",
-            })
-            .inc_by(e.body_in as u64);
+        handles.latency.observe(e.latency.as_secs_f64());
+        handles.bytes_out.inc_by(e.body_out as u64);
+        handles.bytes_in.inc_by(e.body_in as u64);
     }
 
     fn connection_opened(&self, side: Side) {

@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use remora_core::{codes, CallError, Command, Handler};
+use remora_core::{codes, CallError, Command};
 use remora_metrics::{Ended, Metrics, Observed, Outcome, Probe, Side};
 
 #[derive(Default)]
