@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use remora_core::resilience::breaker::State as BreakerState;
 use remora_core::resilience::call::AttemptKind;
+use remora_core::resilience::cluster::ClusterCall;
 use remora_core::{codes, CallError, Command, Handler, Outgoing, Snapshot};
 
 #[cfg(feature = "prometheus")]
@@ -432,21 +433,24 @@ pub async fn attempt_async(
     outcome
 }
 
-/// A cluster call finished: records on its `span` the answering attempt and its outcome
-/// class (`unanswered` if none answered), and publishes a retry budget refusal.
+/// A cluster call's loop got [`Action::Done`](remora_core::resilience::cluster::Action):
+/// records on its `span` the answering attempt and its outcome class (`unanswered` if none
+/// answered), publishes a retry budget refusal, and returns the call's result.
 pub fn call_finished(
     span: &tracing::Span,
-    answered: Option<(u32, &Result<Command, CallError>)>,
-    budget_refused: bool,
-) {
-    if budget_refused {
+    call: ClusterCall,
+    request: &Command,
+) -> Result<Command, CallError> {
+    if call.budget_refused() {
         budget_exhausted();
     }
     if !span.is_disabled() {
+        let answered = call.answered();
         let class = answered.map_or("unanswered", |(_, r)| Outcome::of(r).as_str());
         span.record("outcome", class);
         span.record("final_attempt", answered.map_or(0, |(a, _)| a));
     }
+    call.result(request)
 }
 
 /// Records a call's outcome class on `span` (an attempt's or a cluster call's).
@@ -457,11 +461,12 @@ pub fn record_outcome(span: &tracing::Span, result: &Result<Command, CallError>)
     }
 }
 
-/// Publishes a cluster endpoint's health change to the installed [`Metrics`].
+/// Publishes a cluster endpoint's health change to the installed [`Metrics`] and logs it.
 pub fn endpoint_health(endpoint: &str, breaker: &BreakerState, ejected: bool) {
     if let Some(m) = global() {
         m.endpoint_health(endpoint, breaker_name(breaker), ejected);
     }
+    tracing::info!(endpoint, ?breaker, ejected, "endpoint health changed");
 }
 
 /// The label value of a breaker state: `closed`, `open` or `half_open`.

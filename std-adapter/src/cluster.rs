@@ -211,12 +211,7 @@ impl Cluster {
                 // A blocking call cannot be withdrawn; its late outcome is dropped.
                 Some(Action::Cancel { .. }) => {}
                 Some(Action::Done) => {
-                    remora_metrics::call_finished(
-                        &call_span,
-                        call.answered(),
-                        call.budget_refused(),
-                    );
-                    return call.result(&request);
+                    return remora_metrics::call_finished(&call_span, call, &request)
                 }
                 None => {
                     let wait = call.wake_at().map_or(Duration::ZERO, |t| t - now);
@@ -241,9 +236,7 @@ impl Cluster {
             let _ = lock(&self.inner.latency).record(micros);
         }
         if let Some((breaker, ejected)) = report.health {
-            let address = &endpoint.address;
-            remora_metrics::endpoint_health(address, &breaker, ejected);
-            tracing::info!(endpoint = %address, ?breaker, ejected, "endpoint health changed");
+            remora_metrics::endpoint_health(&endpoint.address, &breaker, ejected);
         }
     }
 

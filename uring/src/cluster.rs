@@ -220,8 +220,7 @@ impl LocalCluster {
                 running.remove(&attempt).inspect(|task| task.abort());
             } else if let Some(Action::Done) = action {
                 running.into_values().for_each(|task| task.abort());
-                remora_metrics::call_finished(call_span, call.answered(), call.budget_refused());
-                return call.result(&request);
+                return remora_metrics::call_finished(call_span, call, &request);
             } else {
                 let wake = inner.clock.to_tokio(call.wake_at().unwrap_or(now));
                 let next = tokio::select! {
@@ -253,12 +252,6 @@ impl LocalCluster {
         if let Some((breaker, ejected)) = r.health {
             let address = &self.inner.endpoints.borrow()[r.endpoint].0;
             remora_metrics::endpoint_health(address, &breaker, ejected);
-            tracing::info!(
-                endpoint = r.endpoint,
-                ?breaker,
-                ejected,
-                "endpoint health changed"
-            );
         }
     }
 
