@@ -64,7 +64,7 @@ pub struct Plan {
     pub client_threads: usize,
     /// Threads of the embedded server.
     pub server_threads: usize,
-    /// Draw a progress bar on stderr.
+    /// Draw a progress bar on stderr (`indicatif`; the summary is printed either way).
     pub progress: bool,
     /// Each call's timeout (cut short at the end of a timed run).
     pub timeout: Duration,
@@ -493,6 +493,16 @@ fn show_progress(
     let mut last_done = 0;
     let mut last_success = started;
     let mut conn_failures_then = 0;
+    // Drawn only when asked (the caller asks only when stderr is a terminal).
+    let bar = plan.progress.then(|| {
+        let bar = indicatif::ProgressBar::new(1000);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("[{bar:30}] {percent:>3}% {msg}")
+                .expect("valid progress template")
+                .progress_chars("#>-"),
+        );
+        bar
+    });
     loop {
         std::thread::sleep(tick);
         ticks += 1;
@@ -522,18 +532,14 @@ fn show_progress(
             (None, None) => 0.0,
         }
         .min(1.0);
-        if plan.progress && ticks % 20 == 0 {
-            let width = 30;
-            let filled = (fraction * width as f64) as usize;
-            eprint!(
-                "\r[{}{}] {:>3.0}% {} req {:.0} rps {} err ",
-                "#".repeat(filled),
-                " ".repeat(width - filled),
-                fraction * 100.0,
+        if let Some(bar) = bar.as_ref().filter(|_| ticks % 20 == 0) {
+            bar.set_position((fraction * 1000.0) as u64);
+            bar.set_message(format!(
+                "{} req {:.0} rps {} err",
                 done,
                 done as f64 / elapsed.as_secs_f64(),
                 progress.errors.load(Ordering::Relaxed)
-            );
+            ));
         }
         if handles.iter().all(|h| h.is_finished()) {
             break;
@@ -542,8 +548,8 @@ fn show_progress(
             break;
         }
     }
-    if plan.progress {
-        eprintln!();
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     stop.unwrap_or((Stop::Requests, Instant::now()))
 }

@@ -4,11 +4,12 @@
 mod acl_cli;
 mod bench;
 mod log;
+mod observe;
 mod pcap;
 mod script;
 mod view;
 
-use std::io::{self, Read, Write};
+use std::io::{self, IsTerminal, Read, Write};
 use std::process::ExitCode;
 
 use std::net::SocketAddr;
@@ -121,6 +122,9 @@ enum Cmd {
         /// `remora bench --mode raw --target` measures against.
         #[arg(long, value_enum, default_value_t = ServeMode::Rpc)]
         mode: ServeMode,
+        /// Serve Prometheus metrics at http://ADDR/metrics (rpc mode), e.g. 127.0.0.1:9100.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
     },
     /// Load-test a server: C connections x N requests in flight, every response checked.
     ///
@@ -171,6 +175,15 @@ enum Cmd {
         server_threads: usize,
         #[command(flatten)]
         acl: acl_cli::SignArgs,
+        /// Serve Prometheus metrics at http://ADDR/metrics while it runs.
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
+        /// No progress bar (it is drawn only when stderr is a terminal anyway).
+        #[arg(long, short)]
+        quiet: bool,
+        /// Print every request span at this level or above (e.g. info) on stderr as it closes.
+        #[arg(long, value_name = "LEVEL")]
+        trace: Option<tracing::Level>,
     },
     /// Encode commands given as JSON objects (the shape `decode` prints); print one hex frame each.
     ///
@@ -333,12 +346,14 @@ fn main() -> ExitCode {
             acl,
             script: None,
             mode: ServeMode::Rpc,
+            metrics,
         } => serve(
             &listen,
             backend,
             serialize.map(Into::into),
             max_connections,
             acl.as_ref(),
+            metrics.as_deref(),
         ),
         Cmd::Bench {
             target,
@@ -355,7 +370,28 @@ fn main() -> ExitCode {
             client_threads,
             server_threads,
             acl,
+            metrics,
+            quiet,
+            trace,
         } => {
+            if let Some(level) = trace {
+                if let Err(e) = observe::trace(level) {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            let _exporter = match metrics.as_deref().map(observe::serve_metrics).transpose() {
+                Ok(served) => served.map(|(_, exporter)| {
+                    if !quiet {
+                        eprintln!("metrics on http://{}/metrics", exporter.local_addr());
+                    }
+                    exporter
+                }),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let signer = match acl.signer() {
                 Ok(signer) => signer,
                 Err(e) => {
@@ -381,7 +417,7 @@ fn main() -> ExitCode {
                 target,
                 client_threads,
                 server_threads,
-                progress: !json,
+                progress: !json && !quiet && io::stderr().is_terminal(),
                 timeout: Duration::from_millis(timeout_ms.max(1)),
                 signer,
             };
@@ -508,18 +544,35 @@ fn serve(
     serialize: Option<SerializeType>,
     max_connections: usize,
     acl: Option<&std::path::PathBuf>,
+    metrics: Option<&str>,
 ) -> Result<(), String> {
     log::install();
     let handler = acl_cli::guard(echo, acl)?;
+    // Says where it listens, then starts `--metrics` (with the server's own counts, if any).
+    let listening =
+        |addr: SocketAddr, stats: Option<Box<dyn Fn() -> remora_core::Snapshot + Send>>| {
+            println!("listening on {addr}");
+            if let Some(at) = metrics {
+                let (sink, exporter) = observe::serve_metrics(at)?;
+                if let Some(stats) = stats {
+                    sink.add_server(stats);
+                }
+                println!("metrics on http://{}/metrics", exporter.local_addr());
+                std::mem::forget(exporter); // serves until the process ends
+            }
+            io::stdout().flush().map_err(|e| e.to_string())
+        };
     let mut config = ServerConfig::default();
     config.connection.serialize_type = serialize;
     config.budget.max_connections = max_connections;
     match backend {
         Backend::Std => {
-            let server = Server::bind_with(listen, move |r| handler.handle(r), config)
-                .map_err(|e| format!("{listen}: {e}"))?;
-            println!("listening on {}", server.local_addr());
-            io::stdout().flush().map_err(|e| e.to_string())?;
+            let server = std::sync::Arc::new(
+                Server::bind_with(listen, move |r| handler.handle(r), config)
+                    .map_err(|e| format!("{listen}: {e}"))?,
+            );
+            let stats = std::sync::Arc::clone(&server);
+            listening(server.local_addr(), Some(Box::new(move || stats.stats())))?;
             loop {
                 std::thread::park();
             }
@@ -530,10 +583,12 @@ fn serve(
                 budget: config.budget,
                 ..Default::default()
             };
-            let server = remora_uring::Server::bind_with(listen, handler, config)
-                .map_err(|e| format!("{listen}: {e}"))?;
-            println!("listening on {}", server.local_addr());
-            io::stdout().flush().map_err(|e| e.to_string())?;
+            let server = std::sync::Arc::new(
+                remora_uring::Server::bind_with(listen, handler, config)
+                    .map_err(|e| format!("{listen}: {e}"))?,
+            );
+            let stats = std::sync::Arc::clone(&server);
+            listening(server.local_addr(), Some(Box::new(move || stats.stats())))?;
             loop {
                 std::thread::park();
             }
@@ -552,8 +607,7 @@ fn serve(
                     config,
                 ))
                 .map_err(|e| format!("{listen}: {e}"))?;
-            println!("listening on {}", server.local_addr());
-            io::stdout().flush().map_err(|e| e.to_string())?;
+            listening(server.local_addr(), None)?;
             loop {
                 std::thread::park();
             }

@@ -2,13 +2,14 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use remora_core::backoff::Backoff;
 use remora_core::pool::{Choice, Pool};
 use remora_core::{Command, Config, Outgoing};
+use remora_metrics::{Probe, Side};
 
 use crate::conn::{Clock, Conn, ConnConfig};
 use crate::handler::{Handler, NotSupported, Workers};
@@ -69,6 +70,8 @@ struct Shared {
     changed: Condvar,
     closed: AtomicBool,
     entropy: AtomicU64,
+    /// Connections opened (for the reconnect count).
+    opened: AtomicUsize,
 }
 
 /// A remoting client on `std::net`, safe to share between threads: every thread may
@@ -143,6 +146,7 @@ impl Client {
                 changed: Condvar::new(),
                 closed: AtomicBool::new(false),
                 entropy: AtomicU64::new(seed | 1),
+                opened: AtomicUsize::new(0),
             }),
         };
         Ok(client)
@@ -152,6 +156,15 @@ impl Client {
     /// `request` is a [`Command`] or a request encoded once ([`remora_core::Encoded`], as a
     /// cluster re-sends it).
     pub fn call(&self, request: impl Outgoing, timeout: Duration) -> Result<Command, Error> {
+        let probe = Probe::client(&request, &self.shared.addrs[0]);
+        let result = probe
+            .span()
+            .in_scope(|| self.call_unobserved(request, timeout));
+        probe.end(&result);
+        result
+    }
+
+    fn call_unobserved(&self, request: impl Outgoing, timeout: Duration) -> Result<Command, Error> {
         match self.shared.config.mode {
             Mode::Short => {
                 let conn = self.shared.open()?;
@@ -165,6 +178,13 @@ impl Client {
 
     /// Sends a oneway request: it is written (or queued) when this returns; no answer comes.
     pub fn oneway(&self, request: Command) -> Result<(), Error> {
+        let probe = Probe::client(&request, &self.shared.addrs[0]);
+        let result = probe.span().in_scope(|| self.oneway_unobserved(request));
+        probe.end_oneway(&result);
+        result
+    }
+
+    fn oneway_unobserved(&self, request: Command) -> Result<(), Error> {
         match self.shared.config.mode {
             Mode::Short => {
                 let conn = self.shared.open()?;
@@ -278,7 +298,7 @@ impl Shared {
                         machine: self.config.connection,
                         idle_timeout,
                     };
-                    return Conn::start(
+                    let started = Conn::start(
                         stream,
                         config,
                         self.clock,
@@ -287,14 +307,29 @@ impl Shared {
                         None,
                     )
                     .map_err(|e| Error::Connect(e.into()));
+                    self.observe_open(&started);
+                    return started;
                 }
                 Err(e) => last = Some(e),
             }
         }
-        Err(Error::Connect(
+        let failed = Err(Error::Connect(
             last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address"))
                 .into(),
-        ))
+        ));
+        self.observe_open(&failed);
+        failed
+    }
+
+    /// Publishes a connect; a long-lived pool's opens beyond its size are reconnects.
+    fn observe_open(&self, attempt: &Result<Arc<Conn>, Error>) {
+        remora_metrics::connection(Side::Client, attempt);
+        if attempt.is_ok()
+            && matches!(self.config.mode, Mode::Long { .. })
+            && self.opened.fetch_add(1, Ordering::Relaxed) >= self.config.pool_size
+        {
+            remora_metrics::reconnected();
+        }
     }
 }
 

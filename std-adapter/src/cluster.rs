@@ -180,6 +180,8 @@ impl Cluster {
 
     /// Sends `request` with per-call options.
     pub fn call_with(&self, mut request: Command, opts: CallOpts) -> Result<Command, Error> {
+        let call_span = remora_metrics::cluster_call_span(request.code);
+        let _in_call = call_span.enter();
         self.refresh();
         let (inner, mut inline) = (&self.inner, Vec::new());
         let mut call = {
@@ -193,20 +195,24 @@ impl Cluster {
             let action = call.poll(&mut self.state(), now);
             match action {
                 Some(Action::Send(a)) => {
-                    let client = self.endpoint(a.endpoint).client.clone();
-                    let attempt_request = call.frame().clone();
+                    let endpoint = self.endpoint(a.endpoint);
+                    let span = remora_metrics::attempt_span(a.number, a.kind, &endpoint.address);
+                    let (client, frame) = (endpoint.client.clone(), call.frame().clone());
+                    let send = move || client.call(&frame, a.timeout);
                     if !a.parallel {
-                        inline.push((a.number, client.call(&attempt_request, a.timeout)));
+                        inline.push((a.number, remora_metrics::attempt(&span, send)));
                         continue;
                     }
                     let tx = tx.clone();
                     std::thread::spawn(move || {
-                        let _ = tx.send((a.number, client.call(&attempt_request, a.timeout)));
+                        let _ = tx.send((a.number, remora_metrics::attempt(&span, send)));
                     });
                 }
                 // A blocking call cannot be withdrawn; its late outcome is dropped.
                 Some(Action::Cancel { .. }) => {}
-                Some(Action::Done) => return call.result(&request),
+                Some(Action::Done) => {
+                    return remora_metrics::call_finished(&call_span, call, &request)
+                }
                 None => {
                     let wait = call.wake_at().map_or(Duration::ZERO, |t| t - now);
                     let next = inline.pop().or_else(|| rx.recv_timeout(wait).ok());
@@ -230,8 +236,7 @@ impl Cluster {
             let _ = lock(&self.inner.latency).record(micros);
         }
         if let Some((breaker, ejected)) = report.health {
-            let address = &endpoint.address;
-            tracing::info!(endpoint = %address, ?breaker, ejected, "endpoint health changed");
+            remora_metrics::endpoint_health(&endpoint.address, &breaker, ejected);
         }
     }
 

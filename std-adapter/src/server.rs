@@ -79,7 +79,7 @@ impl Server {
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             config,
-            handler: Arc::new(handler),
+            handler: remora_metrics::Observed::wrap(Arc::new(handler)),
             workers: Workers::new(config.workers, "remora-worker"),
             clock: Clock::new(),
             budget: Arc::new(Budget::new(config.budget)),

@@ -2,15 +2,17 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use remora_core::backoff::Backoff;
 use remora_core::pool::{Choice, Pool};
 use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported, Outgoing};
+use remora_metrics::{Probe, Side};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::conn::{CallFuture, Clock, Conn, ConnConfig, Dispatch};
 
@@ -54,6 +56,8 @@ struct Shared {
     changed: Notify,
     closed: AtomicBool,
     entropy: AtomicU64,
+    /// Connections opened (for the reconnect count).
+    opened: AtomicUsize,
 }
 
 /// A remoting client on tokio: `Send + Sync + Clone`, so any number of tasks on any threads may
@@ -135,6 +139,7 @@ impl Client {
                 changed: Notify::new(),
                 closed: AtomicBool::new(false),
                 entropy: AtomicU64::new(seed | 1),
+                opened: AtomicUsize::new(0),
             }),
         })
     }
@@ -146,7 +151,17 @@ impl Client {
         request: impl Outgoing,
         timeout: Duration,
     ) -> Result<Command, CallError> {
-        self.start_call(request, timeout).await?.await
+        let probe = Probe::client(&request, &self.shared.addrs[0]);
+        let result = async {
+            match self.start_call(request, timeout).await {
+                Ok(pending) => pending.await,
+                Err(e) => Err(e),
+            }
+        }
+        .instrument(probe.span().clone())
+        .await;
+        probe.end(&result);
+        result
     }
 
     /// Queues `request` and returns the future of its outcome without waiting for it: start
@@ -162,7 +177,13 @@ impl Client {
     /// Queues a oneway request; the connection's task writes it on its next turn. A
     /// [`close`](Client::close) before then drops it (close discards unsent bytes).
     pub async fn oneway(&self, request: Command) -> Result<(), CallError> {
-        self.acquire().await?.oneway(request)
+        let probe = Probe::client(&request, &self.shared.addrs[0]);
+        let result = match self.acquire().await {
+            Ok(conn) => conn.oneway(request),
+            Err(e) => Err(e),
+        };
+        probe.end_oneway(&result);
+        result
     }
 
     /// Open connections.
@@ -282,19 +303,22 @@ impl Shared {
                         idle_timeout: self.config.idle_timeout,
                         dispatch: self.config.dispatch,
                     };
-                    return Conn::start(
-                        stream,
-                        config,
-                        Arc::clone(&self.handler),
-                        self.clock,
-                        None,
-                    )
-                    .map_err(|e| CallError::Connect(e.into()));
+                    let started =
+                        Conn::start(stream, config, Arc::clone(&self.handler), self.clock, None)
+                            .map_err(|e| CallError::Connect(e.into()));
+                    remora_metrics::connection(Side::Client, &started);
+                    if started.is_ok()
+                        && self.opened.fetch_add(1, Ordering::Relaxed) >= self.config.pool_size
+                    {
+                        remora_metrics::reconnected();
+                    }
+                    return started;
                 }
                 Ok(Err(e)) => last = Some(e),
                 Err(_) => last = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
             }
         }
+        remora_metrics::connection::<(), ()>(Side::Client, &Err(()));
         Err(CallError::Connect(ConnectError::from(last.unwrap_or_else(
             || io::Error::new(io::ErrorKind::NotFound, "no address"),
         ))))

@@ -106,6 +106,7 @@ impl Server {
         handler: Arc<dyn Handler>,
         config: ServerConfig,
     ) -> io::Result<Server> {
+        let handler = remora_metrics::Observed::wrap(handler);
         let listener = listen(addr, config.backlog).await?;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {

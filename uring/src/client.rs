@@ -13,8 +13,10 @@ use std::time::Duration;
 use remora_core::backoff::Backoff;
 use remora_core::pool::{Choice, Pool};
 use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported, Outgoing};
+use remora_metrics::{Probe, Side};
 use tokio::sync::{oneshot, Notify};
 use tokio_uring::net::TcpStream;
+use tracing::Instrument;
 
 use crate::conn::{CallFuture, Clock, Conn};
 
@@ -58,6 +60,8 @@ struct Local {
     changed: Notify,
     closed: std::cell::Cell<bool>,
     entropy: std::cell::Cell<u64>,
+    /// Connections opened (for the reconnect count).
+    opened: std::cell::Cell<usize>,
 }
 
 /// A client for code running on a tokio-uring thread: not `Send`, no locks, no cross-thread
@@ -122,6 +126,7 @@ impl LocalClient {
                 changed: Notify::new(),
                 closed: std::cell::Cell::new(false),
                 entropy: std::cell::Cell::new(seed()),
+                opened: std::cell::Cell::new(0),
             }),
         };
         Ok(client)
@@ -134,7 +139,17 @@ impl LocalClient {
         request: impl Outgoing,
         timeout: Duration,
     ) -> Result<Command, CallError> {
-        self.start_call(request, timeout).await?.await
+        let probe = Probe::client(&request, &self.inner.addrs[0]);
+        let result = async {
+            match self.start_call(request, timeout).await {
+                Ok(pending) => pending.await,
+                Err(e) => Err(e),
+            }
+        }
+        .instrument(probe.span().clone())
+        .await;
+        probe.end(&result);
+        result
     }
 
     /// Queues `request` and returns the future of its outcome without waiting: start many calls,
@@ -150,7 +165,13 @@ impl LocalClient {
     /// Queues a oneway request; the connection's writer sends it on its next turn. A
     /// [`close`](LocalClient::close) before then drops it (close discards unsent bytes).
     pub async fn oneway(&self, request: Command) -> Result<(), CallError> {
-        self.acquire().await?.oneway(request)
+        let probe = Probe::client(&request, &self.inner.addrs[0]);
+        let result = match self.acquire().await {
+            Ok(conn) => conn.oneway(request),
+            Err(e) => Err(e),
+        };
+        probe.end_oneway(&result);
+        result
     }
 
     /// Open connections.
@@ -242,18 +263,24 @@ impl Local {
             match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr)).await
             {
                 Ok(Ok(stream)) => {
+                    remora_metrics::connection::<(), ()>(Side::Client, &Ok(()));
+                    let opened = self.opened.replace(self.opened.get() + 1);
+                    if opened >= self.config.pool_size {
+                        remora_metrics::reconnected();
+                    }
                     return Ok(Conn::start(
                         stream,
                         self.config.connection,
                         self.config.idle_timeout,
                         Arc::clone(&self.handler),
                         self.clock,
-                    ))
+                    ));
                 }
                 Ok(Err(e)) => last = Some(e),
                 Err(_) => last = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
             }
         }
+        remora_metrics::connection::<(), ()>(Side::Client, &Err(()));
         Err(CallError::Connect(ConnectError::from(last.unwrap_or_else(
             || io::Error::new(io::ErrorKind::NotFound, "no address"),
         ))))

@@ -18,6 +18,8 @@ use remora_core::resilience::resolve::Resolve;
 use remora_core::resilience::retry::Class;
 use remora_core::{CallError, Command, Hook, NotSupported};
 
+use tracing::Instrument;
+
 use crate::client::{ClientConfig, LocalClient};
 use crate::conn::Clock;
 
@@ -176,10 +178,17 @@ impl LocalCluster {
     }
 
     /// Sends `request` with per-call options.
-    pub async fn call_with(
+    pub async fn call_with(&self, request: Command, opts: CallOpts) -> Result<Command, CallError> {
+        let span = remora_metrics::cluster_call_span(request.code);
+        let run = self.run(request, opts, &span);
+        run.instrument(span.clone()).await
+    }
+
+    async fn run(
         &self,
         mut request: Command,
         opts: CallOpts,
+        call_span: &tracing::Span,
     ) -> Result<Command, CallError> {
         self.start_probes();
         self.refresh();
@@ -197,10 +206,13 @@ impl LocalCluster {
             let now = inner.clock.now();
             let action = call.poll(&mut inner.state.borrow_mut(), now);
             if let Some(Action::Send(a)) = action {
-                let client = inner.endpoints.borrow()[a.endpoint].1.clone();
-                let (tx, attempt_request) = (tx.clone(), call.frame().clone());
+                let (address, client, _) = &inner.endpoints.borrow()[a.endpoint];
+                let span = remora_metrics::attempt_span(a.number, a.kind, address);
+                let (client, tx, attempt_request) =
+                    (client.clone(), tx.clone(), call.frame().clone());
                 let task = tokio_uring::spawn(async move {
-                    let _ = tx.send((a.number, client.call(&attempt_request, a.timeout).await));
+                    let send = client.call(&attempt_request, a.timeout);
+                    let _ = tx.send((a.number, remora_metrics::attempt_async(span, send).await));
                 });
                 running.insert(a.number, task);
             } else if let Some(Action::Cancel { attempt }) = action {
@@ -208,7 +220,7 @@ impl LocalCluster {
                 running.remove(&attempt).inspect(|task| task.abort());
             } else if let Some(Action::Done) = action {
                 running.into_values().for_each(|task| task.abort());
-                return call.result(&request);
+                return remora_metrics::call_finished(call_span, call, &request);
             } else {
                 let wake = inner.clock.to_tokio(call.wake_at().unwrap_or(now));
                 let next = tokio::select! {
@@ -238,12 +250,8 @@ impl LocalCluster {
             let _ = self.inner.all_latency.borrow_mut().record(micros);
         }
         if let Some((breaker, ejected)) = r.health {
-            tracing::info!(
-                endpoint = r.endpoint,
-                ?breaker,
-                ejected,
-                "endpoint health changed"
-            );
+            let address = &self.inner.endpoints.borrow()[r.endpoint].0;
+            remora_metrics::endpoint_health(address, &breaker, ejected);
         }
     }
 

@@ -73,6 +73,7 @@ impl Server {
         handler: Arc<dyn Handler>,
         config: ServerConfig,
     ) -> io::Result<Server> {
+        let handler = remora_metrics::Observed::wrap(handler);
         let addr = addr
             .to_socket_addrs()?
             .next()

@@ -27,6 +27,8 @@ pub struct Encoded {
     /// Where the opaque starts, and whether it is JSON text (else 4 big-endian bytes).
     opaque_at: usize,
     json: bool,
+    code: i32,
+    ty: SerializeType,
 }
 
 impl Encoded {
@@ -58,7 +60,19 @@ impl Encoded {
             frame: out.freeze(),
             opaque_at,
             json,
+            code: cmd.code,
+            ty,
         })
+    }
+
+    /// The request's code.
+    pub fn code(&self) -> i32 {
+        self.code
+    }
+
+    /// How its header is encoded.
+    pub fn serialize_type(&self) -> SerializeType {
+        self.ty
     }
 
     /// The frame's bytes (with the placeholder opaque).

@@ -494,6 +494,9 @@ pub enum Action {
 pub struct Attempt {
     /// The attempt's number (report its outcome with it).
     pub number: u32,
+    /// Why it is sent: the first, a retry after an earlier one ended, or a hedge while one
+    /// is still out.
+    pub kind: AttemptKind,
     /// Which endpoint.
     pub endpoint: usize,
     /// How long the attempt may take.
@@ -664,6 +667,7 @@ impl ClusterCall {
                 self.sent.push((attempt, endpoint, now));
                 Action::Send(Attempt {
                     number: attempt,
+                    kind,
                     endpoint,
                     timeout: deadline - now,
                     parallel: self.is_hedged(),
@@ -681,6 +685,18 @@ impl ClusterCall {
                 Action::Done
             }
         })
+    }
+
+    /// Once [`Action::Done`] came: the attempt whose outcome is the call's answer, and that
+    /// outcome (before hooks and fallback), or `None` if no attempt answered.
+    pub fn answered(&self) -> Option<(u32, &Result<Command, CallError>)> {
+        let a = self.answer?;
+        self.outcomes.iter().find(|o| o.0 == a).map(|o| (a, &o.1))
+    }
+
+    /// Whether the retry budget refused a retry or hedge this call wanted.
+    pub fn budget_refused(&self) -> bool {
+        self.call.as_ref().is_some_and(Call::budget_refused)
     }
 
     /// When to call [`ClusterCall::on_timeout`] if no outcome comes first.
