@@ -10,6 +10,7 @@ use remora_core::backoff::Backoff;
 use remora_core::pool::{Choice, Pool};
 use remora_core::{Command, Config, Outgoing};
 use remora_metrics::{Probe, Side};
+use remora_tls::{ClientTls, Secure};
 
 use crate::conn::{Clock, Conn, ConnConfig};
 use crate::handler::{Handler, NotSupported, Workers};
@@ -62,6 +63,8 @@ impl Default for ClientConfig {
 
 struct Shared {
     addrs: Vec<SocketAddr>,
+    /// Plaintext, or TLS to the server named by the address (or the TLS configuration).
+    secure: Secure,
     config: ClientConfig,
     handler: Arc<dyn Handler>,
     workers: Arc<Workers>,
@@ -116,12 +119,58 @@ impl Client {
         Ok(client)
     }
 
+    /// Connects to `addr` (`host:port`) over TLS: `host` (or the name `tls` gives) is sent as
+    /// SNI and verified against the server's certificate, and each connection's handshake must
+    /// complete within [`ClientConfig::connect_timeout`]. A failed handshake (untrusted
+    /// certificate, name mismatch, refused client certificate, a plaintext server) fails the
+    /// calls waiting on that connection with [`Error::Connect`] carrying the
+    /// [`TlsError`](remora_tls::TlsError) (never as possibly delivered); the pool reconnects
+    /// with its backoff.
+    pub fn connect_tls(addr: &str, config: ClientConfig, tls: ClientTls) -> Result<Client, Error> {
+        Client::connect_tls_with_handler(addr, config, NotSupported, tls)
+    }
+
+    /// [`Client::connect_tls`]; requests from the server go to `handler`.
+    pub fn connect_tls_with_handler(
+        addr: &str,
+        config: ClientConfig,
+        handler: impl Handler,
+        tls: ClientTls,
+    ) -> Result<Client, Error> {
+        let client = Client::lazy_tls(addr, config, handler, tls)?;
+        if let Mode::Long { .. } = client.shared.config.mode {
+            client.acquire()?;
+        }
+        Ok(client)
+    }
+
+    /// [`Client::lazy`] over TLS (see [`Client::connect_tls`]).
+    pub fn lazy_tls(
+        addr: &str,
+        config: ClientConfig,
+        handler: impl Handler,
+        tls: ClientTls,
+    ) -> Result<Client, Error> {
+        let secure = Secure::client(tls, addr, config.connect_timeout)
+            .map_err(|e| Error::Connect(remora_core::ConnectError::new(e)))?;
+        Client::lazy_secure(addr, config, handler, secure)
+    }
+
     /// A client that connects on its first call (for a cluster, where one endpoint being down
     /// must not stop the others). The address is resolved now.
     pub fn lazy(
         addr: impl ToSocketAddrs,
         config: ClientConfig,
         handler: impl Handler,
+    ) -> Result<Client, Error> {
+        Client::lazy_secure(addr, config, handler, Secure::plain())
+    }
+
+    fn lazy_secure(
+        addr: impl ToSocketAddrs,
+        config: ClientConfig,
+        handler: impl Handler,
+        secure: Secure,
     ) -> Result<Client, Error> {
         let addrs: Vec<SocketAddr> = addr
             .to_socket_addrs()
@@ -138,6 +187,7 @@ impl Client {
         let client = Client {
             shared: Arc::new(Shared {
                 addrs,
+                secure,
                 config,
                 handler: Arc::new(handler),
                 workers: Workers::new(config.workers, "remora-client-worker"),
@@ -300,6 +350,7 @@ impl Shared {
                     };
                     let started = Conn::start(
                         stream,
+                        &self.secure,
                         config,
                         self.clock,
                         Arc::clone(&self.handler),

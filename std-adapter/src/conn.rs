@@ -14,6 +14,7 @@ use remora_core::{
     Account, Budget, CloseReason, Command, Config, Connection, Event, IncomingRequest, Instant,
     Outgoing,
 };
+use remora_tls::{Secure, Session};
 
 use crate::handler::{run_handler, Handler, Workers};
 use crate::Error;
@@ -68,8 +69,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 struct State {
-    /// The machine; each request's token is its caller's slot.
-    machine: Connection<Arc<CallSlot>>,
+    /// The machine under its TLS (or plaintext) session; each request's token is its caller's
+    /// slot. The socket's bytes go through the session, never straight to the machine.
+    machine: Session<Arc<CallSlot>>,
     /// Some thread is writing to the socket (only one does at a time; the others leave their
     /// frames to it, and it looks at the machine again before it gives this up).
     writing: bool,
@@ -162,9 +164,11 @@ impl Peer {
 }
 
 impl Conn {
-    /// Starts driving `stream`: spawns its reader thread.
+    /// Starts driving `stream`, secured by `secure` (a TLS client sends its ClientHello at
+    /// once): spawns its reader thread.
     pub(crate) fn start(
         stream: TcpStream,
+        secure: &Secure,
         config: ConnConfig,
         clock: Clock,
         handler: Arc<dyn Handler>,
@@ -198,7 +202,7 @@ impl Conn {
         };
         let conn = Arc::new(Conn {
             state: Mutex::new(State {
-                machine: Connection::with_tokens(config.machine),
+                machine: secure.session(Connection::with_tokens(config.machine), clock.now()),
                 writing: false,
                 stash: Vec::new(),
                 out: Vec::new(),
@@ -232,6 +236,8 @@ impl Conn {
                 return Err(e);
             }
         }
+        // A TLS client's ClientHello.
+        conn.flush();
         Ok(conn)
     }
 
@@ -283,13 +289,16 @@ impl Conn {
         debug_assert!(slot.take().is_none());
         let now = self.clock.now();
         let deadline = now + timeout;
-        cmd.send(
-            &mut lock(&self.state).machine,
-            deadline,
-            now,
-            Arc::clone(&slot),
-        )
-        .map_err(Error::from)?;
+        {
+            let mut st = lock(&self.state);
+            let sent = cmd.send(
+                st.machine.connection_mut(),
+                deadline,
+                now,
+                Arc::clone(&slot),
+            );
+            sent.map_err(|e| st.machine.send_error(e))?;
+        }
         self.touch();
         self.flush();
         loop {
@@ -311,10 +320,11 @@ impl Conn {
 
     /// Sends a oneway request.
     pub(crate) fn oneway(self: &Arc<Self>, cmd: Command) -> Result<(), Error> {
-        lock(&self.state)
-            .machine
-            .send_oneway(cmd)
-            .map_err(Error::from)?;
+        {
+            let mut st = lock(&self.state);
+            let sent = st.machine.send_oneway(cmd);
+            sent.map_err(|e| st.machine.send_error(e))?;
+        }
         self.touch();
         self.flush();
         Ok(())
@@ -432,7 +442,7 @@ impl Conn {
     /// reader if the machine wants input again. Runs under the state lock, after any change.
     fn settle(self: &Arc<Self>, st: &mut State) {
         if let (Some(budget), Some(account)) = (&self.budget, st.account.as_mut()) {
-            budget.sync(account, &mut st.machine);
+            budget.sync(account, st.machine.connection_mut());
         }
         self.drain_events(st);
         if st.reader_paused && st.machine.wants_read() {
@@ -463,7 +473,9 @@ impl Conn {
                 Event::Response {
                     response, token, ..
                 } => token.complete(Ok(response)),
-                Event::Failed { error, token, .. } => token.complete(Err(Error::from(error))),
+                Event::Failed { error, token, .. } => {
+                    token.complete(Err(st.machine.call_error(error)))
+                }
                 Event::Request { request, command } => {
                     let conn = Arc::clone(self);
                     // Refused only while shutting down, when the connection is closing anyway.
@@ -477,6 +489,7 @@ impl Conn {
                 }
                 Event::Closed { .. } => {
                     self.closed.store(true, Ordering::Release);
+                    self.tls_farewell(st);
                     // Release the socket now (the descriptors follow the last reference).
                     let _ = self.control.shutdown(Shutdown::Both);
                     if let (Some(budget), Some(account)) = (&self.budget, st.account.take()) {
@@ -491,10 +504,36 @@ impl Conn {
         }
     }
 
+    /// On close: a TLS alert or `close_notify` goes out best effort (never blocking, and not
+    /// while another thread writes), and a TLS failure is logged — a server's as a warning
+    /// (an enforcing port refusing plaintext says so here).
+    fn tls_farewell(&self, st: &mut State) {
+        if !st.writing {
+            if let Some(bytes) = st.machine.take_transmit() {
+                let _ = send_nonblocking(&self.writer, &[bytes]);
+            }
+        }
+        if let Some(error) = st.machine.tls_error() {
+            if self.budget.is_some() {
+                tracing::warn!(peer = %self.peer, "{error}");
+            } else {
+                tracing::debug!(peer = %self.peer, "{error}");
+            }
+        }
+    }
+
     fn read_loop(self: Arc<Self>, stream: TcpStream, idle: Option<Duration>) {
+        // The socket's read timeout: the idle expiry, or while a TLS handshake is under way,
+        // its deadline (a stalled handshake must end even if nobody calls).
+        let mut timeout = idle;
         loop {
             if !self.wait_until_readable() {
                 return;
+            }
+            let wanted = self.handshake_wait().or(idle);
+            if wanted != timeout {
+                timeout = wanted;
+                let _ = stream.set_read_timeout(wanted.map(|t| t.max(Duration::from_millis(1))));
             }
             // Read straight into the machine's buffer (taken out while the read blocks, so the
             // lock is free): no copy, and decoded bodies are slices of it.
@@ -543,7 +582,16 @@ impl Conn {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    *lock(&self.state).machine.read_buffer() = buf;
+                    {
+                        let mut st = lock(&self.state);
+                        *st.machine.read_buffer() = buf;
+                        // A handshake past its deadline fails here.
+                        st.machine.handle_timeout(self.clock.now());
+                        self.settle(&mut st);
+                    }
+                    if self.is_closed() {
+                        return;
+                    }
                     if let Some(idle) = idle {
                         if self.idle_for() >= idle {
                             let st = lock(&self.state);
@@ -563,6 +611,18 @@ impl Conn {
                 return;
             }
         }
+    }
+
+    /// How long until the TLS handshake's deadline, while one is under way.
+    fn handshake_wait(&self) -> Option<Duration> {
+        let st = lock(&self.state);
+        if !st.machine.is_handshaking() {
+            return None;
+        }
+        let at = st.machine.poll_timeout()?;
+        Some(Duration::from_nanos(
+            at.as_nanos().saturating_sub(self.clock.now().as_nanos()),
+        ))
     }
 
     /// Backpressure: waits while the machine does not want input (its peer is not reading our
@@ -636,7 +696,7 @@ const READ_LOW_WATER: usize = 4 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 
 /// Appends to `out` the chunks the machine has to write (up to [`MAX_IOV`] in all).
-fn take_chunks<T>(machine: &mut Connection<T>, out: &mut Vec<Bytes>) {
+fn take_chunks<T>(machine: &mut Session<T>, out: &mut Vec<Bytes>) {
     while out.len() < MAX_IOV {
         match machine.take_transmit() {
             Some(chunk) => out.push(chunk),

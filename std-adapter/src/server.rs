@@ -9,6 +9,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use remora_core::{Budget, BudgetConfig, Config, Snapshot};
+use remora_tls::{Secure, ServerTls};
 
 use crate::conn::{Clock, Conn, ConnConfig, Peer, Served};
 use crate::handler::{Handler, Workers};
@@ -49,6 +50,8 @@ struct Shared {
     workers: Arc<Workers>,
     clock: Clock,
     budget: Arc<Budget>,
+    /// Plaintext, or TLS in the configuration's mode.
+    secure: Secure,
     conns: Arc<Mutex<HashMap<u64, Arc<Conn>>>>,
     next_id: AtomicU64,
     stopping: AtomicBool,
@@ -75,6 +78,27 @@ impl Server {
         handler: impl Handler,
         config: ServerConfig,
     ) -> io::Result<Server> {
+        Server::bind_secure(addr, handler, config, Secure::plain())
+    }
+
+    /// Listens on `addr` with TLS, in `tls`'s [`ServerMode`](remora_tls::ServerMode):
+    /// enforcing refuses plaintext clients (a `tracing` warning says so), permissive serves
+    /// plaintext and TLS clients on the one port.
+    pub fn bind_tls(
+        addr: impl ToSocketAddrs,
+        handler: impl Handler,
+        config: ServerConfig,
+        tls: ServerTls,
+    ) -> io::Result<Server> {
+        Server::bind_secure(addr, handler, config, Secure::server(tls))
+    }
+
+    fn bind_secure(
+        addr: impl ToSocketAddrs,
+        handler: impl Handler,
+        config: ServerConfig,
+        secure: Secure,
+    ) -> io::Result<Server> {
         let listener = listen(addr, config.backlog)?;
         let local_addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -83,6 +107,7 @@ impl Server {
             workers: Workers::new(config.workers, "remora-worker"),
             clock: Clock::new(),
             budget: Arc::new(Budget::new(config.budget)),
+            secure,
             conns: Arc::new(Mutex::new(HashMap::new())),
             next_id: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
@@ -234,6 +259,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
         };
         let conn = Conn::start(
             stream,
+            &shared.secure,
             config,
             shared.clock,
             Arc::clone(&shared.handler),

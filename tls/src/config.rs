@@ -6,6 +6,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -195,12 +196,17 @@ impl std::str::FromStr for ServerMode {
 pub struct ServerTls {
     pub(crate) config: Arc<rustls::ServerConfig>,
     pub(crate) mode: ServerMode,
+    pub(crate) handshake_timeout: Duration,
 }
+
+/// How long a server gives a TLS handshake by default ([`ServerTlsBuilder::handshake_timeout`]).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerTls")
             .field("mode", &self.mode)
+            .field("handshake_timeout", &self.handshake_timeout)
             .field("alpn", &self.config.alpn_protocols)
             .finish_non_exhaustive()
     }
@@ -215,7 +221,16 @@ impl ServerTls {
     /// A configuration made directly with rustls (other protocol versions, cipher suites, a
     /// certificate resolver), accepted in `mode`.
     pub fn from_rustls(config: Arc<rustls::ServerConfig>, mode: ServerMode) -> Self {
-        ServerTls { config, mode }
+        ServerTls {
+            config,
+            mode,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+
+    /// How long an accepted connection's TLS handshake may take.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
     }
 
     /// The mode connections are accepted in.
@@ -237,9 +252,18 @@ pub struct ServerTlsBuilder {
     client_cas: Vec<CertificateDer<'static>>,
     mode: ServerMode,
     alpn: Vec<Vec<u8>>,
+    handshake_timeout: Option<Duration>,
 }
 
 impl ServerTlsBuilder {
+    /// How long an accepted connection's TLS handshake may take (default
+    /// [`DEFAULT_HANDSHAKE_TIMEOUT`]): a client that connects and stalls, or sends half a
+    /// handshake, is dropped then with [`TlsError::HandshakeTimeout`](crate::TlsError).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = Some(timeout);
+        self
+    }
+
     /// The server's certificate chain (leaf first) and private key.
     pub fn certificate(
         mut self,
@@ -311,6 +335,7 @@ impl ServerTlsBuilder {
         Ok(ServerTls {
             config: Arc::new(config),
             mode: self.mode,
+            handshake_timeout: self.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT),
         })
     }
 }

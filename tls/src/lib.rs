@@ -101,12 +101,15 @@
 //! ```
 
 pub mod config;
+mod secure;
 mod session;
 
 pub use config::{
     certificates_from_pem, certificates_from_pem_file, private_key_from_pem_file, ClientTls,
     ClientTlsBuilder, ConfigError, ServerMode, ServerTls, ServerTlsBuilder,
+    DEFAULT_HANDSHAKE_TIMEOUT,
 };
+pub use secure::{host_of, Secure};
 pub use session::{Session, TlsError, TLS_HANDSHAKE_BYTE};
 
 /// rustls, re-exported for its types ([`rustls::AlertDescription`], certificate types).

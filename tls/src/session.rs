@@ -5,7 +5,10 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use remora_core::{Command, Connection, Event, IncomingRequest, Instant, RequestId, SendError};
+use remora_core::{
+    CallError, CloseReason, Command, ConnectError, Connection, Event, IncomingRequest, Instant,
+    RequestError, RequestId, SendError,
+};
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{AlertDescription, CertificateError, ProtocolVersion};
 
@@ -196,8 +199,8 @@ enum State {
 ///   waits in the session; the rest stays in the connection, under its `max_transmit_len`, where
 ///   a request not yet begun can still be withdrawn.
 /// - Nothing the peer sends makes it panic; every failure is a [`TlsError`].
-pub struct Session {
-    conn: Connection,
+pub struct Session<T = ()> {
+    conn: Connection<T>,
     state: State,
     /// Ciphertext (TLS records) waiting to be written.
     out: BytesMut,
@@ -214,7 +217,7 @@ pub struct Session {
     error: Option<TlsError>,
 }
 
-impl fmt::Debug for Session {
+impl<T> fmt::Debug for Session<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Plain => "plain",
@@ -232,8 +235,8 @@ impl fmt::Debug for Session {
     }
 }
 
-impl Session {
-    fn with_state(conn: Connection, state: State, handshake_deadline: Option<Instant>) -> Self {
+impl<T> Session<T> {
+    fn with_state(conn: Connection<T>, state: State, handshake_deadline: Option<Instant>) -> Self {
         Session {
             conn,
             tls: matches!(state, State::Tls(_)),
@@ -248,7 +251,7 @@ impl Session {
     }
 
     /// A plaintext session: every call goes straight to `conn`.
-    pub fn plain(conn: Connection) -> Self {
+    pub fn plain(conn: Connection<T>) -> Self {
         Session::with_state(conn, State::Plain, None)
     }
 
@@ -258,7 +261,7 @@ impl Session {
     /// by `handshake_deadline` — give the connect deadline, so that connect + handshake stay
     /// within the connect timeout.
     pub fn client(
-        conn: Connection,
+        conn: Connection<T>,
         tls: &ClientTls,
         host: &str,
         handshake_deadline: Instant,
@@ -272,10 +275,35 @@ impl Session {
         ))
     }
 
+    /// A TLS client session verifying `name`, or the connection back with rustls's refusal.
+    pub(crate) fn client_named(
+        conn: Connection<T>,
+        tls: &ClientTls,
+        name: ServerName<'static>,
+        handshake_deadline: Instant,
+    ) -> Result<Self, (Connection<T>, rustls::Error)> {
+        match rustls::ClientConnection::new(tls.config.clone(), name) {
+            Ok(client) => Ok(Session::with_state(
+                conn,
+                State::Tls(Box::new(client.into())),
+                Some(handshake_deadline),
+            )),
+            Err(e) => Err((conn, e)),
+        }
+    }
+
+    /// A session that failed before it started: the connection is closed as a handshake
+    /// failure at once.
+    pub(crate) fn failed(conn: Connection<T>, error: TlsError) -> Self {
+        let mut session = Session::with_state(conn, State::Done, None);
+        session.fail(error, true);
+        session
+    }
+
     /// A server session for an accepted connection, in `tls`'s [`ServerMode`]. A TLS handshake
     /// must complete by `handshake_deadline`. In permissive mode the deadline applies only once
     /// the first byte chose TLS (a plaintext client may be idle, as on a plaintext port).
-    pub fn server(conn: Connection, tls: &ServerTls, handshake_deadline: Instant) -> Self {
+    pub fn server(conn: Connection<T>, tls: &ServerTls, handshake_deadline: Instant) -> Self {
         match tls.mode {
             ServerMode::Disabled => Session::plain(conn),
             ServerMode::Permissive => {
@@ -304,7 +332,7 @@ impl Session {
     /// A client session: TLS with `tls`, plaintext without — so a driver holding an
     /// `Option<ClientTls>` needs no branch. See [`Session::client`].
     pub fn outbound(
-        conn: Connection,
+        conn: Connection<T>,
         tls: Option<&ClientTls>,
         host: &str,
         handshake_deadline: Instant,
@@ -317,7 +345,11 @@ impl Session {
 
     /// A server session: in `tls`'s mode with `tls`, plaintext without. See
     /// [`Session::server`].
-    pub fn inbound(conn: Connection, tls: Option<&ServerTls>, handshake_deadline: Instant) -> Self {
+    pub fn inbound(
+        conn: Connection<T>,
+        tls: Option<&ServerTls>,
+        handshake_deadline: Instant,
+    ) -> Self {
         match tls {
             Some(tls) => Session::server(conn, tls, handshake_deadline),
             None => Session::plain(conn),
@@ -327,8 +359,50 @@ impl Session {
     // ---- state ----
 
     /// The connection under the layer, for its queries (stats, pending counts, close reason).
-    pub fn connection(&self) -> &Connection {
+    pub fn connection(&self) -> &Connection<T> {
         &self.conn
+    }
+
+    /// The connection under the layer, for its *application* inputs: sending
+    /// ([`Outgoing::send`](remora_core::Outgoing::send), `send_request_with`), answering,
+    /// [`Budget::sync`](remora_core::Budget::sync). Its transport inputs and outputs
+    /// (`handle_*`, `read_buffer`, `poll_transmit`, `take_transmit`) must go through the
+    /// session instead, or plaintext would bypass TLS.
+    pub fn connection_mut(&mut self) -> &mut Connection<T> {
+        &mut self.conn
+    }
+
+    /// Bytes queued for the peer and not yet reported written: the connection's
+    /// ([`Connection::unsent_len`]) plus the ciphertext waiting in the session. What a server
+    /// waits on before it closes a connection gracefully.
+    #[must_use]
+    pub fn unsent_len(&self) -> usize {
+        self.conn.unsent_len() + self.out.len()
+    }
+
+    /// What a request refused by this connection with `error` returns to its caller:
+    /// [`call_error`](Self::call_error)'s mapping for a request sent after the handshake
+    /// already failed.
+    pub fn send_error(&self, error: SendError) -> CallError {
+        match (&self.error, error, self.conn.close_reason()) {
+            (Some(tls), SendError::Closed, Some(CloseReason::HandshakeFailed)) => {
+                CallError::Connect(ConnectError::new(tls.clone()))
+            }
+            (_, error, _) => CallError::from(error),
+        }
+    }
+
+    /// What a request that ended with `error` on this connection returns to its caller: the
+    /// core's [`CallError`], except that a request failed by a TLS handshake becomes
+    /// [`CallError::Connect`] carrying the [`TlsError`] (downcast it from
+    /// [`ConnectError::get`]): the connection was never usable, and the request never left.
+    pub fn call_error(&self, error: RequestError) -> CallError {
+        match (&self.error, error.closed) {
+            (Some(tls), Some(CloseReason::HandshakeFailed)) => {
+                CallError::Connect(ConnectError::new(tls.clone()))
+            }
+            _ => CallError::from(error),
+        }
     }
 
     /// Whether this connection speaks (or spoke) TLS: `false` for plaintext, and for a server
@@ -395,6 +469,17 @@ impl Session {
 
     // ---- application inputs (see Connection) ----
 
+    /// [`Connection::send_request_with`].
+    pub fn send_request_with(
+        &mut self,
+        cmd: Command,
+        deadline: Instant,
+        now: Instant,
+        token: T,
+    ) -> Result<RequestId, SendError> {
+        self.conn.send_request_with(cmd, deadline, now, token)
+    }
+
     /// [`Connection::send_request`]. Before the handshake completes the request waits (its
     /// deadline running) and is written once the peer is authenticated.
     pub fn send_request(
@@ -402,7 +487,10 @@ impl Session {
         cmd: Command,
         deadline: Instant,
         now: Instant,
-    ) -> Result<RequestId, SendError> {
+    ) -> Result<RequestId, SendError>
+    where
+        T: Default,
+    {
         self.conn.send_request(cmd, deadline, now)
     }
 
@@ -486,6 +574,18 @@ impl Session {
         }
     }
 
+    /// The peer finished sending (a TCP FIN): [`Connection::handle_eof`] — what it asked
+    /// before is still answered. During the handshake this is
+    /// [`TlsError::ClosedDuringHandshake`] and no request counts as written.
+    pub fn handle_eof(&mut self) {
+        match self.state {
+            State::Plain => self.conn.handle_eof(),
+            _ if self.is_handshaking() => self.fail(TlsError::ClosedDuringHandshake, true),
+            State::Tls(_) => self.conn.handle_eof(),
+            _ => self.conn.handle_disconnect(),
+        }
+    }
+
     /// The clock reached `now`: a handshake past its deadline fails, then
     /// [`Connection::handle_timeout`].
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -547,7 +647,7 @@ impl Session {
 
     /// [`Connection::poll_event`].
     #[must_use]
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub fn poll_event(&mut self) -> Option<Event<T>> {
         self.conn.poll_event()
     }
 
@@ -649,8 +749,13 @@ impl Session {
                 self.conn.handle_read(n, now);
             }
             if io.peer_has_closed() {
-                // close_notify: the peer's side of the stream has ended.
-                self.handle_disconnect();
+                // close_notify: the peer's side of the stream has ended (it may still read
+                // what we owe it, as after a FIN).
+                if tls.is_handshaking() {
+                    self.fail(TlsError::ClosedDuringHandshake, true);
+                } else {
+                    self.conn.handle_eof();
+                }
                 return;
             }
         }
@@ -693,6 +798,18 @@ impl Session {
         } else {
             self.conn.handle_disconnect();
         }
+    }
+}
+
+/// The connection's queries (pending counts, stats, close reason,
+/// [`wants_read`](Connection::wants_read)) read through the session. Only shared access: the
+/// connection's transport inputs and outputs must go through the session
+/// ([`connection_mut`](Session::connection_mut) exists for the application's).
+impl<T> std::ops::Deref for Session<T> {
+    type Target = Connection<T>;
+
+    fn deref(&self) -> &Connection<T> {
+        &self.conn
     }
 }
 
