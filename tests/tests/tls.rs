@@ -130,12 +130,22 @@ fn echo(request: Command) -> Command {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Driver {
     Std,
+    Tokio,
 }
 
-const DRIVERS: [Driver; 1] = [Driver::Std];
+const DRIVERS: [Driver; 2] = [Driver::Std, Driver::Tokio];
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
 
 enum Served {
     Std(remora_std::Server),
+    Tokio(tokio::runtime::Runtime, remora_tokio::Server),
 }
 
 impl Served {
@@ -153,12 +163,32 @@ impl Served {
                     None => remora_std::Server::bind_with("127.0.0.1:0", echo, config).unwrap(),
                 })
             }
+            Driver::Tokio => {
+                let rt = runtime();
+                let config = remora_tokio::ServerConfig {
+                    drain_timeout: Duration::ZERO,
+                    ..Default::default()
+                };
+                let server = rt
+                    .block_on(async {
+                        match tls {
+                            Some(tls) => {
+                                remora_tokio::Server::bind_tls("127.0.0.1:0", echo, config, tls)
+                                    .await
+                            }
+                            None => remora_tokio::Server::bind("127.0.0.1:0", echo, config).await,
+                        }
+                    })
+                    .unwrap();
+                Served::Tokio(rt, server)
+            }
         }
     }
 
     fn addr(&self) -> SocketAddr {
         match self {
             Served::Std(s) => s.local_addr(),
+            Served::Tokio(_, s) => s.local_addr(),
         }
     }
 }
@@ -213,6 +243,27 @@ fn calls_n(
                 .collect();
             client.close();
             out
+        }
+        Driver::Tokio => {
+            let config = remora_tokio::ClientConfig {
+                connect_timeout: TIMEOUT,
+                ..Default::default()
+            };
+            runtime().block_on(async {
+                let handler = remora_core::NotSupported;
+                let client = match tls {
+                    Some(tls) => remora_tokio::Client::lazy_tls(&addr, config, handler, tls),
+                    None => remora_tokio::Client::lazy(addr.as_str(), config, handler),
+                }
+                .unwrap();
+                let mut out = Vec::new();
+                for b in &bodies {
+                    let call = client.call(Command::request(10).with_body(b.clone()), TIMEOUT);
+                    out.push(call.await.map(|r| r.body().to_vec()));
+                }
+                client.close();
+                out
+            })
         }
     }
 }

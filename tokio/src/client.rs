@@ -10,6 +10,7 @@ use remora_core::backoff::Backoff;
 use remora_core::pool::{Choice, Pool};
 use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported, Outgoing};
 use remora_metrics::{Probe, Side};
+use remora_tls::{ClientTls, Secure};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tracing::Instrument;
@@ -48,6 +49,8 @@ impl Default for ClientConfig {
 
 struct Shared {
     addrs: Vec<SocketAddr>,
+    /// Plaintext, or TLS to the server named by the address (or the TLS configuration).
+    secure: Secure,
     config: ClientConfig,
     handler: Arc<dyn Handler>,
     clock: Clock,
@@ -108,6 +111,35 @@ impl Client {
         Ok(client)
     }
 
+    /// Connects to `addr` (`host:port`) over TLS: `host` (or the name `tls` gives) is sent as
+    /// SNI and verified against the server's certificate, and each connection's handshake must
+    /// complete within [`ClientConfig::connect_timeout`]. A failed handshake (untrusted
+    /// certificate, name mismatch, refused client certificate, a plaintext server) fails the
+    /// calls waiting on that connection with [`CallError::Connect`] carrying the
+    /// [`TlsError`](remora_tls::TlsError) (never as possibly delivered); the pool reconnects
+    /// with its backoff.
+    pub async fn connect_tls(
+        addr: &str,
+        config: ClientConfig,
+        tls: ClientTls,
+    ) -> Result<Client, CallError> {
+        let client = Client::lazy_tls(addr, config, NotSupported, tls)?;
+        client.acquire().await?;
+        Ok(client)
+    }
+
+    /// [`Client::lazy`] over TLS (see [`Client::connect_tls`]).
+    pub fn lazy_tls(
+        addr: &str,
+        config: ClientConfig,
+        handler: impl Handler,
+        tls: ClientTls,
+    ) -> Result<Client, CallError> {
+        let secure = Secure::client(tls, addr, config.connect_timeout)
+            .map_err(|e| CallError::Connect(ConnectError::new(e)))?;
+        Client::lazy_secure(addr, config, handler, secure)
+    }
+
     /// A client that connects on its first call (for a cluster, where one endpoint being down
     /// must not stop the others). The address is resolved now (blocking, as
     /// `std::net::ToSocketAddrs` does: pass an IP address from async code).
@@ -115,6 +147,15 @@ impl Client {
         addr: impl ToSocketAddrs,
         config: ClientConfig,
         handler: impl Handler,
+    ) -> Result<Client, CallError> {
+        Client::lazy_secure(addr, config, handler, Secure::plain())
+    }
+
+    fn lazy_secure(
+        addr: impl ToSocketAddrs,
+        config: ClientConfig,
+        handler: impl Handler,
+        secure: Secure,
     ) -> Result<Client, CallError> {
         let addrs: Vec<SocketAddr> = addr
             .to_socket_addrs()
@@ -132,6 +173,7 @@ impl Client {
         Ok(Client {
             shared: Arc::new(Shared {
                 addrs,
+                secure,
                 config,
                 handler: Arc::new(handler),
                 clock: Clock::new(),
@@ -303,9 +345,15 @@ impl Shared {
                         idle_timeout: self.config.idle_timeout,
                         dispatch: self.config.dispatch,
                     };
-                    let started =
-                        Conn::start(stream, config, Arc::clone(&self.handler), self.clock, None)
-                            .map_err(|e| CallError::Connect(e.into()));
+                    let started = Conn::start(
+                        stream,
+                        &self.secure,
+                        config,
+                        Arc::clone(&self.handler),
+                        self.clock,
+                        None,
+                    )
+                    .map_err(|e| CallError::Connect(e.into()));
                     remora_metrics::connection(Side::Client, &started);
                     if started.is_ok()
                         && self.opened.fetch_add(1, Ordering::Relaxed) >= self.config.pool_size

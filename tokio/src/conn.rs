@@ -28,6 +28,7 @@ use remora_core::{
     Account, Budget, CallError, CloseReason, Command, Config, Connection, Event, Handler,
     IncomingRequest, Instant, Outgoing, RequestId, READ_STEP,
 };
+use remora_tls::{Secure, Session};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -92,7 +93,8 @@ enum CallSlot {
 const READ_LOW_WATER: usize = 8 * 1024;
 
 struct State {
-    machine: Connection,
+    /// The machine under its TLS (or plaintext) session: socket bytes go through the session.
+    machine: Session,
     calls: Vec<CallSlot>,
     /// Outcomes whose slot was reused before their future collected them (the machine frees a
     /// slot as soon as the response arrives).
@@ -148,6 +150,7 @@ impl Conn {
     /// the budget when it closes, or at once if it cannot start.
     pub(crate) fn start(
         stream: TcpStream,
+        secure: &Secure,
         config: ConnConfig,
         handler: Arc<dyn Handler>,
         clock: Clock,
@@ -170,7 +173,7 @@ impl Conn {
         };
         let conn = Arc::new(Conn {
             state: Mutex::new(State {
-                machine: Connection::new(config.machine),
+                machine: secure.session(Connection::new(config.machine), clock.now()),
                 calls: Vec::new(),
                 parked: HashMap::new(),
                 last_active: clock.now(),
@@ -233,7 +236,10 @@ impl Conn {
             let st = &mut *st;
             let idle = st.machine.poll_transmit().is_none();
             let earliest = st.machine.poll_timeout();
-            let id = cmd.send(&mut st.machine, deadline, now, ())?;
+            let id = match cmd.send(st.machine.connection_mut(), deadline, now, ()) {
+                Ok(id) => id,
+                Err(e) => return Err(st.machine.send_error(e)),
+            };
             let index = id.index(&st.machine);
             if st.calls.len() <= index {
                 st.calls.resize_with(index + 1, || CallSlot::Empty);
@@ -264,7 +270,9 @@ impl Conn {
         let idle = {
             let mut st = lock(&self.state);
             let idle = st.machine.poll_transmit().is_none();
-            st.machine.send_oneway(cmd)?;
+            if let Err(e) = st.machine.send_oneway(cmd) {
+                return Err(st.machine.send_error(e));
+            }
             st.last_active = self.clock.now();
             idle
         };
@@ -296,7 +304,7 @@ impl Conn {
     }
 
     /// Applies `shut` to the machine, then completes what it failed.
-    fn end(&self, shut: impl FnOnce(&mut Connection)) {
+    fn end(&self, shut: impl FnOnce(&mut Session)) {
         let mut turn = Turn::default();
         {
             let mut st = lock(&self.state);
@@ -328,10 +336,25 @@ impl Conn {
         while let Some(event) = st.machine.poll_event() {
             match event {
                 Event::Response { id, response, .. } => complete(st, id, Ok(response), turn),
-                Event::Failed { id, error, .. } => complete(st, id, Err(error.into()), turn),
+                Event::Failed { id, error, .. } => {
+                    let error = st.machine.call_error(error);
+                    complete(st, id, Err(error), turn)
+                }
                 Event::Request { request, command } => turn.requests.push((request, command)),
                 Event::Oneway { command } => turn.oneways.push(command),
-                Event::Closed { .. } => self.closed.store(true, Ordering::Release),
+                Event::Closed { .. } => {
+                    self.closed.store(true, Ordering::Release);
+                    // A TLS failure: a server's is a warning (an enforcing port refusing
+                    // plaintext says so here). A TLS alert still goes out on the task's last
+                    // flush.
+                    if let Some(error) = st.machine.tls_error() {
+                        if self.budget.is_some() {
+                            tracing::warn!(peer = %self.peer, "{error}");
+                        } else {
+                            tracing::debug!(peer = %self.peer, "{error}");
+                        }
+                    }
+                }
             }
         }
         // Gives the account back once the machine has closed.
@@ -343,7 +366,7 @@ impl Conn {
     /// back once it has closed (server connections only).
     fn sync_budget(&self, st: &mut State) {
         if let Some(budget) = &self.budget {
-            budget.settle(&mut st.account, &mut st.machine);
+            budget.settle(&mut st.account, st.machine.connection_mut());
         }
     }
 
@@ -460,7 +483,7 @@ fn complete(st: &mut State, id: RequestId, outcome: Result<Command, CallError>, 
 }
 
 /// Writes everything queued (one write per contiguous run) until done or the socket is full.
-fn flush(stream: &TcpStream, machine: &mut Connection) {
+fn flush(stream: &TcpStream, machine: &mut Session) {
     while let Some(bytes) = machine.poll_transmit() {
         match stream.try_write(bytes) {
             Ok(0) => {

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use remora_core::{Budget, BudgetConfig, Config, Handler, Snapshot};
+use remora_tls::{Secure, ServerTls};
 use tokio::net::{TcpListener, TcpSocket, ToSocketAddrs};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -100,11 +101,32 @@ impl Server {
         Server::bind_with(addr, Arc::new(handler), config).await
     }
 
+    /// Listens on `addr` with TLS, in `tls`'s [`ServerMode`](remora_tls::ServerMode):
+    /// enforcing refuses plaintext clients (a `tracing` warning says so), permissive serves
+    /// plaintext and TLS clients on the one port.
+    pub async fn bind_tls(
+        addr: impl ToSocketAddrs,
+        handler: impl Handler,
+        config: ServerConfig,
+        tls: ServerTls,
+    ) -> io::Result<Server> {
+        Server::bind_secure(addr, Arc::new(handler), config, Secure::server(tls)).await
+    }
+
     /// [`Server::bind`] with a shared handler.
     pub async fn bind_with(
         addr: impl ToSocketAddrs,
         handler: Arc<dyn Handler>,
         config: ServerConfig,
+    ) -> io::Result<Server> {
+        Server::bind_secure(addr, handler, config, Secure::plain()).await
+    }
+
+    async fn bind_secure(
+        addr: impl ToSocketAddrs,
+        handler: Arc<dyn Handler>,
+        config: ServerConfig,
+        secure: Secure,
     ) -> io::Result<Server> {
         let handler = remora_metrics::Observed::wrap(handler);
         let listener = listen(addr, config.backlog).await?;
@@ -115,7 +137,13 @@ impl Server {
             stopping: AtomicBool::new(false),
             budget: Arc::new(Budget::new(config.budget)),
         });
-        let acceptor = tokio::spawn(accept_loop(listener, Arc::clone(&shared), handler, config));
+        let acceptor = tokio::spawn(accept_loop(
+            listener,
+            Arc::clone(&shared),
+            handler,
+            config,
+            secure,
+        ));
         Ok(Server {
             shared,
             local_addr,
@@ -203,6 +231,7 @@ async fn accept_loop(
     shared: Arc<Shared>,
     handler: Arc<dyn Handler>,
     config: ServerConfig,
+    secure: Secure,
 ) {
     let clock = Clock::new();
     let conn_config = ConnConfig {
@@ -234,8 +263,14 @@ async fn accept_loop(
                     budget: Arc::clone(&shared.budget),
                     account,
                 };
-                let started =
-                    Conn::start(stream, conn_config, Arc::clone(&handler), clock, Some(served));
+                let started = Conn::start(
+                    stream,
+                    &secure,
+                    conn_config,
+                    Arc::clone(&handler),
+                    clock,
+                    Some(served),
+                );
                 if let Ok(conn) = started {
                     // Closed ones are dropped from the list here (their sockets already are).
                     shared.conns().push(conn);
