@@ -131,9 +131,17 @@ fn echo(request: Command) -> Command {
 enum Driver {
     Std,
     Tokio,
+    /// Server: remora_uring::Server (an io-uring EventLoop per thread). Client: the
+    /// tokio-uring `remora_uring::Client`.
+    Uring,
+    /// Client only: a bare io-uring `EventLoop` (what `remora bench` drives).
+    UringLoop,
 }
 
-const DRIVERS: [Driver; 2] = [Driver::Std, Driver::Tokio];
+/// Every server.
+const DRIVERS: [Driver; 3] = [Driver::Std, Driver::Tokio, Driver::Uring];
+/// Every client.
+const CLIENTS: [Driver; 4] = [Driver::Std, Driver::Tokio, Driver::Uring, Driver::UringLoop];
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -146,6 +154,7 @@ fn runtime() -> tokio::runtime::Runtime {
 enum Served {
     Std(remora_std::Server),
     Tokio(tokio::runtime::Runtime, remora_tokio::Server),
+    Uring(remora_uring::Server),
 }
 
 impl Served {
@@ -182,6 +191,24 @@ impl Served {
                     .unwrap();
                 Served::Tokio(rt, server)
             }
+            Driver::Uring => {
+                let config = remora_uring::ServerConfig {
+                    threads: 1,
+                    drain_timeout: Duration::ZERO,
+                    ..Default::default()
+                };
+                let handler = std::sync::Arc::new(echo);
+                Served::Uring(
+                    match tls {
+                        Some(tls) => {
+                            remora_uring::Server::bind_tls("127.0.0.1:0", handler, config, tls)
+                        }
+                        None => remora_uring::Server::bind_with("127.0.0.1:0", handler, config),
+                    }
+                    .unwrap(),
+                )
+            }
+            Driver::UringLoop => unreachable!("a client only"),
         }
     }
 
@@ -189,6 +216,7 @@ impl Served {
         match self {
             Served::Std(s) => s.local_addr(),
             Served::Tokio(_, s) => s.local_addr(),
+            Served::Uring(s) => s.local_addr(),
         }
     }
 }
@@ -265,6 +293,68 @@ fn calls_n(
                 out
             })
         }
+        Driver::Uring => {
+            let config = remora_uring::ClientConfig {
+                connect_timeout: TIMEOUT,
+                threads: 1,
+                ..Default::default()
+            };
+            // The client connects its threads at once: a failed handshake may already be
+            // known here (or come with the first call).
+            let client = match tls {
+                Some(tls) => remora_uring::Client::connect_tls(&addr, config, tls),
+                None => remora_uring::Client::connect(addr.as_str(), config),
+            };
+            let client = match client {
+                Ok(client) => client,
+                Err(e) => return bodies.iter().map(|_| Err(e.clone())).collect(),
+            };
+            let out = bodies
+                .iter()
+                .map(|b| {
+                    client
+                        .call_blocking(Command::request(10).with_body(b.clone()), TIMEOUT)
+                        .map(|r| r.body().to_vec())
+                })
+                .collect();
+            client.close();
+            out
+        }
+        Driver::UringLoop => {
+            use remora_uring::{EventLoop, LoopConfig};
+            let secure = match tls {
+                Some(tls) => remora_tls::Secure::client(tls, &addr, TIMEOUT).unwrap(),
+                None => remora_tls::Secure::plain(),
+            };
+            let mut lp = EventLoop::new(
+                remora_core::Config::default(),
+                LoopConfig::default(),
+                std::sync::Arc::new(remora_core::NotSupported),
+            )
+            .unwrap();
+            let conn = lp
+                .connect_secure(addr.parse().unwrap(), TIMEOUT, &secure)
+                .unwrap();
+            let give_up = std::time::Instant::now() + 2 * TIMEOUT;
+            let mut out = Vec::new();
+            for b in &bodies {
+                let request = Command::request(10).with_body(b.clone());
+                if let Err(e) = lp.call(conn, request, TIMEOUT, 7) {
+                    out.push(Err(e));
+                    continue;
+                }
+                let mut done = Vec::new();
+                while done.is_empty() {
+                    assert!(std::time::Instant::now() < give_up, "the loop's call hung");
+                    lp.turn(Duration::from_millis(50), &mut done).unwrap();
+                }
+                let completion = done.remove(0);
+                assert_eq!(completion.token, 7);
+                out.push(completion.outcome.map(|r| r.body().to_vec()));
+            }
+            lp.close_all();
+            out
+        }
     }
 }
 
@@ -299,7 +389,7 @@ fn every_driver_pair_talks_over_tls() {
     let pki = Pki::new();
     for server in DRIVERS {
         let served = Served::start(server, Some(pki.server_tls(ServerMode::Enforcing)));
-        for client in DRIVERS {
+        for client in CLIENTS {
             let outcomes = calls(client, served.addr(), Some(pki.client_tls()));
             assert_echoed(&outcomes, &format!("{client:?} client → {server:?} server"));
         }
@@ -311,7 +401,7 @@ fn a_permissive_server_serves_plaintext_and_tls_clients_on_one_port() {
     let pki = Pki::new();
     for server in DRIVERS {
         let served = Served::start(server, Some(pki.server_tls(ServerMode::Permissive)));
-        for client in DRIVERS {
+        for client in CLIENTS {
             let what = format!("{client:?} → permissive {server:?}");
             assert_echoed(&calls(client, served.addr(), Some(pki.client_tls())), &what);
             assert_echoed(&calls(client, served.addr(), None), &what);
@@ -324,7 +414,7 @@ fn an_enforcing_server_refuses_plaintext_clients() {
     let pki = Pki::new();
     for server in DRIVERS {
         let served = Served::start(server, Some(pki.server_tls(ServerMode::Enforcing)));
-        for client in DRIVERS {
+        for client in CLIENTS {
             {
                 let outcome = first_call(client, served.addr(), None);
                 let error = outcome.expect_err("plaintext on an enforcing port");
@@ -342,7 +432,7 @@ fn a_tls_client_against_a_plaintext_server_fails_unwritten() {
     for server in DRIVERS {
         let served = Served::start(server, None);
         let pki = Pki::new();
-        for client in DRIVERS {
+        for client in CLIENTS {
             {
                 let error = tls_error(&first_call(client, served.addr(), Some(pki.client_tls())));
                 assert!(
@@ -362,7 +452,7 @@ fn mutual_tls_accepts_the_right_client_certificate_and_refuses_others() {
     let pki = Pki::new();
     for server in DRIVERS {
         let served = Served::start(server, Some(pki.mtls_server_tls()));
-        for client in DRIVERS {
+        for client in CLIENTS {
             let what = format!("{client:?} → mTLS {server:?}");
             assert_echoed(
                 &calls(
@@ -413,7 +503,7 @@ fn an_untrusted_ca_or_a_wrong_name_fails_with_a_typed_error() {
         .unwrap();
     for server in DRIVERS {
         let served = Served::start(server, Some(pki.server_tls(ServerMode::Enforcing)));
-        for client in DRIVERS {
+        for client in CLIENTS {
             let what = format!("{client:?} → {server:?}");
             {
                 let error = tls_error(&first_call(
@@ -438,5 +528,139 @@ fn an_untrusted_ca_or_a_wrong_name_fails_with_a_typed_error() {
                 &what,
             );
         }
+    }
+}
+
+#[test]
+fn a_stalled_handshake_ends_at_the_connect_timeout_on_every_client() {
+    // A server that accepts and never says a word.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        listener.set_nonblocking(true).unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        while held.len() < CLIENTS.len() && std::time::Instant::now() < until {
+            match listener.accept() {
+                Ok((stream, _)) => held.push(stream),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        held
+    });
+    let pki = Pki::new();
+    let tls = pki.client_tls();
+    for client in CLIENTS {
+        let started = std::time::Instant::now();
+        let outcome = stalled_call(client, addr, tls.clone());
+        let error = tls_error(&outcome);
+        assert!(
+            matches!(error, TlsError::HandshakeTimeout),
+            "{client:?}: {error}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{client:?}: the handshake was not bounded by the connect timeout"
+        );
+    }
+    drop(held.join().unwrap());
+}
+
+/// One call with a 300 ms connect timeout (which bounds the handshake) and a longer call
+/// timeout: the handshake's deadline must be what ends it.
+fn stalled_call(driver: Driver, addr: SocketAddr, tls: ClientTls) -> Result<Vec<u8>, CallError> {
+    let connect = Duration::from_millis(300);
+    let addr_text = addr.to_string();
+    let request = || Command::request(10).with_body(&b"never"[..]);
+    match driver {
+        Driver::Std => {
+            let config = remora_std::ClientConfig {
+                connect_timeout: connect,
+                ..Default::default()
+            };
+            let client =
+                remora_std::Client::lazy_tls(&addr_text, config, remora_std::NotSupported, tls)
+                    .unwrap();
+            client.call(request(), TIMEOUT).map(|r| r.body().to_vec())
+        }
+        Driver::Tokio => {
+            let config = remora_tokio::ClientConfig {
+                connect_timeout: connect,
+                ..Default::default()
+            };
+            runtime().block_on(async {
+                let client = remora_tokio::Client::lazy_tls(
+                    &addr_text,
+                    config,
+                    remora_core::NotSupported,
+                    tls,
+                )
+                .unwrap();
+                client
+                    .call(request(), TIMEOUT)
+                    .await
+                    .map(|r| r.body().to_vec())
+            })
+        }
+        Driver::Uring => {
+            let config = remora_uring::ClientConfig {
+                connect_timeout: connect,
+                threads: 1,
+                ..Default::default()
+            };
+            let client = remora_uring::Client::connect_tls(&addr_text, config, tls)?;
+            let outcome = client
+                .call_blocking(request(), TIMEOUT)
+                .map(|r| r.body().to_vec());
+            client.close();
+            outcome
+        }
+        Driver::UringLoop => {
+            let secure = remora_tls::Secure::client(tls, &addr_text, connect).unwrap();
+            let mut lp = remora_uring::EventLoop::new(
+                remora_core::Config::default(),
+                remora_uring::LoopConfig::default(),
+                std::sync::Arc::new(remora_core::NotSupported),
+            )
+            .unwrap();
+            let conn = lp.connect_secure(addr, connect, &secure).unwrap();
+            lp.call(conn, request(), TIMEOUT, 1)?;
+            let mut done = Vec::new();
+            let give_up = std::time::Instant::now() + 2 * TIMEOUT;
+            while done.is_empty() && std::time::Instant::now() < give_up {
+                lp.turn(Duration::from_millis(50), &mut done).unwrap();
+            }
+            done.remove(0).outcome.map(|r| r.body().to_vec())
+        }
+    }
+}
+
+#[test]
+fn a_server_drops_a_client_that_never_finishes_its_handshake() {
+    use std::io::Read;
+    let pki = Pki::new();
+    for server in DRIVERS {
+        let tls = ServerTls::builder()
+            .certificate(vec![pki.server.cert.clone()], pki.server.key())
+            .handshake_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let served = Served::start(server, Some(tls));
+        // Connects and sends nothing: the server must close it at the handshake deadline.
+        let mut stream = std::net::TcpStream::connect(served.addr()).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 16];
+        let read = stream.read(&mut buf);
+        assert!(
+            matches!(read, Ok(0)) || read.is_err() && started.elapsed() < Duration::from_secs(4),
+            "{server:?}: {read:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{server:?}: a silent client was kept past the handshake timeout"
+        );
     }
 }

@@ -18,6 +18,8 @@ use tokio::sync::{oneshot, Notify};
 use tokio_uring::net::TcpStream;
 use tracing::Instrument;
 
+use remora_tls::{ClientTls, Secure};
+
 use crate::conn::{CallFuture, Clock, Conn};
 
 /// How a client behaves.
@@ -53,6 +55,8 @@ impl Default for ClientConfig {
 
 struct Local {
     addrs: Vec<SocketAddr>,
+    /// Plaintext, or TLS to the server named by the address (or the TLS configuration).
+    secure: Secure,
     config: ClientConfig,
     handler: Arc<dyn Handler>,
     clock: Clock,
@@ -108,6 +112,34 @@ impl LocalClient {
         Ok(client)
     }
 
+    /// Connects to `addr` (`host:port`) over TLS: `host` (or the name `tls` gives) is sent as
+    /// SNI and verified against the server's certificate, and each connection's handshake must
+    /// complete within [`ClientConfig::connect_timeout`]. A failed handshake (untrusted
+    /// certificate, name mismatch, refused client certificate, a plaintext server) fails the
+    /// calls waiting on that connection with [`CallError::Connect`] carrying the
+    /// [`TlsError`](remora_tls::TlsError) (never as possibly delivered).
+    pub async fn connect_tls(
+        addr: &str,
+        config: ClientConfig,
+        tls: ClientTls,
+    ) -> Result<LocalClient, CallError> {
+        let client = LocalClient::lazy_tls(addr, config, Arc::new(NotSupported), tls)?;
+        client.acquire().await?;
+        Ok(client)
+    }
+
+    /// [`LocalClient::lazy`] over TLS (see [`LocalClient::connect_tls`]).
+    pub fn lazy_tls(
+        addr: &str,
+        config: ClientConfig,
+        handler: Arc<dyn Handler>,
+        tls: ClientTls,
+    ) -> Result<LocalClient, CallError> {
+        let secure = Secure::client(tls, addr, config.connect_timeout)
+            .map_err(|e| CallError::Connect(ConnectError::new(e)))?;
+        LocalClient::lazy_secure(addr, config, handler, secure)
+    }
+
     /// A client that connects on its first call (for a cluster, where one endpoint being down
     /// must not stop the others). The address is resolved now.
     pub fn lazy(
@@ -115,10 +147,20 @@ impl LocalClient {
         config: ClientConfig,
         handler: Arc<dyn Handler>,
     ) -> Result<LocalClient, CallError> {
+        LocalClient::lazy_secure(addr, config, handler, Secure::plain())
+    }
+
+    fn lazy_secure(
+        addr: impl ToSocketAddrs,
+        config: ClientConfig,
+        handler: Arc<dyn Handler>,
+        secure: Secure,
+    ) -> Result<LocalClient, CallError> {
         let addrs = resolve(addr)?;
         let client = LocalClient {
             inner: Rc::new(Local {
                 addrs,
+                secure,
                 config,
                 handler,
                 clock: Clock::new(),
@@ -270,6 +312,7 @@ impl Local {
                     }
                     return Ok(Conn::start(
                         stream,
+                        &self.secure,
                         self.config.connection,
                         self.config.idle_timeout,
                         Arc::clone(&self.handler),
@@ -346,6 +389,27 @@ impl Client {
         config: ClientConfig,
         handler: Arc<dyn Handler>,
     ) -> Result<Client, CallError> {
+        Client::start(addr, config, handler, Secure::plain())
+    }
+
+    /// Starts the client's threads and connects each to `addr` (`host:port`) over TLS (see
+    /// [`LocalClient::connect_tls`]).
+    pub fn connect_tls(
+        addr: &str,
+        config: ClientConfig,
+        tls: ClientTls,
+    ) -> Result<Client, CallError> {
+        let secure = Secure::client(tls, addr, config.connect_timeout)
+            .map_err(|e| CallError::Connect(ConnectError::new(e)))?;
+        Client::start(addr, config, Arc::new(NotSupported), secure)
+    }
+
+    fn start(
+        addr: impl ToSocketAddrs,
+        config: ClientConfig,
+        handler: Arc<dyn Handler>,
+        secure: Secure,
+    ) -> Result<Client, CallError> {
         let addrs = resolve(addr)?;
         let mut workers = Vec::new();
         for i in 0..config.threads.max(1) {
@@ -355,23 +419,26 @@ impl Client {
             let stop_here = Arc::clone(&stop);
             let addrs = addrs.clone();
             let handler = Arc::clone(&handler);
+            let secure = secure.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("remora-uring-client-{i}"))
                 .spawn(move || {
                     tokio_uring::start(async move {
-                        let client =
-                            match LocalClient::connect_with_handler(&addrs[..], config, handler)
-                                .await
-                            {
-                                Ok(c) => {
-                                    let _ = ready_tx.send(Ok(()));
-                                    c
-                                }
-                                Err(e) => {
-                                    let _ = ready_tx.send(Err(e));
-                                    return;
-                                }
+                        let connected =
+                            match LocalClient::lazy_secure(&addrs[..], config, handler, secure) {
+                                Ok(client) => client.acquire().await.map(|_| client),
+                                Err(e) => Err(e),
                             };
+                        let client = match connected {
+                            Ok(c) => {
+                                let _ = ready_tx.send(Ok(()));
+                                c
+                            }
+                            Err(e) => {
+                                let _ = ready_tx.send(Err(e));
+                                return;
+                            }
+                        };
                         let running = Rc::new(std::cell::Cell::new(0usize));
                         loop {
                             let job = tokio::select! {

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use remora_tls::{Secure, Session};
+
 use crate::handle_catching;
 use bytes::BytesMut;
 use remora_core::{
@@ -65,7 +67,8 @@ const READ_CHUNK: usize = 64 * 1024;
 const READ_LOW_WATER: usize = 8 * 1024;
 
 pub(crate) struct Conn {
-    machine: RefCell<Connection>,
+    /// The machine under its TLS (or plaintext) session: socket bytes go through the session.
+    machine: RefCell<Session>,
     calls: RefCell<Vec<CallSlot>>,
     /// Outcomes whose slot was reused before their future collected them (the machine frees a
     /// slot as soon as the response arrives).
@@ -89,17 +92,19 @@ impl Conn {
     /// Starts driving `stream` on the current tokio-uring runtime.
     pub(crate) fn start(
         stream: TcpStream,
+        secure: &Secure,
         config: Config,
         idle_timeout: Option<Duration>,
         handler: Arc<dyn Handler>,
         clock: Clock,
     ) -> Rc<Conn> {
-        Conn::start_served(stream, config, idle_timeout, handler, clock, None)
+        Conn::start_served(stream, secure, config, idle_timeout, handler, clock, None)
     }
 
     /// [`Conn::start`] for a server's connection, admitted to its budget.
     pub(crate) fn start_served(
         stream: TcpStream,
+        secure: &Secure,
         config: Config,
         idle_timeout: Option<Duration>,
         handler: Arc<dyn Handler>,
@@ -112,7 +117,7 @@ impl Conn {
             None => (None, None),
         };
         let conn = Rc::new(Conn {
-            machine: RefCell::new(Connection::new(config)),
+            machine: RefCell::new(secure.session(Connection::new(config), clock.now())),
             calls: RefCell::new(Vec::new()),
             parked: RefCell::new(HashMap::new()),
             stream,
@@ -170,7 +175,10 @@ impl Conn {
         let (id, index, rearm) = {
             let mut m = self.machine.borrow_mut();
             let earliest = m.poll_timeout();
-            let id = cmd.send(&mut m, deadline, now, ())?;
+            let id = match cmd.send(m.connection_mut(), deadline, now, ()) {
+                Ok(id) => id,
+                Err(e) => return Err(m.send_error(e)),
+            };
             (id, id.index(&m), earliest.map_or(true, |t| deadline < t))
         };
         {
@@ -199,7 +207,12 @@ impl Conn {
 
     /// Queues a oneway request.
     pub(crate) fn oneway(&self, cmd: Command) -> Result<(), CallError> {
-        self.machine.borrow_mut().send_oneway(cmd)?;
+        {
+            let mut m = self.machine.borrow_mut();
+            if let Err(e) = m.send_oneway(cmd) {
+                return Err(m.send_error(e));
+            }
+        }
         self.last_active.set(self.clock.now());
         self.write_wake.notify_one();
         Ok(())
@@ -237,7 +250,10 @@ impl Conn {
             let Some(event) = event else { break };
             match event {
                 Event::Response { id, response, .. } => self.complete(id, Ok(response)),
-                Event::Failed { id, error, .. } => self.complete(id, Err(error.into())),
+                Event::Failed { id, error, .. } => {
+                    let error = self.machine.borrow().call_error(error);
+                    self.complete(id, Err(error))
+                }
                 Event::Request { request, command } => {
                     let response = handle_catching(&*self.handler, command);
                     let _ = self.machine.borrow_mut().send_response(request, response);
@@ -248,6 +264,9 @@ impl Conn {
                 }
                 Event::Closed { .. } => {
                     self.closed.set(true);
+                    if let Some(error) = self.machine.borrow().tls_error() {
+                        tracing::debug!("{error}");
+                    }
                     let _ = self.stream.shutdown(std::net::Shutdown::Both);
                     if let (Some(budget), Some(account)) =
                         (&self.budget, self.account.borrow_mut().take())
@@ -261,7 +280,7 @@ impl Conn {
             }
         }
         self.sync_budget();
-        if answered || self.machine.borrow().poll_transmit().is_some() {
+        if answered || self.machine.borrow_mut().poll_transmit().is_some() {
             self.write_wake.notify_one();
         }
     }
@@ -270,7 +289,7 @@ impl Conn {
     /// machine whether the budget is spent).
     fn sync_budget(&self) {
         if let (Some(budget), Some(account)) = (&self.budget, self.account.borrow_mut().as_mut()) {
-            budget.sync(account, &mut self.machine.borrow_mut());
+            budget.sync(account, self.machine.borrow_mut().connection_mut());
         }
     }
 

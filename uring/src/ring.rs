@@ -22,6 +22,8 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use remora_tls::{Secure, Session};
+
 use crate::handle_catching;
 use bytes::{Bytes, BytesMut};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -218,7 +220,8 @@ impl Drop for BufRing {
 struct Slot {
     fd: OwnedFd,
     generation: u32,
-    machine: Connection,
+    /// The machine under its TLS (or plaintext) session: socket bytes go through the session.
+    machine: Session,
     /// A server connection's share of the server's budget.
     account: Option<Account>,
     /// Operations the kernel holds for this slot (recv, send, cancel). The slot (and its fd,
@@ -255,6 +258,8 @@ pub struct EventLoop {
     handler: Arc<dyn Handler>,
     budget: Option<Arc<Budget>>,
     connection: Config,
+    /// How accepted connections are secured (plaintext unless [`serve_tls`](Self::serve_tls)).
+    secure: Secure,
     /// A listener accepted on, and whether an accept is in flight.
     listener: Option<(OwnedFd, bool)>,
     accept_multishot: bool,
@@ -306,6 +311,7 @@ impl EventLoop {
             handler,
             budget: None,
             connection,
+            secure: Secure::plain(),
             listener: None,
             accept_multishot: !config.single_shot,
             accepting: true,
@@ -325,6 +331,12 @@ impl EventLoop {
     /// Connections open (or still finishing operations) on this loop.
     pub fn connections(&self) -> usize {
         self.slots.len()
+    }
+
+    /// Secures the connections this loop accepts from now on with `secure` (a
+    /// [`Secure::server`]): TLS in its mode.
+    pub fn serve_tls(&mut self, secure: Secure) {
+        self.secure = secure;
     }
 
     pub(crate) fn set_budget(&mut self, budget: Arc<Budget>) {
@@ -366,18 +378,32 @@ impl EventLoop {
 
     /// Connects to `addr` (blocking, with `timeout`) and adds the connection to the loop.
     pub fn connect(&mut self, addr: SocketAddr, timeout: Duration) -> io::Result<ConnId> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)?;
-        stream.set_nodelay(true)?;
-        Ok(self.add(OwnedFd::from(stream), None))
+        self.connect_secure(addr, timeout, &Secure::plain())
     }
 
-    fn add(&mut self, fd: OwnedFd, account: Option<Account>) -> ConnId {
+    /// [`connect`](Self::connect), secured by `secure` (a [`Secure::client`]): the TLS
+    /// handshake runs in the loop's turns, bounded by the `Secure`'s handshake timeout; calls
+    /// queued meanwhile wait for it, and fail with [`CallError::Connect`] carrying the
+    /// [`TlsError`](remora_tls::TlsError) if it fails.
+    pub fn connect_secure(
+        &mut self,
+        addr: SocketAddr,
+        timeout: Duration,
+        secure: &Secure,
+    ) -> io::Result<ConnId> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_nodelay(true)?;
+        let machine = secure.session(Connection::new(self.connection), self.now());
+        Ok(self.add(OwnedFd::from(stream), machine, None))
+    }
+
+    fn add(&mut self, fd: OwnedFd, machine: Session, account: Option<Account>) -> ConnId {
         self.generation = self.generation.wrapping_add(1);
         let generation = self.generation;
         let key = self.slots.insert(Slot {
             fd,
             generation,
-            machine: Connection::new(self.connection),
+            machine,
             account,
             ops: 0,
             recv_armed: false,
@@ -391,6 +417,9 @@ impl EventLoop {
             tokens: Vec::new(),
         });
         self.arm_recv(key);
+        // A TLS client's ClientHello goes out, and a handshake deadline is armed, on the next
+        // flush.
+        self.touched(key);
         ConnId { key, generation }
     }
 
@@ -413,7 +442,10 @@ impl EventLoop {
     ) -> Result<RequestId, CallError> {
         let now = self.now();
         let slot = self.slot(conn)?;
-        let id = slot.machine.send_request(request, now + timeout, now)?;
+        let id = match slot.machine.send_request(request, now + timeout, now) {
+            Ok(id) => id,
+            Err(e) => return Err(slot.machine.send_error(e)),
+        };
         let index = id.index(&slot.machine);
         if slot.tokens.len() <= index {
             slot.tokens.resize(index + 1, 0);
@@ -427,7 +459,9 @@ impl EventLoop {
     /// Queues a oneway request on `conn`.
     pub fn oneway(&mut self, conn: ConnId, request: Command) -> Result<(), CallError> {
         let slot = self.slot(conn)?;
-        slot.machine.send_oneway(request)?;
+        if let Err(e) = slot.machine.send_oneway(request) {
+            return Err(slot.machine.send_error(e));
+        }
         self.touched(conn.key);
         Ok(())
     }
@@ -724,7 +758,10 @@ impl EventLoop {
             None => None,
         };
         set_nodelay(fd.as_raw_fd());
-        let conn = self.add(fd, account);
+        let machine = self
+            .secure
+            .session(Connection::new(self.connection), self.now());
+        let conn = self.add(fd, machine, account);
         self.sync_budget(conn.key);
     }
 
@@ -791,6 +828,13 @@ impl EventLoop {
             slot.machine.handle_disconnect();
         }
         self.drain(key);
+        let Some(slot) = self.slots.get_mut(key) else {
+            return;
+        };
+        if !slot.closed && slot.machine.is_tls() && slot.machine.poll_transmit().is_some() {
+            // The TLS layer answered by itself (handshake messages).
+            self.touched(key);
+        }
         let Some(slot) = self.slots.get_mut(key) else {
             return;
         };
@@ -889,7 +933,7 @@ impl EventLoop {
                         conn: ConnId { key, generation },
                         id,
                         token,
-                        outcome: Err(error.into()),
+                        outcome: Err(slot.machine.call_error(error)),
                     });
                 }
                 Event::Request { request, command } => {
@@ -902,6 +946,21 @@ impl EventLoop {
                 }
                 Event::Closed { .. } => {
                     slot.closed = true;
+                    if let Some(error) = slot.machine.tls_error() {
+                        // A server's TLS failure is a warning (an enforcing port refusing
+                        // plaintext says so here).
+                        if self.budget.is_some() {
+                            tracing::warn!("{error}");
+                        } else {
+                            tracing::debug!("{error}");
+                        }
+                    }
+                    if slot.sending.is_none() && !slot.send_armed {
+                        // A TLS alert (or close_notify), best effort: one non-blocking send.
+                        if let Some(bytes) = slot.machine.take_transmit() {
+                            send_now(&slot.fd, &bytes);
+                        }
+                    }
                     // SAFETY: shutdown on a socket we own; it ends the operations in flight on
                     // it (their completions still arrive, and free the slot).
                     unsafe { libc::shutdown(slot.fd.as_raw_fd(), libc::SHUT_RDWR) };
@@ -922,7 +981,7 @@ impl EventLoop {
     fn sync_budget(&mut self, key: usize) {
         if let (Some(budget), Some(slot)) = (&self.budget, self.slots.get_mut(key)) {
             if let Some(account) = slot.account.as_mut() {
-                budget.sync(account, &mut slot.machine);
+                budget.sync(account, slot.machine.connection_mut());
             }
         }
     }
@@ -1027,6 +1086,22 @@ const SELECT_READ_STEP: usize = 32 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 /// Below this much free room, the read buffer grows by `READ_CHUNK`.
 const READ_LOW_WATER: usize = 8 * 1024;
+
+/// One non-blocking `send` of `bytes` on `fd`; what does not fit is dropped (for a closing
+/// connection's last TLS record).
+fn send_now(fd: &OwnedFd, bytes: &[u8]) {
+    // SAFETY: `bytes` is a live slice of `bytes.len()` bytes for the duration of the call, and
+    // `fd` is a socket we own; MSG_DONTWAIT never blocks, MSG_NOSIGNAL never raises SIGPIPE.
+    // The `tls` tests' refused client certificates arrive through this send (the alert).
+    unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            bytes.as_ptr() as *const libc::c_void,
+            bytes.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+}
 
 fn set_nodelay(fd: RawFd) {
     let one: libc::c_int = 1;

@@ -13,6 +13,8 @@ use std::time::Duration;
 use remora_core::{Budget, BudgetConfig, Config, Handler, Snapshot};
 use socket2::{Domain, Socket, Type};
 
+use remora_tls::{Secure, ServerTls};
+
 use crate::ring::{EventLoop, LoopConfig};
 
 /// How a [`Server`] runs.
@@ -73,6 +75,27 @@ impl Server {
         handler: Arc<dyn Handler>,
         config: ServerConfig,
     ) -> io::Result<Server> {
+        Server::bind_secure(addr, handler, config, Secure::plain())
+    }
+
+    /// Listens on `addr` with TLS, in `tls`'s [`ServerMode`](remora_tls::ServerMode):
+    /// enforcing refuses plaintext clients (a `tracing` warning says so), permissive serves
+    /// plaintext and TLS clients on the one port.
+    pub fn bind_tls(
+        addr: impl ToSocketAddrs,
+        handler: Arc<dyn Handler>,
+        config: ServerConfig,
+        tls: ServerTls,
+    ) -> io::Result<Server> {
+        Server::bind_secure(addr, handler, config, Secure::server(tls))
+    }
+
+    fn bind_secure(
+        addr: impl ToSocketAddrs,
+        handler: Arc<dyn Handler>,
+        config: ServerConfig,
+        secure: Secure,
+    ) -> io::Result<Server> {
         let handler = remora_metrics::Observed::wrap(handler);
         let addr = addr
             .to_socket_addrs()?
@@ -98,12 +121,18 @@ impl Server {
             let handler = Arc::clone(&handler);
             let budget = Arc::clone(&budget);
             let stop = Arc::clone(&stop);
+            let secure = secure.clone();
             let (wake_fd, loop_fd) = eventfd()?;
             let (ready, started) = mpsc::channel();
             let thread = std::thread::Builder::new()
                 .name(format!("remora-uring-server-{i}"))
                 .spawn(move || {
-                    serve(std_listener, handler, budget, config, stop, loop_fd, ready);
+                    let io = Io {
+                        stop,
+                        wake: loop_fd,
+                        ready,
+                    };
+                    serve(std_listener, handler, budget, config, secure, io);
                 })?;
             server.wakes.push(wake_fd);
             server.threads.push(thread);
@@ -157,14 +186,20 @@ fn listener(addr: SocketAddr, backlog: i32) -> io::Result<std::net::TcpListener>
 }
 
 /// One server thread: its loop accepts from `std_listener` until `stop`, then drains.
+/// A server thread's links to the [`Server`]: its stop flag, its wake-up, its start report.
+struct Io {
+    stop: Arc<AtomicBool>,
+    wake: OwnedFd,
+    ready: mpsc::Sender<io::Result<()>>,
+}
+
 fn serve(
     std_listener: std::net::TcpListener,
     handler: Arc<dyn Handler>,
     budget: Arc<Budget>,
     config: ServerConfig,
-    stop: Arc<AtomicBool>,
-    wake: OwnedFd,
-    ready: mpsc::Sender<io::Result<()>>,
+    secure: Secure,
+    Io { stop, wake, ready }: Io,
 ) {
     let mut event_loop = match EventLoop::new(config.connection, config.io, handler) {
         Ok(l) => l,
@@ -174,6 +209,7 @@ fn serve(
         }
     };
     event_loop.set_budget(budget);
+    event_loop.serve_tls(secure);
     event_loop.listen(std_listener);
     event_loop.wake_on(wake);
     let _ = ready.send(Ok(()));
