@@ -70,7 +70,32 @@ pub struct Plan {
     pub timeout: Duration,
     /// Sign every request (ACL), as a client with credentials does.
     pub signer: Option<remora_core::acl::Signer>,
+    /// Connect over TLS (rpc mode).
+    pub tls: Option<Tls>,
 }
+
+/// `bench --tls`: the client's configuration, and the embedded server's (none with `--target`).
+#[derive(Clone, Debug)]
+pub struct Tls {
+    /// What the load generator's connections use.
+    pub client: remora_tls::ClientTls,
+    /// What the embedded server serves with.
+    pub server: Option<remora_tls::ServerTls>,
+}
+
+impl Plan {
+    /// How the load generator's connections to `addr` are secured.
+    fn secure(&self, addr: SocketAddr) -> Result<remora_tls::Secure, String> {
+        match &self.tls {
+            Some(tls) => remora_tls::Secure::client(tls.client.clone(), &addr.to_string(), CONNECT)
+                .map_err(|e| format!("TLS to {addr}: {e}")),
+            None => Ok(remora_tls::Secure::plain()),
+        }
+    }
+}
+
+/// Connect timeout of the load generator's connections (it bounds their TLS handshakes too).
+const CONNECT: Duration = Duration::from_secs(3);
 
 /// How long a run may outlast its `--duration` (calls still in flight are then unfinished).
 const GRACE: Duration = Duration::from_secs(1);
@@ -140,6 +165,8 @@ pub struct Report {
     pub backend: Backend,
     /// Mode.
     pub mode: Mode,
+    /// Whether it ran over TLS.
+    pub tls: bool,
     /// Responses received and checked.
     pub requests: u64,
     /// Failed calls and mismatched responses.
@@ -166,9 +193,10 @@ impl Report {
     pub fn json(&self, plan: &Plan) -> String {
         let h = &self.latency;
         format!(
-            "{{\"backend\":\"{}\",\"mode\":\"{}\",\"connections\":{},\"inflight\":{},\"payload\":{},\"requests\":{},\"errors\":{},\"seconds\":{:.3},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"error_kinds\":{},\"unfinished\":{},\"stop\":\"{}\"}}",
+            "{{\"backend\":\"{}\",\"mode\":\"{}\",\"tls\":{},\"connections\":{},\"inflight\":{},\"payload\":{},\"requests\":{},\"errors\":{},\"seconds\":{:.3},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"error_kinds\":{},\"unfinished\":{},\"stop\":\"{}\"}}",
             match self.backend { Backend::Uring => "uring", Backend::Std => "std", Backend::Tokio => "tokio" },
             match self.mode { Mode::Rpc => "rpc", Mode::Raw => "raw" },
+            self.tls,
             plan.connections,
             plan.inflight,
             plan.payload,
@@ -190,9 +218,10 @@ impl Report {
     pub fn text(&self, plan: &Plan) -> String {
         let h = &self.latency;
         format!(
-            "{:?}/{:?}: {} conn x {} in flight, {} B payload\n  requests {}  errors {}  unfinished {}  seconds {:.2}  rps {:.0}\n  errors: {}\n  stopped: {}\n  latency us: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+            "{:?}/{:?}{}: {} conn x {} in flight, {} B payload\n  requests {}  errors {}  unfinished {}  seconds {:.2}  rps {:.0}\n  errors: {}\n  stopped: {}\n  latency us: p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
             self.backend,
             self.mode,
+            if self.tls { "+tls" } else { "" },
             plan.connections,
             plan.inflight,
             plan.payload,
@@ -467,6 +496,7 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
     Ok(Report {
         backend: plan.backend,
         mode,
+        tls: plan.tls.is_some() && mode == Mode::Rpc,
         requests,
         errors,
         error_kinds: progress.errors(),
@@ -579,14 +609,20 @@ impl EmbeddedServer {
             _tokio_raw: None,
             raw_stop: None,
         };
+        let tls = plan.tls.as_ref().and_then(|t| t.server.clone());
         match (plan.backend, mode) {
             (Backend::Uring, Mode::Rpc) => {
                 let config = remora_uring::ServerConfig {
                     threads: plan.server_threads.max(1),
                     ..Default::default()
                 };
-                let s = remora_uring::Server::bind_with("127.0.0.1:0", Arc::new(echo), config)
-                    .map_err(|e| format!("starting the uring server: {e}"))?;
+                let s = match tls {
+                    Some(tls) => {
+                        remora_uring::Server::bind_tls("127.0.0.1:0", Arc::new(echo), config, tls)
+                    }
+                    None => remora_uring::Server::bind_with("127.0.0.1:0", Arc::new(echo), config),
+                }
+                .map_err(|e| format!("starting the uring server: {e}"))?;
                 server.addr = s.local_addr();
                 server._uring = Some(s);
             }
@@ -595,19 +631,27 @@ impl EmbeddedServer {
                     workers: plan.server_threads.max(1),
                     ..Default::default()
                 };
-                let s = remora_std::Server::bind_with("127.0.0.1:0", echo, config)
-                    .map_err(|e| format!("starting the std server: {e}"))?;
+                let s = match tls {
+                    Some(tls) => remora_std::Server::bind_tls("127.0.0.1:0", echo, config, tls),
+                    None => remora_std::Server::bind_with("127.0.0.1:0", echo, config),
+                }
+                .map_err(|e| format!("starting the std server: {e}"))?;
                 server.addr = s.local_addr();
                 server._std = Some(s);
             }
             (Backend::Tokio, Mode::Rpc) => {
                 let rt = tokio_runtime(plan.server_threads)?;
+                let config = remora_tokio::ServerConfig::default();
                 let s = rt
-                    .block_on(remora_tokio::Server::bind(
-                        "127.0.0.1:0",
-                        echo,
-                        remora_tokio::ServerConfig::default(),
-                    ))
+                    .block_on(async {
+                        match tls {
+                            Some(tls) => {
+                                remora_tokio::Server::bind_tls("127.0.0.1:0", echo, config, tls)
+                                    .await
+                            }
+                            None => remora_tokio::Server::bind("127.0.0.1:0", echo, config).await,
+                        }
+                    })
                     .map_err(|e| format!("starting the tokio server: {e}"))?;
                 server.addr = s.local_addr();
                 server._tokio = Some((s, rt));
@@ -740,11 +784,11 @@ fn uring_rpc(
         )
         .map_err(|e| format!("starting an io_uring loop: {e}"))?,
     );
-    let connect_timeout = Duration::from_secs(3);
+    let secure = plan.secure(addr)?;
     let mut ids: Vec<ConnId> = Vec::with_capacity(conns);
     for _ in 0..conns {
         ids.push(
-            lp.connect(addr, connect_timeout)
+            lp.connect_secure(addr, CONNECT, &secure)
                 .map_err(|e| format!("connecting to {addr}: {e}"))?,
         );
     }
@@ -779,7 +823,7 @@ fn uring_rpc(
             Err(CallError::Closed { .. } | CallError::ConnectionLost { written: false })
         ) {
             // The connection is gone: reconnect (bounded) and try once more.
-            result = match lp.connect(addr, Duration::from_millis(200)) {
+            result = match lp.connect_secure(addr, Duration::from_millis(200), &secure) {
                 Ok(id) => {
                     ids[c] = id;
                     lp.call(
@@ -960,8 +1004,11 @@ fn std_rpc(
         },
         ..Default::default()
     };
-    let client = remora_std::Client::connect(addr, config)
-        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let client = match &plan.tls {
+        Some(tls) => remora_std::Client::connect_tls(&addr.to_string(), config, tls.client.clone()),
+        None => remora_std::Client::connect(addr, config),
+    }
+    .map_err(|e| format!("connecting to {addr}: {e}"))?;
     let callers: Vec<_> = (0..plan.inflight.max(1))
         .map(|w| {
             let client = client.clone();
@@ -1101,9 +1148,14 @@ fn tokio_rpc(
                 },
                 ..Default::default()
             };
-            let client = remora_tokio::Client::connect(addr, config)
-                .await
-                .map_err(|e| format!("connecting to {addr}: {e}"))?;
+            let client = match &plan.tls {
+                Some(tls) => {
+                    remora_tokio::Client::connect_tls(&addr.to_string(), config, tls.client.clone())
+                        .await
+                }
+                None => remora_tokio::Client::connect(addr, config).await,
+            }
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
             for w in 0..plan.inflight.max(1) {
                 let client = client.clone();
                 let plan = plan.clone();

@@ -7,6 +7,7 @@ mod log;
 mod observe;
 mod pcap;
 mod script;
+mod tls_cli;
 mod view;
 
 use std::io::{self, IsTerminal, Read, Write};
@@ -93,6 +94,8 @@ enum Cmd {
         oneway: bool,
         #[command(flatten)]
         acl: acl_cli::SignArgs,
+        #[command(flatten)]
+        tls: tls_cli::ClientArgs,
     },
     /// Run an echo server: every request is answered SUCCESS with its own body and ext fields.
     ///
@@ -125,6 +128,8 @@ enum Cmd {
         /// Serve Prometheus metrics at http://ADDR/metrics (rpc mode), e.g. 127.0.0.1:9100.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
+        #[command(flatten)]
+        tls: tls_cli::ServeArgs,
     },
     /// Load-test a server: C connections x N requests in flight, every response checked.
     ///
@@ -184,6 +189,11 @@ enum Cmd {
         /// Print every request span at this level or above (e.g. info) on stderr as it closes.
         #[arg(long, value_name = "LEVEL")]
         trace: Option<tracing::Level>,
+        /// With --tls and no --target, the embedded server gets a fresh self-signed certificate
+        /// the client trusts, and `--mode both` runs rpc over TLS, then plaintext, and prints
+        /// their ratio.
+        #[command(flatten)]
+        tls: tls_cli::ClientArgs,
     },
     /// Encode commands given as JSON objects (the shape `decode` prints); print one hex frame each.
     ///
@@ -273,6 +283,7 @@ fn main() -> ExitCode {
             timeout_ms,
             oneway,
             acl,
+            tls,
         } => {
             let body = match (body, body_file) {
                 (Some(text), _) => Ok(text.into_bytes()),
@@ -303,7 +314,7 @@ fn main() -> ExitCode {
                     }
                     _ => return Err("give an address, or --namesrv and --topic".into()),
                 };
-                call(&addr, request, timeout, oneway)
+                call(&addr, request, timeout, oneway, tls.client_tls()?)
             })
         }
         Cmd::Serve {
@@ -313,9 +324,12 @@ fn main() -> ExitCode {
             max_connections,
             acl,
             script: Some(path),
+            tls,
             ..
         } => {
-            if backend == Backend::Uring {
+            if tls.tls_cert.is_some() {
+                Err("--script serves plaintext only (no --tls-cert)".into())
+            } else if backend == Backend::Uring {
                 Err("--script is served by the std backend only: the server Handler answers every request, so it cannot drop one or close the connection".into())
             } else {
                 std::fs::read_to_string(&path)
@@ -333,6 +347,13 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Serve {
+            mode: ServeMode::Raw,
+            tls: tls_cli::ServeArgs {
+                tls_cert: Some(_), ..
+            },
+            ..
+        } => Err("--mode raw is a plaintext byte echo (no --tls-cert)".into()),
+        Cmd::Serve {
             listen,
             backend,
             mode: ServeMode::Raw,
@@ -347,14 +368,18 @@ fn main() -> ExitCode {
             script: None,
             mode: ServeMode::Rpc,
             metrics,
-        } => serve(
-            &listen,
-            backend,
-            serialize.map(Into::into),
-            max_connections,
-            acl.as_ref(),
-            metrics.as_deref(),
-        ),
+            tls,
+        } => tls.server_tls().and_then(|tls| {
+            serve(
+                &listen,
+                backend,
+                serialize.map(Into::into),
+                max_connections,
+                acl.as_ref(),
+                metrics.as_deref(),
+                tls,
+            )
+        }),
         Cmd::Bench {
             target,
             backend,
@@ -373,6 +398,7 @@ fn main() -> ExitCode {
             metrics,
             quiet,
             trace,
+            tls,
         } => {
             if let Some(level) = trace {
                 if let Err(e) = observe::trace(level) {
@@ -399,6 +425,13 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            let tls = match bench_tls(&tls, target) {
+                Ok(tls) => tls,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let plan = bench::Plan {
                 backend: match backend {
                     Backend::Uring => bench::Backend::Uring,
@@ -420,6 +453,7 @@ fn main() -> ExitCode {
                 progress: !json && !quiet && io::stderr().is_terminal(),
                 timeout: Duration::from_millis(timeout_ms.max(1)),
                 signer,
+                tls,
             };
             run_bench(&plan, mode, json)
         }
@@ -478,13 +512,23 @@ fn decode(
     }
 }
 
-fn call(addr: &str, request: Command, timeout: Duration, oneway: bool) -> Result<(), String> {
+fn call(
+    addr: &str,
+    request: Command,
+    timeout: Duration,
+    oneway: bool,
+    tls: Option<remora_tls::ClientTls>,
+) -> Result<(), String> {
     let config = ClientConfig {
         mode: Mode::Short,
         connect_timeout: timeout,
         ..ClientConfig::default()
     };
-    let client = Client::connect(addr, config).map_err(|e| format!("{addr}: {e}"))?;
+    let client = match tls {
+        Some(tls) => Client::connect_tls(addr, config, tls),
+        None => Client::connect(addr, config),
+    }
+    .map_err(|e| format!("{addr}: {e}"))?;
     let outcome = if oneway {
         client.oneway(request).map(|()| None)
     } else {
@@ -545,6 +589,7 @@ fn serve(
     max_connections: usize,
     acl: Option<&std::path::PathBuf>,
     metrics: Option<&str>,
+    tls: Option<remora_tls::ServerTls>,
 ) -> Result<(), String> {
     log::install();
     let handler = acl_cli::guard(echo, acl)?;
@@ -567,9 +612,13 @@ fn serve(
     config.budget.max_connections = max_connections;
     match backend {
         Backend::Std => {
+            let handler = move |r| handler.handle(r);
             let server = std::sync::Arc::new(
-                Server::bind_with(listen, move |r| handler.handle(r), config)
-                    .map_err(|e| format!("{listen}: {e}"))?,
+                match tls {
+                    Some(tls) => Server::bind_tls(listen, handler, config, tls),
+                    None => Server::bind_with(listen, handler, config),
+                }
+                .map_err(|e| format!("{listen}: {e}"))?,
             );
             let stats = std::sync::Arc::clone(&server);
             listening(server.local_addr(), Some(Box::new(move || stats.stats())))?;
@@ -584,8 +633,11 @@ fn serve(
                 ..Default::default()
             };
             let server = std::sync::Arc::new(
-                remora_uring::Server::bind_with(listen, handler, config)
-                    .map_err(|e| format!("{listen}: {e}"))?,
+                match tls {
+                    Some(tls) => remora_uring::Server::bind_tls(listen, handler, config, tls),
+                    None => remora_uring::Server::bind_with(listen, handler, config),
+                }
+                .map_err(|e| format!("{listen}: {e}"))?,
             );
             let stats = std::sync::Arc::clone(&server);
             listening(server.local_addr(), Some(Box::new(move || stats.stats())))?;
@@ -600,12 +652,16 @@ fn serve(
                 ..Default::default()
             };
             let rt = tokio_runtime()?;
+            let handler = move |r| handler.handle(r);
             let server = rt
-                .block_on(remora_tokio::Server::bind(
-                    listen,
-                    move |r| handler.handle(r),
-                    config,
-                ))
+                .block_on(async {
+                    match tls {
+                        Some(tls) => {
+                            remora_tokio::Server::bind_tls(listen, handler, config, tls).await
+                        }
+                        None => remora_tokio::Server::bind(listen, handler, config).await,
+                    }
+                })
                 .map_err(|e| format!("{listen}: {e}"))?;
             listening(server.local_addr(), None)?;
             loop {
@@ -655,14 +711,55 @@ fn serve_raw(listen: &str, backend: Backend) -> Result<(), String> {
     }
 }
 
+/// `bench --tls`: against `--target`, the flags' client; embedded, a fresh certificate.
+fn bench_tls(
+    args: &tls_cli::ClientArgs,
+    target: Option<SocketAddr>,
+) -> Result<Option<bench::Tls>, String> {
+    if !args.tls {
+        return Ok(None);
+    }
+    if target.is_some() {
+        return Ok(args.client_tls()?.map(|client| bench::Tls {
+            client,
+            server: None,
+        }));
+    }
+    if args.has_trust_flags() {
+        return Err(
+            "--tls-ca, --tls-server-name, --tls-cert and --tls-insecure apply to a \
+                    --target server; the embedded server makes its own certificate"
+                .into(),
+        );
+    }
+    let (server, client) = tls_cli::ephemeral_pair()?;
+    Ok(Some(bench::Tls {
+        client,
+        server: Some(server),
+    }))
+}
+
 fn run_bench(plan: &bench::Plan, mode: BenchMode, json: bool) -> Result<(), String> {
-    let modes: &[bench::Mode] = match mode {
-        BenchMode::Rpc => &[bench::Mode::Rpc],
-        BenchMode::Raw => &[bench::Mode::Raw],
-        BenchMode::Both => &[bench::Mode::Rpc, bench::Mode::Raw],
+    // With --tls: rpc over TLS, then (embedded server, --mode both) rpc in plaintext beside it.
+    let plain = bench::Plan {
+        tls: None,
+        ..plan.clone()
+    };
+    let runs: Vec<(bench::Mode, &bench::Plan)> = match (mode, &plan.tls) {
+        (BenchMode::Raw, Some(_)) => {
+            return Err(
+                "--tls measures the rpc mode (the raw mode is a plaintext byte echo)".into(),
+            )
+        }
+        (BenchMode::Both, Some(tls)) if tls.server.is_some() => {
+            vec![(bench::Mode::Rpc, plan), (bench::Mode::Rpc, &plain)]
+        }
+        (BenchMode::Rpc, _) | (BenchMode::Both, Some(_)) => vec![(bench::Mode::Rpc, plan)],
+        (BenchMode::Raw, None) => vec![(bench::Mode::Raw, plan)],
+        (BenchMode::Both, None) => vec![(bench::Mode::Rpc, plan), (bench::Mode::Raw, plan)],
     };
     let mut reports = Vec::new();
-    for &m in modes {
+    for &(m, plan) in &runs {
         let report = bench::run(plan, m)?;
         if json {
             println!("{}", report.json(plan));
@@ -671,12 +768,14 @@ fn run_bench(plan: &bench::Plan, mode: BenchMode, json: bool) -> Result<(), Stri
         }
         reports.push(report);
     }
-    if let [rpc, raw] = &reports[..] {
+    if let [first, second] = &reports[..] {
         if !json {
-            println!(
-                "rpc / raw requests per second: {:.2}",
-                rpc.rps() / raw.rps().max(1e-9)
-            );
+            let ratio = first.rps() / second.rps().max(1e-9);
+            if first.tls {
+                println!("tls / plaintext requests per second: {ratio:.2}");
+            } else {
+                println!("rpc / raw requests per second: {ratio:.2}");
+            }
         }
     }
     if let Some(lost) = reports
