@@ -193,10 +193,9 @@ impl Report {
     pub fn json(&self, plan: &Plan) -> String {
         let h = &self.latency;
         format!(
-            "{{\"backend\":\"{}\",\"mode\":\"{}\",\"tls\":{},\"connections\":{},\"inflight\":{},\"payload\":{},\"requests\":{},\"errors\":{},\"seconds\":{:.3},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"error_kinds\":{},\"unfinished\":{},\"stop\":\"{}\"}}",
+            "{{\"backend\":\"{}\",\"mode\":\"{}\",\"connections\":{},\"inflight\":{},\"payload\":{},\"requests\":{},\"errors\":{},\"seconds\":{:.3},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"error_kinds\":{},\"unfinished\":{},\"stop\":\"{}\",\"tls\":{}}}",
             match self.backend { Backend::Uring => "uring", Backend::Std => "std", Backend::Tokio => "tokio" },
             match self.mode { Mode::Rpc => "rpc", Mode::Raw => "raw" },
-            self.tls,
             plan.connections,
             plan.inflight,
             plan.payload,
@@ -211,6 +210,7 @@ impl Report {
             self.error_kinds.json(),
             self.unfinished,
             self.stop.name(),
+            self.tls,
         )
     }
 

@@ -316,7 +316,8 @@ fn bench_checks_every_response_and_prints_one_json_line_per_mode() {
                     "max_us",
                     "error_kinds",
                     "unfinished",
-                    "stop"
+                    "stop",
+                    "tls"
                 ]
             );
             assert_eq!(line["backend"], backend);

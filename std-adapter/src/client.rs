@@ -357,7 +357,15 @@ impl Shared {
                         Arc::clone(&self.workers),
                         None,
                     )
-                    .map_err(|e| Error::Connect(e.into()));
+                    .map_err(|e| Error::Connect(e.into()))
+                    // Connected means the TLS handshake completed too.
+                    .and_then(|conn| match conn.handshake() {
+                        Ok(()) => Ok(conn),
+                        Err(e) => {
+                            conn.close();
+                            Err(e)
+                        }
+                    });
                     self.observe_open(&started);
                     return started;
                 }

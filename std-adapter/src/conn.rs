@@ -83,6 +83,9 @@ struct State {
     out: Vec<Bytes>,
     /// The reader waits for the machine to want input (it is woken only then).
     reader_paused: bool,
+    /// The TLS handshake was under way when last looked at (a client's
+    /// [`Conn::handshake`] waits for it to end).
+    handshaking: bool,
     /// This connection's share of the server's budget (server connections only).
     account: Option<Account>,
 }
@@ -207,6 +210,7 @@ impl Conn {
                 stash: Vec::new(),
                 out: Vec::new(),
                 reader_paused: false,
+                handshaking: secure.is_tls(),
                 account,
             }),
             changed: Condvar::new(),
@@ -445,6 +449,10 @@ impl Conn {
             budget.sync(account, st.machine.connection_mut());
         }
         self.drain_events(st);
+        if st.handshaking && !st.machine.is_handshaking() {
+            st.handshaking = false;
+            self.changed.notify_all();
+        }
         if st.reader_paused && st.machine.wants_read() {
             self.changed.notify_all();
         }
@@ -610,6 +618,23 @@ impl Conn {
             if self.is_closed() {
                 return;
             }
+        }
+    }
+
+    /// Waits until the TLS handshake (if any) ends — bounded by its deadline, which the reader
+    /// enforces — and says whether the connection is usable: a failed handshake is a failed
+    /// connect ([`Error::Connect`] carrying the [`TlsError`](remora_tls::TlsError)).
+    pub(crate) fn handshake(&self) -> Result<(), Error> {
+        let mut st = lock(&self.state);
+        loop {
+            if let Some(outcome) = st.machine.connect_outcome() {
+                return outcome;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, Duration::from_millis(100))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 

@@ -153,7 +153,11 @@ fn runtime() -> tokio::runtime::Runtime {
 
 enum Served {
     Std(remora_std::Server),
-    Tokio(tokio::runtime::Runtime, remora_tokio::Server),
+    /// Dropped in field order: the server, then its runtime.
+    Tokio {
+        server: remora_tokio::Server,
+        _rt: tokio::runtime::Runtime,
+    },
     Uring(remora_uring::Server),
 }
 
@@ -189,7 +193,7 @@ impl Served {
                         }
                     })
                     .unwrap();
-                Served::Tokio(rt, server)
+                Served::Tokio { server, _rt: rt }
             }
             Driver::Uring => {
                 let config = remora_uring::ServerConfig {
@@ -215,7 +219,7 @@ impl Served {
     fn addr(&self) -> SocketAddr {
         match self {
             Served::Std(s) => s.local_addr(),
-            Served::Tokio(_, s) => s.local_addr(),
+            Served::Tokio { server, .. } => server.local_addr(),
             Served::Uring(s) => s.local_addr(),
         }
     }
@@ -264,9 +268,11 @@ fn calls_n(
             let out = bodies
                 .iter()
                 .map(|b| {
-                    client
+                    let outcome = client
                         .call(Command::request(10).with_body(b.clone()), TIMEOUT)
-                        .map(|r| r.body().to_vec())
+                        .map(|r| r.body().to_vec());
+                    std::thread::sleep(backoff(&outcome));
+                    outcome
                 })
                 .collect();
             client.close();
@@ -287,7 +293,9 @@ fn calls_n(
                 let mut out = Vec::new();
                 for b in &bodies {
                     let call = client.call(Command::request(10).with_body(b.clone()), TIMEOUT);
-                    out.push(call.await.map(|r| r.body().to_vec()));
+                    let outcome = call.await.map(|r| r.body().to_vec());
+                    tokio::time::sleep(backoff(&outcome)).await;
+                    out.push(outcome);
                 }
                 client.close();
                 out
@@ -312,9 +320,11 @@ fn calls_n(
             let out = bodies
                 .iter()
                 .map(|b| {
-                    client
+                    let outcome = client
                         .call_blocking(Command::request(10).with_body(b.clone()), TIMEOUT)
-                        .map(|r| r.body().to_vec())
+                        .map(|r| r.body().to_vec());
+                    std::thread::sleep(backoff(&outcome));
+                    outcome
                 })
                 .collect();
             client.close();
@@ -365,6 +375,35 @@ fn assert_echoed(outcomes: &[Result<Vec<u8>, CallError>], what: &str) {
             Err(e) => panic!("{what}: call {i} failed: {e}"),
         }
     }
+}
+
+/// How long to wait before the next call: the pool's reconnect delay after a failed
+/// connection (bounded), else nothing.
+fn backoff(outcome: &Result<Vec<u8>, CallError>) -> Duration {
+    match outcome {
+        Err(CallError::Unavailable { retry_in }) => (*retry_in).min(Duration::from_secs(1)),
+        _ => Duration::ZERO,
+    }
+}
+
+/// The TLS error that refuses a `driver` client's calls: four calls on one client (waiting out
+/// the reconnect delay between them) all fail, none as possibly delivered, and the TLS error
+/// reaches a caller. (A TLS 1.3 server refuses a client certificate after the client's side of
+/// the handshake is done: when the refusal lands between the connect and the first call, that
+/// call finds the pool waiting to reconnect, and a later one carries the error.)
+fn refusal(driver: Driver, addr: SocketAddr, tls: ClientTls) -> TlsError {
+    let outcomes = calls_n(driver, addr, Some(tls), 4);
+    for outcome in &outcomes {
+        let error = outcome
+            .as_ref()
+            .expect_err("a refused client got an answer");
+        assert!(!error.may_have_reached_peer(), "{driver:?}: {error}");
+    }
+    outcomes
+        .iter()
+        .find(|o| matches!(o, Err(CallError::Connect(_))))
+        .map(tls_error)
+        .unwrap_or_else(|| panic!("{driver:?}: no call carried the TLS error: {outcomes:?}"))
 }
 
 /// The TLS error a failed call carries; the call was never written.
@@ -434,7 +473,7 @@ fn a_tls_client_against_a_plaintext_server_fails_unwritten() {
         let pki = Pki::new();
         for client in CLIENTS {
             {
-                let error = tls_error(&first_call(client, served.addr(), Some(pki.client_tls())));
+                let error = refusal(client, served.addr(), pki.client_tls());
                 assert!(
                     matches!(
                         error,
@@ -463,15 +502,15 @@ fn mutual_tls_accepts_the_right_client_certificate_and_refuses_others() {
                 &what,
             );
             {
-                let error = tls_error(&first_call(client, served.addr(), Some(pki.client_tls())));
+                let error = refusal(client, served.addr(), pki.client_tls());
                 assert!(
                     matches!(error, TlsError::RefusedByPeer(_)),
                     "{what}, no certificate: {error}"
                 );
             }
             {
-                let rogue = Some(pki.client_tls_with(&pki.rogue_client));
-                let error = tls_error(&first_call(client, served.addr(), rogue));
+                let rogue = pki.client_tls_with(&pki.rogue_client);
+                let error = refusal(client, served.addr(), rogue);
                 assert!(
                     matches!(error, TlsError::RefusedByPeer(_)),
                     "{what}, rogue certificate: {error}"
@@ -506,18 +545,14 @@ fn an_untrusted_ca_or_a_wrong_name_fails_with_a_typed_error() {
         for client in CLIENTS {
             let what = format!("{client:?} → {server:?}");
             {
-                let error = tls_error(&first_call(
-                    client,
-                    served.addr(),
-                    Some(rogue_trust.clone()),
-                ));
+                let error = refusal(client, served.addr(), rogue_trust.clone());
                 assert!(
                     matches!(error, TlsError::UntrustedCertificate(_)),
                     "{what}, untrusted: {error}"
                 );
             }
             {
-                let error = tls_error(&first_call(client, served.addr(), Some(wrong_name.clone())));
+                let error = refusal(client, served.addr(), wrong_name.clone());
                 assert!(
                     matches!(error, TlsError::NameMismatch(_)),
                     "{what}, wrong name: {error}"

@@ -46,18 +46,28 @@
 //! [`ClientTlsBuilder::insecure_accept_any_server_certificate`] exists for test setups only.
 //!
 //! # Wiring a driver
-//! - At start-up: build `Option<ClientTls>` / `Option<ServerTls>` from the user's flags (PEM
-//!   paths, CA file or system roots, mode). A `ConfigError` is a start-up error.
-//! - Per connection: [`Session::outbound`]`(conn, tls, host, connect_deadline)` after the TCP
-//!   connect (the host of the address dialled; the connect deadline bounds the handshake too),
-//!   or [`Session::inbound`]`(conn, tls, accepted_at + handshake_timeout)` after `accept`.
-//! - Then replace every `Connection` call by the `Session` call of the same name; the only
-//!   change is that [`Session::poll_transmit`] takes `&mut self`. Keep the drain order.
+//! The drivers in this workspace (`remora-std`, `remora-tokio`, `remora-uring`) each hold one
+//! [`Secure`] (plaintext, a TLS client to one server, or a TLS server) and wrap every new
+//! connection with [`Secure::session`]; that is the whole of their TLS code besides using the
+//! session where they used the connection. The steps, for a driver of your own:
+//! - At start-up: build a [`Secure`] from the user's flags — [`Secure::client`]`(ClientTls,
+//!   "host:port", connect_timeout)` (the host is the SNI name; the connect timeout bounds the
+//!   handshake too) or [`Secure::server`]`(ServerTls)` — or [`Secure::plain`]. A `ConfigError`
+//!   is a start-up error.
+//! - Per connection: [`Secure::session`]`(conn, now)` after the TCP connect or `accept` (or, by
+//!   hand, [`Session::outbound`] / [`Session::inbound`] with explicit deadlines).
+//! - Then replace every `Connection` transport call by the `Session` call of the same name
+//!   (`handle_read`, `handle_eof`, `poll_transmit`, `take_transmit`, `handle_sent`,
+//!   `handle_timeout`, `poll_timeout`, `poll_event`, …); [`Session::poll_transmit`] takes
+//!   `&mut self`. Queries read through `Deref`; sends go through
+//!   [`Session::connection_mut`]. Keep the drain order.
+//! - Turn a request's failure into the caller's error with [`Session::call_error`] (and a
+//!   refused send with [`Session::send_error`]): a failed handshake becomes
+//!   [`CallError::Connect`](remora_core::CallError::Connect) carrying the [`TlsError`].
 //! - On [`Event::Closed`](remora_core::Event::Closed): flush [`Session::poll_transmit`] best
-//!   effort, close the socket, and log [`Session::tls_error`] if it is `Some` (for an enforcing
-//!   server refusing plaintext this is the "refused a plaintext connection" line). A client
-//!   that wants a failed handshake to count as a failed connect can wrap the `TlsError` in
-//!   [`ConnectError::new`](remora_core::ConnectError::new) (it is `Clone + Send + Sync`).
+//!   effort (a TLS alert), close the socket, and log [`Session::tls_error`] if it is `Some`
+//!   (for an enforcing server refusing plaintext this is the "refused a plaintext connection"
+//!   line).
 //! - Requests already queued fail by themselves through the connection's events, with
 //!   `written: false` when the handshake failed.
 //!

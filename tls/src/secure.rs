@@ -7,7 +7,7 @@ use remora_core::{Connection, Instant};
 use rustls::pki_types::ServerName;
 
 use crate::config::{ClientTls, ConfigError, ServerTls};
-use crate::session::{Session, TlsError};
+use crate::session::Session;
 
 /// How a driver secures its connections: plaintext, a TLS client to one server, or a TLS
 /// server (in its [`ServerMode`](crate::ServerMode)). Built once (cheap to clone: `Arc`s
@@ -83,8 +83,7 @@ impl Secure {
                 tls,
                 name,
                 handshake_timeout,
-            } => Session::client_named(conn, tls, name.clone(), now + *handshake_timeout)
-                .unwrap_or_else(|(conn, e)| Session::failed(conn, TlsError::Protocol(e))),
+            } => Session::client_named(conn, tls, name.clone(), now + *handshake_timeout),
             Kind::Server(tls) => Session::server(conn, tls, now + tls.handshake_timeout()),
         }
     }

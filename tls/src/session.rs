@@ -275,29 +275,26 @@ impl<T> Session<T> {
         ))
     }
 
-    /// A TLS client session verifying `name`, or the connection back with rustls's refusal.
+    /// A TLS client session verifying `name`. Never fails: a session rustls refuses to start
+    /// is returned already failed, as a handshake failure ([`TlsError::Protocol`]).
     pub(crate) fn client_named(
         conn: Connection<T>,
         tls: &ClientTls,
         name: ServerName<'static>,
         handshake_deadline: Instant,
-    ) -> Result<Self, (Connection<T>, rustls::Error)> {
+    ) -> Self {
         match rustls::ClientConnection::new(tls.config.clone(), name) {
-            Ok(client) => Ok(Session::with_state(
+            Ok(client) => Session::with_state(
                 conn,
                 State::Tls(Box::new(client.into())),
                 Some(handshake_deadline),
-            )),
-            Err(e) => Err((conn, e)),
+            ),
+            Err(e) => {
+                let mut session = Session::with_state(conn, State::Done, None);
+                session.fail(TlsError::Protocol(e), true);
+                session
+            }
         }
-    }
-
-    /// A session that failed before it started: the connection is closed as a handshake
-    /// failure at once.
-    pub(crate) fn failed(conn: Connection<T>, error: TlsError) -> Self {
-        let mut session = Session::with_state(conn, State::Done, None);
-        session.fail(error, true);
-        session
     }
 
     /// A server session for an accepted connection, in `tls`'s [`ServerMode`]. A TLS handshake
@@ -380,6 +377,21 @@ impl<T> Session<T> {
         self.conn.unsent_len() + self.out.len()
     }
 
+    /// Whether the connection is ready to count as connected: `None` while the TLS handshake is
+    /// under way, `Some(Ok(()))` once it completed (at once for plaintext), `Some(Err(_))` once
+    /// the connection closed first — [`CallError::Connect`] carrying the [`TlsError`] when TLS
+    /// failed. A client driver waits for this before it hands a new connection to its pool, so
+    /// a failed handshake is a failed connect.
+    pub fn connect_outcome(&self) -> Option<Result<(), CallError>> {
+        if self.conn.is_closed() {
+            return Some(Err(match &self.error {
+                Some(tls) => CallError::Connect(ConnectError::new(tls.clone())),
+                None => CallError::ConnectionLost { written: false },
+            }));
+        }
+        (!self.is_handshaking()).then_some(Ok(()))
+    }
+
     /// What a request refused by this connection with `error` returns to its caller:
     /// [`call_error`](Self::call_error)'s mapping for a request sent after the handshake
     /// already failed.
@@ -413,6 +425,11 @@ impl<T> Session<T> {
 
     fn is_plain(&self) -> bool {
         matches!(self.state, State::Plain)
+    }
+
+    /// A server that has not seen its client's first byte.
+    fn awaits_first_byte(&self) -> bool {
+        matches!(self.state, State::Sniff { .. })
     }
 
     /// Whether the TLS handshake is still under way (or a server still awaits its first byte).
@@ -576,10 +593,12 @@ impl<T> Session<T> {
 
     /// The peer finished sending (a TCP FIN): [`Connection::handle_eof`] — what it asked
     /// before is still answered. During the handshake this is
-    /// [`TlsError::ClosedDuringHandshake`] and no request counts as written.
+    /// [`TlsError::ClosedDuringHandshake`] and no request counts as written; a server's peer
+    /// that closes before its first byte just closes (no TLS error: a probe, a health check).
     pub fn handle_eof(&mut self) {
         match self.state {
             State::Plain => self.conn.handle_eof(),
+            State::Sniff { .. } => self.handle_disconnect(),
             _ if self.is_handshaking() => self.fail(TlsError::ClosedDuringHandshake, true),
             State::Tls(_) => self.conn.handle_eof(),
             _ => self.conn.handle_disconnect(),
@@ -601,7 +620,13 @@ impl<T> Session<T> {
     /// The socket is gone (EOF, reset, I/O error). During the handshake this is
     /// [`TlsError::ClosedDuringHandshake`] and no request counts as written.
     pub fn handle_disconnect(&mut self) {
-        if self.is_handshaking() {
+        if self.awaits_first_byte() {
+            // Nothing was said: not a TLS failure (a port probe, a health check).
+            self.state = State::Done;
+            self.handshake_deadline = None;
+            self.pending_deadline = None;
+            self.conn.handle_disconnect();
+        } else if self.is_handshaking() {
             self.fail(TlsError::ClosedDuringHandshake, true);
         } else {
             if !self.is_plain() {

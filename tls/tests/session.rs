@@ -730,3 +730,29 @@ fn a_tls12_only_server_is_reached_by_the_default_client() {
     assert!(matches!(&events[..], [Event::Response { id: got, .. }] if *got == id));
     assert_eq!(client.protocol_version(), Some(ProtocolVersion::TLSv1_2));
 }
+
+#[test]
+fn a_peer_that_closes_before_its_first_byte_is_not_a_tls_failure() {
+    let pki = Pki::new();
+    for mode in [ServerMode::Enforcing, ServerMode::Permissive] {
+        for eof in [true, false] {
+            let mut server = Session::server(conn(), &pki.server_tls(mode), T0 + SEC);
+            if eof {
+                server.handle_eof();
+            } else {
+                server.handle_disconnect();
+            }
+            assert!(server.is_closed(), "{mode:?}");
+            assert_eq!(
+                server.tls_error(),
+                None,
+                "{mode:?}: a port probe is no TLS error"
+            );
+            assert_eq!(
+                server.poll_timeout(),
+                None,
+                "{mode:?}: no handshake deadline left"
+            );
+        }
+    }
+}

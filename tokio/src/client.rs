@@ -354,6 +354,17 @@ impl Shared {
                         None,
                     )
                     .map_err(|e| CallError::Connect(e.into()));
+                    // Connected means the TLS handshake completed too.
+                    let started = match started {
+                        Ok(conn) => match conn.handshake().await {
+                            Ok(()) => Ok(conn),
+                            Err(e) => {
+                                conn.close();
+                                Err(e)
+                            }
+                        },
+                        Err(e) => Err(e),
+                    };
                     remora_metrics::connection(Side::Client, &started);
                     if started.is_ok()
                         && self.opened.fetch_add(1, Ordering::Relaxed) >= self.config.pool_size

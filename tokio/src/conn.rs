@@ -125,6 +125,10 @@ pub(crate) struct Conn {
     state: Mutex<State>,
     /// Wakes the connection task: bytes queued on an idle connection, an earlier deadline, close.
     wake: Notify,
+    /// Wakes [`Conn::handshake`] once the TLS handshake has ended (completed or failed).
+    settled: Notify,
+    /// The TLS handshake had not ended when last looked at (under the state lock).
+    handshaking: AtomicBool,
     handler: Arc<dyn Handler>,
     clock: Clock,
     closed: AtomicBool,
@@ -180,6 +184,8 @@ impl Conn {
                 account,
             }),
             wake: Notify::new(),
+            settled: Notify::new(),
+            handshaking: AtomicBool::new(secure.is_tls()),
             handler,
             clock,
             closed: AtomicBool::new(false),
@@ -220,6 +226,22 @@ impl Conn {
     pub(crate) fn unfinished(&self) -> (usize, bool) {
         let st = lock(&self.state);
         (st.machine.pending_incoming(), st.machine.unsent_len() > 0)
+    }
+
+    /// Waits until the TLS handshake (if any) ends — bounded by its deadline, which the task's
+    /// timer enforces — and says whether the connection is usable: a failed handshake is a
+    /// failed connect ([`CallError::Connect`] carrying the [`TlsError`](remora_tls::TlsError)).
+    pub(crate) async fn handshake(&self) -> Result<(), CallError> {
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            // Registered before looking, so a change made in between still wakes us.
+            settled.as_mut().enable();
+            if let Some(outcome) = lock(&self.state).machine.connect_outcome() {
+                return outcome;
+            }
+            settled.await;
+        }
     }
 
     /// Queues `cmd`; the returned future resolves with its response or error. Dropping the
@@ -332,6 +354,10 @@ impl Conn {
     /// everything that changes that: bytes read or written, answers queued, deadlines), and gives
     /// the connection's share back when it closes.
     fn drain(&self, st: &mut State, turn: &mut Turn) {
+        if self.handshaking.load(Ordering::Relaxed) && st.machine.connect_outcome().is_some() {
+            self.handshaking.store(false, Ordering::Relaxed);
+            self.settled.notify_waiters();
+        }
         self.sync_budget(st);
         while let Some(event) = st.machine.poll_event() {
             match event {

@@ -305,19 +305,30 @@ impl Local {
             match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr)).await
             {
                 Ok(Ok(stream)) => {
-                    remora_metrics::connection::<(), ()>(Side::Client, &Ok(()));
-                    let opened = self.opened.replace(self.opened.get() + 1);
-                    if opened >= self.config.pool_size {
-                        remora_metrics::reconnected();
-                    }
-                    return Ok(Conn::start(
+                    let conn = Conn::start(
                         stream,
                         &self.secure,
                         self.config.connection,
                         self.config.idle_timeout,
                         Arc::clone(&self.handler),
                         self.clock,
-                    ));
+                    );
+                    // Connected means the TLS handshake completed too.
+                    return match conn.handshake().await {
+                        Ok(()) => {
+                            remora_metrics::connection::<(), ()>(Side::Client, &Ok(()));
+                            let opened = self.opened.replace(self.opened.get() + 1);
+                            if opened >= self.config.pool_size {
+                                remora_metrics::reconnected();
+                            }
+                            Ok(conn)
+                        }
+                        Err(e) => {
+                            remora_metrics::connection::<(), ()>(Side::Client, &Err(()));
+                            conn.close();
+                            Err(e)
+                        }
+                    };
                 }
                 Ok(Err(e)) => last = Some(e),
                 Err(_) => last = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),

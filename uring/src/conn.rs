@@ -78,6 +78,10 @@ pub(crate) struct Conn {
     timer_wake: Notify,
     /// Wakes a reader paused by backpressure (output was written, or the connection closed).
     read_wake: Notify,
+    /// Wakes [`Conn::handshake`] once the TLS handshake has ended (completed or failed).
+    settled: Notify,
+    /// The TLS handshake had not ended when last looked at.
+    handshaking: Cell<bool>,
     /// A server connection's share of the server's budget.
     budget: Option<Arc<Budget>>,
     account: RefCell<Option<Account>>,
@@ -124,6 +128,8 @@ impl Conn {
             write_wake: Notify::new(),
             timer_wake: Notify::new(),
             read_wake: Notify::new(),
+            settled: Notify::new(),
+            handshaking: Cell::new(secure.is_tls()),
             budget,
             account: RefCell::new(account),
             handler,
@@ -161,6 +167,22 @@ impl Conn {
     /// Our requests awaiting responses.
     pub(crate) fn in_flight(&self) -> usize {
         self.machine.borrow().pending_requests()
+    }
+
+    /// Waits until the TLS handshake (if any) ends — bounded by its deadline, which the timer
+    /// task enforces — and says whether the connection is usable: a failed handshake is a
+    /// failed connect ([`CallError::Connect`] carrying the [`TlsError`](remora_tls::TlsError)).
+    pub(crate) async fn handshake(&self) -> Result<(), CallError> {
+        loop {
+            let settled = self.settled.notified();
+            tokio::pin!(settled);
+            // Registered before looking, so a change made in between still wakes us.
+            settled.as_mut().enable();
+            if let Some(outcome) = self.machine.borrow().connect_outcome() {
+                return outcome;
+            }
+            settled.await;
+        }
     }
 
     /// Queues `cmd`; the returned future resolves with its response or error. Dropping the
@@ -243,6 +265,10 @@ impl Conn {
 
     /// Hands the machine's events on: wakes callers, runs the handler for the peer's requests.
     fn drain_events(&self) {
+        if self.handshaking.get() && self.machine.borrow().connect_outcome().is_some() {
+            self.handshaking.set(false);
+            self.settled.notify_waiters();
+        }
         self.sync_budget();
         let mut answered = false;
         loop {
