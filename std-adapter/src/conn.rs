@@ -11,30 +11,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_utils::sync::{Parker, Unparker};
 use remora_core::{
-    Account, Budget, CloseReason, Command, Config, Connection, Event, IncomingRequest, Instant,
-    Outgoing,
+    Account, Budget, CloseReason, Command, Config, Connection, Event, IncomingRequest, Outgoing,
 };
 
-use crate::handler::{run_handler, Handler, Workers};
+use crate::handler::{Handler, Workers};
 use crate::Error;
-
-/// The driver's clock: core `Instant`s are nanoseconds since `origin`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Clock {
-    origin: std::time::Instant,
-}
-
-impl Clock {
-    pub(crate) fn new() -> Self {
-        Clock {
-            origin: std::time::Instant::now(),
-        }
-    }
-
-    pub(crate) fn now(&self) -> Instant {
-        Instant::from_nanos(self.origin.elapsed().as_nanos() as u64)
-    }
-}
+use remora_driver::handle_catching;
+pub(crate) use remora_driver::Clock;
 
 /// Where a caller waits for its call's outcome: one per thread, reused by every call that
 /// thread makes (a thread waits for one call at a time), and handed to the machine as the
@@ -447,7 +430,7 @@ impl Conn {
             lock(&self.state).machine.dismiss(request);
             return;
         }
-        let response = run_handler(&*self.handler, command);
+        let response = handle_catching(&*self.handler, command);
         let mut st = lock(&self.state);
         // An answer too big to encode is replaced by SYSTEM_ERROR: that too must go out now.
         let _ = st.machine.send_response(request, response);
@@ -472,7 +455,7 @@ impl Conn {
                 Event::Oneway { command } => {
                     let handler = Arc::clone(&self.handler);
                     self.workers.execute(move || {
-                        let _ = run_handler(&*handler, command);
+                        let _ = handle_catching(&*handler, command);
                     });
                 }
                 Event::Closed { .. } => {

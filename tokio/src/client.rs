@@ -2,13 +2,14 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use remora_core::backoff::Backoff;
 use remora_core::pool::{Choice, Pool};
 use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported, Outgoing};
+use remora_driver::Entropy;
 use remora_metrics::{Probe, Side};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -55,7 +56,7 @@ struct Shared {
     /// Signalled (under the pool lock) whenever a connect attempt ends.
     changed: Notify,
     closed: AtomicBool,
-    entropy: AtomicU64,
+    entropy: Entropy,
     /// Connections opened (for the reconnect count).
     opened: AtomicUsize,
 }
@@ -116,19 +117,7 @@ impl Client {
         config: ClientConfig,
         handler: impl Handler,
     ) -> Result<Client, CallError> {
-        let addrs: Vec<SocketAddr> = addr
-            .to_socket_addrs()
-            .map_err(|e| CallError::Connect(e.into()))?
-            .collect();
-        if addrs.is_empty() {
-            return Err(CallError::Connect(ConnectError::new(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "address resolved to nothing",
-            ))));
-        }
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let addrs = remora_driver::resolve(addr)?;
         Ok(Client {
             shared: Arc::new(Shared {
                 addrs,
@@ -138,7 +127,7 @@ impl Client {
                 pool: Mutex::new(Pool::new(config.pool_size, config.reconnect)),
                 changed: Notify::new(),
                 closed: AtomicBool::new(false),
-                entropy: AtomicU64::new(seed | 1),
+                entropy: Entropy::new(),
                 opened: AtomicUsize::new(0),
             }),
         })
@@ -223,7 +212,7 @@ impl Client {
                 let mut pool = shared.lock_pool();
                 let choice = pool.choose(
                     || shared.clock.now(),
-                    || shared.next_entropy(),
+                    || shared.entropy.next(),
                     |c| c.health(),
                     |c| c.in_flight(),
                 );
@@ -260,7 +249,7 @@ impl Client {
                             return Ok(conn);
                         }
                         Err(e) => {
-                            pool.connect_failed(slot, shared.clock.now(), shared.next_entropy());
+                            pool.connect_failed(slot, shared.clock.now(), shared.entropy.next());
                             return fallback.ok_or(e);
                         }
                     }
@@ -279,16 +268,6 @@ impl Client {
 impl Shared {
     fn lock_pool(&self) -> MutexGuard<'_, Pool<Arc<Conn>>> {
         self.pool.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn next_entropy(&self) -> u64 {
-        // xorshift64*: the driver's entropy source for jitter (the core has none).
-        let mut x = self.entropy.load(Ordering::Relaxed);
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.entropy.store(x, Ordering::Relaxed);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
     /// A new connection to the first address that accepts.

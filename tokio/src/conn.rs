@@ -23,35 +23,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use crate::handle_catching;
 use remora_core::{
     Account, Budget, CallError, CloseReason, Command, Config, Connection, Event, Handler,
     IncomingRequest, Instant, Outgoing, RequestId, READ_STEP,
 };
+use remora_driver::handle_catching;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-/// The driver's clock: core `Instant`s are nanoseconds since `origin`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Clock {
-    origin: tokio::time::Instant,
-}
-
-impl Clock {
-    pub(crate) fn new() -> Self {
-        Clock {
-            origin: tokio::time::Instant::now(),
-        }
-    }
-
-    pub(crate) fn now(&self) -> Instant {
-        Instant::from_nanos(self.origin.elapsed().as_nanos() as u64)
-    }
-
-    pub(crate) fn to_tokio(self, at: Instant) -> tokio::time::Instant {
-        self.origin + Duration::from_nanos(at.as_nanos())
-    }
-}
+/// The driver's clock, on tokio's time (paused in tests that pause it).
+pub(crate) type Clock = remora_driver::Clock<tokio::time::Instant>;
 
 /// Where the handler answers the peer's requests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -517,7 +498,7 @@ impl TaskGuard {
             }
             if let Some(at) = wake_at {
                 if armed != Some(at) {
-                    sleep.as_mut().reset(conn.clock.to_tokio(at));
+                    sleep.as_mut().reset(conn.clock.at(at));
                     armed = Some(at);
                 }
             }

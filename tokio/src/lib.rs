@@ -45,16 +45,3 @@ pub use cluster::{
 };
 pub use conn::{CallFuture, Dispatch, Peer};
 pub use server::{Server, ServerConfig};
-
-/// Runs `handler` on `request`; a panic in it becomes a `SYSTEM_ERROR` answer, so the peer is not
-/// left waiting and the connection's task survives.
-pub(crate) fn handle_catching(
-    handler: &dyn remora_core::Handler,
-    request: remora_core::Command,
-) -> remora_core::Command {
-    let fallback = request.response(remora_core::codes::SYSTEM_ERROR);
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(request))) {
-        Ok(response) => response,
-        Err(_) => fallback.with_remark("request handler panicked"),
-    }
-}

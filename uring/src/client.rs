@@ -13,6 +13,7 @@ use std::time::Duration;
 use remora_core::backoff::Backoff;
 use remora_core::pool::{Choice, Pool};
 use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported, Outgoing};
+use remora_driver::Entropy;
 use remora_metrics::{Probe, Side};
 use tokio::sync::{oneshot, Notify};
 use tokio_uring::net::TcpStream;
@@ -59,7 +60,7 @@ struct Local {
     pool: RefCell<Pool<Rc<Conn>>>,
     changed: Notify,
     closed: std::cell::Cell<bool>,
-    entropy: std::cell::Cell<u64>,
+    entropy: Entropy,
     /// Connections opened (for the reconnect count).
     opened: std::cell::Cell<usize>,
 }
@@ -115,7 +116,7 @@ impl LocalClient {
         config: ClientConfig,
         handler: Arc<dyn Handler>,
     ) -> Result<LocalClient, CallError> {
-        let addrs = resolve(addr)?;
+        let addrs = remora_driver::resolve(addr)?;
         let client = LocalClient {
             inner: Rc::new(Local {
                 addrs,
@@ -125,7 +126,7 @@ impl LocalClient {
                 pool: RefCell::new(Pool::new(config.pool_size, config.reconnect)),
                 changed: Notify::new(),
                 closed: std::cell::Cell::new(false),
-                entropy: std::cell::Cell::new(seed()),
+                entropy: Entropy::new(),
                 opened: std::cell::Cell::new(0),
             }),
         };
@@ -203,7 +204,7 @@ impl LocalClient {
             }
             let choice = inner.pool.borrow_mut().choose(
                 || inner.clock.now(),
-                || inner.next_entropy(),
+                || inner.entropy.next(),
                 |c| c.health(),
                 |c| c.in_flight(),
             );
@@ -228,7 +229,7 @@ impl LocalClient {
                             return Ok(conn);
                         }
                         Err(e) => {
-                            let (now, entropy) = (inner.clock.now(), inner.next_entropy());
+                            let (now, entropy) = (inner.clock.now(), inner.entropy.next());
                             inner.pool.borrow_mut().connect_failed(slot, now, entropy);
                             return fallback.ok_or(e);
                         }
@@ -250,13 +251,6 @@ impl LocalClient {
 }
 
 impl Local {
-    fn next_entropy(&self) -> u64 {
-        // The core's SplitMix64 step: this thread's entropy for jitter.
-        let state = self.entropy.get().wrapping_add(remora_core::rand::GAMMA);
-        self.entropy.set(state);
-        remora_core::rand::mix(state)
-    }
-
     async fn open(&self) -> Result<Rc<Conn>, CallError> {
         let mut last = None;
         for &addr in &self.addrs {
@@ -285,26 +279,6 @@ impl Local {
             || io::Error::new(io::ErrorKind::NotFound, "no address"),
         ))))
     }
-}
-
-fn resolve(addr: impl ToSocketAddrs) -> Result<Vec<SocketAddr>, CallError> {
-    let addrs: Vec<SocketAddr> = addr
-        .to_socket_addrs()
-        .map_err(|e| CallError::Connect(e.into()))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(CallError::Connect(
-            io::Error::new(io::ErrorKind::InvalidInput, "address resolved to nothing").into(),
-        ));
-    }
-    Ok(addrs)
-}
-
-fn seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0x9E37, |d| d.as_nanos() as u64)
-        | 1
 }
 
 enum Job {
@@ -346,7 +320,7 @@ impl Client {
         config: ClientConfig,
         handler: Arc<dyn Handler>,
     ) -> Result<Client, CallError> {
-        let addrs = resolve(addr)?;
+        let addrs = remora_driver::resolve(addr)?;
         let mut workers = Vec::new();
         for i in 0..config.threads.max(1) {
             let (jobs, mut queue) = tokio::sync::mpsc::unbounded_channel::<Job>();

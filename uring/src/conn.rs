@@ -15,37 +15,18 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use crate::handle_catching;
 use bytes::BytesMut;
 use remora_core::{
     Account, Budget, CallError, Command, Config, Connection, Event, Handler, Instant, Outgoing,
     RequestId,
 };
+use remora_driver::handle_catching;
 use tokio::sync::Notify;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
-/// The driver's clock: core `Instant`s are nanoseconds since `origin`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Clock {
-    origin: tokio::time::Instant,
-}
-
-impl Clock {
-    pub(crate) fn new() -> Self {
-        Clock {
-            origin: tokio::time::Instant::now(),
-        }
-    }
-
-    pub(crate) fn now(&self) -> Instant {
-        Instant::from_nanos(self.origin.elapsed().as_nanos() as u64)
-    }
-
-    pub(crate) fn to_tokio(self, at: Instant) -> tokio::time::Instant {
-        self.origin + Duration::from_nanos(at.as_nanos())
-    }
-}
+/// The driver's clock, on tokio's time (paused in tests that pause it).
+pub(crate) type Clock = remora_driver::Clock<tokio::time::Instant>;
 
 enum CallSlot {
     Empty,
@@ -362,7 +343,7 @@ impl Conn {
             match wake_at {
                 Some(at) => {
                     tokio::select! {
-                        _ = tokio::time::sleep_until(self.clock.to_tokio(at)) => {}
+                        _ = tokio::time::sleep_until(self.clock.at(at)) => {}
                         _ = self.timer_wake.notified() => continue,
                     }
                 }
