@@ -3,7 +3,7 @@
 
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -106,8 +106,6 @@ pub(crate) struct Conn {
     workers: Arc<Workers>,
     reader: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
-    /// Nanoseconds (on `clock`) of the last call or byte read.
-    last_active: AtomicU64,
     peer: SocketAddr,
 }
 
@@ -179,9 +177,13 @@ impl Conn {
             Some(s) => (Some(s.budget), Some(s.account), Some(s.on_closed)),
             None => (None, None, None),
         };
+        let mut machine = Connection::with_tokens(config.machine);
+        // The machine closes the connection once it has been quiet this long; the reader's
+        // read timeout is when it asks.
+        machine.set_idle_timeout(config.idle_timeout, clock.now());
         let conn = Arc::new(Conn {
             state: Mutex::new(State {
-                machine: Connection::with_tokens(config.machine),
+                machine,
                 writing: false,
                 stash: Vec::new(),
                 out: Vec::new(),
@@ -199,15 +201,13 @@ impl Conn {
             workers,
             reader: Mutex::new(None),
             closed: AtomicBool::new(false),
-            last_active: AtomicU64::new(clock.now().as_nanos()),
             peer,
         });
         let for_reader = Arc::clone(&conn);
-        let idle = config.idle_timeout;
         let handle = std::thread::Builder::new()
             .name(format!("remora-read-{peer}"))
             .stack_size(IO_THREAD_STACK)
-            .spawn(move || for_reader.read_loop(read_half, idle));
+            .spawn(move || for_reader.read_loop(read_half));
         match handle {
             Ok(handle) => *lock(&conn.reader) = Some(handle),
             Err(e) => {
@@ -233,10 +233,7 @@ impl Conn {
         if !self.is_closed() {
             return Health::Open;
         }
-        match self.close_reason() {
-            Some(remora_core::CloseReason::Local) | None => Health::Closed,
-            Some(_) => Health::Failed,
-        }
+        Health::after(self.close_reason())
     }
 
     /// Our requests awaiting responses.
@@ -248,11 +245,6 @@ impl Conn {
     pub(crate) fn unfinished(&self) -> (usize, bool) {
         let st = lock(&self.state);
         (st.machine.pending_incoming(), st.machine.unsent_len() > 0)
-    }
-
-    fn touch(&self) {
-        self.last_active
-            .store(self.clock.now().as_nanos(), Ordering::Relaxed);
     }
 
     /// Sends `cmd` and blocks until its response, its deadline, or the connection's end.
@@ -273,11 +265,9 @@ impl Conn {
             Arc::clone(&slot),
         )
         .map_err(Error::from)?;
-        self.touch();
         self.flush();
         loop {
             if let Some(outcome) = slot.take() {
-                self.touch();
                 return outcome;
             }
             let now = self.clock.now();
@@ -296,9 +286,8 @@ impl Conn {
     pub(crate) fn oneway(self: &Arc<Self>, cmd: Command) -> Result<(), Error> {
         lock(&self.state)
             .machine
-            .send_oneway(cmd)
+            .send_oneway_at(cmd, self.clock.now())
             .map_err(Error::from)?;
-        self.touch();
         self.flush();
         Ok(())
     }
@@ -474,7 +463,7 @@ impl Conn {
         }
     }
 
-    fn read_loop(self: Arc<Self>, stream: TcpStream, idle: Option<Duration>) {
+    fn read_loop(self: Arc<Self>, stream: TcpStream) {
         loop {
             if !self.wait_until_readable() {
                 return;
@@ -498,7 +487,6 @@ impl Conn {
                     return;
                 }
                 Ok(n) => {
-                    self.touch();
                     let mut st = lock(&self.state);
                     let now = self.clock.now();
                     *st.machine.read_buffer() = buf;
@@ -526,19 +514,11 @@ impl Conn {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    *lock(&self.state).machine.read_buffer() = buf;
-                    if let Some(idle) = idle {
-                        if self.idle_for() >= idle {
-                            let st = lock(&self.state);
-                            let busy = st.machine.pending_requests() > 0
-                                || st.machine.pending_incoming() > 0;
-                            drop(st);
-                            if !busy {
-                                self.shut_down(true);
-                                return;
-                            }
-                        }
-                    }
+                    // The read timeout: the machine closes itself if it has been idle too long.
+                    let mut st = lock(&self.state);
+                    *st.machine.read_buffer() = buf;
+                    st.machine.handle_timeout(self.clock.now());
+                    self.settle(&mut st);
                 }
                 Err(_) => return self.lost(),
             }
@@ -566,11 +546,6 @@ impl Conn {
         }
         st.reader_paused = false;
         true
-    }
-
-    fn idle_for(&self) -> Duration {
-        let last = self.last_active.load(Ordering::Relaxed);
-        Duration::from_nanos(self.clock.now().as_nanos().saturating_sub(last))
     }
 
     /// The transport failed: fail every call, close the socket.

@@ -334,3 +334,30 @@ fn oneway_and_server_to_client_requests() {
         client.close();
     });
 }
+
+#[test]
+fn idle_connections_close_and_reopen_on_demand() {
+    let server = uring_server(1);
+    let addr = server.local_addr();
+    tokio_uring::start(async move {
+        let config = ClientConfig {
+            idle_timeout: Some(Duration::from_millis(100)),
+            ..Default::default()
+        };
+        let client = LocalClient::connect(addr, config).await.unwrap();
+        client.call(Command::request(1), SECOND).await.unwrap();
+        assert_eq!(client.connections(), 1);
+        // The machine expires the connection once it has been quiet for 100 ms.
+        let deadline = Instant::now() + 3 * SECOND;
+        while client.connections() > 0 {
+            assert!(Instant::now() < deadline, "idle connection never closed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A clean close is reopened at once, with no backoff.
+        let again = Command::request(1).with_body(&b"again"[..]);
+        let r = client.call(again, SECOND).await.unwrap();
+        assert_eq!(r.body(), b"again");
+        assert_eq!(client.connections(), 1);
+        client.close();
+    });
+}

@@ -24,8 +24,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use remora_core::{
-    Account, Budget, CallError, CloseReason, Command, Config, Connection, Event, Handler,
-    IncomingRequest, Instant, Outgoing, RequestId, READ_STEP,
+    Account, Budget, CallError, Command, Config, Connection, Event, Handler, IncomingRequest,
+    Instant, Outgoing, RequestId, READ_STEP,
 };
 use remora_driver::handle_catching;
 use tokio::net::TcpStream;
@@ -51,7 +51,7 @@ pub enum Dispatch {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ConnConfig {
     pub(crate) machine: Config,
-    /// Close the connection after this long with nothing in flight.
+    /// Close the connection after this long with nothing in flight (the machine decides).
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) dispatch: Dispatch,
 }
@@ -78,7 +78,6 @@ struct State {
     /// Outcomes whose slot was reused before their future collected them (the machine frees a
     /// slot as soon as the response arrives).
     parked: HashMap<RequestId, Result<Command, CallError>>,
-    last_active: Instant,
     /// This connection's share of the server's budget (server connections only; given back
     /// when the machine reports `Closed`).
     account: Option<Account>,
@@ -149,12 +148,13 @@ impl Conn {
             Some(s) => (Some(s.budget), Some(s.account)),
             None => (None, None),
         };
+        let mut machine = Connection::new(config.machine);
+        machine.set_idle_timeout(config.idle_timeout, clock.now());
         let conn = Arc::new(Conn {
             state: Mutex::new(State {
-                machine: Connection::new(config.machine),
+                machine,
                 calls: Vec::new(),
                 parked: HashMap::new(),
-                last_active: clock.now(),
                 account,
             }),
             wake: Notify::new(),
@@ -183,10 +183,7 @@ impl Conn {
         if !self.is_closed() {
             return Health::Open;
         }
-        match lock(&self.state).machine.close_reason() {
-            Some(CloseReason::Local) | None => Health::Closed,
-            Some(_) => Health::Failed,
-        }
+        Health::after(lock(&self.state).machine.close_reason())
     }
 
     /// Our requests awaiting responses.
@@ -224,7 +221,6 @@ impl Conn {
             if let CallSlot::Done { id, outcome } = previous {
                 st.parked.insert(id, outcome);
             }
-            st.last_active = now;
             // The task flushes whatever is queued before it sleeps: it needs waking only if the
             // connection had nothing to write, or its timer must fire sooner.
             (id, index, idle || earliest.map_or(true, |t| deadline < t))
@@ -245,8 +241,7 @@ impl Conn {
         let idle = {
             let mut st = lock(&self.state);
             let idle = st.machine.poll_transmit().is_none();
-            st.machine.send_oneway(cmd)?;
-            st.last_active = self.clock.now();
+            st.machine.send_oneway_at(cmd, self.clock.now())?;
             idle
         };
         if idle {
@@ -382,38 +377,9 @@ impl Conn {
         match stream.try_read_buf(buf) {
             // End of input: what the peer asked before it is answered, then the machine closes.
             Ok(0) => st.machine.handle_eof(),
-            Ok(n) => {
-                let now = self.clock.now();
-                st.last_active = now;
-                st.machine.handle_read(n, now);
-            }
+            Ok(n) => st.machine.handle_read(n, self.clock.now()),
             Err(e) if is_transient(&e) => {}
             Err(_) => st.machine.handle_disconnect(),
-        }
-    }
-
-    /// The deadlines, or the idle expiry, came due.
-    fn fire_timer(&self, st: &mut State) {
-        let now = self.clock.now();
-        st.machine.handle_timeout(now);
-        if let Some(idle) = self.config.idle_timeout {
-            let quiet = st.machine.pending_requests() == 0 && st.machine.pending_incoming() == 0;
-            if quiet && now >= st.last_active + idle {
-                st.machine.close();
-            }
-        }
-    }
-
-    /// When the task must next wake by itself.
-    fn wake_at(&self, st: &State) -> Option<Instant> {
-        let deadline = st.machine.poll_timeout();
-        let idle_at = self.config.idle_timeout.and_then(|idle| {
-            (st.machine.pending_requests() == 0 && st.machine.pending_incoming() == 0)
-                .then(|| st.last_active + idle)
-        });
-        match (deadline, idle_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
         }
     }
 }
@@ -485,7 +451,7 @@ impl TaskGuard {
                 (
                     st.machine.wants_read(),
                     st.machine.poll_transmit().is_some(),
-                    conn.wake_at(st),
+                    st.machine.poll_timeout(),
                 )
             };
             if !turn.is_empty() {
@@ -521,8 +487,9 @@ impl TaskGuard {
                 () = conn.wake.notified() => {}
                 () = &mut sleep, if wake_at.is_some() => {
                     armed = None;
+                    // The machine's deadlines, or its idle expiry, came due.
                     let mut st = lock(&conn.state);
-                    conn.fire_timer(&mut st);
+                    st.machine.handle_timeout(conn.clock.now());
                     conn.drain(&mut st, &mut turn);
                 }
             }

@@ -17,8 +17,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use remora_core::{
-    Account, Budget, CallError, Command, Config, Connection, Event, Handler, Instant, Outgoing,
-    RequestId,
+    Account, Budget, CallError, Command, Config, Connection, Event, Handler, Outgoing, RequestId,
 };
 use remora_driver::handle_catching;
 use tokio::sync::Notify;
@@ -62,8 +61,6 @@ pub(crate) struct Conn {
     handler: Arc<dyn Handler>,
     clock: Clock,
     closed: Cell<bool>,
-    last_active: Cell<Instant>,
-    idle_timeout: Option<Duration>,
 }
 
 impl Conn {
@@ -92,8 +89,11 @@ impl Conn {
             Some((budget, account)) => (Some(budget), Some(account)),
             None => (None, None),
         };
+        let mut machine = Connection::new(config);
+        // The machine closes the connection once it has been quiet this long.
+        machine.set_idle_timeout(idle_timeout, clock.now());
         let conn = Rc::new(Conn {
-            machine: RefCell::new(Connection::new(config)),
+            machine: RefCell::new(machine),
             calls: RefCell::new(Vec::new()),
             parked: RefCell::new(HashMap::new()),
             stream,
@@ -105,8 +105,6 @@ impl Conn {
             handler,
             clock,
             closed: Cell::new(false),
-            last_active: Cell::new(clock.now()),
-            idle_timeout,
         });
         tokio_uring::spawn(Rc::clone(&conn).read_loop());
         tokio_uring::spawn(Rc::clone(&conn).write_loop());
@@ -128,10 +126,7 @@ impl Conn {
         if !self.is_closed() {
             return Health::Open;
         }
-        match self.close_reason() {
-            Some(remora_core::CloseReason::Local) | None => Health::Closed,
-            Some(_) => Health::Failed,
-        }
+        Health::after(self.close_reason())
     }
 
     /// Our requests awaiting responses.
@@ -165,7 +160,6 @@ impl Conn {
                 self.parked.borrow_mut().insert(id, outcome);
             }
         }
-        self.last_active.set(now);
         self.write_wake.notify_one();
         if rearm {
             self.timer_wake.notify_one();
@@ -180,8 +174,9 @@ impl Conn {
 
     /// Queues a oneway request.
     pub(crate) fn oneway(&self, cmd: Command) -> Result<(), CallError> {
-        self.machine.borrow_mut().send_oneway(cmd)?;
-        self.last_active.set(self.clock.now());
+        self.machine
+            .borrow_mut()
+            .send_oneway_at(cmd, self.clock.now())?;
         self.write_wake.notify_one();
         Ok(())
     }
@@ -290,12 +285,10 @@ impl Conn {
                     return;
                 }
             };
-            let now = self.clock.now();
-            self.last_active.set(now);
             {
                 let mut m = self.machine.borrow_mut();
                 *m.read_buffer() = buf;
-                m.handle_read(n, now);
+                m.handle_read(n, self.clock.now());
             }
             self.drain_events();
         }
@@ -330,16 +323,8 @@ impl Conn {
             if self.closed.get() {
                 return;
             }
-            let deadline = self.machine.borrow().poll_timeout();
-            let idle_at = self.idle_timeout.and_then(|idle| {
-                let m = self.machine.borrow();
-                (m.pending_requests() == 0 && m.pending_incoming() == 0)
-                    .then(|| self.last_active.get() + idle)
-            });
-            let wake_at = match (deadline, idle_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            // The machine's next deadline, or its idle expiry.
+            let wake_at = self.machine.borrow().poll_timeout();
             match wake_at {
                 Some(at) => {
                     tokio::select! {
@@ -352,17 +337,8 @@ impl Conn {
                     continue;
                 }
             }
-            let now = self.clock.now();
-            self.machine.borrow_mut().handle_timeout(now);
+            self.machine.borrow_mut().handle_timeout(self.clock.now());
             self.drain_events();
-            if let Some(idle) = self.idle_timeout {
-                let m = self.machine.borrow();
-                let quiet = m.pending_requests() == 0 && m.pending_incoming() == 0;
-                drop(m);
-                if quiet && now >= self.last_active.get() + idle {
-                    self.close();
-                }
-            }
         }
     }
 }
