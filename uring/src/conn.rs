@@ -3,11 +3,12 @@
 //! Three local tasks share the machine (no locks: everything is on one thread): the reader feeds
 //! it, the writer drains it chunk by chunk (small frames queued since the last write coalesced
 //! into one chunk, large bodies as their callers' `Bytes`, never copied), the
-//! timer fires its deadlines. Calls wait on a slot indexed by their `RequestId`, so a response
-//! wakes its caller without hashing or allocating.
+//! timer fires its deadlines. Each call waits on a slot of its own that rides in the machine as
+//! the request's token (the core's per-request token), so a response goes straight to its caller:
+//! the driver keeps no map of calls, and slots are reused, so a call allocates nothing in steady
+//! state.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -27,17 +28,25 @@ use tokio_uring::net::TcpStream;
 /// The driver's clock, on tokio's time (paused in tests that pause it).
 pub(crate) type Clock = remora_driver::Clock<tokio::time::Instant>;
 
-enum CallSlot {
-    Empty,
-    Waiting {
-        id: RequestId,
-        waker: Option<Waker>,
-    },
-    Done {
-        id: RequestId,
-        outcome: Result<Command, CallError>,
-    },
+/// Where one call's outcome is left for its future: the request's token in the machine, so the
+/// machine's event carries it straight to its caller.
+#[derive(Default)]
+struct CallSlot {
+    outcome: Cell<Option<Result<Command, CallError>>>,
+    waker: Cell<Option<Waker>>,
 }
+
+impl CallSlot {
+    fn complete(&self, outcome: Result<Command, CallError>) {
+        self.outcome.set(Some(outcome));
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+/// Most spare call slots a connection keeps for reuse.
+const SPARE_SLOTS: usize = 1024;
 
 /// Room made in the read buffer when it runs low.
 const READ_CHUNK: usize = 64 * 1024;
@@ -45,11 +54,10 @@ const READ_CHUNK: usize = 64 * 1024;
 const READ_LOW_WATER: usize = 8 * 1024;
 
 pub(crate) struct Conn {
-    machine: RefCell<Connection>,
-    calls: RefCell<Vec<CallSlot>>,
-    /// Outcomes whose slot was reused before their future collected them (the machine frees a
-    /// slot as soon as the response arrives).
-    parked: RefCell<HashMap<RequestId, Result<Command, CallError>>>,
+    /// The machine; each request's token is its caller's slot.
+    machine: RefCell<Connection<Rc<CallSlot>>>,
+    /// Slots of finished calls, for the next calls.
+    spare: RefCell<Vec<Rc<CallSlot>>>,
     stream: TcpStream,
     write_wake: Notify,
     timer_wake: Notify,
@@ -89,13 +97,12 @@ impl Conn {
             Some((budget, account)) => (Some(budget), Some(account)),
             None => (None, None),
         };
-        let mut machine = Connection::new(config);
+        let mut machine = Connection::with_tokens(config);
         // The machine closes the connection once it has been quiet this long.
         machine.set_idle_timeout(idle_timeout, clock.now());
         let conn = Rc::new(Conn {
             machine: RefCell::new(machine),
-            calls: RefCell::new(Vec::new()),
-            parked: RefCell::new(HashMap::new()),
+            spare: RefCell::new(Vec::new()),
             stream,
             write_wake: Notify::new(),
             timer_wake: Notify::new(),
@@ -143,23 +150,13 @@ impl Conn {
     ) -> Result<CallFuture, CallError> {
         let now = self.clock.now();
         let deadline = now + timeout;
-        let (id, index, rearm) = {
+        let slot = self.spare.borrow_mut().pop().unwrap_or_default();
+        let (id, rearm) = {
             let mut m = self.machine.borrow_mut();
             let earliest = m.poll_timeout();
-            let id = cmd.send(&mut m, deadline, now, ())?;
-            (id, id.index(&m), earliest.map_or(true, |t| deadline < t))
+            let id = cmd.send(&mut m, deadline, now, Rc::clone(&slot))?;
+            (id, earliest.map_or(true, |t| deadline < t))
         };
-        {
-            let mut calls = self.calls.borrow_mut();
-            if calls.len() <= index {
-                calls.resize_with(index + 1, || CallSlot::Empty);
-            }
-            let previous =
-                std::mem::replace(&mut calls[index], CallSlot::Waiting { id, waker: None });
-            if let CallSlot::Done { id, outcome } = previous {
-                self.parked.borrow_mut().insert(id, outcome);
-            }
-        }
         self.write_wake.notify_one();
         if rearm {
             self.timer_wake.notify_one();
@@ -167,7 +164,7 @@ impl Conn {
         Ok(CallFuture {
             conn: Rc::clone(self),
             id,
-            index,
+            slot,
             finished: false,
         })
     }
@@ -187,23 +184,6 @@ impl Conn {
         self.drain_events();
     }
 
-    fn complete(&self, id: RequestId, outcome: Result<Command, CallError>) {
-        let index = id.index(&self.machine.borrow());
-        let mut calls = self.calls.borrow_mut();
-        let Some(slot) = calls.get_mut(index) else {
-            return;
-        };
-        if let CallSlot::Waiting { id: waiting, waker } = slot {
-            if *waiting == id {
-                let waker = waker.take();
-                *slot = CallSlot::Done { id, outcome };
-                if let Some(w) = waker {
-                    w.wake();
-                }
-            }
-        }
-    }
-
     /// Hands the machine's events on: wakes callers, runs the handler for the peer's requests.
     fn drain_events(&self) {
         self.sync_budget();
@@ -212,8 +192,10 @@ impl Conn {
             let event = self.machine.borrow_mut().poll_event();
             let Some(event) = event else { break };
             match event {
-                Event::Response { id, response, .. } => self.complete(id, Ok(response)),
-                Event::Failed { id, error, .. } => self.complete(id, Err(error.into())),
+                Event::Response {
+                    response, token, ..
+                } => token.complete(Ok(response)),
+                Event::Failed { error, token, .. } => token.complete(Err(error.into())),
                 Event::Request { request, command } => {
                     let response = handle_catching(&*self.handler, command);
                     let _ = self.machine.borrow_mut().send_response(request, response);
@@ -348,7 +330,7 @@ impl Conn {
 pub struct CallFuture {
     conn: Rc<Conn>,
     id: RequestId,
-    index: usize,
+    slot: Rc<CallSlot>,
     finished: bool,
 }
 
@@ -357,50 +339,34 @@ impl Future for CallFuture {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let mut calls = this.conn.calls.borrow_mut();
-        let slot = &mut calls[this.index];
-        match slot {
-            CallSlot::Done { id, .. } if *id == this.id => {
-                let CallSlot::Done { outcome, .. } = std::mem::replace(slot, CallSlot::Empty)
-                else {
-                    unreachable!("matched Done above")
-                };
-                this.finished = true;
-                Poll::Ready(outcome)
-            }
-            CallSlot::Waiting { id, waker } if *id == this.id => {
-                match waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => *waker = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
-            // The slot went to a newer call after ours completed: our outcome was parked.
-            _ => {
-                this.finished = true;
-                let parked = this.conn.parked.borrow_mut().remove(&this.id);
-                Poll::Ready(parked.unwrap_or(Err(CallError::Closed { written: true })))
-            }
+        if let Some(outcome) = this.slot.outcome.take() {
+            this.finished = true;
+            return Poll::Ready(outcome);
         }
+        let waker = match this.slot.waker.take() {
+            Some(w) if w.will_wake(cx.waker()) => w,
+            _ => cx.waker().clone(),
+        };
+        this.slot.waker.set(Some(waker));
+        Poll::Pending
     }
 }
 
 impl Drop for CallFuture {
     fn drop(&mut self) {
-        if self.finished {
-            return;
+        if !self.finished {
+            // Still waiting (or done and never looked at): the machine lets go of the slot.
+            self.conn.machine.borrow_mut().cancel(self.id);
+            self.slot.outcome.take();
+            self.slot.waker.take();
         }
-        let mut calls = self.conn.calls.borrow_mut();
-        if let Some(slot) = calls.get_mut(self.index) {
-            let ours = matches!(slot, CallSlot::Waiting { id, .. } | CallSlot::Done { id, .. } if *id == self.id);
-            if ours {
-                *slot = CallSlot::Empty;
-                drop(calls);
-                self.conn.machine.borrow_mut().cancel(self.id);
-                return;
+        // Nobody else holds the slot now (the machine dropped its token with the outcome): keep
+        // it for the next call.
+        if Rc::strong_count(&self.slot) == 1 {
+            let mut spare = self.conn.spare.borrow_mut();
+            if spare.len() < SPARE_SLOTS {
+                spare.push(Rc::clone(&self.slot));
             }
         }
-        drop(calls);
-        self.conn.parked.borrow_mut().remove(&self.id);
     }
 }

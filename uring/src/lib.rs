@@ -16,7 +16,8 @@
 //!   straight into the machine's buffer, a writer that sends the machine's chunks in order (a
 //!   body of 512 B or more is a chunk of its own, the caller's `Bytes` sent without a copy; one
 //!   write per chunk, since tokio-uring 0.5's `writev` allocates its iovecs on every call and it
-//!   has no `sendmsg` for TCP), and a timer. Calls wait on a slot indexed by their `RequestId`.
+//!   has no `sendmsg` for TCP), and a timer. Each call waits on a reusable slot that rides in
+//!   the machine as its request's token: no map of calls in the driver.
 //!   tokio-uring cannot express multishot operations or provided-buffer rings.
 //!
 //! Either way the reader pauses while the machine does not want input (its peer is not reading
