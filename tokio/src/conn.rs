@@ -9,11 +9,12 @@
 //! (the machine's next deadline or the idle expiry). End of input is the machine's
 //! [`handle_eof`](Connection::handle_eof): requests sent before a half-close are answered before
 //! the connection closes. Callers on any thread queue requests under a mutex shared with the task
-//! and wait on a slot indexed by their `RequestId`, so a response wakes its caller without
-//! hashing or allocating. A server's connection reports what it holds to the server's
+//! and each waits on a slot of its own that rides in the machine as its request's token (the
+//! core's per-request token), so a response goes straight to its caller: no map of calls, and
+//! slots are reused, so a call allocates nothing in steady state. A server's connection reports what it holds to the server's
 //! [`Budget`] after every turn.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -56,16 +57,29 @@ pub(crate) struct ConnConfig {
     pub(crate) dispatch: Dispatch,
 }
 
-enum CallSlot {
-    Empty,
-    Waiting {
-        id: RequestId,
-        waker: Option<Waker>,
-    },
-    Done {
-        id: RequestId,
-        outcome: Result<Command, CallError>,
-    },
+/// Where one call's outcome is left for its future: the request's token in the machine, so the
+/// machine's event carries it straight to its caller.
+#[derive(Default)]
+struct CallSlot(Mutex<Waiting>);
+
+#[derive(Default)]
+struct Waiting {
+    outcome: Option<Result<Command, CallError>>,
+    waker: Option<Waker>,
+}
+
+impl CallSlot {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Most spare call slots a thread keeps for reuse.
+const SPARE_SLOTS: usize = 1024;
+
+thread_local! {
+    /// Slots of finished calls, for this thread's next calls.
+    static SPARE: RefCell<Vec<Arc<CallSlot>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Below this much free room, the read buffer grows by the core's bounded step
@@ -73,11 +87,8 @@ enum CallSlot {
 const READ_LOW_WATER: usize = 8 * 1024;
 
 struct State {
-    machine: Connection,
-    calls: Vec<CallSlot>,
-    /// Outcomes whose slot was reused before their future collected them (the machine frees a
-    /// slot as soon as the response arrives).
-    parked: HashMap<RequestId, Result<Command, CallError>>,
+    /// The machine; each request's token is its caller's slot.
+    machine: Connection<Arc<CallSlot>>,
     /// This connection's share of the server's budget (server connections only; given back
     /// when the machine reports `Closed`).
     account: Option<Account>,
@@ -148,15 +159,10 @@ impl Conn {
             Some(s) => (Some(s.budget), Some(s.account)),
             None => (None, None),
         };
-        let mut machine = Connection::new(config.machine);
+        let mut machine = Connection::with_tokens(config.machine);
         machine.set_idle_timeout(config.idle_timeout, clock.now());
         let conn = Arc::new(Conn {
-            state: Mutex::new(State {
-                machine,
-                calls: Vec::new(),
-                parked: HashMap::new(),
-                account,
-            }),
+            state: Mutex::new(State { machine, account }),
             wake: Notify::new(),
             handler,
             clock,
@@ -206,24 +212,16 @@ impl Conn {
     ) -> Result<CallFuture, CallError> {
         let now = self.clock.now();
         let deadline = now + timeout;
-        let (id, index, wake) = {
+        let spare = SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten();
+        let slot = spare.unwrap_or_default();
+        let (id, wake) = {
             let mut st = lock(&self.state);
-            let st = &mut *st;
             let idle = st.machine.poll_transmit().is_none();
             let earliest = st.machine.poll_timeout();
-            let id = cmd.send(&mut st.machine, deadline, now, ())?;
-            let index = id.index(&st.machine);
-            if st.calls.len() <= index {
-                st.calls.resize_with(index + 1, || CallSlot::Empty);
-            }
-            let previous =
-                std::mem::replace(&mut st.calls[index], CallSlot::Waiting { id, waker: None });
-            if let CallSlot::Done { id, outcome } = previous {
-                st.parked.insert(id, outcome);
-            }
+            let id = cmd.send(&mut st.machine, deadline, now, Arc::clone(&slot))?;
             // The task flushes whatever is queued before it sleeps: it needs waking only if the
             // connection had nothing to write, or its timer must fire sooner.
-            (id, index, idle || earliest.map_or(true, |t| deadline < t))
+            (id, idle || earliest.map_or(true, |t| deadline < t))
         };
         if wake {
             self.wake.notify_one();
@@ -231,7 +229,7 @@ impl Conn {
         Ok(CallFuture {
             conn: Arc::clone(self),
             id,
-            index,
+            slot,
             finished: false,
         })
     }
@@ -272,7 +270,7 @@ impl Conn {
     }
 
     /// Applies `shut` to the machine, then completes what it failed.
-    fn end(&self, shut: impl FnOnce(&mut Connection)) {
+    fn end(&self, shut: impl FnOnce(&mut Connection<Arc<CallSlot>>)) {
         let mut turn = Turn::default();
         {
             let mut st = lock(&self.state);
@@ -292,10 +290,6 @@ impl Conn {
     /// Takes the machine's events: completes calls (their wakers go into `turn`, to be woken
     /// after the lock is released) and collects the peer's requests for the handler.
     ///
-    /// Must run under the same lock as whatever made the events (read, timeout, disconnect,
-    /// close): the machine frees a call's slot when it emits the call's outcome, and a call made
-    /// in between would take the slot before the outcome reached it.
-    ///
     /// Also brings the server's budget up to date with what the machine holds now (it runs after
     /// everything that changes that: bytes read or written, answers queued, deadlines), and gives
     /// the connection's share back when it closes.
@@ -303,8 +297,10 @@ impl Conn {
         self.sync_budget(st);
         while let Some(event) = st.machine.poll_event() {
             match event {
-                Event::Response { id, response, .. } => complete(st, id, Ok(response), turn),
-                Event::Failed { id, error, .. } => complete(st, id, Err(error.into()), turn),
+                Event::Response {
+                    response, token, ..
+                } => complete(&token, Ok(response), turn),
+                Event::Failed { error, token, .. } => complete(&token, Err(error.into()), turn),
                 Event::Request { request, command } => turn.requests.push((request, command)),
                 Event::Oneway { command } => turn.oneways.push(command),
                 Event::Closed { .. } => self.closed.store(true, Ordering::Release),
@@ -391,23 +387,17 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
-fn complete(st: &mut State, id: RequestId, outcome: Result<Command, CallError>, turn: &mut Turn) {
-    let index = id.index(&st.machine);
-    let Some(slot) = st.calls.get_mut(index) else {
-        return;
-    };
-    if let CallSlot::Waiting { id: waiting, waker } = slot {
-        if *waiting == id {
-            if let Some(w) = waker.take() {
-                turn.wakers.push(w);
-            }
-            *slot = CallSlot::Done { id, outcome };
-        }
+/// Leaves a call's outcome in its slot; its waker is woken once the state lock is released.
+fn complete(slot: &CallSlot, outcome: Result<Command, CallError>, turn: &mut Turn) {
+    let mut waiting = slot.lock();
+    waiting.outcome = Some(outcome);
+    if let Some(w) = waiting.waker.take() {
+        turn.wakers.push(w);
     }
 }
 
 /// Writes everything queued (one write per contiguous run) until done or the socket is full.
-fn flush(stream: &TcpStream, machine: &mut Connection) {
+fn flush<T>(stream: &TcpStream, machine: &mut Connection<T>) {
     while let Some(bytes) = machine.poll_transmit() {
         match stream.try_write(bytes) {
             Ok(0) => {
@@ -479,8 +469,6 @@ impl TaskGuard {
                         Ok(()) => conn.read(&stream, &mut st),
                         Err(_) => st.machine.handle_disconnect(),
                     }
-                    // Under the same lock: once the machine has freed a call's slot, a new call
-                    // may take it, so its outcome must be in `calls` before the lock is released.
                     conn.drain(&mut st, &mut turn);
                 }
                 _ = stream.writable(), if want_write => {}
@@ -536,7 +524,7 @@ impl Peer {
 pub struct CallFuture {
     conn: Arc<Conn>,
     id: RequestId,
-    index: usize,
+    slot: Arc<CallSlot>,
     finished: bool,
 }
 
@@ -545,55 +533,38 @@ impl Future for CallFuture {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let mut st = lock(&this.conn.state);
-        let st = &mut *st;
-        let slot = &mut st.calls[this.index];
-        match slot {
-            CallSlot::Done { id, .. } if *id == this.id => {
-                let CallSlot::Done { outcome, .. } = std::mem::replace(slot, CallSlot::Empty)
-                else {
-                    unreachable!("matched Done above")
-                };
-                this.finished = true;
-                Poll::Ready(outcome)
-            }
-            CallSlot::Waiting { id, waker } if *id == this.id => {
-                match waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => *waker = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
-            // The slot went to a newer call after ours completed: our outcome was parked.
-            _ => {
-                this.finished = true;
-                match st.parked.remove(&this.id) {
-                    Some(outcome) => Poll::Ready(outcome),
-                    // Unreachable by construction (every completed outcome is in the slot or
-                    // parked); if it ever were, the request was queued, so it may have gone out.
-                    None => Poll::Ready(Err(CallError::Closed { written: true })),
-                }
-            }
+        let mut waiting = this.slot.lock();
+        if let Some(outcome) = waiting.outcome.take() {
+            this.finished = true;
+            return Poll::Ready(outcome);
         }
+        match &waiting.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => waiting.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 }
 
 impl Drop for CallFuture {
     fn drop(&mut self) {
-        if self.finished {
-            return;
+        if !self.finished {
+            if self.slot.lock().outcome.is_none() {
+                // Still waiting: the machine withdraws or forgets the request (and its token).
+                lock(&self.conn.state).machine.cancel(self.id);
+            }
+            *self.slot.lock() = Waiting::default();
         }
-        let mut st = lock(&self.conn.state);
-        let st = &mut *st;
-        match &st.calls[self.index] {
-            CallSlot::Waiting { id, .. } if *id == self.id => {
-                st.calls[self.index] = CallSlot::Empty;
-                st.machine.cancel(self.id);
-            }
-            CallSlot::Done { id, .. } if *id == self.id => st.calls[self.index] = CallSlot::Empty,
-            _ => {
-                st.parked.remove(&self.id);
-            }
+        // Nobody else holds the slot now (the machine drops its token with the outcome, under
+        // the state lock): keep it for this thread's next call.
+        if Arc::strong_count(&self.slot) == 1 {
+            let slot = Arc::clone(&self.slot);
+            let _ = SPARE.try_with(|spare| {
+                let mut spare = spare.borrow_mut();
+                if spare.len() < SPARE_SLOTS {
+                    spare.push(slot);
+                }
+            });
         }
     }
 }
