@@ -1,5 +1,6 @@
 //! Helpers shared by Remora's cross-crate tests.
 
+pub mod alloc;
 pub mod sim;
 
 use std::path::PathBuf;
