@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use remora_core::backoff::Backoff;
 use remora_core::pool::{Choice, Health, Pool};
-use remora_core::{CallError, Command, ConnectError, Outgoing};
+use remora_core::{CallError, CloseReason, Command, ConnectError, Outgoing};
 use remora_metrics::{Probe, Side};
 use tokio::sync::Notify;
 use tracing::Instrument;
@@ -21,8 +21,8 @@ use crate::Entropy;
 /// What the pool asks of a connection (the pool holds it through a shared pointer, `Rc` or
 /// `Arc`).
 pub trait PooledConn {
-    /// How the pool should see it.
-    fn health(&self) -> Health;
+    /// Why its machine closed, once it has.
+    fn close_reason(&self) -> Option<CloseReason>;
     /// Our requests awaiting responses.
     fn in_flight(&self) -> usize;
     /// Whether it has closed.
@@ -87,7 +87,7 @@ where
                 let choice = pool.choose(
                     || self.clock.now(),
                     || self.entropy.next(),
-                    |c| c.health(),
+                    |c| health(&**c),
                     |c| c.in_flight(),
                 );
                 match choice {
@@ -162,6 +162,14 @@ where
         for conn in conns {
             conn.close();
         }
+    }
+}
+
+/// How the pool should see `conn` (the core's reading of its close reason).
+fn health<C: PooledConn + ?Sized>(conn: &C) -> Health {
+    match conn.is_closed() {
+        false => Health::Open,
+        true => Health::after(conn.close_reason()),
     }
 }
 

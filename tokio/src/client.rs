@@ -5,9 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use remora_core::backoff::Backoff;
-use remora_core::pool::Health;
 use remora_core::{CallError, Command, Config, Handler, NotSupported, Outgoing};
-use remora_driver::pool::{self, AsyncPool, PooledConn};
+use remora_driver::pool::{self, AsyncPool};
 use tokio::net::TcpStream;
 
 use crate::conn::{CallFuture, Clock, Conn, ConnConfig, Dispatch};
@@ -177,21 +176,6 @@ impl Shared {
         let handler = Arc::clone(&self.handler);
         Conn::start(stream, config, handler, self.clock, None)
             .map_err(|e| CallError::Connect(e.into()))
-    }
-}
-
-impl PooledConn for Conn {
-    fn health(&self) -> Health {
-        Conn::health(self)
-    }
-    fn in_flight(&self) -> usize {
-        Conn::in_flight(self)
-    }
-    fn is_closed(&self) -> bool {
-        Conn::is_closed(self)
-    }
-    fn close(&self) {
-        Conn::close(self)
     }
 }
 

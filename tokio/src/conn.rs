@@ -25,10 +25,11 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use remora_core::{
-    Account, Budget, CallError, Command, Config, Connection, Event, Handler, IncomingRequest,
-    Instant, Outgoing, RequestId, READ_STEP,
+    Account, Budget, CallError, CloseReason, Command, Config, Connection, Event, Handler,
+    IncomingRequest, Instant, Outgoing, RequestId, READ_STEP,
 };
 use remora_driver::handle_catching;
+use remora_driver::pool::PooledConn;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -181,20 +182,6 @@ impl Conn {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
-    }
-
-    /// How the pool should see this connection.
-    pub(crate) fn health(&self) -> remora_core::pool::Health {
-        use remora_core::pool::Health;
-        if !self.is_closed() {
-            return Health::Open;
-        }
-        Health::after(lock(&self.state).machine.close_reason())
-    }
-
-    /// Our requests awaiting responses.
-    pub(crate) fn in_flight(&self) -> usize {
-        lock(&self.state).machine.pending_requests()
     }
 
     /// Peer requests not yet answered, and whether bytes still wait to be written.
@@ -412,6 +399,21 @@ fn flush<T>(stream: &TcpStream, machine: &mut Connection<T>) {
                 return;
             }
         }
+    }
+}
+
+impl PooledConn for Conn {
+    fn close_reason(&self) -> Option<CloseReason> {
+        lock(&self.state).machine.close_reason()
+    }
+    fn in_flight(&self) -> usize {
+        lock(&self.state).machine.pending_requests()
+    }
+    fn is_closed(&self) -> bool {
+        Conn::is_closed(self)
+    }
+    fn close(&self) {
+        Conn::close(self)
     }
 }
 

@@ -9,9 +9,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use remora_core::backoff::Backoff;
-use remora_core::pool::Health;
 use remora_core::{CallError, Command, Config, Handler, NotSupported, Outgoing};
-use remora_driver::pool::{self, AsyncPool, PooledConn};
+use remora_driver::pool::{self, AsyncPool};
 use tokio::sync::{oneshot, Notify};
 use tokio_uring::net::TcpStream;
 
@@ -172,21 +171,6 @@ impl Local {
         let (config, idle) = (self.config.connection, self.config.idle_timeout);
         let handler = Arc::clone(&self.handler);
         Ok(Conn::start(stream, config, idle, handler, self.clock))
-    }
-}
-
-impl PooledConn for Conn {
-    fn health(&self) -> Health {
-        Conn::health(self)
-    }
-    fn in_flight(&self) -> usize {
-        Conn::in_flight(self)
-    }
-    fn is_closed(&self) -> bool {
-        Conn::is_closed(self)
-    }
-    fn close(&self) {
-        Conn::close(self)
     }
 }
 

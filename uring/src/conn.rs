@@ -21,6 +21,7 @@ use remora_core::{
     Account, Budget, CallError, Command, Config, Connection, Event, Handler, Outgoing, RequestId,
 };
 use remora_driver::handle_catching;
+use remora_driver::pool::PooledConn;
 use tokio::sync::Notify;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
@@ -121,24 +122,6 @@ impl Conn {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.get()
-    }
-
-    pub(crate) fn close_reason(&self) -> Option<remora_core::CloseReason> {
-        self.machine.borrow().close_reason()
-    }
-
-    /// How the pool should see this connection.
-    pub(crate) fn health(&self) -> remora_core::pool::Health {
-        use remora_core::pool::Health;
-        if !self.is_closed() {
-            return Health::Open;
-        }
-        Health::after(self.close_reason())
-    }
-
-    /// Our requests awaiting responses.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.machine.borrow().pending_requests()
     }
 
     /// Queues `cmd`; the returned future resolves with its response or error. Dropping the
@@ -322,6 +305,21 @@ impl Conn {
             self.machine.borrow_mut().handle_timeout(self.clock.now());
             self.drain_events();
         }
+    }
+}
+
+impl PooledConn for Conn {
+    fn close_reason(&self) -> Option<remora_core::CloseReason> {
+        self.machine.borrow().close_reason()
+    }
+    fn in_flight(&self) -> usize {
+        self.machine.borrow().pending_requests()
+    }
+    fn is_closed(&self) -> bool {
+        Conn::is_closed(self)
+    }
+    fn close(&self) {
+        Conn::close(self)
     }
 }
 
