@@ -12,7 +12,6 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -772,13 +771,9 @@ fn uring_rpc(
 ) -> Result<Histogram<u64>, String> {
     use remora_uring::{ConnId, EventLoop, LoopConfig};
     let inflight = plan.inflight.max(1);
-    let connection = remora_core::Config {
-        max_waiters: inflight * 2,
-        ..Default::default()
-    };
     let lp = keep.insert(
         EventLoop::new(
-            connection,
+            bench_connection(plan),
             LoopConfig::default(),
             Arc::new(remora_core::NotSupported),
         )
@@ -897,72 +892,172 @@ fn uring_raw(
     conns: usize,
     progress: &Arc<Progress>,
 ) -> Result<Histogram<u64>, String> {
-    let frame = Rc::new(raw_frame(plan));
-    let inflight = plan.inflight.max(1);
+    let frame = Arc::new(raw_frame(plan));
     let progress = Arc::clone(progress);
     tokio_uring::start(async move {
-        let hist = Rc::new(std::cell::RefCell::new(histogram()));
         let mut tasks = Vec::new();
         for _ in 0..conns {
             let stream = tokio_uring::net::TcpStream::connect(addr)
                 .await
                 .map_err(|e| format!("connecting to {addr}: {e}"))?;
             let _ = stream.set_nodelay(true);
-            let frame = Rc::clone(&frame);
-            let progress = Arc::clone(&progress);
-            let hist = Rc::clone(&hist);
+            let mut flow = RawFlow::new(&frame, plan.inflight, &progress);
             tasks.push(tokio_uring::spawn(async move {
-                let len = frame.len();
-                let mut sent = std::collections::VecDeque::with_capacity(inflight);
-                let mut out = Vec::with_capacity(len * inflight);
-                let mut acc: Vec<u8> = Vec::with_capacity(len * inflight * 2);
                 let mut buf = vec![0u8; 64 * 1024];
-                let mut outstanding = 0;
-                loop {
-                    // Top up to `inflight` frames in flight, in one write.
-                    out.clear();
-                    while outstanding < inflight && progress.claim() {
-                        out.extend_from_slice(&frame);
-                        sent.push_back(Instant::now());
-                        outstanding += 1;
-                    }
-                    if !out.is_empty() {
-                        let (r, o) = stream.write_all(out).await;
-                        out = o;
+                while flow.top_up() {
+                    if !flow.out.is_empty() {
+                        let (r, out) = stream.write_all(std::mem::take(&mut flow.out)).await;
+                        flow.out = out;
                         if r.is_err() {
-                            progress.lost_frames(outstanding as u64);
-                            return;
+                            break;
                         }
-                    }
-                    if outstanding == 0 {
-                        return;
                     }
                     let (r, b) = stream.read(buf).await;
                     buf = b;
-                    let n = match r {
-                        Ok(n) if n > 0 => n,
-                        _ => {
-                            progress.lost_frames(outstanding as u64);
-                            return;
-                        }
-                    };
-                    outstanding -= echoed_frames(
-                        &mut acc,
-                        &buf[..n],
-                        &frame,
-                        &mut sent,
-                        &mut hist.borrow_mut(),
-                        &progress,
-                    );
+                    match r {
+                        Ok(n) if n > 0 => flow.echoed(&buf[..n]),
+                        _ => break,
+                    }
                 }
+                flow.finish()
             }));
         }
-        for t in tasks {
-            let _ = t.await;
-        }
-        let h = hist.borrow().clone();
-        Ok(h)
+        merge(join_all(tasks).await.into_iter().map(|t| t.ok()))
     })
+}
+
+/// The client connections' machine: room for twice the calls in flight.
+fn bench_connection(plan: &Plan) -> remora_core::Config {
+    remora_core::Config {
+        max_waiters: plan.inflight.max(1) * 2,
+        ..Default::default()
+    }
+}
+
+/// One rpc caller's loop state (a thread or task that keeps one call in flight): its sequence
+/// number, request buffer, the start of its call and its latency.
+struct Caller {
+    seq: u64,
+    buf: BytesMut,
+    t0: Instant,
+    hist: Histogram<u64>,
+}
+
+impl Caller {
+    fn new(seq: u64) -> Caller {
+        Caller {
+            seq,
+            buf: BytesMut::new(),
+            t0: Instant::now(),
+            hist: histogram(),
+        }
+    }
+
+    /// The next request; its latency is counted from now.
+    fn next(&mut self, plan: &Plan) -> Command {
+        self.seq += 1;
+        let req = request(self.seq, plan, &mut self.buf);
+        self.t0 = Instant::now();
+        req
+    }
+
+    /// Records the call's outcome; `Some` is how long to pause before the next (the server
+    /// asked for it, or the run is stopping).
+    fn done(
+        &mut self,
+        result: &Result<Command, CallError>,
+        plan: &Plan,
+        progress: &Progress,
+    ) -> Option<Duration> {
+        let outcome = Outcome::of(result, self.seq, plan.payload);
+        if outcome == Outcome::Ok {
+            let _ = self.hist.record(self.t0.elapsed().as_micros() as u64);
+        }
+        progress.record(outcome)
+    }
+}
+
+/// The histograms of a run's threads or tasks, added up (`None`: one panicked).
+fn merge(parts: impl Iterator<Item = Option<Histogram<u64>>>) -> Result<Histogram<u64>, String> {
+    let mut hist = histogram();
+    for part in parts {
+        let part = part.ok_or("a load thread or task panicked")?;
+        hist.add(part).map_err(|e| e.to_string())?;
+    }
+    Ok(hist)
+}
+
+/// Awaits every task in order.
+async fn join_all<F: std::future::Future>(tasks: Vec<F>) -> Vec<F::Output> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(t.await);
+    }
+    out
+}
+
+/// Raw mode's client side of one connection: up to `inflight` copies of the frame in flight,
+/// topped up in one write, each echo checked and timed.
+struct RawFlow {
+    frame: Arc<Vec<u8>>,
+    inflight: usize,
+    progress: Arc<Progress>,
+    sent: std::collections::VecDeque<Instant>,
+    /// The frames to write next.
+    out: Vec<u8>,
+    acc: Vec<u8>,
+    outstanding: usize,
+    hist: Histogram<u64>,
+}
+
+impl RawFlow {
+    fn new(frame: &Arc<Vec<u8>>, inflight: usize, progress: &Arc<Progress>) -> RawFlow {
+        let (inflight, len) = (inflight.max(1), frame.len());
+        RawFlow {
+            frame: Arc::clone(frame),
+            inflight,
+            progress: Arc::clone(progress),
+            sent: std::collections::VecDeque::with_capacity(inflight),
+            out: Vec::with_capacity(len * inflight),
+            acc: Vec::with_capacity(len * inflight * 2),
+            outstanding: 0,
+            hist: histogram(),
+        }
+    }
+
+    /// Fills `out` with the frames that may be sent now; false once nothing is in flight and
+    /// the run wants no more.
+    fn top_up(&mut self) -> bool {
+        self.out.clear();
+        while self.outstanding < self.inflight && self.progress.claim() {
+            self.out.extend_from_slice(&self.frame);
+            self.sent.push_back(Instant::now());
+            self.outstanding += 1;
+        }
+        self.outstanding > 0
+    }
+
+    /// Bytes that came back.
+    fn echoed(&mut self, read: &[u8]) {
+        let (frame, sent) = (&self.frame[..], &mut self.sent);
+        let n = echoed_frames(
+            &mut self.acc,
+            read,
+            frame,
+            sent,
+            &mut self.hist,
+            &self.progress,
+        );
+        self.outstanding -= n;
+    }
+
+    /// The connection's latency; frames still in flight failed with it.
+    fn finish(self) -> Histogram<u64> {
+        if self.outstanding > 0 {
+            self.progress.lost_frames(self.outstanding as u64);
+        }
+        self.hist
+    }
 }
 
 /// Raw mode's accounting: appends `read` to `acc`, and for every whole frame now in it checks it
@@ -998,10 +1093,7 @@ fn std_rpc(
     progress: &Arc<Progress>,
 ) -> Result<Histogram<u64>, String> {
     let config = remora_std::ClientConfig {
-        connection: remora_core::Config {
-            max_waiters: plan.inflight.max(1) * 2,
-            ..Default::default()
-        },
+        connection: bench_connection(plan),
         ..Default::default()
     };
     let client = match &plan.tls {
@@ -1011,39 +1103,24 @@ fn std_rpc(
     .map_err(|e| format!("connecting to {addr}: {e}"))?;
     let callers: Vec<_> = (0..plan.inflight.max(1))
         .map(|w| {
-            let client = client.clone();
-            let plan = plan.clone();
+            let (client, plan) = (client.clone(), plan.clone());
             let progress = Arc::clone(progress);
             std::thread::spawn(move || {
-                let mut hist = histogram();
-                let mut buf = BytesMut::new();
-                let mut seq = (w as u64) << 32;
+                let mut caller = Caller::new((w as u64) << 32);
                 while progress.claim() {
-                    seq += 1;
-                    let req = request(seq, &plan, &mut buf);
-                    let t0 = Instant::now();
+                    let req = caller.next(&plan);
                     let result = client.call(req, progress.timeout());
-                    let outcome = Outcome::of(&result, seq, plan.payload);
-                    if outcome == Outcome::Ok {
-                        let _ = hist.record(t0.elapsed().as_micros() as u64);
-                    }
-                    if let Some(pause) = progress.record(outcome) {
+                    if let Some(pause) = caller.done(&result, &plan, &progress) {
                         std::thread::sleep(pause);
                     }
                 }
-                hist
+                caller.hist
             })
         })
         .collect();
-    let mut hist = histogram();
-    for c in callers {
-        let h = c
-            .join()
-            .map_err(|_| "a caller thread panicked".to_string())?;
-        hist.add(h).map_err(|e| e.to_string())?;
-    }
+    let hist = merge(callers.into_iter().map(|c| c.join().ok()));
     client.close();
-    Ok(hist)
+    hist
 }
 
 fn std_raw(
@@ -1051,43 +1128,29 @@ fn std_raw(
     addr: SocketAddr,
     progress: &Arc<Progress>,
 ) -> Result<Histogram<u64>, String> {
-    let frame = raw_frame(plan);
-    let len = frame.len();
-    let inflight = plan.inflight.max(1);
+    let frame = Arc::new(raw_frame(plan));
     let mut stream = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
     let _ = stream.set_nodelay(true);
-    let mut hist = histogram();
-    let mut sent = std::collections::VecDeque::with_capacity(inflight);
-    let mut out = Vec::with_capacity(len * inflight);
-    let mut acc = Vec::new();
+    let mut flow = RawFlow::new(&frame, plan.inflight, progress);
     let mut buf = vec![0u8; 64 * 1024];
-    let mut outstanding = 0;
-    loop {
-        out.clear();
-        while outstanding < inflight && progress.claim() {
-            out.extend_from_slice(&frame);
-            sent.push_back(Instant::now());
-            outstanding += 1;
-        }
-        if !out.is_empty() && stream.write_all(&out).is_err() {
-            progress.lost_frames(outstanding as u64);
+    while flow.top_up() {
+        if !flow.out.is_empty() && stream.write_all(&flow.out).is_err() {
             break;
         }
-        if outstanding == 0 {
-            break;
+        match stream.read(&mut buf) {
+            Ok(n) if n > 0 => flow.echoed(&buf[..n]),
+            _ => break,
         }
-        let n = match stream.read(&mut buf) {
-            Ok(n) if n > 0 => n,
-            _ => {
-                progress
-                    .errors
-                    .fetch_add(outstanding as u64, Ordering::Relaxed);
-                break;
-            }
-        };
-        outstanding -= echoed_frames(&mut acc, &buf[..n], &frame, &mut sent, &mut hist, progress);
     }
-    Ok(hist)
+    Ok(flow.finish())
+}
+
+/// A single-threaded tokio runtime, for one thread's share of the load.
+fn tokio_current() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting a tokio runtime: {e}"))
 }
 
 /// A multi-threaded tokio runtime with `threads` workers.
@@ -1132,20 +1195,12 @@ fn tokio_rpc(
 ) -> Result<Histogram<u64>, String> {
     let plan = plan.clone();
     let progress = Arc::clone(progress);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting a tokio runtime: {e}"))?;
-    rt.block_on(async move {
-        let hist = Arc::new(std::sync::Mutex::new(histogram()));
+    tokio_current()?.block_on(async move {
         let mut tasks = Vec::new();
         let mut clients = Vec::new();
         for c in 0..conns {
             let config = remora_tokio::ClientConfig {
-                connection: remora_core::Config {
-                    max_waiters: plan.inflight.max(1) * 2,
-                    ..Default::default()
-                },
+                connection: bench_connection(&plan),
                 ..Default::default()
             };
             let client = match &plan.tls {
@@ -1157,40 +1212,25 @@ fn tokio_rpc(
             }
             .map_err(|e| format!("connecting to {addr}: {e}"))?;
             for w in 0..plan.inflight.max(1) {
-                let client = client.clone();
-                let plan = plan.clone();
+                let (client, plan) = (client.clone(), plan.clone());
                 let progress = Arc::clone(&progress);
-                let hist = Arc::clone(&hist);
                 tasks.push(tokio::spawn(async move {
-                    let mut local = histogram();
-                    let mut buf = BytesMut::new();
-                    let mut seq = ((c as u64) << 48) | ((w as u64) << 32);
+                    let mut caller = Caller::new(((c as u64) << 48) | ((w as u64) << 32));
                     while progress.claim() {
-                        seq += 1;
-                        let req = request(seq, &plan, &mut buf);
-                        let t0 = Instant::now();
+                        let req = caller.next(&plan);
                         let result = client.call(req, progress.timeout()).await;
-                        let outcome = Outcome::of(&result, seq, plan.payload);
-                        if outcome == Outcome::Ok {
-                            let _ = local.record(t0.elapsed().as_micros() as u64);
-                        }
-                        if let Some(pause) = progress.record(outcome) {
+                        if let Some(pause) = caller.done(&result, &plan, &progress) {
                             tokio::time::sleep(pause).await;
                         }
                     }
-                    let _ = hist.lock().unwrap_or_else(|e| e.into_inner()).add(local);
+                    caller.hist
                 }));
             }
             clients.push(client);
         }
-        for t in tasks {
-            let _ = t.await;
-        }
-        for client in clients {
-            client.close();
-        }
-        let h = hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(h)
+        let hist = merge(join_all(tasks).await.into_iter().map(|t| t.ok()));
+        clients.iter().for_each(remora_tokio::Client::close);
+        hist
     })
 }
 
@@ -1202,73 +1242,29 @@ fn tokio_raw(
 ) -> Result<Histogram<u64>, String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let frame = Arc::new(raw_frame(plan));
-    let inflight = plan.inflight.max(1);
     let progress = Arc::clone(progress);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("starting a tokio runtime: {e}"))?;
-    rt.block_on(async move {
-        let hist = Arc::new(std::sync::Mutex::new(histogram()));
+    tokio_current()?.block_on(async move {
         let mut tasks = Vec::new();
         for _ in 0..conns {
             let mut stream = tokio::net::TcpStream::connect(addr)
                 .await
                 .map_err(|e| format!("connecting to {addr}: {e}"))?;
             let _ = stream.set_nodelay(true);
-            let frame = Arc::clone(&frame);
-            let progress = Arc::clone(&progress);
-            let hist = Arc::clone(&hist);
+            let mut flow = RawFlow::new(&frame, plan.inflight, &progress);
             tasks.push(tokio::spawn(async move {
-                let len = frame.len();
-                let mut local = histogram();
-                let mut sent = std::collections::VecDeque::with_capacity(inflight);
-                let mut out = Vec::with_capacity(len * inflight);
-                let mut acc: Vec<u8> = Vec::with_capacity(len * inflight * 2);
                 let mut buf = vec![0u8; 64 * 1024];
-                let mut outstanding = 0;
-                loop {
-                    // Top up to `inflight` frames in flight, in one write.
-                    out.clear();
-                    while outstanding < inflight && progress.claim() {
-                        out.extend_from_slice(&frame);
-                        sent.push_back(Instant::now());
-                        outstanding += 1;
-                    }
-                    if !out.is_empty() && stream.write_all(&out).await.is_err() {
-                        progress
-                            .errors
-                            .fetch_add(outstanding as u64, Ordering::Relaxed);
+                while flow.top_up() {
+                    if !flow.out.is_empty() && stream.write_all(&flow.out).await.is_err() {
                         break;
                     }
-                    if outstanding == 0 {
-                        break;
+                    match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => flow.echoed(&buf[..n]),
+                        _ => break,
                     }
-                    let n = match stream.read(&mut buf).await {
-                        Ok(n) if n > 0 => n,
-                        _ => {
-                            progress
-                                .errors
-                                .fetch_add(outstanding as u64, Ordering::Relaxed);
-                            break;
-                        }
-                    };
-                    outstanding -= echoed_frames(
-                        &mut acc,
-                        &buf[..n],
-                        &frame,
-                        &mut sent,
-                        &mut local,
-                        &progress,
-                    );
                 }
-                let _ = hist.lock().unwrap_or_else(|e| e.into_inner()).add(local);
+                flow.finish()
             }));
         }
-        for t in tasks {
-            let _ = t.await;
-        }
-        let h = hist.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        Ok(h)
+        merge(join_all(tasks).await.into_iter().map(|t| t.ok()))
     })
 }

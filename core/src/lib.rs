@@ -5,8 +5,9 @@
 //!   commands and commands into bytes, with a JSON ([`json`]) or ROCKETMQ binary ([`binary`])
 //!   header;
 //! - the connection machine: [`Connection`] pairs responses with requests, keeps deadlines,
-//!   answers for an overloaded server, and fails every pending request exactly once when the
-//!   connection ends. Drivers feed it bytes and [`Instant`]s; see its docs for the drain order.
+//!   answers for an overloaded server, closes a connection idle past its idle timeout, and fails
+//!   every pending request exactly once when the connection ends. Drivers feed it bytes and
+//!   [`Instant`]s; see its docs for the drain order.
 //!   It bounds what a peer can make it hold: read buffers grow with the bytes that arrived, and
 //!   [`Connection::wants_read`] turns false while a peer leaves its answers unread;
 //! - the server budget: [`Budget`] is shared by a server's connections and decides when new

@@ -2,13 +2,14 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use remora_core::backoff::Backoff;
 use remora_core::pool::{Choice, Pool};
 use remora_core::{Command, Config, Outgoing};
+use remora_driver::Entropy;
 use remora_metrics::{Probe, Side};
 use remora_tls::{ClientTls, Secure};
 
@@ -72,7 +73,7 @@ struct Shared {
     pool: Mutex<Pool<Arc<Conn>>>,
     changed: Condvar,
     closed: AtomicBool,
-    entropy: AtomicU64,
+    entropy: Entropy,
     /// Connections opened (for the reconnect count).
     opened: AtomicUsize,
 }
@@ -172,18 +173,7 @@ impl Client {
         handler: impl Handler,
         secure: Secure,
     ) -> Result<Client, Error> {
-        let addrs: Vec<SocketAddr> = addr
-            .to_socket_addrs()
-            .map_err(|e| Error::Connect(e.into()))?
-            .collect();
-        if addrs.is_empty() {
-            return Err(Error::Connect(remora_core::ConnectError::new(
-                io::Error::new(io::ErrorKind::InvalidInput, "address resolved to nothing"),
-            )));
-        }
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let addrs = remora_driver::resolve(addr)?;
         let client = Client {
             shared: Arc::new(Shared {
                 addrs,
@@ -195,7 +185,7 @@ impl Client {
                 pool: Mutex::new(Pool::new(config.pool_size, config.reconnect)),
                 changed: Condvar::new(),
                 closed: AtomicBool::new(false),
-                entropy: AtomicU64::new(seed | 1),
+                entropy: Entropy::new(),
                 opened: AtomicUsize::new(0),
             }),
         };
@@ -279,7 +269,7 @@ impl Client {
             }
             let choice = pool.choose(
                 || shared.clock.now(),
-                || shared.next_entropy(),
+                || shared.entropy.next(),
                 Conn::health,
                 |c| c.in_flight(),
             );
@@ -303,7 +293,7 @@ impl Client {
                             return Ok(conn);
                         }
                         Err(e) => {
-                            pool.connect_failed(slot, shared.clock.now(), shared.next_entropy());
+                            pool.connect_failed(slot, shared.clock.now(), shared.entropy.next());
                             return fallback.ok_or(e);
                         }
                     }
@@ -324,14 +314,6 @@ impl Client {
 impl Shared {
     fn lock_pool(&self) -> MutexGuard<'_, Pool<Arc<Conn>>> {
         self.pool.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn next_entropy(&self) -> u64 {
-        // The core's SplitMix64 on a shared counter: the driver's entropy for jitter.
-        let state = self
-            .entropy
-            .fetch_add(remora_core::rand::GAMMA, Ordering::Relaxed);
-        remora_core::rand::mix(state.wrapping_add(remora_core::rand::GAMMA))
     }
 
     /// A new connection to the first address that accepts.

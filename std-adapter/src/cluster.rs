@@ -6,13 +6,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, Weak};
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use remora_core::resilience::cluster::{
-    before_send, Action, CallDefaults, ClusterCall, ClusterState, Report,
+    before_send, Action, CallDefaults, ClusterCall, ClusterState,
 };
 use remora_core::resilience::resolve::Resolve;
-use remora_core::resilience::retry::Class;
 use remora_core::Command;
+use remora_driver::{record, Latency};
 
 use crate::conn::Clock;
 use crate::{Client, ClientConfig, Error, NotSupported};
@@ -26,18 +25,10 @@ pub use remora_core::Hook;
 /// How a cluster behaves: each endpoint's [`ClientConfig`], and the core's resilience policies.
 pub type ClusterConfig = remora_core::resilience::cluster::ClusterConfig<ClientConfig>;
 
-struct Endpoint {
-    address: String,
-    client: Client,
-    latency: Mutex<Histogram<u64>>,
-}
+type Endpoint = remora_driver::Endpoint<Client>;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn histogram() -> Mutex<Histogram<u64>> {
-    Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"))
 }
 
 struct Inner {
@@ -51,7 +42,7 @@ struct Inner {
     defaults: CallDefaults,
     clock: Clock,
     /// Successful attempts' latency over all endpoints (for percentile hedging).
-    latency: Mutex<Histogram<u64>>,
+    latency: Latency,
 }
 
 /// A client over several endpoints of one service. Cheap to clone; share it between threads.
@@ -91,16 +82,10 @@ impl Cluster {
         hooks: Vec<Arc<dyn Hook>>,
         watch: Option<Watch>,
     ) -> Result<Cluster, ClusterError> {
-        let clock = Clock::new();
-        let seed = std::time::SystemTime::UNIX_EPOCH
-            .elapsed()
-            .unwrap_or_default();
+        let (clock, seed) = (Clock::new(), remora_driver::seed());
         let addresses = resolver.resolve();
-        let seed = seed.as_nanos() as u64;
         let state = ClusterState::new(addresses.clone(), config.policies, clock.now(), seed)?;
-        let endpoints = addresses
-            .into_iter()
-            .map(|a| Endpoint::new(a, config.client));
+        let endpoints = addresses.into_iter().map(|a| endpoint(a, config.client));
         let inner = Arc::new(Inner {
             closed: AtomicBool::new(false),
             endpoints: RwLock::new(endpoints.collect::<Result<_, _>>()?),
@@ -114,7 +99,7 @@ impl Cluster {
                 connection: config.client.connection,
             },
             clock,
-            latency: histogram(),
+            latency: Latency::new(),
         });
         if let Some(probe) = config.policies.probe {
             let weak = Arc::downgrade(&inner);
@@ -157,8 +142,7 @@ impl Cluster {
         }
         let wanted = inner.resolver.resolve();
         let mut endpoints = inner.endpoints.write().unwrap_or_else(|e| e.into_inner());
-        let push =
-            |a: &str| Endpoint::new(a.into(), inner.config.client).map(|e| endpoints.push(e));
+        let push = |a: &str| endpoint(a.into(), inner.config.client).map(|e| endpoints.push(e));
         let Some(change) = self.state().apply(&wanted, push) else {
             return;
         };
@@ -184,11 +168,9 @@ impl Cluster {
         let _in_call = call_span.enter();
         self.refresh();
         let (inner, mut inline) = (&self.inner, Vec::new());
-        let mut call = {
-            let all = lock(&inner.latency);
-            let quantile = |q| Duration::from_micros(all.value_at_quantile(q));
-            ClusterCall::new(&mut request, opts, &inner.defaults, (all.len(), quantile))?
-        };
+        let mut call = inner.latency.with_quantiles(|latency| {
+            ClusterCall::new(&mut request, opts, &inner.defaults, latency)
+        })?;
         let (tx, rx) = mpsc::channel();
         loop {
             let now = inner.clock.now();
@@ -222,21 +204,10 @@ impl Cluster {
                         continue;
                     };
                     let report = call.on_outcome(&mut self.state(), attempt, outcome, now);
-                    report.into_iter().for_each(|r| self.record(r));
+                    let all = &inner.latency;
+                    report.inspect(|r| record(r, &self.endpoint(r.endpoint), all));
                 }
             }
-        }
-    }
-
-    fn record(&self, report: Report) {
-        let endpoint = self.endpoint(report.endpoint);
-        let micros = report.latency.as_micros() as u64;
-        let _ = lock(&endpoint.latency).record(micros);
-        if report.class == Class::Success {
-            let _ = lock(&self.inner.latency).record(micros);
-        }
-        if let Some((breaker, ejected)) = report.health {
-            remora_metrics::endpoint_health(&endpoint.address, &breaker, ejected);
         }
     }
 
@@ -261,11 +232,8 @@ impl Cluster {
     pub fn report(&self) -> Vec<EndpointReport> {
         let (endpoints, now) = (self.endpoints(), self.inner.clock.now());
         let state = self.state();
-        let report = |(i, endpoint): (usize, &Arc<Endpoint>)| {
-            let h = lock(&endpoint.latency);
-            let p = (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max());
-            state.report(i, now, p)
-        };
+        let report =
+            |(i, e): (usize, &Arc<Endpoint>)| state.report(i, now, e.latency.percentiles());
         endpoints.iter().enumerate().map(report).collect()
     }
 
@@ -276,15 +244,9 @@ impl Cluster {
     }
 }
 
-impl Endpoint {
-    fn new(address: String, config: ClientConfig) -> Result<Arc<Endpoint>, Error> {
-        let client = Client::lazy(address.as_str(), config, NotSupported)?;
-        Ok(Arc::new(Endpoint {
-            address,
-            client,
-            latency: histogram(),
-        }))
-    }
+fn endpoint(address: String, config: ClientConfig) -> Result<Arc<Endpoint>, Error> {
+    let client = Client::lazy(address.as_str(), config, NotSupported)?;
+    Ok(Arc::new(Endpoint::new(address, client)))
 }
 
 /// Probes the endpoints the core names every `every` until the cluster is closed or dropped.

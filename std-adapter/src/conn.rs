@@ -3,7 +3,7 @@
 
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -11,31 +11,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_utils::sync::{Parker, Unparker};
 use remora_core::{
-    Account, Budget, CloseReason, Command, Config, Connection, Event, IncomingRequest, Instant,
-    Outgoing,
+    Account, Budget, CloseReason, Command, Config, Connection, Event, IncomingRequest, Outgoing,
 };
 use remora_tls::{Secure, Session};
 
-use crate::handler::{run_handler, Handler, Workers};
+use crate::handler::{Handler, Workers};
 use crate::Error;
-
-/// The driver's clock: core `Instant`s are nanoseconds since `origin`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Clock {
-    origin: std::time::Instant,
-}
-
-impl Clock {
-    pub(crate) fn new() -> Self {
-        Clock {
-            origin: std::time::Instant::now(),
-        }
-    }
-
-    pub(crate) fn now(&self) -> Instant {
-        Instant::from_nanos(self.origin.elapsed().as_nanos() as u64)
-    }
-}
+use remora_driver::handle_catching;
+pub(crate) use remora_driver::Clock;
 
 /// Where a caller waits for its call's outcome: one per thread, reused by every call that
 /// thread makes (a thread waits for one call at a time), and handed to the machine as the
@@ -128,8 +111,6 @@ pub(crate) struct Conn {
     workers: Arc<Workers>,
     reader: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
-    /// Nanoseconds (on `clock`) of the last call or byte read.
-    last_active: AtomicU64,
     peer: SocketAddr,
 }
 
@@ -203,9 +184,13 @@ impl Conn {
             Some(s) => (Some(s.budget), Some(s.account), Some(s.on_closed)),
             None => (None, None, None),
         };
+        let mut machine = Connection::with_tokens(config.machine);
+        // The machine closes the connection once it has been quiet this long; the reader's
+        // read timeout is when it asks.
+        machine.set_idle_timeout(config.idle_timeout, clock.now());
         let conn = Arc::new(Conn {
             state: Mutex::new(State {
-                machine: secure.session(Connection::with_tokens(config.machine), clock.now()),
+                machine: secure.session(machine, clock.now()),
                 writing: false,
                 stash: Vec::new(),
                 out: Vec::new(),
@@ -224,7 +209,6 @@ impl Conn {
             workers,
             reader: Mutex::new(None),
             closed: AtomicBool::new(false),
-            last_active: AtomicU64::new(clock.now().as_nanos()),
             peer,
         });
         let for_reader = Arc::clone(&conn);
@@ -260,10 +244,7 @@ impl Conn {
         if !self.is_closed() {
             return Health::Open;
         }
-        match self.close_reason() {
-            Some(remora_core::CloseReason::Local) | None => Health::Closed,
-            Some(_) => Health::Failed,
-        }
+        Health::after(self.close_reason())
     }
 
     /// Our requests awaiting responses.
@@ -275,11 +256,6 @@ impl Conn {
     pub(crate) fn unfinished(&self) -> (usize, bool) {
         let st = lock(&self.state);
         (st.machine.pending_incoming(), st.machine.unsent_len() > 0)
-    }
-
-    fn touch(&self) {
-        self.last_active
-            .store(self.clock.now().as_nanos(), Ordering::Relaxed);
     }
 
     /// Sends `cmd` and blocks until its response, its deadline, or the connection's end.
@@ -303,11 +279,9 @@ impl Conn {
             );
             sent.map_err(|e| st.machine.send_error(e))?;
         }
-        self.touch();
         self.flush();
         loop {
             if let Some(outcome) = slot.take() {
-                self.touch();
                 return outcome;
             }
             let now = self.clock.now();
@@ -326,10 +300,10 @@ impl Conn {
     pub(crate) fn oneway(self: &Arc<Self>, cmd: Command) -> Result<(), Error> {
         {
             let mut st = lock(&self.state);
-            let sent = st.machine.send_oneway(cmd);
+            let now = self.clock.now();
+            let sent = st.machine.connection_mut().send_oneway_at(cmd, now);
             sent.map_err(|e| st.machine.send_error(e))?;
         }
-        self.touch();
         self.flush();
         Ok(())
     }
@@ -465,7 +439,7 @@ impl Conn {
             lock(&self.state).machine.dismiss(request);
             return;
         }
-        let response = run_handler(&*self.handler, command);
+        let response = handle_catching(&*self.handler, command);
         let mut st = lock(&self.state);
         // An answer too big to encode is replaced by SYSTEM_ERROR: that too must go out now.
         let _ = st.machine.send_response(request, response);
@@ -492,7 +466,7 @@ impl Conn {
                 Event::Oneway { command } => {
                     let handler = Arc::clone(&self.handler);
                     self.workers.execute(move || {
-                        let _ = run_handler(&*handler, command);
+                        let _ = handle_catching(&*handler, command);
                     });
                 }
                 Event::Closed { .. } => {
@@ -562,7 +536,6 @@ impl Conn {
                     return;
                 }
                 Ok(n) => {
-                    self.touch();
                     let mut st = lock(&self.state);
                     let now = self.clock.now();
                     *st.machine.read_buffer() = buf;
@@ -590,28 +563,12 @@ impl Conn {
                         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                     ) =>
                 {
-                    {
-                        let mut st = lock(&self.state);
-                        *st.machine.read_buffer() = buf;
-                        // A handshake past its deadline fails here.
-                        st.machine.handle_timeout(self.clock.now());
-                        self.settle(&mut st);
-                    }
-                    if self.is_closed() {
-                        return;
-                    }
-                    if let Some(idle) = idle {
-                        if self.idle_for() >= idle {
-                            let st = lock(&self.state);
-                            let busy = st.machine.pending_requests() > 0
-                                || st.machine.pending_incoming() > 0;
-                            drop(st);
-                            if !busy {
-                                self.shut_down(true);
-                                return;
-                            }
-                        }
-                    }
+                    // The read timeout: a handshake past its deadline fails here, and the
+                    // machine closes itself if it has been idle too long.
+                    let mut st = lock(&self.state);
+                    *st.machine.read_buffer() = buf;
+                    st.machine.handle_timeout(self.clock.now());
+                    self.settle(&mut st);
                 }
                 Err(_) => return self.lost(),
             }
@@ -668,11 +625,6 @@ impl Conn {
         }
         st.reader_paused = false;
         true
-    }
-
-    fn idle_for(&self) -> Duration {
-        let last = self.last_active.load(Ordering::Relaxed);
-        Duration::from_nanos(self.clock.now().as_nanos().saturating_sub(last))
     }
 
     /// The transport failed: fail every call, close the socket.

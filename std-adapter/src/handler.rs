@@ -4,16 +4,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use remora_core::Command;
 pub use remora_core::{Handler, NotSupported};
-
-/// Runs `handler`, answering `SYSTEM_ERROR` if it panics (so the peer is not left waiting and
-/// the worker thread survives).
-pub(crate) fn run_handler(handler: &dyn Handler, request: Command) -> Command {
-    let answer = request.response(remora_core::codes::SYSTEM_ERROR);
-    let run = std::panic::AssertUnwindSafe(move || handler.handle(request));
-    std::panic::catch_unwind(run).unwrap_or_else(|_| answer.with_remark("request handler panicked"))
-}
 
 type Job = Box<dyn FnOnce() + Send>;
 

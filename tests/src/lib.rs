@@ -1,5 +1,7 @@
 //! Helpers shared by Remora's cross-crate tests.
 
+pub mod alloc;
+pub mod scenarios;
 pub mod sim;
 
 use std::path::PathBuf;

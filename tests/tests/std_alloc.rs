@@ -7,45 +7,17 @@
 //!   process, so only the client's allocations are counted): less than once per hundred calls,
 //!   what remains being per read buffer, not per call.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpListener;
 use std::process::{Child, Command as Process, Stdio};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use remora_core::{codes, Command, SerializeType};
 use remora_std::{Client, ClientConfig, Server};
 
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-static LARGEST: AtomicUsize = AtomicUsize::new(0);
-static BYTES: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards every call unchanged to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(layout.size(), Ordering::Relaxed);
-        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        BYTES.fetch_add(new_size, Ordering::Relaxed);
-        LARGEST.fetch_max(new_size, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use remora_tests::alloc::{allocations, bytes, numbered_request, take_largest, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -89,13 +61,13 @@ fn a_one_mib_body_is_sent_without_a_copy() {
         let frame_len = remora_core::Codec::default()
             .encoded_len(&command, remora_core::SerializeType::Json)
             .unwrap();
-        LARGEST.store(0, Ordering::Relaxed);
-        let before = BYTES.load(Ordering::Relaxed);
+        take_largest();
+        let before = bytes();
         go_tx.send(frame_len).unwrap();
         client.oneway(command).unwrap();
         let got = done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        let allocated = BYTES.load(Ordering::Relaxed) - before;
-        let largest = LARGEST.load(Ordering::Relaxed);
+        let allocated = bytes() - before;
+        let largest = take_largest();
         assert_eq!(got, frame_len, "the peer got the whole frame");
         // (The client's reader may grow its 64 KiB read buffer meanwhile.)
         assert!(
@@ -223,13 +195,8 @@ fn load(client: &Client, threads: usize, calls: usize, ty: SerializeType) -> u64
                     .unwrap();
                 barrier.wait();
                 for i in 0..calls {
-                    buf.reserve(64);
-                    buf.put_u64((t * calls + i) as u64);
-                    buf.put_bytes(b'x', 56);
-                    let body = buf.split().freeze();
-                    let request = Command::request(310)
-                        .with_body(body.clone())
-                        .with_serialize_type(ty);
+                    let request = numbered_request(&mut buf, (t * calls + i) as u64, ty);
+                    let body = request.body_bytes();
                     let response = client.call(request, Duration::from_secs(10)).unwrap();
                     assert_eq!(response.body(), &body[..]);
                 }
@@ -237,9 +204,9 @@ fn load(client: &Client, threads: usize, calls: usize, ty: SerializeType) -> u64
             });
         }
         barrier.wait();
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let before = allocations();
         barrier.wait();
-        ALLOCATIONS.load(Ordering::Relaxed) - before
+        allocations() - before
     })
 }
 

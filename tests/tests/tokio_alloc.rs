@@ -4,44 +4,17 @@
 //! allocator wrapper. What remains is per buffer, not per request: when the 64 KiB read buffer
 //! runs low while decoded bodies still share it, a new one is allocated.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
-use remora_core::{codes, Command, SerializeType};
+use bytes::BytesMut;
+use remora_core::SerializeType;
 use remora_tokio::{Client, ClientConfig, Server, ServerConfig};
 
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call unchanged to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use remora_tests::alloc::{allocations, echo, numbered_request, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn echo(request: Command) -> Command {
-    let body = request.body_bytes();
-    request.response(codes::SUCCESS).with_body(body)
-}
 
 /// Runs `calls` calls from `tasks` concurrent tasks and returns the allocations made while they
 /// ran (the tasks are spawned before counting starts). Each request body is built in a reused
@@ -56,25 +29,19 @@ async fn load(client: &Client, tasks: usize, calls: usize, ty: SerializeType) ->
             start.notified().await;
             let mut buf = BytesMut::with_capacity(64);
             for i in 0..calls / tasks {
-                buf.reserve(64);
-                buf.put_u64((t * calls + i) as u64);
-                buf.put_bytes(b'x', 56);
-                let body = buf.split().freeze();
-                let request = Command::request(310)
-                    .with_body(body)
-                    .with_serialize_type(ty);
+                let request = numbered_request(&mut buf, (t * calls + i) as u64, ty);
                 let response = client.call(request, Duration::from_secs(10)).await.unwrap();
                 assert_eq!(response.body().len(), 64);
             }
         }));
     }
     tokio::task::yield_now().await; // every task is now waiting on `start`
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     start.notify_waiters();
     for h in handles {
         h.await.unwrap();
     }
-    ALLOCATIONS.load(Ordering::Relaxed) - before
+    allocations() - before
 }
 
 #[test]

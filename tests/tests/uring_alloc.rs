@@ -4,37 +4,15 @@
 //! buffer, not per request: when the 64 KiB read buffer runs low while decoded bodies still
 //! share it, a new one is allocated (plus its shared header).
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
-use remora_core::{codes, Command, SerializeType};
+use bytes::BytesMut;
+use remora_core::SerializeType;
 use remora_uring::{ClientConfig, LocalClient, Server, ServerConfig};
 
-struct Counting;
-
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: forwards every call unchanged to the system allocator; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `System.alloc` with this layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use remora_tests::alloc::{allocations, echo, numbered_request, Counting};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -44,11 +22,6 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn echo(request: Command) -> Command {
-    let body = request.body_bytes();
-    request.response(codes::SUCCESS).with_body(body)
 }
 
 /// Runs `calls` calls from `tasks` concurrent tasks and returns the allocations made while they
@@ -64,25 +37,19 @@ async fn load(client: &LocalClient, tasks: usize, calls: usize, ty: SerializeTyp
             start.notified().await;
             let mut buf = BytesMut::with_capacity(64);
             for i in 0..calls / tasks {
-                buf.reserve(64);
-                buf.put_u64((t * calls + i) as u64);
-                buf.put_bytes(b'x', 56);
-                let body = buf.split().freeze();
-                let request = Command::request(310)
-                    .with_body(body)
-                    .with_serialize_type(ty);
+                let request = numbered_request(&mut buf, (t * calls + i) as u64, ty);
                 let response = client.call(request, Duration::from_secs(10)).await.unwrap();
                 assert_eq!(response.body().len(), 64);
             }
         }));
     }
     tokio::task::yield_now().await; // every task is now waiting on `start`
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     start.notify_waiters();
     for h in handles {
         h.await.unwrap();
     }
-    ALLOCATIONS.load(Ordering::Relaxed) - before
+    allocations() - before
 }
 
 #[test]
@@ -130,16 +97,11 @@ fn loop_load(
     let mut buf = BytesMut::with_capacity(64);
     let mut done = Vec::with_capacity(tasks);
     let mut start = |lp: &mut remora_uring::EventLoop, seq: u64| {
-        buf.reserve(64);
-        buf.put_u64(seq);
-        buf.put_bytes(b'x', 56);
-        let request = Command::request(310)
-            .with_body(buf.split().freeze())
-            .with_serialize_type(ty);
+        let request = numbered_request(&mut buf, seq, ty);
         lp.call(conn, request, Duration::from_secs(10), seq)
             .unwrap();
     };
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     for t in 0..tasks {
         start(lp, t as u64);
     }
@@ -156,7 +118,7 @@ fn loop_load(
             }
         }
     }
-    ALLOCATIONS.load(Ordering::Relaxed) - before
+    allocations() - before
 }
 
 #[test]

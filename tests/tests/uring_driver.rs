@@ -4,10 +4,12 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use remora_core::{codes, CallError, Command, Config, SerializeType};
 use remora_uring::{Client, ClientConfig, LocalClient, Server, ServerConfig};
+
+use remora_tests::scenarios;
 
 const SECOND: Duration = Duration::from_secs(1);
 
@@ -143,40 +145,8 @@ fn timeouts_and_killed_server() {
     let server = slow_std_server(Duration::from_millis(600));
     let addr = server.local_addr();
     tokio_uring::start(async move {
-        let client = LocalClient::connect(addr, ClientConfig::default())
-            .await
-            .unwrap();
-        let started = Instant::now();
-        let err = client
-            .call(Command::request(1), Duration::from_millis(50))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, CallError::Timeout { written: true }), "{err}");
-        assert!(started.elapsed() < Duration::from_millis(500));
-
-        // Several calls in flight, then the server is killed: all fail promptly.
-        let calls: Vec<_> = (0..4)
-            .map(|_| {
-                let client = client.clone();
-                tokio_uring::spawn(async move {
-                    let outcome = client.call(Command::request(1), 20 * SECOND).await;
-                    (outcome, Instant::now())
-                })
-            })
-            .collect();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let killed = Instant::now();
-        std::thread::spawn(move || drop(server));
-        for call in calls {
-            let (outcome, ended) = call.await.unwrap();
-            let err = outcome.unwrap_err();
-            assert!(
-                matches!(err, CallError::ConnectionLost { written: true }),
-                "{err}"
-            );
-            assert!(ended.saturating_duration_since(killed) < 2 * SECOND);
-        }
-        client.close();
+        let client = LocalClient::connect(addr, ClientConfig::default()).await;
+        scenarios::timeouts_and_killed_server(client.unwrap(), server).await;
     });
 }
 
@@ -194,25 +164,8 @@ fn reconnects_after_the_server_comes_back() {
             ..Default::default()
         };
         let client = LocalClient::connect(addr, config).await.unwrap();
-        client.call(Command::request(1), SECOND).await.unwrap();
-        drop(server);
-        for _ in 0..10 {
-            let err = client.call(Command::request(1), SECOND).await.unwrap_err();
-            if !matches!(err, CallError::ConnectionLost { .. }) {
-                assert!(!err.may_have_reached_peer(), "{err}");
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let _server = remora_std::Server::bind(addr, echo).unwrap();
-        let deadline = Instant::now() + 5 * SECOND;
-        loop {
-            match client.call(Command::request(1), SECOND).await {
-                Ok(_) => break,
-                Err(e) => assert!(Instant::now() < deadline, "never reconnected: {e}"),
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        client.close();
+        let rebind = || remora_std::Server::bind(addr, echo).unwrap();
+        scenarios::reconnects_after_the_server_comes_back(client, server, rebind).await;
     });
 }
 
@@ -263,27 +216,7 @@ fn max_waiters_and_dropped_calls_cancel() {
             ..Default::default()
         };
         let client = LocalClient::connect(addr, config).await.unwrap();
-        let a = client
-            .start_call(Command::request(1), 5 * SECOND)
-            .await
-            .unwrap();
-        let b = client
-            .start_call(Command::request(1), 5 * SECOND)
-            .await
-            .unwrap();
-        let err = client
-            .call(Command::request(1), 5 * SECOND)
-            .await
-            .unwrap_err();
-        assert!(matches!(err, CallError::TooManyInFlight), "{err}");
-        drop(b); // cancelling frees its waiter at once
-        let c = client
-            .start_call(Command::request(1), 5 * SECOND)
-            .await
-            .unwrap();
-        a.await.unwrap();
-        c.await.unwrap();
-        client.close();
+        scenarios::max_waiters_and_dropped_calls_cancel(client).await;
     });
 }
 
@@ -332,5 +265,19 @@ fn oneway_and_server_to_client_requests() {
         assert!(answer.is_response());
         assert_eq!((answer.opaque, answer.body()), (-5, &b"state"[..]));
         client.close();
+    });
+}
+
+#[test]
+fn idle_connections_close_and_reopen_on_demand() {
+    let server = uring_server(1);
+    let addr = server.local_addr();
+    tokio_uring::start(async move {
+        let config = ClientConfig {
+            idle_timeout: Some(Duration::from_millis(100)),
+            ..Default::default()
+        };
+        let client = LocalClient::connect(addr, config).await.unwrap();
+        scenarios::idle_connections_close_and_reopen_on_demand(client).await;
     });
 }

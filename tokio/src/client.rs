@@ -1,19 +1,14 @@
 //! The client: a pool of multiplexed connections to one endpoint, usable from any task.
 
-use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use remora_core::backoff::Backoff;
-use remora_core::pool::{Choice, Pool};
 use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported, Outgoing};
-use remora_metrics::{Probe, Side};
+use remora_driver::pool::{self, AsyncPool};
 use remora_tls::{ClientTls, Secure};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
-use tracing::Instrument;
 
 use crate::conn::{CallFuture, Clock, Conn, ConnConfig, Dispatch};
 
@@ -54,13 +49,7 @@ struct Shared {
     config: ClientConfig,
     handler: Arc<dyn Handler>,
     clock: Clock,
-    pool: Mutex<Pool<Arc<Conn>>>,
-    /// Signalled (under the pool lock) whenever a connect attempt ends.
-    changed: Notify,
-    closed: AtomicBool,
-    entropy: AtomicU64,
-    /// Connections opened (for the reconnect count).
-    opened: AtomicUsize,
+    pool: AsyncPool<Arc<Conn>>,
 }
 
 /// A remoting client on tokio: `Send + Sync + Clone`, so any number of tasks on any threads may
@@ -157,19 +146,8 @@ impl Client {
         handler: impl Handler,
         secure: Secure,
     ) -> Result<Client, CallError> {
-        let addrs: Vec<SocketAddr> = addr
-            .to_socket_addrs()
-            .map_err(|e| CallError::Connect(e.into()))?
-            .collect();
-        if addrs.is_empty() {
-            return Err(CallError::Connect(ConnectError::new(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "address resolved to nothing",
-            ))));
-        }
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
+        let addrs = remora_driver::resolve(addr)?;
+        let (size, reconnect) = (config.pool_size, config.reconnect);
         Ok(Client {
             shared: Arc::new(Shared {
                 addrs,
@@ -177,11 +155,7 @@ impl Client {
                 config,
                 handler: Arc::new(handler),
                 clock: Clock::new(),
-                pool: Mutex::new(Pool::new(config.pool_size, config.reconnect)),
-                changed: Notify::new(),
-                closed: AtomicBool::new(false),
-                entropy: AtomicU64::new(seed | 1),
-                opened: AtomicUsize::new(0),
+                pool: AsyncPool::new(size, reconnect, config.connect_timeout),
             }),
         })
     }
@@ -193,17 +167,8 @@ impl Client {
         request: impl Outgoing,
         timeout: Duration,
     ) -> Result<Command, CallError> {
-        let probe = Probe::client(&request, &self.shared.addrs[0]);
-        let result = async {
-            match self.start_call(request, timeout).await {
-                Ok(pending) => pending.await,
-                Err(e) => Err(e),
-            }
-        }
-        .instrument(probe.span().clone())
-        .await;
-        probe.end(&result);
-        result
+        let start = |r| async move { self.start_call(r, timeout).await?.await };
+        pool::call(&self.shared.addrs[0], request, start).await
     }
 
     /// Queues `request` and returns the future of its outcome without waiting for it: start
@@ -219,168 +184,48 @@ impl Client {
     /// Queues a oneway request; the connection's task writes it on its next turn. A
     /// [`close`](Client::close) before then drops it (close discards unsent bytes).
     pub async fn oneway(&self, request: Command) -> Result<(), CallError> {
-        let probe = Probe::client(&request, &self.shared.addrs[0]);
-        let result = match self.acquire().await {
-            Ok(conn) => conn.oneway(request),
-            Err(e) => Err(e),
-        };
-        probe.end_oneway(&result);
-        result
+        let send = |r| async move { self.acquire().await?.oneway(r) };
+        pool::oneway(&self.shared.addrs[0], request, send).await
     }
 
     /// Open connections.
     pub fn connections(&self) -> usize {
-        self.shared
-            .lock_pool()
-            .connections()
-            .filter(|c| !c.is_closed())
-            .count()
+        self.shared.pool.connections()
     }
 
     /// Closes every connection (idempotent): calls in flight fail with
     /// [`CallError::Closed`] (saying whether each was written), later calls fail at once.
     pub fn close(&self) {
-        self.shared.closed.store(true, Ordering::Release);
-        let conns = {
-            let mut pool = self.shared.lock_pool();
-            let conns = pool.take_all();
-            self.shared.changed.notify_waiters();
-            conns
-        };
-        for conn in conns {
-            conn.close();
-        }
+        self.shared.pool.close();
     }
 
     /// The connection the core's pool policy picks, connecting (or reconnecting) when it says so.
     async fn acquire(&self) -> Result<Arc<Conn>, CallError> {
-        let shared = &self.shared;
-        loop {
-            if shared.closed.load(Ordering::Acquire) {
-                return Err(CallError::Closed { written: false });
-            }
-            let changed = shared.changed.notified();
-            tokio::pin!(changed);
-            let (choice, fallback) = {
-                let mut pool = shared.lock_pool();
-                let choice = pool.choose(
-                    || shared.clock.now(),
-                    || shared.next_entropy(),
-                    |c| c.health(),
-                    |c| c.in_flight(),
-                );
-                match choice {
-                    Choice::Use(i) => {
-                        return Ok(Arc::clone(pool.get(i).expect("chosen slot is up")));
-                    }
-                    Choice::Connect {
-                        fallback: Some(i), ..
-                    } => (choice, pool.get(i).cloned()),
-                    // Registered under the lock, so the connector's signal cannot be missed.
-                    Choice::Wait => {
-                        changed.as_mut().enable();
-                        (choice, None)
-                    }
-                    _ => (choice, None),
-                }
-            };
-            match choice {
-                Choice::Use(_) => unreachable!("returned above"),
-                Choice::Connect { slot, .. } => {
-                    let opened = shared.open().await;
-                    let mut pool = shared.lock_pool();
-                    shared.changed.notify_waiters();
-                    match opened {
-                        Ok(conn) if shared.closed.load(Ordering::Acquire) => {
-                            pool.abandon(slot);
-                            drop(pool);
-                            conn.close();
-                            return Err(CallError::Closed { written: false });
-                        }
-                        Ok(conn) => {
-                            pool.connected(slot, Arc::clone(&conn));
-                            return Ok(conn);
-                        }
-                        Err(e) => {
-                            pool.connect_failed(slot, shared.clock.now(), shared.next_entropy());
-                            return fallback.ok_or(e);
-                        }
-                    }
-                }
-                Choice::Wait => {
-                    let _ = tokio::time::timeout(shared.config.connect_timeout, changed).await;
-                }
-                Choice::Unavailable { retry_in } => {
-                    return Err(CallError::Unavailable { retry_in })
-                }
-            }
-        }
+        self.shared.pool.acquire(|| self.shared.open()).await
     }
 }
 
 impl Shared {
-    fn lock_pool(&self) -> MutexGuard<'_, Pool<Arc<Conn>>> {
-        self.pool.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn next_entropy(&self) -> u64 {
-        // xorshift64*: the driver's entropy source for jitter (the core has none).
-        let mut x = self.entropy.load(Ordering::Relaxed);
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.entropy.store(x, Ordering::Relaxed);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
     /// A new connection to the first address that accepts.
     async fn open(&self) -> Result<Arc<Conn>, CallError> {
-        let mut last = None;
-        for &addr in &self.addrs {
-            match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr)).await
-            {
-                Ok(Ok(stream)) => {
-                    let config = ConnConfig {
-                        machine: self.config.connection,
-                        idle_timeout: self.config.idle_timeout,
-                        dispatch: self.config.dispatch,
-                    };
-                    let started = Conn::start(
-                        stream,
-                        &self.secure,
-                        config,
-                        Arc::clone(&self.handler),
-                        self.clock,
-                        None,
-                    )
-                    .map_err(|e| CallError::Connect(e.into()));
-                    // Connected means the TLS handshake completed too.
-                    let started = match started {
-                        Ok(conn) => match conn.handshake().await {
-                            Ok(()) => Ok(conn),
-                            Err(e) => {
-                                conn.close();
-                                Err(e)
-                            }
-                        },
-                        Err(e) => Err(e),
-                    };
-                    remora_metrics::connection(Side::Client, &started);
-                    if started.is_ok()
-                        && self.opened.fetch_add(1, Ordering::Relaxed) >= self.config.pool_size
-                    {
-                        remora_metrics::reconnected();
-                    }
-                    return started;
-                }
-                Ok(Err(e)) => last = Some(e),
-                Err(_) => last = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        let timeout = self.config.connect_timeout;
+        let stream = pool::connect_first(&self.addrs, timeout, TcpStream::connect).await?;
+        let config = ConnConfig {
+            machine: self.config.connection,
+            idle_timeout: self.config.idle_timeout,
+            dispatch: self.config.dispatch,
+        };
+        let handler = Arc::clone(&self.handler);
+        let conn = Conn::start(stream, &self.secure, config, handler, self.clock, None)
+            .map_err(|e| CallError::Connect(e.into()))?;
+        // Connected means the TLS handshake completed too.
+        match conn.handshake().await {
+            Ok(()) => Ok(conn),
+            Err(e) => {
+                conn.close();
+                Err(e)
             }
         }
-        remora_metrics::connection::<(), ()>(Side::Client, &Err(()));
-        Err(CallError::Connect(ConnectError::from(last.unwrap_or_else(
-            || io::Error::new(io::ErrorKind::NotFound, "no address"),
-        ))))
     }
 }
 

@@ -6,15 +6,13 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, Weak};
-use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use remora_core::resilience::cluster::{
-    before_send, Action, CallDefaults, ClusterCall, ClusterState, Report,
+    before_send, Action, CallDefaults, ClusterCall, ClusterState,
 };
 use remora_core::resilience::resolve::Resolve;
-use remora_core::resilience::retry::Class;
 use remora_core::{CallError, Command, NotSupported};
+use remora_driver::{record, Latency};
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::client::{Client, ClientConfig};
@@ -29,12 +27,7 @@ pub use remora_core::Hook;
 /// How a cluster behaves: each endpoint's [`ClientConfig`], and the core's resilience policies.
 pub type ClusterConfig = remora_core::resilience::cluster::ClusterConfig<ClientConfig>;
 
-type Latency = Mutex<Histogram<u64>>;
-
-/// Microseconds from 1 µs to a minute, three significant digits.
-fn latency() -> Latency {
-    Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"))
-}
+type Endpoint = remora_driver::Endpoint<Client>;
 
 fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -43,7 +36,7 @@ fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Shared {
     /// Index `i` is the core's endpoint `i`: address, client, its attempts' latency. Lock
     /// order: `endpoints`, then `state`.
-    endpoints: RwLock<Vec<Arc<(String, Client, Latency)>>>,
+    endpoints: RwLock<Vec<Arc<Endpoint>>>,
     state: Mutex<ClusterState>,
     clock: Clock,
     config: ClusterConfig,
@@ -84,9 +77,9 @@ pub struct Cluster {
     shared: Arc<Shared>,
 }
 
-fn open(address: &str, config: ClientConfig) -> Result<Arc<(String, Client, Latency)>, CallError> {
+fn open(address: &str, config: ClientConfig) -> Result<Arc<Endpoint>, CallError> {
     let client = Client::lazy(address, config, NotSupported)?;
-    Ok(Arc::new((address.to_owned(), client, latency())))
+    Ok(Arc::new(Endpoint::new(address.to_owned(), client)))
 }
 
 impl Cluster {
@@ -111,10 +104,7 @@ impl Cluster {
     ) -> Result<Self, ClusterError> {
         let clock = Clock::new();
         let found = resolver.resolve();
-        let seed = std::time::SystemTime::UNIX_EPOCH
-            .elapsed()
-            .unwrap_or_default();
-        let seed = seed.as_nanos() as u64 ^ 0x7a11_5eed;
+        let seed = remora_driver::seed();
         let state = ClusterState::new(found.clone(), config.policies, clock.now(), seed)?;
         let mut endpoints = Vec::with_capacity(found.len());
         for address in &found {
@@ -133,7 +123,7 @@ impl Cluster {
             defaults,
             resolver,
             watch,
-            all: latency(),
+            all: Latency::new(),
             probing: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         };
@@ -146,7 +136,7 @@ impl Cluster {
         guard(&self.shared.state)
     }
 
-    fn at(&self, i: usize) -> Arc<(String, Client, Latency)> {
+    fn at(&self, i: usize) -> Arc<Endpoint> {
         let all = self.shared.endpoints.read();
         Arc::clone(&all.unwrap_or_else(PoisonError::into_inner)[i])
     }
@@ -172,7 +162,7 @@ impl Cluster {
             Ok::<_, CallError>(())
         });
         let Some(change) = change else { return };
-        change.retired.iter().for_each(|&i| all[i].1.close());
+        change.retired.iter().for_each(|&i| all[i].client.close());
         drop(all);
         tracing::info!(?change, "the resolver changed the endpoints");
         if let Some(watch) = &s.watch {
@@ -190,11 +180,9 @@ impl Cluster {
         self.refresh().await;
         self.probe_in_background();
         let s = &*self.shared;
-        let mut call = {
-            let all = guard(&s.all);
-            let at = |q| Duration::from_micros(all.value_at_quantile(q));
-            ClusterCall::new(&mut request, opts, &s.defaults, (all.len(), at))?
-        };
+        let mut call = s
+            .all
+            .with_quantiles(|latency| ClusterCall::new(&mut request, opts, &s.defaults, latency))?;
         // Dropped on every way out: aborts whatever still runs.
         let mut attempts = JoinSet::new();
         let mut handles: HashMap<u32, AbortHandle> = HashMap::new();
@@ -206,12 +194,13 @@ impl Cluster {
                     handles.remove(&attempt).inspect(AbortHandle::abort);
                 }
                 Some(Action::Send(a)) => {
-                    let (frame, client) = (call.frame().clone(), self.at(a.endpoint).1.clone());
+                    let (frame, client) =
+                        (call.frame().clone(), self.at(a.endpoint).client.clone());
                     let run = async move { (a.number, client.call(&frame, a.timeout).await) };
                     handles.insert(a.number, attempts.spawn(run));
                 }
                 None => {
-                    let wake = s.clock.to_tokio(call.wake_at().unwrap_or(s.clock.now()));
+                    let wake = s.clock.at(call.wake_at().unwrap_or(s.clock.now()));
                     tokio::select! {
                         Some(joined) = attempts.join_next() => {
                             // An attempt aborted on the core's word has nothing to report.
@@ -219,7 +208,7 @@ impl Cluster {
                             handles.remove(&number);
                             let now = s.clock.now();
                             let report = call.on_outcome(&mut self.state(), number, outcome, now);
-                            report.into_iter().for_each(|r| self.note(r));
+                            report.inspect(|r| record(r, &self.at(r.endpoint), &s.all));
                         }
                         () = tokio::time::sleep_until(wake) => {
                             call.on_timeout(&mut self.state(), s.clock.now());
@@ -235,19 +224,6 @@ impl Cluster {
         self.call_with(request, CallOpts::default()).await
     }
 
-    /// Records an attempt's latency, and logs a change of health.
-    fn note(&self, r: Report) {
-        let endpoint = self.at(r.endpoint);
-        let us = r.latency.as_micros() as u64;
-        let _ = guard(&endpoint.2).record(us);
-        if r.class == Class::Success {
-            let _ = guard(&self.shared.all).record(us);
-        }
-        if let Some((breaker, ejected)) = r.health {
-            tracing::info!(endpoint = %endpoint.0, ?breaker, ejected, "endpoint health changed");
-        }
-    }
-
     /// Sends a oneway request to the endpoint the balancer picks. Never retried: no answer says
     /// it failed, and a write that may have gone out must not be repeated.
     pub async fn oneway(&self, mut request: Command) -> Result<(), CallError> {
@@ -255,7 +231,7 @@ impl Cluster {
         let s = &*self.shared;
         before_send(&s.defaults.hooks, &mut request);
         let picked = self.state().oneway(s.clock.now())?;
-        let client = self.at(picked.endpoint).1.clone();
+        let client = self.at(picked.endpoint).client.clone();
         let sent = client.oneway(request).await;
         self.state().oneway_done(picked, &sent, s.clock.now());
         sent
@@ -271,14 +247,7 @@ impl Cluster {
         let all = self.shared.endpoints.read();
         let all = all.unwrap_or_else(PoisonError::into_inner);
         let (state, now) = (self.state(), self.shared.clock.now());
-        let one = |(i, e): (usize, &Arc<(String, Client, Latency)>)| {
-            let h = guard(&e.2);
-            state.report(
-                i,
-                now,
-                (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max()),
-            )
-        };
+        let one = |(i, e): (usize, &Arc<Endpoint>)| state.report(i, now, e.latency.percentiles());
         all.iter().enumerate().map(one).collect()
     }
 
@@ -287,7 +256,7 @@ impl Cluster {
         self.shared.closed.store(true, Ordering::Release);
         let all = self.shared.endpoints.read();
         let all = all.unwrap_or_else(PoisonError::into_inner);
-        all.iter().for_each(|e| e.1.close());
+        all.iter().for_each(|e| e.client.close());
     }
 
     /// Starts, once and on the caller's runtime, the health probes the policies ask for. The
@@ -317,10 +286,10 @@ impl Cluster {
                     return;
                 };
                 for i in due {
-                    let (address, client, _) = &*cluster.at(i);
-                    let outcome = client.call(request.clone(), timeout).await;
+                    let endpoint = cluster.at(i);
+                    let outcome = endpoint.client.call(request.clone(), timeout).await;
                     let healthy = cluster.state().probe_result(i, &outcome);
-                    tracing::info!(endpoint = %address, healthy, "health probe");
+                    tracing::info!(endpoint = %endpoint.address, healthy, "health probe");
                 }
             }
         });

@@ -9,11 +9,12 @@
 //! (the machine's next deadline or the idle expiry). End of input is the machine's
 //! [`handle_eof`](Connection::handle_eof): requests sent before a half-close are answered before
 //! the connection closes. Callers on any thread queue requests under a mutex shared with the task
-//! and wait on a slot indexed by their `RequestId`, so a response wakes its caller without
-//! hashing or allocating. A server's connection reports what it holds to the server's
+//! and each waits on a slot of its own that rides in the machine as its request's token (the
+//! core's per-request token), so a response goes straight to its caller: no map of calls, and
+//! slots are reused, so a call allocates nothing in steady state. A server's connection reports what it holds to the server's
 //! [`Budget`] after every turn.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -23,36 +24,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use crate::handle_catching;
 use remora_core::{
     Account, Budget, CallError, CloseReason, Command, Config, Connection, Event, Handler,
     IncomingRequest, Instant, Outgoing, RequestId, READ_STEP,
 };
+use remora_driver::handle_catching;
+use remora_driver::pool::PooledConn;
 use remora_tls::{Secure, Session};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-/// The driver's clock: core `Instant`s are nanoseconds since `origin`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Clock {
-    origin: tokio::time::Instant,
-}
-
-impl Clock {
-    pub(crate) fn new() -> Self {
-        Clock {
-            origin: tokio::time::Instant::now(),
-        }
-    }
-
-    pub(crate) fn now(&self) -> Instant {
-        Instant::from_nanos(self.origin.elapsed().as_nanos() as u64)
-    }
-
-    pub(crate) fn to_tokio(self, at: Instant) -> tokio::time::Instant {
-        self.origin + Duration::from_nanos(at.as_nanos())
-    }
-}
+/// The driver's clock, on tokio's time (paused in tests that pause it).
+pub(crate) type Clock = remora_driver::Clock<tokio::time::Instant>;
 
 /// Where the handler answers the peer's requests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -71,21 +54,34 @@ pub enum Dispatch {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ConnConfig {
     pub(crate) machine: Config,
-    /// Close the connection after this long with nothing in flight.
+    /// Close the connection after this long with nothing in flight (the machine decides).
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) dispatch: Dispatch,
 }
 
-enum CallSlot {
-    Empty,
-    Waiting {
-        id: RequestId,
-        waker: Option<Waker>,
-    },
-    Done {
-        id: RequestId,
-        outcome: Result<Command, CallError>,
-    },
+/// Where one call's outcome is left for its future: the request's token in the machine, so the
+/// machine's event carries it straight to its caller.
+#[derive(Default)]
+struct CallSlot(Mutex<Waiting>);
+
+#[derive(Default)]
+struct Waiting {
+    outcome: Option<Result<Command, CallError>>,
+    waker: Option<Waker>,
+}
+
+impl CallSlot {
+    fn lock(&self) -> MutexGuard<'_, Waiting> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Most spare call slots a thread keeps for reuse.
+const SPARE_SLOTS: usize = 1024;
+
+thread_local! {
+    /// Slots of finished calls, for this thread's next calls.
+    static SPARE: RefCell<Vec<Arc<CallSlot>>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Below this much free room, the read buffer grows by the core's bounded step
@@ -93,13 +89,9 @@ enum CallSlot {
 const READ_LOW_WATER: usize = 8 * 1024;
 
 struct State {
-    /// The machine under its TLS (or plaintext) session: socket bytes go through the session.
-    machine: Session,
-    calls: Vec<CallSlot>,
-    /// Outcomes whose slot was reused before their future collected them (the machine frees a
-    /// slot as soon as the response arrives).
-    parked: HashMap<RequestId, Result<Command, CallError>>,
-    last_active: Instant,
+    /// The machine under its TLS (or plaintext) session: socket bytes go through the session;
+    /// each request's token is its caller's slot.
+    machine: Session<Arc<CallSlot>>,
     /// This connection's share of the server's budget (server connections only; given back
     /// when the machine reports `Closed`).
     account: Option<Account>,
@@ -175,12 +167,11 @@ impl Conn {
             Some(s) => (Some(s.budget), Some(s.account)),
             None => (None, None),
         };
+        let mut machine = Connection::with_tokens(config.machine);
+        machine.set_idle_timeout(config.idle_timeout, clock.now());
         let conn = Arc::new(Conn {
             state: Mutex::new(State {
-                machine: secure.session(Connection::new(config.machine), clock.now()),
-                calls: Vec::new(),
-                parked: HashMap::new(),
-                last_active: clock.now(),
+                machine: secure.session(machine, clock.now()),
                 account,
             }),
             wake: Notify::new(),
@@ -203,23 +194,6 @@ impl Conn {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
-    }
-
-    /// How the pool should see this connection.
-    pub(crate) fn health(&self) -> remora_core::pool::Health {
-        use remora_core::pool::Health;
-        if !self.is_closed() {
-            return Health::Open;
-        }
-        match lock(&self.state).machine.close_reason() {
-            Some(CloseReason::Local) | None => Health::Closed,
-            Some(_) => Health::Failed,
-        }
-    }
-
-    /// Our requests awaiting responses.
-    pub(crate) fn in_flight(&self) -> usize {
-        lock(&self.state).machine.pending_requests()
     }
 
     /// Peer requests not yet answered, and whether bytes still wait to be written.
@@ -253,28 +227,22 @@ impl Conn {
     ) -> Result<CallFuture, CallError> {
         let now = self.clock.now();
         let deadline = now + timeout;
-        let (id, index, wake) = {
+        let spare = SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten();
+        let slot = spare.unwrap_or_default();
+        let (id, wake) = {
             let mut st = lock(&self.state);
-            let st = &mut *st;
             let idle = st.machine.poll_transmit().is_none();
             let earliest = st.machine.poll_timeout();
-            let id = match cmd.send(st.machine.connection_mut(), deadline, now, ()) {
-                Ok(id) => id,
-                Err(e) => return Err(st.machine.send_error(e)),
-            };
-            let index = id.index(&st.machine);
-            if st.calls.len() <= index {
-                st.calls.resize_with(index + 1, || CallSlot::Empty);
-            }
-            let previous =
-                std::mem::replace(&mut st.calls[index], CallSlot::Waiting { id, waker: None });
-            if let CallSlot::Done { id, outcome } = previous {
-                st.parked.insert(id, outcome);
-            }
-            st.last_active = now;
+            let sent = cmd.send(
+                st.machine.connection_mut(),
+                deadline,
+                now,
+                Arc::clone(&slot),
+            );
+            let id = sent.map_err(|e| st.machine.send_error(e))?;
             // The task flushes whatever is queued before it sleeps: it needs waking only if the
             // connection had nothing to write, or its timer must fire sooner.
-            (id, index, idle || earliest.map_or(true, |t| deadline < t))
+            (id, idle || earliest.map_or(true, |t| deadline < t))
         };
         if wake {
             self.wake.notify_one();
@@ -282,7 +250,7 @@ impl Conn {
         Ok(CallFuture {
             conn: Arc::clone(self),
             id,
-            index,
+            slot,
             finished: false,
         })
     }
@@ -292,10 +260,10 @@ impl Conn {
         let idle = {
             let mut st = lock(&self.state);
             let idle = st.machine.poll_transmit().is_none();
-            if let Err(e) = st.machine.send_oneway(cmd) {
+            let now = self.clock.now();
+            if let Err(e) = st.machine.connection_mut().send_oneway_at(cmd, now) {
                 return Err(st.machine.send_error(e));
             }
-            st.last_active = self.clock.now();
             idle
         };
         if idle {
@@ -326,7 +294,7 @@ impl Conn {
     }
 
     /// Applies `shut` to the machine, then completes what it failed.
-    fn end(&self, shut: impl FnOnce(&mut Session)) {
+    fn end(&self, shut: impl FnOnce(&mut Session<Arc<CallSlot>>)) {
         let mut turn = Turn::default();
         {
             let mut st = lock(&self.state);
@@ -346,10 +314,6 @@ impl Conn {
     /// Takes the machine's events: completes calls (their wakers go into `turn`, to be woken
     /// after the lock is released) and collects the peer's requests for the handler.
     ///
-    /// Must run under the same lock as whatever made the events (read, timeout, disconnect,
-    /// close): the machine frees a call's slot when it emits the call's outcome, and a call made
-    /// in between would take the slot before the outcome reached it.
-    ///
     /// Also brings the server's budget up to date with what the machine holds now (it runs after
     /// everything that changes that: bytes read or written, answers queued, deadlines), and gives
     /// the connection's share back when it closes.
@@ -361,10 +325,12 @@ impl Conn {
         self.sync_budget(st);
         while let Some(event) = st.machine.poll_event() {
             match event {
-                Event::Response { id, response, .. } => complete(st, id, Ok(response), turn),
-                Event::Failed { id, error, .. } => {
+                Event::Response {
+                    response, token, ..
+                } => complete(&token, Ok(response), turn),
+                Event::Failed { error, token, .. } => {
                     let error = st.machine.call_error(error);
-                    complete(st, id, Err(error), turn)
+                    complete(&token, Err(error), turn)
                 }
                 Event::Request { request, command } => turn.requests.push((request, command)),
                 Event::Oneway { command } => turn.oneways.push(command),
@@ -450,38 +416,9 @@ impl Conn {
         match stream.try_read_buf(buf) {
             // End of input: what the peer asked before it is answered, then the machine closes.
             Ok(0) => st.machine.handle_eof(),
-            Ok(n) => {
-                let now = self.clock.now();
-                st.last_active = now;
-                st.machine.handle_read(n, now);
-            }
+            Ok(n) => st.machine.handle_read(n, self.clock.now()),
             Err(e) if is_transient(&e) => {}
             Err(_) => st.machine.handle_disconnect(),
-        }
-    }
-
-    /// The deadlines, or the idle expiry, came due.
-    fn fire_timer(&self, st: &mut State) {
-        let now = self.clock.now();
-        st.machine.handle_timeout(now);
-        if let Some(idle) = self.config.idle_timeout {
-            let quiet = st.machine.pending_requests() == 0 && st.machine.pending_incoming() == 0;
-            if quiet && now >= st.last_active + idle {
-                st.machine.close();
-            }
-        }
-    }
-
-    /// When the task must next wake by itself.
-    fn wake_at(&self, st: &State) -> Option<Instant> {
-        let deadline = st.machine.poll_timeout();
-        let idle_at = self.config.idle_timeout.and_then(|idle| {
-            (st.machine.pending_requests() == 0 && st.machine.pending_incoming() == 0)
-                .then(|| st.last_active + idle)
-        });
-        match (deadline, idle_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
         }
     }
 }
@@ -493,23 +430,17 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
-fn complete(st: &mut State, id: RequestId, outcome: Result<Command, CallError>, turn: &mut Turn) {
-    let index = id.index(&st.machine);
-    let Some(slot) = st.calls.get_mut(index) else {
-        return;
-    };
-    if let CallSlot::Waiting { id: waiting, waker } = slot {
-        if *waiting == id {
-            if let Some(w) = waker.take() {
-                turn.wakers.push(w);
-            }
-            *slot = CallSlot::Done { id, outcome };
-        }
+/// Leaves a call's outcome in its slot; its waker is woken once the state lock is released.
+fn complete(slot: &CallSlot, outcome: Result<Command, CallError>, turn: &mut Turn) {
+    let mut waiting = slot.lock();
+    waiting.outcome = Some(outcome);
+    if let Some(w) = waiting.waker.take() {
+        turn.wakers.push(w);
     }
 }
 
 /// Writes everything queued (one write per contiguous run) until done or the socket is full.
-fn flush(stream: &TcpStream, machine: &mut Session) {
+fn flush<T>(stream: &TcpStream, machine: &mut Session<T>) {
     while let Some(bytes) = machine.poll_transmit() {
         match stream.try_write(bytes) {
             Ok(0) => {
@@ -524,6 +455,21 @@ fn flush(stream: &TcpStream, machine: &mut Session) {
                 return;
             }
         }
+    }
+}
+
+impl PooledConn for Conn {
+    fn close_reason(&self) -> Option<CloseReason> {
+        lock(&self.state).machine.close_reason()
+    }
+    fn in_flight(&self) -> usize {
+        lock(&self.state).machine.pending_requests()
+    }
+    fn is_closed(&self) -> bool {
+        Conn::is_closed(self)
+    }
+    fn close(&self) {
+        Conn::close(self)
     }
 }
 
@@ -553,7 +499,7 @@ impl TaskGuard {
                 (
                     st.machine.wants_read(),
                     st.machine.poll_transmit().is_some(),
-                    conn.wake_at(st),
+                    st.machine.poll_timeout(),
                 )
             };
             if !turn.is_empty() {
@@ -566,7 +512,7 @@ impl TaskGuard {
             }
             if let Some(at) = wake_at {
                 if armed != Some(at) {
-                    sleep.as_mut().reset(conn.clock.to_tokio(at));
+                    sleep.as_mut().reset(conn.clock.at(at));
                     armed = Some(at);
                 }
             }
@@ -581,16 +527,15 @@ impl TaskGuard {
                         Ok(()) => conn.read(&stream, &mut st),
                         Err(_) => st.machine.handle_disconnect(),
                     }
-                    // Under the same lock: once the machine has freed a call's slot, a new call
-                    // may take it, so its outcome must be in `calls` before the lock is released.
                     conn.drain(&mut st, &mut turn);
                 }
                 _ = stream.writable(), if want_write => {}
                 () = conn.wake.notified() => {}
                 () = &mut sleep, if wake_at.is_some() => {
                     armed = None;
+                    // The machine's deadlines, or its idle expiry, came due.
                     let mut st = lock(&conn.state);
-                    conn.fire_timer(&mut st);
+                    st.machine.handle_timeout(conn.clock.now());
                     conn.drain(&mut st, &mut turn);
                 }
             }
@@ -637,7 +582,7 @@ impl Peer {
 pub struct CallFuture {
     conn: Arc<Conn>,
     id: RequestId,
-    index: usize,
+    slot: Arc<CallSlot>,
     finished: bool,
 }
 
@@ -646,55 +591,38 @@ impl Future for CallFuture {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let mut st = lock(&this.conn.state);
-        let st = &mut *st;
-        let slot = &mut st.calls[this.index];
-        match slot {
-            CallSlot::Done { id, .. } if *id == this.id => {
-                let CallSlot::Done { outcome, .. } = std::mem::replace(slot, CallSlot::Empty)
-                else {
-                    unreachable!("matched Done above")
-                };
-                this.finished = true;
-                Poll::Ready(outcome)
-            }
-            CallSlot::Waiting { id, waker } if *id == this.id => {
-                match waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => *waker = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
-            // The slot went to a newer call after ours completed: our outcome was parked.
-            _ => {
-                this.finished = true;
-                match st.parked.remove(&this.id) {
-                    Some(outcome) => Poll::Ready(outcome),
-                    // Unreachable by construction (every completed outcome is in the slot or
-                    // parked); if it ever were, the request was queued, so it may have gone out.
-                    None => Poll::Ready(Err(CallError::Closed { written: true })),
-                }
-            }
+        let mut waiting = this.slot.lock();
+        if let Some(outcome) = waiting.outcome.take() {
+            this.finished = true;
+            return Poll::Ready(outcome);
         }
+        match &waiting.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => waiting.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
     }
 }
 
 impl Drop for CallFuture {
     fn drop(&mut self) {
-        if self.finished {
-            return;
+        if !self.finished {
+            if self.slot.lock().outcome.is_none() {
+                // Still waiting: the machine withdraws or forgets the request (and its token).
+                lock(&self.conn.state).machine.cancel(self.id);
+            }
+            *self.slot.lock() = Waiting::default();
         }
-        let mut st = lock(&self.conn.state);
-        let st = &mut *st;
-        match &st.calls[self.index] {
-            CallSlot::Waiting { id, .. } if *id == self.id => {
-                st.calls[self.index] = CallSlot::Empty;
-                st.machine.cancel(self.id);
-            }
-            CallSlot::Done { id, .. } if *id == self.id => st.calls[self.index] = CallSlot::Empty,
-            _ => {
-                st.parked.remove(&self.id);
-            }
+        // Nobody else holds the slot now (the machine drops its token with the outcome, under
+        // the state lock): keep it for this thread's next call.
+        if Arc::strong_count(&self.slot) == 1 {
+            let slot = Arc::clone(&self.slot);
+            let _ = SPARE.try_with(|spare| {
+                let mut spare = spare.borrow_mut();
+                if spare.len() < SPARE_SLOTS {
+                    spare.push(slot);
+                }
+            });
         }
     }
 }

@@ -9,9 +9,9 @@
 //! its last write in one `write` (the machine coalesces frames into one slice), reads straight
 //! into the machine's read buffer (bodies stay zero-copy slices of it), and arms one timer for
 //! the machine's next deadline. Callers on any thread share the machine through one mutex with
-//! the task and wait on a slot indexed by their `RequestId`: in steady state, calls through a
-//! client and server allocate less than once per hundred calls, counted
-//! (`tests/tests/tokio_alloc.rs`).
+//! the task, and each waits on a reusable slot that rides in the machine as its request's token
+//! (no map of calls in the driver): in steady state, calls through a client and server allocate
+//! less than once per hundred calls, counted (`tests/tests/tokio_alloc.rs`).
 //!
 //! - [`Client`]: `Send + Sync + Clone`, a pool of multiplexed connections (the core's pool
 //!   policy: least in-flight first, reconnect with the core's backoff), timeouts, oneway, and a
@@ -45,16 +45,3 @@ pub use cluster::{
 };
 pub use conn::{CallFuture, Dispatch, Peer};
 pub use server::{Server, ServerConfig};
-
-/// Runs `handler` on `request`; a panic in it becomes a `SYSTEM_ERROR` answer, so the peer is not
-/// left waiting and the connection's task survives.
-pub(crate) fn handle_catching(
-    handler: &dyn remora_core::Handler,
-    request: remora_core::Command,
-) -> remora_core::Command {
-    let fallback = request.response(remora_core::codes::SYSTEM_ERROR);
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(request))) {
-        Ok(response) => response,
-        Err(_) => fallback.with_remark("request handler panicked"),
-    }
-}

@@ -1,8 +1,6 @@
 //! Clients: [`LocalClient`] for code already on a tokio-uring thread, and [`Client`], a `Send`
 //! handle that runs its connections on threads of its own.
 
-use std::cell::RefCell;
-use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,12 +9,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use remora_core::backoff::Backoff;
-use remora_core::pool::{Choice, Pool};
 use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported, Outgoing};
-use remora_metrics::{Probe, Side};
+use remora_driver::pool::{self, AsyncPool};
 use tokio::sync::{oneshot, Notify};
 use tokio_uring::net::TcpStream;
-use tracing::Instrument;
 
 use remora_tls::{ClientTls, Secure};
 
@@ -60,12 +56,7 @@ struct Local {
     config: ClientConfig,
     handler: Arc<dyn Handler>,
     clock: Clock,
-    pool: RefCell<Pool<Rc<Conn>>>,
-    changed: Notify,
-    closed: std::cell::Cell<bool>,
-    entropy: std::cell::Cell<u64>,
-    /// Connections opened (for the reconnect count).
-    opened: std::cell::Cell<usize>,
+    pool: AsyncPool<Rc<Conn>>,
 }
 
 /// A client for code running on a tokio-uring thread: not `Send`, no locks, no cross-thread
@@ -156,22 +147,18 @@ impl LocalClient {
         handler: Arc<dyn Handler>,
         secure: Secure,
     ) -> Result<LocalClient, CallError> {
-        let addrs = resolve(addr)?;
-        let client = LocalClient {
+        let addrs = remora_driver::resolve(addr)?;
+        let (size, reconnect) = (config.pool_size, config.reconnect);
+        Ok(LocalClient {
             inner: Rc::new(Local {
                 addrs,
                 secure,
                 config,
                 handler,
                 clock: Clock::new(),
-                pool: RefCell::new(Pool::new(config.pool_size, config.reconnect)),
-                changed: Notify::new(),
-                closed: std::cell::Cell::new(false),
-                entropy: std::cell::Cell::new(seed()),
-                opened: std::cell::Cell::new(0),
+                pool: AsyncPool::new(size, reconnect, config.connect_timeout),
             }),
-        };
-        Ok(client)
+        })
     }
 
     /// Sends `request` and waits up to `timeout` for its response (whatever its code).
@@ -181,17 +168,8 @@ impl LocalClient {
         request: impl Outgoing,
         timeout: Duration,
     ) -> Result<Command, CallError> {
-        let probe = Probe::client(&request, &self.inner.addrs[0]);
-        let result = async {
-            match self.start_call(request, timeout).await {
-                Ok(pending) => pending.await,
-                Err(e) => Err(e),
-            }
-        }
-        .instrument(probe.span().clone())
-        .await;
-        probe.end(&result);
-        result
+        let start = |r| async move { self.start_call(r, timeout).await?.await };
+        pool::call(&self.inner.addrs[0], request, start).await
     }
 
     /// Queues `request` and returns the future of its outcome without waiting: start many calls,
@@ -207,158 +185,43 @@ impl LocalClient {
     /// Queues a oneway request; the connection's writer sends it on its next turn. A
     /// [`close`](LocalClient::close) before then drops it (close discards unsent bytes).
     pub async fn oneway(&self, request: Command) -> Result<(), CallError> {
-        let probe = Probe::client(&request, &self.inner.addrs[0]);
-        let result = match self.acquire().await {
-            Ok(conn) => conn.oneway(request),
-            Err(e) => Err(e),
-        };
-        probe.end_oneway(&result);
-        result
+        let send = |r| async move { self.acquire().await?.oneway(r) };
+        pool::oneway(&self.inner.addrs[0], request, send).await
     }
 
     /// Open connections.
     pub fn connections(&self) -> usize {
-        self.inner
-            .pool
-            .borrow()
-            .connections()
-            .filter(|c| !c.is_closed())
-            .count()
+        self.inner.pool.connections()
     }
 
     /// Closes every connection (idempotent): calls in flight fail with `Closed`.
     pub fn close(&self) {
-        self.inner.closed.set(true);
-        let conns = self.inner.pool.borrow_mut().take_all();
-        for conn in conns {
-            conn.close();
-        }
-        self.inner.changed.notify_waiters();
+        self.inner.pool.close();
     }
 
     /// The connection the core's pool policy picks, connecting (or reconnecting) when it says so.
     async fn acquire(&self) -> Result<Rc<Conn>, CallError> {
-        let inner = &self.inner;
-        loop {
-            if inner.closed.get() {
-                return Err(CallError::Closed { written: false });
-            }
-            let choice = inner.pool.borrow_mut().choose(
-                || inner.clock.now(),
-                || inner.next_entropy(),
-                |c| c.health(),
-                |c| c.in_flight(),
-            );
-            match choice {
-                Choice::Use(i) => {
-                    return Ok(Rc::clone(
-                        inner.pool.borrow().get(i).expect("chosen slot is up"),
-                    ))
-                }
-                Choice::Connect { slot, fallback } => {
-                    let fallback = fallback.and_then(|i| inner.pool.borrow().get(i).cloned());
-                    let opened = inner.open().await;
-                    inner.changed.notify_waiters();
-                    match opened {
-                        Ok(conn) if inner.closed.get() => {
-                            inner.pool.borrow_mut().abandon(slot);
-                            conn.close();
-                            return Err(CallError::Closed { written: false });
-                        }
-                        Ok(conn) => {
-                            inner.pool.borrow_mut().connected(slot, Rc::clone(&conn));
-                            return Ok(conn);
-                        }
-                        Err(e) => {
-                            let (now, entropy) = (inner.clock.now(), inner.next_entropy());
-                            inner.pool.borrow_mut().connect_failed(slot, now, entropy);
-                            return fallback.ok_or(e);
-                        }
-                    }
-                }
-                Choice::Wait => {
-                    let _ = tokio::time::timeout(
-                        inner.config.connect_timeout,
-                        inner.changed.notified(),
-                    )
-                    .await;
-                }
-                Choice::Unavailable { retry_in } => {
-                    return Err(CallError::Unavailable { retry_in })
-                }
-            }
-        }
+        self.inner.pool.acquire(|| self.inner.open()).await
     }
 }
 
 impl Local {
-    fn next_entropy(&self) -> u64 {
-        // The core's SplitMix64 step: this thread's entropy for jitter.
-        let state = self.entropy.get().wrapping_add(remora_core::rand::GAMMA);
-        self.entropy.set(state);
-        remora_core::rand::mix(state)
-    }
-
+    /// A new connection to the first address that accepts.
     async fn open(&self) -> Result<Rc<Conn>, CallError> {
-        let mut last = None;
-        for &addr in &self.addrs {
-            match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(addr)).await
-            {
-                Ok(Ok(stream)) => {
-                    let conn = Conn::start(
-                        stream,
-                        &self.secure,
-                        self.config.connection,
-                        self.config.idle_timeout,
-                        Arc::clone(&self.handler),
-                        self.clock,
-                    );
-                    // Connected means the TLS handshake completed too.
-                    return match conn.handshake().await {
-                        Ok(()) => {
-                            remora_metrics::connection::<(), ()>(Side::Client, &Ok(()));
-                            let opened = self.opened.replace(self.opened.get() + 1);
-                            if opened >= self.config.pool_size {
-                                remora_metrics::reconnected();
-                            }
-                            Ok(conn)
-                        }
-                        Err(e) => {
-                            remora_metrics::connection::<(), ()>(Side::Client, &Err(()));
-                            conn.close();
-                            Err(e)
-                        }
-                    };
-                }
-                Ok(Err(e)) => last = Some(e),
-                Err(_) => last = Some(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        let timeout = self.config.connect_timeout;
+        let stream = pool::connect_first(&self.addrs, timeout, TcpStream::connect).await?;
+        let (config, idle) = (self.config.connection, self.config.idle_timeout);
+        let handler = Arc::clone(&self.handler);
+        let conn = Conn::start(stream, &self.secure, config, idle, handler, self.clock);
+        // Connected means the TLS handshake completed too.
+        match conn.handshake().await {
+            Ok(()) => Ok(conn),
+            Err(e) => {
+                conn.close();
+                Err(e)
             }
         }
-        remora_metrics::connection::<(), ()>(Side::Client, &Err(()));
-        Err(CallError::Connect(ConnectError::from(last.unwrap_or_else(
-            || io::Error::new(io::ErrorKind::NotFound, "no address"),
-        ))))
     }
-}
-
-fn resolve(addr: impl ToSocketAddrs) -> Result<Vec<SocketAddr>, CallError> {
-    let addrs: Vec<SocketAddr> = addr
-        .to_socket_addrs()
-        .map_err(|e| CallError::Connect(e.into()))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(CallError::Connect(
-            io::Error::new(io::ErrorKind::InvalidInput, "address resolved to nothing").into(),
-        ));
-    }
-    Ok(addrs)
-}
-
-fn seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0x9E37, |d| d.as_nanos() as u64)
-        | 1
 }
 
 enum Job {
@@ -421,7 +284,7 @@ impl Client {
         handler: Arc<dyn Handler>,
         secure: Secure,
     ) -> Result<Client, CallError> {
-        let addrs = resolve(addr)?;
+        let addrs = remora_driver::resolve(addr)?;
         let mut workers = Vec::new();
         for i in 0..config.threads.max(1) {
             let (jobs, mut queue) = tokio::sync::mpsc::unbounded_channel::<Job>();

@@ -4,19 +4,16 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::hash::BuildHasher;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
 
-use hdrhistogram::Histogram;
 use remora_core::resilience::breaker::State as BreakerState;
 use remora_core::resilience::cluster::{
-    before_send, Action, CallDefaults, ClusterCall, ClusterState, Report,
+    before_send, Action, CallDefaults, ClusterCall, ClusterState,
 };
 use remora_core::resilience::resolve::Resolve;
-use remora_core::resilience::retry::Class;
 use remora_core::{CallError, Command, Hook, NotSupported};
+use remora_driver::{record, Latency};
 
 use tracing::Instrument;
 
@@ -31,7 +28,7 @@ pub type ClusterConfig = remora_core::resilience::cluster::ClusterConfig<ClientC
 
 struct Inner {
     /// Per endpoint: address, client, attempt latency.
-    endpoints: RefCell<Vec<Endpoint>>,
+    endpoints: RefCell<Vec<Rc<Endpoint>>>,
     state: RefCell<ClusterState>,
     resolver: Resolver,
     watch: Option<Watch>,
@@ -39,7 +36,7 @@ struct Inner {
     defaults: CallDefaults,
     clock: Clock,
     /// Successful attempts' latency over all endpoints (for percentile hedging).
-    all_latency: RefCell<Histogram<u64>>,
+    all_latency: Latency,
     /// Whether the probe task was started (on the first call, inside the runtime).
     probing: Cell<bool>,
     closed: Cell<bool>,
@@ -51,12 +48,11 @@ pub struct LocalCluster {
     inner: Rc<Inner>,
 }
 
-/// An endpoint: its address, its client, its attempts' latency.
-type Endpoint = (String, LocalClient, Histogram<u64>);
+type Endpoint = remora_driver::Endpoint<LocalClient>;
 
-fn endpoint(address: String, config: ClientConfig) -> Result<Endpoint, CallError> {
+fn endpoint(address: String, config: ClientConfig) -> Result<Rc<Endpoint>, CallError> {
     let client = LocalClient::lazy(address.as_str(), config, Arc::new(NotSupported))?;
-    Ok((address, client, histogram()))
+    Ok(Rc::new(Endpoint::new(address, client)))
 }
 
 impl LocalCluster {
@@ -79,9 +75,7 @@ impl LocalCluster {
         hooks: impl IntoIterator<Item = Arc<dyn Hook>>,
         watch: Option<Watch>,
     ) -> Result<LocalCluster, ClusterError> {
-        // Each RandomState is seeded afresh by std: a seed for this cluster's random choices.
-        let seed = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64);
-        let clock = Clock::new();
+        let (seed, clock) = (remora_driver::seed(), Clock::new());
         let found = resolver.resolve();
         let state = ClusterState::new(found.clone(), config.policies, clock.now(), seed)?;
         let endpoints: Result<Vec<_>, CallError> = found
@@ -100,7 +94,7 @@ impl LocalCluster {
                 connection: config.client.connection,
             },
             clock,
-            all_latency: RefCell::new(histogram()),
+            all_latency: Latency::new(),
             probing: Cell::new(false),
             closed: Cell::new(false),
         });
@@ -132,7 +126,7 @@ impl LocalCluster {
                     return;
                 };
                 for i in targets {
-                    let client = inner.endpoints.borrow()[i].1.clone();
+                    let client = inner.endpoints.borrow()[i].client.clone();
                     let outcome = client.call(request.clone(), timeout).await;
                     let healthy = inner.state.borrow_mut().probe_result(i, &outcome);
                     tracing::info!(endpoint = i, healthy, "health probe");
@@ -162,7 +156,7 @@ impl LocalCluster {
             return;
         };
         for &i in &change.retired {
-            endpoints[i].1.close();
+            endpoints[i].client.close();
         }
         tracing::info!(?change, "resolver changed the endpoints");
         let set = state.addresses();
@@ -193,23 +187,19 @@ impl LocalCluster {
         self.start_probes();
         self.refresh();
         let inner = &*self.inner;
-        let mut call = {
-            let all = inner.all_latency.borrow();
-            let latency = (all.len(), |q| {
-                Duration::from_micros(all.value_at_quantile(q))
-            });
-            ClusterCall::new(&mut request, opts, &inner.defaults, latency)?
-        };
+        let mut call = inner.all_latency.with_quantiles(|latency| {
+            ClusterCall::new(&mut request, opts, &inner.defaults, latency)
+        })?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut running = HashMap::new();
         loop {
             let now = inner.clock.now();
             let action = call.poll(&mut inner.state.borrow_mut(), now);
             if let Some(Action::Send(a)) = action {
-                let (address, client, _) = &inner.endpoints.borrow()[a.endpoint];
-                let span = remora_metrics::attempt_span(a.number, a.kind, address);
+                let endpoint = Rc::clone(&inner.endpoints.borrow()[a.endpoint]);
+                let span = remora_metrics::attempt_span(a.number, a.kind, &endpoint.address);
                 let (client, tx, attempt_request) =
-                    (client.clone(), tx.clone(), call.frame().clone());
+                    (endpoint.client.clone(), tx.clone(), call.frame().clone());
                 let task = tokio_uring::spawn(async move {
                     let send = client.call(&attempt_request, a.timeout);
                     let _ = tx.send((a.number, remora_metrics::attempt_async(span, send).await));
@@ -222,7 +212,7 @@ impl LocalCluster {
                 running.into_values().for_each(|task| task.abort());
                 return remora_metrics::call_finished(call_span, call, &request);
             } else {
-                let wake = inner.clock.to_tokio(call.wake_at().unwrap_or(now));
+                let wake = inner.clock.at(call.wake_at().unwrap_or(now));
                 let next = tokio::select! {
                     outcome = rx.recv() => outcome,
                     _ = tokio::time::sleep_until(wake) => None,
@@ -233,25 +223,12 @@ impl LocalCluster {
                     running.remove(&attempt);
                     let report = call.on_outcome(&mut state, attempt, outcome, now);
                     drop(state);
-                    report.into_iter().for_each(|r| self.record(r));
+                    let endpoint = |i| Rc::clone(&inner.endpoints.borrow()[i]);
+                    report.inspect(|r| record(r, &endpoint(r.endpoint), &inner.all_latency));
                 } else {
                     call.on_timeout(&mut state, now);
                 }
             }
-        }
-    }
-
-    fn record(&self, r: Report) {
-        let micros = r.latency.as_micros() as u64;
-        let _ = self.inner.endpoints.borrow_mut()[r.endpoint]
-            .2
-            .record(micros);
-        if r.class == Class::Success {
-            let _ = self.inner.all_latency.borrow_mut().record(micros);
-        }
-        if let Some((breaker, ejected)) = r.health {
-            let address = &self.inner.endpoints.borrow()[r.endpoint].0;
-            remora_metrics::endpoint_health(address, &breaker, ejected);
         }
     }
 
@@ -262,7 +239,7 @@ impl LocalCluster {
         let inner = &self.inner;
         before_send(&inner.defaults.hooks, &mut request);
         let picked = inner.state.borrow_mut().oneway(inner.clock.now())?;
-        let client = inner.endpoints.borrow()[picked.endpoint].1.clone();
+        let client = inner.endpoints.borrow()[picked.endpoint].client.clone();
         let written = client.oneway(request).await;
         inner
             .state
@@ -273,8 +250,7 @@ impl LocalCluster {
 
     /// Endpoint `i`'s attempt latency: p50, p99 and max, in microseconds.
     pub fn latency_us(&self, i: usize) -> (u64, u64, u64) {
-        let h = &self.inner.endpoints.borrow()[i].2;
-        (h.value_at_quantile(0.5), h.value_at_quantile(0.99), h.max())
+        self.inner.endpoints.borrow()[i].latency.percentiles()
     }
 
     /// Counts over all endpoints.
@@ -300,10 +276,6 @@ impl LocalCluster {
             .endpoints
             .borrow()
             .iter()
-            .for_each(|e| e.1.close());
+            .for_each(|e| e.client.close());
     }
-}
-
-fn histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }

@@ -3,11 +3,12 @@
 //! Three local tasks share the machine (no locks: everything is on one thread): the reader feeds
 //! it, the writer drains it chunk by chunk (small frames queued since the last write coalesced
 //! into one chunk, large bodies as their callers' `Bytes`, never copied), the
-//! timer fires its deadlines. Calls wait on a slot indexed by their `RequestId`, so a response
-//! wakes its caller without hashing or allocating.
+//! timer fires its deadlines. Each call waits on a slot of its own that rides in the machine as
+//! the request's token (the core's per-request token), so a response goes straight to its caller:
+//! the driver keeps no map of calls, and slots are reused, so a call allocates nothing in steady
+//! state.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -17,49 +18,38 @@ use std::time::Duration;
 
 use remora_tls::{Secure, Session};
 
-use crate::handle_catching;
 use bytes::BytesMut;
 use remora_core::{
-    Account, Budget, CallError, Command, Config, Connection, Event, Handler, Instant, Outgoing,
-    RequestId,
+    Account, Budget, CallError, Command, Config, Connection, Event, Handler, Outgoing, RequestId,
 };
+use remora_driver::handle_catching;
+use remora_driver::pool::PooledConn;
 use tokio::sync::Notify;
 use tokio_uring::buf::BoundedBuf;
 use tokio_uring::net::TcpStream;
 
-/// The driver's clock: core `Instant`s are nanoseconds since `origin`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Clock {
-    origin: tokio::time::Instant,
+/// The driver's clock, on tokio's time (paused in tests that pause it).
+pub(crate) type Clock = remora_driver::Clock<tokio::time::Instant>;
+
+/// Where one call's outcome is left for its future: the request's token in the machine, so the
+/// machine's event carries it straight to its caller.
+#[derive(Default)]
+struct CallSlot {
+    outcome: Cell<Option<Result<Command, CallError>>>,
+    waker: Cell<Option<Waker>>,
 }
 
-impl Clock {
-    pub(crate) fn new() -> Self {
-        Clock {
-            origin: tokio::time::Instant::now(),
+impl CallSlot {
+    fn complete(&self, outcome: Result<Command, CallError>) {
+        self.outcome.set(Some(outcome));
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
         }
     }
-
-    pub(crate) fn now(&self) -> Instant {
-        Instant::from_nanos(self.origin.elapsed().as_nanos() as u64)
-    }
-
-    pub(crate) fn to_tokio(self, at: Instant) -> tokio::time::Instant {
-        self.origin + Duration::from_nanos(at.as_nanos())
-    }
 }
 
-enum CallSlot {
-    Empty,
-    Waiting {
-        id: RequestId,
-        waker: Option<Waker>,
-    },
-    Done {
-        id: RequestId,
-        outcome: Result<Command, CallError>,
-    },
-}
+/// Most spare call slots a connection keeps for reuse.
+const SPARE_SLOTS: usize = 1024;
 
 /// Room made in the read buffer when it runs low.
 const READ_CHUNK: usize = 64 * 1024;
@@ -67,12 +57,11 @@ const READ_CHUNK: usize = 64 * 1024;
 const READ_LOW_WATER: usize = 8 * 1024;
 
 pub(crate) struct Conn {
-    /// The machine under its TLS (or plaintext) session: socket bytes go through the session.
-    machine: RefCell<Session>,
-    calls: RefCell<Vec<CallSlot>>,
-    /// Outcomes whose slot was reused before their future collected them (the machine frees a
-    /// slot as soon as the response arrives).
-    parked: RefCell<HashMap<RequestId, Result<Command, CallError>>>,
+    /// The machine under its TLS (or plaintext) session: socket bytes go through the session;
+    /// each request's token is its caller's slot.
+    machine: RefCell<Session<Rc<CallSlot>>>,
+    /// Slots of finished calls, for the next calls.
+    spare: RefCell<Vec<Rc<CallSlot>>>,
     stream: TcpStream,
     write_wake: Notify,
     timer_wake: Notify,
@@ -88,8 +77,6 @@ pub(crate) struct Conn {
     handler: Arc<dyn Handler>,
     clock: Clock,
     closed: Cell<bool>,
-    last_active: Cell<Instant>,
-    idle_timeout: Option<Duration>,
 }
 
 impl Conn {
@@ -120,10 +107,12 @@ impl Conn {
             Some((budget, account)) => (Some(budget), Some(account)),
             None => (None, None),
         };
+        let mut machine = Connection::with_tokens(config);
+        // The machine closes the connection once it has been quiet this long.
+        machine.set_idle_timeout(idle_timeout, clock.now());
         let conn = Rc::new(Conn {
-            machine: RefCell::new(secure.session(Connection::new(config), clock.now())),
-            calls: RefCell::new(Vec::new()),
-            parked: RefCell::new(HashMap::new()),
+            machine: RefCell::new(secure.session(machine, clock.now())),
+            spare: RefCell::new(Vec::new()),
             stream,
             write_wake: Notify::new(),
             timer_wake: Notify::new(),
@@ -135,8 +124,6 @@ impl Conn {
             handler,
             clock,
             closed: Cell::new(false),
-            last_active: Cell::new(clock.now()),
-            idle_timeout,
         });
         tokio_uring::spawn(Rc::clone(&conn).read_loop());
         tokio_uring::spawn(Rc::clone(&conn).write_loop());
@@ -146,27 +133,6 @@ impl Conn {
 
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.get()
-    }
-
-    pub(crate) fn close_reason(&self) -> Option<remora_core::CloseReason> {
-        self.machine.borrow().close_reason()
-    }
-
-    /// How the pool should see this connection.
-    pub(crate) fn health(&self) -> remora_core::pool::Health {
-        use remora_core::pool::Health;
-        if !self.is_closed() {
-            return Health::Open;
-        }
-        match self.close_reason() {
-            Some(remora_core::CloseReason::Local) | None => Health::Closed,
-            Some(_) => Health::Failed,
-        }
-    }
-
-    /// Our requests awaiting responses.
-    pub(crate) fn in_flight(&self) -> usize {
-        self.machine.borrow().pending_requests()
     }
 
     /// Waits until the TLS handshake (if any) ends — bounded by its deadline, which the timer
@@ -194,27 +160,14 @@ impl Conn {
     ) -> Result<CallFuture, CallError> {
         let now = self.clock.now();
         let deadline = now + timeout;
-        let (id, index, rearm) = {
+        let slot = self.spare.borrow_mut().pop().unwrap_or_default();
+        let (id, rearm) = {
             let mut m = self.machine.borrow_mut();
             let earliest = m.poll_timeout();
-            let id = match cmd.send(m.connection_mut(), deadline, now, ()) {
-                Ok(id) => id,
-                Err(e) => return Err(m.send_error(e)),
-            };
-            (id, id.index(&m), earliest.map_or(true, |t| deadline < t))
+            let sent = cmd.send(m.connection_mut(), deadline, now, Rc::clone(&slot));
+            let id = sent.map_err(|e| m.send_error(e))?;
+            (id, earliest.map_or(true, |t| deadline < t))
         };
-        {
-            let mut calls = self.calls.borrow_mut();
-            if calls.len() <= index {
-                calls.resize_with(index + 1, || CallSlot::Empty);
-            }
-            let previous =
-                std::mem::replace(&mut calls[index], CallSlot::Waiting { id, waker: None });
-            if let CallSlot::Done { id, outcome } = previous {
-                self.parked.borrow_mut().insert(id, outcome);
-            }
-        }
-        self.last_active.set(now);
         self.write_wake.notify_one();
         if rearm {
             self.timer_wake.notify_one();
@@ -222,7 +175,7 @@ impl Conn {
         Ok(CallFuture {
             conn: Rc::clone(self),
             id,
-            index,
+            slot,
             finished: false,
         })
     }
@@ -231,11 +184,11 @@ impl Conn {
     pub(crate) fn oneway(&self, cmd: Command) -> Result<(), CallError> {
         {
             let mut m = self.machine.borrow_mut();
-            if let Err(e) = m.send_oneway(cmd) {
+            let now = self.clock.now();
+            if let Err(e) = m.connection_mut().send_oneway_at(cmd, now) {
                 return Err(m.send_error(e));
             }
         }
-        self.last_active.set(self.clock.now());
         self.write_wake.notify_one();
         Ok(())
     }
@@ -244,23 +197,6 @@ impl Conn {
     pub(crate) fn close(&self) {
         self.machine.borrow_mut().close();
         self.drain_events();
-    }
-
-    fn complete(&self, id: RequestId, outcome: Result<Command, CallError>) {
-        let index = id.index(&self.machine.borrow());
-        let mut calls = self.calls.borrow_mut();
-        let Some(slot) = calls.get_mut(index) else {
-            return;
-        };
-        if let CallSlot::Waiting { id: waiting, waker } = slot {
-            if *waiting == id {
-                let waker = waker.take();
-                *slot = CallSlot::Done { id, outcome };
-                if let Some(w) = waker {
-                    w.wake();
-                }
-            }
-        }
     }
 
     /// Hands the machine's events on: wakes callers, runs the handler for the peer's requests.
@@ -275,10 +211,12 @@ impl Conn {
             let event = self.machine.borrow_mut().poll_event();
             let Some(event) = event else { break };
             match event {
-                Event::Response { id, response, .. } => self.complete(id, Ok(response)),
-                Event::Failed { id, error, .. } => {
+                Event::Response {
+                    response, token, ..
+                } => token.complete(Ok(response)),
+                Event::Failed { error, token, .. } => {
                     let error = self.machine.borrow().call_error(error);
-                    self.complete(id, Err(error))
+                    token.complete(Err(error))
                 }
                 Event::Request { request, command } => {
                     let response = handle_catching(&*self.handler, command);
@@ -354,12 +292,10 @@ impl Conn {
                     return;
                 }
             };
-            let now = self.clock.now();
-            self.last_active.set(now);
             {
                 let mut m = self.machine.borrow_mut();
                 *m.read_buffer() = buf;
-                m.handle_read(n, now);
+                m.handle_read(n, self.clock.now());
             }
             self.drain_events();
         }
@@ -394,20 +330,12 @@ impl Conn {
             if self.closed.get() {
                 return;
             }
-            let deadline = self.machine.borrow().poll_timeout();
-            let idle_at = self.idle_timeout.and_then(|idle| {
-                let m = self.machine.borrow();
-                (m.pending_requests() == 0 && m.pending_incoming() == 0)
-                    .then(|| self.last_active.get() + idle)
-            });
-            let wake_at = match (deadline, idle_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            // The machine's next deadline, or its idle expiry.
+            let wake_at = self.machine.borrow().poll_timeout();
             match wake_at {
                 Some(at) => {
                     tokio::select! {
-                        _ = tokio::time::sleep_until(self.clock.to_tokio(at)) => {}
+                        _ = tokio::time::sleep_until(self.clock.at(at)) => {}
                         _ = self.timer_wake.notified() => continue,
                     }
                 }
@@ -416,18 +344,24 @@ impl Conn {
                     continue;
                 }
             }
-            let now = self.clock.now();
-            self.machine.borrow_mut().handle_timeout(now);
+            self.machine.borrow_mut().handle_timeout(self.clock.now());
             self.drain_events();
-            if let Some(idle) = self.idle_timeout {
-                let m = self.machine.borrow();
-                let quiet = m.pending_requests() == 0 && m.pending_incoming() == 0;
-                drop(m);
-                if quiet && now >= self.last_active.get() + idle {
-                    self.close();
-                }
-            }
         }
+    }
+}
+
+impl PooledConn for Conn {
+    fn close_reason(&self) -> Option<remora_core::CloseReason> {
+        self.machine.borrow().close_reason()
+    }
+    fn in_flight(&self) -> usize {
+        self.machine.borrow().pending_requests()
+    }
+    fn is_closed(&self) -> bool {
+        Conn::is_closed(self)
+    }
+    fn close(&self) {
+        Conn::close(self)
     }
 }
 
@@ -436,7 +370,7 @@ impl Conn {
 pub struct CallFuture {
     conn: Rc<Conn>,
     id: RequestId,
-    index: usize,
+    slot: Rc<CallSlot>,
     finished: bool,
 }
 
@@ -445,50 +379,34 @@ impl Future for CallFuture {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let mut calls = this.conn.calls.borrow_mut();
-        let slot = &mut calls[this.index];
-        match slot {
-            CallSlot::Done { id, .. } if *id == this.id => {
-                let CallSlot::Done { outcome, .. } = std::mem::replace(slot, CallSlot::Empty)
-                else {
-                    unreachable!("matched Done above")
-                };
-                this.finished = true;
-                Poll::Ready(outcome)
-            }
-            CallSlot::Waiting { id, waker } if *id == this.id => {
-                match waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => *waker = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
-            // The slot went to a newer call after ours completed: our outcome was parked.
-            _ => {
-                this.finished = true;
-                let parked = this.conn.parked.borrow_mut().remove(&this.id);
-                Poll::Ready(parked.unwrap_or(Err(CallError::Closed { written: true })))
-            }
+        if let Some(outcome) = this.slot.outcome.take() {
+            this.finished = true;
+            return Poll::Ready(outcome);
         }
+        let waker = match this.slot.waker.take() {
+            Some(w) if w.will_wake(cx.waker()) => w,
+            _ => cx.waker().clone(),
+        };
+        this.slot.waker.set(Some(waker));
+        Poll::Pending
     }
 }
 
 impl Drop for CallFuture {
     fn drop(&mut self) {
-        if self.finished {
-            return;
+        if !self.finished {
+            // Still waiting (or done and never looked at): the machine lets go of the slot.
+            self.conn.machine.borrow_mut().cancel(self.id);
+            self.slot.outcome.take();
+            self.slot.waker.take();
         }
-        let mut calls = self.conn.calls.borrow_mut();
-        if let Some(slot) = calls.get_mut(self.index) {
-            let ours = matches!(slot, CallSlot::Waiting { id, .. } | CallSlot::Done { id, .. } if *id == self.id);
-            if ours {
-                *slot = CallSlot::Empty;
-                drop(calls);
-                self.conn.machine.borrow_mut().cancel(self.id);
-                return;
+        // Nobody else holds the slot now (the machine dropped its token with the outcome): keep
+        // it for the next call.
+        if Rc::strong_count(&self.slot) == 1 {
+            let mut spare = self.conn.spare.borrow_mut();
+            if spare.len() < SPARE_SLOTS {
+                spare.push(Rc::clone(&self.slot));
             }
         }
-        drop(calls);
-        self.conn.parked.borrow_mut().remove(&self.id);
     }
 }

@@ -16,7 +16,8 @@
 //!   straight into the machine's buffer, a writer that sends the machine's chunks in order (a
 //!   body of 512 B or more is a chunk of its own, the caller's `Bytes` sent without a copy; one
 //!   write per chunk, since tokio-uring 0.5's `writev` allocates its iovecs on every call and it
-//!   has no `sendmsg` for TCP), and a timer. Calls wait on a slot indexed by their `RequestId`.
+//!   has no `sendmsg` for TCP), and a timer. Each call waits on a reusable slot that rides in
+//!   the machine as its request's token: no map of calls in the driver.
 //!   tokio-uring cannot express multishot operations or provided-buffer rings.
 //!
 //! Either way the reader pauses while the machine does not want input (its peer is not reading
@@ -54,16 +55,3 @@ pub use conn::CallFuture;
 pub use dns::dns;
 pub use ring::{Completion, ConnId, EventLoop, LoopConfig};
 pub use server::{Server, ServerConfig};
-
-/// Runs `handler` on `request`; a panic in it becomes a `SYSTEM_ERROR` answer, so the peer is not
-/// left waiting and the I/O thread survives.
-pub(crate) fn handle_catching(
-    handler: &dyn remora_core::Handler,
-    request: remora_core::Command,
-) -> remora_core::Command {
-    let fallback = request.response(remora_core::codes::SYSTEM_ERROR);
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(request))) {
-        Ok(response) => response,
-        Err(_) => fallback.with_remark("request handler panicked"),
-    }
-}

@@ -24,12 +24,12 @@ use std::time::Duration;
 
 use remora_tls::{Secure, Session};
 
-use crate::handle_catching;
 use bytes::{Bytes, BytesMut};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use remora_core::{
     Account, Budget, CallError, Command, Config, Connection, Event, Handler, Instant, RequestId,
 };
+use remora_driver::{handle_catching, Clock};
 use slab::Slab;
 
 /// Which operation a completion belongs to: the low bits of its `user_data`.
@@ -254,7 +254,7 @@ pub struct EventLoop {
     generation: u32,
     timers: BinaryHeap<Reverse<(Instant, usize, u32)>>,
     dirty: Vec<usize>,
-    origin: std::time::Instant,
+    clock: Clock,
     handler: Arc<dyn Handler>,
     budget: Option<Arc<Budget>>,
     connection: Config,
@@ -307,7 +307,7 @@ impl EventLoop {
             generation: 0,
             timers: BinaryHeap::new(),
             dirty: Vec::new(),
-            origin: std::time::Instant::now(),
+            clock: Clock::new(),
             handler,
             budget: None,
             connection,
@@ -373,7 +373,7 @@ impl EventLoop {
 
     /// Now, on the loop's clock.
     pub fn now(&self) -> Instant {
-        Instant::from_nanos(self.origin.elapsed().as_nanos() as u64)
+        self.clock.now()
     }
 
     /// Connects to `addr` (blocking, with `timeout`) and adds the connection to the loop.

@@ -216,7 +216,7 @@ impl Budget {
     /// last sync (so its final counters are counted), leaving `None`. Idempotent: a driver may
     /// call it after every change to a connection, its close included, and needs no other call
     /// after [`admit`](Self::admit) except `leave` for a connection that never got a machine.
-    pub fn settle(&self, account: &mut Option<Account>, machine: &mut Connection) {
+    pub fn settle<T>(&self, account: &mut Option<Account>, machine: &mut Connection<T>) {
         if let Some(share) = account.as_mut() {
             self.sync(share, machine);
         }

@@ -5,6 +5,7 @@
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::fmt;
+use core::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use slab::Slab;
@@ -414,6 +415,10 @@ pub struct Connection<T = ()> {
     incoming_len: usize,
     closed: Option<CloseReason>,
     stats: Stats,
+    /// Close after this long quiet ([`set_idle_timeout`](Connection::set_idle_timeout)).
+    idle_timeout: Option<Duration>,
+    /// The last request sent or bytes read (for the idle expiry).
+    last_active: Instant,
 }
 
 impl<T> fmt::Debug for Connection<T> {
@@ -507,6 +512,8 @@ impl<T> Connection<T> {
             incoming_len: 0,
             closed: None,
             stats: Stats::default(),
+            idle_timeout: None,
+            last_active: Instant::ZERO,
         }
     }
 
@@ -618,6 +625,7 @@ impl<T> Connection<T> {
         let ty = self.config.serialize_type.unwrap_or(cmd.serialize_type);
         let len = self.enqueue(&cmd, ty).map_err(SendError::Encode)?;
         self.commit_waiter(slot, len, deadline, token);
+        self.last_active = now;
         Ok(id)
     }
 
@@ -658,6 +666,7 @@ impl<T> Connection<T> {
             self.push_chunk(body);
         }
         self.commit_waiter(slot, request.len(), deadline, token);
+        self.last_active = now;
         Ok(id)
     }
 
@@ -714,6 +723,34 @@ impl<T> Connection<T> {
         self.enqueue(&cmd, ty).map_err(SendError::Encode)?;
         self.stats.oneways_sent += 1;
         Ok(())
+    }
+
+    /// [`send_oneway`](Self::send_oneway) at `now`: it counts as activity for the idle expiry.
+    pub fn send_oneway_at(&mut self, cmd: Command, now: Instant) -> Result<(), SendError> {
+        self.send_oneway(cmd)?;
+        self.last_active = now;
+        Ok(())
+    }
+
+    /// From `now` on, the connection closes itself ([`CloseReason::Local`], as
+    /// [`close`](Self::close) does) once it has been quiet for `idle`: no request of ours
+    /// waiting, no request of the peer's unanswered, and no request sent
+    /// ([`send_request`](Self::send_request), [`send_oneway_at`](Self::send_oneway_at)) or byte
+    /// read for that long. The expiry is one of the deadlines [`poll_timeout`](Self::poll_timeout)
+    /// reports and [`handle_timeout`](Self::handle_timeout) acts on. `None` (the default) never
+    /// expires.
+    pub fn set_idle_timeout(&mut self, idle: Option<Duration>, now: Instant) {
+        self.idle_timeout = idle;
+        self.last_active = now;
+    }
+
+    /// When the connection expires if nothing happens before: `None` while it is busy, closed,
+    /// or has no idle timeout.
+    #[must_use]
+    pub fn idle_deadline(&self) -> Option<Instant> {
+        let idle = self.idle_timeout?;
+        let quiet = self.closed.is_none() && self.waiters.is_empty() && self.incoming == 0;
+        quiet.then(|| self.last_active.saturating_add(idle))
     }
 
     /// Answers a request from the peer: the response carries the request's opaque and the
@@ -880,6 +917,9 @@ impl<T> Connection<T> {
                 token,
             });
         }
+        if self.idle_deadline().is_some_and(|at| at <= now) {
+            self.close();
+        }
     }
 
     /// The transport is gone (EOF, reset, or an I/O error): every waiting request fails.
@@ -964,10 +1004,14 @@ impl<T> Connection<T> {
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called: the earliest deadline
-    /// of a waiting request.
+    /// of a waiting request, or the [idle expiry](Self::idle_deadline) if that comes first.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.deadlines.peek().map(|(deadline, _)| deadline)
+        let deadline = self.deadlines.peek().map(|(deadline, _)| deadline);
+        match (deadline, self.idle_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     // ---- internals ----
@@ -1168,7 +1212,7 @@ impl<T> Connection<T> {
     }
 
     fn process_input(&mut self, now: Instant) {
-        let _ = now;
+        self.last_active = now;
         loop {
             let before = self.read_buf.len();
             match self.codec.decode(&mut self.read_buf) {
@@ -1288,6 +1332,60 @@ mod tests {
                     .unwrap();
             }
         }
+    }
+
+    #[test]
+    fn a_quiet_connection_expires_after_its_idle_timeout_and_not_before() {
+        let t = |s: u64| Instant::from_millis(s * 1000);
+        let (mut client, mut server) = pair();
+        assert_eq!(client.idle_deadline(), None, "no idle timeout by default");
+        client.set_idle_timeout(Some(10 * SEC), t(0));
+        assert_eq!(client.poll_timeout(), Some(t(10)));
+        // A request in flight is not idle; its own deadline is what the timer waits for.
+        let id = client
+            .send_request(Command::request(1), t(33), t(5))
+            .unwrap();
+        assert_eq!(
+            (client.idle_deadline(), client.poll_timeout()),
+            (None, Some(t(33)))
+        );
+        client.handle_timeout(t(20));
+        assert!(!client.is_closed(), "busy at the old expiry: not idle");
+        flow(&mut client, &mut server, t(6));
+        echo(&mut server);
+        flow(&mut server, &mut client, t(7));
+        assert!(matches!(events(&mut client)[..], [Event::Response { id: got, .. }] if got == id));
+        // Quiet since the response was read at 7 s: expires at 17 s, not at 16.
+        assert_eq!(client.poll_timeout(), Some(t(17)));
+        client.handle_timeout(t(16));
+        assert!(!client.is_closed());
+        // A oneway at 16 s counts as activity.
+        client.send_oneway_at(Command::request(2), t(16)).unwrap();
+        assert_eq!(client.idle_deadline(), Some(t(26)));
+        client.handle_timeout(t(26));
+        assert_eq!(client.close_reason(), Some(CloseReason::Local));
+        assert!(matches!(
+            events(&mut client)[..],
+            [Event::Closed {
+                reason: CloseReason::Local
+            }]
+        ));
+        assert_eq!(client.idle_deadline(), None, "closed: nothing to expire");
+    }
+
+    #[test]
+    fn a_peer_request_left_unanswered_keeps_the_connection_from_expiring() {
+        let t = |s: u64| Instant::from_millis(s * 1000);
+        let (mut client, mut server) = pair();
+        server.set_idle_timeout(Some(SEC), t(0));
+        client
+            .send_request(Command::request(1), t(60), t(0))
+            .unwrap();
+        flow(&mut client, &mut server, t(0));
+        assert!(matches!(events(&mut server)[..], [Event::Request { .. }]));
+        assert_eq!(server.idle_deadline(), None);
+        server.handle_timeout(t(30));
+        assert!(!server.is_closed(), "a request is still being handled");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 use alloc::vec::Vec;
 use core::time::Duration;
 
+use crate::conn::connection::CloseReason;
 use crate::resilience::backoff::Backoff;
 use crate::time::Instant;
 
@@ -31,6 +32,18 @@ pub enum Health {
     Closed,
     /// Failed (peer gone, I/O error, protocol error): reopen after the backoff.
     Failed,
+}
+
+impl Health {
+    /// How a connection stands once it has closed for `reason` (`None`: not known): closed on
+    /// purpose ([`CloseReason::Local`], which an idle expiry is too) it reopens on demand; any
+    /// other reason is a failure, reopened after the backoff.
+    pub fn after(reason: Option<CloseReason>) -> Health {
+        match reason {
+            Some(CloseReason::Local) | None => Health::Closed,
+            Some(_) => Health::Failed,
+        }
+    }
 }
 
 /// What a caller should do to get a connection.
