@@ -11,7 +11,7 @@
 //! - [`Entropy`]: a seeded, thread-safe source of the core's jitter and choices.
 //! - [`Latency`] and [`Endpoint`]: what a cluster keeps of its attempts' latency (per endpoint,
 //!   and over all of them for percentile hedging), and [`record`] for an attempt's report.
-//! - [`pool`] (feature `tokio`): an async client's pool on the core's pool policy, its connect,
+//! - `pool` (feature `tokio`): an async client's pool on the core's pool policy, its connect,
 //!   and a call's request span, shared by the tokio and tokio-uring clients.
 
 #![deny(missing_docs)]

@@ -199,3 +199,20 @@ pub async fn idle_connections_close_and_reopen_on_demand<C: AsyncClient>(client:
     assert_eq!(client.connections(), 1);
     client.close();
 }
+
+/// `client` is connected to an echo server: a call whose response arrived but was never read
+/// is dropped, and the calls after it (which reuse its slot) each get their own answer, never
+/// the dropped one's.
+pub async fn unread_outcomes_do_not_leak_into_later_calls<C: AsyncClient>(client: C) {
+    for round in 0..4u8 {
+        let first = Command::request(1).with_body(vec![b'a', round]);
+        let unread = client.start_call(first, SECOND).await.unwrap();
+        // Its response arrives meanwhile; nobody polls for it.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        drop(unread);
+        let next = Command::request(1).with_body(vec![b'b', round]);
+        let r = client.call(next, SECOND).await.unwrap();
+        assert_eq!(r.body(), [b'b', round]);
+    }
+    client.close();
+}

@@ -539,3 +539,13 @@ fn idle_connections_close_and_reopen_on_demand() {
         scenarios::idle_connections_close_and_reopen_on_demand(client).await;
     });
 }
+
+#[test]
+fn unread_outcomes_do_not_leak_into_later_calls() {
+    let (_rt, server) = tokio_server(ServerConfig::default());
+    let addr = server.local_addr();
+    runtime().block_on(async move {
+        let client = Client::connect(addr, ClientConfig::default()).await;
+        scenarios::unread_outcomes_do_not_leak_into_later_calls(client.unwrap()).await;
+    });
+}

@@ -281,3 +281,13 @@ fn idle_connections_close_and_reopen_on_demand() {
         scenarios::idle_connections_close_and_reopen_on_demand(client).await;
     });
 }
+
+#[test]
+fn unread_outcomes_do_not_leak_into_later_calls() {
+    let server = uring_server(1);
+    let addr = server.local_addr();
+    tokio_uring::start(async move {
+        let client = LocalClient::connect(addr, ClientConfig::default()).await;
+        scenarios::unread_outcomes_do_not_leak_into_later_calls(client.unwrap()).await;
+    });
+}

@@ -250,7 +250,7 @@ impl Conn {
         Ok(CallFuture {
             conn: Arc::clone(self),
             id,
-            slot,
+            slot: Some(slot),
             finished: false,
         })
     }
@@ -582,7 +582,8 @@ impl Peer {
 pub struct CallFuture {
     conn: Arc<Conn>,
     id: RequestId,
-    slot: Arc<CallSlot>,
+    /// Taken only when the future is dropped (to be reused without touching its count).
+    slot: Option<Arc<CallSlot>>,
     finished: bool,
 }
 
@@ -591,7 +592,7 @@ impl Future for CallFuture {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let mut waiting = this.slot.lock();
+        let mut waiting = this.slot.as_ref().expect("held until dropped").lock();
         if let Some(outcome) = waiting.outcome.take() {
             this.finished = true;
             return Poll::Ready(outcome);
@@ -606,17 +607,17 @@ impl Future for CallFuture {
 
 impl Drop for CallFuture {
     fn drop(&mut self) {
+        let Some(slot) = self.slot.take() else { return };
         if !self.finished {
-            if self.slot.lock().outcome.is_none() {
+            if slot.lock().outcome.is_none() {
                 // Still waiting: the machine withdraws or forgets the request (and its token).
                 lock(&self.conn.state).machine.cancel(self.id);
             }
-            *self.slot.lock() = Waiting::default();
+            *slot.lock() = Waiting::default();
         }
         // Nobody else holds the slot now (the machine drops its token with the outcome, under
         // the state lock): keep it for this thread's next call.
-        if Arc::strong_count(&self.slot) == 1 {
-            let slot = Arc::clone(&self.slot);
+        if Arc::strong_count(&slot) == 1 {
             let _ = SPARE.try_with(|spare| {
                 let mut spare = spare.borrow_mut();
                 if spare.len() < SPARE_SLOTS {
