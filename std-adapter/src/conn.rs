@@ -508,14 +508,25 @@ impl Conn {
         // The socket's read timeout: the idle expiry, or while a TLS handshake is under way,
         // its deadline (a stalled handshake must end even if nobody calls).
         let mut timeout = idle;
+        // Until the handshake is over (at once for plaintext): then no more looking.
+        let mut handshaking = true;
         loop {
             if !self.wait_until_readable() {
                 return;
             }
-            let wanted = self.handshake_wait().or(idle);
-            if wanted != timeout {
-                timeout = wanted;
-                let _ = stream.set_read_timeout(wanted.map(|t| t.max(Duration::from_millis(1))));
+            if handshaking {
+                let wanted = match self.handshake_wait() {
+                    Some(deadline) => deadline.or(idle),
+                    None => {
+                        handshaking = false;
+                        idle
+                    }
+                };
+                if wanted != timeout {
+                    timeout = wanted;
+                    let _ =
+                        stream.set_read_timeout(wanted.map(|t| t.max(Duration::from_millis(1))));
+                }
             }
             // Read straight into the machine's buffer (taken out while the read blocks, so the
             // lock is free): no copy, and decoded bodies are slices of it.
@@ -595,16 +606,17 @@ impl Conn {
         }
     }
 
-    /// How long until the TLS handshake's deadline, while one is under way.
-    fn handshake_wait(&self) -> Option<Duration> {
+    /// How long until the TLS handshake's deadline, while one is under way:
+    /// `None` once no handshake is under way (plaintext, or it ended); `Some(None)` while a
+    /// permissive server awaits the first byte (no deadline yet).
+    fn handshake_wait(&self) -> Option<Option<Duration>> {
         let st = lock(&self.state);
         if !st.machine.is_handshaking() {
             return None;
         }
-        let at = st.machine.poll_timeout()?;
-        Some(Duration::from_nanos(
-            at.as_nanos().saturating_sub(self.clock.now().as_nanos()),
-        ))
+        Some(st.machine.poll_timeout().map(|at| {
+            Duration::from_nanos(at.as_nanos().saturating_sub(self.clock.now().as_nanos()))
+        }))
     }
 
     /// Backpressure: waits while the machine does not want input (its peer is not reading our

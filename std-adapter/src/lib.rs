@@ -16,6 +16,11 @@
 //! - [`Server`]: a handler per request on a worker pool, `SYSTEM_BUSY` beyond the in-flight
 //!   limit, `REQUEST_CODE_NOT_SUPPORTED` from the default [`NotSupported`] handler, graceful stop.
 //!
+//! TLS (`remora-tls`): [`Server::bind_tls`] (enforcing or permissive), [`Client::connect_tls`] /
+//! [`Client::lazy_tls`] (SNI from the address, handshake within the connect timeout, a failed
+//! handshake a failed connect carrying the `TlsError`). The connection drives a
+//! `remora_tls::Session` over the machine — one code path with plaintext.
+//!
 //! Threads: each connection has a reader thread that never blocks on a write (so two peers can
 //! never deadlock on full socket buffers) and pauses while the machine does not want input
 //! (backpressure: its peer is not reading our answers). Callers, workers and the reader write

@@ -587,7 +587,7 @@ fn a_stalled_handshake_ends_at_the_connect_timeout_on_every_client() {
     let tls = pki.client_tls();
     for client in CLIENTS {
         let started = std::time::Instant::now();
-        let outcome = stalled_call(client, addr, tls.clone());
+        let outcome = short_connect_call(client, addr, tls.clone());
         let error = tls_error(&outcome);
         assert!(
             matches!(error, TlsError::HandshakeTimeout),
@@ -601,9 +601,14 @@ fn a_stalled_handshake_ends_at_the_connect_timeout_on_every_client() {
     drop(held.join().unwrap());
 }
 
-/// One call with a 300 ms connect timeout (which bounds the handshake) and a longer call
-/// timeout: the handshake's deadline must be what ends it.
-fn stalled_call(driver: Driver, addr: SocketAddr, tls: ClientTls) -> Result<Vec<u8>, CallError> {
+/// One call from a new `driver` client with a 300 ms connect timeout (which bounds the
+/// handshake) and a longer call timeout: against a stalled server, the handshake's deadline
+/// must be what ends it.
+fn short_connect_call(
+    driver: Driver,
+    addr: SocketAddr,
+    tls: ClientTls,
+) -> Result<Vec<u8>, CallError> {
     let connect = Duration::from_millis(300);
     let addr_text = addr.to_string();
     let request = || Command::request(10).with_body(&b"never"[..]);
@@ -698,4 +703,36 @@ fn a_server_drops_a_client_that_never_finishes_its_handshake() {
             "{server:?}: a silent client was kept past the handshake timeout"
         );
     }
+}
+
+#[test]
+fn a_server_answering_garbage_fails_the_handshake_as_malformed_on_every_client() {
+    // A server that answers a ClientHello with an HTTP error and keeps the connection open.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = std::thread::spawn(move || {
+        use std::io::Write;
+        let mut held = Vec::new();
+        listener.set_nonblocking(true).unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        while held.len() < CLIENTS.len() && std::time::Instant::now() < until {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    let _ = stream.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+                    held.push(stream);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        held
+    });
+    let pki = Pki::new();
+    for client in CLIENTS {
+        let error = tls_error(&short_connect_call(client, addr, pki.client_tls()));
+        assert!(
+            matches!(error, TlsError::Malformed(_)),
+            "{client:?}: {error}"
+        );
+    }
+    drop(held.join().unwrap());
 }

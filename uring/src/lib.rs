@@ -24,6 +24,10 @@
 //! our answers), and a server's connections on all threads share one core
 //! [`Budget`](remora_core::Budget) (buffered bytes, connection count).
 //!
+//! TLS (`remora-tls`) on both: [`Server::bind_tls`], [`EventLoop::connect_secure`],
+//! [`LocalClient::connect_tls`] / [`LocalClient::lazy_tls`], [`Client::connect_tls`]; every
+//! connection drives a `remora_tls::Session` over its machine — one code path with plaintext.
+//!
 //! - [`LocalClient`]: for code already on a tokio-uring thread; `call(..).await`.
 //! - [`Client`]: a `Send + Sync` handle whose connections live on io_uring threads of its own.
 //! - [`EventLoop`]: a loop of your own (client connections with [`EventLoop::connect`] and
