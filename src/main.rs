@@ -7,6 +7,7 @@ mod log;
 mod observe;
 mod pcap;
 mod script;
+mod summary;
 mod view;
 
 use std::io::{self, IsTerminal, Read, Write};
@@ -125,6 +126,10 @@ enum Cmd {
         /// Serve Prometheus metrics at http://ADDR/metrics (rpc mode), e.g. 127.0.0.1:9100.
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
+        /// Print nothing while serving (no `listening on`, no warnings, no script log): only
+        /// the summary printed when SIGINT or SIGTERM stops the server (rpc mode).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Load-test a server: C connections x N requests in flight, every response checked.
     ///
@@ -313,6 +318,7 @@ fn main() -> ExitCode {
             max_connections,
             acl,
             script: Some(path),
+            quiet,
             ..
         } => {
             if backend == Backend::Uring {
@@ -328,7 +334,13 @@ fn main() -> ExitCode {
                             Some(_) => Some(acl_cli::guard(script::pass, acl.as_ref())?),
                             None => None,
                         };
-                        script::serve(&listen, s, serialize.map(Into::into), max_connections, gate)
+                        let options = script::Options {
+                            serialize: serialize.map(Into::into),
+                            max_connections,
+                            gate,
+                            quiet,
+                        };
+                        script::serve(&listen, s, options)
                     })
             }
         }
@@ -347,6 +359,7 @@ fn main() -> ExitCode {
             script: None,
             mode: ServeMode::Rpc,
             metrics,
+            quiet,
         } => serve(
             &listen,
             backend,
@@ -354,6 +367,7 @@ fn main() -> ExitCode {
             max_connections,
             acl.as_ref(),
             metrics.as_deref(),
+            quiet,
         ),
         Cmd::Bench {
             target,
@@ -538,6 +552,8 @@ fn echo(request: Command) -> Command {
     response
 }
 
+/// `remora serve` (rpc mode): serves until SIGINT or SIGTERM, then stops the server gracefully
+/// (requests in flight are answered, up to the driver's drain timeout) and prints the summary.
 fn serve(
     listen: &str,
     backend: Backend,
@@ -545,37 +561,47 @@ fn serve(
     max_connections: usize,
     acl: Option<&std::path::PathBuf>,
     metrics: Option<&str>,
+    quiet: bool,
 ) -> Result<(), String> {
-    log::install();
-    let handler = acl_cli::guard(echo, acl)?;
-    // Says where it listens, then starts `--metrics` (with the server's own counts, if any).
-    let listening =
-        |addr: SocketAddr, stats: Option<Box<dyn Fn() -> remora_core::Snapshot + Send>>| {
+    use std::sync::{Arc, Mutex};
+    let stop = summary::StopSignal::register()?;
+    if !quiet {
+        log::install();
+    }
+    let tally = Arc::new(summary::Tally::new());
+    let handler = summary::Counted::new(acl_cli::guard(echo, acl)?, Arc::clone(&tally));
+    // Says where it listens, then starts `--metrics` (with the server's own counts).
+    let listening = |addr: SocketAddr, stats: Box<dyn Fn() -> remora_core::Snapshot + Send>| {
+        if !quiet {
             println!("listening on {addr}");
-            if let Some(at) = metrics {
+        }
+        let exporter = match metrics {
+            Some(at) => {
                 let (sink, exporter) = observe::serve_metrics(at)?;
-                if let Some(stats) = stats {
-                    sink.add_server(stats);
+                sink.add_server(stats);
+                if !quiet {
+                    println!("metrics on http://{}/metrics", exporter.local_addr());
                 }
-                println!("metrics on http://{}/metrics", exporter.local_addr());
-                std::mem::forget(exporter); // serves until the process ends
+                Some(exporter)
             }
-            io::stdout().flush().map_err(|e| e.to_string())
+            None => None,
         };
+        io::stdout().flush().map_err(|e| e.to_string())?;
+        Ok::<_, String>(exporter)
+    };
     let mut config = ServerConfig::default();
     config.connection.serialize_type = serialize;
     config.budget.max_connections = max_connections;
-    match backend {
+    let (signal, stats) = match backend {
         Backend::Std => {
-            let server = std::sync::Arc::new(
-                Server::bind_with(listen, move |r| handler.handle(r), config)
-                    .map_err(|e| format!("{listen}: {e}"))?,
+            let server = Arc::new(
+                Server::bind_with(listen, handler, config).map_err(|e| format!("{listen}: {e}"))?,
             );
-            let stats = std::sync::Arc::clone(&server);
-            listening(server.local_addr(), Some(Box::new(move || stats.stats())))?;
-            loop {
-                std::thread::park();
-            }
+            let stats = Arc::clone(&server);
+            let _exporter = listening(server.local_addr(), Box::new(move || stats.stats()))?;
+            let signal = stop.wait();
+            server.stop();
+            (signal, server.stats())
         }
         Backend::Uring => {
             let config = remora_uring::ServerConfig {
@@ -583,15 +609,20 @@ fn serve(
                 budget: config.budget,
                 ..Default::default()
             };
-            let server = std::sync::Arc::new(
-                remora_uring::Server::bind_with(listen, handler, config)
-                    .map_err(|e| format!("{listen}: {e}"))?,
-            );
-            let stats = std::sync::Arc::clone(&server);
-            listening(server.local_addr(), Some(Box::new(move || stats.stats())))?;
-            loop {
-                std::thread::park();
-            }
+            let server = remora_uring::Server::bind_with(listen, Arc::new(handler), config)
+                .map_err(|e| format!("{listen}: {e}"))?;
+            let addr = server.local_addr();
+            // `stop` takes the server by `&mut`; a scrape while it drains waits for it.
+            let server = Arc::new(Mutex::new(server));
+            let stats = Arc::clone(&server);
+            let lock = |s: &Mutex<remora_uring::Server>| -> remora_core::Snapshot {
+                s.lock().unwrap_or_else(|e| e.into_inner()).stats()
+            };
+            let _exporter = listening(addr, Box::new(move || lock(&stats)))?;
+            let signal = stop.wait();
+            let mut server = server.lock().unwrap_or_else(|e| e.into_inner());
+            server.stop();
+            (signal, server.stats())
         }
         Backend::Tokio => {
             let config = remora_tokio::ServerConfig {
@@ -600,19 +631,18 @@ fn serve(
                 ..Default::default()
             };
             let rt = tokio_runtime()?;
-            let server = rt
-                .block_on(remora_tokio::Server::bind(
-                    listen,
-                    move |r| handler.handle(r),
-                    config,
-                ))
-                .map_err(|e| format!("{listen}: {e}"))?;
-            listening(server.local_addr(), None)?;
-            loop {
-                std::thread::park();
-            }
+            let server = Arc::new(
+                rt.block_on(remora_tokio::Server::bind(listen, handler, config))
+                    .map_err(|e| format!("{listen}: {e}"))?,
+            );
+            let stats = Arc::clone(&server);
+            let _exporter = listening(server.local_addr(), Box::new(move || stats.stats()))?;
+            let signal = stop.wait();
+            rt.block_on(server.stop());
+            (signal, server.stats())
         }
-    }
+    };
+    tally.print(signal, &stats)
 }
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime, String> {
