@@ -283,6 +283,8 @@ pub fn serve(listen: &str, script: Script, options: Options) -> Result<(), Strin
     let server = remora_core::Snapshot {
         accepted: counts.accepted.load(Ordering::Relaxed),
         refused: counts.refused.load(Ordering::Relaxed),
+        bytes_in: counts.bytes_in.load(Ordering::Relaxed),
+        bytes_out: counts.bytes_out.load(Ordering::Relaxed),
         ..remora_core::Snapshot::default()
     };
     tally.print(signal, &server)
@@ -296,6 +298,10 @@ pub const DRAIN: Duration = Duration::from_secs(5);
 struct Counts {
     accepted: AtomicU64,
     refused: AtomicU64,
+    /// Bytes read from the connections.
+    bytes_in: AtomicU64,
+    /// Bytes written to them (whole answers).
+    bytes_out: AtomicU64,
     /// Connection threads not yet ended.
     running: AtomicUsize,
 }
@@ -356,7 +362,16 @@ fn accept(
             .name("remora-script".into())
             .spawn(move || {
                 let log = Log { quiet };
-                connection(stream, &script, serialize, gate.as_deref(), &tally, log);
+                let wire = Wire(&counts_now);
+                connection(
+                    stream,
+                    &script,
+                    serialize,
+                    gate.as_deref(),
+                    &tally,
+                    log,
+                    wire,
+                );
                 lock(&open_now).remove(&id);
                 counts_now.running.fetch_sub(1, Ordering::AcqRel);
             });
@@ -367,6 +382,25 @@ fn accept(
                 eprintln!("cannot start a connection thread: {e}");
             }
         }
+    }
+}
+
+/// Where a connection counts the bytes it reads and writes.
+#[derive(Clone, Copy)]
+struct Wire<'a>(&'a Arc<Counts>);
+
+impl Wire<'_> {
+    fn read(self, n: usize) {
+        self.0.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Writes `frame` whole to `to`, counting it once written.
+    fn write(counts: &Counts, to: &Mutex<TcpStream>, frame: &[u8]) -> io::Result<()> {
+        lock(to).write_all(frame)?;
+        counts
+            .bytes_out
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -445,6 +479,7 @@ fn connection(
     gate: Option<&dyn Handler>,
     tally: &Tally,
     log: Log,
+    wire: Wire<'_>,
 ) {
     let peer = stream
         .peer_addr()
@@ -466,6 +501,7 @@ fn connection(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        wire.read(n);
         buf.extend_from_slice(&chunk[..n]);
         loop {
             let request = match codec.decode(&mut buf) {
@@ -547,15 +583,15 @@ fn connection(
                         continue;
                     }
                     if delay.is_zero() {
-                        if lock(&writer).write_all(&frame).is_err() {
+                        if Wire::write(wire.0, &writer, &frame).is_err() {
                             break 'read;
                         }
                     } else {
-                        let w = Arc::clone(&writer);
+                        let (w, counts) = (Arc::clone(&writer), Arc::clone(wire.0));
                         let _ = timer_tx.send((
                             Instant::now() + delay,
                             Box::new(move || {
-                                let _ = lock(&w).write_all(&frame);
+                                let _ = Wire::write(&counts, &w, &frame);
                             }),
                         ));
                     }

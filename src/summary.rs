@@ -72,8 +72,8 @@ impl Class {
 }
 
 /// What a serving process did since it started: requests by class and body bytes, counted
-/// where the requests are handled; connections come from the server's own [`Snapshot`] (or, for
-/// `--script`, are counted by its accept loop).
+/// where the requests are handled; connections, busy answers and wire bytes come from the
+/// server's own [`Snapshot`] (or, for `--script`, are counted by its own loops).
 #[derive(Debug)]
 pub struct Tally {
     started: Instant,
@@ -123,8 +123,10 @@ impl Tally {
             text.push_str(&format!("requests {name}: {n}\n"));
         }
         text.push_str(&format!(
-            "busy answers: {}\nbody bytes in: {}\nbody bytes out: {}\n",
+            "busy answers: {}\nbytes in: {}\nbytes out: {}\nbody bytes in: {}\nbody bytes out: {}\n",
             server.busy_rejections,
+            server.bytes_in,
+            server.bytes_out,
             self.body_in.load(Ordering::Relaxed),
             self.body_out.load(Ordering::Relaxed),
         ));
@@ -194,6 +196,8 @@ mod tests {
             accepted: 3,
             refused: 1,
             busy_rejections: 5,
+            bytes_in: 300,
+            bytes_out: 200,
             ..Snapshot::default()
         };
         let text = tally.summary("SIGTERM", &server);
@@ -208,6 +212,8 @@ mod tests {
             "requests error_response: 0",
             "requests closed: 0",
             "busy answers: 5",
+            "bytes in: 300",
+            "bytes out: 200",
             "body bytes in: 10",
             "body bytes out: 5",
         ] {

@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command as Process, Stdio};
 use std::time::Duration;
 
-use remora_core::Command;
+use remora_core::{Codec, Command, Decoded};
 use remora_std::{Client, ClientConfig};
 
 /// `remora serve --metrics` on ephemeral ports; killed when dropped.
@@ -195,15 +195,42 @@ fn summary_value(summary: &str, name: &str) -> Option<u64> {
     })
 }
 
-/// A client to `addr`, retrying (bounded) while the server starts.
-fn connect_when_up(addr: &str) -> Client {
+/// A connection to `addr`, retrying (bounded) while the server starts.
+fn connect_when_up(addr: &str) -> TcpStream {
     let give_up = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match Client::connect(addr, ClientConfig::default()) {
-            Ok(client) => return client,
+        match TcpStream::connect(addr) {
+            Ok(stream) => {
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .unwrap();
+                return stream;
+            }
             Err(e) if std::time::Instant::now() > give_up => panic!("{addr}: {e}"),
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
+    }
+}
+
+/// Writes `request` as one frame; the frame's length.
+fn send(stream: &mut TcpStream, request: &Command) -> u64 {
+    let mut frame = bytes::BytesMut::new();
+    Codec::default().encode(request, &mut frame).unwrap();
+    stream.write_all(&frame).unwrap();
+    frame.len() as u64
+}
+
+/// Reads one frame; the command and the frame's length.
+fn receive(stream: &mut TcpStream) -> (Command, u64) {
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).unwrap();
+    let mut frame = prefix.to_vec();
+    frame.resize(4 + u32::from_be_bytes(prefix) as usize, 0);
+    stream.read_exact(&mut frame[4..]).unwrap();
+    let len = frame.len() as u64;
+    match Codec::default().decode(&mut bytes::BytesMut::from(&frame[..])) {
+        Ok(Decoded::Command(cmd)) => (cmd, len),
+        other => panic!("not one frame: {other:?}"),
     }
 }
 
@@ -247,21 +274,27 @@ fn serve_stops_on_sigterm_with_a_summary_of_what_it_served() {
                     .unwrap_or_else(|| panic!("{what}: unexpected first line {line:?}"))
                     .to_string()
             };
-            let client = connect_when_up(&addr);
-            let mut dropped = 0;
+            let mut stream = connect_when_up(&addr);
+            let (mut dropped, mut bytes_in, mut bytes_out) = (0, 0, 0);
             if !extra.is_empty() {
                 // The script drops code 11; the calls after it show it was read.
-                client
-                    .oneway(Command::request(11).with_body(&body[..]))
-                    .unwrap();
+                bytes_in += send(&mut stream, &Command::request(11).with_body(&body[..]));
                 dropped = 1;
             }
-            for _ in 0..calls {
-                let request = Command::request(105).with_body(&body[..]);
-                let response = client.call(request, Duration::from_secs(5)).unwrap();
-                assert_eq!(response.code, 0, "{what}");
+            for opaque in 0..calls {
+                let request = Command::request(105)
+                    .with_body(&body[..])
+                    .with_opaque(opaque as i32);
+                bytes_in += send(&mut stream, &request);
+                let (response, len) = receive(&mut stream);
+                assert_eq!(
+                    (response.code, response.opaque),
+                    (0, opaque as i32),
+                    "{what}"
+                );
+                bytes_out += len;
             }
-            client.close();
+            drop(stream);
             let mut stderr = child.stderr.take().unwrap();
             let (status, summary) = terminate(child, out);
             assert!(status.success(), "{what}: exit status {status}\n{summary}");
@@ -283,6 +316,8 @@ fn serve_stops_on_sigterm_with_a_summary_of_what_it_served() {
                 ("requests dropped", dropped),
                 ("requests error_response", 0),
                 ("busy answers", 0),
+                ("bytes in", bytes_in),
+                ("bytes out", bytes_out),
                 ("body bytes in", (calls + dropped) * len),
                 ("body bytes out", calls * len),
             ] {

@@ -15,6 +15,7 @@
 //! | `remora_retry_budget_exhausted_total` | counter | |
 //! | `remora_server_connections`, `remora_server_buffered_bytes` | gauge | |
 //! | `remora_server_{accepted,refused,requests,responses,busy_answers,fallback_answers}_total` | counter | |
+//! | `remora_server_bytes_{in,out}_total` (wire bytes: whole frames, length prefix included) | counter | |
 //!
 //! The `remora_server_*` family is read from the servers' [`Snapshot`]s (the core's own
 //! counts) when `/metrics` is scraped: nothing on the request path.
@@ -92,6 +93,8 @@ impl Collector for ServerCollector {
             sum.responses += s.responses;
             sum.busy_rejections += s.busy_rejections;
             sum.fallback_answers += s.fallback_answers;
+            sum.bytes_in += s.bytes_in;
+            sum.bytes_out += s.bytes_out;
         }
         drop(sources);
         for (name, help, value) in [
@@ -135,6 +138,16 @@ impl Collector for ServerCollector {
                 "remora_server_fallback_answers",
                 "Responses that could not be encoded and went out as SYSTEM_ERROR",
                 sum.fallback_answers,
+            ),
+            (
+                "remora_server_bytes_in",
+                "Bytes read from the connections (whole frames)",
+                sum.bytes_in,
+            ),
+            (
+                "remora_server_bytes_out",
+                "Bytes written to the connections",
+                sum.bytes_out,
             ),
         ] {
             let metric = ConstCounter::new(value);
@@ -625,6 +638,7 @@ mod tests {
             requests: 42,
             busy_rejections: 2,
             connections: 1,
+            bytes_in: 96,
             ..Snapshot::default()
         });
         let mut exporter = Exporter::serve("127.0.0.1:0", metrics).unwrap();
@@ -640,6 +654,8 @@ mod tests {
             "remora_server_requests_total 42",
             "remora_server_busy_answers_total 2",
             "remora_server_connections 1",
+            "remora_server_bytes_in_total 96",
+            "remora_server_bytes_out_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
