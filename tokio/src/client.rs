@@ -9,7 +9,7 @@ use std::time::Duration;
 use remora_core::backoff::Backoff;
 use remora_core::pool::{Choice, Pool};
 use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported, Outgoing};
-use remora_metrics::{Probe, Side};
+use remora_metrics::{Probe, Probed, Side};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tracing::Instrument;
@@ -151,27 +151,31 @@ impl Client {
         request: impl Outgoing,
         timeout: Duration,
     ) -> Result<Command, CallError> {
-        let probe = Probe::client(&request, &self.shared.addrs[0]);
-        let result = async {
-            match self.start_call(request, timeout).await {
-                Ok(pending) => pending.await,
-                Err(e) => Err(e),
-            }
+        match self.start_call(request, timeout).await {
+            Ok(pending) => pending.await,
+            Err(e) => Err(e),
         }
-        .instrument(probe.span().clone())
-        .await;
-        probe.end(&result);
-        result
     }
 
     /// Queues `request` and returns the future of its outcome without waiting for it: start
     /// many calls, then await them (they share writes). Dropping the future cancels the call.
+    /// The future carries the request's span and metrics probe (see [`Probed`]).
     pub async fn start_call(
         &self,
         request: impl Outgoing,
         timeout: Duration,
-    ) -> Result<CallFuture, CallError> {
-        self.acquire().await?.call(request, timeout)
+    ) -> Result<Probed<CallFuture>, CallError> {
+        let probe = Probe::client(&request, &self.shared.addrs[0]);
+        let started = async { self.acquire().await?.call(request, timeout) }
+            .instrument(probe.span().clone())
+            .await;
+        match started {
+            Ok(pending) => Ok(Probed::new(pending, probe)),
+            Err(e) => {
+                probe.end_error(&e);
+                Err(e)
+            }
+        }
     }
 
     /// Queues a oneway request; the connection's task writes it on its next turn. A
