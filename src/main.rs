@@ -127,7 +127,8 @@ enum Cmd {
         #[arg(long, value_name = "ADDR")]
         metrics: Option<String>,
         /// Print nothing while serving (no `listening on`, no warnings, no script log): only
-        /// the summary printed when SIGINT or SIGTERM stops the server (rpc mode).
+        /// the summary printed when SIGINT or SIGTERM stops the server (rpc mode and
+        /// --script; `--mode raw` ignores it).
         #[arg(long, short)]
         quiet: bool,
     },
