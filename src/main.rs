@@ -7,6 +7,7 @@ mod log;
 mod observe;
 mod pcap;
 mod script;
+mod summary;
 mod tls_cli;
 mod view;
 
@@ -130,6 +131,11 @@ enum Cmd {
         metrics: Option<String>,
         #[command(flatten)]
         tls: tls_cli::ServeArgs,
+        /// Print nothing while serving (no `listening on`, no warnings, no script log): only
+        /// the summary printed when SIGINT or SIGTERM stops the server (rpc mode and
+        /// --script; `--mode raw` ignores it).
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// Load-test a server: C connections x N requests in flight, every response checked.
     ///
@@ -325,6 +331,7 @@ fn main() -> ExitCode {
             acl,
             script: Some(path),
             tls,
+            quiet,
             ..
         } => {
             if tls.tls_cert.is_some() {
@@ -342,7 +349,13 @@ fn main() -> ExitCode {
                             Some(_) => Some(acl_cli::guard(script::pass, acl.as_ref())?),
                             None => None,
                         };
-                        script::serve(&listen, s, serialize.map(Into::into), max_connections, gate)
+                        let options = script::Options {
+                            serialize: serialize.map(Into::into),
+                            max_connections,
+                            gate,
+                            quiet,
+                        };
+                        script::serve(&listen, s, options)
                     })
             }
         }
@@ -369,6 +382,7 @@ fn main() -> ExitCode {
             mode: ServeMode::Rpc,
             metrics,
             tls,
+            quiet,
         } => tls.server_tls().and_then(|tls| {
             serve(
                 &listen,
@@ -377,6 +391,7 @@ fn main() -> ExitCode {
                 max_connections,
                 acl.as_ref(),
                 metrics.as_deref(),
+                quiet,
                 tls,
             )
         }),
@@ -582,6 +597,8 @@ fn echo(request: Command) -> Command {
     response
 }
 
+/// `remora serve` (rpc mode): serves until SIGINT or SIGTERM, then stops the server gracefully
+/// (requests in flight are answered, up to the driver's drain timeout) and prints the summary.
 fn serve(
     listen: &str,
     backend: Backend,
@@ -589,42 +606,52 @@ fn serve(
     max_connections: usize,
     acl: Option<&std::path::PathBuf>,
     metrics: Option<&str>,
+    quiet: bool,
     tls: Option<remora_tls::ServerTls>,
 ) -> Result<(), String> {
-    log::install();
-    let handler = acl_cli::guard(echo, acl)?;
-    // Says where it listens, then starts `--metrics` (with the server's own counts, if any).
-    let listening =
-        |addr: SocketAddr, stats: Option<Box<dyn Fn() -> remora_core::Snapshot + Send>>| {
+    use std::sync::{Arc, Mutex};
+    let stop = summary::StopSignal::register()?;
+    if !quiet {
+        log::install();
+    }
+    let tally = Arc::new(summary::Tally::new());
+    let handler = summary::Counted::new(acl_cli::guard(echo, acl)?, Arc::clone(&tally));
+    // Says where it listens, then starts `--metrics` (with the server's own counts).
+    let listening = |addr: SocketAddr, stats: Box<dyn Fn() -> remora_core::Snapshot + Send>| {
+        if !quiet {
             println!("listening on {addr}");
-            if let Some(at) = metrics {
+        }
+        let exporter = match metrics {
+            Some(at) => {
                 let (sink, exporter) = observe::serve_metrics(at)?;
-                if let Some(stats) = stats {
-                    sink.add_server(stats);
+                sink.add_server(stats);
+                if !quiet {
+                    println!("metrics on http://{}/metrics", exporter.local_addr());
                 }
-                println!("metrics on http://{}/metrics", exporter.local_addr());
-                std::mem::forget(exporter); // serves until the process ends
+                Some(exporter)
             }
-            io::stdout().flush().map_err(|e| e.to_string())
+            None => None,
         };
+        io::stdout().flush().map_err(|e| e.to_string())?;
+        Ok::<_, String>(exporter)
+    };
     let mut config = ServerConfig::default();
     config.connection.serialize_type = serialize;
     config.budget.max_connections = max_connections;
-    match backend {
+    let (signal, stats) = match backend {
         Backend::Std => {
-            let handler = move |r| handler.handle(r);
-            let server = std::sync::Arc::new(
+            let server = Arc::new(
                 match tls {
                     Some(tls) => Server::bind_tls(listen, handler, config, tls),
                     None => Server::bind_with(listen, handler, config),
                 }
                 .map_err(|e| format!("{listen}: {e}"))?,
             );
-            let stats = std::sync::Arc::clone(&server);
-            listening(server.local_addr(), Some(Box::new(move || stats.stats())))?;
-            loop {
-                std::thread::park();
-            }
+            let stats = Arc::clone(&server);
+            let _exporter = listening(server.local_addr(), Box::new(move || stats.stats()))?;
+            let signal = stop.wait();
+            server.stop();
+            (signal, server.stats())
         }
         Backend::Uring => {
             let config = remora_uring::ServerConfig {
@@ -632,18 +659,24 @@ fn serve(
                 budget: config.budget,
                 ..Default::default()
             };
-            let server = std::sync::Arc::new(
-                match tls {
-                    Some(tls) => remora_uring::Server::bind_tls(listen, handler, config, tls),
-                    None => remora_uring::Server::bind_with(listen, handler, config),
-                }
-                .map_err(|e| format!("{listen}: {e}"))?,
-            );
-            let stats = std::sync::Arc::clone(&server);
-            listening(server.local_addr(), Some(Box::new(move || stats.stats())))?;
-            loop {
-                std::thread::park();
+            let handler = Arc::new(handler);
+            let server = match tls {
+                Some(tls) => remora_uring::Server::bind_tls(listen, handler, config, tls),
+                None => remora_uring::Server::bind_with(listen, handler, config),
             }
+            .map_err(|e| format!("{listen}: {e}"))?;
+            let addr = server.local_addr();
+            // `stop` takes the server by `&mut`; a scrape while it drains waits for it.
+            let server = Arc::new(Mutex::new(server));
+            let stats = Arc::clone(&server);
+            let lock = |s: &Mutex<remora_uring::Server>| -> remora_core::Snapshot {
+                s.lock().unwrap_or_else(|e| e.into_inner()).stats()
+            };
+            let _exporter = listening(addr, Box::new(move || lock(&stats)))?;
+            let signal = stop.wait();
+            let mut server = server.lock().unwrap_or_else(|e| e.into_inner());
+            server.stop();
+            (signal, server.stats())
         }
         Backend::Tokio => {
             let config = remora_tokio::ServerConfig {
@@ -652,9 +685,8 @@ fn serve(
                 ..Default::default()
             };
             let rt = tokio_runtime()?;
-            let handler = move |r| handler.handle(r);
-            let server = rt
-                .block_on(async {
+            let server = Arc::new(
+                rt.block_on(async {
                     match tls {
                         Some(tls) => {
                             remora_tokio::Server::bind_tls(listen, handler, config, tls).await
@@ -662,13 +694,16 @@ fn serve(
                         None => remora_tokio::Server::bind(listen, handler, config).await,
                     }
                 })
-                .map_err(|e| format!("{listen}: {e}"))?;
-            listening(server.local_addr(), None)?;
-            loop {
-                std::thread::park();
-            }
+                .map_err(|e| format!("{listen}: {e}"))?,
+            );
+            let stats = Arc::clone(&server);
+            let _exporter = listening(server.local_addr(), Box::new(move || stats.stats()))?;
+            let signal = stop.wait();
+            rt.block_on(server.stop());
+            (signal, server.stats())
         }
-    }
+    };
+    tally.print(signal, &stats)
 }
 
 fn tokio_runtime() -> Result<tokio::runtime::Runtime, String> {

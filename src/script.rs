@@ -12,10 +12,10 @@
 //! core's `Codec` over `std::net` sockets, with a timer thread per connection for delays so a
 //! delayed answer does not hold up the ones behind it.
 
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ use bytes::BytesMut;
 use remora_core::{Codec, Command, Decoded, Handler, SerializeType, FLAG_RESPONSE};
 use serde_json::Value;
 
+use crate::summary::{Class, StopSignal, Tally};
 use crate::view;
 
 /// Longest delay a rule may ask for (an hour): a typo should not park a request forever.
@@ -219,51 +220,202 @@ pub fn pass(request: Command) -> Command {
     request.response(PASSED)
 }
 
-/// Serves `script` on `listen` until the process ends. With `gate` (a handler wrapping [`pass`]),
-/// each request goes through it first, and whatever it answers other than [`pass`]'s mark is sent
-/// instead of the script's answer.
-pub fn serve(
-    listen: &str,
-    script: Script,
-    serialize: Option<SerializeType>,
-    max_connections: usize,
-    gate: Option<Arc<dyn Handler>>,
-) -> Result<(), String> {
+/// How [`serve`] serves.
+pub struct Options {
+    /// `--serialize`: answer with this header serialization.
+    pub serialize: Option<SerializeType>,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// A handler wrapping [`pass`]: each request goes through it first, and whatever it answers
+    /// other than [`pass`]'s mark is sent instead of the script's answer.
+    pub gate: Option<Arc<dyn Handler>>,
+    /// Print nothing while serving (no `listening on`, no line per request or refusal).
+    pub quiet: bool,
+}
+
+/// The open connections, to close when the server stops.
+type Open = Arc<Mutex<HashMap<u64, TcpStream>>>;
+
+/// Serves `script` on `listen` until SIGINT or SIGTERM; then stops accepting, closes every
+/// connection (answers a rule still delays are not sent), waits for the connection threads
+/// (at most [`DRAIN`]) and prints the summary.
+pub fn serve(listen: &str, script: Script, options: Options) -> Result<(), String> {
+    let stop = StopSignal::register()?;
+    let tally = Arc::new(Tally::new());
     let listener = TcpListener::bind(listen).map_err(|e| format!("{listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    println!("listening on {addr}");
+    if !options.quiet {
+        println!("listening on {addr}");
+    }
     io::stdout().flush().map_err(|e| e.to_string())?;
-    let script = Arc::new(script);
-    let open = Arc::new(AtomicUsize::new(0));
+    let open: Open = Arc::default();
+    let stopping = Arc::new(AtomicBool::new(false));
+    let counts = Arc::new(Counts::default());
+    let acceptor = {
+        let (open, stopping, counts, tally) = (
+            Arc::clone(&open),
+            Arc::clone(&stopping),
+            Arc::clone(&counts),
+            Arc::clone(&tally),
+        );
+        let script = Arc::new(script);
+        std::thread::Builder::new()
+            .name("remora-script-accept".into())
+            .spawn(move || {
+                accept(
+                    &listener, &script, &options, &open, &stopping, &counts, &tally,
+                )
+            })
+            .map_err(|e| format!("cannot start the accept thread: {e}"))?
+    };
+    let signal = stop.wait();
+    stopping.store(true, Ordering::Release);
+    // Wake the acceptor from its blocking accept.
+    let _ = TcpStream::connect_timeout(&wake_addr(addr), Duration::from_secs(1));
+    let _ = acceptor.join();
+    for stream in lock(&open).values() {
+        let _ = stream.shutdown(Shutdown::Both);
+    }
+    let give_up = Instant::now() + DRAIN;
+    while counts.running.load(Ordering::Acquire) > 0 && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let server = remora_core::Snapshot {
+        accepted: counts.accepted.load(Ordering::Relaxed),
+        refused: counts.refused.load(Ordering::Relaxed),
+        bytes_in: counts.bytes_in.load(Ordering::Relaxed),
+        bytes_out: counts.bytes_out.load(Ordering::Relaxed),
+        ..remora_core::Snapshot::default()
+    };
+    tally.print(signal, &server)
+}
+
+/// How long [`serve`] waits for its connection threads to end when it stops.
+pub const DRAIN: Duration = Duration::from_secs(5);
+
+/// The accept loop's counts.
+#[derive(Default)]
+struct Counts {
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    /// Bytes read from the connections.
+    bytes_in: AtomicU64,
+    /// Bytes written to them (whole answers).
+    bytes_out: AtomicU64,
+    /// Connection threads not yet ended.
+    running: AtomicUsize,
+}
+
+fn wake_addr(mut addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    addr
+}
+
+fn accept(
+    listener: &TcpListener,
+    script: &Arc<Script>,
+    options: &Options,
+    open: &Open,
+    stopping: &AtomicBool,
+    counts: &Arc<Counts>,
+    tally: &Arc<Tally>,
+) {
+    let mut next_id = 0u64;
     for stream in listener.incoming() {
+        if stopping.load(Ordering::Acquire) {
+            return;
+        }
         let Ok(stream) = stream else {
             std::thread::sleep(Duration::from_millis(10));
             continue;
         };
-        if open.load(Ordering::Acquire) >= max_connections {
-            let peer = stream
-                .peer_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
-            eprintln!("{peer}: connection refused: {max_connections} connections open (--max-connections)");
+        let max = options.max_connections;
+        if counts.running.load(Ordering::Acquire) >= max {
+            counts.refused.fetch_add(1, Ordering::Relaxed);
+            if !options.quiet {
+                let peer = stream
+                    .peer_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                eprintln!("{peer}: connection refused: {max} connections open (--max-connections)");
+            }
             continue; // dropping the stream closes it
         }
-        let script = Arc::clone(&script);
-        let gate = gate.clone();
-        let open_now = Arc::clone(&open);
-        open.fetch_add(1, Ordering::AcqRel);
+        let Ok(handle) = stream.try_clone() else {
+            continue;
+        };
+        counts.accepted.fetch_add(1, Ordering::Relaxed);
+        let id = next_id;
+        next_id += 1;
+        lock(open).insert(id, handle);
+        let (script, open_now, counts_now, tally) = (
+            Arc::clone(script),
+            Arc::clone(open),
+            Arc::clone(counts),
+            Arc::clone(tally),
+        );
+        let (serialize, gate, quiet) = (options.serialize, options.gate.clone(), options.quiet);
+        counts.running.fetch_add(1, Ordering::AcqRel);
         let spawned = std::thread::Builder::new()
             .name("remora-script".into())
             .spawn(move || {
-                connection(stream, &script, serialize, gate.as_deref());
-                open_now.fetch_sub(1, Ordering::AcqRel);
+                let log = Log { quiet };
+                let wire = Wire(&counts_now);
+                connection(
+                    stream,
+                    &script,
+                    serialize,
+                    gate.as_deref(),
+                    &tally,
+                    log,
+                    wire,
+                );
+                lock(&open_now).remove(&id);
+                counts_now.running.fetch_sub(1, Ordering::AcqRel);
             });
         if let Err(e) = spawned {
-            open.fetch_sub(1, Ordering::AcqRel);
-            eprintln!("cannot start a connection thread: {e}");
+            lock(open).remove(&id);
+            counts.running.fetch_sub(1, Ordering::AcqRel);
+            if !options.quiet {
+                eprintln!("cannot start a connection thread: {e}");
+            }
         }
     }
-    Ok(())
+}
+
+/// Where a connection counts the bytes it reads and writes.
+#[derive(Clone, Copy)]
+struct Wire<'a>(&'a Arc<Counts>);
+
+impl Wire<'_> {
+    fn read(self, n: usize) {
+        self.0.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Writes `frame` whole to `to`, counting it once written.
+    fn write(counts: &Counts, to: &Mutex<TcpStream>, frame: &[u8]) -> io::Result<()> {
+        lock(to).write_all(frame)?;
+        counts
+            .bytes_out
+            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// A connection's lines on stderr (none with `--quiet`).
+#[derive(Clone, Copy)]
+struct Log {
+    quiet: bool,
+}
+
+impl Log {
+    fn line(self, text: std::fmt::Arguments<'_>) {
+        if !self.quiet {
+            eprintln!("{text}");
+        }
+    }
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -325,6 +477,9 @@ fn connection(
     script: &Script,
     serialize: Option<SerializeType>,
     gate: Option<&dyn Handler>,
+    tally: &Tally,
+    log: Log,
+    wire: Wire<'_>,
 ) {
     let peer = stream
         .peer_addr()
@@ -346,13 +501,14 @@ fn connection(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        wire.read(n);
         buf.extend_from_slice(&chunk[..n]);
         loop {
             let request = match codec.decode(&mut buf) {
                 Ok(Decoded::Command(cmd)) => cmd,
                 Ok(Decoded::Incomplete { .. }) => break,
                 Err(e) => {
-                    eprintln!("{peer}: corrupt frame, closing: {e}");
+                    log.line(format_args!("{peer}: corrupt frame, closing: {e}"));
                     let _ = reader.shutdown(Shutdown::Both);
                     break 'read;
                 }
@@ -374,18 +530,20 @@ fn connection(
             };
             match decision {
                 Decision::Drop => {
-                    eprintln!(
+                    tally.handled(Class::Dropped, request.body().len(), 0);
+                    log.line(format_args!(
                         "{peer}: code {} opaque {} -> {rule}: drop",
                         request.code, request.opaque
-                    );
+                    ));
                 }
                 Decision::Close(delay) => {
-                    eprintln!(
+                    tally.handled(Class::Closed, request.body().len(), 0);
+                    log.line(format_args!(
                         "{peer}: code {} opaque {} -> {rule}: close after {} ms",
                         request.code,
                         request.opaque,
                         delay.as_millis()
-                    );
+                    ));
                     if delay.is_zero() {
                         let _ = reader.shutdown(Shutdown::Both);
                         break 'read;
@@ -399,7 +557,13 @@ fn connection(
                     ));
                 }
                 Decision::Respond(response, delay) => {
-                    eprintln!(
+                    let sent = if request.is_oneway() {
+                        0
+                    } else {
+                        response.body().len()
+                    };
+                    tally.handled(Class::of_code(response.code), request.body().len(), sent);
+                    log.line(format_args!(
                         "{peer}: code {} opaque {} -> {rule}: code {}{}",
                         request.code,
                         request.opaque,
@@ -409,25 +573,25 @@ fn connection(
                         } else {
                             ""
                         }
-                    );
+                    ));
                     if request.is_oneway() {
                         continue;
                     }
                     let mut frame = BytesMut::new();
                     if let Err(e) = codec.encode(&response, &mut frame) {
-                        eprintln!("{peer}: cannot encode the response: {e}");
+                        log.line(format_args!("{peer}: cannot encode the response: {e}"));
                         continue;
                     }
                     if delay.is_zero() {
-                        if lock(&writer).write_all(&frame).is_err() {
+                        if Wire::write(wire.0, &writer, &frame).is_err() {
                             break 'read;
                         }
                     } else {
-                        let w = Arc::clone(&writer);
+                        let (w, counts) = (Arc::clone(&writer), Arc::clone(wire.0));
                         let _ = timer_tx.send((
                             Instant::now() + delay,
                             Box::new(move || {
-                                let _ = lock(&w).write_all(&frame);
+                                let _ = Wire::write(&counts, &w, &frame);
                             }),
                         ));
                     }

@@ -5,7 +5,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command as Process, Stdio};
 use std::time::Duration;
 
-use remora_core::Command;
+use remora_core::{Codec, Command, Decoded};
 use remora_std::{Client, ClientConfig};
 
 /// `remora serve --metrics` on ephemeral ports; killed when dropped.
@@ -132,31 +132,202 @@ fn metrics_count_the_calls_a_server_handled() {
                 "{backend}: {series} in\n{text}"
             );
         }
-        if backend != "tokio" {
-            // The server's own counts (the tokio server keeps no Budget snapshot); the core
-            // counts requests that want an answer, not oneways.
-            for series in [
-                "remora_server_requests_total",
-                "remora_server_responses_total",
-            ] {
-                assert_eq!(
-                    value(&text, series),
-                    Some(f64::from(calls)),
-                    "{backend}:\n{text}"
-                );
-            }
+        // The server's own counts; the core counts requests that want an answer, not oneways.
+        for series in [
+            "remora_server_requests_total",
+            "remora_server_responses_total",
+        ] {
             assert_eq!(
-                value(&text, "remora_server_accepted_total"),
-                Some(1.0),
-                "{backend}"
-            );
-            assert_eq!(
-                value(&text, "remora_server_connections"),
-                Some(1.0),
-                "{backend}"
+                value(&text, series),
+                Some(f64::from(calls)),
+                "{backend}:\n{text}"
             );
         }
+        assert_eq!(
+            value(&text, "remora_server_accepted_total"),
+            Some(1.0),
+            "{backend}"
+        );
+        assert_eq!(
+            value(&text, "remora_server_connections"),
+            Some(1.0),
+            "{backend}"
+        );
         assert!(get(&served.metrics, "/").0.contains("404"), "{backend}");
         client.close();
     }
+}
+
+/// Sends SIGTERM to `child` and waits (at most 10 s) for it to exit; its status and the rest of
+/// its stdout.
+fn terminate(mut child: Child, stdout: impl Read) -> (std::process::ExitStatus, String) {
+    let sent = Process::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -TERM failed");
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > give_up {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("remora serve did not stop within 10 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut rest = String::new();
+    let mut stdout = stdout;
+    stdout.read_to_string(&mut rest).unwrap();
+    (status, rest)
+}
+
+/// `name: value` from a summary.
+fn summary_value(summary: &str, name: &str) -> Option<u64> {
+    summary.lines().find_map(|l| {
+        l.strip_prefix(name)?
+            .strip_prefix(": ")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// A connection to `addr`, retrying (bounded) while the server starts.
+fn connect_when_up(addr: &str) -> TcpStream {
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(stream) => {
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .unwrap();
+                return stream;
+            }
+            Err(e) if std::time::Instant::now() > give_up => panic!("{addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Writes `request` as one frame; the frame's length.
+fn send(stream: &mut TcpStream, request: &Command) -> u64 {
+    let mut frame = bytes::BytesMut::new();
+    Codec::default().encode(request, &mut frame).unwrap();
+    stream.write_all(&frame).unwrap();
+    frame.len() as u64
+}
+
+/// Reads one frame; the command and the frame's length.
+fn receive(stream: &mut TcpStream) -> (Command, u64) {
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).unwrap();
+    let mut frame = prefix.to_vec();
+    frame.resize(4 + u32::from_be_bytes(prefix) as usize, 0);
+    stream.read_exact(&mut frame[4..]).unwrap();
+    let len = frame.len() as u64;
+    match Codec::default().decode(&mut bytes::BytesMut::from(&frame[..])) {
+        Ok(Decoded::Command(cmd)) => (cmd, len),
+        other => panic!("not one frame: {other:?}"),
+    }
+}
+
+#[test]
+fn serve_stops_on_sigterm_with_a_summary_of_what_it_served() {
+    let script = std::env::temp_dir().join(format!("remora-stop-{}.json", std::process::id()));
+    std::fs::write(&script, r#"{"rules": [{"code": 11, "action": "drop"}]}"#).unwrap();
+    let script = script.to_str().unwrap().to_string();
+    let (calls, body) = (5u64, b"twelve bytes");
+    for (backend, extra) in [
+        ("std", vec![]),
+        ("uring", vec![]),
+        ("tokio", vec![]),
+        ("std", vec!["--script", script.as_str()]),
+    ] {
+        for quiet in [false, true] {
+            let what = format!("{backend} {extra:?} quiet={quiet}");
+            // --quiet does not say where it listens: give it a port that was free a moment ago.
+            let listen = if quiet {
+                let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                probe.local_addr().unwrap().to_string()
+            } else {
+                "127.0.0.1:0".to_string()
+            };
+            let mut child = Process::new(env!("CARGO_BIN_EXE_remora"))
+                .args(["serve", "--listen", &listen, "--backend", backend])
+                .args(&extra)
+                .args(quiet.then_some("--quiet"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start remora serve");
+            let mut out = BufReader::new(child.stdout.take().unwrap());
+            let addr = if quiet {
+                listen
+            } else {
+                let mut line = String::new();
+                out.read_line(&mut line).unwrap();
+                line.trim()
+                    .strip_prefix("listening on ")
+                    .unwrap_or_else(|| panic!("{what}: unexpected first line {line:?}"))
+                    .to_string()
+            };
+            let mut stream = connect_when_up(&addr);
+            let (mut dropped, mut bytes_in, mut bytes_out) = (0, 0, 0);
+            if !extra.is_empty() {
+                // The script drops code 11; the calls after it show it was read.
+                bytes_in += send(&mut stream, &Command::request(11).with_body(&body[..]));
+                dropped = 1;
+            }
+            for opaque in 0..calls {
+                let request = Command::request(105)
+                    .with_body(&body[..])
+                    .with_opaque(opaque as i32);
+                bytes_in += send(&mut stream, &request);
+                let (response, len) = receive(&mut stream);
+                assert_eq!(
+                    (response.code, response.opaque),
+                    (0, opaque as i32),
+                    "{what}"
+                );
+                bytes_out += len;
+            }
+            drop(stream);
+            let mut stderr = child.stderr.take().unwrap();
+            let (status, summary) = terminate(child, out);
+            assert!(status.success(), "{what}: exit status {status}\n{summary}");
+            let mut chatter = String::new();
+            stderr.read_to_string(&mut chatter).unwrap();
+            assert!(
+                summary.starts_with("stopped by SIGTERM after "),
+                "{what}: the summary comes first after startup:\n{summary}"
+            );
+            if quiet {
+                assert!(chatter.is_empty(), "{what}: --quiet printed {chatter:?}");
+            }
+            let len = body.len() as u64;
+            for (name, want) in [
+                ("connections accepted", 1),
+                ("connections refused", 0),
+                ("requests handled", calls + dropped),
+                ("requests success", calls),
+                ("requests dropped", dropped),
+                ("requests error_response", 0),
+                ("busy answers", 0),
+                ("bytes in", bytes_in),
+                ("bytes out", bytes_out),
+                ("body bytes in", (calls + dropped) * len),
+                ("body bytes out", calls * len),
+            ] {
+                assert_eq!(
+                    summary_value(&summary, name),
+                    Some(want),
+                    "{what}: {name} in\n{summary}"
+                );
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&script);
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use remora_core::backoff::Backoff;
 use remora_core::pool::{Choice, Health, Pool};
 use remora_core::{CallError, CloseReason, Command, ConnectError, Outgoing};
-use remora_metrics::{Probe, Side};
+use remora_metrics::{Probe, Probed, Side};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
@@ -194,18 +194,28 @@ where
     Err(CallError::Connect(ConnectError::from(last)))
 }
 
-/// A client call to `addr` in its request span: `start` queues `request` (connecting if need
-/// be) and gives the future of its outcome; the span ends with the outcome.
-pub async fn call<R, S, P>(addr: &SocketAddr, request: R, start: S) -> Result<Command, CallError>
+/// Starts a client call to `addr` in its request span: `start` queues `request` (connecting if
+/// need be) and gives the future of its outcome, which goes on in the same span and ends it with
+/// the outcome (or as cancelled when dropped).
+pub async fn start_call<R, S, P, F>(
+    addr: &SocketAddr,
+    request: R,
+    start: S,
+) -> Result<Probed<F>, CallError>
 where
     R: Outgoing,
     S: FnOnce(R) -> P,
-    P: Future<Output = Result<Command, CallError>>,
+    P: Future<Output = Result<F, CallError>>,
 {
     let probe = Probe::client(&request, addr);
-    let result = start(request).instrument(probe.span().clone()).await;
-    probe.end(&result);
-    result
+    let started = start(request).instrument(probe.span().clone()).await;
+    match started {
+        Ok(pending) => Ok(Probed::new(pending, probe)),
+        Err(e) => {
+            probe.end_error(&e);
+            Err(e)
+        }
+    }
 }
 
 /// A oneway to `addr` in its request span: `send` queues it.

@@ -276,6 +276,14 @@ impl Probe {
         }
     }
 
+    /// Ends a call that failed with `error`.
+    #[inline]
+    pub fn end_error(mut self, error: &CallError) {
+        if self.started.is_some() {
+            self.finish(Outcome::of_error(error), 0);
+        }
+    }
+
     /// Ends a oneway request (or any without a response) with `outcome`.
     #[inline]
     pub fn end_with(mut self, outcome: Outcome) {
@@ -336,6 +344,57 @@ impl Drop for Probe {
         if self.started.is_some() {
             self.finish(Outcome::Cancelled, 0);
         }
+    }
+}
+
+/// A call's future with its [`Probe`]: polled inside the request's span, it ends the probe
+/// with the call's result when that comes, and as [`Outcome::Cancelled`] if dropped before.
+/// The drivers' `start_call` returns one, so split calls (start many, await later) are measured
+/// like whole ones.
+#[must_use = "futures do nothing unless polled; dropping it cancels the call"]
+pub struct Probed<F> {
+    future: F,
+    probe: Option<Probe>,
+}
+
+impl<F> Probed<F> {
+    /// Measures `future` with `probe` (started when the request was).
+    pub fn new(future: F, probe: Probe) -> Probed<F> {
+        Probed {
+            future,
+            probe: Some(probe),
+        }
+    }
+
+    /// The call's future itself.
+    pub fn get_ref(&self) -> &F {
+        &self.future
+    }
+}
+
+impl<F> std::future::Future for Probed<F>
+where
+    F: std::future::Future<Output = Result<Command, CallError>> + Unpin,
+{
+    type Output = Result<Command, CallError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = &mut *self;
+        let polled = match &this.probe {
+            Some(probe) => probe
+                .span()
+                .in_scope(|| std::pin::Pin::new(&mut this.future).poll(cx)),
+            None => std::pin::Pin::new(&mut this.future).poll(cx),
+        };
+        if let std::task::Poll::Ready(result) = &polled {
+            if let Some(probe) = this.probe.take() {
+                probe.end(result);
+            }
+        }
+        polled
     }
 }
 

@@ -15,28 +15,30 @@
 //! | `remora_retry_budget_exhausted_total` | counter | |
 //! | `remora_server_connections`, `remora_server_buffered_bytes` | gauge | |
 //! | `remora_server_{accepted,refused,requests,responses,busy_answers,fallback_answers}_total` | counter | |
+//! | `remora_server_bytes_{in,out}_total` (wire bytes: whole frames, length prefix included) | counter | |
 //!
 //! The `remora_server_*` family is read from the servers' [`Snapshot`]s (the core's own
 //! counts) when `/metrics` is scraped: nothing on the request path.
 
+use std::cell::RefCell;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use remora_core::Snapshot;
 
-use crate::{Ended, Metrics, Side};
+use crate::{Ended, Metrics, Outcome, Side};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -91,6 +93,8 @@ impl Collector for ServerCollector {
             sum.responses += s.responses;
             sum.busy_rejections += s.busy_rejections;
             sum.fallback_answers += s.fallback_answers;
+            sum.bytes_in += s.bytes_in;
+            sum.bytes_out += s.bytes_out;
         }
         drop(sources);
         for (name, help, value) in [
@@ -135,6 +139,16 @@ impl Collector for ServerCollector {
                 "Responses that could not be encoded and went out as SYSTEM_ERROR",
                 sum.fallback_answers,
             ),
+            (
+                "remora_server_bytes_in",
+                "Bytes read from the connections (whole frames)",
+                sum.bytes_in,
+            ),
+            (
+                "remora_server_bytes_out",
+                "Bytes written to the connections",
+                sum.bytes_out,
+            ),
         ] {
             let metric = ConstCounter::new(value);
             metric.encode(encoder.encode_descriptor(name, help, None, MetricType::Counter)?)?;
@@ -144,7 +158,14 @@ impl Collector for ServerCollector {
 }
 
 /// [`Metrics`] kept in a `prometheus-client` registry.
+///
+/// The request path costs a few uncontended atomic adds: the per-side series are resolved
+/// once, at construction; the `remora_requests_total` series (labelled by request code, so not
+/// known in advance) are resolved once per thread and label set and kept in a small
+/// thread-local cache; the latency histogram is [`Latency`], whose buckets are atomics.
 pub struct Prometheus {
+    /// Tells this instance's entries in the threads' caches from another's.
+    id: u64,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     opened: Family<SideLabel, Counter>,
@@ -162,7 +183,7 @@ pub struct Prometheus {
 /// One side's series, shared with the families (the same atomics).
 struct SideHandles {
     in_flight: Gauge,
-    latency: Histogram,
+    latency: Latency,
     bytes_out: Counter,
     bytes_in: Counter,
 }
@@ -174,10 +195,93 @@ fn side_index(side: Side) -> usize {
     }
 }
 
-fn latency_histogram() -> Histogram {
-    // 10 µs to ~20 s.
-    Histogram::new(exponential_buckets(0.000_01, 2.0, 22))
+/// Latency buckets: upper bounds of 10 µs · 2^i for i in `0..LATENCY_BUCKETS` (10 µs to
+/// ~21 s), then +Inf.
+const LATENCY_BUCKETS: usize = 22;
+
+/// The first latency bucket's upper bound, in nanoseconds.
+const FIRST_BOUND_NS: u128 = 10_000;
+
+/// A latency histogram whose [`observe`](Latency::observe) is two relaxed atomic adds
+/// (`prometheus-client`'s own `Histogram` takes a mutex per observation). Its buckets are fixed:
+/// 10 µs · 2^i, i in `0..22`, and +Inf; the count is the buckets' sum, so they always agree.
+#[derive(Clone, Debug, Default)]
+struct Latency(Arc<LatencyInner>);
+
+#[derive(Debug, Default)]
+struct LatencyInner {
+    /// Observations per bucket (not cumulative); the last is +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS + 1],
+    /// The sum of all observations, in nanoseconds.
+    sum_ns: AtomicU64,
 }
+
+impl Latency {
+    /// Counts one request that took `latency`.
+    #[inline]
+    fn observe(&self, latency: Duration) {
+        let ns = latency.as_nanos();
+        self.0.buckets[latency_bucket(ns)].fetch_add(1, Ordering::Relaxed);
+        let ns = u64::try_from(ns).unwrap_or(u64::MAX);
+        self.0.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+}
+
+/// The bucket of an observation of `ns` nanoseconds: the first whose bound is at least `ns`.
+#[inline]
+fn latency_bucket(ns: u128) -> usize {
+    if ns <= FIRST_BOUND_NS {
+        return 0;
+    }
+    // ns <= FIRST << i  <=>  (ns - 1) / FIRST < 2^i: i is the bit length of the quotient.
+    let quotient = (ns - 1) / FIRST_BOUND_NS;
+    ((u128::BITS - quotient.leading_zeros()) as usize).min(LATENCY_BUCKETS)
+}
+
+impl TypedMetric for Latency {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Latency {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let mut buckets = [(0.0, 0); LATENCY_BUCKETS + 1];
+        for (i, (bound, count)) in buckets.iter_mut().enumerate() {
+            *bound = if i < LATENCY_BUCKETS {
+                FIRST_BOUND_NS as f64 * 1e-9 * f64::from(1u32 << i)
+            } else {
+                f64::INFINITY
+            };
+            *count = self.0.buckets[i].load(Ordering::Relaxed);
+        }
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = self.0.sum_ns.load(Ordering::Relaxed) as f64 * 1e-9;
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// How many `remora_requests_total` series each thread keeps resolved.
+const CACHED_SERIES: usize = 32;
+
+/// One resolved `remora_requests_total` series in a thread's cache.
+struct CachedSeries {
+    owner: u64,
+    side: Side,
+    code: i32,
+    outcome: Outcome,
+    counter: Counter,
+}
+
+thread_local! {
+    /// This thread's resolved `remora_requests_total` series, most recently added last.
+    static REQUEST_SERIES: RefCell<Vec<CachedSeries>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Tells [`Prometheus`] instances apart in the threads' caches.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 impl Default for Prometheus {
     fn default() -> Self {
@@ -190,9 +294,7 @@ impl Prometheus {
     pub fn new() -> Prometheus {
         let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<SideLabel, Histogram, fn() -> Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
+        let latency = Family::<SideLabel, Latency>::default();
         let in_flight = Family::<SideLabel, Gauge>::default();
         let bytes = Family::<BytesLabels, Counter>::default();
         let opened = Family::<SideLabel, Counter>::default();
@@ -279,6 +381,7 @@ impl Prometheus {
             }
         });
         Prometheus {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             per_side,
             registry,
             requests,
@@ -300,6 +403,51 @@ impl Prometheus {
             .push(Box::new(stats));
     }
 
+    /// Adds one to `remora_requests_total{side, code, outcome}`, through this thread's cache.
+    #[inline]
+    fn count_request(&self, side: Side, code: i32, outcome: Outcome) {
+        let cached = REQUEST_SERIES.try_with(|cache| {
+            let Ok(mut cache) = cache.try_borrow_mut() else {
+                return false;
+            };
+            let hit = cache.iter().find(|c| {
+                c.owner == self.id && c.code == code && c.outcome == outcome && c.side == side
+            });
+            if let Some(series) = hit {
+                series.counter.inc();
+                return true;
+            }
+            let counter = self.series(side, code, outcome);
+            counter.inc();
+            if cache.len() >= CACHED_SERIES {
+                cache.remove(0);
+            }
+            cache.push(CachedSeries {
+                owner: self.id,
+                side,
+                code,
+                outcome,
+                counter,
+            });
+            true
+        });
+        if cached != Ok(true) {
+            // The thread is ending (its cache is gone): straight to the family.
+            self.series(side, code, outcome).inc();
+        }
+    }
+
+    /// The `remora_requests_total` series of these labels, from the family.
+    fn series(&self, side: Side, code: i32, outcome: Outcome) -> Counter {
+        self.requests
+            .get_or_create(&RequestLabels {
+                side: side.as_str(),
+                code,
+                outcome: outcome.as_str(),
+            })
+            .clone()
+    }
+
     /// The OpenMetrics text of everything now.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -317,14 +465,8 @@ impl Metrics for Prometheus {
     fn request_ended(&self, e: &Ended) {
         let handles = &self.per_side[side_index(e.side)];
         handles.in_flight.dec();
-        self.requests
-            .get_or_create(&RequestLabels {
-                side: e.side.as_str(),
-                code: e.code,
-                outcome: e.outcome.as_str(),
-            })
-            .inc();
-        handles.latency.observe(e.latency.as_secs_f64());
+        self.count_request(e.side, e.code, e.outcome);
+        handles.latency.observe(e.latency);
         handles.bytes_out.inc_by(e.body_out as u64);
         handles.bytes_in.inc_by(e.body_in as u64);
     }
@@ -496,6 +638,7 @@ mod tests {
             requests: 42,
             busy_rejections: 2,
             connections: 1,
+            bytes_in: 96,
             ..Snapshot::default()
         });
         let mut exporter = Exporter::serve("127.0.0.1:0", metrics).unwrap();
@@ -511,10 +654,103 @@ mod tests {
             "remora_server_requests_total 42",
             "remora_server_busy_answers_total 2",
             "remora_server_connections 1",
+            "remora_server_bytes_in_total 96",
+            "remora_server_bytes_out_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
         assert!(get(exporter.local_addr(), "/other").starts_with("HTTP/1.1 404"));
         exporter.stop();
+    }
+
+    #[test]
+    fn latency_buckets_are_the_first_bound_at_least_the_observation() {
+        let us = |n: u64| Duration::from_micros(n).as_nanos();
+        assert_eq!(latency_bucket(0), 0);
+        assert_eq!(latency_bucket(us(10)), 0);
+        assert_eq!(latency_bucket(us(10) + 1), 1);
+        assert_eq!(latency_bucket(us(20)), 1);
+        assert_eq!(latency_bucket(us(20) + 1), 2);
+        assert_eq!(latency_bucket(us(300)), 5); // 160 < 300 <= 320
+        assert_eq!(latency_bucket(us(10) << 21), 21);
+        assert_eq!(latency_bucket((us(10) << 21) + 1), LATENCY_BUCKETS);
+        assert_eq!(latency_bucket(u128::MAX), LATENCY_BUCKETS);
+    }
+
+    #[test]
+    fn latency_encodes_cumulative_buckets_count_and_sum() {
+        let metrics = Prometheus::new();
+        let ended = |micros| Ended {
+            side: Side::Server,
+            code: 10,
+            outcome: Outcome::Success,
+            latency: Duration::from_micros(micros),
+            body_out: 0,
+            body_in: 0,
+        };
+        for micros in [5, 15, 15, 300, 60_000_000] {
+            metrics.request_started(Side::Server, 10);
+            metrics.request_ended(&ended(micros));
+        }
+        let text = metrics.encode();
+        let series = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+                .to_string()
+        };
+        let h = "remora_request_duration_seconds";
+        assert_eq!(series(&format!("{h}_count{{side=\"server\"}}")), "5");
+        let sum: f64 = series(&format!("{h}_sum{{side=\"server\"}}"))
+            .parse()
+            .unwrap();
+        assert!((sum - 60.000_335).abs() < 1e-9, "{sum}");
+        for (le, want) in [
+            ("0.00001", "1"),
+            ("0.00002", "3"),
+            ("0.00016", "3"),
+            ("0.00032", "4"),
+            ("20.97152", "4"),
+            ("+Inf", "5"),
+        ] {
+            assert_eq!(
+                series(&format!("{h}_bucket{{le=\"{le}\",side=\"server\"}}")),
+                want,
+                "le={le} in\n{text}"
+            );
+        }
+        assert_eq!(
+            series(r#"remora_requests_total{side="server",code="10",outcome="success"}"#),
+            "5"
+        );
+    }
+
+    #[test]
+    fn request_series_are_cached_per_instance() {
+        let (a, b) = (Prometheus::new(), Prometheus::new());
+        for (metrics, n) in [(&a, 2), (&b, 3), (&a, 1)] {
+            for _ in 0..n {
+                metrics.count_request(Side::Client, 34, Outcome::Timeout);
+            }
+        }
+        // More label sets than a thread keeps: the evicted ones still count.
+        for code in 0..(CACHED_SERIES as i32 * 2) {
+            a.count_request(Side::Client, code, Outcome::Success);
+            a.count_request(Side::Client, code, Outcome::Success);
+        }
+        let line = r#"remora_requests_total{side="client",code="34",outcome="timeout"}"#;
+        let value = |m: &Prometheus, series: &str| {
+            m.encode()
+                .lines()
+                .find_map(|l| Some(l.strip_prefix(series)?.strip_prefix(' ')?.to_string()))
+        };
+        assert_eq!(value(&a, line).as_deref(), Some("3"));
+        assert_eq!(value(&b, line).as_deref(), Some("3"));
+        for code in [0, CACHED_SERIES as i32 * 2 - 1] {
+            let series = format!(
+                r#"remora_requests_total{{side="client",code="{code}",outcome="success"}}"#
+            );
+            assert_eq!(value(&a, &series).as_deref(), Some("2"), "code {code}");
+        }
     }
 }

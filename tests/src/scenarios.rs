@@ -34,7 +34,7 @@ pub trait AsyncClient: Clone {
 }
 
 impl AsyncClient for remora_tokio::Client {
-    type Pending = remora_tokio::CallFuture;
+    type Pending = remora_metrics::Probed<remora_tokio::CallFuture>;
     fn call(&self, r: Command, t: Duration) -> impl Future<Output = Result<Command, CallError>> {
         remora_tokio::Client::call(self, r, t)
     }
@@ -54,7 +54,7 @@ impl AsyncClient for remora_tokio::Client {
 }
 
 impl AsyncClient for remora_uring::LocalClient {
-    type Pending = remora_uring::CallFuture;
+    type Pending = remora_metrics::Probed<remora_uring::CallFuture>;
     fn call(&self, r: Command, t: Duration) -> impl Future<Output = Result<Command, CallError>> {
         remora_uring::LocalClient::call(self, r, t)
     }

@@ -284,4 +284,55 @@ fn spans_follow_retried_hedged_and_failed_cluster_calls() {
     }
     cluster.close();
     drop((a, b, c, d));
+
+    // Split calls on the tokio client: each started call gets its request span, ended when its
+    // future completes (awaited out of order here), or as cancelled when dropped unawaited.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let echo = |r: Command| {
+            let body = r.body_bytes();
+            r.response(codes::SUCCESS).with_body(body)
+        };
+        let server =
+            remora_tokio::Server::bind("127.0.0.1:0", echo, remora_tokio::ServerConfig::default())
+                .await
+                .unwrap();
+        let client = remora_tokio::Client::connect(
+            server.local_addr(),
+            remora_tokio::ClientConfig::default(),
+        )
+        .await
+        .unwrap();
+        let start = |code: i32| client.start_call(Command::request(code), Duration::from_secs(5));
+        let first = start(74).await.unwrap();
+        let second = start(75).await.unwrap();
+        let dropped = start(76).await.unwrap();
+        assert_eq!(second.await.unwrap().code, codes::SUCCESS);
+        assert_eq!(first.await.unwrap().code, codes::SUCCESS);
+        drop(dropped);
+        client.close();
+        server.stop().await;
+    });
+    let spans = captured.take();
+    for (code, outcome) in [(74, "success"), (75, "success"), (76, "cancelled")] {
+        let code = code.to_string();
+        let request: Vec<_> = spans
+            .values()
+            .filter(|s| {
+                s.name == "remora.request"
+                    && s.get("side") == Some("client")
+                    && s.get("code") == Some(&code)
+            })
+            .collect();
+        assert_eq!(
+            request.len(),
+            1,
+            "one client span for code {code}: {spans:#?}"
+        );
+        assert_eq!(request[0].get("outcome"), Some(outcome), "{:?}", request[0]);
+        assert!(request[0].get("latency_us").is_some(), "{:?}", request[0]);
+    }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use remora_core::backoff::Backoff;
 use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported, Outgoing};
 use remora_driver::pool::{self, AsyncPool};
+use remora_metrics::Probed;
 use remora_tls::{ClientTls, Secure};
 use tokio::net::TcpStream;
 
@@ -167,18 +168,19 @@ impl Client {
         request: impl Outgoing,
         timeout: Duration,
     ) -> Result<Command, CallError> {
-        let start = |r| async move { self.start_call(r, timeout).await?.await };
-        pool::call(&self.shared.addrs[0], request, start).await
+        self.start_call(request, timeout).await?.await
     }
 
     /// Queues `request` and returns the future of its outcome without waiting for it: start
     /// many calls, then await them (they share writes). Dropping the future cancels the call.
+    /// The future carries the request's span and metrics probe (see [`Probed`]).
     pub async fn start_call(
         &self,
         request: impl Outgoing,
         timeout: Duration,
-    ) -> Result<CallFuture, CallError> {
-        self.acquire().await?.call(request, timeout)
+    ) -> Result<Probed<CallFuture>, CallError> {
+        let start = |r| async move { self.acquire().await?.call(r, timeout) };
+        pool::start_call(&self.shared.addrs[0], request, start).await
     }
 
     /// Queues a oneway request; the connection's task writes it on its next turn. A

@@ -85,6 +85,10 @@ pub struct Snapshot {
     pub busy_rejections: u64,
     /// Responses that could not be encoded and went out as `SYSTEM_ERROR`.
     pub fallback_answers: u64,
+    /// Bytes read from the connections (whole frames: length prefix, header and body).
+    pub bytes_in: u64,
+    /// Bytes written to them.
+    pub bytes_out: u64,
 }
 
 /// One connection's share of a [`Budget`]: what it last reported. Obtained from
@@ -97,6 +101,8 @@ pub struct Account {
     responses: u64,
     busy: u64,
     fallback: u64,
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 /// A server's budget, shared by all its connections (`Budget` is `Sync`).
@@ -119,6 +125,8 @@ pub struct Budget {
     responses: AtomicU64,
     busy: AtomicU64,
     fallback: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
 }
 
 impl Budget {
@@ -167,6 +175,8 @@ impl Budget {
                     responses: 0,
                     busy: 0,
                     fallback: 0,
+                    bytes_in: 0,
+                    bytes_out: 0,
                 })
             }
         }
@@ -209,6 +219,8 @@ impl Budget {
             &mut account.fallback,
             stats.fallback_answers,
         );
+        delta(&self.bytes_in, &mut account.bytes_in, stats.bytes_in);
+        delta(&self.bytes_out, &mut account.bytes_out, stats.bytes_out);
         machine.set_overloaded(total >= self.config.max_buffered);
     }
 
@@ -251,6 +263,8 @@ impl Budget {
             responses: self.responses.load(Ordering::Relaxed),
             busy_rejections: self.busy.load(Ordering::Relaxed),
             fallback_answers: self.fallback.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
         }
     }
 }
@@ -311,6 +325,37 @@ mod tests {
         budget.settle(&mut account, &mut conn);
         let s = budget.snapshot();
         assert_eq!((s.connections, s.buffered, s.responses), (0, 0, 1));
+    }
+
+    #[test]
+    fn bytes_in_and_out_are_whole_frames_read_and_written() {
+        let budget = Budget::new(BudgetConfig::default());
+        let mut conn = Connection::new(Config::default());
+        let mut account = Some(budget.admit().unwrap());
+        let request = wire(&Command::request(7).with_opaque(9).with_body("abc"));
+        // In two reads: a partial frame counts as read.
+        conn.handle_input(&request[..5], Instant::ZERO);
+        budget.settle(&mut account, &mut conn);
+        assert_eq!(budget.snapshot().bytes_in, 5);
+        conn.handle_input(&request[5..], Instant::ZERO);
+        let Some(Event::Request { request: id, .. }) = conn.poll_event() else {
+            panic!("a request")
+        };
+        let answer = Command::request(7).with_opaque(9).response(0);
+        conn.send_response(id, answer.clone()).unwrap();
+        let unsent = conn.unsent_len();
+        assert_eq!(unsent, wire(&answer).len());
+        conn.handle_written(unsent - 1);
+        budget.settle(&mut account, &mut conn);
+        assert_eq!(budget.snapshot().bytes_out, unsent as u64 - 1);
+        conn.handle_written(1);
+        conn.close();
+        budget.settle(&mut account, &mut conn);
+        let s = budget.snapshot();
+        assert_eq!(
+            (s.bytes_in, s.bytes_out),
+            (request.len() as u64, unsent as u64)
+        );
     }
 
     #[test]
