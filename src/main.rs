@@ -384,11 +384,13 @@ fn main() -> ExitCode {
             tls,
             quiet,
         } => tls.server_tls().and_then(|tls| {
+            let mut config = ServerConfig::default();
+            config.connection.serialize_type = serialize.map(Into::into);
+            config.budget.max_connections = max_connections;
             serve(
                 &listen,
                 backend,
-                serialize.map(Into::into),
-                max_connections,
+                config,
                 acl.as_ref(),
                 metrics.as_deref(),
                 quiet,
@@ -602,8 +604,7 @@ fn echo(request: Command) -> Command {
 fn serve(
     listen: &str,
     backend: Backend,
-    serialize: Option<SerializeType>,
-    max_connections: usize,
+    config: ServerConfig,
     acl: Option<&std::path::PathBuf>,
     metrics: Option<&str>,
     quiet: bool,
@@ -635,9 +636,6 @@ fn serve(
         io::stdout().flush().map_err(|e| e.to_string())?;
         Ok::<_, String>(exporter)
     };
-    let mut config = ServerConfig::default();
-    config.connection.serialize_type = serialize;
-    config.budget.max_connections = max_connections;
     let (signal, stats) = match backend {
         Backend::Std => {
             let server = Arc::new(
