@@ -1,7 +1,7 @@
 //! Framing: the length prefix, the marker word, and the [`Codec`] that turns a read buffer into
 //! commands and commands into bytes.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use nom::number::streaming::be_u32;
 
 use super::binary;
@@ -75,23 +75,23 @@ impl Codec {
                 needed: frame_len - buf.len(),
             });
         }
-        let mut frame = buf.split_to(frame_len);
-        match self.check_frame(&frame) {
-            Ok(checked) => {
-                if checked.escapes.any() {
-                    // The frame is ours alone now: unescape in place, no copy.
-                    let header_end = PREFIX_LEN + checked.header_len;
-                    checked.escapes.rewrite(&mut frame[PREFIX_LEN..header_end]);
-                }
-                Ok(Decoded::Command(checked.command(frame.freeze())))
-            }
-            Err(e) => {
-                // Keep the promise that an error leaves `buf` as it was: put the frame back in
-                // front (O(1): the two halves are still adjacent). Nothing was written to it.
-                frame.unsplit(core::mem::take(buf));
-                *buf = frame;
-                Err(e)
-            }
+        // Checked where it lies: an error leaves `buf` untouched.
+        let checked = self.check_frame(&buf[..frame_len])?;
+        if checked.escapes.any() {
+            // The header is valid: unescape it in place (the read buffer is ours to change;
+            // whatever else shares its memory lies outside this frame), no copy.
+            let header_end = PREFIX_LEN + checked.header_len;
+            checked.escapes.rewrite(&mut buf[PREFIX_LEN..header_end]);
+        }
+        if checked.keeps_frame(frame_len) {
+            Ok(Decoded::Command(
+                checked.command(buf.split_to(frame_len).freeze()),
+            ))
+        } else {
+            // Nothing to read from the frame later: skip it instead of splitting it off
+            // (no reference count to take and drop).
+            buf.advance(frame_len);
+            Ok(Decoded::Command(checked.bare_command()))
         }
     }
 
@@ -353,6 +353,18 @@ impl Checked {
     /// The command over `frame` (the checked frame, its escapes rewritten).
     fn command(&self, frame: Bytes) -> Command {
         Command::decoded(self.fixed, self.ty, frame, true, self.ext_at)
+    }
+
+    /// Whether the command must keep the frame (`frame_len` bytes): it has a body, a remark
+    /// or extension fields to read from it.
+    #[inline]
+    fn keeps_frame(&self, frame_len: usize) -> bool {
+        frame_len != PREFIX_LEN + self.header_len || self.fixed.has_remark || self.fixed.has_ext
+    }
+
+    /// The command of a frame that holds nothing but the fixed fields.
+    fn bare_command(&self) -> Command {
+        Command::bare(self.fixed, self.ty)
     }
 }
 
