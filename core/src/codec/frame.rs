@@ -54,6 +54,50 @@ impl Codec {
     /// An error means the stream is corrupt and the connection must be closed; `buf` is left as
     /// it was.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Decoded, DecodeError> {
+        let Some(&[a, b, c, d, m0, m1, m2, m3]) = buf.get(..PREFIX_LEN) else {
+            return self.decode_short(buf);
+        };
+        let length = u32::from_be_bytes([a, b, c, d]);
+        let frame_len = self.check_length(length)?;
+        let (ty, header_len) = check_marker(length, [m0, m1, m2, m3])?;
+        if buf.len() < frame_len {
+            return Ok(Decoded::Incomplete {
+                needed: frame_len - buf.len(),
+            });
+        }
+        // Checked where it lies: an error leaves `buf` untouched.
+        let header = &buf[PREFIX_LEN..PREFIX_LEN + header_len];
+        let (fixed, ext_at) = match ty {
+            SerializeType::RocketMq => (binary::parse(header, &self.limits)?, 0),
+            SerializeType::Json => {
+                let parsed = json::parse(header, &self.limits)?;
+                if parsed.escapes.any() {
+                    // The header is valid: unescape it in place (the read buffer is ours to
+                    // change; whatever else shares its memory lies outside this frame), no copy.
+                    parsed
+                        .escapes
+                        .rewrite(&mut buf[PREFIX_LEN..PREFIX_LEN + header_len]);
+                }
+                (parsed.fixed, parsed.ext_at)
+            }
+        };
+        if frame_len != PREFIX_LEN + header_len || fixed.has_remark || fixed.has_ext {
+            let frame = buf.split_to(frame_len).freeze();
+            Ok(Decoded::Command(Command::decoded(
+                fixed, ty, frame, true, ext_at,
+            )))
+        } else {
+            // Nothing to read from the frame later: skip it instead of splitting it off
+            // (no reference count to take and drop).
+            buf.advance(frame_len);
+            Ok(Decoded::Command(Command::bare(fixed, ty)))
+        }
+    }
+
+    /// [`Codec::decode`] of a buffer shorter than the prefix: the length is checked as soon as
+    /// its 4 bytes are there.
+    #[cold]
+    fn decode_short(&self, buf: &BytesMut) -> Result<Decoded, DecodeError> {
         let length = match be_u32::<&[u8], nom::error::Error<&[u8]>>(&buf[..]) {
             Ok((_, length)) => length,
             Err(nom::Err::Incomplete(needed)) => {
@@ -67,32 +111,9 @@ impl Codec {
             Err(_) => return Ok(Decoded::Incomplete { needed: 1 }),
         };
         let frame_len = self.check_length(length)?;
-        if let Some(marker) = buf.get(4..PREFIX_LEN) {
-            check_marker(length, [marker[0], marker[1], marker[2], marker[3]])?;
-        }
-        if buf.len() < frame_len {
-            return Ok(Decoded::Incomplete {
-                needed: frame_len - buf.len(),
-            });
-        }
-        // Checked where it lies: an error leaves `buf` untouched.
-        let checked = self.check_frame(&buf[..frame_len])?;
-        if checked.escapes.any() {
-            // The header is valid: unescape it in place (the read buffer is ours to change;
-            // whatever else shares its memory lies outside this frame), no copy.
-            let header_end = PREFIX_LEN + checked.header_len;
-            checked.escapes.rewrite(&mut buf[PREFIX_LEN..header_end]);
-        }
-        if checked.keeps_frame(frame_len) {
-            Ok(Decoded::Command(
-                checked.command(buf.split_to(frame_len).freeze()),
-            ))
-        } else {
-            // Nothing to read from the frame later: skip it instead of splitting it off
-            // (no reference count to take and drop).
-            buf.advance(frame_len);
-            Ok(Decoded::Command(checked.bare_command()))
-        }
+        Ok(Decoded::Incomplete {
+            needed: frame_len.saturating_sub(buf.len()).max(1),
+        })
     }
 
     /// Decodes one frame that is already in memory: `frame` must hold exactly the bytes its
@@ -131,7 +152,13 @@ impl Codec {
         if frame_len != frame.len() {
             return Err(mismatch(frame_len));
         }
-        let header = &frame[PREFIX_LEN..PREFIX_LEN + header_len];
+        self.check_header(ty, &frame[PREFIX_LEN..PREFIX_LEN + header_len])
+    }
+
+    /// Checks a header completely.
+    #[inline]
+    fn check_header(&self, ty: SerializeType, header: &[u8]) -> Result<Checked, DecodeError> {
+        let header_len = header.len();
         Ok(match ty {
             SerializeType::Json => {
                 let parsed = json::parse(header, &self.limits)?;
@@ -353,18 +380,6 @@ impl Checked {
     /// The command over `frame` (the checked frame, its escapes rewritten).
     fn command(&self, frame: Bytes) -> Command {
         Command::decoded(self.fixed, self.ty, frame, true, self.ext_at)
-    }
-
-    /// Whether the command must keep the frame (`frame_len` bytes): it has a body, a remark
-    /// or extension fields to read from it.
-    #[inline]
-    fn keeps_frame(&self, frame_len: usize) -> bool {
-        frame_len != PREFIX_LEN + self.header_len || self.fixed.has_remark || self.fixed.has_ext
-    }
-
-    /// The command of a frame that holds nothing but the fixed fields.
-    fn bare_command(&self) -> Command {
-        Command::bare(self.fixed, self.ty)
     }
 }
 
