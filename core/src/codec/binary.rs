@@ -14,7 +14,7 @@ use bytes::{BufMut, Bytes};
 use crate::codec::command::{Command, Fixed, LanguageCode, SerializeType};
 use crate::codec::error::{BinaryField, DecodeError, EncodeError};
 use crate::codec::limits::Limits;
-use crate::codec::sink::{BufSink, Sink};
+use crate::codec::sink::{BufSink, Sink, WindowSink};
 
 const FIXED_LEN: usize = 13;
 
@@ -228,6 +228,61 @@ pub(crate) fn write_header(cmd: &Command, ext_len: usize, out: &mut impl Sink) {
         out.put_u32(v.len() as u32);
         out.put(v.as_bytes());
     }
+}
+
+/// [`write_header`] in one pass over the fields: the extension block's length is written after
+/// its entries. Refuses a key too long for its `u16` length (as [`header_len`] does).
+pub(crate) fn write_header_in_place(
+    cmd: &Command,
+    out: &mut WindowSink<'_>,
+) -> Result<(), EncodeError> {
+    let code = (cmd.code as i16).to_be_bytes();
+    let version = (cmd.version as i16).to_be_bytes();
+    let opaque = cmd.opaque.to_be_bytes();
+    let flag = cmd.flag.to_be_bytes();
+    let remark = cmd.remark().unwrap_or("");
+    let remark_len = (remark.len() as u32).to_be_bytes();
+    out.put(&[
+        code[0],
+        code[1],
+        cmd.language.0,
+        version[0],
+        version[1],
+        opaque[0],
+        opaque[1],
+        opaque[2],
+        opaque[3],
+        flag[0],
+        flag[1],
+        flag[2],
+        flag[3],
+        remark_len[0],
+        remark_len[1],
+        remark_len[2],
+        remark_len[3],
+    ]);
+    if !remark.is_empty() {
+        out.put(remark.as_bytes());
+    }
+    let ext_len_at = out.pos;
+    out.put_u32(0);
+    for (k, v) in cmd.ext_fields() {
+        let Ok(key_len) = u16::try_from(k.len()) else {
+            return Err(EncodeError::ExtKeyTooLong { len: k.len() });
+        };
+        out.put_all([
+            &key_len.to_be_bytes(),
+            k.as_bytes(),
+            &(v.len() as u32).to_be_bytes(),
+            v.as_bytes(),
+        ]);
+    }
+    if !out.overflow {
+        // (After an overflow the window is discarded, and positions mean nothing.)
+        let ext_len = out.pos - ext_len_at - 4;
+        out.patch_u32(ext_len_at, ext_len as u32);
+    }
+    Ok(())
 }
 
 /// The extension block's length, or why it cannot be encoded.

@@ -938,6 +938,16 @@ impl Command {
         }
     }
 
+    /// Whether the command holds no remark and no extension fields, known without looking (a
+    /// built command that never had any, or a decoded one whose header held none).
+    #[inline]
+    pub(crate) fn is_bare(&self) -> bool {
+        match self.layout {
+            Layout::Built => self.owned.is_none(),
+            _ => false,
+        }
+    }
+
     /// A oneway request with `code`: the peer will not answer it.
     pub fn oneway(code: i32) -> Self {
         let mut cmd = Command::request(code);
