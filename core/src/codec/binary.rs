@@ -270,12 +270,8 @@ pub(crate) fn write_header_in_place(
         let Ok(key_len) = u16::try_from(k.len()) else {
             return Err(EncodeError::ExtKeyTooLong { len: k.len() });
         };
-        out.put_all([
-            &key_len.to_be_bytes(),
-            k.as_bytes(),
-            &(v.len() as u32).to_be_bytes(),
-            v.as_bytes(),
-        ]);
+        debug_assert_eq!(usize::from(key_len), k.len());
+        out.put_binary_entry(k.as_bytes(), v.as_bytes());
     }
     if !out.overflow {
         // (After an overflow the window is discarded, and positions mean nothing.)

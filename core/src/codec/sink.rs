@@ -30,6 +30,15 @@ pub(crate) trait Sink {
             self.put(part);
         }
     }
+
+    /// Writes a ROCKETMQ extension entry: `u16` key length, key, `u32` value length, value.
+    #[inline]
+    fn put_binary_entry(&mut self, key: &[u8], value: &[u8]) {
+        self.put_u16(key.len() as u16);
+        self.put(key);
+        self.put_u32(value.len() as u32);
+        self.put(value);
+    }
 }
 
 /// Writes through to a `BufMut` (which panics when full: callers check room first).
@@ -65,18 +74,19 @@ impl<'a> WindowSink<'a> {
 #[inline(always)]
 fn copy_small(dst: &mut UninitSlice, src: &[u8]) {
     let n = src.len();
-    if (8..=16).contains(&n) {
+    if n > 16 {
+        dst.copy_from_slice(src);
+    } else if n >= 8 {
         dst[..8].copy_from_slice(&src[..8]);
         dst[n - 8..].copy_from_slice(&src[n - 8..]);
-    } else if (4..8).contains(&n) {
+    } else if n >= 4 {
         dst[..4].copy_from_slice(&src[..4]);
         dst[n - 4..].copy_from_slice(&src[n - 4..]);
-    } else if n < 4 {
-        for (i, &b) in src.iter().enumerate() {
-            dst.write_byte(i, b);
-        }
-    } else {
-        dst.copy_from_slice(src);
+    } else if n > 0 {
+        // The first, middle and last byte cover 1 to 3 bytes.
+        dst.write_byte(0, src[0]);
+        dst.write_byte(n / 2, src[n / 2]);
+        dst.write_byte(n - 1, src[n - 1]);
     }
 }
 
@@ -103,6 +113,23 @@ impl Sink for WindowSink<'_> {
         }
         copy_small(&mut self.window[pos..pos + n], bytes);
         self.pos = pos + n;
+    }
+
+    /// One room check for the whole entry; the two lengths are fixed-size writes.
+    #[inline]
+    fn put_binary_entry(&mut self, key: &[u8], value: &[u8]) {
+        let (k, v) = (key.len(), value.len());
+        let at = self.pos;
+        if 6 + k + v > self.window.len() - at {
+            self.overflow = true;
+            return;
+        }
+        let w = &mut self.window[at..at + 6 + k + v];
+        w[..2].copy_from_slice(&(k as u16).to_be_bytes());
+        copy_small(&mut w[2..2 + k], key);
+        w[2 + k..6 + k].copy_from_slice(&(v as u32).to_be_bytes());
+        copy_small(&mut w[6 + k..], value);
+        self.pos = at + 6 + k + v;
     }
 
     /// One room check for all the parts (an extension entry: lengths, key, value).
