@@ -260,18 +260,12 @@ fn put_escaped_slow(s: &[u8], out: &mut impl Sink) {
         let b = s[i];
         let esc = ESCAPE[usize::from(b)];
         if esc != 0 {
-            out.put(&s[run..i]);
+            // The plain run before it and the escape, with one room check.
             if esc == b'u' {
-                out.put(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[usize::from(b >> 4)],
-                    HEX[usize::from(b & 0xf)],
-                ]);
+                let hex = [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]];
+                out.put_all([&s[run..i], b"\\u00", &hex]);
             } else {
-                out.put(&[b'\\', esc]);
+                out.put_all([&s[run..i], &[b'\\', esc]]);
             }
             run = i + 1;
         }
