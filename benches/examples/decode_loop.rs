@@ -7,10 +7,15 @@
 //! - `vectors[-read]`: the 44 vector frames, N times, each from its own `BytesMut`;
 //! - `ref-…`: the same with `rocketmq-protocol` 1.0 (feature `reference`);
 //! - `roundtrip-{json|rocketmq}`: N connection-machine round trips (as
-//!   `benches/connection.rs` at 1 in flight).
+//!   `benches/connection.rs` at 1 in flight);
+//! - `enc-{json|rocketmq}-{0|128|4096|heartbeat}`: N encodes of the criterion bench's command
+//!   (`SEND_MESSAGE_V2` with a body of that many bytes, or the heartbeat) into a reused, cleared
+//!   `BytesMut`, as `encode/…/remora` does; `ref-enc-…` the same with the reference's
+//!   `try_fast_header_encode` and the body, as `encode/…/reference` does.
 //!
 //! Instructions per operation: the program total minus an N = 0 run, divided by N (see
-//! `benches/README.md`).
+//! `benches/README.md`). The decode loops fill their read buffers to the same size for any
+//! N up to 2000, so filling them cancels out; use N = 2000.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -46,6 +51,17 @@ fn send_request(ty: SerializeType, send: bool) -> Command {
             cmd = cmd.with_ext(k, v);
         }
     }
+    cmd
+}
+
+/// The criterion bench's command: `SEND_MESSAGE_V2` with a body of `body` bytes, or (`None`)
+/// the heartbeat.
+fn encode_command(ty: SerializeType, body: Option<usize>) -> Command {
+    let Some(len) = body else {
+        return send_request(ty, false);
+    };
+    let mut cmd = send_request(ty, true);
+    cmd.set_body((0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
     cmd
 }
 
@@ -122,6 +138,29 @@ fn main() {
 
     let reference = what.starts_with("ref-");
     let shape = what.trim_start_matches("ref-");
+    if let Some(case) = shape.strip_prefix("enc-") {
+        let (ty, size) = match case.split_once('-') {
+            Some(("rocketmq", size)) => (SerializeType::RocketMq, size),
+            Some((_, size)) => (SerializeType::Json, size),
+            None => panic!("enc-{{json|rocketmq}}-{{0|128|4096|heartbeat}}"),
+        };
+        let body: Option<usize> = size.parse().ok();
+        let mut buf = BytesMut::with_capacity(8192);
+        if reference {
+            sum += ref_encode(ty, body, n, &mut buf);
+        } else {
+            let cmd = encode_command(ty, body);
+            for _ in 0..=n {
+                buf.clear();
+                codec
+                    .encode_as(black_box(&cmd), ty, &mut buf)
+                    .expect("encodes");
+                sum += black_box(&buf).len();
+            }
+        }
+        println!("{sum}");
+        return;
+    }
     let frames: Vec<BytesMut> = if shape.starts_with("vectors") {
         vector_frames()
     } else {
@@ -135,13 +174,17 @@ fn main() {
         codec.encode_as(&cmd, ty, &mut frame).unwrap();
         vec![frame]
     };
-    // One read buffer per frame, holding it N times (+1 to warm the buffer up, so that the
-    // storage is shared before counting starts, as in a connection's read buffer).
+    // One read buffer per frame, holding it N + 1 times (+1 to warm the buffer up, so that the
+    // storage is shared before counting starts, as in a connection's read buffer). The buffers
+    // are filled to the same size whatever N is, up to N = SETUP_FRAMES, so that filling them
+    // cancels out of (total at N - total at 0) and only decoding is counted.
+    const SETUP_FRAMES: usize = 2000;
+    let copies = n.max(SETUP_FRAMES) + 1;
     let mut bufs: Vec<BytesMut> = frames
         .iter()
         .map(|f| {
-            let mut b = BytesMut::with_capacity(f.len() * (n + 1));
-            for _ in 0..=n {
+            let mut b = BytesMut::with_capacity(f.len() * copies);
+            for _ in 0..copies {
                 b.extend_from_slice(f);
             }
             b
@@ -186,6 +229,52 @@ fn ref_decode(buf: &mut BytesMut, read: bool) -> usize {
     }
     drop(black_box(cmd));
     n
+}
+
+#[cfg(feature = "reference")]
+fn ref_encode(ty: SerializeType, body: Option<usize>, n: usize, buf: &mut BytesMut) -> usize {
+    use bytes::BufMut;
+    use cheetah_string::CheetahString;
+    use rocketmq_protocol::protocol::{LanguageCode as RefLanguage, SerializeType as RefType};
+    use std::collections::HashMap;
+
+    let ours = encode_command(ty, body);
+    let mut cmd = rocketmq_protocol::RemotingCommand::create_remoting_command(ours.code)
+        .set_language(RefLanguage::JAVA)
+        .set_version(ours.version)
+        .set_opaque(ours.opaque)
+        .set_serialize_type(match ty {
+            SerializeType::Json => RefType::JSON,
+            SerializeType::RocketMq => RefType::ROCKETMQ,
+        });
+    if !ours.ext_fields().is_empty() {
+        let ext: HashMap<CheetahString, CheetahString> = ours
+            .ext_fields()
+            .iter()
+            .map(|(k, v)| (CheetahString::from_slice(k), CheetahString::from_slice(v)))
+            .collect();
+        cmd = cmd.set_ext_fields(ext);
+    }
+    if !ours.body().is_empty() {
+        cmd = cmd.set_body(ours.body_bytes());
+    }
+    let mut sum = 0;
+    for _ in 0..=n {
+        buf.clear();
+        black_box(&mut cmd)
+            .try_fast_header_encode(buf)
+            .expect("reference encodes");
+        if let Some(body) = cmd.body() {
+            buf.put_slice(body);
+        }
+        sum += black_box(&*buf).len();
+    }
+    sum
+}
+
+#[cfg(not(feature = "reference"))]
+fn ref_encode(_: SerializeType, _: Option<usize>, _: usize, _: &mut BytesMut) -> usize {
+    panic!("build with --features reference")
 }
 
 #[cfg(not(feature = "reference"))]

@@ -14,7 +14,7 @@ use bytes::{BufMut, Bytes};
 use crate::codec::command::{Command, Fixed, LanguageCode, SerializeType};
 use crate::codec::error::{BinaryField, DecodeError, EncodeError};
 use crate::codec::limits::Limits;
-use crate::codec::sink::{BufSink, Sink};
+use crate::codec::sink::{BufSink, Sink, WindowSink};
 
 const FIXED_LEN: usize = 13;
 
@@ -35,35 +35,61 @@ pub fn decode_header(header: &Bytes, limits: &Limits) -> Result<Command, DecodeE
 /// Checks a ROCKETMQ header completely (every length against the header and the limits, every
 /// string's UTF-8) and reads its fixed fields.
 pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Fixed, DecodeError> {
-    let mut r = Reader {
-        buf: header,
-        pos: 0,
-        end: header.len(),
+    let overrun = |field, offset| DecodeError::BinaryOverrun { field, offset };
+    // The fixed fields in one bounds check.
+    let Some(&[c0, c1, language, v0, v1, o0, o1, o2, o3, f0, f1, f2, f3]) = header.get(..FIXED_LEN)
+    else {
+        return Err(overrun(BinaryField::Fixed, 0));
     };
-    let fixed = r.take(FIXED_LEN, BinaryField::Fixed)?;
-    let be16 = |i: usize| i16::from_be_bytes([fixed[i], fixed[i + 1]]);
-    let be32 = |i: usize| i32::from_be_bytes([fixed[i], fixed[i + 1], fixed[i + 2], fixed[i + 3]]);
     let mut out = Fixed {
-        code: i32::from(be16(0)),
-        language: LanguageCode(fixed[2]),
-        version: i32::from(be16(3)),
-        opaque: be32(5),
-        flag: be32(9),
+        code: i32::from(i16::from_be_bytes([c0, c1])),
+        language: LanguageCode(language),
+        version: i32::from(i16::from_be_bytes([v0, v1])),
+        opaque: i32::from_be_bytes([o0, o1, o2, o3]),
+        flag: i32::from_be_bytes([f0, f1, f2, f3]),
         has_remark: false,
         has_ext: false,
     };
-
-    let remark_len = r.len_i32(BinaryField::RemarkLength)?;
+    let remark_len = len_at(header, FIXED_LEN, BinaryField::RemarkLength)?;
+    let mut pos = FIXED_LEN + 4;
     if remark_len > 0 {
-        r.string(remark_len, BinaryField::Remark, limits)?;
+        if remark_len > limits.max_string_len {
+            return Err(DecodeError::StringTooLong {
+                offset: pos,
+                max: limits.max_string_len,
+            });
+        }
+        let Some(text) = header.get(pos..pos + remark_len) else {
+            return Err(overrun(BinaryField::Remark, pos));
+        };
+        if core::str::from_utf8(text).is_err() {
+            return Err(DecodeError::BinaryInvalidUtf8 {
+                field: BinaryField::Remark,
+                offset: pos,
+            });
+        }
         out.has_remark = true;
+        pos += remark_len;
     }
-
-    let ext_len = r.len_i32(BinaryField::ExtLength)?;
-    let ext_start = r.pos;
-    r.take(ext_len, BinaryField::Ext)?;
-    out.has_ext = check_ext_block(header, ext_start, r.pos, limits)? > 0;
+    let ext_len = len_at(header, pos, BinaryField::ExtLength)?;
+    let ext_start = pos + 4;
+    if ext_len > header.len() - ext_start {
+        return Err(overrun(BinaryField::Ext, ext_start));
+    }
+    if ext_len > 0 {
+        out.has_ext = check_ext_block(header, ext_start, ext_start + ext_len, limits)? > 0;
+    }
     Ok(out)
+}
+
+/// The non-negative `i32` length at `at`.
+#[inline]
+fn len_at(header: &[u8], at: usize, field: BinaryField) -> Result<usize, DecodeError> {
+    match header.get(at..at + 4) {
+        Some(&[a, b, c, d]) => usize::try_from(i32::from_be_bytes([a, b, c, d]))
+            .map_err(|_| DecodeError::BinaryOverrun { field, offset: at }),
+        _ => Err(DecodeError::BinaryOverrun { field, offset: at }),
+    }
 }
 
 /// Walks the extension block `header[start..end]`, checking every length against it, every
@@ -140,54 +166,6 @@ fn check_ext_block(
     Ok(count)
 }
 
-/// Reads `buf[pos..end]`; offsets in errors are positions in `buf` (the header).
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-    end: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, field: BinaryField) -> Result<&'a [u8], DecodeError> {
-        let end = self.pos.checked_add(n).filter(|&end| end <= self.end);
-        let Some(end) = end else {
-            return Err(DecodeError::BinaryOverrun {
-                field,
-                offset: self.pos,
-            });
-        };
-        let out = &self.buf[self.pos..end];
-        self.pos = end;
-        Ok(out)
-    }
-
-    fn len_i32(&mut self, field: BinaryField) -> Result<usize, DecodeError> {
-        let at = self.pos;
-        let b = self.take(4, field)?;
-        usize::try_from(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-            .map_err(|_| DecodeError::BinaryOverrun { field, offset: at })
-    }
-
-    fn string(
-        &mut self,
-        len: usize,
-        field: BinaryField,
-        limits: &Limits,
-    ) -> Result<(), DecodeError> {
-        let at = self.pos;
-        if len > limits.max_string_len {
-            return Err(DecodeError::StringTooLong {
-                offset: at,
-                max: limits.max_string_len,
-            });
-        }
-        let text = self.take(len, field)?;
-        core::str::from_utf8(text)
-            .map(|_| ())
-            .map_err(|_| DecodeError::BinaryInvalidUtf8 { field, offset: at })
-    }
-}
-
 /// The exact length [`encode_header`] will write for `cmd`.
 pub fn header_len(cmd: &Command) -> Result<usize, EncodeError> {
     Ok(FIXED_LEN + 4 + remark_len(cmd) + 4 + ext_len(cmd)?)
@@ -250,6 +228,57 @@ pub(crate) fn write_header(cmd: &Command, ext_len: usize, out: &mut impl Sink) {
         out.put_u32(v.len() as u32);
         out.put(v.as_bytes());
     }
+}
+
+/// [`write_header`] in one pass over the fields: the extension block's length is written after
+/// its entries. Refuses a key too long for its `u16` length (as [`header_len`] does).
+pub(crate) fn write_header_in_place(
+    cmd: &Command,
+    out: &mut WindowSink<'_>,
+) -> Result<(), EncodeError> {
+    let code = (cmd.code as i16).to_be_bytes();
+    let version = (cmd.version as i16).to_be_bytes();
+    let opaque = cmd.opaque.to_be_bytes();
+    let flag = cmd.flag.to_be_bytes();
+    let remark = cmd.remark().unwrap_or("");
+    let remark_len = (remark.len() as u32).to_be_bytes();
+    out.put(&[
+        code[0],
+        code[1],
+        cmd.language.0,
+        version[0],
+        version[1],
+        opaque[0],
+        opaque[1],
+        opaque[2],
+        opaque[3],
+        flag[0],
+        flag[1],
+        flag[2],
+        flag[3],
+        remark_len[0],
+        remark_len[1],
+        remark_len[2],
+        remark_len[3],
+    ]);
+    if !remark.is_empty() {
+        out.put(remark.as_bytes());
+    }
+    let ext_len_at = out.pos;
+    out.put_u32(0);
+    for (k, v) in cmd.ext_fields() {
+        let Ok(key_len) = u16::try_from(k.len()) else {
+            return Err(EncodeError::ExtKeyTooLong { len: k.len() });
+        };
+        debug_assert_eq!(usize::from(key_len), k.len());
+        out.put_binary_entry(k.as_bytes(), v.as_bytes());
+    }
+    if !out.overflow {
+        // (After an overflow the window is discarded, and positions mean nothing.)
+        let ext_len = out.pos - ext_len_at - 4;
+        out.patch_u32(ext_len_at, ext_len as u32);
+    }
+    Ok(())
 }
 
 /// The extension block's length, or why it cannot be encoded.

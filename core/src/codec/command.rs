@@ -901,15 +901,7 @@ impl Command {
         if body_empty && !fixed.has_remark && !fixed.has_ext {
             // Nothing to read from the frame: let its memory go (a connection's read buffer can
             // then be reused in place).
-            return Command {
-                code: fixed.code,
-                opaque: fixed.opaque,
-                flag: fixed.flag,
-                version: fixed.version,
-                language: fixed.language,
-                serialize_type: ty,
-                ..Command::request(0)
-            };
+            return Command::bare(fixed, ty);
         }
         let layout = match (ty, frame) {
             (SerializeType::Json, true) => Layout::JsonFrame,
@@ -929,6 +921,30 @@ impl Command {
             ext_at,
             buf,
             owned: None,
+        }
+    }
+
+    /// A decoded command with nothing but its fixed fields (no remark, fields or body).
+    #[inline]
+    pub(crate) fn bare(fixed: Fixed, ty: SerializeType) -> Self {
+        Command {
+            code: fixed.code,
+            opaque: fixed.opaque,
+            flag: fixed.flag,
+            version: fixed.version,
+            language: fixed.language,
+            serialize_type: ty,
+            ..Command::request(0)
+        }
+    }
+
+    /// Whether the command holds no remark and no extension fields, known without looking (a
+    /// built command that never had any, or a decoded one whose header held none).
+    #[inline]
+    pub(crate) fn is_bare(&self) -> bool {
+        match self.layout {
+            Layout::Built => self.owned.is_none(),
+            _ => false,
         }
     }
 

@@ -1,7 +1,7 @@
 //! Framing: the length prefix, the marker word, and the [`Codec`] that turns a read buffer into
 //! commands and commands into bytes.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use nom::number::streaming::be_u32;
 
 use super::binary;
@@ -54,6 +54,50 @@ impl Codec {
     /// An error means the stream is corrupt and the connection must be closed; `buf` is left as
     /// it was.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Decoded, DecodeError> {
+        let Some(&[a, b, c, d, m0, m1, m2, m3]) = buf.get(..PREFIX_LEN) else {
+            return self.decode_short(buf);
+        };
+        let length = u32::from_be_bytes([a, b, c, d]);
+        let frame_len = self.check_length(length)?;
+        let (ty, header_len) = check_marker(length, [m0, m1, m2, m3])?;
+        if buf.len() < frame_len {
+            return Ok(Decoded::Incomplete {
+                needed: frame_len - buf.len(),
+            });
+        }
+        // Checked where it lies: an error leaves `buf` untouched.
+        let header = &buf[PREFIX_LEN..PREFIX_LEN + header_len];
+        let (fixed, ext_at) = match ty {
+            SerializeType::RocketMq => (binary::parse(header, &self.limits)?, 0),
+            SerializeType::Json => {
+                let parsed = json::parse(header, &self.limits)?;
+                if parsed.escapes.any() {
+                    // The header is valid: unescape it in place (the read buffer is ours to
+                    // change; whatever else shares its memory lies outside this frame), no copy.
+                    parsed
+                        .escapes
+                        .rewrite(&mut buf[PREFIX_LEN..PREFIX_LEN + header_len]);
+                }
+                (parsed.fixed, parsed.ext_at)
+            }
+        };
+        if frame_len != PREFIX_LEN + header_len || fixed.has_remark || fixed.has_ext {
+            let frame = buf.split_to(frame_len).freeze();
+            Ok(Decoded::Command(Command::decoded(
+                fixed, ty, frame, true, ext_at,
+            )))
+        } else {
+            // Nothing to read from the frame later: skip it instead of splitting it off
+            // (no reference count to take and drop).
+            buf.advance(frame_len);
+            Ok(Decoded::Command(Command::bare(fixed, ty)))
+        }
+    }
+
+    /// [`Codec::decode`] of a buffer shorter than the prefix: the length is checked as soon as
+    /// its 4 bytes are there.
+    #[cold]
+    fn decode_short(&self, buf: &BytesMut) -> Result<Decoded, DecodeError> {
         let length = match be_u32::<&[u8], nom::error::Error<&[u8]>>(&buf[..]) {
             Ok((_, length)) => length,
             Err(nom::Err::Incomplete(needed)) => {
@@ -67,32 +111,9 @@ impl Codec {
             Err(_) => return Ok(Decoded::Incomplete { needed: 1 }),
         };
         let frame_len = self.check_length(length)?;
-        if let Some(marker) = buf.get(4..PREFIX_LEN) {
-            check_marker(length, [marker[0], marker[1], marker[2], marker[3]])?;
-        }
-        if buf.len() < frame_len {
-            return Ok(Decoded::Incomplete {
-                needed: frame_len - buf.len(),
-            });
-        }
-        let mut frame = buf.split_to(frame_len);
-        match self.check_frame(&frame) {
-            Ok(checked) => {
-                if checked.escapes.any() {
-                    // The frame is ours alone now: unescape in place, no copy.
-                    let header_end = PREFIX_LEN + checked.header_len;
-                    checked.escapes.rewrite(&mut frame[PREFIX_LEN..header_end]);
-                }
-                Ok(Decoded::Command(checked.command(frame.freeze())))
-            }
-            Err(e) => {
-                // Keep the promise that an error leaves `buf` as it was: put the frame back in
-                // front (O(1): the two halves are still adjacent). Nothing was written to it.
-                frame.unsplit(core::mem::take(buf));
-                *buf = frame;
-                Err(e)
-            }
-        }
+        Ok(Decoded::Incomplete {
+            needed: frame_len.saturating_sub(buf.len()).max(1),
+        })
     }
 
     /// Decodes one frame that is already in memory: `frame` must hold exactly the bytes its
@@ -131,7 +152,13 @@ impl Codec {
         if frame_len != frame.len() {
             return Err(mismatch(frame_len));
         }
-        let header = &frame[PREFIX_LEN..PREFIX_LEN + header_len];
+        self.check_header(ty, &frame[PREFIX_LEN..PREFIX_LEN + header_len])
+    }
+
+    /// Checks a header completely.
+    #[inline]
+    fn check_header(&self, ty: SerializeType, header: &[u8]) -> Result<Checked, DecodeError> {
+        let header_len = header.len();
         Ok(match ty {
             SerializeType::Json => {
                 let parsed = json::parse(header, &self.limits)?;
@@ -206,6 +233,7 @@ impl Codec {
         self.encode_parts(cmd, ty, dst, false)
     }
 
+    #[inline]
     fn encode_parts(
         &self,
         cmd: &Command,
@@ -213,21 +241,36 @@ impl Codec {
         dst: &mut impl BufMut,
         with_body: bool,
     ) -> Result<(), EncodeError> {
-        let ext_len = match ty {
-            SerializeType::RocketMq => binary::checked_ext_len(cmd)?,
-            SerializeType::Json => 0,
-        };
-        if let Some(written) = self.encode_in_place(cmd, ty, ext_len, dst, with_body)? {
+        if ty == SerializeType::RocketMq && cmd.is_bare() {
+            self.encode_bare_rocketmq(cmd, dst, with_body)
+        } else {
+            self.encode_general(cmd, ty, dst, with_body)
+        }
+    }
+
+    #[inline(never)]
+    fn encode_general(
+        &self,
+        cmd: &Command,
+        ty: SerializeType,
+        dst: &mut impl BufMut,
+        with_body: bool,
+    ) -> Result<(), EncodeError> {
+        if let Some(written) = self.encode_in_place(cmd, ty, dst, with_body)? {
             // SAFETY: `encode_in_place` initialised the first `written` bytes of
             // `dst.chunk_mut()` (prefix and header) and nothing after; committing exactly those
             // is what `advance_mut` requires. `tests::in_place_and_two_pass_encodings_agree`
             // compares every byte with the two-pass path.
             unsafe { dst.advance_mut(written) };
-            if with_body {
+            if with_body && !cmd.body().is_empty() {
                 dst.put_slice(cmd.body());
             }
             return Ok(());
         }
+        let ext_len = match ty {
+            SerializeType::RocketMq => binary::checked_ext_len(cmd)?,
+            SerializeType::Json => 0,
+        };
         let header_len = self.checked_header_len(cmd, ty)?;
         let frame_len = PREFIX_LEN + header_len + cmd.body().len();
         let needed = if with_body {
@@ -251,13 +294,62 @@ impl Codec {
         Ok(())
     }
 
+    /// A ROCKETMQ frame of a command with no remark and no extension fields (a heartbeat, most
+    /// responses): prefix and header are 29 bytes known up front.
+    fn encode_bare_rocketmq(
+        &self,
+        cmd: &Command,
+        dst: &mut impl BufMut,
+        with_body: bool,
+    ) -> Result<(), EncodeError> {
+        const HEADER_LEN: usize = 21;
+        let body = cmd.body();
+        self.check_lengths(HEADER_LEN, body.len())?;
+        let frame_len = PREFIX_LEN + HEADER_LEN + body.len();
+        let needed = if with_body {
+            frame_len
+        } else {
+            PREFIX_LEN + HEADER_LEN
+        };
+        if dst.remaining_mut() < needed {
+            return Err(EncodeError::BufferTooSmall { needed });
+        }
+        let length = ((frame_len - 4) as u32).to_be_bytes();
+        let code = (cmd.code as i16).to_be_bytes();
+        let version = (cmd.version as i16).to_be_bytes();
+        let opaque = cmd.opaque.to_be_bytes();
+        let flag = cmd.flag.to_be_bytes();
+        let ty = SerializeType::RocketMq.code();
+        #[rustfmt::skip]
+        let frame: [u8; PREFIX_LEN + HEADER_LEN] = [
+            length[0], length[1], length[2], length[3], ty, 0, 0, HEADER_LEN as u8,
+            code[0], code[1], cmd.language.0, version[0], version[1],
+            opaque[0], opaque[1], opaque[2], opaque[3], flag[0], flag[1], flag[2], flag[3],
+            0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let chunk = dst.chunk_mut();
+        if chunk.len() >= frame.len() {
+            chunk[..frame.len()].copy_from_slice(&frame);
+            // SAFETY: the line above initialised the first `frame.len()` bytes of
+            // `dst.chunk_mut()`; committing exactly those is what `advance_mut` requires.
+            // `tests::bare_rocketmq_frames_match_the_general_writer` compares every byte with
+            // the general path, for a buffer with room and one without.
+            unsafe { dst.advance_mut(frame.len()) };
+        } else {
+            dst.put_slice(&frame);
+        }
+        if with_body && !body.is_empty() {
+            dst.put_slice(body);
+        }
+        Ok(())
+    }
+
     /// Writes prefix and header into `dst`'s current chunk without committing them; returns how
     /// many bytes were written, or `None` if the chunk is too small (nothing usable written).
     fn encode_in_place(
         &self,
         cmd: &Command,
         ty: SerializeType,
-        ext_len: usize,
         dst: &mut impl BufMut,
         with_body: bool,
     ) -> Result<Option<usize>, EncodeError> {
@@ -270,7 +362,7 @@ impl Codec {
         let mut out = WindowSink::new(chunk, PREFIX_LEN);
         match ty {
             SerializeType::Json => json::write_header(cmd, ty, &mut out),
-            SerializeType::RocketMq => binary::write_header(cmd, ext_len, &mut out),
+            SerializeType::RocketMq => binary::write_header_in_place(cmd, &mut out)?,
         }
         if out.overflow {
             return Ok(None);
@@ -283,10 +375,9 @@ impl Codec {
         if remaining < needed {
             return Err(EncodeError::BufferTooSmall { needed });
         }
-        let mut prefix = [0u8; PREFIX_LEN];
-        prefix[..4].copy_from_slice(&((frame_len - 4) as u32).to_be_bytes());
-        prefix[4..]
-            .copy_from_slice(&(u32::from(ty.code()) << 24 | header_len as u32).to_be_bytes());
+        let prefix =
+            (((frame_len - 4) as u64) << 32 | u64::from(ty.code()) << 24 | header_len as u64)
+                .to_be_bytes();
         let chunk = dst.chunk_mut();
         chunk[..PREFIX_LEN].copy_from_slice(&prefix);
         Ok(Some(written))
@@ -484,6 +575,47 @@ mod tests {
             .encode_as(&cmds[1], SerializeType::Json, &mut out)
             .is_err());
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn bare_rocketmq_frames_match_the_general_writer() {
+        let codec = Codec::default();
+        let mut odd = Command::request(-70_000).with_opaque(i32::MIN);
+        odd.version = 0x1_2345;
+        odd.flag = -1;
+        odd.language = crate::LanguageCode(200);
+        let cmds = [
+            Command::request(34),
+            Command::request(1).with_body(&b"body"[..]),
+            Command::request(7).response(-3),
+            odd,
+        ];
+        for cmd in &cmds {
+            assert!(cmd.is_bare());
+            let mut general = vec![];
+            codec
+                .encode_general(cmd, SerializeType::RocketMq, &mut general, true)
+                .unwrap();
+            // Room for the frame, and a full buffer that must grow first.
+            for mut out in [BytesMut::with_capacity(256), BytesMut::new()] {
+                codec
+                    .encode_as(cmd, SerializeType::RocketMq, &mut out)
+                    .unwrap();
+                assert_eq!(&out[..], &general[..], "{cmd:?}");
+            }
+            let mut head = BytesMut::new();
+            codec
+                .encode_head_into(cmd, SerializeType::RocketMq, &mut head)
+                .unwrap();
+            assert_eq!(&head[..], &general[..general.len() - cmd.body().len()]);
+            let mut small = [0u8; 16];
+            assert_eq!(
+                codec.encode_as(cmd, SerializeType::RocketMq, &mut &mut small[..]),
+                Err(EncodeError::BufferTooSmall {
+                    needed: general.len()
+                })
+            );
+        }
     }
 
     #[test]

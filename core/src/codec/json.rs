@@ -65,8 +65,8 @@ pub(crate) fn header_len_as(cmd: &Command, ty: SerializeType) -> usize {
         fields += 1;
     }
     if fields > 0 {
-        // `"extFields":{` + `}` + commas between entries.
-        n += EXT_KEY.len() + 1 + (fields - 1);
+        // `"extFields":{` + `}` + commas between entries (the first key's quote is in EXT_KEY).
+        n += EXT_KEY.len() + (fields - 1);
     }
     n
 }
@@ -81,19 +81,21 @@ pub(crate) fn write_header(cmd: &Command, ty: SerializeType, out: &mut impl Sink
     let mut ints = itoa::Buffer::new();
     out.put(b"{\"code\":");
     out.put(ints.format(cmd.code).as_bytes());
-    let mut fields = cmd.ext_fields().iter().peekable();
-    if fields.peek().is_some() {
-        out.put(EXT_KEY);
-        for (i, (k, v)) in fields.enumerate() {
-            if i > 0 {
-                out.put_u8(b',');
-            }
-            out.put_u8(b'"');
-            put_escaped(k.as_bytes(), out);
+    let mut sep = EXT_KEY;
+    for (k, v) in cmd.ext_fields() {
+        let (k, v) = (k.as_bytes(), v.as_bytes());
+        if needs_escape(k) || needs_escape(v) {
+            out.put(sep);
+            put_escaped(k, out);
             out.put(b"\":\"");
-            put_escaped(v.as_bytes(), out);
+            put_escaped(v, out);
             out.put_u8(b'"');
+        } else {
+            out.put_all([sep, k, b"\":\"", v, b"\""]);
         }
+        sep = b",\"";
+    }
+    if sep.len() == 2 {
         out.put_u8(b'}');
     }
     out.put(b",\"flag\":");
@@ -125,7 +127,8 @@ pub(crate) fn write_header(cmd: &Command, ty: SerializeType, out: &mut impl Sink
     out.put_u8(b'}');
 }
 
-const EXT_KEY: &[u8] = b",\"extFields\":{";
+/// Opens the `extFields` object and its first key.
+const EXT_KEY: &[u8] = b",\"extFields\":{\"";
 const REMARK_KEY: &[u8] = b",\"remark\":\"";
 /// Everything [`encode_header`] writes whatever the command holds, less the type name.
 const FIXED_LEN: usize =
@@ -210,30 +213,59 @@ fn escaped_len(s: &[u8]) -> usize {
     n
 }
 
+/// Whether any byte of `s` needs escaping in a JSON string.
+#[inline]
+fn needs_escape(s: &[u8]) -> bool {
+    if s.len() < 8 {
+        return s.iter().any(|&b| ESCAPE[usize::from(b)] != 0);
+    }
+    let mut i = 0;
+    while i + 8 <= s.len() {
+        if word_needs_escape(word_at(s, i)) {
+            return true;
+        }
+        i += 8;
+    }
+    // The last word, overlapping the ones before.
+    i < s.len() && word_needs_escape(word_at(s, s.len() - 8))
+}
+
+#[inline]
 fn put_escaped(s: &[u8], out: &mut impl Sink) {
+    if needs_escape(s) {
+        put_escaped_slow(s, out);
+    } else {
+        out.put(s);
+    }
+}
+
+fn put_escaped_slow(s: &[u8], out: &mut impl Sink) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut run = 0;
     let mut i = 0;
     while i < s.len() {
-        if i + 8 <= s.len() && !word_needs_escape(word_at(s, i)) {
-            i += 8;
-            continue;
+        if i + 8 <= s.len() {
+            let w = word_at(s, i);
+            let flagged = w.wrapping_sub(ONES * 0x20) & !w & HIGHS
+                | zero_bytes(w ^ (ONES * u64::from(b'"')))
+                | zero_bytes(w ^ (ONES * u64::from(b'\\')));
+            if flagged == 0 {
+                i += 8;
+                continue;
+            }
+            // The lowest flagged byte is exact (each test flags falsely only above a true hit):
+            // skip the plain bytes before it.
+            i += (flagged.trailing_zeros() / 8) as usize;
         }
         let b = s[i];
         let esc = ESCAPE[usize::from(b)];
         if esc != 0 {
-            out.put(&s[run..i]);
+            // The plain run before it and the escape, with one room check.
             if esc == b'u' {
-                out.put(&[
-                    b'\\',
-                    b'u',
-                    b'0',
-                    b'0',
-                    HEX[usize::from(b >> 4)],
-                    HEX[usize::from(b & 0xf)],
-                ]);
+                let hex = [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]];
+                out.put_all([&s[run..i], b"\\u00", &hex]);
             } else {
-                out.put(&[b'\\', esc]);
+                out.put_all([&s[run..i], &[b'\\', esc]]);
             }
             run = i + 1;
         }
