@@ -12,6 +12,7 @@ use remora_core::resilience::cluster::{
 use remora_core::resilience::resolve::Resolve;
 use remora_core::Command;
 use remora_driver::{record, Latency};
+use remora_tls::ClientTls;
 
 use crate::conn::Clock;
 use crate::{Client, ClientConfig, Error, NotSupported};
@@ -39,6 +40,8 @@ struct Inner {
     resolver: Resolver,
     watch: Option<Watch>,
     config: ClusterConfig,
+    /// Every endpoint's TLS (SNI: its host, or the name `tls` gives), or plaintext.
+    tls: Option<ClientTls>,
     defaults: CallDefaults,
     clock: Clock,
     /// Successful attempts' latency over all endpoints (for percentile hedging).
@@ -82,10 +85,25 @@ impl Cluster {
         hooks: Vec<Arc<dyn Hook>>,
         watch: Option<Watch>,
     ) -> Result<Cluster, ClusterError> {
+        Cluster::with_tls(resolver, config, hooks, watch, None)
+    }
+
+    /// [`Cluster::with_resolver`], every endpoint over TLS with `tls` when it is `Some`: each
+    /// endpoint's host is its SNI name (unless `tls` names one), and a failed handshake is a
+    /// failed connect (never written), retried on another endpoint like a refused connection.
+    pub fn with_tls(
+        resolver: Resolver,
+        config: ClusterConfig,
+        hooks: Vec<Arc<dyn Hook>>,
+        watch: Option<Watch>,
+        tls: Option<ClientTls>,
+    ) -> Result<Cluster, ClusterError> {
         let (clock, seed) = (Clock::new(), remora_driver::seed());
         let addresses = resolver.resolve();
         let state = ClusterState::new(addresses.clone(), config.policies, clock.now(), seed)?;
-        let endpoints = addresses.into_iter().map(|a| endpoint(a, config.client));
+        let endpoints = addresses
+            .into_iter()
+            .map(|a| endpoint(a, config.client, &tls));
         let inner = Arc::new(Inner {
             closed: AtomicBool::new(false),
             endpoints: RwLock::new(endpoints.collect::<Result<_, _>>()?),
@@ -93,6 +111,7 @@ impl Cluster {
             resolver,
             watch,
             config,
+            tls,
             defaults: CallDefaults {
                 hooks,
                 policies: config.policies,
@@ -142,7 +161,8 @@ impl Cluster {
         }
         let wanted = inner.resolver.resolve();
         let mut endpoints = inner.endpoints.write().unwrap_or_else(|e| e.into_inner());
-        let push = |a: &str| endpoint(a.into(), inner.config.client).map(|e| endpoints.push(e));
+        let open = |a: &str| endpoint(a.into(), inner.config.client, &inner.tls);
+        let push = |a: &str| open(a).map(|e| endpoints.push(e));
         let Some(change) = self.state().apply(&wanted, push) else {
             return;
         };
@@ -244,8 +264,15 @@ impl Cluster {
     }
 }
 
-fn endpoint(address: String, config: ClientConfig) -> Result<Arc<Endpoint>, Error> {
-    let client = Client::lazy(address.as_str(), config, NotSupported)?;
+fn endpoint(
+    address: String,
+    config: ClientConfig,
+    tls: &Option<ClientTls>,
+) -> Result<Arc<Endpoint>, Error> {
+    let client = match tls {
+        Some(tls) => Client::lazy_tls(&address, config, NotSupported, tls.clone())?,
+        None => Client::lazy(address.as_str(), config, NotSupported)?,
+    };
     Ok(Arc::new(Endpoint::new(address, client)))
 }
 

@@ -19,6 +19,10 @@
 //!     None,
 //! ).unwrap();
 //! ```
+//!
+//! Over TLS, give [`FollowerConfig::tls`] for the name servers and build the cluster with
+//! [`Cluster::with_tls`](crate::Cluster::with_tls) for the brokers (one `ClientTls` may serve
+//! both: each connection's SNI name is its own host unless the `ClientTls` names one).
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -29,12 +33,17 @@ use remora_core::route::{Ask, Change, Outcome, RouteTracker, TopicRoute, Tracker
 
 use crate::conn::Clock;
 use crate::{Client, ClientConfig, Mode};
+use remora_tls::ClientTls;
 
 /// How a [`RouteFollower`] asks.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct FollowerConfig {
     /// Refresh interval, retry delay after a failed round, per-ask timeout.
     pub tracker: TrackerConfig,
+    /// Ask every name server over TLS with this (SNI: the name server's host, unless it names
+    /// another); `None` asks in plaintext. A failed handshake is that name server's failure:
+    /// the follower goes on to the next.
+    pub tls: Option<ClientTls>,
 }
 
 /// Told what each answer changed (only when something did).
@@ -42,6 +51,7 @@ pub type Listener = Arc<dyn Fn(&[Change]) + Send + Sync>;
 
 struct Shared {
     tracker: Mutex<RouteTracker>,
+    tls: Option<ClientTls>,
     clock: Clock,
     listener: Mutex<Option<Listener>>,
 }
@@ -69,6 +79,7 @@ impl RouteFollower {
         RouteFollower {
             shared: Arc::new(Shared {
                 tracker: Mutex::new(RouteTracker::new(list, topic, config.tracker)),
+                tls: config.tls,
                 clock: Clock::new(),
                 listener: Mutex::new(None),
             }),
@@ -220,7 +231,11 @@ impl Shared {
             connect_timeout: timeout,
             ..ClientConfig::default()
         };
-        let result = Client::connect(ask.name_server.as_str(), config).and_then(|client| {
+        let client = match &self.tls {
+            Some(tls) => Client::connect_tls(&ask.name_server, config, tls.clone()),
+            None => Client::connect(ask.name_server.as_str(), config),
+        };
+        let result = client.and_then(|client| {
             let left = ask.deadline - self.clock.now();
             let r = client.call(ask.request, left);
             client.close();

@@ -55,6 +55,7 @@ fn quick() -> FollowerConfig {
             retry_after: Duration::from_millis(50),
             ask_timeout: Duration::from_secs(2),
         },
+        tls: None,
     }
 }
 

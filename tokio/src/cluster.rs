@@ -13,6 +13,7 @@ use remora_core::resilience::cluster::{
 use remora_core::resilience::resolve::Resolve;
 use remora_core::{CallError, Command, NotSupported};
 use remora_driver::{record, Latency};
+use remora_tls::ClientTls;
 use tokio::task::{AbortHandle, JoinSet};
 
 use crate::client::{Client, ClientConfig};
@@ -40,6 +41,8 @@ struct Shared {
     state: Mutex<ClusterState>,
     clock: Clock,
     config: ClusterConfig,
+    /// Every endpoint's TLS (SNI: its host, or the name `tls` gives), or plaintext.
+    tls: Option<ClientTls>,
     defaults: CallDefaults,
     resolver: Resolver,
     watch: Option<Watch>,
@@ -77,8 +80,15 @@ pub struct Cluster {
     shared: Arc<Shared>,
 }
 
-fn open(address: &str, config: ClientConfig) -> Result<Arc<Endpoint>, CallError> {
-    let client = Client::lazy(address, config, NotSupported)?;
+fn open(
+    address: &str,
+    config: ClientConfig,
+    tls: &Option<ClientTls>,
+) -> Result<Arc<Endpoint>, CallError> {
+    let client = match tls {
+        Some(tls) => Client::lazy_tls(address, config, NotSupported, tls.clone())?,
+        None => Client::lazy(address, config, NotSupported)?,
+    };
     Ok(Arc::new(Endpoint::new(address.to_owned(), client)))
 }
 
@@ -102,13 +112,26 @@ impl Cluster {
         hooks: &[Arc<dyn Hook>],
         watch: Option<Watch>,
     ) -> Result<Self, ClusterError> {
+        Self::with_tls(resolver, config, hooks, watch, None)
+    }
+
+    /// [`Cluster::with_resolver`], every endpoint over TLS with `tls` when it is `Some`: each
+    /// endpoint's host is its SNI name (unless `tls` names one), and a failed handshake is a
+    /// failed connect (never written), retried on another endpoint like a refused connection.
+    pub fn with_tls(
+        resolver: Resolver,
+        config: ClusterConfig,
+        hooks: &[Arc<dyn Hook>],
+        watch: Option<Watch>,
+        tls: Option<ClientTls>,
+    ) -> Result<Self, ClusterError> {
         let clock = Clock::new();
         let found = resolver.resolve();
         let seed = remora_driver::seed();
         let state = ClusterState::new(found.clone(), config.policies, clock.now(), seed)?;
         let mut endpoints = Vec::with_capacity(found.len());
         for address in &found {
-            endpoints.push(open(address, config.client)?);
+            endpoints.push(open(address, config.client, &tls)?);
         }
         let defaults = CallDefaults {
             hooks: hooks.to_vec(),
@@ -120,6 +143,7 @@ impl Cluster {
             state: Mutex::new(state),
             clock,
             config,
+            tls,
             defaults,
             resolver,
             watch,
@@ -158,7 +182,7 @@ impl Cluster {
         let Ok(wanted) = asked else { return };
         let mut all = s.endpoints.write().unwrap_or_else(PoisonError::into_inner);
         let change = self.state().apply(&wanted, |address| {
-            all.push(open(address, s.config.client)?);
+            all.push(open(address, s.config.client, &s.tls)?);
             Ok::<_, CallError>(())
         });
         let Some(change) = change else { return };

@@ -14,6 +14,7 @@ use remora_core::resilience::cluster::{
 use remora_core::resilience::resolve::Resolve;
 use remora_core::{CallError, Command, Hook, NotSupported};
 use remora_driver::{record, Latency};
+use remora_tls::ClientTls;
 
 use tracing::Instrument;
 
@@ -33,6 +34,8 @@ struct Inner {
     resolver: Resolver,
     watch: Option<Watch>,
     client_config: ClientConfig,
+    /// Every endpoint's TLS (SNI: its host, or the name `tls` gives), or plaintext.
+    tls: Option<ClientTls>,
     defaults: CallDefaults,
     clock: Clock,
     /// Successful attempts' latency over all endpoints (for percentile hedging).
@@ -50,8 +53,16 @@ pub struct LocalCluster {
 
 type Endpoint = remora_driver::Endpoint<LocalClient>;
 
-fn endpoint(address: String, config: ClientConfig) -> Result<Rc<Endpoint>, CallError> {
-    let client = LocalClient::lazy(address.as_str(), config, Arc::new(NotSupported))?;
+fn endpoint(
+    address: String,
+    config: ClientConfig,
+    tls: &Option<ClientTls>,
+) -> Result<Rc<Endpoint>, CallError> {
+    let handler = Arc::new(NotSupported);
+    let client = match tls {
+        Some(tls) => LocalClient::lazy_tls(&address, config, handler, tls.clone())?,
+        None => LocalClient::lazy(address.as_str(), config, handler)?,
+    };
     Ok(Rc::new(Endpoint::new(address, client)))
 }
 
@@ -75,19 +86,30 @@ impl LocalCluster {
         hooks: impl IntoIterator<Item = Arc<dyn Hook>>,
         watch: Option<Watch>,
     ) -> Result<LocalCluster, ClusterError> {
+        LocalCluster::with_tls(resolver, config, hooks, watch, None)
+    }
+
+    /// [`LocalCluster::with_resolver`], every endpoint over TLS with `tls` when it is `Some`:
+    /// each endpoint's host is its SNI name (unless `tls` names one), and a failed handshake is
+    /// a failed connect (never written), retried on another endpoint like a refused connection.
+    pub fn with_tls(
+        resolver: Resolver,
+        config: ClusterConfig,
+        hooks: impl IntoIterator<Item = Arc<dyn Hook>>,
+        watch: Option<Watch>,
+        tls: Option<ClientTls>,
+    ) -> Result<LocalCluster, ClusterError> {
         let (seed, clock) = (remora_driver::seed(), Clock::new());
         let found = resolver.resolve();
         let state = ClusterState::new(found.clone(), config.policies, clock.now(), seed)?;
-        let endpoints: Result<Vec<_>, CallError> = found
-            .into_iter()
-            .map(|a| endpoint(a, config.client))
-            .collect();
+        let endpoints = found.into_iter().map(|a| endpoint(a, config.client, &tls));
         let inner = Rc::new(Inner {
-            endpoints: RefCell::new(endpoints?),
+            endpoints: RefCell::new(endpoints.collect::<Result<_, CallError>>()?),
             state: RefCell::new(state),
             resolver,
             watch,
             client_config: config.client,
+            tls,
             defaults: CallDefaults {
                 hooks: hooks.into_iter().collect(),
                 policies: config.policies,
@@ -148,9 +170,9 @@ impl LocalCluster {
         // Asked with nothing borrowed: the resolver may look at this cluster.
         let wanted = inner.resolver.resolve();
         let (mut state, mut endpoints) = (inner.state.borrow_mut(), inner.endpoints.borrow_mut());
-        let config = inner.client_config;
+        let (config, tls) = (inner.client_config, &inner.tls);
         let Some(change) = state.apply(&wanted, |address| {
-            endpoints.push(endpoint(address.to_string(), config)?);
+            endpoints.push(endpoint(address.to_string(), config, tls)?);
             Ok::<(), CallError>(())
         }) else {
             return;
