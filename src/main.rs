@@ -60,7 +60,8 @@ enum Cmd {
         #[arg(required_unless_present = "namesrv", conflicts_with = "namesrv")]
         addr: Option<String>,
         /// Name servers, `HOST:PORT[;HOST:PORT...]`: ask them for --topic's route and send to the
-        /// topic's master broker that accepts writes (printed on stderr).
+        /// topic's master broker that accepts writes (printed on stderr). With --tls, the name
+        /// servers are asked over TLS too, with the same trust and --tls-server-name.
         #[arg(long, requires = "topic")]
         namesrv: Option<String>,
         /// The topic whose broker to send to (with --namesrv).
@@ -313,14 +314,16 @@ fn main() -> ExitCode {
                 }
                 acl_cli::sign(acl.signer()?.as_ref(), &mut request);
                 let timeout = Duration::from_millis(timeout_ms);
+                // With --namesrv, the name servers are asked over the same TLS as the broker.
+                let tls = tls.client_tls()?;
                 let addr = match (addr, namesrv, topic) {
                     (Some(addr), _, _) => addr,
                     (None, Some(namesrv), Some(topic)) => {
-                        broker_for(&namesrv, &topic, broker.as_deref(), timeout)?
+                        broker_for(&namesrv, &topic, broker.as_deref(), timeout, tls.clone())?
                     }
                     _ => return Err("give an address, or --namesrv and --topic".into()),
                 };
-                call(&addr, request, timeout, oneway, tls.client_tls()?)
+                call(&addr, request, timeout, oneway, tls)
             })
         }
         Cmd::Serve {
@@ -558,13 +561,14 @@ fn call(
     Ok(())
 }
 
-/// Asks the name servers for `topic`'s route and picks the master of `broker` (or of the first
-/// broker that accepts writes); says what it chose on stderr.
+/// Asks the name servers (over TLS with `tls`) for `topic`'s route and picks the master of
+/// `broker` (or of the first broker that accepts writes); says what it chose on stderr.
 fn broker_for(
     namesrv: &str,
     topic: &str,
     broker: Option<&str>,
     timeout: Duration,
+    tls: Option<remora_tls::ClientTls>,
 ) -> Result<String, String> {
     use remora_core::route::TrackerConfig;
     use remora_std::namesrv::{FollowerConfig, RouteFollower};
@@ -573,6 +577,7 @@ fn broker_for(
             ask_timeout: timeout,
             ..TrackerConfig::default()
         },
+        tls,
     };
     let follower = RouteFollower::new(namesrv, topic, config);
     let route = follower.fetch()?;

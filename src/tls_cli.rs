@@ -56,7 +56,8 @@ impl ServeArgs {
     }
 }
 
-/// `remora call`'s and `remora bench`'s TLS flags.
+/// `remora call`'s and `remora bench`'s TLS flags (for `call --namesrv`, the name servers'
+/// connections too).
 #[derive(clap::Args, Debug, Default, Clone)]
 pub struct ClientArgs {
     /// Connect over TLS (trusting the system's CAs unless --tls-ca is given).

@@ -291,3 +291,71 @@ fn bench_tls_runs_beside_plaintext_and_reports_both() {
     let raw = remora(&["bench", "--tls", "--mode", "raw", "--requests", "10", "-q"]);
     assert!(!raw.status.success(), "raw mode has no TLS");
 }
+
+/// A TLS name server in the test (remora_std, with the files' broker.test certificate)
+/// answering topic T's route with `broker` as the writable master.
+fn tls_name_server(files: &Files, broker: &str) -> remora_std::Server {
+    use remora_core::{codes, Command as Frame};
+    let tls = remora_tls::ServerTls::builder()
+        .certificate_files(files.path("server.pem"), files.path("server.key"))
+        .unwrap()
+        .build()
+        .unwrap();
+    let body = format!(
+        r#"{{"brokerDatas":[{{"brokerAddrs":{{0:"{broker}"}},"brokerName":"broker-a","cluster":"C"}}],"queueDatas":[{{"brokerName":"broker-a","perm":6,"readQueueNums":4,"writeQueueNums":4}}]}}"#
+    );
+    let answer = move |req: Frame| match req.ext("topic") {
+        Some("T") if req.code == codes::GET_ROUTEINFO_BY_TOPIC => {
+            req.response(codes::SUCCESS).with_body(body.clone())
+        }
+        _ => req.response(codes::TOPIC_NOT_EXIST),
+    };
+    let config = remora_std::ServerConfig {
+        drain_timeout: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    remora_std::Server::bind_tls("127.0.0.1:0", answer, config, tls).unwrap()
+}
+
+#[test]
+fn call_namesrv_asks_the_name_servers_over_tls_too() {
+    let files = Files::new("namesrv");
+    let ca = files.path("ca.pem");
+    let broker = Served::start(&tls_serve_args(&files, "std", &[]));
+    let ns = tls_name_server(&files, &broker.addr);
+    let namesrv = ns.local_addr().to_string();
+    let args = |extra: &[&str]| {
+        let mut args = vec![
+            "call",
+            "--namesrv",
+            &namesrv,
+            "--topic",
+            "T",
+            "--code",
+            "105",
+            "--body",
+            "hi",
+            "--timeout-ms",
+            "3000",
+        ];
+        args.extend_from_slice(extra);
+        remora(&args)
+    };
+    let tls = ["--tls", "--tls-ca", &ca, "--tls-server-name", "broker.test"];
+    let out = args(&tls);
+    assert_echoed(&out, "call --namesrv --tls");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&broker.addr), "{stderr}");
+    // Plaintext: the TLS-only name server does not answer.
+    assert_failed(&args(&[]), "no name server answered", "plaintext");
+    // An untrusted CA: the name server's handshake fails, and the error says so.
+    let rogue = files.path("rogue.pem");
+    let untrusted = [
+        "--tls",
+        "--tls-ca",
+        &rogue,
+        "--tls-server-name",
+        "broker.test",
+    ];
+    assert_failed(&args(&untrusted), "not trusted", "untrusted CA");
+}
