@@ -55,6 +55,9 @@ const SPARE_SLOTS: usize = 1024;
 const READ_CHUNK: usize = 64 * 1024;
 /// Below this much free room, the read buffer grows by `READ_CHUNK`.
 const READ_LOW_WATER: usize = 8 * 1024;
+/// How long a closed TLS connection may take to write its last words (an alert, or
+/// `close_notify`) before its socket is shut regardless.
+const LAST_WORDS: Duration = Duration::from_millis(500);
 
 pub(crate) struct Conn {
     /// The machine under its TLS (or plaintext) session: socket bytes go through the session;
@@ -67,6 +70,8 @@ pub(crate) struct Conn {
     timer_wake: Notify,
     /// Wakes a reader paused by backpressure (output was written, or the connection closed).
     read_wake: Notify,
+    /// Tells the timer task the writer has shut the socket after the connection closed.
+    shut: Notify,
     /// Wakes [`Conn::handshake`] once the TLS handshake has ended (completed or failed).
     settled: Notify,
     /// The TLS handshake had not ended when last looked at.
@@ -117,6 +122,7 @@ impl Conn {
             write_wake: Notify::new(),
             timer_wake: Notify::new(),
             read_wake: Notify::new(),
+            shut: Notify::new(),
             settled: Notify::new(),
             handshaking: Cell::new(secure.is_tls()),
             budget,
@@ -231,7 +237,8 @@ impl Conn {
                     if let Some(error) = self.machine.borrow().tls_error() {
                         tracing::debug!("{error}");
                     }
-                    let _ = self.stream.shutdown(std::net::Shutdown::Both);
+                    // The writer shuts the socket after a TLS alert or close_notify goes out
+                    // (best effort, within LAST_WORDS; the timer task bounds a stuck write).
                     if let (Some(budget), Some(account)) =
                         (&self.budget, self.account.borrow_mut().take())
                     {
@@ -302,32 +309,54 @@ impl Conn {
     }
 
     async fn write_loop(self: Rc<Self>) {
-        loop {
-            if self.closed.get() {
-                return;
-            }
+        while !self.closed.get() {
             let chunk = self.machine.borrow_mut().take_transmit();
-            match chunk {
-                Some(bytes) => {
-                    let len = bytes.len();
-                    let (result, _) = self.stream.write_all(bytes).await;
-                    if result.is_err() {
-                        self.machine.borrow_mut().handle_disconnect();
-                        self.drain_events();
-                        return;
-                    }
-                    self.machine.borrow_mut().handle_sent(len);
-                    self.drain_events();
-                    self.read_wake.notify_one();
-                }
-                None => self.write_wake.notified().await,
+            let Some(bytes) = chunk else {
+                self.write_wake.notified().await;
+                continue;
+            };
+            let len = bytes.len();
+            let (result, _) = self.stream.write_all(bytes).await;
+            if result.is_err() {
+                self.machine.borrow_mut().handle_disconnect();
+                self.drain_events();
+                break;
             }
+            self.machine.borrow_mut().handle_sent(len);
+            self.drain_events();
+            self.read_wake.notify_one();
         }
+        self.farewell().await;
+    }
+
+    /// Once closed: a TLS session's last words (an alert saying why a handshake failed, or
+    /// `close_notify`) go out best effort within [`LAST_WORDS`]; then the socket shuts, which
+    /// ends the reader's pending read.
+    async fn farewell(&self) {
+        let last_words = async {
+            while self.machine.borrow().is_tls() {
+                let chunk = self.machine.borrow_mut().take_transmit();
+                let Some(bytes) = chunk else { return };
+                if self.stream.write_all(bytes).await.0.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LAST_WORDS, last_words).await;
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.shut.notify_one();
     }
 
     async fn timer_loop(self: Rc<Self>) {
         loop {
             if self.closed.get() {
+                // The writer shuts the socket after its last words; a write stuck on a peer
+                // that reads nothing must not keep it open past LAST_WORDS.
+                tokio::select! {
+                    _ = tokio::time::sleep(LAST_WORDS) => {}
+                    _ = self.shut.notified() => {}
+                }
+                let _ = self.stream.shutdown(std::net::Shutdown::Both);
                 return;
             }
             // The machine's next deadline, or its idle expiry.
