@@ -18,7 +18,8 @@
 //!
 //! TLS (`remora-tls`): [`Server::bind_tls`] (enforcing or permissive), [`Client::connect_tls`] /
 //! [`Client::lazy_tls`] (SNI from the address, handshake within the connect timeout, a failed
-//! handshake a failed connect carrying the `TlsError`). The connection drives a
+//! handshake a failed connect carrying the `TlsError`), [`Cluster::with_tls`] (every endpoint
+//! over one `ClientTls`), [`namesrv::FollowerConfig::tls`]. The connection drives a
 //! `remora_tls::Session` over the machine — one code path with plaintext.
 //!
 //! Threads: each connection has a reader thread that never blocks on a write (so two peers can

@@ -316,7 +316,7 @@ fn route_follower_asks_tls_name_servers_and_a_tls_cluster_follows_it() {
 
     let follower = RouteFollower::new(&list, "T", follower_config(Some(ca.client_tls())));
     let route = follower.fetch().unwrap();
-    assert_eq!(route.writable_masters(), [broker_addr.clone()]);
+    assert_eq!(route.writable_masters(), std::slice::from_ref(&broker_addr));
 
     let resolver = follower.resolver(Duration::from_millis(10));
     let tls = Some(ca.client_tls());

@@ -14,8 +14,9 @@
 //! less than once per hundred calls, counted (`tests/tests/tokio_alloc.rs`).
 //!
 //! TLS (`remora-tls`): [`Server::bind_tls`] (enforcing or permissive), [`Client::connect_tls`] /
-//! [`Client::lazy_tls`]; each connection task drives a `remora_tls::Session` over the machine —
-//! one code path with plaintext.
+//! [`Client::lazy_tls`], [`Cluster::with_tls`] (every endpoint over one `ClientTls`); each
+//! connection task drives a `remora_tls::Session` over the machine — one code path with
+//! plaintext.
 //!
 //! - [`Client`]: `Send + Sync + Clone`, a pool of multiplexed connections (the core's pool
 //!   policy: least in-flight first, reconnect with the core's backoff), timeouts, oneway, and a

@@ -25,8 +25,10 @@
 //! [`Budget`](remora_core::Budget) (buffered bytes, connection count).
 //!
 //! TLS (`remora-tls`) on both: [`Server::bind_tls`], [`EventLoop::connect_secure`],
-//! [`LocalClient::connect_tls`] / [`LocalClient::lazy_tls`], [`Client::connect_tls`]; every
-//! connection drives a `remora_tls::Session` over its machine — one code path with plaintext.
+//! [`LocalClient::connect_tls`] / [`LocalClient::lazy_tls`], [`Client::connect_tls`],
+//! [`LocalCluster::with_tls`]; every connection drives a `remora_tls::Session` over its machine —
+//! one code path with plaintext; a closed TLS connection says its last words (an alert, or
+//! `close_notify`) before its socket shuts.
 //!
 //! - [`LocalClient`]: for code already on a tokio-uring thread; `call(..).await`.
 //! - [`Client`]: a `Send + Sync` handle whose connections live on io_uring threads of its own.
