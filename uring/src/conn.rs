@@ -239,6 +239,10 @@ impl Conn {
                     }
                     // The writer shuts the socket after a TLS alert or close_notify goes out
                     // (best effort, within LAST_WORDS; the timer task bounds a stuck write).
+                    // Plaintext has nothing more to say: shut now.
+                    if !self.machine.borrow().is_tls() {
+                        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+                    }
                     if let (Some(budget), Some(account)) =
                         (&self.budget, self.account.borrow_mut().take())
                     {
