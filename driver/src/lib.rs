@@ -12,10 +12,14 @@
 //! - [`Latency`] and [`Endpoint`]: what a cluster keeps of its attempts' latency (per endpoint,
 //!   and over all of them for percentile hedging), and [`record`] for an attempt's report.
 //! - `pool` (feature `tokio`): an async client's pool on the core's pool policy, its connect,
-//!   and a call's request span, shared by the tokio and tokio-uring clients.
+//!   and a call's request span, shared by the tokio and tokio-uring clients; `client` (feature
+//!   `tokio`): the async client those two drivers wrap.
+//! - [`client_tls`]: the TLS side of a client to an address, its configuration checked now.
 
 #![deny(missing_docs)]
 
+#[cfg(feature = "tokio")]
+pub mod client;
 #[cfg(feature = "tokio")]
 pub mod pool;
 
@@ -117,6 +121,18 @@ pub fn resolve(addr: impl ToSocketAddrs) -> Result<Vec<SocketAddr>, CallError> {
         return Err(CallError::Connect(e.into()));
     }
     Ok(addrs)
+}
+
+/// A client's TLS to `addr` (`host:port`): `host`, or the name `tls` gives, is sent as SNI and
+/// verified against the server's certificate; each handshake must complete within
+/// `connect_timeout`. An unusable name is a connect error now, not at the first connection.
+pub fn client_tls(
+    addr: &str,
+    tls: remora_tls::ClientTls,
+    connect_timeout: Duration,
+) -> Result<remora_tls::Secure, CallError> {
+    remora_tls::Secure::client(tls, addr, connect_timeout)
+        .map_err(|e| CallError::Connect(remora_core::ConnectError::new(e)))
 }
 
 /// A seed that differs between runs (and between calls): the wall clock's nanoseconds mixed

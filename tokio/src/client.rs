@@ -1,12 +1,14 @@
 //! The client: a pool of multiplexed connections to one endpoint, usable from any task.
 
+use std::future::Future;
+use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
 use remora_core::backoff::Backoff;
-use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported, Outgoing};
-use remora_driver::pool::{self, AsyncPool};
+use remora_core::{CallError, Command, Config, Handler, NotSupported, Outgoing};
+use remora_driver::client::{AsyncClient, Dial, PoolSettings};
 use remora_metrics::Probed;
 use remora_tls::{ClientTls, Secure};
 use tokio::net::TcpStream;
@@ -43,14 +45,40 @@ impl Default for ClientConfig {
     }
 }
 
-struct Shared {
-    addrs: Vec<SocketAddr>,
-    /// Plaintext, or TLS to the server named by the address (or the TLS configuration).
+/// How this driver's connections are made: its settings, handler and TLS.
+struct Tokio {
     secure: Secure,
-    config: ClientConfig,
+    config: ConnConfig,
     handler: Arc<dyn Handler>,
     clock: Clock,
-    pool: AsyncPool<Arc<Conn>>,
+}
+
+impl Dial for Tokio {
+    type Stream = TcpStream;
+    type Conn = Arc<Conn>;
+    type Pending = CallFuture;
+
+    fn connect(addr: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> {
+        TcpStream::connect(addr)
+    }
+    fn start(&self, stream: TcpStream) -> Result<Arc<Conn>, CallError> {
+        let handler = Arc::clone(&self.handler);
+        Conn::start(stream, &self.secure, self.config, handler, self.clock, None)
+            .map_err(|e| CallError::Connect(e.into()))
+    }
+    fn handshake(conn: &Arc<Conn>) -> impl Future<Output = Result<(), CallError>> {
+        conn.handshake()
+    }
+    fn call(
+        conn: &Arc<Conn>,
+        request: impl Outgoing,
+        timeout: Duration,
+    ) -> Result<CallFuture, CallError> {
+        conn.call(request, timeout)
+    }
+    fn oneway(conn: &Arc<Conn>, request: Command) -> Result<(), CallError> {
+        conn.oneway(request)
+    }
 }
 
 /// A remoting client on tokio: `Send + Sync + Clone`, so any number of tasks on any threads may
@@ -76,7 +104,7 @@ struct Shared {
 /// ```
 #[derive(Clone)]
 pub struct Client {
-    shared: Arc<Shared>,
+    core: Arc<AsyncClient<Tokio>>,
 }
 
 impl Client {
@@ -97,7 +125,7 @@ impl Client {
     ) -> Result<Client, CallError> {
         let client = Client::lazy(addr, config, handler)?;
         // Fail fast on a wrong address.
-        client.acquire().await?;
+        client.core.acquire().await?;
         Ok(client)
     }
 
@@ -114,7 +142,7 @@ impl Client {
         tls: ClientTls,
     ) -> Result<Client, CallError> {
         let client = Client::lazy_tls(addr, config, NotSupported, tls)?;
-        client.acquire().await?;
+        client.core.acquire().await?;
         Ok(client)
     }
 
@@ -125,8 +153,7 @@ impl Client {
         handler: impl Handler,
         tls: ClientTls,
     ) -> Result<Client, CallError> {
-        let secure = Secure::client(tls, addr, config.connect_timeout)
-            .map_err(|e| CallError::Connect(ConnectError::new(e)))?;
+        let secure = remora_driver::client_tls(addr, tls, config.connect_timeout)?;
         Client::lazy_secure(addr, config, handler, secure)
     }
 
@@ -147,18 +174,23 @@ impl Client {
         handler: impl Handler,
         secure: Secure,
     ) -> Result<Client, CallError> {
-        let addrs = remora_driver::resolve(addr)?;
-        let (size, reconnect) = (config.pool_size, config.reconnect);
-        Ok(Client {
-            shared: Arc::new(Shared {
-                addrs,
-                secure,
-                config,
-                handler: Arc::new(handler),
-                clock: Clock::new(),
-                pool: AsyncPool::new(size, reconnect, config.connect_timeout),
-            }),
-        })
+        let dial = Tokio {
+            secure,
+            config: ConnConfig {
+                machine: config.connection,
+                idle_timeout: config.idle_timeout,
+                dispatch: config.dispatch,
+            },
+            handler: Arc::new(handler),
+            clock: Clock::new(),
+        };
+        let pool = PoolSettings {
+            size: config.pool_size,
+            reconnect: config.reconnect,
+            connect_timeout: config.connect_timeout,
+        };
+        let core = Arc::new(AsyncClient::new(addr, dial, pool)?);
+        Ok(Client { core })
     }
 
     /// Sends `request` and waits up to `timeout` for its response (whatever its code).
@@ -168,7 +200,7 @@ impl Client {
         request: impl Outgoing,
         timeout: Duration,
     ) -> Result<Command, CallError> {
-        self.start_call(request, timeout).await?.await
+        self.core.call(request, timeout).await
     }
 
     /// Queues `request` and returns the future of its outcome without waiting for it: start
@@ -179,55 +211,24 @@ impl Client {
         request: impl Outgoing,
         timeout: Duration,
     ) -> Result<Probed<CallFuture>, CallError> {
-        let start = |r| async move { self.acquire().await?.call(r, timeout) };
-        pool::start_call(&self.shared.addrs[0], request, start).await
+        self.core.start_call(request, timeout).await
     }
 
     /// Queues a oneway request; the connection's task writes it on its next turn. A
     /// [`close`](Client::close) before then drops it (close discards unsent bytes).
     pub async fn oneway(&self, request: Command) -> Result<(), CallError> {
-        let send = |r| async move { self.acquire().await?.oneway(r) };
-        pool::oneway(&self.shared.addrs[0], request, send).await
+        self.core.oneway(request).await
     }
 
     /// Open connections.
     pub fn connections(&self) -> usize {
-        self.shared.pool.connections()
+        self.core.connections()
     }
 
     /// Closes every connection (idempotent): calls in flight fail with
     /// [`CallError::Closed`] (saying whether each was written), later calls fail at once.
     pub fn close(&self) {
-        self.shared.pool.close();
-    }
-
-    /// The connection the core's pool policy picks, connecting (or reconnecting) when it says so.
-    async fn acquire(&self) -> Result<Arc<Conn>, CallError> {
-        self.shared.pool.acquire(|| self.shared.open()).await
-    }
-}
-
-impl Shared {
-    /// A new connection to the first address that accepts.
-    async fn open(&self) -> Result<Arc<Conn>, CallError> {
-        let timeout = self.config.connect_timeout;
-        let stream = pool::connect_first(&self.addrs, timeout, TcpStream::connect).await?;
-        let config = ConnConfig {
-            machine: self.config.connection,
-            idle_timeout: self.config.idle_timeout,
-            dispatch: self.config.dispatch,
-        };
-        let handler = Arc::clone(&self.handler);
-        let conn = Conn::start(stream, &self.secure, config, handler, self.clock, None)
-            .map_err(|e| CallError::Connect(e.into()))?;
-        // Connected means the TLS handshake completed too.
-        match conn.handshake().await {
-            Ok(()) => Ok(conn),
-            Err(e) => {
-                conn.close();
-                Err(e)
-            }
-        }
+        self.core.close();
     }
 }
 

@@ -1,6 +1,8 @@
 //! Clients: [`LocalClient`] for code already on a tokio-uring thread, and [`Client`], a `Send`
 //! handle that runs its connections on threads of its own.
 
+use std::future::Future;
+use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,8 +11,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use remora_core::backoff::Backoff;
-use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported, Outgoing};
-use remora_driver::pool::{self, AsyncPool};
+use remora_core::{CallError, Command, Config, Handler, NotSupported, Outgoing};
+use remora_driver::client::{AsyncClient, Dial, PoolSettings};
 use remora_metrics::Probed;
 use tokio::sync::{oneshot, Notify};
 use tokio_uring::net::TcpStream;
@@ -50,14 +52,48 @@ impl Default for ClientConfig {
     }
 }
 
-struct Local {
-    addrs: Vec<SocketAddr>,
-    /// Plaintext, or TLS to the server named by the address (or the TLS configuration).
+/// How a [`LocalClient`]'s connections are made: its settings, handler and TLS.
+struct Uring {
     secure: Secure,
-    config: ClientConfig,
+    config: Config,
+    idle_timeout: Option<Duration>,
     handler: Arc<dyn Handler>,
     clock: Clock,
-    pool: AsyncPool<Rc<Conn>>,
+}
+
+impl Dial for Uring {
+    type Stream = TcpStream;
+    type Conn = Rc<Conn>;
+    type Pending = CallFuture;
+
+    fn connect(addr: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> {
+        TcpStream::connect(addr)
+    }
+    fn start(&self, stream: TcpStream) -> Result<Rc<Conn>, CallError> {
+        let (config, idle, clock) = (self.config, self.idle_timeout, self.clock);
+        let handler = Arc::clone(&self.handler);
+        Ok(Conn::start(
+            stream,
+            &self.secure,
+            config,
+            idle,
+            handler,
+            clock,
+        ))
+    }
+    fn handshake(conn: &Rc<Conn>) -> impl Future<Output = Result<(), CallError>> {
+        conn.handshake()
+    }
+    fn call(
+        conn: &Rc<Conn>,
+        request: impl Outgoing,
+        timeout: Duration,
+    ) -> Result<CallFuture, CallError> {
+        conn.call(request, timeout)
+    }
+    fn oneway(conn: &Rc<Conn>, request: Command) -> Result<(), CallError> {
+        conn.oneway(request)
+    }
 }
 
 /// A client for code running on a tokio-uring thread: not `Send`, no locks, no cross-thread
@@ -80,7 +116,7 @@ struct Local {
 /// ```
 #[derive(Clone)]
 pub struct LocalClient {
-    inner: Rc<Local>,
+    core: Rc<AsyncClient<Uring>>,
 }
 
 impl LocalClient {
@@ -99,9 +135,7 @@ impl LocalClient {
         config: ClientConfig,
         handler: Arc<dyn Handler>,
     ) -> Result<LocalClient, CallError> {
-        let client = LocalClient::lazy(addr, config, handler)?;
-        client.acquire().await?;
-        Ok(client)
+        LocalClient::connect_secure(addr, config, handler, Secure::plain()).await
     }
 
     /// Connects to `addr` (`host:port`) over TLS: `host` (or the name `tls` gives) is sent as
@@ -115,9 +149,8 @@ impl LocalClient {
         config: ClientConfig,
         tls: ClientTls,
     ) -> Result<LocalClient, CallError> {
-        let client = LocalClient::lazy_tls(addr, config, Arc::new(NotSupported), tls)?;
-        client.acquire().await?;
-        Ok(client)
+        let secure = remora_driver::client_tls(addr, tls, config.connect_timeout)?;
+        LocalClient::connect_secure(addr, config, Arc::new(NotSupported), secure).await
     }
 
     /// [`LocalClient::lazy`] over TLS (see [`LocalClient::connect_tls`]).
@@ -127,8 +160,7 @@ impl LocalClient {
         handler: Arc<dyn Handler>,
         tls: ClientTls,
     ) -> Result<LocalClient, CallError> {
-        let secure = Secure::client(tls, addr, config.connect_timeout)
-            .map_err(|e| CallError::Connect(ConnectError::new(e)))?;
+        let secure = remora_driver::client_tls(addr, tls, config.connect_timeout)?;
         LocalClient::lazy_secure(addr, config, handler, secure)
     }
 
@@ -142,24 +174,38 @@ impl LocalClient {
         LocalClient::lazy_secure(addr, config, handler, Secure::plain())
     }
 
+    /// [`LocalClient::lazy_secure`], then one connection now.
+    async fn connect_secure(
+        addr: impl ToSocketAddrs,
+        config: ClientConfig,
+        handler: Arc<dyn Handler>,
+        secure: Secure,
+    ) -> Result<LocalClient, CallError> {
+        let client = LocalClient::lazy_secure(addr, config, handler, secure)?;
+        client.core.acquire().await?;
+        Ok(client)
+    }
+
     fn lazy_secure(
         addr: impl ToSocketAddrs,
         config: ClientConfig,
         handler: Arc<dyn Handler>,
         secure: Secure,
     ) -> Result<LocalClient, CallError> {
-        let addrs = remora_driver::resolve(addr)?;
-        let (size, reconnect) = (config.pool_size, config.reconnect);
-        Ok(LocalClient {
-            inner: Rc::new(Local {
-                addrs,
-                secure,
-                config,
-                handler,
-                clock: Clock::new(),
-                pool: AsyncPool::new(size, reconnect, config.connect_timeout),
-            }),
-        })
+        let dial = Uring {
+            secure,
+            config: config.connection,
+            idle_timeout: config.idle_timeout,
+            handler,
+            clock: Clock::new(),
+        };
+        let pool = PoolSettings {
+            size: config.pool_size,
+            reconnect: config.reconnect,
+            connect_timeout: config.connect_timeout,
+        };
+        let core = Rc::new(AsyncClient::new(addr, dial, pool)?);
+        Ok(LocalClient { core })
     }
 
     /// Sends `request` and waits up to `timeout` for its response (whatever its code).
@@ -169,7 +215,7 @@ impl LocalClient {
         request: impl Outgoing,
         timeout: Duration,
     ) -> Result<Command, CallError> {
-        self.start_call(request, timeout).await?.await
+        self.core.call(request, timeout).await
     }
 
     /// Queues `request` and returns the future of its outcome without waiting: start many calls,
@@ -180,49 +226,23 @@ impl LocalClient {
         request: impl Outgoing,
         timeout: Duration,
     ) -> Result<Probed<CallFuture>, CallError> {
-        let start = |r| async move { self.acquire().await?.call(r, timeout) };
-        pool::start_call(&self.inner.addrs[0], request, start).await
+        self.core.start_call(request, timeout).await
     }
 
     /// Queues a oneway request; the connection's writer sends it on its next turn. A
     /// [`close`](LocalClient::close) before then drops it (close discards unsent bytes).
     pub async fn oneway(&self, request: Command) -> Result<(), CallError> {
-        let send = |r| async move { self.acquire().await?.oneway(r) };
-        pool::oneway(&self.inner.addrs[0], request, send).await
+        self.core.oneway(request).await
     }
 
     /// Open connections.
     pub fn connections(&self) -> usize {
-        self.inner.pool.connections()
+        self.core.connections()
     }
 
     /// Closes every connection (idempotent): calls in flight fail with `Closed`.
     pub fn close(&self) {
-        self.inner.pool.close();
-    }
-
-    /// The connection the core's pool policy picks, connecting (or reconnecting) when it says so.
-    async fn acquire(&self) -> Result<Rc<Conn>, CallError> {
-        self.inner.pool.acquire(|| self.inner.open()).await
-    }
-}
-
-impl Local {
-    /// A new connection to the first address that accepts.
-    async fn open(&self) -> Result<Rc<Conn>, CallError> {
-        let timeout = self.config.connect_timeout;
-        let stream = pool::connect_first(&self.addrs, timeout, TcpStream::connect).await?;
-        let (config, idle) = (self.config.connection, self.config.idle_timeout);
-        let handler = Arc::clone(&self.handler);
-        let conn = Conn::start(stream, &self.secure, config, idle, handler, self.clock);
-        // Connected means the TLS handshake completed too.
-        match conn.handshake().await {
-            Ok(()) => Ok(conn),
-            Err(e) => {
-                conn.close();
-                Err(e)
-            }
-        }
+        self.core.close();
     }
 }
 
@@ -275,8 +295,7 @@ impl Client {
         config: ClientConfig,
         tls: ClientTls,
     ) -> Result<Client, CallError> {
-        let secure = Secure::client(tls, addr, config.connect_timeout)
-            .map_err(|e| CallError::Connect(ConnectError::new(e)))?;
+        let secure = remora_driver::client_tls(addr, tls, config.connect_timeout)?;
         Client::start(addr, config, Arc::new(NotSupported), secure)
     }
 
@@ -301,11 +320,8 @@ impl Client {
                 .spawn(move || {
                     tokio_uring::start(async move {
                         let connected =
-                            match LocalClient::lazy_secure(&addrs[..], config, handler, secure) {
-                                Ok(client) => client.acquire().await.map(|_| client),
-                                Err(e) => Err(e),
-                            };
-                        let client = match connected {
+                            LocalClient::connect_secure(&addrs[..], config, handler, secure);
+                        let client = match connected.await {
                             Ok(c) => {
                                 let _ = ready_tx.send(Ok(()));
                                 c
