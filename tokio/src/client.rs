@@ -2,18 +2,17 @@
 
 use std::future::Future;
 use std::io;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use remora_core::backoff::Backoff;
-use remora_core::{CallError, Command, Config, Handler, NotSupported, Outgoing};
+use remora_core::{CallError, Config, Handler};
 use remora_driver::client::{AsyncClient, Dial, PoolSettings};
-use remora_metrics::Probed;
-use remora_tls::{ClientTls, Secure};
+use remora_tls::Secure;
 use tokio::net::TcpStream;
 
-use crate::conn::{CallFuture, Clock, Conn, ConnConfig, Dispatch};
+use crate::conn::{Clock, Conn, ConnConfig, Dispatch};
 
 /// How a [`Client`] behaves.
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
@@ -46,7 +45,7 @@ impl Default for ClientConfig {
 }
 
 /// How this driver's connections are made: its settings, handler and TLS.
-struct Tokio {
+pub struct Tokio {
     secure: Secure,
     config: ConnConfig,
     handler: Arc<dyn Handler>,
@@ -54,10 +53,31 @@ struct Tokio {
 }
 
 impl Dial for Tokio {
+    type Config = ClientConfig;
     type Stream = TcpStream;
-    type Conn = Arc<Conn>;
-    type Pending = CallFuture;
+    type Conn = Conn;
+    type Shared<T> = Arc<T>;
 
+    fn share<T>(value: T) -> Arc<T> {
+        Arc::new(value)
+    }
+    fn new(config: &ClientConfig, handler: Arc<dyn Handler>, secure: Secure) -> Tokio {
+        let config = ConnConfig {
+            machine: config.connection,
+            idle_timeout: config.idle_timeout,
+            dispatch: config.dispatch,
+        };
+        let clock = Clock::new();
+        Tokio {
+            secure,
+            config,
+            handler,
+            clock,
+        }
+    }
+    fn pool(config: &ClientConfig) -> PoolSettings {
+        PoolSettings::new(config.pool_size, config.reconnect, config.connect_timeout)
+    }
     fn connect(addr: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> {
         TcpStream::connect(addr)
     }
@@ -65,19 +85,6 @@ impl Dial for Tokio {
         let handler = Arc::clone(&self.handler);
         Conn::start(stream, &self.secure, self.config, handler, self.clock, None)
             .map_err(|e| CallError::Connect(e.into()))
-    }
-    fn handshake(conn: &Arc<Conn>) -> impl Future<Output = Result<(), CallError>> {
-        conn.handshake()
-    }
-    fn call(
-        conn: &Arc<Conn>,
-        request: impl Outgoing,
-        timeout: Duration,
-    ) -> Result<CallFuture, CallError> {
-        conn.call(request, timeout)
-    }
-    fn oneway(conn: &Arc<Conn>, request: Command) -> Result<(), CallError> {
-        conn.oneway(request)
     }
 }
 
@@ -102,135 +109,7 @@ impl Dial for Tokio {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone)]
-pub struct Client {
-    core: Arc<AsyncClient<Tokio>>,
-}
-
-impl Client {
-    /// Connects to `addr` (one connection now, the rest of the pool on demand). Requests from
-    /// the server are answered `REQUEST_CODE_NOT_SUPPORTED`.
-    pub async fn connect(
-        addr: impl ToSocketAddrs,
-        config: ClientConfig,
-    ) -> Result<Client, CallError> {
-        Client::connect_with_handler(addr, config, NotSupported).await
-    }
-
-    /// Connects to `addr`; requests from the server go to `handler`.
-    pub async fn connect_with_handler(
-        addr: impl ToSocketAddrs,
-        config: ClientConfig,
-        handler: impl Handler,
-    ) -> Result<Client, CallError> {
-        let client = Client::lazy(addr, config, handler)?;
-        // Fail fast on a wrong address.
-        client.core.acquire().await?;
-        Ok(client)
-    }
-
-    /// Connects to `addr` (`host:port`) over TLS: `host` (or the name `tls` gives) is sent as
-    /// SNI and verified against the server's certificate, and each connection's handshake must
-    /// complete within [`ClientConfig::connect_timeout`]. A failed handshake (untrusted
-    /// certificate, name mismatch, refused client certificate, a plaintext server) fails the
-    /// calls waiting on that connection with [`CallError::Connect`] carrying the
-    /// [`TlsError`](remora_tls::TlsError) (never as possibly delivered); the pool reconnects
-    /// with its backoff.
-    pub async fn connect_tls(
-        addr: &str,
-        config: ClientConfig,
-        tls: ClientTls,
-    ) -> Result<Client, CallError> {
-        let client = Client::lazy_tls(addr, config, NotSupported, tls)?;
-        client.core.acquire().await?;
-        Ok(client)
-    }
-
-    /// [`Client::lazy`] over TLS (see [`Client::connect_tls`]).
-    pub fn lazy_tls(
-        addr: &str,
-        config: ClientConfig,
-        handler: impl Handler,
-        tls: ClientTls,
-    ) -> Result<Client, CallError> {
-        let secure = remora_driver::client_tls(addr, tls, config.connect_timeout)?;
-        Client::lazy_secure(addr, config, handler, secure)
-    }
-
-    /// A client that connects on its first call (for a cluster, where one endpoint being down
-    /// must not stop the others). The address is resolved now (blocking, as
-    /// `std::net::ToSocketAddrs` does: pass an IP address from async code).
-    pub fn lazy(
-        addr: impl ToSocketAddrs,
-        config: ClientConfig,
-        handler: impl Handler,
-    ) -> Result<Client, CallError> {
-        Client::lazy_secure(addr, config, handler, Secure::plain())
-    }
-
-    fn lazy_secure(
-        addr: impl ToSocketAddrs,
-        config: ClientConfig,
-        handler: impl Handler,
-        secure: Secure,
-    ) -> Result<Client, CallError> {
-        let dial = Tokio {
-            secure,
-            config: ConnConfig {
-                machine: config.connection,
-                idle_timeout: config.idle_timeout,
-                dispatch: config.dispatch,
-            },
-            handler: Arc::new(handler),
-            clock: Clock::new(),
-        };
-        let pool = PoolSettings {
-            size: config.pool_size,
-            reconnect: config.reconnect,
-            connect_timeout: config.connect_timeout,
-        };
-        let core = Arc::new(AsyncClient::new(addr, dial, pool)?);
-        Ok(Client { core })
-    }
-
-    /// Sends `request` and waits up to `timeout` for its response (whatever its code).
-    /// `request` is a [`Command`] or a request encoded once ([`remora_core::Encoded`]).
-    pub async fn call(
-        &self,
-        request: impl Outgoing,
-        timeout: Duration,
-    ) -> Result<Command, CallError> {
-        self.core.call(request, timeout).await
-    }
-
-    /// Queues `request` and returns the future of its outcome without waiting for it: start
-    /// many calls, then await them (they share writes). Dropping the future cancels the call.
-    /// The future carries the request's span and metrics probe (see [`Probed`]).
-    pub async fn start_call(
-        &self,
-        request: impl Outgoing,
-        timeout: Duration,
-    ) -> Result<Probed<CallFuture>, CallError> {
-        self.core.start_call(request, timeout).await
-    }
-
-    /// Queues a oneway request; the connection's task writes it on its next turn. A
-    /// [`close`](Client::close) before then drops it (close discards unsent bytes).
-    pub async fn oneway(&self, request: Command) -> Result<(), CallError> {
-        self.core.oneway(request).await
-    }
-
-    /// Open connections.
-    pub fn connections(&self) -> usize {
-        self.core.connections()
-    }
-
-    /// Closes every connection (idempotent): calls in flight fail with
-    /// [`CallError::Closed`] (saying whether each was written), later calls fail at once.
-    pub fn close(&self) {
-        self.core.close();
-    }
-}
+pub type Client = AsyncClient<Tokio>;
 
 impl remora_core::resilience::cluster::ClientSettings for ClientConfig {
     fn set_pool_size(&mut self, connections: usize) {

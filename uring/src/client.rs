@@ -11,15 +11,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use remora_core::backoff::Backoff;
-use remora_core::{CallError, Command, Config, Handler, NotSupported, Outgoing};
+use remora_core::{CallError, Command, Config, Handler, NotSupported};
 use remora_driver::client::{AsyncClient, Dial, PoolSettings};
-use remora_metrics::Probed;
 use tokio::sync::{oneshot, Notify};
 use tokio_uring::net::TcpStream;
 
 use remora_tls::{ClientTls, Secure};
 
-use crate::conn::{CallFuture, Clock, Conn};
+use crate::conn::{Clock, Conn};
 
 /// How a client behaves.
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
@@ -53,7 +52,7 @@ impl Default for ClientConfig {
 }
 
 /// How a [`LocalClient`]'s connections are made: its settings, handler and TLS.
-struct Uring {
+pub struct Uring {
     secure: Secure,
     config: Config,
     idle_timeout: Option<Duration>,
@@ -62,10 +61,28 @@ struct Uring {
 }
 
 impl Dial for Uring {
+    type Config = ClientConfig;
     type Stream = TcpStream;
-    type Conn = Rc<Conn>;
-    type Pending = CallFuture;
+    type Conn = Conn;
+    type Shared<T> = Rc<T>;
 
+    fn share<T>(value: T) -> Rc<T> {
+        Rc::new(value)
+    }
+    fn new(config: &ClientConfig, handler: Arc<dyn Handler>, secure: Secure) -> Uring {
+        let (idle_timeout, clock) = (config.idle_timeout, Clock::new());
+        let config = config.connection;
+        Uring {
+            secure,
+            config,
+            idle_timeout,
+            handler,
+            clock,
+        }
+    }
+    fn pool(config: &ClientConfig) -> PoolSettings {
+        PoolSettings::new(config.pool_size, config.reconnect, config.connect_timeout)
+    }
     fn connect(addr: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> {
         TcpStream::connect(addr)
     }
@@ -80,19 +97,6 @@ impl Dial for Uring {
             handler,
             clock,
         ))
-    }
-    fn handshake(conn: &Rc<Conn>) -> impl Future<Output = Result<(), CallError>> {
-        conn.handshake()
-    }
-    fn call(
-        conn: &Rc<Conn>,
-        request: impl Outgoing,
-        timeout: Duration,
-    ) -> Result<CallFuture, CallError> {
-        conn.call(request, timeout)
-    }
-    fn oneway(conn: &Rc<Conn>, request: Command) -> Result<(), CallError> {
-        conn.oneway(request)
     }
 }
 
@@ -114,137 +118,7 @@ impl Dial for Uring {
 /// })
 /// # .unwrap();
 /// ```
-#[derive(Clone)]
-pub struct LocalClient {
-    core: Rc<AsyncClient<Uring>>,
-}
-
-impl LocalClient {
-    /// Connects to `addr` (one connection now, the rest of the pool on demand). Requests from
-    /// the server are answered `REQUEST_CODE_NOT_SUPPORTED`.
-    pub async fn connect(
-        addr: impl ToSocketAddrs,
-        config: ClientConfig,
-    ) -> Result<LocalClient, CallError> {
-        LocalClient::connect_with_handler(addr, config, Arc::new(NotSupported)).await
-    }
-
-    /// Connects to `addr`; requests from the server go to `handler` (run on this thread).
-    pub async fn connect_with_handler(
-        addr: impl ToSocketAddrs,
-        config: ClientConfig,
-        handler: Arc<dyn Handler>,
-    ) -> Result<LocalClient, CallError> {
-        LocalClient::connect_secure(addr, config, handler, Secure::plain()).await
-    }
-
-    /// Connects to `addr` (`host:port`) over TLS: `host` (or the name `tls` gives) is sent as
-    /// SNI and verified against the server's certificate, and each connection's handshake must
-    /// complete within [`ClientConfig::connect_timeout`]. A failed handshake (untrusted
-    /// certificate, name mismatch, refused client certificate, a plaintext server) fails the
-    /// calls waiting on that connection with [`CallError::Connect`] carrying the
-    /// [`TlsError`](remora_tls::TlsError) (never as possibly delivered).
-    pub async fn connect_tls(
-        addr: &str,
-        config: ClientConfig,
-        tls: ClientTls,
-    ) -> Result<LocalClient, CallError> {
-        let secure = remora_driver::client_tls(addr, tls, config.connect_timeout)?;
-        LocalClient::connect_secure(addr, config, Arc::new(NotSupported), secure).await
-    }
-
-    /// [`LocalClient::lazy`] over TLS (see [`LocalClient::connect_tls`]).
-    pub fn lazy_tls(
-        addr: &str,
-        config: ClientConfig,
-        handler: Arc<dyn Handler>,
-        tls: ClientTls,
-    ) -> Result<LocalClient, CallError> {
-        let secure = remora_driver::client_tls(addr, tls, config.connect_timeout)?;
-        LocalClient::lazy_secure(addr, config, handler, secure)
-    }
-
-    /// A client that connects on its first call (for a cluster, where one endpoint being down
-    /// must not stop the others). The address is resolved now.
-    pub fn lazy(
-        addr: impl ToSocketAddrs,
-        config: ClientConfig,
-        handler: Arc<dyn Handler>,
-    ) -> Result<LocalClient, CallError> {
-        LocalClient::lazy_secure(addr, config, handler, Secure::plain())
-    }
-
-    /// [`LocalClient::lazy_secure`], then one connection now.
-    async fn connect_secure(
-        addr: impl ToSocketAddrs,
-        config: ClientConfig,
-        handler: Arc<dyn Handler>,
-        secure: Secure,
-    ) -> Result<LocalClient, CallError> {
-        let client = LocalClient::lazy_secure(addr, config, handler, secure)?;
-        client.core.acquire().await?;
-        Ok(client)
-    }
-
-    fn lazy_secure(
-        addr: impl ToSocketAddrs,
-        config: ClientConfig,
-        handler: Arc<dyn Handler>,
-        secure: Secure,
-    ) -> Result<LocalClient, CallError> {
-        let dial = Uring {
-            secure,
-            config: config.connection,
-            idle_timeout: config.idle_timeout,
-            handler,
-            clock: Clock::new(),
-        };
-        let pool = PoolSettings {
-            size: config.pool_size,
-            reconnect: config.reconnect,
-            connect_timeout: config.connect_timeout,
-        };
-        let core = Rc::new(AsyncClient::new(addr, dial, pool)?);
-        Ok(LocalClient { core })
-    }
-
-    /// Sends `request` and waits up to `timeout` for its response (whatever its code).
-    /// `request` is a [`Command`] or a request encoded once ([`remora_core::Encoded`]).
-    pub async fn call(
-        &self,
-        request: impl Outgoing,
-        timeout: Duration,
-    ) -> Result<Command, CallError> {
-        self.core.call(request, timeout).await
-    }
-
-    /// Queues `request` and returns the future of its outcome without waiting: start many calls,
-    /// then await them (they share one write).
-    /// The future carries the request's span and metrics probe (see [`Probed`]).
-    pub async fn start_call(
-        &self,
-        request: impl Outgoing,
-        timeout: Duration,
-    ) -> Result<Probed<CallFuture>, CallError> {
-        self.core.start_call(request, timeout).await
-    }
-
-    /// Queues a oneway request; the connection's writer sends it on its next turn. A
-    /// [`close`](LocalClient::close) before then drops it (close discards unsent bytes).
-    pub async fn oneway(&self, request: Command) -> Result<(), CallError> {
-        self.core.oneway(request).await
-    }
-
-    /// Open connections.
-    pub fn connections(&self) -> usize {
-        self.core.connections()
-    }
-
-    /// Closes every connection (idempotent): calls in flight fail with `Closed`.
-    pub fn close(&self) {
-        self.core.close();
-    }
-}
+pub type LocalClient = AsyncClient<Uring>;
 
 enum Job {
     Call {
