@@ -288,15 +288,7 @@ impl Client {
             timeout,
             reply,
         });
-        async move {
-            if !submitted {
-                return Err(CallError::Closed { written: false });
-            }
-            // A reply dropped unanswered: the client shut down mid-call; assume the worst.
-            outcome
-                .await
-                .unwrap_or(Err(CallError::Closed { written: true }))
-        }
+        answer(submitted, outcome)
     }
 
     /// [`Client::call`] for threads outside any async runtime.
@@ -321,14 +313,7 @@ impl Client {
     ) -> impl std::future::Future<Output = Result<(), CallError>> + Send + 'static {
         let (reply, outcome) = oneshot::channel();
         let submitted = self.submit(Job::Oneway { request, reply });
-        async move {
-            if !submitted {
-                return Err(CallError::Closed { written: false });
-            }
-            outcome
-                .await
-                .unwrap_or(Err(CallError::Closed { written: true }))
-        }
+        answer(submitted, outcome)
     }
 
     /// Closes every connection and joins the client's threads (idempotent). Calls in flight
@@ -343,6 +328,20 @@ impl Client {
             worker_join(w);
         }
     }
+}
+
+/// A submitted job's answer: `Closed` unwritten if it was never handed to a thread.
+async fn answer<T>(
+    submitted: bool,
+    outcome: oneshot::Receiver<Result<T, CallError>>,
+) -> Result<T, CallError> {
+    if !submitted {
+        return Err(CallError::Closed { written: false });
+    }
+    // A reply dropped unanswered: the client shut down mid-call; assume the worst.
+    outcome
+        .await
+        .unwrap_or(Err(CallError::Closed { written: true }))
 }
 
 fn worker_join(mut w: Worker) {
