@@ -20,6 +20,60 @@ use tokio::sync::Notify;
 
 use crate::pool::{self, AsyncPool, PooledConn};
 
+/// Defines an async driver's client configuration: the fields the tokio and tokio-uring
+/// clients share (`connection`, `pool_size`, `idle_timeout`, `connect_timeout`, `reconnect`),
+/// with their documentation and defaults, before the driver's own (each
+/// `pub name: Type = default,`). One struct per driver, so that struct literals name every field
+/// directly (`ClientConfig { pool_size: 4, ..Default::default() }`).
+#[macro_export]
+macro_rules! async_client_config {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $($(#[$fmeta:meta])* pub $field:ident: $ty:ty = $default:expr,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+        pub struct $name {
+            /// Each connection's machine (`max_waiters` is the most calls in flight per
+            /// connection).
+            pub connection: $crate::__core::Config,
+            /// Connections kept to the endpoint (by each of a client's threads, where it has
+            /// several); calls go to the one with the fewest in flight.
+            pub pool_size: usize,
+            /// Close a connection after this long with nothing in flight (reopened on demand).
+            pub idle_timeout: Option<::std::time::Duration>,
+            /// How long a connect (TLS handshake included) may take.
+            pub connect_timeout: ::std::time::Duration,
+            /// Delay before reconnecting after a connection failed (grows with consecutive
+            /// failures).
+            pub reconnect: $crate::__core::backoff::Backoff,
+            $($(#[$fmeta])* pub $field: $ty,)*
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name {
+                    connection: $crate::__core::Config::default(),
+                    pool_size: 1,
+                    idle_timeout: Some(::std::time::Duration::from_secs(120)),
+                    connect_timeout: ::std::time::Duration::from_secs(3),
+                    reconnect: $crate::__core::backoff::Backoff::default(),
+                    $($field: $default,)*
+                }
+            }
+        }
+
+        impl $name {
+            /// The pool these settings ask for.
+            fn pool_settings(&self) -> $crate::client::PoolSettings {
+                $crate::client::PoolSettings::new(self.pool_size, self.reconnect, self.connect_timeout)
+            }
+        }
+    };
+}
+
 /// What a client of `D` pools: its connections' shared pointers.
 type Pooled<D> = <<D as Dial>::Conn as AsyncConn>::Shared;
 

@@ -4,43 +4,19 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use remora_core::backoff::Backoff;
-use remora_core::{CallError, Config, Handler};
+use remora_core::{CallError, Handler};
 use remora_driver::client::{AsyncClient, Dial, PoolSettings};
 use remora_tls::Secure;
 use tokio::net::TcpStream;
 
 use crate::conn::{Clock, Conn, ConnConfig, Dispatch};
 
-/// How a [`Client`] behaves.
-#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
-pub struct ClientConfig {
-    /// Each connection's machine (`max_waiters` is the most calls in flight per connection).
-    pub connection: Config,
-    /// Connections kept to the endpoint; calls go to the one with the fewest in flight.
-    pub pool_size: usize,
-    /// Close a connection after this long with nothing in flight (reopened on demand).
-    pub idle_timeout: Option<Duration>,
-    /// How long a connect may take.
-    pub connect_timeout: Duration,
-    /// Delay before reconnecting after a connection failed (grows with consecutive failures).
-    pub reconnect: Backoff,
-    /// Where requests the server sends to this client are answered.
-    pub dispatch: Dispatch,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        ClientConfig {
-            connection: Config::default(),
-            pool_size: 1,
-            idle_timeout: Some(Duration::from_secs(120)),
-            connect_timeout: Duration::from_secs(3),
-            reconnect: Backoff::default(),
-            dispatch: Dispatch::Inline,
-        }
+remora_driver::async_client_config! {
+    /// How a [`Client`] behaves.
+    pub struct ClientConfig {
+        /// Where requests the server sends to this client are answered.
+        pub dispatch: Dispatch = Dispatch::Inline,
     }
 }
 
@@ -76,7 +52,7 @@ impl Dial for Tokio {
         }
     }
     fn pool(config: &ClientConfig) -> PoolSettings {
-        PoolSettings::new(config.pool_size, config.reconnect, config.connect_timeout)
+        config.pool_settings()
     }
     fn connect(addr: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> {
         TcpStream::connect(addr)

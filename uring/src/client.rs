@@ -10,7 +10,6 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use remora_core::backoff::Backoff;
 use remora_core::{CallError, Command, Config, Handler, NotSupported};
 use remora_driver::client::{AsyncClient, Dial, PoolSettings};
 use tokio::sync::{oneshot, Notify};
@@ -20,34 +19,11 @@ use remora_tls::{ClientTls, Secure};
 
 use crate::conn::{Clock, Conn};
 
-/// How a client behaves.
-#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
-pub struct ClientConfig {
-    /// Each connection's machine (`max_waiters` is the most calls in flight per connection).
-    pub connection: Config,
-    /// Connections per endpoint (per thread, for [`Client`]); calls go to the one with the
-    /// fewest in flight.
-    pub pool_size: usize,
-    /// Close a connection after this long with nothing in flight (reopened on demand).
-    pub idle_timeout: Option<Duration>,
-    /// How long a connect may take.
-    pub connect_timeout: Duration,
-    /// Delay before reconnecting after a connection failed (grows with consecutive failures).
-    pub reconnect: Backoff,
-    /// I/O threads of a [`Client`] (each with its own ring and its own connections).
-    pub threads: usize,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        ClientConfig {
-            connection: Config::default(),
-            pool_size: 1,
-            idle_timeout: Some(Duration::from_secs(120)),
-            connect_timeout: Duration::from_secs(3),
-            reconnect: Backoff::default(),
-            threads: 1,
-        }
+remora_driver::async_client_config! {
+    /// How a client behaves.
+    pub struct ClientConfig {
+        /// I/O threads of a [`Client`] (each with its own ring and its own connections).
+        pub threads: usize = 1,
     }
 }
 
@@ -81,7 +57,7 @@ impl Dial for Uring {
         }
     }
     fn pool(config: &ClientConfig) -> PoolSettings {
-        PoolSettings::new(config.pool_size, config.reconnect, config.connect_timeout)
+        config.pool_settings()
     }
     fn connect(addr: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> {
         TcpStream::connect(addr)
