@@ -12,10 +12,14 @@
 //! - [`Latency`] and [`Endpoint`]: what a cluster keeps of its attempts' latency (per endpoint,
 //!   and over all of them for percentile hedging), and [`record`] for an attempt's report.
 //! - `pool` (feature `tokio`): an async client's pool on the core's pool policy, its connect,
-//!   and a call's request span, shared by the tokio and tokio-uring clients.
+//!   and a call's request span, shared by the tokio and tokio-uring clients; `client` (feature
+//!   `tokio`): the async client those two drivers wrap.
+//! - [`client_tls`]: the TLS side of a client to an address, its configuration checked now.
 
 #![deny(missing_docs)]
 
+#[cfg(feature = "tokio")]
+pub mod client;
 #[cfg(feature = "tokio")]
 pub mod pool;
 
@@ -117,6 +121,81 @@ pub fn resolve(addr: impl ToSocketAddrs) -> Result<Vec<SocketAddr>, CallError> {
         return Err(CallError::Connect(e.into()));
     }
     Ok(addrs)
+}
+
+/// A client's TLS to `addr` (`host:port`): `host`, or the name `tls` gives, is sent as SNI and
+/// verified against the server's certificate; each handshake must complete within
+/// `connect_timeout`. An unusable name is a connect error now, not at the first connection.
+pub fn client_tls(
+    addr: &str,
+    tls: remora_tls::ClientTls,
+    connect_timeout: Duration,
+) -> Result<remora_tls::Secure, CallError> {
+    remora_tls::Secure::client(tls, addr, connect_timeout)
+        .map_err(|e| CallError::Connect(remora_core::ConnectError::new(e)))
+}
+
+#[doc(hidden)]
+pub use remora_core as __core;
+
+/// Admits a connection just accepted from `peer` to a server's `budget`, or refuses it with a
+/// `tracing` warning (the caller then drops the connection). `peer` is asked only on a refusal.
+pub fn admit(
+    budget: &remora_core::Budget,
+    peer: impl FnOnce() -> Option<SocketAddr>,
+) -> Option<remora_core::Account> {
+    match budget.admit() {
+        Ok(account) => Some(account),
+        Err(refusal) => {
+            let peer = peer();
+            tracing::warn!(?peer, "{refusal}");
+            None
+        }
+    }
+}
+
+/// Defines a driver's server configuration: the fields every driver's server has
+/// (`connection`, `drain_timeout`, `budget`, `backlog`), with their documentation and defaults,
+/// after the driver's own (each `pub name: Type = default,`). One struct per driver, so that
+/// struct literals name every field directly (`ServerConfig { workers: 4, ..Default::default() }`).
+#[macro_export]
+macro_rules! server_config {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $($(#[$fmeta:meta])* pub $field:ident: $ty:ty = $default:expr,)*
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug)]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+            /// Each connection's machine. `max_incoming` is the most requests in flight per
+            /// connection; beyond it the server answers `SYSTEM_BUSY`.
+            pub connection: $crate::__core::Config,
+            /// How long `Server::stop` waits for requests in flight to be answered and written.
+            pub drain_timeout: ::std::time::Duration,
+            /// Limits on all connections together: beyond its buffered bytes new requests are
+            /// answered `SYSTEM_BUSY` and new connections refused (with a `tracing` warning), as
+            /// beyond its connection count.
+            pub budget: $crate::__core::BudgetConfig,
+            /// The listen backlog (of each listener): connections the kernel completes before
+            /// they are accepted.
+            pub backlog: i32,
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name {
+                    $($field: $default,)*
+                    connection: $crate::__core::Config::default(),
+                    drain_timeout: ::std::time::Duration::from_secs(5),
+                    budget: $crate::__core::BudgetConfig::default(),
+                    backlog: 4096,
+                }
+            }
+        }
+    };
 }
 
 /// A seed that differs between runs (and between calls): the wall clock's nanoseconds mixed

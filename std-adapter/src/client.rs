@@ -152,8 +152,7 @@ impl Client {
         handler: impl Handler,
         tls: ClientTls,
     ) -> Result<Client, Error> {
-        let secure = Secure::client(tls, addr, config.connect_timeout)
-            .map_err(|e| Error::Connect(remora_core::ConnectError::new(e)))?;
+        let secure = remora_driver::client_tls(addr, tls, config.connect_timeout)?;
         Client::lazy_secure(addr, config, handler, secure)
     }
 

@@ -8,39 +8,17 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use remora_core::{Budget, BudgetConfig, Config, Snapshot};
+use remora_core::{Budget, Snapshot};
 use remora_tls::{Secure, ServerTls};
 
 use crate::conn::{Clock, Conn, ConnConfig, Peer, Served};
 use crate::handler::{Handler, Workers};
 
-/// How a [`Server`] runs.
-#[derive(Clone, Copy, Debug)]
-pub struct ServerConfig {
-    /// Each connection's machine. `max_incoming` is the most requests in flight per connection;
-    /// beyond it the server answers `SYSTEM_BUSY`.
-    pub connection: Config,
-    /// Worker threads running the handler (shared by all connections).
-    pub workers: usize,
-    /// How long [`Server::stop`] waits for requests in flight to be answered and written.
-    pub drain_timeout: Duration,
-    /// Limits on all connections together: beyond its buffered bytes new requests are answered
-    /// `SYSTEM_BUSY` and new connections refused (with a `tracing` warning), as beyond its
-    /// connection count.
-    pub budget: BudgetConfig,
-    /// The listen backlog: connections the kernel completes before we accept them.
-    pub backlog: i32,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            connection: Config::default(),
-            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            drain_timeout: Duration::from_secs(5),
-            budget: BudgetConfig::default(),
-            backlog: 4096,
-        }
+remora_driver::server_config! {
+    /// How a [`Server`] runs.
+    pub struct ServerConfig {
+        /// Worker threads running the handler (shared by all connections).
+        pub workers: usize = std::thread::available_parallelism().map_or(2, |n| n.get()),
     }
 }
 
@@ -233,14 +211,8 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
             std::thread::sleep(Duration::from_millis(10));
             continue;
         };
-        let account = match shared.budget.admit() {
-            Ok(account) => account,
-            Err(refusal) => {
-                let peer = stream.peer_addr().ok();
-                tracing::warn!(?peer, "{refusal}");
-                drop(stream);
-                continue;
-            }
+        let Some(account) = remora_driver::admit(&shared.budget, || stream.peer_addr().ok()) else {
+            continue; // dropping `stream` closes it
         };
         let config = ConnConfig {
             machine: shared.config.connection,

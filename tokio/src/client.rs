@@ -1,56 +1,67 @@
 //! The client: a pool of multiplexed connections to one endpoint, usable from any task.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use remora_core::backoff::Backoff;
-use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported, Outgoing};
-use remora_driver::pool::{self, AsyncPool};
-use remora_metrics::Probed;
-use remora_tls::{ClientTls, Secure};
+use remora_core::{CallError, Handler};
+use remora_driver::client::{AsyncClient, Dial, PoolSettings};
+use remora_tls::Secure;
 use tokio::net::TcpStream;
 
-use crate::conn::{CallFuture, Clock, Conn, ConnConfig, Dispatch};
+use crate::conn::{Clock, Conn, ConnConfig, Dispatch};
 
-/// How a [`Client`] behaves.
-#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
-pub struct ClientConfig {
-    /// Each connection's machine (`max_waiters` is the most calls in flight per connection).
-    pub connection: Config,
-    /// Connections kept to the endpoint; calls go to the one with the fewest in flight.
-    pub pool_size: usize,
-    /// Close a connection after this long with nothing in flight (reopened on demand).
-    pub idle_timeout: Option<Duration>,
-    /// How long a connect may take.
-    pub connect_timeout: Duration,
-    /// Delay before reconnecting after a connection failed (grows with consecutive failures).
-    pub reconnect: Backoff,
-    /// Where requests the server sends to this client are answered.
-    pub dispatch: Dispatch,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        ClientConfig {
-            connection: Config::default(),
-            pool_size: 1,
-            idle_timeout: Some(Duration::from_secs(120)),
-            connect_timeout: Duration::from_secs(3),
-            reconnect: Backoff::default(),
-            dispatch: Dispatch::Inline,
-        }
+remora_driver::async_client_config! {
+    /// How a [`Client`] behaves.
+    pub struct ClientConfig {
+        /// Where requests the server sends to this client are answered.
+        pub dispatch: Dispatch = Dispatch::Inline,
     }
 }
 
-struct Shared {
-    addrs: Vec<SocketAddr>,
-    /// Plaintext, or TLS to the server named by the address (or the TLS configuration).
+/// How this driver's connections are made: its settings, handler and TLS.
+pub struct Tokio {
     secure: Secure,
-    config: ClientConfig,
+    config: ConnConfig,
     handler: Arc<dyn Handler>,
     clock: Clock,
-    pool: AsyncPool<Arc<Conn>>,
+}
+
+impl Dial for Tokio {
+    type Config = ClientConfig;
+    type Stream = TcpStream;
+    type Conn = Conn;
+    type Shared<T> = Arc<T>;
+
+    fn share<T>(value: T) -> Arc<T> {
+        Arc::new(value)
+    }
+    fn new(config: &ClientConfig, handler: Arc<dyn Handler>, secure: Secure) -> Tokio {
+        let config = ConnConfig {
+            machine: config.connection,
+            idle_timeout: config.idle_timeout,
+            dispatch: config.dispatch,
+        };
+        let clock = Clock::new();
+        Tokio {
+            secure,
+            config,
+            handler,
+            clock,
+        }
+    }
+    fn pool(config: &ClientConfig) -> PoolSettings {
+        config.pool_settings()
+    }
+    fn connect(addr: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> {
+        TcpStream::connect(addr)
+    }
+    fn start(&self, stream: TcpStream) -> Result<Arc<Conn>, CallError> {
+        let handler = Arc::clone(&self.handler);
+        Conn::start(stream, &self.secure, self.config, handler, self.clock, None)
+            .map_err(|e| CallError::Connect(e.into()))
+    }
 }
 
 /// A remoting client on tokio: `Send + Sync + Clone`, so any number of tasks on any threads may
@@ -74,162 +85,7 @@ struct Shared {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone)]
-pub struct Client {
-    shared: Arc<Shared>,
-}
-
-impl Client {
-    /// Connects to `addr` (one connection now, the rest of the pool on demand). Requests from
-    /// the server are answered `REQUEST_CODE_NOT_SUPPORTED`.
-    pub async fn connect(
-        addr: impl ToSocketAddrs,
-        config: ClientConfig,
-    ) -> Result<Client, CallError> {
-        Client::connect_with_handler(addr, config, NotSupported).await
-    }
-
-    /// Connects to `addr`; requests from the server go to `handler`.
-    pub async fn connect_with_handler(
-        addr: impl ToSocketAddrs,
-        config: ClientConfig,
-        handler: impl Handler,
-    ) -> Result<Client, CallError> {
-        let client = Client::lazy(addr, config, handler)?;
-        // Fail fast on a wrong address.
-        client.acquire().await?;
-        Ok(client)
-    }
-
-    /// Connects to `addr` (`host:port`) over TLS: `host` (or the name `tls` gives) is sent as
-    /// SNI and verified against the server's certificate, and each connection's handshake must
-    /// complete within [`ClientConfig::connect_timeout`]. A failed handshake (untrusted
-    /// certificate, name mismatch, refused client certificate, a plaintext server) fails the
-    /// calls waiting on that connection with [`CallError::Connect`] carrying the
-    /// [`TlsError`](remora_tls::TlsError) (never as possibly delivered); the pool reconnects
-    /// with its backoff.
-    pub async fn connect_tls(
-        addr: &str,
-        config: ClientConfig,
-        tls: ClientTls,
-    ) -> Result<Client, CallError> {
-        let client = Client::lazy_tls(addr, config, NotSupported, tls)?;
-        client.acquire().await?;
-        Ok(client)
-    }
-
-    /// [`Client::lazy`] over TLS (see [`Client::connect_tls`]).
-    pub fn lazy_tls(
-        addr: &str,
-        config: ClientConfig,
-        handler: impl Handler,
-        tls: ClientTls,
-    ) -> Result<Client, CallError> {
-        let secure = Secure::client(tls, addr, config.connect_timeout)
-            .map_err(|e| CallError::Connect(ConnectError::new(e)))?;
-        Client::lazy_secure(addr, config, handler, secure)
-    }
-
-    /// A client that connects on its first call (for a cluster, where one endpoint being down
-    /// must not stop the others). The address is resolved now (blocking, as
-    /// `std::net::ToSocketAddrs` does: pass an IP address from async code).
-    pub fn lazy(
-        addr: impl ToSocketAddrs,
-        config: ClientConfig,
-        handler: impl Handler,
-    ) -> Result<Client, CallError> {
-        Client::lazy_secure(addr, config, handler, Secure::plain())
-    }
-
-    fn lazy_secure(
-        addr: impl ToSocketAddrs,
-        config: ClientConfig,
-        handler: impl Handler,
-        secure: Secure,
-    ) -> Result<Client, CallError> {
-        let addrs = remora_driver::resolve(addr)?;
-        let (size, reconnect) = (config.pool_size, config.reconnect);
-        Ok(Client {
-            shared: Arc::new(Shared {
-                addrs,
-                secure,
-                config,
-                handler: Arc::new(handler),
-                clock: Clock::new(),
-                pool: AsyncPool::new(size, reconnect, config.connect_timeout),
-            }),
-        })
-    }
-
-    /// Sends `request` and waits up to `timeout` for its response (whatever its code).
-    /// `request` is a [`Command`] or a request encoded once ([`remora_core::Encoded`]).
-    pub async fn call(
-        &self,
-        request: impl Outgoing,
-        timeout: Duration,
-    ) -> Result<Command, CallError> {
-        self.start_call(request, timeout).await?.await
-    }
-
-    /// Queues `request` and returns the future of its outcome without waiting for it: start
-    /// many calls, then await them (they share writes). Dropping the future cancels the call.
-    /// The future carries the request's span and metrics probe (see [`Probed`]).
-    pub async fn start_call(
-        &self,
-        request: impl Outgoing,
-        timeout: Duration,
-    ) -> Result<Probed<CallFuture>, CallError> {
-        let start = |r| async move { self.acquire().await?.call(r, timeout) };
-        pool::start_call(&self.shared.addrs[0], request, start).await
-    }
-
-    /// Queues a oneway request; the connection's task writes it on its next turn. A
-    /// [`close`](Client::close) before then drops it (close discards unsent bytes).
-    pub async fn oneway(&self, request: Command) -> Result<(), CallError> {
-        let send = |r| async move { self.acquire().await?.oneway(r) };
-        pool::oneway(&self.shared.addrs[0], request, send).await
-    }
-
-    /// Open connections.
-    pub fn connections(&self) -> usize {
-        self.shared.pool.connections()
-    }
-
-    /// Closes every connection (idempotent): calls in flight fail with
-    /// [`CallError::Closed`] (saying whether each was written), later calls fail at once.
-    pub fn close(&self) {
-        self.shared.pool.close();
-    }
-
-    /// The connection the core's pool policy picks, connecting (or reconnecting) when it says so.
-    async fn acquire(&self) -> Result<Arc<Conn>, CallError> {
-        self.shared.pool.acquire(|| self.shared.open()).await
-    }
-}
-
-impl Shared {
-    /// A new connection to the first address that accepts.
-    async fn open(&self) -> Result<Arc<Conn>, CallError> {
-        let timeout = self.config.connect_timeout;
-        let stream = pool::connect_first(&self.addrs, timeout, TcpStream::connect).await?;
-        let config = ConnConfig {
-            machine: self.config.connection,
-            idle_timeout: self.config.idle_timeout,
-            dispatch: self.config.dispatch,
-        };
-        let handler = Arc::clone(&self.handler);
-        let conn = Conn::start(stream, &self.secure, config, handler, self.clock, None)
-            .map_err(|e| CallError::Connect(e.into()))?;
-        // Connected means the TLS handshake completed too.
-        match conn.handshake().await {
-            Ok(()) => Ok(conn),
-            Err(e) => {
-                conn.close();
-                Err(e)
-            }
-        }
-    }
-}
+pub type Client = AsyncClient<Tokio>;
 
 impl remora_core::resilience::cluster::ClientSettings for ClientConfig {
     fn set_pool_size(&mut self, connections: usize) {

@@ -28,6 +28,7 @@ use remora_core::{
     Account, Budget, CallError, CloseReason, Command, Config, Connection, Event, Handler,
     IncomingRequest, Instant, Outgoing, RequestId, READ_STEP,
 };
+use remora_driver::client::AsyncConn;
 use remora_driver::handle_catching;
 use remora_driver::pool::PooledConn;
 use remora_tls::{Secure, Session};
@@ -113,7 +114,8 @@ impl Turn {
     }
 }
 
-pub(crate) struct Conn {
+/// A connection: its machine, its socket task(s) and the calls waiting on it.
+pub struct Conn {
     state: Mutex<State>,
     /// Wakes the connection task: bytes queued on an idle connection, an earlier deadline, close.
     wake: Notify,
@@ -201,36 +203,34 @@ impl Conn {
         let st = lock(&self.state);
         (st.machine.pending_incoming(), st.machine.unsent_len() > 0)
     }
+}
 
-    /// Waits until the TLS handshake (if any) ends — bounded by its deadline, which the task's
-    /// timer enforces — and says whether the connection is usable: a failed handshake is a
-    /// failed connect ([`CallError::Connect`] carrying the [`TlsError`](remora_tls::TlsError)).
-    pub(crate) async fn handshake(&self) -> Result<(), CallError> {
-        loop {
-            let settled = self.settled.notified();
-            tokio::pin!(settled);
-            // Registered before looking, so a change made in between still wakes us.
-            settled.as_mut().enable();
-            if let Some(outcome) = lock(&self.state).machine.connect_outcome() {
-                return outcome;
-            }
-            settled.await;
-        }
+/// The pool's connection: its handshake is waited on, calls and oneways queued on it.
+impl AsyncConn for Conn {
+    type Shared = Arc<Conn>;
+    type Pending = CallFuture;
+
+    fn settled(&self) -> &Notify {
+        &self.settled
+    }
+
+    fn connect_outcome(&self) -> Option<Result<(), CallError>> {
+        lock(&self.state).machine.connect_outcome()
     }
 
     /// Queues `cmd`; the returned future resolves with its response or error. Dropping the
     /// future cancels the call (an unwritten request is then never sent).
-    pub(crate) fn call(
-        self: &Arc<Self>,
+    fn call(
+        this: &Arc<Conn>,
         cmd: impl Outgoing,
         timeout: Duration,
     ) -> Result<CallFuture, CallError> {
-        let now = self.clock.now();
+        let now = this.clock.now();
         let deadline = now + timeout;
         let spare = SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten();
         let slot = spare.unwrap_or_default();
         let (id, wake) = {
-            let mut st = lock(&self.state);
+            let mut st = lock(&this.state);
             let idle = st.machine.poll_transmit().is_none();
             let earliest = st.machine.poll_timeout();
             let sent = cmd.send(
@@ -245,10 +245,10 @@ impl Conn {
             (id, idle || earliest.map_or(true, |t| deadline < t))
         };
         if wake {
-            self.wake.notify_one();
+            this.wake.notify_one();
         }
         Ok(CallFuture {
-            conn: Arc::clone(self),
+            conn: Arc::clone(this),
             id,
             slot: Some(slot),
             finished: false,
@@ -256,7 +256,7 @@ impl Conn {
     }
 
     /// Queues a oneway request.
-    pub(crate) fn oneway(&self, cmd: Command) -> Result<(), CallError> {
+    fn oneway(&self, cmd: Command) -> Result<(), CallError> {
         let idle = {
             let mut st = lock(&self.state);
             let idle = st.machine.poll_transmit().is_none();
@@ -271,7 +271,9 @@ impl Conn {
         }
         Ok(())
     }
+}
 
+impl Conn {
     /// Answers a peer's request from outside the connection task (the blocking pool).
     fn respond(&self, request: IncomingRequest, response: Command) {
         let idle = {
@@ -563,7 +565,7 @@ impl Peer {
 
     /// Sends a request to the peer and waits up to `timeout` for its response.
     pub async fn call(&self, request: Command, timeout: Duration) -> Result<Command, CallError> {
-        self.conn.call(request, timeout)?.await
+        Conn::call(&self.conn, request, timeout)?.await
     }
 
     /// Queues a oneway request to the peer.

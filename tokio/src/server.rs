@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use remora_core::{Budget, BudgetConfig, Config, Handler, Snapshot};
+use remora_core::{Budget, Handler, Snapshot};
 use remora_tls::{Secure, ServerTls};
 use tokio::net::{TcpListener, TcpSocket, ToSocketAddrs};
 use tokio::sync::Notify;
@@ -14,33 +14,11 @@ use tokio::task::JoinHandle;
 
 use crate::conn::{Clock, Conn, ConnConfig, Dispatch, Peer, Served};
 
-/// How a [`Server`] runs.
-#[derive(Clone, Copy, Debug)]
-pub struct ServerConfig {
-    /// Each connection's machine. `max_incoming` is the most requests in flight per connection;
-    /// beyond it the machine answers `SYSTEM_BUSY`.
-    pub connection: Config,
-    /// Where the handler runs.
-    pub dispatch: Dispatch,
-    /// How long [`Server::stop`] waits for requests in flight to be answered and written.
-    pub drain_timeout: Duration,
-    /// Limits on all connections together: beyond its buffered bytes new requests are answered
-    /// `SYSTEM_BUSY` and new connections refused (with a `tracing` warning), as beyond its
-    /// connection count.
-    pub budget: BudgetConfig,
-    /// The listen backlog: connections the kernel completes before they are accepted.
-    pub backlog: i32,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            connection: Config::default(),
-            dispatch: Dispatch::Inline,
-            drain_timeout: Duration::from_secs(5),
-            budget: BudgetConfig::default(),
-            backlog: 4096,
-        }
+remora_driver::server_config! {
+    /// How a [`Server`] runs.
+    pub struct ServerConfig {
+        /// Where the handler runs.
+        pub dispatch: Dispatch = Dispatch::Inline,
     }
 }
 
@@ -250,14 +228,8 @@ async fn accept_loop(
                 if shared.stopping.load(Ordering::Acquire) {
                     return;
                 }
-                let account = match shared.budget.admit() {
-                    Ok(account) => account,
-                    Err(refusal) => {
-                        let peer = stream.peer_addr().ok();
-                        tracing::warn!(?peer, "{refusal}");
-                        drop(stream);
-                        continue;
-                    }
+                let Some(account) = remora_driver::admit(&shared.budget, || stream.peer_addr().ok()) else {
+                    continue; // dropping `stream` closes it
                 };
                 let served = Served {
                     budget: Arc::clone(&shared.budget),

@@ -1,6 +1,8 @@
 //! Clients: [`LocalClient`] for code already on a tokio-uring thread, and [`Client`], a `Send`
 //! handle that runs its connections on threads of its own.
 
+use std::future::Future;
+use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -8,56 +10,70 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use remora_core::backoff::Backoff;
-use remora_core::{CallError, Command, Config, ConnectError, Handler, NotSupported, Outgoing};
-use remora_driver::pool::{self, AsyncPool};
-use remora_metrics::Probed;
+use remora_core::{CallError, Command, Config, Handler, NotSupported};
+use remora_driver::client::{AsyncClient, Dial, PoolSettings};
 use tokio::sync::{oneshot, Notify};
 use tokio_uring::net::TcpStream;
 
 use remora_tls::{ClientTls, Secure};
 
-use crate::conn::{CallFuture, Clock, Conn};
+use crate::conn::{Clock, Conn};
 
-/// How a client behaves.
-#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
-pub struct ClientConfig {
-    /// Each connection's machine (`max_waiters` is the most calls in flight per connection).
-    pub connection: Config,
-    /// Connections per endpoint (per thread, for [`Client`]); calls go to the one with the
-    /// fewest in flight.
-    pub pool_size: usize,
-    /// Close a connection after this long with nothing in flight (reopened on demand).
-    pub idle_timeout: Option<Duration>,
-    /// How long a connect may take.
-    pub connect_timeout: Duration,
-    /// Delay before reconnecting after a connection failed (grows with consecutive failures).
-    pub reconnect: Backoff,
-    /// I/O threads of a [`Client`] (each with its own ring and its own connections).
-    pub threads: usize,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        ClientConfig {
-            connection: Config::default(),
-            pool_size: 1,
-            idle_timeout: Some(Duration::from_secs(120)),
-            connect_timeout: Duration::from_secs(3),
-            reconnect: Backoff::default(),
-            threads: 1,
-        }
+remora_driver::async_client_config! {
+    /// How a client behaves.
+    pub struct ClientConfig {
+        /// I/O threads of a [`Client`] (each with its own ring and its own connections).
+        pub threads: usize = 1,
     }
 }
 
-struct Local {
-    addrs: Vec<SocketAddr>,
-    /// Plaintext, or TLS to the server named by the address (or the TLS configuration).
+/// How a [`LocalClient`]'s connections are made: its settings, handler and TLS.
+pub struct Uring {
     secure: Secure,
-    config: ClientConfig,
+    config: Config,
+    idle_timeout: Option<Duration>,
     handler: Arc<dyn Handler>,
     clock: Clock,
-    pool: AsyncPool<Rc<Conn>>,
+}
+
+impl Dial for Uring {
+    type Config = ClientConfig;
+    type Stream = TcpStream;
+    type Conn = Conn;
+    type Shared<T> = Rc<T>;
+
+    fn share<T>(value: T) -> Rc<T> {
+        Rc::new(value)
+    }
+    fn new(config: &ClientConfig, handler: Arc<dyn Handler>, secure: Secure) -> Uring {
+        let (idle_timeout, clock) = (config.idle_timeout, Clock::new());
+        let config = config.connection;
+        Uring {
+            secure,
+            config,
+            idle_timeout,
+            handler,
+            clock,
+        }
+    }
+    fn pool(config: &ClientConfig) -> PoolSettings {
+        config.pool_settings()
+    }
+    fn connect(addr: SocketAddr) -> impl Future<Output = io::Result<TcpStream>> {
+        TcpStream::connect(addr)
+    }
+    fn start(&self, stream: TcpStream) -> Result<Rc<Conn>, CallError> {
+        let (config, idle, clock) = (self.config, self.idle_timeout, self.clock);
+        let handler = Arc::clone(&self.handler);
+        Ok(Conn::start(
+            stream,
+            &self.secure,
+            config,
+            idle,
+            handler,
+            clock,
+        ))
+    }
 }
 
 /// A client for code running on a tokio-uring thread: not `Send`, no locks, no cross-thread
@@ -78,153 +94,7 @@ struct Local {
 /// })
 /// # .unwrap();
 /// ```
-#[derive(Clone)]
-pub struct LocalClient {
-    inner: Rc<Local>,
-}
-
-impl LocalClient {
-    /// Connects to `addr` (one connection now, the rest of the pool on demand). Requests from
-    /// the server are answered `REQUEST_CODE_NOT_SUPPORTED`.
-    pub async fn connect(
-        addr: impl ToSocketAddrs,
-        config: ClientConfig,
-    ) -> Result<LocalClient, CallError> {
-        LocalClient::connect_with_handler(addr, config, Arc::new(NotSupported)).await
-    }
-
-    /// Connects to `addr`; requests from the server go to `handler` (run on this thread).
-    pub async fn connect_with_handler(
-        addr: impl ToSocketAddrs,
-        config: ClientConfig,
-        handler: Arc<dyn Handler>,
-    ) -> Result<LocalClient, CallError> {
-        let client = LocalClient::lazy(addr, config, handler)?;
-        client.acquire().await?;
-        Ok(client)
-    }
-
-    /// Connects to `addr` (`host:port`) over TLS: `host` (or the name `tls` gives) is sent as
-    /// SNI and verified against the server's certificate, and each connection's handshake must
-    /// complete within [`ClientConfig::connect_timeout`]. A failed handshake (untrusted
-    /// certificate, name mismatch, refused client certificate, a plaintext server) fails the
-    /// calls waiting on that connection with [`CallError::Connect`] carrying the
-    /// [`TlsError`](remora_tls::TlsError) (never as possibly delivered).
-    pub async fn connect_tls(
-        addr: &str,
-        config: ClientConfig,
-        tls: ClientTls,
-    ) -> Result<LocalClient, CallError> {
-        let client = LocalClient::lazy_tls(addr, config, Arc::new(NotSupported), tls)?;
-        client.acquire().await?;
-        Ok(client)
-    }
-
-    /// [`LocalClient::lazy`] over TLS (see [`LocalClient::connect_tls`]).
-    pub fn lazy_tls(
-        addr: &str,
-        config: ClientConfig,
-        handler: Arc<dyn Handler>,
-        tls: ClientTls,
-    ) -> Result<LocalClient, CallError> {
-        let secure = Secure::client(tls, addr, config.connect_timeout)
-            .map_err(|e| CallError::Connect(ConnectError::new(e)))?;
-        LocalClient::lazy_secure(addr, config, handler, secure)
-    }
-
-    /// A client that connects on its first call (for a cluster, where one endpoint being down
-    /// must not stop the others). The address is resolved now.
-    pub fn lazy(
-        addr: impl ToSocketAddrs,
-        config: ClientConfig,
-        handler: Arc<dyn Handler>,
-    ) -> Result<LocalClient, CallError> {
-        LocalClient::lazy_secure(addr, config, handler, Secure::plain())
-    }
-
-    fn lazy_secure(
-        addr: impl ToSocketAddrs,
-        config: ClientConfig,
-        handler: Arc<dyn Handler>,
-        secure: Secure,
-    ) -> Result<LocalClient, CallError> {
-        let addrs = remora_driver::resolve(addr)?;
-        let (size, reconnect) = (config.pool_size, config.reconnect);
-        Ok(LocalClient {
-            inner: Rc::new(Local {
-                addrs,
-                secure,
-                config,
-                handler,
-                clock: Clock::new(),
-                pool: AsyncPool::new(size, reconnect, config.connect_timeout),
-            }),
-        })
-    }
-
-    /// Sends `request` and waits up to `timeout` for its response (whatever its code).
-    /// `request` is a [`Command`] or a request encoded once ([`remora_core::Encoded`]).
-    pub async fn call(
-        &self,
-        request: impl Outgoing,
-        timeout: Duration,
-    ) -> Result<Command, CallError> {
-        self.start_call(request, timeout).await?.await
-    }
-
-    /// Queues `request` and returns the future of its outcome without waiting: start many calls,
-    /// then await them (they share one write).
-    /// The future carries the request's span and metrics probe (see [`Probed`]).
-    pub async fn start_call(
-        &self,
-        request: impl Outgoing,
-        timeout: Duration,
-    ) -> Result<Probed<CallFuture>, CallError> {
-        let start = |r| async move { self.acquire().await?.call(r, timeout) };
-        pool::start_call(&self.inner.addrs[0], request, start).await
-    }
-
-    /// Queues a oneway request; the connection's writer sends it on its next turn. A
-    /// [`close`](LocalClient::close) before then drops it (close discards unsent bytes).
-    pub async fn oneway(&self, request: Command) -> Result<(), CallError> {
-        let send = |r| async move { self.acquire().await?.oneway(r) };
-        pool::oneway(&self.inner.addrs[0], request, send).await
-    }
-
-    /// Open connections.
-    pub fn connections(&self) -> usize {
-        self.inner.pool.connections()
-    }
-
-    /// Closes every connection (idempotent): calls in flight fail with `Closed`.
-    pub fn close(&self) {
-        self.inner.pool.close();
-    }
-
-    /// The connection the core's pool policy picks, connecting (or reconnecting) when it says so.
-    async fn acquire(&self) -> Result<Rc<Conn>, CallError> {
-        self.inner.pool.acquire(|| self.inner.open()).await
-    }
-}
-
-impl Local {
-    /// A new connection to the first address that accepts.
-    async fn open(&self) -> Result<Rc<Conn>, CallError> {
-        let timeout = self.config.connect_timeout;
-        let stream = pool::connect_first(&self.addrs, timeout, TcpStream::connect).await?;
-        let (config, idle) = (self.config.connection, self.config.idle_timeout);
-        let handler = Arc::clone(&self.handler);
-        let conn = Conn::start(stream, &self.secure, config, idle, handler, self.clock);
-        // Connected means the TLS handshake completed too.
-        match conn.handshake().await {
-            Ok(()) => Ok(conn),
-            Err(e) => {
-                conn.close();
-                Err(e)
-            }
-        }
-    }
-}
+pub type LocalClient = AsyncClient<Uring>;
 
 enum Job {
     Call {
@@ -275,8 +145,7 @@ impl Client {
         config: ClientConfig,
         tls: ClientTls,
     ) -> Result<Client, CallError> {
-        let secure = Secure::client(tls, addr, config.connect_timeout)
-            .map_err(|e| CallError::Connect(ConnectError::new(e)))?;
+        let secure = remora_driver::client_tls(addr, tls, config.connect_timeout)?;
         Client::start(addr, config, Arc::new(NotSupported), secure)
     }
 
@@ -301,11 +170,8 @@ impl Client {
                 .spawn(move || {
                     tokio_uring::start(async move {
                         let connected =
-                            match LocalClient::lazy_secure(&addrs[..], config, handler, secure) {
-                                Ok(client) => client.acquire().await.map(|_| client),
-                                Err(e) => Err(e),
-                            };
-                        let client = match connected {
+                            LocalClient::connect_secure(&addrs[..], config, handler, secure);
+                        let client = match connected.await {
                             Ok(c) => {
                                 let _ = ready_tx.send(Ok(()));
                                 c
@@ -398,15 +264,7 @@ impl Client {
             timeout,
             reply,
         });
-        async move {
-            if !submitted {
-                return Err(CallError::Closed { written: false });
-            }
-            // A reply dropped unanswered: the client shut down mid-call; assume the worst.
-            outcome
-                .await
-                .unwrap_or(Err(CallError::Closed { written: true }))
-        }
+        answer(submitted, outcome)
     }
 
     /// [`Client::call`] for threads outside any async runtime.
@@ -431,14 +289,7 @@ impl Client {
     ) -> impl std::future::Future<Output = Result<(), CallError>> + Send + 'static {
         let (reply, outcome) = oneshot::channel();
         let submitted = self.submit(Job::Oneway { request, reply });
-        async move {
-            if !submitted {
-                return Err(CallError::Closed { written: false });
-            }
-            outcome
-                .await
-                .unwrap_or(Err(CallError::Closed { written: true }))
-        }
+        answer(submitted, outcome)
     }
 
     /// Closes every connection and joins the client's threads (idempotent). Calls in flight
@@ -453,6 +304,20 @@ impl Client {
             worker_join(w);
         }
     }
+}
+
+/// A submitted job's answer: `Closed` unwritten if it was never handed to a thread.
+async fn answer<T>(
+    submitted: bool,
+    outcome: oneshot::Receiver<Result<T, CallError>>,
+) -> Result<T, CallError> {
+    if !submitted {
+        return Err(CallError::Closed { written: false });
+    }
+    // A reply dropped unanswered: the client shut down mid-call; assume the worst.
+    outcome
+        .await
+        .unwrap_or(Err(CallError::Closed { written: true }))
 }
 
 fn worker_join(mut w: Worker) {

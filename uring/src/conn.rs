@@ -22,6 +22,7 @@ use bytes::BytesMut;
 use remora_core::{
     Account, Budget, CallError, Command, Config, Connection, Event, Handler, Outgoing, RequestId,
 };
+use remora_driver::client::AsyncConn;
 use remora_driver::handle_catching;
 use remora_driver::pool::PooledConn;
 use tokio::sync::Notify;
@@ -59,7 +60,8 @@ const READ_LOW_WATER: usize = 8 * 1024;
 /// `close_notify`) before its socket is shut regardless.
 const LAST_WORDS: Duration = Duration::from_millis(500);
 
-pub(crate) struct Conn {
+/// A connection: its machine, its socket task(s) and the calls waiting on it.
+pub struct Conn {
     /// The machine under its TLS (or plaintext) session: socket bytes go through the session;
     /// each request's token is its caller's slot.
     machine: RefCell<Session<Rc<CallSlot>>>,
@@ -140,46 +142,44 @@ impl Conn {
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.get()
     }
+}
 
-    /// Waits until the TLS handshake (if any) ends — bounded by its deadline, which the timer
-    /// task enforces — and says whether the connection is usable: a failed handshake is a
-    /// failed connect ([`CallError::Connect`] carrying the [`TlsError`](remora_tls::TlsError)).
-    pub(crate) async fn handshake(&self) -> Result<(), CallError> {
-        loop {
-            let settled = self.settled.notified();
-            tokio::pin!(settled);
-            // Registered before looking, so a change made in between still wakes us.
-            settled.as_mut().enable();
-            if let Some(outcome) = self.machine.borrow().connect_outcome() {
-                return outcome;
-            }
-            settled.await;
-        }
+/// The pool's connection: its handshake is waited on, calls and oneways queued on it.
+impl AsyncConn for Conn {
+    type Shared = Rc<Conn>;
+    type Pending = CallFuture;
+
+    fn settled(&self) -> &Notify {
+        &self.settled
+    }
+
+    fn connect_outcome(&self) -> Option<Result<(), CallError>> {
+        self.machine.borrow().connect_outcome()
     }
 
     /// Queues `cmd`; the returned future resolves with its response or error. Dropping the
     /// future cancels the call (an unwritten request is then never sent).
-    pub(crate) fn call(
-        self: &Rc<Self>,
+    fn call(
+        this: &Rc<Conn>,
         cmd: impl Outgoing,
         timeout: Duration,
     ) -> Result<CallFuture, CallError> {
-        let now = self.clock.now();
+        let now = this.clock.now();
         let deadline = now + timeout;
-        let slot = self.spare.borrow_mut().pop().unwrap_or_default();
+        let slot = this.spare.borrow_mut().pop().unwrap_or_default();
         let (id, rearm) = {
-            let mut m = self.machine.borrow_mut();
+            let mut m = this.machine.borrow_mut();
             let earliest = m.poll_timeout();
             let sent = cmd.send(m.connection_mut(), deadline, now, Rc::clone(&slot));
             let id = sent.map_err(|e| m.send_error(e))?;
             (id, earliest.map_or(true, |t| deadline < t))
         };
-        self.write_wake.notify_one();
+        this.write_wake.notify_one();
         if rearm {
-            self.timer_wake.notify_one();
+            this.timer_wake.notify_one();
         }
         Ok(CallFuture {
-            conn: Rc::clone(self),
+            conn: Rc::clone(this),
             id,
             slot,
             finished: false,
@@ -187,7 +187,7 @@ impl Conn {
     }
 
     /// Queues a oneway request.
-    pub(crate) fn oneway(&self, cmd: Command) -> Result<(), CallError> {
+    fn oneway(&self, cmd: Command) -> Result<(), CallError> {
         {
             let mut m = self.machine.borrow_mut();
             let now = self.clock.now();
@@ -198,7 +198,9 @@ impl Conn {
         self.write_wake.notify_one();
         Ok(())
     }
+}
 
+impl Conn {
     /// Closes the connection (idempotent): calls in flight fail with `Closed`.
     pub(crate) fn close(&self) {
         self.machine.borrow_mut().close();

@@ -245,6 +245,27 @@ struct Slot {
     tokens: Vec<u64>,
 }
 
+impl Slot {
+    /// The completion of call `id` on this slot (at `key`), with the caller's token.
+    fn completion(
+        &self,
+        key: usize,
+        id: RequestId,
+        outcome: Result<Command, CallError>,
+    ) -> Completion {
+        let token = self.tokens.get(id.index(&self.machine)).copied();
+        Completion {
+            conn: ConnId {
+                key,
+                generation: self.generation,
+            },
+            id,
+            token: token.unwrap_or(0),
+            outcome,
+        }
+    }
+}
+
 /// A loop: one io_uring, its connections, its timers. Not `Send`: one per thread.
 pub struct EventLoop {
     ring: IoUring,
@@ -906,35 +927,15 @@ impl EventLoop {
             let Some(event) = slot.machine.poll_event() else {
                 break;
             };
-            let generation = slot.generation;
             match event {
                 Event::Response { id, response, .. } => {
                     self.in_flight -= 1;
-                    let token = slot
-                        .tokens
-                        .get(id.index(&slot.machine))
-                        .copied()
-                        .unwrap_or(0);
-                    self.completed.push(Completion {
-                        conn: ConnId { key, generation },
-                        id,
-                        token,
-                        outcome: Ok(response),
-                    });
+                    self.completed.push(slot.completion(key, id, Ok(response)));
                 }
                 Event::Failed { id, error, .. } => {
                     self.in_flight -= 1;
-                    let token = slot
-                        .tokens
-                        .get(id.index(&slot.machine))
-                        .copied()
-                        .unwrap_or(0);
-                    self.completed.push(Completion {
-                        conn: ConnId { key, generation },
-                        id,
-                        token,
-                        outcome: Err(slot.machine.call_error(error)),
-                    });
+                    let outcome = Err(slot.machine.call_error(error));
+                    self.completed.push(slot.completion(key, id, outcome));
                 }
                 Event::Request { request, command } => {
                     let response = handle_catching(&*self.handler, command);

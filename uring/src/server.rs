@@ -10,43 +10,20 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use remora_core::{Budget, BudgetConfig, Config, Handler, Snapshot};
+use remora_core::{Budget, Handler, Snapshot};
 use socket2::{Domain, Socket, Type};
 
 use remora_tls::{Secure, ServerTls};
 
 use crate::ring::{EventLoop, LoopConfig};
 
-/// How a [`Server`] runs.
-#[derive(Clone, Copy, Debug)]
-pub struct ServerConfig {
-    /// I/O threads, each with its own ring and listener (default: one per core).
-    pub threads: usize,
-    /// Each connection's machine. `max_incoming` is the most requests in flight per connection;
-    /// beyond it the server answers `SYSTEM_BUSY`.
-    pub connection: Config,
-    /// How long [`Server::stop`] waits for requests in flight to be answered and written.
-    pub drain_timeout: Duration,
-    /// Limits on all connections of all threads together: beyond its buffered bytes new
-    /// requests are answered `SYSTEM_BUSY` and new connections refused (with a `tracing`
-    /// warning), as beyond its connection count.
-    pub budget: BudgetConfig,
-    /// The listen backlog of each thread's listener.
-    pub backlog: i32,
-    /// Each thread's ring: sizes, provided buffers, which operations.
-    pub io: LoopConfig,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            connection: Config::default(),
-            drain_timeout: Duration::from_secs(5),
-            budget: BudgetConfig::default(),
-            backlog: 4096,
-            io: LoopConfig::default(),
-        }
+remora_driver::server_config! {
+    /// How a [`Server`] runs.
+    pub struct ServerConfig {
+        /// I/O threads, each with its own ring and listener (default: one per core).
+        pub threads: usize = std::thread::available_parallelism().map_or(1, |n| n.get()),
+        /// Each thread's ring: sizes, provided buffers, which operations.
+        pub io: LoopConfig = LoopConfig::default(),
     }
 }
 

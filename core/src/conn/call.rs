@@ -29,6 +29,13 @@ where
     }
 }
 
+/// A shared handler answers as the handler it shares.
+impl<H: Handler + ?Sized> Handler for Arc<H> {
+    fn handle(&self, request: Command) -> Command {
+        (**self).handle(request)
+    }
+}
+
 /// Runs around a client's calls: before each attempt's request is sent and after the response
 /// the call returns (e.g. to sign requests or to trace).
 pub trait Hook: Send + Sync + 'static {
