@@ -114,5 +114,17 @@ end; `kept`: the minimised corpus (`-merge=1`), committed as `seed-min-*` with `
 | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |
 EOF
 fi
-printf '%s\n' "${rows[@]}" >>README.md
+# The new rows go right after the last row of the campaign table (text may follow the table).
+printf '%s\n' "${rows[@]}" >"$work/rows"
+awk -v rows="$work/rows" '
+    { line[NR] = $0 }
+    /^## Campaigns/ { section = NR }
+    END {
+        for (i = section; i <= NR; i++) if (line[i] ~ /^\| /) last = i
+        for (i = 1; i <= NR; i++) {
+            print line[i]
+            if (i == last) while ((getline row < rows) > 0) print row
+        }
+    }' README.md >"$work/README.md"
+cp "$work/README.md" README.md
 printf '%s\n' "${rows[@]}"
