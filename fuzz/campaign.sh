@@ -5,7 +5,8 @@
 #   fuzz/campaign.sh [--seconds S | --runs N] [--keep] [TARGET...]
 #
 #   --seconds S   stop each target after S seconds (default 300)
-#   --runs N      stop each target after N executions instead (libFuzzer's -runs)
+#   --runs N      stop each target after N executions instead (libFuzzer's -runs); with
+#                 --seconds too, after whichever comes first (the row then says which)
 #   --keep        after the run, replace the target's committed `seed-min-*` files with the
 #                 minimised corpus (`-merge=1` of the seeds and everything the run found), so the
 #                 corpus that grows stays small in the repository and `cargo test` replays it
@@ -20,12 +21,13 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")"
 seconds=300
+timed=0
 runs=""
 keep=0
 targets=()
 while (($#)); do
     case "$1" in
-    --seconds) seconds="$2"; shift 2 ;;
+    --seconds) seconds="$2"; timed=1; shift 2 ;;
     --runs) runs="$2"; shift 2 ;;
     --keep) keep=1; shift ;;
     -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
@@ -53,8 +55,16 @@ for t in "${targets[@]}"; do
     cp corpus/"$t"/* "$work/$t/" 2>/dev/null || true
     before=$(ls "$work/$t" | wc -l)
     limit=(-max_total_time="$seconds")
-    [ -n "$runs" ] && limit=(-runs="$runs")
-    echo "== $t: ${runs:+$runs runs}${runs:-${seconds}s} from $before inputs"
+    what="${seconds}s"
+    if [ -n "$runs" ]; then
+        limit=(-runs="$runs")
+        what="$runs runs"
+        if ((timed)); then
+            limit+=(-max_total_time="$seconds")
+            what="$what or ${seconds}s"
+        fi
+    fi
+    echo "== $t: $what from $before inputs"
     start=$(date +%s)
     if ! run cargo +nightly fuzz run -O "$t" "$work/$t" -- "${limit[@]}" \
         -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 >"$work/$t.log" 2>&1; then
@@ -84,7 +94,11 @@ for t in "${targets[@]}"; do
         # Local leftovers (ignored by git) are now inside the minimised set.
         find "corpus/$t" -type f ! -name 'seed-*' -delete
     fi
-    rows+=("| $today | \`$t\` | $execs | $elapsed | $cov | $ft | $corp | $min |")
+    name="\`$t\`"
+    if [ -n "$runs" ] && ((timed)) && ((execs < runs)); then
+        name="$name (stopped by the ${seconds} s limit at $execs of $runs runs, no crash)"
+    fi
+    rows+=("| $today | $name | $execs | $elapsed | $cov | $ft | $corp | $min |")
 done
 
 if ! grep -q '^## Campaigns' README.md; then
@@ -100,5 +114,17 @@ end; `kept`: the minimised corpus (`-merge=1`), committed as `seed-min-*` with `
 | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |
 EOF
 fi
-printf '%s\n' "${rows[@]}" >>README.md
+# The new rows go right after the last row of the campaign table (text may follow the table).
+printf '%s\n' "${rows[@]}" >"$work/rows"
+awk -v rows="$work/rows" '
+    { line[NR] = $0 }
+    /^## Campaigns/ { section = NR }
+    END {
+        for (i = section; i <= NR; i++) if (line[i] ~ /^\| /) last = i
+        for (i = 1; i <= NR; i++) {
+            print line[i]
+            if (i == last) while ((getline row < rows) > 0) print row
+        }
+    }' README.md >"$work/README.md"
+cp "$work/README.md" README.md
 printf '%s\n' "${rows[@]}"

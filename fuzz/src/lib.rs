@@ -15,7 +15,7 @@ mod connection;
 pub use connection::{
     connection_tolerated, parse_connection, run_connection, run_ops, Msg, Op, OpaquePick, Override,
     Raw, Setup, Side, SideConfig, Tag, Ty, BUSY_REMARK, FALLBACK_REMARK, MAX_DELIVER, MAX_OPS,
-    MAX_READS_PER_OP,
+    MAX_READS_PER_OP, OVERLOADED_REMARK,
 };
 
 use bytes::{Bytes, BytesMut};

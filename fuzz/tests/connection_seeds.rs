@@ -113,7 +113,7 @@ impl Emit for Raw {
 
 impl Emit for Op {
     fn emit(&self, out: &mut Vec<u8>) {
-        const N: u32 = 16;
+        const N: u32 = 21;
         match self {
             Op::Request {
                 side,
@@ -200,6 +200,36 @@ impl Emit for Op {
             }
             Op::Disconnect { side } => {
                 variant(out, 15, N);
+                side.emit(out);
+            }
+            Op::EncodedRequest {
+                side,
+                msg,
+                timeout_us,
+                default_token,
+            } => {
+                variant(out, 16, N);
+                side.emit(out);
+                msg.emit(out);
+                timeout_us.emit(out);
+                default_token.emit(out);
+            }
+            Op::Sent { side, max } => {
+                variant(out, 17, N);
+                side.emit(out);
+                max.emit(out);
+            }
+            Op::Eof { side } => {
+                variant(out, 18, N);
+                side.emit(out);
+            }
+            Op::Overload { side, on } => {
+                variant(out, 19, N);
+                side.emit(out);
+                on.emit(out);
+            }
+            Op::HandshakeFailure { side } => {
+                variant(out, 20, N);
                 side.emit(out);
             }
         }
@@ -646,6 +676,131 @@ fn scenarios() -> Vec<(&'static str, Setup, Vec<Op>)> {
     }
     wrap.push(answer(S, 0));
     wrap.push(Op::Transfer { from: S });
+    // End of input: the server's own requests fail (the written one says so, the unwritten one
+    // is withdrawn), the client's requests it already holds are still answered and written, and
+    // only then does it close; nothing more is read.
+    v.push((
+        "eof-answers-then-closes",
+        setup(),
+        vec![
+            req(C, 1, SEC),
+            req(C, 2, SEC),
+            Op::Transfer { from: C },
+            req(S, 3, SEC),
+            Op::Write { side: S, max: 10 },
+            req(S, 4, SEC),
+            Op::Eof { side: S },
+            req(S, 5, SEC),
+            // Input after the end of input is not taken.
+            req(C, 6, SEC),
+            Op::Transfer { from: C },
+            answer(S, 0),
+            Op::Take { side: S },
+            answer(S, 0),
+            Op::Sent { side: S, max: 3 },
+            Op::Flush { side: S },
+            Op::Take { side: S },
+            Op::Sent {
+                side: S,
+                max: 65_535,
+            },
+            Op::Transfer { from: S },
+            Op::Advance { micros: SEC },
+        ],
+    ));
+
+    // Requests encoded once, as JSON and ROCKETMQ, with the driver's token and the default one;
+    // the client's ROCKETMQ override does not apply to them.
+    v.push((
+        "encoded-requests",
+        Setup {
+            client: SideConfig {
+                serialize_type: Override::RocketMq,
+                ..cfg()
+            },
+            server: cfg(),
+        },
+        vec![
+            Op::EncodedRequest {
+                side: C,
+                msg: msg(7, 8, Ty::Json),
+                timeout_us: SEC,
+                default_token: false,
+            },
+            Op::EncodedRequest {
+                side: C,
+                msg: msg(8, 0x8000 | 600, Ty::RocketMq),
+                timeout_us: SEC,
+                default_token: true,
+            },
+            Op::EncodedRequest {
+                side: C,
+                msg: msg(9, 3, Ty::Json),
+                timeout_us: 10,
+                default_token: true,
+            },
+            Op::Transfer { from: C },
+            answer(S, 0),
+            answer(S, 0),
+            Op::Transfer { from: S },
+            Op::Advance { micros: 20 },
+        ],
+    ));
+
+    // Backpressure and overload: a small transmit limit, a server that stops wanting to read
+    // while answers are owed, and busy answers while overloaded.
+    v.push((
+        "backpressure-and-overload",
+        Setup {
+            client: cfg(),
+            server: SideConfig {
+                max_transmit_len: 300,
+                ..cfg()
+            },
+        },
+        vec![
+            req(C, 1, SEC),
+            req(C, 2, SEC),
+            req(C, 3, SEC),
+            Op::Transfer { from: C },
+            answer(S, 0),
+            Op::Take { side: S },
+            Op::Overload { side: S, on: true },
+            req(C, 4, SEC),
+            Op::Transfer { from: C },
+            Op::Overload { side: S, on: false },
+            answer(S, 0),
+            answer(S, 0),
+            Op::Sent { side: S, max: 1000 },
+            Op::Transfer { from: S },
+            Op::HandshakeFailure { side: C },
+        ],
+    ));
+
+    // The backpressure mark exactly: one held 53-byte ROCKETMQ request fills a 53-byte transmit
+    // limit, so the server must stop wanting to read until it is answered and written.
+    v.push((
+        "backpressure-mark",
+        Setup {
+            client: cfg(),
+            server: SideConfig {
+                max_transmit_len: 53,
+                ..cfg()
+            },
+        },
+        vec![
+            Op::Request {
+                side: C,
+                msg: msg(1, 8, Ty::RocketMq),
+                timeout_us: SEC,
+            },
+            Op::Transfer { from: C },
+            answer(S, 0),
+            Op::Write { side: S, max: 1 },
+            Op::Transfer { from: S },
+        ],
+    ));
+
     v.push((
         "generation-wrap",
         Setup {
@@ -726,7 +881,12 @@ fn committed_seeds_are_current() {
         for entry in fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
-            if name.starts_with("seed-") && !name.starts_with("seed-found-") {
+            // Keep what the fuzzer found (`seed-found-*`, and the minimised campaign corpora,
+            // `seed-min-*`).
+            if name.starts_with("seed-")
+                && !name.starts_with("seed-found-")
+                && !name.starts_with("seed-min-")
+            {
                 fs::remove_file(&path).unwrap();
             }
         }
