@@ -1,6 +1,7 @@
 //! Helpers shared by Remora's cross-crate tests.
 
 pub mod alloc;
+pub mod certs;
 pub mod scenarios;
 pub mod sim;
 

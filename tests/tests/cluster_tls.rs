@@ -8,49 +8,30 @@
 
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use remora_core::resilience::cluster::{ClusterConfig, Counts};
 use remora_core::resilience::resolve::Resolver;
 use remora_core::route::TrackerConfig;
 use remora_core::{codes, Command};
 use remora_std::namesrv::{FollowerConfig, RouteFollower};
-use remora_tls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use remora_tests::certs::Ca;
 use remora_tls::{ClientTls, ServerMode, ServerTls};
 
 const SERVER_NAME: &str = "broker.test";
 /// Most calls a test makes while waiting for the balancer to try the rogue endpoint.
 const MAX_CALLS: usize = 200;
 
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
+/// The CA's server and client settings for these tests.
+trait CaTls {
+    fn server_tls(&self, names: &[&str]) -> ServerTls;
+    fn client_tls(&self) -> ClientTls;
 }
 
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    fn der(&self) -> CertificateDer<'static> {
-        self.cert.der().clone()
-    }
-
+impl CaTls for Ca {
     /// A server's TLS with a certificate for `names`, signed by this CA.
     fn server_tls(&self, names: &[&str]) -> ServerTls {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let params = CertificateParams::new(names).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let leaf = self.issue(names);
         ServerTls::builder()
-            .certificate(vec![cert.der().clone()], key)
+            .certificate(vec![leaf.cert.clone()], leaf.key())
             .mode(ServerMode::Enforcing)
             .build()
             .unwrap()

@@ -7,60 +7,14 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use remora_core::{codes, CallError, Command};
-use remora_tls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use remora_tests::certs::{Ca, Leaf};
 use remora_tls::{ClientTls, ServerMode, ServerTls, TlsError};
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 const SERVER_NAME: &str = "broker.test";
 
 // ---- certificates ----
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-struct Leaf {
-    cert: CertificateDer<'static>,
-    key: Vec<u8>,
-}
-
-impl Leaf {
-    fn key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::try_from(self.key.clone()).unwrap()
-    }
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca { cert, key }
-    }
-
-    fn der(&self) -> CertificateDer<'static> {
-        self.cert.der().clone()
-    }
-
-    fn issue(&self, names: &[&str]) -> Leaf {
-        let params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
-        Leaf {
-            cert: cert.der().clone(),
-            key: key.serialize_der(),
-        }
-    }
-}
 
 /// A CA with a server certificate (for `broker.test` and 127.0.0.1) and a client certificate,
 /// and a rogue CA nobody trusts, with its own.
