@@ -192,16 +192,16 @@ pub fn encode_header(cmd: &Command, dst: &mut impl BufMut) {
     write_header(cmd, ext_len(cmd).unwrap_or(0), &mut BufSink(dst));
 }
 
-/// Writes `cmd`'s header whose extension block is `ext_len` bytes (from [`header_len`]).
-pub(crate) fn write_header(cmd: &Command, ext_len: usize, out: &mut impl Sink) {
-    // Java truncates a code or version wider than 16 bits; so do we.
+/// The header's first 17 bytes: code, language, version, opaque, flag and the remark's length.
+/// Java truncates a code or version wider than 16 bits; so do we.
+#[inline(always)]
+fn fixed_part(cmd: &Command, remark_len: usize) -> [u8; 17] {
     let code = (cmd.code as i16).to_be_bytes();
     let version = (cmd.version as i16).to_be_bytes();
     let opaque = cmd.opaque.to_be_bytes();
     let flag = cmd.flag.to_be_bytes();
-    let remark = cmd.remark().unwrap_or("");
-    let remark_len = (remark.len() as u32).to_be_bytes();
-    out.put(&[
+    let remark_len = (remark_len as u32).to_be_bytes();
+    [
         code[0],
         code[1],
         cmd.language.0,
@@ -219,7 +219,13 @@ pub(crate) fn write_header(cmd: &Command, ext_len: usize, out: &mut impl Sink) {
         remark_len[1],
         remark_len[2],
         remark_len[3],
-    ]);
+    ]
+}
+
+/// Writes `cmd`'s header whose extension block is `ext_len` bytes (from [`header_len`]).
+pub(crate) fn write_header(cmd: &Command, ext_len: usize, out: &mut impl Sink) {
+    let remark = cmd.remark().unwrap_or("");
+    out.put(&fixed_part(cmd, remark.len()));
     out.put(remark.as_bytes());
     out.put_u32(ext_len as u32);
     for (k, v) in cmd.ext_fields() {
@@ -236,31 +242,8 @@ pub(crate) fn write_header_in_place(
     cmd: &Command,
     out: &mut WindowSink<'_>,
 ) -> Result<(), EncodeError> {
-    let code = (cmd.code as i16).to_be_bytes();
-    let version = (cmd.version as i16).to_be_bytes();
-    let opaque = cmd.opaque.to_be_bytes();
-    let flag = cmd.flag.to_be_bytes();
     let remark = cmd.remark().unwrap_or("");
-    let remark_len = (remark.len() as u32).to_be_bytes();
-    out.put(&[
-        code[0],
-        code[1],
-        cmd.language.0,
-        version[0],
-        version[1],
-        opaque[0],
-        opaque[1],
-        opaque[2],
-        opaque[3],
-        flag[0],
-        flag[1],
-        flag[2],
-        flag[3],
-        remark_len[0],
-        remark_len[1],
-        remark_len[2],
-        remark_len[3],
-    ]);
+    out.put(&fixed_part(cmd, remark.len()));
     if !remark.is_empty() {
         out.put(remark.as_bytes());
     }
