@@ -273,14 +273,12 @@ impl Codec {
         };
         let header_len = self.checked_header_len(cmd, ty)?;
         let frame_len = PREFIX_LEN + header_len + cmd.body().len();
-        let needed = if with_body {
-            frame_len
-        } else {
-            PREFIX_LEN + header_len
-        };
-        if dst.remaining_mut() < needed {
-            return Err(EncodeError::BufferTooSmall { needed });
-        }
+        fits(
+            dst.remaining_mut(),
+            PREFIX_LEN + header_len,
+            frame_len,
+            with_body,
+        )?;
         dst.put_u32((frame_len - 4) as u32);
         dst.put_u32(u32::from(ty.code()) << 24 | header_len as u32);
         let mut out = BufSink(dst);
@@ -306,14 +304,12 @@ impl Codec {
         let body = cmd.body();
         self.check_lengths(HEADER_LEN, body.len())?;
         let frame_len = PREFIX_LEN + HEADER_LEN + body.len();
-        let needed = if with_body {
-            frame_len
-        } else {
-            PREFIX_LEN + HEADER_LEN
-        };
-        if dst.remaining_mut() < needed {
-            return Err(EncodeError::BufferTooSmall { needed });
-        }
+        fits(
+            dst.remaining_mut(),
+            PREFIX_LEN + HEADER_LEN,
+            frame_len,
+            with_body,
+        )?;
         let length = ((frame_len - 4) as u32).to_be_bytes();
         let code = (cmd.code as i16).to_be_bytes();
         let version = (cmd.version as i16).to_be_bytes();
@@ -371,10 +367,7 @@ impl Codec {
         let header_len = written - PREFIX_LEN;
         self.check_lengths(header_len, body_len)?;
         let frame_len = written + body_len;
-        let needed = if with_body { frame_len } else { written };
-        if remaining < needed {
-            return Err(EncodeError::BufferTooSmall { needed });
-        }
+        fits(remaining, written, frame_len, with_body)?;
         let prefix =
             (((frame_len - 4) as u64) << 32 | u64::from(ty.code()) << 24 | header_len as u64)
                 .to_be_bytes();
@@ -459,6 +452,22 @@ fn check_marker(length: u32, marker: [u8; 4]) -> Result<(SerializeType, usize), 
         });
     }
     Ok((ty, header_len as usize))
+}
+
+/// Whether `room` bytes hold what is written of a frame: all `frame_len` of it, or only its
+/// prefix and header (`head_len`) when the caller sends the body itself.
+#[inline]
+fn fits(
+    room: usize,
+    head_len: usize,
+    frame_len: usize,
+    with_body: bool,
+) -> Result<(), EncodeError> {
+    let needed = if with_body { frame_len } else { head_len };
+    if room < needed {
+        return Err(EncodeError::BufferTooSmall { needed });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -377,6 +377,11 @@ pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Parsed, DecodeErro
     if let Some(parsed) = fast::parse(header, limits) {
         return Ok(parsed);
     }
+    parse_general(header, limits)
+}
+
+/// The general parser (any key order, whitespace, every error) on a header known to be UTF-8.
+fn parse_general(header: &[u8], limits: &Limits) -> Result<Parsed, DecodeError> {
     let mut parser = Parser {
         buf: header,
         pos: 0,
@@ -1483,20 +1488,7 @@ mod tests {
 
     /// The general parser's answer, never the fast path's.
     fn general(header: &[u8]) -> Result<Parsed, DecodeError> {
-        let limits = Limits::default();
-        let mut parser = Parser {
-            buf: header,
-            pos: 0,
-            limits: &limits,
-            ext_at: 0,
-            escapes: Escapes::default(),
-        };
-        let fixed = parser.header()?;
-        Ok(Parsed {
-            fixed,
-            ext_at: parser.ext_at,
-            escapes: parser.escapes,
-        })
+        parse_general(header, &Limits::default())
     }
 
     #[test]
