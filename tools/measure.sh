@@ -39,7 +39,8 @@ while time.time()<end:
     except socket.timeout: pass
 " &
   spid=$!
-  sleep 0.5
+  # Wait (up to 5 s) until the silent listener accepts: python starts slowly on a loaded machine.
+  for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
   /usr/bin/time -f '%e %U %S' -o /tmp/measure-time timeout 60 "$BIN" bench --target 127.0.0.1:$port --mode rpc --backend $backend --duration 3 --connections 2 --inflight 16 > /tmp/measure-bench.out 2>&1
   rc=$?
   kill $spid; wait $spid 2>/dev/null
