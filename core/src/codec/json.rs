@@ -402,8 +402,25 @@ pub(crate) fn parse_in_place(header: &mut [u8], limits: &Limits) -> Result<Parse
     Ok(parsed)
 }
 
+/// Checks that the header is UTF-8: headers of 64 bytes or more with `simdutf8` (SIMD), shorter
+/// ones with core's check (whose ASCII path costs less than dispatching). Core's check
+/// locates an error.
 #[inline]
 fn check_utf8(header: &[u8]) -> Result<(), DecodeError> {
+    let valid = if header.len() >= 64 {
+        simdutf8::basic::from_utf8(header).is_ok()
+    } else {
+        core::str::from_utf8(header).is_ok()
+    };
+    if valid {
+        Ok(())
+    } else {
+        utf8_error(header)
+    }
+}
+
+#[cold]
+fn utf8_error(header: &[u8]) -> Result<(), DecodeError> {
     match core::str::from_utf8(header) {
         Ok(_) => Ok(()),
         Err(e) => Err(DecodeError::Json {
