@@ -305,7 +305,7 @@ proptest! {
             for (at, byte) in flips {
                 wire[8 + at % header_len.max(1)] = byte;
             }
-            decode_in_place_and_copied(&codec, &wire)?;
+            let (_verdict, _left) = decode_in_place_and_copied(&codec, &wire)?;
         }
     }
 }

@@ -615,7 +615,7 @@ pub(crate) const COMPACT_EXT: u32 = 1 << 31;
 #[inline]
 fn next_compact<'a>(rest: &mut &'a [u8]) -> Option<(&'a str, &'a str)> {
     #[inline(always)]
-    fn string<'a>(r: &'a [u8]) -> Option<(&'a str, &'a [u8])> {
+    fn string(r: &[u8]) -> Option<(&str, &[u8])> {
         let &[hi, lo, ..] = r else { return None };
         if hi < 0x80 {
             return None;
