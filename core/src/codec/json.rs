@@ -1135,6 +1135,8 @@ fn number_at(buf: &[u8], start: usize) -> Result<(i32, usize), Option<DecodeErro
 /// unescaped string, stay (or become) `"`; the closing `}` stays. A reader takes a length, the
 /// text, skips `"`s, and stops at `}`.
 pub(crate) mod compact {
+    pub(crate) use crate::codec::command::REMARK_AT;
+
     /// The longest string the form can hold.
     pub(crate) const MAX_LEN: usize = 0x7FFF;
 
@@ -1145,6 +1147,17 @@ pub(crate) mod compact {
         debug_assert!(len <= MAX_LEN && text >= 2);
         if let Some(slot) = buf.get_mut(text.wrapping_sub(2)..text) {
             slot.copy_from_slice(&[0x80 | (len >> 8) as u8, len as u8]);
+        }
+    }
+
+    /// Writes where the remark's opening quote is over the header's first bytes (`{"code":`,
+    /// which the parser checked and nothing reads again), so the command finds it at once.
+    #[inline]
+    pub(crate) fn put_remark_at(buf: &mut [u8], at: usize) {
+        debug_assert!(at <= 0x00FF_FFFF);
+        if let Some(dir) = buf.get_mut(..4) {
+            let [_, a, b, c] = (at as u32).to_be_bytes();
+            dir.copy_from_slice(&[REMARK_AT, a, b, c]);
         }
     }
 
@@ -1214,6 +1227,8 @@ mod fast {
         in_ext: bool,
         /// How many of its strings are compacted (to undo if the parse fails later).
         compacted: usize,
+        /// The opening quote of the (non-null) remark; 0 for none.
+        remark_at: usize,
     }
 
     impl<T: Text> Cursor<'_, T> {
@@ -1305,7 +1320,10 @@ mod fast {
             if self.lit(b"null") {
                 return Some(false);
             }
-            self.string().map(|_| true)
+            let at = self.pos;
+            self.string()?;
+            self.remark_at = at;
+            Some(true)
         }
 
         /// `null` or an object of string values; returns where it starts if it holds any
@@ -1368,6 +1386,7 @@ mod fast {
             escapes: Escapes::default(),
             in_ext: false,
             compacted: 0,
+            remark_at: 0,
         };
         let mut ext_at = 0;
         let parsed = fields(&mut c, &mut ext_at);
@@ -1380,6 +1399,9 @@ mod fast {
         if parsed.is_none() && c.compacted > 0 {
             let at = (ext_at & !COMPACT_EXT) as usize;
             compact::undo(c.buf.bytes_mut(), at, c.compacted);
+        }
+        if T::COMPACT && parsed.is_some() && c.remark_at != 0 {
+            compact::put_remark_at(c.buf.bytes_mut(), c.remark_at);
         }
         parsed
     }
@@ -1787,6 +1809,7 @@ mod tests {
             let mut buf = frame(header);
             let parsed = parse_in_place(&mut buf[8..8 + header.len()], &Limits::default()).unwrap();
             assert_ne!(parsed.ext_at & COMPACT_EXT, 0, "{header}");
+            assert_eq!(buf[8], compact::REMARK_AT, "{header}");
             let (cmd, rest) = decode_both(header);
             let cmd = cmd.unwrap();
             assert!(rest.is_empty());
