@@ -24,7 +24,8 @@ use crate::codec::sink::{BufSink, Sink};
 /// The header is checked to be UTF-8 once, as a whole, then parsed completely. The command
 /// reads its remark and extension fields from the header in place; a header whose strings hold
 /// escapes is copied once here to unescape them ([`Codec::decode`](crate::Codec::decode)
-/// unescapes in the read buffer instead).
+/// unescapes in the read buffer instead, and there also compacts the extension fields into
+/// length-prefixed strings and notes where the remark is, so reading them scans nothing).
 pub fn decode_header(header: &Bytes, limits: &Limits) -> Result<Command, DecodeError> {
     let parsed = parse(header, limits)?;
     let buf = if parsed.escapes.any() {
