@@ -237,3 +237,75 @@ proptest! {
         }
     }
 }
+
+/// A whole JSON frame around `header` and `body`.
+fn json_frame(header: &[u8], body: &[u8]) -> BytesMut {
+    let mut f = BytesMut::new();
+    f.extend_from_slice(&((4 + header.len() + body.len()) as u32).to_be_bytes());
+    f.extend_from_slice(&(header.len() as u32).to_be_bytes());
+    f.extend_from_slice(header);
+    f.extend_from_slice(body);
+    f
+}
+
+/// `Codec::decode` (which rewrites a JSON header in the read buffer: escapes undone, the
+/// extension fields compacted) against `Codec::decode_frame` (which reads a copy).
+fn decode_in_place_and_copied(
+    codec: &Codec,
+    wire: &BytesMut,
+) -> Result<(Result<Decoded, DecodeError>, BytesMut), TestCaseError> {
+    let mut buf = wire.clone();
+    let in_place = codec.decode(&mut buf);
+    match &in_place {
+        Ok(Decoded::Command(cmd)) => {
+            prop_assert!(buf.is_empty());
+            let copied = codec.decode_frame(&wire.clone().freeze()).unwrap();
+            prop_assert_eq!(cmd, &copied);
+            prop_assert_eq!(cmd.ext_fields().iter().count(), copied.ext_fields().len());
+            for (k, v) in copied.ext_fields() {
+                prop_assert!(cmd.ext_fields().iter().any(|e| e == (k, v)));
+            }
+        }
+        Ok(Decoded::Incomplete { .. }) => {}
+        Err(e) => {
+            prop_assert_eq!(&buf, wire, "an error leaves the read buffer as it was");
+            prop_assert_eq!(&codec.decode_frame(&wire.clone().freeze()).unwrap_err(), e);
+        }
+    }
+    Ok((in_place, buf))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Both key orders decoded in place read back every field, and a mutated frame gets the
+    /// same answer in place as from a copy; an error leaves the read buffer as it was.
+    #[test]
+    fn decoding_in_place_agrees_with_decoding_a_copy(
+        cmd in command(SerializeType::Json),
+        rust_order in any::<bool>(),
+        flips in vec((any::<usize>(), any::<u8>()), 0..4),
+    ) {
+        let codec = Codec::default();
+        let mut cmd = cmd;
+        cmd.language = LanguageCode(cmd.language.0 % 14);
+        let mut wire = if rust_order {
+            json_frame(rust_order_header(&cmd).as_bytes(), cmd.body())
+        } else {
+            let mut w = BytesMut::new();
+            codec.encode_as(&cmd, SerializeType::Json, &mut w).unwrap();
+            w
+        };
+        if flips.is_empty() {
+            let (out, _) = decode_in_place_and_copied(&codec, &wire)?;
+            prop_assert_eq!(out, Ok(Decoded::Command(cmd)));
+        } else {
+            // Flip header bytes only (past the 8-byte prefix), so the frame stays whole.
+            let header_len = wire.len() - cmd.body().len() - 8;
+            for (at, byte) in flips {
+                wire[8 + at % header_len.max(1)] = byte;
+            }
+            let (_verdict, _left) = decode_in_place_and_copied(&codec, &wire)?;
+        }
+    }
+}

@@ -473,6 +473,8 @@ enum ExtSrc<'a> {
     Binary(&'a [u8]),
     /// A JSON header from the `{` of its `extFields` object (validated, escapes rewritten).
     Json(&'a [u8]),
+    /// A JSON header from its compacted `extFields` object (see [`COMPACT_EXT`]).
+    Compact(&'a [u8]),
     Owned(&'a [(HeaderStr, HeaderStr)]),
 }
 
@@ -483,6 +485,7 @@ impl<'a> Ext<'a> {
             inner: match self.src {
                 ExtSrc::Binary(block) => ExtIterInner::Binary(block),
                 ExtSrc::Json(text) => ExtIterInner::Json(text, 1),
+                ExtSrc::Compact(text) => ExtIterInner::Compact(text),
                 ExtSrc::Owned(v) => ExtIterInner::Owned(v.iter()),
             },
         }
@@ -563,6 +566,8 @@ enum ExtIterInner<'a> {
     Binary(&'a [u8]),
     /// A JSON header and the position of the next entry (or of the closing `}`).
     Json(&'a [u8], usize),
+    /// The rest of a compacted `extFields` object (see [`COMPACT_EXT`]).
+    Compact(&'a [u8]),
     Owned(core::slice::Iter<'a, (HeaderStr, HeaderStr)>),
 }
 
@@ -595,6 +600,46 @@ fn next_binary<'a>(block: &mut &'a [u8]) -> Option<(&'a str, &'a str)> {
             return Some((validated_str(key), validated_str(value)));
         }
     }
+}
+
+/// First byte of a JSON header the decoder rewrote to say where its remark is: the next three
+/// bytes (big-endian) are the position of the remark's opening quote (or of its
+/// [`UNESCAPED_START`]). It overwrites `{"code":`, which the parser checked; `{` cannot be it.
+pub(crate) const REMARK_AT: u8 = 0xFD;
+
+/// `ext_at` flag: the `extFields` object of a JSON header was compacted in place when decoded.
+///
+/// Each of its strings keeps its place; the two bytes before its text hold its length,
+/// big-endian with the high bit set (at most `0x7FFF`); what follows the text up to the next
+/// length is `"` (closing quotes, and the padding of an unescaped string); the object's `}`
+/// stays and ends it. `crate::codec::json::compact` writes it.
+pub(crate) const COMPACT_EXT: u32 = 1 << 31;
+
+/// The next entry of a compacted `extFields` object (`rest` starts at a key's length, or at
+/// the closing `}`); `rest` moves past it (to the `}`'s end when there is none).
+#[inline]
+fn next_compact<'a>(rest: &mut &'a [u8]) -> Option<(&'a str, &'a str)> {
+    #[inline(always)]
+    fn string(r: &[u8]) -> Option<(&str, &[u8])> {
+        let &[hi, lo, ..] = r else { return None };
+        if hi < 0x80 {
+            return None;
+        }
+        let len = usize::from(hi & 0x7F) << 8 | usize::from(lo);
+        let text = r.get(2..2 + len)?;
+        let mut after = &r[2 + len..];
+        while let [b'"', tail @ ..] = after {
+            after = tail;
+        }
+        Some((validated_str(text), after))
+    }
+    let Some((key, after)) = string(rest) else {
+        *rest = rest.get(1..).unwrap_or(&[]);
+        return None;
+    };
+    let (value, after) = string(after)?;
+    *rest = after;
+    Some((key, value))
 }
 
 /// Marks a JSON string whose escapes were rewritten in place: the opening quote becomes this,
@@ -741,7 +786,16 @@ fn next_json<'a>(text: &'a [u8], pos: &mut usize) -> Option<(&'a str, &'a str)> 
 }
 
 /// The last `remark` of a validated, rewritten JSON header: `None` if absent or `null`.
-fn json_remark(text: &[u8]) -> Option<&str> {
+/// `ext_at` is the command's: a compacted `extFields` object there is skipped as such.
+fn json_remark(text: &[u8], ext_at: u32) -> Option<&str> {
+    if let [REMARK_AT, a, b, c, ..] = *text {
+        let at = u32::from_be_bytes([0, a, b, c]) as usize;
+        return json_str(text, at).map(|(s, _)| s);
+    }
+    let compact_at = match ext_at & COMPACT_EXT {
+        0 => usize::MAX,
+        _ => (ext_at & !COMPACT_EXT) as usize,
+    };
     let mut p = skip_json_ws(text, 0) + 1;
     let mut remark = None;
     loop {
@@ -763,6 +817,10 @@ fn json_remark(text: &[u8]) -> Option<&str> {
                     Some(s)
                 }
             };
+        } else if p == compact_at {
+            let mut rest = &text[p..];
+            while next_compact(&mut rest).is_some() {}
+            p = text.len() - rest.len();
         } else {
             p = skip_json_value(text, p)?;
         }
@@ -783,6 +841,7 @@ impl<'a> Iterator for ExtIter<'a> {
         match &mut self.inner {
             ExtIterInner::Binary(block) => next_binary(block),
             ExtIterInner::Json(text, pos) => next_json(text, pos),
+            ExtIterInner::Compact(rest) => next_compact(rest),
             ExtIterInner::Owned(it) => it.next().map(|(k, v)| (k.as_str(), v.as_str())),
         }
     }
@@ -1032,7 +1091,7 @@ impl Command {
                 let len = u32::from_be_bytes(h.get(13..17)?.try_into().ok()?) as usize;
                 (len > 0).then(|| validated_str(h.get(17..17 + len).unwrap_or(&[])))
             }
-            Layout::JsonFrame | Layout::JsonHeader => json_remark(self.header()),
+            Layout::JsonFrame | Layout::JsonHeader => json_remark(self.header(), self.ext_at),
         }
     }
 
@@ -1049,6 +1108,10 @@ impl Command {
             }
             Layout::JsonFrame | Layout::JsonHeader => match self.ext_at {
                 0 => ExtSrc::Owned(&[]),
+                at if at & COMPACT_EXT != 0 => {
+                    let at = (at & !COMPACT_EXT) as usize;
+                    ExtSrc::Compact(self.header().get(at..).unwrap_or(&[]))
+                }
                 at => ExtSrc::Json(self.header().get(at as usize..).unwrap_or(&[])),
             },
         };

@@ -66,18 +66,14 @@ impl Codec {
             });
         }
         // Checked where it lies: an error leaves `buf` untouched.
-        let header = &buf[PREFIX_LEN..PREFIX_LEN + header_len];
+        let header = PREFIX_LEN..PREFIX_LEN + header_len;
         let (fixed, ext_at) = match ty {
-            SerializeType::RocketMq => (binary::parse(header, &self.limits)?, 0),
+            SerializeType::RocketMq => (binary::parse(&buf[header], &self.limits)?, 0),
             SerializeType::Json => {
-                let parsed = json::parse(header, &self.limits)?;
-                if parsed.escapes.any() {
-                    // The header is valid: unescape it in place (the read buffer is ours to
-                    // change; whatever else shares its memory lies outside this frame), no copy.
-                    parsed
-                        .escapes
-                        .rewrite(&mut buf[PREFIX_LEN..PREFIX_LEN + header_len]);
-                }
+                // Rewritten for reading (escapes undone, `extFields` compacted) where it lies:
+                // the read buffer is ours to change, and whatever else shares its memory lies
+                // outside this frame. No copy.
+                let parsed = json::parse_in_place(&mut buf[header], &self.limits)?;
                 (parsed.fixed, parsed.ext_at)
             }
         };

@@ -13,7 +13,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::command::{
-    Command, Fixed, LanguageCode, SerializeType, UNESCAPED_END, UNESCAPED_START,
+    Command, Fixed, LanguageCode, SerializeType, COMPACT_EXT, UNESCAPED_END, UNESCAPED_START,
 };
 use crate::codec::error::{DecodeError, JsonErrorKind};
 use crate::codec::limits::Limits;
@@ -24,7 +24,8 @@ use crate::codec::sink::{BufSink, Sink};
 /// The header is checked to be UTF-8 once, as a whole, then parsed completely. The command
 /// reads its remark and extension fields from the header in place; a header whose strings hold
 /// escapes is copied once here to unescape them ([`Codec::decode`](crate::Codec::decode)
-/// unescapes in the read buffer instead).
+/// unescapes in the read buffer instead, and there also compacts the extension fields into
+/// length-prefixed strings and notes where the remark is, so reading them scans nothing).
 pub fn decode_header(header: &Bytes, limits: &Limits) -> Result<Command, DecodeError> {
     let parsed = parse(header, limits)?;
     let buf = if parsed.escapes.any() {
@@ -316,21 +317,24 @@ pub(crate) struct Parsed {
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct Escapes {
     /// Opening and closing quote of each recorded string.
-    spans: [(u32, u32); 4],
+    spans: [(u32, u32); 8],
     n: u8,
+    /// Bit `i`: span `i` lies in a compacted `extFields` object (see [`compact`]).
+    compact: u8,
     /// The opening quote of the first escaped string not recorded.
     rest_from: Option<u32>,
 }
 
 impl Escapes {
     #[inline]
-    fn note(&mut self, open: usize, close: usize) {
+    fn note(&mut self, open: usize, close: usize, compact: bool) {
         if self.rest_from.is_some() {
             return;
         }
         match self.spans.get_mut(usize::from(self.n)) {
             Some(slot) => {
                 *slot = (open as u32, close as u32);
+                self.compact |= u8::from(compact) << self.n;
                 self.n += 1;
             }
             None => self.rest_from = Some(open as u32),
@@ -343,10 +347,12 @@ impl Escapes {
         self.n > 0
     }
 
-    /// Unescapes every such string of `header` in place and marks it (see [`UNESCAPED_START`]).
+    /// Unescapes every such string of `header` in place and marks it (see [`UNESCAPED_START`]),
+    /// or, in a compacted `extFields` object, gives it its unescaped length.
     pub(crate) fn rewrite(&self, header: &mut [u8]) {
-        for &(open, close) in &self.spans[..usize::from(self.n)] {
-            rewrite_one(header, open as usize, close as usize);
+        for (i, &(open, close)) in self.spans[..usize::from(self.n)].iter().enumerate() {
+            let compact = self.compact & (1 << i) != 0;
+            rewrite_one(header, open as usize, close as usize, compact);
         }
         if let Some(from) = self.rest_from {
             rewrite_escapes(header, from as usize);
@@ -354,11 +360,17 @@ impl Escapes {
     }
 }
 
-/// Unescapes the escaped string between the quotes at `open` and `close` in place and marks it.
-fn rewrite_one(buf: &mut [u8], open: usize, close: usize) {
+/// Unescapes the escaped string between the quotes at `open` and `close` in place and marks it
+/// (`compact`: writes its new length before it instead, and pads it with quotes).
+fn rewrite_one(buf: &mut [u8], open: usize, close: usize, compact: bool) {
     let end = unescape_in_place(buf, open + 1, close, open + 1);
-    buf[open] = UNESCAPED_START;
-    buf[end..=close].fill(UNESCAPED_END);
+    if compact {
+        compact::put_len(buf, open + 1, end - open - 1);
+        buf[end..=close].fill(b'"');
+    } else {
+        buf[open] = UNESCAPED_START;
+        buf[end..=close].fill(UNESCAPED_END);
+    }
 }
 
 /// Checks a JSON header completely (UTF-8, syntax, types, limits) and reads its fixed fields.
@@ -368,16 +380,55 @@ fn rewrite_one(buf: &mut [u8], open: usize, close: usize) {
 /// parser specialised for that order; anything else, and anything that surprises it, the
 /// general one, which also gives every error.
 pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Parsed, DecodeError> {
-    if let Err(e) = core::str::from_utf8(header) {
-        return Err(DecodeError::Json {
-            offset: e.valid_up_to(),
-            kind: JsonErrorKind::InvalidUtf8,
-        });
-    }
+    check_utf8(header)?;
     if let Some(parsed) = fast::parse(header, limits) {
         return Ok(parsed);
     }
     parse_general(header, limits)
+}
+
+/// [`parse`] of a header the caller may change, which is then rewritten for reading: escaped
+/// strings are unescaped in place and, where the fast parser took the header, the
+/// `extFields` object is made a compact length-prefixed block (see [`compact`]; `ext_at` then
+/// carries [`COMPACT_EXT`]). An error leaves the header as it was.
+pub(crate) fn parse_in_place(header: &mut [u8], limits: &Limits) -> Result<Parsed, DecodeError> {
+    check_utf8(header)?;
+    let parsed = match fast::parse(&mut *header, limits) {
+        Some(parsed) => parsed,
+        None => parse_general(header, limits)?,
+    };
+    if parsed.escapes.any() {
+        parsed.escapes.rewrite(header);
+    }
+    Ok(parsed)
+}
+
+/// Checks that the header is UTF-8: headers of 64 bytes or more with `simdutf8` (SIMD), shorter
+/// ones with core's check (whose ASCII path costs less than dispatching). Core's check
+/// locates an error.
+#[inline]
+fn check_utf8(header: &[u8]) -> Result<(), DecodeError> {
+    let valid = if header.len() >= 64 {
+        simdutf8::basic::from_utf8(header).is_ok()
+    } else {
+        core::str::from_utf8(header).is_ok()
+    };
+    if valid {
+        Ok(())
+    } else {
+        utf8_error(header)
+    }
+}
+
+#[cold]
+fn utf8_error(header: &[u8]) -> Result<(), DecodeError> {
+    match core::str::from_utf8(header) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(DecodeError::Json {
+            offset: e.valid_up_to(),
+            kind: JsonErrorKind::InvalidUtf8,
+        }),
+    }
 }
 
 /// The general parser (any key order, whitespace, every error) on a header known to be UTF-8.
@@ -420,7 +471,7 @@ pub(crate) fn rewrite_escapes(buf: &mut [u8], from: usize) {
                 None => return,
             }
         };
-        rewrite_one(buf, q, close);
+        rewrite_one(buf, q, close, false);
         pos = close + 1;
     }
 }
@@ -823,7 +874,7 @@ impl<'a> Parser<'a> {
         let open = self.pos;
         let (s, next) = scan_string(self.buf, open, self.limits)?;
         if s.escaped {
-            self.escapes.note(open, s.end);
+            self.escapes.note(open, s.end, false);
         }
         self.pos = next;
         Ok(s)
@@ -1075,27 +1126,117 @@ fn number_at(buf: &[u8], start: usize) -> Result<(i32, usize), Option<DecodeErro
     ))
 }
 
+/// The compact form of a JSON `extFields` object, written in place by the fast parser when
+/// it may change the header ([`parse_in_place`]); read by the command (see
+/// [`COMPACT_EXT`](crate::codec::command::COMPACT_EXT)).
+///
+/// Every string of the object keeps its place; the two bytes just before its text (`{"`, `,"`
+/// or `:"` in the whitespace-free shape the fast parser takes) become its length, big-endian
+/// with the high bit set (so at most [`MAX_LEN`]); a closing quote, and the padding after an
+/// unescaped string, stay (or become) `"`; the closing `}` stays. A reader takes a length, the
+/// text, skips `"`s, and stops at `}`.
+pub(crate) mod compact {
+    pub(crate) use crate::codec::command::REMARK_AT;
+
+    /// The longest string the form can hold.
+    pub(crate) const MAX_LEN: usize = 0x7FFF;
+
+    /// Writes `len` as the length of the text starting at `text` (at least 2: a string of
+    /// the object follows its `{`, `,` or `:` and its opening quote).
+    #[inline(always)]
+    pub(crate) fn put_len(buf: &mut [u8], text: usize, len: usize) {
+        debug_assert!(len <= MAX_LEN && text >= 2);
+        if let Some(slot) = buf.get_mut(text.wrapping_sub(2)..text) {
+            slot.copy_from_slice(&[0x80 | (len >> 8) as u8, len as u8]);
+        }
+    }
+
+    /// Writes where the remark's opening quote is over the header's first bytes (`{"code":`,
+    /// which the parser checked and nothing reads again), so the command finds it at once.
+    #[inline]
+    pub(crate) fn put_remark_at(buf: &mut [u8], at: usize) {
+        debug_assert!(at <= 0x00FF_FFFF);
+        if let Some(dir) = buf.get_mut(..4) {
+            let [_, a, b, c] = (at as u32).to_be_bytes();
+            dir.copy_from_slice(&[REMARK_AT, a, b, c]);
+        }
+    }
+
+    /// Puts back the first `strings` strings compacted from the object at `at` (keys and
+    /// values alternating, lengths as on the wire).
+    pub(crate) fn undo(buf: &mut [u8], at: usize, strings: usize) {
+        let mut p = at;
+        for i in 0..strings {
+            let len = usize::from(buf[p] & 0x7F) << 8 | usize::from(buf[p + 1]);
+            buf[p] = match i {
+                0 => b'{',
+                _ if i % 2 == 1 => b':',
+                _ => b',',
+            };
+            buf[p + 1] = b'"';
+            // The text, then its closing quote; the next string's two bytes follow.
+            p += 2 + len + 1;
+        }
+    }
+}
+
 /// The parser for the two key orders real peers send, with no whitespace. It answers `None`
 /// at the first byte it did not expect (including every error), and the general parser starts
 /// over; so it never decides an error, and what it accepts the general parser accepts the same.
 mod fast {
     use super::{
-        find_quote_or_backslash, number_at, scan_string, Escapes, Fixed, LanguageCode, Limits,
-        Parsed,
+        compact, find_quote_or_backslash, number_at, scan_string, Escapes, Fixed, LanguageCode,
+        Limits, Parsed, COMPACT_EXT,
     };
 
-    struct Cursor<'a> {
-        buf: &'a [u8],
+    /// The header: read only, or (`COMPACT`) to be compacted as it is parsed.
+    pub(super) trait Text {
+        const COMPACT: bool;
+        fn bytes(&self) -> &[u8];
+        fn bytes_mut(&mut self) -> &mut [u8];
+    }
+
+    impl Text for &[u8] {
+        const COMPACT: bool = false;
+        #[inline(always)]
+        fn bytes(&self) -> &[u8] {
+            self
+        }
+        fn bytes_mut(&mut self) -> &mut [u8] {
+            unreachable!("a read-only header is never compacted")
+        }
+    }
+
+    impl Text for &mut [u8] {
+        const COMPACT: bool = true;
+        #[inline(always)]
+        fn bytes(&self) -> &[u8] {
+            self
+        }
+        #[inline(always)]
+        fn bytes_mut(&mut self) -> &mut [u8] {
+            self
+        }
+    }
+
+    struct Cursor<'a, T> {
+        buf: T,
         pos: usize,
         limits: &'a Limits,
         escapes: Escapes,
+        /// Inside the `extFields` object being compacted.
+        in_ext: bool,
+        /// How many of its strings are compacted (to undo if the parse fails later).
+        compacted: usize,
+        /// The opening quote of the (non-null) remark; 0 for none.
+        remark_at: usize,
     }
 
-    impl Cursor<'_> {
+    impl<T: Text> Cursor<'_, T> {
         /// Moves past `lit` if it comes next.
         #[inline]
         fn lit(&mut self, lit: &[u8]) -> bool {
-            if self.buf.get(self.pos..self.pos + lit.len()) == Some(lit) {
+            if self.buf.bytes().get(self.pos..self.pos + lit.len()) == Some(lit) {
                 self.pos += lit.len();
                 true
             } else {
@@ -1106,7 +1247,7 @@ mod fast {
         /// Moves past `b` if it comes next.
         #[inline]
         fn byte(&mut self, b: u8) -> Option<()> {
-            if self.buf.get(self.pos) == Some(&b) {
+            if self.buf.bytes().get(self.pos) == Some(&b) {
                 self.pos += 1;
                 Some(())
             } else {
@@ -1122,54 +1263,72 @@ mod fast {
         /// A plain integer followed by `,` or `}`.
         #[inline]
         fn int(&mut self) -> Option<i32> {
-            match self.buf.get(self.pos)? {
+            match self.buf.bytes().get(self.pos)? {
                 b'-' | b'0'..=b'9' => {}
                 _ => return None,
             }
-            let (n, end) = number_at(self.buf, self.pos).ok()?;
+            let (n, end) = number_at(self.buf.bytes(), self.pos).ok()?;
             self.pos = end;
             Some(n)
         }
 
         /// A string whose opening quote is next; returns its (escaped) text's range.
-        #[inline]
+        #[inline(always)]
         fn string(&mut self) -> Option<(usize, usize)> {
-            if self.buf.get(self.pos) != Some(&b'"') {
+            let buf = self.buf.bytes();
+            if buf.get(self.pos) != Some(&b'"') {
                 return None;
             }
             let open = self.pos;
             // Most strings hold no escape: their end is the first quote or backslash.
-            let hit = find_quote_or_backslash(self.buf, open + 1)?;
-            if self.buf[hit] == b'"' && hit - open - 1 <= self.limits.max_string_len {
+            let hit = find_quote_or_backslash(buf, open + 1)?;
+            if buf[hit] == b'"' && hit - open - 1 <= self.limits.max_string_len {
                 self.pos = hit + 1;
                 return Some((open + 1, hit));
             }
-            let (s, next) = scan_string(self.buf, open, self.limits).ok()?;
+            let (s, next) = scan_string(buf, open, self.limits).ok()?;
             if s.escaped {
-                self.escapes.note(open, s.end);
+                self.escapes.note(open, s.end, T::COMPACT && self.in_ext);
             }
             self.pos = next;
             Some((s.start, s.end))
+        }
+
+        /// A string of the `extFields` object, compacted if the header may change.
+        #[inline(always)]
+        fn ext_string(&mut self) -> Option<()> {
+            let (start, end) = self.string()?;
+            if T::COMPACT {
+                if end - start > compact::MAX_LEN {
+                    return None;
+                }
+                compact::put_len(self.buf.bytes_mut(), start, end - start);
+                self.compacted += 1;
+            }
+            Some(())
         }
 
         /// `"NAME"` for a known language name.
         #[inline]
         fn language(&mut self) -> Option<LanguageCode> {
             let (a, b) = self.string()?;
-            LanguageCode::from_name_bytes(&self.buf[a..b])
+            LanguageCode::from_name_bytes(&self.buf.bytes()[a..b])
         }
 
-        /// `null` or a string.
-        #[inline]
         /// A remark (`true`) or `null` (`false`).
+        #[inline]
         fn remark(&mut self) -> Option<bool> {
             if self.lit(b"null") {
                 return Some(false);
             }
-            self.string().map(|_| true)
+            let at = self.pos;
+            self.string()?;
+            self.remark_at = at;
+            Some(true)
         }
 
-        /// `null` or an object of string values; returns where it starts if it holds any.
+        /// `null` or an object of string values; returns where it starts if it holds any
+        /// (with [`COMPACT_EXT`] if it was compacted).
         fn ext(&mut self) -> Option<u32> {
             if self.lit(b"null") {
                 return Some(0);
@@ -1179,24 +1338,39 @@ mod fast {
             if self.byte(b'}').is_some() {
                 return Some(0);
             }
+            self.in_ext = true;
             let mut count = 0;
             loop {
-                self.string()?;
+                self.ext_string()?;
                 self.byte(b':')?;
-                self.string()?;
+                self.ext_string()?;
                 count += 1;
                 if count > self.limits.max_ext_fields {
                     return None;
                 }
-                match self.buf.get(self.pos) {
+                match self.buf.bytes().get(self.pos) {
                     Some(b',') => self.pos += 1,
                     Some(b'}') => {
                         self.pos += 1;
-                        return Some(at as u32);
+                        self.in_ext = false;
+                        return Some(if T::COMPACT {
+                            at as u32 | COMPACT_EXT
+                        } else {
+                            at as u32
+                        });
                     }
                     _ => return None,
                 }
             }
+        }
+
+        /// [`Cursor::ext`] into `ext_at`, which says where the object starts even if it fails
+        /// (so that a compaction can be undone).
+        #[inline]
+        fn ext_into(&mut self, ext_at: &mut u32) -> Option<()> {
+            *ext_at = self.pos as u32;
+            *ext_at = self.ext()?;
+            Some(())
         }
 
         /// `"JSON"` or `"ROCKETMQ"`.
@@ -1205,16 +1379,39 @@ mod fast {
         }
     }
 
-    pub(super) fn parse(buf: &[u8], limits: &Limits) -> Option<Parsed> {
+    pub(super) fn parse<T: Text>(buf: T, limits: &Limits) -> Option<Parsed> {
         let mut c = Cursor {
             buf,
             pos: 0,
             limits,
             escapes: Escapes::default(),
+            in_ext: false,
+            compacted: 0,
+            remark_at: 0,
         };
+        let mut ext_at = 0;
+        let parsed = fields(&mut c, &mut ext_at);
+        let parsed = match parsed {
+            // Escaped strings past the recorded few would be found by scanning for quotes,
+            // which a compacted object no longer has.
+            Some(_) if T::COMPACT && c.escapes.rest_from.is_some() => None,
+            other => other,
+        };
+        if parsed.is_none() && c.compacted > 0 {
+            let at = (ext_at & !COMPACT_EXT) as usize;
+            compact::undo(c.buf.bytes_mut(), at, c.compacted);
+        }
+        if T::COMPACT && parsed.is_some() && c.remark_at != 0 {
+            compact::put_remark_at(c.buf.bytes_mut(), c.remark_at);
+        }
+        parsed
+    }
+
+    /// The fields of the header in one of the two orders; `ext_at` is set as soon as the
+    /// `extFields` object starts, so that [`parse`] can undo its compaction.
+    fn fields<T: Text>(c: &mut Cursor<'_, T>, ext_at: &mut u32) -> Option<Parsed> {
         c.need(b"{\"code\":")?;
         let code = c.int()?;
-        let mut ext_at = 0;
         let mut has_remark = false;
         let fixed = if c.lit(b",\"language\":") {
             // rocketmq-rust: code, language, version, opaque, flag, remark, extFields,
@@ -1230,7 +1427,7 @@ mod fast {
                 has_remark = c.remark()?;
             }
             if c.lit(b",\"extFields\":") {
-                ext_at = c.ext()?;
+                c.ext_into(ext_at)?;
             }
             if c.lit(b",\"serializeTypeCurrentRPC\":") {
                 c.serialize_type()?;
@@ -1242,12 +1439,12 @@ mod fast {
                 opaque,
                 flag,
                 has_remark,
-                has_ext: ext_at != 0,
+                has_ext: *ext_at != 0,
             }
         } else {
             // Java: alphabetical order.
             if c.lit(b",\"extFields\":") {
-                ext_at = c.ext()?;
+                c.ext_into(ext_at)?;
             }
             c.need(b",\"flag\":")?;
             let flag = c.int()?;
@@ -1269,13 +1466,13 @@ mod fast {
                 opaque,
                 flag,
                 has_remark,
-                has_ext: ext_at != 0,
+                has_ext: *ext_at != 0,
             }
         };
         c.byte(b'}')?;
-        (c.pos == buf.len()).then_some(Parsed {
+        (c.pos == c.buf.bytes().len()).then_some(Parsed {
             fixed,
-            ext_at,
+            ext_at: *ext_at,
             escapes: c.escapes,
         })
     }
@@ -1562,5 +1759,136 @@ mod tests {
         assert_eq!(dup.ext_fields().len(), 2);
         let emptied = decode(r#"{"extFields":{"k":"1"},"extFields":{"n":null}}"#).unwrap();
         assert!(emptied.ext_fields().is_empty());
+    }
+
+    /// A whole JSON frame around `header`, with a 3-byte body.
+    fn frame(header: &str) -> bytes::BytesMut {
+        let h = header.as_bytes();
+        let mut f = bytes::BytesMut::new();
+        f.put_u32((4 + h.len() + 3) as u32);
+        f.put_u32(h.len() as u32);
+        f.put_slice(h);
+        f.put_slice(b"xyz");
+        f
+    }
+
+    /// `Codec::decode` (compacting in place) against `decode_frame` (read only, no compaction).
+    fn decode_both(header: &str) -> (Result<Command, DecodeError>, bytes::BytesMut) {
+        let codec = crate::Codec::default();
+        let mut buf = frame(header);
+        let wire = buf.clone().freeze();
+        let in_place = match codec.decode(&mut buf) {
+            Ok(crate::Decoded::Command(cmd)) => Ok(cmd),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e),
+        };
+        let copied = codec.decode_frame(&wire);
+        assert_eq!(in_place, copied, "{header}");
+        if let Ok(cmd) = &in_place {
+            assert_eq!(cmd.body(), b"xyz");
+        }
+        (in_place, buf)
+    }
+
+    #[test]
+    fn ext_fields_are_compacted_in_place_and_read_back() {
+        let java = r#"{"code":310,"extFields":{"a":"g","k\"1":"K\u0001V\u0002","e":"","long":"0123456789abcdefghijklmnopqrstuvwxyz"},"flag":0,"language":"JAVA","opaque":-7,"remark":"r\"x","serializeTypeCurrentRPC":"JSON","version":453}"#;
+        let rust = r#"{"code":10,"language":"RUST","version":399,"opaque":1,"flag":2,"remark":"\u4e3b\u9898","extFields":{"topic":"T","\u00e9":"\ud83d\ude80"},"serializeTypeCurrentRPC":"JSON"}"#;
+        for (header, want, remark) in [
+            (
+                java,
+                &[
+                    ("a", "g"),
+                    ("k\"1", "K\u{1}V\u{2}"),
+                    ("e", ""),
+                    ("long", "0123456789abcdefghijklmnopqrstuvwxyz"),
+                ][..],
+                "r\"x",
+            ),
+            (rust, &[("topic", "T"), ("é", "🚀")][..], "主题"),
+        ] {
+            let mut buf = frame(header);
+            let parsed = parse_in_place(&mut buf[8..8 + header.len()], &Limits::default()).unwrap();
+            assert_ne!(parsed.ext_at & COMPACT_EXT, 0, "{header}");
+            assert_eq!(buf[8], compact::REMARK_AT, "{header}");
+            let (cmd, rest) = decode_both(header);
+            let cmd = cmd.unwrap();
+            assert!(rest.is_empty());
+            let fields: Vec<(&str, &str)> = cmd.ext_fields().iter().collect();
+            assert_eq!(fields, want);
+            assert_eq!(cmd.ext(want[1].0), Some(want[1].1));
+            assert_eq!(cmd.ext("absent"), None);
+            assert_eq!(cmd.ext_fields().len(), want.len());
+            assert_eq!(cmd.remark(), Some(remark));
+            // Changing the command copies the compacted fields out.
+            let changed = cmd.clone().with_ext("z", "1");
+            assert_eq!(changed.ext_fields().len(), want.len() + 1);
+            assert_eq!(changed.remark(), Some(remark));
+        }
+    }
+
+    #[test]
+    fn a_compaction_is_undone_when_the_fast_parser_gives_up_later() {
+        let ext = r#"{"code":1,"extFields":{"a":"1","b":"x\ny"}"#;
+        // The general parser accepts these (whitespace, an unknown key, a number as text)...
+        for tail in [
+            r#","flag": 0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}"#,
+            r#","flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1,"x":[1]}"#,
+            r#","flag":0,"language":"JAVA","opaque":"3","serializeTypeCurrentRPC":"JSON","version":1} "#,
+        ] {
+            let header = format!("{ext}{tail}");
+            let mut buf = frame(&header);
+            let parsed = parse_in_place(&mut buf[8..8 + header.len()], &Limits::default());
+            assert_eq!(parsed.unwrap().ext_at & COMPACT_EXT, 0, "{header}");
+            let cmd = decode_both(&header).0.unwrap();
+            assert_eq!(cmd.ext("b"), Some("x\ny"));
+            assert_eq!(cmd.ext_fields().len(), 2);
+        }
+        // ...and refuses these: the read buffer is left exactly as it was.
+        for tail in [
+            r#","flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}x"#,
+            r#","flag":0,"language":"JAVA","opaque":3,"remark":"\q","serializeTypeCurrentRPC":"JSON","version":1}"#,
+            r#","flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1.5}"#,
+            r#","flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1"#,
+        ] {
+            let header = format!("{ext}{tail}");
+            let (out, rest) = decode_both(&header);
+            assert!(out.is_err(), "{header}");
+            assert_eq!(rest, frame(&header), "{header}");
+        }
+        // A failure inside the object (an invalid escape in its third string).
+        let header = r#"{"code":1,"extFields":{"a":"1","\x":"2"},"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}"#;
+        let (out, rest) = decode_both(header);
+        assert!(out.is_err());
+        assert_eq!(rest, frame(header));
+    }
+
+    #[test]
+    fn what_the_compact_form_cannot_hold_is_read_as_json() {
+        // A value longer than a compact length, and more escaped strings than are recorded.
+        let long = "v".repeat(compact::MAX_LEN + 1);
+        let mut escaped = String::new();
+        for i in 0..12 {
+            escaped.push_str(&format!(r#","k{i}":"\t{i}""#));
+        }
+        for ext in [
+            format!(r#"{{"a":"{long}","b":"c"}}"#),
+            format!(r#"{{"a":"b"{escaped}}}"#),
+        ] {
+            let header = format!(
+                r#"{{"code":1,"extFields":{ext},"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}}"#
+            );
+            let mut buf = frame(&header);
+            let parsed = parse_in_place(&mut buf[8..8 + header.len()], &Limits::default()).unwrap();
+            assert_eq!(parsed.ext_at & COMPACT_EXT, 0);
+            let cmd = decode_both(&header).0.unwrap();
+            if ext.contains(&long) {
+                assert_eq!(cmd.ext("a"), Some(long.as_str()));
+                assert_eq!(cmd.ext("b"), Some("c"));
+            } else {
+                assert_eq!(cmd.ext_fields().len(), 13);
+                assert_eq!(cmd.ext("k11"), Some("\t11"));
+            }
+        }
     }
 }
