@@ -14,7 +14,7 @@ use bytes::{BufMut, Bytes};
 use crate::codec::command::{Command, Fixed, LanguageCode, SerializeType};
 use crate::codec::error::{BinaryField, DecodeError, EncodeError};
 use crate::codec::limits::Limits;
-use crate::codec::sink::{BufSink, Sink, WindowSink};
+use crate::codec::sink::{BufSink, Sink, Str, WindowSink};
 
 const FIXED_LEN: usize = 13;
 
@@ -249,17 +249,36 @@ pub(crate) fn write_header_in_place(
     }
     let ext_len_at = out.pos;
     out.put_u32(0);
-    for (k, v) in cmd.ext_fields() {
-        let Ok(key_len) = u16::try_from(k.len()) else {
-            return Err(EncodeError::ExtKeyTooLong { len: k.len() });
-        };
-        debug_assert_eq!(usize::from(key_len), k.len());
-        out.put_binary_entry(k.as_bytes(), v.as_bytes());
+    match cmd.built_ext() {
+        Some(entries) => {
+            for (k, _) in entries {
+                check_key_len(k)?;
+            }
+            let done = out.put_binary_entries(entries);
+            for (k, v) in &entries[done..] {
+                out.put_binary_entry(Str::header(k), Str::header(v));
+            }
+        }
+        None => {
+            for (k, v) in cmd.ext_fields() {
+                check_key_len(k)?;
+                out.put_binary_entry(Str::plain(k), Str::plain(v));
+            }
+        }
     }
     if !out.overflow {
         // (After an overflow the window is discarded, and positions mean nothing.)
         let ext_len = out.pos - ext_len_at - 4;
         out.patch_u32(ext_len_at, ext_len as u32);
+    }
+    Ok(())
+}
+
+/// Refuses a key too long for its `u16` length.
+#[inline(always)]
+fn check_key_len(k: &str) -> Result<(), EncodeError> {
+    if k.len() > usize::from(u16::MAX) {
+        return Err(EncodeError::ExtKeyTooLong { len: k.len() });
     }
     Ok(())
 }
