@@ -251,11 +251,8 @@ pub(crate) fn write_header_in_place(
     out.put_u32(0);
     match cmd.built_ext() {
         Some(entries) => {
-            for (k, _) in entries {
+            for (k, v) in entries {
                 check_key_len(k)?;
-            }
-            let done = out.put_binary_entries(entries);
-            for (k, v) in &entries[done..] {
                 out.put_binary_entry(Str::header(k), Str::header(v));
             }
         }

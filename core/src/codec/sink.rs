@@ -147,14 +147,6 @@ pub(crate) trait Sink {
         self.put(value);
     }
 
-    /// Writes as many of a built command's ROCKETMQ extension entries as it can in one go;
-    /// returns how many (the caller writes the rest with [`Sink::put_binary_entry`]). Every key
-    /// must fit its `u16` length (the caller checked).
-    #[inline]
-    fn put_binary_entries(&mut self, _entries: &[(HeaderStr, HeaderStr)]) -> usize {
-        0
-    }
-
     /// Writes as many of a built command's JSON extension entries as it can in one go (the
     /// first opening the `extFields` object when `first`); returns how many. The caller writes
     /// the rest with [`Sink::put_json_entry`] or part by part.
@@ -365,26 +357,6 @@ impl Sink for WindowSink<'_> {
         w[2 + k..6 + k].copy_from_slice(&(v as u32).to_be_bytes());
         copy_small(&mut w[6 + k..], value.bytes);
         self.pos = at + 6 + k + v;
-    }
-
-    /// Every entry with room for it and [`SLACK`], in one loop.
-    #[inline]
-    fn put_binary_entries(&mut self, entries: &[(HeaderStr, HeaderStr)]) -> usize {
-        let mut at = self.pos;
-        for (done, (key, value)) in entries.iter().enumerate() {
-            let (key, value) = (Str::header(key), Str::header(value));
-            let (k, v) = (key.bytes.len(), value.bytes.len());
-            if 6 + k + v + SLACK > self.window.len() - at {
-                self.pos = at;
-                return done;
-            }
-            self.window[at..at + 2].copy_from_slice(&(k as u16).to_be_bytes());
-            at = self.copy_str(at + 2, key);
-            self.window[at..at + 4].copy_from_slice(&(v as u32).to_be_bytes());
-            at = self.copy_str(at + 4, value);
-        }
-        self.pos = at;
-        entries.len()
     }
 
     /// Every entry with room for its worst case and [`SLACK`], in one loop.
