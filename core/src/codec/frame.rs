@@ -628,7 +628,7 @@ mod tests {
                 cmd = cmd.with_remark(r.as_str());
             }
             for ty in [SerializeType::Json, SerializeType::RocketMq] {
-                let mut two_pass = BytesMut::from(&two_pass_frame(&cmd, ty)[..]);
+                let two_pass = BytesMut::from(&two_pass_frame(&cmd, ty)[..]);
                 // A window with plenty of room, and one that runs short somewhere.
                 for cap in [8192, two_pass.len() + slack] {
                     let mut out = BytesMut::with_capacity(cap);
