@@ -14,7 +14,7 @@ use bytes::{BufMut, Bytes};
 use crate::codec::command::{Command, Fixed, LanguageCode, SerializeType};
 use crate::codec::error::{BinaryField, DecodeError, EncodeError};
 use crate::codec::limits::Limits;
-use crate::codec::sink::{BufSink, Sink, WindowSink};
+use crate::codec::sink::{BufSink, Sink, Str, WindowSink};
 
 const FIXED_LEN: usize = 13;
 
@@ -95,11 +95,87 @@ fn len_at(header: &[u8], at: usize, field: BinaryField) -> Result<usize, DecodeE
 /// Walks the extension block `header[start..end]`, checking every length against it, every
 /// string's UTF-8 and the number of entries (those with an empty value are not counted: Java
 /// reads them as null).
+///
+/// The common block (ASCII, no longer than a string may be, entries within limits) is walked
+/// with only the checks its structure needs; anything else — and any block the quick walk
+/// finds wrong — is walked again by [`check_ext_block_exactly`], which names the first fault,
+/// so every error is the one it always was.
+#[inline]
 fn check_ext_block(
     header: &[u8],
     start: usize,
     end: usize,
     limits: &Limits,
+) -> Result<usize, DecodeError> {
+    let block_ascii = is_ascii(&header[start..end]);
+    // In a block no longer than `max_string_len`, no string can pass that limit without also
+    // overrunning the block, which the quick walk does check.
+    if block_ascii && end - start <= limits.max_string_len {
+        if let Some(count) = count_ext_entries(&header[..end], start) {
+            if count <= limits.max_ext_fields {
+                return Ok(count);
+            }
+        }
+    }
+    check_ext_block_exactly(header, start, end, limits, block_ascii)
+}
+
+/// Whether no byte of `b` has its high bit set: 32 bytes a step, the last step overlapping.
+#[inline]
+fn is_ascii(b: &[u8]) -> bool {
+    #[inline(always)]
+    fn block(b: &[u8]) -> u128 {
+        let mut w = [0u8; 16];
+        w.copy_from_slice(&b[..16]);
+        u128::from_le_bytes(w)
+    }
+    let mut acc = 0u128;
+    if b.len() >= 32 {
+        let mut chunks = b.chunks_exact(32);
+        for c in &mut chunks {
+            acc |= block(&c[..16]) | block(&c[16..]);
+        }
+        let last = &b[b.len() - 32..];
+        acc |= block(&last[..16]) | block(&last[16..]);
+    } else if b.len() >= 16 {
+        acc = block(b) | block(&b[b.len() - 16..]);
+    } else {
+        for &x in b {
+            acc |= u128::from(x);
+        }
+    }
+    acc & (u128::MAX / 255 * 0x80) == 0
+}
+
+/// The entries with a non-empty value in the extension block `block[start..]`, or `None` if
+/// an entry overruns it.
+#[inline]
+fn count_ext_entries(block: &[u8], mut p: usize) -> Option<usize> {
+    let mut count = 0;
+    while p < block.len() {
+        let &[k0, k1] = block.get(p..p + 2)? else {
+            return None;
+        };
+        let len_at = p + 2 + usize::from(u16::from_be_bytes([k0, k1]));
+        let &[v0, v1, v2, v3] = block.get(len_at..len_at + 4)? else {
+            return None;
+        };
+        // A negative length reads as 2^31 or more and overruns.
+        let value_len = u32::from_be_bytes([v0, v1, v2, v3]) as usize;
+        p = len_at + 4 + value_len;
+        count += usize::from(value_len != 0);
+    }
+    (p == block.len()).then_some(count)
+}
+
+/// [`check_ext_block`] entry by entry, every check in the order that names the first fault.
+#[cold]
+fn check_ext_block_exactly(
+    header: &[u8],
+    start: usize,
+    end: usize,
+    limits: &Limits,
+    block_ascii: bool,
 ) -> Result<usize, DecodeError> {
     let overrun = |field, offset| DecodeError::BinaryOverrun { field, offset };
     let too_long = |offset| DecodeError::StringTooLong {
@@ -107,9 +183,8 @@ fn check_ext_block(
         max: limits.max_string_len,
     };
     let mut count = 0;
-    // One vectorisable pass: if no byte of the block (strings and lengths alike) has its high
-    // bit set, every string is ASCII and needs no UTF-8 check of its own.
-    let block_ascii = header[start..end].iter().fold(0u8, |a, &b| a | b) < 0x80;
+    // If no byte of the block (strings and lengths alike) has its high bit set, every string
+    // is ASCII and needs no UTF-8 check of its own.
     let mut p = start;
     while p < end {
         let Some(&[k0, k1]) = header.get(p..p + 2).filter(|_| p + 2 <= end) else {
@@ -249,17 +324,33 @@ pub(crate) fn write_header_in_place(
     }
     let ext_len_at = out.pos;
     out.put_u32(0);
-    for (k, v) in cmd.ext_fields() {
-        let Ok(key_len) = u16::try_from(k.len()) else {
-            return Err(EncodeError::ExtKeyTooLong { len: k.len() });
-        };
-        debug_assert_eq!(usize::from(key_len), k.len());
-        out.put_binary_entry(k.as_bytes(), v.as_bytes());
+    match cmd.built_ext() {
+        Some(entries) => {
+            for (k, v) in entries {
+                check_key_len(k)?;
+                out.put_binary_entry(Str::header(k), Str::header(v));
+            }
+        }
+        None => {
+            for (k, v) in cmd.ext_fields() {
+                check_key_len(k)?;
+                out.put_binary_entry(Str::plain(k), Str::plain(v));
+            }
+        }
     }
     if !out.overflow {
         // (After an overflow the window is discarded, and positions mean nothing.)
         let ext_len = out.pos - ext_len_at - 4;
         out.patch_u32(ext_len_at, ext_len as u32);
+    }
+    Ok(())
+}
+
+/// Refuses a key too long for its `u16` length.
+#[inline(always)]
+fn check_key_len(k: &str) -> Result<(), EncodeError> {
+    if k.len() > usize::from(u16::MAX) {
+        return Err(EncodeError::ExtKeyTooLong { len: k.len() });
     }
     Ok(())
 }
@@ -281,6 +372,43 @@ mod tests {
 
     fn fixed() -> Vec<u8> {
         vec![0, 10, 1, 1, 0x8f, 0, 0, 0, 1, 0, 0, 0, 0]
+    }
+
+    proptest::proptest! {
+        /// The quick walk of an extension block answers exactly as the entry-by-entry one,
+        /// for well-formed blocks, blocks with one byte changed, and tight limits.
+        #[test]
+        fn the_quick_walk_answers_as_the_exact_one(
+            entries in proptest::collection::vec(
+                (proptest::collection::vec(0u8..=255, 0..6), proptest::collection::vec(0u8..=255, 0..6)),
+                0..6,
+            ),
+            flip in proptest::option::of((0usize..200, 0u8..=255)),
+            max_string_len in 0usize..8,
+            max_ext_fields in 0usize..5,
+        ) {
+            let mut block = vec![];
+            for (k, v) in &entries {
+                block.extend_from_slice(&(k.len() as u16).to_be_bytes());
+                block.extend_from_slice(k);
+                block.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                block.extend_from_slice(v);
+            }
+            if let Some((at, byte)) = flip {
+                if !block.is_empty() {
+                    let at = at % block.len();
+                    block[at] = byte;
+                }
+            }
+            proptest::prop_assert_eq!(is_ascii(&block), block.is_ascii());
+            for max_string_len in [max_string_len, 1 << 20] {
+                let limits = Limits { max_string_len, max_ext_fields, ..Limits::default() };
+                proptest::prop_assert_eq!(
+                    check_ext_block(&block, 0, block.len(), &limits),
+                    check_ext_block_exactly(&block, 0, block.len(), &limits, block.is_ascii())
+                );
+            }
+        }
     }
 
     #[test]

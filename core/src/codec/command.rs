@@ -244,6 +244,17 @@ impl HeaderStr {
         }
     }
 
+    /// A short string's inline buffer and its length (`None` for a shared one): encoders copy
+    /// the whole fixed-size buffer (no branch on the length) and keep the first `len` bytes.
+    /// Bytes past `len` are unspecified.
+    #[inline]
+    pub(crate) fn inline_buf(&self) -> Option<(&[u8; INLINE], usize)> {
+        match &self.0 {
+            Repr::Inline { len, buf } => Some((buf, usize::from(*len))),
+            Repr::Shared(_) => None,
+        }
+    }
+
     /// Whether the string is stored inline (short) rather than sharing a buffer.
     pub fn is_inline(&self) -> bool {
         matches!(self.0, Repr::Inline { .. })
@@ -1004,6 +1015,19 @@ impl Command {
         match self.layout {
             Layout::Built => self.owned.is_none(),
             _ => false,
+        }
+    }
+
+    /// A built command's extension entries, for the encoders (`None` for a decoded command,
+    /// whose fields are read from its frame with [`Command::ext_fields`]).
+    #[inline]
+    pub(crate) fn built_ext(&self) -> Option<&[(HeaderStr, HeaderStr)]> {
+        match self.layout {
+            Layout::Built => Some(match &self.owned {
+                Some(owned) => &owned.ext.entries,
+                None => &[],
+            }),
+            _ => None,
         }
     }
 

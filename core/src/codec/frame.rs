@@ -582,6 +582,66 @@ mod tests {
         assert!(out.is_empty());
     }
 
+    /// `cmd`'s frame written part by part through a plain `BufMut` (no window, no fast path).
+    fn two_pass_frame(cmd: &Command, ty: SerializeType) -> alloc::vec::Vec<u8> {
+        let mut header = vec![];
+        match ty {
+            SerializeType::Json => json::write_header(cmd, ty, &mut BufSink(&mut header)),
+            SerializeType::RocketMq => binary::write_header(
+                cmd,
+                binary::checked_ext_len(cmd).unwrap(),
+                &mut BufSink(&mut header),
+            ),
+        }
+        let mut frame = vec![];
+        frame.put_u32((4 + header.len() + cmd.body().len()) as u32);
+        frame.put_u32(u32::from(ty.code()) << 24 | header.len() as u32);
+        frame.extend_from_slice(&header);
+        frame.extend_from_slice(cmd.body());
+        frame
+    }
+
+    proptest::proptest! {
+        /// The fast in-place writers (whole inline buffers, 16-byte blocks, entries in one
+        /// loop, falling back near the end of the window) write exactly what the two-pass
+        /// writer does, for built and decoded commands alike.
+        #[test]
+        fn fast_writers_match_the_two_pass_writer(
+            entries in proptest::collection::vec(
+                ("[\\x00-\\x1f\"\\\\a-z0-9\u{e9}\u{4e2d}\u{1F600}]{0,40}",
+                 "[\\x00-\\x1f\"\\\\a-z0-9\u{e9}\u{4e2d}\u{1F600}]{0,40}"),
+                0..12,
+            ),
+            remark in proptest::option::of("[\\x00-\\x7f\u{e9}]{0,30}"),
+            slack in 0usize..400,
+        ) {
+            let codec = Codec::default();
+            let mut cmd = Command::request(310).with_opaque(-3);
+            for (k, v) in &entries {
+                cmd = cmd.with_ext(k.as_str(), v.as_str());
+            }
+            if let Some(r) = &remark {
+                cmd = cmd.with_remark(r.as_str());
+            }
+            for ty in [SerializeType::Json, SerializeType::RocketMq] {
+                let two_pass = BytesMut::from(&two_pass_frame(&cmd, ty)[..]);
+                // A window with plenty of room, and one that runs short somewhere.
+                for cap in [8192, two_pass.len() + slack] {
+                    let mut out = BytesMut::with_capacity(cap);
+                    codec.encode_as(&cmd, ty, &mut out).unwrap();
+                    proptest::prop_assert_eq!(&out, &two_pass);
+                }
+                // A decoded command goes through the fields read from its frame.
+                let Decoded::Command(back) = codec.decode(&mut two_pass.clone()).unwrap() else {
+                    panic!("a whole frame")
+                };
+                let mut again = BytesMut::with_capacity(8192);
+                codec.encode_as(&back, ty, &mut again).unwrap();
+                proptest::prop_assert_eq!(&again[..], &two_pass_frame(&back, ty)[..]);
+            }
+        }
+    }
+
     #[test]
     fn bare_rocketmq_frames_match_the_general_writer() {
         let codec = Codec::default();

@@ -17,7 +17,7 @@ use crate::codec::command::{
 };
 use crate::codec::error::{DecodeError, JsonErrorKind};
 use crate::codec::limits::Limits;
-use crate::codec::sink::{BufSink, Sink};
+use crate::codec::sink::{self, BufSink, Sink, JSON_ESCAPE as ESCAPE};
 
 /// Decodes a JSON header into a command with an empty body.
 ///
@@ -83,18 +83,21 @@ pub(crate) fn write_header(cmd: &Command, ty: SerializeType, out: &mut impl Sink
     out.put(b"{\"code\":");
     out.put(ints.format(cmd.code).as_bytes());
     let mut sep = EXT_KEY;
-    for (k, v) in cmd.ext_fields() {
-        let (k, v) = (k.as_bytes(), v.as_bytes());
-        if needs_escape(k) || needs_escape(v) {
-            out.put(sep);
-            put_escaped(k, out);
-            out.put(b"\":\"");
-            put_escaped(v, out);
-            out.put_u8(b'"');
-        } else {
-            out.put_all([sep, k, b"\":\"", v, b"\""]);
+    match cmd.built_ext() {
+        Some(entries) => {
+            let done = out.put_json_entries(true, entries);
+            if done > 0 {
+                sep = b",\"";
+            }
+            for (k, v) in &entries[done..] {
+                put_entry(out, &mut sep, sink::Str::header(k), sink::Str::header(v));
+            }
         }
-        sep = b",\"";
+        None => {
+            for (k, v) in cmd.ext_fields() {
+                put_entry(out, &mut sep, sink::Str::plain(k), sink::Str::plain(v));
+            }
+        }
     }
     if sep.len() == 2 {
         out.put_u8(b'}');
@@ -128,6 +131,24 @@ pub(crate) fn write_header(cmd: &Command, ty: SerializeType, out: &mut impl Sink
     out.put_u8(b'}');
 }
 
+/// Writes one extension entry after `sep` (which becomes the separator between entries).
+#[inline]
+fn put_entry(out: &mut impl Sink, sep: &mut &[u8], k: sink::Str<'_>, v: sink::Str<'_>) {
+    if !out.put_json_entry(sep.len() != 2, k, v) {
+        let (k, v) = (k.bytes, v.bytes);
+        if needs_escape(k) || needs_escape(v) {
+            out.put(sep);
+            put_escaped(k, out);
+            out.put(b"\":\"");
+            put_escaped(v, out);
+            out.put_u8(b'"');
+        } else {
+            out.put_all([sep, k, b"\":\"", v, b"\""]);
+        }
+    }
+    *sep = b",\"";
+}
+
 /// Opens the `extFields` object and its first key.
 const EXT_KEY: &[u8] = b",\"extFields\":{\"";
 const REMARK_KEY: &[u8] = b",\"remark\":\"";
@@ -144,24 +165,6 @@ fn int_len(n: i32) -> usize {
     }
     len
 }
-
-/// What each byte becomes inside a JSON string: 0 = itself, `u` = `\u00XX`, else `\` + that byte.
-static ESCAPE: [u8; 256] = {
-    let mut t = [0u8; 256];
-    let mut i = 0;
-    while i < 0x20 {
-        t[i] = b'u';
-        i += 1;
-    }
-    t[0x08] = b'b';
-    t[0x09] = b't';
-    t[0x0a] = b'n';
-    t[0x0c] = b'f';
-    t[0x0d] = b'r';
-    t[b'"' as usize] = b'"';
-    t[b'\\' as usize] = b'\\';
-    t
-};
 
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;

@@ -1215,6 +1215,12 @@ impl<T> Connection<T> {
         self.last_active = now;
         loop {
             let before = self.read_buf.len();
+            if before == 0 {
+                // All read bytes were whole frames (the usual case): what decoding an empty
+                // buffer answers, without the call.
+                self.await_input(4);
+                return;
+            }
             match self.codec.decode(&mut self.read_buf) {
                 Ok(Decoded::Command(cmd)) => {
                     let frame_len = before - self.read_buf.len();
@@ -1224,13 +1230,7 @@ impl<T> Connection<T> {
                     }
                 }
                 Ok(Decoded::Incomplete { needed }) => {
-                    if self.read_buf.is_empty() && self.read_buf.capacity() > RELEASE_ABOVE {
-                        // Idle between frames: give back what the last big frame needed.
-                        self.read_buf = BytesMut::new();
-                    }
-                    // Room for what is announced, but never more than a step beyond what
-                    // arrived: a peer that announces 16 MiB and stalls costs a step, not 16 MiB.
-                    self.read_buf.reserve(needed.min(READ_STEP));
+                    self.await_input(needed);
                     return;
                 }
                 Err(e) => {
@@ -1239,6 +1239,18 @@ impl<T> Connection<T> {
                 }
             }
         }
+    }
+
+    /// The read buffer holds no whole frame: at least `needed` more bytes must arrive.
+    #[inline]
+    fn await_input(&mut self, needed: usize) {
+        if self.read_buf.is_empty() && self.read_buf.capacity() > RELEASE_ABOVE {
+            // Idle between frames: give back what the last big frame needed.
+            self.read_buf = BytesMut::new();
+        }
+        // Room for what is announced, but never more than a step beyond what arrived: a
+        // peer that announces 16 MiB and stalls costs a step, not 16 MiB.
+        self.read_buf.reserve(needed.min(READ_STEP));
     }
 
     fn dispatch(&mut self, cmd: Command, frame_len: usize) -> Result<(), CloseReason> {
