@@ -180,6 +180,9 @@ pub struct Report {
     pub seconds: f64,
     /// Latency in microseconds.
     pub latency: Histogram<u64>,
+    /// The uring load generator's loops, added up (`None` on other backends): turns,
+    /// completions, receives, receives that found no provided buffer, sends.
+    pub loop_counts: Option<remora_uring::LoopCounts>,
 }
 
 impl Report {
@@ -192,7 +195,7 @@ impl Report {
     pub fn json(&self, plan: &Plan) -> String {
         let h = &self.latency;
         format!(
-            "{{\"backend\":\"{}\",\"mode\":\"{}\",\"connections\":{},\"inflight\":{},\"payload\":{},\"requests\":{},\"errors\":{},\"seconds\":{:.3},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"error_kinds\":{},\"unfinished\":{},\"stop\":\"{}\",\"tls\":{}}}",
+            "{{\"backend\":\"{}\",\"mode\":\"{}\",\"connections\":{},\"inflight\":{},\"payload\":{},\"requests\":{},\"errors\":{},\"seconds\":{:.3},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"error_kinds\":{},\"unfinished\":{},\"stop\":\"{}\",\"tls\":{}{}}}",
             match self.backend { Backend::Uring => "uring", Backend::Std => "std", Backend::Tokio => "tokio" },
             match self.mode { Mode::Rpc => "rpc", Mode::Raw => "raw" },
             plan.connections,
@@ -210,6 +213,13 @@ impl Report {
             self.unfinished,
             self.stop.name(),
             self.tls,
+            match self.loop_counts {
+                Some(c) => format!(
+                    ",\"loop\":{{\"turns\":{},\"completions\":{},\"receives\":{},\"receives_without_buffer\":{},\"sends\":{}}}",
+                    c.turns, c.completions, c.receives, c.receives_without_buffer, c.sends
+                ),
+                None => String::new(),
+            },
         )
     }
 
@@ -270,6 +280,8 @@ struct Progress {
     ends_at: Option<Instant>,
     /// Each call's timeout.
     call_timeout: Duration,
+    /// The uring load threads' loop counts, added as each thread ends.
+    loop_counts: std::sync::Mutex<Option<remora_uring::LoopCounts>>,
 }
 
 /// What became of one call.
@@ -334,6 +346,7 @@ impl Progress {
             limit: plan.requests,
             ends_at: plan.duration.map(|d| started + d),
             call_timeout: plan.timeout,
+            loop_counts: std::sync::Mutex::new(None),
         }
     }
 
@@ -382,6 +395,17 @@ impl Progress {
         counter.fetch_add(1, Ordering::Relaxed);
         self.errors.fetch_add(1, Ordering::Relaxed);
         outcome.pause()
+    }
+
+    /// A uring load thread's loop is done: its counts join the run's.
+    fn add_loop_counts(&self, c: remora_uring::LoopCounts) {
+        let mut total = self.loop_counts.lock().unwrap_or_else(|e| e.into_inner());
+        let t = total.get_or_insert_with(Default::default);
+        t.turns += c.turns;
+        t.completions += c.completions;
+        t.receives += c.receives;
+        t.receives_without_buffer += c.receives_without_buffer;
+        t.sends += c.sends;
     }
 
     /// Raw mode: `n` frames failed with their connection.
@@ -492,6 +516,10 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
     let requests = progress.done.load(Ordering::Relaxed);
     let errors = progress.errors.load(Ordering::Relaxed);
     let started_calls = progress.started.load(Ordering::Relaxed);
+    let loop_counts = *progress
+        .loop_counts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     Ok(Report {
         backend: plan.backend,
         mode,
@@ -503,6 +531,7 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
         stop,
         seconds,
         latency,
+        loop_counts,
     })
 }
 
@@ -586,6 +615,7 @@ fn show_progress(
 /// The server `remora bench` starts when no `--target` is given.
 struct EmbeddedServer {
     addr: SocketAddr,
+    /// The uring protocol server, or (raw mode) the byte echo on the same loops.
     _uring: Option<remora_uring::Server>,
     _std: Option<remora_std::Server>,
     /// The tokio server and its runtime (dropped in field order: server, then runtime).
@@ -610,11 +640,22 @@ impl EmbeddedServer {
         };
         let tls = plan.tls.as_ref().and_then(|t| t.server.clone());
         match (plan.backend, mode) {
-            (Backend::Uring, Mode::Rpc) => {
-                let config = remora_uring::ServerConfig {
+            (Backend::Uring, mode) => {
+                let mut config = remora_uring::ServerConfig {
                     threads: plan.server_threads.max(1),
                     ..Default::default()
                 };
+                config.budget.max_connections =
+                    config.budget.max_connections.max(plan.connections + 100);
+                if mode == Mode::Raw {
+                    // The same loops as the protocol server, echoing bytes: rpc / raw compares
+                    // the loop with and without the protocol.
+                    let s = remora_uring::Server::bind_echo("127.0.0.1:0", config)
+                        .map_err(|e| format!("starting the uring echo server: {e}"))?;
+                    server.addr = s.local_addr();
+                    server._uring = Some(s);
+                    return Ok(server);
+                }
                 let s = match tls {
                     Some(tls) => {
                         remora_uring::Server::bind_tls("127.0.0.1:0", Arc::new(echo), config, tls)
@@ -670,11 +711,8 @@ impl EmbeddedServer {
                 server.addr = listener.local_addr().map_err(|e| e.to_string())?;
                 let stop = Arc::new(AtomicBool::new(false));
                 server.raw_stop = Some(Arc::clone(&stop));
-                let threads = plan.server_threads.max(1);
-                match backend {
-                    Backend::Uring => raw_uring_server(listener, threads, stop),
-                    Backend::Std | Backend::Tokio => raw_std_server(listener, stop),
-                }
+                let _ = backend;
+                raw_std_server(listener, stop);
             }
         }
         Ok(server)
@@ -690,47 +728,6 @@ impl Drop for EmbeddedServer {
                 let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
             }
         }
-    }
-}
-
-/// A byte echo server on io_uring: `threads` threads share the listener's accepts.
-pub(crate) fn raw_uring_server(listener: TcpListener, threads: usize, stop: Arc<AtomicBool>) {
-    let listener = Arc::new(listener);
-    for _ in 0..threads {
-        let listener = Arc::clone(&listener);
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            tokio_uring::start(async move {
-                let fd = listener.try_clone().expect("clone listener");
-                let listener = tokio_uring::net::TcpListener::from_std(fd);
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        return;
-                    };
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let _ = stream.set_nodelay(true);
-                    tokio_uring::spawn(async move {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let (r, b) = stream.read(buf).await;
-                            let n = match r {
-                                Ok(n) if n > 0 => n,
-                                _ => return,
-                            };
-                            let (r, slice) = stream
-                                .write_all(tokio_uring::buf::BoundedBuf::slice(b, ..n))
-                                .await;
-                            if r.is_err() {
-                                return;
-                            }
-                            buf = slice.into_inner();
-                        }
-                    });
-                }
-            });
-        });
     }
 }
 
@@ -873,6 +870,7 @@ fn uring_rpc(
             }
         }
     }
+    progress.add_loop_counts(lp.counts());
     Ok(hist)
 }
 
@@ -886,44 +884,112 @@ fn raw_frame(plan: &Plan) -> Vec<u8> {
     frame.to_vec()
 }
 
+/// The raw load on one thread: the same `remora_uring::EventLoop` as the rpc load, its
+/// connections raw (no machine traffic): each keeps `inflight` copies of the frame in flight,
+/// topped up as echoes come back (the [`RawHandler`](remora_uring::RawHandler) below runs inside
+/// the loop's turn, as the machine does in rpc mode).
 fn uring_raw(
     plan: &Plan,
     addr: SocketAddr,
     conns: usize,
     progress: &Arc<Progress>,
 ) -> Result<Histogram<u64>, String> {
+    use remora_uring::{EventLoop, LoopConfig};
+    use std::cell::RefCell;
+    use std::rc::Rc;
     let frame = Arc::new(raw_frame(plan));
-    let progress = Arc::clone(progress);
-    tokio_uring::start(async move {
-        let mut tasks = Vec::new();
-        for _ in 0..conns {
-            let stream = tokio_uring::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("connecting to {addr}: {e}"))?;
-            let _ = stream.set_nodelay(true);
-            let mut flow = RawFlow::new(&frame, plan.inflight, &progress);
-            tasks.push(tokio_uring::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                while flow.top_up() {
-                    if !flow.out.is_empty() {
-                        let (r, out) = stream.write_all(std::mem::take(&mut flow.out)).await;
-                        flow.out = out;
-                        if r.is_err() {
-                            break;
-                        }
-                    }
-                    let (r, b) = stream.read(buf).await;
-                    buf = b;
-                    match r {
-                        Ok(n) if n > 0 => flow.echoed(&buf[..n]),
-                        _ => break,
-                    }
-                }
-                flow.finish()
-            }));
+    let load = Rc::new(RefCell::new(RawLoad {
+        flows: Vec::with_capacity(conns),
+        outstanding: 0,
+        ended: Vec::new(),
+    }));
+    let mut lp = EventLoop::new(
+        bench_connection(plan),
+        LoopConfig::default(),
+        Arc::new(remora_core::NotSupported),
+    )
+    .map_err(|e| format!("starting an io_uring loop: {e}"))?;
+    lp.set_raw(Box::new(RawLoadHandler(Rc::clone(&load))));
+    let mut ids = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let id = lp
+            .connect_raw(addr, CONNECT)
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        let mut load = load.borrow_mut();
+        let i = id.index();
+        if load.flows.len() <= i {
+            load.flows.resize_with(i + 1, || None);
         }
-        merge(join_all(tasks).await.into_iter().map(|t| t.ok()))
-    })
+        load.flows[i] = Some(RawFlow::new(&frame, plan.inflight, progress));
+        ids.push(id);
+    }
+    // First frames out; from then on the handler tops each connection up.
+    for id in ids {
+        let mut load = load.borrow_mut();
+        let Some(Some(flow)) = load.flows.get_mut(id.index()) else {
+            continue;
+        };
+        flow.top_up();
+        let started = flow.outstanding;
+        if lp.send_raw(id, &flow.out).is_ok() {
+            load.outstanding += started;
+        }
+    }
+    let mut done = Vec::new();
+    let give_up = progress.ends_at.map(|t| t + GRACE);
+    while load.borrow().outstanding > 0 && give_up.map_or(true, |t| Instant::now() < t) {
+        lp.turn(Duration::from_millis(100), &mut done)
+            .map_err(|e| format!("io_uring: {e}"))?;
+    }
+    // Frames still in flight now are the run's unfinished calls.
+    progress.add_loop_counts(lp.counts());
+    drop(lp);
+    let mut load = load.borrow_mut();
+    let mut hist = histogram();
+    for part in std::mem::take(&mut load.ended) {
+        hist.add(part).map_err(|e| e.to_string())?;
+    }
+    for flow in load.flows.iter_mut().filter_map(Option::take) {
+        hist.add(flow.hist).map_err(|e| e.to_string())?;
+    }
+    Ok(hist)
+}
+
+/// One load thread's raw connections, by `ConnId::index`, and the frames in flight on all.
+struct RawLoad {
+    flows: Vec<Option<RawFlow>>,
+    outstanding: usize,
+    /// The latency of connections that closed during the run.
+    ended: Vec<Histogram<u64>>,
+}
+
+/// Counts the echoes of a raw connection and sends its next frames, inside the loop's turn.
+struct RawLoadHandler(std::rc::Rc<std::cell::RefCell<RawLoad>>);
+
+impl remora_uring::RawHandler for RawLoadHandler {
+    fn on_input(&mut self, conn: remora_uring::ConnId, input: &[u8], output: &mut BytesMut) {
+        let mut load = self.0.borrow_mut();
+        let Some(Some(flow)) = load.flows.get_mut(conn.index()) else {
+            return;
+        };
+        let before = flow.outstanding;
+        flow.echoed(input);
+        flow.top_up();
+        output.extend_from_slice(&flow.out);
+        let after = flow.outstanding;
+        load.outstanding = load.outstanding + after - before;
+    }
+
+    fn on_closed(&mut self, conn: remora_uring::ConnId) {
+        let mut load = self.0.borrow_mut();
+        let Some(flow) = load.flows.get_mut(conn.index()).and_then(Option::take) else {
+            return;
+        };
+        load.outstanding -= flow.outstanding;
+        // Its frames in flight failed with it; its latency still counts.
+        let hist = flow.finish();
+        load.ended.push(hist);
+    }
 }
 
 /// The client connections' machine: room for twice the calls in flight.

@@ -59,5 +59,5 @@ pub use cluster::{
 };
 pub use conn::CallFuture;
 pub use dns::dns;
-pub use ring::{Completion, ConnId, EventLoop, LoopConfig};
+pub use ring::{Completion, ConnId, Echo, EventLoop, LoopConfig, LoopCounts, RawHandler};
 pub use server::{Server, ServerConfig};

@@ -15,7 +15,7 @@ use socket2::{Domain, Socket, Type};
 
 use remora_tls::{Secure, ServerTls};
 
-use crate::ring::{EventLoop, LoopConfig};
+use crate::ring::{Echo, EventLoop, LoopConfig};
 
 remora_driver::server_config! {
     /// How a [`Server`] runs.
@@ -52,7 +52,16 @@ impl Server {
         handler: Arc<dyn Handler>,
         config: ServerConfig,
     ) -> io::Result<Server> {
-        Server::bind_secure(addr, handler, config, Secure::plain())
+        Server::bind_secure(addr, handler, config, Secure::plain(), false)
+    }
+
+    /// A byte echo on the same loops (threads, listeners, ring, provided buffers, budget): every
+    /// byte a client sends comes back as it came, with no protocol anywhere. The baseline a
+    /// [`Server`]'s protocol path is measured against (`remora bench --mode raw --backend
+    /// uring`); plaintext only.
+    pub fn bind_echo(addr: impl ToSocketAddrs, config: ServerConfig) -> io::Result<Server> {
+        let handler: Arc<dyn Handler> = Arc::new(remora_core::NotSupported);
+        Server::bind_secure(addr, handler, config, Secure::plain(), true)
     }
 
     /// Listens on `addr` with TLS, in `tls`'s [`ServerMode`](remora_tls::ServerMode):
@@ -64,7 +73,7 @@ impl Server {
         config: ServerConfig,
         tls: ServerTls,
     ) -> io::Result<Server> {
-        Server::bind_secure(addr, handler, config, Secure::server(tls))
+        Server::bind_secure(addr, handler, config, Secure::server(tls), false)
     }
 
     fn bind_secure(
@@ -72,6 +81,7 @@ impl Server {
         handler: Arc<dyn Handler>,
         config: ServerConfig,
         secure: Secure,
+        echo: bool,
     ) -> io::Result<Server> {
         let handler = remora_metrics::Observed::wrap(handler);
         let addr = addr
@@ -108,6 +118,7 @@ impl Server {
                         stop,
                         wake: loop_fd,
                         ready,
+                        echo,
                     };
                     serve(std_listener, handler, budget, config, secure, io);
                 })?;
@@ -168,6 +179,8 @@ struct Io {
     stop: Arc<AtomicBool>,
     wake: OwnedFd,
     ready: mpsc::Sender<io::Result<()>>,
+    /// Serve a byte echo ([`Server::bind_echo`]) instead of the protocol.
+    echo: bool,
 }
 
 fn serve(
@@ -176,7 +189,12 @@ fn serve(
     budget: Arc<Budget>,
     config: ServerConfig,
     secure: Secure,
-    Io { stop, wake, ready }: Io,
+    Io {
+        stop,
+        wake,
+        ready,
+        echo,
+    }: Io,
 ) {
     let mut event_loop = match EventLoop::new(config.connection, config.io, handler) {
         Ok(l) => l,
@@ -187,6 +205,9 @@ fn serve(
     };
     event_loop.set_budget(budget);
     event_loop.serve_tls(secure);
+    if echo {
+        event_loop.set_raw(Box::new(Echo));
+    }
     event_loop.listen(std_listener);
     event_loop.wake_on(wake);
     let _ = ready.send(Ok(()));
