@@ -176,8 +176,17 @@ pub struct Report {
     pub unfinished: u64,
     /// Why the run ended.
     pub stop: Stop,
-    /// Wall time of the measured run.
+    /// Wall time of the measured window: from the moment every connection was made to the
+    /// stop (connecting 10,000 connections takes a while and is not load).
     pub seconds: f64,
+    /// Responses received and checked within the window (what [`rps`](Self::rps) counts).
+    pub window_requests: u64,
+    /// Time spent connecting before the window opened.
+    pub connect_seconds: f64,
+    /// CPU time (user + system) of this whole process (load generator and embedded server)
+    /// within the window, from `/proc/self/stat` (10 ms ticks); `None` where that is not
+    /// readable.
+    pub cpu_seconds: Option<f64>,
     /// Latency in microseconds.
     pub latency: Histogram<u64>,
     /// The uring load generator's loops, added up (`None` on other backends): turns,
@@ -188,14 +197,20 @@ pub struct Report {
 impl Report {
     /// Requests per second.
     pub fn rps(&self) -> f64 {
-        self.requests as f64 / self.seconds.max(1e-9)
+        self.window_requests as f64 / self.seconds.max(1e-9)
+    }
+
+    /// CPU time of the process per request within the window, in microseconds.
+    pub fn cpu_us_per_request(&self) -> Option<f64> {
+        self.cpu_seconds
+            .map(|cpu| cpu * 1e6 / self.window_requests.max(1) as f64)
     }
 
     /// The one-line JSON object `--json` prints.
     pub fn json(&self, plan: &Plan) -> String {
         let h = &self.latency;
         format!(
-            "{{\"backend\":\"{}\",\"mode\":\"{}\",\"connections\":{},\"inflight\":{},\"payload\":{},\"requests\":{},\"errors\":{},\"seconds\":{:.3},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"error_kinds\":{},\"unfinished\":{},\"stop\":\"{}\",\"tls\":{}{}}}",
+            "{{\"backend\":\"{}\",\"mode\":\"{}\",\"connections\":{},\"inflight\":{},\"payload\":{},\"requests\":{},\"errors\":{},\"seconds\":{:.3},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"error_kinds\":{},\"unfinished\":{},\"stop\":\"{}\",\"tls\":{}{}{}}}",
             match self.backend { Backend::Uring => "uring", Backend::Std => "std", Backend::Tokio => "tokio" },
             match self.mode { Mode::Rpc => "rpc", Mode::Raw => "raw" },
             plan.connections,
@@ -213,6 +228,15 @@ impl Report {
             self.unfinished,
             self.stop.name(),
             self.tls,
+            format_args!(
+                ",\"connect_s\":{:.3},\"window_requests\":{}{}",
+                self.connect_seconds,
+                self.window_requests,
+                match self.cpu_us_per_request() {
+                    Some(us) => format!(",\"process_cpu_us_per_req\":{us:.2}"),
+                    None => String::new(),
+                }
+            ),
             match self.loop_counts {
                 Some(c) => format!(
                     ",\"loop\":{{\"turns\":{},\"completions\":{},\"receives\":{},\"receives_without_buffer\":{},\"sends\":{}}}",
@@ -276,8 +300,17 @@ struct Progress {
     other: AtomicU64,
     stop: AtomicBool,
     limit: Option<u64>,
-    /// When a timed run ends: no call may wait past it plus the grace.
-    ends_at: Option<Instant>,
+    /// When a timed run ends: no call may wait past it plus the grace. Set when the measured
+    /// window opens (every load thread connected); unset while connecting.
+    ends_at: std::sync::OnceLock<Instant>,
+    /// Load threads done connecting.
+    connected: std::sync::atomic::AtomicUsize,
+    /// Load threads in the run.
+    threads: usize,
+    /// The measured window's start: when, and the responses and process CPU time then.
+    opened: std::sync::OnceLock<(Instant, u64, Option<f64>)>,
+    /// The run's duration (the window's length).
+    duration: Option<Duration>,
     /// Each call's timeout.
     call_timeout: Duration,
     /// The uring load threads' loop counts, added as each thread ends.
@@ -330,7 +363,7 @@ impl Outcome {
 }
 
 impl Progress {
-    fn new(plan: &Plan, started: Instant) -> Progress {
+    fn new(plan: &Plan, threads: usize) -> Progress {
         Progress {
             done: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -344,7 +377,11 @@ impl Progress {
             other: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             limit: plan.requests,
-            ends_at: plan.duration.map(|d| started + d),
+            ends_at: std::sync::OnceLock::new(),
+            connected: std::sync::atomic::AtomicUsize::new(0),
+            threads,
+            opened: std::sync::OnceLock::new(),
+            duration: plan.duration,
             call_timeout: plan.timeout,
             loop_counts: std::sync::Mutex::new(None),
         }
@@ -352,7 +389,9 @@ impl Progress {
 
     /// Claims the right to issue one more request.
     fn claim(&self) -> bool {
-        if self.stop.load(Ordering::Relaxed) || self.ends_at.is_some_and(|t| Instant::now() >= t) {
+        if self.stop.load(Ordering::Relaxed)
+            || self.ends_at.get().is_some_and(|&t| Instant::now() >= t)
+        {
             return false;
         }
         let claimed = match self.limit {
@@ -367,8 +406,8 @@ impl Progress {
 
     /// The timeout for a call starting now: the plan's, cut to end within the grace.
     fn timeout(&self) -> Duration {
-        match self.ends_at {
-            Some(end) => {
+        match self.ends_at.get() {
+            Some(&end) => {
                 let left = (end + GRACE).saturating_duration_since(Instant::now());
                 self.call_timeout
                     .min(left.saturating_sub(Duration::from_millis(50)))
@@ -395,6 +434,24 @@ impl Progress {
         counter.fetch_add(1, Ordering::Relaxed);
         self.errors.fetch_add(1, Ordering::Relaxed);
         outcome.pause()
+    }
+
+    /// A load thread has made its connections: the measured window opens once all have.
+    fn connected(&self) {
+        if self.connected.fetch_add(1, Ordering::AcqRel) + 1 >= self.threads {
+            self.open_window();
+        }
+    }
+
+    /// Opens the measured window (once): the duration runs from now.
+    fn open_window(&self) -> (Instant, u64, Option<f64>) {
+        *self.opened.get_or_init(|| {
+            let now = Instant::now();
+            if let Some(d) = self.duration {
+                let _ = self.ends_at.set(now + d);
+            }
+            (now, self.done.load(Ordering::Relaxed), process_cpu())
+        })
     }
 
     /// A uring load thread's loop is done: its counts join the run's.
@@ -456,12 +513,12 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
         }
     };
     let started = Instant::now();
-    let progress = Arc::new(Progress::new(plan, started));
-    let (tx, rx) = mpsc::channel::<Result<Histogram<u64>, String>>();
     let threads = match plan.backend {
         Backend::Uring | Backend::Tokio => plan.client_threads.max(1).min(plan.connections.max(1)),
         Backend::Std => plan.connections.max(1),
     };
+    let progress = Arc::new(Progress::new(plan, threads));
+    let (tx, rx) = mpsc::channel::<Result<Histogram<u64>, String>>();
     let mut handles = Vec::new();
     for t in 0..threads {
         // Connections t, t+threads, ... belong to thread t.
@@ -490,7 +547,7 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
         }));
     }
     drop(tx);
-    let (stop, stopped_at) = show_progress(plan, &progress, started, &handles);
+    let (stop, stopped_at, window) = show_progress(plan, &progress, started, &handles);
     // Collect what the load threads measured; those still busy a grace after the stop are
     // left behind (their calls are reported unfinished).
     let give_up = stopped_at + GRACE;
@@ -511,7 +568,6 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
             let _ = h.join();
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
     drop(server);
     let requests = progress.done.load(Ordering::Relaxed);
     let errors = progress.errors.load(Ordering::Relaxed);
@@ -529,7 +585,10 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
         error_kinds: progress.errors(),
         unfinished: started_calls.saturating_sub(requests + errors),
         stop,
-        seconds,
+        seconds: window.seconds,
+        window_requests: window.requests,
+        connect_seconds: window.connect_seconds,
+        cpu_seconds: window.cpu_seconds,
         latency,
         loop_counts,
     })
@@ -541,7 +600,7 @@ fn show_progress(
     progress: &Progress,
     started: Instant,
     handles: &[std::thread::JoinHandle<()>],
-) -> (Stop, Instant) {
+) -> (Stop, Instant, Window) {
     // Poll often (so a run's end is seen within ~10 ms), draw every 200 ms.
     let tick = Duration::from_millis(10);
     let mut ticks = 0u64;
@@ -551,6 +610,8 @@ fn show_progress(
     let mut last_done = 0;
     let mut last_success = started;
     let mut conn_failures_then = 0;
+    // The measured window's end: the responses and CPU time then.
+    let mut closed: Option<(u64, Option<f64>)> = None;
     // Drawn only when asked (the caller asks only when stderr is a terminal).
     let bar = plan.progress.then(|| {
         let bar = indicatif::ProgressBar::new(1000);
@@ -573,8 +634,15 @@ fn show_progress(
             last_success = Instant::now();
             conn_failures_then = conn_failures;
         }
+        if progress.opened.get().is_none() {
+            // Threads that ended without connecting (an error) do not hold the window up.
+            let finished = handles.iter().filter(|h| h.is_finished()).count();
+            if progress.connected.load(Ordering::Acquire) + finished >= handles.len() {
+                progress.open_window();
+            }
+        }
         if stop.is_none() {
-            if plan.duration.is_some_and(|d| elapsed >= d) {
+            if progress.ends_at.get().is_some_and(|&t| Instant::now() >= t) {
                 stop = Some((Stop::Duration, Instant::now()));
             } else if conn_failures > conn_failures_then && last_success.elapsed() >= GIVE_UP_AFTER
             {
@@ -582,6 +650,7 @@ fn show_progress(
             }
             if stop.is_some() {
                 progress.stop.store(true, Ordering::Relaxed);
+                closed = Some((done, process_cpu()));
             }
         }
         let fraction = match (plan.requests, plan.duration) {
@@ -609,7 +678,38 @@ fn show_progress(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    stop.unwrap_or((Stop::Requests, Instant::now()))
+    let (stop, stopped_at) = stop.unwrap_or((Stop::Requests, Instant::now()));
+    let (end_done, end_cpu) =
+        closed.unwrap_or_else(|| (progress.done.load(Ordering::Relaxed), process_cpu()));
+    let (open_at, open_done, open_cpu) =
+        progress.opened.get().copied().unwrap_or((started, 0, None));
+    let window = Window {
+        seconds: stopped_at.saturating_duration_since(open_at).as_secs_f64(),
+        requests: end_done.saturating_sub(open_done),
+        connect_seconds: open_at.saturating_duration_since(started).as_secs_f64(),
+        cpu_seconds: open_cpu.zip(end_cpu).map(|(a, b)| (b - a).max(0.0)),
+    };
+    (stop, stopped_at, window)
+}
+
+/// The measured part of a run: from every connection made to the stop.
+struct Window {
+    seconds: f64,
+    requests: u64,
+    connect_seconds: f64,
+    cpu_seconds: Option<f64>,
+}
+
+/// This process's CPU time so far (user + system, seconds), from `/proc/self/stat`.
+fn process_cpu() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses: state is the
+    // first, utime the 12th and stime the 13th; both in clock ticks (USER_HZ, 100 on Linux).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// The server `remora bench` starts when no `--target` is given.
@@ -784,6 +884,7 @@ fn uring_rpc(
                 .map_err(|e| format!("connecting to {addr}: {e}"))?,
         );
     }
+    progress.connected();
     let workers = conns * inflight;
     // Per worker: the sequence number and start of its call in flight.
     let mut seq: Vec<u64> = (0..workers)
@@ -936,8 +1037,15 @@ fn uring_raw(
         }
     }
     let mut done = Vec::new();
-    let give_up = progress.ends_at.map(|t| t + GRACE);
-    while load.borrow().outstanding > 0 && give_up.map_or(true, |t| Instant::now() < t) {
+    progress.connected();
+    // Until every frame is back, or the grace after the window's end has passed.
+    let within = || {
+        progress
+            .ends_at
+            .get()
+            .map_or(true, |&t| Instant::now() < t + GRACE)
+    };
+    while load.borrow().outstanding > 0 && within() {
         lp.turn(Duration::from_millis(100), &mut done)
             .map_err(|e| format!("io_uring: {e}"))?;
     }
@@ -1167,6 +1275,7 @@ fn std_rpc(
         None => remora_std::Client::connect(addr, config),
     }
     .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    progress.connected();
     let callers: Vec<_> = (0..plan.inflight.max(1))
         .map(|w| {
             let (client, plan) = (client.clone(), plan.clone());
@@ -1197,6 +1306,7 @@ fn std_raw(
     let frame = Arc::new(raw_frame(plan));
     let mut stream = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
     let _ = stream.set_nodelay(true);
+    progress.connected();
     let mut flow = RawFlow::new(&frame, plan.inflight, progress);
     let mut buf = vec![0u8; 64 * 1024];
     while flow.top_up() {
@@ -1294,6 +1404,7 @@ fn tokio_rpc(
             }
             clients.push(client);
         }
+        progress.connected();
         let hist = merge(join_all(tasks).await.into_iter().map(|t| t.ok()));
         clients.iter().for_each(remora_tokio::Client::close);
         hist
@@ -1331,6 +1442,7 @@ fn tokio_raw(
                 flow.finish()
             }));
         }
+        progress.connected();
         merge(join_all(tasks).await.into_iter().map(|t| t.ok()))
     })
 }

@@ -288,6 +288,9 @@ struct Slot {
     closed: bool,
     /// The caller's token of each call in flight, at its `RequestId::index`.
     tokens: Vec<u64>,
+    /// Its last receive found the buffer ring empty: it waits in the loop's `starved` queue to
+    /// be armed again once buffers are back (not at once, to fail again).
+    starved: bool,
     /// A raw connection's bytes to send (its machine then carries no traffic and only marks
     /// the connection's end); `None` for a protocol connection.
     raw: Option<BytesMut>,
@@ -363,6 +366,11 @@ pub struct EventLoop {
     /// connections are raw while it is set.
     raw: Option<Box<dyn RawHandler>>,
     counts: LoopCounts,
+    /// Connections whose receive found no provided buffer (`ENOBUFS`), oldest first, with
+    /// their slot's generation: armed again after a turn's completions gave buffers back, at
+    /// most as many as the ring holds, so a burst of more ready connections than buffers is
+    /// received over several turns instead of failing again and again.
+    starved: std::collections::VecDeque<(usize, u32)>,
 }
 
 impl EventLoop {
@@ -414,6 +422,7 @@ impl EventLoop {
             in_flight: 0,
             raw: None,
             counts: LoopCounts::default(),
+            starved: std::collections::VecDeque::new(),
         })
     }
 
@@ -556,6 +565,7 @@ impl EventLoop {
             closed: false,
             tokens: Vec::new(),
             raw: raw.then(BytesMut::new),
+            starved: false,
         });
         self.arm_recv(key);
         // A TLS client's ClientHello goes out, and a handshake deadline is armed, on the next
@@ -694,6 +704,7 @@ impl EventLoop {
                     .map(|c| (c.user_data(), c.result(), c.flags())),
             );
             if self.cqes.is_empty() {
+                self.feed_starved();
                 return;
             }
             let cqes = std::mem::take(&mut self.cqes);
@@ -719,6 +730,26 @@ impl EventLoop {
                 }
             }
             self.cqes = cqes;
+        }
+    }
+
+    /// Arms the receives of starved connections again, oldest first, as many as the buffer
+    /// ring holds (every buffer is back once a turn's completions are handled).
+    fn feed_starved(&mut self) {
+        let mut room = self.bufs.as_ref().map_or(0, |b| b.count as usize);
+        while room > 0 {
+            let Some((key, generation)) = self.starved.pop_front() else {
+                return;
+            };
+            let Some(slot) = self.slots.get_mut(key) else {
+                continue;
+            };
+            if slot.generation != generation || !slot.starved {
+                continue;
+            }
+            slot.starved = false;
+            self.arm_recv(key);
+            room -= 1;
         }
     }
 
@@ -776,7 +807,7 @@ impl EventLoop {
         let Some(slot) = self.slots.get_mut(key) else {
             return;
         };
-        if slot.closed || slot.recv_armed || !slot.wants_read() {
+        if slot.closed || slot.recv_armed || slot.starved || !slot.wants_read() {
             return;
         }
         let fd = types::Fd(slot.fd.as_raw_fd());
@@ -928,8 +959,12 @@ impl EventLoop {
         }
         if result > 0 {
             self.counts.receives += 1;
-        } else if result == -libc::ENOBUFS {
+        } else if result == -libc::ENOBUFS && !more {
             self.counts.receives_without_buffer += 1;
+            if !slot.starved {
+                slot.starved = true;
+                self.starved.push_back((key, slot.generation));
+            }
         }
         let mut lost = false;
         let mut raw_output = false;
