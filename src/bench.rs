@@ -187,6 +187,8 @@ pub struct Report {
     /// within the window, from `/proc/self/stat` (10 ms ticks); `None` where that is not
     /// readable.
     pub cpu_seconds: Option<f64>,
+    /// The window's start and end, seconds since the Unix epoch.
+    pub window_unix: (f64, f64),
     /// Latency in microseconds.
     pub latency: Histogram<u64>,
     /// The uring load generator's loops, added up (`None` on other backends): turns,
@@ -229,9 +231,11 @@ impl Report {
             self.stop.name(),
             self.tls,
             format_args!(
-                ",\"connect_s\":{:.3},\"window_requests\":{}{}",
+                ",\"connect_s\":{:.3},\"window_requests\":{},\"window_unix\":[{:.3},{:.3}]{}",
                 self.connect_seconds,
                 self.window_requests,
+                self.window_unix.0,
+                self.window_unix.1,
                 match self.cpu_us_per_request() {
                     Some(us) => format!(",\"process_cpu_us_per_req\":{us:.2}"),
                     None => String::new(),
@@ -308,7 +312,7 @@ struct Progress {
     /// Load threads in the run.
     threads: usize,
     /// The measured window's start: when, and the responses and process CPU time then.
-    opened: std::sync::OnceLock<(Instant, u64, Option<f64>)>,
+    opened: std::sync::OnceLock<(Instant, u64, Option<f64>, f64)>,
     /// The run's duration (the window's length).
     duration: Option<Duration>,
     /// Each call's timeout.
@@ -444,13 +448,18 @@ impl Progress {
     }
 
     /// Opens the measured window (once): the duration runs from now.
-    fn open_window(&self) -> (Instant, u64, Option<f64>) {
+    fn open_window(&self) -> (Instant, u64, Option<f64>, f64) {
         *self.opened.get_or_init(|| {
             let now = Instant::now();
             if let Some(d) = self.duration {
                 let _ = self.ends_at.set(now + d);
             }
-            (now, self.done.load(Ordering::Relaxed), process_cpu())
+            (
+                now,
+                self.done.load(Ordering::Relaxed),
+                process_cpu(),
+                unix_now(),
+            )
         })
     }
 
@@ -589,6 +598,7 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
         window_requests: window.requests,
         connect_seconds: window.connect_seconds,
         cpu_seconds: window.cpu_seconds,
+        window_unix: window.unix,
         latency,
         loop_counts,
     })
@@ -611,7 +621,7 @@ fn show_progress(
     let mut last_success = started;
     let mut conn_failures_then = 0;
     // The measured window's end: the responses and CPU time then.
-    let mut closed: Option<(u64, Option<f64>)> = None;
+    let mut closed: Option<(u64, Option<f64>, f64)> = None;
     // Drawn only when asked (the caller asks only when stderr is a terminal).
     let bar = plan.progress.then(|| {
         let bar = indicatif::ProgressBar::new(1000);
@@ -650,7 +660,7 @@ fn show_progress(
             }
             if stop.is_some() {
                 progress.stop.store(true, Ordering::Relaxed);
-                closed = Some((done, process_cpu()));
+                closed = Some((done, process_cpu(), unix_now()));
             }
         }
         let fraction = match (plan.requests, plan.duration) {
@@ -679,15 +689,24 @@ fn show_progress(
         bar.finish_and_clear();
     }
     let (stop, stopped_at) = stop.unwrap_or((Stop::Requests, Instant::now()));
-    let (end_done, end_cpu) =
-        closed.unwrap_or_else(|| (progress.done.load(Ordering::Relaxed), process_cpu()));
-    let (open_at, open_done, open_cpu) =
-        progress.opened.get().copied().unwrap_or((started, 0, None));
+    let (end_done, end_cpu, end_unix) = closed.unwrap_or_else(|| {
+        (
+            progress.done.load(Ordering::Relaxed),
+            process_cpu(),
+            unix_now(),
+        )
+    });
+    let (open_at, open_done, open_cpu, open_unix) = progress
+        .opened
+        .get()
+        .copied()
+        .unwrap_or((started, 0, None, end_unix));
     let window = Window {
         seconds: stopped_at.saturating_duration_since(open_at).as_secs_f64(),
         requests: end_done.saturating_sub(open_done),
         connect_seconds: open_at.saturating_duration_since(started).as_secs_f64(),
         cpu_seconds: open_cpu.zip(end_cpu).map(|(a, b)| (b - a).max(0.0)),
+        unix: (open_unix, end_unix),
     };
     (stop, stopped_at, window)
 }
@@ -698,6 +717,15 @@ struct Window {
     requests: u64,
     connect_seconds: f64,
     cpu_seconds: Option<f64>,
+    unix: (f64, f64),
+}
+
+/// Wall-clock time, seconds since the Unix epoch (to line the window up with samples taken
+/// outside the process, such as a server's CPU time).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// This process's CPU time so far (user + system, seconds), from `/proc/self/stat`.
@@ -884,7 +912,15 @@ fn uring_rpc(
                 .map_err(|e| format!("connecting to {addr}: {e}"))?,
         );
     }
-    progress.connected();
+    // The measured window opens once every connection has had a call complete: connecting and
+    // each connection's first exchange (its buffers allocated, TCP's first round trip) are
+    // one-time costs, not load; at 10,000 × 1 they would otherwise be spread over a few calls
+    // per connection.
+    let mut cold = vec![true; conns];
+    let mut cold_left = conns;
+    if cold_left == 0 {
+        progress.connected();
+    }
     let workers = conns * inflight;
     // Per worker: the sequence number and start of its call in flight.
     let mut seq: Vec<u64> = (0..workers)
@@ -949,6 +985,12 @@ fn uring_rpc(
             .map_err(|e| format!("io_uring: {e}"))?;
         for completion in done.drain(..) {
             let t = completion.token as usize;
+            if std::mem::take(&mut cold[t / inflight]) {
+                cold_left -= 1;
+                if cold_left == 0 {
+                    progress.connected();
+                }
+            }
             let outcome = Outcome::of(&completion.outcome, seq[t], plan.payload);
             if outcome == Outcome::Ok {
                 let _ = hist.record(t0[t].elapsed().as_micros() as u64);
@@ -1003,6 +1045,9 @@ fn uring_raw(
         flows: Vec::with_capacity(conns),
         outstanding: 0,
         ended: Vec::new(),
+        cold: Vec::with_capacity(conns),
+        cold_left: conns,
+        progress: Arc::clone(progress),
     }));
     let mut lp = EventLoop::new(
         bench_connection(plan),
@@ -1022,6 +1067,10 @@ fn uring_raw(
             load.flows.resize_with(i + 1, || None);
         }
         load.flows[i] = Some(RawFlow::new(&frame, plan.inflight, progress));
+        if load.cold.len() <= i {
+            load.cold.resize(i + 1, false);
+        }
+        load.cold[i] = true;
         ids.push(id);
     }
     // First frames out; from then on the handler tops each connection up.
@@ -1037,7 +1086,9 @@ fn uring_raw(
         }
     }
     let mut done = Vec::new();
-    progress.connected();
+    if conns == 0 {
+        progress.connected();
+    }
     // Until every frame is back, or the grace after the window's end has passed.
     let within = || {
         progress
@@ -1069,6 +1120,23 @@ struct RawLoad {
     outstanding: usize,
     /// The latency of connections that closed during the run.
     ended: Vec<Histogram<u64>>,
+    /// Connections with no echo back yet, and how many: the measured window opens once every
+    /// connection has had one (as in rpc mode).
+    cold: Vec<bool>,
+    cold_left: usize,
+    progress: Arc<Progress>,
+}
+
+impl RawLoad {
+    /// `conn` has had an echo back (or ended): once all have, the window opens.
+    fn warm(&mut self, conn: usize) {
+        if self.cold.get_mut(conn).is_some_and(std::mem::take) {
+            self.cold_left -= 1;
+            if self.cold_left == 0 {
+                self.progress.connected();
+            }
+        }
+    }
 }
 
 /// Counts the echoes of a raw connection and sends its next frames, inside the loop's turn.
@@ -1085,7 +1153,11 @@ impl remora_uring::RawHandler for RawLoadHandler {
         flow.top_up();
         output.extend_from_slice(&flow.out);
         let after = flow.outstanding;
+        let echoed = after < before + flow.out.len() / flow.frame.len().max(1);
         load.outstanding = load.outstanding + after - before;
+        if echoed {
+            load.warm(conn.index());
+        }
     }
 
     fn on_closed(&mut self, conn: remora_uring::ConnId) {
@@ -1097,6 +1169,7 @@ impl remora_uring::RawHandler for RawLoadHandler {
         // Its frames in flight failed with it; its latency still counts.
         let hist = flow.finish();
         load.ended.push(hist);
+        load.warm(conn.index());
     }
 }
 

@@ -320,9 +320,10 @@ fn bench_checks_every_response_and_prints_one_json_line_per_mode() {
                     "tls",
                     "connect_s",
                     "window_requests",
+                    "window_unix",
                     "process_cpu_us_per_req",
                     "loop"
-                ][..if backend == "uring" { 21 } else { 20 }]
+                ][..if backend == "uring" { 22 } else { 21 }]
             );
             assert_eq!(line["backend"], backend);
             // The window opens once every connection is made; it counts what it saw.
