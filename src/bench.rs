@@ -546,7 +546,14 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
                     drop(event_loop);
                     return;
                 }
-                (Backend::Uring, Mode::Raw) => uring_raw(&plan, addr, conns, &progress),
+                (Backend::Uring, Mode::Raw) => {
+                    // As for rpc: figures first, then the loop's connections are closed.
+                    let mut event_loop = None;
+                    let outcome = uring_raw(&plan, addr, conns, &progress, &mut event_loop);
+                    let _ = tx.send(outcome);
+                    drop(event_loop);
+                    return;
+                }
                 (Backend::Std, Mode::Rpc) => std_rpc(&plan, addr, &progress),
                 (Backend::Std, Mode::Raw) => std_raw(&plan, addr, &progress),
                 (Backend::Tokio, Mode::Rpc) => tokio_rpc(&plan, addr, conns, &progress),
@@ -1036,6 +1043,7 @@ fn uring_raw(
     addr: SocketAddr,
     conns: usize,
     progress: &Arc<Progress>,
+    keep: &mut Option<remora_uring::EventLoop>,
 ) -> Result<Histogram<u64>, String> {
     use remora_uring::{EventLoop, LoopConfig};
     use std::cell::RefCell;
@@ -1049,12 +1057,14 @@ fn uring_raw(
         cold_left: conns,
         progress: Arc::clone(progress),
     }));
-    let mut lp = EventLoop::new(
-        bench_connection(plan),
-        LoopConfig::default(),
-        Arc::new(remora_core::NotSupported),
-    )
-    .map_err(|e| format!("starting an io_uring loop: {e}"))?;
+    let lp = keep.insert(
+        EventLoop::new(
+            bench_connection(plan),
+            LoopConfig::default(),
+            Arc::new(remora_core::NotSupported),
+        )
+        .map_err(|e| format!("starting an io_uring loop: {e}"))?,
+    );
     lp.set_raw(Box::new(RawLoadHandler(Rc::clone(&load))));
     let mut ids = Vec::with_capacity(conns);
     for _ in 0..conns {
@@ -1100,9 +1110,9 @@ fn uring_raw(
         lp.turn(Duration::from_millis(100), &mut done)
             .map_err(|e| format!("io_uring: {e}"))?;
     }
-    // Frames still in flight now are the run's unfinished calls.
+    // Frames still in flight now are the run's unfinished calls; the caller closes the loop
+    // after handing these figures over.
     progress.add_loop_counts(lp.counts());
-    drop(lp);
     let mut load = load.borrow_mut();
     let mut hist = histogram();
     for part in std::mem::take(&mut load.ended) {

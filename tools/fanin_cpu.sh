@@ -19,7 +19,7 @@ for ser in ${SERS:-rocketmq json}; do
       for tag in before after; do
         bin=$BEFORE; [ $tag = after ] && bin=$AFTER
         line=$(/usr/bin/time -f '%U %S' -o /tmp/fanin_cpu.$$.time timeout 120 "$bin" bench --json \
-          --duration "$SECS" --connections "$1" --inflight "$2" --serialize "$ser" --mode $mode \
+          --duration "$SECS" --connections "$1" --inflight "$2" --serialize "$ser" --mode $mode --timeout-ms 30000 \
           --client-threads "$CT" --server-threads "$ST" 2>/dev/null | tail -1)
         [ -z "$line" ] && { echo "no result: $bin $ser $shape $mode" >&2; continue; }
         read u s < <(tail -1 /tmp/fanin_cpu.$$.time)

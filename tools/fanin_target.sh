@@ -30,7 +30,7 @@ run() { # tag bin mode ser conns inflight server-kind server-pid port
     > /tmp/fanin_target.$$.samples & sampler=$!
   line=$(/usr/bin/time -f '%U %S' -o /tmp/fanin_target.$$.time timeout 240 "$2" bench --json \
     --target "127.0.0.1:$9" --duration "$SECS" --connections "$5" --inflight "$6" --serialize "$4" \
-    --client-threads "$CT" --mode "$3" 2>/dev/null | tail -1)
+    --client-threads "$CT" --mode "$3" --timeout-ms 30000 2>/dev/null | tail -1)
   s1=$(ticks "$8")
   kill $sampler 2>/dev/null; wait $sampler 2>/dev/null
   read u s < <(tail -1 /tmp/fanin_target.$$.time)
