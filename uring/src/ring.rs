@@ -11,6 +11,13 @@
 //! buffer rings, each connection receives into its machine's own read buffer. Accepts are
 //! multishot where supported, single-shot otherwise.
 //!
+//! A receive that finds the buffer ring empty (`ENOBUFS`, more connections ready in one turn than
+//! the ring has buffers) waits in a queue and is armed again once the turn gave buffers back.
+//!
+//! Raw connections ([`EventLoop::set_raw`]) carry bytes without a protocol: what arrives goes to
+//! a [`RawHandler`], what it writes goes out; their machine carries no traffic and only marks
+//! the connection's end. A byte echo on the loop ([`Echo`]) is the baseline for the protocol.
+//!
 //! The loop only moves bytes, reads the clock, waits and counts: every decision is the machine's.
 
 use std::cmp::Reverse;
