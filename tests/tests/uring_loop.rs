@@ -398,3 +398,37 @@ fn more_answers_in_one_turn_than_provided_buffers_are_all_received() {
     );
     assert_eq!(lp.calls_in_flight(), 0);
 }
+
+#[test]
+fn a_two_thread_server_spreads_its_connections_over_both_loops() {
+    // One SO_REUSEPORT listener per thread: the kernel hashes each connection to one of them.
+    // All 64 landing on one of two listeners has odds of 2^-63.
+    let server = Server::bind_with(
+        "127.0.0.1:0",
+        Arc::new(echo),
+        ServerConfig {
+            threads: 2,
+            ..ServerConfig::default()
+        },
+    )
+    .unwrap();
+    let conns: Vec<_> = (0..64)
+        .map(|_| std::net::TcpStream::connect(server.local_addr()).unwrap())
+        .collect();
+    let give_up = Instant::now() + Duration::from_secs(10);
+    let mut per_thread = server.connections_per_thread();
+    while per_thread.iter().sum::<usize>() < conns.len() && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(20));
+        per_thread = server.connections_per_thread();
+    }
+    assert_eq!(per_thread.len(), 2);
+    assert_eq!(
+        per_thread.iter().sum::<usize>(),
+        conns.len(),
+        "{per_thread:?}"
+    );
+    assert!(
+        per_thread.iter().all(|&n| n > 0),
+        "both loops took connections: {per_thread:?}"
+    );
+}

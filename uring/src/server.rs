@@ -5,7 +5,7 @@
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -38,6 +38,8 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     wakes: Vec<OwnedFd>,
     threads: Vec<JoinHandle<()>>,
+    /// Connections open on each thread's loop, as of its last turn.
+    loads: Arc<[AtomicUsize]>,
 }
 
 impl Server {
@@ -97,18 +99,21 @@ impl Server {
         }
         let budget = Arc::new(Budget::new(config.budget));
         let stop = Arc::new(AtomicBool::new(false));
+        let loads: Arc<[AtomicUsize]> = (0..listeners.len()).map(|_| AtomicUsize::new(0)).collect();
         let mut server = Server {
             local_addr,
             budget: Arc::clone(&budget),
             stop: Arc::clone(&stop),
             wakes: Vec::new(),
             threads: Vec::new(),
+            loads: Arc::clone(&loads),
         };
         for (i, std_listener) in listeners.into_iter().enumerate() {
             let handler = Arc::clone(&handler);
             let budget = Arc::clone(&budget);
             let stop = Arc::clone(&stop);
             let secure = secure.clone();
+            let loads = Arc::clone(&loads);
             let (wake_fd, loop_fd) = eventfd()?;
             let (ready, started) = mpsc::channel();
             let thread = std::thread::Builder::new()
@@ -119,6 +124,8 @@ impl Server {
                         wake: loop_fd,
                         ready,
                         echo,
+                        loads,
+                        index: i,
                     };
                     serve(std_listener, handler, budget, config, secure, io);
                 })?;
@@ -136,6 +143,15 @@ impl Server {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Connections open on each I/O thread, as of that thread's last turn: how the kernel
+    /// spread the accepts over the threads' SO_REUSEPORT listeners.
+    pub fn connections_per_thread(&self) -> Vec<usize> {
+        self.loads
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// What the connections of all threads hold and have done: connections, buffered bytes
@@ -181,6 +197,9 @@ struct Io {
     ready: mpsc::Sender<io::Result<()>>,
     /// Serve a byte echo ([`Server::bind_echo`]) instead of the protocol.
     echo: bool,
+    /// Where this thread (at `index`) reports its connection count after each turn.
+    loads: Arc<[AtomicUsize]>,
+    index: usize,
 }
 
 fn serve(
@@ -194,6 +213,8 @@ fn serve(
         wake,
         ready,
         echo,
+        loads,
+        index,
     }: Io,
 ) {
     let mut event_loop = match EventLoop::new(config.connection, config.io, handler) {
@@ -217,6 +238,7 @@ fn serve(
             tracing::warn!("io_uring: {e}");
             std::thread::sleep(Duration::from_millis(10));
         }
+        loads[index].store(event_loop.connections(), Ordering::Relaxed);
     }
     event_loop.stop_listening();
     let give_up = std::time::Instant::now() + config.drain_timeout;
