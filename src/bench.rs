@@ -176,23 +176,43 @@ pub struct Report {
     pub unfinished: u64,
     /// Why the run ended.
     pub stop: Stop,
-    /// Wall time of the measured run.
+    /// Wall time of the measured window: from the moment every connection was made to the
+    /// stop (connecting 10,000 connections takes a while and is not load).
     pub seconds: f64,
+    /// Responses received and checked within the window (what [`rps`](Self::rps) counts).
+    pub window_requests: u64,
+    /// Time spent connecting before the window opened.
+    pub connect_seconds: f64,
+    /// CPU time (user + system) of this whole process (load generator and embedded server)
+    /// within the window, from `/proc/self/stat` (10 ms ticks); `None` where that is not
+    /// readable.
+    pub cpu_seconds: Option<f64>,
+    /// The window's start and end, seconds since the Unix epoch.
+    pub window_unix: (f64, f64),
     /// Latency in microseconds.
     pub latency: Histogram<u64>,
+    /// The uring load generator's loops, added up (`None` on other backends): turns,
+    /// completions, receives, receives that found no provided buffer, sends.
+    pub loop_counts: Option<remora_uring::LoopCounts>,
 }
 
 impl Report {
     /// Requests per second.
     pub fn rps(&self) -> f64 {
-        self.requests as f64 / self.seconds.max(1e-9)
+        self.window_requests as f64 / self.seconds.max(1e-9)
+    }
+
+    /// CPU time of the process per request within the window, in microseconds.
+    pub fn cpu_us_per_request(&self) -> Option<f64> {
+        self.cpu_seconds
+            .map(|cpu| cpu * 1e6 / self.window_requests.max(1) as f64)
     }
 
     /// The one-line JSON object `--json` prints.
     pub fn json(&self, plan: &Plan) -> String {
         let h = &self.latency;
         format!(
-            "{{\"backend\":\"{}\",\"mode\":\"{}\",\"connections\":{},\"inflight\":{},\"payload\":{},\"requests\":{},\"errors\":{},\"seconds\":{:.3},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"error_kinds\":{},\"unfinished\":{},\"stop\":\"{}\",\"tls\":{}}}",
+            "{{\"backend\":\"{}\",\"mode\":\"{}\",\"connections\":{},\"inflight\":{},\"payload\":{},\"requests\":{},\"errors\":{},\"seconds\":{:.3},\"rps\":{:.0},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{},\"max_us\":{},\"error_kinds\":{},\"unfinished\":{},\"stop\":\"{}\",\"tls\":{}{}{}}}",
             match self.backend { Backend::Uring => "uring", Backend::Std => "std", Backend::Tokio => "tokio" },
             match self.mode { Mode::Rpc => "rpc", Mode::Raw => "raw" },
             plan.connections,
@@ -210,6 +230,24 @@ impl Report {
             self.unfinished,
             self.stop.name(),
             self.tls,
+            format_args!(
+                ",\"connect_s\":{:.3},\"window_requests\":{},\"window_unix\":[{:.3},{:.3}]{}",
+                self.connect_seconds,
+                self.window_requests,
+                self.window_unix.0,
+                self.window_unix.1,
+                match self.cpu_us_per_request() {
+                    Some(us) => format!(",\"process_cpu_us_per_req\":{us:.2}"),
+                    None => String::new(),
+                }
+            ),
+            match self.loop_counts {
+                Some(c) => format!(
+                    ",\"loop\":{{\"turns\":{},\"completions\":{},\"receives\":{},\"receives_without_buffer\":{},\"sends\":{}}}",
+                    c.turns, c.completions, c.receives, c.receives_without_buffer, c.sends
+                ),
+                None => String::new(),
+            },
         )
     }
 
@@ -266,10 +304,21 @@ struct Progress {
     other: AtomicU64,
     stop: AtomicBool,
     limit: Option<u64>,
-    /// When a timed run ends: no call may wait past it plus the grace.
-    ends_at: Option<Instant>,
+    /// When a timed run ends: no call may wait past it plus the grace. Set when the measured
+    /// window opens (every load thread connected); unset while connecting.
+    ends_at: std::sync::OnceLock<Instant>,
+    /// Load threads done connecting.
+    connected: std::sync::atomic::AtomicUsize,
+    /// Load threads in the run.
+    threads: usize,
+    /// The measured window's start: when, and the responses and process CPU time then.
+    opened: std::sync::OnceLock<(Instant, u64, Option<f64>, f64)>,
+    /// The run's duration (the window's length).
+    duration: Option<Duration>,
     /// Each call's timeout.
     call_timeout: Duration,
+    /// The uring load threads' loop counts, added as each thread ends.
+    loop_counts: std::sync::Mutex<Option<remora_uring::LoopCounts>>,
 }
 
 /// What became of one call.
@@ -318,7 +367,7 @@ impl Outcome {
 }
 
 impl Progress {
-    fn new(plan: &Plan, started: Instant) -> Progress {
+    fn new(plan: &Plan, threads: usize) -> Progress {
         Progress {
             done: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -332,14 +381,21 @@ impl Progress {
             other: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             limit: plan.requests,
-            ends_at: plan.duration.map(|d| started + d),
+            ends_at: std::sync::OnceLock::new(),
+            connected: std::sync::atomic::AtomicUsize::new(0),
+            threads,
+            opened: std::sync::OnceLock::new(),
+            duration: plan.duration,
             call_timeout: plan.timeout,
+            loop_counts: std::sync::Mutex::new(None),
         }
     }
 
     /// Claims the right to issue one more request.
     fn claim(&self) -> bool {
-        if self.stop.load(Ordering::Relaxed) || self.ends_at.is_some_and(|t| Instant::now() >= t) {
+        if self.stop.load(Ordering::Relaxed)
+            || self.ends_at.get().is_some_and(|&t| Instant::now() >= t)
+        {
             return false;
         }
         let claimed = match self.limit {
@@ -354,8 +410,8 @@ impl Progress {
 
     /// The timeout for a call starting now: the plan's, cut to end within the grace.
     fn timeout(&self) -> Duration {
-        match self.ends_at {
-            Some(end) => {
+        match self.ends_at.get() {
+            Some(&end) => {
                 let left = (end + GRACE).saturating_duration_since(Instant::now());
                 self.call_timeout
                     .min(left.saturating_sub(Duration::from_millis(50)))
@@ -382,6 +438,40 @@ impl Progress {
         counter.fetch_add(1, Ordering::Relaxed);
         self.errors.fetch_add(1, Ordering::Relaxed);
         outcome.pause()
+    }
+
+    /// A load thread has made its connections: the measured window opens once all have.
+    fn connected(&self) {
+        if self.connected.fetch_add(1, Ordering::AcqRel) + 1 >= self.threads {
+            self.open_window();
+        }
+    }
+
+    /// Opens the measured window (once): the duration runs from now.
+    fn open_window(&self) -> (Instant, u64, Option<f64>, f64) {
+        *self.opened.get_or_init(|| {
+            let now = Instant::now();
+            if let Some(d) = self.duration {
+                let _ = self.ends_at.set(now + d);
+            }
+            (
+                now,
+                self.done.load(Ordering::Relaxed),
+                process_cpu(),
+                unix_now(),
+            )
+        })
+    }
+
+    /// A uring load thread's loop is done: its counts join the run's.
+    fn add_loop_counts(&self, c: remora_uring::LoopCounts) {
+        let mut total = self.loop_counts.lock().unwrap_or_else(|e| e.into_inner());
+        let t = total.get_or_insert_with(Default::default);
+        t.turns += c.turns;
+        t.completions += c.completions;
+        t.receives += c.receives;
+        t.receives_without_buffer += c.receives_without_buffer;
+        t.sends += c.sends;
     }
 
     /// Raw mode: `n` frames failed with their connection.
@@ -432,12 +522,12 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
         }
     };
     let started = Instant::now();
-    let progress = Arc::new(Progress::new(plan, started));
-    let (tx, rx) = mpsc::channel::<Result<Histogram<u64>, String>>();
     let threads = match plan.backend {
         Backend::Uring | Backend::Tokio => plan.client_threads.max(1).min(plan.connections.max(1)),
         Backend::Std => plan.connections.max(1),
     };
+    let progress = Arc::new(Progress::new(plan, threads));
+    let (tx, rx) = mpsc::channel::<Result<Histogram<u64>, String>>();
     let mut handles = Vec::new();
     for t in 0..threads {
         // Connections t, t+threads, ... belong to thread t.
@@ -456,7 +546,14 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
                     drop(event_loop);
                     return;
                 }
-                (Backend::Uring, Mode::Raw) => uring_raw(&plan, addr, conns, &progress),
+                (Backend::Uring, Mode::Raw) => {
+                    // As for rpc: figures first, then the loop's connections are closed.
+                    let mut event_loop = None;
+                    let outcome = uring_raw(&plan, addr, conns, &progress, &mut event_loop);
+                    let _ = tx.send(outcome);
+                    drop(event_loop);
+                    return;
+                }
                 (Backend::Std, Mode::Rpc) => std_rpc(&plan, addr, &progress),
                 (Backend::Std, Mode::Raw) => std_raw(&plan, addr, &progress),
                 (Backend::Tokio, Mode::Rpc) => tokio_rpc(&plan, addr, conns, &progress),
@@ -466,7 +563,7 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
         }));
     }
     drop(tx);
-    let (stop, stopped_at) = show_progress(plan, &progress, started, &handles);
+    let (stop, stopped_at, window) = show_progress(plan, &progress, started, &handles);
     // Collect what the load threads measured; those still busy a grace after the stop are
     // left behind (their calls are reported unfinished).
     let give_up = stopped_at + GRACE;
@@ -487,11 +584,14 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
             let _ = h.join();
         }
     }
-    let seconds = started.elapsed().as_secs_f64();
     drop(server);
     let requests = progress.done.load(Ordering::Relaxed);
     let errors = progress.errors.load(Ordering::Relaxed);
     let started_calls = progress.started.load(Ordering::Relaxed);
+    let loop_counts = *progress
+        .loop_counts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     Ok(Report {
         backend: plan.backend,
         mode,
@@ -501,8 +601,13 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
         error_kinds: progress.errors(),
         unfinished: started_calls.saturating_sub(requests + errors),
         stop,
-        seconds,
+        seconds: window.seconds,
+        window_requests: window.requests,
+        connect_seconds: window.connect_seconds,
+        cpu_seconds: window.cpu_seconds,
+        window_unix: window.unix,
         latency,
+        loop_counts,
     })
 }
 
@@ -512,7 +617,7 @@ fn show_progress(
     progress: &Progress,
     started: Instant,
     handles: &[std::thread::JoinHandle<()>],
-) -> (Stop, Instant) {
+) -> (Stop, Instant, Window) {
     // Poll often (so a run's end is seen within ~10 ms), draw every 200 ms.
     let tick = Duration::from_millis(10);
     let mut ticks = 0u64;
@@ -522,6 +627,8 @@ fn show_progress(
     let mut last_done = 0;
     let mut last_success = started;
     let mut conn_failures_then = 0;
+    // The measured window's end: the responses and CPU time then.
+    let mut closed: Option<(u64, Option<f64>, f64)> = None;
     // Drawn only when asked (the caller asks only when stderr is a terminal).
     let bar = plan.progress.then(|| {
         let bar = indicatif::ProgressBar::new(1000);
@@ -544,8 +651,15 @@ fn show_progress(
             last_success = Instant::now();
             conn_failures_then = conn_failures;
         }
+        if progress.opened.get().is_none() {
+            // Threads that ended without connecting (an error) do not hold the window up.
+            let finished = handles.iter().filter(|h| h.is_finished()).count();
+            if progress.connected.load(Ordering::Acquire) + finished >= handles.len() {
+                progress.open_window();
+            }
+        }
         if stop.is_none() {
-            if plan.duration.is_some_and(|d| elapsed >= d) {
+            if progress.ends_at.get().is_some_and(|&t| Instant::now() >= t) {
                 stop = Some((Stop::Duration, Instant::now()));
             } else if conn_failures > conn_failures_then && last_success.elapsed() >= GIVE_UP_AFTER
             {
@@ -553,6 +667,7 @@ fn show_progress(
             }
             if stop.is_some() {
                 progress.stop.store(true, Ordering::Relaxed);
+                closed = Some((done, process_cpu(), unix_now()));
             }
         }
         let fraction = match (plan.requests, plan.duration) {
@@ -580,12 +695,62 @@ fn show_progress(
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
-    stop.unwrap_or((Stop::Requests, Instant::now()))
+    let (stop, stopped_at) = stop.unwrap_or((Stop::Requests, Instant::now()));
+    let (end_done, end_cpu, end_unix) = closed.unwrap_or_else(|| {
+        (
+            progress.done.load(Ordering::Relaxed),
+            process_cpu(),
+            unix_now(),
+        )
+    });
+    let (open_at, open_done, open_cpu, open_unix) = progress
+        .opened
+        .get()
+        .copied()
+        .unwrap_or((started, 0, None, end_unix));
+    let window = Window {
+        seconds: stopped_at.saturating_duration_since(open_at).as_secs_f64(),
+        requests: end_done.saturating_sub(open_done),
+        connect_seconds: open_at.saturating_duration_since(started).as_secs_f64(),
+        cpu_seconds: open_cpu.zip(end_cpu).map(|(a, b)| (b - a).max(0.0)),
+        unix: (open_unix, end_unix),
+    };
+    (stop, stopped_at, window)
+}
+
+/// The measured part of a run: from every connection made to the stop.
+struct Window {
+    seconds: f64,
+    requests: u64,
+    connect_seconds: f64,
+    cpu_seconds: Option<f64>,
+    unix: (f64, f64),
+}
+
+/// Wall-clock time, seconds since the Unix epoch (to line the window up with samples taken
+/// outside the process, such as a server's CPU time).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// This process's CPU time so far (user + system, seconds), from `/proc/self/stat`.
+fn process_cpu() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses: state is the
+    // first, utime the 12th and stime the 13th; both in clock ticks (USER_HZ, 100 on Linux).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ');
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// The server `remora bench` starts when no `--target` is given.
 struct EmbeddedServer {
     addr: SocketAddr,
+    /// The uring protocol server, or (raw mode) the byte echo on the same loops.
     _uring: Option<remora_uring::Server>,
     _std: Option<remora_std::Server>,
     /// The tokio server and its runtime (dropped in field order: server, then runtime).
@@ -610,11 +775,22 @@ impl EmbeddedServer {
         };
         let tls = plan.tls.as_ref().and_then(|t| t.server.clone());
         match (plan.backend, mode) {
-            (Backend::Uring, Mode::Rpc) => {
-                let config = remora_uring::ServerConfig {
+            (Backend::Uring, mode) => {
+                let mut config = remora_uring::ServerConfig {
                     threads: plan.server_threads.max(1),
                     ..Default::default()
                 };
+                config.budget.max_connections =
+                    config.budget.max_connections.max(plan.connections + 100);
+                if mode == Mode::Raw {
+                    // The same loops as the protocol server, echoing bytes: rpc / raw compares
+                    // the loop with and without the protocol.
+                    let s = remora_uring::Server::bind_echo("127.0.0.1:0", config)
+                        .map_err(|e| format!("starting the uring echo server: {e}"))?;
+                    server.addr = s.local_addr();
+                    server._uring = Some(s);
+                    return Ok(server);
+                }
                 let s = match tls {
                     Some(tls) => {
                         remora_uring::Server::bind_tls("127.0.0.1:0", Arc::new(echo), config, tls)
@@ -670,11 +846,8 @@ impl EmbeddedServer {
                 server.addr = listener.local_addr().map_err(|e| e.to_string())?;
                 let stop = Arc::new(AtomicBool::new(false));
                 server.raw_stop = Some(Arc::clone(&stop));
-                let threads = plan.server_threads.max(1);
-                match backend {
-                    Backend::Uring => raw_uring_server(listener, threads, stop),
-                    Backend::Std | Backend::Tokio => raw_std_server(listener, stop),
-                }
+                let _ = backend;
+                raw_std_server(listener, stop);
             }
         }
         Ok(server)
@@ -690,47 +863,6 @@ impl Drop for EmbeddedServer {
                 let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
             }
         }
-    }
-}
-
-/// A byte echo server on io_uring: `threads` threads share the listener's accepts.
-pub(crate) fn raw_uring_server(listener: TcpListener, threads: usize, stop: Arc<AtomicBool>) {
-    let listener = Arc::new(listener);
-    for _ in 0..threads {
-        let listener = Arc::clone(&listener);
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            tokio_uring::start(async move {
-                let fd = listener.try_clone().expect("clone listener");
-                let listener = tokio_uring::net::TcpListener::from_std(fd);
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else {
-                        return;
-                    };
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let _ = stream.set_nodelay(true);
-                    tokio_uring::spawn(async move {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let (r, b) = stream.read(buf).await;
-                            let n = match r {
-                                Ok(n) if n > 0 => n,
-                                _ => return,
-                            };
-                            let (r, slice) = stream
-                                .write_all(tokio_uring::buf::BoundedBuf::slice(b, ..n))
-                                .await;
-                            if r.is_err() {
-                                return;
-                            }
-                            buf = slice.into_inner();
-                        }
-                    });
-                }
-            });
-        });
     }
 }
 
@@ -786,6 +918,15 @@ fn uring_rpc(
             lp.connect_secure(addr, CONNECT, &secure)
                 .map_err(|e| format!("connecting to {addr}: {e}"))?,
         );
+    }
+    // The measured window opens once every connection has had a call complete: connecting and
+    // each connection's first exchange (its buffers allocated, TCP's first round trip) are
+    // one-time costs, not load; at 10,000 × 1 they would otherwise be spread over a few calls
+    // per connection.
+    let mut cold = vec![true; conns];
+    let mut cold_left = conns;
+    if cold_left == 0 {
+        progress.connected();
     }
     let workers = conns * inflight;
     // Per worker: the sequence number and start of its call in flight.
@@ -851,6 +992,12 @@ fn uring_rpc(
             .map_err(|e| format!("io_uring: {e}"))?;
         for completion in done.drain(..) {
             let t = completion.token as usize;
+            if std::mem::take(&mut cold[t / inflight]) {
+                cold_left -= 1;
+                if cold_left == 0 {
+                    progress.connected();
+                }
+            }
             let outcome = Outcome::of(&completion.outcome, seq[t], plan.payload);
             if outcome == Outcome::Ok {
                 let _ = hist.record(t0[t].elapsed().as_micros() as u64);
@@ -873,6 +1020,7 @@ fn uring_rpc(
             }
         }
     }
+    progress.add_loop_counts(lp.counts());
     Ok(hist)
 }
 
@@ -886,44 +1034,153 @@ fn raw_frame(plan: &Plan) -> Vec<u8> {
     frame.to_vec()
 }
 
+/// The raw load on one thread: the same `remora_uring::EventLoop` as the rpc load, its
+/// connections raw (no machine traffic): each keeps `inflight` copies of the frame in flight,
+/// topped up as echoes come back (the [`RawHandler`](remora_uring::RawHandler) below runs inside
+/// the loop's turn, as the machine does in rpc mode).
 fn uring_raw(
     plan: &Plan,
     addr: SocketAddr,
     conns: usize,
     progress: &Arc<Progress>,
+    keep: &mut Option<remora_uring::EventLoop>,
 ) -> Result<Histogram<u64>, String> {
+    use remora_uring::{EventLoop, LoopConfig};
+    use std::cell::RefCell;
+    use std::rc::Rc;
     let frame = Arc::new(raw_frame(plan));
-    let progress = Arc::clone(progress);
-    tokio_uring::start(async move {
-        let mut tasks = Vec::new();
-        for _ in 0..conns {
-            let stream = tokio_uring::net::TcpStream::connect(addr)
-                .await
-                .map_err(|e| format!("connecting to {addr}: {e}"))?;
-            let _ = stream.set_nodelay(true);
-            let mut flow = RawFlow::new(&frame, plan.inflight, &progress);
-            tasks.push(tokio_uring::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                while flow.top_up() {
-                    if !flow.out.is_empty() {
-                        let (r, out) = stream.write_all(std::mem::take(&mut flow.out)).await;
-                        flow.out = out;
-                        if r.is_err() {
-                            break;
-                        }
-                    }
-                    let (r, b) = stream.read(buf).await;
-                    buf = b;
-                    match r {
-                        Ok(n) if n > 0 => flow.echoed(&buf[..n]),
-                        _ => break,
-                    }
-                }
-                flow.finish()
-            }));
+    let load = Rc::new(RefCell::new(RawLoad {
+        flows: Vec::with_capacity(conns),
+        outstanding: 0,
+        ended: Vec::new(),
+        cold: Vec::with_capacity(conns),
+        cold_left: conns,
+        progress: Arc::clone(progress),
+    }));
+    let lp = keep.insert(
+        EventLoop::new(
+            bench_connection(plan),
+            LoopConfig::default(),
+            Arc::new(remora_core::NotSupported),
+        )
+        .map_err(|e| format!("starting an io_uring loop: {e}"))?,
+    );
+    lp.set_raw(Box::new(RawLoadHandler(Rc::clone(&load))));
+    let mut ids = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let id = lp
+            .connect_raw(addr, CONNECT)
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        let mut load = load.borrow_mut();
+        let i = id.index();
+        if load.flows.len() <= i {
+            load.flows.resize_with(i + 1, || None);
         }
-        merge(join_all(tasks).await.into_iter().map(|t| t.ok()))
-    })
+        load.flows[i] = Some(RawFlow::new(&frame, plan.inflight, progress));
+        if load.cold.len() <= i {
+            load.cold.resize(i + 1, false);
+        }
+        load.cold[i] = true;
+        ids.push(id);
+    }
+    // First frames out; from then on the handler tops each connection up.
+    for id in ids {
+        let mut load = load.borrow_mut();
+        let Some(Some(flow)) = load.flows.get_mut(id.index()) else {
+            continue;
+        };
+        flow.top_up();
+        let started = flow.outstanding;
+        if lp.send_raw(id, &flow.out).is_ok() {
+            load.outstanding += started;
+        }
+    }
+    let mut done = Vec::new();
+    if conns == 0 {
+        progress.connected();
+    }
+    // Until every frame is back, or the grace after the window's end has passed.
+    let within = || {
+        progress
+            .ends_at
+            .get()
+            .map_or(true, |&t| Instant::now() < t + GRACE)
+    };
+    while load.borrow().outstanding > 0 && within() {
+        lp.turn(Duration::from_millis(100), &mut done)
+            .map_err(|e| format!("io_uring: {e}"))?;
+    }
+    // Frames still in flight now are the run's unfinished calls; the caller closes the loop
+    // after handing these figures over.
+    progress.add_loop_counts(lp.counts());
+    let mut load = load.borrow_mut();
+    let mut hist = histogram();
+    for part in std::mem::take(&mut load.ended) {
+        hist.add(part).map_err(|e| e.to_string())?;
+    }
+    for flow in load.flows.iter_mut().filter_map(Option::take) {
+        hist.add(flow.hist).map_err(|e| e.to_string())?;
+    }
+    Ok(hist)
+}
+
+/// One load thread's raw connections, by `ConnId::index`, and the frames in flight on all.
+struct RawLoad {
+    flows: Vec<Option<RawFlow>>,
+    outstanding: usize,
+    /// The latency of connections that closed during the run.
+    ended: Vec<Histogram<u64>>,
+    /// Connections with no echo back yet, and how many: the measured window opens once every
+    /// connection has had one (as in rpc mode).
+    cold: Vec<bool>,
+    cold_left: usize,
+    progress: Arc<Progress>,
+}
+
+impl RawLoad {
+    /// `conn` has had an echo back (or ended): once all have, the window opens.
+    fn warm(&mut self, conn: usize) {
+        if self.cold.get_mut(conn).is_some_and(std::mem::take) {
+            self.cold_left -= 1;
+            if self.cold_left == 0 {
+                self.progress.connected();
+            }
+        }
+    }
+}
+
+/// Counts the echoes of a raw connection and sends its next frames, inside the loop's turn.
+struct RawLoadHandler(std::rc::Rc<std::cell::RefCell<RawLoad>>);
+
+impl remora_uring::RawHandler for RawLoadHandler {
+    fn on_input(&mut self, conn: remora_uring::ConnId, input: &[u8], output: &mut BytesMut) {
+        let mut load = self.0.borrow_mut();
+        let Some(Some(flow)) = load.flows.get_mut(conn.index()) else {
+            return;
+        };
+        let before = flow.outstanding;
+        flow.echoed(input);
+        flow.top_up();
+        output.extend_from_slice(&flow.out);
+        let after = flow.outstanding;
+        let echoed = after < before + flow.out.len() / flow.frame.len().max(1);
+        load.outstanding = load.outstanding + after - before;
+        if echoed {
+            load.warm(conn.index());
+        }
+    }
+
+    fn on_closed(&mut self, conn: remora_uring::ConnId) {
+        let mut load = self.0.borrow_mut();
+        let Some(flow) = load.flows.get_mut(conn.index()).and_then(Option::take) else {
+            return;
+        };
+        load.outstanding -= flow.outstanding;
+        // Its frames in flight failed with it; its latency still counts.
+        let hist = flow.finish();
+        load.ended.push(hist);
+        load.warm(conn.index());
+    }
 }
 
 /// The client connections' machine: room for twice the calls in flight.
@@ -1101,6 +1358,7 @@ fn std_rpc(
         None => remora_std::Client::connect(addr, config),
     }
     .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    progress.connected();
     let callers: Vec<_> = (0..plan.inflight.max(1))
         .map(|w| {
             let (client, plan) = (client.clone(), plan.clone());
@@ -1131,6 +1389,7 @@ fn std_raw(
     let frame = Arc::new(raw_frame(plan));
     let mut stream = TcpStream::connect(addr).map_err(|e| format!("connecting to {addr}: {e}"))?;
     let _ = stream.set_nodelay(true);
+    progress.connected();
     let mut flow = RawFlow::new(&frame, plan.inflight, progress);
     let mut buf = vec![0u8; 64 * 1024];
     while flow.top_up() {
@@ -1228,6 +1487,7 @@ fn tokio_rpc(
             }
             clients.push(client);
         }
+        progress.connected();
         let hist = merge(join_all(tasks).await.into_iter().map(|t| t.ok()));
         clients.iter().for_each(remora_tokio::Client::close);
         hist
@@ -1265,6 +1525,7 @@ fn tokio_raw(
                 flow.finish()
             }));
         }
+        progress.connected();
         merge(join_all(tasks).await.into_iter().map(|t| t.ok()))
     })
 }

@@ -373,8 +373,9 @@ fn main() -> ExitCode {
             listen,
             backend,
             mode: ServeMode::Raw,
+            max_connections,
             ..
-        } => serve_raw(&listen, backend),
+        } => serve_raw(&listen, backend, max_connections),
         Cmd::Serve {
             listen,
             backend,
@@ -717,7 +718,7 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 /// `remora serve --mode raw`: a byte echo server on the chosen driver.
-fn serve_raw(listen: &str, backend: Backend) -> Result<(), String> {
+fn serve_raw(listen: &str, backend: Backend, max_connections: usize) -> Result<(), String> {
     let print = |addr: std::net::SocketAddr| -> Result<(), String> {
         println!("listening on {addr} (raw byte echo)");
         io::stdout().flush().map_err(|e| e.to_string())
@@ -732,16 +733,23 @@ fn serve_raw(listen: &str, backend: Backend) -> Result<(), String> {
             rt.block_on(bench::tokio_echo(listener));
             Ok(())
         }
-        Backend::Std | Backend::Uring => {
+        Backend::Uring => {
+            // The protocol server's loops, threads and budget, echoing bytes.
+            let mut config = remora_uring::ServerConfig::default();
+            config.budget.max_connections = max_connections;
+            let server = remora_uring::Server::bind_echo(listen, config)
+                .map_err(|e| format!("{listen}: {e}"))?;
+            print(server.local_addr())?;
+            loop {
+                std::thread::park();
+            }
+        }
+        Backend::Std => {
             let listener =
                 std::net::TcpListener::bind(listen).map_err(|e| format!("{listen}: {e}"))?;
             print(listener.local_addr().map_err(|e| e.to_string())?)?;
             let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            if backend == Backend::Uring {
-                bench::raw_uring_server(listener, 1, stop);
-            } else {
-                bench::raw_std_server(listener, stop);
-            }
+            bench::raw_std_server(listener, stop);
             loop {
                 std::thread::park();
             }

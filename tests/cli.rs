@@ -317,10 +317,23 @@ fn bench_checks_every_response_and_prints_one_json_line_per_mode() {
                     "error_kinds",
                     "unfinished",
                     "stop",
-                    "tls"
-                ]
+                    "tls",
+                    "connect_s",
+                    "window_requests",
+                    "window_unix",
+                    "process_cpu_us_per_req",
+                    "loop"
+                ][..if backend == "uring" { 22 } else { 21 }]
             );
             assert_eq!(line["backend"], backend);
+            // The window opens once every connection is made; it counts what it saw.
+            let window = line["window_requests"].as_u64().unwrap();
+            assert!(window > 0 && window <= 2000, "{backend}: {line}");
+            if backend == "uring" {
+                // The same loop carries both modes: one receive per response at least.
+                let receives = line["loop"]["receives"].as_u64().unwrap();
+                assert!(receives > 0 && receives <= 2000, "{backend}: {line}");
+            }
             assert_eq!(line["mode"], mode);
             assert_eq!(line["requests"], 2000);
             assert_eq!(line["errors"], 0);

@@ -10,7 +10,10 @@
 //!   shared by the loop (detected at start; without it each connection receives into its own
 //!   buffer), so an idle connection holds no read buffer; accepts are multishot. [`Server`] runs
 //!   one per thread (SO_REUSEPORT), and so does `remora bench`'s load generator. Calls made on an
-//!   `EventLoop` complete as [`Completion`]s carrying the caller's token.
+//!   `EventLoop` complete as [`Completion`]s carrying the caller's token. A loop's connections
+//!   may also be raw ([`EventLoop::set_raw`], [`EventLoop::connect_raw`]): bytes in and out
+//!   through a [`RawHandler`] and no machine — [`Server::bind_echo`] is the protocol server's
+//!   loops echoing bytes, the baseline `remora bench --mode raw` measures the protocol against.
 //! - tokio-uring 0.5 (for programs that already run a tokio-uring runtime): each connection is
 //!   three local tasks on one thread sharing the machine with no locks — a reader that reads
 //!   straight into the machine's buffer, a writer that sends the machine's chunks in order (a
@@ -59,5 +62,5 @@ pub use cluster::{
 };
 pub use conn::CallFuture;
 pub use dns::dns;
-pub use ring::{Completion, ConnId, EventLoop, LoopConfig};
+pub use ring::{Completion, ConnId, Echo, EventLoop, LoopConfig, LoopCounts, RawHandler};
 pub use server::{Server, ServerConfig};

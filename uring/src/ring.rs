@@ -11,6 +11,13 @@
 //! buffer rings, each connection receives into its machine's own read buffer. Accepts are
 //! multishot where supported, single-shot otherwise.
 //!
+//! A receive that finds the buffer ring empty (`ENOBUFS`, more connections ready in one turn than
+//! the ring has buffers) waits in a queue and is armed again once the turn gave buffers back.
+//!
+//! Raw connections ([`EventLoop::set_raw`]) carry bytes without a protocol: what arrives goes to
+//! a [`RawHandler`], what it writes goes out; their machine carries no traffic and only marks
+//! the connection's end. A byte echo on the loop ([`Echo`]) is the baseline for the protocol.
+//!
 //! The loop only moves bytes, reads the clock, waits and counts: every decision is the machine's.
 
 use std::cmp::Reverse;
@@ -107,6 +114,22 @@ impl ConnId {
     }
 }
 
+/// What a loop has done since it started: how its turns went. For finding what grows with the
+/// number of connections (see [`EventLoop::counts`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoopCounts {
+    /// Calls of [`EventLoop::turn`].
+    pub turns: u64,
+    /// Completions handled.
+    pub completions: u64,
+    /// Receives that delivered bytes.
+    pub receives: u64,
+    /// Receives that found the provided-buffer ring empty (`ENOBUFS`) and were armed again.
+    pub receives_without_buffer: u64,
+    /// Sends submitted (partial sends count once per submission).
+    pub sends: u64,
+}
+
 /// A call of ours that ended: its response, or why there is none.
 #[derive(Debug)]
 pub struct Completion {
@@ -119,6 +142,35 @@ pub struct Completion {
     /// The response, or why there is none.
     pub outcome: Result<Command, CallError>,
 }
+
+/// What a loop does with the bytes of its raw connections: no protocol, no machine decisions,
+/// only bytes in and bytes out. [`Echo`] sends every byte back; `remora bench --mode raw`'s
+/// load generator counts its frames here. Set with [`EventLoop::set_raw`].
+pub trait RawHandler {
+    /// `input` arrived on `conn`; what to send on it goes into `output` (sent with the next
+    /// turn's submission, in order).
+    fn on_input(&mut self, conn: ConnId, input: &[u8], output: &mut BytesMut);
+    /// `conn` closed: the peer finished, the socket failed, or [`EventLoop::close`] ran. Bytes
+    /// not yet sent are dropped.
+    fn on_closed(&mut self, conn: ConnId) {
+        let _ = conn;
+    }
+}
+
+/// A [`RawHandler`] that sends every byte back as it came: a byte echo on the loop, the
+/// baseline a protocol run on the same loop is compared with.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Echo;
+
+impl RawHandler for Echo {
+    fn on_input(&mut self, _conn: ConnId, input: &[u8], output: &mut BytesMut) {
+        output.extend_from_slice(input);
+    }
+}
+
+/// A raw connection stops receiving while this many bytes wait to be sent (its peer is not
+/// reading): the same backpressure a machine applies at its `max_transmit_len`.
+const RAW_UNSENT_LIMIT: usize = 1 << 20;
 
 /// The provided-buffer ring: `count` buffers of `size` bytes, and the ring of their descriptors
 /// the kernel takes them from.
@@ -243,9 +295,35 @@ struct Slot {
     closed: bool,
     /// The caller's token of each call in flight, at its `RequestId::index`.
     tokens: Vec<u64>,
+    /// Its last receive found the buffer ring empty: it waits in the loop's `starved` queue to
+    /// be armed again once buffers are back (not at once, to fail again).
+    starved: bool,
+    /// A raw connection's bytes to send (its machine then carries no traffic and only marks
+    /// the connection's end); `None` for a protocol connection.
+    raw: Option<BytesMut>,
 }
 
 impl Slot {
+    /// Whether a receive should be armed: the machine wants input (for a raw connection: it is
+    /// open and its unsent bytes are below [`RAW_UNSENT_LIMIT`]).
+    fn wants_read(&self) -> bool {
+        self.machine.wants_read()
+            && self.raw.as_ref().map_or(true, |out| {
+                out.len() + self.sending_len() < RAW_UNSENT_LIMIT
+            })
+    }
+
+    fn sending_len(&self) -> usize {
+        self.sending.as_ref().map_or(0, |(b, done)| b.len() - done)
+    }
+
+    fn id(&self, key: usize) -> ConnId {
+        ConnId {
+            key,
+            generation: self.generation,
+        }
+    }
+
     /// The completion of call `id` on this slot (at `key`), with the caller's token.
     fn completion(
         &self,
@@ -291,6 +369,15 @@ pub struct EventLoop {
     cqes: Vec<(u64, i32, u32)>,
     completed: Vec<Completion>,
     in_flight: usize,
+    /// What raw connections do with their bytes ([`set_raw`](Self::set_raw)); accepted
+    /// connections are raw while it is set.
+    raw: Option<Box<dyn RawHandler>>,
+    counts: LoopCounts,
+    /// Connections whose receive found no provided buffer (`ENOBUFS`), oldest first, with
+    /// their slot's generation: armed again after a turn's completions gave buffers back, at
+    /// most as many as the ring holds, so a burst of more ready connections than buffers is
+    /// received over several turns instead of failing again and again.
+    starved: std::collections::VecDeque<(usize, u32)>,
 }
 
 impl EventLoop {
@@ -340,6 +427,9 @@ impl EventLoop {
             cqes: Vec::with_capacity(256),
             completed: Vec::new(),
             in_flight: 0,
+            raw: None,
+            counts: LoopCounts::default(),
+            starved: std::collections::VecDeque::new(),
         })
     }
 
@@ -347,6 +437,12 @@ impl EventLoop {
     /// receives into its own buffer).
     pub fn uses_buffer_ring(&self) -> bool {
         self.recv_mode != RecvMode::Own
+    }
+
+    /// What the loop has done since it started (turns, completions, receives, receives that
+    /// found no provided buffer, sends).
+    pub fn counts(&self) -> LoopCounts {
+        self.counts
     }
 
     /// Connections open (or still finishing operations) on this loop.
@@ -392,6 +488,39 @@ impl EventLoop {
         self.arm_wake();
     }
 
+    /// Makes this loop's accepted connections raw (and allows
+    /// [`connect_raw`](Self::connect_raw)): their bytes go to `handler`, not to a machine.
+    pub fn set_raw(&mut self, handler: Box<dyn RawHandler>) {
+        self.raw = Some(handler);
+    }
+
+    /// Connects to `addr` (blocking, with `timeout`) as a raw connection: what arrives on it
+    /// goes to the [`RawHandler`] given to [`set_raw`](Self::set_raw) (an `InvalidInput` error
+    /// without one), what [`send_raw`](Self::send_raw) queues goes out.
+    pub fn connect_raw(&mut self, addr: SocketAddr, timeout: Duration) -> io::Result<ConnId> {
+        if self.raw.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "connect_raw needs a RawHandler (set_raw)",
+            ));
+        }
+        let stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_nodelay(true)?;
+        let machine = Secure::plain().session(Connection::new(self.connection), self.now());
+        Ok(self.add(OwnedFd::from(stream), machine, None, true))
+    }
+
+    /// Queues `bytes` on raw connection `conn` (sent with the next turn's submission).
+    pub fn send_raw(&mut self, conn: ConnId, bytes: &[u8]) -> Result<(), CallError> {
+        let slot = self.slot(conn)?;
+        let Some(out) = slot.raw.as_mut() else {
+            return Err(CallError::Closed { written: false });
+        };
+        out.extend_from_slice(bytes);
+        self.touched(conn.key);
+        Ok(())
+    }
+
     /// Now, on the loop's clock.
     pub fn now(&self) -> Instant {
         self.clock.now()
@@ -415,10 +544,16 @@ impl EventLoop {
         let stream = TcpStream::connect_timeout(&addr, timeout)?;
         stream.set_nodelay(true)?;
         let machine = secure.session(Connection::new(self.connection), self.now());
-        Ok(self.add(OwnedFd::from(stream), machine, None))
+        Ok(self.add(OwnedFd::from(stream), machine, None, false))
     }
 
-    fn add(&mut self, fd: OwnedFd, machine: Session, account: Option<Account>) -> ConnId {
+    fn add(
+        &mut self,
+        fd: OwnedFd,
+        machine: Session,
+        account: Option<Account>,
+        raw: bool,
+    ) -> ConnId {
         self.generation = self.generation.wrapping_add(1);
         let generation = self.generation;
         let key = self.slots.insert(Slot {
@@ -436,6 +571,8 @@ impl EventLoop {
             timer_at: None,
             closed: false,
             tokens: Vec::new(),
+            raw: raw.then(BytesMut::new),
+            starved: false,
         });
         self.arm_recv(key);
         // A TLS client's ClientHello goes out, and a handshake deadline is armed, on the next
@@ -521,7 +658,8 @@ impl EventLoop {
         for (_, s) in &self.slots {
             if !s.closed {
                 requests += s.machine.pending_incoming();
-                unsent |= s.machine.unsent_len() > 0;
+                unsent |=
+                    s.machine.unsent_len() > 0 || s.raw.as_ref().is_some_and(|o| !o.is_empty());
             }
         }
         (requests, unsent)
@@ -531,6 +669,7 @@ impl EventLoop {
     /// completion (less when a deadline is due earlier), handles every completion that arrived
     /// and every due deadline, and moves the calls that ended into `done`.
     pub fn turn(&mut self, max_wait: Duration, done: &mut Vec<Completion>) -> io::Result<()> {
+        self.counts.turns += 1;
         self.flush();
         let now = self.now();
         let mut wait = max_wait;
@@ -572,9 +711,11 @@ impl EventLoop {
                     .map(|c| (c.user_data(), c.result(), c.flags())),
             );
             if self.cqes.is_empty() {
+                self.feed_starved();
                 return;
             }
             let cqes = std::mem::take(&mut self.cqes);
+            self.counts.completions += cqes.len() as u64;
             for &(data, result, flags) in &cqes {
                 let key = (data >> OP_BITS) as usize;
                 match data & ((1 << OP_BITS) - 1) {
@@ -596,6 +737,26 @@ impl EventLoop {
                 }
             }
             self.cqes = cqes;
+        }
+    }
+
+    /// Arms the receives of starved connections again, oldest first, as many as the buffer
+    /// ring holds (every buffer is back once a turn's completions are handled).
+    fn feed_starved(&mut self) {
+        let mut room = self.bufs.as_ref().map_or(0, |b| b.count as usize);
+        while room > 0 {
+            let Some((key, generation)) = self.starved.pop_front() else {
+                return;
+            };
+            let Some(slot) = self.slots.get_mut(key) else {
+                continue;
+            };
+            if slot.generation != generation || !slot.starved {
+                continue;
+            }
+            slot.starved = false;
+            self.arm_recv(key);
+            room -= 1;
         }
     }
 
@@ -653,7 +814,7 @@ impl EventLoop {
         let Some(slot) = self.slots.get_mut(key) else {
             return;
         };
-        if slot.closed || slot.recv_armed || !slot.machine.wants_read() {
+        if slot.closed || slot.recv_armed || slot.starved || !slot.wants_read() {
             return;
         }
         let fd = types::Fd(slot.fd.as_raw_fd());
@@ -709,7 +870,11 @@ impl EventLoop {
 
     /// The bytes to send next on `slot` (the one place that gathers them from the machine).
     fn gather(slot: &mut Slot) -> Option<Bytes> {
-        slot.machine.take_transmit()
+        match &mut slot.raw {
+            Some(out) if out.is_empty() => None,
+            Some(out) => Some(out.split().freeze()),
+            None => slot.machine.take_transmit(),
+        }
     }
 
     fn start_send(&mut self, key: usize) {
@@ -739,6 +904,7 @@ impl EventLoop {
         .user_data(user_data(OP_SEND, key));
         slot.ops += 1;
         slot.send_armed = true;
+        self.counts.sends += 1;
         self.push(sqe);
     }
 
@@ -782,7 +948,8 @@ impl EventLoop {
         let machine = self
             .secure
             .session(Connection::new(self.connection), self.now());
-        let conn = self.add(fd, machine, account);
+        let raw = self.raw.is_some();
+        let conn = self.add(fd, machine, account, raw);
         self.sync_budget(conn.key);
     }
 
@@ -797,11 +964,34 @@ impl EventLoop {
             slot.recv_armed = false;
             slot.ops -= 1;
         }
+        if result > 0 {
+            self.counts.receives += 1;
+        } else if result == -libc::ENOBUFS && !more {
+            self.counts.receives_without_buffer += 1;
+            if !slot.starved {
+                slot.starved = true;
+                self.starved.push_back((key, slot.generation));
+            }
+        }
         let mut lost = false;
+        let mut raw_output = false;
         if mode != RecvMode::Own {
             if let Some(bid) = cqueue::buffer_select(flags) {
                 let bufs = self.bufs.as_mut().expect("this mode implies a buffer ring");
-                if result > 0 && !slot.closed {
+                if result > 0 && !slot.closed && slot.raw.is_some() {
+                    let bytes = bufs.get(bid, result as usize);
+                    if let (Some(handler), Some(out)) = (self.raw.as_mut(), slot.raw.as_mut()) {
+                        handler.on_input(
+                            ConnId {
+                                key,
+                                generation: slot.generation,
+                            },
+                            bytes,
+                            out,
+                        );
+                    }
+                    raw_output = true;
+                } else if result > 0 && !slot.closed {
                     let bytes = bufs.get(bid, result as usize);
                     // Copy into the machine's buffer (bodies become zero-copy slices of it).
                     // Grow it by a whole step when short, not by what arrived: while decoded
@@ -834,8 +1024,21 @@ impl EventLoop {
                 // SAFETY: the kernel wrote `result` bytes into the spare capacity we gave it,
                 // which starts at `buf.len()`; `recv_buf` kept the buffer alive and unmoved.
                 unsafe { buf.set_len(buf.len() + result as usize) };
-                *slot.machine.read_buffer() = buf;
-                slot.machine.handle_read(result as usize, now);
+                if let (Some(out), false) = (slot.raw.as_mut(), slot.closed) {
+                    if let Some(handler) = self.raw.as_mut() {
+                        let id = ConnId {
+                            key,
+                            generation: slot.generation,
+                        };
+                        handler.on_input(id, &buf, out);
+                    }
+                    buf.clear();
+                    *slot.machine.read_buffer() = buf;
+                    raw_output = true;
+                } else {
+                    *slot.machine.read_buffer() = buf;
+                    slot.machine.handle_read(result as usize, now);
+                }
             } else {
                 *slot.machine.read_buffer() = buf;
                 match result {
@@ -848,6 +1051,9 @@ impl EventLoop {
         if lost && !slot.closed {
             slot.machine.handle_disconnect();
         }
+        if raw_output {
+            self.touched(key);
+        }
         self.drain(key);
         let Some(slot) = self.slots.get_mut(key) else {
             return;
@@ -859,7 +1065,7 @@ impl EventLoop {
         let Some(slot) = self.slots.get_mut(key) else {
             return;
         };
-        if slot.recv_armed && !slot.machine.wants_read() && !slot.recv_cancelling && !slot.closed {
+        if slot.recv_armed && !slot.wants_read() && !slot.recv_cancelling && !slot.closed {
             // Backpressure: stop the multishot receive until our answers are taken.
             slot.recv_cancelling = true;
             slot.ops += 1;
@@ -905,7 +1111,9 @@ impl EventLoop {
         }
         let len = bytes.len();
         slot.sending = None;
-        slot.machine.handle_sent(len);
+        if slot.raw.is_none() {
+            slot.machine.handle_sent(len);
+        }
         self.drain(key);
         // Answers went out: reading may resume, more may be queued.
         self.touched(key);
@@ -947,6 +1155,11 @@ impl EventLoop {
                 }
                 Event::Closed { .. } => {
                     slot.closed = true;
+                    if slot.raw.take().is_some() {
+                        if let Some(handler) = self.raw.as_mut() {
+                            handler.on_closed(slot.id(key));
+                        }
+                    }
                     if let Some(error) = slot.machine.tls_error() {
                         // A server's TLS failure is a warning (an enforcing port refusing
                         // plaintext says so here).

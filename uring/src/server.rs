@@ -5,7 +5,7 @@
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use socket2::{Domain, Socket, Type};
 
 use remora_tls::{Secure, ServerTls};
 
-use crate::ring::{EventLoop, LoopConfig};
+use crate::ring::{Echo, EventLoop, LoopConfig};
 
 remora_driver::server_config! {
     /// How a [`Server`] runs.
@@ -38,6 +38,8 @@ pub struct Server {
     stop: Arc<AtomicBool>,
     wakes: Vec<OwnedFd>,
     threads: Vec<JoinHandle<()>>,
+    /// Connections open on each thread's loop, as of its last turn.
+    loads: Arc<[AtomicUsize]>,
 }
 
 impl Server {
@@ -52,7 +54,16 @@ impl Server {
         handler: Arc<dyn Handler>,
         config: ServerConfig,
     ) -> io::Result<Server> {
-        Server::bind_secure(addr, handler, config, Secure::plain())
+        Server::bind_secure(addr, handler, config, Secure::plain(), false)
+    }
+
+    /// A byte echo on the same loops (threads, listeners, ring, provided buffers, budget): every
+    /// byte a client sends comes back as it came, with no protocol anywhere. The baseline a
+    /// [`Server`]'s protocol path is measured against (`remora bench --mode raw --backend
+    /// uring`); plaintext only.
+    pub fn bind_echo(addr: impl ToSocketAddrs, config: ServerConfig) -> io::Result<Server> {
+        let handler: Arc<dyn Handler> = Arc::new(remora_core::NotSupported);
+        Server::bind_secure(addr, handler, config, Secure::plain(), true)
     }
 
     /// Listens on `addr` with TLS, in `tls`'s [`ServerMode`](remora_tls::ServerMode):
@@ -64,7 +75,7 @@ impl Server {
         config: ServerConfig,
         tls: ServerTls,
     ) -> io::Result<Server> {
-        Server::bind_secure(addr, handler, config, Secure::server(tls))
+        Server::bind_secure(addr, handler, config, Secure::server(tls), false)
     }
 
     fn bind_secure(
@@ -72,6 +83,7 @@ impl Server {
         handler: Arc<dyn Handler>,
         config: ServerConfig,
         secure: Secure,
+        echo: bool,
     ) -> io::Result<Server> {
         let handler = remora_metrics::Observed::wrap(handler);
         let addr = addr
@@ -87,18 +99,21 @@ impl Server {
         }
         let budget = Arc::new(Budget::new(config.budget));
         let stop = Arc::new(AtomicBool::new(false));
+        let loads: Arc<[AtomicUsize]> = (0..listeners.len()).map(|_| AtomicUsize::new(0)).collect();
         let mut server = Server {
             local_addr,
             budget: Arc::clone(&budget),
             stop: Arc::clone(&stop),
             wakes: Vec::new(),
             threads: Vec::new(),
+            loads: Arc::clone(&loads),
         };
         for (i, std_listener) in listeners.into_iter().enumerate() {
             let handler = Arc::clone(&handler);
             let budget = Arc::clone(&budget);
             let stop = Arc::clone(&stop);
             let secure = secure.clone();
+            let loads = Arc::clone(&loads);
             let (wake_fd, loop_fd) = eventfd()?;
             let (ready, started) = mpsc::channel();
             let thread = std::thread::Builder::new()
@@ -108,6 +123,9 @@ impl Server {
                         stop,
                         wake: loop_fd,
                         ready,
+                        echo,
+                        loads,
+                        index: i,
                     };
                     serve(std_listener, handler, budget, config, secure, io);
                 })?;
@@ -125,6 +143,15 @@ impl Server {
     /// The address it listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Connections open on each I/O thread, as of that thread's last turn: how the kernel
+    /// spread the accepts over the threads' SO_REUSEPORT listeners.
+    pub fn connections_per_thread(&self) -> Vec<usize> {
+        self.loads
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// What the connections of all threads hold and have done: connections, buffered bytes
@@ -168,6 +195,11 @@ struct Io {
     stop: Arc<AtomicBool>,
     wake: OwnedFd,
     ready: mpsc::Sender<io::Result<()>>,
+    /// Serve a byte echo ([`Server::bind_echo`]) instead of the protocol.
+    echo: bool,
+    /// Where this thread (at `index`) reports its connection count after each turn.
+    loads: Arc<[AtomicUsize]>,
+    index: usize,
 }
 
 fn serve(
@@ -176,7 +208,14 @@ fn serve(
     budget: Arc<Budget>,
     config: ServerConfig,
     secure: Secure,
-    Io { stop, wake, ready }: Io,
+    Io {
+        stop,
+        wake,
+        ready,
+        echo,
+        loads,
+        index,
+    }: Io,
 ) {
     let mut event_loop = match EventLoop::new(config.connection, config.io, handler) {
         Ok(l) => l,
@@ -187,6 +226,9 @@ fn serve(
     };
     event_loop.set_budget(budget);
     event_loop.serve_tls(secure);
+    if echo {
+        event_loop.set_raw(Box::new(Echo));
+    }
     event_loop.listen(std_listener);
     event_loop.wake_on(wake);
     let _ = ready.send(Ok(()));
@@ -196,6 +238,7 @@ fn serve(
             tracing::warn!("io_uring: {e}");
             std::thread::sleep(Duration::from_millis(10));
         }
+        loads[index].store(event_loop.connections(), Ordering::Relaxed);
     }
     event_loop.stop_listening();
     let give_up = std::time::Instant::now() + config.drain_timeout;
