@@ -3,7 +3,7 @@
 
 use std::io::{self, IoSlice};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -111,6 +111,10 @@ pub(crate) struct Conn {
     workers: Arc<Workers>,
     reader: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
+    /// The machine's `pending_requests()` as of the last change under the state lock: read by
+    /// the client's pool (under its own lock) without taking this connection's state lock, so
+    /// choosing a connection never waits for a reader or writer holding it.
+    in_flight: AtomicUsize,
     peer: SocketAddr,
 }
 
@@ -209,6 +213,7 @@ impl Conn {
             workers,
             reader: Mutex::new(None),
             closed: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
             peer,
         });
         let for_reader = Arc::clone(&conn);
@@ -247,9 +252,9 @@ impl Conn {
         Health::after(self.close_reason())
     }
 
-    /// Our requests awaiting responses.
+    /// Our requests awaiting responses (as of the last send or completion).
     pub(crate) fn in_flight(&self) -> usize {
-        lock(&self.state).machine.pending_requests()
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// Peer requests not yet answered, and whether bytes still wait to be written.
@@ -278,6 +283,10 @@ impl Conn {
                 Arc::clone(&slot),
             );
             sent.map_err(|e| st.machine.send_error(e))?;
+            self.in_flight.store(
+                st.machine.connection().pending_requests(),
+                Ordering::Relaxed,
+            );
         }
         self.flush();
         loop {
@@ -484,6 +493,10 @@ impl Conn {
                 }
             }
         }
+        self.in_flight.store(
+            st.machine.connection().pending_requests(),
+            Ordering::Relaxed,
+        );
     }
 
     /// On close: a TLS alert or `close_notify` goes out best effort (never blocking, and not
