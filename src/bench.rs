@@ -537,19 +537,16 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
         let tx = tx.clone();
         handles.push(std::thread::spawn(move || {
             let outcome = match (plan.backend, mode) {
-                (Backend::Uring, Mode::Rpc) => {
+                (Backend::Uring, _) => {
                     // The loop (and its connections) is closed after the figures are handed
                     // over: closing 10,000 connections must not push them past the grace.
+                    let run = if mode == Mode::Rpc {
+                        uring_rpc
+                    } else {
+                        uring_raw
+                    };
                     let mut event_loop = None;
-                    let outcome = uring_rpc(&plan, addr, conns, &progress, &mut event_loop);
-                    let _ = tx.send(outcome);
-                    drop(event_loop);
-                    return;
-                }
-                (Backend::Uring, Mode::Raw) => {
-                    // As for rpc: figures first, then the loop's connections are closed.
-                    let mut event_loop = None;
-                    let outcome = uring_raw(&plan, addr, conns, &progress, &mut event_loop);
+                    let outcome = run(&plan, addr, conns, &progress, &mut event_loop);
                     let _ = tx.send(outcome);
                     drop(event_loop);
                     return;
