@@ -888,6 +888,21 @@ pub(crate) fn raw_std_server(listener: TcpListener, stop: Arc<AtomicBool>) {
     });
 }
 
+/// The load generator's io_uring loop, kept in `keep` so that its connections are closed only
+/// after the figures are handed over.
+fn bench_loop<'a>(
+    plan: &Plan,
+    keep: &'a mut Option<remora_uring::EventLoop>,
+) -> Result<&'a mut remora_uring::EventLoop, String> {
+    let lp = remora_uring::EventLoop::new(
+        bench_connection(plan),
+        remora_uring::LoopConfig::default(),
+        Arc::new(remora_core::NotSupported),
+    )
+    .map_err(|e| format!("starting an io_uring loop: {e}"))?;
+    Ok(keep.insert(lp))
+}
+
 /// The rpc load on one thread: one `remora_uring::EventLoop` drives all of the thread's
 /// connections; each of the `inflight` workers per connection starts its next call as soon as its
 /// last one completes.
@@ -898,16 +913,9 @@ fn uring_rpc(
     progress: &Arc<Progress>,
     keep: &mut Option<remora_uring::EventLoop>,
 ) -> Result<Histogram<u64>, String> {
-    use remora_uring::{ConnId, EventLoop, LoopConfig};
+    use remora_uring::{ConnId, EventLoop};
     let inflight = plan.inflight.max(1);
-    let lp = keep.insert(
-        EventLoop::new(
-            bench_connection(plan),
-            LoopConfig::default(),
-            Arc::new(remora_core::NotSupported),
-        )
-        .map_err(|e| format!("starting an io_uring loop: {e}"))?,
-    );
+    let lp = bench_loop(plan, keep)?;
     let secure = plan.secure(addr)?;
     let mut ids: Vec<ConnId> = Vec::with_capacity(conns);
     for _ in 0..conns {
@@ -1042,7 +1050,6 @@ fn uring_raw(
     progress: &Arc<Progress>,
     keep: &mut Option<remora_uring::EventLoop>,
 ) -> Result<Histogram<u64>, String> {
-    use remora_uring::{EventLoop, LoopConfig};
     use std::cell::RefCell;
     use std::rc::Rc;
     let frame = Arc::new(raw_frame(plan));
@@ -1054,14 +1061,7 @@ fn uring_raw(
         cold_left: conns,
         progress: Arc::clone(progress),
     }));
-    let lp = keep.insert(
-        EventLoop::new(
-            bench_connection(plan),
-            LoopConfig::default(),
-            Arc::new(remora_core::NotSupported),
-        )
-        .map_err(|e| format!("starting an io_uring loop: {e}"))?,
-    );
+    let lp = bench_loop(plan, keep)?;
     lp.set_raw(Box::new(RawLoadHandler(Rc::clone(&load))));
     let mut ids = Vec::with_capacity(conns);
     for _ in 0..conns {
