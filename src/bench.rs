@@ -13,7 +13,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
@@ -71,6 +71,9 @@ pub struct Plan {
     pub signer: Option<remora_core::acl::Signer>,
     /// Connect over TLS (rpc mode).
     pub tls: Option<Tls>,
+    /// std rpc: keep the calls in flight with `Client::call_then` from one thread (each
+    /// continuation starts the next call) instead of a blocking thread per call.
+    pub std_then: bool,
 }
 
 /// `bench --tls`: the client's configuration, and the embedded server's (none with `--target`).
@@ -551,6 +554,7 @@ pub fn run(plan: &Plan, mode: Mode) -> Result<Report, String> {
                     drop(event_loop);
                     return;
                 }
+                (Backend::Std, Mode::Rpc) if plan.std_then => std_rpc_then(&plan, addr, &progress),
                 (Backend::Std, Mode::Rpc) => std_rpc(&plan, addr, &progress),
                 (Backend::Std, Mode::Raw) => std_raw(&plan, addr, &progress),
                 (Backend::Tokio, Mode::Rpc) => tokio_rpc(&plan, addr, conns, &progress),
@@ -1341,20 +1345,127 @@ fn echoed_frames(
     whole
 }
 
+/// The std load generator's client (one connection).
+fn std_client(plan: &Plan, addr: SocketAddr) -> Result<remora_std::Client, String> {
+    let config = remora_std::ClientConfig {
+        connection: bench_connection(plan),
+        ..Default::default()
+    };
+    match &plan.tls {
+        Some(tls) => remora_std::Client::connect_tls(&addr.to_string(), config, tls.client.clone()),
+        None => remora_std::Client::connect(addr, config),
+    }
+    .map_err(|e| format!("connecting to {addr}: {e}"))
+}
+
+/// std rpc with `call_then`: `inflight` callers kept going by their continuations (on the
+/// connection's reader thread), started here; a caller that must pause (the server asked,
+/// or the run is stopping) comes back here to sleep, and each reports here when it is done.
+fn std_rpc_then(
+    plan: &Plan,
+    addr: SocketAddr,
+    progress: &Arc<Progress>,
+) -> Result<Histogram<u64>, String> {
+    enum Report {
+        Pause(usize, Duration),
+        Done,
+    }
+    struct Run {
+        client: remora_std::Client,
+        plan: Plan,
+        progress: Arc<Progress>,
+        callers: Vec<Mutex<Caller>>,
+        reports: Mutex<mpsc::Sender<Report>>,
+    }
+    impl Run {
+        fn report(&self, report: Report) {
+            let _ = self
+                .reports
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send(report);
+        }
+
+        /// Starts caller `w`'s next call (or reports it done or pausing).
+        fn start(self: &Arc<Self>, w: usize) {
+            loop {
+                if !self.progress.claim() {
+                    return self.report(Report::Done);
+                }
+                let request = lock(&self.callers[w]).next(&self.plan);
+                let run = Arc::clone(self);
+                let then = move |result| {
+                    // (The caller's lock is let go before its next call takes it again.)
+                    let pause = lock(&run.callers[w]).done(&result, &run.plan, &run.progress);
+                    match pause {
+                        Some(pause) => run.report(Report::Pause(w, pause)),
+                        None => run.start(w),
+                    }
+                };
+                let sent = self
+                    .client
+                    .call_then(request, self.progress.timeout(), then);
+                let Err(e) = sent else { return };
+                let pause = lock(&self.callers[w]).done(&Err(e), &self.plan, &self.progress);
+                if let Some(pause) = pause {
+                    return self.report(Report::Pause(w, pause));
+                }
+            }
+        }
+    }
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    let client = std_client(plan, addr)?;
+    progress.connected();
+    let callers = plan.inflight.max(1);
+    let (tx, rx) = mpsc::channel();
+    let run = Arc::new(Run {
+        client: client.clone(),
+        plan: plan.clone(),
+        progress: Arc::clone(progress),
+        callers: (0..callers)
+            .map(|w| Mutex::new(Caller::new((w as u64) << 32)))
+            .collect(),
+        reports: Mutex::new(tx),
+    });
+    for w in 0..callers {
+        run.start(w);
+    }
+    // Every call ends (response, timeout or error), so every caller reports done; the bound
+    // is a backstop.
+    let bound = plan.duration.unwrap_or(Duration::from_secs(3600)) + plan.timeout + GRACE * 5;
+    let until = Instant::now() + bound;
+    let mut done = 0;
+    while done < callers {
+        let left = until.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Report::Done) => done += 1,
+            Ok(Report::Pause(w, pause)) => {
+                std::thread::sleep(pause);
+                run.start(w);
+            }
+            Err(_) => {
+                client.close();
+                return Err(format!("{} callers did not finish", callers - done));
+            }
+        }
+    }
+    client.close();
+    merge(
+        run.callers
+            .iter()
+            .map(|c| Some(std::mem::replace(&mut lock(c).hist, histogram()))),
+    )
+}
+
 fn std_rpc(
     plan: &Plan,
     addr: SocketAddr,
     progress: &Arc<Progress>,
 ) -> Result<Histogram<u64>, String> {
-    let config = remora_std::ClientConfig {
-        connection: bench_connection(plan),
-        ..Default::default()
-    };
-    let client = match &plan.tls {
-        Some(tls) => remora_std::Client::connect_tls(&addr.to_string(), config, tls.client.clone()),
-        None => remora_std::Client::connect(addr, config),
-    }
-    .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let client = std_client(plan, addr)?;
     progress.connected();
     let callers: Vec<_> = (0..plan.inflight.max(1))
         .map(|w| {

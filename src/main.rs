@@ -185,6 +185,10 @@ enum Cmd {
         /// Embedded server threads.
         #[arg(long, default_value_t = 1)]
         server_threads: usize,
+        /// std backend: keep the calls in flight with `Client::call_then` from one thread
+        /// instead of a blocking thread per call in flight.
+        #[arg(long)]
+        std_then: bool,
         #[command(flatten)]
         acl: acl_cli::SignArgs,
         /// Serve Prometheus metrics at http://ADDR/metrics while it runs.
@@ -415,6 +419,7 @@ fn main() -> ExitCode {
             json,
             client_threads,
             server_threads,
+            std_then,
             acl,
             metrics,
             quiet,
@@ -475,6 +480,7 @@ fn main() -> ExitCode {
                 timeout: Duration::from_millis(timeout_ms.max(1)),
                 signer,
                 tls,
+                std_then,
             };
             run_bench(&plan, mode, json)
         }

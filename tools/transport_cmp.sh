@@ -5,6 +5,8 @@
 #
 #   tt  transport_echo pair            rocketmq-transport client -> rocketmq-transport server (one process)
 #   rr  remora bench --backend std     Remora std client -> embedded Remora std server (one process)
+#   rn  the same with --std-then       the client keeps its calls in flight with `call_then` from
+#                                      one thread (continuations), not a blocking thread per call
 #   rt  remora bench --target T        Remora std client -> the rocketmq-transport server (own process)
 #   tr  transport_echo client          rocketmq-transport client -> `remora serve --backend std` (own process)
 #
@@ -90,10 +92,10 @@ for round in $(seq "$ROUNDS"); do
     # The server itself (under `timeout`), for its CPU time.
     rpid=$(pgrep -P "$rwrap" | head -1); rpid=${rpid:-$rwrap}
     for n in 1 32 128; do
-      order=(tt rr rt tr)
+      order=(tt rr rn rt tr)
       # The second round goes the other way round (a drift in the machine's load then shows up
       # as a difference between rounds instead of as a bias).
-      [ $((round % 2)) -eq 0 ] && order=(tr rt rr tt)
+      [ $((round % 2)) -eq 0 ] && order=(tr rt rn rr tt)
       for tag in "${order[@]}"; do
         case $tag in
           tt) record tt "$round" "$ser" "$n" - "$ECHO" pair --inflight "$n" --duration "$SECS" \
@@ -102,6 +104,9 @@ for round in $(seq "$ROUNDS"); do
                 --connections 1 --inflight "$n" --duration "$SECS" --serialize "$ser" --json --quiet
               [ -n "$BASE" ] && record rr-base "$round" "$ser" "$n" - "$BASE" bench --backend std \
                 --mode rpc --connections 1 --inflight "$n" --duration "$SECS" --serialize "$ser" \
+                --json --quiet ;;
+          rn) record rn "$round" "$ser" "$n" - "$REMORA" bench --backend std --mode rpc \
+                --std-then --connections 1 --inflight "$n" --duration "$SECS" --serialize "$ser" \
                 --json --quiet ;;
           rt) record rt "$round" "$ser" "$n" "$tpid" "$REMORA" bench --backend std --mode rpc \
                 --target 127.0.0.1:$tport --connections 1 --inflight "$n" --duration "$SECS" \
@@ -124,7 +129,7 @@ python3 - "$OUT" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 by = {(r["round"], r["ser"], r["n"], r["tag"]): r for r in rows}
-tags = ["tt", "rr", "rt", "tr"] + [t for t in ("rr-base", "rt-base") if any(r["tag"] == t for r in rows)]
+tags = ["tt", "rr", "rn", "rt", "tr"] + [t for t in ("rr-base", "rt-base") if any(r["tag"] == t for r in rows)]
 def rps(k):
     r = by.get(k)
     return r.get("rps") if r else None
@@ -133,14 +138,14 @@ def fmt(v):
 def ratio(a, b):
     return "—" if not a or not b else f"{a / b:.2f}"
 head = "| round | header | N | " + " | ".join(f"{t} req/s" for t in tags) + \
-       " | rr / tt | rt / tt | tr / tt |" + (" rr / rr-base |" if "rr-base" in tags else "")
+       " | rr / tt | rn / tt | rt / tt | tr / tt |" + (" rr / rr-base |" if "rr-base" in tags else "")
 print(head)
 print("|" + "---|" * (head.count("|") - 1))
 for (rnd, ser, n) in sorted({(r["round"], r["ser"], r["n"]) for r in rows}):
     k = lambda t: (rnd, ser, n, t)
     cells = [fmt(rps(k(t))) for t in tags]
     line = f"| {rnd} | {ser} | {n} | " + " | ".join(cells) + \
-        f" | {ratio(rps(k('rr')), rps(k('tt')))} | {ratio(rps(k('rt')), rps(k('tt')))} | {ratio(rps(k('tr')), rps(k('tt')))} |"
+        f" | {ratio(rps(k('rr')), rps(k('tt')))} | {ratio(rps(k('rn')), rps(k('tt')))} | {ratio(rps(k('rt')), rps(k('tt')))} | {ratio(rps(k('tr')), rps(k('tt')))} |"
     if "rr-base" in tags:
         line += f" {ratio(rps(k('rr')), rps(k('rr-base')))} |"
     print(line)

@@ -215,6 +215,72 @@ impl Client {
         }
     }
 
+    /// Sends `request` and returns without waiting (Java remoting's `invokeAsync`): `then`
+    /// runs exactly once with the outcome — the response (whatever its code), a timeout after
+    /// `timeout`, or an error saying whether the request may have reached the peer.
+    ///
+    /// `then` runs on the thread that learns the outcome, usually the connection's reader
+    /// thread, never under a lock of the client: keep it short and do not block in it (hand
+    /// heavy work to a thread of your own). It may start further calls; those that the
+    /// continuations of one read start on the same connection are written together, so a
+    /// single thread keeps many calls in flight without a thread per call. A panic in `then`
+    /// is caught and logged. If the request cannot be sent (no connection, too many in
+    /// flight, too big to encode) this returns the error and `then` is dropped unrun.
+    ///
+    /// Each call allocates twice (the boxed continuation and the probe's slot); `call` none.
+    pub fn call_then(
+        &self,
+        request: impl Outgoing,
+        timeout: Duration,
+        then: impl FnOnce(Result<Command, Error>) + Send + 'static,
+    ) -> Result<(), Error> {
+        let probe = Probe::client(&request, &self.shared.addrs[0]);
+        let _entered = probe.span().clone().entered();
+        let conn = match self.shared.config.mode {
+            Mode::Short => match self.shared.open() {
+                Ok(conn) => conn,
+                Err(e) => {
+                    probe.end_error(&e);
+                    return Err(e);
+                }
+            },
+            Mode::Long { .. } => match self.acquire() {
+                Ok(conn) => conn,
+                Err(e) => {
+                    probe.end_error(&e);
+                    return Err(e);
+                }
+            },
+        };
+        let short = matches!(self.shared.config.mode, Mode::Short).then(|| Arc::clone(&conn));
+        // The probe ends with the outcome, which a failed send never reaches: keep a way to
+        // end it here then.
+        let probe = Arc::new(Mutex::new(Some(probe)));
+        let for_then = Arc::clone(&probe);
+        let sent = conn.call_then(
+            request,
+            timeout,
+            Box::new(move |outcome: Result<Command, Error>| {
+                if let Some(probe) = for_then.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    probe.end(&outcome);
+                }
+                if let Some(conn) = short {
+                    conn.close();
+                }
+                then(outcome);
+            }),
+        );
+        if let Err(e) = &sent {
+            if let Some(probe) = probe.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                probe.end_error(e);
+            }
+            if matches!(self.shared.config.mode, Mode::Short) {
+                conn.close();
+            }
+        }
+        sent
+    }
+
     /// Sends a oneway request: it is written (or queued) when this returns; no answer comes.
     pub fn oneway(&self, request: Command) -> Result<(), Error> {
         let probe = Probe::client(&request, &self.shared.addrs[0]);

@@ -39,7 +39,33 @@ impl CallSlot {
     }
 }
 
+/// What the machine holds for each request it waits on: a blocked caller's slot, or the
+/// continuation of [`Client::call_then`](crate::Client::call_then).
+enum Waiter {
+    /// A caller blocked in `call` (its thread's slot).
+    Thread(Arc<CallSlot>),
+    /// Run once with the call's outcome, never under the connection's lock.
+    Then(Continuation),
+}
+
+/// A `call_then` continuation.
+pub(crate) type Continuation = Box<dyn FnOnce(Result<Command, Error>) + Send>;
+
+/// Runs continuations, each catching its own panic (a panicking continuation must not take
+/// the thread that ran it — often the connection's reader — down with it).
+fn run_continuations(ready: Vec<(Continuation, Result<Command, Error>)>) {
+    for (then, outcome) in ready {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| then(outcome))).is_err() {
+            tracing::error!("a call_then continuation panicked");
+        }
+    }
+}
+
 thread_local! {
+    /// While a connection's reader runs its continuations: that connection (its address).
+    /// Calls they start on it are written together once they have all run (one write for a
+    /// batch).
+    static IN_CONTINUATIONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
     static PARKER: Parker = Parker::new();
     static CALL_SLOT: Arc<CallSlot> = Arc::new(CallSlot {
         outcome: Mutex::new(None),
@@ -54,7 +80,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct State {
     /// The machine under its TLS (or plaintext) session; each request's token is its caller's
     /// slot. The socket's bytes go through the session, never straight to the machine.
-    machine: Session<Arc<CallSlot>>,
+    machine: Session<Waiter>,
     /// Some thread is writing to the socket (only one does at a time; the others leave their
     /// frames to it, and it looks at the machine again before it gives this up).
     writing: bool,
@@ -71,6 +97,14 @@ struct State {
     handshaking: bool,
     /// This connection's share of the server's budget (server connections only).
     account: Option<Account>,
+    /// Continuations whose outcome is known, to run once the lock is released
+    /// ([`Conn::release`]).
+    ready: Vec<(Continuation, Result<Command, Error>)>,
+    /// `call_then` calls in flight: while there are any, the timer thread wakes for their
+    /// deadlines (nobody else waits for them).
+    then_in_flight: usize,
+    /// When the waiting timer thread will look next (`None`: not before it is notified).
+    timer_due: Option<remora_core::Instant>,
 }
 
 /// What a server's connection carries besides the machine.
@@ -102,6 +136,11 @@ pub(crate) struct Conn {
     writer: TcpStream,
     /// Started the first time a write would block; writes what `State::stash` holds, blocking.
     writer_thread: Mutex<Option<JoinHandle<()>>>,
+    /// Signalled for the timer thread: a `call_then` call is due before it would look, or
+    /// the connection closed.
+    timer: Condvar,
+    /// Started by the first `call_then`.
+    timer_thread: Mutex<Option<JoinHandle<()>>>,
     /// Another handle on the socket, to shut it down while a write or read is blocked.
     control: TcpStream,
     budget: Option<Arc<Budget>>,
@@ -201,7 +240,12 @@ impl Conn {
                 reader_paused: false,
                 handshaking: secure.is_tls(),
                 account,
+                ready: Vec::new(),
+                then_in_flight: 0,
+                timer_due: None,
             }),
+            timer: Condvar::new(),
+            timer_thread: Mutex::new(None),
             changed: Condvar::new(),
             control,
             writer: stream,
@@ -280,7 +324,7 @@ impl Conn {
                 st.machine.connection_mut(),
                 deadline,
                 now,
-                Arc::clone(&slot),
+                Waiter::Thread(Arc::clone(&slot)),
             );
             sent.map_err(|e| st.machine.send_error(e))?;
             self.in_flight.store(
@@ -299,10 +343,81 @@ impl Conn {
                 let mut st = lock(&self.state);
                 st.machine.handle_timeout(now);
                 self.drain_events(&mut st);
+                self.release(st);
                 continue;
             }
             PARKER.with(|p| p.park_timeout(deadline - now));
         }
+    }
+
+    /// Sends `cmd`; `then` runs once with its outcome (response, timeout, or error), on the
+    /// thread that learns it — usually the connection's reader — and never under the lock.
+    /// An error sending is returned here, and `then` is dropped unrun.
+    pub(crate) fn call_then(
+        self: &Arc<Self>,
+        cmd: impl Outgoing,
+        timeout: Duration,
+        then: Continuation,
+    ) -> Result<(), Error> {
+        let now = self.clock.now();
+        let deadline = now + timeout;
+        {
+            let mut st = lock(&self.state);
+            let sent = cmd.send(
+                st.machine.connection_mut(),
+                deadline,
+                now,
+                Waiter::Then(then),
+            );
+            sent.map_err(|e| st.machine.send_error(e))?;
+            st.then_in_flight += 1;
+            if st.timer_due.map_or(true, |due| deadline < due) {
+                if lock(&self.timer_thread).is_some() {
+                    self.timer.notify_one();
+                } else {
+                    drop(st);
+                    self.start_timer();
+                    st = lock(&self.state);
+                }
+            }
+            self.in_flight.store(
+                st.machine.connection().pending_requests(),
+                Ordering::Relaxed,
+            );
+        }
+        if IN_CONTINUATIONS.with(|c| c.get()) == Arc::as_ptr(self) as usize {
+            // This connection's reader writes once after the batch of continuations.
+            return Ok(());
+        }
+        self.flush();
+        Ok(())
+    }
+
+    /// The reader's turn after input: releases the lock, runs the continuations it left
+    /// ready (calls they start on this connection are queued, not written one by one), then
+    /// writes everything queued at once.
+    fn release_from_reader(self: &Arc<Self>, mut st: MutexGuard<'_, State>) -> bool {
+        if st.ready.is_empty() {
+            return false;
+        }
+        let ready = std::mem::take(&mut st.ready);
+        drop(st);
+        IN_CONTINUATIONS.with(|c| c.set(Arc::as_ptr(self) as usize));
+        run_continuations(ready);
+        IN_CONTINUATIONS.with(|c| c.set(0));
+        self.flush();
+        true
+    }
+
+    /// Releases the lock, then runs the continuations it left ready. Every place that may have
+    /// completed a call releases the lock this way.
+    fn release(self: &Arc<Self>, mut st: MutexGuard<'_, State>) {
+        if st.ready.is_empty() {
+            return;
+        }
+        let ready = std::mem::take(&mut st.ready);
+        drop(st);
+        run_continuations(ready);
     }
 
     /// Sends a oneway request.
@@ -335,9 +450,10 @@ impl Conn {
             if out.is_empty() {
                 st.out = out;
                 st.writing = false;
+                self.release(st);
                 return;
             }
-            drop(st);
+            self.release(st);
             let sent = send_nonblocking(&self.writer, &out);
             st = lock(&self.state);
             match sent {
@@ -348,7 +464,7 @@ impl Conn {
                         // The peer is not keeping up: the writer thread waits for it, we don't.
                         st.stash = out;
                         self.settle(&mut st);
-                        drop(st);
+                        self.release(st);
                         self.changed.notify_all();
                         self.start_writer();
                         return;
@@ -358,7 +474,7 @@ impl Conn {
                 }
                 Err(_) => {
                     st.writing = false;
-                    drop(st);
+                    self.release(st);
                     self.lost();
                     return;
                 }
@@ -400,19 +516,20 @@ impl Conn {
             }
             if st.machine.is_closed() {
                 st.writing = false;
+                self.release(st);
                 return;
             }
             // We hold `writing` (handed over with the stash) until the machine is empty.
             let mut chunks = std::mem::take(&mut st.stash);
             while !chunks.is_empty() {
-                drop(st);
+                self.release(st);
                 let result = write_all_chunks(&self.writer, &mut chunks);
                 st = lock(&self.state);
                 match result {
                     Ok(n) => st.machine.handle_sent(n),
                     Err(_) => {
                         st.writing = false;
-                        drop(st);
+                        self.release(st);
                         self.lost();
                         return;
                     }
@@ -422,6 +539,10 @@ impl Conn {
             }
             st.stash = chunks;
             st.writing = false;
+            if !st.ready.is_empty() {
+                self.release(st);
+                st = lock(&self.state);
+            }
         }
     }
 
@@ -453,8 +574,19 @@ impl Conn {
         // An answer too big to encode is replaced by SYSTEM_ERROR: that too must go out now.
         let _ = st.machine.send_response(request, response);
         self.settle(&mut st);
-        drop(st);
+        self.release(st);
         self.flush();
+    }
+
+    /// Hands a call's outcome to its waiter: wakes its thread, or readies its continuation.
+    fn complete(&self, st: &mut State, waiter: Waiter, outcome: Result<Command, Error>) {
+        match waiter {
+            Waiter::Thread(slot) => slot.complete(outcome),
+            Waiter::Then(then) => {
+                st.then_in_flight -= 1;
+                st.ready.push((then, outcome));
+            }
+        }
     }
 
     /// Hands the machine's events on. Runs under the state lock.
@@ -463,9 +595,10 @@ impl Conn {
             match event {
                 Event::Response {
                     response, token, ..
-                } => token.complete(Ok(response)),
+                } => self.complete(st, token, Ok(response)),
                 Event::Failed { error, token, .. } => {
-                    token.complete(Err(st.machine.call_error(error)))
+                    let error = st.machine.call_error(error);
+                    self.complete(st, token, Err(error))
                 }
                 Event::Request { request, command } => {
                     let conn = Arc::clone(self);
@@ -555,8 +688,9 @@ impl Conn {
                     *st.machine.read_buffer() = buf;
                     st.machine.handle_eof();
                     self.settle(&mut st);
-                    drop(st);
-                    self.flush();
+                    if !self.release_from_reader(st) {
+                        self.flush();
+                    }
                     return;
                 }
                 Ok(n) => {
@@ -568,12 +702,12 @@ impl Conn {
                     self.settle(&mut st);
                     let closed = st.machine.is_closed();
                     let to_write = st.machine.poll_transmit().is_some();
-                    drop(st);
-                    if closed {
+                    if self.release_from_reader(st) {
+                        // (It wrote what the continuations queued, and anything else.)
+                    } else if closed {
                         let _ = stream.shutdown(Shutdown::Both);
                         return;
-                    }
-                    if to_write {
+                    } else if to_write {
                         // The machine answered by itself (SYSTEM_BUSY); flushing never blocks.
                         self.flush();
                     }
@@ -593,6 +727,7 @@ impl Conn {
                     *st.machine.read_buffer() = buf;
                     st.machine.handle_timeout(self.clock.now());
                     self.settle(&mut st);
+                    self.release_from_reader(st);
                 }
                 Err(_) => return self.lost(),
             }
@@ -632,6 +767,66 @@ impl Conn {
         }))
     }
 
+    /// The timer thread, started by the first `call_then`: nobody's thread waits for those
+    /// calls, so this one wakes at the machine's next deadline while any is in flight (and
+    /// sleeps on `timer` otherwise) and lets the machine expire what is due.
+    fn timer_loop(self: Arc<Self>) {
+        let mut st = lock(&self.state);
+        loop {
+            if st.machine.is_closed() {
+                st.timer_due = None;
+                return;
+            }
+            let now = self.clock.now();
+            let due = if st.then_in_flight > 0 {
+                st.machine.poll_timeout()
+            } else {
+                None
+            };
+            match due {
+                Some(due) if due <= now => {
+                    st.machine.handle_timeout(now);
+                    self.settle(&mut st);
+                    self.release(st);
+                    self.flush();
+                    st = lock(&self.state);
+                }
+                _ => {
+                    st.timer_due = due;
+                    // Bounded, so that a closed connection is noticed.
+                    let wait = due.map_or(Duration::from_secs(1), |d| {
+                        d.saturating_duration_since(now).min(Duration::from_secs(1))
+                    });
+                    st = self
+                        .timer
+                        .wait_timeout(st, wait)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    /// Starts the timer thread if it is not running.
+    fn start_timer(self: &Arc<Self>) {
+        let mut slot = lock(&self.timer_thread);
+        if slot.is_some() {
+            return;
+        }
+        let conn = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name(format!("remora-timer-{}", self.peer))
+            .stack_size(IO_THREAD_STACK)
+            .spawn(move || conn.timer_loop());
+        match spawned {
+            Ok(handle) => *slot = Some(handle),
+            Err(_) => {
+                drop(slot);
+                self.lost();
+            }
+        }
+    }
+
     /// Backpressure: waits while the machine does not want input (its peer is not reading our
     /// answers). False once the connection is closed.
     fn wait_until_readable(&self) -> bool {
@@ -657,9 +852,13 @@ impl Conn {
         let mut st = lock(&self.state);
         st.machine.handle_disconnect();
         self.settle(&mut st);
+        let ready = std::mem::take(&mut st.ready);
         drop(st);
         self.closed.store(true, Ordering::Release);
         let _ = self.control.shutdown(Shutdown::Both);
+        self.timer.notify_all();
+        // (Closed first: a continuation that calls again is not given this connection.)
+        run_continuations(ready);
     }
 
     /// Closes the connection (idempotent): calls in flight fail with `Closed`, the reader thread
@@ -672,14 +871,21 @@ impl Conn {
         let mut st = lock(&self.state);
         st.machine.close();
         self.settle(&mut st);
+        let ready = std::mem::take(&mut st.ready);
         drop(st);
         self.closed.store(true, Ordering::Release);
         // Shutting the socket down wakes the reader from its blocking read.
         let _ = self.control.shutdown(Shutdown::Both);
+        run_continuations(ready);
         if !from_reader {
-            for handle in [lock(&self.reader).take(), lock(&self.writer_thread).take()]
-                .into_iter()
-                .flatten()
+            self.timer.notify_all();
+            for handle in [
+                lock(&self.reader).take(),
+                lock(&self.writer_thread).take(),
+                lock(&self.timer_thread).take(),
+            ]
+            .into_iter()
+            .flatten()
             {
                 if handle.thread().id() != std::thread::current().id() {
                     let _ = handle.join();

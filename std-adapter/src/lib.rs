@@ -6,8 +6,10 @@
 //! which requests may have reached the peer) is the core's.
 //!
 //! - [`Client`]: `call` from any number of threads over a pool of multiplexed connections
-//!   (least in-flight first), `oneway`, reconnect with backoff, short-connection mode, idle
-//!   expiry, and a [`Handler`] for requests the server sends.
+//!   (least in-flight first), [`Client::call_then`] (returns at once; a continuation gets the
+//!   outcome, as Java's `invokeAsync`: one thread keeps many calls in flight), `oneway`,
+//!   reconnect with backoff, short-connection mode, idle expiry, and a [`Handler`] for requests
+//!   the server sends.
 //! - [`Cluster`]: a client over several endpoints: the core's `ClusterCall` decides (balancing,
 //!   retries, hedging, breakers, ejection, probes, resolver, hooks, fallback); the cluster runs
 //!   its loop on threads and keeps latency histograms. [`Dns`] resolves names for it.
@@ -31,7 +33,11 @@
 //! leaves unwritten goes to a writer thread of that connection only, so no worker ever waits for
 //! one peer. The reader reads straight into the machine's read buffer (decoded bodies are slices
 //! of it). A call keeps no per-call state of its own: its caller's per-thread slot rides in the
-//! machine's waiter as the request's token, so a call allocates nothing in steady state. A server's connections share a
+//! machine's waiter as the request's token, so a call allocates nothing in steady state.
+//! `call_then`'s continuation rides there instead; it runs where the outcome is learnt (the
+//! reader, after a read: calls it starts are written together once the read's continuations
+//! have run), never under a lock, and a timer thread, started by a connection's first
+//! `call_then`, expires those calls (nobody's thread waits for them). A server's connections share a
 //! core [`Budget`](remora_core::Budget) (buffered bytes, connection count); see
 //! [`ServerConfig`] and [`Server::stats`].
 

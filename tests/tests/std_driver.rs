@@ -487,3 +487,182 @@ fn server_to_client_request_from_a_raw_broker() {
     assert_eq!((answer.opaque, answer.body()), (-5, &b"state"[..]));
     client.close();
 }
+
+/// `call_then` from one thread: each continuation starts the next call, so `IN_FLIGHT` calls
+/// stay in flight with no thread per call; every continuation runs once, with its own answer.
+#[test]
+fn call_then_keeps_many_calls_in_flight_from_one_thread() {
+    const IN_FLIGHT: usize = 64;
+    const CALLS: usize = 3_000;
+    let server = echo_server();
+    let client = client(&server, ClientConfig::default());
+    let (done_tx, done_rx) = mpsc::channel::<(usize, Result<Command, Error>)>();
+    let started = Arc::new(AtomicUsize::new(0));
+
+    fn start(
+        client: &Client,
+        started: &Arc<AtomicUsize>,
+        done: &mpsc::Sender<(usize, Result<Command, Error>)>,
+    ) {
+        let n = started.fetch_add(1, Ordering::Relaxed);
+        if n >= CALLS {
+            return;
+        }
+        let ty = if n % 2 == 0 {
+            SerializeType::Json
+        } else {
+            SerializeType::RocketMq
+        };
+        let request = Command::request(7)
+            .with_serialize_type(ty)
+            .with_body(n.to_le_bytes().to_vec());
+        let (next_client, next_started, next_done) =
+            (client.clone(), Arc::clone(started), done.clone());
+        client
+            .call_then(request, 10 * SECOND, move |outcome| {
+                next_done.send((n, outcome)).unwrap();
+                start(&next_client, &next_started, &next_done);
+            })
+            .unwrap();
+    }
+    for _ in 0..IN_FLIGHT {
+        start(&client, &started, &done_tx);
+    }
+    let mut seen = vec![false; CALLS];
+    for _ in 0..CALLS {
+        let (n, outcome) = done_rx.recv_timeout(20 * SECOND).expect("every call ends");
+        let response = outcome.unwrap();
+        assert_eq!(response.code, codes::SUCCESS);
+        assert_eq!(
+            response.body(),
+            &n.to_le_bytes()[..],
+            "call {n} got another's answer"
+        );
+        assert!(
+            !std::mem::replace(&mut seen[n], true),
+            "call {n} ended twice"
+        );
+    }
+    assert!(
+        done_rx.recv_timeout(Duration::from_millis(200)).is_err(),
+        "no extra outcome"
+    );
+    assert_eq!(client.connections(), 1);
+    client.close();
+}
+
+/// A `call_then` call nobody waits for still times out (the reader wakes for its deadline),
+/// once, saying it was written; a panicking continuation leaves the connection working.
+#[test]
+fn call_then_times_out_and_survives_a_panicking_continuation() {
+    let server = slow_server(Duration::from_millis(600), ServerConfig::default());
+    let client = client(&server, ClientConfig::default());
+    let (tx, rx) = mpsc::channel();
+    let started = Instant::now();
+    let tx2 = tx.clone();
+    client
+        .call_then(
+            Command::request(1),
+            Duration::from_millis(100),
+            move |outcome| {
+                tx2.send(("timed", outcome, Instant::now())).unwrap();
+            },
+        )
+        .unwrap();
+    let (_, outcome, ended) = rx
+        .recv_timeout(5 * SECOND)
+        .expect("the timeout is reported");
+    let err = outcome.unwrap_err();
+    assert!(matches!(err, Error::Timeout { written: true }), "{err}");
+    let took = ended - started;
+    assert!(
+        took >= Duration::from_millis(100) && took < Duration::from_millis(550),
+        "{took:?}"
+    );
+
+    client
+        .call_then(Command::request(1), 5 * SECOND, |_| {
+            panic!("a continuation that panics")
+        })
+        .unwrap();
+    client
+        .call_then(Command::request(2), 5 * SECOND, move |outcome| {
+            tx.send(("after", outcome, Instant::now())).unwrap();
+        })
+        .unwrap();
+    let (what, outcome, _) = rx.recv_timeout(5 * SECOND).expect("the next call ends");
+    assert_eq!(what, "after");
+    assert_eq!(outcome.unwrap().code, codes::SUCCESS);
+    assert!(
+        rx.recv_timeout(Duration::from_millis(700)).is_err(),
+        "each outcome once"
+    );
+    client.close();
+}
+
+/// Calls in flight when the server dies end once each, with an error saying they were written;
+/// a call that cannot be sent returns its error and its continuation never runs.
+#[test]
+fn call_then_ends_every_call_when_the_connection_is_lost() {
+    let server = slow_server(
+        Duration::from_secs(3),
+        ServerConfig {
+            drain_timeout: Duration::ZERO,
+            ..ServerConfig::default()
+        },
+    );
+    let config = ClientConfig {
+        connection: Config {
+            max_waiters: 6,
+            ..Config::default()
+        },
+        ..ClientConfig::default()
+    };
+    let client = client(&server, config);
+    let (tx, rx) = mpsc::channel();
+    for i in 0..6 {
+        let tx = tx.clone();
+        client
+            .call_then(Command::request(1), 20 * SECOND, move |outcome| {
+                tx.send((i, outcome, Instant::now())).unwrap();
+            })
+            .unwrap();
+    }
+    let ran = Arc::new(AtomicUsize::new(0));
+    let ran2 = Arc::clone(&ran);
+    let err = client
+        .call_then(Command::request(1), 20 * SECOND, move |_| {
+            ran2.fetch_add(1, Ordering::Relaxed);
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::TooManyInFlight), "{err}");
+    std::thread::sleep(Duration::from_millis(200));
+    let killed = Instant::now();
+    drop(server);
+    let mut ended = [false; 6];
+    for _ in 0..6 {
+        let (i, outcome, at) = rx.recv_timeout(5 * SECOND).expect("every call ends");
+        let after = at.saturating_duration_since(killed);
+        assert!(
+            after < SECOND,
+            "a call failed only {after:?} after the kill"
+        );
+        let err = outcome.unwrap_err();
+        assert!(
+            matches!(err, Error::ConnectionLost { written: true }),
+            "{err}"
+        );
+        assert!(
+            !std::mem::replace(&mut ended[i], true),
+            "call {i} ended twice"
+        );
+    }
+    drop(tx);
+    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+    assert_eq!(
+        ran.load(Ordering::Relaxed),
+        0,
+        "a refused call's continuation never runs"
+    );
+    client.close();
+}
