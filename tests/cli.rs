@@ -629,3 +629,34 @@ fn serve_raw_mode_echoes_bytes_on_tokio() {
     let _ = server.wait();
     assert_eq!(&back, b"\xff\xff\xff\xffnot a frame");
 }
+
+#[test]
+fn bench_std_then_keeps_the_calls_in_flight_from_one_thread() {
+    let out = remora(
+        &[
+            "bench",
+            "--backend",
+            "std",
+            "--std-then",
+            "--mode",
+            "rpc",
+            "--requests",
+            "3000",
+            "--inflight",
+            "32",
+            "--json",
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["backend"], "std");
+    assert_eq!(line["requests"], 3000);
+    assert_eq!(line["errors"], 0);
+    assert_eq!(line["unfinished"], 0);
+    assert_eq!(line["stop"], "requests");
+}
