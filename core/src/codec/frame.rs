@@ -469,6 +469,7 @@ fn fits(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::command::HeaderStr;
     use crate::codec::limits::DEFAULT_MAX_FRAME_LEN;
     use alloc::vec;
 
@@ -614,11 +615,27 @@ mod tests {
             ),
             remark in proptest::option::of("[\\x00-\\x7f\u{e9}]{0,30}"),
             slack in 0usize..400,
+            ints in proptest::array::uniform4(proptest::prop_oneof![
+                proptest::num::i32::ANY,
+                -1000i32..1000,
+                proptest::sample::select(vec![0, 9, 10, 99, 100, 999_999_999, 1_000_000_000, -1, -10, i32::MIN, i32::MAX]),
+            ]),
+            language in proptest::prop_oneof![0u8..16, proptest::num::u8::ANY],
+            long in proptest::option::of("[\\x00-\\x7f]{17,200}"),
         ) {
             let codec = Codec::default();
-            let mut cmd = Command::request(310).with_opaque(-3);
+            let mut cmd = Command::request(ints[0]).with_opaque(ints[1]);
+            cmd.flag = ints[2];
+            cmd.version = ints[3];
+            cmd.language = crate::LanguageCode(language);
             for (k, v) in &entries {
                 cmd = cmd.with_ext(k.as_str(), v.as_str());
+            }
+            // Shared strings (not inline): a long one, and a short one from a static.
+            if let Some(long) = &long {
+                cmd = cmd
+                    .with_ext(long.as_str(), "v")
+                    .with_ext(HeaderStr::from_static("static"), long.as_str());
             }
             if let Some(r) = &remark {
                 cmd = cmd.with_remark(r.as_str());
