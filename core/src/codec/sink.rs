@@ -518,28 +518,45 @@ impl WindowSink<'_> {
         })
     }
 
-    /// One JSON extension entry at `at` (see [`Sink::put_json_entry`]) with room checked
-    /// once; returns where it ends, or `None` (nothing written) without room for its worst case
-    /// (every byte escaped as `\u00XX`).
+    /// Positions up to this leave room for SLACK more bytes.
+    #[inline(always)]
+    fn end(&self) -> usize {
+        self.window.len().saturating_sub(SLACK)
+    }
+
+    /// One JSON extension entry at `at` (see [`Sink::put_json_entry`]), given `at <= end`
+    /// ([`WindowSink::end`]), with room checked once; returns where it ends (again at most
+    /// `end`), or `None` (nothing written) without room for its worst case (every byte escaped
+    /// as `\u00XX`).
     #[inline(always)]
     fn json_entry(
         &mut self,
         at: usize,
+        end: usize,
         first: bool,
         key: Str<'_>,
         value: Str<'_>,
     ) -> Option<usize> {
-        // Lengths of two strings in memory do not overflow when added.
-        let worst = (6usize.saturating_mul(key.bytes.len() + value.bytes.len())).saturating_add(19);
-        let raw = self.raw_at(at, worst)?;
+        // Lengths of two strings in memory do not overflow when added; clamped, the worst case
+        // does not overflow either, and a clamped one is larger than any window.
+        let worst = 6 * (key.bytes.len() + value.bytes.len()).min(usize::MAX / 8) + 19;
+        if worst > end - at {
+            return None;
+        }
+        let raw = Raw {
+            // SAFETY (of the pointer arithmetic): `at <= end <= window.len()`.
+            base: unsafe { self.window.as_mut_ptr().add(at) },
+            len: worst + SLACK,
+        };
         let (sep, sep_len) = if first {
             (JSON_FIRST, 15)
         } else {
             (JSON_NEXT, 2)
         };
-        // SAFETY: room for `worst` + SLACK: the separator (15, stored as 16), the key (6 per
-        // byte + SLACK), `":"` (3, stored as 4), the value (6 per byte + SLACK) and `"`; every
-        // store ends within its part's bound, and each part starts where the one before ended.
+        // SAFETY: room for `worst` + SLACK (`at + worst <= end`): the separator (15, stored as
+        // 16), the key (6 per byte + SLACK), `":"` (3, stored as 4), the value (6 per byte +
+        // SLACK) and `"`; every store ends within its part's bound, and each part starts where
+        // the one before ended.
         unsafe {
             raw.store(0, sep);
             let end = raw.json_str_short(sep_len, key);
@@ -548,6 +565,51 @@ impl WindowSink<'_> {
             raw.store(end, [b'"']);
             Some(at + end + 1)
         }
+    }
+
+    /// [`WindowSink::json_entry`] after the first entry, for the common case: key and value
+    /// inline, at most 16 bytes each, and nothing to escape. Each is checked and copied as one
+    /// 16-byte block; `None` (nothing written) for anything else.
+    #[inline(always)]
+    fn json_entry_short(
+        &mut self,
+        at: usize,
+        end: usize,
+        key: &HeaderStr,
+        value: &HeaderStr,
+    ) -> Option<usize> {
+        // What the stores below reach: `,"` (stored as 16 bytes), the key (16 at 2), `":"`
+        // (4 at 2 + k), the value (16 at 5 + k), `"` (at 5 + k + v): at most 38 bytes.
+        const REACH: usize = 38;
+        let (Some((kb, k)), Some((vb, v))) = (key.inline_buf(), value.inline_buf()) else {
+            return None;
+        };
+        if k > 16 || v > 16 || REACH - SLACK > end - at {
+            return None;
+        }
+        let (kb, vb) = (
+            Block::from_bytes(first::<16>(kb)),
+            Block::from_bytes(first::<16>(vb)),
+        );
+        let low = |n: usize| (1u32 << n) - 1;
+        if (kb.escape_mask() & low(k)) | (vb.escape_mask() & low(v)) != 0 {
+            return None;
+        }
+        let raw = Raw {
+            // SAFETY (of the pointer arithmetic): `at <= end <= window.len()`.
+            base: unsafe { self.window.as_mut_ptr().add(at) },
+            len: REACH,
+        };
+        // SAFETY: `at + REACH <= end + SLACK = window.len()`; every store ends within REACH
+        // (above), and the entry's `5 + k + v + 1` bytes are all written.
+        unsafe {
+            raw.store(0, JSON_NEXT);
+            kb.store(raw, 2);
+            raw.store(2 + k, *b"\":\"\0");
+            vb.store(raw, 5 + k);
+            raw.store(5 + k + v, [b'"']);
+        }
+        Some(at + 6 + k + v)
     }
 
     /// Writes a built command's ROCKETMQ extension entries, each with one room check, falling
@@ -565,6 +627,33 @@ impl WindowSink<'_> {
         if at <= end {
             let base = self.window.as_mut_ptr();
             while let Some((key, value)) = entries.get(done) {
+                // Key and value inline: each copied as its whole buffer.
+                if let (Some((kb, k)), Some((vb, v))) = (key.inline_buf(), value.inline_buf()) {
+                    // What the stores reach: the key's length (2), the key (INLINE at 2), the
+                    // value's length (4 at 2 + k), the value (INLINE at 6 + k).
+                    let reach = 6 + k + INLINE;
+                    if k <= INLINE && v <= INLINE && reach <= end - at + SLACK {
+                        let raw = Raw {
+                            // SAFETY (of the pointer arithmetic): `at <= end <= window.len()`.
+                            base: unsafe { base.add(at) },
+                            len: reach,
+                        };
+                        // SAFETY: `at + reach <= end + SLACK = window.len()`, every store ends
+                        // within `reach` (above), and the entry's `6 + k + v` bytes (at most
+                        // `reach`) are all written.
+                        unsafe {
+                            raw.store(0, (k as u16).to_be_bytes());
+                            raw.store(2, first::<16>(kb));
+                            raw.store(2 + INLINE - 16, last::<16>(kb));
+                            raw.store(2 + k, (v as u32).to_be_bytes());
+                            raw.store(6 + k, first::<16>(vb));
+                            raw.store(6 + k + INLINE - 16, last::<16>(vb));
+                        }
+                        at += 6 + k + v;
+                        done += 1;
+                        continue;
+                    }
+                }
                 let (key, value) = (Str::header(key), Str::header(value));
                 let (k, v) = (key.bytes.len(), value.bytes.len());
                 // `k` is at most 0xFFFF and `v` the length of a string in memory: no overflow.
@@ -657,26 +746,39 @@ impl Sink for WindowSink<'_> {
     #[inline]
     fn put_json_entries(&mut self, first: bool, entries: &[(HeaderStr, HeaderStr)]) -> usize {
         let mut at = self.pos;
+        let end = self.end();
+        if at > end {
+            return 0;
+        }
+        let mut done = 0;
         let mut first = first;
-        for (done, (key, value)) in entries.iter().enumerate() {
-            match self.json_entry(at, first, Str::header(key), Str::header(value)) {
-                Some(end) => at = end,
-                None => {
-                    self.pos = at;
-                    return done;
-                }
+        while let Some((key, value)) = entries.get(done) {
+            let short = match first {
+                true => None,
+                false => self.json_entry_short(at, end, key, value),
+            };
+            match short
+                .or_else(|| self.json_entry(at, end, first, Str::header(key), Str::header(value)))
+            {
+                Some(next) => at = next,
+                None => break,
             }
             first = false;
+            done += 1;
         }
         self.pos = at;
-        entries.len()
+        done
     }
 
     #[inline(always)]
     fn put_json_entry(&mut self, first: bool, key: Str<'_>, value: Str<'_>) -> bool {
-        match self.json_entry(self.pos, first, key, value) {
-            Some(end) => {
-                self.pos = end;
+        let end = self.end();
+        if self.pos > end {
+            return false;
+        }
+        match self.json_entry(self.pos, end, first, key, value) {
+            Some(next) => {
+                self.pos = next;
                 true
             }
             None => false,
