@@ -659,6 +659,56 @@ mod tests {
         }
     }
 
+    /// Every window size from too small to roomy, so that each fast writer's room check meets
+    /// the window's end at every entry: the frame is always the two-pass writer's (debug
+    /// builds also assert each unchecked store against the room checked for it).
+    #[test]
+    fn every_window_size_gives_the_two_pass_frame() {
+        let codec = Codec::default();
+        let long = "l".repeat(40);
+        let mut cmds = vec![];
+        for remark in [None, Some("r\u{1}"), Some(long.as_str())] {
+            let mut cmd = Command::request(310)
+                .with_opaque(-7)
+                .with_body(&b"body"[..]);
+            for (k, v) in [
+                ("a", "1"),
+                ("f", "sixteen-bytes-16"),
+                ("gg", "fifteen-bytes15"),
+                ("h", "4"),
+                ("i", "twelve-bytes"),
+                ("bb", "twenty-two-bytes-value"),
+                ("sixteen-byte-key", "sixteen-byte-val"),
+                ("q\"", "x\\y"),
+                ("", ""),
+                ("k", long.as_str()),
+                (long.as_str(), "v"),
+                ("c", "ctl\u{2}"),
+                ("d", "2"),
+                ("e", "3"),
+                ("j", "5"),
+                ("kk", "six---"),
+                ("m", "7"),
+            ] {
+                cmd = cmd.with_ext(k, v);
+            }
+            if let Some(r) = remark {
+                cmd = cmd.with_remark(r);
+            }
+            cmds.push(cmd);
+        }
+        for cmd in &cmds {
+            for ty in [SerializeType::Json, SerializeType::RocketMq] {
+                let expected = two_pass_frame(cmd, ty);
+                for cap in 0..expected.len() + 400 {
+                    let mut out = BytesMut::with_capacity(cap);
+                    codec.encode_as(cmd, ty, &mut out).unwrap();
+                    assert_eq!(&out[..], &expected[..], "{ty:?} capacity {cap}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn bare_rocketmq_frames_match_the_general_writer() {
         let codec = Codec::default();

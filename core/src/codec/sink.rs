@@ -578,13 +578,16 @@ impl WindowSink<'_> {
         key: &HeaderStr,
         value: &HeaderStr,
     ) -> Option<usize> {
-        // What the stores below reach: `,"` (stored as 16 bytes), the key (16 at 2), `":"`
-        // (4 at 2 + k), the value (16 at 5 + k), `"` (at 5 + k + v): at most 38 bytes.
+        // The entry is `6 + k + v` bytes, and must end within `end`. The stores below reach
+        // further: `,"` (stored as 16 bytes), the key (16 at 2), `":"` (4 at 2 + k), the value
+        // (16 at 5 + k), `"` (at 5 + k + v): at most 38 bytes, within `end + SLACK` as the
+        // entry is at least 6.
         const REACH: usize = 38;
+        const _: () = assert!(REACH <= 6 + SLACK);
         let (Some((kb, k)), Some((vb, v))) = (key.inline_buf(), value.inline_buf()) else {
             return None;
         };
-        if k > 16 || v > 16 || REACH - SLACK > end - at {
+        if k.max(v) > 16 || 6 + k + v > end - at {
             return None;
         }
         let (kb, vb) = (
@@ -620,64 +623,12 @@ impl WindowSink<'_> {
         &mut self,
         entries: &[(HeaderStr, HeaderStr)],
     ) -> Result<(), usize> {
-        // Positions up to `end` leave room for SLACK more bytes; `at` stays at most `end`.
+        // Positions up to `end` leave room for SLACK more bytes.
         let end = self.window.len().saturating_sub(SLACK);
-        let mut at = self.pos;
-        let mut done = 0;
+        let (mut at, mut done) = (self.pos, 0);
         if at <= end {
-            let base = self.window.as_mut_ptr();
-            while let Some((key, value)) = entries.get(done) {
-                // Key and value inline: each copied as its whole buffer.
-                if let (Some((kb, k)), Some((vb, v))) = (key.inline_buf(), value.inline_buf()) {
-                    // What the stores reach: the key's length (2), the key (INLINE at 2), the
-                    // value's length (4 at 2 + k), the value (INLINE at 6 + k).
-                    let reach = 6 + k + INLINE;
-                    if k <= INLINE && v <= INLINE && reach <= end - at + SLACK {
-                        let raw = Raw {
-                            // SAFETY (of the pointer arithmetic): `at <= end <= window.len()`.
-                            base: unsafe { base.add(at) },
-                            len: reach,
-                        };
-                        // SAFETY: `at + reach <= end + SLACK = window.len()`, every store ends
-                        // within `reach` (above), and the entry's `6 + k + v` bytes (at most
-                        // `reach`) are all written.
-                        unsafe {
-                            raw.store(0, (k as u16).to_be_bytes());
-                            raw.store(2, first::<16>(kb));
-                            raw.store(2 + INLINE - 16, last::<16>(kb));
-                            raw.store(2 + k, (v as u32).to_be_bytes());
-                            raw.store(6 + k, first::<16>(vb));
-                            raw.store(6 + k + INLINE - 16, last::<16>(vb));
-                        }
-                        at += 6 + k + v;
-                        done += 1;
-                        continue;
-                    }
-                }
-                let (key, value) = (Str::header(key), Str::header(value));
-                let (k, v) = (key.bytes.len(), value.bytes.len());
-                // `k` is at most 0xFFFF and `v` the length of a string in memory: no overflow.
-                let len = 6 + k + v;
-                if k > usize::from(u16::MAX) || len > end - at {
-                    break;
-                }
-                let raw = Raw {
-                    // SAFETY (of the pointer arithmetic): `at <= end <= window.len()`.
-                    base: unsafe { base.add(at) },
-                    len: len + SLACK,
-                };
-                // SAFETY: room for `len` + SLACK (`at + len <= end`): the key's length (2),
-                // the key (`k`, or its inline buffer: at most SLACK), the value's length (4)
-                // and the value (likewise), each part starting where the one before ended.
-                unsafe {
-                    raw.store(0, (k as u16).to_be_bytes());
-                    raw.put_str(2, key);
-                    raw.store(2 + k, (v as u32).to_be_bytes());
-                    raw.put_str(6 + k, value);
-                }
-                at += len;
-                done += 1;
-            }
+            // SAFETY: the window's `end + SLACK` bytes are writable, and `at <= end`.
+            (at, done) = unsafe { binary_entries(self.window.as_mut_ptr(), at, end, entries) };
         }
         self.pos = at;
         // What is left: a key too long, or entries near the end of the window.
@@ -697,6 +648,77 @@ impl WindowSink<'_> {
             self.window[at..at + 4].copy_from_slice(&n.to_be_bytes());
         }
     }
+}
+
+/// The fast loop of [`WindowSink::put_binary_entries`]: writes `entries` from `at` while each
+/// has room (its stores end within `end + SLACK`) and a key short enough for its `u16` length;
+/// returns where it stopped and how many it wrote (every byte before that written).
+///
+/// # Safety
+/// The `end + SLACK` bytes at `base` are writable, and `at <= end`.
+#[inline(never)]
+unsafe fn binary_entries(
+    base: *mut u8,
+    mut at: usize,
+    end: usize,
+    entries: &[(HeaderStr, HeaderStr)],
+) -> (usize, usize) {
+    let mut done = 0;
+    // `at <= end` holds at the top of every round: each entry written ends within `end`.
+    while let Some((key, value)) = entries.get(done) {
+        // Key and value inline: each copied as its whole buffer.
+        if let (Some((kb, k)), Some((vb, v))) = (key.inline_buf(), value.inline_buf()) {
+            // The entry is `6 + k + v` bytes, and ends within `end`. Its stores reach further:
+            // the key's length (2), the key (INLINE at 2), the value's length (4 at 2 + k), the
+            // value (INLINE at 6 + k): `6 + k + INLINE`, within `end + SLACK` as
+            // INLINE <= SLACK.
+            let reach = 6 + k + INLINE;
+            if k.max(v) <= INLINE && 6 + k + v <= end - at {
+                let raw = Raw {
+                    // SAFETY (of the pointer arithmetic): `at <= end`.
+                    base: unsafe { base.add(at) },
+                    len: reach,
+                };
+                // SAFETY: `at + reach <= end + SLACK` (above), every store ends within `reach`,
+                // and the entry's `6 + k + v` bytes are all written.
+                unsafe {
+                    raw.store(0, (k as u16).to_be_bytes());
+                    raw.store(2, first::<16>(kb));
+                    raw.store(2 + INLINE - 16, last::<16>(kb));
+                    raw.store(2 + k, (v as u32).to_be_bytes());
+                    raw.store(6 + k, first::<16>(vb));
+                    raw.store(6 + k + INLINE - 16, last::<16>(vb));
+                }
+                at += 6 + k + v;
+                done += 1;
+                continue;
+            }
+        }
+        let (key, value) = (Str::header(key), Str::header(value));
+        let (k, v) = (key.bytes.len(), value.bytes.len());
+        // `k` is at most 0xFFFF and `v` the length of a string in memory: no overflow.
+        let len = 6 + k + v;
+        if k > usize::from(u16::MAX) || len > end - at {
+            break;
+        }
+        let raw = Raw {
+            // SAFETY (of the pointer arithmetic): `at <= end`.
+            base: unsafe { base.add(at) },
+            len: len + SLACK,
+        };
+        // SAFETY: room for `len` + SLACK (`at + len <= end`): the key's length (2), the key
+        // (`k`, or its inline buffer: at most SLACK), the value's length (4) and the value
+        // (likewise), each part starting where the one before ended.
+        unsafe {
+            raw.store(0, (k as u16).to_be_bytes());
+            raw.put_str(2, key);
+            raw.store(2 + k, (v as u32).to_be_bytes());
+            raw.put_str(6 + k, value);
+        }
+        at += len;
+        done += 1;
+    }
+    (at, done)
 }
 
 impl Sink for WindowSink<'_> {
