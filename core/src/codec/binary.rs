@@ -326,7 +326,9 @@ pub(crate) fn write_header_in_place(
         // one before ended; all of them written.
         Some(raw) => unsafe {
             raw.store(0, fixed_part(cmd, remark.len()));
-            raw.copy(17, remark.as_bytes());
+            if !remark.is_empty() {
+                raw.copy(17, remark.as_bytes());
+            }
             raw.store(head - 4, [0; 4]);
             out.commit(head);
         },

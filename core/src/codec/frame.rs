@@ -252,14 +252,15 @@ impl Codec {
         dst: &mut impl BufMut,
         with_body: bool,
     ) -> Result<(), EncodeError> {
-        if let Some(written) = self.encode_in_place(cmd, ty, dst, with_body)? {
+        let body = cmd.body();
+        if let Some(written) = self.encode_in_place(cmd, body.len(), ty, dst, with_body)? {
             // SAFETY: `encode_in_place` initialised the first `written` bytes of
             // `dst.chunk_mut()` (prefix and header) and nothing after; committing exactly those
             // is what `advance_mut` requires. `tests::in_place_and_two_pass_encodings_agree`
             // compares every byte with the two-pass path.
             unsafe { dst.advance_mut(written) };
-            if with_body && !cmd.body().is_empty() {
-                dst.put_slice(cmd.body());
+            if with_body && !body.is_empty() {
+                dst.put_slice(body);
             }
             return Ok(());
         }
@@ -338,14 +339,15 @@ impl Codec {
 
     /// Writes prefix and header into `dst`'s current chunk without committing them; returns how
     /// many bytes were written, or `None` if the chunk is too small (nothing usable written).
+    #[inline(always)]
     fn encode_in_place(
         &self,
         cmd: &Command,
+        body_len: usize,
         ty: SerializeType,
         dst: &mut impl BufMut,
         with_body: bool,
     ) -> Result<Option<usize>, EncodeError> {
-        let body_len = cmd.body().len();
         let remaining = dst.remaining_mut();
         let chunk = dst.chunk_mut();
         if chunk.len() < PREFIX_LEN + 32 {
@@ -367,8 +369,7 @@ impl Codec {
         let prefix =
             (((frame_len - 4) as u64) << 32 | u64::from(ty.code()) << 24 | header_len as u64)
                 .to_be_bytes();
-        let chunk = dst.chunk_mut();
-        chunk[..PREFIX_LEN].copy_from_slice(&prefix);
+        out.put_prefix(prefix);
         Ok(Some(written))
     }
 

@@ -524,97 +524,6 @@ impl WindowSink<'_> {
         self.window.len().saturating_sub(SLACK)
     }
 
-    /// One JSON extension entry at `at` (see [`Sink::put_json_entry`]), given `at <= end`
-    /// ([`WindowSink::end`]), with room checked once; returns where it ends (again at most
-    /// `end`), or `None` (nothing written) without room for its worst case (every byte escaped
-    /// as `\u00XX`).
-    #[inline(always)]
-    fn json_entry(
-        &mut self,
-        at: usize,
-        end: usize,
-        first: bool,
-        key: Str<'_>,
-        value: Str<'_>,
-    ) -> Option<usize> {
-        // Lengths of two strings in memory do not overflow when added; clamped, the worst case
-        // does not overflow either, and a clamped one is larger than any window.
-        let worst = 6 * (key.bytes.len() + value.bytes.len()).min(usize::MAX / 8) + 19;
-        if worst > end - at {
-            return None;
-        }
-        let raw = Raw {
-            // SAFETY (of the pointer arithmetic): `at <= end <= window.len()`.
-            base: unsafe { self.window.as_mut_ptr().add(at) },
-            len: worst + SLACK,
-        };
-        let (sep, sep_len) = if first {
-            (JSON_FIRST, 15)
-        } else {
-            (JSON_NEXT, 2)
-        };
-        // SAFETY: room for `worst` + SLACK (`at + worst <= end`): the separator (15, stored as
-        // 16), the key (6 per byte + SLACK), `":"` (3, stored as 4), the value (6 per byte +
-        // SLACK) and `"`; every store ends within its part's bound, and each part starts where
-        // the one before ended.
-        unsafe {
-            raw.store(0, sep);
-            let end = raw.json_str_short(sep_len, key);
-            raw.store(end, *b"\":\"\0");
-            let end = raw.json_str_short(end + 3, value);
-            raw.store(end, [b'"']);
-            Some(at + end + 1)
-        }
-    }
-
-    /// [`WindowSink::json_entry`] after the first entry, for the common case: key and value
-    /// inline, at most 16 bytes each, and nothing to escape. Each is checked and copied as one
-    /// 16-byte block; `None` (nothing written) for anything else.
-    #[inline(always)]
-    fn json_entry_short(
-        &mut self,
-        at: usize,
-        end: usize,
-        key: &HeaderStr,
-        value: &HeaderStr,
-    ) -> Option<usize> {
-        // The entry is `6 + k + v` bytes, and must end within `end`. The stores below reach
-        // further: `,"` (stored as 16 bytes), the key (16 at 2), `":"` (4 at 2 + k), the value
-        // (16 at 5 + k), `"` (at 5 + k + v): at most 38 bytes, within `end + SLACK` as the
-        // entry is at least 6.
-        const REACH: usize = 38;
-        const _: () = assert!(REACH <= 6 + SLACK);
-        let (Some((kb, k)), Some((vb, v))) = (key.inline_buf(), value.inline_buf()) else {
-            return None;
-        };
-        if k.max(v) > 16 || 6 + k + v > end - at {
-            return None;
-        }
-        let (kb, vb) = (
-            Block::from_bytes(first::<16>(kb)),
-            Block::from_bytes(first::<16>(vb)),
-        );
-        let low = |n: usize| (1u32 << n) - 1;
-        if (kb.escape_mask() & low(k)) | (vb.escape_mask() & low(v)) != 0 {
-            return None;
-        }
-        let raw = Raw {
-            // SAFETY (of the pointer arithmetic): `at <= end <= window.len()`.
-            base: unsafe { self.window.as_mut_ptr().add(at) },
-            len: REACH,
-        };
-        // SAFETY: `at + REACH <= end + SLACK = window.len()`; every store ends within REACH
-        // (above), and the entry's `5 + k + v + 1` bytes are all written.
-        unsafe {
-            raw.store(0, JSON_NEXT);
-            kb.store(raw, 2);
-            raw.store(2 + k, *b"\":\"\0");
-            vb.store(raw, 5 + k);
-            raw.store(5 + k + v, [b'"']);
-        }
-        Some(at + 6 + k + v)
-    }
-
     /// Writes a built command's ROCKETMQ extension entries, each with one room check, falling
     /// back to the checked writer near the end of the window. `Err` holds the length of a key
     /// too long for its `u16` length (nothing more is written then).
@@ -625,12 +534,16 @@ impl WindowSink<'_> {
     ) -> Result<(), usize> {
         // Positions up to `end` leave room for SLACK more bytes.
         let end = self.window.len().saturating_sub(SLACK);
-        let (mut at, mut done) = (self.pos, 0);
-        if at <= end {
-            // SAFETY: the window's `end + SLACK` bytes are writable, and `at <= end`.
-            (at, done) = unsafe { binary_entries(self.window.as_mut_ptr(), at, end, entries) };
+        let mut done = 0;
+        if self.pos <= end {
+            // SAFETY: the window's bytes after `pos` are writable: `end - pos` and SLACK more.
+            let (written, n) = unsafe {
+                let out = self.window.as_mut_ptr().add(self.pos);
+                binary_entries(out, end - self.pos, entries)
+            };
+            self.pos += written;
+            done = n;
         }
-        self.pos = at;
         // What is left: a key too long, or entries near the end of the window.
         for (key, value) in &entries[done..] {
             if key.len() > usize::from(u16::MAX) {
@@ -639,6 +552,13 @@ impl WindowSink<'_> {
             self.put_binary_entry(Str::header(key), Str::header(value));
         }
         Ok(())
+    }
+
+    /// Writes the frame's 8-byte prefix at the window's start (left free by
+    /// [`WindowSink::new`]'s `start`; the window is at least that long).
+    #[inline]
+    pub(crate) fn put_prefix(&mut self, prefix: [u8; 8]) {
+        self.window[..8].copy_from_slice(&prefix);
     }
 
     /// Overwrites the 4 bytes at `at` (written before) with `n`, big-endian.
@@ -650,75 +570,168 @@ impl WindowSink<'_> {
     }
 }
 
-/// The fast loop of [`WindowSink::put_binary_entries`]: writes `entries` from `at` while each
-/// has room (its stores end within `end + SLACK`) and a key short enough for its `u16` length;
-/// returns where it stopped and how many it wrote (every byte before that written).
+/// The fast loop of [`WindowSink::put_binary_entries`]: writes `entries` at `out` while each
+/// fits in `room` bytes (its stores reaching at most SLACK further) and has a key short enough
+/// for its `u16` length; returns how many bytes it wrote (all of them) and how many entries.
 ///
 /// # Safety
-/// The `end + SLACK` bytes at `base` are writable, and `at <= end`.
-#[inline(never)]
+/// The `room + SLACK` bytes at `out` are writable.
+#[inline(always)]
 unsafe fn binary_entries(
-    base: *mut u8,
-    mut at: usize,
-    end: usize,
+    out: *mut u8,
+    mut room: usize,
     entries: &[(HeaderStr, HeaderStr)],
 ) -> (usize, usize) {
-    let mut done = 0;
-    // `at <= end` holds at the top of every round: each entry written ends within `end`.
-    while let Some((key, value)) = entries.get(done) {
+    let mut p = out;
+    let mut rest = entries;
+    // At the top of every round, `room + SLACK` bytes at `p` are writable: each entry written
+    // takes its length off both.
+    while let [(key, value), tail @ ..] = rest {
+        let len;
         // Key and value inline: each copied as its whole buffer.
         if let (Some((kb, k)), Some((vb, v))) = (key.inline_buf(), value.inline_buf()) {
-            // The entry is `6 + k + v` bytes, and ends within `end`. Its stores reach further:
-            // the key's length (2), the key (INLINE at 2), the value's length (4 at 2 + k), the
-            // value (INLINE at 6 + k): `6 + k + INLINE`, within `end + SLACK` as
-            // INLINE <= SLACK.
-            let reach = 6 + k + INLINE;
-            if k.max(v) <= INLINE && 6 + k + v <= end - at {
-                let raw = Raw {
-                    // SAFETY (of the pointer arithmetic): `at <= end`.
-                    base: unsafe { base.add(at) },
-                    len: reach,
-                };
-                // SAFETY: `at + reach <= end + SLACK` (above), every store ends within `reach`,
-                // and the entry's `6 + k + v` bytes are all written.
-                unsafe {
-                    raw.store(0, (k as u16).to_be_bytes());
-                    raw.store(2, first::<16>(kb));
-                    raw.store(2 + INLINE - 16, last::<16>(kb));
-                    raw.store(2 + k, (v as u32).to_be_bytes());
-                    raw.store(6 + k, first::<16>(vb));
-                    raw.store(6 + k + INLINE - 16, last::<16>(vb));
-                }
-                at += 6 + k + v;
-                done += 1;
-                continue;
+            len = 6 + k + v;
+            if k.max(v) > INLINE || len > room {
+                break;
+            }
+            // The entry is `len` bytes. Its stores reach further: the key's length (2), the key
+            // (INLINE at 2), the value's length (4 at 2 + k), the value (INLINE at 6 + k):
+            // `6 + k + INLINE`, within `len + SLACK` as INLINE <= SLACK.
+            let raw = Raw {
+                base: p,
+                len: 6 + k + INLINE,
+            };
+            // SAFETY: within the `room + SLACK` bytes at `p` (above), and the entry's `len`
+            // bytes are all written.
+            unsafe {
+                raw.store(0, (k as u16).to_be_bytes());
+                raw.store(2, first::<16>(kb));
+                raw.store(2 + INLINE - 16, last::<16>(kb));
+                raw.store(2 + k, (v as u32).to_be_bytes());
+                raw.store(6 + k, first::<16>(vb));
+                raw.store(6 + k + INLINE - 16, last::<16>(vb));
+            }
+        } else {
+            let (key, value) = (Str::header(key), Str::header(value));
+            let (k, v) = (key.bytes.len(), value.bytes.len());
+            // `k` is at most 0xFFFF and `v` the length of a string in memory: no overflow.
+            len = 6 + k + v;
+            if k > usize::from(u16::MAX) || len > room {
+                break;
+            }
+            let raw = Raw {
+                base: p,
+                len: len + SLACK,
+            };
+            // SAFETY: `len + SLACK` bytes at `p` (above): the key's length (2), the key (`k`, or
+            // its inline buffer: at most SLACK), the value's length (4) and the value
+            // (likewise), each part starting where the one before ended.
+            unsafe {
+                raw.store(0, (k as u16).to_be_bytes());
+                raw.put_str(2, key);
+                raw.store(2 + k, (v as u32).to_be_bytes());
+                raw.put_str(6 + k, value);
             }
         }
-        let (key, value) = (Str::header(key), Str::header(value));
-        let (k, v) = (key.bytes.len(), value.bytes.len());
-        // `k` is at most 0xFFFF and `v` the length of a string in memory: no overflow.
-        let len = 6 + k + v;
-        if k > usize::from(u16::MAX) || len > end - at {
-            break;
-        }
-        let raw = Raw {
-            // SAFETY (of the pointer arithmetic): `at <= end`.
-            base: unsafe { base.add(at) },
-            len: len + SLACK,
-        };
-        // SAFETY: room for `len` + SLACK (`at + len <= end`): the key's length (2), the key
-        // (`k`, or its inline buffer: at most SLACK), the value's length (4) and the value
-        // (likewise), each part starting where the one before ended.
-        unsafe {
-            raw.store(0, (k as u16).to_be_bytes());
-            raw.put_str(2, key);
-            raw.store(2 + k, (v as u32).to_be_bytes());
-            raw.put_str(6 + k, value);
-        }
-        at += len;
-        done += 1;
+        // SAFETY (of the pointer arithmetic): `len <= room`, within the writable bytes.
+        p = unsafe { p.add(len) };
+        room -= len;
+        rest = tail;
     }
-    (at, done)
+    // SAFETY: `p` was derived from `out` by adding lengths (a pointer past `out`).
+    let written = unsafe { p.offset_from(out) } as usize;
+    (written, entries.len() - rest.len())
+}
+
+/// One JSON extension entry at `out` (see [`Sink::put_json_entry`]) if it fits in `room`
+/// bytes, with room checked once for its worst case (every byte escaped as `\u00XX`); returns
+/// its length (all of it written), or `None` (nothing written).
+///
+/// # Safety
+/// The `room + SLACK` bytes at `out` are writable.
+#[inline(always)]
+unsafe fn json_entry(
+    out: *mut u8,
+    room: usize,
+    first: bool,
+    key: Str<'_>,
+    value: Str<'_>,
+) -> Option<usize> {
+    // Lengths of two strings in memory do not overflow when added; clamped, the worst case
+    // does not overflow either, and a clamped one is larger than any window.
+    let worst = 6 * (key.bytes.len() + value.bytes.len()).min(usize::MAX / 8) + 19;
+    if worst > room {
+        return None;
+    }
+    let raw = Raw {
+        base: out,
+        len: worst + SLACK,
+    };
+    let (sep, sep_len) = if first {
+        (JSON_FIRST, 15)
+    } else {
+        (JSON_NEXT, 2)
+    };
+    // SAFETY: room for `worst` + SLACK: the separator (15, stored as 16), the key (6 per byte +
+    // SLACK), `":"` (3, stored as 4), the value (6 per byte + SLACK) and `"`; every store ends
+    // within its part's bound, and each part starts where the one before ended.
+    unsafe {
+        raw.store(0, sep);
+        let end = raw.json_str_short(sep_len, key);
+        raw.store(end, *b"\":\"\0");
+        let end = raw.json_str_short(end + 3, value);
+        raw.store(end, [b'"']);
+        Some(end + 1)
+    }
+}
+
+/// [`json_entry`] after the first entry, for the common case: key and value inline, at most
+/// 16 bytes each, and nothing to escape. Each is checked and copied as one 16-byte block;
+/// `None` (nothing written) for anything else.
+///
+/// # Safety
+/// The `room + SLACK` bytes at `out` are writable.
+#[inline(always)]
+unsafe fn json_entry_short(
+    out: *mut u8,
+    room: usize,
+    key: &HeaderStr,
+    value: &HeaderStr,
+) -> Option<usize> {
+    // The entry is `6 + k + v` bytes, and must fit in `room`. The stores below reach further:
+    // `,"` (stored as 16 bytes), the key (16 at 2), `":"` (4 at 2 + k), the value (16 at
+    // 5 + k), `"` (at 5 + k + v): at most 38 bytes, within `room + SLACK` as the entry is at
+    // least 6.
+    const REACH: usize = 38;
+    const _: () = assert!(REACH <= 6 + SLACK);
+    let (Some((kb, k)), Some((vb, v))) = (key.inline_buf(), value.inline_buf()) else {
+        return None;
+    };
+    if k.max(v) > 16 || 6 + k + v > room {
+        return None;
+    }
+    let (kb, vb) = (
+        Block::from_bytes(first::<16>(kb)),
+        Block::from_bytes(first::<16>(vb)),
+    );
+    let low = |n: usize| (1u32 << n) - 1;
+    if (kb.escape_mask() & low(k)) | (vb.escape_mask() & low(v)) != 0 {
+        return None;
+    }
+    let raw = Raw {
+        base: out,
+        len: REACH,
+    };
+    // SAFETY: REACH <= `room + SLACK` (above); every store ends within REACH, and the entry's
+    // `6 + k + v` bytes are all written.
+    unsafe {
+        raw.store(0, JSON_NEXT);
+        kb.store(raw, 2);
+        raw.store(2 + k, *b"\":\"\0");
+        vb.store(raw, 5 + k);
+        raw.store(5 + k + v, [b'"']);
+    }
+    Some(6 + k + v)
 }
 
 impl Sink for WindowSink<'_> {
@@ -767,29 +780,39 @@ impl Sink for WindowSink<'_> {
     /// Every entry with room for its worst case and [`SLACK`], in one loop.
     #[inline]
     fn put_json_entries(&mut self, first: bool, entries: &[(HeaderStr, HeaderStr)]) -> usize {
-        let mut at = self.pos;
         let end = self.end();
-        if at > end {
+        if self.pos > end {
             return 0;
         }
-        let mut done = 0;
+        // SAFETY (of the pointer arithmetic): `pos <= end <= window.len()`.
+        let out = unsafe { self.window.as_mut_ptr().add(self.pos) };
+        let mut p = out;
+        let mut room = end - self.pos;
+        let mut rest = entries;
         let mut first = first;
-        while let Some((key, value)) = entries.get(done) {
+        // At the top of every round, the `room + SLACK` bytes at `p` are writable: each entry
+        // written takes its length off both.
+        while let [(key, value), tail @ ..] = rest {
+            // SAFETY: (both) the `room + SLACK` bytes at `p` are writable.
             let short = match first {
                 true => None,
-                false => self.json_entry_short(at, end, key, value),
+                false => unsafe { json_entry_short(p, room, key, value) },
             };
-            match short
-                .or_else(|| self.json_entry(at, end, first, Str::header(key), Str::header(value)))
-            {
-                Some(next) => at = next,
+            let len = match short.or_else(|| unsafe {
+                json_entry(p, room, first, Str::header(key), Str::header(value))
+            }) {
+                Some(len) => len,
                 None => break,
-            }
+            };
+            // SAFETY (of the pointer arithmetic): `len <= room`.
+            p = unsafe { p.add(len) };
+            room -= len;
+            rest = tail;
             first = false;
-            done += 1;
         }
-        self.pos = at;
-        done
+        // SAFETY: `p` was derived from `out` by adding lengths.
+        self.pos += unsafe { p.offset_from(out) } as usize;
+        entries.len() - rest.len()
     }
 
     #[inline(always)]
@@ -798,9 +821,14 @@ impl Sink for WindowSink<'_> {
         if self.pos > end {
             return false;
         }
-        match self.json_entry(self.pos, end, first, key, value) {
-            Some(next) => {
-                self.pos = next;
+        // SAFETY: the window's bytes after `pos` are writable: `end - pos` and SLACK more.
+        let len = unsafe {
+            let out = self.window.as_mut_ptr().add(self.pos);
+            json_entry(out, end - self.pos, first, key, value)
+        };
+        match len {
+            Some(len) => {
+                self.pos += len;
                 true
             }
             None => false,
