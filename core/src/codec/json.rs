@@ -112,9 +112,10 @@ pub(crate) fn write_header(cmd: &Command, ty: SerializeType, out: &mut impl Sink
     }
     let close = sep.len() == 2;
     let remark = cmd.remark();
-    // (A remark's length is that of a string in memory: 6 times it cannot overflow a `usize`
-    // holding it unless it is over a sixth of the address space; saturate anyway.)
-    let need = TAIL_MAX_LEN + remark.map_or(0, |r| 6usize.saturating_mul(r.len()));
+    // Saturated: a sum too large for a `usize` is larger than any window.
+    let need = remark
+        .map_or(0, |r| 6usize.saturating_mul(r.len()))
+        .saturating_add(TAIL_MAX_LEN);
     if let Some(raw) = out.raw(need) {
         // SAFETY: `write_tail` stores within `TAIL_MAX_LEN` + 6 per remark byte + SLACK, and
         // writes every byte up to the end it returns.
