@@ -352,19 +352,30 @@ pub(crate) fn write_header_in_place(
     out: &mut WindowSink<'_>,
 ) -> Result<(), EncodeError> {
     let remark = cmd.remark().unwrap_or("");
-    out.put(&fixed_part(cmd, remark.len()));
-    if !remark.is_empty() {
-        out.put(remark.as_bytes());
-    }
-    let ext_len_at = out.pos;
-    out.put_u32(0);
-    match cmd.built_ext() {
-        Some(entries) => {
-            for (k, v) in entries {
-                check_key_len(k)?;
-                out.put_binary_entry(Str::header(k), Str::header(v));
+    // The fixed fields, the remark and the extension block's length (patched below).
+    let head = FIXED_LEN + 4 + remark.len() + 4;
+    let ext_len_at = out.pos + head - 4;
+    match out.raw(head) {
+        // SAFETY: 17 bytes, the remark, 4 bytes: `head` bytes, each part starting where the
+        // one before ended; all of them written.
+        Some(raw) => unsafe {
+            raw.store(0, fixed_part(cmd, remark.len()));
+            if !remark.is_empty() {
+                raw.copy(17, remark.as_bytes());
             }
+            raw.store(head - 4, [0; 4]);
+            out.commit(head);
+        },
+        None => {
+            out.put(&fixed_part(cmd, remark.len()));
+            out.put(remark.as_bytes());
+            out.put_u32(0);
         }
+    }
+    match cmd.built_ext() {
+        Some(entries) => out
+            .put_binary_entries(entries)
+            .map_err(|len| EncodeError::ExtKeyTooLong { len })?,
         None => {
             for (k, v) in cmd.ext_fields() {
                 check_key_len(k)?;

@@ -252,14 +252,15 @@ impl Codec {
         dst: &mut impl BufMut,
         with_body: bool,
     ) -> Result<(), EncodeError> {
-        if let Some(written) = self.encode_in_place(cmd, ty, dst, with_body)? {
+        let body = cmd.body();
+        if let Some(written) = self.encode_in_place(cmd, body.len(), ty, dst, with_body)? {
             // SAFETY: `encode_in_place` initialised the first `written` bytes of
             // `dst.chunk_mut()` (prefix and header) and nothing after; committing exactly those
             // is what `advance_mut` requires. `tests::in_place_and_two_pass_encodings_agree`
             // compares every byte with the two-pass path.
             unsafe { dst.advance_mut(written) };
-            if with_body && !cmd.body().is_empty() {
-                dst.put_slice(cmd.body());
+            if with_body && !body.is_empty() {
+                dst.put_slice(body);
             }
             return Ok(());
         }
@@ -338,14 +339,15 @@ impl Codec {
 
     /// Writes prefix and header into `dst`'s current chunk without committing them; returns how
     /// many bytes were written, or `None` if the chunk is too small (nothing usable written).
+    #[inline(always)]
     fn encode_in_place(
         &self,
         cmd: &Command,
+        body_len: usize,
         ty: SerializeType,
         dst: &mut impl BufMut,
         with_body: bool,
     ) -> Result<Option<usize>, EncodeError> {
-        let body_len = cmd.body().len();
         let remaining = dst.remaining_mut();
         let chunk = dst.chunk_mut();
         if chunk.len() < PREFIX_LEN + 32 {
@@ -367,8 +369,7 @@ impl Codec {
         let prefix =
             (((frame_len - 4) as u64) << 32 | u64::from(ty.code()) << 24 | header_len as u64)
                 .to_be_bytes();
-        let chunk = dst.chunk_mut();
-        chunk[..PREFIX_LEN].copy_from_slice(&prefix);
+        out.put_prefix(prefix);
         Ok(Some(written))
     }
 
@@ -469,6 +470,7 @@ fn fits(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::command::HeaderStr;
     use crate::codec::limits::DEFAULT_MAX_FRAME_LEN;
     use alloc::vec;
 
@@ -614,11 +616,27 @@ mod tests {
             ),
             remark in proptest::option::of("[\\x00-\\x7f\u{e9}]{0,30}"),
             slack in 0usize..400,
+            ints in proptest::array::uniform4(proptest::prop_oneof![
+                proptest::num::i32::ANY,
+                -1000i32..1000,
+                proptest::sample::select(vec![0, 9, 10, 99, 100, 999_999_999, 1_000_000_000, -1, -10, i32::MIN, i32::MAX]),
+            ]),
+            language in proptest::prop_oneof![0u8..16, proptest::num::u8::ANY],
+            long in proptest::option::of("[\\x00-\\x7f]{17,200}"),
         ) {
             let codec = Codec::default();
-            let mut cmd = Command::request(310).with_opaque(-3);
+            let mut cmd = Command::request(ints[0]).with_opaque(ints[1]);
+            cmd.flag = ints[2];
+            cmd.version = ints[3];
+            cmd.language = crate::LanguageCode(language);
             for (k, v) in &entries {
                 cmd = cmd.with_ext(k.as_str(), v.as_str());
+            }
+            // Shared strings (not inline): a long one, and a short one from a static.
+            if let Some(long) = &long {
+                cmd = cmd
+                    .with_ext(long.as_str(), "v")
+                    .with_ext(HeaderStr::from_static("static"), long.as_str());
             }
             if let Some(r) = &remark {
                 cmd = cmd.with_remark(r.as_str());
@@ -638,6 +656,56 @@ mod tests {
                 let mut again = BytesMut::with_capacity(8192);
                 codec.encode_as(&back, ty, &mut again).unwrap();
                 proptest::prop_assert_eq!(&again[..], &two_pass_frame(&back, ty)[..]);
+            }
+        }
+    }
+
+    /// Every window size from too small to roomy, so that each fast writer's room check meets
+    /// the window's end at every entry: the frame is always the two-pass writer's (debug
+    /// builds also assert each unchecked store against the room checked for it).
+    #[test]
+    fn every_window_size_gives_the_two_pass_frame() {
+        let codec = Codec::default();
+        let long = "l".repeat(40);
+        let mut cmds = vec![];
+        for remark in [None, Some("r\u{1}"), Some(long.as_str())] {
+            let mut cmd = Command::request(310)
+                .with_opaque(-7)
+                .with_body(&b"body"[..]);
+            for (k, v) in [
+                ("a", "1"),
+                ("f", "sixteen-bytes-16"),
+                ("gg", "fifteen-bytes15"),
+                ("h", "4"),
+                ("i", "twelve-bytes"),
+                ("bb", "twenty-two-bytes-value"),
+                ("sixteen-byte-key", "sixteen-byte-val"),
+                ("q\"", "x\\y"),
+                ("", ""),
+                ("k", long.as_str()),
+                (long.as_str(), "v"),
+                ("c", "ctl\u{2}"),
+                ("d", "2"),
+                ("e", "3"),
+                ("j", "5"),
+                ("kk", "six---"),
+                ("m", "7"),
+            ] {
+                cmd = cmd.with_ext(k, v);
+            }
+            if let Some(r) = remark {
+                cmd = cmd.with_remark(r);
+            }
+            cmds.push(cmd);
+        }
+        for cmd in &cmds {
+            for ty in [SerializeType::Json, SerializeType::RocketMq] {
+                let expected = two_pass_frame(cmd, ty);
+                for cap in 0..expected.len() + 400 {
+                    let mut out = BytesMut::with_capacity(cap);
+                    codec.encode_as(cmd, ty, &mut out).unwrap();
+                    assert_eq!(&out[..], &expected[..], "{ty:?} capacity {cap}");
+                }
             }
         }
     }

@@ -77,11 +77,22 @@ pub fn encode_header(cmd: &Command, dst: &mut impl BufMut) {
     write_header(cmd, cmd.serialize_type, &mut BufSink(dst));
 }
 
-/// Writes `cmd`'s header with `serializeTypeCurrentRPC` saying `ty`.
+/// Writes `cmd`'s header with `serializeTypeCurrentRPC` saying `ty`. A sink with room for a
+/// part (the code; the fields after `extFields`) takes it in one go.
 pub(crate) fn write_header(cmd: &Command, ty: SerializeType, out: &mut impl Sink) {
     let mut ints = itoa::Buffer::new();
-    out.put(b"{\"code\":");
-    out.put(ints.format(cmd.code).as_bytes());
+    match out.raw(8 + sink::INT_MAX_LEN) {
+        // SAFETY: 8 bytes, then at most INT_MAX_LEN: within the room asked for, all written.
+        Some(raw) => unsafe {
+            raw.store(0, *b"{\"code\":");
+            let end = raw.put_i32(8, cmd.code);
+            out.commit(end);
+        },
+        None => {
+            out.put(b"{\"code\":");
+            out.put(ints.format(cmd.code).as_bytes());
+        }
+    }
     let mut sep = EXT_KEY;
     match cmd.built_ext() {
         Some(entries) => {
@@ -99,7 +110,22 @@ pub(crate) fn write_header(cmd: &Command, ty: SerializeType, out: &mut impl Sink
             }
         }
     }
-    if sep.len() == 2 {
+    let close = sep.len() == 2;
+    let remark = cmd.remark();
+    // Saturated: a sum too large for a `usize` is larger than any window.
+    let need = remark
+        .map_or(0, |r| 6usize.saturating_mul(r.len()))
+        .saturating_add(TAIL_MAX_LEN);
+    if let Some(raw) = out.raw(need) {
+        // SAFETY: `write_tail` stores within `TAIL_MAX_LEN` + 6 per remark byte + SLACK, and
+        // writes every byte up to the end it returns.
+        unsafe {
+            let end = write_tail(raw, cmd, ty, close, remark);
+            out.commit(end);
+        }
+        return;
+    }
+    if close {
         out.put_u8(b'}');
     }
     out.put(b",\"flag\":");
@@ -118,17 +144,95 @@ pub(crate) fn write_header(cmd: &Command, ty: SerializeType, out: &mut impl Sink
         }
     }
     out.put(ints.format(cmd.opaque).as_bytes());
-    if let Some(remark) = cmd.remark() {
+    if let Some(remark) = remark {
         out.put(REMARK_KEY);
         put_escaped(remark.as_bytes(), out);
         out.put_u8(b'"');
     }
     out.put(match ty {
-        SerializeType::Json => b",\"serializeTypeCurrentRPC\":\"JSON\",\"version\":".as_slice(),
-        SerializeType::RocketMq => b",\"serializeTypeCurrentRPC\":\"ROCKETMQ\",\"version\":",
+        SerializeType::Json => SERIALIZE_JSON.as_slice(),
+        SerializeType::RocketMq => SERIALIZE_ROCKETMQ,
     });
     out.put(ints.format(cmd.version).as_bytes());
     out.put_u8(b'}');
+}
+
+const SERIALIZE_JSON: &[u8; 44] = b",\"serializeTypeCurrentRPC\":\"JSON\",\"version\":";
+const SERIALIZE_ROCKETMQ: &[u8; 48] = b",\"serializeTypeCurrentRPC\":\"ROCKETMQ\",\"version\":";
+
+/// The most [`write_tail`] writes, less 6 bytes per remark byte: `}`, `,"flag":` and a number,
+/// `,"language":"` and the longest name, `","opaque":` and a number, `,"remark":"` and `"`,
+/// the serialize type and a number, `}`.
+const TAIL_MAX_LEN: usize = 1
+    + 8
+    + sink::INT_MAX_LEN
+    + 13
+    + 7
+    + 11
+    + sink::INT_MAX_LEN
+    + REMARK_KEY.len()
+    + 1
+    + SERIALIZE_ROCKETMQ.len()
+    + sink::INT_MAX_LEN
+    + 1;
+
+/// The header after its extension fields (closing them first when `close`), stored through
+/// `raw`; returns its length.
+///
+/// # Safety
+/// `raw` has room for [`TAIL_MAX_LEN`] bytes, 6 per byte of `remark`, and SLACK. Each part
+/// below stores at most its share of that bound (a 16-byte store for the 13 bytes of
+/// `,"language":"` stays within the slack, as the next part starts at its 13th byte).
+#[inline]
+unsafe fn write_tail(
+    raw: sink::Raw,
+    cmd: &Command,
+    ty: SerializeType,
+    close: bool,
+    remark: Option<&str>,
+) -> usize {
+    // SAFETY: see the function's contract; each store starts where the part before ended.
+    unsafe {
+        raw.store(0, *b"}");
+        let mut at = usize::from(close);
+        raw.store(at, *b",\"flag\":");
+        at = raw.put_i32(at + 8, cmd.flag);
+        match cmd.language.name() {
+            Some(name) => {
+                raw.store(at, *b",\"language\":\"\0\0\0");
+                raw.copy(at + 13, name.as_bytes());
+                at += 13 + name.len();
+                raw.store(at, *b"\",\"opaque\":");
+                at += 11;
+            }
+            None => {
+                raw.store(at, *b",\"language\":");
+                at = raw.put_i32(at + 12, i32::from(cmd.language.0));
+                raw.store(at, *b",\"opaque\":");
+                at += 10;
+            }
+        }
+        at = raw.put_i32(at, cmd.opaque);
+        if let Some(remark) = remark {
+            raw.store(at, *b",\"remark\":\"");
+            at = raw.json_str(at + REMARK_KEY.len(), remark.as_bytes());
+            raw.store(at, *b"\"");
+            at += 1;
+        }
+        match ty {
+            SerializeType::Json => {
+                raw.store(at, *SERIALIZE_JSON);
+                at += SERIALIZE_JSON.len();
+            }
+            SerializeType::RocketMq => {
+                raw.store(at, *SERIALIZE_ROCKETMQ);
+                at += SERIALIZE_ROCKETMQ.len();
+            }
+        }
+        at = raw.put_i32(at, cmd.version);
+        raw.store(at, *b"}");
+        at + 1
+    }
 }
 
 /// Writes one extension entry after `sep` (which becomes the separator between entries).
