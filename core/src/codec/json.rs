@@ -17,6 +17,7 @@ use crate::codec::command::{
 };
 use crate::codec::error::{DecodeError, JsonErrorKind};
 use crate::codec::limits::Limits;
+use crate::codec::scan;
 use crate::codec::sink::{self, BufSink, Sink, JSON_ESCAPE as ESCAPE};
 
 /// Decodes a JSON header into a command with an empty body.
@@ -480,35 +481,39 @@ pub(crate) fn rewrite_escapes(buf: &mut [u8], from: usize) {
 }
 
 /// Unescapes the validated string text `buf[read..end]` to `buf[write..]` (`write <= read`);
-/// returns where the text ends.
+/// returns where the text ends. Bytes between that end and `end` are left with garbage the
+/// caller overwrites.
 fn unescape_in_place(buf: &mut [u8], mut read: usize, end: usize, mut write: usize) -> usize {
     while read < end {
-        // Eight bytes at a time while no backslash is among them. Copying forwards a word at a
-        // time is right although the ranges overlap: `write <= read`, and each word is loaded
-        // before anything at or after it is stored.
-        if read + 8 <= end {
-            let w = word_at(buf, read);
-            let hits = zero_bytes(w ^ (ONES * u64::from(b'\\')));
-            if hits == 0 {
-                buf[write..write + 8].copy_from_slice(&w.to_le_bytes());
-                read += 8;
-                write += 8;
+        // The plain run up to the next backslash, sixteen bytes at a time.
+        if let Some(&block) = buf.get(read..).and_then(|r| r.first_chunk::<16>()) {
+            let m = scan::backslash(&block);
+            let n = if m != 0 {
+                m.trailing_zeros() as usize
+            } else {
+                16
+            };
+            let n = n.min(end - read);
+            // Storing the whole block at `write` changes `buf[write..write + 16]`: safe when
+            // that ends at or before `read + n` (what is left to read from there on is not
+            // touched; what the block holds past the run is garbage before `end`).
+            if write + 16 <= read + n {
+                buf[write..write + 16].copy_from_slice(&block);
+            } else if write != read {
+                buf.copy_within(read..read + n, write);
+            }
+            read += n;
+            write += n;
+            if n == 16 || read >= end {
                 continue;
             }
-            // The bytes before the first backslash (the lowest flagged byte is exact).
-            let plain = (hits.trailing_zeros() / 8) as usize;
-            for i in 0..plain {
-                buf[write + i] = (w >> (8 * i)) as u8;
-            }
-            read += plain;
-            write += plain;
-        }
-        if buf[read] != b'\\' {
+        } else if buf[read] != b'\\' {
             buf[write] = buf[read];
             read += 1;
             write += 1;
             continue;
         }
+        // `buf[read]` is a backslash.
         if let Some(byte) = ascii_u_escape(buf, read) {
             buf[write] = byte;
             write += 1;
@@ -545,10 +550,24 @@ fn unescape_in_place(buf: &mut [u8], mut read: usize, end: usize, mut write: usi
 
 /// The byte of a `\u00XX` escape at `at` whose character is ASCII (the control characters
 /// Java escapes this way), or `None` for any other escape.
-#[inline]
+#[inline(always)]
 fn ascii_u_escape(buf: &[u8], at: usize) -> Option<u8> {
-    match buf.get(at + 1..at + 6)? {
-        [b'u', b'0', b'0', hi, lo] => {
+    let Some(&[b0, b1, b2, b3, hi, lo, ..]) = buf.get(at..).and_then(|r| r.first_chunk::<8>())
+    else {
+        return ascii_u_escape_short(buf, at);
+    };
+    if u32::from_le_bytes([b0, b1, b2, b3]) != u32::from_le_bytes(*b"\\u00") {
+        return None;
+    }
+    let (hi, lo) = (HEX_VALUE[usize::from(hi)], HEX_VALUE[usize::from(lo)]);
+    (hi < 8 && lo <= 0xF).then_some(hi << 4 | lo)
+}
+
+/// [`ascii_u_escape`] within the last 8 bytes of `buf`.
+#[cold]
+fn ascii_u_escape_short(buf: &[u8], at: usize) -> Option<u8> {
+    match buf.get(at..at + 6)? {
+        [b'\\', b'u', b'0', b'0', hi, lo] => {
             let (hi, lo) = (HEX_VALUE[usize::from(*hi)], HEX_VALUE[usize::from(*lo)]);
             (hi < 8 && lo <= 0xF).then_some(hi << 4 | lo)
         }
@@ -627,26 +646,38 @@ struct Str {
     escaped: bool,
 }
 
-/// The first `"` or `\\` in `s` at or after `i`: eight bytes at a time for the first 64 (most
-/// header strings are short, and a call into `memchr` costs more than scanning them), then
-/// `memchr2` for the rest of a long string.
+/// The first `"` or `\\` in `s` at or after `i`: sixteen bytes at a time (see
+/// [`scan`]), the last few one at a time.
 #[inline(always)]
 fn find_quote_or_backslash(s: &[u8], i: usize) -> Option<usize> {
-    let mut j = i;
-    let short_end = s.len().min(i.saturating_add(64));
-    while j + 8 <= short_end {
-        let w = word_at(s, j);
-        let hits =
-            zero_bytes(w ^ (ONES * u64::from(b'"'))) | zero_bytes(w ^ (ONES * u64::from(b'\\')));
-        if hits != 0 {
-            // The lowest flagged byte is exact (only bytes above a real hit can be flagged
-            // falsely), and the word was loaded little-endian: it is the first hit.
-            return Some(j + (hits.trailing_zeros() / 8) as usize);
+    if let Some(block) = s.get(i..).and_then(|r| r.first_chunk::<16>()) {
+        let m = scan::quote_or_backslash(block);
+        if m != 0 {
+            return Some(i + m.trailing_zeros() as usize);
         }
-        j += 8;
+        return find_quote_or_backslash_from(s, i + 16);
     }
-    if short_end < s.len() {
-        return memchr::memchr2(b'"', b'\\', &s[j..]).map(|k| j + k);
+    find_quote_or_backslash_from(s, i)
+}
+
+/// [`find_quote_or_backslash`] past its first block.
+fn find_quote_or_backslash_from(s: &[u8], i: usize) -> Option<usize> {
+    let mut j = i;
+    while let Some(block) = s.get(j..).and_then(|r| r.first_chunk::<16>()) {
+        let m = scan::quote_or_backslash(block);
+        if m != 0 {
+            return Some(j + m.trailing_zeros() as usize);
+        }
+        j += 16;
+    }
+    // Fewer than 16 bytes left: the last 16 of `s`, without the hits before `j`.
+    if let Some(block) = s.last_chunk::<16>() {
+        let base = s.len() - 16;
+        let from = j.max(base);
+        let m = scan::quote_or_backslash(block)
+            .checked_shr((from - base) as u32)
+            .unwrap_or(0);
+        return (m != 0).then(|| from + m.trailing_zeros() as usize);
     }
     while j < s.len() {
         let b = s[j];
@@ -664,50 +695,79 @@ fn find_quote_or_backslash(s: &[u8], i: usize) -> Option<usize> {
 fn scan_string(buf: &[u8], open: usize, limits: &Limits) -> PResult<(Str, usize)> {
     let start = open + 1;
     let mut at = start;
-    let mut len = 0usize;
     let mut escaped = false;
-    loop {
+    let close = loop {
         let Some(hit) = find_quote_or_backslash(buf, at) else {
             return Err(error_at(buf.len(), JsonErrorKind::UnexpectedEnd));
         };
-        len += hit - at;
         if buf[hit] == b'"' {
-            if len > limits.max_string_len {
-                return Err(DecodeError::StringTooLong {
-                    offset: open,
-                    max: limits.max_string_len,
-                });
-            }
-            return Ok((
-                Str {
-                    start,
-                    end: hit,
-                    escaped,
-                },
-                hit + 1,
-            ));
+            break hit;
         }
         escaped = true;
-        let esc = *buf
-            .get(hit + 1)
-            .ok_or_else(|| error_at(buf.len(), JsonErrorKind::UnexpectedEnd))?;
-        match esc {
-            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {
-                len += 1;
-                at = hit + 2;
-            }
-            b'u' if ascii_u_escape(buf, hit).is_some() => {
-                len += 1;
-                at = hit + 6;
-            }
-            b'u' => {
-                let (c, next) = unicode_escape(buf, hit)?;
+        at = escape_end(buf, hit)?;
+    };
+    // Unescaping never lengthens a string: only one longer than the limit as written needs
+    // its unescaped length.
+    if close - start > limits.max_string_len
+        && unescaped_len(buf, start, close) > limits.max_string_len
+    {
+        return Err(DecodeError::StringTooLong {
+            offset: open,
+            max: limits.max_string_len,
+        });
+    }
+    Ok((
+        Str {
+            start,
+            end: close,
+            escaped,
+        },
+        close + 1,
+    ))
+}
+
+/// Checks the escape whose backslash is at `at`; returns the offset after it.
+#[inline(always)]
+fn escape_end(buf: &[u8], at: usize) -> PResult<usize> {
+    // `\u00XX`, the escape Java writes for control characters, at once.
+    if ascii_u_escape(buf, at).is_some() {
+        return Ok(at + 6);
+    }
+    escape_end_slow(buf, at)
+}
+
+/// [`escape_end`] of an escape other than `\u00XX` with `XX` below 0x80.
+fn escape_end_slow(buf: &[u8], at: usize) -> PResult<usize> {
+    match buf.get(at + 1) {
+        Some(b'u') => unicode_escape(buf, at).map(|(_, next)| next),
+        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(at + 2),
+        Some(_) => Err(error_at(at, JsonErrorKind::InvalidEscape)),
+        None => Err(error_at(buf.len(), JsonErrorKind::UnexpectedEnd)),
+    }
+}
+
+/// The unescaped length of the validated string text `buf[start..end]`.
+#[cold]
+fn unescaped_len(buf: &[u8], start: usize, end: usize) -> usize {
+    let mut len = 0;
+    let mut at = start;
+    while at < end {
+        if buf[at] != b'\\' {
+            len += 1;
+            at += 1;
+            continue;
+        }
+        if buf.get(at + 1) == Some(&b'u') {
+            if let Ok((c, next)) = unicode_escape(buf, at) {
                 len += c.len_utf8();
                 at = next;
+                continue;
             }
-            _ => return Err(error_at(hit, JsonErrorKind::InvalidEscape)),
         }
+        len += 1;
+        at += 2;
     }
+    len
 }
 
 /// Calls `f` with the unescaped text of a short escaped string (a known key or language name
@@ -1342,19 +1402,32 @@ mod fast {
                 return Some(0);
             }
             self.in_ext = true;
+            // Longer strings, and strings with escapes, take `ext_str_slow`.
+            let max = if T::COMPACT {
+                self.limits.max_string_len.min(compact::MAX_LEN)
+            } else {
+                self.limits.max_string_len
+            };
+            let mut p = self.pos;
+            if self.buf.bytes().get(p) != Some(&b'"') {
+                return None;
+            }
             let mut count = 0;
             loop {
-                self.ext_string()?;
-                self.byte(b':')?;
-                self.ext_string()?;
+                // `p` is a key's opening quote.
+                p = self.ext_str(p, max)?;
+                if self.buf.bytes().get(p..p + 2) != Some(b":\"") {
+                    return None;
+                }
+                p = self.ext_str(p + 1, max)?;
                 count += 1;
                 if count > self.limits.max_ext_fields {
                     return None;
                 }
-                match self.buf.bytes().get(self.pos) {
-                    Some(b',') => self.pos += 1,
-                    Some(b'}') => {
-                        self.pos += 1;
+                match self.buf.bytes().get(p..p + 2) {
+                    Some(b",\"") => p += 1,
+                    Some([b'}', ..]) => {
+                        self.pos = p + 1;
                         self.in_ext = false;
                         return Some(if T::COMPACT {
                             at as u32 | COMPACT_EXT
@@ -1365,6 +1438,36 @@ mod fast {
                     _ => return None,
                 }
             }
+        }
+
+        /// The string of the `extFields` object whose opening quote is at `open` (at least
+        /// 1: the object's `{` comes before it), compacted if the header may change; returns
+        /// the offset after its closing quote. Most strings are short and hold no escape:
+        /// their end is the first quote or backslash, found in one 16-byte block.
+        #[inline(always)]
+        fn ext_str(&mut self, open: usize, max: usize) -> Option<usize> {
+            let buf = self.buf.bytes();
+            let text = open + 1;
+            let hit = find_quote_or_backslash(buf, text)?;
+            let len = hit - text;
+            if buf[hit] != b'"' || len > max {
+                return self.ext_str_slow(open);
+            }
+            if T::COMPACT {
+                let b = self.buf.bytes_mut();
+                b[open - 1] = 0x80 | (len >> 8) as u8;
+                b[open] = len as u8;
+                self.compacted += 1;
+            }
+            Some(hit + 1)
+        }
+
+        /// [`Cursor::ext_str`] of a string with escapes, or a long one.
+        #[inline(never)]
+        fn ext_str_slow(&mut self, open: usize) -> Option<usize> {
+            self.pos = open;
+            self.ext_string()?;
+            Some(self.pos)
         }
 
         /// [`Cursor::ext`] into `ext_at`, which says where the object starts even if it fails
@@ -1508,6 +1611,95 @@ mod tests {
     use alloc::string::String;
     use alloc::vec;
     use alloc::vec::Vec;
+
+    /// Unescapes valid JSON string text one escape at a time (the reference for the
+    /// block-wise `unescape_in_place`).
+    fn naive_unescape(text: &str) -> String {
+        let mut out = String::new();
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next().unwrap() {
+                'b' => out.push('\u{8}'),
+                'f' => out.push('\u{c}'),
+                'n' => out.push('\n'),
+                'r' => out.push('\r'),
+                't' => out.push('\t'),
+                'u' => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    let mut code = u32::from_str_radix(&hex, 16).unwrap();
+                    if (0xD800..0xDC00).contains(&code) {
+                        let low: String = chars.by_ref().skip(2).take(4).collect();
+                        let low = u32::from_str_radix(&low, 16).unwrap();
+                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+                    }
+                    out.push(char::from_u32(code).unwrap());
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn block_wise_unescaping_matches_one_escape_at_a_time() {
+        // Runs of every length between escapes of every kind, so that the block store and the
+        // short copy are both taken with every distance between reading and writing; the
+        // string is followed by 0 to 20 bytes (blocks near the end of the buffer).
+        let escapes = [
+            "\\u0001",
+            "\\n",
+            "\\\"",
+            "\\u00e9",
+            "\\u4e2d",
+            "\\ud83d\\ude80",
+            "\\/",
+            "\\u001F",
+        ];
+        for seed in 0..400usize {
+            let mut text = String::new();
+            let mut x = seed.wrapping_mul(2654435761) | 1;
+            for _ in 0..(seed % 9) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let run = x % 37;
+                for i in 0..run {
+                    text.push(if (i + seed) % 11 == 0 {
+                        '\u{e9}'
+                    } else {
+                        char::from(b'a' + (i % 26) as u8)
+                    });
+                }
+                text.push_str(escapes[(x >> 8) % escapes.len()]);
+            }
+            let tail = seed % 21;
+            let mut buf = format!("\"{text}\"{}", "}".repeat(tail)).into_bytes();
+            let end = buf.len() - tail - 1;
+            let (s, next) = scan_string(&buf, 0, &Limits::default()).unwrap();
+            assert_eq!((s.start, s.end, next), (1, end, end + 1));
+            let want = naive_unescape(&text);
+            let got = unescape_in_place(&mut buf, 1, end, 1);
+            assert_eq!(core::str::from_utf8(&buf[1..got]).unwrap(), want, "{text}");
+            assert!(
+                buf[end..].iter().all(|&b| b == b'"' || b == b'}'),
+                "beyond the string"
+            );
+            // The limit is on the unescaped length, checked exactly only for long strings.
+            let buf = format!("\"{text}\"").into_bytes();
+            for max in [want.len().saturating_sub(1), want.len()] {
+                let limits = Limits {
+                    max_string_len: max,
+                    ..Limits::default()
+                };
+                let r = scan_string(&buf, 0, &limits);
+                assert_eq!(r.is_ok(), want.len() <= max, "{text} {max}");
+            }
+        }
+    }
 
     fn decode(s: &str) -> Result<Command, DecodeError> {
         decode_header(&Bytes::copy_from_slice(s.as_bytes()), &Limits::default())
