@@ -370,7 +370,7 @@ fn rewrite_one(buf: &mut [u8], open: usize, close: usize, compact: bool) {
     let end = unescape_in_place(buf, open + 1, close, open + 1);
     if compact {
         compact::put_len(buf, open + 1, end - open - 1);
-        buf[end..=close].fill(b'"');
+        compact::pad(buf, end, close);
     } else {
         buf[open] = UNESCAPED_START;
         buf[end..=close].fill(UNESCAPED_END);
@@ -1199,7 +1199,7 @@ fn number_at(buf: &[u8], start: usize) -> Result<(i32, usize), Option<DecodeErro
 /// unescaped string, stay (or become) `"`; the closing `}` stays. A reader takes a length, the
 /// text, skips `"`s, and stops at `}`.
 pub(crate) mod compact {
-    pub(crate) use crate::codec::command::REMARK_AT;
+    pub(crate) use crate::codec::command::{COMPACT_SKIP, REMARK_AT};
 
     /// The longest string the form can hold.
     pub(crate) const MAX_LEN: usize = 0x7FFF;
@@ -1211,6 +1211,20 @@ pub(crate) mod compact {
         debug_assert!(len <= MAX_LEN && text >= 2);
         if let Some(slot) = buf.get_mut(text.wrapping_sub(2)..text) {
             slot.copy_from_slice(&[0x80 | (len >> 8) as u8, len as u8]);
+        }
+    }
+
+    /// Fills what follows a string's unescaped text, from `text_end` up to and including its
+    /// closing quote at `close`: with `"` if that is at most 2 bytes, else with a
+    /// [`COMPACT_SKIP`] over it (the rest keeps whatever it held).
+    #[inline]
+    pub(crate) fn pad(buf: &mut [u8], text_end: usize, close: usize) {
+        let n = close + 1 - text_end;
+        if n <= 2 {
+            buf[text_end..=close].fill(b'"');
+        } else {
+            let [hi, lo] = (n as u16).to_be_bytes();
+            buf[text_end..text_end + 3].copy_from_slice(&[COMPACT_SKIP, hi, lo]);
         }
     }
 
@@ -1248,8 +1262,8 @@ pub(crate) mod compact {
 /// over; so it never decides an error, and what it accepts the general parser accepts the same.
 mod fast {
     use super::{
-        compact, find_quote_or_backslash, number_at, scan_string, Escapes, Fixed, LanguageCode,
-        Limits, Parsed, COMPACT_EXT,
+        ascii_u_escape, compact, find_quote_or_backslash, number_at, scan, scan_string,
+        unicode_escape, Escapes, Fixed, LanguageCode, Limits, Parsed, COMPACT_EXT,
     };
 
     /// The header: read only, or (`COMPACT`) to be compacted as it is parsed.
@@ -1293,6 +1307,101 @@ mod fast {
         compacted: usize,
         /// The opening quote of the (non-null) remark; 0 for none.
         remark_at: usize,
+        /// Escaped strings of the `extFields` object unescaped as they were checked (when
+        /// compacting; made at the first one).
+        unescaped: Option<Unescaped>,
+    }
+
+    /// Escaped strings unescaped into a scratch buffer while they were checked, to be written
+    /// in place once the whole header is accepted (until then the header keeps them as they
+    /// were, so that giving up needs no undoing them). What does not fit is unescaped in
+    /// place afterwards, as [`Escapes`] says.
+    struct Unescaped {
+        text: [u8; 256],
+        used: usize,
+        /// Opening and closing quote of each string, where its text is in `text`, its length.
+        strings: [(u32, u32, u16, u16); 4],
+        n: usize,
+    }
+
+    impl Unescaped {
+        fn new() -> Unescaped {
+            Unescaped {
+                text: [0; 256],
+                used: 0,
+                strings: [(0, 0, 0, 0); 4],
+                n: 0,
+            }
+        }
+
+        /// Writes each string's unescaped text over it, its length before it and the padding
+        /// after it (see [`compact`]).
+        fn write(&self, buf: &mut [u8]) {
+            for &(open, close, at, len) in &self.strings[..self.n] {
+                let (text, close) = (open as usize + 1, close as usize);
+                let (at, len) = (usize::from(at), usize::from(len));
+                buf[text..text + len].copy_from_slice(&self.text[at..at + len]);
+                compact::put_len(buf, text, len);
+                compact::pad(buf, text + len, close);
+            }
+        }
+    }
+
+    /// Checks the string text from `r` on (up to its closing quote) and unescapes it to
+    /// `out[w..]`; returns the closing quote and where the text ends in `out`. `None` for an
+    /// invalid escape, a string running to the end of `buf`, or one `out` has no room for
+    /// (the caller then takes the general path, which gives any error).
+    #[inline]
+    fn unescape_into(
+        buf: &[u8],
+        mut r: usize,
+        out: &mut [u8],
+        mut w: usize,
+    ) -> Option<(usize, usize)> {
+        loop {
+            let block = buf.get(r..)?.first_chunk::<16>()?;
+            // The whole block, of which only the plain run counts (the rest is overwritten).
+            *out.get_mut(w..)?.first_chunk_mut::<16>()? = *block;
+            let m = scan::quote_or_backslash(block);
+            if m == 0 {
+                r += 16;
+                w += 16;
+                continue;
+            }
+            let n = m.trailing_zeros() as usize;
+            r += n;
+            w += n;
+            if buf[r] == b'"' {
+                return Some((r, w));
+            }
+            if let Some(byte) = ascii_u_escape(buf, r) {
+                out[w] = byte;
+                w += 1;
+                r += 6;
+                continue;
+            }
+            let byte = match *buf.get(r + 1)? {
+                b'b' => 0x08,
+                b'f' => 0x0c,
+                b'n' => b'\n',
+                b'r' => b'\r',
+                b't' => b'\t',
+                b @ (b'"' | b'\\' | b'/') => b,
+                b'u' => {
+                    let (c, next) = unicode_escape(buf, r).ok()?;
+                    let mut utf8 = [0u8; 4];
+                    let s = c.encode_utf8(&mut utf8);
+                    out.get_mut(w..w + s.len())?.copy_from_slice(s.as_bytes());
+                    w += s.len();
+                    r = next;
+                    continue;
+                }
+                _ => return None,
+            };
+            out[w] = byte;
+            w += 1;
+            r += 2;
+        }
     }
 
     impl<T: Text> Cursor<'_, T> {
@@ -1465,9 +1574,38 @@ mod fast {
         /// [`Cursor::ext_str`] of a string with escapes, or a long one.
         #[inline(never)]
         fn ext_str_slow(&mut self, open: usize) -> Option<usize> {
+            if T::COMPACT {
+                if let Some(close) = self.unescape_to_scratch(open) {
+                    // Its length as written, for an undo; the unescaped one comes with it.
+                    let len = close - open - 1;
+                    compact::put_len(self.buf.bytes_mut(), open + 1, len);
+                    self.compacted += 1;
+                    return Some(close + 1);
+                }
+            }
             self.pos = open;
             self.ext_string()?;
             Some(self.pos)
+        }
+
+        /// Checks the escaped string whose opening quote is at `open` and unescapes it into
+        /// [`Cursor::unescaped`]; returns its closing quote, or `None` if it is invalid, too
+        /// long, or does not fit.
+        fn unescape_to_scratch(&mut self, open: usize) -> Option<usize> {
+            let u = self.unescaped.get_or_insert_with(Unescaped::new);
+            if u.n == u.strings.len() {
+                return None;
+            }
+            let buf = self.buf.bytes();
+            let (close, end) = unescape_into(buf, open + 1, &mut u.text, u.used)?;
+            let len = end - u.used;
+            if close - open - 1 > compact::MAX_LEN || len > self.limits.max_string_len {
+                return None;
+            }
+            u.strings[u.n] = (open as u32, close as u32, u.used as u16, len as u16);
+            u.n += 1;
+            u.used = end;
+            Some(close)
         }
 
         /// [`Cursor::ext`] into `ext_at`, which says where the object starts even if it fails
@@ -1494,6 +1632,7 @@ mod fast {
             in_ext: false,
             compacted: 0,
             remark_at: 0,
+            unescaped: None,
         };
         let mut ext_at = 0;
         let parsed = fields(&mut c, &mut ext_at);
@@ -1507,8 +1646,13 @@ mod fast {
             let at = (ext_at & !COMPACT_EXT) as usize;
             compact::undo(c.buf.bytes_mut(), at, c.compacted);
         }
-        if T::COMPACT && parsed.is_some() && c.remark_at != 0 {
-            compact::put_remark_at(c.buf.bytes_mut(), c.remark_at);
+        if T::COMPACT && parsed.is_some() {
+            if let Some(u) = &c.unescaped {
+                u.write(c.buf.bytes_mut());
+            }
+            if c.remark_at != 0 {
+                compact::put_remark_at(c.buf.bytes_mut(), c.remark_at);
+            }
         }
         parsed
     }
@@ -2059,11 +2203,40 @@ mod tests {
     }
 
     #[test]
+    fn escaped_ext_strings_beyond_the_scratch_are_unescaped_in_place() {
+        // Each value ~190 bytes unescaped: the first is unescaped while parsing, the ones that
+        // no longer fit the 256-byte scratch afterwards; all read back the same, compacted.
+        let value = |i: usize| format!("{i}\\u0001{}\\n\\u00e9\\ud83d\\ude80\\\"", "p".repeat(180));
+        let want = |i: usize| format!("{i}\u{1}{}\n\u{e9}\u{1f680}\"", "p".repeat(180));
+        let ext: Vec<String> = (0..4)
+            .map(|i| format!(r#""k\n{i}":"{}""#, value(i)))
+            .collect();
+        let header = format!(
+            r#"{{"code":1,"extFields":{{{}}},"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}}"#,
+            ext.join(",")
+        );
+        let mut buf = frame(&header);
+        let parsed = parse_in_place(&mut buf[8..8 + header.len()], &Limits::default()).unwrap();
+        assert_ne!(parsed.ext_at & COMPACT_EXT, 0);
+        let cmd = decode_both(&header).0.unwrap();
+        let fields: Vec<(String, String)> = cmd
+            .ext_fields()
+            .iter()
+            .map(|(k, v)| (String::from(k), String::from(v)))
+            .collect();
+        let expected: Vec<(String, String)> =
+            (0..4).map(|i| (format!("k\n{i}"), want(i))).collect();
+        assert_eq!(fields, expected);
+        assert_eq!(cmd.ext("k\n3").map(String::from), Some(want(3)));
+    }
+
+    #[test]
     fn what_the_compact_form_cannot_hold_is_read_as_json() {
-        // A value longer than a compact length, and more escaped strings than are recorded.
+        // A value longer than a compact length, and more escaped strings than are unescaped
+        // while parsing (4) and recorded (8).
         let long = "v".repeat(compact::MAX_LEN + 1);
         let mut escaped = String::new();
-        for i in 0..12 {
+        for i in 0..20 {
             escaped.push_str(&format!(r#","k{i}":"\t{i}""#));
         }
         for ext in [
@@ -2081,8 +2254,8 @@ mod tests {
                 assert_eq!(cmd.ext("a"), Some(long.as_str()));
                 assert_eq!(cmd.ext("b"), Some("c"));
             } else {
-                assert_eq!(cmd.ext_fields().len(), 13);
-                assert_eq!(cmd.ext("k11"), Some("\t11"));
+                assert_eq!(cmd.ext_fields().len(), 21);
+                assert_eq!(cmd.ext("k19"), Some("\t19"));
             }
         }
     }
