@@ -1511,39 +1511,50 @@ mod fast {
                 return Some(0);
             }
             self.in_ext = true;
-            // Longer strings, and strings with escapes, take `ext_str_slow`.
+            let p = self.pos;
+            if self.buf.bytes().get(p) != Some(&b'"') {
+                return None;
+            }
+            let mut compacted = self.compacted;
+            let end = self.entries(p, &mut compacted);
+            self.compacted = compacted;
+            self.pos = end?;
+            self.in_ext = false;
+            Some(if T::COMPACT {
+                at as u32 | COMPACT_EXT
+            } else {
+                at as u32
+            })
+        }
+
+        /// The entries of the `extFields` object from the key whose opening quote is at `p`;
+        /// returns the offset after its `}`. `compacted` counts the strings compacted.
+        #[inline(always)]
+        fn entries(&mut self, mut p: usize, compacted: &mut usize) -> Option<usize> {
+            // A string found in one block is at most 15 bytes long: within the limit unless
+            // that is lower (then every string takes `ext_str_slow`).
             let max = if T::COMPACT {
                 self.limits.max_string_len.min(compact::MAX_LEN)
             } else {
                 self.limits.max_string_len
             };
-            let mut p = self.pos;
-            if self.buf.bytes().get(p) != Some(&b'"') {
-                return None;
-            }
+            let short = max >= 15;
+            let max_fields = self.limits.max_ext_fields;
             let mut count = 0;
             loop {
                 // `p` is a key's opening quote.
-                p = self.ext_str(p, max)?;
-                if self.buf.bytes().get(p..p + 2) != Some(b":\"") {
+                let close = self.ext_str(p, short, compacted)?;
+                if self.buf.bytes().get(close + 1..close + 3) != Some(b":\"") {
                     return None;
                 }
-                p = self.ext_str(p + 1, max)?;
+                let close = self.ext_str(close + 2, short, compacted)?;
                 count += 1;
-                if count > self.limits.max_ext_fields {
+                if count > max_fields {
                     return None;
                 }
-                match self.buf.bytes().get(p..p + 2) {
-                    Some(b",\"") => p += 1,
-                    Some([b'}', ..]) => {
-                        self.pos = p + 1;
-                        self.in_ext = false;
-                        return Some(if T::COMPACT {
-                            at as u32 | COMPACT_EXT
-                        } else {
-                            at as u32
-                        });
-                    }
+                match self.buf.bytes().get(close + 1..close + 3) {
+                    Some(b",\"") => p = close + 2,
+                    _ if self.buf.bytes().get(close + 1) == Some(&b'}') => return Some(close + 2),
                     _ => return None,
                 }
             }
@@ -1551,29 +1562,58 @@ mod fast {
 
         /// The string of the `extFields` object whose opening quote is at `open` (at least
         /// 1: the object's `{` comes before it), compacted if the header may change; returns
-        /// the offset after its closing quote. Most strings are short and hold no escape:
-        /// their end is the first quote or backslash, found in one 16-byte block.
+        /// its closing quote. Most strings are short (`short`: and the limit allows 15 bytes)
+        /// and hold no escape: their end is the first quote or backslash of one 16-byte block.
         #[inline(always)]
-        fn ext_str(&mut self, open: usize, max: usize) -> Option<usize> {
-            let buf = self.buf.bytes();
-            let text = open + 1;
-            let hit = find_quote_or_backslash(buf, text)?;
-            let len = hit - text;
-            if buf[hit] != b'"' || len > max {
-                return self.ext_str_slow(open);
+        fn ext_str(&mut self, open: usize, short: bool, compacted: &mut usize) -> Option<usize> {
+            if short {
+                if let Some(block) = self
+                    .buf
+                    .bytes()
+                    .get(open + 1..)
+                    .and_then(|r| r.first_chunk::<16>())
+                {
+                    let m = scan::quote_or_backslash(block) | 1 << 16;
+                    let len = m.trailing_zeros() as usize;
+                    if block.get(len) == Some(&b'"') {
+                        if T::COMPACT {
+                            if let Some(slot) = self.buf.bytes_mut().get_mut(open - 1..open + 1) {
+                                slot.copy_from_slice(&[0x80, len as u8]);
+                            }
+                            *compacted += 1;
+                        }
+                        return Some(open + 1 + len);
+                    }
+                }
             }
-            if T::COMPACT {
-                let b = self.buf.bytes_mut();
-                b[open - 1] = 0x80 | (len >> 8) as u8;
-                b[open] = len as u8;
-                self.compacted += 1;
-            }
-            Some(hit + 1)
+            self.compacted = *compacted;
+            let next = self.ext_str_slow(open);
+            *compacted = self.compacted;
+            Some(next? - 1)
         }
 
         /// [`Cursor::ext_str`] of a string with escapes, or a long one.
         #[inline(never)]
         fn ext_str_slow(&mut self, open: usize) -> Option<usize> {
+            let buf = self.buf.bytes();
+            let hit = find_quote_or_backslash(buf, open + 1)?;
+            if buf[hit] == b'"' {
+                // A long string with no escape.
+                let len = hit - open - 1;
+                let max = if T::COMPACT {
+                    self.limits.max_string_len.min(compact::MAX_LEN)
+                } else {
+                    self.limits.max_string_len
+                };
+                if len > max {
+                    return None;
+                }
+                if T::COMPACT {
+                    compact::put_len(self.buf.bytes_mut(), open + 1, len);
+                    self.compacted += 1;
+                }
+                return Some(hit + 1);
+            }
             if T::COMPACT {
                 if let Some(close) = self.unescape_to_scratch(open) {
                     // Its length as written, for an undo; the unescaped one comes with it.
