@@ -1262,8 +1262,8 @@ pub(crate) mod compact {
 /// over; so it never decides an error, and what it accepts the general parser accepts the same.
 mod fast {
     use super::{
-        ascii_u_escape, compact, find_quote_or_backslash, number_at, scan, scan_string,
-        unicode_escape, Escapes, Fixed, LanguageCode, Limits, Parsed, COMPACT_EXT,
+        ascii_u_escape, compact, find_quote_or_backslash, scan, scan_string, unicode_escape,
+        Escapes, Fixed, LanguageCode, Limits, Parsed, COMPACT_EXT,
     };
 
     /// The header: read only, or (`COMPACT`) to be compacted as it is parsed.
@@ -1294,6 +1294,12 @@ mod fast {
         fn bytes_mut(&mut self) -> &mut [u8] {
             self
         }
+    }
+
+    /// What follows an entry: the next key's opening quote, or the end of the object.
+    enum Entry {
+        More(usize),
+        Last(usize),
     }
 
     struct Cursor<'a, T> {
@@ -1432,15 +1438,30 @@ mod fast {
             self.lit(lit).then_some(())
         }
 
-        /// A plain integer followed by `,` or `}`.
+        /// A plain integer of at most 10 digits (the caller then needs `,` or `}`, so a
+        /// fraction or exponent makes it give up); what it reads `number_at` reads the same.
         #[inline]
         fn int(&mut self) -> Option<i32> {
-            match self.buf.bytes().get(self.pos)? {
-                b'-' | b'0'..=b'9' => {}
-                _ => return None,
+            let buf = self.buf.bytes();
+            let neg = buf.get(self.pos) == Some(&b'-');
+            let start = self.pos + usize::from(neg);
+            let mut i = start;
+            let mut n = 0u64;
+            while let Some(&b) = buf.get(i) {
+                let d = b.wrapping_sub(b'0');
+                if d > 9 {
+                    break;
+                }
+                n = n.wrapping_mul(10).wrapping_add(u64::from(d));
+                i += 1;
             }
-            let (n, end) = number_at(self.buf.bytes(), self.pos).ok()?;
-            self.pos = end;
+            let digits = i - start;
+            if digits == 0 || digits > 10 {
+                return None;
+            }
+            let n = if neg { -(n as i64) } else { n as i64 };
+            let n = i32::try_from(n).ok()?;
+            self.pos = i;
             Some(n)
         }
 
@@ -1543,6 +1564,24 @@ mod fast {
             let mut count = 0;
             loop {
                 // `p` is a key's opening quote.
+                if short {
+                    if let Some(e) = self.short_entry(p) {
+                        count += 1;
+                        if count > max_fields {
+                            return None;
+                        }
+                        if T::COMPACT {
+                            *compacted += 2;
+                        }
+                        match e {
+                            Entry::More(next) => {
+                                p = next;
+                                continue;
+                            }
+                            Entry::Last(end) => return Some(end),
+                        }
+                    }
+                }
                 let close = self.ext_str(p, short, compacted)?;
                 if self.buf.bytes().get(close + 1..close + 3) != Some(b":\"") {
                     return None;
@@ -1558,6 +1597,60 @@ mod fast {
                     _ => return None,
                 }
             }
+        }
+
+        /// The entry whose key's opening quote is at `p` (at least 1) if key and value are
+        /// each found in one 16-byte block (so at most 15 bytes, no escape) and it is followed
+        /// by `,"` or `}`: compacted if the header may change. Reads one 40-byte window, so the
+        /// bounds are checked once. `None` (nothing written) for anything else, which the
+        /// string-at-a-time path then takes.
+        #[inline(always)]
+        fn short_entry(&mut self, p: usize) -> Option<Entry> {
+            /// Key length, value's opening quote, value length, and whether `,"` (rather than
+            /// `}`) follows (offsets from `p - 1`).
+            #[inline(always)]
+            fn shape(w: &[u8; 40]) -> Option<(usize, usize, usize, bool)> {
+                let key = w[2..].first_chunk::<16>()?;
+                let kl = (scan::quote_or_backslash(key) | 1 << 16).trailing_zeros() as usize;
+                if key.get(kl) != Some(&b'"') || w[3 + kl] != b':' || w[4 + kl] != b'"' {
+                    return None;
+                }
+                let vo = 4 + kl;
+                let value = w[vo + 1..].first_chunk::<16>()?;
+                let vl = (scan::quote_or_backslash(value) | 1 << 16).trailing_zeros() as usize;
+                if value.get(vl) != Some(&b'"') {
+                    return None;
+                }
+                let after = vo + 2 + vl;
+                match w[after..after + 2] {
+                    [b',', b'"'] => Some((kl, vo, vl, true)),
+                    [b'}', _] => Some((kl, vo, vl, false)),
+                    _ => None,
+                }
+            }
+            let at = p - 1;
+            let (kl, vo, vl, more) = if T::COMPACT {
+                let w = self
+                    .buf
+                    .bytes_mut()
+                    .get_mut(at..)?
+                    .first_chunk_mut::<40>()?;
+                let shape = shape(w)?;
+                let (kl, vo, vl, _) = shape;
+                w[..2].copy_from_slice(&[0x80, kl as u8]);
+                w[vo - 1..vo + 1].copy_from_slice(&[0x80, vl as u8]);
+                shape
+            } else {
+                shape(self.buf.bytes().get(at..)?.first_chunk::<40>()?)?
+            };
+            // The next key's opening quote, or the offset after the `}`.
+            let next = at + vo + 2 + vl + 1;
+            let _ = kl;
+            Some(if more {
+                Entry::More(next)
+            } else {
+                Entry::Last(next)
+            })
         }
 
         /// The string of the `extFields` object whose opening quote is at `open` (at least
