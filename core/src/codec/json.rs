@@ -552,14 +552,17 @@ fn unescape_in_place(buf: &mut [u8], mut read: usize, end: usize, mut write: usi
 /// Java escapes this way), or `None` for any other escape.
 #[inline(always)]
 fn ascii_u_escape(buf: &[u8], at: usize) -> Option<u8> {
-    let Some(&[b0, b1, b2, b3, hi, lo, ..]) = buf.get(at..).and_then(|r| r.first_chunk::<8>())
-    else {
+    let Some(&w) = buf.get(at..).and_then(|r| r.first_chunk::<8>()) else {
         return ascii_u_escape_short(buf, at);
     };
-    if u32::from_le_bytes([b0, b1, b2, b3]) != u32::from_le_bytes(*b"\\u00") {
+    let w = u64::from_le_bytes(w);
+    if w as u32 != u32::from_le_bytes(*b"\\u00") {
         return None;
     }
-    let (hi, lo) = (HEX_VALUE[usize::from(hi)], HEX_VALUE[usize::from(lo)]);
+    let (hi, lo) = (
+        HEX_VALUE[usize::from((w >> 32) as u8)],
+        HEX_VALUE[usize::from((w >> 40) as u8)],
+    );
     (hi < 8 && lo <= 0xF).then_some(hi << 4 | lo)
 }
 
@@ -1296,10 +1299,22 @@ mod fast {
         }
     }
 
-    /// What follows an entry: the next key's opening quote, or the end of the object.
+    /// What [`Cursor::short_entry`] read.
     enum Entry {
+        /// The entry, and the next key's opening quote.
         More(usize),
+        /// The entry and the object: the offset after its `}`.
         Last(usize),
+        /// Only the key: the value's opening quote.
+        Value(usize),
+    }
+
+    impl Entry {
+        fn at(&self) -> usize {
+            match *self {
+                Entry::More(at) | Entry::Last(at) | Entry::Value(at) => at,
+            }
+        }
     }
 
     struct Cursor<'a, T> {
@@ -1318,12 +1333,16 @@ mod fast {
         unescaped: Option<Unescaped>,
     }
 
+    /// The scratch buffer's size: zeroed at the first escaped string (inline stores, where a
+    /// larger one takes a `memset` call), room for the properties Java sends with a message.
+    const SCRATCH: usize = 128;
+
     /// Escaped strings unescaped into a scratch buffer while they were checked, to be written
     /// in place once the whole header is accepted (until then the header keeps them as they
     /// were, so that giving up needs no undoing them). What does not fit is unescaped in
     /// place afterwards, as [`Escapes`] says.
     struct Unescaped {
-        text: [u8; 256],
+        text: [u8; SCRATCH],
         used: usize,
         /// Opening and closing quote of each string, where its text is in `text`, its length.
         strings: [(u32, u32, u16, u16); 4],
@@ -1333,7 +1352,7 @@ mod fast {
     impl Unescaped {
         fn new() -> Unescaped {
             Unescaped {
-                text: [0; 256],
+                text: [0; SCRATCH],
                 used: 0,
                 strings: [(0, 0, 0, 0); 4],
                 n: 0,
@@ -1440,7 +1459,7 @@ mod fast {
 
         /// A plain integer of at most 10 digits (the caller then needs `,` or `}`, so a
         /// fraction or exponent makes it give up); what it reads `number_at` reads the same.
-        #[inline]
+        #[inline(always)]
         fn int(&mut self) -> Option<i32> {
             let buf = self.buf.bytes();
             let neg = buf.get(self.pos) == Some(&b'-');
@@ -1504,6 +1523,9 @@ mod fast {
         /// `"NAME"` for a known language name.
         #[inline]
         fn language(&mut self) -> Option<LanguageCode> {
+            if self.lit(b"\"JAVA\"") {
+                return Some(LanguageCode::JAVA);
+            }
             let (a, b) = self.string()?;
             LanguageCode::from_name_bytes(&self.buf.bytes()[a..b])
         }
@@ -1564,8 +1586,14 @@ mod fast {
             let mut count = 0;
             loop {
                 // `p` is a key's opening quote.
-                if short {
-                    if let Some(e) = self.short_entry(p) {
+                let value = match self.short_entry(p, short) {
+                    Some(Entry::Value(open)) => {
+                        if T::COMPACT {
+                            *compacted += 1;
+                        }
+                        open
+                    }
+                    Some(e) => {
                         count += 1;
                         if count > max_fields {
                             return None;
@@ -1574,19 +1602,22 @@ mod fast {
                             *compacted += 2;
                         }
                         match e {
-                            Entry::More(next) => {
-                                p = next;
+                            Entry::Last(end) => return Some(end),
+                            _ => {
+                                p = e.at();
                                 continue;
                             }
-                            Entry::Last(end) => return Some(end),
                         }
                     }
-                }
-                let close = self.ext_str(p, short, compacted)?;
-                if self.buf.bytes().get(close + 1..close + 3) != Some(b":\"") {
-                    return None;
-                }
-                let close = self.ext_str(close + 2, short, compacted)?;
+                    None => {
+                        let close = self.ext_str(p, short, compacted)?;
+                        if self.buf.bytes().get(close + 1..close + 3) != Some(b":\"") {
+                            return None;
+                        }
+                        close + 2
+                    }
+                };
+                let close = self.ext_str(value, short, compacted)?;
                 count += 1;
                 if count > max_fields {
                     return None;
@@ -1599,15 +1630,17 @@ mod fast {
             }
         }
 
-        /// The entry whose key's opening quote is at `p` (at least 1) if key and value are
-        /// each found in one 16-byte block (so at most 15 bytes, no escape) and it is followed
-        /// by `,"` or `}`: compacted if the header may change. Reads one 40-byte window, so the
-        /// bounds are checked once. `None` (nothing written) for anything else, which the
-        /// string-at-a-time path then takes.
+        /// The entry whose key's opening quote is at `p` (at least 1), if `short` allows and
+        /// key and value are each found in one 16-byte block (so at most 15 bytes, no escape)
+        /// and it is followed by `,"` or `}`: compacted if the header may change. Reads one
+        /// 40-byte window, so the bounds are checked once. [`Entry::Value`] if only the key
+        /// (and the `:"` after it) is: the key is compacted and the value is left to the
+        /// caller. `None` (nothing written) for anything else: the string-at-a-time path.
         #[inline(always)]
-        fn short_entry(&mut self, p: usize) -> Option<Entry> {
-            /// Key length, value's opening quote, value length, and whether `,"` (rather than
-            /// `}`) follows (offsets from `p - 1`).
+        fn short_entry(&mut self, p: usize, short: bool) -> Option<Entry> {
+            /// What [`Cursor::short_entry`] found, offsets from `p - 1`: key length, the value's
+            /// opening quote, value length (16: not found), and whether `,"` (rather than
+            /// `}`) follows.
             #[inline(always)]
             fn shape(w: &[u8; 40]) -> Option<(usize, usize, usize, bool)> {
                 let key = w[2..].first_chunk::<16>()?;
@@ -1619,33 +1652,40 @@ mod fast {
                 let value = w[vo + 1..].first_chunk::<16>()?;
                 let vl = (scan::quote_or_backslash(value) | 1 << 16).trailing_zeros() as usize;
                 if value.get(vl) != Some(&b'"') {
-                    return None;
+                    return Some((kl, vo, 16, false));
                 }
                 let after = vo + 2 + vl;
                 match w[after..after + 2] {
                     [b',', b'"'] => Some((kl, vo, vl, true)),
                     [b'}', _] => Some((kl, vo, vl, false)),
-                    _ => None,
+                    _ => Some((kl, vo, 16, false)),
                 }
             }
+            if !short {
+                return None;
+            }
             let at = p - 1;
-            let (kl, vo, vl, more) = if T::COMPACT {
+            let (vo, vl, more) = if T::COMPACT {
                 let w = self
                     .buf
                     .bytes_mut()
                     .get_mut(at..)?
                     .first_chunk_mut::<40>()?;
-                let shape = shape(w)?;
-                let (kl, vo, vl, _) = shape;
+                let (kl, vo, vl, more) = shape(w)?;
                 w[..2].copy_from_slice(&[0x80, kl as u8]);
-                w[vo - 1..vo + 1].copy_from_slice(&[0x80, vl as u8]);
-                shape
+                if vl < 16 {
+                    w[vo - 1..vo + 1].copy_from_slice(&[0x80, vl as u8]);
+                }
+                (vo, vl, more)
             } else {
-                shape(self.buf.bytes().get(at..)?.first_chunk::<40>()?)?
+                let (_, vo, vl, more) = shape(self.buf.bytes().get(at..)?.first_chunk::<40>()?)?;
+                (vo, vl, more)
             };
+            if vl == 16 {
+                return Some(Entry::Value(at + vo));
+            }
             // The next key's opening quote, or the offset after the `}`.
             let next = at + vo + 2 + vl + 1;
-            let _ = kl;
             Some(if more {
                 Entry::More(next)
             } else {
@@ -2337,10 +2377,10 @@ mod tests {
 
     #[test]
     fn escaped_ext_strings_beyond_the_scratch_are_unescaped_in_place() {
-        // Each value ~190 bytes unescaped: the first is unescaped while parsing, the ones that
-        // no longer fit the 256-byte scratch afterwards; all read back the same, compacted.
-        let value = |i: usize| format!("{i}\\u0001{}\\n\\u00e9\\ud83d\\ude80\\\"", "p".repeat(180));
-        let want = |i: usize| format!("{i}\u{1}{}\n\u{e9}\u{1f680}\"", "p".repeat(180));
+        // Each value ~100 bytes unescaped: the first is unescaped while parsing, the ones that
+        // no longer fit the 128-byte scratch afterwards; all read back the same, compacted.
+        let value = |i: usize| format!("{i}\\u0001{}\\n\\u00e9\\ud83d\\ude80\\\"", "p".repeat(90));
+        let want = |i: usize| format!("{i}\u{1}{}\n\u{e9}\u{1f680}\"", "p".repeat(90));
         let ext: Vec<String> = (0..4)
             .map(|i| format!(r#""k\n{i}":"{}""#, value(i)))
             .collect();
