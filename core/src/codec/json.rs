@@ -1385,9 +1385,9 @@ mod fast {
     ) -> Option<(usize, usize)> {
         loop {
             let block = buf.get(r..)?.first_chunk::<16>()?;
+            let m = scan::quote_or_backslash(block);
             // The whole block, of which only the plain run counts (the rest is overwritten).
             *out.get_mut(w..)?.first_chunk_mut::<16>()? = *block;
-            let m = scan::quote_or_backslash(block);
             if m == 0 {
                 r += 16;
                 w += 16;
@@ -1586,12 +1586,13 @@ mod fast {
             let mut count = 0;
             loop {
                 // `p` is a key's opening quote.
-                let value = match self.short_entry(p, short) {
+                // The value's opening quote, and whether it may be short.
+                let (value, short_value) = match self.short_entry(p, short) {
                     Some(Entry::Value(open)) => {
                         if T::COMPACT {
                             *compacted += 1;
                         }
-                        open
+                        (open, false)
                     }
                     Some(e) => {
                         count += 1;
@@ -1614,10 +1615,10 @@ mod fast {
                         if self.buf.bytes().get(close + 1..close + 3) != Some(b":\"") {
                             return None;
                         }
-                        close + 2
+                        (close + 2, short)
                     }
                 };
-                let close = self.ext_str(value, short, compacted)?;
+                let close = self.ext_str(value, short_value, compacted)?;
                 count += 1;
                 if count > max_fields {
                     return None;
