@@ -35,6 +35,51 @@ pub(crate) fn backslash(block: &[u8; 16]) -> u32 {
     }
 }
 
+/// Whether any byte of `block` is 0x80 or above.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline(always)]
+fn any_high(block: &[u8; 64]) -> bool {
+    use core::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128};
+    // SAFETY: as in `quote_or_backslash`; the four loads read the 64 bytes `block` refers to.
+    // `tests::ascii_prefix_stops_at_the_first_high_byte` checks a high byte at every position.
+    unsafe {
+        let p = block.as_ptr().cast::<__m128i>();
+        let a = _mm_or_si128(_mm_loadu_si128(p), _mm_loadu_si128(p.add(1)));
+        let b = _mm_or_si128(_mm_loadu_si128(p.add(2)), _mm_loadu_si128(p.add(3)));
+        _mm_movemask_epi8(_mm_or_si128(a, b)) != 0
+    }
+}
+
+/// See the x86_64 version.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+#[inline(always)]
+fn any_high(block: &[u8; 64]) -> bool {
+    block.iter().fold(0, |acc, &b| acc | b) >= 0x80
+}
+
+/// How many bytes at the start of `s` are known ASCII (so a character boundary): all of
+/// `s`, or up to a 64-byte block that holds a byte of 0x80 or above.
+#[inline]
+pub(crate) fn ascii_prefix(s: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(block) = s.get(i..).and_then(|r| r.first_chunk::<64>()) {
+        if any_high(block) {
+            return i;
+        }
+        i += 64;
+    }
+    // Fewer than 64 bytes left: the last 64 of `s` (overlapping what was checked), if any.
+    let rest_ascii = match s.last_chunk::<64>() {
+        Some(block) => !any_high(block),
+        None => s[i..].iter().fold(0, |acc, &b| acc | b) < 0x80,
+    };
+    if rest_ascii {
+        s.len()
+    } else {
+        i
+    }
+}
+
 /// See the x86_64 version.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
 #[inline(always)]
@@ -109,6 +154,25 @@ mod tests {
             }
         }
         m
+    }
+
+    #[test]
+    fn ascii_prefix_stops_at_the_first_high_byte() {
+        for len in [0usize, 1, 15, 16, 63, 64, 65, 127, 128, 200] {
+            let ascii = alloc::vec![b'a'; len];
+            assert_eq!(ascii_prefix(&ascii), len);
+            for at in 0..len {
+                for high in [0x80u8, 0xC3, 0xFF] {
+                    let mut s = ascii.clone();
+                    s[at] = high;
+                    let n = ascii_prefix(&s);
+                    assert!(n <= at, "{len} {at}: {n}");
+                    assert_eq!(n % 64, 0, "{len} {at}: {n}");
+                    assert!(at - n < 64 || n == 0, "{len} {at}: {n}");
+                    assert!(s[..n].is_ascii());
+                }
+            }
+        }
     }
 
     #[test]
