@@ -1215,9 +1215,10 @@ fn number_at(buf: &[u8], start: usize) -> Result<(i32, usize), Option<DecodeErro
 ///
 /// Every string of the object keeps its place; the two bytes just before its text (`{"`, `,"`
 /// or `:"` in the whitespace-free shape the fast parser takes) become its length, big-endian
-/// with the high bit set (so at most [`MAX_LEN`]); a closing quote, and the padding after an
-/// unescaped string, stay (or become) `"`; the closing `}` stays. A reader takes a length, the
-/// text, skips `"`s, and stops at `}`.
+/// with the high bit set (so at most [`MAX_LEN`]); a closing quote stays `"`; the padding an
+/// unescaped string leaves becomes `"` if it is one byte, else starts with a [`COMPACT_SKIP`]
+/// and its length (see [`pad`]); the closing `}` stays. A reader takes a length, the text,
+/// jumps a skip, skips `"`s, and stops at `}`.
 pub(crate) mod compact {
     pub(crate) use crate::codec::command::{COMPACT_SKIP, REMARK_AT};
 
