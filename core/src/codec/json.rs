@@ -1613,15 +1613,13 @@ mod fast {
                         (open, false)
                     }
                     Some(e) => {
+                        // The count is checked at the end: the walk is bounded by the header.
                         count += 1;
-                        if count > max_fields {
-                            return None;
-                        }
                         if T::COMPACT {
                             *compacted += 2;
                         }
                         match e {
-                            Entry::Last(end) => return Some(end),
+                            Entry::Last(end) => return (count <= max_fields).then_some(end),
                             _ => {
                                 p = e.at();
                                 continue;
@@ -1638,12 +1636,11 @@ mod fast {
                 };
                 let close = self.ext_str(value, short_value, compacted)?;
                 count += 1;
-                if count > max_fields {
-                    return None;
-                }
                 match self.buf.bytes().get(close + 1..close + 3) {
                     Some(b",\"") => p = close + 2,
-                    _ if self.buf.bytes().get(close + 1) == Some(&b'}') => return Some(close + 2),
+                    _ if self.buf.bytes().get(close + 1) == Some(&b'}') => {
+                        return (count <= max_fields).then_some(close + 2)
+                    }
                     _ => return None,
                 }
             }
@@ -1664,7 +1661,9 @@ mod fast {
             fn shape(w: &[u8; 40]) -> Option<(usize, usize, usize, bool)> {
                 let key = w[2..].first_chunk::<16>()?;
                 let kl = (scan::quote_or_backslash(key) | 1 << 16).trailing_zeros() as usize;
-                if key.get(kl) != Some(&b'"') || w[3 + kl] != b':' || w[4 + kl] != b'"' {
+                if key.get(kl) != Some(&b'"')
+                    || u16::from_le_bytes([w[3 + kl], w[4 + kl]]) != u16::from_le_bytes(*b":\"")
+                {
                     return None;
                 }
                 let vo = 4 + kl;
@@ -1674,10 +1673,13 @@ mod fast {
                     return Some((kl, vo, 16, false));
                 }
                 let after = vo + 2 + vl;
-                match w[after..after + 2] {
-                    [b',', b'"'] => Some((kl, vo, vl, true)),
-                    [b'}', _] => Some((kl, vo, vl, false)),
-                    _ => Some((kl, vo, 16, false)),
+                let sep = u16::from_le_bytes([w[after], w[after + 1]]);
+                if sep == u16::from_le_bytes(*b",\"") {
+                    Some((kl, vo, vl, true))
+                } else if sep as u8 == b'}' {
+                    Some((kl, vo, vl, false))
+                } else {
+                    Some((kl, vo, 16, false))
                 }
             }
             if !short {
