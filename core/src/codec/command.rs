@@ -622,9 +622,16 @@ pub(crate) const REMARK_AT: u8 = 0xFD;
 ///
 /// Each of its strings keeps its place; the two bytes before its text hold its length,
 /// big-endian with the high bit set (at most `0x7FFF`); what follows the text up to the next
-/// length is `"` (closing quotes, and the padding of an unescaped string); the object's `}`
+/// length is `"` (closing quotes, and the padding of an unescaped string), or a
+/// [`COMPACT_SKIP`] over that padding; the object's `}`
 /// stays and ends it. `crate::codec::json::compact` writes it.
 pub(crate) const COMPACT_EXT: u32 = 1 << 31;
+
+/// In a compacted `extFields` object, the first byte after the text of a string that
+/// unescaping shortened by 2 or more: it and the next two bytes (big-endian) say how many bytes
+/// to skip (up to and including the string's closing quote), so that a reader does not step
+/// over the padding a byte at a time.
+pub(crate) const COMPACT_SKIP: u8 = 0xFC;
 
 /// The next entry of a compacted `extFields` object (`rest` starts at a key's length, or at
 /// the closing `}`); `rest` moves past it (to the `}`'s end when there is none).
@@ -639,6 +646,9 @@ fn next_compact<'a>(rest: &mut &'a [u8]) -> Option<(&'a str, &'a str)> {
         let len = usize::from(hi & 0x7F) << 8 | usize::from(lo);
         let text = r.get(2..2 + len)?;
         let mut after = &r[2 + len..];
+        if let [COMPACT_SKIP, hi, lo, ..] = *after {
+            after = after.get(usize::from(u16::from_be_bytes([hi, lo]))..)?;
+        }
         while let [b'"', tail @ ..] = after {
             after = tail;
         }

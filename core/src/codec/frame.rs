@@ -73,8 +73,7 @@ impl Codec {
                 // Rewritten for reading (escapes undone, `extFields` compacted) where it lies:
                 // the read buffer is ours to change, and whatever else shares its memory lies
                 // outside this frame. No copy.
-                let parsed = json::parse_in_place(&mut buf[header], &self.limits)?;
-                (parsed.fixed, parsed.ext_at)
+                json::parse_in_place(&mut buf[header], &self.limits)?
             }
         };
         if frame_len != PREFIX_LEN + header_len || fixed.has_remark || fixed.has_ext {

@@ -17,6 +17,7 @@ use crate::codec::command::{
 };
 use crate::codec::error::{DecodeError, JsonErrorKind};
 use crate::codec::limits::Limits;
+use crate::codec::scan;
 use crate::codec::sink::{self, BufSink, Sink, JSON_ESCAPE as ESCAPE};
 
 /// Decodes a JSON header into a command with an empty body.
@@ -473,7 +474,7 @@ fn rewrite_one(buf: &mut [u8], open: usize, close: usize, compact: bool) {
     let end = unescape_in_place(buf, open + 1, close, open + 1);
     if compact {
         compact::put_len(buf, open + 1, end - open - 1);
-        buf[end..=close].fill(b'"');
+        compact::pad(buf, end, close);
     } else {
         buf[open] = UNESCAPED_START;
         buf[end..=close].fill(UNESCAPED_END);
@@ -497,8 +498,12 @@ pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Parsed, DecodeErro
 /// [`parse`] of a header the caller may change, which is then rewritten for reading: escaped
 /// strings are unescaped in place and, where the fast parser took the header, the
 /// `extFields` object is made a compact length-prefixed block (see [`compact`]; `ext_at` then
-/// carries [`COMPACT_EXT`]). An error leaves the header as it was.
-pub(crate) fn parse_in_place(header: &mut [u8], limits: &Limits) -> Result<Parsed, DecodeError> {
+/// carries [`COMPACT_EXT`]). Returns the fixed fields and `ext_at` (what [`Parsed`] says
+/// beside the escapes, which are done). An error leaves the header as it was.
+pub(crate) fn parse_in_place(
+    header: &mut [u8],
+    limits: &Limits,
+) -> Result<(Fixed, u32), DecodeError> {
     check_utf8(header)?;
     let parsed = match fast::parse(&mut *header, limits) {
         Some(parsed) => parsed,
@@ -507,18 +512,24 @@ pub(crate) fn parse_in_place(header: &mut [u8], limits: &Limits) -> Result<Parse
     if parsed.escapes.any() {
         parsed.escapes.rewrite(header);
     }
-    Ok(parsed)
+    Ok((parsed.fixed, parsed.ext_at))
 }
 
-/// Checks that the header is UTF-8: headers of 64 bytes or more with `simdutf8` (SIMD), shorter
-/// ones with core's check (whose ASCII path costs less than dispatching). Core's check
+/// Checks that the header is UTF-8: its ASCII start 64 bytes at a time (see
+/// [`scan::ascii_prefix`]), the rest from there with `simdutf8` (SIMD) if 64 bytes or more,
+/// else with core's check (whose ASCII path costs less than dispatching). Core's check
 /// locates an error.
 #[inline]
 fn check_utf8(header: &[u8]) -> Result<(), DecodeError> {
-    let valid = if header.len() >= 64 {
-        simdutf8::basic::from_utf8(header).is_ok()
+    // Most headers are ASCII throughout: 64 bytes at a time with SSE2; the rest from the first
+    // block that is not (a character boundary, as everything before it is ASCII).
+    let rest = &header[scan::ascii_prefix(header)..];
+    let valid = if rest.is_empty() {
+        true
+    } else if rest.len() >= 64 {
+        simdutf8::basic::from_utf8(rest).is_ok()
     } else {
-        core::str::from_utf8(header).is_ok()
+        core::str::from_utf8(rest).is_ok()
     };
     if valid {
         Ok(())
@@ -584,35 +595,39 @@ pub(crate) fn rewrite_escapes(buf: &mut [u8], from: usize) {
 }
 
 /// Unescapes the validated string text `buf[read..end]` to `buf[write..]` (`write <= read`);
-/// returns where the text ends.
+/// returns where the text ends. Bytes between that end and `end` are left with garbage the
+/// caller overwrites.
 fn unescape_in_place(buf: &mut [u8], mut read: usize, end: usize, mut write: usize) -> usize {
     while read < end {
-        // Eight bytes at a time while no backslash is among them. Copying forwards a word at a
-        // time is right although the ranges overlap: `write <= read`, and each word is loaded
-        // before anything at or after it is stored.
-        if read + 8 <= end {
-            let w = word_at(buf, read);
-            let hits = zero_bytes(w ^ (ONES * u64::from(b'\\')));
-            if hits == 0 {
-                buf[write..write + 8].copy_from_slice(&w.to_le_bytes());
-                read += 8;
-                write += 8;
+        // The plain run up to the next backslash, sixteen bytes at a time.
+        if let Some(&block) = buf.get(read..).and_then(|r| r.first_chunk::<16>()) {
+            let m = scan::backslash(&block);
+            let n = if m != 0 {
+                m.trailing_zeros() as usize
+            } else {
+                16
+            };
+            let n = n.min(end - read);
+            // Storing the whole block at `write` changes `buf[write..write + 16]`: safe when
+            // that ends at or before `read + n` (what is left to read from there on is not
+            // touched; what the block holds past the run is garbage before `end`).
+            if write + 16 <= read + n {
+                buf[write..write + 16].copy_from_slice(&block);
+            } else if write != read {
+                buf.copy_within(read..read + n, write);
+            }
+            read += n;
+            write += n;
+            if n == 16 || read >= end {
                 continue;
             }
-            // The bytes before the first backslash (the lowest flagged byte is exact).
-            let plain = (hits.trailing_zeros() / 8) as usize;
-            for i in 0..plain {
-                buf[write + i] = (w >> (8 * i)) as u8;
-            }
-            read += plain;
-            write += plain;
-        }
-        if buf[read] != b'\\' {
+        } else if buf[read] != b'\\' {
             buf[write] = buf[read];
             read += 1;
             write += 1;
             continue;
         }
+        // `buf[read]` is a backslash.
         if let Some(byte) = ascii_u_escape(buf, read) {
             buf[write] = byte;
             write += 1;
@@ -649,10 +664,27 @@ fn unescape_in_place(buf: &mut [u8], mut read: usize, end: usize, mut write: usi
 
 /// The byte of a `\u00XX` escape at `at` whose character is ASCII (the control characters
 /// Java escapes this way), or `None` for any other escape.
-#[inline]
+#[inline(always)]
 fn ascii_u_escape(buf: &[u8], at: usize) -> Option<u8> {
-    match buf.get(at + 1..at + 6)? {
-        [b'u', b'0', b'0', hi, lo] => {
+    let Some(&w) = buf.get(at..).and_then(|r| r.first_chunk::<8>()) else {
+        return ascii_u_escape_short(buf, at);
+    };
+    let w = u64::from_le_bytes(w);
+    if w as u32 != u32::from_le_bytes(*b"\\u00") {
+        return None;
+    }
+    let (hi, lo) = (
+        HEX_VALUE[usize::from((w >> 32) as u8)],
+        HEX_VALUE[usize::from((w >> 40) as u8)],
+    );
+    (hi < 8 && lo <= 0xF).then_some(hi << 4 | lo)
+}
+
+/// [`ascii_u_escape`] within the last 8 bytes of `buf`.
+#[cold]
+fn ascii_u_escape_short(buf: &[u8], at: usize) -> Option<u8> {
+    match buf.get(at..at + 6)? {
+        [b'\\', b'u', b'0', b'0', hi, lo] => {
             let (hi, lo) = (HEX_VALUE[usize::from(*hi)], HEX_VALUE[usize::from(*lo)]);
             (hi < 8 && lo <= 0xF).then_some(hi << 4 | lo)
         }
@@ -731,26 +763,45 @@ struct Str {
     escaped: bool,
 }
 
-/// The first `"` or `\\` in `s` at or after `i`: eight bytes at a time for the first 64 (most
-/// header strings are short, and a call into `memchr` costs more than scanning them), then
-/// `memchr2` for the rest of a long string.
+/// The first `"` or `\\` in `s` at or after `i`: sixteen bytes at a time (see
+/// [`scan`]), the last few one at a time.
 #[inline(always)]
 fn find_quote_or_backslash(s: &[u8], i: usize) -> Option<usize> {
-    let mut j = i;
-    let short_end = s.len().min(i.saturating_add(64));
-    while j + 8 <= short_end {
-        let w = word_at(s, j);
-        let hits =
-            zero_bytes(w ^ (ONES * u64::from(b'"'))) | zero_bytes(w ^ (ONES * u64::from(b'\\')));
-        if hits != 0 {
-            // The lowest flagged byte is exact (only bytes above a real hit can be flagged
-            // falsely), and the word was loaded little-endian: it is the first hit.
-            return Some(j + (hits.trailing_zeros() / 8) as usize);
+    if let Some(block) = s.get(i..).and_then(|r| r.first_chunk::<16>()) {
+        let m = scan::quote_or_backslash(block);
+        if m != 0 {
+            return Some(i + m.trailing_zeros() as usize);
         }
-        j += 8;
+        return find_quote_or_backslash_from(s, i + 16);
     }
-    if short_end < s.len() {
+    find_quote_or_backslash_from(s, i)
+}
+
+/// [`find_quote_or_backslash`] past its first block: two more blocks, then (a long string)
+/// `memchr2`, which takes 32 bytes at a time where the CPU can.
+fn find_quote_or_backslash_from(s: &[u8], i: usize) -> Option<usize> {
+    let mut j = i;
+    for _ in 0..2 {
+        let Some(block) = s.get(j..).and_then(|r| r.first_chunk::<16>()) else {
+            break;
+        };
+        let m = scan::quote_or_backslash(block);
+        if m != 0 {
+            return Some(j + m.trailing_zeros() as usize);
+        }
+        j += 16;
+    }
+    if s.len() >= j + 16 {
         return memchr::memchr2(b'"', b'\\', &s[j..]).map(|k| j + k);
+    }
+    // Fewer than 16 bytes left: the last 16 of `s`, without the hits before `j`.
+    if let Some(block) = s.last_chunk::<16>() {
+        let base = s.len() - 16;
+        let from = j.max(base);
+        let m = scan::quote_or_backslash(block)
+            .checked_shr((from - base) as u32)
+            .unwrap_or(0);
+        return (m != 0).then(|| from + m.trailing_zeros() as usize);
     }
     while j < s.len() {
         let b = s[j];
@@ -768,50 +819,79 @@ fn find_quote_or_backslash(s: &[u8], i: usize) -> Option<usize> {
 fn scan_string(buf: &[u8], open: usize, limits: &Limits) -> PResult<(Str, usize)> {
     let start = open + 1;
     let mut at = start;
-    let mut len = 0usize;
     let mut escaped = false;
-    loop {
+    let close = loop {
         let Some(hit) = find_quote_or_backslash(buf, at) else {
             return Err(error_at(buf.len(), JsonErrorKind::UnexpectedEnd));
         };
-        len += hit - at;
         if buf[hit] == b'"' {
-            if len > limits.max_string_len {
-                return Err(DecodeError::StringTooLong {
-                    offset: open,
-                    max: limits.max_string_len,
-                });
-            }
-            return Ok((
-                Str {
-                    start,
-                    end: hit,
-                    escaped,
-                },
-                hit + 1,
-            ));
+            break hit;
         }
         escaped = true;
-        let esc = *buf
-            .get(hit + 1)
-            .ok_or_else(|| error_at(buf.len(), JsonErrorKind::UnexpectedEnd))?;
-        match esc {
-            b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {
-                len += 1;
-                at = hit + 2;
-            }
-            b'u' if ascii_u_escape(buf, hit).is_some() => {
-                len += 1;
-                at = hit + 6;
-            }
-            b'u' => {
-                let (c, next) = unicode_escape(buf, hit)?;
+        at = escape_end(buf, hit)?;
+    };
+    // Unescaping never lengthens a string: only one longer than the limit as written needs
+    // its unescaped length.
+    if close - start > limits.max_string_len
+        && unescaped_len(buf, start, close) > limits.max_string_len
+    {
+        return Err(DecodeError::StringTooLong {
+            offset: open,
+            max: limits.max_string_len,
+        });
+    }
+    Ok((
+        Str {
+            start,
+            end: close,
+            escaped,
+        },
+        close + 1,
+    ))
+}
+
+/// Checks the escape whose backslash is at `at`; returns the offset after it.
+#[inline(always)]
+fn escape_end(buf: &[u8], at: usize) -> PResult<usize> {
+    // `\u00XX`, the escape Java writes for control characters, at once.
+    if ascii_u_escape(buf, at).is_some() {
+        return Ok(at + 6);
+    }
+    escape_end_slow(buf, at)
+}
+
+/// [`escape_end`] of an escape other than `\u00XX` with `XX` below 0x80.
+fn escape_end_slow(buf: &[u8], at: usize) -> PResult<usize> {
+    match buf.get(at + 1) {
+        Some(b'u') => unicode_escape(buf, at).map(|(_, next)| next),
+        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(at + 2),
+        Some(_) => Err(error_at(at, JsonErrorKind::InvalidEscape)),
+        None => Err(error_at(buf.len(), JsonErrorKind::UnexpectedEnd)),
+    }
+}
+
+/// The unescaped length of the validated string text `buf[start..end]`.
+#[cold]
+fn unescaped_len(buf: &[u8], start: usize, end: usize) -> usize {
+    let mut len = 0;
+    let mut at = start;
+    while at < end {
+        if buf[at] != b'\\' {
+            len += 1;
+            at += 1;
+            continue;
+        }
+        if buf.get(at + 1) == Some(&b'u') {
+            if let Ok((c, next)) = unicode_escape(buf, at) {
                 len += c.len_utf8();
                 at = next;
+                continue;
             }
-            _ => return Err(error_at(hit, JsonErrorKind::InvalidEscape)),
         }
+        len += 1;
+        at += 2;
     }
+    len
 }
 
 /// Calls `f` with the unescaped text of a short escaped string (a known key or language name
@@ -1239,11 +1319,12 @@ fn number_at(buf: &[u8], start: usize) -> Result<(i32, usize), Option<DecodeErro
 ///
 /// Every string of the object keeps its place; the two bytes just before its text (`{"`, `,"`
 /// or `:"` in the whitespace-free shape the fast parser takes) become its length, big-endian
-/// with the high bit set (so at most [`MAX_LEN`]); a closing quote, and the padding after an
-/// unescaped string, stay (or become) `"`; the closing `}` stays. A reader takes a length, the
-/// text, skips `"`s, and stops at `}`.
+/// with the high bit set (so at most [`MAX_LEN`]); a closing quote stays `"`; the padding an
+/// unescaped string leaves becomes `"` if it is one byte, else starts with a [`COMPACT_SKIP`]
+/// and its length (see [`pad`]); the closing `}` stays. A reader takes a length, the text,
+/// jumps a skip, skips `"`s, and stops at `}`.
 pub(crate) mod compact {
-    pub(crate) use crate::codec::command::REMARK_AT;
+    pub(crate) use crate::codec::command::{COMPACT_SKIP, REMARK_AT};
 
     /// The longest string the form can hold.
     pub(crate) const MAX_LEN: usize = 0x7FFF;
@@ -1255,6 +1336,20 @@ pub(crate) mod compact {
         debug_assert!(len <= MAX_LEN && text >= 2);
         if let Some(slot) = buf.get_mut(text.wrapping_sub(2)..text) {
             slot.copy_from_slice(&[0x80 | (len >> 8) as u8, len as u8]);
+        }
+    }
+
+    /// Fills what follows a string's unescaped text, from `text_end` up to and including its
+    /// closing quote at `close`: with `"` if that is at most 2 bytes, else with a
+    /// [`COMPACT_SKIP`] over it (the rest keeps whatever it held).
+    #[inline]
+    pub(crate) fn pad(buf: &mut [u8], text_end: usize, close: usize) {
+        let n = close + 1 - text_end;
+        if n <= 2 {
+            buf[text_end..=close].fill(b'"');
+        } else {
+            let [hi, lo] = (n as u16).to_be_bytes();
+            buf[text_end..text_end + 3].copy_from_slice(&[COMPACT_SKIP, hi, lo]);
         }
     }
 
@@ -1292,8 +1387,8 @@ pub(crate) mod compact {
 /// over; so it never decides an error, and what it accepts the general parser accepts the same.
 mod fast {
     use super::{
-        compact, find_quote_or_backslash, number_at, scan_string, Escapes, Fixed, LanguageCode,
-        Limits, Parsed, COMPACT_EXT,
+        ascii_u_escape, compact, find_quote_or_backslash, scan, scan_string, unicode_escape,
+        Escapes, Fixed, LanguageCode, Limits, Parsed, COMPACT_EXT,
     };
 
     /// The header: read only, or (`COMPACT`) to be compacted as it is parsed.
@@ -1326,6 +1421,24 @@ mod fast {
         }
     }
 
+    /// What [`Cursor::short_entry`] read.
+    enum Entry {
+        /// The entry, and the next key's opening quote.
+        More(usize),
+        /// The entry and the object: the offset after its `}`.
+        Last(usize),
+        /// Only the key: the value's opening quote.
+        Value(usize),
+    }
+
+    impl Entry {
+        fn at(&self) -> usize {
+            match *self {
+                Entry::More(at) | Entry::Last(at) | Entry::Value(at) => at,
+            }
+        }
+    }
+
     struct Cursor<'a, T> {
         buf: T,
         pos: usize,
@@ -1337,6 +1450,105 @@ mod fast {
         compacted: usize,
         /// The opening quote of the (non-null) remark; 0 for none.
         remark_at: usize,
+        /// Escaped strings of the `extFields` object unescaped as they were checked (when
+        /// compacting; made at the first one).
+        unescaped: Option<Unescaped>,
+    }
+
+    /// The scratch buffer's size: zeroed at the first escaped string (inline stores, where a
+    /// larger one takes a `memset` call), room for the properties Java sends with a message.
+    const SCRATCH: usize = 128;
+
+    /// Escaped strings unescaped into a scratch buffer while they were checked, to be written
+    /// in place once the whole header is accepted (until then the header keeps them as they
+    /// were, so that giving up needs no undoing them). What does not fit is unescaped in
+    /// place afterwards, as [`Escapes`] says.
+    struct Unescaped {
+        text: [u8; SCRATCH],
+        used: usize,
+        /// Opening and closing quote of each string, where its text is in `text`, its length.
+        strings: [(u32, u32, u16, u16); 4],
+        n: usize,
+    }
+
+    impl Unescaped {
+        fn new() -> Unescaped {
+            Unescaped {
+                text: [0; SCRATCH],
+                used: 0,
+                strings: [(0, 0, 0, 0); 4],
+                n: 0,
+            }
+        }
+
+        /// Writes each string's unescaped text over it, its length before it and the padding
+        /// after it (see [`compact`]).
+        fn write(&self, buf: &mut [u8]) {
+            for &(open, close, at, len) in &self.strings[..self.n] {
+                let (text, close) = (open as usize + 1, close as usize);
+                let (at, len) = (usize::from(at), usize::from(len));
+                buf[text..text + len].copy_from_slice(&self.text[at..at + len]);
+                compact::put_len(buf, text, len);
+                compact::pad(buf, text + len, close);
+            }
+        }
+    }
+
+    /// Checks the string text from `r` on (up to its closing quote) and unescapes it to
+    /// `out[w..]`; returns the closing quote and where the text ends in `out`. `None` for an
+    /// invalid escape, a string running to the end of `buf`, or one `out` has no room for
+    /// (the caller then takes the general path, which gives any error).
+    #[inline]
+    fn unescape_into(
+        buf: &[u8],
+        mut r: usize,
+        out: &mut [u8],
+        mut w: usize,
+    ) -> Option<(usize, usize)> {
+        loop {
+            let block = buf.get(r..)?.first_chunk::<16>()?;
+            let m = scan::quote_or_backslash(block);
+            // The whole block, of which only the plain run counts (the rest is overwritten).
+            *out.get_mut(w..)?.first_chunk_mut::<16>()? = *block;
+            if m == 0 {
+                r += 16;
+                w += 16;
+                continue;
+            }
+            let n = m.trailing_zeros() as usize;
+            r += n;
+            w += n;
+            if buf[r] == b'"' {
+                return Some((r, w));
+            }
+            if let Some(byte) = ascii_u_escape(buf, r) {
+                out[w] = byte;
+                w += 1;
+                r += 6;
+                continue;
+            }
+            let byte = match *buf.get(r + 1)? {
+                b'b' => 0x08,
+                b'f' => 0x0c,
+                b'n' => b'\n',
+                b'r' => b'\r',
+                b't' => b'\t',
+                b @ (b'"' | b'\\' | b'/') => b,
+                b'u' => {
+                    let (c, next) = unicode_escape(buf, r).ok()?;
+                    let mut utf8 = [0u8; 4];
+                    let s = c.encode_utf8(&mut utf8);
+                    out.get_mut(w..w + s.len())?.copy_from_slice(s.as_bytes());
+                    w += s.len();
+                    r = next;
+                    continue;
+                }
+                _ => return None,
+            };
+            out[w] = byte;
+            w += 1;
+            r += 2;
+        }
     }
 
     impl<T: Text> Cursor<'_, T> {
@@ -1367,15 +1579,30 @@ mod fast {
             self.lit(lit).then_some(())
         }
 
-        /// A plain integer followed by `,` or `}`.
-        #[inline]
+        /// A plain integer of at most 10 digits (the caller then needs `,` or `}`, so a
+        /// fraction or exponent makes it give up); what it reads `number_at` reads the same.
+        #[inline(always)]
         fn int(&mut self) -> Option<i32> {
-            match self.buf.bytes().get(self.pos)? {
-                b'-' | b'0'..=b'9' => {}
-                _ => return None,
+            let buf = self.buf.bytes();
+            let neg = buf.get(self.pos) == Some(&b'-');
+            let start = self.pos + usize::from(neg);
+            let mut i = start;
+            let mut n = 0u64;
+            while let Some(&b) = buf.get(i) {
+                let d = b.wrapping_sub(b'0');
+                if d > 9 {
+                    break;
+                }
+                n = n.wrapping_mul(10).wrapping_add(u64::from(d));
+                i += 1;
             }
-            let (n, end) = number_at(self.buf.bytes(), self.pos).ok()?;
-            self.pos = end;
+            let digits = i - start;
+            if digits == 0 || digits > 10 {
+                return None;
+            }
+            let n = if neg { -(n as i64) } else { n as i64 };
+            let n = i32::try_from(n).ok()?;
+            self.pos = i;
             Some(n)
         }
 
@@ -1418,6 +1645,9 @@ mod fast {
         /// `"NAME"` for a known language name.
         #[inline]
         fn language(&mut self) -> Option<LanguageCode> {
+            if self.lit(b"\"JAVA\"") {
+                return Some(LanguageCode::JAVA);
+            }
             let (a, b) = self.string()?;
             LanguageCode::from_name_bytes(&self.buf.bytes()[a..b])
         }
@@ -1446,29 +1676,234 @@ mod fast {
                 return Some(0);
             }
             self.in_ext = true;
+            let p = self.pos;
+            if self.buf.bytes().get(p) != Some(&b'"') {
+                return None;
+            }
+            let mut compacted = self.compacted;
+            let end = self.entries(p, &mut compacted);
+            self.compacted = compacted;
+            self.pos = end?;
+            self.in_ext = false;
+            Some(if T::COMPACT {
+                at as u32 | COMPACT_EXT
+            } else {
+                at as u32
+            })
+        }
+
+        /// The entries of the `extFields` object from the key whose opening quote is at `p`;
+        /// returns the offset after its `}`. `compacted` counts the strings compacted.
+        #[inline(always)]
+        fn entries(&mut self, mut p: usize, compacted: &mut usize) -> Option<usize> {
+            // A string found in one block is at most 15 bytes long: within the limit unless
+            // that is lower (then every string takes `ext_str_slow`).
+            let max = if T::COMPACT {
+                self.limits.max_string_len.min(compact::MAX_LEN)
+            } else {
+                self.limits.max_string_len
+            };
+            let short = max >= 15;
+            let max_fields = self.limits.max_ext_fields;
             let mut count = 0;
             loop {
-                self.ext_string()?;
-                self.byte(b':')?;
-                self.ext_string()?;
+                // `p` is a key's opening quote.
+                // The value's opening quote, and whether it may be short.
+                let (value, short_value) = match self.short_entry(p, short) {
+                    Some(Entry::Value(open)) => {
+                        if T::COMPACT {
+                            *compacted += 1;
+                        }
+                        (open, false)
+                    }
+                    Some(e) => {
+                        // The count is checked at the end: the walk is bounded by the header.
+                        count += 1;
+                        if T::COMPACT {
+                            *compacted += 2;
+                        }
+                        match e {
+                            Entry::Last(end) => return (count <= max_fields).then_some(end),
+                            _ => {
+                                p = e.at();
+                                continue;
+                            }
+                        }
+                    }
+                    None => {
+                        let close = self.ext_str(p, short, compacted)?;
+                        if self.buf.bytes().get(close + 1..close + 3) != Some(b":\"") {
+                            return None;
+                        }
+                        (close + 2, short)
+                    }
+                };
+                let close = self.ext_str(value, short_value, compacted)?;
                 count += 1;
-                if count > self.limits.max_ext_fields {
-                    return None;
-                }
-                match self.buf.bytes().get(self.pos) {
-                    Some(b',') => self.pos += 1,
-                    Some(b'}') => {
-                        self.pos += 1;
-                        self.in_ext = false;
-                        return Some(if T::COMPACT {
-                            at as u32 | COMPACT_EXT
-                        } else {
-                            at as u32
-                        });
+                match self.buf.bytes().get(close + 1..close + 3) {
+                    Some(b",\"") => p = close + 2,
+                    _ if self.buf.bytes().get(close + 1) == Some(&b'}') => {
+                        return (count <= max_fields).then_some(close + 2)
                     }
                     _ => return None,
                 }
             }
+        }
+
+        /// The entry whose key's opening quote is at `p` (at least 1), if `short` allows and
+        /// key and value are each found in one 16-byte block (so at most 15 bytes, no escape)
+        /// and it is followed by `,"` or `}`: compacted if the header may change. Reads one
+        /// 40-byte window, so the bounds are checked once. [`Entry::Value`] if only the key
+        /// (and the `:"` after it) is: the key is compacted and the value is left to the
+        /// caller. `None` (nothing written) for anything else: the string-at-a-time path.
+        #[inline(always)]
+        fn short_entry(&mut self, p: usize, short: bool) -> Option<Entry> {
+            /// What [`Cursor::short_entry`] found, offsets from `p - 1`: key length, the value's
+            /// opening quote, value length (16: not found), and whether `,"` (rather than
+            /// `}`) follows.
+            #[inline(always)]
+            fn shape(w: &[u8; 40]) -> Option<(usize, usize, usize, bool)> {
+                let key = w[2..].first_chunk::<16>()?;
+                let kl = (scan::quote_or_backslash(key) | 1 << 16).trailing_zeros() as usize;
+                if key.get(kl) != Some(&b'"')
+                    || u16::from_le_bytes([w[3 + kl], w[4 + kl]]) != u16::from_le_bytes(*b":\"")
+                {
+                    return None;
+                }
+                let vo = 4 + kl;
+                let value = w[vo + 1..].first_chunk::<16>()?;
+                let vl = (scan::quote_or_backslash(value) | 1 << 16).trailing_zeros() as usize;
+                if value.get(vl) != Some(&b'"') {
+                    return Some((kl, vo, 16, false));
+                }
+                let after = vo + 2 + vl;
+                let sep = u16::from_le_bytes([w[after], w[after + 1]]);
+                if sep == u16::from_le_bytes(*b",\"") {
+                    Some((kl, vo, vl, true))
+                } else if sep as u8 == b'}' {
+                    Some((kl, vo, vl, false))
+                } else {
+                    Some((kl, vo, 16, false))
+                }
+            }
+            if !short {
+                return None;
+            }
+            let at = p - 1;
+            let (vo, vl, more) = if T::COMPACT {
+                let w = self
+                    .buf
+                    .bytes_mut()
+                    .get_mut(at..)?
+                    .first_chunk_mut::<40>()?;
+                let (kl, vo, vl, more) = shape(w)?;
+                w[..2].copy_from_slice(&[0x80, kl as u8]);
+                if vl < 16 {
+                    w[vo - 1..vo + 1].copy_from_slice(&[0x80, vl as u8]);
+                }
+                (vo, vl, more)
+            } else {
+                let (_, vo, vl, more) = shape(self.buf.bytes().get(at..)?.first_chunk::<40>()?)?;
+                (vo, vl, more)
+            };
+            if vl == 16 {
+                return Some(Entry::Value(at + vo));
+            }
+            // The next key's opening quote, or the offset after the `}`.
+            let next = at + vo + 2 + vl + 1;
+            Some(if more {
+                Entry::More(next)
+            } else {
+                Entry::Last(next)
+            })
+        }
+
+        /// The string of the `extFields` object whose opening quote is at `open` (at least
+        /// 1: the object's `{` comes before it), compacted if the header may change; returns
+        /// its closing quote. Most strings are short (`short`: and the limit allows 15 bytes)
+        /// and hold no escape: their end is the first quote or backslash of one 16-byte block.
+        #[inline(always)]
+        fn ext_str(&mut self, open: usize, short: bool, compacted: &mut usize) -> Option<usize> {
+            if short {
+                if let Some(block) = self
+                    .buf
+                    .bytes()
+                    .get(open + 1..)
+                    .and_then(|r| r.first_chunk::<16>())
+                {
+                    let m = scan::quote_or_backslash(block) | 1 << 16;
+                    let len = m.trailing_zeros() as usize;
+                    if block.get(len) == Some(&b'"') {
+                        if T::COMPACT {
+                            if let Some(slot) = self.buf.bytes_mut().get_mut(open - 1..open + 1) {
+                                slot.copy_from_slice(&[0x80, len as u8]);
+                            }
+                            *compacted += 1;
+                        }
+                        return Some(open + 1 + len);
+                    }
+                }
+            }
+            self.compacted = *compacted;
+            let next = self.ext_str_slow(open);
+            *compacted = self.compacted;
+            Some(next? - 1)
+        }
+
+        /// [`Cursor::ext_str`] of a string with escapes, or a long one.
+        #[inline(never)]
+        fn ext_str_slow(&mut self, open: usize) -> Option<usize> {
+            let buf = self.buf.bytes();
+            let hit = find_quote_or_backslash(buf, open + 1)?;
+            if buf[hit] == b'"' {
+                // A long string with no escape.
+                let len = hit - open - 1;
+                let max = if T::COMPACT {
+                    self.limits.max_string_len.min(compact::MAX_LEN)
+                } else {
+                    self.limits.max_string_len
+                };
+                if len > max {
+                    return None;
+                }
+                if T::COMPACT {
+                    compact::put_len(self.buf.bytes_mut(), open + 1, len);
+                    self.compacted += 1;
+                }
+                return Some(hit + 1);
+            }
+            if T::COMPACT {
+                if let Some(close) = self.unescape_to_scratch(open) {
+                    // Its length as written, for an undo; the unescaped one comes with it.
+                    let len = close - open - 1;
+                    compact::put_len(self.buf.bytes_mut(), open + 1, len);
+                    self.compacted += 1;
+                    return Some(close + 1);
+                }
+            }
+            self.pos = open;
+            self.ext_string()?;
+            Some(self.pos)
+        }
+
+        /// Checks the escaped string whose opening quote is at `open` and unescapes it into
+        /// [`Cursor::unescaped`]; returns its closing quote, or `None` if it is invalid, too
+        /// long, or does not fit.
+        fn unescape_to_scratch(&mut self, open: usize) -> Option<usize> {
+            let u = self.unescaped.get_or_insert_with(Unescaped::new);
+            if u.n == u.strings.len() {
+                return None;
+            }
+            let buf = self.buf.bytes();
+            let (close, end) = unescape_into(buf, open + 1, &mut u.text, u.used)?;
+            let len = end - u.used;
+            if close - open - 1 > compact::MAX_LEN || len > self.limits.max_string_len {
+                return None;
+            }
+            u.strings[u.n] = (open as u32, close as u32, u.used as u16, len as u16);
+            u.n += 1;
+            u.used = end;
+            Some(close)
         }
 
         /// [`Cursor::ext`] into `ext_at`, which says where the object starts even if it fails
@@ -1495,6 +1930,7 @@ mod fast {
             in_ext: false,
             compacted: 0,
             remark_at: 0,
+            unescaped: None,
         };
         let mut ext_at = 0;
         let parsed = fields(&mut c, &mut ext_at);
@@ -1508,8 +1944,13 @@ mod fast {
             let at = (ext_at & !COMPACT_EXT) as usize;
             compact::undo(c.buf.bytes_mut(), at, c.compacted);
         }
-        if T::COMPACT && parsed.is_some() && c.remark_at != 0 {
-            compact::put_remark_at(c.buf.bytes_mut(), c.remark_at);
+        if T::COMPACT && parsed.is_some() {
+            if let Some(u) = &c.unescaped {
+                u.write(c.buf.bytes_mut());
+            }
+            if c.remark_at != 0 {
+                compact::put_remark_at(c.buf.bytes_mut(), c.remark_at);
+            }
         }
         parsed
     }
@@ -1612,6 +2053,95 @@ mod tests {
     use alloc::string::String;
     use alloc::vec;
     use alloc::vec::Vec;
+
+    /// Unescapes valid JSON string text one escape at a time (the reference for the
+    /// block-wise `unescape_in_place`).
+    fn naive_unescape(text: &str) -> String {
+        let mut out = String::new();
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next().unwrap() {
+                'b' => out.push('\u{8}'),
+                'f' => out.push('\u{c}'),
+                'n' => out.push('\n'),
+                'r' => out.push('\r'),
+                't' => out.push('\t'),
+                'u' => {
+                    let hex: String = chars.by_ref().take(4).collect();
+                    let mut code = u32::from_str_radix(&hex, 16).unwrap();
+                    if (0xD800..0xDC00).contains(&code) {
+                        let low: String = chars.by_ref().skip(2).take(4).collect();
+                        let low = u32::from_str_radix(&low, 16).unwrap();
+                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+                    }
+                    out.push(char::from_u32(code).unwrap());
+                }
+                other => out.push(other),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn block_wise_unescaping_matches_one_escape_at_a_time() {
+        // Runs of every length between escapes of every kind, so that the block store and the
+        // short copy are both taken with every distance between reading and writing; the
+        // string is followed by 0 to 20 bytes (blocks near the end of the buffer).
+        let escapes = [
+            "\\u0001",
+            "\\n",
+            "\\\"",
+            "\\u00e9",
+            "\\u4e2d",
+            "\\ud83d\\ude80",
+            "\\/",
+            "\\u001F",
+        ];
+        for seed in 0..400usize {
+            let mut text = String::new();
+            let mut x = seed.wrapping_mul(2654435761) | 1;
+            for _ in 0..(seed % 9) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let run = x % 37;
+                for i in 0..run {
+                    text.push(if (i + seed) % 11 == 0 {
+                        '\u{e9}'
+                    } else {
+                        char::from(b'a' + (i % 26) as u8)
+                    });
+                }
+                text.push_str(escapes[(x >> 8) % escapes.len()]);
+            }
+            let tail = seed % 21;
+            let mut buf = format!("\"{text}\"{}", "}".repeat(tail)).into_bytes();
+            let end = buf.len() - tail - 1;
+            let (s, next) = scan_string(&buf, 0, &Limits::default()).unwrap();
+            assert_eq!((s.start, s.end, next), (1, end, end + 1));
+            let want = naive_unescape(&text);
+            let got = unescape_in_place(&mut buf, 1, end, 1);
+            assert_eq!(core::str::from_utf8(&buf[1..got]).unwrap(), want, "{text}");
+            assert!(
+                buf[end..].iter().all(|&b| b == b'"' || b == b'}'),
+                "beyond the string"
+            );
+            // The limit is on the unescaped length, checked exactly only for long strings.
+            let buf = format!("\"{text}\"").into_bytes();
+            for max in [want.len().saturating_sub(1), want.len()] {
+                let limits = Limits {
+                    max_string_len: max,
+                    ..Limits::default()
+                };
+                let r = scan_string(&buf, 0, &limits);
+                assert_eq!(r.is_ok(), want.len() <= max, "{text} {max}");
+            }
+        }
+    }
 
     fn decode(s: &str) -> Result<Command, DecodeError> {
         decode_header(&Bytes::copy_from_slice(s.as_bytes()), &Limits::default())
@@ -1916,7 +2446,7 @@ mod tests {
         ] {
             let mut buf = frame(header);
             let parsed = parse_in_place(&mut buf[8..8 + header.len()], &Limits::default()).unwrap();
-            assert_ne!(parsed.ext_at & COMPACT_EXT, 0, "{header}");
+            assert_ne!(parsed.1 & COMPACT_EXT, 0, "{header}");
             assert_eq!(buf[8], compact::REMARK_AT, "{header}");
             let (cmd, rest) = decode_both(header);
             let cmd = cmd.unwrap();
@@ -1946,7 +2476,7 @@ mod tests {
             let header = format!("{ext}{tail}");
             let mut buf = frame(&header);
             let parsed = parse_in_place(&mut buf[8..8 + header.len()], &Limits::default());
-            assert_eq!(parsed.unwrap().ext_at & COMPACT_EXT, 0, "{header}");
+            assert_eq!(parsed.unwrap().1 & COMPACT_EXT, 0, "{header}");
             let cmd = decode_both(&header).0.unwrap();
             assert_eq!(cmd.ext("b"), Some("x\ny"));
             assert_eq!(cmd.ext_fields().len(), 2);
@@ -1971,11 +2501,40 @@ mod tests {
     }
 
     #[test]
+    fn escaped_ext_strings_beyond_the_scratch_are_unescaped_in_place() {
+        // Each value ~100 bytes unescaped: the first is unescaped while parsing, the ones that
+        // no longer fit the 128-byte scratch afterwards; all read back the same, compacted.
+        let value = |i: usize| format!("{i}\\u0001{}\\n\\u00e9\\ud83d\\ude80\\\"", "p".repeat(90));
+        let want = |i: usize| format!("{i}\u{1}{}\n\u{e9}\u{1f680}\"", "p".repeat(90));
+        let ext: Vec<String> = (0..4)
+            .map(|i| format!(r#""k\n{i}":"{}""#, value(i)))
+            .collect();
+        let header = format!(
+            r#"{{"code":1,"extFields":{{{}}},"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}}"#,
+            ext.join(",")
+        );
+        let mut buf = frame(&header);
+        let parsed = parse_in_place(&mut buf[8..8 + header.len()], &Limits::default()).unwrap();
+        assert_ne!(parsed.1 & COMPACT_EXT, 0);
+        let cmd = decode_both(&header).0.unwrap();
+        let fields: Vec<(String, String)> = cmd
+            .ext_fields()
+            .iter()
+            .map(|(k, v)| (String::from(k), String::from(v)))
+            .collect();
+        let expected: Vec<(String, String)> =
+            (0..4).map(|i| (format!("k\n{i}"), want(i))).collect();
+        assert_eq!(fields, expected);
+        assert_eq!(cmd.ext("k\n3").map(String::from), Some(want(3)));
+    }
+
+    #[test]
     fn what_the_compact_form_cannot_hold_is_read_as_json() {
-        // A value longer than a compact length, and more escaped strings than are recorded.
+        // A value longer than a compact length, and more escaped strings than are unescaped
+        // while parsing (4) and recorded (8).
         let long = "v".repeat(compact::MAX_LEN + 1);
         let mut escaped = String::new();
-        for i in 0..12 {
+        for i in 0..20 {
             escaped.push_str(&format!(r#","k{i}":"\t{i}""#));
         }
         for ext in [
@@ -1987,14 +2546,14 @@ mod tests {
             );
             let mut buf = frame(&header);
             let parsed = parse_in_place(&mut buf[8..8 + header.len()], &Limits::default()).unwrap();
-            assert_eq!(parsed.ext_at & COMPACT_EXT, 0);
+            assert_eq!(parsed.1 & COMPACT_EXT, 0);
             let cmd = decode_both(&header).0.unwrap();
             if ext.contains(&long) {
                 assert_eq!(cmd.ext("a"), Some(long.as_str()));
                 assert_eq!(cmd.ext("b"), Some("c"));
             } else {
-                assert_eq!(cmd.ext_fields().len(), 13);
-                assert_eq!(cmd.ext("k11"), Some("\t11"));
+                assert_eq!(cmd.ext_fields().len(), 21);
+                assert_eq!(cmd.ext("k19"), Some("\t19"));
             }
         }
     }

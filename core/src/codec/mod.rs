@@ -14,4 +14,5 @@ pub mod error;
 pub(crate) mod frame;
 pub mod json;
 pub(crate) mod limits;
+pub(crate) mod scan;
 pub(crate) mod sink;
