@@ -15,6 +15,7 @@ use crate::codec::error::{DecodeError, EncodeError};
 use crate::codec::frame::{Codec, Decoded};
 use crate::codec::limits::Limits;
 use crate::conn::deadlines::Deadlines;
+use crate::conn::events::Events;
 use crate::time::Instant;
 use crate::SerializeType;
 
@@ -109,7 +110,8 @@ impl RequestId {
 pub struct IncomingRequest {
     opaque: i32,
     /// Its frame's length: held (its body is a slice of the read buffer) until it is answered.
-    len: usize,
+    /// A frame's length fits its 4-byte prefix.
+    len: u32,
 }
 
 impl IncomingRequest {
@@ -409,7 +411,8 @@ pub struct Connection<T = ()> {
     /// Stream ranges of frames withdrawn before their first byte was written (their request
     /// ended first), in order; all start after `consumed`. They are skipped, never written.
     holes: VecDeque<(u64, u64)>,
-    events: VecDeque<Event<T>>,
+    /// Events not yet taken, each built in its slot.
+    events: Events<T>,
     incoming: usize,
     /// Frame bytes of the requests counted in `incoming` (their bodies are still held).
     incoming_len: usize,
@@ -444,6 +447,10 @@ pub const COALESCE_BELOW: usize = 512;
 /// beyond that, the buffer grows only as bytes arrive (amortised, so at most about twice what
 /// arrived), and memory follows what the peer really sent, not what it announced.
 pub const READ_STEP: usize = 64 * 1024;
+
+/// The least room [`Connection::handle_input`] gives the read buffer when input does not fit:
+/// small frames are copied into it many at a time before it has to grow or be reclaimed.
+const INPUT_STEP: usize = 8 * 1024;
 
 /// An emptied buffer holding more than this is released rather than kept for the next frame,
 /// so an idle connection does not keep the memory of its largest frame.
@@ -507,7 +514,7 @@ impl<T> Connection<T> {
             eof: false,
             overloaded: false,
             holes: VecDeque::new(),
-            events: VecDeque::new(),
+            events: Events::new(),
             incoming: 0,
             incoming_len: 0,
             closed: None,
@@ -764,7 +771,7 @@ impl<T> Connection<T> {
         mut response: Command,
     ) -> Result<(), SendError> {
         self.incoming = self.incoming.saturating_sub(1);
-        self.incoming_len = self.incoming_len.saturating_sub(request.len);
+        self.incoming_len = self.incoming_len.saturating_sub(request.len as usize);
         if self.closed.is_some() {
             return Err(SendError::Closed);
         }
@@ -798,7 +805,7 @@ impl<T> Connection<T> {
     /// Gives up on answering a request from the peer (it will wait until its own deadline).
     pub fn dismiss(&mut self, request: IncomingRequest) {
         self.incoming = self.incoming.saturating_sub(1);
-        self.incoming_len = self.incoming_len.saturating_sub(request.len);
+        self.incoming_len = self.incoming_len.saturating_sub(request.len as usize);
         self.close_if_finished();
     }
 
@@ -828,9 +835,21 @@ impl<T> Connection<T> {
         if self.closed.is_some() || self.eof {
             return;
         }
+        if self.read_buf.capacity() - self.read_buf.len() < data.len() {
+            self.grow_for_input(data.len());
+        }
         self.read_buf.extend_from_slice(data);
         self.stats.bytes_in += data.len() as u64;
         self.process_input(now);
+    }
+
+    /// Room for `n` more bytes of input, and an [`INPUT_STEP`] beyond: one growth (or one
+    /// reclaim of the consumed front, when nothing still shares the buffer) serves many small
+    /// inputs, instead of one per input.
+    #[cold]
+    #[inline(never)]
+    fn grow_for_input(&mut self, n: usize) {
+        self.read_buf.reserve(n.max(INPUT_STEP));
     }
 
     /// The buffer the transport may read into directly (append only), followed by
@@ -887,7 +906,7 @@ impl<T> Connection<T> {
         for slot in slots {
             let id = self.slot_id(slot);
             let (written, token) = self.remove_waiter(slot, false);
-            self.events.push_back(Event::Failed {
+            self.events.push(Event::Failed {
                 id,
                 error: RequestError {
                     closed: Some(CloseReason::ConnectionLost),
@@ -908,7 +927,7 @@ impl<T> Connection<T> {
             let id = self.slot_id(slot);
             let (written, token) = self.remove_waiter(slot, false);
             self.stats.timeouts += 1;
-            self.events.push_back(Event::Failed {
+            self.events.push(Event::Failed {
                 id,
                 error: RequestError {
                     closed: None,
@@ -945,6 +964,29 @@ impl<T> Connection<T> {
     /// them is reported as possibly delivered from then on. No copy: the returned `Bytes` shares
     /// the machine's buffer, or is the caller's own body.
     pub fn take_transmit(&mut self) -> Option<Bytes> {
+        if self.chunks.is_empty() && self.holes.is_empty() {
+            // The usual case: every queued frame is in `head`, none withdrawn.
+            if self.head.is_empty() {
+                return None;
+            }
+            let out = self.head.split().freeze();
+            let n = out.len();
+            self.consumed += n as u64;
+            self.stats.bytes_out += n as u64;
+            self.taken += n;
+            // What `after_output` does, knowing that `head` is now empty and `taken` is not
+            // (so the connection cannot be finished).
+            if self.head.capacity() > RELEASE_ABOVE {
+                self.head = BytesMut::with_capacity(TRANSMIT_CAPACITY);
+            }
+            return Some(out);
+        }
+        self.take_transmit_chunk()
+    }
+
+    /// [`take_transmit`](Self::take_transmit) with chunks or withdrawn frames queued.
+    #[inline(never)]
+    fn take_transmit_chunk(&mut self) -> Option<Bytes> {
         let n = self.writable();
         if n == 0 {
             return None;
@@ -1000,7 +1042,7 @@ impl<T> Connection<T> {
     /// The next event, in the order they happened.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event<T>> {
-        self.events.pop_front()
+        self.events.pop()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called: the earliest deadline
@@ -1192,7 +1234,7 @@ impl<T> Connection<T> {
         for slot in slots {
             let id = self.slot_id(slot);
             let (written, token) = self.remove_waiter(slot, true);
-            self.events.push_back(Event::Failed {
+            self.events.push(Event::Failed {
                 id,
                 error: RequestError {
                     closed: Some(reason),
@@ -1208,19 +1250,13 @@ impl<T> Connection<T> {
         self.taken = 0;
         self.holes.clear();
         self.read_buf = BytesMut::new();
-        self.events.push_back(Event::Closed { reason });
+        self.events.push(Event::Closed { reason });
     }
 
     fn process_input(&mut self, now: Instant) {
         self.last_active = now;
-        loop {
+        while !self.read_buf.is_empty() {
             let before = self.read_buf.len();
-            if before == 0 {
-                // All read bytes were whole frames (the usual case): what decoding an empty
-                // buffer answers, without the call.
-                self.await_input(4);
-                return;
-            }
             match self.codec.decode(&mut self.read_buf) {
                 Ok(Decoded::Command(cmd)) => {
                     let frame_len = before - self.read_buf.len();
@@ -1239,6 +1275,9 @@ impl<T> Connection<T> {
                 }
             }
         }
+        // Every byte read was whole frames (the usual case): what decoding the empty buffer
+        // would answer, without the call.
+        self.await_input(4);
     }
 
     /// The read buffer holds no whole frame: at least `needed` more bytes must arrive.
@@ -1253,6 +1292,10 @@ impl<T> Connection<T> {
         self.read_buf.reserve(needed.min(READ_STEP));
     }
 
+    /// Hands a decoded command on. Inlined into [`process_input`](Self::process_input), so
+    /// `cmd` is still the decoder's result: an event is written once, into its queue slot,
+    /// taken before the event is built (see [`Events::slot`]).
+    #[inline(always)]
     fn dispatch(&mut self, cmd: Command, frame_len: usize) -> Result<(), CloseReason> {
         if cmd.is_response() {
             if cmd.is_oneway() {
@@ -1263,44 +1306,61 @@ impl<T> Connection<T> {
                     let id = self.slot_id(slot);
                     let (_, token) = self.remove_waiter(slot, false);
                     self.stats.responses_matched += 1;
-                    self.events.push_back(Event::Response {
-                        id,
-                        response: cmd,
-                        token,
-                    });
+                    let place = self.events.slot();
+                    Events::fill(
+                        place,
+                        Event::Response {
+                            id,
+                            response: cmd,
+                            token,
+                        },
+                    );
                 }
                 None => self.stats.stale_responses += 1,
             }
         } else if cmd.is_oneway() {
             self.stats.oneways_received += 1;
-            self.events.push_back(Event::Oneway { command: cmd });
+            let place = self.events.slot();
+            Events::fill(place, Event::Oneway { command: cmd });
         } else if self.incoming >= self.config.max_incoming || self.overloaded {
-            self.stats.busy_rejections += 1;
-            self.incoming += 1;
-            let busy = cmd.response(SYSTEM_BUSY).with_remark(if self.overloaded {
-                "[REJECTREQUEST]system busy, the server's buffer budget is spent"
-            } else {
-                "[REJECTREQUEST]system busy, too many requests in flight on this connection"
-            });
-            // If even the bare busy answer exceeds a tiny frame limit, nothing is sent.
-            let request = IncomingRequest {
-                opaque: cmd.opaque,
-                len: 0,
-            };
-            let _ = self.send_response(request, busy);
+            self.answer_busy(cmd);
         } else {
             self.incoming += 1;
             self.incoming_len += frame_len;
             self.stats.requests_received += 1;
-            self.events.push_back(Event::Request {
-                request: IncomingRequest {
-                    opaque: cmd.opaque,
-                    len: frame_len,
+            let request = IncomingRequest {
+                opaque: cmd.opaque,
+                len: frame_len as u32,
+            };
+            let place = self.events.slot();
+            Events::fill(
+                place,
+                Event::Request {
+                    request,
+                    command: cmd,
                 },
-                command: cmd,
-            });
+            );
         }
         Ok(())
+    }
+
+    /// Answers a request from the peer `SYSTEM_BUSY` without delivering it.
+    #[cold]
+    #[inline(never)]
+    fn answer_busy(&mut self, cmd: Command) {
+        self.stats.busy_rejections += 1;
+        self.incoming += 1;
+        let busy = cmd.response(SYSTEM_BUSY).with_remark(if self.overloaded {
+            "[REJECTREQUEST]system busy, the server's buffer budget is spent"
+        } else {
+            "[REJECTREQUEST]system busy, too many requests in flight on this connection"
+        });
+        // If even the bare busy answer exceeds a tiny frame limit, nothing is sent.
+        let request = IncomingRequest {
+            opaque: cmd.opaque,
+            len: 0,
+        };
+        let _ = self.send_response(request, busy);
     }
 }
 

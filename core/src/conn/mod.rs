@@ -8,4 +8,5 @@ pub(crate) mod budget;
 pub(crate) mod call;
 pub(crate) mod connection;
 pub(crate) mod deadlines;
+pub(crate) mod events;
 pub mod outgoing;
