@@ -963,7 +963,17 @@ impl<T> Connection<T> {
     /// They count as written at once: the driver commits to writing them, and a request among
     /// them is reported as possibly delivered from then on. No copy: the returned `Bytes` shares
     /// the machine's buffer, or is the caller's own body.
+    #[inline]
     pub fn take_transmit(&mut self) -> Option<Bytes> {
+        if self.queued_len() == 0 {
+            // Nothing queued, so nothing writable (a withdrawn frame is queued bytes too).
+            return None;
+        }
+        self.take_queued()
+    }
+
+    /// [`take_transmit`](Self::take_transmit) with bytes queued.
+    fn take_queued(&mut self) -> Option<Bytes> {
         if self.chunks.is_empty() && self.holes.is_empty() {
             // The usual case: every queued frame is in `head`, none withdrawn.
             if self.head.is_empty() {
@@ -1061,10 +1071,17 @@ impl<T> Connection<T> {
     /// Gives an unallocated (or exactly used up) header buffer its first capacity. Sized up
     /// front: BytesMut grows a shared buffer (one a driver is still writing from) by at least its
     /// first capacity, so this sets how rarely encoding allocates.
+    #[inline]
     fn head_room(&mut self) {
         if self.head.capacity() == 0 {
-            self.head = BytesMut::with_capacity(TRANSMIT_CAPACITY);
+            self.new_head();
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn new_head(&mut self) {
+        self.head = BytesMut::with_capacity(TRANSMIT_CAPACITY);
     }
 
     fn check_can_send(&self) -> Result<(), SendError> {
@@ -1092,6 +1109,7 @@ impl<T> Connection<T> {
     /// Queues `cmd`'s frame; returns its length. A body of [`COALESCE_BELOW`] bytes or more
     /// becomes a chunk of its own (the caller's memory, no copy); a shorter one is copied after
     /// its header. Nothing is queued on error.
+    #[inline]
     fn enqueue(&mut self, cmd: &Command, ty: SerializeType) -> Result<usize, EncodeError> {
         self.head_room();
         let before = self.head.len();
@@ -1099,6 +1117,18 @@ impl<T> Connection<T> {
             self.codec.encode_into(cmd, ty, &mut self.head)?;
             return Ok(self.head.len() - before);
         }
+        self.enqueue_with_chunk(cmd, ty, before)
+    }
+
+    /// [`enqueue`](Self::enqueue) of a command with a large body: its header after `before`
+    /// in `head`, its body a chunk of its own.
+    #[inline(never)]
+    fn enqueue_with_chunk(
+        &mut self,
+        cmd: &Command,
+        ty: SerializeType,
+        before: usize,
+    ) -> Result<usize, EncodeError> {
         self.codec.encode_head_into(cmd, ty, &mut self.head)?;
         let len = self.head.len() - before + cmd.body().len();
         self.push_chunk(cmd.body_bytes());
