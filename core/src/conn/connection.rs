@@ -448,8 +448,9 @@ pub const COALESCE_BELOW: usize = 512;
 /// arrived), and memory follows what the peer really sent, not what it announced.
 pub const READ_STEP: usize = 64 * 1024;
 
-/// The least room [`Connection::handle_input`] gives the read buffer when input does not fit:
-/// small frames are copied into it many at a time before it has to grow or be reclaimed.
+/// The least room the machine gives its read buffer when it must grow (for input handed to
+/// [`Connection::handle_input`], or for the rest of a frame): small frames are then copied in
+/// many at a time before it has to grow or be reclaimed again. Below [`READ_STEP`].
 const INPUT_STEP: usize = 8 * 1024;
 
 /// An emptied buffer holding more than this is released rather than kept for the next frame,
@@ -835,21 +836,40 @@ impl<T> Connection<T> {
         if self.closed.is_some() || self.eof {
             return;
         }
-        if self.read_buf.capacity() - self.read_buf.len() < data.len() {
-            self.grow_for_input(data.len());
-        }
+        self.read_room(data.len());
         self.read_buf.extend_from_slice(data);
         self.stats.bytes_in += data.len() as u64;
         self.process_input(now);
     }
 
-    /// Room for `n` more bytes of input, and an [`INPUT_STEP`] beyond: one growth (or one
-    /// reclaim of the consumed front, when nothing still shares the buffer) serves many small
-    /// inputs, instead of one per input.
+    /// Room for `n` more bytes in the read buffer.
+    #[inline]
+    fn read_room(&mut self, n: usize) {
+        if self.read_buf.capacity() - self.read_buf.len() < n {
+            self.grow_read_buf(n);
+        }
+    }
+
+    /// [`read_room`](Self::read_room) when there is not: the consumed front of the buffer
+    /// reclaimed when nothing shares it any more, else a buffer with room for at least an
+    /// [`INPUT_STEP`], so that one growth serves many small inputs.
     #[cold]
     #[inline(never)]
-    fn grow_for_input(&mut self, n: usize) {
-        self.read_buf.reserve(n.max(INPUT_STEP));
+    fn grow_read_buf(&mut self, n: usize) {
+        if self.read_buf.try_reclaim(n) {
+            return;
+        }
+        let want = n.max(INPUT_STEP);
+        let len = self.read_buf.len();
+        if len < want {
+            // Little to keep: a new buffer and a copy of those bytes (growing the old one in
+            // place copies its whole allocation when it moves).
+            let mut fresh = BytesMut::with_capacity(len + want);
+            fresh.extend_from_slice(&self.read_buf);
+            self.read_buf = fresh;
+        } else {
+            self.read_buf.reserve(want);
+        }
     }
 
     /// The buffer the transport may read into directly (append only), followed by
@@ -1305,21 +1325,28 @@ impl<T> Connection<T> {
                 }
             }
         }
-        // Every byte read was whole frames (the usual case): what decoding the empty buffer
-        // would answer, without the call.
-        self.await_input(4);
+        // Every byte read was whole frames (the usual case). No room is made here: the next
+        // input makes its own (`handle_input`; a driver reading into `read_buffer` reserves
+        // its read), and by then the frames just decoded may no longer share the buffer, so
+        // its consumed front can be reclaimed instead of a new buffer allocated.
+        self.release_idle_read_buf();
+    }
+
+    /// Idle between frames: give back what the last big frame needed.
+    #[inline]
+    fn release_idle_read_buf(&mut self) {
+        if self.read_buf.is_empty() && self.read_buf.capacity() > RELEASE_ABOVE {
+            self.read_buf = BytesMut::new();
+        }
     }
 
     /// The read buffer holds no whole frame: at least `needed` more bytes must arrive.
     #[inline]
     fn await_input(&mut self, needed: usize) {
-        if self.read_buf.is_empty() && self.read_buf.capacity() > RELEASE_ABOVE {
-            // Idle between frames: give back what the last big frame needed.
-            self.read_buf = BytesMut::new();
-        }
+        self.release_idle_read_buf();
         // Room for what is announced, but never more than a step beyond what arrived: a
         // peer that announces 16 MiB and stalls costs a step, not 16 MiB.
-        self.read_buf.reserve(needed.min(READ_STEP));
+        self.read_room(needed.min(READ_STEP));
     }
 
     /// Hands a decoded command on. Inlined into [`process_input`](Self::process_input), so
