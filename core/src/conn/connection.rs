@@ -110,8 +110,7 @@ impl RequestId {
 pub struct IncomingRequest {
     opaque: i32,
     /// Its frame's length: held (its body is a slice of the read buffer) until it is answered.
-    /// A frame's length fits its 4-byte prefix.
-    len: u32,
+    len: usize,
 }
 
 impl IncomingRequest {
@@ -772,7 +771,7 @@ impl<T> Connection<T> {
         mut response: Command,
     ) -> Result<(), SendError> {
         self.incoming = self.incoming.saturating_sub(1);
-        self.incoming_len = self.incoming_len.saturating_sub(request.len as usize);
+        self.incoming_len = self.incoming_len.saturating_sub(request.len);
         if self.closed.is_some() {
             return Err(SendError::Closed);
         }
@@ -806,7 +805,7 @@ impl<T> Connection<T> {
     /// Gives up on answering a request from the peer (it will wait until its own deadline).
     pub fn dismiss(&mut self, request: IncomingRequest) {
         self.incoming = self.incoming.saturating_sub(1);
-        self.incoming_len = self.incoming_len.saturating_sub(request.len as usize);
+        self.incoming_len = self.incoming_len.saturating_sub(request.len);
         self.close_if_finished();
     }
 
@@ -1387,7 +1386,7 @@ impl<T> Connection<T> {
             self.stats.requests_received += 1;
             let request = IncomingRequest {
                 opaque: cmd.opaque,
-                len: frame_len as u32,
+                len: frame_len,
             };
             let place = self.events.slot();
             Events::fill(
