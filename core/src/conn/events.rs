@@ -54,8 +54,8 @@ impl<T> Events<T> {
     }
 
     /// Writes `event` into an empty `slot`. Inlined, and nothing runs between building the
-    /// event and storing it (the slot's old value, `None`, is dropped after), so the event is
-    /// built in the slot.
+    /// event and storing it (the slot's old value, `None`, is looked at and forgotten after),
+    /// so the event is built in the slot.
     #[inline(always)]
     pub(crate) fn fill(slot: &mut Option<Event<T>>, event: Event<T>) {
         let empty = slot.replace(event);
