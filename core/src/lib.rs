@@ -97,6 +97,8 @@ const _: () = {
     assert!(size_of::<Decoded>() <= size_of::<Command>() + 16);
     assert!(size_of::<Result<Decoded, DecodeError>>() <= size_of::<Command>() + 16);
     assert!(size_of::<Event>() <= size_of::<Command>() + 16);
+    // The machine's event queue is a ring of `Option<Event>` slots: the option costs nothing.
+    assert!(size_of::<Option<Event>>() == size_of::<Event>());
     assert!(size_of::<Result<Command, RequestError>>() <= size_of::<Command>() + 16);
     assert!(size_of::<Result<Command, CallError>>() <= size_of::<Command>() + 16);
 };

@@ -15,6 +15,7 @@ use crate::codec::error::{DecodeError, EncodeError};
 use crate::codec::frame::{Codec, Decoded};
 use crate::codec::limits::Limits;
 use crate::conn::deadlines::Deadlines;
+use crate::conn::events::Events;
 use crate::time::Instant;
 use crate::SerializeType;
 
@@ -409,7 +410,8 @@ pub struct Connection<T = ()> {
     /// Stream ranges of frames withdrawn before their first byte was written (their request
     /// ended first), in order; all start after `consumed`. They are skipped, never written.
     holes: VecDeque<(u64, u64)>,
-    events: VecDeque<Event<T>>,
+    /// Events not yet taken, each built in its slot.
+    events: Events<T>,
     incoming: usize,
     /// Frame bytes of the requests counted in `incoming` (their bodies are still held).
     incoming_len: usize,
@@ -444,6 +446,11 @@ pub const COALESCE_BELOW: usize = 512;
 /// beyond that, the buffer grows only as bytes arrive (amortised, so at most about twice what
 /// arrived), and memory follows what the peer really sent, not what it announced.
 pub const READ_STEP: usize = 64 * 1024;
+
+/// The least room the machine gives its read buffer when it must grow (for input handed to
+/// [`Connection::handle_input`], or for the rest of a frame): small frames are then copied in
+/// many at a time before it has to grow or be reclaimed again. Below [`READ_STEP`].
+const INPUT_STEP: usize = 8 * 1024;
 
 /// An emptied buffer holding more than this is released rather than kept for the next frame,
 /// so an idle connection does not keep the memory of its largest frame.
@@ -507,7 +514,7 @@ impl<T> Connection<T> {
             eof: false,
             overloaded: false,
             holes: VecDeque::new(),
-            events: VecDeque::new(),
+            events: Events::new(),
             incoming: 0,
             incoming_len: 0,
             closed: None,
@@ -828,9 +835,40 @@ impl<T> Connection<T> {
         if self.closed.is_some() || self.eof {
             return;
         }
+        self.read_room(data.len());
         self.read_buf.extend_from_slice(data);
         self.stats.bytes_in += data.len() as u64;
         self.process_input(now);
+    }
+
+    /// Room for `n` more bytes in the read buffer.
+    #[inline]
+    fn read_room(&mut self, n: usize) {
+        if self.read_buf.capacity() - self.read_buf.len() < n {
+            self.grow_read_buf(n);
+        }
+    }
+
+    /// [`read_room`](Self::read_room) when there is not: the consumed front of the buffer
+    /// reclaimed when nothing shares it any more, else a buffer with room for at least an
+    /// [`INPUT_STEP`], so that one growth serves many small inputs.
+    #[cold]
+    #[inline(never)]
+    fn grow_read_buf(&mut self, n: usize) {
+        if self.read_buf.try_reclaim(n) {
+            return;
+        }
+        let want = n.max(INPUT_STEP);
+        let len = self.read_buf.len();
+        if len < want {
+            // Little to keep: a new buffer and a copy of those bytes (growing the old one in
+            // place copies its whole allocation when it moves).
+            let mut fresh = BytesMut::with_capacity(len + want);
+            fresh.extend_from_slice(&self.read_buf);
+            self.read_buf = fresh;
+        } else {
+            self.read_buf.reserve(want);
+        }
     }
 
     /// The buffer the transport may read into directly (append only), followed by
@@ -887,7 +925,7 @@ impl<T> Connection<T> {
         for slot in slots {
             let id = self.slot_id(slot);
             let (written, token) = self.remove_waiter(slot, false);
-            self.events.push_back(Event::Failed {
+            self.events.push(Event::Failed {
                 id,
                 error: RequestError {
                     closed: Some(CloseReason::ConnectionLost),
@@ -908,7 +946,7 @@ impl<T> Connection<T> {
             let id = self.slot_id(slot);
             let (written, token) = self.remove_waiter(slot, false);
             self.stats.timeouts += 1;
-            self.events.push_back(Event::Failed {
+            self.events.push(Event::Failed {
                 id,
                 error: RequestError {
                     closed: None,
@@ -944,7 +982,40 @@ impl<T> Connection<T> {
     /// They count as written at once: the driver commits to writing them, and a request among
     /// them is reported as possibly delivered from then on. No copy: the returned `Bytes` shares
     /// the machine's buffer, or is the caller's own body.
+    #[inline]
     pub fn take_transmit(&mut self) -> Option<Bytes> {
+        if self.queued_len() == 0 {
+            // Nothing queued, so nothing writable (a withdrawn frame is queued bytes too).
+            return None;
+        }
+        self.take_queued()
+    }
+
+    /// [`take_transmit`](Self::take_transmit) with bytes queued.
+    fn take_queued(&mut self) -> Option<Bytes> {
+        if self.chunks.is_empty() && self.holes.is_empty() {
+            // The usual case: every queued frame is in `head`, none withdrawn.
+            if self.head.is_empty() {
+                return None;
+            }
+            let out = self.head.split().freeze();
+            let n = out.len();
+            self.consumed += n as u64;
+            self.stats.bytes_out += n as u64;
+            self.taken += n;
+            // What `after_output` does, knowing that `head` is now empty and `taken` is not
+            // (so the connection cannot be finished).
+            if self.head.capacity() > RELEASE_ABOVE {
+                self.head = BytesMut::with_capacity(TRANSMIT_CAPACITY);
+            }
+            return Some(out);
+        }
+        self.take_transmit_chunk()
+    }
+
+    /// [`take_transmit`](Self::take_transmit) with chunks or withdrawn frames queued.
+    #[inline(never)]
+    fn take_transmit_chunk(&mut self) -> Option<Bytes> {
         let n = self.writable();
         if n == 0 {
             return None;
@@ -1000,7 +1071,7 @@ impl<T> Connection<T> {
     /// The next event, in the order they happened.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event<T>> {
-        self.events.pop_front()
+        self.events.pop()
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called: the earliest deadline
@@ -1019,10 +1090,17 @@ impl<T> Connection<T> {
     /// Gives an unallocated (or exactly used up) header buffer its first capacity. Sized up
     /// front: BytesMut grows a shared buffer (one a driver is still writing from) by at least its
     /// first capacity, so this sets how rarely encoding allocates.
+    #[inline]
     fn head_room(&mut self) {
         if self.head.capacity() == 0 {
-            self.head = BytesMut::with_capacity(TRANSMIT_CAPACITY);
+            self.new_head();
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn new_head(&mut self) {
+        self.head = BytesMut::with_capacity(TRANSMIT_CAPACITY);
     }
 
     fn check_can_send(&self) -> Result<(), SendError> {
@@ -1050,6 +1128,7 @@ impl<T> Connection<T> {
     /// Queues `cmd`'s frame; returns its length. A body of [`COALESCE_BELOW`] bytes or more
     /// becomes a chunk of its own (the caller's memory, no copy); a shorter one is copied after
     /// its header. Nothing is queued on error.
+    #[inline]
     fn enqueue(&mut self, cmd: &Command, ty: SerializeType) -> Result<usize, EncodeError> {
         self.head_room();
         let before = self.head.len();
@@ -1057,6 +1136,18 @@ impl<T> Connection<T> {
             self.codec.encode_into(cmd, ty, &mut self.head)?;
             return Ok(self.head.len() - before);
         }
+        self.enqueue_with_chunk(cmd, ty, before)
+    }
+
+    /// [`enqueue`](Self::enqueue) of a command with a large body: its header after `before`
+    /// in `head`, its body a chunk of its own.
+    #[inline(never)]
+    fn enqueue_with_chunk(
+        &mut self,
+        cmd: &Command,
+        ty: SerializeType,
+        before: usize,
+    ) -> Result<usize, EncodeError> {
         self.codec.encode_head_into(cmd, ty, &mut self.head)?;
         let len = self.head.len() - before + cmd.body().len();
         self.push_chunk(cmd.body_bytes());
@@ -1192,7 +1283,7 @@ impl<T> Connection<T> {
         for slot in slots {
             let id = self.slot_id(slot);
             let (written, token) = self.remove_waiter(slot, true);
-            self.events.push_back(Event::Failed {
+            self.events.push(Event::Failed {
                 id,
                 error: RequestError {
                     closed: Some(reason),
@@ -1208,19 +1299,13 @@ impl<T> Connection<T> {
         self.taken = 0;
         self.holes.clear();
         self.read_buf = BytesMut::new();
-        self.events.push_back(Event::Closed { reason });
+        self.events.push(Event::Closed { reason });
     }
 
     fn process_input(&mut self, now: Instant) {
         self.last_active = now;
-        loop {
+        while !self.read_buf.is_empty() {
             let before = self.read_buf.len();
-            if before == 0 {
-                // All read bytes were whole frames (the usual case): what decoding an empty
-                // buffer answers, without the call.
-                self.await_input(4);
-                return;
-            }
             match self.codec.decode(&mut self.read_buf) {
                 Ok(Decoded::Command(cmd)) => {
                     let frame_len = before - self.read_buf.len();
@@ -1239,20 +1324,34 @@ impl<T> Connection<T> {
                 }
             }
         }
+        // Every byte read was whole frames (the usual case). No room is made here: the next
+        // input makes its own (`handle_input`; a driver reading into `read_buffer` reserves
+        // its read), and by then the frames just decoded may no longer share the buffer, so
+        // its consumed front can be reclaimed instead of a new buffer allocated.
+        self.release_idle_read_buf();
+    }
+
+    /// Idle between frames: give back what the last big frame needed.
+    #[inline]
+    fn release_idle_read_buf(&mut self) {
+        if self.read_buf.is_empty() && self.read_buf.capacity() > RELEASE_ABOVE {
+            self.read_buf = BytesMut::new();
+        }
     }
 
     /// The read buffer holds no whole frame: at least `needed` more bytes must arrive.
     #[inline]
     fn await_input(&mut self, needed: usize) {
-        if self.read_buf.is_empty() && self.read_buf.capacity() > RELEASE_ABOVE {
-            // Idle between frames: give back what the last big frame needed.
-            self.read_buf = BytesMut::new();
-        }
+        self.release_idle_read_buf();
         // Room for what is announced, but never more than a step beyond what arrived: a
         // peer that announces 16 MiB and stalls costs a step, not 16 MiB.
-        self.read_buf.reserve(needed.min(READ_STEP));
+        self.read_room(needed.min(READ_STEP));
     }
 
+    /// Hands a decoded command on. Inlined into [`process_input`](Self::process_input), so
+    /// `cmd` is still the decoder's result: an event is written once, into its queue slot,
+    /// taken before the event is built (see [`Events::slot`]).
+    #[inline(always)]
     fn dispatch(&mut self, cmd: Command, frame_len: usize) -> Result<(), CloseReason> {
         if cmd.is_response() {
             if cmd.is_oneway() {
@@ -1263,44 +1362,61 @@ impl<T> Connection<T> {
                     let id = self.slot_id(slot);
                     let (_, token) = self.remove_waiter(slot, false);
                     self.stats.responses_matched += 1;
-                    self.events.push_back(Event::Response {
-                        id,
-                        response: cmd,
-                        token,
-                    });
+                    let place = self.events.slot();
+                    Events::fill(
+                        place,
+                        Event::Response {
+                            id,
+                            response: cmd,
+                            token,
+                        },
+                    );
                 }
                 None => self.stats.stale_responses += 1,
             }
         } else if cmd.is_oneway() {
             self.stats.oneways_received += 1;
-            self.events.push_back(Event::Oneway { command: cmd });
+            let place = self.events.slot();
+            Events::fill(place, Event::Oneway { command: cmd });
         } else if self.incoming >= self.config.max_incoming || self.overloaded {
-            self.stats.busy_rejections += 1;
-            self.incoming += 1;
-            let busy = cmd.response(SYSTEM_BUSY).with_remark(if self.overloaded {
-                "[REJECTREQUEST]system busy, the server's buffer budget is spent"
-            } else {
-                "[REJECTREQUEST]system busy, too many requests in flight on this connection"
-            });
-            // If even the bare busy answer exceeds a tiny frame limit, nothing is sent.
-            let request = IncomingRequest {
-                opaque: cmd.opaque,
-                len: 0,
-            };
-            let _ = self.send_response(request, busy);
+            self.answer_busy(cmd);
         } else {
             self.incoming += 1;
             self.incoming_len += frame_len;
             self.stats.requests_received += 1;
-            self.events.push_back(Event::Request {
-                request: IncomingRequest {
-                    opaque: cmd.opaque,
-                    len: frame_len,
+            let request = IncomingRequest {
+                opaque: cmd.opaque,
+                len: frame_len,
+            };
+            let place = self.events.slot();
+            Events::fill(
+                place,
+                Event::Request {
+                    request,
+                    command: cmd,
                 },
-                command: cmd,
-            });
+            );
         }
         Ok(())
+    }
+
+    /// Answers a request from the peer `SYSTEM_BUSY` without delivering it.
+    #[cold]
+    #[inline(never)]
+    fn answer_busy(&mut self, cmd: Command) {
+        self.stats.busy_rejections += 1;
+        self.incoming += 1;
+        let busy = cmd.response(SYSTEM_BUSY).with_remark(if self.overloaded {
+            "[REJECTREQUEST]system busy, the server's buffer budget is spent"
+        } else {
+            "[REJECTREQUEST]system busy, too many requests in flight on this connection"
+        });
+        // If even the bare busy answer exceeds a tiny frame limit, nothing is sent.
+        let request = IncomingRequest {
+            opaque: cmd.opaque,
+            len: 0,
+        };
+        let _ = self.send_response(request, busy);
     }
 }
 

@@ -42,9 +42,10 @@ impl Deadlines {
     }
 
     /// Queues `slot` (which must not be queued) with `deadline`.
+    #[inline]
     pub(crate) fn insert(&mut self, slot: usize, deadline: Instant) {
         if self.position.len() <= slot {
-            self.position.resize(slot + 1, NOT_QUEUED);
+            self.grow_positions(slot);
         }
         debug_assert_eq!(self.position[slot], NOT_QUEUED);
         let at = self.heap.len();
@@ -53,7 +54,17 @@ impl Deadlines {
             slot: slot as u32,
         });
         self.position[slot] = at as u32;
-        self.sift_up(at);
+        // The usual case: no earlier deadline than its parent's (requests sent in time
+        // order with one timeout), nothing to move.
+        if at > 0 && self.heap[(at - 1) / 2].deadline > deadline {
+            self.sift_up(at);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow_positions(&mut self, slot: usize) {
+        self.position.resize(slot + 1, NOT_QUEUED);
     }
 
     /// Removes `slot`'s entry, if queued.

@@ -1,0 +1,166 @@
+//! The connection machine allocates nothing per round trip once warm: requests encoded into
+//! the transmit buffer, taken, copied into the peer's read buffer, decoded, matched, answered
+//! and matched again, in both header types, with empty, small and 64 KiB bodies (the large
+//! body's frame needs room of its own: at most one allocation per side and round trip, the
+//! buffer the copy goes into, since the previous one is still shared by the body a caller
+//! held).
+//!
+//! A counting global allocator counts the allocations made by this test's thread.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::time::Duration;
+
+use bytes::Bytes;
+use remora_core::{Command, Config, Connection, Event, Instant, SerializeType};
+
+struct Counting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note_alloc() {
+    // `try_with`: the allocator also runs while thread locals are being torn down.
+    let _ = COUNTING.try_with(|on| {
+        if on.get() {
+            let _ = ALLOCS.try_with(|n| n.set(n.get() + 1));
+        }
+    });
+}
+
+// SAFETY: forwards every call to `System` unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: the caller's contract is passed through.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_alloc();
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_alloc();
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made by `f` on this thread.
+fn allocations<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    ALLOCS.with(|n| n.set(0));
+    COUNTING.with(|on| on.set(true));
+    let out = f();
+    COUNTING.with(|on| on.set(false));
+    (out, ALLOCS.with(Cell::get))
+}
+
+/// `batch` requests from client to server and their responses back, as the connection bench
+/// does (bytes moved with `take_transmit` + `handle_input`); returns the responses matched.
+fn round_trips(
+    client: &mut Connection,
+    server: &mut Connection,
+    batch: usize,
+    ty: SerializeType,
+    body: &Bytes,
+) -> usize {
+    let now = Instant::ZERO;
+    let deadline = now + Duration::from_secs(3600);
+    for _ in 0..batch {
+        let request = Command::request(310)
+            .with_serialize_type(ty)
+            .with_body(body.clone());
+        client.send_request(request, deadline, now).unwrap();
+    }
+    while let Some(bytes) = client.take_transmit() {
+        server.handle_input(&bytes, now);
+    }
+    while let Some(event) = server.poll_event() {
+        if let Event::Request { request, command } = event {
+            let body = command.body_bytes();
+            server
+                .send_response(request, command.response(0).with_body(body))
+                .unwrap();
+        }
+    }
+    while let Some(bytes) = server.take_transmit() {
+        client.handle_input(&bytes, now);
+    }
+    let mut answered = 0;
+    while let Some(event) = client.poll_event() {
+        if let Event::Response { response, .. } = event {
+            assert_eq!(response.body().len(), body.len());
+            answered += 1;
+        }
+    }
+    answered
+}
+
+#[test]
+fn a_warm_round_trip_allocates_nothing() {
+    for ty in [SerializeType::RocketMq, SerializeType::Json] {
+        for (body_len, batch) in [(0usize, 1usize), (0, 64), (100, 1), (100, 64)] {
+            let body = Bytes::from(vec![0x42u8; body_len]);
+            let mut client = Connection::new(Config::default());
+            let mut server = Connection::new(Config::default());
+            // Warm: buffers, queues, slab and heap reach their working size.
+            for _ in 0..200 {
+                assert_eq!(
+                    round_trips(&mut client, &mut server, batch, ty, &body),
+                    batch
+                );
+            }
+            let rounds = 2_000 / batch;
+            let (answered, allocs) = allocations(|| {
+                (0..rounds)
+                    .map(|_| round_trips(&mut client, &mut server, batch, ty, &body))
+                    .sum::<usize>()
+            });
+            assert_eq!(answered, rounds * batch);
+            assert_eq!(
+                allocs, 0,
+                "{ty:?}, {body_len} B bodies, {batch} in flight: {allocs} allocations in \
+                 {answered} round trips"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_64_kib_round_trip_allocates_at_most_one_buffer_per_side() {
+    for ty in [SerializeType::RocketMq, SerializeType::Json] {
+        let body = Bytes::from(vec![0x42u8; 64 * 1024]);
+        let mut client = Connection::new(Config::default());
+        let mut server = Connection::new(Config::default());
+        for _ in 0..10 {
+            assert_eq!(round_trips(&mut client, &mut server, 1, ty, &body), 1);
+        }
+        let rounds = 200;
+        let (answered, allocs) = allocations(|| {
+            (0..rounds)
+                .map(|_| round_trips(&mut client, &mut server, 1, ty, &body))
+                .sum::<usize>()
+        });
+        assert_eq!(answered, rounds);
+        assert!(
+            allocs <= 2 * rounds as u64,
+            "{ty:?}: {allocs} allocations in {rounds} round trips of 64 KiB"
+        );
+    }
+}
+
+#[test]
+fn the_counter_counts() {
+    let (_, allocs) = allocations(|| Command::request(1).with_ext("topic", "orders"));
+    assert!(allocs > 0);
+}
