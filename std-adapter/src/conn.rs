@@ -484,15 +484,26 @@ impl Conn {
 
     /// Starts the writer thread if it is not running.
     fn start_writer(self: &Arc<Self>) {
-        let mut slot = lock(&self.writer_thread);
+        self.start_helper(&self.writer_thread, "write", Conn::write_loop);
+    }
+
+    /// Starts the thread `slot` holds (named `remora-{what}-{peer}`) running `run`, if it is
+    /// not running; a connection that cannot have it is lost.
+    fn start_helper(
+        self: &Arc<Self>,
+        slot: &Mutex<Option<JoinHandle<()>>>,
+        what: &str,
+        run: fn(Arc<Conn>),
+    ) {
+        let mut slot = lock(slot);
         if slot.is_some() {
             return;
         }
         let conn = Arc::clone(self);
         let spawned = std::thread::Builder::new()
-            .name(format!("remora-write-{}", self.peer))
+            .name(format!("remora-{what}-{}", self.peer))
             .stack_size(IO_THREAD_STACK)
-            .spawn(move || conn.write_loop());
+            .spawn(move || run(conn));
         match spawned {
             Ok(handle) => *slot = Some(handle),
             Err(_) => {
@@ -809,22 +820,7 @@ impl Conn {
 
     /// Starts the timer thread if it is not running.
     fn start_timer(self: &Arc<Self>) {
-        let mut slot = lock(&self.timer_thread);
-        if slot.is_some() {
-            return;
-        }
-        let conn = Arc::clone(self);
-        let spawned = std::thread::Builder::new()
-            .name(format!("remora-timer-{}", self.peer))
-            .stack_size(IO_THREAD_STACK)
-            .spawn(move || conn.timer_loop());
-        match spawned {
-            Ok(handle) => *slot = Some(handle),
-            Err(_) => {
-                drop(slot);
-                self.lost();
-            }
-        }
+        self.start_helper(&self.timer_thread, "timer", Conn::timer_loop);
     }
 
     /// Backpressure: waits while the machine does not want input (its peer is not reading our

@@ -3,6 +3,7 @@
 //! counters around the code it measures.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use bytes::{BufMut, BytesMut};
@@ -69,4 +70,56 @@ pub fn numbered_request(buf: &mut BytesMut, n: u64, ty: SerializeType) -> Comman
 pub fn echo(request: Command) -> Command {
     let body = request.body_bytes();
     request.response(codes::SUCCESS).with_body(body)
+}
+
+/// The system allocator, counting the allocations (and reallocations) of the thread running
+/// [`thread_allocations`]: for tests that must not see other threads' work (the test harness's
+/// own, a server's).
+pub struct ThreadCounting;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static THREAD_ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note_thread_alloc() {
+    // `try_with`: the allocator also runs while thread locals are being torn down.
+    let _ = COUNTING.try_with(|on| {
+        if on.get() {
+            let _ = THREAD_ALLOCS.try_with(|n| n.set(n.get() + 1));
+        }
+    });
+}
+
+// SAFETY: forwards every call to `System` unchanged; only counts.
+unsafe impl GlobalAlloc for ThreadCounting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_thread_alloc();
+        // SAFETY: the caller's contract is passed through.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_thread_alloc();
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_thread_alloc();
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+/// Runs `f` and returns what it returned and the allocations it made on this thread (with
+/// [`ThreadCounting`] as the global allocator).
+pub fn thread_allocations<R>(f: impl FnOnce() -> R) -> (R, u64) {
+    THREAD_ALLOCS.with(|n| n.set(0));
+    COUNTING.with(|on| on.set(true));
+    let out = f();
+    COUNTING.with(|on| on.set(false));
+    (out, THREAD_ALLOCS.with(Cell::get))
 }

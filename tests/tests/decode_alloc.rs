@@ -5,63 +5,13 @@
 //!
 //! A counting global allocator counts the allocations made by this test's thread.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
 use bytes::BytesMut;
 use remora_core::{Codec, Command, Decoded, LanguageCode, SerializeType};
+use remora_tests::alloc::{thread_allocations, ThreadCounting};
 use remora_tests::{read_fixture, unhex};
 
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn note_alloc() {
-    // `try_with`: the allocator also runs while thread locals are being torn down.
-    let _ = COUNTING.try_with(|on| {
-        if on.get() {
-            let _ = ALLOCS.try_with(|n| n.set(n.get() + 1));
-        }
-    });
-}
-
-// SAFETY: forwards every call to `System` unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_alloc();
-        // SAFETY: the caller's contract is passed through.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_alloc();
-        // SAFETY: as above.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_alloc();
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Allocations made by `f` on this thread.
-fn allocations<R>(f: impl FnOnce() -> R) -> (R, u64) {
-    ALLOCS.with(|n| n.set(0));
-    COUNTING.with(|on| on.set(true));
-    let out = f();
-    COUNTING.with(|on| on.set(false));
-    (out, ALLOCS.with(Cell::get))
-}
+static GLOBAL: ThreadCounting = ThreadCounting;
 
 /// Reads every field, as a program using the whole command would.
 fn read_all(cmd: &Command) -> usize {
@@ -140,7 +90,7 @@ fn decoding_a_frame_allocates_nothing() {
     };
 
     for (i, frame) in frames.iter().enumerate() {
-        let (read, allocs) = allocations(|| {
+        let (read, allocs) = thread_allocations(|| {
             let Ok(Decoded::Command(cmd)) = codec.decode(&mut buf) else {
                 panic!("frame {i} did not decode")
             };
@@ -160,6 +110,6 @@ fn decoding_a_frame_allocates_nothing() {
     assert!(buf.is_empty());
 
     // The counter works: a built request allocates.
-    let (_, allocs) = allocations(|| send_request(SerializeType::Json));
+    let (_, allocs) = thread_allocations(|| send_request(SerializeType::Json));
     assert!(allocs > 0);
 }

@@ -7,63 +7,14 @@
 //!
 //! A counting global allocator counts the allocations made by this test's thread.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::Duration;
 
 use bytes::Bytes;
 use remora_core::{Command, Config, Connection, Event, Instant, SerializeType};
-
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn note_alloc() {
-    // `try_with`: the allocator also runs while thread locals are being torn down.
-    let _ = COUNTING.try_with(|on| {
-        if on.get() {
-            let _ = ALLOCS.try_with(|n| n.set(n.get() + 1));
-        }
-    });
-}
-
-// SAFETY: forwards every call to `System` unchanged; only counts.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note_alloc();
-        // SAFETY: the caller's contract is passed through.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: as above.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note_alloc();
-        // SAFETY: as above.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note_alloc();
-        // SAFETY: as above.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+use remora_tests::alloc::{thread_allocations, ThreadCounting};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Allocations made by `f` on this thread.
-fn allocations<R>(f: impl FnOnce() -> R) -> (R, u64) {
-    ALLOCS.with(|n| n.set(0));
-    COUNTING.with(|on| on.set(true));
-    let out = f();
-    COUNTING.with(|on| on.set(false));
-    (out, ALLOCS.with(Cell::get))
-}
+static GLOBAL: ThreadCounting = ThreadCounting;
 
 /// `batch` requests from client to server and their responses back, as the connection bench
 /// does (bytes moved with `take_transmit` + `handle_input`); returns the responses matched.
@@ -121,7 +72,7 @@ fn a_warm_round_trip_allocates_nothing() {
                 );
             }
             let rounds = 2_000 / batch;
-            let (answered, allocs) = allocations(|| {
+            let (answered, allocs) = thread_allocations(|| {
                 (0..rounds)
                     .map(|_| round_trips(&mut client, &mut server, batch, ty, &body))
                     .sum::<usize>()
@@ -146,7 +97,7 @@ fn a_64_kib_round_trip_allocates_at_most_one_buffer_per_side() {
             assert_eq!(round_trips(&mut client, &mut server, 1, ty, &body), 1);
         }
         let rounds = 200;
-        let (answered, allocs) = allocations(|| {
+        let (answered, allocs) = thread_allocations(|| {
             (0..rounds)
                 .map(|_| round_trips(&mut client, &mut server, 1, ty, &body))
                 .sum::<usize>()
@@ -161,6 +112,6 @@ fn a_64_kib_round_trip_allocates_at_most_one_buffer_per_side() {
 
 #[test]
 fn the_counter_counts() {
-    let (_, allocs) = allocations(|| Command::request(1).with_ext("topic", "orders"));
+    let (_, allocs) = thread_allocations(|| Command::request(1).with_ext("topic", "orders"));
     assert!(allocs > 0);
 }

@@ -170,15 +170,8 @@ fn count_ext_entries(block: &[u8], mut p: usize) -> Option<usize> {
             p += 7 + value_len;
             value_len
         } else {
-            let len_at = p + 2 + (word >> 48) as usize;
-            let &[v0, v1, v2, v3] = block.get(len_at..len_at + 4)? else {
-                return None;
-            };
-            let value_len = u32::from_be_bytes([v0, v1, v2, v3]) as usize;
-            if value_len > end - (len_at + 4) {
-                return None;
-            }
-            p = len_at + 4 + value_len;
+            let (next, value_len) = ext_entry(block, p, (word >> 48) as usize)?;
+            p = next;
             value_len
         };
         count += usize::from(value_len != 0);
@@ -187,19 +180,27 @@ fn count_ext_entries(block: &[u8], mut p: usize) -> Option<usize> {
         let &[k0, k1] = block.get(p..p + 2)? else {
             return None;
         };
-        let len_at = p + 2 + usize::from(u16::from_be_bytes([k0, k1]));
-        let &[v0, v1, v2, v3] = block.get(len_at..len_at + 4)? else {
-            return None;
-        };
-        // A negative length reads as 2^31 or more and overruns.
-        let value_len = u32::from_be_bytes([v0, v1, v2, v3]) as usize;
-        if value_len > end - (len_at + 4) {
-            return None;
-        }
-        p = len_at + 4 + value_len;
+        let (next, value_len) = ext_entry(block, p, usize::from(u16::from_be_bytes([k0, k1])))?;
+        p = next;
         count += usize::from(value_len != 0);
     }
     (p == end).then_some(count)
+}
+
+/// The entry at `p` of `block` whose key is `key_len` bytes: where the next begins and its
+/// value's length, or `None` if it overruns the block.
+#[inline(always)]
+fn ext_entry(block: &[u8], p: usize, key_len: usize) -> Option<(usize, usize)> {
+    let len_at = p + 2 + key_len;
+    let &[v0, v1, v2, v3] = block.get(len_at..len_at + 4)? else {
+        return None;
+    };
+    // A negative length reads as 2^31 or more and overruns.
+    let value_len = u32::from_be_bytes([v0, v1, v2, v3]) as usize;
+    if value_len > block.len() - (len_at + 4) {
+        return None;
+    }
+    Some((len_at + 4 + value_len, value_len))
 }
 
 /// [`check_ext_block`] entry by entry, every check in the order that names the first fault.
