@@ -803,8 +803,11 @@ impl EmbeddedServer {
                 server._uring = Some(s);
             }
             (Backend::Std, Mode::Rpc) => {
+                // The echo never blocks: answered on each connection's reader, as the tokio
+                // server does by default (`--server-threads` workers stay for the rest).
                 let config = remora_std::ServerConfig {
                     workers: plan.server_threads.max(1),
+                    dispatch: remora_std::Dispatch::Inline,
                     ..Default::default()
                 };
                 let s = match tls {

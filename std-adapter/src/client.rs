@@ -13,6 +13,7 @@ use remora_driver::Entropy;
 use remora_metrics::{Probe, Side};
 use remora_tls::{ClientTls, Secure};
 
+use crate::conn::Dispatch;
 use crate::conn::{Clock, Conn, ConnConfig};
 use crate::handler::{Handler, NotSupported, Workers};
 use crate::Error;
@@ -394,6 +395,7 @@ impl Shared {
                     let config = ConnConfig {
                         machine: self.config.connection,
                         idle_timeout,
+                        dispatch: Dispatch::Workers,
                     };
                     let started = Conn::start(
                         stream,

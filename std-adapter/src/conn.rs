@@ -103,6 +103,9 @@ struct State {
     /// `call_then` calls in flight: while there are any, the timer thread wakes for their
     /// deadlines (nobody else waits for them).
     then_in_flight: usize,
+    /// [`Dispatch::Inline`]: the peer's requests of this read (`None`: a oneway), handled by
+    /// the reader once the lock is released.
+    inline: Vec<(Option<IncomingRequest>, Command)>,
     /// When the waiting timer thread will look next (`None`: not before it is notified).
     timer_due: Option<remora_core::Instant>,
 }
@@ -125,6 +128,22 @@ pub(crate) struct ConnConfig {
     pub(crate) machine: Config,
     /// Close the connection after this long with nothing in flight.
     pub(crate) idle_timeout: Option<Duration>,
+    /// Where the peer's requests are handled.
+    pub(crate) dispatch: Dispatch,
+}
+
+/// Where a server (or a client's [`Handler`](crate::Handler)) handles the peer's requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Dispatch {
+    /// On the worker pool: a handler may block or take long without holding up its
+    /// connection's reading; each request is a hand-off to a worker and each answer a write of
+    /// its own unless writes meet.
+    #[default]
+    Workers,
+    /// On the connection's reader thread, between reads: the requests of one read are handled
+    /// in order and their answers written together, with no hand-off. For quick handlers: a
+    /// slow one holds up its connection (and only it).
+    Inline,
 }
 
 pub(crate) struct Conn {
@@ -148,6 +167,7 @@ pub(crate) struct Conn {
     clock: Clock,
     handler: Arc<dyn Handler>,
     workers: Arc<Workers>,
+    dispatch: Dispatch,
     reader: Mutex<Option<JoinHandle<()>>>,
     closed: AtomicBool,
     /// The machine's `pending_requests()` as of the last change under the state lock: read by
@@ -242,6 +262,7 @@ impl Conn {
                 account,
                 ready: Vec::new(),
                 then_in_flight: 0,
+                inline: Vec::new(),
                 timer_due: None,
             }),
             timer: Condvar::new(),
@@ -255,6 +276,7 @@ impl Conn {
             clock,
             handler,
             workers,
+            dispatch: config.dispatch,
             reader: Mutex::new(None),
             closed: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -397,16 +419,48 @@ impl Conn {
     /// ready (calls they start on this connection are queued, not written one by one), then
     /// writes everything queued at once.
     fn release_from_reader(self: &Arc<Self>, mut st: MutexGuard<'_, State>) -> bool {
-        if st.ready.is_empty() {
+        if st.ready.is_empty() && st.inline.is_empty() {
             return false;
         }
         let ready = std::mem::take(&mut st.ready);
+        let mut inline = std::mem::take(&mut st.inline);
         drop(st);
-        IN_CONTINUATIONS.with(|c| c.set(Arc::as_ptr(self) as usize));
-        run_continuations(ready);
-        IN_CONTINUATIONS.with(|c| c.set(0));
+        if !ready.is_empty() {
+            IN_CONTINUATIONS.with(|c| c.set(Arc::as_ptr(self) as usize));
+            run_continuations(ready);
+            IN_CONTINUATIONS.with(|c| c.set(0));
+        }
+        if !inline.is_empty() {
+            self.answer_inline(&mut inline);
+            // The emptied list goes back for the next read (no allocation per read).
+            let mut st = lock(&self.state);
+            if st.inline.is_empty() {
+                st.inline = inline;
+            }
+        }
         self.flush();
         true
+    }
+
+    /// [`Dispatch::Inline`]: handles a read's requests in order on the reader, queueing their
+    /// answers; the caller writes them together.
+    fn answer_inline(self: &Arc<Self>, requests: &mut Vec<(Option<IncomingRequest>, Command)>) {
+        for (request, command) in requests.drain(..) {
+            let Some(request) = request else {
+                let _ = handle_catching(&*self.handler, command);
+                continue;
+            };
+            if self.is_closed() {
+                lock(&self.state).machine.dismiss(request);
+                continue;
+            }
+            let response = handle_catching(&*self.handler, command);
+            let mut st = lock(&self.state);
+            // An answer too big to encode is replaced by SYSTEM_ERROR: that too must go out.
+            let _ = st.machine.send_response(request, response);
+            self.settle(&mut st);
+            self.release(st);
+        }
     }
 
     /// Releases the lock, then runs the continuations it left ready. Every place that may have
@@ -610,6 +664,12 @@ impl Conn {
                 Event::Failed { error, token, .. } => {
                     let error = st.machine.call_error(error);
                     self.complete(st, token, Err(error))
+                }
+                Event::Request { request, command } if self.dispatch == Dispatch::Inline => {
+                    st.inline.push((Some(request), command));
+                }
+                Event::Oneway { command } if self.dispatch == Dispatch::Inline => {
+                    st.inline.push((None, command));
                 }
                 Event::Request { request, command } => {
                     let conn = Arc::clone(self);

@@ -15,8 +15,10 @@
 //!   its loop on threads and keeps latency histograms. [`Dns`] resolves names for it.
 //! - [`namesrv::RouteFollower`]: a topic's route from RocketMQ name servers, kept up to date,
 //!   as a resolver for a [`Cluster`] (the writable masters).
-//! - [`Server`]: a handler per request on a worker pool, `SYSTEM_BUSY` beyond the in-flight
-//!   limit, `REQUEST_CODE_NOT_SUPPORTED` from the default [`NotSupported`] handler, graceful stop.
+//! - [`Server`]: a handler per request on a worker pool, or inline on each connection's reader
+//!   ([`Dispatch::Inline`]: a read's requests handled in order, their answers written
+//!   together), `SYSTEM_BUSY` beyond the in-flight limit, `REQUEST_CODE_NOT_SUPPORTED` from the
+//!   default [`NotSupported`] handler, graceful stop.
 //!
 //! TLS (`remora-tls`): [`Server::bind_tls`] (enforcing or permissive), [`Client::connect_tls`] /
 //! [`Client::lazy_tls`] (SNI from the address, handshake within the connect timeout, a failed
@@ -54,7 +56,7 @@ pub use cluster::{
     CallOpts, Cluster, ClusterConfig, ClusterError, Counts, EndpointReport, Fallback, Hook,
     Resolver, Watch,
 };
-pub use conn::Peer;
+pub use conn::{Dispatch, Peer};
 pub use dns::Dns;
 pub use handler::{Handler, NotSupported};
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use remora_core::{Budget, Snapshot};
 use remora_tls::{Secure, ServerTls};
 
+use crate::conn::Dispatch;
 use crate::conn::{Clock, Conn, ConnConfig, Peer, Served};
 use crate::handler::{Handler, Workers};
 
@@ -19,6 +20,9 @@ remora_driver::server_config! {
     pub struct ServerConfig {
         /// Worker threads running the handler (shared by all connections).
         pub workers: usize = std::thread::available_parallelism().map_or(2, |n| n.get()),
+        /// Where requests are handled: on the workers (the default), or inline on each
+        /// connection's reader thread, for quick handlers.
+        pub dispatch: Dispatch = Dispatch::Workers,
     }
 }
 
@@ -217,6 +221,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener) {
         let config = ConnConfig {
             machine: shared.config.connection,
             idle_timeout: None,
+            dispatch: shared.config.dispatch,
         };
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let registry = Arc::downgrade(&shared.conns);

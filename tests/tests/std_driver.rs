@@ -666,3 +666,94 @@ fn call_then_ends_every_call_when_the_connection_is_lost() {
     );
     client.close();
 }
+
+/// `Dispatch::Inline`: requests are handled on the connection's reader, in order; many threads'
+/// calls, `call_then` calls and oneways are all answered (or handled) once; a slow inline
+/// handler holds up only its own connection.
+#[test]
+fn inline_dispatch_answers_on_the_reader_and_holds_up_only_its_connection() {
+    let oneways = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&oneways);
+    let server = Server::bind_with(
+        "127.0.0.1:0",
+        move |request: Command| {
+            if request.code == 9 {
+                std::thread::sleep(2 * SECOND);
+            }
+            if request.is_oneway() {
+                seen.fetch_add(1, Ordering::Relaxed);
+            }
+            echo(request)
+        },
+        ServerConfig {
+            workers: 1,
+            dispatch: remora_std::Dispatch::Inline,
+            ..ServerConfig::default()
+        },
+    )
+    .unwrap();
+    let client = client(&server, ClientConfig::default());
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                for i in 0..100 {
+                    let body = format!("t{t}-{i}");
+                    let response = client
+                        .call(Command::request(1).with_body(body.clone()), 10 * SECOND)
+                        .unwrap();
+                    assert_eq!(response.body(), body.as_bytes());
+                }
+            })
+        })
+        .collect();
+    let (tx, rx) = mpsc::channel();
+    for i in 0..50u32 {
+        let tx = tx.clone();
+        client
+            .call_then(
+                Command::request(2).with_body(i.to_le_bytes().to_vec()),
+                10 * SECOND,
+                move |outcome| tx.send((i, outcome)).unwrap(),
+            )
+            .unwrap();
+        client.oneway(Command::request(3)).unwrap();
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let mut answered = [false; 50];
+    for _ in 0..50 {
+        let (i, outcome) = rx.recv_timeout(10 * SECOND).expect("every call_then ends");
+        assert_eq!(outcome.unwrap().body(), &i.to_le_bytes()[..]);
+        assert!(!std::mem::replace(&mut answered[i as usize], true));
+    }
+    let deadline = Instant::now() + 5 * SECOND;
+    while oneways.load(Ordering::Relaxed) < 50 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        oneways.load(Ordering::Relaxed),
+        50,
+        "every oneway handled once"
+    );
+
+    // A slow request on one connection; another connection's call meanwhile is not held up.
+    let slow = client.clone();
+    let slow = std::thread::spawn(move || {
+        let outcome = slow.call(Command::request(9), 10 * SECOND);
+        (outcome, Instant::now())
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let other = Client::connect(server.local_addr(), ClientConfig::default()).unwrap();
+    other.call(Command::request(1), 5 * SECOND).unwrap();
+    let other_done = Instant::now();
+    let (outcome, slow_done) = slow.join().unwrap();
+    assert_eq!(outcome.unwrap().code, codes::SUCCESS);
+    assert!(
+        other_done < slow_done,
+        "another connection's call waited for a slow inline handler"
+    );
+    other.close();
+    client.close();
+}
