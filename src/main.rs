@@ -119,6 +119,10 @@ enum Cmd {
         /// Most connections open at once; more are refused with a line on stderr.
         #[arg(long, default_value_t = remora_core::BudgetConfig::default().max_connections)]
         max_connections: usize,
+        /// std backend: where requests are handled (the uring and tokio servers answer on
+        /// their event loops).
+        #[arg(long, value_enum, default_value_t = ServeDispatch::Workers)]
+        dispatch: ServeDispatch,
         /// Verify every request's ACL signature against this file of `ACCESS_KEY=SECRET_KEY`
         /// lines; others are answered NO_PERMISSION (16).
         #[arg(long, value_name = "FILE")]
@@ -265,6 +269,15 @@ enum ServeMode {
     Raw,
 }
 
+/// `remora serve --dispatch`: where the std server handles requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ServeDispatch {
+    /// On the worker pool (handlers may block without holding up reading).
+    Workers,
+    /// On each connection's reader thread, between reads: a read's answers written together.
+    Inline,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -385,6 +398,7 @@ fn main() -> ExitCode {
             backend,
             serialize,
             max_connections,
+            dispatch,
             acl,
             script: None,
             mode: ServeMode::Rpc,
@@ -392,9 +406,15 @@ fn main() -> ExitCode {
             tls,
             quiet,
         } => tls.server_tls().and_then(|tls| {
+            if dispatch == ServeDispatch::Inline && backend != Backend::Std {
+                return Err("--dispatch applies to the std backend".into());
+            }
             let mut config = ServerConfig::default();
             config.connection.serialize_type = serialize.map(Into::into);
             config.budget.max_connections = max_connections;
+            if dispatch == ServeDispatch::Inline {
+                config.dispatch = remora_std::Dispatch::Inline;
+            }
             serve(
                 &listen,
                 backend,

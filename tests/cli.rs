@@ -660,3 +660,50 @@ fn bench_std_then_keeps_the_calls_in_flight_from_one_thread() {
     assert_eq!(line["unfinished"], 0);
     assert_eq!(line["stop"], "requests");
 }
+
+#[test]
+fn serve_std_dispatch_inline_answers_every_request() {
+    let served = serve(&["--dispatch", "inline"]);
+    let out = remora(
+        &[
+            "bench",
+            "--backend",
+            "std",
+            "--target",
+            &served.addr,
+            "--mode",
+            "rpc",
+            "--requests",
+            "2000",
+            "--inflight",
+            "16",
+            "--json",
+        ],
+        b"",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["requests"], 2000);
+    assert_eq!(line["errors"], 0);
+    // Only the std server has a choice.
+    let refused = remora(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--backend",
+            "uring",
+            "--dispatch",
+            "inline",
+        ],
+        b"",
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--dispatch applies to the std backend")
+    );
+}
