@@ -446,20 +446,10 @@ impl Conn {
     /// answers; the caller writes them together.
     fn answer_inline(self: &Arc<Self>, requests: &mut Vec<(Option<IncomingRequest>, Command)>) {
         for (request, command) in requests.drain(..) {
-            let Some(request) = request else {
-                let _ = handle_catching(&*self.handler, command);
-                continue;
-            };
-            if self.is_closed() {
-                lock(&self.state).machine.dismiss(request);
-                continue;
+            match request {
+                Some(request) => self.answer_queued(request, command),
+                None => drop(handle_catching(&*self.handler, command)),
             }
-            let response = handle_catching(&*self.handler, command);
-            let mut st = lock(&self.state);
-            // An answer too big to encode is replaced by SYSTEM_ERROR: that too must go out.
-            let _ = st.machine.send_response(request, response);
-            self.settle(&mut st);
-            self.release(st);
         }
     }
 
@@ -629,6 +619,12 @@ impl Conn {
 
     /// Answers a peer's request (on a worker thread).
     fn answer(self: &Arc<Self>, request: IncomingRequest, command: Command) {
+        self.answer_queued(request, command);
+        self.flush();
+    }
+
+    /// Handles a peer's request and queues its answer (the caller writes it).
+    fn answer_queued(self: &Arc<Self>, request: IncomingRequest, command: Command) {
         if self.is_closed() {
             // Nobody to answer: skip the work (the server may be stopping).
             lock(&self.state).machine.dismiss(request);
@@ -636,11 +632,10 @@ impl Conn {
         }
         let response = handle_catching(&*self.handler, command);
         let mut st = lock(&self.state);
-        // An answer too big to encode is replaced by SYSTEM_ERROR: that too must go out now.
+        // An answer too big to encode is replaced by SYSTEM_ERROR: that too must go out.
         let _ = st.machine.send_response(request, response);
         self.settle(&mut st);
         self.release(st);
-        self.flush();
     }
 
     /// Hands a call's outcome to its waiter: wakes its thread, or readies its continuation.
