@@ -237,23 +237,20 @@ impl Client {
     ) -> Result<(), Error> {
         let probe = Probe::client(&request, &self.shared.addrs[0]);
         let _entered = probe.span().clone().entered();
-        let conn = match self.shared.config.mode {
-            Mode::Short => match self.shared.open() {
-                Ok(conn) => conn,
-                Err(e) => {
-                    probe.end_error(&e);
-                    return Err(e);
-                }
-            },
-            Mode::Long { .. } => match self.acquire() {
-                Ok(conn) => conn,
-                Err(e) => {
-                    probe.end_error(&e);
-                    return Err(e);
-                }
-            },
+        let is_short = matches!(self.shared.config.mode, Mode::Short);
+        let conn = if is_short {
+            self.shared.open()
+        } else {
+            self.acquire()
         };
-        let short = matches!(self.shared.config.mode, Mode::Short).then(|| Arc::clone(&conn));
+        let conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                probe.end_error(&e);
+                return Err(e);
+            }
+        };
+        let short = is_short.then(|| Arc::clone(&conn));
         // The probe ends with the outcome, which a failed send never reaches: keep a way to
         // end it here then.
         let probe = Arc::new(Mutex::new(Some(probe)));
@@ -275,7 +272,7 @@ impl Client {
             if let Some(probe) = probe.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 probe.end_error(e);
             }
-            if matches!(self.shared.config.mode, Mode::Short) {
+            if is_short {
                 conn.close();
             }
         }

@@ -11,7 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_utils::sync::{Parker, Unparker};
 use remora_core::{
-    Account, Budget, CloseReason, Command, Config, Connection, Event, IncomingRequest, Outgoing,
+    Account, Budget, CloseReason, Command, Config, Connection, Event, IncomingRequest, Instant,
+    Outgoing,
 };
 use remora_tls::{Secure, Session};
 
@@ -107,7 +108,7 @@ struct State {
     /// the reader once the lock is released.
     inline: Vec<(Option<IncomingRequest>, Command)>,
     /// When the waiting timer thread will look next (`None`: not before it is notified).
-    timer_due: Option<remora_core::Instant>,
+    timer_due: Option<Instant>,
 }
 
 /// What a server's connection carries besides the machine.
@@ -342,17 +343,13 @@ impl Conn {
         let deadline = now + timeout;
         {
             let mut st = lock(&self.state);
-            let sent = cmd.send(
-                st.machine.connection_mut(),
+            self.queue_call(
+                &mut st,
+                cmd,
                 deadline,
                 now,
                 Waiter::Thread(Arc::clone(&slot)),
-            );
-            sent.map_err(|e| st.machine.send_error(e))?;
-            self.in_flight.store(
-                st.machine.connection().pending_requests(),
-                Ordering::Relaxed,
-            );
+            )?;
         }
         self.flush();
         loop {
@@ -372,6 +369,25 @@ impl Conn {
         }
     }
 
+    /// Queues `cmd` on the machine with `waiter` (under the lock) and publishes the new count
+    /// of calls in flight.
+    fn queue_call(
+        &self,
+        st: &mut State,
+        cmd: impl Outgoing,
+        deadline: Instant,
+        now: Instant,
+        waiter: Waiter,
+    ) -> Result<(), Error> {
+        let sent = cmd.send(st.machine.connection_mut(), deadline, now, waiter);
+        sent.map_err(|e| st.machine.send_error(e))?;
+        self.in_flight.store(
+            st.machine.connection().pending_requests(),
+            Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
     /// Sends `cmd`; `then` runs once with its outcome (response, timeout, or error), on the
     /// thread that learns it — usually the connection's reader — and never under the lock.
     /// An error sending is returned here, and `then` is dropped unrun.
@@ -383,29 +399,21 @@ impl Conn {
     ) -> Result<(), Error> {
         let now = self.clock.now();
         let deadline = now + timeout;
-        {
+        let start_timer = {
             let mut st = lock(&self.state);
-            let sent = cmd.send(
-                st.machine.connection_mut(),
-                deadline,
-                now,
-                Waiter::Then(then),
-            );
-            sent.map_err(|e| st.machine.send_error(e))?;
+            self.queue_call(&mut st, cmd, deadline, now, Waiter::Then(then))?;
             st.then_in_flight += 1;
-            if st.timer_due.map_or(true, |due| deadline < due) {
-                if lock(&self.timer_thread).is_some() {
-                    self.timer.notify_one();
-                } else {
-                    drop(st);
-                    self.start_timer();
-                    st = lock(&self.state);
-                }
+            // The timer thread looks again if this call is due before it would (told under
+            // the lock it waits with, so the wake-up cannot be missed).
+            let sooner = st.timer_due.map_or(true, |due| deadline < due);
+            let running = lock(&self.timer_thread).is_some();
+            if sooner && running {
+                self.timer.notify_one();
             }
-            self.in_flight.store(
-                st.machine.connection().pending_requests(),
-                Ordering::Relaxed,
-            );
+            sooner && !running
+        };
+        if start_timer {
+            self.start_timer();
         }
         if IN_CONTINUATIONS.with(|c| c.get()) == Arc::as_ptr(self) as usize {
             // This connection's reader writes once after the batch of continuations.

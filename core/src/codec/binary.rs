@@ -14,6 +14,7 @@ use bytes::{BufMut, Bytes};
 use crate::codec::command::{Command, Fixed, LanguageCode, SerializeType};
 use crate::codec::error::{BinaryField, DecodeError, EncodeError};
 use crate::codec::limits::Limits;
+use crate::codec::scan;
 use crate::codec::sink::{BufSink, Sink, Str, WindowSink};
 
 const FIXED_LEN: usize = 13;
@@ -107,7 +108,7 @@ fn check_ext_block(
     end: usize,
     limits: &Limits,
 ) -> Result<usize, DecodeError> {
-    let block_ascii = is_ascii(&header[start..end]);
+    let block_ascii = scan::is_ascii(&header[start..end]);
     // In a block no longer than `max_string_len`, no string can pass that limit without also
     // overrunning the block, which the quick walk does check.
     if block_ascii && end - start <= limits.max_string_len {
@@ -118,33 +119,6 @@ fn check_ext_block(
         }
     }
     check_ext_block_exactly(header, start, end, limits, block_ascii)
-}
-
-/// Whether no byte of `b` has its high bit set: 32 bytes a step, the last step overlapping.
-#[inline]
-fn is_ascii(b: &[u8]) -> bool {
-    #[inline(always)]
-    fn block(b: &[u8]) -> u128 {
-        let mut w = [0u8; 16];
-        w.copy_from_slice(&b[..16]);
-        u128::from_le_bytes(w)
-    }
-    let mut acc = 0u128;
-    if b.len() >= 32 {
-        let mut chunks = b.chunks_exact(32);
-        for c in &mut chunks {
-            acc |= block(&c[..16]) | block(&c[16..]);
-        }
-        let last = &b[b.len() - 32..];
-        acc |= block(&last[..16]) | block(&last[16..]);
-    } else if b.len() >= 16 {
-        acc = block(b) | block(&b[b.len() - 16..]);
-    } else {
-        for &x in b {
-            acc |= u128::from(x);
-        }
-    }
-    acc & (u128::MAX / 255 * 0x80) == 0
 }
 
 /// The entries with a non-empty value in the extension block `block[start..]`, or `None` if
@@ -446,7 +420,7 @@ mod tests {
                     block[at] = byte;
                 }
             }
-            proptest::prop_assert_eq!(is_ascii(&block), block.is_ascii());
+            proptest::prop_assert_eq!(scan::is_ascii(&block), block.is_ascii());
             for max_string_len in [max_string_len, 1 << 20] {
                 let limits = Limits { max_string_len, max_ext_fields, ..Limits::default() };
                 proptest::prop_assert_eq!(

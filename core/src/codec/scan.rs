@@ -57,6 +57,33 @@ fn any_high(block: &[u8; 64]) -> bool {
     block.iter().fold(0, |acc, &b| acc | b) >= 0x80
 }
 
+/// Whether no byte of `b` has its high bit set: 32 bytes a step, the last step overlapping.
+#[inline]
+pub(crate) fn is_ascii(b: &[u8]) -> bool {
+    #[inline(always)]
+    fn block(b: &[u8]) -> u128 {
+        let mut w = [0u8; 16];
+        w.copy_from_slice(&b[..16]);
+        u128::from_le_bytes(w)
+    }
+    let mut acc = 0u128;
+    if b.len() >= 32 {
+        let mut chunks = b.chunks_exact(32);
+        for c in &mut chunks {
+            acc |= block(&c[..16]) | block(&c[16..]);
+        }
+        let last = &b[b.len() - 32..];
+        acc |= block(&last[..16]) | block(&last[16..]);
+    } else if b.len() >= 16 {
+        acc = block(b) | block(&b[b.len() - 16..]);
+    } else {
+        for &x in b {
+            acc |= u128::from(x);
+        }
+    }
+    acc & (u128::MAX / 255 * 0x80) == 0
+}
+
 /// How many bytes at the start of `s` are known ASCII (so a character boundary): all of
 /// `s`, or up to a 64-byte block that holds a byte of 0x80 or above.
 #[inline]
