@@ -54,19 +54,45 @@ impl Codec {
     /// An error means the stream is corrupt and the connection must be closed; `buf` is left as
     /// it was.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Decoded, DecodeError> {
-        let Some(&[a, b, c, d, m0, m1, m2, m3]) = buf.get(..PREFIX_LEN) else {
-            return self.decode_short(buf);
+        let mut pos = 0;
+        let decoded = self.decode_at(buf, &mut pos)?;
+        if pos != 0 {
+            buf.advance(pos);
+        }
+        Ok(decoded)
+    }
+
+    /// [`Codec::decode`] of the frame that starts `*pos` bytes into `buf`, for a reader that
+    /// takes a run of frames off one buffer without advancing it past each: the `*pos` bytes
+    /// before the frame are consumed (nothing reads them any more).
+    ///
+    /// A frame the command needs nothing of later (no body, remark or extension field) is
+    /// skipped by moving `*pos` past it, `buf` untouched: the caller advances `buf` (or clears
+    /// it) once for the whole run. A frame the command keeps is split off `buf` together with
+    /// the consumed bytes before it, and `*pos` is 0 again. `Incomplete` and errors change
+    /// neither. `*pos` must be at most `buf.len()`.
+    #[inline(always)]
+    pub(crate) fn decode_at(
+        &self,
+        buf: &mut BytesMut,
+        pos: &mut usize,
+    ) -> Result<Decoded, DecodeError> {
+        let at = *pos;
+        debug_assert!(at <= buf.len());
+        let Some(&[a, b, c, d, m0, m1, m2, m3]) = buf.get(at..at + PREFIX_LEN) else {
+            return self.decode_short(buf.get(at..).unwrap_or_default());
         };
         let length = u32::from_be_bytes([a, b, c, d]);
         let frame_len = self.check_length(length)?;
         let (ty, header_len) = check_marker(length, [m0, m1, m2, m3])?;
-        if buf.len() < frame_len {
+        let available = buf.len() - at;
+        if available < frame_len {
             return Ok(Decoded::Incomplete {
-                needed: frame_len - buf.len(),
+                needed: frame_len - available,
             });
         }
         // Checked where it lies: an error leaves `buf` untouched.
-        let header = PREFIX_LEN..PREFIX_LEN + header_len;
+        let header = at + PREFIX_LEN..at + PREFIX_LEN + header_len;
         let (fixed, ext_at) = match ty {
             SerializeType::RocketMq => (binary::parse(&buf[header], &self.limits)?, 0),
             SerializeType::Json => {
@@ -77,14 +103,20 @@ impl Codec {
             }
         };
         if frame_len != PREFIX_LEN + header_len || fixed.has_remark || fixed.has_ext {
-            let frame = buf.split_to(frame_len).freeze();
+            let mut frame = buf.split_to(at + frame_len).freeze();
+            if at != 0 {
+                // The consumed frames before it: dropped from the handle, not the buffer
+                // (a `Bytes` advance is two stores, no reference count).
+                frame.advance(at);
+            }
+            *pos = 0;
             Ok(Decoded::Command(Command::decoded(
                 fixed, ty, frame, true, ext_at,
             )))
         } else {
             // Nothing to read from the frame later: skip it instead of splitting it off
             // (no reference count to take and drop).
-            buf.advance(frame_len);
+            *pos = at + frame_len;
             Ok(Decoded::Command(Command::bare(fixed, ty)))
         }
     }
@@ -92,7 +124,7 @@ impl Codec {
     /// [`Codec::decode`] of a buffer shorter than the prefix: the length is checked as soon as
     /// its 4 bytes are there.
     #[cold]
-    fn decode_short(&self, buf: &BytesMut) -> Result<Decoded, DecodeError> {
+    fn decode_short(&self, buf: &[u8]) -> Result<Decoded, DecodeError> {
         let length = match be_u32::<&[u8], nom::error::Error<&[u8]>>(&buf[..]) {
             Ok((_, length)) => length,
             Err(nom::Err::Incomplete(needed)) => {

@@ -1304,17 +1304,23 @@ impl<T> Connection<T> {
 
     fn process_input(&mut self, now: Instant) {
         self.last_active = now;
-        while !self.read_buf.is_empty() {
-            let before = self.read_buf.len();
-            match self.codec.decode(&mut self.read_buf) {
+        // Frames are decoded from `pos` on. A frame nothing keeps (no body, remark or fields:
+        // a heartbeat, most responses) is skipped by moving `pos`, not the buffer; one a command
+        // keeps is split off with the skipped bytes before it, and `pos` starts again at 0
+        // (`Codec::decode_at`).
+        let mut pos = 0;
+        while pos < self.read_buf.len() {
+            let before = self.read_buf.len() - pos;
+            match self.codec.decode_at(&mut self.read_buf, &mut pos) {
                 Ok(Decoded::Command(cmd)) => {
-                    let frame_len = before - self.read_buf.len();
+                    let frame_len = before - (self.read_buf.len() - pos);
                     if let Err(reason) = self.dispatch(cmd, frame_len) {
                         self.shut(reason);
                         return;
                     }
                 }
                 Ok(Decoded::Incomplete { needed }) => {
+                    self.read_buf.advance(pos);
                     self.await_input(needed);
                     return;
                 }
@@ -1324,10 +1330,13 @@ impl<T> Connection<T> {
                 }
             }
         }
-        // Every byte read was whole frames (the usual case). No room is made here: the next
-        // input makes its own (`handle_input`; a driver reading into `read_buffer` reserves
-        // its read), and by then the frames just decoded may no longer share the buffer, so
-        // its consumed front can be reclaimed instead of a new buffer allocated.
+        // Every byte read was whole frames (the usual case), and nothing shares the bytes from
+        // the buffer's start on (frames kept were split off before it): the next input is
+        // written over them, at the same place. No room is made here: the next input makes its
+        // own (`handle_input`; a driver reading into `read_buffer` reserves its read), and by
+        // then the frames just split off may no longer share the buffer, so its consumed front
+        // can be reclaimed instead of a new buffer allocated.
+        self.read_buf.clear();
         self.release_idle_read_buf();
     }
 
@@ -1866,6 +1875,96 @@ mod tests {
             })
             .collect();
         assert_eq!(opaques, [a.opaque(), c.opaque()]);
+    }
+
+    /// A stream of frames the decoder skips in place (no body, remark or fields: `decode_at`
+    /// moves its position, not the buffer) mixed with frames it splits off (body, fields,
+    /// remark), both header types, requests, oneways and stale responses, gives the same
+    /// events whatever the cut into inputs: two inputs cut at every byte, three at every pair of
+    /// cuts 7 bytes apart, and equal pieces of every size, by `handle_input` or `read_buffer` +
+    /// `handle_read`. The first cut of a frame lands after skipped frames, so a partial frame
+    /// must be kept from its own first byte.
+    #[test]
+    fn any_cut_of_a_stream_of_skipped_and_kept_frames_gives_the_same_events() {
+        use crate::codec::command::FLAG_RESPONSE;
+        let rocketmq = SerializeType::RocketMq;
+        let commands = [
+            Command::request(34).with_serialize_type(rocketmq),
+            Command::request(34),
+            Command::request(10)
+                .with_serialize_type(rocketmq)
+                .with_body(&b"a body"[..]),
+            Command::oneway(11).with_serialize_type(rocketmq),
+            Command::request(12).with_ext("topic", "TopicTest"),
+            Command::request(13)
+                .with_serialize_type(rocketmq)
+                .with_ext("k", "v"),
+            Command::request(14).with_remark("remark \u{1} escaped"),
+            Command::request(15)
+                .with_opaque(3)
+                .with_serialize_type(rocketmq),
+            Command::request(16).with_body(&b"json body"[..]),
+            Command::oneway(17).with_body(&b"oneway body"[..]),
+        ];
+        let codec = Codec::default();
+        let mut wire = BytesMut::new();
+        let mut expected = Vec::new();
+        let mut stale = 0;
+        for (i, command) in commands.iter().enumerate() {
+            let mut command = command.clone().with_opaque(100 + i as i32);
+            // Every third frame a response no request of ours waits for: counted, dropped.
+            if i % 3 == 2 {
+                command.flag = FLAG_RESPONSE;
+                stale += 1;
+            }
+            let before = wire.len();
+            codec.encode(&command, &mut wire).unwrap();
+            let len = wire.len() - before;
+            if command.is_response() {
+                continue;
+            }
+            expected.push(if command.is_oneway() {
+                Event::Oneway { command }
+            } else {
+                Event::Request {
+                    request: IncomingRequest {
+                        opaque: command.opaque,
+                        len,
+                    },
+                    command,
+                }
+            });
+        }
+        let run = |cuts: &[usize], by_read: bool| {
+            let mut server = Connection::new(Config::default());
+            let mut at = 0;
+            for &end in cuts.iter().chain([wire.len()].iter()) {
+                let piece = &wire[at..end];
+                if by_read {
+                    server.read_buffer().extend_from_slice(piece);
+                    server.handle_read(piece.len(), Instant::ZERO);
+                } else {
+                    server.handle_input(piece, Instant::ZERO);
+                }
+                at = end;
+            }
+            assert_eq!(server.buffered_len(), server.pending_incoming_len());
+            assert_eq!(server.stats().stale_responses, stale);
+            assert_eq!(events(&mut server), expected, "cut at {cuts:?}");
+        };
+        let len = wire.len();
+        for cut in 0..=len {
+            run(&[cut], cut % 2 == 0);
+        }
+        for a in (0..=len).step_by(7) {
+            for b in (a..=len).step_by(7) {
+                run(&[a, b], (a + b) % 2 == 1);
+            }
+        }
+        for size in 1..=len {
+            let cuts: Vec<usize> = (size..len).step_by(size).collect();
+            run(&cuts, size % 2 == 1);
+        }
     }
 
     #[test]
