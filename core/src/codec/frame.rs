@@ -54,12 +54,7 @@ impl Codec {
     /// An error means the stream is corrupt and the connection must be closed; `buf` is left as
     /// it was.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Decoded, DecodeError> {
-        let mut pos = 0;
-        let decoded = self.decode_at(buf, &mut pos)?;
-        if pos != 0 {
-            buf.advance(pos);
-        }
-        Ok(decoded)
+        self.decode_from::<false>(buf, &mut 0)
     }
 
     /// [`Codec::decode`] of the frame that starts `*pos` bytes into `buf`, for a reader that
@@ -73,6 +68,17 @@ impl Codec {
     /// neither. `*pos` must be at most `buf.len()`.
     #[inline(always)]
     pub(crate) fn decode_at(
+        &self,
+        buf: &mut BytesMut,
+        pos: &mut usize,
+    ) -> Result<Decoded, DecodeError> {
+        self.decode_from::<true>(buf, pos)
+    }
+
+    /// [`Codec::decode_at`] when `SKIP_IN_PLACE`, else [`Codec::decode`] (`*pos` is 0 and a
+    /// skipped frame is advanced past at once).
+    #[inline(always)]
+    fn decode_from<const SKIP_IN_PLACE: bool>(
         &self,
         buf: &mut BytesMut,
         pos: &mut usize,
@@ -116,7 +122,11 @@ impl Codec {
         } else {
             // Nothing to read from the frame later: skip it instead of splitting it off
             // (no reference count to take and drop).
-            *pos = at + frame_len;
+            if SKIP_IN_PLACE {
+                *pos = at + frame_len;
+            } else {
+                buf.advance(frame_len);
+            }
             Ok(Decoded::Command(Command::bare(fixed, ty)))
         }
     }
