@@ -293,6 +293,19 @@ impl Codec {
         dst: &mut impl BufMut,
         with_body: bool,
     ) -> Result<(), EncodeError> {
+        self.encode_general_inline(cmd, ty, dst, with_body)
+    }
+
+    /// [`Codec::encode_general`]'s body, for [`Codec::encode_general_into`] to have it without
+    /// a second call.
+    #[inline(always)]
+    fn encode_general_inline(
+        &self,
+        cmd: &Command,
+        ty: SerializeType,
+        dst: &mut impl BufMut,
+        with_body: bool,
+    ) -> Result<(), EncodeError> {
         let body = cmd.body();
         if let Some(written) = self.encode_in_place(cmd, body.len(), ty, dst, with_body)? {
             // SAFETY: `encode_in_place` initialised the first `written` bytes of
@@ -338,29 +351,16 @@ impl Codec {
         dst: &mut impl BufMut,
         with_body: bool,
     ) -> Result<(), EncodeError> {
-        const HEADER_LEN: usize = 21;
         let body = cmd.body();
-        self.check_lengths(HEADER_LEN, body.len())?;
-        let frame_len = PREFIX_LEN + HEADER_LEN + body.len();
+        self.check_lengths(BARE_HEADER_LEN, body.len())?;
+        let frame_len = PREFIX_LEN + BARE_HEADER_LEN + body.len();
         fits(
             dst.remaining_mut(),
-            PREFIX_LEN + HEADER_LEN,
+            PREFIX_LEN + BARE_HEADER_LEN,
             frame_len,
             with_body,
         )?;
-        let length = ((frame_len - 4) as u32).to_be_bytes();
-        let code = (cmd.code as i16).to_be_bytes();
-        let version = (cmd.version as i16).to_be_bytes();
-        let opaque = cmd.opaque.to_be_bytes();
-        let flag = cmd.flag.to_be_bytes();
-        let ty = SerializeType::RocketMq.code();
-        #[rustfmt::skip]
-        let frame: [u8; PREFIX_LEN + HEADER_LEN] = [
-            length[0], length[1], length[2], length[3], ty, 0, 0, HEADER_LEN as u8,
-            code[0], code[1], cmd.language.0, version[0], version[1],
-            opaque[0], opaque[1], opaque[2], opaque[3], flag[0], flag[1], flag[2], flag[3],
-            0, 0, 0, 0, 0, 0, 0, 0,
-        ];
+        let frame = bare_rocketmq_head(cmd, frame_len);
         let chunk = dst.chunk_mut();
         if chunk.len() >= frame.len() {
             chunk[..frame.len()].copy_from_slice(&frame);
@@ -416,14 +416,64 @@ impl Codec {
 
     /// Like [`Codec::encode_as`] into a `BytesMut`, reserving room first so the header is written
     /// in one pass.
+    ///
+    /// A ROCKETMQ frame of a command with no remark and no fields (most responses, heartbeats) is
+    /// written inline, its 29 bytes of prefix and header known up front; anything else calls
+    /// the general writer.
+    #[inline]
     pub fn encode_into(
         &self,
         cmd: &Command,
         ty: SerializeType,
         dst: &mut BytesMut,
     ) -> Result<(), EncodeError> {
+        if ty == SerializeType::RocketMq && cmd.is_bare() {
+            self.encode_bare_rocketmq_into(cmd, dst)
+        } else {
+            self.encode_general_into(cmd, ty, dst)
+        }
+    }
+
+    /// [`Codec::encode_into`] of a ROCKETMQ frame with no remark and no fields.
+    #[inline(always)]
+    fn encode_bare_rocketmq_into(
+        &self,
+        cmd: &Command,
+        dst: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        let body = cmd.body();
+        let frame_len = PREFIX_LEN + BARE_HEADER_LEN + body.len();
+        if frame_len as u64 > u64::from(self.limits.max_frame_len) {
+            return Err(self.frame_too_large(frame_len));
+        }
+        dst.reserve(frame_len);
+        dst.extend_from_slice(&bare_rocketmq_head(cmd, frame_len));
+        if !body.is_empty() {
+            dst.extend_from_slice(body);
+        }
+        Ok(())
+    }
+
+    /// [`Codec::encode_into`] of any other frame.
+    #[inline(never)]
+    fn encode_general_into(
+        &self,
+        cmd: &Command,
+        ty: SerializeType,
+        dst: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
         dst.reserve(RESERVE_FOR_HEADER + cmd.body().len());
-        self.encode_as(cmd, ty, dst)
+        self.encode_general_inline(cmd, ty, dst, true)
+    }
+
+    /// The error for a frame of `frame_len` bytes, over the limit.
+    #[cold]
+    #[inline(never)]
+    fn frame_too_large(&self, frame_len: usize) -> EncodeError {
+        EncodeError::FrameTooLarge {
+            frame_len: frame_len as u64,
+            max: self.limits.max_frame_len,
+        }
     }
 
     /// The bytes [`Codec::encode_as`] would write for `cmd`, or why it would refuse.
@@ -453,6 +503,30 @@ impl Codec {
         }
         Ok(())
     }
+}
+
+/// The header of a ROCKETMQ frame with no remark and no extension fields: code, language,
+/// version, opaque, flag and two zero lengths.
+const BARE_HEADER_LEN: usize = 21;
+
+/// Prefix and header of a ROCKETMQ frame of `frame_len` bytes (body included) for `cmd`, which
+/// has no remark and no extension fields.
+#[inline(always)]
+fn bare_rocketmq_head(cmd: &Command, frame_len: usize) -> [u8; PREFIX_LEN + BARE_HEADER_LEN] {
+    let length = ((frame_len - 4) as u32).to_be_bytes();
+    let code = (cmd.code as i16).to_be_bytes();
+    let version = (cmd.version as i16).to_be_bytes();
+    let opaque = cmd.opaque.to_be_bytes();
+    let flag = cmd.flag.to_be_bytes();
+    let ty = SerializeType::RocketMq.code();
+    #[rustfmt::skip]
+    let frame = [
+        length[0], length[1], length[2], length[3], ty, 0, 0, BARE_HEADER_LEN as u8,
+        code[0], code[1], cmd.language.0, version[0], version[1],
+        opaque[0], opaque[1], opaque[2], opaque[3], flag[0], flag[1], flag[2], flag[3],
+        0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    frame
 }
 
 /// Room [`Codec::encode_into`] makes for prefix and header beyond the body; larger headers take
@@ -777,6 +851,38 @@ mod tests {
                     .unwrap();
                 assert_eq!(&out[..], &general[..], "{cmd:?}");
             }
+            // `encode_into`'s inline writer: after what a buffer holds, into a full buffer, a
+            // shared one (split off), and one with room.
+            let mut shared = BytesMut::with_capacity(64);
+            shared.extend_from_slice(b"before");
+            let taken = shared.split();
+            for mut out in [BytesMut::new(), shared, BytesMut::with_capacity(256)] {
+                out.extend_from_slice(b"xy");
+                codec
+                    .encode_into(cmd, SerializeType::RocketMq, &mut out)
+                    .unwrap();
+                assert_eq!(&out[2..], &general[..], "{cmd:?}");
+            }
+            assert_eq!(&taken[..], b"before");
+            // Over the frame limit: the same refusal as the general writer's, nothing written.
+            let tight = Codec::new(Limits {
+                max_frame_len: general.len() as u32 - 1,
+                ..Limits::default()
+            });
+            let mut out = BytesMut::new();
+            let refused = tight.encode_into(cmd, SerializeType::RocketMq, &mut out);
+            assert_eq!(
+                refused,
+                Err(EncodeError::FrameTooLarge {
+                    frame_len: general.len() as u64,
+                    max: general.len() as u32 - 1
+                })
+            );
+            assert_eq!(
+                refused,
+                tight.encode_general(cmd, SerializeType::RocketMq, &mut vec![], true)
+            );
+            assert!(out.is_empty());
             let mut head = BytesMut::new();
             codec
                 .encode_head_into(cmd, SerializeType::RocketMq, &mut head)

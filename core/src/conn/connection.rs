@@ -1128,7 +1128,7 @@ impl<T> Connection<T> {
     /// Queues `cmd`'s frame; returns its length. A body of [`COALESCE_BELOW`] bytes or more
     /// becomes a chunk of its own (the caller's memory, no copy); a shorter one is copied after
     /// its header. Nothing is queued on error.
-    #[inline]
+    #[inline(always)]
     fn enqueue(&mut self, cmd: &Command, ty: SerializeType) -> Result<usize, EncodeError> {
         self.head_room();
         let before = self.head.len();
