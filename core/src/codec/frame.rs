@@ -135,7 +135,7 @@ impl Codec {
     /// its 4 bytes are there.
     #[cold]
     fn decode_short(&self, buf: &[u8]) -> Result<Decoded, DecodeError> {
-        let length = match be_u32::<&[u8], nom::error::Error<&[u8]>>(&buf[..]) {
+        let length = match be_u32::<&[u8], nom::error::Error<&[u8]>>(buf) {
             Ok((_, length)) => length,
             Err(nom::Err::Incomplete(needed)) => {
                 let needed = match needed {
