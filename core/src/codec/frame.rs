@@ -85,27 +85,30 @@ impl Codec {
     ) -> Result<Decoded, DecodeError> {
         let at = *pos;
         debug_assert!(at <= buf.len());
-        let Some(&[a, b, c, d, m0, m1, m2, m3]) = buf.get(at..at + PREFIX_LEN) else {
-            return self.decode_short(buf.get(at..).unwrap_or_default());
+        let Some(rest) = buf.get_mut(at..) else {
+            return self.decode_short(&[]);
+        };
+        let Some(&[a, b, c, d, m0, m1, m2, m3]) = rest.get(..PREFIX_LEN) else {
+            return self.decode_short(rest);
         };
         let length = u32::from_be_bytes([a, b, c, d]);
         let frame_len = self.check_length(length)?;
         let (ty, header_len) = check_marker(length, [m0, m1, m2, m3])?;
-        let available = buf.len() - at;
-        if available < frame_len {
+        let Some(frame) = rest.get_mut(..frame_len) else {
             return Ok(Decoded::Incomplete {
-                needed: frame_len - available,
+                needed: frame_len - rest.len(),
             });
-        }
-        // Checked where it lies: an error leaves `buf` untouched.
-        let header = at + PREFIX_LEN..at + PREFIX_LEN + header_len;
+        };
+        // Checked where it lies: an error leaves `buf` untouched. (`check_marker` has the header
+        // within the frame: the index cannot fail.)
+        let header = &mut frame[PREFIX_LEN..PREFIX_LEN + header_len];
         let (fixed, ext_at) = match ty {
-            SerializeType::RocketMq => (binary::parse(&buf[header], &self.limits)?, 0),
+            SerializeType::RocketMq => (binary::parse(header, &self.limits)?, 0),
             SerializeType::Json => {
                 // Rewritten for reading (escapes undone, `extFields` compacted) where it lies:
                 // the read buffer is ours to change, and whatever else shares its memory lies
                 // outside this frame. No copy.
-                json::parse_in_place(&mut buf[header], &self.limits)?
+                json::parse_in_place(header, &self.limits)?
             }
         };
         if frame_len != PREFIX_LEN + header_len || fixed.has_remark || fixed.has_ext {
