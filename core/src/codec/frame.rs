@@ -363,7 +363,7 @@ impl Codec {
             frame_len,
             with_body,
         )?;
-        let frame = bare_rocketmq_head(cmd, frame_len);
+        let frame = bare_rocketmq_head(cmd, cmd.opaque, cmd.flag, frame_len);
         let chunk = dst.chunk_mut();
         if chunk.len() >= frame.len() {
             chunk[..frame.len()].copy_from_slice(&frame);
@@ -444,13 +444,28 @@ impl Codec {
         cmd: &Command,
         dst: &mut BytesMut,
     ) -> Result<(), EncodeError> {
+        self.encode_bare_rocketmq_with(cmd, cmd.opaque, cmd.flag, dst)
+    }
+
+    /// [`Codec::encode_into`] of a ROCKETMQ frame for `cmd`, which has no remark and no
+    /// extension fields, with `opaque` and `flag` written in place of its own (a connection's
+    /// ids for a request), so that the caller need not change (and so copy) the command.
+    #[inline(always)]
+    pub(crate) fn encode_bare_rocketmq_with(
+        &self,
+        cmd: &Command,
+        opaque: i32,
+        flag: i32,
+        dst: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        debug_assert!(cmd.is_bare());
         let body = cmd.body();
         let frame_len = PREFIX_LEN + BARE_HEADER_LEN + body.len();
         if frame_len as u64 > u64::from(self.limits.max_frame_len) {
             return Err(self.frame_too_large(frame_len));
         }
         dst.reserve(frame_len);
-        let head = bare_rocketmq_head(cmd, frame_len);
+        let head = bare_rocketmq_head(cmd, opaque, flag, frame_len);
         // After `reserve`, the spare capacity holds the whole frame (the index cannot fail).
         dst.chunk_mut()[..head.len()].copy_from_slice(&head);
         // SAFETY: the line above initialised the first `head.len()` bytes of `dst.chunk_mut()`;
@@ -520,14 +535,19 @@ impl Codec {
 const BARE_HEADER_LEN: usize = 21;
 
 /// Prefix and header of a ROCKETMQ frame of `frame_len` bytes (body included) for `cmd`, which
-/// has no remark and no extension fields.
+/// has no remark and no extension fields, with `opaque` and `flag`.
 #[inline(always)]
-fn bare_rocketmq_head(cmd: &Command, frame_len: usize) -> [u8; PREFIX_LEN + BARE_HEADER_LEN] {
+fn bare_rocketmq_head(
+    cmd: &Command,
+    opaque: i32,
+    flag: i32,
+    frame_len: usize,
+) -> [u8; PREFIX_LEN + BARE_HEADER_LEN] {
     let length = ((frame_len - 4) as u32).to_be_bytes();
     let code = (cmd.code as i16).to_be_bytes();
     let version = (cmd.version as i16).to_be_bytes();
-    let opaque = cmd.opaque.to_be_bytes();
-    let flag = cmd.flag.to_be_bytes();
+    let opaque = opaque.to_be_bytes();
+    let flag = flag.to_be_bytes();
     let ty = SerializeType::RocketMq.code();
     #[rustfmt::skip]
     let frame = [

@@ -605,14 +605,14 @@ impl<T> Connection<T> {
     /// oneway bits are cleared.
     pub fn send_request(
         &mut self,
-        cmd: Command,
+        mut cmd: Command,
         deadline: Instant,
         now: Instant,
     ) -> Result<RequestId, SendError>
     where
         T: Default,
     {
-        self.send_request_with(cmd, deadline, now, T::default())
+        self.send_request_in(&mut cmd, deadline, now, T::default())
     }
 
     /// [`send_request`](Self::send_request) with the driver's `token` for this request (where
@@ -626,11 +626,39 @@ impl<T> Connection<T> {
         now: Instant,
         token: T,
     ) -> Result<RequestId, SendError> {
+        self.send_request_in(&mut cmd, deadline, now, token)
+    }
+
+    /// [`send_request_with`](Self::send_request_with) of a command its callers own (and drop):
+    /// by reference, so that the command is not moved again on its way in.
+    #[inline(always)]
+    fn send_request_in(
+        &mut self,
+        cmd: &mut Command,
+        deadline: Instant,
+        now: Instant,
+        token: T,
+    ) -> Result<RequestId, SendError> {
         let (slot, id) = self.reserve_waiter(deadline, now)?;
-        cmd.opaque = id.opaque();
-        cmd.flag &= !(FLAG_RESPONSE | FLAG_ONEWAY);
+        let flag = cmd.flag & !(FLAG_RESPONSE | FLAG_ONEWAY);
         let ty = self.config.serialize_type.unwrap_or(cmd.serialize_type);
-        let len = self.enqueue(&cmd, ty).map_err(SendError::Encode)?;
+        let len = if ty == SerializeType::RocketMq
+            && cmd.is_bare()
+            && cmd.body().len() < COALESCE_BELOW
+        {
+            // The usual small request: its 29 bytes written at once with our opaque and flag
+            // in place of its own (inlined; the general writers read them from the command).
+            self.head_room();
+            let before = self.head.len();
+            self.codec
+                .encode_bare_rocketmq_with(cmd, id.opaque(), flag, &mut self.head)
+                .map_err(SendError::Encode)?;
+            self.head.len() - before
+        } else {
+            cmd.opaque = id.opaque();
+            cmd.flag = flag;
+            self.enqueue(cmd, ty).map_err(SendError::Encode)?
+        };
         self.commit_waiter(slot, len, deadline, token);
         self.last_active = now;
         Ok(id)
@@ -1964,6 +1992,40 @@ mod tests {
         for size in 1..=len {
             let cuts: Vec<usize> = (size..len).step_by(size).collect();
             run(&cuts, size % 2 == 1);
+        }
+    }
+
+    /// A request goes out with its waiter's opaque and without the response and oneway bits
+    /// (other bits kept), whichever writer frames it: the bare ROCKETMQ one (which writes them
+    /// in place of the command's own) or the general one; the body follows either way.
+    #[test]
+    fn a_request_goes_out_with_its_waiters_opaque_and_its_own_other_bits() {
+        use crate::codec::command::{FLAG_ONEWAY, FLAG_RESPONSE};
+        let now = Instant::ZERO;
+        let rocketmq = SerializeType::RocketMq;
+        let commands = [
+            Command::request(10).with_serialize_type(rocketmq),
+            Command::request(11)
+                .with_serialize_type(rocketmq)
+                .with_body(&b"body"[..]),
+            Command::request(12)
+                .with_serialize_type(rocketmq)
+                .with_ext("k", "v"),
+            Command::request(13).with_body(&b"json"[..]),
+        ];
+        let mut client = Connection::new(Config::default());
+        for command in commands {
+            let mut sent = command.clone().with_opaque(77);
+            sent.flag = FLAG_RESPONSE | FLAG_ONEWAY | 0x40;
+            let id = client.send_request(sent, now + SEC, now).unwrap();
+            let mut wire = BytesMut::from(&client.take_transmit().unwrap()[..]);
+            let Decoded::Command(got) = Codec::default().decode(&mut wire).unwrap() else {
+                panic!("a whole frame");
+            };
+            assert!(wire.is_empty());
+            let mut expected = command.with_opaque(id.opaque());
+            expected.flag = 0x40;
+            assert_eq!(got, expected);
         }
     }
 
