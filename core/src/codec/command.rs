@@ -964,6 +964,7 @@ impl Command {
     }
 
     /// A decoded command over `buf`, whose header the decoders validated.
+    #[inline(always)]
     pub(crate) fn decoded(
         fixed: Fixed,
         ty: SerializeType,
