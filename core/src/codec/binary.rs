@@ -161,12 +161,19 @@ fn count_ext_entries(block: &[u8]) -> Option<usize> {
 /// [`count_ext_entries`] as two chains: `block[..mid]` from 0 and `block[mid..]` from `mid`.
 #[inline]
 fn count_two_chains(block: &[u8], mid: usize) -> Option<usize> {
-    let head = &block[..mid];
+    let head = block.get(..mid)?;
     let (mut a, mut b, mut count) = (0, mid, 0);
-    // Both chains a step at a time while both are on common entries.
-    while let (Some(next_a), Some(next_b)) = (quick_step(head, a), quick_step(block, b)) {
-        a = next_a;
-        b = next_b;
+    // Both chains a step at a time while both are on common entries; each step branches out
+    // as soon as its own entry is not one (no flags combined on the way).
+    loop {
+        let Some(len_a) = common_value_len(head, a) else {
+            break;
+        };
+        let Some(len_b) = common_value_len(block, b) else {
+            break;
+        };
+        a += 7 + len_a;
+        b += 7 + len_b;
         count += 2;
     }
     Some(count + count_chain(head, a)? + count_chain(block, b)?)
@@ -178,20 +185,26 @@ const SHAPE_MASK: u64 = 0x0000_FFFF_FF00_FFFF;
 /// Those bytes for a one-byte key and a value shorter than 256 bytes.
 const SHAPE: u64 = 0x0000_0000_0000_0100;
 
-/// Where the entry after the one at `p` begins, if the entry at `p` is a common one (a one-byte
-/// key, a value of 1 to 255 bytes) whose first eight bytes lie within `block`.
-///
-/// The value may overrun `block`: the place returned is then past its end, where no further
-/// step is taken and which no walk accepts as the end (each ends with `p == block.len()`).
+/// The value's length if the entry at `p` is a common one (a one-byte key and a value of 1 to
+/// 255 bytes) whose first eight bytes lie within `block`. The entry after it is then
+/// `7 + len` bytes on; that may be past the block's end, where no further step is taken and
+/// which no walk accepts as the end (each ends with `p == block.len()`).
 #[inline(always)]
-fn quick_step(block: &[u8], p: usize) -> Option<usize> {
+fn common_value_len(block: &[u8], p: usize) -> Option<usize> {
     let entry = block.get(p..)?.first_chunk::<8>()?;
     // The length first: it is what the next step waits for; the shape is checked beside it.
     let value_len = usize::from(entry[6]);
-    if u64::from_le_bytes(*entry) & SHAPE_MASK != SHAPE || value_len == 0 {
+    if value_len == 0 || u64::from_le_bytes(*entry) & SHAPE_MASK != SHAPE {
         return None;
     }
-    Some(p + 7 + value_len)
+    Some(value_len)
+}
+
+/// Where the entry after the one at `p` begins, if the entry at `p` is a common one (see
+/// [`common_value_len`]).
+#[inline(always)]
+fn quick_step(block: &[u8], p: usize) -> Option<usize> {
+    Some(p + 7 + common_value_len(block, p)?)
 }
 
 /// The entries with a non-empty value from `p` to the end of `block` (which must be where the
