@@ -181,9 +181,9 @@ fn count_two_chains(block: &[u8], mid: usize) -> Option<usize> {
 
 /// The bytes of an entry's first eight (as a little-endian word) that give its shape: the key
 /// length's two and the value length's first three.
-const SHAPE_MASK: u64 = 0x0000_FFFF_FF00_FFFF;
+pub(crate) const SHAPE_MASK: u64 = 0x0000_FFFF_FF00_FFFF;
 /// Those bytes for a one-byte key and a value shorter than 256 bytes.
-const SHAPE: u64 = 0x0000_0000_0000_0100;
+pub(crate) const SHAPE: u64 = 0x0000_0000_0000_0100;
 
 /// The value's length if the entry at `p` is a common one (a one-byte key and a value of 1 to
 /// 255 bytes) whose first eight bytes lie within `block`. The entry after it is then
