@@ -989,14 +989,15 @@ impl Command {
         frame: bool,
         ext_at: u32,
     ) -> Self {
-        let body_empty = match frame {
+        // The flags first: a frame with fields to read never needs its body's length here.
+        let body_empty = || match frame {
             false => true,
             true => match buf.get(5..8) {
                 Some(&[a, b, c]) => buf.len() == 8 + u32::from_be_bytes([0, a, b, c]) as usize,
                 _ => true,
             },
         };
-        if body_empty && !fixed.has_remark && !fixed.has_ext {
+        if !fixed.has_remark && !fixed.has_ext && body_empty() {
             // Nothing to read from the frame: let its memory go (a connection's read buffer can
             // then be reused in place).
             return Command::bare(fixed, ty);
