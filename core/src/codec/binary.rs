@@ -165,10 +165,7 @@ fn count_two_chains(block: &[u8], mid: usize) -> Option<usize> {
     let (mut a, mut b, mut count) = (0, mid, 0);
     // Both chains a step at a time while both are on common entries; each step branches out
     // as soon as its own entry is not one (no flags combined on the way).
-    loop {
-        let Some(len_a) = common_value_len(head, a) else {
-            break;
-        };
+    while let Some(len_a) = common_value_len(head, a) {
         let Some(len_b) = common_value_len(block, b) else {
             break;
         };
