@@ -255,8 +255,10 @@ fn zero_one_masks(window: &[u8; 48]) -> (u64, u64) {
     };
     // SAFETY: the intrinsics need only SSE2, which this build enables (the `cfg` above; it is
     // part of the x86_64 baseline). The three unaligned loads read the 48 bytes `window`
-    // refers to. `tests::sse2_masks_match_the_portable_ones` checks them against
-    // `zero_one_masks_portable` for every byte value at every position.
+    // refers to (`loadu` has no alignment requirement).
+    // `tests::masks_see_every_byte_at_every_place` checks the masks against
+    // `zero_one_masks_portable` for every byte value at every position,
+    // `tests::sse2_masks_match_the_portable_ones` for random windows.
     unsafe {
         let p = window.as_ptr().cast::<__m128i>();
         let (zero, one) = (_mm_setzero_si128(), _mm_set1_epi8(1));
@@ -612,7 +614,10 @@ mod tests {
 
         /// The SSE2 masks and the portable ones agree.
         #[test]
-        fn sse2_masks_match_the_portable_ones(window in proptest::array::uniform32(0u8..=3), tail in proptest::array::uniform16(0u8..=255)) {
+        fn sse2_masks_match_the_portable_ones(
+            window in proptest::array::uniform32(0u8..=3),
+            tail in proptest::array::uniform16(0u8..=255),
+        ) {
             let mut w = [0u8; 48];
             w[..32].copy_from_slice(&window);
             w[32..].copy_from_slice(&tail);
