@@ -35,6 +35,7 @@ pub fn decode_header(header: &Bytes, limits: &Limits) -> Result<Command, DecodeE
 
 /// Checks a ROCKETMQ header completely (every length against the header and the limits, every
 /// string's UTF-8) and reads its fixed fields.
+#[inline(always)]
 pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Fixed, DecodeError> {
     let overrun = |field, offset| DecodeError::BinaryOverrun { field, offset };
     // The fixed fields in one bounds check.
@@ -108,11 +109,12 @@ fn check_ext_block(
     end: usize,
     limits: &Limits,
 ) -> Result<usize, DecodeError> {
-    let block_ascii = scan::is_ascii(&header[start..end]);
+    let block = &header[start..end];
+    let block_ascii = is_ascii(block);
     // In a block no longer than `max_string_len`, no string can pass that limit without also
     // overrunning the block, which the quick walk does check.
-    if block_ascii && end - start <= limits.max_string_len {
-        if let Some(count) = count_ext_entries(&header[..end], start) {
+    if block_ascii && block.len() <= limits.max_string_len {
+        if let Some(count) = count_ext_entries(block) {
             if count <= limits.max_ext_fields {
                 return Ok(count);
             }
@@ -121,36 +123,101 @@ fn check_ext_block(
     check_ext_block_exactly(header, start, end, limits, block_ascii)
 }
 
-/// The entries with a non-empty value in the extension block `block[start..]`, or `None` if
-/// an entry overruns it.
+/// Whether no byte of `block` has its high bit set: 64 bytes a step (SSE2 on x86_64) for
+/// blocks of 64 bytes or more.
+#[inline(always)]
+fn is_ascii(block: &[u8]) -> bool {
+    if block.len() >= 64 {
+        scan::ascii_prefix(block) == block.len()
+    } else {
+        scan::is_ascii(block)
+    }
+}
+
+/// The entries with a non-empty value in the extension block `block`, or `None` if an entry
+/// overruns it (or, rarely, if a block that is sound has a shape the quick walk does not
+/// follow: the exact walk then decides).
 ///
 /// The walk is a chain of dependent loads (each entry's place comes from the lengths before
-/// it), so its speed is the latency of one step. While eight bytes remain, one load gives the
-/// key's length and, for a one-byte key (`SEND_MESSAGE_V2`, the request Java clients send most,
-/// names its fields `a`…`n`), the value's length too: one load a step instead of two.
+/// it), so its time is the latency of one step times the entries. Two things shorten it:
+/// - the common entry — a one-byte key (`SEND_MESSAGE_V2`, the request Java clients send
+///   most, names its fields `a`…`n`) and a non-empty value shorter than 256 bytes, `[0, 1,
+///   key, 0, 0, 0, len, …]` — is one byte load and an add a step ([`quick_step`]);
+/// - a block of 128 bytes or more is walked as two chains at once: the second starts at an
+///   entry found near the middle by its shape ([`anchor`]), and the first must end exactly
+///   there. If it does, the walk from the start passes through the anchor and goes on as the
+///   second chain did, so the two counts add up to the whole block's; if not (the anchor was
+///   a value's bytes that look like an entry), the block is walked again as one chain.
 #[inline]
-fn count_ext_entries(block: &[u8], mut p: usize) -> Option<usize> {
+fn count_ext_entries(block: &[u8]) -> Option<usize> {
+    if let Some(mid) = anchor(block) {
+        if let Some(count) = count_two_chains(block, mid) {
+            return Some(count);
+        }
+    }
+    count_chain(block, 0)
+}
+
+/// [`count_ext_entries`] as two chains: `block[..mid]` from 0 and `block[mid..]` from `mid`.
+#[inline]
+fn count_two_chains(block: &[u8], mid: usize) -> Option<usize> {
+    let head = block.get(..mid)?;
+    let (mut a, mut b, mut count) = (0, mid, 0);
+    // Both chains a step at a time while both are on common entries; each step branches out
+    // as soon as its own entry is not one (no flags combined on the way).
+    while let Some(len_a) = common_value_len(head, a) {
+        let Some(len_b) = common_value_len(block, b) else {
+            break;
+        };
+        a += 7 + len_a;
+        b += 7 + len_b;
+        count += 2;
+    }
+    Some(count + count_chain(head, a)? + count_chain(block, b)?)
+}
+
+/// The bytes of an entry's first eight (as a little-endian word) that give its shape: the key
+/// length's two and the value length's first three.
+pub(crate) const SHAPE_MASK: u64 = 0x0000_FFFF_FF00_FFFF;
+/// Those bytes for a one-byte key and a value shorter than 256 bytes.
+pub(crate) const SHAPE: u64 = 0x0000_0000_0000_0100;
+
+/// The value's length if the entry at `p` is a common one (a one-byte key and a value of 1 to
+/// 255 bytes) whose first eight bytes lie within `block`. The entry after it is then
+/// `7 + len` bytes on; that may be past the block's end, where no further step is taken and
+/// which no walk accepts as the end (each ends with `p == block.len()`).
+#[inline(always)]
+fn common_value_len(block: &[u8], p: usize) -> Option<usize> {
+    let entry = block.get(p..)?.first_chunk::<8>()?;
+    // The length first: it is what the next step waits for; the shape is checked beside it.
+    let value_len = usize::from(entry[6]);
+    if value_len == 0 || u64::from_le_bytes(*entry) & SHAPE_MASK != SHAPE {
+        return None;
+    }
+    Some(value_len)
+}
+
+/// Where the entry after the one at `p` begins, if the entry at `p` is a common one (see
+/// [`common_value_len`]).
+#[inline(always)]
+fn quick_step(block: &[u8], p: usize) -> Option<usize> {
+    Some(p + 7 + common_value_len(block, p)?)
+}
+
+/// The entries with a non-empty value from `p` to the end of `block` (which must be where the
+/// last one ends), or `None` if an entry overruns it.
+#[inline]
+fn count_chain(block: &[u8], mut p: usize) -> Option<usize> {
     let end = block.len();
     let mut count = 0;
-    while let Some(&[b0, b1, b2, b3, b4, b5, b6, b7]) = block.get(p..p + 8) {
-        let word = u64::from_be_bytes([b0, b1, b2, b3, b4, b5, b6, b7]);
-        let value_len = if word >> 48 == 1 {
-            // [0, 1] key [value length: 4 bytes] — the length is bytes 3..7 of the word.
-            let value_len = (word >> 8) as u32 as usize;
-            // (Compared before adding: no overflow where `usize` is 32 bits.)
-            if value_len > end - (p + 7) {
-                return None;
-            }
-            p += 7 + value_len;
-            value_len
-        } else {
-            let (next, value_len) = ext_entry(block, p, (word >> 48) as usize)?;
+    loop {
+        while let Some(next) = quick_step(block, p) {
             p = next;
-            value_len
-        };
-        count += usize::from(value_len != 0);
-    }
-    while p < end {
+            count += 1;
+        }
+        if p >= end {
+            break;
+        }
         let &[k0, k1] = block.get(p..p + 2)? else {
             return None;
         };
@@ -159,6 +226,69 @@ fn count_ext_entries(block: &[u8], mut p: usize) -> Option<usize> {
         count += usize::from(value_len != 0);
     }
     (p == end).then_some(count)
+}
+
+/// The first place in the 32 bytes from a little before the middle of `block` where a common
+/// entry's shape (`[0, 1, _, 0, 0, 0]`, see [`quick_step`]) begins: where a second chain of the
+/// walk may start. `None` for blocks under 128 bytes (one chain is as quick) or if no such
+/// place is there. A value's bytes may look like this; the walk checks that a chain from the
+/// start ends exactly there.
+#[inline]
+fn anchor(block: &[u8]) -> Option<usize> {
+    if block.len() < 128 {
+        return None;
+    }
+    let from = block.len() / 2 - 16;
+    let window = block[from..].first_chunk::<48>()?;
+    let (zero, one) = zero_one_masks(window);
+    let shape = zero & (one >> 1) & (zero >> 3) & (zero >> 4) & (zero >> 5) & 0xFFFF_FFFF;
+    (shape != 0).then(|| from + shape.trailing_zeros() as usize)
+}
+
+/// Bit `i` of the first mask set where `window[i]` is 0, of the second where it is 1.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline(always)]
+fn zero_one_masks(window: &[u8; 48]) -> (u64, u64) {
+    use core::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8,
+        _mm_setzero_si128,
+    };
+    // SAFETY: the intrinsics need only SSE2, which this build enables (the `cfg` above; it is
+    // part of the x86_64 baseline). The three unaligned loads read the 48 bytes `window`
+    // refers to (`loadu` has no alignment requirement).
+    // `tests::masks_see_every_byte_at_every_place` checks the masks against
+    // `zero_one_masks_portable` for every byte value at every position,
+    // `tests::sse2_masks_match_the_portable_ones` for random windows.
+    unsafe {
+        let p = window.as_ptr().cast::<__m128i>();
+        let (zero, one) = (_mm_setzero_si128(), _mm_set1_epi8(1));
+        let mut z = 0u64;
+        let mut o = 0u64;
+        for i in 0..3 {
+            let v = _mm_loadu_si128(p.add(i));
+            z |= u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(v, zero)) as u16) << (16 * i);
+            o |= u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(v, one)) as u16) << (16 * i);
+        }
+        (z, o)
+    }
+}
+
+/// See the x86_64 version.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+#[inline(always)]
+fn zero_one_masks(window: &[u8; 48]) -> (u64, u64) {
+    zero_one_masks_portable(window)
+}
+
+/// [`zero_one_masks`] a byte at a time.
+#[cfg_attr(all(target_arch = "x86_64", target_feature = "sse2"), allow(dead_code))]
+fn zero_one_masks_portable(window: &[u8; 48]) -> (u64, u64) {
+    let (mut z, mut o) = (0u64, 0u64);
+    for (i, &b) in window.iter().enumerate() {
+        z |= u64::from(b == 0) << i;
+        o |= u64::from(b == 1) << i;
+    }
+    (z, o)
 }
 
 /// The entry at `p` of `block` whose key is `key_len` bytes: where the next begins and its
@@ -385,6 +515,7 @@ mod tests {
     use super::*;
     use alloc::vec;
     use alloc::vec::Vec;
+    use proptest::prelude::Just;
 
     fn decode(b: &[u8]) -> Result<Command, DecodeError> {
         decode_header(&Bytes::copy_from_slice(b), &Limits::default())
@@ -429,6 +560,132 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// An extension block of `entries`.
+    fn ext_block(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+        let mut block = vec![];
+        for (k, v) in entries {
+            block.extend_from_slice(&(k.len() as u16).to_be_bytes());
+            block.extend_from_slice(k);
+            block.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            block.extend_from_slice(v);
+        }
+        block
+    }
+
+    proptest::proptest! {
+        /// The same for long blocks of mostly common entries (one-byte keys, short values,
+        /// which the walk takes as two chains), values that hold bytes shaped like an entry,
+        /// bytes changed, and tight limits.
+        #[test]
+        fn the_two_chain_walk_answers_as_the_exact_one(
+            entries in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![
+                        6 => proptest::collection::vec(b'a'..=b'z', 1..=1),
+                        1 => proptest::collection::vec(0u8..=0x7f, 0..4),
+                    ],
+                    proptest::prop_oneof![
+                        4 => proptest::collection::vec(b' '..=b'~', 1..40),
+                        1 => proptest::collection::vec(proptest::prop_oneof![0u8..=2, b'a'..=b'c'], 0..300),
+                        1 => proptest::collection::vec(0u8..=0x7f, 0..12),
+                    ],
+                ),
+                0..24,
+            ),
+            flips in proptest::collection::vec((0usize..2000, 0u8..=255), 0..3),
+            max_string_len in proptest::prop_oneof![Just(1usize << 20), 0usize..400],
+            max_ext_fields in proptest::prop_oneof![Just(64usize), 0usize..20],
+        ) {
+            let mut block = ext_block(&entries);
+            for (at, byte) in flips {
+                if !block.is_empty() {
+                    let at = at % block.len();
+                    block[at] = byte;
+                }
+            }
+            let limits = Limits { max_string_len, max_ext_fields, ..Limits::default() };
+            proptest::prop_assert_eq!(
+                check_ext_block(&block, 0, block.len(), &limits),
+                check_ext_block_exactly(&block, 0, block.len(), &limits, block.is_ascii())
+            );
+        }
+
+        /// The SSE2 masks and the portable ones agree.
+        #[test]
+        fn sse2_masks_match_the_portable_ones(
+            window in proptest::array::uniform32(0u8..=3),
+            tail in proptest::array::uniform16(0u8..=255),
+        ) {
+            let mut w = [0u8; 48];
+            w[..32].copy_from_slice(&window);
+            w[32..].copy_from_slice(&tail);
+            proptest::prop_assert_eq!(zero_one_masks(&w), zero_one_masks_portable(&w));
+        }
+    }
+
+    #[test]
+    fn masks_see_every_byte_at_every_place() {
+        for at in 0..48 {
+            for byte in 0..=255u8 {
+                let mut w = [7u8; 48];
+                w[at] = byte;
+                assert_eq!(
+                    zero_one_masks(&w),
+                    zero_one_masks_portable(&w),
+                    "{at} {byte}"
+                );
+            }
+        }
+    }
+
+    /// The send request's block (as in the benches) is walked as two chains; a value whose
+    /// bytes look like an entry near the middle sends the walk back to one chain, with the
+    /// same answer.
+    #[test]
+    fn a_send_request_block_takes_two_chains() {
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = [
+            ("a", "please_rename_unique_group_name"),
+            ("b", "TopicTest"),
+            ("c", "TBW102"),
+            ("d", "4"),
+            ("e", "3"),
+            ("f", "0"),
+            ("g", "1714000000123"),
+            ("h", "0"),
+            ("i", "KEYS\u{1}OrderID188\u{2}UNIQ_KEY\u{1}7F0000017A2418B4AAC24D5F3C900000\u{2}WAIT\u{1}true\u{2}TAGS\u{1}TagA\u{2}"),
+            ("j", "0"),
+            ("k", "false"),
+            ("m", "false"),
+            ("n", "broker-a"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+        let block = ext_block(&entries);
+        let mid = anchor(&block).expect("an anchor near the middle");
+        assert!(mid > 0 && mid < block.len());
+        assert_eq!(count_two_chains(&block, mid), Some(13));
+        assert_eq!(count_ext_entries(&block), Some(13));
+
+        // A value holding an entry's shape where the anchor is looked for.
+        let mut fake = entries.clone();
+        fake[1].1 = vec![b'x'; 300];
+        let mut block = ext_block(&fake);
+        let at = block.len() / 2 - 10;
+        let value_b = 38 + 7..38 + 7 + 300;
+        assert!(value_b.contains(&at) && value_b.contains(&(at + 7)));
+        block[at..at + 7].copy_from_slice(&[0, 1, b'q', 0, 0, 0, 3]);
+        let mid = anchor(&block).expect("the fake entry is found");
+        assert_eq!(mid, at);
+        assert_eq!(count_two_chains(&block, mid), None);
+        assert_eq!(count_ext_entries(&block), Some(13));
+        let limits = Limits::default();
+        assert_eq!(
+            check_ext_block(&block, 0, block.len(), &limits),
+            check_ext_block_exactly(&block, 0, block.len(), &limits, true)
+        );
     }
 
     #[test]

@@ -1,0 +1,223 @@
+//! Wall time per decode as the minimum over many rounds: steadier than criterion's mean when
+//! other work shares the machine, and the same operations as the `codec` bench.
+//!
+//! `decode_time [ROUNDS] [FILTER]`: for each case, ROUNDS rounds (default 600) of 250
+//! frames (the vectors: 6 times the 44 frames), and prints each row's fastest round and its
+//! median round, per frame. Rows whose name does not contain FILTER are skipped. Rows:
+//!
+//! - `rocketmq-{send0,send128,heartbeat}` (the criterion bench's `SEND_MESSAGE_V2` request with
+//!   an empty or a 128-byte body, and the heartbeat) and `vectors` (the 44 shared vector frames);
+//! - `fresh`: each frame in its own freshly cloned `BytesMut`, as the criterion bench's
+//!   `iter_batched_ref` gives it (the first `split_to` of such a buffer allocates to share
+//!   it); `shared`: frames taken off one read buffer that already shares its storage, as a
+//!   connection's is;
+//! - `remora` (`Codec::decode`, the command dropped), `remora-read` (every field read first),
+//!   `floor` (`split_to(len).freeze()` and drop) and, with `--features reference`,
+//!   `reference` / `reference-read` (`rocketmq-protocol` 1.0).
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use remora_core::{Codec, Command, Decoded, LanguageCode, SerializeType};
+
+const PER_ROUND: usize = 250;
+
+fn send_request(send: bool, body: usize) -> Command {
+    let mut cmd = Command::request(if send { 310 } else { 34 })
+        .with_opaque(1_234_567)
+        .with_serialize_type(SerializeType::RocketMq);
+    cmd.language = LanguageCode::JAVA;
+    cmd.version = 453;
+    if send {
+        for (k, v) in [
+            ("a", "please_rename_unique_group_name"),
+            ("b", "TopicTest"),
+            ("c", "TBW102"),
+            ("d", "4"),
+            ("e", "3"),
+            ("f", "0"),
+            ("g", "1714000000123"),
+            ("h", "0"),
+            ("i", "KEYS\u{1}OrderID188\u{2}UNIQ_KEY\u{1}7F0000017A2418B4AAC24D5F3C900000\u{2}WAIT\u{1}true\u{2}TAGS\u{1}TagA\u{2}"),
+            ("j", "0"),
+            ("k", "false"),
+            ("m", "false"),
+            ("n", "broker-a"),
+        ] {
+            cmd = cmd.with_ext(k, v);
+        }
+    }
+    if body > 0 {
+        cmd.set_body((0..body).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    }
+    cmd
+}
+
+fn vector_frames() -> Vec<BytesMut> {
+    let text = include_str!("../../tests/fixtures/vectors/remoting-vectors.json");
+    let mut frames = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("\"hex\": \"") {
+        rest = &rest[at + 8..];
+        let end = rest.find('"').expect("a closing quote");
+        let hex = &rest[..end];
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
+            .collect();
+        frames.push(BytesMut::from(&bytes[..]));
+        rest = &rest[end..];
+    }
+    frames
+}
+
+fn read_all(cmd: &Command) -> usize {
+    let mut n = (cmd.code ^ cmd.version ^ cmd.opaque ^ cmd.flag) as usize;
+    n += usize::from(cmd.language.0) + usize::from(cmd.serialize_type.code());
+    n += cmd.remark().map_or(0, str::len);
+    for (k, v) in cmd.ext_fields() {
+        n += k.len() + v.len();
+    }
+    n + cmd.body().len()
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Who {
+    Remora,
+    RemoraRead,
+    Floor,
+    Reference,
+    ReferenceRead,
+}
+
+#[inline(never)]
+fn decode_one(codec: &Codec, who: Who, buf: &mut BytesMut, len: usize) -> usize {
+    match who {
+        Who::Remora | Who::RemoraRead => match codec.decode(black_box(buf)) {
+            Ok(Decoded::Command(cmd)) => {
+                let n = if who == Who::RemoraRead {
+                    read_all(&cmd)
+                } else {
+                    0
+                };
+                drop(black_box(cmd));
+                n
+            }
+            other => panic!("{other:?}"),
+        },
+        Who::Floor => {
+            drop(black_box(buf.split_to(len).freeze()));
+            0
+        }
+        Who::Reference | Who::ReferenceRead => ref_decode(buf, who == Who::ReferenceRead),
+    }
+}
+
+#[cfg(feature = "reference")]
+fn ref_decode(buf: &mut BytesMut, read: bool) -> usize {
+    let cmd = rocketmq_protocol::RemotingCommand::decode(buf)
+        .expect("reference decodes")
+        .expect("a whole frame");
+    let mut n = 0;
+    if read {
+        n = (cmd.code() ^ cmd.version() ^ cmd.opaque() ^ cmd.flag()) as usize;
+        n += usize::from(cmd.language().get_code());
+        n += cmd.remark().map_or(0, |r| r.len());
+        if let Some(ext) = cmd.ext_fields() {
+            for (k, v) in ext.iter() {
+                n += k.len() + v.len();
+            }
+        }
+        n += cmd.body().map_or(0, |b| b.len());
+    }
+    drop(black_box(cmd));
+    n
+}
+
+#[cfg(not(feature = "reference"))]
+fn ref_decode(_: &mut BytesMut, _: bool) -> usize {
+    unreachable!("the reference rows need --features reference")
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let rounds: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(600);
+    let filter = args.next().unwrap_or_default();
+    let codec = Codec::default();
+    let mut whos = vec![
+        ("remora", Who::Remora),
+        ("remora-read", Who::RemoraRead),
+        ("floor", Who::Floor),
+    ];
+    if cfg!(feature = "reference") {
+        whos.push(("reference", Who::Reference));
+        whos.push(("reference-read", Who::ReferenceRead));
+    }
+    let mut cases: Vec<(&str, Vec<BytesMut>)> = Vec::new();
+    for (name, send, body) in [
+        ("rocketmq-send0", true, 0),
+        ("rocketmq-send128", true, 128),
+        ("rocketmq-heartbeat", false, 0),
+    ] {
+        let mut frame = BytesMut::new();
+        codec.encode(&send_request(send, body), &mut frame).unwrap();
+        cases.push((name, vec![frame]));
+    }
+    cases.push(("vectors", vector_frames()));
+    let mut sum = 0usize;
+    for (case, frames) in &cases {
+        // Frames per round: 250, or a whole number of passes over the vectors.
+        let passes = PER_ROUND.div_ceil(frames.len());
+        let per_round = passes * frames.len();
+        for fresh in [true, false] {
+            for &(name, who) in &whos {
+                let row = format!("{case} {} {name}", if fresh { "fresh" } else { "shared" });
+                if !row.contains(filter.as_str()) {
+                    continue;
+                }
+                let mut times = Vec::with_capacity(rounds);
+                for _ in 0..rounds {
+                    if fresh {
+                        let mut bufs: Vec<BytesMut> =
+                            (0..passes).flat_map(|_| frames.iter().cloned()).collect();
+                        let t = Instant::now();
+                        for b in bufs.iter_mut() {
+                            let len = b.len();
+                            sum += decode_one(&codec, who, b, len);
+                        }
+                        times.push(t.elapsed().as_nanos() as f64 / per_round as f64);
+                    } else {
+                        // One buffer per frame shape, holding it `passes` times, its storage
+                        // already shared (as a connection's read buffer is).
+                        let mut bufs: Vec<(BytesMut, usize)> = frames
+                            .iter()
+                            .map(|f| {
+                                let mut b = BytesMut::with_capacity(f.len() * (passes + 1));
+                                for _ in 0..=passes {
+                                    b.extend_from_slice(f);
+                                }
+                                drop(b.split_to(f.len()).freeze());
+                                (b, f.len())
+                            })
+                            .collect();
+                        let t = Instant::now();
+                        for _ in 0..passes {
+                            for (b, len) in bufs.iter_mut() {
+                                sum += decode_one(&codec, who, b, *len);
+                            }
+                        }
+                        times.push(t.elapsed().as_nanos() as f64 / per_round as f64);
+                    }
+                }
+                times.sort_by(|a, b| a.total_cmp(b));
+                println!(
+                    "{row:40} min {:8.1} ns  med {:8.1} ns",
+                    times[0],
+                    times[times.len() / 2]
+                );
+            }
+        }
+    }
+    black_box(sum);
+}
