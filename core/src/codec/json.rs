@@ -1388,7 +1388,7 @@ pub(crate) mod compact {
 mod fast {
     use super::{
         ascii_u_escape, compact, find_quote_or_backslash, scan, scan_string, unicode_escape,
-        Escapes, Fixed, LanguageCode, Limits, Parsed, COMPACT_EXT,
+        Escapes, Fixed, LanguageCode, Limits, Parsed, COMPACT_EXT, HEX_VALUE,
     };
 
     /// The header: read only, or (`COMPACT`) to be compacted as it is parsed.
@@ -1469,7 +1469,23 @@ mod fast {
             for &(open, close, at, len) in &self.strings[..self.n] {
                 let (text, close) = (open as usize + 1, close as usize);
                 let (at, len) = (usize::from(at), usize::from(len));
-                buf[text..text + len].copy_from_slice(&self.text[at..at + len]);
+                // Sixteen bytes at a time while they stay within the string as written (what
+                // lands past its unescaped text is padding, written below).
+                let mut k = 0;
+                while k < len {
+                    match (
+                        self.text.get(at + k..).and_then(|r| r.first_chunk::<16>()),
+                        buf.get_mut(text + k..=close)
+                            .and_then(|r| r.first_chunk_mut::<16>()),
+                    ) {
+                        (Some(s), Some(d)) => *d = *s,
+                        _ => {
+                            buf[text + k..text + len].copy_from_slice(&self.text[at + k..at + len]);
+                            break;
+                        }
+                    }
+                    k += 16;
+                }
                 compact::put_len(buf, text, len);
                 compact::pad(buf, text + len, close);
             }
@@ -1553,6 +1569,97 @@ mod fast {
             k += 16;
         }
         Some(())
+    }
+
+    /// Unescapes the string text from `r` on, whose first quote or backslash at or after `r`
+    /// is at `at` (the hit `hits` gave last), to `out[w..]`; returns the closing quote and
+    /// where the text ends in `out`, `hits` then after the closing quote. `None` for an
+    /// invalid escape, a string running to the end of `buf`, or one `out` has no room for.
+    ///
+    /// Each hit is a backslash or the closing quote, popped from `hits` (kept in registers
+    /// here): the run before it is one 16-byte copy when short, a `\u00XX` is one 8-byte
+    /// load; other escapes take [`other_escape`].
+    #[inline(always)]
+    fn unescape_hits_into(
+        buf: &[u8],
+        hits: &mut scan::Hits,
+        mut r: usize,
+        mut at: usize,
+        out: &mut [u8; SCRATCH],
+        mut w: usize,
+    ) -> Option<(usize, usize)> {
+        let mut h = *hits;
+        let close = loop {
+            let n = at - r;
+            match (
+                buf.get(r..).and_then(|s| s.first_chunk::<16>()),
+                out.get_mut(w..).and_then(|d| d.first_chunk_mut::<16>()),
+            ) {
+                (Some(s), Some(d)) if n <= 16 => *d = *s,
+                _ => copy_run(buf, r, at, out, w)?,
+            }
+            w += n;
+            let e = match buf.get(at..).and_then(|s| s.first_chunk::<8>()) {
+                Some(e) => u64::from_le_bytes(*e),
+                None if buf.get(at) == Some(&b'"') => break at,
+                None => u64::from(*buf.get(at)?),
+            };
+            if e as u8 == b'"' {
+                break at;
+            }
+            let (hi, lo) = (
+                HEX_VALUE[usize::from((e >> 32) as u8)],
+                HEX_VALUE[usize::from((e >> 40) as u8)],
+            );
+            if e as u32 == u32::from_le_bytes(*b"\\u00") && hi < 8 && lo <= 0xF {
+                *out.get_mut(w)? = hi << 4 | lo;
+                w += 1;
+                r = at + 6;
+            } else {
+                let (next, written, pops) = other_escape(buf, at, out, w)?;
+                for _ in 0..pops {
+                    h.next(buf)?;
+                }
+                (r, w) = (next, written);
+            }
+            at = h.next(buf)?;
+        };
+        *hits = h;
+        Some((close, w))
+    }
+
+    /// The escape at `at` other than `\u00XX` (below 0x80), unescaped to `out[w..]`: where
+    /// it ends, where its text ends in `out`, and how many hits it holds past its backslash
+    /// (the escaped `"` or `\\`, a surrogate pair's second backslash).
+    #[cold]
+    fn other_escape(
+        buf: &[u8],
+        at: usize,
+        out: &mut [u8],
+        w: usize,
+    ) -> Option<(usize, usize, usize)> {
+        let byte = match *buf.get(at + 1)? {
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'/' => b'/',
+            b @ (b'"' | b'\\') => {
+                *out.get_mut(w)? = b;
+                return Some((at + 2, w + 1, 1));
+            }
+            b'u' => {
+                let (c, next) = unicode_escape(buf, at).ok()?;
+                let mut utf8 = [0u8; 4];
+                let s = c.encode_utf8(&mut utf8);
+                out.get_mut(w..w + s.len())?.copy_from_slice(s.as_bytes());
+                return Some((next, w + s.len(), usize::from(next == at + 12)));
+            }
+            _ => return None,
+        };
+        *out.get_mut(w)? = byte;
+        Some((at + 2, w + 1, 0))
     }
 
     /// The entries of an `extFields` object that are each four quotes of the block `hits`
@@ -1860,62 +1967,14 @@ mod fast {
             &mut self,
             hits: &mut scan::Hits,
             open: usize,
-            mut at: usize,
+            at: usize,
         ) -> Option<usize> {
             let u = self.unescaped.get_or_insert_with(Unescaped::new);
             if u.n == u.strings.len() {
                 return None;
             }
             let buf = self.buf.bytes();
-            let (mut r, mut w) = (open + 1, u.used);
-            let close = loop {
-                // The plain run before the hit at `at`.
-                copy_run(buf, r, at, &mut u.text, w)?;
-                w += at - r;
-                if buf[at] == b'"' {
-                    break at;
-                }
-                if let Some(byte) = ascii_u_escape(buf, at) {
-                    *u.text.get_mut(w)? = byte;
-                    w += 1;
-                    r = at + 6;
-                } else {
-                    let byte = match *buf.get(at + 1)? {
-                        b'b' => 0x08,
-                        b'f' => 0x0c,
-                        b'n' => b'\n',
-                        b'r' => b'\r',
-                        b't' => b'\t',
-                        b'/' => b'/',
-                        // The escaped character is a hit of its own.
-                        b @ (b'"' | b'\\') => {
-                            hits.next(buf)?;
-                            b
-                        }
-                        b'u' => {
-                            let (c, next) = unicode_escape(buf, at).ok()?;
-                            let mut utf8 = [0u8; 4];
-                            let s = c.encode_utf8(&mut utf8);
-                            u.text
-                                .get_mut(w..w + s.len())?
-                                .copy_from_slice(s.as_bytes());
-                            w += s.len();
-                            r = next;
-                            if next == at + 12 {
-                                // A surrogate pair: the second backslash.
-                                hits.next(buf)?;
-                            }
-                            at = hits.next(buf)?;
-                            continue;
-                        }
-                        _ => return None,
-                    };
-                    *u.text.get_mut(w)? = byte;
-                    w += 1;
-                    r = at + 2;
-                }
-                at = hits.next(buf)?;
-            };
+            let (close, w) = unescape_hits_into(buf, hits, open + 1, at, &mut u.text, u.used)?;
             let len = w - u.used;
             if close - open - 1 > compact::MAX_LEN || len > self.limits.max_string_len {
                 return None;
@@ -2661,6 +2720,7 @@ mod tests {
         fn the_quote_walk_agrees_with_the_general_parser(
             entries in proptest::collection::vec((ext_text(), ext_text()), 0..20),
             rust_order in proptest::bool::ANY,
+            respell in proptest::bool::ANY,
             flips in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 0..3),
         ) {
             let mut cmd = Command::request(310).with_opaque(-7);
@@ -2680,11 +2740,25 @@ mod tests {
             } else {
                 java
             };
+            // Escapes our encoder never writes (every other peer may): `\uXXXX` for
+            // non-ASCII in both cases of hex, surrogate pairs, `\/`. These characters occur
+            // only inside strings.
+            const RESPELT: [char; 4] = ['\u{e9}', '\u{1F680}', '/', '\u{4e2d}'];
+            let header = if respell {
+                header
+                    .replace('\u{e9}', "\\u00e9")
+                    .replace('\u{1F680}', "\\ud83d\\ude80")
+                    .replace('/', "\\/")
+                    .replace('\u{4e2d}', "\\u4E2D")
+            } else {
+                header
+            };
             let general = general(header.as_bytes()).unwrap();
-            let escaped = entries
+            let escaped = cmd
+                .ext_fields()
                 .iter()
                 .flat_map(|(k, v)| [k, v])
-                .filter(|s| needs_escape(s.as_bytes()))
+                .filter(|s| needs_escape(s.as_bytes()) || (respell && s.contains(RESPELT)))
                 .count();
             let mut copy = header.clone().into_bytes();
             let fast = fast::parse(&mut copy[..], &Limits::default());
