@@ -1669,10 +1669,90 @@ mod fast {
     /// object's `}` if it ended; else `*open` and `hits` are at the next entry, for the
     /// string-by-string walk.
     ///
-    /// The quotes come from popping bits, so no entry waits for the one before; each entry is
-    /// checked with one 4-byte load after each string.
+    /// The quotes come from popping bits, so no entry waits for the one before. Every byte
+    /// an entry reads or writes lies in the block and the byte before it, taken as one
+    /// 72-byte window (so the offsets, bit numbers below 64, need no bounds check); a block
+    /// too near the header's end for that takes [`quick_entries_checked`].
     #[inline(always)]
     fn quick_entries<T: Text>(
+        buf: &mut T,
+        hits: &mut scan::Hits,
+        open: &mut usize,
+        max: usize,
+    ) -> (usize, Option<usize>) {
+        const COLON: u32 = u32::from_le_bytes(*b"\":\"\0");
+        const COMMA: u32 = u32::from_le_bytes(*b"\",\"\0");
+        const CLOSE: u32 = u32::from_le_bytes(*b"\"}\0\0");
+        let base = hits.base();
+        // `win[i]` is the byte at `base - 1 + i`; bit `t` of the block is `win[t + 1]`.
+        let mut copy;
+        let win: &mut [u8; 72] = if T::COMPACT {
+            match buf
+                .bytes_mut()
+                .get_mut(base.wrapping_sub(1)..)
+                .and_then(|r| r.first_chunk_mut::<72>())
+            {
+                Some(win) => win,
+                None => return quick_entries_checked(buf, hits, open, max),
+            }
+        } else {
+            match buf
+                .bytes()
+                .get(base.wrapping_sub(1)..)
+                .and_then(|r| r.first_chunk::<72>())
+            {
+                Some(win) => {
+                    copy = *win;
+                    &mut copy
+                }
+                None => return quick_entries_checked(buf, hits, open, max),
+            }
+        };
+        let mut n = 0;
+        let mut p = *open;
+        let mut word = hits.word();
+        let end = loop {
+            let w1 = word & word.wrapping_sub(1);
+            let w2 = w1 & w1.wrapping_sub(1);
+            let w3 = w2 & w2.wrapping_sub(1);
+            if w3 == 0 {
+                break None;
+            }
+            // The key's opening quote (`p`), its closing quote, the value's closing quote.
+            let tp = (word.trailing_zeros() & 63) as usize;
+            let tk = (w1.trailing_zeros() & 63) as usize;
+            let tv = (w3.trailing_zeros() & 63) as usize;
+            let word4 = |t: usize| {
+                let mut b = [0u8; 4];
+                b.copy_from_slice(&win[t + 1..t + 5]);
+                u32::from_le_bytes(b)
+            };
+            let (k4, v4) = (word4(tk), word4(tv));
+            // The value's opening quote is at `tk + 2` (if `k4` is right).
+            let (klen, vlen) = (tk.wrapping_sub(tp + 1), tv.wrapping_sub(tk + 3));
+            let more = v4 & 0xFF_FFFF == COMMA;
+            if k4 & 0xFF_FFFF != COLON || klen.max(vlen) > max || !(more || v4 & 0xFFFF == CLOSE) {
+                break None;
+            }
+            if T::COMPACT {
+                win[tp..tp + 2].copy_from_slice(&(0x8000 | klen as u16).to_be_bytes());
+                win[tk + 2..tk + 4].copy_from_slice(&(0x8000 | vlen as u16).to_be_bytes());
+            }
+            n += 1;
+            word = w3 & w3.wrapping_sub(1);
+            p = base + tv + 2;
+            if !more {
+                break Some(p);
+            }
+        };
+        hits.keep(word);
+        *open = p;
+        (n, end)
+    }
+
+    /// [`quick_entries`] with every access checked, for a block near the header's end.
+    #[inline(never)]
+    fn quick_entries_checked<T: Text>(
         buf: &mut T,
         hits: &mut scan::Hits,
         open: &mut usize,

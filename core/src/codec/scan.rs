@@ -78,6 +78,30 @@ impl Hits {
         }
     }
 
+    /// The offset of the block at hand (bit 0 of [`Hits::word`]).
+    #[inline(always)]
+    pub(crate) fn base(&self) -> usize {
+        self.base
+    }
+
+    /// The hits of the block at hand not yet given out (bit `i`: offset `base + i`).
+    #[inline(always)]
+    pub(crate) fn word(&self) -> u64 {
+        self.word
+    }
+
+    /// Gives out the hits of the block at hand not in `word` (a subset of [`Hits::word`]
+    /// with only its lowest bits cleared).
+    #[inline(always)]
+    pub(crate) fn keep(&mut self, word: u64) {
+        debug_assert!(
+            word & !self.word == 0
+                && (word == 0
+                    || self.word >> word.trailing_zeros() == word >> word.trailing_zeros())
+        );
+        self.word = word;
+    }
+
     /// The 2nd and 4th of the next four hits, if the block at hand holds four (then all four
     /// are given out; else nothing is). An `extFields` entry `"k":"v"` is four quotes: this
     /// gives the key's and the value's closing quote without a branch per quote.
@@ -99,16 +123,32 @@ impl Hits {
     /// The offset of the next `"` or `\\`, if any.
     #[inline(always)]
     pub(crate) fn next(&mut self, buf: &[u8]) -> Option<usize> {
-        while self.word == 0 {
+        if self.word == 0 {
             self.base += 64;
             if self.base >= buf.len() {
                 return None;
             }
             self.word = mask_from(buf, self.base);
+            if self.word == 0 {
+                self.skip_run(buf)?;
+            }
         }
         let i = self.word.trailing_zeros() as usize;
         self.word &= self.word - 1;
         Some(self.base + i)
+    }
+}
+
+impl Hits {
+    /// Past two blocks without a hit (a long string): the next hit found with `memchr2` (32
+    /// bytes a step where the CPU can), and its block. `None` if there is none.
+    #[cold]
+    #[inline(never)]
+    fn skip_run(&mut self, buf: &[u8]) -> Option<()> {
+        let from = self.base + 64;
+        let at = from + memchr::memchr2(b'"', b'\\', buf.get(from..)?)?;
+        *self = Hits::new(buf, at);
+        Some(())
     }
 }
 
@@ -376,6 +416,24 @@ mod tests {
             proptest::collection::vec(b'a'..=b'z', 0..80),
         ];
         proptest::collection::vec(piece, 0..16).prop_map(|p| p.concat())
+    }
+
+    #[test]
+    fn long_runs_without_hits_are_skipped() {
+        // Runs of every length up to five blocks between hits, from every start in a block.
+        for run in 0..320 {
+            let mut buf = alloc::vec![b'"'];
+            buf.extend(core::iter::repeat_n(b'x', run));
+            buf.extend_from_slice(b"\\\"");
+            buf.extend(core::iter::repeat_n(b'y', run % 70));
+            buf.push(b'"');
+            for from in [0, 1, 30, 63, 64] {
+                let from = from.min(buf.len());
+                let mut hits = Hits::new(&buf, from);
+                let got: alloc::vec::Vec<usize> = core::iter::from_fn(|| hits.next(&buf)).collect();
+                assert_eq!(got, hits_by_bytes(&buf, from), "{run} {from}");
+            }
+        }
     }
 
     proptest::proptest! {
