@@ -2210,17 +2210,31 @@ mod fast {
                 c.ext_into(ext_at)?;
             }
             c.need(b",\"flag\":")?;
-            let flag = c.int()?;
-            c.need(b",\"language\":")?;
-            let language = c.language()?;
-            c.need(b",\"opaque\":")?;
+            // What a Java client sends (a one-digit flag, JAVA), compared at once; else piece
+            // by piece.
+            const JAVA_OPAQUE: &[u8] = b",\"language\":\"JAVA\",\"opaque\":";
+            let (flag, language) = match c.buf.bytes().get(c.pos..c.pos + 1 + JAVA_OPAQUE.len()) {
+                Some([d @ b'0'..=b'9', rest @ ..]) if rest == JAVA_OPAQUE => {
+                    c.pos += 1 + JAVA_OPAQUE.len();
+                    (i32::from(d - b'0'), LanguageCode::JAVA)
+                }
+                _ => {
+                    let flag = c.int()?;
+                    c.need(b",\"language\":")?;
+                    let language = c.language()?;
+                    c.need(b",\"opaque\":")?;
+                    (flag, language)
+                }
+            };
             let opaque = c.int()?;
             if c.lit(b",\"remark\":") {
                 has_remark = c.remark()?;
             }
-            c.need(b",\"serializeTypeCurrentRPC\":")?;
-            c.serialize_type()?;
-            c.need(b",\"version\":")?;
+            if !c.lit(b",\"serializeTypeCurrentRPC\":\"JSON\",\"version\":") {
+                c.need(b",\"serializeTypeCurrentRPC\":")?;
+                c.serialize_type()?;
+                c.need(b",\"version\":")?;
+            }
             let version = c.int()?;
             Fixed {
                 code,
