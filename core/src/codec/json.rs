@@ -2210,15 +2210,32 @@ mod fast {
                 c.ext_into(ext_at)?;
             }
             c.need(b",\"flag\":")?;
-            // What a Java client sends (a one-digit flag, JAVA), compared at once; else piece
-            // by piece.
-            const JAVA_OPAQUE: &[u8] = b",\"language\":\"JAVA\",\"opaque\":";
-            let (flag, language) = match c.buf.bytes().get(c.pos..c.pos + 1 + JAVA_OPAQUE.len()) {
-                Some([d @ b'0'..=b'9', rest @ ..]) if rest == JAVA_OPAQUE => {
-                    c.pos += 1 + JAVA_OPAQUE.len();
-                    (i32::from(d - b'0'), LanguageCode::JAVA)
+            // A one-digit flag and a language name then `","opaque":` (JAVA, and OTHER, which
+            // Remora sends), compared at once; else piece by piece.
+            const LANGUAGE: &[u8; 13] = b",\"language\":\"";
+            let digit = match c.buf.bytes().get(c.pos..c.pos + 1 + LANGUAGE.len()) {
+                Some([d @ b'0'..=b'9', rest @ ..]) if rest == LANGUAGE => Some(*d),
+                _ => None,
+            };
+            let quick = match digit {
+                Some(d) => {
+                    let at = c.pos;
+                    c.pos += 1 + LANGUAGE.len();
+                    let language = if c.lit(b"JAVA\",\"opaque\":") {
+                        Some(LanguageCode::JAVA)
+                    } else if c.lit(b"OTHER\",\"opaque\":") {
+                        Some(LanguageCode::OTHER)
+                    } else {
+                        c.pos = at;
+                        None
+                    };
+                    language.map(|l| (i32::from(d - b'0'), l))
                 }
-                _ => {
+                None => None,
+            };
+            let (flag, language) = match quick {
+                Some(quick) => quick,
+                None => {
                     let flag = c.int()?;
                     c.need(b",\"language\":")?;
                     let language = c.language()?;
