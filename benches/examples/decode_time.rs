@@ -3,17 +3,27 @@
 //!
 //! `decode_time [ROUNDS] [FILTER]`: for each case, ROUNDS rounds (default 600) of 250
 //! frames (the vectors: 6 times the 44 frames), and prints each row's fastest round and its
-//! median round, per frame. Rows whose name does not contain FILTER are skipped. Rows:
+//! median round, per frame. Rows whose name does not contain FILTER are skipped. Cases:
 //!
 //! - `rocketmq-{send0,send128,heartbeat}` (the criterion bench's `SEND_MESSAGE_V2` request with
-//!   an empty or a 128-byte body, and the heartbeat) and `vectors` (the 44 shared vector frames);
+//!   an empty or a 128-byte body, and the heartbeat);
+//! - `json-{send0,send128,heartbeat}` the same in JSON (the send request's `i`, Java's message
+//!   properties, holds 8 `\u00XX` escapes); `json-send-one`: that with one escape left,
+//!   `json-send-plain`: none; `json-body`: the heartbeat with a 4-byte body (split off as `Bytes`
+//!   rather than skipped); `json-tiny`: that and 13 one-byte fields;
+//! - `vectors` (the 44 shared vector frames, both header types).
+//!
+//! Each case is timed
 //! - `fresh`: each frame in its own freshly cloned `BytesMut`, as the criterion bench's
 //!   `iter_batched_ref` gives it (the first `split_to` of such a buffer allocates to share
 //!   it); `shared`: frames taken off one read buffer that already shares its storage, as a
 //!   connection's is;
-//! - `remora` (`Codec::decode`, the command dropped), `remora-read` (every field read first),
+//! - by `remora` (`Codec::decode`, the command dropped), `remora-read` (every field read first),
 //!   `floor` (`split_to(len).freeze()` and drop) and, with `--features reference`,
 //!   `reference` / `reference-read` (`rocketmq-protocol` 1.0).
+//!
+//! The minimum is what the code costs when nothing else runs on its core: compare two builds
+//! (or Remora and the reference) by their minimums, run back to back.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -23,10 +33,21 @@ use remora_core::{Codec, Command, Decoded, LanguageCode, SerializeType};
 
 const PER_ROUND: usize = 250;
 
-fn send_request(send: bool, body: usize) -> Command {
+/// How the send request's message properties (`i`) are written: with Java's `\u{1}`/`\u{2}`
+/// separators (escaped in JSON), with one of them left, or with none.
+#[derive(Clone, Copy, PartialEq)]
+enum Escapes {
+    All,
+    One,
+    None,
+}
+
+/// The bench's `SEND_MESSAGE_V2` request (`send`) or heartbeat, in `ty`, with a body of `body`
+/// bytes.
+fn send_request(ty: SerializeType, send: bool, body: usize, escapes: Escapes) -> Command {
     let mut cmd = Command::request(if send { 310 } else { 34 })
         .with_opaque(1_234_567)
-        .with_serialize_type(SerializeType::RocketMq);
+        .with_serialize_type(ty);
     cmd.language = LanguageCode::JAVA;
     cmd.version = 453;
     if send {
@@ -45,7 +66,15 @@ fn send_request(send: bool, body: usize) -> Command {
             ("m", "false"),
             ("n", "broker-a"),
         ] {
-            cmd = cmd.with_ext(k, v);
+            let plain = |v: &str| v.replace('\u{1}', "1").replace('\u{2}', "2");
+            cmd = match escapes {
+                Escapes::All => cmd.with_ext(k, v),
+                Escapes::One => {
+                    let first = v.find('\u{1}').map_or(0, |i| i + 1);
+                    cmd.with_ext(k, format!("{}{}", &v[..first], plain(&v[first..])))
+                }
+                Escapes::None => cmd.with_ext(k, plain(v)),
+            };
         }
     }
     if body > 0 {
@@ -155,13 +184,39 @@ fn main() {
         whos.push(("reference-read", Who::ReferenceRead));
     }
     let mut cases: Vec<(&str, Vec<BytesMut>)> = Vec::new();
-    for (name, send, body) in [
-        ("rocketmq-send0", true, 0),
-        ("rocketmq-send128", true, 128),
-        ("rocketmq-heartbeat", false, 0),
+    let (rocketmq, json) = (SerializeType::RocketMq, SerializeType::Json);
+    let mut tiny = send_request(json, false, 4, Escapes::All);
+    for k in [
+        "a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "m", "n",
+    ] {
+        tiny = tiny.with_ext(k, "0");
+    }
+    for (name, cmd) in [
+        (
+            "rocketmq-send0",
+            send_request(rocketmq, true, 0, Escapes::All),
+        ),
+        (
+            "rocketmq-send128",
+            send_request(rocketmq, true, 128, Escapes::All),
+        ),
+        (
+            "rocketmq-heartbeat",
+            send_request(rocketmq, false, 0, Escapes::All),
+        ),
+        ("json-send0", send_request(json, true, 0, Escapes::All)),
+        ("json-send128", send_request(json, true, 128, Escapes::All)),
+        ("json-send-one", send_request(json, true, 0, Escapes::One)),
+        (
+            "json-send-plain",
+            send_request(json, true, 0, Escapes::None),
+        ),
+        ("json-heartbeat", send_request(json, false, 0, Escapes::All)),
+        ("json-body", send_request(json, false, 4, Escapes::All)),
+        ("json-tiny", tiny),
     ] {
         let mut frame = BytesMut::new();
-        codec.encode(&send_request(send, body), &mut frame).unwrap();
+        codec.encode(&cmd, &mut frame).unwrap();
         cases.push((name, vec![frame]));
     }
     cases.push(("vectors", vector_frames()));

@@ -1335,7 +1335,7 @@ pub(crate) mod compact {
     pub(crate) fn put_len(buf: &mut [u8], text: usize, len: usize) {
         debug_assert!(len <= MAX_LEN && text >= 2);
         if let Some(slot) = buf.get_mut(text.wrapping_sub(2)..text) {
-            slot.copy_from_slice(&[0x80 | (len >> 8) as u8, len as u8]);
+            slot.copy_from_slice(&(0x8000 | len as u16).to_be_bytes());
         }
     }
 
@@ -1388,7 +1388,7 @@ pub(crate) mod compact {
 mod fast {
     use super::{
         ascii_u_escape, compact, find_quote_or_backslash, scan, scan_string, unicode_escape,
-        Escapes, Fixed, LanguageCode, Limits, Parsed, COMPACT_EXT,
+        Escapes, Fixed, LanguageCode, Limits, Parsed, COMPACT_EXT, HEX_VALUE,
     };
 
     /// The header: read only, or (`COMPACT`) to be compacted as it is parsed.
@@ -1418,24 +1418,6 @@ mod fast {
         #[inline(always)]
         fn bytes_mut(&mut self) -> &mut [u8] {
             self
-        }
-    }
-
-    /// What [`Cursor::short_entry`] read.
-    enum Entry {
-        /// The entry, and the next key's opening quote.
-        More(usize),
-        /// The entry and the object: the offset after its `}`.
-        Last(usize),
-        /// Only the key: the value's opening quote.
-        Value(usize),
-    }
-
-    impl Entry {
-        fn at(&self) -> usize {
-            match *self {
-                Entry::More(at) | Entry::Last(at) | Entry::Value(at) => at,
-            }
         }
     }
 
@@ -1487,7 +1469,23 @@ mod fast {
             for &(open, close, at, len) in &self.strings[..self.n] {
                 let (text, close) = (open as usize + 1, close as usize);
                 let (at, len) = (usize::from(at), usize::from(len));
-                buf[text..text + len].copy_from_slice(&self.text[at..at + len]);
+                // Sixteen bytes at a time while they stay within the string as written (what
+                // lands past its unescaped text is padding, written below).
+                let mut k = 0;
+                while k < len {
+                    match (
+                        self.text.get(at + k..).and_then(|r| r.first_chunk::<16>()),
+                        buf.get_mut(text + k..=close)
+                            .and_then(|r| r.first_chunk_mut::<16>()),
+                    ) {
+                        (Some(s), Some(d)) => *d = *s,
+                        _ => {
+                            buf[text + k..text + len].copy_from_slice(&self.text[at + k..at + len]);
+                            break;
+                        }
+                    }
+                    k += 16;
+                }
                 compact::put_len(buf, text, len);
                 compact::pad(buf, text + len, close);
             }
@@ -1549,6 +1547,264 @@ mod fast {
             w += 1;
             r += 2;
         }
+    }
+
+    /// Copies `src[from..to]` to `out[w..]`, sixteen bytes at a time (what a block copies past
+    /// `to` lands past `w + to - from`, which the caller overwrites or never reads). `None` if
+    /// `out` has no room.
+    #[inline(always)]
+    fn copy_run(src: &[u8], from: usize, to: usize, out: &mut [u8], w: usize) -> Option<()> {
+        let n = to - from;
+        let mut k = 0;
+        while k < n {
+            let (Some(s), Some(d)) = (
+                src.get(from + k..).and_then(|r| r.first_chunk::<16>()),
+                out.get_mut(w + k..).and_then(|r| r.first_chunk_mut::<16>()),
+            ) else {
+                out.get_mut(w + k..w + n)?
+                    .copy_from_slice(src.get(from + k..to)?);
+                return Some(());
+            };
+            *d = *s;
+            k += 16;
+        }
+        Some(())
+    }
+
+    /// Unescapes the string text from `r` on, whose first quote or backslash at or after `r`
+    /// is at `at` (the hit `hits` gave last), to `out[w..]`; returns the closing quote and
+    /// where the text ends in `out`, `hits` then after the closing quote. `None` for an
+    /// invalid escape, a string running to the end of `buf`, or one `out` has no room for.
+    ///
+    /// Each hit is a backslash or the closing quote, popped from `hits` (kept in registers
+    /// here): the run before it is one 16-byte copy when short, a `\u00XX` is one 8-byte
+    /// load; other escapes take [`other_escape`].
+    #[inline(always)]
+    fn unescape_hits_into(
+        buf: &[u8],
+        hits: &mut scan::Hits,
+        mut r: usize,
+        mut at: usize,
+        out: &mut [u8; SCRATCH],
+        mut w: usize,
+    ) -> Option<(usize, usize)> {
+        let mut h = *hits;
+        let close = loop {
+            let n = at - r;
+            match (
+                buf.get(r..).and_then(|s| s.first_chunk::<16>()),
+                out.get_mut(w..).and_then(|d| d.first_chunk_mut::<16>()),
+            ) {
+                (Some(s), Some(d)) if n <= 16 => *d = *s,
+                _ => copy_run(buf, r, at, out, w)?,
+            }
+            w += n;
+            let e = match buf.get(at..).and_then(|s| s.first_chunk::<8>()) {
+                Some(e) => u64::from_le_bytes(*e),
+                None if buf.get(at) == Some(&b'"') => break at,
+                None => u64::from(*buf.get(at)?),
+            };
+            if e as u8 == b'"' {
+                break at;
+            }
+            let (hi, lo) = (
+                HEX_VALUE[usize::from((e >> 32) as u8)],
+                HEX_VALUE[usize::from((e >> 40) as u8)],
+            );
+            if e as u32 == u32::from_le_bytes(*b"\\u00") && hi < 8 && lo <= 0xF {
+                *out.get_mut(w)? = hi << 4 | lo;
+                w += 1;
+                r = at + 6;
+            } else {
+                let (next, written, pops) = other_escape(buf, at, out, w)?;
+                for _ in 0..pops {
+                    h.next(buf)?;
+                }
+                (r, w) = (next, written);
+            }
+            at = h.next(buf)?;
+        };
+        *hits = h;
+        Some((close, w))
+    }
+
+    /// The escape at `at` other than `\u00XX` (below 0x80), unescaped to `out[w..]`: where
+    /// it ends, where its text ends in `out`, and how many hits it holds past its backslash
+    /// (the escaped `"` or `\\`, a surrogate pair's second backslash).
+    #[cold]
+    fn other_escape(
+        buf: &[u8],
+        at: usize,
+        out: &mut [u8],
+        w: usize,
+    ) -> Option<(usize, usize, usize)> {
+        let byte = match *buf.get(at + 1)? {
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'/' => b'/',
+            b @ (b'"' | b'\\') => {
+                *out.get_mut(w)? = b;
+                return Some((at + 2, w + 1, 1));
+            }
+            b'u' => {
+                let (c, next) = unicode_escape(buf, at).ok()?;
+                let mut utf8 = [0u8; 4];
+                let s = c.encode_utf8(&mut utf8);
+                out.get_mut(w..w + s.len())?.copy_from_slice(s.as_bytes());
+                return Some((next, w + s.len(), usize::from(next == at + 12)));
+            }
+            _ => return None,
+        };
+        *out.get_mut(w)? = byte;
+        Some((at + 2, w + 1, 0))
+    }
+
+    /// The entries of an `extFields` object that are each four quotes of the block `hits`
+    /// holds, `"k":"v"` followed by `,"` or `}`, with no escape and neither string longer
+    /// than `max`, from the key whose opening quote is at `*open` (the next hit, at least 1)
+    /// on: compacted if the header may change. Returns how many, and the offset after the
+    /// object's `}` if it ended; else `*open` and `hits` are at the next entry, for the
+    /// string-by-string walk.
+    ///
+    /// The quotes come from popping bits, so no entry waits for the one before. Every byte
+    /// an entry reads or writes lies in the block and the byte before it, taken as one
+    /// 72-byte window (so the offsets, bit numbers below 64, need no bounds check); a block
+    /// too near the header's end for that takes [`quick_entries_checked`].
+    #[inline(always)]
+    fn quick_entries<T: Text>(
+        buf: &mut T,
+        hits: &mut scan::Hits,
+        open: &mut usize,
+        max: usize,
+    ) -> (usize, Option<usize>) {
+        const COLON: u32 = u32::from_le_bytes(*b"\":\"\0");
+        const COMMA: u32 = u32::from_le_bytes(*b"\",\"\0");
+        const CLOSE: u32 = u32::from_le_bytes(*b"\"}\0\0");
+        let base = hits.base();
+        // `win[i]` is the byte at `base - 1 + i`; bit `t` of the block is `win[t + 1]`.
+        let mut copy;
+        let win: &mut [u8; 72] = if T::COMPACT {
+            match buf
+                .bytes_mut()
+                .get_mut(base.wrapping_sub(1)..)
+                .and_then(|r| r.first_chunk_mut::<72>())
+            {
+                Some(win) => win,
+                None => return quick_entries_checked(buf, hits, open, max),
+            }
+        } else {
+            match buf
+                .bytes()
+                .get(base.wrapping_sub(1)..)
+                .and_then(|r| r.first_chunk::<72>())
+            {
+                Some(win) => {
+                    copy = *win;
+                    &mut copy
+                }
+                None => return quick_entries_checked(buf, hits, open, max),
+            }
+        };
+        let mut n = 0;
+        let mut p = *open;
+        let mut word = hits.word();
+        let end = loop {
+            let w1 = word & word.wrapping_sub(1);
+            let w2 = w1 & w1.wrapping_sub(1);
+            let w3 = w2 & w2.wrapping_sub(1);
+            if w3 == 0 {
+                break None;
+            }
+            // The key's opening quote (`p`), its closing quote, the value's closing quote.
+            let tp = (word.trailing_zeros() & 63) as usize;
+            let tk = (w1.trailing_zeros() & 63) as usize;
+            let tv = (w3.trailing_zeros() & 63) as usize;
+            let word4 = |t: usize| {
+                let mut b = [0u8; 4];
+                b.copy_from_slice(&win[t + 1..t + 5]);
+                u32::from_le_bytes(b)
+            };
+            let (k4, v4) = (word4(tk), word4(tv));
+            // The value's opening quote is at `tk + 2` (if `k4` is right).
+            let (klen, vlen) = (tk.wrapping_sub(tp + 1), tv.wrapping_sub(tk + 3));
+            let more = v4 & 0xFF_FFFF == COMMA;
+            if k4 & 0xFF_FFFF != COLON || klen.max(vlen) > max || !(more || v4 & 0xFFFF == CLOSE) {
+                break None;
+            }
+            if T::COMPACT {
+                win[tp..tp + 2].copy_from_slice(&(0x8000 | klen as u16).to_be_bytes());
+                win[tk + 2..tk + 4].copy_from_slice(&(0x8000 | vlen as u16).to_be_bytes());
+            }
+            n += 1;
+            word = w3 & w3.wrapping_sub(1);
+            p = base + tv + 2;
+            if !more {
+                break Some(p);
+            }
+        };
+        hits.keep(word);
+        *open = p;
+        (n, end)
+    }
+
+    /// [`quick_entries`] with every access checked, for a block near the header's end.
+    #[inline(never)]
+    fn quick_entries_checked<T: Text>(
+        buf: &mut T,
+        hits: &mut scan::Hits,
+        open: &mut usize,
+        max: usize,
+    ) -> (usize, Option<usize>) {
+        const COLON: u32 = u32::from_le_bytes(*b"\":\"\0");
+        const COMMA: u32 = u32::from_le_bytes(*b"\",\"\0");
+        const CLOSE: u32 = u32::from_le_bytes(*b"\"}\0\0");
+        let mut n = 0;
+        let mut p = *open;
+        let end = loop {
+            let before = *hits;
+            let Some([kc, vc]) = hits.take_four() else {
+                break None;
+            };
+            // The entry from the byte before its key (`{` or `,`) to the byte after the
+            // value's closing quote and one more: one bounds check. `kc` is past `p`, `vc`
+            // past `kc` (bits of one mask, in order).
+            let (k, v) = (kc - (p - 1), vc - (p - 1));
+            let Some(win) = buf.bytes().get(p - 1..vc + 4) else {
+                *hits = before;
+                break None;
+            };
+            let (Some(k4), Some(v4)) = (
+                win.get(k..).and_then(|r| r.first_chunk::<4>()),
+                win.last_chunk::<4>(),
+            ) else {
+                *hits = before;
+                break None;
+            };
+            let (k4, v4) = (u32::from_le_bytes(*k4), u32::from_le_bytes(*v4));
+            // `v` is past the value's opening quote at `k + 2` (if `k4` is right).
+            let (klen, vlen) = (k - 2, v.wrapping_sub(k + 3));
+            let more = v4 & 0xFF_FFFF == COMMA;
+            if k4 & 0xFF_FFFF != COLON || klen.max(vlen) > max || !(more || v4 & 0xFFFF == CLOSE) {
+                *hits = before;
+                break None;
+            }
+            if T::COMPACT {
+                if let Some(win) = buf.bytes_mut().get_mut(p - 1..vc + 4) {
+                    compact::put_len(win, 2, klen);
+                    compact::put_len(win, k + 3, vlen);
+                }
+            }
+            n += 1;
+            if !more {
+                break Some(vc + 2);
+            }
+            p = vc + 2;
+        };
+        *open = p;
+        (n, end)
     }
 
     impl<T: Text> Cursor<'_, T> {
@@ -1694,160 +1950,119 @@ mod fast {
 
         /// The entries of the `extFields` object from the key whose opening quote is at `p`;
         /// returns the offset after its `}`. `compacted` counts the strings compacted.
+        ///
+        /// The strings' quotes come from [`scan::Hits`] (64-byte masks, one bit popped per
+        /// quote), so each string's end is known without a search from its start: the checks
+        /// and length writes of one entry do not wait for the entry before.
         #[inline(always)]
-        fn entries(&mut self, mut p: usize, compacted: &mut usize) -> Option<usize> {
-            // A string found in one block is at most 15 bytes long: within the limit unless
-            // that is lower (then every string takes `ext_str_slow`).
+        fn entries(&mut self, p: usize, compacted: &mut usize) -> Option<usize> {
             let max = if T::COMPACT {
                 self.limits.max_string_len.min(compact::MAX_LEN)
             } else {
                 self.limits.max_string_len
             };
-            let short = max >= 15;
             let max_fields = self.limits.max_ext_fields;
             let mut count = 0;
+            let mut hits = scan::Hits::new(self.buf.bytes(), p);
+            let mut open = p;
             loop {
-                // `p` is a key's opening quote.
-                // The value's opening quote, and whether it may be short.
-                let (value, short_value) = match self.short_entry(p, short) {
-                    Some(Entry::Value(open)) => {
-                        if T::COMPACT {
-                            *compacted += 1;
-                        }
-                        (open, false)
-                    }
-                    Some(e) => {
-                        // The count is checked at the end: the walk is bounded by the header.
-                        count += 1;
-                        if T::COMPACT {
-                            *compacted += 2;
-                        }
-                        match e {
-                            Entry::Last(end) => return (count <= max_fields).then_some(end),
-                            _ => {
-                                p = e.at();
-                                continue;
-                            }
-                        }
-                    }
-                    None => {
-                        let close = self.ext_str(p, short, compacted)?;
-                        if self.buf.bytes().get(close + 1..close + 3) != Some(b":\"") {
-                            return None;
-                        }
-                        (close + 2, short)
-                    }
-                };
-                let close = self.ext_str(value, short_value, compacted)?;
+                // `open` is a key's opening quote, the next hit. Most entries are four quotes
+                // in the block at hand (see `quick_entries`).
+                let (n, end) = quick_entries(&mut self.buf, &mut hits, &mut open, max);
+                count += n;
+                if T::COMPACT {
+                    *compacted += 2 * n;
+                }
+                if let Some(end) = end {
+                    return (count <= max_fields).then_some(end);
+                }
+                // String by string: across blocks, escapes, long strings.
+                hits.next(self.buf.bytes())?;
+                let close = self.ext_str(&mut hits, open, max, compacted)?;
+                if self.buf.bytes().get(close + 1..close + 3) != Some(b":\"") {
+                    return None;
+                }
+                // The value's opening quote.
+                open = close + 2;
+                hits.next(self.buf.bytes())?;
+                let close = self.ext_str(&mut hits, open, max, compacted)?;
                 count += 1;
+                // The count is checked at the end: the walk is bounded by the header.
                 match self.buf.bytes().get(close + 1..close + 3) {
-                    Some(b",\"") => p = close + 2,
-                    _ if self.buf.bytes().get(close + 1) == Some(&b'}') => {
-                        return (count <= max_fields).then_some(close + 2)
-                    }
+                    Some(b",\"") => open = close + 2,
+                    Some([b'}', _]) => return (count <= max_fields).then_some(close + 2),
                     _ => return None,
                 }
             }
         }
 
-        /// The entry whose key's opening quote is at `p` (at least 1), if `short` allows and
-        /// key and value are each found in one 16-byte block (so at most 15 bytes, no escape)
-        /// and it is followed by `,"` or `}`: compacted if the header may change. Reads one
-        /// 40-byte window, so the bounds are checked once. [`Entry::Value`] if only the key
-        /// (and the `:"` after it) is: the key is compacted and the value is left to the
-        /// caller. `None` (nothing written) for anything else: the string-at-a-time path.
-        #[inline(always)]
-        fn short_entry(&mut self, p: usize, short: bool) -> Option<Entry> {
-            /// What [`Cursor::short_entry`] found, offsets from `p - 1`: key length, the value's
-            /// opening quote, value length (16: not found), and whether `,"` (rather than
-            /// `}`) follows.
-            #[inline(always)]
-            fn shape(w: &[u8; 40]) -> Option<(usize, usize, usize, bool)> {
-                let key = w[2..].first_chunk::<16>()?;
-                let kl = (scan::quote_or_backslash(key) | 1 << 16).trailing_zeros() as usize;
-                if key.get(kl) != Some(&b'"')
-                    || u16::from_le_bytes([w[3 + kl], w[4 + kl]]) != u16::from_le_bytes(*b":\"")
-                {
-                    return None;
-                }
-                let vo = 4 + kl;
-                let value = w[vo + 1..].first_chunk::<16>()?;
-                let vl = (scan::quote_or_backslash(value) | 1 << 16).trailing_zeros() as usize;
-                if value.get(vl) != Some(&b'"') {
-                    return Some((kl, vo, 16, false));
-                }
-                let after = vo + 2 + vl;
-                let sep = u16::from_le_bytes([w[after], w[after + 1]]);
-                if sep == u16::from_le_bytes(*b",\"") {
-                    Some((kl, vo, vl, true))
-                } else if sep as u8 == b'}' {
-                    Some((kl, vo, vl, false))
-                } else {
-                    Some((kl, vo, 16, false))
-                }
-            }
-            if !short {
-                return None;
-            }
-            let at = p - 1;
-            let (vo, vl, more) = if T::COMPACT {
-                let w = self
-                    .buf
-                    .bytes_mut()
-                    .get_mut(at..)?
-                    .first_chunk_mut::<40>()?;
-                let (kl, vo, vl, more) = shape(w)?;
-                w[..2].copy_from_slice(&[0x80, kl as u8]);
-                if vl < 16 {
-                    w[vo - 1..vo + 1].copy_from_slice(&[0x80, vl as u8]);
-                }
-                (vo, vl, more)
-            } else {
-                let (_, vo, vl, more) = shape(self.buf.bytes().get(at..)?.first_chunk::<40>()?)?;
-                (vo, vl, more)
-            };
-            if vl == 16 {
-                return Some(Entry::Value(at + vo));
-            }
-            // The next key's opening quote, or the offset after the `}`.
-            let next = at + vo + 2 + vl + 1;
-            Some(if more {
-                Entry::More(next)
-            } else {
-                Entry::Last(next)
-            })
-        }
-
         /// The string of the `extFields` object whose opening quote is at `open` (at least
-        /// 1: the object's `{` comes before it), compacted if the header may change; returns
-        /// its closing quote. Most strings are short (`short`: and the limit allows 15 bytes)
-        /// and hold no escape: their end is the first quote or backslash of one 16-byte block.
+        /// 1: the object's `{` comes before it), its opening quote taken from `hits`:
+        /// compacted if the header may change; returns its closing quote. A string that holds
+        /// an escape or is longer than `max` takes [`Cursor::ext_str_slow`], and `hits` starts
+        /// again after it.
         #[inline(always)]
-        fn ext_str(&mut self, open: usize, short: bool, compacted: &mut usize) -> Option<usize> {
-            if short {
-                if let Some(block) = self
-                    .buf
-                    .bytes()
-                    .get(open + 1..)
-                    .and_then(|r| r.first_chunk::<16>())
-                {
-                    let m = scan::quote_or_backslash(block) | 1 << 16;
-                    let len = m.trailing_zeros() as usize;
-                    if block.get(len) == Some(&b'"') {
-                        if T::COMPACT {
-                            if let Some(slot) = self.buf.bytes_mut().get_mut(open - 1..open + 1) {
-                                slot.copy_from_slice(&[0x80, len as u8]);
-                            }
-                            *compacted += 1;
-                        }
-                        return Some(open + 1 + len);
-                    }
+        fn ext_str(
+            &mut self,
+            hits: &mut scan::Hits,
+            open: usize,
+            max: usize,
+            compacted: &mut usize,
+        ) -> Option<usize> {
+            let close = hits.next(self.buf.bytes())?;
+            let len = close - open - 1;
+            if self.buf.bytes().get(close) == Some(&b'"') && len <= max {
+                if T::COMPACT {
+                    compact::put_len(self.buf.bytes_mut(), open + 1, len);
+                    *compacted += 1;
+                }
+                return Some(close);
+            }
+            if T::COMPACT && self.buf.bytes().get(close) == Some(&b'\\') {
+                let mut more = *hits;
+                if let Some(end) = self.unescape_hits(&mut more, open, close) {
+                    *hits = more;
+                    // Its length as written, for an undo; the unescaped one comes with it.
+                    compact::put_len(self.buf.bytes_mut(), open + 1, end - open - 1);
+                    *compacted += 1;
+                    return Some(end);
                 }
             }
             self.compacted = *compacted;
             let next = self.ext_str_slow(open);
             *compacted = self.compacted;
-            Some(next? - 1)
+            let next = next?;
+            *hits = scan::Hits::new(self.buf.bytes(), next);
+            Some(next - 1)
+        }
+
+        /// Checks the string of the `extFields` object whose opening quote is at `open` and
+        /// whose first escape's backslash is at `at` (the hit `hits` gave last) and unescapes
+        /// it into [`Cursor::unescaped`]; returns its closing quote, `hits` then after it.
+        /// The escapes are found by popping `hits`, so each is checked and copied without
+        /// waiting for a search from the one before. `None` (nothing recorded) for an invalid
+        /// escape, a string too long, or one the scratch has no room for.
+        #[inline(never)]
+        fn unescape_hits(
+            &mut self,
+            hits: &mut scan::Hits,
+            open: usize,
+            at: usize,
+        ) -> Option<usize> {
+            let u = self.unescaped.get_or_insert_with(Unescaped::new);
+            if u.n == u.strings.len() {
+                return None;
+            }
+            let buf = self.buf.bytes();
+            let (close, w) = unescape_hits_into(buf, hits, open + 1, at, &mut u.text, u.used)?;
+            let len = w - u.used;
+            if close - open - 1 > compact::MAX_LEN || len > self.limits.max_string_len {
+                return None;
+            }
+            u.strings[u.n] = (open as u32, close as u32, u.used as u16, len as u16);
+            u.n += 1;
+            u.used = w;
+            Some(close)
         }
 
         /// [`Cursor::ext_str`] of a string with escapes, or a long one.
@@ -1995,17 +2210,48 @@ mod fast {
                 c.ext_into(ext_at)?;
             }
             c.need(b",\"flag\":")?;
-            let flag = c.int()?;
-            c.need(b",\"language\":")?;
-            let language = c.language()?;
-            c.need(b",\"opaque\":")?;
+            // A one-digit flag and a language name then `","opaque":` (JAVA, and OTHER, which
+            // Remora sends), compared at once; else piece by piece.
+            const LANGUAGE: &[u8; 13] = b",\"language\":\"";
+            let digit = match c.buf.bytes().get(c.pos..c.pos + 1 + LANGUAGE.len()) {
+                Some([d @ b'0'..=b'9', rest @ ..]) if rest == LANGUAGE => Some(*d),
+                _ => None,
+            };
+            let quick = match digit {
+                Some(d) => {
+                    let at = c.pos;
+                    c.pos += 1 + LANGUAGE.len();
+                    let language = if c.lit(b"JAVA\",\"opaque\":") {
+                        Some(LanguageCode::JAVA)
+                    } else if c.lit(b"OTHER\",\"opaque\":") {
+                        Some(LanguageCode::OTHER)
+                    } else {
+                        c.pos = at;
+                        None
+                    };
+                    language.map(|l| (i32::from(d - b'0'), l))
+                }
+                None => None,
+            };
+            let (flag, language) = match quick {
+                Some(quick) => quick,
+                None => {
+                    let flag = c.int()?;
+                    c.need(b",\"language\":")?;
+                    let language = c.language()?;
+                    c.need(b",\"opaque\":")?;
+                    (flag, language)
+                }
+            };
             let opaque = c.int()?;
             if c.lit(b",\"remark\":") {
                 has_remark = c.remark()?;
             }
-            c.need(b",\"serializeTypeCurrentRPC\":")?;
-            c.serialize_type()?;
-            c.need(b",\"version\":")?;
+            if !c.lit(b",\"serializeTypeCurrentRPC\":\"JSON\",\"version\":") {
+                c.need(b",\"serializeTypeCurrentRPC\":")?;
+                c.serialize_type()?;
+                c.need(b",\"version\":")?;
+            }
             let version = c.int()?;
             Fixed {
                 code,
@@ -2554,6 +2800,115 @@ mod tests {
             } else {
                 assert_eq!(cmd.ext_fields().len(), 21);
                 assert_eq!(cmd.ext("k19"), Some("\t19"));
+            }
+        }
+    }
+
+    /// Extension strings for the quote walk: long plain runs (strings across 64-byte blocks),
+    /// escapes of every kind (runs of backslashes, escaped quotes), control characters and
+    /// multi-byte UTF-8.
+    fn ext_text() -> impl proptest::strategy::Strategy<Value = String> {
+        proptest::prop_oneof![
+            "[a-z0-9]{0,90}",
+            "[\\x00-\\x1f\"\\\\/a-z\u{e9}\u{4e2d}\u{1F680}]{0,40}",
+            "[a-z]{0,30}[\\\\\"]{1,5}[a-z]{0,30}",
+            ".{0,20}",
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 384,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// The key-order parser's quote walk (64-byte masks, four quotes an entry, escapes
+        /// unescaped while walking) reads every `extFields` object of both key orders as the
+        /// general parser does, taken by the fast path whenever it holds at most four escaped
+        /// strings; mutated headers get the same answer in place as from a copy, and an error
+        /// leaves the read buffer as it was.
+        #[test]
+        fn the_quote_walk_agrees_with_the_general_parser(
+            entries in proptest::collection::vec((ext_text(), ext_text()), 0..20),
+            rust_order in proptest::bool::ANY,
+            respell in proptest::bool::ANY,
+            flips in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 0..3),
+        ) {
+            let mut cmd = Command::request(310).with_opaque(-7);
+            cmd.language = LanguageCode::JAVA;
+            cmd.version = 453;
+            for (k, v) in &entries {
+                cmd = cmd.with_ext(k.as_str(), v.as_str());
+            }
+            let java = encode(&cmd);
+            let header = if rust_order {
+                let ext = match java.find(r#","extFields":"#) {
+                    // No raw `"` inside a string: the first `},"flag":` ends the object.
+                    Some(at) => &java[at..at + java[at..].find(r#"},"flag":"#).unwrap() + 1],
+                    None => "",
+                };
+                format!(r#"{{"code":310,"language":"JAVA","version":453,"opaque":-7,"flag":0,"remark":null{ext},"serializeTypeCurrentRPC":"JSON"}}"#)
+            } else {
+                java
+            };
+            // Escapes our encoder never writes (every other peer may): `\uXXXX` for
+            // non-ASCII in both cases of hex, surrogate pairs, `\/`. These characters occur
+            // only inside strings.
+            const RESPELT: [char; 4] = ['\u{e9}', '\u{1F680}', '/', '\u{4e2d}'];
+            let header = if respell {
+                header
+                    .replace('\u{e9}', "\\u00e9")
+                    .replace('\u{1F680}', "\\ud83d\\ude80")
+                    .replace('/', "\\/")
+                    .replace('\u{4e2d}', "\\u4E2D")
+            } else {
+                header
+            };
+            let general = general(header.as_bytes()).unwrap();
+            let escaped = cmd
+                .ext_fields()
+                .iter()
+                .flat_map(|(k, v)| [k, v])
+                .filter(|s| needs_escape(s.as_bytes()) || (respell && s.contains(RESPELT)))
+                .count();
+            let mut copy = header.clone().into_bytes();
+            let fast = fast::parse(&mut copy[..], &Limits::default());
+            let read_only = fast::parse(header.as_bytes(), &Limits::default());
+            if escaped <= 4 {
+                // (More escaped strings than the scratch and the record hold: the in-place
+                // parse gives up, the read-only one need not.)
+                proptest::prop_assert!(fast.is_some(), "fast path refused {}", header);
+                proptest::prop_assert!(read_only.is_some(), "fast path refused {}", header);
+            }
+            if let Some(read_only) = read_only {
+                proptest::prop_assert_eq!(format!("{read_only:?}"), format!("{general:?}"));
+            }
+            let (decoded, _) = decode_both(&header);
+            let decoded = decoded.unwrap();
+            let want: Vec<(String, String)> =
+                cmd.ext_fields().iter().map(|(k, v)| (k.into(), v.into())).collect();
+            let got: Vec<(String, String)> =
+                decoded.ext_fields().iter().map(|(k, v)| (k.into(), v.into())).collect();
+            proptest::prop_assert_eq!(got, want);
+            proptest::prop_assert_eq!((decoded.code, decoded.opaque, decoded.version), (310, -7, 453));
+
+            if !flips.is_empty() {
+                let mut wire = frame(&header);
+                for &(at, byte) in &flips {
+                    let n = header.len();
+                    wire[8 + at % n] = byte;
+                }
+                let codec = crate::Codec::default();
+                let mut buf = wire.clone();
+                let in_place = match codec.decode(&mut buf) {
+                    Ok(crate::Decoded::Command(cmd)) => Ok(cmd),
+                    Ok(other) => panic!("{other:?}"),
+                    Err(e) => Err(e),
+                };
+                proptest::prop_assert_eq!(&in_place, &codec.decode_frame(&wire.clone().freeze()));
+                if in_place.is_err() {
+                    proptest::prop_assert_eq!(&buf, &wire, "an error leaves the buffer as it was");
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
-//! Finding bytes sixteen at a time: SSE2 on x86_64 (part of its baseline, so no run-time
-//! detection and no `std`), a portable word-at-a-time version elsewhere. Used by the JSON
-//! decoder to find the end of a string (its closing quote, or a backslash) and the next escape.
+//! Finding bytes sixteen or sixty-four at a time: SSE2 on x86_64 (part of its baseline, so no
+//! run-time detection and no `std`), a portable word-at-a-time version elsewhere. Used by the
+//! JSON decoder to find the end of a string (its closing quote, or a backslash) and the next
+//! escape, and (through [`Hits`]) to walk an `extFields` object quote by quote.
 
 /// Bit `i` set for each byte `i` of `block` that is `"` or `\\`.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
@@ -18,6 +19,163 @@ pub(crate) fn quote_or_backslash(block: &[u8; 16]) -> u32 {
         let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
         let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
         _mm_movemask_epi8(_mm_or_si128(quote, backslash)) as u32
+    }
+}
+
+/// Bit `i` set for each byte `i` of `block` that is `"` or `\\`.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline(always)]
+pub(crate) fn quote_or_backslash_64(block: &[u8; 64]) -> u64 {
+    use core::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    // SAFETY: as in `quote_or_backslash`; the four loads read the 64 bytes `block` refers to
+    // (`p.add(3)` is its last 16). `tests::masks_of_64_bytes_match_byte_by_byte` checks every
+    // byte value at every position against a byte-by-byte mask, and against the portable one.
+    unsafe {
+        let p = block.as_ptr().cast::<__m128i>();
+        let (quote, backslash) = (_mm_set1_epi8(b'"' as i8), _mm_set1_epi8(b'\\' as i8));
+        let m = |v: __m128i| {
+            let hit = _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash));
+            u64::from(_mm_movemask_epi8(hit) as u16)
+        };
+        m(_mm_loadu_si128(p))
+            | m(_mm_loadu_si128(p.add(1))) << 16
+            | m(_mm_loadu_si128(p.add(2))) << 32
+            | m(_mm_loadu_si128(p.add(3))) << 48
+    }
+}
+
+/// See the x86_64 version.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+#[inline(always)]
+pub(crate) fn quote_or_backslash_64(block: &[u8; 64]) -> u64 {
+    portable::quote_or_backslash_64(block)
+}
+
+/// The quotes and backslashes of a buffer from some offset on, in order: the offsets come
+/// from popping the lowest bit of a 64-byte block's mask, so finding the next one does not
+/// wait for a search from the one before (only the next block's mask, when a block is done,
+/// and that load does not depend on where the hits were).
+///
+/// The buffer is passed to every call (the caller may change bytes it has been given offsets
+/// of: a block is read only when the offsets before it are used up).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Hits {
+    /// The offset of bit 0 of `word`.
+    base: usize,
+    /// The hits of the block at `base` not yet given out.
+    word: u64,
+}
+
+impl Hits {
+    /// The hits of `buf` at or after `from`.
+    #[inline(always)]
+    pub(crate) fn new(buf: &[u8], from: usize) -> Hits {
+        Hits {
+            base: from,
+            word: mask_from(buf, from),
+        }
+    }
+
+    /// The offset of the block at hand (bit 0 of [`Hits::word`]).
+    #[inline(always)]
+    pub(crate) fn base(&self) -> usize {
+        self.base
+    }
+
+    /// The hits of the block at hand not yet given out (bit `i`: offset `base + i`).
+    #[inline(always)]
+    pub(crate) fn word(&self) -> u64 {
+        self.word
+    }
+
+    /// Gives out the hits of the block at hand not in `word` (a subset of [`Hits::word`]
+    /// with only its lowest bits cleared).
+    #[inline(always)]
+    pub(crate) fn keep(&mut self, word: u64) {
+        debug_assert!(
+            word & !self.word == 0
+                && (word == 0
+                    || self.word >> word.trailing_zeros() == word >> word.trailing_zeros())
+        );
+        self.word = word;
+    }
+
+    /// The 2nd and 4th of the next four hits, if the block at hand holds four (then all four
+    /// are given out; else nothing is). An `extFields` entry `"k":"v"` is four quotes: this
+    /// gives the key's and the value's closing quote without a branch per quote.
+    #[inline(always)]
+    pub(crate) fn take_four(&mut self) -> Option<[usize; 2]> {
+        let w1 = self.word & self.word.wrapping_sub(1);
+        let w2 = w1 & w1.wrapping_sub(1);
+        let w3 = w2 & w2.wrapping_sub(1);
+        if w3 == 0 {
+            return None;
+        }
+        self.word = w3 & (w3 - 1);
+        Some([
+            self.base + w1.trailing_zeros() as usize,
+            self.base + w3.trailing_zeros() as usize,
+        ])
+    }
+
+    /// The offset of the next `"` or `\\`, if any.
+    #[inline(always)]
+    pub(crate) fn next(&mut self, buf: &[u8]) -> Option<usize> {
+        if self.word == 0 {
+            self.base += 64;
+            if self.base >= buf.len() {
+                return None;
+            }
+            self.word = mask_from(buf, self.base);
+            if self.word == 0 {
+                self.skip_run(buf)?;
+            }
+        }
+        let i = self.word.trailing_zeros() as usize;
+        self.word &= self.word - 1;
+        Some(self.base + i)
+    }
+}
+
+impl Hits {
+    /// Past two blocks without a hit (a long string): the next hit found with `memchr2` (32
+    /// bytes a step where the CPU can), and its block. `None` if there is none.
+    #[cold]
+    #[inline(never)]
+    fn skip_run(&mut self, buf: &[u8]) -> Option<()> {
+        let from = self.base + 64;
+        let at = from + memchr::memchr2(b'"', b'\\', buf.get(from..)?)?;
+        *self = Hits::new(buf, at);
+        Some(())
+    }
+}
+
+/// The mask of the 64 bytes of `buf` from `at` on (bits past its end clear).
+#[inline(always)]
+fn mask_from(buf: &[u8], at: usize) -> u64 {
+    match buf.get(at..).and_then(|r| r.first_chunk::<64>()) {
+        Some(block) => quote_or_backslash_64(block),
+        None => mask_of_tail(buf, at),
+    }
+}
+
+/// [`mask_from`] of fewer than 64 bytes: the last 64 of `buf` shifted (those before `at`
+/// dropped), or, in a shorter buffer, a zero-padded copy.
+#[inline(never)]
+fn mask_of_tail(buf: &[u8], at: usize) -> u64 {
+    let Some(rest) = buf.get(at..).filter(|r| !r.is_empty()) else {
+        return 0;
+    };
+    match buf.last_chunk::<64>() {
+        // `at` is past the last block's start (`rest` is shorter than 64 bytes).
+        Some(last) => quote_or_backslash_64(last) >> (64 - rest.len()),
+        None => {
+            let mut block = [0u8; 64];
+            block[..rest.len()].copy_from_slice(rest);
+            quote_or_backslash_64(&block)
+        }
     }
 }
 
@@ -162,6 +320,17 @@ mod portable {
     }
 
     #[inline(always)]
+    pub(super) fn quote_or_backslash_64(block: &[u8; 64]) -> u64 {
+        let mut m = 0;
+        for (i, part) in block.chunks_exact(16).enumerate() {
+            let mut b = [0u8; 16];
+            b.copy_from_slice(part);
+            m |= u64::from(quote_or_backslash(&b)) << (16 * i);
+        }
+        m
+    }
+
+    #[inline(always)]
     pub(super) fn backslash(block: &[u8; 16]) -> u32 {
         let [lo, hi] = halves(block);
         let m = |w: u64| gather(zero_bytes(w ^ (ONES * u64::from(b'\\'))));
@@ -172,6 +341,7 @@ mod portable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::format;
 
     fn by_bytes(block: &[u8; 16], hit: impl Fn(u8) -> bool) -> u32 {
         let mut m = 0;
@@ -199,6 +369,107 @@ mod tests {
                     assert!(s[..n].is_ascii());
                 }
             }
+        }
+    }
+
+    #[test]
+    fn masks_of_64_bytes_match_byte_by_byte() {
+        // Every byte value at every position, among neighbours that are quotes, backslashes,
+        // high bytes or neither; the SSE2 and the portable mask against a byte-by-byte one.
+        for fill in [b'a', b'"', b'\\', 0x00, 0xFF, 0x80] {
+            for at in 0..64 {
+                for b in 0..=255u8 {
+                    let mut block = [fill; 64];
+                    block[at] = b;
+                    let mut want = 0u64;
+                    for (i, &x) in block.iter().enumerate() {
+                        if x == b'"' || x == b'\\' {
+                            want |= 1 << i;
+                        }
+                    }
+                    assert_eq!(quote_or_backslash_64(&block), want, "{block:?}");
+                    assert_eq!(portable::quote_or_backslash_64(&block), want, "{block:?}");
+                }
+            }
+        }
+    }
+
+    /// Every quote and backslash of `buf` at or after `from`, one byte at a time.
+    fn hits_by_bytes(buf: &[u8], from: usize) -> alloc::vec::Vec<usize> {
+        (from..buf.len())
+            .filter(|&i| buf[i] == b'"' || buf[i] == b'\\')
+            .collect()
+    }
+
+    /// Bytes that make JSON strings interesting: quotes, backslashes (runs of them, across
+    /// block edges), multi-byte UTF-8, control and plain bytes.
+    fn interesting_bytes() -> impl proptest::strategy::Strategy<Value = alloc::vec::Vec<u8>> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            Just(b"\"".to_vec()),
+            Just(b"\\".to_vec()),
+            Just(b"\\\\\\".to_vec()),
+            Just(b"\\\"".to_vec()),
+            Just("\u{e9}\u{4e2d}\u{1f680}".as_bytes().to_vec()),
+            Just(b"\\u0001".to_vec()),
+            proptest::collection::vec(0u8..=255, 0..80),
+            proptest::collection::vec(b'a'..=b'z', 0..80),
+        ];
+        proptest::collection::vec(piece, 0..16).prop_map(|p| p.concat())
+    }
+
+    #[test]
+    fn long_runs_without_hits_are_skipped() {
+        // Runs of every length up to five blocks between hits, from every start in a block.
+        for run in 0..320 {
+            let mut buf = alloc::vec![b'"'];
+            buf.extend(core::iter::repeat_n(b'x', run));
+            buf.extend_from_slice(b"\\\"");
+            buf.extend(core::iter::repeat_n(b'y', run % 70));
+            buf.push(b'"');
+            for from in [0, 1, 30, 63, 64] {
+                let from = from.min(buf.len());
+                let mut hits = Hits::new(&buf, from);
+                let got: alloc::vec::Vec<usize> = core::iter::from_fn(|| hits.next(&buf)).collect();
+                assert_eq!(got, hits_by_bytes(&buf, from), "{run} {from}");
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn hits_are_every_quote_and_backslash_in_order(
+            buf in interesting_bytes(),
+            from in 0usize..400,
+            fours in proptest::collection::vec(proptest::bool::ANY, 0..64),
+        ) {
+            let from = from.min(buf.len());
+            let want = hits_by_bytes(&buf, from);
+            // Popping one at a time, or four at once (the 2nd and 4th given) where the block
+            // at hand holds four, as the caller chooses.
+            let mut hits = Hits::new(&buf, from);
+            let mut got = alloc::vec::Vec::new();
+            let mut fours = fours.into_iter();
+            loop {
+                if fours.next() == Some(true) {
+                    let before = hits;
+                    if let Some([a, b]) = hits.take_four() {
+                        let mut one = before;
+                        let four: alloc::vec::Vec<usize> =
+                            (0..4).map(|_| one.next(&buf).unwrap()).collect();
+                        proptest::prop_assert_eq!([four[1], four[3]], [a, b]);
+                        got.extend(four);
+                        continue;
+                    }
+                    // Nothing given out.
+                    proptest::prop_assert_eq!(format!("{hits:?}"), format!("{before:?}"));
+                }
+                match hits.next(&buf) {
+                    Some(i) => got.push(i),
+                    None => break,
+                }
+            }
+            proptest::prop_assert_eq!(got, want);
         }
     }
 
