@@ -11,37 +11,10 @@ use std::hint::black_box;
 
 use bytes::{Bytes, BytesMut};
 use criterion::{criterion_main, BatchSize, Criterion, Throughput};
-use remora_core::{Codec, Command, Decoded, LanguageCode, SerializeType};
-
-/// `SEND_MESSAGE_V2`.
-const SEND_MESSAGE_V2: i32 = 310;
-/// `HEART_BEAT`.
-const HEART_BEAT: i32 = 34;
-/// `V4_9_4`'s release ordinal, what a 4.9.4 Java client sends.
-const VERSION: i32 = 453;
-const OPAQUE: i32 = 1_234_567;
-
-/// The extension fields a Java producer's `SendMessageRequestHeaderV2` puts on the wire (`l`,
-/// `maxReconsumeTimes`, is null for a normal send and so absent), in the order both codecs write.
-const SEND_EXT: [(&str, &str); 13] = [
-    ("a", "please_rename_unique_group_name"),
-    ("b", "TopicTest"),
-    ("c", "TBW102"),
-    ("d", "4"),
-    ("e", "3"),
-    ("f", "0"),
-    ("g", "1714000000123"),
-    ("h", "0"),
-    (
-        "i",
-        "KEYS\u{1}OrderID188\u{2}UNIQ_KEY\u{1}7F0000017A2418B4AAC24D5F3C900000\u{2}\
-         WAIT\u{1}true\u{2}TAGS\u{1}TagA\u{2}",
-    ),
-    ("j", "0"),
-    ("k", "false"),
-    ("m", "false"),
-    ("n", "broker-a"),
-];
+use remora_benches::fixtures::{
+    body, java_request, read_all, vector_frames, HEART_BEAT, SEND_EXT, SEND_MESSAGE_V2,
+};
+use remora_core::{Codec, Command, Decoded, SerializeType};
 
 /// One request shape; `name` is the last-but-one part of the benchmark id.
 struct Case {
@@ -58,10 +31,7 @@ fn cases() -> Vec<Case> {
             name: len.to_string(),
             code: SEND_MESSAGE_V2,
             ext: &SEND_EXT,
-            body: (0..len)
-                .map(|i| (i % 251) as u8)
-                .collect::<Vec<u8>>()
-                .into(),
+            body: body(len),
         })
         .collect();
     cases.push(Case {
@@ -79,16 +49,7 @@ const TYPES: [(SerializeType, &str); 2] = [
 ];
 
 fn remora_command(case: &Case, ty: SerializeType) -> Command {
-    let mut cmd = Command::request(case.code)
-        .with_opaque(OPAQUE)
-        .with_body(case.body.clone())
-        .with_serialize_type(ty);
-    cmd.language = LanguageCode::JAVA;
-    cmd.version = VERSION;
-    for (k, v) in case.ext {
-        cmd = cmd.with_ext(*k, *v);
-    }
-    cmd
+    java_request(case.code, ty, case.ext, case.body.clone())
 }
 
 /// What `encode/*/remora` does once: the whole frame into a reused buffer.
@@ -167,39 +128,6 @@ fn bench_codec(c: &mut Criterion) {
     }
 }
 
-/// The 44 frames of the shared test vectors (`tests/fixtures/vectors/remoting-vectors.json`):
-/// varied shapes (remarks, escapes, unicode, 0 to 50 extension fields, bodies up to 64 KiB),
-/// none of them the frames above.
-fn vector_frames() -> Vec<BytesMut> {
-    let text = include_str!("../../tests/fixtures/vectors/remoting-vectors.json");
-    let mut frames = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("\"hex\": \"") {
-        rest = &rest[at + 8..];
-        let end = rest.find('"').expect("a closing quote");
-        let hex = &rest[..end];
-        let bytes: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-            .collect();
-        frames.push(BytesMut::from(&bytes[..]));
-        rest = &rest[end..];
-    }
-    assert_eq!(frames.len(), 44, "the vector file holds 44 frames");
-    frames
-}
-
-/// Reads every field of `cmd` once (what a program that uses the whole command pays).
-fn remora_read_all(cmd: &Command) -> usize {
-    let mut n = (cmd.code ^ cmd.version ^ cmd.opaque ^ cmd.flag) as usize;
-    n += usize::from(cmd.language.0) + usize::from(cmd.serialize_type.code());
-    n += cmd.remark().map_or(0, str::len);
-    for (k, v) in cmd.ext_fields() {
-        n += k.len() + v.len();
-    }
-    n + cmd.body().len()
-}
-
 /// Decoding the 44 vector frames, and decoding them and reading every field; one iteration
 /// handles all 44 (`Throughput::Elements(44)`).
 fn bench_vectors(c: &mut Criterion) {
@@ -220,7 +148,7 @@ fn bench_vectors(c: &mut Criterion) {
                     for buf in bufs.iter_mut() {
                         let cmd = remora_decode(&codec, black_box(buf));
                         if read {
-                            n += remora_read_all(&cmd);
+                            n += read_all(&cmd);
                         }
                         drop(black_box(cmd));
                     }
@@ -256,60 +184,18 @@ mod reference {
     use std::collections::HashMap;
     use std::hint::black_box;
 
-    use bytes::{BufMut, BytesMut};
-    use cheetah_string::CheetahString;
+    use bytes::BytesMut;
     use criterion::measurement::WallTime;
     use criterion::{BatchSize, BenchmarkGroup};
+    use remora_benches::fixtures::reference::{decode, encode, java_request, read_all};
     use remora_core::{Codec, Command, SerializeType};
-    use rocketmq_protocol::protocol::{LanguageCode, SerializeType as RefType};
     use rocketmq_protocol::RemotingCommand;
 
-    use super::{remora_decode, Case, OPAQUE, VERSION};
+    use super::{remora_decode, Case};
 
-    fn ref_type(ty: SerializeType) -> RefType {
-        match ty {
-            SerializeType::Json => RefType::JSON,
-            SerializeType::RocketMq => RefType::ROCKETMQ,
-        }
-    }
-
-    /// The request as a user of the reference builds it: extension fields as its string map
-    /// (what Remora's `ExtFields` is), the body only when there is one.
+    /// The case's request as a user of the reference builds it.
     fn command(case: &Case, ty: SerializeType) -> RemotingCommand {
-        let mut cmd = RemotingCommand::create_remoting_command(case.code)
-            .set_language(LanguageCode::JAVA)
-            .set_version(VERSION)
-            .set_opaque(OPAQUE)
-            .set_serialize_type(ref_type(ty));
-        if !case.ext.is_empty() {
-            let ext: HashMap<CheetahString, CheetahString> = case
-                .ext
-                .iter()
-                .map(|(k, v)| (CheetahString::from_slice(k), CheetahString::from_slice(v)))
-                .collect();
-            cmd = cmd.set_ext_fields(ext);
-        }
-        if !case.body.is_empty() {
-            cmd = cmd.set_body(case.body.clone());
-        }
-        cmd
-    }
-
-    /// The reference's fastest complete-frame encode into a caller's buffer: its
-    /// `try_fast_header_encode` (length prefix, marker and header, the frame length counting the
-    /// body) followed by the body, as its `EncodedFrame::copy_to` lays it out.
-    fn encode(cmd: &mut RemotingCommand, buf: &mut BytesMut) {
-        buf.clear();
-        cmd.try_fast_header_encode(buf).expect("reference encodes");
-        if let Some(body) = cmd.body() {
-            buf.put_slice(body);
-        }
-    }
-
-    fn decode(buf: &mut BytesMut) -> RemotingCommand {
-        RemotingCommand::decode(buf)
-            .expect("reference decodes")
-            .expect("reference frame is complete")
+        java_request(case.code, ty, case.ext, &case.body)
     }
 
     /// Asserts, outside the timed loops, that each side decodes the other's frame to the same
@@ -362,20 +248,6 @@ mod reference {
             assert_eq!(got.body().map_or(&[][..], |b| &b[..]), cmd.body(), "{what}");
         }
         reference_frame
-    }
-
-    /// Reads every field of a reference command once (its extension map is built on first
-    /// access).
-    fn read_all(cmd: &RemotingCommand) -> usize {
-        let mut n = (cmd.code() ^ cmd.version() ^ cmd.opaque() ^ cmd.flag()) as usize;
-        n += usize::from(cmd.language().get_code());
-        n += cmd.remark().map_or(0, |r| r.len());
-        if let Some(ext) = cmd.ext_fields() {
-            for (k, v) in ext.iter() {
-                n += k.len() + v.len();
-            }
-        }
-        n + cmd.body().map_or(0, |b| b.len())
     }
 
     pub(super) fn bench_vectors(

@@ -21,77 +21,25 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use remora_core::{
-    Codec, Command, Config, Connection, Decoded, Event, Instant, LanguageCode, SerializeType,
-};
+use remora_benches::fixtures::{self, read_all, vector_frames};
+use remora_core::{Codec, Command, Config, Connection, Decoded, Event, Instant, SerializeType};
 
+/// The bench's `SEND_MESSAGE_V2` request with a 64-byte body (`send`), or the heartbeat.
 fn send_request(ty: SerializeType, send: bool) -> Command {
-    let mut cmd = Command::request(if send { 310 } else { 34 })
-        .with_opaque(1_234_567)
-        .with_serialize_type(ty);
-    cmd.language = LanguageCode::JAVA;
-    cmd.version = 453;
     if send {
-        cmd = cmd.with_body(vec![7u8; 64]);
-        for (k, v) in [
-            ("a", "please_rename_unique_group_name"),
-            ("b", "TopicTest"),
-            ("c", "TBW102"),
-            ("d", "4"),
-            ("e", "3"),
-            ("f", "0"),
-            ("g", "1714000000123"),
-            ("h", "0"),
-            ("i", "KEYS\u{1}OrderID188\u{2}UNIQ_KEY\u{1}7F0000017A2418B4AAC24D5F3C900000\u{2}WAIT\u{1}true\u{2}TAGS\u{1}TagA\u{2}"),
-            ("j", "0"),
-            ("k", "false"),
-            ("m", "false"),
-            ("n", "broker-a"),
-        ] {
-            cmd = cmd.with_ext(k, v);
-        }
+        fixtures::send_request(ty, 64)
+    } else {
+        fixtures::heartbeat(ty)
     }
-    cmd
 }
 
 /// The criterion bench's command: `SEND_MESSAGE_V2` with a body of `body` bytes, or (`None`)
 /// the heartbeat.
 fn encode_command(ty: SerializeType, body: Option<usize>) -> Command {
-    let Some(len) = body else {
-        return send_request(ty, false);
-    };
-    let mut cmd = send_request(ty, true);
-    cmd.set_body((0..len).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
-    cmd
-}
-
-fn vector_frames() -> Vec<BytesMut> {
-    let text = include_str!("../../tests/fixtures/vectors/remoting-vectors.json");
-    let mut frames = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("\"hex\": \"") {
-        rest = &rest[at + 8..];
-        let end = rest.find('"').expect("a closing quote");
-        let hex = &rest[..end];
-        let bytes: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-            .collect();
-        frames.push(BytesMut::from(&bytes[..]));
-        rest = &rest[end..];
+    match body {
+        Some(len) => fixtures::send_request(ty, len),
+        None => fixtures::heartbeat(ty),
     }
-    frames
-}
-
-/// Reads every field of `cmd` once.
-fn remora_read_all(cmd: &Command) -> usize {
-    let mut n = (cmd.code ^ cmd.version ^ cmd.opaque ^ cmd.flag) as usize;
-    n += usize::from(cmd.language.0);
-    n += cmd.remark().map_or(0, str::len);
-    for (k, v) in cmd.ext_fields() {
-        n += k.len() + v.len();
-    }
-    n + cmd.body().len()
 }
 
 fn main() {
@@ -198,7 +146,7 @@ fn main() {
                 match codec.decode(black_box(buf)) {
                     Ok(Decoded::Command(cmd)) => {
                         if read {
-                            sum += remora_read_all(&cmd);
+                            sum += read_all(&cmd);
                         }
                         drop(black_box(cmd));
                     }
@@ -212,61 +160,23 @@ fn main() {
 
 #[cfg(feature = "reference")]
 fn ref_decode(buf: &mut BytesMut, read: bool) -> usize {
-    let cmd = rocketmq_protocol::RemotingCommand::decode(buf)
-        .expect("reference decodes")
-        .expect("a whole frame");
-    let mut n = 0;
-    if read {
-        n = (cmd.code() ^ cmd.version() ^ cmd.opaque() ^ cmd.flag()) as usize;
-        n += usize::from(cmd.language().get_code());
-        n += cmd.remark().map_or(0, |r| r.len());
-        if let Some(ext) = cmd.ext_fields() {
-            for (k, v) in ext.iter() {
-                n += k.len() + v.len();
-            }
-        }
-        n += cmd.body().map_or(0, |b| b.len());
-    }
+    use fixtures::reference;
+    let cmd = reference::decode(buf);
+    let n = if read { reference::read_all(&cmd) } else { 0 };
     drop(black_box(cmd));
     n
 }
 
 #[cfg(feature = "reference")]
 fn ref_encode(ty: SerializeType, body: Option<usize>, n: usize, buf: &mut BytesMut) -> usize {
-    use bytes::BufMut;
-    use cheetah_string::CheetahString;
-    use rocketmq_protocol::protocol::{LanguageCode as RefLanguage, SerializeType as RefType};
-    use std::collections::HashMap;
+    use fixtures::reference;
 
     let ours = encode_command(ty, body);
-    let mut cmd = rocketmq_protocol::RemotingCommand::create_remoting_command(ours.code)
-        .set_language(RefLanguage::JAVA)
-        .set_version(ours.version)
-        .set_opaque(ours.opaque)
-        .set_serialize_type(match ty {
-            SerializeType::Json => RefType::JSON,
-            SerializeType::RocketMq => RefType::ROCKETMQ,
-        });
-    if !ours.ext_fields().is_empty() {
-        let ext: HashMap<CheetahString, CheetahString> = ours
-            .ext_fields()
-            .iter()
-            .map(|(k, v)| (CheetahString::from_slice(k), CheetahString::from_slice(v)))
-            .collect();
-        cmd = cmd.set_ext_fields(ext);
-    }
-    if !ours.body().is_empty() {
-        cmd = cmd.set_body(ours.body_bytes());
-    }
+    let ext: Vec<(&str, &str)> = ours.ext_fields().iter().collect();
+    let mut cmd = reference::java_request(ours.code, ty, &ext, &ours.body_bytes());
     let mut sum = 0;
     for _ in 0..=n {
-        buf.clear();
-        black_box(&mut cmd)
-            .try_fast_header_encode(buf)
-            .expect("reference encodes");
-        if let Some(body) = cmd.body() {
-            buf.put_slice(body);
-        }
+        reference::encode(black_box(&mut cmd), buf);
         sum += black_box(&*buf).len();
     }
     sum
