@@ -10,13 +10,13 @@
 //! heap bytes per waiter at 100,000 waiters (counting allocator) and the structural figure.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
-use remora_core::{Command, Config, Connection, Event, Instant, SerializeType};
+use remora_benches::machine::{pair, round_trips};
+use remora_core::{Command, Config, Connection, Instant, SerializeType};
 
 struct Counting;
 
@@ -47,46 +47,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// One step: `batch` requests from client to server and their responses back.
-fn round_trips(
-    client: &mut Connection,
-    server: &mut Connection,
-    batch: usize,
-    ty: SerializeType,
-    body: &Bytes,
-) {
-    let now = Instant::ZERO;
-    let deadline = now + Duration::from_secs(3600);
-    for _ in 0..batch {
-        let request = Command::request(310)
-            .with_serialize_type(ty)
-            .with_body(body.clone());
-        client.send_request(request, deadline, now).unwrap();
-    }
-    while let Some(bytes) = client.take_transmit() {
-        server.handle_input(&bytes, now);
-    }
-    while let Some(event) = server.poll_event() {
-        if let Event::Request { request, command } = event {
-            let body = command.body_bytes();
-            let response = command.response(0).with_body(body);
-            server.send_response(request, response).unwrap();
-        }
-    }
-    while let Some(bytes) = server.take_transmit() {
-        client.handle_input(&bytes, now);
-    }
-    let mut answered = 0;
-    while let Some(event) = client.poll_event() {
-        if let Event::Response { response, .. } = event {
-            assert_eq!(response.body().len(), body.len());
-            black_box(response);
-            answered += 1;
-        }
-    }
-    assert_eq!(answered, batch);
-}
-
 fn bench(c: &mut Criterion) {
     let big = Bytes::from(vec![0x42u8; 64 * 1024]);
     for (group_name, batch, body) in [
@@ -100,11 +60,13 @@ fn bench(c: &mut Criterion) {
             ("json", SerializeType::Json),
             ("rocketmq", SerializeType::RocketMq),
         ] {
-            let mut client = Connection::new(Config::default());
-            let mut server = Connection::new(Config::default());
+            let (mut client, mut server) = pair();
             round_trips(&mut client, &mut server, batch, ty, &body); // warm the buffers
             group.bench_function(name, |b| {
-                b.iter(|| round_trips(&mut client, &mut server, batch, ty, &body))
+                b.iter(|| {
+                    let answered = round_trips(&mut client, &mut server, batch, ty, &body);
+                    assert_eq!(answered, batch);
+                })
             });
         }
         group.finish();

@@ -18,11 +18,11 @@
 //! N up to 2000, so filling them cancels out; use N = 2000.
 
 use std::hint::black_box;
-use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use remora_benches::fixtures::{self, read_all, vector_frames};
-use remora_core::{Codec, Command, Config, Connection, Decoded, Event, Instant, SerializeType};
+use remora_benches::machine::{pair, round_trips};
+use remora_core::{Codec, Command, Decoded, SerializeType};
 
 /// The bench's `SEND_MESSAGE_V2` request with a 64-byte body (`send`), or the heartbeat.
 fn send_request(ty: SerializeType, send: bool) -> Command {
@@ -56,29 +56,9 @@ fn main() {
         } else {
             SerializeType::RocketMq
         };
-        let mut client = Connection::new(Config::default());
-        let mut server = Connection::new(Config::default());
-        let now = Instant::ZERO;
-        let deadline = now + Duration::from_secs(3600);
+        let (mut client, mut server) = pair();
         for _ in 0..n {
-            let request = Command::request(310).with_serialize_type(ty);
-            client.send_request(request, deadline, now).unwrap();
-            while let Some(bytes) = client.take_transmit() {
-                server.handle_input(&bytes, now);
-            }
-            while let Some(event) = server.poll_event() {
-                if let Event::Request { request, command } = event {
-                    server.send_response(request, command.response(0)).unwrap();
-                }
-            }
-            while let Some(bytes) = server.take_transmit() {
-                client.handle_input(&bytes, now);
-            }
-            while let Some(event) = client.poll_event() {
-                if let Event::Response { response, .. } = event {
-                    sum += black_box(response).opaque as usize;
-                }
-            }
+            sum += round_trips(&mut client, &mut server, 1, ty, &Bytes::new());
         }
         println!("{sum}");
         return;

@@ -7,63 +7,20 @@
 //!
 //! A counting global allocator counts the allocations made by this test's thread.
 
-use std::time::Duration;
-
 use bytes::Bytes;
-use remora_core::{Command, Config, Connection, Event, Instant, SerializeType};
+use remora_benches::machine::{pair, round_trips};
+use remora_core::{Command, SerializeType};
 use remora_tests::alloc::{thread_allocations, ThreadCounting};
 
 #[global_allocator]
 static GLOBAL: ThreadCounting = ThreadCounting;
-
-/// `batch` requests from client to server and their responses back, as the connection bench
-/// does (bytes moved with `take_transmit` + `handle_input`); returns the responses matched.
-fn round_trips(
-    client: &mut Connection,
-    server: &mut Connection,
-    batch: usize,
-    ty: SerializeType,
-    body: &Bytes,
-) -> usize {
-    let now = Instant::ZERO;
-    let deadline = now + Duration::from_secs(3600);
-    for _ in 0..batch {
-        let request = Command::request(310)
-            .with_serialize_type(ty)
-            .with_body(body.clone());
-        client.send_request(request, deadline, now).unwrap();
-    }
-    while let Some(bytes) = client.take_transmit() {
-        server.handle_input(&bytes, now);
-    }
-    while let Some(event) = server.poll_event() {
-        if let Event::Request { request, command } = event {
-            let body = command.body_bytes();
-            server
-                .send_response(request, command.response(0).with_body(body))
-                .unwrap();
-        }
-    }
-    while let Some(bytes) = server.take_transmit() {
-        client.handle_input(&bytes, now);
-    }
-    let mut answered = 0;
-    while let Some(event) = client.poll_event() {
-        if let Event::Response { response, .. } = event {
-            assert_eq!(response.body().len(), body.len());
-            answered += 1;
-        }
-    }
-    answered
-}
 
 #[test]
 fn a_warm_round_trip_allocates_nothing() {
     for ty in [SerializeType::RocketMq, SerializeType::Json] {
         for (body_len, batch) in [(0usize, 1usize), (0, 64), (100, 1), (100, 64)] {
             let body = Bytes::from(vec![0x42u8; body_len]);
-            let mut client = Connection::new(Config::default());
-            let mut server = Connection::new(Config::default());
+            let (mut client, mut server) = pair();
             // Warm: buffers, queues, slab and heap reach their working size.
             for _ in 0..200 {
                 assert_eq!(
@@ -91,8 +48,7 @@ fn a_warm_round_trip_allocates_nothing() {
 fn a_64_kib_round_trip_allocates_at_most_one_buffer_per_side() {
     for ty in [SerializeType::RocketMq, SerializeType::Json] {
         let body = Bytes::from(vec![0x42u8; 64 * 1024]);
-        let mut client = Connection::new(Config::default());
-        let mut server = Connection::new(Config::default());
+        let (mut client, mut server) = pair();
         for _ in 0..10 {
             assert_eq!(round_trips(&mut client, &mut server, 1, ty, &body), 1);
         }
