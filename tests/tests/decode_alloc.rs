@@ -6,50 +6,17 @@
 //! A counting global allocator counts the allocations made by this test's thread.
 
 use bytes::BytesMut;
-use remora_core::{Codec, Command, Decoded, LanguageCode, SerializeType};
+use remora_benches::fixtures::{self, read_all};
+use remora_core::{Codec, Command, Decoded, SerializeType};
 use remora_tests::alloc::{thread_allocations, ThreadCounting};
 use remora_tests::{read_fixture, unhex};
 
 #[global_allocator]
 static GLOBAL: ThreadCounting = ThreadCounting;
 
-/// Reads every field, as a program using the whole command would.
-fn read_all(cmd: &Command) -> usize {
-    let mut n = (cmd.code ^ cmd.version ^ cmd.opaque ^ cmd.flag) as usize;
-    n += usize::from(cmd.language.0);
-    n += cmd.remark().map_or(0, str::len);
-    for (k, v) in cmd.ext_fields() {
-        n += k.len() + v.len();
-    }
-    n += cmd.ext("topic").map_or(0, str::len);
-    n + cmd.body().len()
-}
-
+/// The producer's `SEND_MESSAGE_V2` request as the codec bench sends it, with a 128-byte body.
 fn send_request(ty: SerializeType) -> Command {
-    let mut cmd = Command::request(310)
-        .with_opaque(1_234_567)
-        .with_serialize_type(ty)
-        .with_body(vec![7u8; 128]);
-    cmd.language = LanguageCode::JAVA;
-    cmd.version = 453;
-    for (k, v) in [
-        ("a", "please_rename_unique_group_name"),
-        ("b", "TopicTest"),
-        ("c", "TBW102"),
-        ("d", "4"),
-        ("e", "3"),
-        ("f", "0"),
-        ("g", "1714000000123"),
-        ("h", "0"),
-        ("i", "KEYS\u{1}OrderID188\u{2}UNIQ_KEY\u{1}7F0000017A2418B4AAC24D5F3C900000\u{2}WAIT\u{1}true\u{2}TAGS\u{1}TagA\u{2}"),
-        ("j", "0"),
-        ("k", "false"),
-        ("m", "false"),
-        ("n", "broker-a"),
-    ] {
-        cmd = cmd.with_ext(k, v);
-    }
-    cmd
+    fixtures::send_request(ty, 128)
 }
 
 #[test]
