@@ -64,7 +64,7 @@ pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Fixed, DecodeError
         let Some(text) = header.get(pos..pos + remark_len) else {
             return Err(overrun(BinaryField::Remark, pos));
         };
-        if core::str::from_utf8(text).is_err() {
+        if !remark_is_utf8(text) {
             return Err(DecodeError::BinaryInvalidUtf8 {
                 field: BinaryField::Remark,
                 offset: pos,
@@ -82,6 +82,19 @@ pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Fixed, DecodeError
         out.has_ext = check_ext_block(header, ext_start, ext_start + ext_len, limits)? > 0;
     }
     Ok(out)
+}
+
+/// Whether a remark is UTF-8: an ASCII check first (most remarks are ASCII, and it is a few
+/// wide ORs), then, if it has a high byte, `core::str::from_utf8` (under 64 bytes) or
+/// `simdutf8` from the first 64-byte block with a high byte on (SIMD where the target has it).
+#[inline]
+fn remark_is_utf8(text: &[u8]) -> bool {
+    if text.len() < 64 {
+        scan::is_ascii(text) || core::str::from_utf8(text).is_ok()
+    } else {
+        let ascii = scan::ascii_prefix(text);
+        ascii == text.len() || simdutf8::basic::from_utf8(&text[ascii..]).is_ok()
+    }
 }
 
 /// The non-negative `i32` length at `at`.
@@ -636,6 +649,35 @@ mod tests {
                     zero_one_masks_portable(&w),
                     "{at} {byte}"
                 );
+            }
+        }
+    }
+
+    /// A remark is UTF-8 exactly when `core::str::from_utf8` says so: ASCII, short and long
+    /// non-ASCII text, and a bad byte at every position.
+    #[test]
+    fn remark_check_matches_from_utf8() {
+        for text in [
+            "No topic route info",
+            "消息发送失败，请检查网络",
+            "ok 🚀 done ✅ 𝄞 end",
+        ] {
+            for repeat in [1, 2, 5, 9] {
+                let t = text.repeat(repeat);
+                let mut b = t.into_bytes();
+                assert!(remark_is_utf8(&b));
+                for at in 0..b.len() {
+                    for bad in [0x80u8, 0xC0, 0xFF, b'a'] {
+                        let old = b[at];
+                        b[at] = bad;
+                        assert_eq!(
+                            remark_is_utf8(&b),
+                            core::str::from_utf8(&b).is_ok(),
+                            "{at} {bad}"
+                        );
+                        b[at] = old;
+                    }
+                }
             }
         }
     }

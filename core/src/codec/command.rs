@@ -1023,6 +1023,33 @@ impl Command {
         }
     }
 
+    /// A decoded frame that the decoder found holds a remark, an extension field or a body
+    /// (so the command keeps it): [`Command::decoded`] without looking again.
+    #[inline(always)]
+    pub(crate) fn decoded_frame(
+        fixed: Fixed,
+        ty: SerializeType,
+        frame: Bytes,
+        ext_at: u32,
+    ) -> Self {
+        Command {
+            code: fixed.code,
+            opaque: fixed.opaque,
+            flag: fixed.flag,
+            version: fixed.version,
+            language: fixed.language,
+            serialize_type: ty,
+            layout: match ty {
+                SerializeType::Json => Layout::JsonFrame,
+                SerializeType::RocketMq => Layout::RocketMqFrame,
+            },
+            has_remark: fixed.has_remark,
+            ext_at,
+            buf: frame,
+            owned: None,
+        }
+    }
+
     /// A decoded command with nothing but its fixed fields (no remark, fields or body).
     #[inline]
     pub(crate) fn bare(fixed: Fixed, ty: SerializeType) -> Self {
@@ -1133,6 +1160,7 @@ impl Command {
     }
 
     /// The remark, if any: free text, mostly the reason of an error response.
+    #[inline]
     pub fn remark(&self) -> Option<&str> {
         if self.layout != Layout::Built && !self.has_remark {
             return None;
