@@ -90,11 +90,25 @@ pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Fixed, DecodeError
 #[inline]
 fn remark_is_utf8(text: &[u8]) -> bool {
     if text.len() < 64 {
-        scan::is_ascii(text) || core::str::from_utf8(text).is_ok()
+        scan::is_ascii(text) || is_utf8(text)
     } else {
         let ascii = scan::ascii_prefix(text);
-        ascii == text.len() || simdutf8::basic::from_utf8(&text[ascii..]).is_ok()
+        ascii == text.len() || is_utf8(&text[ascii..])
     }
+}
+
+/// Whether `bytes` (not ASCII) is UTF-8: `simdutf8` (SIMD where the target has it), a text
+/// under 64 bytes copied into 64 zeroed ones first so that it takes the SIMD path too (the
+/// zeros are ASCII: the copy is UTF-8 exactly when the text is, a character cut at its end
+/// stays cut).
+#[inline(never)]
+fn is_utf8(bytes: &[u8]) -> bool {
+    if bytes.len() >= 64 {
+        return simdutf8::basic::from_utf8(bytes).is_ok();
+    }
+    let mut block = [0u8; 64];
+    block[..bytes.len()].copy_from_slice(bytes);
+    simdutf8::basic::from_utf8(&block).is_ok()
 }
 
 /// The non-negative `i32` length at `at`.
@@ -167,12 +181,7 @@ fn count_utf8_entries(block: &[u8]) -> Option<usize> {
         p = next;
         count += usize::from(value_len != 0);
     }
-    let utf8 = if block.len() >= 64 {
-        simdutf8::basic::from_utf8(block).is_ok()
-    } else {
-        core::str::from_utf8(block).is_ok()
-    };
-    utf8.then_some(count)
+    is_utf8(block).then_some(count)
 }
 
 /// Whether no byte of `block` has its high bit set: 64 bytes a step (SSE2 on x86_64) for
