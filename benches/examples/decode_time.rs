@@ -11,7 +11,8 @@
 //!   properties, holds 8 `\u00XX` escapes); `json-send-one`: that with one escape left,
 //!   `json-send-plain`: none; `json-body`: the heartbeat with a 4-byte body (split off as `Bytes`
 //!   rather than skipped); `json-tiny`: that and 13 one-byte fields;
-//! - `vectors` (the 44 shared vector frames, both header types).
+//! - `vectors` (the 44 shared vector frames, both header types); with `PER_VECTOR` set in the
+//!   environment, also each of them alone as `vector-NN`.
 //!
 //! Each case is timed
 //! - `fresh`: each frame in its own freshly cloned `BytesMut`, as the criterion bench's
@@ -220,6 +221,13 @@ fn main() {
         cases.push((name, vec![frame]));
     }
     cases.push(("vectors", vector_frames()));
+    if std::env::var_os("PER_VECTOR").is_some() {
+        // Each vector alone, as `vector-NN` (NN: its place in the fixture file).
+        for (i, frame) in vector_frames().into_iter().enumerate() {
+            let name: &'static str = format!("vector-{i:02}").leak();
+            cases.push((name, vec![frame]));
+        }
+    }
     let mut sum = 0usize;
     for (case, frames) in &cases {
         // Frames per round: 250, or a whole number of passes over the vectors.

@@ -64,7 +64,7 @@ pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Fixed, DecodeError
         let Some(text) = header.get(pos..pos + remark_len) else {
             return Err(overrun(BinaryField::Remark, pos));
         };
-        if core::str::from_utf8(text).is_err() {
+        if !remark_is_utf8(text) {
             return Err(DecodeError::BinaryInvalidUtf8 {
                 field: BinaryField::Remark,
                 offset: pos,
@@ -82,6 +82,33 @@ pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Fixed, DecodeError
         out.has_ext = check_ext_block(header, ext_start, ext_start + ext_len, limits)? > 0;
     }
     Ok(out)
+}
+
+/// Whether a remark is UTF-8: an ASCII check first (most remarks are ASCII, and it is a few
+/// wide ORs), then, if it has a high byte, `core::str::from_utf8` (under 64 bytes) or
+/// `simdutf8` from the first 64-byte block with a high byte on (SIMD where the target has it).
+#[inline]
+fn remark_is_utf8(text: &[u8]) -> bool {
+    if text.len() < 64 {
+        scan::is_ascii(text) || is_utf8(text)
+    } else {
+        let ascii = scan::ascii_prefix(text);
+        ascii == text.len() || is_utf8(&text[ascii..])
+    }
+}
+
+/// Whether `bytes` (not ASCII) is UTF-8: `simdutf8` (SIMD where the target has it), a text
+/// under 64 bytes copied into 64 zeroed ones first so that it takes the SIMD path too (the
+/// zeros are ASCII: the copy is UTF-8 exactly when the text is, a character cut at its end
+/// stays cut).
+#[inline(never)]
+fn is_utf8(bytes: &[u8]) -> bool {
+    if bytes.len() >= 64 {
+        return simdutf8::basic::from_utf8(bytes).is_ok();
+    }
+    let mut block = [0u8; 64];
+    block[..bytes.len()].copy_from_slice(bytes);
+    simdutf8::basic::from_utf8(&block).is_ok()
 }
 
 /// The non-negative `i32` length at `at`.
@@ -113,14 +140,48 @@ fn check_ext_block(
     let block_ascii = is_ascii(block);
     // In a block no longer than `max_string_len`, no string can pass that limit without also
     // overrunning the block, which the quick walk does check.
-    if block_ascii && block.len() <= limits.max_string_len {
-        if let Some(count) = count_ext_entries(block) {
+    if block.len() <= limits.max_string_len {
+        let count = match block_ascii {
+            true => count_ext_entries(block),
+            false => count_utf8_entries(block),
+        };
+        if let Some(count) = count {
             if count <= limits.max_ext_fields {
                 return Ok(count);
             }
         }
     }
     check_ext_block_exactly(header, start, end, limits, block_ascii)
+}
+
+/// [`count_ext_entries`] of a block that is not ASCII, its strings' UTF-8 checked at once: if
+/// the whole block is UTF-8 and every string starts and ends on a character boundary (its
+/// first byte, and the byte after it, is not a continuation byte), every string is UTF-8 — it
+/// is a run of whole characters of a valid text. One check of the block (SIMD from 64 bytes)
+/// instead of one per string. `None` if an entry overruns the block, a string does not start
+/// or end on a boundary, or the block is not UTF-8 (a length's bytes can make it so while
+/// every string is valid): the exact walk then decides, string by string.
+#[inline(never)]
+fn count_utf8_entries(block: &[u8]) -> Option<usize> {
+    // Whether `i` is a character boundary of `block` (its end is one).
+    let boundary = |i: usize| !matches!(block.get(i), Some(&b) if (b as i8) < -0x40);
+    let (mut p, mut count) = (0, 0);
+    while p < block.len() {
+        let &[k0, k1] = block.get(p..p + 2)? else {
+            return None;
+        };
+        let key_at = p + 2;
+        let (next, value_len) = ext_entry(block, p, usize::from(u16::from_be_bytes([k0, k1])))?;
+        let value_at = next - value_len;
+        // Both strings' first bytes and the bytes after them (the value's length, the next
+        // entry's key length or the block's end).
+        if !(boundary(key_at) && boundary(value_at - 4) && boundary(value_at) && boundary(next)) {
+            return None;
+        }
+        p = next;
+        count += usize::from(value_len != 0);
+    }
+    is_utf8(block).then_some(count)
 }
 
 /// Whether no byte of `block` has its high bit set: 64 bytes a step (SSE2 on x86_64) for
@@ -562,6 +623,89 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The same for blocks of text that is not ASCII (any characters, so strings of
+        /// 1–4-byte characters, lengths whose bytes are not ASCII, bytes changed inside a
+        /// character or at a string's edge), which the walk checks for UTF-8 as one block.
+        #[test]
+        fn the_utf8_block_walk_answers_as_the_exact_one(
+            entries in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![3 => "\\PC{0,4}", 1 => "\\PC{30,70}"],
+                    proptest::prop_oneof![3 => "\\PC{0,6}", 1 => "\\PC{30,70}"],
+                ),
+                0..6,
+            ),
+            flips in proptest::collection::vec((0usize..2000, 0u8..=255), 0..3),
+            max_string_len in proptest::prop_oneof![Just(4usize), Just(64), Just(1 << 20)],
+            max_ext_fields in 0usize..7,
+        ) {
+            let entries: Vec<(Vec<u8>, Vec<u8>)> = entries
+                .into_iter()
+                .map(|(k, v)| (k.into_bytes(), v.into_bytes()))
+                .collect();
+            let mut block = ext_block(&entries);
+            for (at, byte) in flips {
+                if !block.is_empty() {
+                    let at = at % block.len();
+                    block[at] = byte;
+                }
+            }
+            let limits = Limits { max_string_len, max_ext_fields, ..Limits::default() };
+            proptest::prop_assert_eq!(
+                check_ext_block(&block, 0, block.len(), &limits),
+                check_ext_block_exactly(&block, 0, block.len(), &limits, block.is_ascii())
+            );
+        }
+    }
+
+    /// A block of text that is not ASCII is taken by the one-check walk when every length is
+    /// ASCII, and falls back (same answer) when a length's byte is not or a string is cut
+    /// inside a character.
+    #[test]
+    fn a_utf8_block_is_checked_at_once() {
+        let limits = Limits::default();
+        let entries = vec![
+            ("主题".as_bytes().to_vec(), "🚀✅".as_bytes().to_vec()),
+            (b"k".to_vec(), "ключ значение".as_bytes().to_vec()),
+            (b"e".to_vec(), vec![]),
+        ];
+        let block = ext_block(&entries);
+        assert_eq!(count_utf8_entries(&block), Some(2));
+        assert_eq!(check_ext_block(&block, 0, block.len(), &limits), Ok(2));
+        // A value of 200 bytes: its length's last byte (0xC8) is not UTF-8 in the block.
+        let long = vec![(b"k".to_vec(), "é".repeat(100).into_bytes())];
+        let block = ext_block(&long);
+        assert_eq!(count_utf8_entries(&block), None);
+        assert_eq!(check_ext_block(&block, 0, block.len(), &limits), Ok(1));
+        // A key ending inside a character and a value starting inside it: the block is
+        // UTF-8, the strings are not.
+        let mut block = ext_block(&[(vec![b'a', 0xE4], vec![0xB8, 0xBB, b'b'])]);
+        assert_eq!(count_utf8_entries(&block), None);
+        assert!(check_ext_block(&block, 0, block.len(), &limits).is_err());
+        // A value of 195 bytes that starts inside a character: its length's last byte
+        // (0xC3) and its first (0xA9) make "é", so the block is UTF-8 and the value is not.
+        // The same for a key of 195 bytes.
+        let mut inside = vec![0xA9];
+        inside.extend_from_slice(&[b'a'; 194]);
+        for entry in [(b"k".to_vec(), inside.clone()), (inside, b"v".to_vec())] {
+            let block = ext_block(&[entry]);
+            assert!(core::str::from_utf8(&block).is_ok());
+            assert_eq!(count_utf8_entries(&block), None);
+            assert!(matches!(
+                check_ext_block(&block, 0, block.len(), &limits),
+                Err(DecodeError::BinaryInvalidUtf8 { .. })
+            ));
+        }
+        // Made whole again by moving the lengths' bytes out of the character: still refused
+        // (the key is cut), by both walks.
+        block[1] = 1;
+        assert_eq!(
+            check_ext_block(&block, 0, block.len(), &limits),
+            check_ext_block_exactly(&block, 0, block.len(), &limits, false)
+        );
+    }
+
     /// An extension block of `entries`.
     fn ext_block(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
         let mut block = vec![];
@@ -636,6 +780,35 @@ mod tests {
                     zero_one_masks_portable(&w),
                     "{at} {byte}"
                 );
+            }
+        }
+    }
+
+    /// A remark is UTF-8 exactly when `core::str::from_utf8` says so: ASCII, short and long
+    /// non-ASCII text, and a bad byte at every position.
+    #[test]
+    fn remark_check_matches_from_utf8() {
+        for text in [
+            "No topic route info",
+            "消息发送失败，请检查网络",
+            "ok 🚀 done ✅ 𝄞 end",
+        ] {
+            for repeat in [1, 2, 5, 9] {
+                let t = text.repeat(repeat);
+                let mut b = t.into_bytes();
+                assert!(remark_is_utf8(&b));
+                for at in 0..b.len() {
+                    for bad in [0x80u8, 0xC0, 0xFF, b'a'] {
+                        let old = b[at];
+                        b[at] = bad;
+                        assert_eq!(
+                            remark_is_utf8(&b),
+                            core::str::from_utf8(&b).is_ok(),
+                            "{at} {bad}"
+                        );
+                        b[at] = old;
+                    }
+                }
             }
         }
     }

@@ -652,8 +652,39 @@ pub(crate) const COMPACT_SKIP: u8 = 0xFC;
 
 /// The next entry of a compacted `extFields` object (`rest` starts at a key's length, or at
 /// the closing `}`); `rest` moves past it (to the `}`'s end when there is none).
+///
+/// The usual entry — key length, key, one `"`, value length, value, one `"`, then the next
+/// key's length or the `}` — is read with two dependent loads (each string's length); anything
+/// else (an unescaped string's padding, a skip, the end) by [`next_compact_general`], which
+/// reads every shape the same way.
 #[inline]
 fn next_compact<'a>(rest: &mut &'a [u8]) -> Option<(&'a str, &'a str)> {
+    let r = *rest;
+    if let Some(&[kh, kl]) = r.first_chunk::<2>() {
+        let key_len = usize::from(kh & 0x7F) << 8 | usize::from(kl);
+        let value_at = 2 + key_len + 3;
+        if let Some(&[b'"', vh, vl]) = r.get(2 + key_len..).and_then(|t| t.first_chunk::<3>()) {
+            let value_len = usize::from(vh & 0x7F) << 8 | usize::from(vl);
+            let value_end = value_at + value_len;
+            // A `"` after the value and no second one (a padding quote) or skip after it;
+            // both lengths with their high bit, as the general reader requires.
+            if let Some(&[b'"', next]) = r.get(value_end..).and_then(|t| t.first_chunk::<2>()) {
+                if kh >= 0x80 && vh >= 0x80 && next != b'"' {
+                    *rest = &r[value_end + 1..];
+                    return Some((
+                        validated_str(&r[2..2 + key_len]),
+                        validated_str(&r[value_at..value_end]),
+                    ));
+                }
+            }
+        }
+    }
+    next_compact_general(rest)
+}
+
+/// [`next_compact`] for any entry of a compacted `extFields` object.
+#[inline(never)]
+fn next_compact_general<'a>(rest: &mut &'a [u8]) -> Option<(&'a str, &'a str)> {
     #[inline(always)]
     fn string(r: &[u8]) -> Option<(&str, &[u8])> {
         let &[hi, lo, ..] = r else { return None };
@@ -1023,6 +1054,33 @@ impl Command {
         }
     }
 
+    /// A decoded frame that the decoder found holds a remark, an extension field or a body
+    /// (so the command keeps it): [`Command::decoded`] without looking again.
+    #[inline(always)]
+    pub(crate) fn decoded_frame(
+        fixed: Fixed,
+        ty: SerializeType,
+        frame: Bytes,
+        ext_at: u32,
+    ) -> Self {
+        Command {
+            code: fixed.code,
+            opaque: fixed.opaque,
+            flag: fixed.flag,
+            version: fixed.version,
+            language: fixed.language,
+            serialize_type: ty,
+            layout: match ty {
+                SerializeType::Json => Layout::JsonFrame,
+                SerializeType::RocketMq => Layout::RocketMqFrame,
+            },
+            has_remark: fixed.has_remark,
+            ext_at,
+            buf: frame,
+            owned: None,
+        }
+    }
+
     /// A decoded command with nothing but its fixed fields (no remark, fields or body).
     #[inline]
     pub(crate) fn bare(fixed: Fixed, ty: SerializeType) -> Self {
@@ -1133,6 +1191,7 @@ impl Command {
     }
 
     /// The remark, if any: free text, mostly the reason of an error response.
+    #[inline]
     pub fn remark(&self) -> Option<&str> {
         if self.layout != Layout::Built && !self.has_remark {
             return None;
@@ -1422,6 +1481,65 @@ mod tests {
         assert_eq!(decoded.ext("c"), Some(v255.as_str()));
         assert_eq!(decoded.ext("b"), None);
         assert_eq!(decoded.ext_fields().len(), 7);
+    }
+
+    /// A compacted JSON `extFields` object reads the same through the usual-entry path of
+    /// `next_compact` as through the general reader alone: plain strings, strings unescaping
+    /// shorter by 1 (a padding `"`) and by 2 or more (a skip), empty ones, keys and values of
+    /// 127, 128, 255 and 256 bytes, a key sent twice, at every place in the object. It fails if
+    /// the fast path takes an entry the general reader reads otherwise.
+    #[test]
+    fn compacted_json_fields_read_as_the_general_reader_reads_them() {
+        use crate::Codec;
+        use alloc::string::String;
+        use alloc::vec::Vec;
+        let long: Vec<String> = [127, 128, 255, 256]
+            .iter()
+            .map(|&n| "z".repeat(n))
+            .collect();
+        let texts: Vec<&str> = [
+            "v",
+            "",
+            r"line\nbreak",
+            r"a\u0001b",
+            r"\u00e9t\u00e9",
+            "TopicTest",
+            r#"tab\tq\""#,
+        ]
+        .into_iter()
+        .chain(long.iter().map(String::as_str))
+        .collect();
+        let codec = Codec::default();
+        let mut compacted = 0;
+        for (i, first) in texts.iter().enumerate() {
+            for (j, second) in texts.iter().enumerate() {
+                let key = ["k", r"key\n", "a"][(i + j) % 3];
+                let header = alloc::format!(
+                    r#"{{"code":310,"extFields":{{"{key}":"{first}","b":"{second}","{second}":"x","a":"{first}"}},"flag":0,"language":"JAVA","opaque":1,"serializeTypeCurrentRPC":"JSON","version":453}}"#
+                );
+                let mut wire = bytes::BytesMut::new();
+                wire.extend_from_slice(&(header.len() as u32 + 4).to_be_bytes());
+                wire.extend_from_slice(&(header.len() as u32).to_be_bytes());
+                wire.extend_from_slice(header.as_bytes());
+                let crate::Decoded::Command(cmd) = codec.decode(&mut wire).unwrap() else {
+                    panic!("{header}")
+                };
+                let ExtSrc::Compact(block) = cmd.ext_fields().src else {
+                    continue;
+                };
+                compacted += 1;
+                let fast: Vec<(&str, &str)> = cmd.ext_fields().iter().collect();
+                let mut rest = block;
+                let mut general = Vec::new();
+                while let Some(entry) = next_compact_general(&mut rest) {
+                    general.push(entry);
+                }
+                assert_eq!(fast, general, "{header}");
+                assert!(!fast.is_empty(), "{header}");
+            }
+        }
+        // Most of them were compacted (more than four escaped strings are not).
+        assert!(compacted > texts.len() * texts.len() / 2, "{compacted}");
     }
 
     #[test]

@@ -119,8 +119,8 @@ impl Codec {
                 frame.advance(at);
             }
             *pos = 0;
-            Ok(Decoded::Command(Command::decoded(
-                fixed, ty, frame, true, ext_at,
+            Ok(Decoded::Command(Command::decoded_frame(
+                fixed, ty, frame, ext_at,
             )))
         } else {
             // Nothing to read from the frame later: skip it instead of splitting it off
