@@ -30,7 +30,10 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use remora_core::{Codec, Command, Decoded, LanguageCode, SerializeType};
+use remora_benches::fixtures::{
+    self, java_request, read_all, vector_frames, HEART_BEAT, SEND_EXT, SEND_MESSAGE_V2,
+};
+use remora_core::{Codec, Command, Decoded, SerializeType};
 
 const PER_ROUND: usize = 250;
 
@@ -44,72 +47,28 @@ enum Escapes {
 }
 
 /// The bench's `SEND_MESSAGE_V2` request (`send`) or heartbeat, in `ty`, with a body of `body`
-/// bytes.
+/// bytes, its message properties escaped as `escapes` says.
 fn send_request(ty: SerializeType, send: bool, body: usize, escapes: Escapes) -> Command {
-    let mut cmd = Command::request(if send { 310 } else { 34 })
-        .with_opaque(1_234_567)
-        .with_serialize_type(ty);
-    cmd.language = LanguageCode::JAVA;
-    cmd.version = 453;
-    if send {
-        for (k, v) in [
-            ("a", "please_rename_unique_group_name"),
-            ("b", "TopicTest"),
-            ("c", "TBW102"),
-            ("d", "4"),
-            ("e", "3"),
-            ("f", "0"),
-            ("g", "1714000000123"),
-            ("h", "0"),
-            ("i", "KEYS\u{1}OrderID188\u{2}UNIQ_KEY\u{1}7F0000017A2418B4AAC24D5F3C900000\u{2}WAIT\u{1}true\u{2}TAGS\u{1}TagA\u{2}"),
-            ("j", "0"),
-            ("k", "false"),
-            ("m", "false"),
-            ("n", "broker-a"),
-        ] {
-            let plain = |v: &str| v.replace('\u{1}', "1").replace('\u{2}', "2");
-            cmd = match escapes {
-                Escapes::All => cmd.with_ext(k, v),
+    if !send {
+        return java_request(HEART_BEAT, ty, &[], fixtures::body(body));
+    }
+    let plain = |v: &str| v.replace('\u{1}', "1").replace('\u{2}', "2");
+    let ext: Vec<(&str, String)> = SEND_EXT
+        .iter()
+        .map(|&(k, v)| {
+            let v = match escapes {
+                Escapes::All => v.to_string(),
                 Escapes::One => {
                     let first = v.find('\u{1}').map_or(0, |i| i + 1);
-                    cmd.with_ext(k, format!("{}{}", &v[..first], plain(&v[first..])))
+                    format!("{}{}", &v[..first], plain(&v[first..]))
                 }
-                Escapes::None => cmd.with_ext(k, plain(v)),
+                Escapes::None => plain(v),
             };
-        }
-    }
-    if body > 0 {
-        cmd.set_body((0..body).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
-    }
-    cmd
-}
-
-fn vector_frames() -> Vec<BytesMut> {
-    let text = include_str!("../../tests/fixtures/vectors/remoting-vectors.json");
-    let mut frames = Vec::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("\"hex\": \"") {
-        rest = &rest[at + 8..];
-        let end = rest.find('"').expect("a closing quote");
-        let hex = &rest[..end];
-        let bytes: Vec<u8> = (0..hex.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex"))
-            .collect();
-        frames.push(BytesMut::from(&bytes[..]));
-        rest = &rest[end..];
-    }
-    frames
-}
-
-fn read_all(cmd: &Command) -> usize {
-    let mut n = (cmd.code ^ cmd.version ^ cmd.opaque ^ cmd.flag) as usize;
-    n += usize::from(cmd.language.0) + usize::from(cmd.serialize_type.code());
-    n += cmd.remark().map_or(0, str::len);
-    for (k, v) in cmd.ext_fields() {
-        n += k.len() + v.len();
-    }
-    n + cmd.body().len()
+            (k, v)
+        })
+        .collect();
+    let ext: Vec<(&str, &str)> = ext.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    java_request(SEND_MESSAGE_V2, ty, &ext, fixtures::body(body))
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -146,21 +105,9 @@ fn decode_one(codec: &Codec, who: Who, buf: &mut BytesMut, len: usize) -> usize 
 
 #[cfg(feature = "reference")]
 fn ref_decode(buf: &mut BytesMut, read: bool) -> usize {
-    let cmd = rocketmq_protocol::RemotingCommand::decode(buf)
-        .expect("reference decodes")
-        .expect("a whole frame");
-    let mut n = 0;
-    if read {
-        n = (cmd.code() ^ cmd.version() ^ cmd.opaque() ^ cmd.flag()) as usize;
-        n += usize::from(cmd.language().get_code());
-        n += cmd.remark().map_or(0, |r| r.len());
-        if let Some(ext) = cmd.ext_fields() {
-            for (k, v) in ext.iter() {
-                n += k.len() + v.len();
-            }
-        }
-        n += cmd.body().map_or(0, |b| b.len());
-    }
+    use fixtures::reference;
+    let cmd = reference::decode(buf);
+    let n = if read { reference::read_all(&cmd) } else { 0 };
     drop(black_box(cmd));
     n
 }
