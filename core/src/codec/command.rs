@@ -1039,6 +1039,18 @@ impl Command {
             (SerializeType::Json, false) => Layout::JsonHeader,
             (SerializeType::RocketMq, false) => Layout::RocketMqHeader,
         };
+        Command::from_frame_parts(fixed, ty, layout, ext_at, buf)
+    }
+
+    /// A decoded command keeping `buf`, laid out as `layout` says.
+    #[inline(always)]
+    fn from_frame_parts(
+        fixed: Fixed,
+        ty: SerializeType,
+        layout: Layout,
+        ext_at: u32,
+        buf: Bytes,
+    ) -> Self {
         Command {
             code: fixed.code,
             opaque: fixed.opaque,
@@ -1063,22 +1075,11 @@ impl Command {
         frame: Bytes,
         ext_at: u32,
     ) -> Self {
-        Command {
-            code: fixed.code,
-            opaque: fixed.opaque,
-            flag: fixed.flag,
-            version: fixed.version,
-            language: fixed.language,
-            serialize_type: ty,
-            layout: match ty {
-                SerializeType::Json => Layout::JsonFrame,
-                SerializeType::RocketMq => Layout::RocketMqFrame,
-            },
-            has_remark: fixed.has_remark,
-            ext_at,
-            buf: frame,
-            owned: None,
-        }
+        let layout = match ty {
+            SerializeType::Json => Layout::JsonFrame,
+            SerializeType::RocketMq => Layout::RocketMqFrame,
+        };
+        Command::from_frame_parts(fixed, ty, layout, ext_at, frame)
     }
 
     /// A decoded command with nothing but its fixed fields (no remark, fields or body).
