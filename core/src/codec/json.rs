@@ -1921,8 +1921,30 @@ mod fast {
         }
 
         /// `null` or an object of string values; returns where it starts if it holds any
-        /// (with [`COMPACT_EXT`] if it was compacted).
+        /// (with [`COMPACT_EXT`] if it was compacted). Built twice on x86_64 (unless the
+        /// build enables BMI1 anyway): the walk pops one hit a step with BMI1's `blsr`, two
+        /// without, and its four pops an entry are the chain each entry waits on.
         fn ext(&mut self) -> Option<u32> {
+            #[cfg(all(target_arch = "x86_64", not(target_feature = "bmi1")))]
+            if scan::has_bmi1() {
+                // SAFETY: `ext_bmi1` only enables BMI1, which `has_bmi1` has just found the
+                // CPU has (`scan::tests::bmi1_detection_agrees_with_std` checks it against
+                // std's detection).
+                return unsafe { self.ext_bmi1() };
+            }
+            self.ext_walk()
+        }
+
+        /// [`Cursor::ext_walk`] built with BMI1.
+        #[cfg(all(target_arch = "x86_64", not(target_feature = "bmi1")))]
+        #[target_feature(enable = "bmi1")]
+        unsafe fn ext_bmi1(&mut self) -> Option<u32> {
+            self.ext_walk()
+        }
+
+        /// See [`Cursor::ext`].
+        #[inline(always)]
+        fn ext_walk(&mut self) -> Option<u32> {
             if self.lit(b"null") {
                 return Some(0);
             }
