@@ -511,7 +511,11 @@ mod tests {
     #[test]
     fn bmi1_detection_agrees_with_std() {
         assert_eq!(has_bmi1(), std::is_x86_feature_detected!("bmi1"));
-        assert_eq!(has_bmi1(), std::is_x86_feature_detected!("bmi1"), "remembered");
+        assert_eq!(
+            has_bmi1(),
+            std::is_x86_feature_detected!("bmi1"),
+            "remembered"
+        );
     }
 
     #[test]
