@@ -1921,8 +1921,32 @@ mod fast {
         }
 
         /// `null` or an object of string values; returns where it starts if it holds any
-        /// (with [`COMPACT_EXT`] if it was compacted).
+        /// (with [`COMPACT_EXT`] if it was compacted). Built twice on x86_64 (unless the
+        /// build enables BMI1 anyway): the walk pops one hit a step with BMI1's `blsr`, two
+        /// without, and its four pops an entry are the chain each entry waits on.
         fn ext(&mut self) -> Option<u32> {
+            #[cfg(all(target_arch = "x86_64", not(target_feature = "bmi1")))]
+            if scan::has_bmi1() && !without_bmi1_in_tests() {
+                // SAFETY: `ext_bmi1` only enables BMI1, which `has_bmi1` has just found the
+                // CPU has (`scan::tests::bmi1_detection_agrees_with_std` checks it against
+                // std's detection).
+                return unsafe { self.ext_bmi1() };
+            }
+            #[cfg(all(test, feature = "std"))]
+            PLAIN_WALKS.with(|n| n.set(n.get() + 1));
+            self.ext_walk()
+        }
+
+        /// [`Cursor::ext_walk`] built with BMI1.
+        #[cfg(all(target_arch = "x86_64", not(target_feature = "bmi1")))]
+        #[target_feature(enable = "bmi1")]
+        unsafe fn ext_bmi1(&mut self) -> Option<u32> {
+            self.ext_walk()
+        }
+
+        /// See [`Cursor::ext`].
+        #[inline(always)]
+        fn ext_walk(&mut self) -> Option<u32> {
             if self.lit(b"null") {
                 return Some(0);
             }
@@ -2134,6 +2158,23 @@ mod fast {
         fn serialize_type(&mut self) -> Option<()> {
             (self.lit(b"\"JSON\"") || self.lit(b"\"ROCKETMQ\"")).then_some(())
         }
+    }
+
+    #[cfg(all(test, feature = "std"))]
+    std::thread_local! {
+        /// Tests of this thread take the walk built without BMI1 (see [`Cursor::ext`]).
+        pub(super) static WITHOUT_BMI1: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+        /// How many walks of this thread were built without BMI1.
+        pub(super) static PLAIN_WALKS: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+    }
+
+    /// Whether a test asked for the walk built without BMI1 on this thread.
+    #[inline(always)]
+    fn without_bmi1_in_tests() -> bool {
+        #[cfg(all(test, feature = "std"))]
+        return WITHOUT_BMI1.with(|w| w.get());
+        #[cfg(not(all(test, feature = "std")))]
+        false
     }
 
     pub(super) fn parse<T: Text>(buf: T, limits: &Limits) -> Option<Parsed> {
@@ -2821,6 +2862,40 @@ mod tests {
             cases: 384,
             ..proptest::prelude::ProptestConfig::default()
         })]
+
+        #[test]
+        /// The walk built with BMI1 (where the CPU has it) and without give the same answer
+        /// and leave the same bytes, on headers with escapes, long strings and mutations.
+        #[cfg(all(target_arch = "x86_64", not(target_feature = "bmi1"), feature = "std"))]
+        fn the_walk_with_and_without_bmi1_agree(
+            entries in proptest::collection::vec((ext_text(), ext_text()), 0..20),
+            flips in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 0..3),
+        ) {
+            let mut cmd = Command::request(310).with_opaque(-7);
+            for (k, v) in &entries {
+                cmd = cmd.with_ext(k.as_str(), v.as_str());
+            }
+            let mut header = encode(&cmd).into_bytes();
+            for &(at, byte) in &flips {
+                let n = header.len();
+                header[at % n] = byte;
+            }
+            let run = |without: bool| {
+                fast::WITHOUT_BMI1.with(|w| w.set(without));
+                let before = fast::PLAIN_WALKS.with(|n| n.get());
+                let mut copy = header.clone();
+                let parsed = fast::parse(&mut copy[..], &Limits::default());
+                let read_only = fast::parse(&header[..], &Limits::default());
+                fast::WITHOUT_BMI1.with(|w| w.set(false));
+                // The walk asked for is the one taken (when there is an object to walk).
+                let plain = fast::PLAIN_WALKS.with(|n| n.get()) > before;
+                if flips.is_empty() && !entries.is_empty() {
+                    assert_eq!(plain, without || !scan::has_bmi1());
+                }
+                (format!("{parsed:?}"), copy, format!("{read_only:?}"))
+            };
+            proptest::prop_assert_eq!(run(true), run(false));
+        }
 
         /// The key-order parser's quote walk (64-byte masks, four quotes an entry, escapes
         /// unescaped while walking) reads every `extFields` object of both key orders as the

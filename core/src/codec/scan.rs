@@ -3,6 +3,38 @@
 //! JSON decoder to find the end of a string (its closing quote, or a backslash) and the next
 //! escape, and (through [`Hits`]) to walk an `extFields` object quote by quote.
 
+/// Whether the CPU has BMI1 (`blsr`, `tzcnt`: a hit popped in one step instead of two),
+/// asked of `cpuid` once and remembered. Always `false` off x86_64, and not needed where the
+/// build already enables BMI1.
+#[cfg(all(target_arch = "x86_64", not(target_feature = "bmi1")))]
+#[inline]
+pub(crate) fn has_bmi1() -> bool {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    /// 0: not asked yet; 1: no; 2: yes.
+    static BMI1: AtomicU8 = AtomicU8::new(0);
+    match BMI1.load(Ordering::Relaxed) {
+        0 => {
+            let yes = cpuid_bmi1();
+            BMI1.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            yes
+        }
+        known => known == 2,
+    }
+}
+
+/// `cpuid`'s answer: leaf 7, sub-leaf 0, EBX bit 3 (BMI1), if the CPU has leaf 7.
+#[cfg(all(target_arch = "x86_64", not(target_feature = "bmi1")))]
+#[cold]
+fn cpuid_bmi1() -> bool {
+    use core::arch::x86_64::{__cpuid, __cpuid_count};
+    // SAFETY: `cpuid` exists on every x86_64 CPU; leaf 7 is asked only if leaf 0 says the CPU
+    // has it. (Safe functions in newer Rust; the block keeps older ones building.)
+    #[allow(unused_unsafe)]
+    unsafe {
+        __cpuid(0).eax >= 7 && __cpuid_count(7, 0).ebx & (1 << 3) != 0
+    }
+}
+
 /// Bit `i` set for each byte `i` of `block` that is `"` or `\\`.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[inline(always)]
@@ -471,6 +503,19 @@ mod tests {
             }
             proptest::prop_assert_eq!(got, want);
         }
+    }
+
+    /// The `unsafe` call of the BMI1 build of the `extFields` walk relies on this answer: it
+    /// must agree with std's detection (a wrong `true` would run `blsr` where it faults).
+    #[cfg(all(target_arch = "x86_64", not(target_feature = "bmi1"), feature = "std"))]
+    #[test]
+    fn bmi1_detection_agrees_with_std() {
+        assert_eq!(has_bmi1(), std::is_x86_feature_detected!("bmi1"));
+        assert_eq!(
+            has_bmi1(),
+            std::is_x86_feature_detected!("bmi1"),
+            "remembered"
+        );
     }
 
     #[test]
