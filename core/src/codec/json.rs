@@ -1662,6 +1662,13 @@ mod fast {
         Some((at + 2, w + 1, 0))
     }
 
+    /// An entry's key ending: `":"`, read as the first three bytes of a little-endian word.
+    const COLON: u32 = u32::from_le_bytes(*b"\":\"\0");
+    /// An entry's value ending with another entry after it: `","`.
+    const COMMA: u32 = u32::from_le_bytes(*b"\",\"\0");
+    /// The last entry's value ending the object: `"}`, the first two bytes.
+    const CLOSE: u32 = u32::from_le_bytes(*b"\"}\0\0");
+
     /// The entries of an `extFields` object that are each four quotes of the block `hits`
     /// holds, `"k":"v"` followed by `,"` or `}`, with no escape and neither string longer
     /// than `max`, from the key whose opening quote is at `*open` (the next hit, at least 1)
@@ -1680,9 +1687,6 @@ mod fast {
         open: &mut usize,
         max: usize,
     ) -> (usize, Option<usize>) {
-        const COLON: u32 = u32::from_le_bytes(*b"\":\"\0");
-        const COMMA: u32 = u32::from_le_bytes(*b"\",\"\0");
-        const CLOSE: u32 = u32::from_le_bytes(*b"\"}\0\0");
         let base = hits.base();
         // `win[i]` is the byte at `base - 1 + i`; bit `t` of the block is `win[t + 1]`.
         let mut copy;
@@ -1758,9 +1762,6 @@ mod fast {
         open: &mut usize,
         max: usize,
     ) -> (usize, Option<usize>) {
-        const COLON: u32 = u32::from_le_bytes(*b"\":\"\0");
-        const COMMA: u32 = u32::from_le_bytes(*b"\",\"\0");
-        const CLOSE: u32 = u32::from_le_bytes(*b"\"}\0\0");
         let mut n = 0;
         let mut p = *open;
         let end = loop {
