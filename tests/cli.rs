@@ -20,6 +20,17 @@ fn remora(args: &[&str], stdin: &[u8]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// The JSON `out` printed, after checking that the run succeeded (else its stderr is the
+/// failure message).
+fn succeeded_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn fixture(name: &str) -> Value {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/vectors/");
     serde_json::from_str(&std::fs::read_to_string(format!("{path}{name}")).unwrap()).unwrap()
@@ -194,12 +205,7 @@ fn call_against_serve_echoes_and_reports_failures() {
         ],
         b"",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = succeeded_json(&out);
     let keys: Vec<&str> = got
         .as_object()
         .unwrap()
@@ -253,12 +259,7 @@ fn serve_answers_in_the_configured_serialization() {
         &["call", &served.addr, "--code", "7", "--serialize", "json"],
         b"",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = succeeded_json(&out);
     assert_eq!(got["serialize_type"], "ROCKETMQ");
 }
 
@@ -347,12 +348,7 @@ fn bench_checks_every_response_and_prints_one_json_line_per_mode() {
 fn serve_uring_backend_answers() {
     let served = serve(&["--backend", "uring"]);
     let out = remora(&["call", &served.addr, "--code", "7", "--body", "u"], b"");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let got = succeeded_json(&out);
     assert_eq!(got["body_hex"], "75");
 }
 
@@ -648,12 +644,7 @@ fn bench_std_then_keeps_the_calls_in_flight_from_one_thread() {
         ],
         b"",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let line = succeeded_json(&out);
     assert_eq!(line["backend"], "std");
     assert_eq!(line["requests"], 3000);
     assert_eq!(line["errors"], 0);
@@ -681,12 +672,7 @@ fn serve_std_dispatch_inline_answers_every_request() {
         ],
         b"",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let line: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let line = succeeded_json(&out);
     assert_eq!(line["requests"], 2000);
     assert_eq!(line["errors"], 0);
     // Only the std server has a choice.

@@ -1463,6 +1463,28 @@ mod fast {
             }
         }
 
+        /// The scratch (made at the first escaped string), if it can take one more string.
+        #[inline(always)]
+        fn room(scratch: &mut Option<Unescaped>) -> Option<&mut Unescaped> {
+            let u = scratch.get_or_insert_with(Unescaped::new);
+            (u.n < u.strings.len()).then_some(u)
+        }
+
+        /// Records the string whose quotes are at `open` and `close` and whose text was just
+        /// unescaped into `text[used..end]`; returns `close`. `None` (nothing recorded) if the
+        /// string as written is too long to compact or its text longer than `max`.
+        #[inline(always)]
+        fn record(&mut self, open: usize, close: usize, end: usize, max: usize) -> Option<usize> {
+            let len = end - self.used;
+            if close - open - 1 > compact::MAX_LEN || len > max {
+                return None;
+            }
+            self.strings[self.n] = (open as u32, close as u32, self.used as u16, len as u16);
+            self.n += 1;
+            self.used = end;
+            Some(close)
+        }
+
         /// Writes each string's unescaped text over it, its length before it and the padding
         /// after it (see [`compact`]).
         fn write(&self, buf: &mut [u8]) {
@@ -2074,20 +2096,10 @@ mod fast {
             open: usize,
             at: usize,
         ) -> Option<usize> {
-            let u = self.unescaped.get_or_insert_with(Unescaped::new);
-            if u.n == u.strings.len() {
-                return None;
-            }
+            let u = Unescaped::room(&mut self.unescaped)?;
             let buf = self.buf.bytes();
-            let (close, w) = unescape_hits_into(buf, hits, open + 1, at, &mut u.text, u.used)?;
-            let len = w - u.used;
-            if close - open - 1 > compact::MAX_LEN || len > self.limits.max_string_len {
-                return None;
-            }
-            u.strings[u.n] = (open as u32, close as u32, u.used as u16, len as u16);
-            u.n += 1;
-            u.used = w;
-            Some(close)
+            let (close, end) = unescape_hits_into(buf, hits, open + 1, at, &mut u.text, u.used)?;
+            u.record(open, close, end, self.limits.max_string_len)
         }
 
         /// [`Cursor::ext_str`] of a string with escapes, or a long one.
@@ -2130,20 +2142,10 @@ mod fast {
         /// [`Cursor::unescaped`]; returns its closing quote, or `None` if it is invalid, too
         /// long, or does not fit.
         fn unescape_to_scratch(&mut self, open: usize) -> Option<usize> {
-            let u = self.unescaped.get_or_insert_with(Unescaped::new);
-            if u.n == u.strings.len() {
-                return None;
-            }
+            let u = Unescaped::room(&mut self.unescaped)?;
             let buf = self.buf.bytes();
             let (close, end) = unescape_into(buf, open + 1, &mut u.text, u.used)?;
-            let len = end - u.used;
-            if close - open - 1 > compact::MAX_LEN || len > self.limits.max_string_len {
-                return None;
-            }
-            u.strings[u.n] = (open as u32, close as u32, u.used as u16, len as u16);
-            u.n += 1;
-            u.used = end;
-            Some(close)
+            u.record(open, close, end, self.limits.max_string_len)
         }
 
         /// [`Cursor::ext`] into `ext_at`, which says where the object starts even if it fails

@@ -375,7 +375,8 @@ mod tests {
     use super::*;
     use alloc::format;
 
-    fn by_bytes(block: &[u8; 16], hit: impl Fn(u8) -> bool) -> u32 {
+    /// Bit `i` set for each byte `i` of `block` (at most 64) that `hit` takes.
+    fn by_bytes(block: &[u8], hit: impl Fn(u8) -> bool) -> u64 {
         let mut m = 0;
         for (i, &b) in block.iter().enumerate() {
             if hit(b) {
@@ -413,12 +414,7 @@ mod tests {
                 for b in 0..=255u8 {
                     let mut block = [fill; 64];
                     block[at] = b;
-                    let mut want = 0u64;
-                    for (i, &x) in block.iter().enumerate() {
-                        if x == b'"' || x == b'\\' {
-                            want |= 1 << i;
-                        }
-                    }
+                    let want = by_bytes(&block, |b| b == b'"' || b == b'\\');
                     assert_eq!(quote_or_backslash_64(&block), want, "{block:?}");
                     assert_eq!(portable::quote_or_backslash_64(&block), want, "{block:?}");
                 }
@@ -527,10 +523,11 @@ mod tests {
                 for b in 0..=255u8 {
                     let mut block = [fill; 16];
                     block[at] = b;
-                    let want = by_bytes(&block, |b| b == b'"' || b == b'\\');
+                    // (A 16-byte block's mask fits the functions' `u32`.)
+                    let want = by_bytes(&block, |b| b == b'"' || b == b'\\') as u32;
                     assert_eq!(quote_or_backslash(&block), want, "{block:?}");
                     assert_eq!(portable::quote_or_backslash(&block), want, "{block:?}");
-                    let want = by_bytes(&block, |b| b == b'\\');
+                    let want = by_bytes(&block, |b| b == b'\\') as u32;
                     assert_eq!(backslash(&block), want, "{block:?}");
                     assert_eq!(portable::backslash(&block), want, "{block:?}");
                 }
