@@ -1613,6 +1613,38 @@ mod fast {
         let mut h = *hits;
         let close = loop {
             let n = at - r;
+            // The common step at once: a run of at most 16 bytes, then the closing quote or a
+            // `\u00XX` (the escape Java writes for control characters), with every byte it
+            // reads in one 24-byte window of `buf` and every byte it writes in 17 of `out`
+            // (one bounds check each; `n <= 16` keeps the escape's 8 bytes in the window).
+            if n <= 16 {
+                if let (Some(src), Some(dst)) = (
+                    buf.get(r..).and_then(|s| s.first_chunk::<24>()),
+                    out.get_mut(w..).and_then(|d| d.first_chunk_mut::<17>()),
+                ) {
+                    if let (Some(run), Some(to)) =
+                        (src.first_chunk::<16>(), dst.first_chunk_mut::<16>())
+                    {
+                        *to = *run;
+                    }
+                    let mut e = [0u8; 8];
+                    e.copy_from_slice(&src[n..n + 8]);
+                    let e = u64::from_le_bytes(e);
+                    if e as u8 == b'"' {
+                        w += n;
+                        break at;
+                    }
+                    let lo = HEX_VALUE[usize::from((e >> 40) as u8)];
+                    if e & U00_MASK == U00_WANT && lo <= 0xF {
+                        // `hi` is `0`..`7`: its low three bits.
+                        dst[n] = ((e >> 28) as u8 & 0x70) | lo;
+                        w += n + 1;
+                        r = at + 6;
+                        at = h.next(buf)?;
+                        continue;
+                    }
+                }
+            }
             match (
                 buf.get(r..).and_then(|s| s.first_chunk::<16>()),
                 out.get_mut(w..).and_then(|d| d.first_chunk_mut::<16>()),
@@ -1649,6 +1681,12 @@ mod fast {
         *hits = h;
         Some((close, w))
     }
+
+    /// `\u00` then a digit `0`..`7` (the high digit of an ASCII character), as the first five
+    /// bytes of a little-endian word: [`U00_MASK`] keeps what [`U00_WANT`] says.
+    const U00_WANT: u64 = u64::from_le_bytes(*b"\\u000\0\0\0");
+    /// See [`U00_WANT`]: all of the first four bytes, the fifth's top five bits.
+    const U00_MASK: u64 = 0x0000_00F8_FFFF_FFFF;
 
     /// The escape at `at` other than `\u00XX` (below 0x80), unescaped to `out[w..]`: where
     /// it ends, where its text ends in `out`, and how many hits it holds past its backslash
@@ -1830,11 +1868,34 @@ mod fast {
         (n, end)
     }
 
+    /// Whether `a` and `b` (of one length) hold the same bytes: a literal of 16 bytes or more
+    /// 16 at a time (the last 16 overlapping), without the call `==` makes for it.
+    #[inline(always)]
+    fn same(a: &[u8], b: &[u8]) -> bool {
+        if a.len() != b.len() || a.len() < 16 {
+            return a == b;
+        }
+        let chunk = |s: &[u8], i: usize| {
+            let mut c = [0u8; 16];
+            c.copy_from_slice(&s[i..i + 16]);
+            u128::from_le_bytes(c)
+        };
+        let last = a.len() - 16;
+        let mut diff = chunk(a, last) ^ chunk(b, last);
+        let mut i = 0;
+        while i < last {
+            diff |= chunk(a, i) ^ chunk(b, i);
+            i += 16;
+        }
+        diff == 0
+    }
+
     impl<T: Text> Cursor<'_, T> {
         /// Moves past `lit` if it comes next.
         #[inline]
         fn lit(&mut self, lit: &[u8]) -> bool {
-            if self.buf.bytes().get(self.pos..self.pos + lit.len()) == Some(lit) {
+            if matches!(self.buf.bytes().get(self.pos..self.pos + lit.len()), Some(s) if same(s, lit))
+            {
                 self.pos += lit.len();
                 true
             } else {
@@ -2844,6 +2905,62 @@ mod tests {
             } else {
                 assert_eq!(cmd.ext_fields().len(), 21);
                 assert_eq!(cmd.ext("k19"), Some("\t19"));
+            }
+        }
+    }
+
+    #[test]
+    fn u00_escapes_at_every_offset_read_back() {
+        // `\u00XX` escapes (both cases of hex, the highest ASCII one) and others, at every
+        // offset from the string's start (so every position in the 16-byte runs and the
+        // 24-byte window the unescaper reads at once) and, through the key's length, from the
+        // 64-byte blocks; the object last in a header that ends right after it (so the
+        // window runs past the header's end and the step byte by byte is taken).
+        let pieces = [
+            ("\\u0001", "\u{1}"),
+            ("\\u001f", "\u{1f}"),
+            ("\\u001A", "\u{1a}"),
+            ("\\u007F", "\u{7f}"),
+            ("\\u0080", "\u{80}"),
+            ("\\n", "\n"),
+            ("\\\"", "\""),
+        ];
+        for lead in 0..40 {
+            for gap in [0usize, 1, 4, 10, 15, 16, 17, 23] {
+                for (i, (esc, un)) in pieces.iter().enumerate() {
+                    let (next, next_un) = pieces[(i + lead) % pieces.len()];
+                    let value = format!(
+                        "{}{esc}{}{next}{}\\u0002",
+                        "a".repeat(lead),
+                        "b".repeat(gap),
+                        "c".repeat(gap % 7)
+                    );
+                    let want = format!(
+                        "{}{un}{}{next_un}{}\u{2}",
+                        "a".repeat(lead),
+                        "b".repeat(gap),
+                        "c".repeat(gap % 7)
+                    );
+                    let key = "k".repeat(1 + (lead * 7 + gap) % 64);
+                    let ext = format!(r#"{{"p":"q","{key}":"{value}"}}"#);
+                    for header in [
+                        format!(
+                            r#"{{"code":1,"extFields":{ext},"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}}"#
+                        ),
+                        format!(
+                            r#"{{"code":1,"language":"JAVA","version":1,"opaque":3,"flag":0,"extFields":{ext}}}"#
+                        ),
+                    ] {
+                        let mut copy = header.clone().into_bytes();
+                        assert!(
+                            fast::parse(&mut copy[..], &Limits::default()).is_some(),
+                            "{header}"
+                        );
+                        let cmd = decode_both(&header).0.unwrap();
+                        assert_eq!(cmd.ext(&key), Some(want.as_str()), "{header}");
+                        assert_eq!(cmd.ext("p"), Some("q"), "{header}");
+                    }
+                }
             }
         }
     }
