@@ -1613,19 +1613,23 @@ mod fast {
         let mut h = *hits;
         let close = loop {
             let n = at - r;
-            // The common step at once: a run of at most 16 bytes, then the closing quote or a
+            // The common step at once: a run of at most 32 bytes, then the closing quote or a
             // `\u00XX` (the escape Java writes for control characters), with every byte it
-            // reads in one 24-byte window of `buf` and every byte it writes in 17 of `out`
-            // (one bounds check each; `n <= 16` keeps the escape's 8 bytes in the window).
-            if n <= 16 {
+            // reads in one 40-byte window of `buf` and every byte it writes in 33 of `out`
+            // (`n <= 32` keeps the escape's 8 bytes in the window).
+            // (Bounding `w` first lets the compiler drop `out`'s own checks.)
+            if n <= 32 && w <= SCRATCH - 33 {
                 if let (Some(src), Some(dst)) = (
-                    buf.get(r..).and_then(|s| s.first_chunk::<24>()),
-                    out.get_mut(w..).and_then(|d| d.first_chunk_mut::<17>()),
+                    buf.get(r..).and_then(|s| s.first_chunk::<40>()),
+                    out.get_mut(w..).and_then(|d| d.first_chunk_mut::<33>()),
                 ) {
-                    if let (Some(run), Some(to)) =
-                        (src.first_chunk::<16>(), dst.first_chunk_mut::<16>())
-                    {
-                        *to = *run;
+                    // The run, 16 bytes at a time (what lands past it is overwritten next).
+                    let mut run = [0u8; 16];
+                    run.copy_from_slice(&src[..16]);
+                    dst[..16].copy_from_slice(&run);
+                    if n > 16 {
+                        run.copy_from_slice(&src[16..32]);
+                        dst[16..32].copy_from_slice(&run);
                     }
                     let mut e = [0u8; 8];
                     e.copy_from_slice(&src[n..n + 8]);
@@ -1634,10 +1638,12 @@ mod fast {
                         w += n;
                         break at;
                     }
+                    // `\u00`, a high digit `0`..`7` (its low three bits left in `x`'s fifth
+                    // byte), a hex digit.
+                    let x = e ^ U00_WANT;
                     let lo = HEX_VALUE[usize::from((e >> 40) as u8)];
-                    if e & U00_MASK == U00_WANT && lo <= 0xF {
-                        // `hi` is `0`..`7`: its low three bits.
-                        dst[n] = ((e >> 28) as u8 & 0x70) | lo;
+                    if x & U00_MASK == 0 && lo <= 0xF {
+                        dst[n] = ((x >> 28) as u8) | lo;
                         w += n + 1;
                         r = at + 6;
                         at = h.next(buf)?;
@@ -2018,19 +2024,20 @@ mod fast {
             }
             #[cfg(all(test, feature = "std"))]
             PLAIN_WALKS.with(|n| n.set(n.get() + 1));
-            self.ext_walk()
+            self.ext_walk::<false>()
         }
 
         /// [`Cursor::ext_walk`] built with BMI1.
         #[cfg(all(target_arch = "x86_64", not(target_feature = "bmi1")))]
         #[target_feature(enable = "bmi1")]
         unsafe fn ext_bmi1(&mut self) -> Option<u32> {
-            self.ext_walk()
+            self.ext_walk::<true>()
         }
 
-        /// See [`Cursor::ext`].
+        /// See [`Cursor::ext`]. `BMI1`: the walk is the one [`Cursor::ext_bmi1`] builds (so
+        /// the CPU has BMI1), and unescapes with [`Cursor::unescape_hits_bmi1`].
         #[inline(always)]
-        fn ext_walk(&mut self) -> Option<u32> {
+        fn ext_walk<const BMI1: bool>(&mut self) -> Option<u32> {
             if self.lit(b"null") {
                 return Some(0);
             }
@@ -2045,7 +2052,7 @@ mod fast {
                 return None;
             }
             let mut compacted = self.compacted;
-            let end = self.entries(p, &mut compacted);
+            let end = self.entries::<BMI1>(p, &mut compacted);
             self.compacted = compacted;
             self.pos = end?;
             self.in_ext = false;
@@ -2063,7 +2070,7 @@ mod fast {
         /// quote), so each string's end is known without a search from its start: the checks
         /// and length writes of one entry do not wait for the entry before.
         #[inline(always)]
-        fn entries(&mut self, p: usize, compacted: &mut usize) -> Option<usize> {
+        fn entries<const BMI1: bool>(&mut self, p: usize, compacted: &mut usize) -> Option<usize> {
             let max = if T::COMPACT {
                 self.limits.max_string_len.min(compact::MAX_LEN)
             } else {
@@ -2086,14 +2093,14 @@ mod fast {
                 }
                 // String by string: across blocks, escapes, long strings.
                 hits.next(self.buf.bytes())?;
-                let close = self.ext_str(&mut hits, open, max, compacted)?;
+                let close = self.ext_str::<BMI1>(&mut hits, open, max, compacted)?;
                 if self.buf.bytes().get(close + 1..close + 3) != Some(b":\"") {
                     return None;
                 }
                 // The value's opening quote.
                 open = close + 2;
                 hits.next(self.buf.bytes())?;
-                let close = self.ext_str(&mut hits, open, max, compacted)?;
+                let close = self.ext_str::<BMI1>(&mut hits, open, max, compacted)?;
                 count += 1;
                 // The count is checked at the end: the walk is bounded by the header.
                 match self.buf.bytes().get(close + 1..close + 3) {
@@ -2110,7 +2117,7 @@ mod fast {
         /// an escape or is longer than `max` takes [`Cursor::ext_str_slow`], and `hits` starts
         /// again after it.
         #[inline(always)]
-        fn ext_str(
+        fn ext_str<const BMI1: bool>(
             &mut self,
             hits: &mut scan::Hits,
             open: usize,
@@ -2128,7 +2135,7 @@ mod fast {
             }
             if T::COMPACT && self.buf.bytes().get(close) == Some(&b'\\') {
                 let mut more = *hits;
-                if let Some(end) = self.unescape_hits(&mut more, open, close) {
+                if let Some(end) = self.unescape_hits_as::<BMI1>(&mut more, open, close) {
                     *hits = more;
                     // Its length as written, for an undo; the unescaped one comes with it.
                     compact::put_len(self.buf.bytes_mut(), open + 1, end - open - 1);
@@ -2152,6 +2159,49 @@ mod fast {
         /// escape, a string too long, or one the scratch has no room for.
         #[inline(never)]
         fn unescape_hits(
+            &mut self,
+            hits: &mut scan::Hits,
+            open: usize,
+            at: usize,
+        ) -> Option<usize> {
+            self.unescape_hits_body(hits, open, at)
+        }
+
+        /// [`Cursor::unescape_hits`] built with BMI1 (a hit popped in one step, not two).
+        #[cfg(all(target_arch = "x86_64", not(target_feature = "bmi1")))]
+        #[target_feature(enable = "bmi1")]
+        #[inline(never)]
+        unsafe fn unescape_hits_bmi1(
+            &mut self,
+            hits: &mut scan::Hits,
+            open: usize,
+            at: usize,
+        ) -> Option<usize> {
+            self.unescape_hits_body(hits, open, at)
+        }
+
+        /// [`Cursor::unescape_hits`], or (`BMI1`, in the walk [`Cursor::ext_bmi1`] builds)
+        /// [`Cursor::unescape_hits_bmi1`].
+        #[inline(always)]
+        fn unescape_hits_as<const BMI1: bool>(
+            &mut self,
+            hits: &mut scan::Hits,
+            open: usize,
+            at: usize,
+        ) -> Option<usize> {
+            #[cfg(all(target_arch = "x86_64", not(target_feature = "bmi1")))]
+            if BMI1 {
+                // SAFETY: `BMI1` is true only in the walk `ext_bmi1` builds, which `ext` runs
+                // only when `scan::has_bmi1` has found the CPU has BMI1
+                // (`scan::tests::bmi1_detection_agrees_with_std` checks that answer).
+                return unsafe { self.unescape_hits_bmi1(hits, open, at) };
+            }
+            self.unescape_hits(hits, open, at)
+        }
+
+        /// See [`Cursor::unescape_hits`].
+        #[inline(always)]
+        fn unescape_hits_body(
             &mut self,
             hits: &mut scan::Hits,
             open: usize,
@@ -2951,14 +3001,21 @@ mod tests {
                             r#"{{"code":1,"language":"JAVA","version":1,"opaque":3,"flag":0,"extFields":{ext}}}"#
                         ),
                     ] {
-                        let mut copy = header.clone().into_bytes();
-                        assert!(
-                            fast::parse(&mut copy[..], &Limits::default()).is_some(),
-                            "{header}"
-                        );
-                        let cmd = decode_both(&header).0.unwrap();
-                        assert_eq!(cmd.ext(&key), Some(want.as_str()), "{header}");
-                        assert_eq!(cmd.ext("p"), Some("q"), "{header}");
+                        // With the walk (and unescaper) built with BMI1 where the CPU has
+                        // it, and without.
+                        for without_bmi1 in [false, true] {
+                            #[cfg(feature = "std")]
+                            fast::WITHOUT_BMI1.with(|w| w.set(without_bmi1));
+                            let mut copy = header.clone().into_bytes();
+                            let parsed = fast::parse(&mut copy[..], &Limits::default());
+                            let cmd = decode_both(&header).0;
+                            #[cfg(feature = "std")]
+                            fast::WITHOUT_BMI1.with(|w| w.set(false));
+                            assert!(parsed.is_some(), "{header} {without_bmi1}");
+                            let cmd = cmd.unwrap();
+                            assert_eq!(cmd.ext(&key), Some(want.as_str()), "{header}");
+                            assert_eq!(cmd.ext("p"), Some("q"), "{header}");
+                        }
                     }
                 }
             }
