@@ -1735,20 +1735,17 @@ mod fast {
     /// The last entry's value ending the object: `"}`, the first two bytes.
     const CLOSE: u32 = u32::from_le_bytes(*b"\"}\0\0");
 
-    /// The entries of an `extFields` object that are each four quotes of a 64-byte block,
-    /// `"k":"v"` followed by `,"` or `}`, with no escape and neither string longer than
-    /// `max`, from the key whose opening quote is at `*open` (the next hit, at least 1) on:
-    /// compacted if the header may change. Returns how many, and the offset after the
+    /// The entries of an `extFields` object that are each four quotes of the block `hits`
+    /// holds, `"k":"v"` followed by `,"` or `}`, with no escape and neither string longer
+    /// than `max`, from the key whose opening quote is at `*open` (the next hit, at least 1)
+    /// on: compacted if the header may change. Returns how many, and the offset after the
     /// object's `}` if it ended; else `*open` and `hits` are at the next entry, for the
     /// string-by-string walk.
     ///
     /// The quotes come from popping bits, so no entry waits for the one before. Every byte
     /// an entry reads or writes lies in the block and the byte before it, taken as one
     /// 72-byte window (so the offsets, bit numbers below 64, need no bounds check); a block
-    /// too near the header's end for that takes [`quick_entries_checked`]. When the block
-    /// holds fewer than four quotes of the next entry, the next block starts at that entry's
-    /// key (so an entry across the edge of the block at hand is taken here too, not string
-    /// by string); only an entry that does not fit a fresh block leaves it to the caller.
+    /// too near the header's end for that takes [`quick_entries_checked`].
     #[inline(always)]
     fn quick_entries<T: Text>(
         buf: &mut T,
@@ -1756,30 +1753,6 @@ mod fast {
         open: &mut usize,
         max: usize,
     ) -> (usize, Option<usize>) {
-        let mut n = 0;
-        loop {
-            let base = hits.base();
-            let (m, end, short) = quick_block(buf, hits, open, max);
-            n += m;
-            // Short of quotes for an entry that does not start the block: the next block
-            // starts at its key, `*open`.
-            if end.is_some() || !short || *open == base {
-                return (n, end);
-            }
-            *hits = scan::Hits::new(buf.bytes(), *open);
-        }
-    }
-
-    /// [`quick_entries`] within the block `hits` holds: how many entries, the offset after
-    /// the object's `}` if it ended, and whether it stopped only for want of quotes in the
-    /// block (`*open` is then the next key's opening quote, the entries before it checked).
-    #[inline(always)]
-    fn quick_block<T: Text>(
-        buf: &mut T,
-        hits: &mut scan::Hits,
-        open: &mut usize,
-        max: usize,
-    ) -> (usize, Option<usize>, bool) {
         let base = hits.base();
         // `win[i]` is the byte at `base - 1 + i`; bit `t` of the block is `win[t + 1]`.
         let mut copy;
@@ -1790,10 +1763,7 @@ mod fast {
                 .and_then(|r| r.first_chunk_mut::<72>())
             {
                 Some(win) => win,
-                None => {
-                    let (n, end) = quick_entries_checked(buf, hits, open, max);
-                    return (n, end, false);
-                }
+                None => return quick_entries_checked(buf, hits, open, max),
             }
         } else {
             match buf
@@ -1805,22 +1775,17 @@ mod fast {
                     copy = *win;
                     &mut copy
                 }
-                None => {
-                    let (n, end) = quick_entries_checked(buf, hits, open, max);
-                    return (n, end, false);
-                }
+                None => return quick_entries_checked(buf, hits, open, max),
             }
         };
         let mut n = 0;
         let mut p = *open;
         let mut word = hits.word();
-        let mut short = false;
         let end = loop {
             let w1 = word & word.wrapping_sub(1);
             let w2 = w1 & w1.wrapping_sub(1);
             let w3 = w2 & w2.wrapping_sub(1);
             if w3 == 0 {
-                short = true;
                 break None;
             }
             // The key's opening quote (`p`), its closing quote, the value's closing quote.
@@ -1852,7 +1817,7 @@ mod fast {
         };
         hits.keep(word);
         *open = p;
-        (n, end, short)
+        (n, end)
     }
 
     /// [`quick_entries`] with every access checked, for a block near the header's end.
@@ -3060,8 +3025,8 @@ mod tests {
     #[test]
     fn entries_across_every_block_edge_read_back() {
         // Plain entries of lengths that put every quote of an entry at every offset from the
-        // 64-byte blocks of the walk (the next block then starts at the entry's key), some
-        // longer than a block (taken string by string), both key orders.
+        // 64-byte blocks of the walk (an entry across a block edge is taken string by
+        // string), some longer than a block, both key orders, with and without BMI1.
         for shift in 0..64usize {
             let entries: Vec<(String, String)> = (0..24)
                 .map(|i| {
