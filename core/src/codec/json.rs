@@ -1613,6 +1613,44 @@ mod fast {
         let mut h = *hits;
         let close = loop {
             let n = at - r;
+            // The common step at once: a run of at most 32 bytes, then the closing quote or a
+            // `\u00XX` (the escape Java writes for control characters), with every byte it
+            // reads in one 40-byte window of `buf` and every byte it writes in 33 of `out`
+            // (`n <= 32` keeps the escape's 8 bytes in the window).
+            // (Bounding `w` first lets the compiler drop `out`'s own checks.)
+            if n <= 32 && w <= SCRATCH - 33 {
+                if let (Some(src), Some(dst)) = (
+                    buf.get(r..).and_then(|s| s.first_chunk::<40>()),
+                    out.get_mut(w..).and_then(|d| d.first_chunk_mut::<33>()),
+                ) {
+                    // The run, 16 bytes at a time (what lands past it is overwritten next).
+                    let mut run = [0u8; 16];
+                    run.copy_from_slice(&src[..16]);
+                    dst[..16].copy_from_slice(&run);
+                    if n > 16 {
+                        run.copy_from_slice(&src[16..32]);
+                        dst[16..32].copy_from_slice(&run);
+                    }
+                    let mut e = [0u8; 8];
+                    e.copy_from_slice(&src[n..n + 8]);
+                    let e = u64::from_le_bytes(e);
+                    if e as u8 == b'"' {
+                        w += n;
+                        break at;
+                    }
+                    // `\u00`, a high digit `0`..`7` (its low three bits left in `x`'s fifth
+                    // byte), a hex digit.
+                    let x = e ^ U00_WANT;
+                    let lo = HEX_VALUE[usize::from((e >> 40) as u8)];
+                    if x & U00_MASK == 0 && lo <= 0xF {
+                        dst[n] = ((x >> 28) as u8) | lo;
+                        w += n + 1;
+                        r = at + 6;
+                        at = h.next(buf)?;
+                        continue;
+                    }
+                }
+            }
             match (
                 buf.get(r..).and_then(|s| s.first_chunk::<16>()),
                 out.get_mut(w..).and_then(|d| d.first_chunk_mut::<16>()),
@@ -1649,6 +1687,12 @@ mod fast {
         *hits = h;
         Some((close, w))
     }
+
+    /// `\u00` then a digit `0`..`7` (the high digit of an ASCII character), as the first five
+    /// bytes of a little-endian word: [`U00_MASK`] keeps what [`U00_WANT`] says.
+    const U00_WANT: u64 = u64::from_le_bytes(*b"\\u000\0\0\0");
+    /// See [`U00_WANT`]: all of the first four bytes, the fifth's top five bits.
+    const U00_MASK: u64 = 0x0000_00F8_FFFF_FFFF;
 
     /// The escape at `at` other than `\u00XX` (below 0x80), unescaped to `out[w..]`: where
     /// it ends, where its text ends in `out`, and how many hits it holds past its backslash
@@ -1830,11 +1874,34 @@ mod fast {
         (n, end)
     }
 
+    /// Whether `a` and `b` (of one length) hold the same bytes: a literal of 16 bytes or more
+    /// 16 at a time (the last 16 overlapping), without the call `==` makes for it.
+    #[inline(always)]
+    fn same(a: &[u8], b: &[u8]) -> bool {
+        if a.len() != b.len() || a.len() < 16 {
+            return a == b;
+        }
+        let chunk = |s: &[u8], i: usize| {
+            let mut c = [0u8; 16];
+            c.copy_from_slice(&s[i..i + 16]);
+            u128::from_le_bytes(c)
+        };
+        let last = a.len() - 16;
+        let mut diff = chunk(a, last) ^ chunk(b, last);
+        let mut i = 0;
+        while i < last {
+            diff |= chunk(a, i) ^ chunk(b, i);
+            i += 16;
+        }
+        diff == 0
+    }
+
     impl<T: Text> Cursor<'_, T> {
         /// Moves past `lit` if it comes next.
         #[inline]
         fn lit(&mut self, lit: &[u8]) -> bool {
-            if self.buf.bytes().get(self.pos..self.pos + lit.len()) == Some(lit) {
+            if matches!(self.buf.bytes().get(self.pos..self.pos + lit.len()), Some(s) if same(s, lit))
+            {
                 self.pos += lit.len();
                 true
             } else {
@@ -1957,19 +2024,20 @@ mod fast {
             }
             #[cfg(all(test, feature = "std"))]
             PLAIN_WALKS.with(|n| n.set(n.get() + 1));
-            self.ext_walk()
+            self.ext_walk::<false>()
         }
 
         /// [`Cursor::ext_walk`] built with BMI1.
         #[cfg(all(target_arch = "x86_64", not(target_feature = "bmi1")))]
         #[target_feature(enable = "bmi1")]
         unsafe fn ext_bmi1(&mut self) -> Option<u32> {
-            self.ext_walk()
+            self.ext_walk::<true>()
         }
 
-        /// See [`Cursor::ext`].
+        /// See [`Cursor::ext`]. `BMI1`: the walk is the one [`Cursor::ext_bmi1`] builds (so
+        /// the CPU has BMI1), and unescapes with [`Cursor::unescape_hits_bmi1`].
         #[inline(always)]
-        fn ext_walk(&mut self) -> Option<u32> {
+        fn ext_walk<const BMI1: bool>(&mut self) -> Option<u32> {
             if self.lit(b"null") {
                 return Some(0);
             }
@@ -1984,7 +2052,7 @@ mod fast {
                 return None;
             }
             let mut compacted = self.compacted;
-            let end = self.entries(p, &mut compacted);
+            let end = self.entries::<BMI1>(p, &mut compacted);
             self.compacted = compacted;
             self.pos = end?;
             self.in_ext = false;
@@ -2002,7 +2070,7 @@ mod fast {
         /// quote), so each string's end is known without a search from its start: the checks
         /// and length writes of one entry do not wait for the entry before.
         #[inline(always)]
-        fn entries(&mut self, p: usize, compacted: &mut usize) -> Option<usize> {
+        fn entries<const BMI1: bool>(&mut self, p: usize, compacted: &mut usize) -> Option<usize> {
             let max = if T::COMPACT {
                 self.limits.max_string_len.min(compact::MAX_LEN)
             } else {
@@ -2025,14 +2093,14 @@ mod fast {
                 }
                 // String by string: across blocks, escapes, long strings.
                 hits.next(self.buf.bytes())?;
-                let close = self.ext_str(&mut hits, open, max, compacted)?;
+                let close = self.ext_str::<BMI1>(&mut hits, open, max, compacted)?;
                 if self.buf.bytes().get(close + 1..close + 3) != Some(b":\"") {
                     return None;
                 }
                 // The value's opening quote.
                 open = close + 2;
                 hits.next(self.buf.bytes())?;
-                let close = self.ext_str(&mut hits, open, max, compacted)?;
+                let close = self.ext_str::<BMI1>(&mut hits, open, max, compacted)?;
                 count += 1;
                 // The count is checked at the end: the walk is bounded by the header.
                 match self.buf.bytes().get(close + 1..close + 3) {
@@ -2049,7 +2117,7 @@ mod fast {
         /// an escape or is longer than `max` takes [`Cursor::ext_str_slow`], and `hits` starts
         /// again after it.
         #[inline(always)]
-        fn ext_str(
+        fn ext_str<const BMI1: bool>(
             &mut self,
             hits: &mut scan::Hits,
             open: usize,
@@ -2067,7 +2135,7 @@ mod fast {
             }
             if T::COMPACT && self.buf.bytes().get(close) == Some(&b'\\') {
                 let mut more = *hits;
-                if let Some(end) = self.unescape_hits(&mut more, open, close) {
+                if let Some(end) = self.unescape_hits_as::<BMI1>(&mut more, open, close) {
                     *hits = more;
                     // Its length as written, for an undo; the unescaped one comes with it.
                     compact::put_len(self.buf.bytes_mut(), open + 1, end - open - 1);
@@ -2091,6 +2159,49 @@ mod fast {
         /// escape, a string too long, or one the scratch has no room for.
         #[inline(never)]
         fn unescape_hits(
+            &mut self,
+            hits: &mut scan::Hits,
+            open: usize,
+            at: usize,
+        ) -> Option<usize> {
+            self.unescape_hits_body(hits, open, at)
+        }
+
+        /// [`Cursor::unescape_hits`] built with BMI1 (a hit popped in one step, not two).
+        #[cfg(all(target_arch = "x86_64", not(target_feature = "bmi1")))]
+        #[target_feature(enable = "bmi1")]
+        #[inline(never)]
+        unsafe fn unescape_hits_bmi1(
+            &mut self,
+            hits: &mut scan::Hits,
+            open: usize,
+            at: usize,
+        ) -> Option<usize> {
+            self.unescape_hits_body(hits, open, at)
+        }
+
+        /// [`Cursor::unescape_hits`], or (`BMI1`, in the walk [`Cursor::ext_bmi1`] builds)
+        /// [`Cursor::unescape_hits_bmi1`].
+        #[inline(always)]
+        fn unescape_hits_as<const BMI1: bool>(
+            &mut self,
+            hits: &mut scan::Hits,
+            open: usize,
+            at: usize,
+        ) -> Option<usize> {
+            #[cfg(all(target_arch = "x86_64", not(target_feature = "bmi1")))]
+            if BMI1 {
+                // SAFETY: `BMI1` is true only in the walk `ext_bmi1` builds, which `ext` runs
+                // only when `scan::has_bmi1` has found the CPU has BMI1
+                // (`scan::tests::bmi1_detection_agrees_with_std` checks that answer).
+                return unsafe { self.unescape_hits_bmi1(hits, open, at) };
+            }
+            self.unescape_hits(hits, open, at)
+        }
+
+        /// See [`Cursor::unescape_hits`].
+        #[inline(always)]
+        fn unescape_hits_body(
             &mut self,
             hits: &mut scan::Hits,
             open: usize,
@@ -2844,6 +2955,124 @@ mod tests {
             } else {
                 assert_eq!(cmd.ext_fields().len(), 21);
                 assert_eq!(cmd.ext("k19"), Some("\t19"));
+            }
+        }
+    }
+
+    #[test]
+    fn u00_escapes_at_every_offset_read_back() {
+        // `\u00XX` escapes (both cases of hex, the highest ASCII one) and others, at every
+        // offset from the string's start (so every position in the 16-byte runs and the
+        // 24-byte window the unescaper reads at once) and, through the key's length, from the
+        // 64-byte blocks; the object last in a header that ends right after it (so the
+        // window runs past the header's end and the step byte by byte is taken).
+        let pieces = [
+            ("\\u0001", "\u{1}"),
+            ("\\u001f", "\u{1f}"),
+            ("\\u001A", "\u{1a}"),
+            ("\\u007F", "\u{7f}"),
+            ("\\u0080", "\u{80}"),
+            ("\\n", "\n"),
+            ("\\\"", "\""),
+        ];
+        for lead in 0..40 {
+            for gap in [0usize, 1, 4, 10, 15, 16, 17, 23] {
+                for (i, (esc, un)) in pieces.iter().enumerate() {
+                    let (next, next_un) = pieces[(i + lead) % pieces.len()];
+                    let value = format!(
+                        "{}{esc}{}{next}{}\\u0002",
+                        "a".repeat(lead),
+                        "b".repeat(gap),
+                        "c".repeat(gap % 7)
+                    );
+                    let want = format!(
+                        "{}{un}{}{next_un}{}\u{2}",
+                        "a".repeat(lead),
+                        "b".repeat(gap),
+                        "c".repeat(gap % 7)
+                    );
+                    let key = "k".repeat(1 + (lead * 7 + gap) % 64);
+                    let ext = format!(r#"{{"p":"q","{key}":"{value}"}}"#);
+                    for header in [
+                        format!(
+                            r#"{{"code":1,"extFields":{ext},"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}}"#
+                        ),
+                        format!(
+                            r#"{{"code":1,"language":"JAVA","version":1,"opaque":3,"flag":0,"extFields":{ext}}}"#
+                        ),
+                    ] {
+                        // With the walk (and unescaper) built with BMI1 where the CPU has
+                        // it, and without.
+                        for without_bmi1 in [false, true] {
+                            #[cfg(feature = "std")]
+                            fast::WITHOUT_BMI1.with(|w| w.set(without_bmi1));
+                            let mut copy = header.clone().into_bytes();
+                            let parsed = fast::parse(&mut copy[..], &Limits::default());
+                            let cmd = decode_both(&header).0;
+                            #[cfg(feature = "std")]
+                            fast::WITHOUT_BMI1.with(|w| w.set(false));
+                            assert!(parsed.is_some(), "{header} {without_bmi1}");
+                            let cmd = cmd.unwrap();
+                            assert_eq!(cmd.ext(&key), Some(want.as_str()), "{header}");
+                            assert_eq!(cmd.ext("p"), Some("q"), "{header}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn entries_across_every_block_edge_read_back() {
+        // Plain entries of lengths that put every quote of an entry at every offset from the
+        // 64-byte blocks of the walk (an entry across a block edge is taken string by
+        // string), some longer than a block, both key orders, with and without BMI1.
+        for shift in 0..64usize {
+            let entries: Vec<(String, String)> = (0..24)
+                .map(|i| {
+                    let klen = 1 + (i * 7 + shift) % 23;
+                    let vlen = match (i + shift) % 11 {
+                        0 => 70 + i,
+                        _ => (i * 13 + shift * 3) % 41,
+                    };
+                    (format!("{i}{}", "k".repeat(klen)), "v".repeat(vlen))
+                })
+                .collect();
+            let ext: Vec<String> = entries
+                .iter()
+                .map(|(k, v)| format!(r#""{k}":"{v}""#))
+                .collect();
+            let ext = format!("{{{}}}", ext.join(","));
+            for header in [
+                format!(
+                    r#"{{"code":1,"extFields":{ext},"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}}"#
+                ),
+                format!(
+                    r#"{{"code":1,"language":"JAVA","version":1,"opaque":3,"flag":0,"extFields":{ext}}}"#
+                ),
+            ] {
+                for without_bmi1 in [false, true] {
+                    #[cfg(feature = "std")]
+                    fast::WITHOUT_BMI1.with(|w| w.set(without_bmi1));
+                    let mut copy = header.clone().into_bytes();
+                    let parsed = fast::parse(&mut copy[..], &Limits::default());
+                    let read_only = fast::parse(header.as_bytes(), &Limits::default());
+                    let cmd = decode_both(&header).0;
+                    #[cfg(feature = "std")]
+                    fast::WITHOUT_BMI1.with(|w| w.set(false));
+                    assert!(parsed.is_some(), "{header} {without_bmi1}");
+                    assert_eq!(
+                        format!("{read_only:?}"),
+                        format!("{:?}", Some(general(header.as_bytes()).unwrap()))
+                    );
+                    let got: Vec<(String, String)> = cmd
+                        .unwrap()
+                        .ext_fields()
+                        .iter()
+                        .map(|(k, v)| (k.into(), v.into()))
+                        .collect();
+                    assert_eq!(got, entries, "{header}");
+                }
             }
         }
     }
