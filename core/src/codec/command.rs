@@ -229,6 +229,7 @@ impl HeaderStr {
     }
 
     /// The string.
+    #[inline]
     pub fn as_str(&self) -> &str {
         let bytes = self.as_bytes();
         // SAFETY: every constructor checks that the bytes are UTF-8 (`from_utf8`,
@@ -239,6 +240,7 @@ impl HeaderStr {
     }
 
     /// The UTF-8 bytes.
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         match &self.0 {
             Repr::Inline { len, buf } => &buf[..usize::from(*len)],
@@ -281,6 +283,7 @@ impl HeaderStr {
 
 impl Deref for HeaderStr {
     type Target = str;
+    #[inline]
     fn deref(&self) -> &str {
         self.as_str()
     }
@@ -390,6 +393,7 @@ impl ExtFields {
     }
 
     /// The entries in order.
+    #[inline]
     pub fn iter(&self) -> ExtIter<'_> {
         ExtIter {
             inner: ExtIterInner::Owned(self.entries.iter()),
@@ -493,6 +497,7 @@ enum ExtSrc<'a> {
 
 impl<'a> Ext<'a> {
     /// The entries in wire order.
+    #[inline]
     pub fn iter(&self) -> ExtIter<'a> {
         ExtIter {
             inner: match self.src {
@@ -505,6 +510,7 @@ impl<'a> Ext<'a> {
     }
 
     /// The value of `key` (the last one, if the peer sent the key twice).
+    #[inline]
     pub fn get(&self, key: &str) -> Option<&'a str> {
         let mut found = None;
         for (k, v) in self.iter() {
@@ -524,6 +530,7 @@ impl<'a> Ext<'a> {
     }
 
     /// Whether there are no entries.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.iter().next().is_none()
     }
@@ -542,6 +549,7 @@ impl<'a> Ext<'a> {
 impl<'a> IntoIterator for Ext<'a> {
     type Item = (&'a str, &'a str);
     type IntoIter = ExtIter<'a>;
+    #[inline]
     fn into_iter(self) -> ExtIter<'a> {
         self.iter()
     }
