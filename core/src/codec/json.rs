@@ -551,7 +551,7 @@ fn utf8_error(header: &[u8]) -> Result<(), DecodeError> {
 
 /// The general parser (any key order, whitespace, every error) on a header known to be UTF-8.
 fn parse_general(header: &[u8], limits: &Limits) -> Result<Parsed, DecodeError> {
-    parse_general_parts(header, limits).map(|(parsed, _)| parsed)
+    parse_general_parts(header, limits, &mut Found::default())
 }
 
 /// Where the general parser found what a reader looks for (beside [`Parsed`]).
@@ -562,27 +562,74 @@ struct Found {
     remark_at: u32,
     /// The closing `}` of the `extFields` object at [`Parsed::ext_at`] (when that is not 0).
     ext_end: u32,
+    /// Where the entries of the last `extFields` object are.
+    entries: Entries,
 }
 
-/// [`parse_general`], and where the remark and the end of the `extFields` object are.
-fn parse_general_parts(header: &[u8], limits: &Limits) -> Result<(Parsed, Found), DecodeError> {
+/// The entries with a value of an `extFields` object as the general parser found them: each
+/// key's and value's text as written (a string's between its quotes, a number's or
+/// boolean's whole), the first [`Entries::CAPACITY`], and which are escaped strings.
+#[derive(Clone, Copy, Debug)]
+struct Entries {
+    /// Key start, key end, value start, value end.
+    spans: [[u32; 4]; Entries::CAPACITY],
+    n: usize,
+    /// Bit `2i`: entry `i`'s key is escaped; bit `2i + 1`: its value is.
+    escaped: u32,
+    /// More entries than recorded.
+    more: bool,
+}
+
+impl Entries {
+    /// How many entries are recorded (the 0-allocation promise's 16).
+    const CAPACITY: usize = 16;
+
+    /// Records an entry: its key's and its value's text (start, end, whether escaped).
+    #[inline]
+    fn push(&mut self, key: (usize, usize, bool), value: (usize, usize, bool)) {
+        match self.spans.get_mut(self.n) {
+            Some(slot) => {
+                *slot = [key.0 as u32, key.1 as u32, value.0 as u32, value.1 as u32];
+                self.escaped |= (u32::from(key.2) | u32::from(value.2) << 1) << (2 * self.n);
+                self.n += 1;
+            }
+            None => self.more = true,
+        }
+    }
+}
+
+impl Default for Entries {
+    fn default() -> Self {
+        Entries {
+            spans: [[0; 4]; Entries::CAPACITY],
+            n: 0,
+            escaped: 0,
+            more: false,
+        }
+    }
+}
+
+/// [`parse_general`], writing where the remark, the `extFields` object's end and its entries
+/// are to `found`.
+fn parse_general_parts(
+    header: &[u8],
+    limits: &Limits,
+    found: &mut Found,
+) -> Result<Parsed, DecodeError> {
     let mut parser = Parser {
         buf: header,
         pos: 0,
         limits,
         ext_at: 0,
         escapes: Escapes::default(),
-        found: Found::default(),
+        found,
     };
     let fixed = parser.header()?;
-    Ok((
-        Parsed {
-            fixed,
-            ext_at: parser.ext_at,
-            escapes: parser.escapes,
-        },
-        parser.found,
-    ))
+    Ok(Parsed {
+        fixed,
+        ext_at: parser.ext_at,
+        escapes: parser.escapes,
+    })
 }
 
 /// [`parse_in_place`] of a header the fast parser did not take: the general parser checks
@@ -591,11 +638,9 @@ fn parse_general_parts(header: &[u8], limits: &Limits) -> Result<(Parsed, Found)
 /// is written over the header's first bytes ([`compact::put_remark_at`]) and the `extFields`
 /// object is made compact ([`compact_general`]; not one of [`COMPACT_GENERAL_MAX`] bytes or
 /// more, which stays JSON and is read as such).
-fn parse_general_in_place(
-    header: &mut [u8],
-    limits: &Limits,
-) -> Result<(Fixed, u32), DecodeError> {
-    let (parsed, found) = parse_general_parts(header, limits)?;
+fn parse_general_in_place(header: &mut [u8], limits: &Limits) -> Result<(Fixed, u32), DecodeError> {
+    let mut found = Found::default();
+    let parsed = parse_general_parts(header, limits, &mut found)?;
     if parsed.escapes.any() {
         parsed.escapes.rewrite(header);
     }
@@ -603,7 +648,11 @@ fn parse_general_in_place(
     if ext_at != 0 {
         let (open, close) = (ext_at as usize, found.ext_end as usize);
         if close - open < COMPACT_GENERAL_MAX {
-            if let Some(first) = compact_general(header, open, close) {
+            let first = match found.entries.more {
+                false => compact_recorded(header, &found.entries, close),
+                true => compact_general(header, open, close),
+            };
+            if let Some(first) = first {
                 ext_at = COMPACT_EXT | first as u32;
             }
         }
@@ -962,7 +1011,7 @@ struct Parser<'a> {
     limits: &'a Limits,
     ext_at: u32,
     escapes: Escapes,
-    found: Found,
+    found: &'a mut Found,
 }
 
 type PResult<T> = core::result::Result<T, DecodeError>;
@@ -1210,6 +1259,9 @@ impl<'a> Parser<'a> {
         }
         self.pos += 1;
         let mut count = 0;
+        // The last object's entries are the ones kept (no need to clear the spans).
+        let entries = &mut self.found.entries;
+        (entries.n, entries.escaped, entries.more) = (0, 0, false);
         self.skip_ws();
         if self.peek()? == b'}' {
             self.pos += 1;
@@ -1219,12 +1271,21 @@ impl<'a> Parser<'a> {
             if self.peek()? != b'"' {
                 return Err(self.unexpected("a string key"));
             }
-            self.raw_string()?;
+            // The text's place from `pos` before and after (not from the `Str` just returned
+            // through memory: a wide load of its narrow stores would wait for them).
+            let key_start = self.pos + 1;
+            let key_escaped = self.raw_string()?.escaped;
+            let key = (key_start, self.pos - 1, key_escaped);
             self.skip_ws();
             self.expect(b':', "':'")?;
             self.skip_ws();
             let present = match self.peek()? {
-                b'"' => self.raw_string().map(|_| true)?,
+                b'"' => {
+                    let start = self.pos + 1;
+                    let escaped = self.raw_string()?.escaped;
+                    self.found.entries.push(key, (start, self.pos - 1, escaped));
+                    true
+                }
                 b'n' => self.literal(b"null").map(|()| false)?,
                 // fastjson stores a number or boolean as its text.
                 b'-' | b'0'..=b'9' | b't' | b'f' => {
@@ -1236,6 +1297,7 @@ impl<'a> Parser<'a> {
                             max: self.limits.max_string_len,
                         });
                     }
+                    self.found.entries.push(key, (start, self.pos, false));
                     true
                 }
                 _ => return Err(self.error(JsonErrorKind::WrongType { field: "extFields" })),
@@ -1440,12 +1502,56 @@ fn compact_general(buf: &mut [u8], open: usize, close: usize) -> Option<usize> {
     first
 }
 
+/// [`compact_general`] of an object whose entries the parser recorded (`entries`, none
+/// left out), its `}` at `close`: no scan, but of the padding after an unescaped string's text.
+fn compact_recorded(buf: &mut [u8], entries: &Entries, close: usize) -> Option<usize> {
+    // The end of an escaped string's text once unescaped: the first `UNESCAPED_END`.
+    let text_end = |buf: &[u8], start: usize, escaped: bool, end: usize| -> usize {
+        match escaped {
+            false => end,
+            true => start + memchr::memchr(UNESCAPED_END, &buf[start..end]).unwrap_or(end - start),
+        }
+    };
+    let mut gap_from = 0;
+    for (i, &[key_start, key_end, value_start, value_end]) in
+        entries.spans[..entries.n].iter().enumerate()
+    {
+        let (key_start, value_start) = (key_start as usize, value_start as usize);
+        let key_end = text_end(
+            buf,
+            key_start,
+            entries.escaped >> (2 * i) & 1 != 0,
+            key_end as usize,
+        );
+        let value_end = text_end(
+            buf,
+            value_start,
+            entries.escaped >> (2 * i + 1) & 1 != 0,
+            value_end as usize,
+        );
+        if i > 0 {
+            fill_gap(buf, gap_from, key_start - 2);
+        }
+        compact::put_len(buf, key_start, key_end - key_start);
+        fill_gap(buf, key_end, value_start - 2);
+        compact::put_len(buf, value_start, value_end - value_start);
+        gap_from = value_end;
+    }
+    let &[first, ..] = entries.spans.get(..entries.n)?.first()?;
+    fill_gap(buf, gap_from, close);
+    Some(first as usize - 2)
+}
+
 /// Makes `buf[from..to]` read as nothing in a compacted object: up to two `"`s, or a
 /// [`COMPACT_SKIP`] and its length (big-endian) over it.
+#[inline]
 fn fill_gap(buf: &mut [u8], from: usize, to: usize) {
     let n = to - from;
     if n <= 2 {
-        buf[from..to].fill(b'"');
+        if n > 0 {
+            buf[from] = b'"';
+            buf[to - 1] = b'"';
+        }
     } else {
         let [hi, lo] = (n as u16).to_be_bytes();
         buf[from..from + 3].copy_from_slice(&[compact::COMPACT_SKIP, hi, lo]);
