@@ -23,20 +23,22 @@ const FIXED_LEN: usize = 13;
 ///
 /// The command reads its remark and extension fields from `header` in place.
 pub fn decode_header(header: &Bytes, limits: &Limits) -> Result<Command, DecodeError> {
-    let fixed = parse(header, limits)?;
+    let (fixed, ext_at) = parse(header, limits)?;
     Ok(Command::decoded(
         fixed,
         SerializeType::RocketMq,
         header.clone(),
         false,
-        0,
+        ext_at,
     ))
 }
 
 /// Checks a ROCKETMQ header completely (every length against the header and the limits, every
-/// string's UTF-8) and reads its fixed fields.
+/// string's UTF-8) and reads its fixed fields; with where its extension block starts if it
+/// holds an entry with a value (0 if not: the block is at 21 or later), so that a reader finds
+/// the block at once (see `Command::ext_fields`).
 #[inline(always)]
-pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Fixed, DecodeError> {
+pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<(Fixed, u32), DecodeError> {
     let overrun = |field, offset| DecodeError::BinaryOverrun { field, offset };
     // The fixed fields in one bounds check.
     let Some(&[c0, c1, language, v0, v1, o0, o1, o2, o3, f0, f1, f2, f3]) = header.get(..FIXED_LEN)
@@ -78,10 +80,15 @@ pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Fixed, DecodeError
     if ext_len > header.len() - ext_start {
         return Err(overrun(BinaryField::Ext, ext_start));
     }
+    let mut ext_at = 0;
     if ext_len > 0 {
         out.has_ext = check_ext_block(header, ext_start, ext_start + ext_len, limits)? > 0;
+        if out.has_ext {
+            // Within a header of at most 2^24 bytes (its length is the marker's 24 bits).
+            ext_at = ext_start as u32;
+        }
     }
-    Ok(out)
+    Ok((out, ext_at))
 }
 
 /// Whether a remark is UTF-8: an ASCII check first (most remarks are ASCII, and it is a few
