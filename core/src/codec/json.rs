@@ -3142,6 +3142,10 @@ mod tests {
         ]
     }
 
+    /// An `extFields` entry of a generated header: its key, whether the key is spelled with
+    /// `\uXXXX`, and its value as written and as read (see [`ext_value`]).
+    type GenEntry = (String, bool, (String, Option<String>));
+
     /// JSON whitespace, or none.
     fn ws() -> impl proptest::strategy::Strategy<Value = String> {
         use proptest::strategy::Just;
@@ -3200,7 +3204,7 @@ mod tests {
         ) {
             let mut sp = spaces.iter().cycle();
             let mut w = || sp.next().unwrap().clone();
-            let object = |w: &mut dyn FnMut() -> String, entries: &[(String, bool, (String, Option<String>))]| {
+            let object = |w: &mut dyn FnMut() -> String, entries: &[GenEntry]| {
                 let body: Vec<String> = entries
                     .iter()
                     .map(|(k, spelled, (v, _))| format!("{}{}{}:{}{}{}", w(), json_string(k, *spelled), w(), w(), v, w()))
@@ -3232,7 +3236,7 @@ mod tests {
             // The earlier object anywhere, the last one after it.
             let mut at = order[6] % (members.len() + 1);
             if let Some(earlier) = &earlier {
-                let e: Vec<(String, bool, (String, Option<String>))> =
+                let e: Vec<GenEntry> =
                     earlier.iter().map(|(k, v)| (k.clone(), false, v.clone())).collect();
                 members.insert(at, format!(r#""extFields":{}"#, object(&mut w, &e)));
                 at += 1 + order[7] % (members.len() - at);
