@@ -637,7 +637,9 @@ fn parse_general_parts(
 /// fast parser's headers are, so that reading never scans its JSON again: the remark's place
 /// is written over the header's first bytes ([`compact::put_remark_at`]) and the `extFields`
 /// object is made compact ([`compact_general`]; not one of [`COMPACT_GENERAL_MAX`] bytes or
-/// more, which stays JSON and is read as such).
+/// more, which stays JSON and is read as such). Kept out of line: [`parse_in_place`]'s fast
+/// path stays as small as it was.
+#[inline(never)]
 fn parse_general_in_place(header: &mut [u8], limits: &Limits) -> Result<(Fixed, u32), DecodeError> {
     let mut found = Found::default();
     let parsed = parse_general_parts(header, limits, &mut found)?;
