@@ -10,7 +10,8 @@
 //! - `json-{send0,send128,heartbeat}` the same in JSON (the send request's `i`, Java's message
 //!   properties, holds 8 `\u00XX` escapes); `json-send-one`: that with one escape left,
 //!   `json-send-plain`: none; `json-body`: the heartbeat with a 4-byte body (split off as `Bytes`
-//!   rather than skipped); `json-tiny`: that and 13 one-byte fields;
+//!   rather than skipped); `json-tiny`: that and 13 one-byte fields; `json-general-send0`:
+//!   `json-send0` with a space after every key's colon (the general parser takes it);
 //! - `vectors` (the 44 shared vector frames, both header types); with `PER_VECTOR` set in the
 //!   environment, also each of them alone as `vector-NN`.
 //!
@@ -166,6 +167,22 @@ fn main() {
         let mut frame = BytesMut::new();
         codec.encode(&cmd, &mut frame).unwrap();
         cases.push((name, vec![frame]));
+    }
+    // The JSON send request as a peer with other habits writes it (whitespace after the
+    // colons): the general parser takes it.
+    {
+        let mut frame = BytesMut::new();
+        codec
+            .encode(&send_request(json, true, 0, Escapes::All), &mut frame)
+            .unwrap();
+        let header_len = u32::from_be_bytes(frame[4..8].try_into().unwrap()) as usize;
+        let header = String::from_utf8(frame[8..8 + header_len].to_vec()).unwrap();
+        let spaced = header.replace("\":", "\": ");
+        let mut general = BytesMut::new();
+        general.extend_from_slice(&((4 + spaced.len()) as u32).to_be_bytes());
+        general.extend_from_slice(&(spaced.len() as u32).to_be_bytes());
+        general.extend_from_slice(spaced.as_bytes());
+        cases.push(("json-general-send0", vec![general]));
     }
     cases.push(("vectors", vector_frames()));
     if std::env::var_os("PER_VECTOR").is_some() {

@@ -23,20 +23,22 @@ const FIXED_LEN: usize = 13;
 ///
 /// The command reads its remark and extension fields from `header` in place.
 pub fn decode_header(header: &Bytes, limits: &Limits) -> Result<Command, DecodeError> {
-    let fixed = parse(header, limits)?;
+    let (fixed, ext_at) = parse(header, limits)?;
     Ok(Command::decoded(
         fixed,
         SerializeType::RocketMq,
         header.clone(),
         false,
-        0,
+        ext_at,
     ))
 }
 
 /// Checks a ROCKETMQ header completely (every length against the header and the limits, every
-/// string's UTF-8) and reads its fixed fields.
+/// string's UTF-8) and reads its fixed fields; with where its extension block starts if it
+/// holds an entry with a value (0 if not: the block is at 21 or later), so that a reader finds
+/// the block at once (see `Command::ext_fields`).
 #[inline(always)]
-pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Fixed, DecodeError> {
+pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<(Fixed, u32), DecodeError> {
     let overrun = |field, offset| DecodeError::BinaryOverrun { field, offset };
     // The fixed fields in one bounds check.
     let Some(&[c0, c1, language, v0, v1, o0, o1, o2, o3, f0, f1, f2, f3]) = header.get(..FIXED_LEN)
@@ -78,10 +80,15 @@ pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Fixed, DecodeError
     if ext_len > header.len() - ext_start {
         return Err(overrun(BinaryField::Ext, ext_start));
     }
+    let mut ext_at = 0;
     if ext_len > 0 {
         out.has_ext = check_ext_block(header, ext_start, ext_start + ext_len, limits)? > 0;
+        if out.has_ext {
+            // Within a header of at most 2^24 bytes (its length is the marker's 24 bits).
+            ext_at = ext_start as u32;
+        }
     }
-    Ok(out)
+    Ok((out, ext_at))
 }
 
 /// Whether a remark is UTF-8: an ASCII check first (most remarks are ASCII, and it is a few
@@ -234,7 +241,26 @@ fn count_two_chains(block: &[u8], mid: usize) -> Option<usize> {
         b += 7 + len_b;
         count += 2;
     }
+    // Then both a step at a time on entries of any shape (keys longer than one byte): the
+    // two chains' loads still overlap.
+    while a < head.len() && b < block.len() {
+        let (next_a, len_a) = any_step(head, a)?;
+        let (next_b, len_b) = any_step(block, b)?;
+        a = next_a;
+        b = next_b;
+        count += usize::from(len_a != 0) + usize::from(len_b != 0);
+    }
     Some(count + count_chain(head, a)? + count_chain(block, b)?)
+}
+
+/// The entry of any shape at `p`: where the next begins and its value's length, or `None` if
+/// it overruns `block`.
+#[inline(always)]
+fn any_step(block: &[u8], p: usize) -> Option<(usize, usize)> {
+    let &[k0, k1] = block.get(p..p + 2)? else {
+        return None;
+    };
+    ext_entry(block, p, usize::from(u16::from_be_bytes([k0, k1])))
 }
 
 /// The bytes of an entry's first eight (as a little-endian word) that give its shape: the key
@@ -289,11 +315,13 @@ fn count_chain(block: &[u8], mut p: usize) -> Option<usize> {
     (p == end).then_some(count)
 }
 
-/// The first place in the 32 bytes from a little before the middle of `block` where a common
-/// entry's shape (`[0, 1, _, 0, 0, 0]`, see [`quick_step`]) begins: where a second chain of the
-/// walk may start. `None` for blocks under 128 bytes (one chain is as quick) or if no such
-/// place is there. A value's bytes may look like this; the walk checks that a chain from the
-/// start ends exactly there.
+/// Where a second chain of the walk may start, found in the 32 bytes from a little before the
+/// middle of `block`: the first place where a common entry's shape (`[0, 1, _, 0, 0, 0]`, see
+/// [`quick_step`]) begins, or else the entry after the first value length below 2^16 (two
+/// zero bytes after a byte that is not zero: a length's high bytes after a text, its key;
+/// see [`after_value_length`]). `None` for blocks under 128 bytes (one chain is as quick) or
+/// if neither is there. A key's or a value's bytes may look like either; the walk checks that
+/// a chain from the start ends exactly there.
 #[inline]
 fn anchor(block: &[u8]) -> Option<usize> {
     if block.len() < 128 {
@@ -303,7 +331,27 @@ fn anchor(block: &[u8]) -> Option<usize> {
     let window = block[from..].first_chunk::<48>()?;
     let (zero, one) = zero_one_masks(window);
     let shape = zero & (one >> 1) & (zero >> 3) & (zero >> 4) & (zero >> 5) & 0xFFFF_FFFF;
-    (shape != 0).then(|| from + shape.trailing_zeros() as usize)
+    if shape != 0 {
+        return Some(from + shape.trailing_zeros() as usize);
+    }
+    after_value_length(block, from, zero)
+}
+
+/// The entry after the value whose length field starts at the first place `q` (of the 32 from
+/// `from`, not the first) where `zero` (bit `i`: `block[from + i]` is 0) has two zero bytes
+/// after one that is not: `q + 4` plus that length, if within `block`.
+#[inline]
+fn after_value_length(block: &[u8], from: usize, zero: u64) -> Option<usize> {
+    let starts = zero & (zero >> 1) & !(zero << 1) & 0xFFFF_FFFE;
+    if starts == 0 {
+        return None;
+    }
+    let q = from + starts.trailing_zeros() as usize;
+    let &[a, b, c, d] = block.get(q..q + 4)? else {
+        return None;
+    };
+    let next = q + 4 + u32::from_be_bytes([a, b, c, d]) as usize;
+    (next < block.len()).then_some(next)
 }
 
 /// Bit `i` of the first mask set where `window[i]` is 0, of the second where it is 1.
@@ -756,6 +804,33 @@ mod tests {
             quick_and_exact_agree(ext_block(&entries), &flips, &limits)?;
         }
 
+        /// The same for long blocks of entries whose keys are longer than one byte (the walk
+        /// takes them as two chains from a value length near the middle), keys and values
+        /// that hold zero bytes (false anchors), empty values, bytes changed, tight limits.
+        #[test]
+        fn the_value_length_anchor_walk_answers_as_the_exact_one(
+            entries in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![
+                        6 => proptest::collection::vec(b'a'..=b'z', 2..12),
+                        1 => proptest::collection::vec(proptest::prop_oneof![Just(0u8), b'a'..=b'c'], 0..6),
+                    ],
+                    proptest::prop_oneof![
+                        6 => proptest::collection::vec(b' '..=b'~', 1..24),
+                        1 => proptest::collection::vec(proptest::prop_oneof![Just(0u8), 1u8..=4, b'a'..=b'c'], 0..300),
+                        1 => Just(vec![]),
+                    ],
+                ),
+                0..60,
+            ),
+            flips in proptest::collection::vec((0usize..2000, 0u8..=255), 0..3),
+            max_string_len in proptest::prop_oneof![Just(1usize << 20), 0usize..400],
+            max_ext_fields in proptest::prop_oneof![Just(64usize), 0usize..20],
+        ) {
+            let limits = Limits { max_string_len, max_ext_fields, ..Limits::default() };
+            quick_and_exact_agree(ext_block(&entries), &flips, &limits)?;
+        }
+
         /// The SSE2 masks and the portable ones agree.
         #[test]
         fn sse2_masks_match_the_portable_ones(
@@ -854,6 +929,62 @@ mod tests {
         assert_eq!(mid, at);
         assert_eq!(count_two_chains(&block, mid), None);
         assert_eq!(count_ext_entries(&block), Some(13));
+        let limits = Limits::default();
+        assert_eq!(
+            check_ext_block(&block, 0, block.len(), &limits),
+            check_ext_block_exactly(&block, 0, block.len(), &limits, true)
+        );
+    }
+
+    /// A block of five-byte keys (no common entry) is walked as two chains from the entry
+    /// after a value length near the middle; a value holding zero bytes where that length is
+    /// looked for sends the walk back to one chain, with the same answer.
+    #[test]
+    fn a_block_of_longer_keys_takes_two_chains() {
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = (0..50)
+            .map(|i| {
+                (
+                    alloc::format!("key{i:02}").into_bytes(),
+                    alloc::format!("value-{}", i * 37).into_bytes(),
+                )
+            })
+            .collect();
+        let block = ext_block(&entries);
+        let from = block.len() / 2 - 16;
+        let window = block[from..].first_chunk::<48>().unwrap();
+        let (zero, one) = zero_one_masks(window);
+        let shape = zero & (one >> 1) & (zero >> 3) & (zero >> 4) & (zero >> 5) & 0xFFFF_FFFF;
+        assert_eq!(shape, 0, "no common entry's shape");
+        let mid = anchor(&block).expect("a value length near the middle");
+        // An entry boundary: the walk from the start passes through it.
+        let mut p = 0;
+        while p < mid {
+            p = any_step(&block, p).unwrap().0;
+        }
+        assert_eq!(p, mid);
+        assert_eq!(count_two_chains(&block, mid), Some(50));
+        assert_eq!(count_ext_entries(&block), Some(50));
+
+        // A value holding zero bytes where the anchor is looked for: the first two look like
+        // a value length, which leads into the value (not to an entry).
+        let boundaries = |block: &[u8]| {
+            let mut at = vec![0];
+            while let Some((next, _)) = any_step(block, *at.last().unwrap()) {
+                at.push(next);
+            }
+            at
+        };
+        let (block, mid) = (0..50)
+            .find_map(|i| {
+                let mut fake = entries.clone();
+                fake[i].1 = [[b'x'; 20], [0; 20], [b'x'; 20]].concat();
+                let block = ext_block(&fake);
+                let mid = anchor(&block)?;
+                (!boundaries(&block).contains(&mid)).then_some((block, mid))
+            })
+            .expect("a value whose zeros are taken for a value length");
+        assert_eq!(count_two_chains(&block, mid), None);
+        assert_eq!(count_ext_entries(&block), Some(50));
         let limits = Limits::default();
         assert_eq!(
             check_ext_block(&block, 0, block.len(), &limits),

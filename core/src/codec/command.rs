@@ -229,6 +229,7 @@ impl HeaderStr {
     }
 
     /// The string.
+    #[inline]
     pub fn as_str(&self) -> &str {
         let bytes = self.as_bytes();
         // SAFETY: every constructor checks that the bytes are UTF-8 (`from_utf8`,
@@ -239,6 +240,7 @@ impl HeaderStr {
     }
 
     /// The UTF-8 bytes.
+    #[inline]
     pub fn as_bytes(&self) -> &[u8] {
         match &self.0 {
             Repr::Inline { len, buf } => &buf[..usize::from(*len)],
@@ -281,6 +283,7 @@ impl HeaderStr {
 
 impl Deref for HeaderStr {
     type Target = str;
+    #[inline]
     fn deref(&self) -> &str {
         self.as_str()
     }
@@ -390,6 +393,7 @@ impl ExtFields {
     }
 
     /// The entries in order.
+    #[inline]
     pub fn iter(&self) -> ExtIter<'_> {
         ExtIter {
             inner: ExtIterInner::Owned(self.entries.iter()),
@@ -493,6 +497,7 @@ enum ExtSrc<'a> {
 
 impl<'a> Ext<'a> {
     /// The entries in wire order.
+    #[inline]
     pub fn iter(&self) -> ExtIter<'a> {
         ExtIter {
             inner: match self.src {
@@ -505,6 +510,7 @@ impl<'a> Ext<'a> {
     }
 
     /// The value of `key` (the last one, if the peer sent the key twice).
+    #[inline]
     pub fn get(&self, key: &str) -> Option<&'a str> {
         let mut found = None;
         for (k, v) in self.iter() {
@@ -524,6 +530,7 @@ impl<'a> Ext<'a> {
     }
 
     /// Whether there are no entries.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.iter().next().is_none()
     }
@@ -542,6 +549,7 @@ impl<'a> Ext<'a> {
 impl<'a> IntoIterator for Ext<'a> {
     type Item = (&'a str, &'a str);
     type IntoIter = ExtIter<'a>;
+    #[inline]
     fn into_iter(self) -> ExtIter<'a> {
         self.iter()
     }
@@ -983,7 +991,9 @@ pub struct Command {
     /// look).
     has_remark: bool,
     /// JSON layouts: where the `{` of the (last, non-empty) `extFields` object is in the header;
-    /// 0 for none (the header's own `{` comes first, so no object starts at 0).
+    /// 0 for none (the header's own `{` comes first, so no object starts at 0). ROCKETMQ
+    /// layouts: where the extension block starts in the header if it holds an entry with a
+    /// value, else 0.
     ext_at: u32,
     /// The frame (decoded layouts) or the body (built).
     buf: Bytes,
@@ -1216,9 +1226,15 @@ impl Command {
                 Some(owned) => ExtSrc::Owned(&owned.ext.entries),
                 None => ExtSrc::Owned(&[]),
             },
-            Layout::RocketMqFrame | Layout::RocketMqHeader => {
-                ExtSrc::Binary(binary_ext_block(self.header()))
-            }
+            // Where the block starts, from the decoder (0: no entry with a value); its length
+            // is just before it.
+            Layout::RocketMqFrame | Layout::RocketMqHeader => match self.ext_at {
+                0 => ExtSrc::Owned(&[]),
+                at => {
+                    let prefix = usize::from(self.layout == Layout::RocketMqFrame) * 8;
+                    ExtSrc::Binary(binary_ext_block(&self.buf, prefix + at as usize))
+                }
+            },
             Layout::JsonFrame | Layout::JsonHeader => match self.ext_at {
                 0 => ExtSrc::Owned(&[]),
                 at if at & COMPACT_EXT != 0 => {
@@ -1333,17 +1349,13 @@ impl Command {
     }
 }
 
-/// The extension block of a validated ROCKETMQ header (see [`crate::binary`] for the layout).
+/// The extension block of a validated ROCKETMQ header that starts at `at` in `buf` (what the
+/// decoder found; its length is the four bytes before it).
 #[inline]
-fn binary_ext_block(h: &[u8]) -> &[u8] {
-    let be32 = |at: usize| -> Option<usize> {
-        Some(u32::from_be_bytes(h.get(at..at + 4)?.try_into().ok()?) as usize)
-    };
+fn binary_ext_block(buf: &[u8], at: usize) -> &[u8] {
     let block = || -> Option<&[u8]> {
-        let remark_len = be32(13)?;
-        let at = 17 + remark_len;
-        let len = be32(at)?;
-        h.get(at + 4..at + 4 + len)
+        let &len = buf.get(at.checked_sub(4)?..)?.first_chunk::<4>()?;
+        buf.get(at..at + u32::from_be_bytes(len) as usize)
     };
     block().unwrap_or(&[])
 }
@@ -1482,6 +1494,55 @@ mod tests {
         assert_eq!(decoded.ext("c"), Some(v255.as_str()));
         assert_eq!(decoded.ext("b"), None);
         assert_eq!(decoded.ext_fields().len(), 7);
+    }
+
+    /// A ROCKETMQ command finds its extension block where the decoder saw it, through every
+    /// decoding path (a stream, a whole frame, a header alone), with a remark before the block
+    /// and bytes after it; a block of empty values only reads as no fields.
+    #[test]
+    fn binary_fields_are_found_where_the_decoder_saw_them() {
+        use crate::{binary, Codec};
+        use alloc::vec::Vec;
+        let codec = Codec::default();
+        for (remark, sent, trailer) in [
+            (Some("说明"), &[("k", "v"), ("key", "value")][..], &b""[..]),
+            (None, &[("k", "v")][..], &b"after"[..]),
+            (Some("r"), &[("k", ""), ("j", "")][..], &b"xy"[..]),
+        ] {
+            let mut cmd = Command::request(7).with_serialize_type(SerializeType::RocketMq);
+            if let Some(r) = remark {
+                cmd = cmd.with_remark(r);
+            }
+            for &(k, v) in sent {
+                cmd.ext_fields_mut().push(k, v);
+            }
+            let mut header = Vec::new();
+            binary::encode_header(&cmd, &mut header);
+            header.extend_from_slice(trailer);
+            let mut wire = bytes::BytesMut::new();
+            wire.extend_from_slice(&(4 + header.len() as u32 + 2).to_be_bytes());
+            wire.extend_from_slice(&(header.len() as u32 | 1 << 24).to_be_bytes());
+            wire.extend_from_slice(&header);
+            wire.extend_from_slice(b"zz");
+            let frame = wire.clone().freeze();
+            let crate::Decoded::Command(streamed) = codec.decode(&mut wire).unwrap() else {
+                panic!()
+            };
+            let whole = codec.decode_frame(&frame).unwrap();
+            let alone = binary::decode_header(&bytes::Bytes::from(header), codec.limits()).unwrap();
+            let expected: Vec<(&str, &str)> = sent
+                .iter()
+                .copied()
+                .filter(|(_, v)| !v.is_empty())
+                .collect();
+            for decoded in [&streamed, &whole, &alone] {
+                let read: Vec<(&str, &str)> = decoded.ext_fields().iter().collect();
+                assert_eq!(read, expected);
+                assert_eq!(decoded.remark(), remark);
+            }
+            assert_eq!(streamed.body(), b"zz");
+            assert_eq!(whole.body(), b"zz");
+        }
     }
 
     /// A compacted JSON `extFields` object reads the same through the usual-entry path of

@@ -104,7 +104,7 @@ impl Codec {
         // within the frame: the index cannot fail.)
         let header = &mut frame[PREFIX_LEN..PREFIX_LEN + header_len];
         let (fixed, ext_at) = match ty {
-            SerializeType::RocketMq => (binary::parse(header, &self.limits)?, 0),
+            SerializeType::RocketMq => binary::parse(header, &self.limits)?,
             SerializeType::Json => {
                 // Rewritten for reading (escapes undone, `extFields` compacted) where it lies:
                 // the read buffer is ours to change, and whatever else shares its memory lies
@@ -211,13 +211,16 @@ impl Codec {
                     escapes: parsed.escapes,
                 }
             }
-            SerializeType::RocketMq => Checked {
-                ty,
-                header_len,
-                fixed: binary::parse(header, &self.limits)?,
-                ext_at: 0,
-                escapes: json::Escapes::default(),
-            },
+            SerializeType::RocketMq => {
+                let (fixed, ext_at) = binary::parse(header, &self.limits)?;
+                Checked {
+                    ty,
+                    header_len,
+                    fixed,
+                    ext_at,
+                    escapes: json::Escapes::default(),
+                }
+            }
         })
     }
 

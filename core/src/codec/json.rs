@@ -507,7 +507,7 @@ pub(crate) fn parse_in_place(
     check_utf8(header)?;
     let parsed = match fast::parse(&mut *header, limits) {
         Some(parsed) => parsed,
-        None => parse_general(header, limits)?,
+        None => return parse_general_in_place(header, limits),
     };
     if parsed.escapes.any() {
         parsed.escapes.rewrite(header);
@@ -551,12 +551,78 @@ fn utf8_error(header: &[u8]) -> Result<(), DecodeError> {
 
 /// The general parser (any key order, whitespace, every error) on a header known to be UTF-8.
 fn parse_general(header: &[u8], limits: &Limits) -> Result<Parsed, DecodeError> {
+    parse_general_parts(header, limits, &mut Found::default())
+}
+
+/// Where the general parser found what a reader looks for (beside [`Parsed`]).
+#[derive(Clone, Copy, Debug, Default)]
+struct Found {
+    /// The opening quote of the last `remark` that is a string (read only if the last remark
+    /// is one: [`Fixed::has_remark`]).
+    remark_at: u32,
+    /// The closing `}` of the `extFields` object at [`Parsed::ext_at`] (when that is not 0).
+    ext_end: u32,
+    /// Where the entries of the last `extFields` object are.
+    entries: Entries,
+}
+
+/// The entries with a value of an `extFields` object as the general parser found them: each
+/// key's and value's text as written (a string's between its quotes, a number's or
+/// boolean's whole), the first [`Entries::CAPACITY`], and which are escaped strings.
+#[derive(Clone, Copy, Debug)]
+struct Entries {
+    /// Key start, key end, value start, value end.
+    spans: [[u32; 4]; Entries::CAPACITY],
+    n: usize,
+    /// Bit `2i`: entry `i`'s key is escaped; bit `2i + 1`: its value is.
+    escaped: u32,
+    /// More entries than recorded.
+    more: bool,
+}
+
+impl Entries {
+    /// How many entries are recorded (the 0-allocation promise's 16).
+    const CAPACITY: usize = 16;
+
+    /// Records an entry: its key's and its value's text (start, end, whether escaped).
+    #[inline]
+    fn push(&mut self, key: (usize, usize, bool), value: (usize, usize, bool)) {
+        match self.spans.get_mut(self.n) {
+            Some(slot) => {
+                *slot = [key.0 as u32, key.1 as u32, value.0 as u32, value.1 as u32];
+                self.escaped |= (u32::from(key.2) | u32::from(value.2) << 1) << (2 * self.n);
+                self.n += 1;
+            }
+            None => self.more = true,
+        }
+    }
+}
+
+impl Default for Entries {
+    fn default() -> Self {
+        Entries {
+            spans: [[0; 4]; Entries::CAPACITY],
+            n: 0,
+            escaped: 0,
+            more: false,
+        }
+    }
+}
+
+/// [`parse_general`], writing where the remark, the `extFields` object's end and its entries
+/// are to `found`.
+fn parse_general_parts(
+    header: &[u8],
+    limits: &Limits,
+    found: &mut Found,
+) -> Result<Parsed, DecodeError> {
     let mut parser = Parser {
         buf: header,
         pos: 0,
         limits,
         ext_at: 0,
         escapes: Escapes::default(),
+        found,
     };
     let fixed = parser.header()?;
     Ok(Parsed {
@@ -564,6 +630,39 @@ fn parse_general(header: &[u8], limits: &Limits) -> Result<Parsed, DecodeError> 
         ext_at: parser.ext_at,
         escapes: parser.escapes,
     })
+}
+
+/// [`parse_in_place`] of a header the fast parser did not take: the general parser checks
+/// it, its escaped strings are unescaped in place, and then it is rewritten for reading as the
+/// fast parser's headers are, so that reading never scans its JSON again: the remark's place
+/// is written over the header's first bytes ([`compact::put_remark_at`]) and the `extFields`
+/// object is made compact ([`compact_general`]; not one of [`COMPACT_GENERAL_MAX`] bytes or
+/// more, which stays JSON and is read as such). Kept out of line: [`parse_in_place`]'s fast
+/// path stays as small as it was.
+#[inline(never)]
+fn parse_general_in_place(header: &mut [u8], limits: &Limits) -> Result<(Fixed, u32), DecodeError> {
+    let mut found = Found::default();
+    let parsed = parse_general_parts(header, limits, &mut found)?;
+    if parsed.escapes.any() {
+        parsed.escapes.rewrite(header);
+    }
+    let mut ext_at = parsed.ext_at;
+    if ext_at != 0 {
+        let (open, close) = (ext_at as usize, found.ext_end as usize);
+        if close - open < COMPACT_GENERAL_MAX {
+            let first = match found.entries.more {
+                false => compact_recorded(header, &found.entries, close),
+                true => compact_general(header, open, close),
+            };
+            if let Some(first) = first {
+                ext_at = COMPACT_EXT | first as u32;
+            }
+        }
+    }
+    if parsed.fixed.has_remark {
+        compact::put_remark_at(header, found.remark_at as usize);
+    }
+    Ok((parsed.fixed, ext_at))
 }
 
 /// Rewrites, from `from` on, every string of a header [`parse`] accepted that holds escapes:
@@ -914,6 +1013,7 @@ struct Parser<'a> {
     limits: &'a Limits,
     ext_at: u32,
     escapes: Escapes,
+    found: &'a mut Found,
 }
 
 type PResult<T> = core::result::Result<T, DecodeError>;
@@ -985,11 +1085,18 @@ impl<'a> Parser<'a> {
                     Key::Opaque => fixed.opaque = self.int("opaque")?,
                     Key::Flag => fixed.flag = self.int("flag")?,
                     Key::Language => fixed.language = self.language()?,
-                    Key::Remark => fixed.has_remark = self.remark()?,
+                    Key::Remark => {
+                        let at = self.pos;
+                        fixed.has_remark = self.remark()?;
+                        if fixed.has_remark {
+                            self.found.remark_at = at as u32;
+                        }
+                    }
                     Key::ExtFields => {
                         let at = self.pos;
                         let count = self.ext_fields()?;
                         self.ext_at = if count > 0 { at as u32 } else { 0 };
+                        self.found.ext_end = (self.pos - 1) as u32;
                         fixed.has_ext = count > 0;
                     }
                     Key::Other => self.skip_value(1)?,
@@ -1154,6 +1261,9 @@ impl<'a> Parser<'a> {
         }
         self.pos += 1;
         let mut count = 0;
+        // The last object's entries are the ones kept (no need to clear the spans).
+        let entries = &mut self.found.entries;
+        (entries.n, entries.escaped, entries.more) = (0, 0, false);
         self.skip_ws();
         if self.peek()? == b'}' {
             self.pos += 1;
@@ -1163,12 +1273,21 @@ impl<'a> Parser<'a> {
             if self.peek()? != b'"' {
                 return Err(self.unexpected("a string key"));
             }
-            self.raw_string()?;
+            // The text's place from `pos` before and after (not from the `Str` just returned
+            // through memory: a wide load of its narrow stores would wait for them).
+            let key_start = self.pos + 1;
+            let key_escaped = self.raw_string()?.escaped;
+            let key = (key_start, self.pos - 1, key_escaped);
             self.skip_ws();
             self.expect(b':', "':'")?;
             self.skip_ws();
             let present = match self.peek()? {
-                b'"' => self.raw_string().map(|_| true)?,
+                b'"' => {
+                    let start = self.pos + 1;
+                    let escaped = self.raw_string()?.escaped;
+                    self.found.entries.push(key, (start, self.pos - 1, escaped));
+                    true
+                }
                 b'n' => self.literal(b"null").map(|()| false)?,
                 // fastjson stores a number or boolean as its text.
                 b'-' | b'0'..=b'9' | b't' | b'f' => {
@@ -1180,6 +1299,7 @@ impl<'a> Parser<'a> {
                             max: self.limits.max_string_len,
                         });
                     }
+                    self.found.entries.push(key, (start, self.pos, false));
                     true
                 }
                 _ => return Err(self.error(JsonErrorKind::WrongType { field: "extFields" })),
@@ -1311,6 +1431,165 @@ fn number_at(buf: &[u8], start: usize) -> Result<(i32, usize), Option<DecodeErro
         },
         end,
     ))
+}
+
+/// The longest `extFields` object [`compact_general`] rewrites: every string of a shorter one
+/// is shorter too, so its length fits the compact form with a first byte below
+/// [`COMPACT_SKIP`] (a value's length can follow its key's text directly there, where a skip
+/// would be looked for).
+const COMPACT_GENERAL_MAX: usize = 0x7C00;
+
+/// Rewrites the `extFields` object from its `{` at `open` to its `}` at `close`, checked by
+/// the general parser and its escaped strings rewritten ([`Escapes::rewrite`]), in the compact
+/// form (see [`compact`]): each string or scalar's text keeps its place and gets its length in
+/// the two bytes before it; what lies between one text and the next length (quotes,
+/// whitespace, `:` and `,`, entries whose value is `null`, the rewritten strings' padding)
+/// becomes `"`s or a [`COMPACT_SKIP`] over it; the `}` stays. Returns where the first
+/// entry's key length is (what [`COMPACT_EXT`] then carries), or `None` if no entry has a
+/// value (nothing is written then).
+///
+/// Every length slot lies within the bytes it replaces: two bytes before a string's text are
+/// its opening quote and the byte before that (`{`, `,`, `:` or whitespace); before a
+/// scalar's, at least its key's closing quote and the `:`.
+fn compact_general(buf: &mut [u8], open: usize, close: usize) -> Option<usize> {
+    debug_assert!(close - open < COMPACT_GENERAL_MAX && buf[open] == b'{' && buf[close] == b'}');
+    let mut first = None;
+    // The end of the last text written (where what must be stepped over starts).
+    let mut gap_from = 0;
+    let mut p = open + 1;
+    loop {
+        p = skip_ws_at(buf, p);
+        if buf[p] == b'}' {
+            break;
+        }
+        let (key, after_key) = text_at(buf, p);
+        p = skip_ws_at(buf, after_key);
+        debug_assert_eq!(buf[p], b':');
+        p = skip_ws_at(buf, p + 1);
+        let value = match buf[p] {
+            b'n' => {
+                p += 4;
+                None
+            }
+            b'"' | UNESCAPED_START => {
+                let (value, after) = text_at(buf, p);
+                p = after;
+                Some(value)
+            }
+            _ => {
+                let end = scalar_end_at(buf, p);
+                let value = (p, end);
+                p = end;
+                Some(value)
+            }
+        };
+        if let Some((value_start, value_end)) = value {
+            let (key_start, key_end) = key;
+            match first {
+                None => first = Some(key_start - 2),
+                Some(_) => fill_gap(buf, gap_from, key_start - 2),
+            }
+            compact::put_len(buf, key_start, key_end - key_start);
+            fill_gap(buf, key_end, value_start - 2);
+            compact::put_len(buf, value_start, value_end - value_start);
+            gap_from = value_end;
+        }
+        p = skip_ws_at(buf, p);
+        if buf[p] == b',' {
+            p += 1;
+        }
+    }
+    first?;
+    fill_gap(buf, gap_from, close);
+    first
+}
+
+/// [`compact_general`] of an object whose entries the parser recorded (`entries`, none
+/// left out), its `}` at `close`: no scan, but of the padding after an unescaped string's text.
+fn compact_recorded(buf: &mut [u8], entries: &Entries, close: usize) -> Option<usize> {
+    // The end of an escaped string's text once unescaped: the first `UNESCAPED_END`.
+    let text_end = |buf: &[u8], start: usize, escaped: bool, end: usize| -> usize {
+        match escaped {
+            false => end,
+            true => start + memchr::memchr(UNESCAPED_END, &buf[start..end]).unwrap_or(end - start),
+        }
+    };
+    let mut gap_from = 0;
+    for (i, &[key_start, key_end, value_start, value_end]) in
+        entries.spans[..entries.n].iter().enumerate()
+    {
+        let (key_start, value_start) = (key_start as usize, value_start as usize);
+        let key_end = text_end(
+            buf,
+            key_start,
+            entries.escaped >> (2 * i) & 1 != 0,
+            key_end as usize,
+        );
+        let value_end = text_end(
+            buf,
+            value_start,
+            entries.escaped >> (2 * i + 1) & 1 != 0,
+            value_end as usize,
+        );
+        if i > 0 {
+            fill_gap(buf, gap_from, key_start - 2);
+        }
+        compact::put_len(buf, key_start, key_end - key_start);
+        fill_gap(buf, key_end, value_start - 2);
+        compact::put_len(buf, value_start, value_end - value_start);
+        gap_from = value_end;
+    }
+    let &[first, ..] = entries.spans.get(..entries.n)?.first()?;
+    fill_gap(buf, gap_from, close);
+    Some(first as usize - 2)
+}
+
+/// Makes `buf[from..to]` read as nothing in a compacted object: up to two `"`s, or a
+/// [`COMPACT_SKIP`] and its length (big-endian) over it.
+#[inline]
+fn fill_gap(buf: &mut [u8], from: usize, to: usize) {
+    let n = to - from;
+    if n <= 2 {
+        if n > 0 {
+            buf[from] = b'"';
+            buf[to - 1] = b'"';
+        }
+    } else {
+        let [hi, lo] = (n as u16).to_be_bytes();
+        buf[from..from + 3].copy_from_slice(&[compact::COMPACT_SKIP, hi, lo]);
+    }
+}
+
+/// The first byte at or after `p` that is not JSON whitespace (a checked header's end is not).
+fn skip_ws_at(buf: &[u8], mut p: usize) -> usize {
+    while let b' ' | b'\n' | b'\r' | b'\t' = buf[p] {
+        p += 1;
+    }
+    p
+}
+
+/// The text of the checked, rewritten string at `p` (a plain `"…"` or an unescaped one, see
+/// [`UNESCAPED_START`]) as (start, end), and where the string ends.
+fn text_at(buf: &[u8], p: usize) -> ((usize, usize), usize) {
+    if buf[p] == b'"' {
+        let end = p + 1 + memchr::memchr(b'"', &buf[p + 1..]).unwrap_or(0);
+        ((p + 1, end), end + 1)
+    } else {
+        let end = p + 1 + memchr::memchr(UNESCAPED_END, &buf[p + 1..]).unwrap_or(0);
+        let mut after = end;
+        while buf[after] == UNESCAPED_END {
+            after += 1;
+        }
+        ((p + 1, end), after)
+    }
+}
+
+/// The end of the checked number or `true`/`false` at `p`.
+fn scalar_end_at(buf: &[u8], mut p: usize) -> usize {
+    while !matches!(buf[p], b',' | b'}' | b' ' | b'\n' | b'\r' | b'\t') {
+        p += 1;
+    }
+    p
 }
 
 /// The compact form of a JSON `extFields` object, written in place by the fast parser when
@@ -2876,8 +3155,12 @@ mod tests {
         ] {
             let header = format!("{ext}{tail}");
             let mut buf = frame(&header);
+            // The general parser's header, compacted by it (from the original bytes).
             let parsed = parse_in_place(&mut buf[8..8 + header.len()], &Limits::default());
-            assert_eq!(parsed.unwrap().1 & COMPACT_EXT, 0, "{header}");
+            let ext_at = parsed.unwrap().1;
+            assert_ne!(ext_at & COMPACT_EXT, 0, "{header}");
+            let at = 8 + (ext_at & !COMPACT_EXT) as usize;
+            assert_eq!(&buf[at..at + 2], &[0x80, 1], "{header}");
             let cmd = decode_both(&header).0.unwrap();
             assert_eq!(cmd.ext("b"), Some("x\ny"));
             assert_eq!(cmd.ext_fields().len(), 2);
@@ -2931,8 +3214,9 @@ mod tests {
 
     #[test]
     fn what_the_compact_form_cannot_hold_is_read_as_json() {
-        // A value longer than a compact length, and more escaped strings than are unescaped
-        // while parsing (4) and recorded (8).
+        // A value longer than a compact length (an object the general parser does not compact
+        // either), and more escaped strings than are unescaped while parsing (4) and recorded
+        // (8) (the fast parser gives up; the general one compacts it).
         let long = "v".repeat(compact::MAX_LEN + 1);
         let mut escaped = String::new();
         for i in 0..20 {
@@ -2947,7 +3231,7 @@ mod tests {
             );
             let mut buf = frame(&header);
             let parsed = parse_in_place(&mut buf[8..8 + header.len()], &Limits::default()).unwrap();
-            assert_eq!(parsed.1 & COMPACT_EXT, 0);
+            assert_eq!(parsed.1 & COMPACT_EXT == 0, ext.contains(&long));
             let cmd = decode_both(&header).0.unwrap();
             if ext.contains(&long) {
                 assert_eq!(cmd.ext("a"), Some(long.as_str()));
@@ -3087,6 +3371,157 @@ mod tests {
             "[a-z]{0,30}[\\\\\"]{1,5}[a-z]{0,30}",
             ".{0,20}",
         ]
+    }
+
+    /// An `extFields` entry of a generated header: its key, whether the key is spelled with
+    /// `\uXXXX`, and its value as written and as read (see [`ext_value`]).
+    type GenEntry = (String, bool, (String, Option<String>));
+
+    /// JSON whitespace, or none.
+    fn ws() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::strategy::Just;
+        proptest::prop_oneof![3 => Just(String::new()), 1 => "[ \t\r\n]{1,6}"]
+    }
+
+    /// `text` as a JSON string: plainly escaped (as our encoder does), or with every
+    /// character spelled `\uXXXX` (surrogate pairs for the rest).
+    fn json_string(text: &str, spelled: bool) -> String {
+        if !spelled {
+            return serde_json::to_string(text).unwrap();
+        }
+        let mut out = String::from("\"");
+        for unit in text.encode_utf16() {
+            out.push_str(&format!("\\u{unit:04x}"));
+        }
+        out.push('"');
+        out
+    }
+
+    /// An `extFields` value as a peer may write it: a string, `null`, a number or a boolean
+    /// (read as its text), and the text a reader gets (`None` for `null`).
+    fn ext_value() -> impl proptest::strategy::Strategy<Value = (String, Option<String>)> {
+        use alloc::string::ToString;
+        use proptest::strategy::{Just, Strategy};
+        proptest::prop_oneof![
+            4 => (ext_text(), proptest::bool::weighted(0.2))
+                .prop_map(|(t, spelled)| (json_string(&t, spelled), Some(t))),
+            1 => Just(("null".to_string(), None)),
+            1 => "-?[1-9][0-9]{0,6}(\\.[0-9]{1,3})?(e[+-]?[0-9])?".prop_map(|n| (n.clone(), Some(n))),
+            1 => proptest::bool::ANY.prop_map(|b| (b.to_string(), Some(b.to_string()))),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig {
+            cases: 256,
+            ..proptest::prelude::ProptestConfig::default()
+        })]
+
+        /// Headers the fast parser does not take (whitespace anywhere, any key order, unknown
+        /// keys, `null`, number and boolean values, `\uXXXX` spellings, duplicate keys, two
+        /// `extFields` objects, several remarks) are rewritten for reading by the general
+        /// parser: the remark's place written in, the last `extFields` object compacted. Every
+        /// field reads back as the header says, the same as from a copy read as JSON
+        /// (`decode_frame`), and mutated headers get the same answer both ways.
+        #[test]
+        fn general_headers_are_rewritten_for_reading(
+            entries in proptest::collection::vec((ext_text(), proptest::bool::weighted(0.2), ext_value()), 0..24),
+            earlier in proptest::option::weighted(0.2, proptest::collection::vec((ext_text(), ext_value()), 0..3)),
+            remarks in proptest::collection::vec(proptest::option::of((ext_text(), proptest::bool::weighted(0.2))), 0..3),
+            unknown in proptest::option::of("[a-z]{1,8}"),
+            spaces in proptest::collection::vec(ws(), 40),
+            order in proptest::collection::vec(proptest::num::usize::ANY, 8),
+            flips in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 0..3),
+        ) {
+            let mut sp = spaces.iter().cycle();
+            let mut w = || sp.next().unwrap().clone();
+            let object = |w: &mut dyn FnMut() -> String, entries: &[GenEntry]| {
+                let body: Vec<String> = entries
+                    .iter()
+                    .map(|(k, spelled, (v, _))| format!("{}{}{}:{}{}{}", w(), json_string(k, *spelled), w(), w(), v, w()))
+                    .collect();
+                format!("{{{}{}}}", body.join(","), w())
+            };
+            // Members: the fixed fields, the remarks, the objects, an unknown key; shuffled.
+            let mut members: Vec<String> = vec![
+                r#""code":310"#.into(),
+                r#""language":"JAVA""#.into(),
+                r#""version":453"#.into(),
+                r#""opaque":-7"#.into(),
+                r#""flag":0"#.into(),
+            ];
+            let mut tail: Vec<String> = Vec::new();
+            for r in &remarks {
+                tail.push(match r {
+                    Some((t, spelled)) => format!(r#""remark":{}{}"#, w(), json_string(t, *spelled)),
+                    None => r#""remark":null"#.into(),
+                });
+            }
+            if let Some(u) = &unknown {
+                members.push(format!(r#""{u}":{{"a":[1,"x",null]}}"#));
+            }
+            for (i, o) in order.iter().enumerate().take(members.len()) {
+                let j = o % members.len();
+                members.swap(i, j);
+            }
+            // The earlier object anywhere, the last one after it.
+            let mut at = order[6] % (members.len() + 1);
+            if let Some(earlier) = &earlier {
+                let e: Vec<GenEntry> =
+                    earlier.iter().map(|(k, v)| (k.clone(), false, v.clone())).collect();
+                members.insert(at, format!(r#""extFields":{}"#, object(&mut w, &e)));
+                at += 1 + order[7] % (members.len() - at);
+            }
+            members.insert(at, format!(r#""extFields":{}{}"#, w(), object(&mut w, &entries)));
+            members.extend(tail);
+            let inner: Vec<String> = members.iter().map(|m| format!("{}{m}{}", w(), w())).collect();
+            let header = format!("{}{{{}}}{}", w(), inner.join(","), w());
+
+            let want_ext: Vec<(String, String)> = entries
+                .iter()
+                .filter_map(|(k, _, (_, v))| v.clone().map(|v| (k.clone(), v)))
+                .collect();
+            let want_remark = remarks.last().cloned().flatten().map(|(t, _)| t);
+            let (decoded, _) = decode_both(&header);
+            let cmd = decoded.unwrap();
+            let got: Vec<(String, String)> =
+                cmd.ext_fields().iter().map(|(k, v)| (k.into(), v.into())).collect();
+            proptest::prop_assert_eq!(&got, &want_ext, "{}", header);
+            for (k, _) in &want_ext {
+                let last = want_ext.iter().rev().find(|(kk, _)| kk == k).map(|(_, v)| v.as_str());
+                proptest::prop_assert_eq!(cmd.ext(k), last);
+            }
+            proptest::prop_assert_eq!(cmd.remark(), want_remark.as_deref());
+            proptest::prop_assert_eq!((cmd.code, cmd.opaque, cmd.version), (310, -7, 453));
+
+            // How it was rewritten: compacted when it has an entry, the remark's place written.
+            let mut buf = frame(&header);
+            let (fixed, ext_at) = parse_in_place(&mut buf[8..8 + header.len()], &Limits::default()).unwrap();
+            proptest::prop_assert_eq!(ext_at & COMPACT_EXT != 0, !want_ext.is_empty());
+            proptest::prop_assert_eq!(fixed.has_remark, want_remark.is_some());
+            if fixed.has_remark {
+                proptest::prop_assert_eq!(buf[8], compact::REMARK_AT);
+            }
+
+            if !flips.is_empty() {
+                let mut wire = frame(&header);
+                for &(at, byte) in &flips {
+                    let n = header.len();
+                    wire[8 + at % n] = byte;
+                }
+                let codec = crate::Codec::default();
+                let mut buf = wire.clone();
+                let in_place = match codec.decode(&mut buf) {
+                    Ok(crate::Decoded::Command(cmd)) => Ok(cmd),
+                    Ok(other) => panic!("{other:?}"),
+                    Err(e) => Err(e),
+                };
+                proptest::prop_assert_eq!(&in_place, &codec.decode_frame(&wire.clone().freeze()));
+                if in_place.is_err() {
+                    proptest::prop_assert_eq!(&buf, &wire, "an error leaves the buffer as it was");
+                }
+            }
+        }
     }
 
     proptest::proptest! {
