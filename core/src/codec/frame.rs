@@ -9,7 +9,7 @@ use super::command::{Command, Fixed, SerializeType};
 use super::error::{DecodeError, EncodeError};
 use super::json;
 use super::limits::Limits;
-use super::sink::{BufSink, WindowSink};
+use super::sink::{BufSink, Raw, WindowSink, SLACK};
 
 /// What [`Codec::decode`] found at the front of the read buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -437,6 +437,56 @@ impl Codec {
         }
     }
 
+    /// [`Codec::encode_into`] of a JSON frame for `cmd`, which has no remark and no extension
+    /// fields, with `opaque` and `flag` written in place of its own (as
+    /// [`Codec::encode_bare_rocketmq_with`]): the same bytes as the general writer, its header
+    /// stored part after part into room reserved once. Nothing is written on error.
+    #[inline(always)]
+    fn encode_bare_json_with(
+        &self,
+        cmd: &Command,
+        opaque: i32,
+        flag: i32,
+        dst: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        debug_assert!(cmd.is_bare());
+        let head_room = PREFIX_LEN + json::BARE_MAX_LEN;
+        dst.reserve(head_room + SLACK);
+        // After `reserve`, a `BytesMut`'s chunk is all its spare capacity: never `None`.
+        let Some(raw) = Raw::spare(dst, head_room) else {
+            let mut cmd = cmd.clone();
+            (cmd.opaque, cmd.flag) = (opaque, flag);
+            return self.encode_general_inline(&cmd, SerializeType::Json, dst, true);
+        };
+        // SAFETY: `raw` has room for PREFIX_LEN + BARE_MAX_LEN bytes and SLACK.
+        let end = unsafe {
+            json::write_bare_header(raw, PREFIX_LEN, cmd, flag, opaque, SerializeType::Json)
+        };
+        let header_len = end - PREFIX_LEN;
+        let body = cmd.body();
+        let frame_len = end + body.len();
+        if frame_len as u64 > u64::from(self.limits.max_frame_len) {
+            return Err(self.frame_too_large(frame_len));
+        }
+        let prefix = (((frame_len - 4) as u64) << 32
+            | u64::from(SerializeType::Json.code()) << 24
+            | header_len as u64)
+            .to_be_bytes();
+        // SAFETY: the prefix's 8 bytes are within the room; `write_bare_header` stored every
+        // byte from PREFIX_LEN to `end`, so the first `end` bytes of the spare capacity are
+        // initialised, which is what `advance_mut` requires.
+        // `tests::bare_json_frames_match_the_general_writer` compares every byte with the
+        // general path, into an empty, a shared and a roomy buffer.
+        unsafe {
+            raw.store(0, prefix);
+            dst.advance_mut(end);
+        }
+        if !body.is_empty() {
+            dst.extend_from_slice(body);
+        }
+        Ok(())
+    }
+
     /// [`Codec::encode_into`] of a ROCKETMQ frame with no remark and no fields.
     #[inline(always)]
     fn encode_bare_rocketmq_into(
@@ -479,7 +529,8 @@ impl Codec {
         Ok(())
     }
 
-    /// [`Codec::encode_into`] of any other frame.
+    /// [`Codec::encode_into`] of any other frame: a JSON one with no remark and no fields by
+    /// [`Codec::encode_bare_json_with`], the rest by the general writer.
     #[inline(never)]
     fn encode_general_into(
         &self,
@@ -487,6 +538,9 @@ impl Codec {
         ty: SerializeType,
         dst: &mut BytesMut,
     ) -> Result<(), EncodeError> {
+        if ty == SerializeType::Json && cmd.is_bare() {
+            return self.encode_bare_json_with(cmd, cmd.opaque, cmd.flag, dst);
+        }
         dst.reserve(RESERVE_FOR_HEADER + cmd.body().len());
         self.encode_general_inline(cmd, ty, dst, true)
     }
@@ -925,6 +979,92 @@ mod tests {
                     needed: general.len()
                 })
             );
+        }
+    }
+
+    /// The bare JSON writer (`encode_into` of a JSON command with no remark and no fields, and
+    /// a connection's opaque and flag in place of the command's) writes the general writer's
+    /// bytes: every language, numbers of every length and sign, with and without a body, into
+    /// buffers of every capacity, shared or not; over the frame limit it refuses as the general
+    /// writer does, writing nothing.
+    #[test]
+    fn bare_json_frames_match_the_general_writer() {
+        let codec = Codec::default();
+        let numbers = [
+            0,
+            7,
+            -7,
+            42,
+            310,
+            -310,
+            99_999,
+            1 << 16,
+            123_456_789,
+            i32::MAX,
+            i32::MIN,
+        ];
+        let mut cmds = vec![];
+        for (i, &n) in numbers.iter().enumerate() {
+            for language in (0..14).chain([14, 200, 255]) {
+                let mut cmd = Command::request(numbers[(i + 3) % numbers.len()]);
+                cmd.version = numbers[(i + 5) % numbers.len()];
+                cmd.language = crate::LanguageCode(language);
+                if language % 3 == 0 {
+                    cmd = cmd.with_body(&b"a body"[..]);
+                }
+                cmds.push((cmd, n, numbers[(i + language as usize) % numbers.len()]));
+            }
+        }
+        for (cmd, opaque, flag) in &cmds {
+            assert!(cmd.is_bare());
+            let mut as_sent = cmd.clone();
+            (as_sent.opaque, as_sent.flag) = (*opaque, *flag);
+            let expected = two_pass_frame(&as_sent, SerializeType::Json);
+            let mut general = vec![];
+            codec
+                .encode_general(&as_sent, SerializeType::Json, &mut general, true)
+                .unwrap();
+            assert_eq!(general, expected);
+            for cap in 0..expected.len() + 300 {
+                let mut out = BytesMut::with_capacity(cap);
+                codec
+                    .encode_bare_json_with(cmd, *opaque, *flag, &mut out)
+                    .unwrap();
+                assert_eq!(&out[..], &expected[..], "capacity {cap}");
+            }
+            // Through `encode_into`, after what a buffer holds, into a full buffer, a shared
+            // one (split off), and one with room.
+            let mut shared = BytesMut::with_capacity(300);
+            shared.extend_from_slice(b"before");
+            let taken = shared.split();
+            for mut out in [BytesMut::new(), shared, BytesMut::with_capacity(512)] {
+                out.extend_from_slice(b"xy");
+                codec
+                    .encode_into(&as_sent, SerializeType::Json, &mut out)
+                    .unwrap();
+                assert_eq!(&out[2..], &expected[..]);
+            }
+            assert_eq!(&taken[..], b"before");
+            // Over the frame limit: the general writer's refusal, nothing written.
+            let tight = Codec::new(Limits {
+                max_frame_len: expected.len() as u32 - 1,
+                ..Limits::default()
+            });
+            let mut out = BytesMut::with_capacity(64);
+            out.extend_from_slice(b"xy");
+            let refused = tight.encode_bare_json_with(cmd, *opaque, *flag, &mut out);
+            assert_eq!(
+                refused,
+                Err(EncodeError::FrameTooLarge {
+                    frame_len: expected.len() as u64,
+                    max: expected.len() as u32 - 1
+                })
+            );
+            assert_eq!(
+                refused,
+                tight.encode_general(&as_sent, SerializeType::Json, &mut vec![], true)
+            );
+            assert_eq!(&out[..], b"xy");
         }
     }
 

@@ -65,6 +65,20 @@ pub(crate) struct Raw {
 }
 
 impl Raw {
+    /// The spare capacity of `dst` as room for `need` bytes and [`SLACK`], if its current chunk
+    /// has that much; what is stored there is committed with `dst.advance_mut`.
+    #[inline(always)]
+    pub(crate) fn spare(dst: &mut impl BufMut, need: usize) -> Option<Raw> {
+        let chunk = dst.chunk_mut();
+        if chunk.len() < need.saturating_add(SLACK) {
+            return None;
+        }
+        Some(Raw {
+            base: chunk.as_mut_ptr(),
+            len: need + SLACK,
+        })
+    }
+
     /// Stores `bytes` at `at`: `N` bytes.
     #[inline(always)]
     pub(crate) unsafe fn store<const N: usize>(self, at: usize, bytes: [u8; N]) {
