@@ -9,7 +9,9 @@
 //! a real transport's read would make anyway). Those take each side's output with
 //! `take_transmit` (as a driver that hands owned buffers on does);
 //! `connection/round_trip_write/{1,64}/{json,rocketmq}` are the same round trips written in
-//! place with `poll_transmit` + `handle_written` (as a driver that writes synchronously does). Before criterion runs, the bench prints the measured
+//! place with `poll_transmit` + `handle_written` (as a driver that writes synchronously does),
+//! and `connection/round_trip_swap/{1,64}/{json,rocketmq}` taken by exchanging buffers with
+//! `take_transmit_buffer` (as a driver that hands owned buffers on and alternates two does). Before criterion runs, the bench prints the measured
 //! heap bytes per waiter at 100,000 waiters (counting allocator) and the structural figure.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -58,6 +60,8 @@ fn bench(c: &mut Criterion) {
         ("round_trip_64k", 1, big, Transmit::Take),
         ("round_trip_write", 1, Bytes::new(), Transmit::Write),
         ("round_trip_write", 64, Bytes::new(), Transmit::Write),
+        ("round_trip_swap", 1, Bytes::new(), Transmit::Swap),
+        ("round_trip_swap", 64, Bytes::new(), Transmit::Swap),
     ] {
         let mut group = c.benchmark_group(format!("connection/{group_name}/{batch}"));
         group.throughput(Throughput::Elements(batch as u64));

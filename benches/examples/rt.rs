@@ -1,5 +1,5 @@
 //! Round trips through two `Connection`s in one thread, for instruction counts under
-//! callgrind: `rt <json|rocketmq> <body bytes> <iterations> [batch] [take|write]`, the same
+//! callgrind: `rt <json|rocketmq> <body bytes> <iterations> [batch] [take|write|swap]`, the same
 //! steps as the `connection` bench (`batch` requests in flight per iteration, 1 by default;
 //! output moved with `take_transmit`, the default, or written in place with `poll_transmit` +
 //! `handle_written`). Run it twice
@@ -20,6 +20,7 @@ fn main() {
     let batch: usize = args.get(4).map_or(1, |a| a.parse().unwrap());
     let transmit = match args.get(5).map(String::as_str) {
         Some("write") => Transmit::Write,
+        Some("swap") => Transmit::Swap,
         _ => Transmit::Take,
     };
     let (mut client, mut server) = pair();

@@ -17,6 +17,10 @@ pub enum Transmit {
     /// `poll_transmit` + `handle_written`: the bytes are written from the machine's buffer in
     /// place (what a driver that writes synchronously does), here by `handle_input` on the peer.
     Write,
+    /// `take_transmit_buffer`: the machine's buffer exchanged for one the round trip keeps
+    /// per side (what a driver that hands owned buffers on and alternates two does), then
+    /// `handle_input` on the peer and `handle_sent`.
+    Swap,
 }
 
 impl Transmit {
@@ -25,6 +29,7 @@ impl Transmit {
         match self {
             Transmit::Take => "take",
             Transmit::Write => "write",
+            Transmit::Swap => "swap",
         }
     }
 }
@@ -108,5 +113,25 @@ fn flow(from: &mut Connection, to: &mut Connection, transmit: Transmit) {
                 from.handle_written(n);
             }
         }
+        Transmit::Swap => SPARE.with_borrow_mut(|spare| loop {
+            let n = from.take_transmit_buffer(spare);
+            if n > 0 {
+                to.handle_input(spare, now);
+                from.handle_sent(n);
+                continue;
+            }
+            // Chunks queued (a large body): one at a time.
+            let Some(bytes) = from.take_transmit() else {
+                return;
+            };
+            to.handle_input(&bytes, now);
+            from.handle_sent(bytes.len());
+        }),
     }
+}
+
+std::thread_local! {
+    /// The buffer [`Transmit::Swap`] hands the machines, one per thread (each round trip's
+    /// sides use it in turn; a driver would keep one per connection).
+    static SPARE: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
 }

@@ -15,10 +15,11 @@ use remora_tests::alloc::{thread_allocations, ThreadCounting};
 #[global_allocator]
 static GLOBAL: ThreadCounting = ThreadCounting;
 
-/// Output taken (`take_transmit`) or written in place (`poll_transmit` + `handle_written`).
+/// Output taken (`take_transmit`), written in place (`poll_transmit` + `handle_written`), or
+/// taken by exchanging buffers (`take_transmit_buffer`).
 #[test]
 fn a_warm_round_trip_allocates_nothing() {
-    for transmit in [Transmit::Take, Transmit::Write] {
+    for transmit in [Transmit::Take, Transmit::Write, Transmit::Swap] {
         for ty in [SerializeType::RocketMq, SerializeType::Json] {
             for (body_len, batch) in [(0usize, 1usize), (0, 64), (100, 1), (100, 64)] {
                 let body = Bytes::from(vec![0x42u8; body_len]);

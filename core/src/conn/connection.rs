@@ -1030,6 +1030,36 @@ impl<T> Connection<T> {
         self.take_queued()
     }
 
+    /// Takes every queued byte at once by exchanging the machine's transmit buffer for
+    /// `spare`, for a driver that hands owned buffers to its transport (as
+    /// [`take_transmit`](Self::take_transmit) does) and keeps two to alternate: `spare` is
+    /// emptied first (a buffer the transport is done with), then holds the frames to write;
+    /// returns their length. No reference count is taken or dropped (`take_transmit`'s `Bytes`
+    /// share the buffer: two atomic operations each), and the buffer handed back is written
+    /// into next, so a driver that alternates two allocates nothing.
+    ///
+    /// Only when every queued byte is in that buffer (the usual case: no body of
+    /// [`COALESCE_BELOW`] bytes or more and no withdrawn frame waiting); otherwise it returns 0,
+    /// `spare` untouched, and `take_transmit` gives the next chunk. The bytes count as written
+    /// at once, as `take_transmit`'s do: report them with [`handle_sent`](Self::handle_sent)
+    /// once the transport took them.
+    pub fn take_transmit_buffer(&mut self, spare: &mut BytesMut) -> usize {
+        if !self.chunks.is_empty() || !self.holes.is_empty() || self.head.is_empty() {
+            return 0;
+        }
+        spare.clear();
+        core::mem::swap(&mut self.head, spare);
+        let n = spare.len();
+        self.consumed += n as u64;
+        self.stats.bytes_out += n as u64;
+        self.taken += n;
+        if self.head.capacity() > RELEASE_ABOVE {
+            // A grown buffer is not kept for small frames (`after_output`'s rule).
+            self.head = BytesMut::new();
+        }
+        n
+    }
+
     /// [`take_transmit`](Self::take_transmit) with bytes queued.
     fn take_queued(&mut self) -> Option<Bytes> {
         if self.chunks.is_empty() && self.holes.is_empty() {
@@ -2081,10 +2111,10 @@ mod tests {
         conn.transmit_chunks().flatten().copied().collect()
     }
 
-    /// Output written in pieces of every size (and taken now and then), with requests queued
-    /// and withdrawn between writes, reaches the peer as the frames queued, in order: every
-    /// request arrives whole, at most once, and one not withdrawn arrives and is answered
-    /// exactly once.
+    /// Output written in pieces of every size (and taken now and then, as `Bytes` or by
+    /// exchanging buffers), with requests queued and withdrawn between writes, reaches the
+    /// peer as the frames queued, in order: every request arrives whole, at most once, and one
+    /// not withdrawn arrives and is answered exactly once.
     #[test]
     fn output_written_in_any_pieces_arrives_whole_and_in_order() {
         let body_len = |code: i32| match code % 5 {
@@ -2094,15 +2124,35 @@ mod tests {
             _ => 0,
         };
         for piece in [1usize, 2, 3, 7, 29, 64, 100, 1000, usize::MAX] {
-            for take_every in [0usize, 3] {
+            for (take_every, swap_every) in [(0usize, 0usize), (3, 0), (0, 2), (3, 2)] {
                 let (mut client, mut server) = pair();
                 let t0 = Instant::ZERO;
                 let mut kept = Vec::new();
                 let mut wire = 0usize;
                 let mut step = 0usize;
-                // One write of at most `piece` bytes, or every third step a take.
+                // A buffer the transport is done with, holding stale bytes.
+                let mut spare = BytesMut::from(&b"stale"[..]);
+                // One write of at most `piece` bytes, or every third step a take, or every
+                // second an exchange of buffers (a write when it gives nothing).
                 let mut write = |client: &mut Connection, server: &mut Connection| {
                     step += 1;
+                    if swap_every > 0 && step % swap_every == 0 {
+                        let queued = client.poll_transmit().map(<[u8]>::to_vec);
+                        let unsent = client.unsent_len();
+                        let n = client.take_transmit_buffer(&mut spare);
+                        if n > 0 {
+                            assert_eq!(Some(&spare[..]), queued.as_deref());
+                            assert_eq!(n, spare.len());
+                            assert_eq!(client.unsent_len(), unsent, "taken, not yet sent");
+                            assert_eq!(client.poll_transmit(), None);
+                            server.handle_input(&spare, t0);
+                            client.handle_sent(n);
+                            assert_eq!(client.unsent_len(), unsent - n);
+                            wire += n;
+                            return true;
+                        }
+                        assert!(!spare.is_empty(), "untouched when it gives nothing");
+                    }
                     if take_every > 0 && step % take_every == 0 {
                         let Some(bytes) = client.take_transmit() else {
                             return false;
@@ -2150,7 +2200,7 @@ mod tests {
                 assert_eq!(
                     client.stats().bytes_out,
                     wire as u64,
-                    "{piece} {take_every}"
+                    "{piece} {take_every} {swap_every}"
                 );
                 let mut arrived = Vec::new();
                 for event in events(&mut server) {
@@ -2178,13 +2228,64 @@ mod tests {
                     assert_eq!(response.body().len(), body_len(code));
                 }
                 let ids: Vec<RequestId> = kept.iter().map(|(id, _)| *id).collect();
-                assert_eq!(answered, ids, "piece {piece}, take every {take_every}");
+                assert_eq!(answered, ids, "{piece} {take_every} {swap_every}");
                 assert_eq!(
                     client.stats().stale_responses as usize,
                     arrived.len() - kept.len()
                 );
             }
         }
+    }
+
+    /// A buffer exchange takes every queued frame, which then counts as written (a request
+    /// among them may have reached the peer); it gives nothing while a large body is queued
+    /// (its own chunk), and the buffer handed back is written into next, emptied first.
+    #[test]
+    fn a_buffer_exchange_takes_everything_queued_as_written() {
+        let mut client = Connection::new(Config::default());
+        let t0 = Instant::ZERO;
+        let mut spare = BytesMut::with_capacity(TRANSMIT_CAPACITY);
+        spare.extend_from_slice(b"sent before");
+        let spare_at = spare.as_ptr();
+        assert_eq!(client.take_transmit_buffer(&mut spare), 0, "nothing queued");
+        let a = client
+            .send_request(Command::request(1), t0 + SEC, t0)
+            .unwrap();
+        let b = client
+            .send_request(Command::request(2), t0 + SEC, t0)
+            .unwrap();
+        let queued = gathered(&client);
+        let n = client.take_transmit_buffer(&mut spare);
+        assert_eq!((n, &spare[..]), (queued.len(), &queued[..]));
+        assert_eq!(client.unsent_len(), n);
+        // The next frame goes into the buffer handed back, emptied.
+        client.send_oneway(Command::request(3)).unwrap();
+        assert_eq!(client.poll_transmit().unwrap().as_ptr(), spare_at);
+        let oneway = gathered(&client);
+        let mut other = BytesMut::new();
+        assert_eq!(client.take_transmit_buffer(&mut other), oneway.len());
+        // A large body is its own chunk: no exchange while it is queued.
+        let body = Bytes::from(vec![1u8; COALESCE_BELOW]);
+        client
+            .send_request(Command::request(4).with_body(body), t0 + SEC, t0)
+            .unwrap();
+        assert_eq!(client.take_transmit_buffer(&mut spare), 0);
+        assert_eq!(&spare[..], &queued[..], "untouched");
+        client.handle_sent(n);
+        client.close();
+        let written: Vec<(RequestId, bool)> = events(&mut client)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Failed { id, error, .. } => Some((id, error.may_have_reached_peer())),
+                _ => None,
+            })
+            .collect();
+        assert!(written.contains(&(a, true)) && written.contains(&(b, true)));
+        assert_eq!(written.len(), 3);
+        assert!(
+            written.iter().any(|&(_, w)| !w),
+            "the large one was never written"
+        );
     }
 
     #[test]
