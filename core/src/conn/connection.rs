@@ -336,7 +336,8 @@ struct Waiter<T> {
 /// - [`handle_written`](Self::handle_written): how many bytes of
 ///   [`poll_transmit`](Self::poll_transmit) (or of [`transmit_chunks`](Self::transmit_chunks))
 ///   the transport accepted; or [`handle_sent`](Self::handle_sent) for bytes taken with
-///   [`take_transmit`](Self::take_transmit).
+///   [`take_transmit`](Self::take_transmit) or
+///   [`take_transmit_buffer`](Self::take_transmit_buffer).
 /// - [`handle_timeout`](Self::handle_timeout): the clock reached (or passed)
 ///   [`poll_timeout`](Self::poll_timeout).
 /// - [`handle_disconnect`](Self::handle_disconnect): the transport is gone.
@@ -349,8 +350,13 @@ struct Waiter<T> {
 /// 1. write [`transmit_chunks`](Self::transmit_chunks) with one vectored write (or
 ///    [`poll_transmit`](Self::poll_transmit), one chunk at a time) and report with
 ///    [`handle_written`](Self::handle_written) until nothing is left or the transport would
-///    block. Small frames are coalesced into one chunk; a body of [`COALESCE_BELOW`] bytes or
-///    more is its own chunk, the caller's `Bytes`, never copied;
+///    block (the cheapest way out: nothing is split off or reference-counted). Small frames
+///    are coalesced into one chunk; a body of [`COALESCE_BELOW`] bytes or more is its own
+///    chunk, the caller's `Bytes`, never copied. A driver that must own what it writes (a
+///    write outside a lock, an io_uring send) takes it instead:
+///    [`take_transmit_buffer`](Self::take_transmit_buffer) (two buffers alternating, no
+///    reference count), else [`take_transmit`](Self::take_transmit) (a `Bytes` sharing the
+///    buffer), and reports with [`handle_sent`](Self::handle_sent);
 /// 2. take [`poll_event`](Self::poll_event) until `None` and hand each on (answering
 ///    [`Event::Request`]s may queue more to write: go back to 1). Take them before any new
 ///    [`send_request`](Self::send_request): a request's slot ([`RequestId::index`]) is freed
