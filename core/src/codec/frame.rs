@@ -309,6 +309,12 @@ impl Codec {
         dst: &mut impl BufMut,
         with_body: bool,
     ) -> Result<(), EncodeError> {
+        if ty == SerializeType::Json
+            && cmd.is_bare()
+            && self.encode_bare_json_in_place(cmd, dst, with_body)?
+        {
+            return Ok(());
+        }
         let body = cmd.body();
         if let Some(written) = self.encode_in_place(cmd, body.len(), ty, dst, with_body)? {
             // SAFETY: `encode_in_place` initialised the first `written` bytes of
@@ -437,54 +443,83 @@ impl Codec {
         }
     }
 
-    /// [`Codec::encode_into`] of a JSON frame for `cmd`, which has no remark and no extension
-    /// fields, with `opaque` and `flag` written in place of its own (as
-    /// [`Codec::encode_bare_rocketmq_with`]): the same bytes as the general writer, its header
-    /// stored part after part into room reserved once. Nothing is written on error.
+    /// Prefix and header of a JSON frame for `cmd`, which has no remark and no extension
+    /// fields, stored through `raw` (room for [`BARE_JSON_HEAD_ROOM`] bytes and SLACK, not yet
+    /// committed): the general writer's bytes, stored part after part with no room check and
+    /// no entry machinery, for a body of `body_len` bytes. Returns their length; the frame
+    /// limit's refusal otherwise.
     #[inline(always)]
-    fn encode_bare_json_with(
+    fn bare_json_head(
         &self,
         cmd: &Command,
-        opaque: i32,
-        flag: i32,
-        dst: &mut BytesMut,
-    ) -> Result<(), EncodeError> {
+        body_len: usize,
+        raw: Raw,
+    ) -> Result<usize, EncodeError> {
         debug_assert!(cmd.is_bare());
-        let head_room = PREFIX_LEN + json::BARE_MAX_LEN;
-        dst.reserve(head_room + SLACK);
-        // After `reserve`, a `BytesMut`'s chunk is all its spare capacity: never `None`.
-        let Some(raw) = Raw::spare(dst, head_room) else {
-            let mut cmd = cmd.clone();
-            (cmd.opaque, cmd.flag) = (opaque, flag);
-            return self.encode_general_inline(&cmd, SerializeType::Json, dst, true);
-        };
+        let ty = SerializeType::Json;
         // SAFETY: `raw` has room for PREFIX_LEN + BARE_MAX_LEN bytes and SLACK.
-        let end = unsafe {
-            json::write_bare_header(raw, PREFIX_LEN, cmd, flag, opaque, SerializeType::Json)
-        };
-        let header_len = end - PREFIX_LEN;
-        let body = cmd.body();
-        let frame_len = end + body.len();
+        let end =
+            unsafe { json::write_bare_header(raw, PREFIX_LEN, cmd, cmd.flag, cmd.opaque, ty) };
+        let frame_len = end + body_len;
         if frame_len as u64 > u64::from(self.limits.max_frame_len) {
             return Err(self.frame_too_large(frame_len));
         }
-        let prefix = (((frame_len - 4) as u64) << 32
-            | u64::from(SerializeType::Json.code()) << 24
-            | header_len as u64)
-            .to_be_bytes();
-        // SAFETY: the prefix's 8 bytes are within the room; `write_bare_header` stored every
-        // byte from PREFIX_LEN to `end`, so the first `end` bytes of the spare capacity are
-        // initialised, which is what `advance_mut` requires.
+        let header_len = end - PREFIX_LEN;
+        let prefix =
+            (((frame_len - 4) as u64) << 32 | u64::from(ty.code()) << 24 | header_len as u64)
+                .to_be_bytes();
+        // SAFETY: the first 8 bytes of the room.
+        unsafe { raw.store(0, prefix) };
+        Ok(end)
+    }
+
+    /// [`Codec::encode_into`] of a JSON frame for `cmd`, which has no remark and no extension
+    /// fields ([`Codec::bare_json_head`] into room reserved once). Nothing is written on error.
+    #[inline(always)]
+    fn encode_bare_json_into(&self, cmd: &Command, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        dst.reserve(BARE_JSON_HEAD_ROOM + SLACK);
+        // After `reserve`, a `BytesMut`'s chunk is all its spare capacity: never `None`.
+        let Some(raw) = Raw::spare(dst, BARE_JSON_HEAD_ROOM) else {
+            return self.encode_general(cmd, SerializeType::Json, dst, true);
+        };
+        let body = cmd.body();
+        let end = self.bare_json_head(cmd, body.len(), raw)?;
+        // SAFETY: `bare_json_head` stored every byte up to `end` (prefix and header) in the
+        // spare capacity, which is what `advance_mut` requires.
         // `tests::bare_json_frames_match_the_general_writer` compares every byte with the
-        // general path, into an empty, a shared and a roomy buffer.
-        unsafe {
-            raw.store(0, prefix);
-            dst.advance_mut(end);
-        }
+        // two-pass writer, into buffers of every capacity, shared or not.
+        unsafe { dst.advance_mut(end) };
         if !body.is_empty() {
             dst.extend_from_slice(body);
         }
         Ok(())
+    }
+
+    /// [`Codec::bare_json_head`] into `dst`'s current chunk when it has the room (else
+    /// `Ok(false)`, nothing written, and the general writer takes the frame), then the body
+    /// when `with_body`. Its errors are the general writer's; nothing is written on error.
+    #[inline(always)]
+    fn encode_bare_json_in_place(
+        &self,
+        cmd: &Command,
+        dst: &mut impl BufMut,
+        with_body: bool,
+    ) -> Result<bool, EncodeError> {
+        let remaining = dst.remaining_mut();
+        let Some(raw) = Raw::spare(dst, BARE_JSON_HEAD_ROOM) else {
+            return Ok(false);
+        };
+        let body = cmd.body();
+        let end = self.bare_json_head(cmd, body.len(), raw)?;
+        fits(remaining, end, end + body.len(), with_body)?;
+        // SAFETY: `bare_json_head` stored every byte up to `end` in `dst.chunk_mut()`, which
+        // is what `advance_mut` requires. `tests::bare_json_frames_match_the_general_writer`
+        // compares every byte with the two-pass writer, into slices of every length.
+        unsafe { dst.advance_mut(end) };
+        if with_body && !body.is_empty() {
+            dst.put_slice(body);
+        }
+        Ok(true)
     }
 
     /// [`Codec::encode_into`] of a ROCKETMQ frame with no remark and no fields.
@@ -529,8 +564,8 @@ impl Codec {
         Ok(())
     }
 
-    /// [`Codec::encode_into`] of any other frame: a JSON one with no remark and no fields by
-    /// [`Codec::encode_bare_json_with`], the rest by the general writer.
+    /// [`Codec::encode_into`] of any other frame (a JSON one with no remark and no fields by
+    /// [`Codec::encode_bare_json_into`]).
     #[inline(never)]
     fn encode_general_into(
         &self,
@@ -539,8 +574,20 @@ impl Codec {
         dst: &mut BytesMut,
     ) -> Result<(), EncodeError> {
         if ty == SerializeType::Json && cmd.is_bare() {
-            return self.encode_bare_json_with(cmd, cmd.opaque, cmd.flag, dst);
+            return self.encode_bare_json_into(cmd, dst);
         }
+        self.encode_general_reserved(cmd, ty, dst)
+    }
+
+    /// [`Codec::encode_general_into`] of a frame with a remark or extension fields (or a
+    /// ROCKETMQ one): out of line, so that the bare JSON writer's caller stays small.
+    #[inline(never)]
+    fn encode_general_reserved(
+        &self,
+        cmd: &Command,
+        ty: SerializeType,
+        dst: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
         dst.reserve(RESERVE_FOR_HEADER + cmd.body().len());
         self.encode_general_inline(cmd, ty, dst, true)
     }
@@ -612,6 +659,9 @@ fn bare_rocketmq_head(
     ];
     frame
 }
+
+/// Room for the prefix and the longest JSON header of a command with no remark and no fields.
+const BARE_JSON_HEAD_ROOM: usize = PREFIX_LEN + json::BARE_MAX_LEN;
 
 /// Room [`Codec::encode_into`] makes for prefix and header beyond the body; larger headers take
 /// the two-pass path.
@@ -982,11 +1032,12 @@ mod tests {
         }
     }
 
-    /// The bare JSON writer (`encode_into` of a JSON command with no remark and no fields, and
-    /// a connection's opaque and flag in place of the command's) writes the general writer's
-    /// bytes: every language, numbers of every length and sign, with and without a body, into
-    /// buffers of every capacity, shared or not; over the frame limit it refuses as the general
-    /// writer does, writing nothing.
+    /// The bare JSON writer (a JSON command with no remark and no fields) writes the two-pass
+    /// writer's bytes: every language, numbers of every length and sign, with and without a
+    /// body, through `encode_into` into buffers of every capacity, shared or not, and through
+    /// `encode_as` into slices of every length (refused as the two-pass writer refuses them)
+    /// and `encode_head_into`; over the frame limit it refuses as the general writer does,
+    /// writing nothing.
     #[test]
     fn bare_json_frames_match_the_general_writer() {
         let codec = Codec::default();
@@ -1009,42 +1060,54 @@ mod tests {
                 let mut cmd = Command::request(numbers[(i + 3) % numbers.len()]);
                 cmd.version = numbers[(i + 5) % numbers.len()];
                 cmd.language = crate::LanguageCode(language);
+                cmd.opaque = n;
+                cmd.flag = numbers[(i + language as usize) % numbers.len()];
                 if language % 3 == 0 {
                     cmd = cmd.with_body(&b"a body"[..]);
                 }
-                cmds.push((cmd, n, numbers[(i + language as usize) % numbers.len()]));
+                cmds.push(cmd);
             }
         }
-        for (cmd, opaque, flag) in &cmds {
+        for cmd in &cmds {
             assert!(cmd.is_bare());
-            let mut as_sent = cmd.clone();
-            (as_sent.opaque, as_sent.flag) = (*opaque, *flag);
-            let expected = two_pass_frame(&as_sent, SerializeType::Json);
-            let mut general = vec![];
-            codec
-                .encode_general(&as_sent, SerializeType::Json, &mut general, true)
-                .unwrap();
-            assert_eq!(general, expected);
+            let expected = two_pass_frame(cmd, SerializeType::Json);
             for cap in 0..expected.len() + 300 {
                 let mut out = BytesMut::with_capacity(cap);
                 codec
-                    .encode_bare_json_with(cmd, *opaque, *flag, &mut out)
+                    .encode_into(cmd, SerializeType::Json, &mut out)
                     .unwrap();
                 assert_eq!(&out[..], &expected[..], "capacity {cap}");
+                let mut slice = vec![0u8; cap];
+                let mut window = &mut slice[..];
+                match codec.encode_as(cmd, SerializeType::Json, &mut window) {
+                    Ok(()) => assert_eq!(&slice[..expected.len()], &expected[..], "{cap}"),
+                    Err(e) => assert!(
+                        cap < expected.len()
+                            && e == EncodeError::BufferTooSmall {
+                                needed: expected.len()
+                            },
+                        "{cap}: {e:?}"
+                    ),
+                }
             }
-            // Through `encode_into`, after what a buffer holds, into a full buffer, a shared
-            // one (split off), and one with room.
+            // After what a buffer holds, into a full buffer, a shared one (split off), and
+            // one with room.
             let mut shared = BytesMut::with_capacity(300);
             shared.extend_from_slice(b"before");
             let taken = shared.split();
             for mut out in [BytesMut::new(), shared, BytesMut::with_capacity(512)] {
                 out.extend_from_slice(b"xy");
                 codec
-                    .encode_into(&as_sent, SerializeType::Json, &mut out)
+                    .encode_into(cmd, SerializeType::Json, &mut out)
                     .unwrap();
                 assert_eq!(&out[2..], &expected[..]);
             }
             assert_eq!(&taken[..], b"before");
+            let mut head = BytesMut::new();
+            codec
+                .encode_head_into(cmd, SerializeType::Json, &mut head)
+                .unwrap();
+            assert_eq!(&head[..], &expected[..expected.len() - cmd.body().len()]);
             // Over the frame limit: the general writer's refusal, nothing written.
             let tight = Codec::new(Limits {
                 max_frame_len: expected.len() as u32 - 1,
@@ -1052,7 +1115,7 @@ mod tests {
             });
             let mut out = BytesMut::with_capacity(64);
             out.extend_from_slice(b"xy");
-            let refused = tight.encode_bare_json_with(cmd, *opaque, *flag, &mut out);
+            let refused = tight.encode_into(cmd, SerializeType::Json, &mut out);
             assert_eq!(
                 refused,
                 Err(EncodeError::FrameTooLarge {
@@ -1060,11 +1123,12 @@ mod tests {
                     max: expected.len() as u32 - 1
                 })
             );
-            assert_eq!(
-                refused,
-                tight.encode_general(&as_sent, SerializeType::Json, &mut vec![], true)
-            );
             assert_eq!(&out[..], b"xy");
+            let mut roomy = vec![0u8; 1024];
+            assert_eq!(
+                tight.encode_as(cmd, SerializeType::Json, &mut &mut roomy[..]),
+                refused
+            );
         }
     }
 

@@ -212,7 +212,7 @@ pub(crate) unsafe fn write_bare_header(
 /// `raw` has room for `start` + [`TAIL_MAX_LEN`] bytes, 6 per byte of `remark`, and SLACK.
 /// Each part below stores at most its share of that bound (a 16-byte store for the 13 bytes of
 /// `,"language":"` stays within the slack, as the next part starts at its 13th byte).
-#[inline]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn write_tail(
     raw: sink::Raw,
