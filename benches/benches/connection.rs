@@ -6,7 +6,12 @@
 //! throughput is round trips per second), and `connection/round_trip_64k/1/{json,rocketmq}`:
 //! one round trip whose request carries a 64 KiB body that the response echoes (each side's
 //! bytes are moved into the other's read buffer with `handle_input`, one copy per direction that
-//! a real transport's read would make anyway). Before criterion runs, the bench prints the measured
+//! a real transport's read would make anyway). Those take each side's output with
+//! `take_transmit` (as a driver that hands owned buffers on does);
+//! `connection/round_trip_write/{1,64}/{json,rocketmq}` are the same round trips written in
+//! place with `poll_transmit` + `handle_written` (as a driver that writes synchronously does),
+//! and `connection/round_trip_swap/{1,64}/{json,rocketmq}` taken by exchanging buffers with
+//! `take_transmit_buffer` (as a driver that hands owned buffers on and alternates two does). Before criterion runs, the bench prints the measured
 //! heap bytes per waiter at 100,000 waiters (counting allocator) and the structural figure.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -15,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput};
-use remora_benches::machine::{pair, round_trips};
+use remora_benches::machine::{pair, round_trips_with, Transmit};
 use remora_core::{Command, Config, Connection, Instant, SerializeType};
 
 struct Counting;
@@ -49,10 +54,14 @@ static GLOBAL: Counting = Counting;
 
 fn bench(c: &mut Criterion) {
     let big = Bytes::from(vec![0x42u8; 64 * 1024]);
-    for (group_name, batch, body) in [
-        ("round_trip", 1usize, Bytes::new()),
-        ("round_trip", 64, Bytes::new()),
-        ("round_trip_64k", 1, big),
+    for (group_name, batch, body, transmit) in [
+        ("round_trip", 1usize, Bytes::new(), Transmit::Take),
+        ("round_trip", 64, Bytes::new(), Transmit::Take),
+        ("round_trip_64k", 1, big, Transmit::Take),
+        ("round_trip_write", 1, Bytes::new(), Transmit::Write),
+        ("round_trip_write", 64, Bytes::new(), Transmit::Write),
+        ("round_trip_swap", 1, Bytes::new(), Transmit::Swap),
+        ("round_trip_swap", 64, Bytes::new(), Transmit::Swap),
     ] {
         let mut group = c.benchmark_group(format!("connection/{group_name}/{batch}"));
         group.throughput(Throughput::Elements(batch as u64));
@@ -61,10 +70,12 @@ fn bench(c: &mut Criterion) {
             ("rocketmq", SerializeType::RocketMq),
         ] {
             let (mut client, mut server) = pair();
-            round_trips(&mut client, &mut server, batch, ty, &body); // warm the buffers
+            // Warm the buffers.
+            round_trips_with(&mut client, &mut server, batch, ty, &body, transmit);
             group.bench_function(name, |b| {
                 b.iter(|| {
-                    let answered = round_trips(&mut client, &mut server, batch, ty, &body);
+                    let answered =
+                        round_trips_with(&mut client, &mut server, batch, ty, &body, transmit);
                     assert_eq!(answered, batch);
                 })
             });

@@ -8,6 +8,32 @@ use std::time::Duration;
 use bytes::Bytes;
 use remora_core::{Command, Config, Connection, Event, Instant, SerializeType};
 
+/// How a round trip moves a machine's output to its peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transmit {
+    /// `take_transmit`: the bytes leave as an owned `Bytes` (what a driver that writes outside
+    /// a lock or hands buffers to the kernel does), then `handle_input` on the peer.
+    Take,
+    /// `poll_transmit` + `handle_written`: the bytes are written from the machine's buffer in
+    /// place (what a driver that writes synchronously does), here by `handle_input` on the peer.
+    Write,
+    /// `take_transmit_buffer`: the machine's buffer exchanged for one the round trip keeps
+    /// per side (what a driver that hands owned buffers on and alternates two does), then
+    /// `handle_input` on the peer and `handle_sent`.
+    Swap,
+}
+
+impl Transmit {
+    /// `"take"` or `"write"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Transmit::Take => "take",
+            Transmit::Write => "write",
+            Transmit::Swap => "swap",
+        }
+    }
+}
+
 /// A client and a server machine with the default configuration.
 pub fn pair() -> (Connection, Connection) {
     (
@@ -28,6 +54,19 @@ pub fn round_trips(
     ty: SerializeType,
     body: &Bytes,
 ) -> usize {
+    round_trips_with(client, server, batch, ty, body, Transmit::Take)
+}
+
+/// [`round_trips`] with the bytes moved as `transmit` says.
+#[inline]
+pub fn round_trips_with(
+    client: &mut Connection,
+    server: &mut Connection,
+    batch: usize,
+    ty: SerializeType,
+    body: &Bytes,
+    transmit: Transmit,
+) -> usize {
     let now = Instant::ZERO;
     let deadline = now + Duration::from_secs(3600);
     for _ in 0..batch {
@@ -36,9 +75,7 @@ pub fn round_trips(
             .with_body(body.clone());
         client.send_request(request, deadline, now).unwrap();
     }
-    while let Some(bytes) = client.take_transmit() {
-        server.handle_input(&bytes, now);
-    }
+    flow(client, server, transmit);
     while let Some(event) = server.poll_event() {
         if let Event::Request { request, command } = event {
             let body = command.body_bytes();
@@ -47,9 +84,7 @@ pub fn round_trips(
                 .unwrap();
         }
     }
-    while let Some(bytes) = server.take_transmit() {
-        client.handle_input(&bytes, now);
-    }
+    flow(server, client, transmit);
     let mut answered = 0;
     while let Some(event) = client.poll_event() {
         if let Event::Response { response, .. } = event {
@@ -59,4 +94,44 @@ pub fn round_trips(
         }
     }
     answered
+}
+
+/// Moves everything `from` has to write into `to`.
+#[inline(always)]
+fn flow(from: &mut Connection, to: &mut Connection, transmit: Transmit) {
+    let now = Instant::ZERO;
+    match transmit {
+        Transmit::Take => {
+            while let Some(bytes) = from.take_transmit() {
+                to.handle_input(&bytes, now);
+            }
+        }
+        Transmit::Write => {
+            while let Some(bytes) = from.poll_transmit() {
+                let n = bytes.len();
+                to.handle_input(bytes, now);
+                from.handle_written(n);
+            }
+        }
+        Transmit::Swap => SPARE.with_borrow_mut(|spare| loop {
+            let n = from.take_transmit_buffer(spare);
+            if n > 0 {
+                to.handle_input(spare, now);
+                from.handle_sent(n);
+                continue;
+            }
+            // Chunks queued (a large body): one at a time.
+            let Some(bytes) = from.take_transmit() else {
+                return;
+            };
+            to.handle_input(&bytes, now);
+            from.handle_sent(bytes.len());
+        }),
+    }
+}
+
+std::thread_local! {
+    /// The buffer [`Transmit::Swap`] hands the machines, one per thread (each round trip's
+    /// sides use it in turn; a driver would keep one per connection).
+    static SPARE: std::cell::RefCell<bytes::BytesMut> = std::cell::RefCell::new(bytes::BytesMut::new());
 }

@@ -8,38 +8,40 @@
 //! A counting global allocator counts the allocations made by this test's thread.
 
 use bytes::Bytes;
-use remora_benches::machine::{pair, round_trips};
+use remora_benches::machine::{pair, round_trips, round_trips_with, Transmit};
 use remora_core::{Command, SerializeType};
 use remora_tests::alloc::{thread_allocations, ThreadCounting};
 
 #[global_allocator]
 static GLOBAL: ThreadCounting = ThreadCounting;
 
+/// Output taken (`take_transmit`), written in place (`poll_transmit` + `handle_written`), or
+/// taken by exchanging buffers (`take_transmit_buffer`).
 #[test]
 fn a_warm_round_trip_allocates_nothing() {
-    for ty in [SerializeType::RocketMq, SerializeType::Json] {
-        for (body_len, batch) in [(0usize, 1usize), (0, 64), (100, 1), (100, 64)] {
-            let body = Bytes::from(vec![0x42u8; body_len]);
-            let (mut client, mut server) = pair();
-            // Warm: buffers, queues, slab and heap reach their working size.
-            for _ in 0..200 {
+    for transmit in [Transmit::Take, Transmit::Write, Transmit::Swap] {
+        for ty in [SerializeType::RocketMq, SerializeType::Json] {
+            for (body_len, batch) in [(0usize, 1usize), (0, 64), (100, 1), (100, 64)] {
+                let body = Bytes::from(vec![0x42u8; body_len]);
+                let (mut client, mut server) = pair();
+                let mut round =
+                    || round_trips_with(&mut client, &mut server, batch, ty, &body, transmit);
+                // Warm: buffers, queues, slab and heap reach their working size.
+                for _ in 0..200 {
+                    assert_eq!(round(), batch);
+                }
+                let rounds = 2_000 / batch;
+                let (answered, allocs) =
+                    thread_allocations(|| (0..rounds).map(|_| round()).sum::<usize>());
+                assert_eq!(answered, rounds * batch);
                 assert_eq!(
-                    round_trips(&mut client, &mut server, batch, ty, &body),
-                    batch
+                    allocs,
+                    0,
+                    "{ty:?}, {body_len} B bodies, {batch} in flight, {}: {allocs} allocations \
+                     in {answered} round trips",
+                    transmit.name()
                 );
             }
-            let rounds = 2_000 / batch;
-            let (answered, allocs) = thread_allocations(|| {
-                (0..rounds)
-                    .map(|_| round_trips(&mut client, &mut server, batch, ty, &body))
-                    .sum::<usize>()
-            });
-            assert_eq!(answered, rounds * batch);
-            assert_eq!(
-                allocs, 0,
-                "{ty:?}, {body_len} B bodies, {batch} in flight: {allocs} allocations in \
-                 {answered} round trips"
-            );
         }
     }
 }

@@ -660,6 +660,26 @@ impl<T> Session<T> {
         (!self.out.is_empty()).then(|| self.out.split().freeze())
     }
 
+    /// Takes what [`poll_transmit`](Self::poll_transmit) would show by exchanging buffers with
+    /// `spare` (emptied first), counted as written at once: the connection's transmit buffer
+    /// ([`Connection::take_transmit_buffer`]) for plaintext, the TLS records for TLS. Returns
+    /// how many bytes `spare` now holds; 0, `spare` untouched, when there is nothing or when
+    /// the next bytes are a chunk of their own ([`take_transmit`](Self::take_transmit) gives
+    /// those). Report the bytes with [`handle_sent`](Self::handle_sent) once the socket took
+    /// them.
+    pub fn take_transmit_buffer(&mut self, spare: &mut BytesMut) -> usize {
+        if self.is_plain() {
+            return self.conn.take_transmit_buffer(spare);
+        }
+        self.encrypt();
+        if self.out.is_empty() {
+            return 0;
+        }
+        spare.clear();
+        core::mem::swap(&mut self.out, spare);
+        spare.len()
+    }
+
     /// The socket took `n` bytes given out by [`take_transmit`](Self::take_transmit)
     /// ([`Connection::handle_sent`]: they stop counting as unsent, so
     /// [`Connection::wants_read`] can turn true again). Encrypted bytes were already reported to

@@ -189,6 +189,78 @@ fn enforcing_server_refuses_a_plaintext_client_with_a_typed_reason() {
     );
 }
 
+/// Moves bytes between two sessions by exchanging buffers (`take_transmit_buffer`, a spare
+/// per side, `take_transmit` when it gives nothing) until both are quiet, answering requests.
+/// Returns the client's events other than requests.
+fn pump_exchanging(client: &mut Session, server: &mut Session) -> Vec<Event> {
+    let (mut seen, mut ignored) = (Vec::new(), Vec::new());
+    let mut spares = (bytes::BytesMut::new(), bytes::BytesMut::new());
+    // One exchange (or take) from `from` into `to`; whether anything moved.
+    fn flow(from: &mut Session, to: &mut Session, spare: &mut bytes::BytesMut) -> bool {
+        let n = from.take_transmit_buffer(spare);
+        if n > 0 {
+            assert_eq!(n, spare.len());
+            to.handle_input(spare, T0);
+            from.handle_sent(n);
+            return true;
+        }
+        let Some(bytes) = from.take_transmit() else {
+            return false;
+        };
+        to.handle_input(&bytes, T0);
+        from.handle_sent(bytes.len());
+        true
+    }
+    for _ in 0..200 {
+        let moved = flow(client, server, &mut spares.0) | flow(server, client, &mut spares.1);
+        answer(server, &mut ignored);
+        answer(client, &mut seen);
+        if !moved {
+            assert!(ignored.is_empty(), "{ignored:?}");
+            return seen;
+        }
+    }
+    panic!("the sessions never went quiet");
+}
+
+/// Buffer exchanges carry a TLS session's records (handshake included) and a plaintext
+/// session's frames, large bodies (their own chunks) included: every request is answered once.
+#[test]
+fn buffer_exchanges_carry_tls_and_plaintext_sessions() {
+    let pki = Pki::new();
+    let body: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    for tls in [true, false] {
+        let (mut client, mut server) = if tls {
+            (
+                Session::client(conn(), &pki.client_tls(), SERVER_NAME, T0 + SEC).unwrap(),
+                Session::server(conn(), &pki.server_tls(ServerMode::Enforcing), T0 + SEC),
+            )
+        } else {
+            (Session::plain(conn()), Session::plain(conn()))
+        };
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            let cmd = if i % 5 == 2 {
+                remora_core::Command::request(1).with_body(body.clone())
+            } else {
+                request(b"x")
+            };
+            ids.push(client.send_request(cmd, T0 + 3 * SEC, T0).unwrap());
+        }
+        let events = pump_exchanging(&mut client, &mut server);
+        assert_eq!(events.len(), ids.len(), "tls {tls}");
+        for ((event, id), i) in events.iter().zip(&ids).zip(0..) {
+            let want = if i % 5 == 2 { &body[..] } else { b"x" };
+            assert!(
+                matches!(event, Event::Response { id: got, response, .. } if got == id && response.body() == want),
+                "tls {tls}: {event:?}"
+            );
+        }
+        assert_eq!(client.connection().unsent_len(), 0);
+        assert_eq!(client.is_tls(), tls);
+    }
+}
+
 #[test]
 fn disabled_mode_is_plaintext() {
     let pki = Pki::new();

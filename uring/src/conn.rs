@@ -315,14 +315,25 @@ impl Conn {
     }
 
     async fn write_loop(self: Rc<Self>) {
+        // Two buffers alternate: the machine's is exchanged for this one, emptied, whenever it
+        // holds everything queued (`take_transmit_buffer`), and comes back when written: no
+        // reference count per write. A large body goes as its own `Bytes`.
+        let mut spare = BytesMut::new();
         while !self.closed.get() {
-            let chunk = self.machine.borrow_mut().take_transmit();
-            let Some(bytes) = chunk else {
-                self.write_wake.notified().await;
-                continue;
+            let exchanged = self.machine.borrow_mut().take_transmit_buffer(&mut spare);
+            let (result, len) = if exchanged > 0 {
+                let (result, buf) = self.stream.write_all(std::mem::take(&mut spare)).await;
+                spare = buf;
+                (result, exchanged)
+            } else {
+                let chunk = self.machine.borrow_mut().take_transmit();
+                let Some(bytes) = chunk else {
+                    self.write_wake.notified().await;
+                    continue;
+                };
+                let len = bytes.len();
+                (self.stream.write_all(bytes).await.0, len)
             };
-            let len = bytes.len();
-            let (result, _) = self.stream.write_all(bytes).await;
             if result.is_err() {
                 self.machine.borrow_mut().handle_disconnect();
                 self.drain_events();

@@ -10,7 +10,7 @@ use super::command::{Command, Fixed, SerializeType};
 use super::error::{DecodeError, EncodeError};
 use super::json;
 use super::limits::Limits;
-use super::sink::{BufSink, WindowSink};
+use super::sink::{BufSink, Raw, WindowSink, SLACK};
 
 /// What [`Codec::decode`] found at the front of the read buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -313,6 +313,12 @@ impl Codec {
         dst: &mut impl BufMut,
         with_body: bool,
     ) -> Result<(), EncodeError> {
+        if ty == SerializeType::Json
+            && cmd.is_bare()
+            && self.encode_bare_json_in_place(cmd, dst, with_body)?
+        {
+            return Ok(());
+        }
         let body = cmd.body();
         if let Some(written) = self.encode_in_place(cmd, body.len(), ty, dst, with_body)? {
             // SAFETY: `encode_in_place` initialised the first `written` bytes of
@@ -440,6 +446,85 @@ impl Codec {
         }
     }
 
+    /// Prefix and header of a JSON frame for `cmd`, which has no remark and no extension
+    /// fields, stored through `raw` (room for [`BARE_JSON_HEAD_ROOM`] bytes and SLACK, not yet
+    /// committed): the general writer's bytes, stored part after part with no room check and
+    /// no entry machinery, for a body of `body_len` bytes. Returns their length; the frame
+    /// limit's refusal otherwise.
+    #[inline(always)]
+    fn bare_json_head(
+        &self,
+        cmd: &Command,
+        body_len: usize,
+        raw: Raw,
+    ) -> Result<usize, EncodeError> {
+        debug_assert!(cmd.is_bare());
+        let ty = SerializeType::Json;
+        // SAFETY: `raw` has room for PREFIX_LEN + BARE_MAX_LEN bytes and SLACK.
+        let end =
+            unsafe { json::write_bare_header(raw, PREFIX_LEN, cmd, cmd.flag, cmd.opaque, ty) };
+        let frame_len = end + body_len;
+        if frame_len as u64 > u64::from(self.limits.max_frame_len) {
+            return Err(self.frame_too_large(frame_len));
+        }
+        let header_len = end - PREFIX_LEN;
+        let prefix =
+            (((frame_len - 4) as u64) << 32 | u64::from(ty.code()) << 24 | header_len as u64)
+                .to_be_bytes();
+        // SAFETY: the first 8 bytes of the room.
+        unsafe { raw.store(0, prefix) };
+        Ok(end)
+    }
+
+    /// [`Codec::encode_into`] of a JSON frame for `cmd`, which has no remark and no extension
+    /// fields ([`Codec::bare_json_head`] into room reserved once). Nothing is written on error.
+    #[inline(always)]
+    fn encode_bare_json_into(&self, cmd: &Command, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        dst.reserve(BARE_JSON_HEAD_ROOM + SLACK);
+        // After `reserve`, a `BytesMut`'s chunk is all its spare capacity: never `None`.
+        let Some(raw) = Raw::spare(dst, BARE_JSON_HEAD_ROOM) else {
+            return self.encode_general(cmd, SerializeType::Json, dst, true);
+        };
+        let body = cmd.body();
+        let end = self.bare_json_head(cmd, body.len(), raw)?;
+        // SAFETY: `bare_json_head` stored every byte up to `end` (prefix and header) in the
+        // spare capacity, which is what `advance_mut` requires.
+        // `tests::bare_json_frames_match_the_general_writer` compares every byte with the
+        // two-pass writer, into buffers of every capacity, shared or not.
+        unsafe { dst.advance_mut(end) };
+        if !body.is_empty() {
+            dst.extend_from_slice(body);
+        }
+        Ok(())
+    }
+
+    /// [`Codec::bare_json_head`] into `dst`'s current chunk when it has the room (else
+    /// `Ok(false)`, nothing written, and the general writer takes the frame), then the body
+    /// when `with_body`. Its errors are the general writer's; nothing is written on error.
+    #[inline(always)]
+    fn encode_bare_json_in_place(
+        &self,
+        cmd: &Command,
+        dst: &mut impl BufMut,
+        with_body: bool,
+    ) -> Result<bool, EncodeError> {
+        let remaining = dst.remaining_mut();
+        let Some(raw) = Raw::spare(dst, BARE_JSON_HEAD_ROOM) else {
+            return Ok(false);
+        };
+        let body = cmd.body();
+        let end = self.bare_json_head(cmd, body.len(), raw)?;
+        fits(remaining, end, end + body.len(), with_body)?;
+        // SAFETY: `bare_json_head` stored every byte up to `end` in `dst.chunk_mut()`, which
+        // is what `advance_mut` requires. `tests::bare_json_frames_match_the_general_writer`
+        // compares every byte with the two-pass writer, into slices of every length.
+        unsafe { dst.advance_mut(end) };
+        if with_body && !body.is_empty() {
+            dst.put_slice(body);
+        }
+        Ok(true)
+    }
+
     /// [`Codec::encode_into`] of a ROCKETMQ frame with no remark and no fields.
     #[inline(always)]
     fn encode_bare_rocketmq_into(
@@ -481,9 +566,25 @@ impl Codec {
         Ok(())
     }
 
-    /// [`Codec::encode_into`] of any other frame.
+    /// [`Codec::encode_into`] of any other frame (a JSON one with no remark and no fields by
+    /// [`Codec::encode_bare_json_into`]).
     #[inline(never)]
     fn encode_general_into(
+        &self,
+        cmd: &Command,
+        ty: SerializeType,
+        dst: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
+        if ty == SerializeType::Json && cmd.is_bare() {
+            return self.encode_bare_json_into(cmd, dst);
+        }
+        self.encode_general_reserved(cmd, ty, dst)
+    }
+
+    /// [`Codec::encode_general_into`] of a frame with a remark or extension fields (or a
+    /// ROCKETMQ one): out of line, so that the bare JSON writer's caller stays small.
+    #[inline(never)]
+    fn encode_general_reserved(
         &self,
         cmd: &Command,
         ty: SerializeType,
@@ -597,6 +698,9 @@ impl BareHead {
 fn put_bare_head(cmd: &Command, frame_len: usize, dst: &mut impl BufMut) {
     dst.put_slice(&BareHead::new(cmd, cmd.opaque, cmd.flag, frame_len).to_bytes());
 }
+
+/// Room for the prefix and the longest JSON header of a command with no remark and no fields.
+const BARE_JSON_HEAD_ROOM: usize = PREFIX_LEN + json::BARE_MAX_LEN;
 
 /// Room [`Codec::encode_into`] makes for prefix and header beyond the body; larger headers take
 /// the two-pass path.
@@ -971,6 +1075,106 @@ mod tests {
                 Err(EncodeError::BufferTooSmall {
                     needed: general.len()
                 })
+            );
+        }
+    }
+
+    /// The bare JSON writer (a JSON command with no remark and no fields) writes the two-pass
+    /// writer's bytes: every language, numbers of every length and sign, with and without a
+    /// body, through `encode_into` into buffers of every capacity, shared or not, and through
+    /// `encode_as` into slices of every length (refused as the two-pass writer refuses them)
+    /// and `encode_head_into`; over the frame limit it refuses as the general writer does,
+    /// writing nothing.
+    #[test]
+    fn bare_json_frames_match_the_general_writer() {
+        let codec = Codec::default();
+        let numbers = [
+            0,
+            7,
+            -7,
+            42,
+            310,
+            -310,
+            99_999,
+            1 << 16,
+            123_456_789,
+            i32::MAX,
+            i32::MIN,
+        ];
+        let mut cmds = vec![];
+        for (i, &n) in numbers.iter().enumerate() {
+            for language in (0..14).chain([14, 200, 255]) {
+                let mut cmd = Command::request(numbers[(i + 3) % numbers.len()]);
+                cmd.version = numbers[(i + 5) % numbers.len()];
+                cmd.language = crate::LanguageCode(language);
+                cmd.opaque = n;
+                cmd.flag = numbers[(i + language as usize) % numbers.len()];
+                if language % 3 == 0 {
+                    cmd = cmd.with_body(&b"a body"[..]);
+                }
+                cmds.push(cmd);
+            }
+        }
+        for cmd in &cmds {
+            assert!(cmd.is_bare());
+            let expected = two_pass_frame(cmd, SerializeType::Json);
+            for cap in 0..expected.len() + 300 {
+                let mut out = BytesMut::with_capacity(cap);
+                codec
+                    .encode_into(cmd, SerializeType::Json, &mut out)
+                    .unwrap();
+                assert_eq!(&out[..], &expected[..], "capacity {cap}");
+                let mut slice = vec![0u8; cap];
+                let mut window = &mut slice[..];
+                match codec.encode_as(cmd, SerializeType::Json, &mut window) {
+                    Ok(()) => assert_eq!(&slice[..expected.len()], &expected[..], "{cap}"),
+                    Err(e) => assert!(
+                        cap < expected.len()
+                            && e == EncodeError::BufferTooSmall {
+                                needed: expected.len()
+                            },
+                        "{cap}: {e:?}"
+                    ),
+                }
+            }
+            // After what a buffer holds, into a full buffer, a shared one (split off), and
+            // one with room.
+            let mut shared = BytesMut::with_capacity(300);
+            shared.extend_from_slice(b"before");
+            let taken = shared.split();
+            for mut out in [BytesMut::new(), shared, BytesMut::with_capacity(512)] {
+                out.extend_from_slice(b"xy");
+                codec
+                    .encode_into(cmd, SerializeType::Json, &mut out)
+                    .unwrap();
+                assert_eq!(&out[2..], &expected[..]);
+            }
+            assert_eq!(&taken[..], b"before");
+            let mut head = BytesMut::new();
+            codec
+                .encode_head_into(cmd, SerializeType::Json, &mut head)
+                .unwrap();
+            assert_eq!(&head[..], &expected[..expected.len() - cmd.body().len()]);
+            // Over the frame limit: the general writer's refusal, nothing written.
+            let tight = Codec::new(Limits {
+                max_frame_len: expected.len() as u32 - 1,
+                ..Limits::default()
+            });
+            let mut out = BytesMut::with_capacity(64);
+            out.extend_from_slice(b"xy");
+            let refused = tight.encode_into(cmd, SerializeType::Json, &mut out);
+            assert_eq!(
+                refused,
+                Err(EncodeError::FrameTooLarge {
+                    frame_len: expected.len() as u64,
+                    max: expected.len() as u32 - 1
+                })
+            );
+            assert_eq!(&out[..], b"xy");
+            let mut roomy = vec![0u8; 1024];
+            assert_eq!(
+                tight.encode_as(cmd, SerializeType::Json, &mut &mut roomy[..]),
+                refused
             );
         }
     }

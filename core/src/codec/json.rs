@@ -121,7 +121,7 @@ pub(crate) fn write_header(cmd: &Command, ty: SerializeType, out: &mut impl Sink
         // SAFETY: `write_tail` stores within `TAIL_MAX_LEN` + 6 per remark byte + SLACK, and
         // writes every byte up to the end it returns.
         unsafe {
-            let end = write_tail(raw, cmd, ty, close, remark);
+            let end = write_tail(raw, 0, cmd, cmd.flag, cmd.opaque, ty, close, remark);
             out.commit(end);
         }
         return;
@@ -177,27 +177,59 @@ const TAIL_MAX_LEN: usize = 1
     + sink::INT_MAX_LEN
     + 1;
 
-/// The header after its extension fields (closing them first when `close`), stored through
-/// `raw`; returns its length.
+/// The most [`write_bare_header`] writes: `{"code":` and a number, then the fixed fields.
+pub(crate) const BARE_MAX_LEN: usize = 8 + sink::INT_MAX_LEN + TAIL_MAX_LEN;
+
+/// The header [`write_header`] writes for `cmd`, which has no remark and no extension fields,
+/// with `flag` and `opaque` in place of its own, stored through `raw` from `start`; returns
+/// where it ends. One part after the other, with no room check and nothing to look up.
 ///
 /// # Safety
-/// `raw` has room for [`TAIL_MAX_LEN`] bytes, 6 per byte of `remark`, and SLACK. Each part
-/// below stores at most its share of that bound (a 16-byte store for the 13 bytes of
+/// `raw` has room for `start` + [`BARE_MAX_LEN`] bytes and SLACK.
+#[inline(always)]
+pub(crate) unsafe fn write_bare_header(
+    raw: sink::Raw,
+    start: usize,
+    cmd: &Command,
+    flag: i32,
+    opaque: i32,
+    ty: SerializeType,
+) -> usize {
+    debug_assert!(cmd.is_bare());
+    // SAFETY: 8 bytes and a number (at most INT_MAX_LEN), then `write_tail` within
+    // TAIL_MAX_LEN (no remark) and SLACK: BARE_MAX_LEN and SLACK from `start` in all.
+    unsafe {
+        raw.store(start, *b"{\"code\":");
+        let at = raw.put_i32(start + 8, cmd.code);
+        write_tail(raw, at, cmd, flag, opaque, ty, false, None)
+    }
+}
+
+/// The header after its extension fields (closing them first when `close`), with `flag` and
+/// `opaque`, stored through `raw` from `start`; returns where it ends.
+///
+/// # Safety
+/// `raw` has room for `start` + [`TAIL_MAX_LEN`] bytes, 6 per byte of `remark`, and SLACK.
+/// Each part below stores at most its share of that bound (a 16-byte store for the 13 bytes of
 /// `,"language":"` stays within the slack, as the next part starts at its 13th byte).
-#[inline]
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn write_tail(
     raw: sink::Raw,
+    start: usize,
     cmd: &Command,
+    flag: i32,
+    opaque: i32,
     ty: SerializeType,
     close: bool,
     remark: Option<&str>,
 ) -> usize {
     // SAFETY: see the function's contract; each store starts where the part before ended.
     unsafe {
-        raw.store(0, *b"}");
-        let mut at = usize::from(close);
+        raw.store(start, *b"}");
+        let mut at = start + usize::from(close);
         raw.store(at, *b",\"flag\":");
-        at = raw.put_i32(at + 8, cmd.flag);
+        at = raw.put_i32(at + 8, flag);
         match cmd.language.name() {
             Some(name) => {
                 raw.store(at, *b",\"language\":\"\0\0\0");
@@ -213,7 +245,7 @@ unsafe fn write_tail(
                 at += 10;
             }
         }
-        at = raw.put_i32(at, cmd.opaque);
+        at = raw.put_i32(at, opaque);
         if let Some(remark) = remark {
             raw.store(at, *b",\"remark\":\"");
             at = raw.json_str(at + REMARK_KEY.len(), remark.as_bytes());

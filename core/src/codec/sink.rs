@@ -65,6 +65,20 @@ pub(crate) struct Raw {
 }
 
 impl Raw {
+    /// The spare capacity of `dst` as room for `need` bytes and [`SLACK`], if its current chunk
+    /// has that much; what is stored there is committed with `dst.advance_mut`.
+    #[inline(always)]
+    pub(crate) fn spare(dst: &mut impl BufMut, need: usize) -> Option<Raw> {
+        let chunk = dst.chunk_mut();
+        if chunk.len() < need.saturating_add(SLACK) {
+            return None;
+        }
+        Some(Raw {
+            base: chunk.as_mut_ptr(),
+            len: need + SLACK,
+        })
+    }
+
     /// Stores `bytes` at `at`: `N` bytes.
     #[inline(always)]
     pub(crate) unsafe fn store<const N: usize>(self, at: usize, bytes: [u8; N]) {
@@ -127,38 +141,54 @@ impl Raw {
     }
 
     /// Stores `n` in decimal at `at`; returns where it ends. Stores at most [`INT_MAX_LEN`]
-    /// bytes.
+    /// bytes (a number of 3 to 8 digits as one 8-byte store, the bytes past its end left to
+    /// be overwritten).
     #[inline(always)]
     pub(crate) unsafe fn put_i32(self, mut at: usize, n: i32) -> usize {
-        static PAIRS: [[u8; 2]; 100] = {
-            let mut t = [[0u8; 2]; 100];
-            let mut i = 0;
-            while i < 100 {
-                t[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
-                i += 1;
-            }
-            t
-        };
-        // SAFETY: a sign and at most 10 digits, each stored within `at..at + 11`.
+        // SAFETY (every store): a sign and then at most 10 bytes, within `at..at + 11`.
         unsafe {
             if n < 0 {
                 self.store(at, [b'-']);
                 at += 1;
             }
-            let mut u = n.unsigned_abs();
-            let len = u.checked_ilog10().unwrap_or(0) as usize + 1;
-            let mut end = at + len;
-            while u >= 100 {
-                end -= 2;
-                self.store(end, PAIRS[(u % 100) as usize]);
-                u /= 100;
-            }
-            if u >= 10 {
-                self.store(at, PAIRS[u as usize]);
-            } else {
+            let u = n.unsigned_abs();
+            if u < 10 {
                 self.store(at, [b'0' + u as u8]);
+                return at + 1;
             }
-            at + len
+            if u < 100 {
+                self.store(at, DIGIT_PAIRS[u as usize]);
+                return at + 2;
+            }
+            if u >= 100_000_000 {
+                // 9 or 10 digits: the first one or two, then 8.
+                let head = u / 100_000_000;
+                if head >= 10 {
+                    self.store(at, DIGIT_PAIRS[head as usize]);
+                    at += 2;
+                } else {
+                    self.store(at, [b'0' + head as u8]);
+                    at += 1;
+                }
+                let digits = eight_digits(u % 100_000_000) | ASCII_ZEROS;
+                self.store(at, digits.to_le_bytes());
+                return at + 8;
+            }
+            if u < 10_000 {
+                // 3 or 4 digits (a code, a version): all 4, the leading zero shifted out.
+                let digits = four_digits(u);
+                let zeros = digits.trailing_zeros() / 8;
+                self.store(
+                    at,
+                    ((digits | ASCII_ZEROS as u32) >> (8 * zeros)).to_le_bytes(),
+                );
+                return at + 4 - zeros as usize;
+            }
+            // 5 to 8 digits: all 8 with the leading zeros shifted out.
+            let digits = eight_digits(u);
+            let zeros = digits.trailing_zeros() / 8;
+            self.store(at, ((digits | ASCII_ZEROS) >> (8 * zeros)).to_le_bytes());
+            at + 8 - zeros as usize
         }
     }
 
@@ -256,6 +286,50 @@ fn first<const N: usize>(s: &[u8]) -> [u8; N] {
 #[inline(always)]
 fn last<const N: usize>(s: &[u8]) -> [u8; N] {
     *s.last_chunk::<N>().expect("the caller checked the length")
+}
+
+/// The two decimal digits of each number below 100.
+static DIGIT_PAIRS: [[u8; 2]; 100] = {
+    let mut t = [[0u8; 2]; 100];
+    let mut i = 0;
+    while i < 100 {
+        t[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+        i += 1;
+    }
+    t
+};
+
+/// `'0'` in every byte.
+const ASCII_ZEROS: u64 = 0x3030_3030_3030_3030;
+
+/// The 4 decimal digits of `n` (below 10^4, leading zeros included) as values 0 to 9, the
+/// first digit in the lowest byte: [`eight_digits`]'s last two steps on one 32-bit word.
+#[inline(always)]
+fn four_digits(n: u32) -> u32 {
+    debug_assert!(n < 10_000);
+    // [n / 100, n % 100] in two 16-bit lanes (n * 5243 < 2^26: no overflow).
+    let hundreds = (n * 5243) >> 19;
+    let v = hundreds | (n - hundreds * 100) << 16;
+    // Each 16-bit lane y < 100: y / 10 = (y * 103) >> 10.
+    let tens = ((v * 103) >> 10) & 0x000f_000f;
+    tens | (v - tens * 10) << 8
+}
+
+/// The 8 decimal digits of `n` (below 10^8, leading zeros included) as values 0 to 9, the
+/// first digit in the lowest byte (so a little-endian store writes them in order). Each step
+/// divides every lane of the word at once, with a multiplication and a shift exact for the
+/// lane's range: 10^4 into two 32-bit lanes, 100 into four 16-bit lanes, 10 into eight bytes.
+#[inline(always)]
+fn eight_digits(n: u32) -> u64 {
+    debug_assert!(n < 100_000_000);
+    // [n / 10^4, n % 10^4] in two 32-bit lanes.
+    let v = u64::from(n / 10_000) | u64::from(n % 10_000) << 32;
+    // Each lane x < 10^4: x / 100 = (x * 5243) >> 19.
+    let hundreds = ((v * 5243) >> 19) & 0x0000_007f_0000_007f;
+    let v = hundreds | (v - hundreds * 100) << 16;
+    // Each 16-bit lane y < 100: y / 10 = (y * 103) >> 10.
+    let tens = ((v * 103) >> 10) & 0x000f_000f_000f_000f;
+    tens | (v - tens * 10) << 8
 }
 
 /// 16 bytes, checked for JSON escapes together: an SSE2 register on x86_64.
@@ -868,6 +942,63 @@ impl Sink for WindowSink<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloc::string::ToString;
+
+    /// `put_i32` into a buffer of exactly its bound: every length, sign and digit boundary.
+    #[test]
+    fn put_i32_writes_the_decimal_digits() {
+        let mut cases = alloc::vec![0, 1, 9, 10, 99, 100, 101, 999, i32::MAX, i32::MIN, -1];
+        let mut p = 1i64;
+        for _ in 0..10 {
+            for d in [-1i64, 0, 1] {
+                for sign in [1i64, -1] {
+                    let v = sign * (p + d);
+                    if let Ok(v) = i32::try_from(v) {
+                        cases.push(v);
+                    }
+                }
+            }
+            p *= 10;
+        }
+        let mut x = 0x9e37_79b9u32;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            cases.push(x as i32);
+            cases.push((x >> (x % 31)) as i32);
+        }
+        for n in cases {
+            let mut buf = [0xffu8; INT_MAX_LEN];
+            let raw = Raw {
+                base: buf.as_mut_ptr(),
+                len: INT_MAX_LEN,
+            };
+            // SAFETY: `put_i32` stores at most INT_MAX_LEN bytes, the buffer's length (and
+            // debug builds assert each store against `len`).
+            let end = unsafe { raw.put_i32(0, n) };
+            assert_eq!(&buf[..end], n.to_string().as_bytes(), "{n}");
+        }
+    }
+
+    #[test]
+    fn four_digits_is_exact_below_ten_thousand() {
+        for n in 0..10_000u32 {
+            let got = (four_digits(n) | ASCII_ZEROS as u32).to_le_bytes();
+            assert_eq!(&got, alloc::format!("{n:04}").as_bytes(), "{n}");
+        }
+    }
+
+    #[test]
+    fn eight_digits_is_exact_for_every_lane_value() {
+        // Each lane step sees values 0..10^4 (and below 100): try each in both lanes.
+        for x in 0..10_000u32 {
+            for n in [x, x * 10_000, x * 10_000 + (9_999 - x)] {
+                let got = (eight_digits(n) | ASCII_ZEROS).to_le_bytes();
+                assert_eq!(&got, alloc::format!("{n:08}").as_bytes(), "{n}");
+            }
+        }
+    }
 
     #[test]
     fn the_sse2_mask_matches_the_table() {
