@@ -537,14 +537,10 @@ pub(crate) fn parse_in_place(
     limits: &Limits,
 ) -> Result<(Fixed, u32), DecodeError> {
     check_utf8(header)?;
-    let parsed = match fast::parse(&mut *header, limits) {
-        Some(parsed) => parsed,
-        None => return parse_general_in_place(header, limits),
-    };
-    if parsed.escapes.any() {
-        parsed.escapes.rewrite(header);
+    match fast::parse_in_place(header, limits) {
+        Some(found) => Ok(found),
+        None => parse_general_in_place(header, limits),
     }
-    Ok((parsed.fixed, parsed.ext_at))
 }
 
 /// Checks that the header is UTF-8: its ASCII start 64 bytes at a time (see
@@ -948,6 +944,13 @@ fn find_quote_or_backslash_from(s: &[u8], i: usize) -> Option<usize> {
 /// within the limit. Returns it and the offset after its closing quote.
 #[inline]
 fn scan_string(buf: &[u8], open: usize, limits: &Limits) -> PResult<(Str, usize)> {
+    scan_string_inline(buf, open, limits)
+}
+
+/// [`scan_string`]'s body, for [`Parser::raw_string`] to have it inline whatever the compiler
+/// decides for the other callers.
+#[inline(always)]
+fn scan_string_inline(buf: &[u8], open: usize, limits: &Limits) -> PResult<(Str, usize)> {
     let start = open + 1;
     let mut at = start;
     let mut escaped = false;
@@ -1196,9 +1199,12 @@ impl<'a> Parser<'a> {
     }
 
     /// Checks the string at `pos` (which holds `"`), leaving `pos` after its closing quote.
+    /// (Out of line, with [`scan_string`] inside it: the general parser calls it from many
+    /// places, and an out-of-line `scan_string` would hand its result back through memory.)
+    #[inline(never)]
     fn raw_string(&mut self) -> PResult<Str> {
         let open = self.pos;
-        let (s, next) = scan_string(self.buf, open, self.limits)?;
+        let (s, next) = scan_string_inline(self.buf, open, self.limits)?;
         if s.escaped {
             self.escapes.note(open, s.end, false);
         }
@@ -1746,6 +1752,22 @@ mod fast {
         /// Escaped strings of the `extFields` object unescaped as they were checked (when
         /// compacting; made at the first one).
         unescaped: Option<Unescaped>,
+    }
+
+    impl<'a, T> Cursor<'a, T> {
+        #[inline(always)]
+        fn new(buf: T, limits: &'a Limits) -> Self {
+            Cursor {
+                buf,
+                pos: 0,
+                limits,
+                escapes: Escapes::default(),
+                in_ext: false,
+                compacted: 0,
+                remark_at: 0,
+                unescaped: None,
+            }
+        }
     }
 
     /// The scratch buffer's size: zeroed at the first escaped string (inline stores, where a
@@ -2603,29 +2625,50 @@ mod fast {
     }
 
     pub(super) fn parse<T: Text>(buf: T, limits: &Limits) -> Option<Parsed> {
-        let mut c = Cursor {
-            buf,
-            pos: 0,
-            limits,
-            escapes: Escapes::default(),
-            in_ext: false,
-            compacted: 0,
-            remark_at: 0,
-            unescaped: None,
-        };
+        let mut c = Cursor::new(buf, limits);
+        let (fixed, ext_at) = walk(&mut c)?;
+        Some(Parsed {
+            fixed,
+            ext_at,
+            escapes: c.escapes,
+        })
+    }
+
+    /// [`parse`] of a header that is rewritten for reading where it lies, the strings with
+    /// escapes unescaped too ([`Escapes::rewrite`]): what a decode from a read buffer needs.
+    ///
+    /// Only the fixed fields and where the `extFields` object is come back. The escapes stay
+    /// in the cursor: handing a [`Parsed`] (~100 bytes, written field by field during the
+    /// walk) back to be read in 16-byte pieces kept every decode waiting for those stores.
+    #[inline(always)]
+    pub(super) fn parse_in_place(buf: &mut [u8], limits: &Limits) -> Option<(Fixed, u32)> {
+        let mut c = Cursor::new(buf, limits);
+        let found = walk(&mut c)?;
+        if c.escapes.any() {
+            c.escapes.rewrite(c.buf);
+        }
+        Some(found)
+    }
+
+    /// The walk of [`parse`] and [`parse_in_place`]: the fixed fields and where the
+    /// `extFields` object is, or `None` at the first surprise (a compaction made on the way
+    /// undone); in place, the scratch's unescaped strings and the remark's position are
+    /// written once the header is accepted.
+    #[inline(always)]
+    fn walk<T: Text>(c: &mut Cursor<'_, T>) -> Option<(Fixed, u32)> {
         let mut ext_at = 0;
-        let parsed = fields(&mut c, &mut ext_at);
-        let parsed = match parsed {
+        let fixed = fields(c, &mut ext_at);
+        let fixed = match fixed {
             // Escaped strings past the recorded few would be found by scanning for quotes,
             // which a compacted object no longer has.
             Some(_) if T::COMPACT && c.escapes.rest_from.is_some() => None,
             other => other,
         };
-        if parsed.is_none() && c.compacted > 0 {
+        if fixed.is_none() && c.compacted > 0 {
             let at = (ext_at & !COMPACT_EXT) as usize;
             compact::undo(c.buf.bytes_mut(), at, c.compacted);
         }
-        if T::COMPACT && parsed.is_some() {
+        if T::COMPACT && fixed.is_some() {
             if let Some(u) = &c.unescaped {
                 u.write(c.buf.bytes_mut());
             }
@@ -2633,12 +2676,13 @@ mod fast {
                 compact::put_remark_at(c.buf.bytes_mut(), c.remark_at);
             }
         }
-        parsed
+        Some((fixed?, ext_at))
     }
 
     /// The fields of the header in one of the two orders; `ext_at` is set as soon as the
     /// `extFields` object starts, so that [`parse`] can undo its compaction.
-    fn fields<T: Text>(c: &mut Cursor<'_, T>, ext_at: &mut u32) -> Option<Parsed> {
+    #[inline(always)]
+    fn fields<T: Text>(c: &mut Cursor<'_, T>, ext_at: &mut u32) -> Option<Fixed> {
         c.need(b"{\"code\":")?;
         let code = c.int()?;
         let mut has_remark = false;
@@ -2730,11 +2774,7 @@ mod fast {
             }
         };
         c.byte(b'}')?;
-        (c.pos == c.buf.bytes().len()).then_some(Parsed {
-            fixed,
-            ext_at: *ext_at,
-            escapes: c.escapes,
-        })
+        (c.pos == c.buf.bytes().len()).then_some(fixed)
     }
 }
 
