@@ -532,6 +532,10 @@ pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Parsed, DecodeErro
 /// `extFields` object is made a compact length-prefixed block (see [`compact`]; `ext_at` then
 /// carries [`COMPACT_EXT`]). Returns the fixed fields and `ext_at` (what [`Parsed`] says
 /// beside the escapes, which are done). An error leaves the header as it was.
+///
+/// Inlined into the decoder: out of line, its `(Fixed, u32)` came back through memory, stored
+/// field by field and read back in wider words (a wait on every JSON decode).
+#[inline(always)]
 pub(crate) fn parse_in_place(
     header: &mut [u8],
     limits: &Limits,
