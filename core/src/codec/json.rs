@@ -2490,9 +2490,10 @@ mod fast {
                 return Some(close);
             }
             if T::COMPACT && self.buf.bytes().get(close) == Some(&b'\\') {
-                let mut more = *hits;
-                if let Some(end) = self.unescape_hits_as::<BMI1>(&mut more, open, close) {
-                    *hits = more;
+                // `hits` itself, not a copy taken back on success: the copy came back as one
+                // 16-byte load of what the call had stored in 8-byte words (a store-forwarding
+                // stall). If the call fails, `hits` starts again after the string below.
+                if let Some(end) = self.unescape_hits_as::<BMI1>(hits, open, close) {
                     // Its length as written, for an undo; the unescaped one comes with it.
                     compact::put_len(self.buf.bytes_mut(), open + 1, end - open - 1);
                     *compacted += 1;
@@ -2509,7 +2510,8 @@ mod fast {
 
         /// Checks the string of the `extFields` object whose opening quote is at `open` and
         /// whose first escape's backslash is at `at` (the hit `hits` gave last) and unescapes
-        /// it into [`Cursor::unescaped`]; returns its closing quote, `hits` then after it.
+        /// it into [`Cursor::unescaped`]; returns its closing quote, `hits` then after it
+        /// (`hits` may have moved on when it returns `None`).
         /// The escapes are found by popping `hits`, so each is checked and copied without
         /// waiting for a search from the one before. `None` (nothing recorded) for an invalid
         /// escape, a string too long, or one the scratch has no room for.
