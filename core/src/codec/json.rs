@@ -533,18 +533,34 @@ pub(crate) fn parse(header: &[u8], limits: &Limits) -> Result<Parsed, DecodeErro
 /// carries [`COMPACT_EXT`]). Returns the fixed fields and `ext_at` (what [`Parsed`] says
 /// beside the escapes, which are done). An error leaves the header as it was.
 ///
-/// Inlined into the decoder: out of line, its `(Fixed, u32)` came back through memory, stored
-/// field by field and read back in wider words (a wait on every JSON decode).
-#[inline(always)]
+/// The decoder calls its two halves itself ([`parse_in_place_fast`], then
+/// [`parse_general_in_place`] if that gives up), so that the fast half's result never meets
+/// the general half's in one place in memory (see [`parse_in_place_fast`]).
+#[cfg(test)]
 pub(crate) fn parse_in_place(
     header: &mut [u8],
     limits: &Limits,
 ) -> Result<(Fixed, u32), DecodeError> {
-    check_utf8(header)?;
-    match fast::parse_in_place(header, limits) {
+    match parse_in_place_fast(header, limits)? {
         Some(found) => Ok(found),
         None => parse_general_in_place(header, limits),
     }
+}
+
+/// [`parse_in_place`]'s UTF-8 check and fast parse: `Ok(None)` if the fast parser gave up
+/// (the header unchanged), for [`parse_general_in_place`] to take.
+///
+/// Inlined into the decoder, which handles the two outcomes apart: where one `Result` took
+/// either half's `(Fixed, u32)`, it was a stack slot the fast half wrote field by field and
+/// the decoder read back in 8-byte words, waiting for those stores (a store-forwarding stall
+/// on every JSON decode).
+#[inline(always)]
+pub(crate) fn parse_in_place_fast(
+    header: &mut [u8],
+    limits: &Limits,
+) -> Result<Option<(Fixed, u32)>, DecodeError> {
+    check_utf8(header)?;
+    Ok(fast::parse_in_place(header, limits))
 }
 
 /// Checks that the header is UTF-8: its ASCII start 64 bytes at a time (see
@@ -672,7 +688,10 @@ fn parse_general_parts(
 /// more, which stays JSON and is read as such). Kept out of line: [`parse_in_place`]'s fast
 /// path stays as small as it was.
 #[inline(never)]
-fn parse_general_in_place(header: &mut [u8], limits: &Limits) -> Result<(Fixed, u32), DecodeError> {
+pub(crate) fn parse_general_in_place(
+    header: &mut [u8],
+    limits: &Limits,
+) -> Result<(Fixed, u32), DecodeError> {
     let mut found = Found::default();
     let parsed = parse_general_parts(header, limits, &mut found)?;
     if parsed.escapes.any() {
@@ -2471,9 +2490,10 @@ mod fast {
                 return Some(close);
             }
             if T::COMPACT && self.buf.bytes().get(close) == Some(&b'\\') {
-                let mut more = *hits;
-                if let Some(end) = self.unescape_hits_as::<BMI1>(&mut more, open, close) {
-                    *hits = more;
+                // `hits` itself, not a copy taken back on success: the copy came back as one
+                // 16-byte load of what the call had stored in 8-byte words (a store-forwarding
+                // stall). If the call fails, `hits` starts again after the string below.
+                if let Some(end) = self.unescape_hits_as::<BMI1>(hits, open, close) {
                     // Its length as written, for an undo; the unescaped one comes with it.
                     compact::put_len(self.buf.bytes_mut(), open + 1, end - open - 1);
                     *compacted += 1;
@@ -2490,7 +2510,8 @@ mod fast {
 
         /// Checks the string of the `extFields` object whose opening quote is at `open` and
         /// whose first escape's backslash is at `at` (the hit `hits` gave last) and unescapes
-        /// it into [`Cursor::unescaped`]; returns its closing quote, `hits` then after it.
+        /// it into [`Cursor::unescaped`]; returns its closing quote, `hits` then after it
+        /// (`hits` may have moved on when it returns `None`).
         /// The escapes are found by popping `hits`, so each is checked and copied without
         /// waiting for a search from the one before. `None` (nothing recorded) for an invalid
         /// escape, a string too long, or one the scratch has no room for.

@@ -162,7 +162,7 @@ impl Hits {
             }
             self.word = mask_from(buf, self.base);
             if self.word == 0 {
-                self.skip_run(buf)?;
+                *self = Hits::after_run(buf, self.base)?;
             }
         }
         let i = self.word.trailing_zeros() as usize;
@@ -172,15 +172,18 @@ impl Hits {
 }
 
 impl Hits {
-    /// Past two blocks without a hit (a long string): the next hit found with `memchr2` (32
-    /// bytes a step where the CPU can), and its block. `None` if there is none.
+    /// Past two blocks without a hit, the second at `base` (a long string): the hits from
+    /// the next one, found with `memchr2` (32 bytes a step where the CPU can). `None` if
+    /// there is none.
+    ///
+    /// Returns the new hits rather than changing a `&mut self`: a pointer to the caller's
+    /// `Hits` kept it in memory, its word stored and loaded again at every hit popped.
     #[cold]
     #[inline(never)]
-    fn skip_run(&mut self, buf: &[u8]) -> Option<()> {
-        let from = self.base + 64;
+    fn after_run(buf: &[u8], base: usize) -> Option<Hits> {
+        let from = base + 64;
         let at = from + memchr::memchr2(b'"', b'\\', buf.get(from..)?)?;
-        *self = Hits::new(buf, at);
-        Some(())
+        Some(Hits::new(buf, at))
     }
 }
 
