@@ -3614,7 +3614,7 @@ mod tests {
                     let n = header.len();
                     wire[8 + at % n] = byte;
                 }
-                decode_frame_both(wire);
+                let _compared = decode_frame_both(wire);
             }
         }
     }
@@ -3735,7 +3735,7 @@ mod tests {
                     let n = header.len();
                     wire[8 + at % n] = byte;
                 }
-                decode_frame_both(wire);
+                let _compared = decode_frame_both(wire);
             }
         }
     }
