@@ -443,9 +443,7 @@ impl Codec {
         self.check_lengths(header_len, body_len)?;
         let frame_len = written + body_len;
         fits(remaining, written, frame_len, with_body)?;
-        let prefix =
-            (((frame_len - 4) as u64) << 32 | u64::from(ty.code()) << 24 | header_len as u64)
-                .to_be_bytes();
+        let prefix = prefix_word(frame_len, ty, header_len).to_be_bytes();
         out.put_prefix(prefix);
         Ok(Some(written))
     }
@@ -488,13 +486,9 @@ impl Codec {
         let end =
             unsafe { json::write_bare_header(raw, PREFIX_LEN, cmd, cmd.flag, cmd.opaque, ty) };
         let frame_len = end + body_len;
-        if frame_len as u64 > u64::from(self.limits.max_frame_len) {
-            return Err(self.frame_too_large(frame_len));
-        }
+        self.check_frame_len(frame_len)?;
         let header_len = end - PREFIX_LEN;
-        let prefix =
-            (((frame_len - 4) as u64) << 32 | u64::from(ty.code()) << 24 | header_len as u64)
-                .to_be_bytes();
+        let prefix = prefix_word(frame_len, ty, header_len).to_be_bytes();
         // SAFETY: the first 8 bytes of the room.
         unsafe { raw.store(0, prefix) };
         Ok(end)
@@ -573,9 +567,7 @@ impl Codec {
         debug_assert!(cmd.is_bare());
         let body = cmd.body();
         let frame_len = PREFIX_LEN + BARE_HEADER_LEN + body.len();
-        if frame_len as u64 > u64::from(self.limits.max_frame_len) {
-            return Err(self.frame_too_large(frame_len));
-        }
+        self.check_frame_len(frame_len)?;
         dst.reserve(frame_len);
         // After `reserve`, the spare capacity holds the whole frame (`write_to` cannot fail).
         BareHead::new(cmd, opaque, flag, frame_len).write_to(dst.chunk_mut());
@@ -616,6 +608,16 @@ impl Codec {
     ) -> Result<(), EncodeError> {
         dst.reserve(RESERVE_FOR_HEADER + cmd.body().len());
         self.encode_general_inline(cmd, ty, dst, true)
+    }
+
+    /// Refuses a frame of `frame_len` bytes over the limit (the bare writers, whose header is
+    /// short by construction).
+    #[inline(always)]
+    fn check_frame_len(&self, frame_len: usize) -> Result<(), EncodeError> {
+        if frame_len as u64 > u64::from(self.limits.max_frame_len) {
+            return Err(self.frame_too_large(frame_len));
+        }
+        Ok(())
     }
 
     /// The error for a frame of `frame_len` bytes, over the limit.
@@ -680,9 +682,7 @@ impl BareHead {
     fn new(cmd: &Command, opaque: i32, flag: i32, frame_len: usize) -> BareHead {
         let opaque = u64::from(opaque as u32);
         BareHead([
-            ((frame_len - 4) as u64) << 32
-                | u64::from(SerializeType::RocketMq.code()) << 24
-                | BARE_HEADER_LEN as u64,
+            prefix_word(frame_len, SerializeType::RocketMq, BARE_HEADER_LEN),
             // code (2 bytes), language, version (2 bytes), opaque's first three bytes
             u64::from(cmd.code as u16) << 48
                 | u64::from(cmd.language.0) << 40
@@ -725,6 +725,13 @@ fn put_bare_head(cmd: &Command, frame_len: usize, dst: &mut impl BufMut) {
 
 /// Room for the prefix and the longest JSON header of a command with no remark and no fields.
 const BARE_JSON_HEAD_ROOM: usize = PREFIX_LEN + json::BARE_MAX_LEN;
+
+/// A frame's length prefix and marker as one word (big-endian on the wire): the length after
+/// the prefix's first 4 bytes, the serialize type, the header's length.
+#[inline(always)]
+fn prefix_word(frame_len: usize, ty: SerializeType, header_len: usize) -> u64 {
+    ((frame_len - 4) as u64) << 32 | u64::from(ty.code()) << 24 | header_len as u64
+}
 
 /// Room [`Codec::encode_into`] makes for prefix and header beyond the body; larger headers take
 /// the two-pass path.

@@ -3186,6 +3186,32 @@ mod tests {
         f
     }
 
+    /// A header holding `ext` as its `extFields` object in each key order the fast path takes:
+    /// Java's alphabetical order, then rocketmq-rust's struct order (the object last).
+    fn in_both_orders(ext: &str) -> [String; 2] {
+        [
+            format!(
+                r#"{{"code":1,"extFields":{ext},"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}}"#
+            ),
+            format!(
+                r#"{{"code":1,"language":"JAVA","version":1,"opaque":3,"flag":0,"extFields":{ext}}}"#
+            ),
+        ]
+    }
+
+    /// `f` run with the walk (and unescaper) built with BMI1 where the CPU has it, or
+    /// `without` it; the choice is put back after.
+    fn with_bmi1_choice<R>(without: bool, f: impl FnOnce() -> R) -> R {
+        #[cfg(feature = "std")]
+        fast::WITHOUT_BMI1.with(|w| w.set(without));
+        #[cfg(not(feature = "std"))]
+        let _ = without;
+        let r = f();
+        #[cfg(feature = "std")]
+        fast::WITHOUT_BMI1.with(|w| w.set(false));
+        r
+    }
+
     /// `Codec::decode` (compacting in place) against `decode_frame` (read only, no compaction).
     fn decode_both(header: &str) -> (Result<Command, DecodeError>, bytes::BytesMut) {
         decode_frame_both(frame(header))
@@ -3331,9 +3357,7 @@ mod tests {
             format!(r#"{{"a":"{long}","b":"c"}}"#),
             format!(r#"{{"a":"b"{escaped}}}"#),
         ] {
-            let header = format!(
-                r#"{{"code":1,"extFields":{ext},"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}}"#
-            );
+            let [header, _] = in_both_orders(&ext);
             let mut buf = frame(&header);
             let parsed = parse_in_place(&mut buf[8..8 + header.len()], &Limits::default()).unwrap();
             assert_eq!(parsed.1 & COMPACT_EXT == 0, ext.contains(&long));
@@ -3382,24 +3406,13 @@ mod tests {
                     );
                     let key = "k".repeat(1 + (lead * 7 + gap) % 64);
                     let ext = format!(r#"{{"p":"q","{key}":"{value}"}}"#);
-                    for header in [
-                        format!(
-                            r#"{{"code":1,"extFields":{ext},"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}}"#
-                        ),
-                        format!(
-                            r#"{{"code":1,"language":"JAVA","version":1,"opaque":3,"flag":0,"extFields":{ext}}}"#
-                        ),
-                    ] {
-                        // With the walk (and unescaper) built with BMI1 where the CPU has
-                        // it, and without.
+                    for header in in_both_orders(&ext) {
                         for without_bmi1 in [false, true] {
-                            #[cfg(feature = "std")]
-                            fast::WITHOUT_BMI1.with(|w| w.set(without_bmi1));
-                            let mut copy = header.clone().into_bytes();
-                            let parsed = fast::parse(&mut copy[..], &Limits::default());
-                            let cmd = decode_both(&header).0;
-                            #[cfg(feature = "std")]
-                            fast::WITHOUT_BMI1.with(|w| w.set(false));
+                            let (parsed, cmd) = with_bmi1_choice(without_bmi1, || {
+                                let mut copy = header.clone().into_bytes();
+                                let parsed = fast::parse(&mut copy[..], &Limits::default());
+                                (parsed, decode_both(&header).0)
+                            });
                             assert!(parsed.is_some(), "{header} {without_bmi1}");
                             let cmd = cmd.unwrap();
                             assert_eq!(cmd.ext(&key), Some(want.as_str()), "{header}");
@@ -3432,23 +3445,14 @@ mod tests {
                 .map(|(k, v)| format!(r#""{k}":"{v}""#))
                 .collect();
             let ext = format!("{{{}}}", ext.join(","));
-            for header in [
-                format!(
-                    r#"{{"code":1,"extFields":{ext},"flag":0,"language":"JAVA","opaque":3,"serializeTypeCurrentRPC":"JSON","version":1}}"#
-                ),
-                format!(
-                    r#"{{"code":1,"language":"JAVA","version":1,"opaque":3,"flag":0,"extFields":{ext}}}"#
-                ),
-            ] {
+            for header in in_both_orders(&ext) {
                 for without_bmi1 in [false, true] {
-                    #[cfg(feature = "std")]
-                    fast::WITHOUT_BMI1.with(|w| w.set(without_bmi1));
-                    let mut copy = header.clone().into_bytes();
-                    let parsed = fast::parse(&mut copy[..], &Limits::default());
-                    let read_only = fast::parse(header.as_bytes(), &Limits::default());
-                    let cmd = decode_both(&header).0;
-                    #[cfg(feature = "std")]
-                    fast::WITHOUT_BMI1.with(|w| w.set(false));
+                    let (parsed, read_only, cmd) = with_bmi1_choice(without_bmi1, || {
+                        let mut copy = header.clone().into_bytes();
+                        let parsed = fast::parse(&mut copy[..], &Limits::default());
+                        let read_only = fast::parse(header.as_bytes(), &Limits::default());
+                        (parsed, read_only, decode_both(&header).0)
+                    });
                     assert!(parsed.is_some(), "{header} {without_bmi1}");
                     assert_eq!(
                         format!("{read_only:?}"),
@@ -3643,12 +3647,14 @@ mod tests {
                 header[at % n] = byte;
             }
             let run = |without: bool| {
-                fast::WITHOUT_BMI1.with(|w| w.set(without));
                 let before = fast::PLAIN_WALKS.with(|n| n.get());
                 let mut copy = header.clone();
-                let parsed = fast::parse(&mut copy[..], &Limits::default());
-                let read_only = fast::parse(&header[..], &Limits::default());
-                fast::WITHOUT_BMI1.with(|w| w.set(false));
+                let (parsed, read_only) = with_bmi1_choice(without, || {
+                    (
+                        fast::parse(&mut copy[..], &Limits::default()),
+                        fast::parse(&header[..], &Limits::default()),
+                    )
+                });
                 // The walk asked for is the one taken (when there is an object to walk).
                 let plain = fast::PLAIN_WALKS.with(|n| n.get()) > before;
                 if flips.is_empty() && !entries.is_empty() {

@@ -379,6 +379,20 @@ mod tests {
     use alloc::format;
 
     /// Bit `i` set for each byte `i` of `block` (at most 64) that `hit` takes.
+    /// `check` of every block of `N` bytes that holds one byte of any value at any position
+    /// among neighbours that are all quotes, backslashes, high bytes, zero bytes or plain.
+    fn each_block<const N: usize>(mut check: impl FnMut(&[u8; N])) {
+        for fill in [b'a', b'"', b'\\', 0x00, 0xFF, 0x80] {
+            for at in 0..N {
+                for b in 0..=255u8 {
+                    let mut block = [fill; N];
+                    block[at] = b;
+                    check(&block);
+                }
+            }
+        }
+    }
+
     fn by_bytes(block: &[u8], hit: impl Fn(u8) -> bool) -> u64 {
         let mut m = 0;
         for (i, &b) in block.iter().enumerate() {
@@ -410,19 +424,12 @@ mod tests {
 
     #[test]
     fn masks_of_64_bytes_match_byte_by_byte() {
-        // Every byte value at every position, among neighbours that are quotes, backslashes,
-        // high bytes or neither; the SSE2 and the portable mask against a byte-by-byte one.
-        for fill in [b'a', b'"', b'\\', 0x00, 0xFF, 0x80] {
-            for at in 0..64 {
-                for b in 0..=255u8 {
-                    let mut block = [fill; 64];
-                    block[at] = b;
-                    let want = by_bytes(&block, |b| b == b'"' || b == b'\\');
-                    assert_eq!(quote_or_backslash_64(&block), want, "{block:?}");
-                    assert_eq!(portable::quote_or_backslash_64(&block), want, "{block:?}");
-                }
-            }
-        }
+        // The SSE2 and the portable mask against a byte-by-byte one.
+        each_block(|block: &[u8; 64]| {
+            let want = by_bytes(block, |b| b == b'"' || b == b'\\');
+            assert_eq!(quote_or_backslash_64(block), want, "{block:?}");
+            assert_eq!(portable::quote_or_backslash_64(block), want, "{block:?}");
+        });
     }
 
     /// Every quote and backslash of `buf` at or after `from`, one byte at a time.
@@ -519,22 +526,15 @@ mod tests {
 
     #[test]
     fn sse2_masks_match_the_portable_ones() {
-        // Every byte value at every position, among neighbours that are quotes, backslashes
-        // or neither (the portable zero-byte test must not flag a byte through a borrow).
-        for fill in [b'a', b'"', b'\\', 0x00, 0xFF, 0x80] {
-            for at in 0..16 {
-                for b in 0..=255u8 {
-                    let mut block = [fill; 16];
-                    block[at] = b;
-                    // (A 16-byte block's mask fits the functions' `u32`.)
-                    let want = by_bytes(&block, |b| b == b'"' || b == b'\\') as u32;
-                    assert_eq!(quote_or_backslash(&block), want, "{block:?}");
-                    assert_eq!(portable::quote_or_backslash(&block), want, "{block:?}");
-                    let want = by_bytes(&block, |b| b == b'\\') as u32;
-                    assert_eq!(backslash(&block), want, "{block:?}");
-                    assert_eq!(portable::backslash(&block), want, "{block:?}");
-                }
-            }
-        }
+        // (The portable zero-byte test must not flag a byte through a borrow.)
+        each_block(|block: &[u8; 16]| {
+            // (A 16-byte block's mask fits the functions' `u32`.)
+            let want = by_bytes(block, |b| b == b'"' || b == b'\\') as u32;
+            assert_eq!(quote_or_backslash(block), want, "{block:?}");
+            assert_eq!(portable::quote_or_backslash(block), want, "{block:?}");
+            let want = by_bytes(block, |b| b == b'\\') as u32;
+            assert_eq!(backslash(block), want, "{block:?}");
+            assert_eq!(portable::backslash(block), want, "{block:?}");
+        });
     }
 }
