@@ -19,7 +19,10 @@
 //! - `fresh`: each frame in its own freshly cloned `BytesMut`, as the criterion bench's
 //!   `iter_batched_ref` gives it (the first `split_to` of such a buffer allocates to share
 //!   it); `shared`: frames taken off one read buffer that already shares its storage, as a
-//!   connection's is;
+//!   connection's is.
+//!   With `PASSES=N` in the environment a fresh round holds N passes over the case's frames
+//!   instead (criterion's batches of fresh copies outgrow the caches: `PASSES=600` on the
+//!   vectors, ~90 MB a round, reads every frame from memory);
 //! - by `remora` (`Codec::decode`, the command dropped), `remora-read` (every field read first),
 //!   `floor` (`split_to(len).freeze()` and drop) and, with `--features reference`,
 //!   `reference` / `reference-read` (`rocketmq-protocol` 1.0).
@@ -195,9 +198,15 @@ fn main() {
     let mut sum = 0usize;
     for (case, frames) in &cases {
         // Frames per round: 250, or a whole number of passes over the vectors.
-        let passes = PER_ROUND.div_ceil(frames.len());
-        let per_round = passes * frames.len();
+        let warm_passes = PER_ROUND.div_ceil(frames.len());
         for fresh in [true, false] {
+            // `PASSES` (fresh buffers only): that many passes a round instead, so that a round's
+            // buffers outgrow the caches as criterion's batches do.
+            let passes = match std::env::var("PASSES").ok().and_then(|v| v.parse().ok()) {
+                Some(p) if fresh => p,
+                _ => warm_passes,
+            };
+            let per_round = passes * frames.len();
             for &(name, who) in &whos {
                 let row = format!("{case} {} {name}", if fresh { "fresh" } else { "shared" });
                 if !row.contains(filter.as_str()) {

@@ -395,9 +395,7 @@ impl ExtFields {
     /// The entries in order.
     #[inline]
     pub fn iter(&self) -> ExtIter<'_> {
-        ExtIter {
-            inner: ExtIterInner::Owned(self.entries.iter()),
-        }
+        ExtIter::over(Walk::Owned, &[], &self.entries)
     }
 
     /// Sets `key` to `value`, in place if the key is present (every copy of it), else at the end.
@@ -499,26 +497,19 @@ impl<'a> Ext<'a> {
     /// The entries in wire order.
     #[inline]
     pub fn iter(&self) -> ExtIter<'a> {
-        ExtIter {
-            inner: match self.src {
-                ExtSrc::Binary(block) => ExtIterInner::Binary(block),
-                ExtSrc::Json(text) => ExtIterInner::Json(text, 1),
-                ExtSrc::Compact(text) => ExtIterInner::Compact(text),
-                ExtSrc::Owned(v) => ExtIterInner::Owned(v.iter()),
-            },
+        match self.src {
+            ExtSrc::Binary(block) => ExtIter::over(Walk::Binary, block, &[]),
+            ExtSrc::Json(text) => ExtIter::over(Walk::Json, text, &[]),
+            ExtSrc::Compact(text) => ExtIter::over(Walk::Compact, text, &[]),
+            ExtSrc::Owned(v) => ExtIter::over(Walk::Owned, &[], v),
         }
     }
 
     /// The value of `key` (the last one, if the peer sent the key twice).
     #[inline]
     pub fn get(&self, key: &str) -> Option<&'a str> {
-        let mut found = None;
-        for (k, v) in self.iter() {
-            if k == key {
-                found = Some(v);
-            }
-        }
-        found
+        self.iter()
+            .fold(None, |found, (k, v)| if k == key { Some(v) } else { found })
     }
 
     /// The number of entries (duplicates counted). Counts them: O(fields).
@@ -576,20 +567,47 @@ impl fmt::Debug for Ext<'_> {
 }
 
 /// Iterator over extension fields, in wire order.
+///
+/// Every way of walking keeps its state in the same plain fields (not in an enum's payload),
+/// so that a loop over the entries keeps them in registers: with the state in an enum, each
+/// step stored its position to the stack and loaded it back, a wait on the chain of loads
+/// that finds one entry from the last.
 #[derive(Clone)]
 pub struct ExtIter<'a> {
-    inner: ExtIterInner<'a>,
+    walk: Walk,
+    /// `Binary`, `Compact`: the rest of the block or object; `Json`: the header from the
+    /// object's `{`.
+    rest: &'a [u8],
+    /// `Json`: where the next entry (or the closing `}`) is in `rest`.
+    pos: usize,
+    /// `Owned`: the entries not yet returned.
+    owned: core::slice::Iter<'a, (HeaderStr, HeaderStr)>,
 }
 
-#[derive(Clone)]
-enum ExtIterInner<'a> {
-    /// The rest of a ROCKETMQ extension block.
-    Binary(&'a [u8]),
-    /// A JSON header and the position of the next entry (or of the closing `}`).
-    Json(&'a [u8], usize),
-    /// The rest of a compacted `extFields` object (see [`COMPACT_EXT`]).
-    Compact(&'a [u8]),
-    Owned(core::slice::Iter<'a, (HeaderStr, HeaderStr)>),
+/// How an [`ExtIter`] finds the next entry.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    /// A ROCKETMQ extension block ([`next_binary`]).
+    Binary,
+    /// A JSON header's `extFields` object as sent, escapes rewritten ([`next_json`]).
+    Json,
+    /// A compacted `extFields` object ([`next_compact`], see [`COMPACT_EXT`]).
+    Compact,
+    /// A built command's [`ExtFields`].
+    Owned,
+}
+
+impl<'a> ExtIter<'a> {
+    #[inline(always)]
+    fn over(walk: Walk, rest: &'a [u8], owned: &'a [(HeaderStr, HeaderStr)]) -> Self {
+        ExtIter {
+            walk,
+            rest,
+            // After the `{`.
+            pos: 1,
+            owned: owned.iter(),
+        }
+    }
 }
 
 /// `bytes` as text.
@@ -687,12 +705,16 @@ fn next_compact<'a>(rest: &mut &'a [u8]) -> Option<(&'a str, &'a str)> {
             }
         }
     }
-    next_compact_general(rest)
+    let (entry, after) = next_compact_general(r);
+    *rest = after;
+    entry
 }
 
-/// [`next_compact`] for any entry of a compacted `extFields` object.
+/// [`next_compact`] for any entry of a compacted `extFields` object: the entry and the rest
+/// after it. (The rest is returned, not written through a reference: a reference passed to a
+/// call that is not inlined would keep the caller's loop state in memory.)
 #[inline(never)]
-fn next_compact_general<'a>(rest: &mut &'a [u8]) -> Option<(&'a str, &'a str)> {
+fn next_compact_general(rest: &[u8]) -> (Option<(&str, &str)>, &[u8]) {
     #[inline(always)]
     fn string(r: &[u8]) -> Option<(&str, &[u8])> {
         let &[hi, lo, ..] = r else { return None };
@@ -711,12 +733,12 @@ fn next_compact_general<'a>(rest: &mut &'a [u8]) -> Option<(&'a str, &'a str)> {
         Some((validated_str(text), after))
     }
     let Some((key, after)) = string(rest) else {
-        *rest = rest.get(1..).unwrap_or(&[]);
-        return None;
+        return (None, rest.get(1..).unwrap_or(&[]));
     };
-    let (value, after) = string(after)?;
-    *rest = after;
-    Some((key, value))
+    match string(after) {
+        Some((value, after)) => (Some((key, value)), after),
+        None => (None, rest),
+    }
 }
 
 /// Marks a JSON string whose escapes were rewritten in place: the opening quote becomes this,
@@ -915,12 +937,51 @@ impl<'a> Iterator for ExtIter<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        match &mut self.inner {
-            ExtIterInner::Binary(block) => next_binary(block),
-            ExtIterInner::Json(text, pos) => next_json(text, pos),
-            ExtIterInner::Compact(rest) => next_compact(rest),
-            ExtIterInner::Owned(it) => it.next().map(|(k, v)| (k.as_str(), v.as_str())),
+        match self.walk {
+            Walk::Binary => next_binary(&mut self.rest),
+            Walk::Json => {
+                // A copy: `next_json` is not inlined, and a reference to a field passed to it
+                // would keep the whole iterator in memory.
+                let mut pos = self.pos;
+                let entry = next_json(self.rest, &mut pos);
+                self.pos = pos;
+                entry
+            }
+            Walk::Compact => next_compact(&mut self.rest),
+            Walk::Owned => self.owned.next().map(|(k, v)| (k.as_str(), v.as_str())),
         }
+    }
+
+    /// One loop per way of walking (the choice made once, not at every entry).
+    #[inline]
+    fn fold<B, F>(mut self, init: B, mut f: F) -> B
+    where
+        F: FnMut(B, Self::Item) -> B,
+    {
+        let mut acc = init;
+        match self.walk {
+            Walk::Binary => {
+                while let Some(entry) = next_binary(&mut self.rest) {
+                    acc = f(acc, entry);
+                }
+            }
+            Walk::Json => {
+                while let Some(entry) = next_json(self.rest, &mut self.pos) {
+                    acc = f(acc, entry);
+                }
+            }
+            Walk::Compact => {
+                while let Some(entry) = next_compact(&mut self.rest) {
+                    acc = f(acc, entry);
+                }
+            }
+            Walk::Owned => {
+                for (k, v) in self.owned {
+                    acc = f(acc, (k.as_str(), v.as_str()));
+                }
+            }
+        }
+        acc
     }
 }
 
@@ -1457,6 +1518,30 @@ mod tests {
         assert_eq!(core::mem::size_of::<Command>(), 64);
     }
 
+    /// `ext`'s entries, read one `next` at a time; asserting that `fold` (one loop per way of
+    /// walking) reads the same ones, and that `get` finds each key's last value.
+    fn entries(ext: Ext<'_>) -> alloc::vec::Vec<(&str, &str)> {
+        use alloc::vec::Vec;
+        let mut stepped = Vec::new();
+        let mut it = ext.iter();
+        while let Some(entry) = it.next() {
+            stepped.push(entry);
+        }
+        assert_eq!(it.next(), None, "an iterator that ended stays ended");
+        let folded = ext.iter().fold(Vec::new(), |mut v, entry| {
+            v.push(entry);
+            v
+        });
+        assert_eq!(stepped, folded);
+        for &(key, _) in &stepped {
+            let last = stepped.iter().rev().find(|(k, _)| *k == key).map(|e| e.1);
+            assert_eq!(ext.get(key), last, "{key}");
+        }
+        assert_eq!(ext.get("no such key \u{1}"), None);
+        assert_eq!(ext.len(), stepped.len());
+        stepped
+    }
+
     /// A ROCKETMQ block read back in wire order: common entries (one-byte key, short value)
     /// beside long keys, a value of 255 and of 256 bytes, empty values (dropped) and a key
     /// sent twice.
@@ -1487,8 +1572,9 @@ mod tests {
         let crate::Decoded::Command(decoded) = codec.decode(&mut wire).unwrap() else {
             panic!()
         };
-        let read: Vec<(&str, &str)> = decoded.ext_fields().iter().collect();
+        let read = entries(decoded.ext_fields());
         let expected: Vec<(&str, &str)> = sent.into_iter().filter(|(_, v)| !v.is_empty()).collect();
+        assert_eq!(entries(built.ext_fields()), sent);
         assert_eq!(read, expected);
         assert_eq!(decoded.ext("a"), Some("again"));
         assert_eq!(decoded.ext("c"), Some(v255.as_str()));
@@ -1536,7 +1622,7 @@ mod tests {
                 .filter(|(_, v)| !v.is_empty())
                 .collect();
             for decoded in [&streamed, &whole, &alone] {
-                let read: Vec<(&str, &str)> = decoded.ext_fields().iter().collect();
+                let read = entries(decoded.ext_fields());
                 assert_eq!(read, expected);
                 assert_eq!(decoded.remark(), remark);
             }
@@ -1587,14 +1673,17 @@ mod tests {
                     panic!("{header}")
                 };
                 let ExtSrc::Compact(block) = cmd.ext_fields().src else {
+                    // Not compacted: read as sent (the `Json` walk).
+                    assert_eq!(entries(cmd.ext_fields()).len(), 4, "{header}");
                     continue;
                 };
                 compacted += 1;
-                let fast: Vec<(&str, &str)> = cmd.ext_fields().iter().collect();
+                let fast = entries(cmd.ext_fields());
                 let mut rest = block;
                 let mut general = Vec::new();
-                while let Some(entry) = next_compact_general(&mut rest) {
+                while let (Some(entry), after) = next_compact_general(rest) {
                     general.push(entry);
+                    rest = after;
                 }
                 assert_eq!(fast, general, "{header}");
                 assert!(!fast.is_empty(), "{header}");
