@@ -1524,7 +1524,8 @@ mod tests {
         use alloc::vec::Vec;
         let mut stepped = Vec::new();
         let mut it = ext.iter();
-        while let Some(entry) = it.next() {
+        // (A `for` loop steps with `next`.)
+        for entry in it.by_ref() {
             stepped.push(entry);
         }
         assert_eq!(it.next(), None, "an iterator that ended stays ended");
