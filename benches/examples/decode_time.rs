@@ -204,7 +204,10 @@ fn main() {
             .map(|(_, f)| f.clone())
             .collect(),
     ));
-    cases.push(("vectors-json", json_frames.into_iter().map(|(_, f)| f).collect()));
+    cases.push((
+        "vectors-json",
+        json_frames.into_iter().map(|(_, f)| f).collect(),
+    ));
     if std::env::var_os("PER_VECTOR").is_some() {
         // Each vector alone, as `vector-NN` (NN: its place in the fixture file).
         for (i, frame) in vector_frames().into_iter().enumerate() {
