@@ -2791,7 +2791,8 @@ mod fast {
             // What a command with neither remark nor extension field ends with, compared at
             // once (64 bytes: four 16-byte words); else piece by piece.
             if !c.lit(b",\"remark\":null,\"extFields\":null,\"serializeTypeCurrentRPC\":\"JSON\"") {
-                if c.lit(b",\"remark\":") {
+                // A `null` remark without a call (an `extFields` object follows).
+                if !c.lit(b",\"remark\":null") && c.lit(b",\"remark\":") {
                     has_remark = c.remark()?;
                 }
                 // The same after a remark: no extension field (50 bytes).
