@@ -5,6 +5,8 @@
 //!   request (13 extension fields, 64-byte body) or heartbeat, decoded from one read buffer with
 //!   `Codec::decode` and dropped (`-read`: every field read first);
 //! - `vectors[-read]`: the 44 vector frames, N times, each from its own `BytesMut`;
+//! - `vector-NN[,NN…][-read]`: only the vector frames numbered NN (0 to 43, in the file's
+//!   order: `vector-38` is `large-values-json`, `vector-00,36,38` three of them), the same way;
 //! - `ref-…`: the same with `rocketmq-protocol` 1.0 (feature `reference`);
 //! - `roundtrip-{json|rocketmq}`: N connection-machine round trips (as
 //!   `benches/connection.rs` at 1 in flight);
@@ -91,6 +93,15 @@ fn main() {
     }
     let frames: Vec<BytesMut> = if shape.starts_with("vectors") {
         vector_frames()
+    } else if let Some(list) = shape.strip_prefix("vector-") {
+        let all = vector_frames();
+        list.trim_end_matches("-read")
+            .split(',')
+            .map(|nn| {
+                let i: usize = nn.parse().expect("vector-NN[,NN…]: NN a number");
+                all.get(i).expect("a vector number below 44").clone()
+            })
+            .collect()
     } else {
         let ty = if shape.starts_with("rocketmq") {
             SerializeType::RocketMq

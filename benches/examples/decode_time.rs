@@ -12,8 +12,10 @@
 //!   `json-send-plain`: none; `json-body`: the heartbeat with a 4-byte body (split off as `Bytes`
 //!   rather than skipped); `json-tiny`: that and 13 one-byte fields; `json-general-send0`:
 //!   `json-send0` with a space after every key's colon (the general parser takes it);
-//! - `vectors` (the 44 shared vector frames, both header types); with `PER_VECTOR` set in the
-//!   environment, also each of them alone as `vector-NN`.
+//! - `vectors` (the 44 shared vector frames, both header types); `vectors-json` (its 22 JSON
+//!   frames) and `vectors-small-json` (the 11 of those with no extension field: the fixed
+//!   fields and at most a remark), each alternating its frames as `vectors` does; with
+//!   `PER_VECTOR` set in the environment, also each vector alone as `vector-NN`.
 //!
 //! Each case is timed
 //! - `fresh`: each frame in its own freshly cloned `BytesMut`, as the criterion bench's
@@ -188,6 +190,27 @@ fn main() {
         cases.push(("json-general-send0", vec![general]));
     }
     cases.push(("vectors", vector_frames()));
+    // The 22 JSON frames of the vectors, and of them the 11 whose header holds no extension
+    // field (the fixed fields and at most a remark: 00 02 06 08 10 12 14 18 36 38 40),
+    // alternating as in `vectors`.
+    let json_frames: Vec<(usize, BytesMut)> = vector_frames()
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 0)
+        .collect();
+    const SMALL_JSON: [usize; 11] = [0, 2, 6, 8, 10, 12, 14, 18, 36, 38, 40];
+    cases.push((
+        "vectors-small-json",
+        json_frames
+            .iter()
+            .filter(|(i, _)| SMALL_JSON.contains(i))
+            .map(|(_, f)| f.clone())
+            .collect(),
+    ));
+    cases.push((
+        "vectors-json",
+        json_frames.into_iter().map(|(_, f)| f).collect(),
+    ));
     if std::env::var_os("PER_VECTOR").is_some() {
         // Each vector alone, as `vector-NN` (NN: its place in the fixture file).
         for (i, frame) in vector_frames().into_iter().enumerate() {

@@ -125,7 +125,46 @@ impl LanguageCode {
             .position(|n| n.as_bytes() == name)
             .map(|i| Self(i as u8))
     }
+
+    /// The language whose name followed by a quote is `word`, read as a little-endian word
+    /// (the name's bytes, the `"`, zeros above it): one multiplication, one table load and
+    /// one comparison (a word that holds no `"`, or anything after it, matches no name).
+    #[inline(always)]
+    pub(crate) fn from_quoted_word(word: u64) -> Option<Self> {
+        let (key, code) = QUOTED_NAMES[(word.wrapping_mul(NAME_HASH) >> 60) as usize];
+        (key == word).then_some(Self(code))
+    }
 }
+
+/// A multiplier whose product with each known name followed by `"` (as a little-endian word)
+/// has its own top four bits: a perfect hash of the 14 names into [`QUOTED_NAMES`] (checked
+/// as the table is built).
+const NAME_HASH: u64 = 0xbae9_5d91_d2a9_59a5;
+
+/// Each known name followed by `"` as a little-endian word, and its code, at its hash
+/// ([`NAME_HASH`]); 0 (no name's word) in the two slots no name takes.
+static QUOTED_NAMES: [(u64, u8); 16] = {
+    let mut table = [(0u64, 0u8); 16];
+    let mut code = 0;
+    while code < LANGUAGE_NAMES.len() {
+        let name = LANGUAGE_NAMES[code].as_bytes();
+        assert!(name.len() < 8, "a name and its quote fit a word");
+        let mut word = (b'"' as u64) << (8 * name.len());
+        let mut i = 0;
+        while i < name.len() {
+            word |= (name[i] as u64) << (8 * i);
+            i += 1;
+        }
+        let slot = (word.wrapping_mul(NAME_HASH) >> 60) as usize;
+        assert!(
+            table[slot].0 == 0,
+            "NAME_HASH gives every name its own slot"
+        );
+        table[slot] = (word, code as u8);
+        code += 1;
+    }
+    table
+};
 
 impl Default for LanguageCode {
     fn default() -> Self {

@@ -1722,13 +1722,63 @@ pub(crate) mod compact {
     }
 }
 
+/// The integer at `pos` for the fast parser: an optional `-`, then 1 to 10 ASCII digits
+/// (leading zeros allowed) within `i32`, and the offset after it. `None` for no digit, more
+/// than 10 digits, or a number outside `i32`; what follows the digits is the caller's to
+/// check (what it takes, `number_at` takes the same where no fraction or exponent follows).
+///
+/// Where the header holds eleven bytes from the first digit on (all but a number at its very
+/// end), they are taken as one array, so that the loop over them is unrolled: no bounds check
+/// and no counter, and each possible length is its own exit, so that a header shape seen
+/// before has its numbers' ends predicted (a data-dependent end, as the position of the
+/// first non-digit found in a word, would make every field after the number wait for it).
+#[inline(always)]
+fn int_at(buf: &[u8], pos: usize) -> Option<(i32, usize)> {
+    let neg = buf.get(pos) == Some(&b'-');
+    let start = pos + usize::from(neg);
+    let (n, len) = match buf.get(start..).and_then(|r| r.first_chunk::<11>()) {
+        Some(digits) => {
+            let (mut n, mut len) = (0u64, 0);
+            for &b in digits {
+                let d = b.wrapping_sub(b'0');
+                if d > 9 {
+                    break;
+                }
+                n = n * 10 + u64::from(d);
+                len += 1;
+            }
+            (n, len)
+        }
+        None => digits_near_end(buf, start),
+    };
+    if len == 0 || len > 10 {
+        return None;
+    }
+    let n = if neg { -(n as i64) } else { n as i64 };
+    Some((i32::try_from(n).ok()?, start + len))
+}
+
+/// [`int_at`]'s digits where fewer than eleven bytes are left: their value (wrapping past
+/// `u64`, where they are too many anyway) and how many: one at a time (the Java order's
+/// last field, `version`, always comes here).
+#[inline(always)]
+fn digits_near_end(buf: &[u8], start: usize) -> (u64, usize) {
+    let (mut n, mut len) = (0u64, 0);
+    while let Some(&b @ b'0'..=b'9') = buf.get(start + len) {
+        n = n.wrapping_mul(10).wrapping_add(u64::from(b - b'0'));
+        len += 1;
+    }
+    (n, len)
+}
+
 /// The parser for the two key orders real peers send, with no whitespace. It answers `None`
 /// at the first byte it did not expect (including every error), and the general parser starts
 /// over; so it never decides an error, and what it accepts the general parser accepts the same.
 mod fast {
     use super::{
-        ascii_u_escape, compact, find_quote_or_backslash, scan, scan_string, unicode_escape,
-        Escapes, Fixed, LanguageCode, Limits, Parsed, COMPACT_EXT, HEX_VALUE,
+        ascii_u_escape, compact, find_quote_or_backslash, int_at, scan, scan_string,
+        unicode_escape, zero_bytes, Escapes, Fixed, LanguageCode, Limits, Parsed, COMPACT_EXT,
+        HEX_VALUE, ONES,
     };
 
     /// The header: read only, or (`COMPACT`) to be compacted as it is parsed.
@@ -2285,26 +2335,8 @@ mod fast {
         /// fraction or exponent makes it give up); what it reads `number_at` reads the same.
         #[inline(always)]
         fn int(&mut self) -> Option<i32> {
-            let buf = self.buf.bytes();
-            let neg = buf.get(self.pos) == Some(&b'-');
-            let start = self.pos + usize::from(neg);
-            let mut i = start;
-            let mut n = 0u64;
-            while let Some(&b) = buf.get(i) {
-                let d = b.wrapping_sub(b'0');
-                if d > 9 {
-                    break;
-                }
-                n = n.wrapping_mul(10).wrapping_add(u64::from(d));
-                i += 1;
-            }
-            let digits = i - start;
-            if digits == 0 || digits > 10 {
-                return None;
-            }
-            let n = if neg { -(n as i64) } else { n as i64 };
-            let n = i32::try_from(n).ok()?;
-            self.pos = i;
+            let (n, end) = int_at(self.buf.bytes(), self.pos)?;
+            self.pos = end;
             Some(n)
         }
 
@@ -2345,8 +2377,36 @@ mod fast {
         }
 
         /// `"NAME"` for a known language name.
-        #[inline]
+        ///
+        /// The quote and the eight bytes after it at once: the name is what comes before the
+        /// first of them that is a quote, looked up with that quote as one word
+        /// ([`LanguageCode::from_quoted_word`]; a backslash, a longer name or an unknown one
+        /// matches nothing and takes [`Cursor::language_slow`]).
+        #[inline(always)]
         fn language(&mut self) -> Option<LanguageCode> {
+            let buf = self.buf.bytes();
+            if let Some(&[b'"', ref name @ ..]) =
+                buf.get(self.pos..).and_then(|r| r.first_chunk::<9>())
+            {
+                let name = u64::from_le_bytes(*name);
+                let quote = zero_bytes(name ^ (ONES * u64::from(b'"')));
+                // The first quote's byte and those below it (all eight if there is none).
+                let word = name & (quote ^ quote.wrapping_sub(1));
+                let len = (quote.trailing_zeros() / 8) as usize;
+                if let Some(code) = LanguageCode::from_quoted_word(word) {
+                    if len <= self.limits.max_string_len {
+                        self.pos += len + 2;
+                        return Some(code);
+                    }
+                }
+            }
+            self.language_slow()
+        }
+
+        /// [`Cursor::language`] of a name with an escape, or too close to the header's end,
+        /// or unknown (which gives up), or longer than the limit.
+        #[inline(never)]
+        fn language_slow(&mut self) -> Option<LanguageCode> {
             if self.lit(b"\"JAVA\"") {
                 return Some(LanguageCode::JAVA);
             }
@@ -2367,10 +2427,20 @@ mod fast {
         }
 
         /// `null` or an object of string values; returns where it starts if it holds any
-        /// (with [`COMPACT_EXT`] if it was compacted). Built twice on x86_64 (unless the
-        /// build enables BMI1 anyway): the walk pops one hit a step with BMI1's `blsr`, two
-        /// without, and its four pops an entry are the chain each entry waits on.
+        /// (with [`COMPACT_EXT`] if it was compacted). `null` and `{}` are taken here, without
+        /// a call; anything else by [`Cursor::ext_object`].
+        #[inline(always)]
         fn ext(&mut self) -> Option<u32> {
+            if self.lit(b"null") || self.lit(b"{}") {
+                return Some(0);
+            }
+            self.ext_object()
+        }
+
+        /// [`Cursor::ext`] of what is neither `null` nor `{}`. Built twice on x86_64 (unless
+        /// the build enables BMI1 anyway): the walk pops one hit a step with BMI1's `blsr`,
+        /// two without, and its four pops an entry are the chain each entry waits on.
+        fn ext_object(&mut self) -> Option<u32> {
             #[cfg(all(target_arch = "x86_64", not(target_feature = "bmi1")))]
             if scan::has_bmi1() && !without_bmi1_in_tests() {
                 // SAFETY: `ext_bmi1` only enables BMI1, which `has_bmi1` has just found the
@@ -2390,13 +2460,10 @@ mod fast {
             self.ext_walk::<true>()
         }
 
-        /// See [`Cursor::ext`]. `BMI1`: the walk is the one [`Cursor::ext_bmi1`] builds (so
+        /// See [`Cursor::ext_object`]. `BMI1`: the walk is the one [`Cursor::ext_bmi1`] builds (so
         /// the CPU has BMI1), and unescapes with [`Cursor::unescape_hits_bmi1`].
         #[inline(always)]
         fn ext_walk<const BMI1: bool>(&mut self) -> Option<u32> {
-            if self.lit(b"null") {
-                return Some(0);
-            }
             let at = self.pos;
             self.byte(b'{')?;
             if self.byte(b'}').is_some() {
@@ -2619,7 +2686,7 @@ mod fast {
 
         /// [`Cursor::ext`] into `ext_at`, which says where the object starts even if it fails
         /// (so that a compaction can be undone).
-        #[inline]
+        #[inline(always)]
         fn ext_into(&mut self, ext_at: &mut u32) -> Option<()> {
             *ext_at = self.pos as u32;
             *ext_at = self.ext()?;
@@ -2634,7 +2701,7 @@ mod fast {
 
     #[cfg(all(test, feature = "std"))]
     std::thread_local! {
-        /// Tests of this thread take the walk built without BMI1 (see [`Cursor::ext`]).
+        /// Tests of this thread take the walk built without BMI1 (see [`Cursor::ext_object`]).
         pub(super) static WITHOUT_BMI1: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
         /// How many walks of this thread were built without BMI1.
         pub(super) static PLAIN_WALKS: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
@@ -2721,14 +2788,24 @@ mod fast {
             let opaque = c.int()?;
             c.need(b",\"flag\":")?;
             let flag = c.int()?;
-            if c.lit(b",\"remark\":") {
-                has_remark = c.remark()?;
-            }
-            if c.lit(b",\"extFields\":") {
-                c.ext_into(ext_at)?;
-            }
-            if c.lit(b",\"serializeTypeCurrentRPC\":") {
-                c.serialize_type()?;
+            // What a command with neither remark nor extension field ends with, compared at
+            // once (64 bytes: four 16-byte words); else piece by piece.
+            if !c.lit(b",\"remark\":null,\"extFields\":null,\"serializeTypeCurrentRPC\":\"JSON\"") {
+                // A `null` remark without a call (an `extFields` object follows).
+                if !c.lit(b",\"remark\":null") && c.lit(b",\"remark\":") {
+                    has_remark = c.remark()?;
+                }
+                // The same after a remark: no extension field (50 bytes).
+                if !c.lit(b",\"extFields\":null,\"serializeTypeCurrentRPC\":\"JSON\"") {
+                    if c.lit(b",\"extFields\":") {
+                        c.ext_into(ext_at)?;
+                    }
+                    if !c.lit(b",\"serializeTypeCurrentRPC\":\"JSON\"")
+                        && c.lit(b",\"serializeTypeCurrentRPC\":")
+                    {
+                        c.serialize_type()?;
+                    }
+                }
             }
             Fixed {
                 code,
@@ -3184,6 +3261,276 @@ mod tests {
         f.put_slice(h);
         f.put_slice(b"xyz");
         f
+    }
+
+    /// The fast parser's integer as it was read before [`int_at`]: one byte at a time, with
+    /// a bounds check each (the oracle for `int_at`).
+    fn int_by_bytes(buf: &[u8], pos: usize) -> Option<(i32, usize)> {
+        let neg = buf.get(pos) == Some(&b'-');
+        let start = pos + usize::from(neg);
+        let mut i = start;
+        let mut n = 0u64;
+        while let Some(&b) = buf.get(i) {
+            let d = b.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            n = n.wrapping_mul(10).wrapping_add(u64::from(d));
+            i += 1;
+        }
+        let digits = i - start;
+        if digits == 0 || digits > 10 {
+            return None;
+        }
+        let n = if neg { -(n as i64) } else { n as i64 };
+        Some((i32::try_from(n).ok()?, i))
+    }
+
+    /// `int_at` of `text` placed `before` bytes into a buffer and followed by `after`, against
+    /// the byte loop; where it takes a number that no fraction or exponent follows, the
+    /// general parser's `number_at` takes the same one.
+    fn check_int(before: &[u8], text: &[u8], after: &[u8]) {
+        check_int_at(&[before, text, after].concat(), before.len());
+    }
+
+    /// See [`check_int`]: `int_at(buf, pos)`.
+    fn check_int_at(buf: &[u8], pos: usize) {
+        let got = int_at(buf, pos);
+        assert_eq!(
+            got,
+            int_by_bytes(buf, pos),
+            "{:?} at {pos}",
+            String::from_utf8_lossy(buf)
+        );
+        // (A fraction or an exponent after it the fast parser refuses, as the byte after the
+        // number is never its `,` or `}`.)
+        if let Some((n, end)) =
+            got.filter(|&(_, end)| !matches!(buf.get(end), Some(b'.' | b'e' | b'E')))
+        {
+            assert_eq!(number_at(buf, pos).ok(), Some((n, end)));
+        }
+    }
+
+    #[test]
+    fn int_at_answers_as_the_byte_loop_on_edge_numbers() {
+        let mut texts: Vec<String> = Vec::new();
+        // Every digit count from 0 to 12, plain and with leading zeros, both signs.
+        for len in 0..=12 {
+            let nines = "9".repeat(len);
+            let ones = "1".repeat(len);
+            let zeros = format!(
+                "{}{}",
+                "0".repeat(len.saturating_sub(1)),
+                "7".repeat(len.min(1))
+            );
+            for digits in [nines, ones, zeros] {
+                texts.push(digits.clone());
+                texts.push(format!("-{digits}"));
+            }
+        }
+        // The i32 bounds and one past them, with leading zeros up to 10 digits and beyond.
+        for n in [
+            i64::from(i32::MAX) - 1,
+            i64::from(i32::MAX),
+            i64::from(i32::MAX) + 1,
+            i64::from(i32::MIN) - 1,
+            i64::from(i32::MIN),
+            i64::from(i32::MIN) + 1,
+            0,
+            -1,
+        ] {
+            texts.push(format!("{n}"));
+            let (sign, abs) = if n < 0 { ("-", -n) } else { ("", n) };
+            texts.push(format!("{sign}0{abs}"));
+            texts.push(format!("{sign}{abs:010}"));
+            texts.push(format!("{sign}{abs:011}"));
+        }
+        texts.extend(["-", "--1", "-a", "+1", "1.5", "1e3", "0x1"].map(String::from));
+        let afters: [&[u8]; 9] = [
+            b"",
+            b"}",
+            b",\"flag\":0}",
+            b"0123456789",
+            b".5}",
+            b"e7,",
+            b"/",
+            b":",
+            b"\xff\x00",
+        ];
+        for text in &texts {
+            for after in afters {
+                for before in [&b""[..], b"{\"code\":"] {
+                    check_int(before, text.as_bytes(), after);
+                    // The buffer ending at every byte of the number and after it.
+                    let whole = [text.as_bytes(), after].concat();
+                    for cut in 0..=whole.len() {
+                        check_int(before, &whole[..cut], b"");
+                    }
+                }
+            }
+        }
+        // A non-digit at every place of a 12-digit run.
+        for at in 0..12 {
+            for b in [b'/', b':', b' ', b'-', b'}', 0, 0x80, b'a'] {
+                let mut digits = b"123456789012".to_vec();
+                digits[at] = b;
+                check_int(b"", &digits, b"}");
+                check_int(b"", &digits, b"");
+            }
+        }
+    }
+
+    /// The language names the tests put through both parsers: every known one, case
+    /// variants, near misses, unknown ones, and names spelled with escapes.
+    fn language_names() -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for code in 0..=255u8 {
+            if let Some(name) = LanguageCode(code).name() {
+                names.push(name.into());
+                names.push(name.to_lowercase());
+                let mut mixed: Vec<char> = name.chars().collect();
+                mixed[0] = mixed[0].to_ascii_lowercase();
+                names.push(mixed.into_iter().collect());
+                names.push(format!("{name}X"));
+                names.push(format!("X{name}"));
+                names.push(name[..name.len() - 1].into());
+                names.push(format!("{name} "));
+                names.push(format!("{name}\\u0000"));
+                // Spelled with escapes: the general parser reads the name it spells.
+                names.push(format!(
+                    "\\u{:04X}{}",
+                    u32::from(name.as_bytes()[0]),
+                    &name[1..]
+                ));
+                names.push(format!(
+                    "{}\\u{:04x}",
+                    &name[..name.len() - 1],
+                    u32::from(name.as_bytes()[name.len() - 1])
+                ));
+            }
+        }
+        names.extend(
+            [
+                "",
+                "J",
+                "JAVA\\\"",
+                "JA\\\"VA",
+                "\\\"",
+                "NODE_JS_",
+                "NODEJS",
+                "GOLANG",
+                "PYTHON3",
+                "LONGERTHANEIGHT",
+                "\\/JAVA",
+                "JAVA\\/",
+                "\\n",
+                "\u{e9}",
+                "\u{4e2d}\u{6587}",
+                "OTHER\\t",
+            ]
+            .map(String::from),
+        );
+        names
+    }
+
+    #[test]
+    fn languages_read_the_same_by_both_parsers() {
+        for name in language_names() {
+            let rust = format!(
+                r#"{{"code":10,"language":"{name}","version":399,"opaque":1,"flag":0,"remark":null,"extFields":null,"serializeTypeCurrentRPC":"JSON"}}"#
+            );
+            let java = format!(
+                r#"{{"code":10,"flag":0,"language":"{name}","opaque":1,"serializeTypeCurrentRPC":"JSON","version":399}}"#
+            );
+            let known = LanguageCode::from_name(&name);
+            for header in [rust, java] {
+                let general = general(header.as_bytes()).unwrap();
+                // A known name is read by the fast parser, the same as by the general one;
+                // anything else the general parser reads (an unknown name as OTHER).
+                let fast = fast::parse(header.as_bytes(), &Limits::default());
+                match known {
+                    Some(code) => {
+                        assert_eq!(general.fixed.language, code, "{header}");
+                        let fast = fast.unwrap_or_else(|| panic!("fast path refused {header}"));
+                        assert_eq!(format!("{fast:?}"), format!("{general:?}"), "{header}");
+                    }
+                    None => {
+                        if let Some(fast) = fast {
+                            assert_eq!(format!("{fast:?}"), format!("{general:?}"), "{header}");
+                        }
+                    }
+                }
+                let (cmd, _) = decode_both(&header);
+                assert_eq!(cmd.unwrap().language, general.fixed.language, "{header}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_language_name_longer_than_the_string_limit_is_refused_as_before() {
+        // The fast parser takes a known name only within the string limit (the general
+        // parser then refuses the header), except JAVA, which it always took.
+        for (name, limit, taken) in [
+            ("GO", 1, false),
+            ("GO", 2, true),
+            ("NODE_JS", 6, false),
+            ("NODE_JS", 7, true),
+            ("JAVA", 1, true),
+        ] {
+            let header = format!(
+                r#"{{"code":10,"language":"{name}","version":399,"opaque":1,"flag":0,"serializeTypeCurrentRPC":"JSON"}}"#
+            );
+            let limits = Limits {
+                max_string_len: limit,
+                ..Limits::default()
+            };
+            assert_eq!(
+                fast::parse(header.as_bytes(), &limits).is_some(),
+                taken,
+                "{header} {limit}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// Random runs of digits, signs and the bytes that end numbers in a header, read from
+        /// every offset: `int_at` answers as the byte loop, wherever the buffer ends.
+        #[test]
+        fn int_at_answers_as_the_byte_loop(
+            text in "-?0{0,3}[0-9]{0,12}[-0-9,}.eE: a\u{0}\u{ff}]{0,14}",
+            cut in proptest::num::usize::ANY,
+        ) {
+            let bytes = text.as_bytes();
+            let cut = cut % (bytes.len() + 1);
+            for pos in 0..=cut {
+                check_int_at(&bytes[..cut], pos);
+            }
+        }
+
+        /// Any eight bytes name a language only if they spell a known name and its quote.
+        #[test]
+        fn quoted_words_name_only_known_languages(word in proptest::num::u64::ANY, known in 0..14u8, keep in 0..8u32) {
+            // The name before the first quote, if only zeros follow that quote.
+            let named = |word: u64| {
+                let bytes = word.to_le_bytes();
+                let q = bytes.iter().position(|&b| b == b'"')?;
+                let zeros_above = bytes[q + 1..].iter().all(|&b| b == 0);
+                zeros_above.then(|| LanguageCode::from_name_bytes(&bytes[..q])).flatten()
+            };
+            proptest::prop_assert_eq!(LanguageCode::from_quoted_word(word), named(word));
+            // A known name's word, with a byte changed or the word cut short.
+            let name = LanguageCode(known).name().unwrap();
+            let mut w = [0u8; 8];
+            w[..name.len()].copy_from_slice(name.as_bytes());
+            w[name.len()] = b'"';
+            let exact = u64::from_le_bytes(w);
+            proptest::prop_assert_eq!(LanguageCode::from_quoted_word(exact), Some(LanguageCode(known)));
+            let changed = exact ^ (word & (0xFF << (8 * keep)));
+            let cut = exact & (u64::MAX >> (8 * (7 - keep)));
+            for other in [changed, cut] {
+                proptest::prop_assert_eq!(LanguageCode::from_quoted_word(other), named(other));
+            }
+        }
     }
 
     /// A header holding `ext` as its `extFields` object in each key order the fast path takes:
