@@ -5,6 +5,8 @@
 //!   request (13 extension fields, 64-byte body) or heartbeat, decoded from one read buffer with
 //!   `Codec::decode` and dropped (`-read`: every field read first);
 //! - `vectors[-read]`: the 44 vector frames, N times, each from its own `BytesMut`;
+//!   `vector-NN[-read]`: only the vector frame NN (its place in the fixture file, as
+//!   `decode_time`'s `PER_VECTOR` rows name it), N times;
 //! - `ref-…`: the same with `rocketmq-protocol` 1.0 (feature `reference`);
 //! - `roundtrip-{json|rocketmq}`: N connection-machine round trips (as
 //!   `benches/connection.rs` at 1 in flight);
@@ -91,6 +93,12 @@ fn main() {
     }
     let frames: Vec<BytesMut> = if shape.starts_with("vectors") {
         vector_frames()
+    } else if let Some(nn) = shape.strip_prefix("vector-") {
+        let nn: usize = nn
+            .trim_end_matches("-read")
+            .parse()
+            .expect("vector-NN: NN a number");
+        vec![vector_frames().swap_remove(nn)]
     } else {
         let ty = if shape.starts_with("rocketmq") {
             SerializeType::RocketMq

@@ -281,7 +281,11 @@ pub(crate) fn is_ascii(b: &[u8]) -> bool {
 /// `s`, or up to a 64-byte block that holds a byte of 0x80 or above.
 #[inline]
 pub(crate) fn ascii_prefix(s: &[u8]) -> usize {
-    let mut i = 0;
+    // Long texts 256 bytes a step first (see `ascii_run`); then 64 bytes a step from the first
+    // 256-byte block that is not ASCII (or from where fewer than 256 bytes are left): the
+    // blocks of 64 before it are ASCII, so the answer is the one the 64-byte steps from the
+    // start would give.
+    let mut i = if s.len() >= WIDE { ascii_run(s) } else { 0 };
     while let Some(block) = s.get(i..).and_then(|r| r.first_chunk::<64>()) {
         if any_high(block) {
             return i;
@@ -297,6 +301,157 @@ pub(crate) fn ascii_prefix(s: &[u8]) -> usize {
         s.len()
     } else {
         i
+    }
+}
+
+/// The step of [`ascii_run`]: 256 bytes OR-ed together before one `movemask` (eight 32-byte
+/// loads with AVX2, sixteen 16-byte ones with SSE2: the loads, about three a cycle, are the
+/// limit, not one test and branch per 64 bytes).
+const WIDE: usize = 256;
+
+/// The offset of the first [`WIDE`]-byte block of `s` (from its start, a multiple of
+/// `WIDE`) that holds a byte of 0x80 or above, or, if none, of the first that does not fit
+/// (fewer than `WIDE` bytes left). AVX2 where the CPU has it (asked at run time, see
+/// [`has_avx2`], unless the build enables it), else SSE2; byte by byte off x86_64.
+#[inline]
+fn ascii_run(s: &[u8]) -> usize {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    {
+        // SAFETY: the build enables AVX2, so every CPU it runs on has it.
+        unsafe { ascii_run_avx2(s) }
+    }
+    #[cfg(all(target_arch = "x86_64", not(target_feature = "avx2")))]
+    {
+        if has_avx2() {
+            // SAFETY: `ascii_run_avx2` only enables AVX2, which `has_avx2` has just found the
+            // CPU has and the OS saves (`tests::avx2_detection_agrees_with_std` checks it
+            // against std's detection).
+            unsafe { ascii_run_avx2(s) }
+        } else {
+            ascii_run_sse2(s)
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        ascii_run_bytes(s)
+    }
+}
+
+/// [`ascii_run`] one byte at a time (off x86_64, and the tests' reference).
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn ascii_run_bytes(s: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(block) = s.get(i..).and_then(|r| r.first_chunk::<WIDE>()) {
+        if block.iter().any(|&b| b >= 0x80) {
+            return i;
+        }
+        i += WIDE;
+    }
+    i
+}
+
+/// [`ascii_run`] with SSE2 (part of the x86_64 baseline).
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+fn ascii_run_sse2(s: &[u8]) -> usize {
+    use core::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128};
+    let mut i = 0;
+    while let Some(block) = s.get(i..).and_then(|r| r.first_chunk::<WIDE>()) {
+        // SAFETY: the intrinsics need only SSE2, part of the x86_64 baseline (every x86_64 CPU
+        // has it). The sixteen loads read the 256 bytes `block` refers to (`p.add(15)` is its
+        // last 16; `loadu` has no alignment requirement).
+        // `tests::ascii_runs_stop_at_the_first_high_byte` checks a high byte at every position.
+        let high = unsafe {
+            let p = block.as_ptr().cast::<__m128i>();
+            let l = |k: usize| _mm_loadu_si128(p.add(k));
+            let a = _mm_or_si128(
+                _mm_or_si128(_mm_or_si128(l(0), l(1)), _mm_or_si128(l(2), l(3))),
+                _mm_or_si128(_mm_or_si128(l(4), l(5)), _mm_or_si128(l(6), l(7))),
+            );
+            let b = _mm_or_si128(
+                _mm_or_si128(_mm_or_si128(l(8), l(9)), _mm_or_si128(l(10), l(11))),
+                _mm_or_si128(_mm_or_si128(l(12), l(13)), _mm_or_si128(l(14), l(15))),
+            );
+            _mm_movemask_epi8(_mm_or_si128(a, b))
+        };
+        if high != 0 {
+            return i;
+        }
+        i += WIDE;
+    }
+    i
+}
+
+/// [`ascii_run`] with AVX2.
+///
+/// # Safety
+///
+/// The CPU must have AVX2 (and the OS save its registers).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline(never)]
+unsafe fn ascii_run_avx2(s: &[u8]) -> usize {
+    use core::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_or_si256};
+    let mut i = 0;
+    while let Some(block) = s.get(i..).and_then(|r| r.first_chunk::<WIDE>()) {
+        // SAFETY: the caller has made sure the CPU has AVX2, all the intrinsics need. The eight
+        // loads read the 256 bytes `block` refers to (`p.add(7)` is its last 32; `loadu` has no
+        // alignment requirement). `tests::ascii_runs_stop_at_the_first_high_byte` checks a
+        // high byte at every position.
+        let high = unsafe {
+            let p = block.as_ptr().cast::<__m256i>();
+            let l = |k: usize| _mm256_loadu_si256(p.add(k));
+            let a = _mm256_or_si256(_mm256_or_si256(l(0), l(1)), _mm256_or_si256(l(2), l(3)));
+            let b = _mm256_or_si256(_mm256_or_si256(l(4), l(5)), _mm256_or_si256(l(6), l(7)));
+            _mm256_movemask_epi8(_mm256_or_si256(a, b))
+        };
+        if high != 0 {
+            return i;
+        }
+        i += WIDE;
+    }
+    i
+}
+
+/// Whether the CPU has AVX2 and the OS saves the AVX registers, asked of `cpuid` and `xgetbv`
+/// once and remembered. Not needed where the build already enables AVX2.
+#[cfg(all(target_arch = "x86_64", not(target_feature = "avx2")))]
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    /// 0: not asked yet; 1: no; 2: yes.
+    static AVX2: AtomicU8 = AtomicU8::new(0);
+    match AVX2.load(Ordering::Relaxed) {
+        0 => {
+            let yes = cpuid_avx2();
+            AVX2.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            yes
+        }
+        known => known == 2,
+    }
+}
+
+/// `cpuid`'s and `xgetbv`'s answer: leaf 1 says the CPU has AVX and the OS has enabled
+/// `xgetbv` (OSXSAVE), `xgetbv(0)` that the OS saves the SSE and AVX state (XCR0 bits 1 and
+/// 2), and leaf 7 (if the CPU has it), sub-leaf 0, EBX bit 5, that the CPU has AVX2 — what
+/// std's `is_x86_feature_detected!("avx2")` asks.
+#[cfg(all(target_arch = "x86_64", not(target_feature = "avx2")))]
+#[cold]
+fn cpuid_avx2() -> bool {
+    use core::arch::x86_64::{__cpuid, __cpuid_count, _xgetbv};
+    // SAFETY: `cpuid` exists on every x86_64 CPU; leaf 7 is asked only if leaf 0 says the CPU
+    // has it. `xgetbv` (an `xsave` instruction) runs only when leaf 1's OSXSAVE bit says the
+    // OS has enabled it, which implies the CPU has XSAVE. (`cpuid` is a safe function in newer
+    // Rust; the block keeps older ones building.)
+    #[allow(unused_unsafe)]
+    unsafe {
+        let leaf1 = __cpuid(1).ecx;
+        let (osxsave, avx) = (leaf1 & (1 << 27) != 0, leaf1 & (1 << 28) != 0);
+        osxsave
+            && avx
+            && _xgetbv(0) & 0b110 == 0b110
+            && __cpuid(0).eax >= 7
+            && __cpuid_count(7, 0).ebx & (1 << 5) != 0
     }
 }
 
@@ -420,6 +575,54 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn ascii_runs_stop_at_the_first_high_byte() {
+        // Every length around one to three steps, a high byte (or none) at every position:
+        // each build of the 256-byte step (AVX2 only where the CPU has it) against the
+        // byte-by-byte one, and `ascii_prefix` (which chooses one) within 64 bytes of the
+        // high byte, as before.
+        for len in [0usize, 63, 255, 256, 257, 511, 512, 600, 767, 768, 800] {
+            for at in (0..len).map(Some).chain([None]) {
+                for high in [0x80u8, 0xC3, 0xFF] {
+                    let mut s = alloc::vec![b'a'; len];
+                    if let Some(at) = at {
+                        s[at] = high;
+                    }
+                    let want = ascii_run_bytes(&s);
+                    assert_eq!(want % WIDE, 0);
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        assert_eq!(ascii_run_sse2(&s), want, "{len} {at:?}");
+                        #[cfg(not(target_feature = "avx2"))]
+                        let avx2 = has_avx2();
+                        #[cfg(target_feature = "avx2")]
+                        let avx2 = true;
+                        if avx2 {
+                            // SAFETY: the CPU has AVX2 (just asked).
+                            assert_eq!(unsafe { ascii_run_avx2(&s) }, want, "{len} {at:?}");
+                        }
+                    }
+                    let n = ascii_prefix(&s);
+                    match at {
+                        None => assert_eq!(n, len),
+                        Some(at) => {
+                            assert!(n <= at && n % 64 == 0 && at - n < 64, "{len} {at}: {n}")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The `unsafe` calls of the AVX2 step rely on this answer: it must agree with std's
+    /// detection (a wrong `true` would run AVX2 instructions where they fault).
+    #[cfg(all(target_arch = "x86_64", not(target_feature = "avx2"), feature = "std"))]
+    #[test]
+    fn avx2_detection_agrees_with_std() {
+        assert_eq!(has_avx2(), std::is_x86_feature_detected!("avx2"));
+        assert_eq!(has_avx2(), std::is_x86_feature_detected!("avx2"), "remembered");
     }
 
     #[test]
