@@ -304,6 +304,31 @@ pub(crate) fn ascii_prefix(s: &[u8]) -> usize {
     }
 }
 
+/// Whether `bytes` (64 or more) is UTF-8, by `simdutf8` (SIMD where the CPU has it): when
+/// its length is not a multiple of 64, its whole 64-byte blocks in one call and its last 64
+/// bytes in another, if both splits fall on a character boundary (the bytes at `whole` and at
+/// `len - 64` are not continuation bytes); else in one call.
+///
+/// One call over such a length copies the last part into a zeroed 64-byte block and loads it
+/// back in wider pieces than it was stored (a store-forwarding stall: a 70-byte text took
+/// about four times as long as 64 bytes in place). The two checks answer as the one: each
+/// part starts and ends on a boundary of a valid text, so a valid text passes both; and two
+/// valid parts that overlap, the second starting on a boundary of the first, make a valid
+/// whole.
+#[inline]
+pub(crate) fn is_utf8_long(bytes: &[u8]) -> bool {
+    debug_assert!(bytes.len() >= 64);
+    let len = bytes.len();
+    let whole = len & !63;
+    let starts_char = |i: usize| matches!(bytes.get(i), Some(&b) if (b as i8) >= -0x40);
+    if whole != len && starts_char(whole) && starts_char(len - 64) {
+        simdutf8::basic::from_utf8(&bytes[..whole]).is_ok()
+            && simdutf8::basic::from_utf8(&bytes[len - 64..]).is_ok()
+    } else {
+        simdutf8::basic::from_utf8(bytes).is_ok()
+    }
+}
+
 /// The step of [`ascii_run`]: 256 bytes OR-ed together before one `movemask` (eight 32-byte
 /// loads with AVX2, sixteen 16-byte ones with SSE2: the loads, about three a cycle, are the
 /// limit, not one test and branch per 64 bytes).
@@ -578,6 +603,40 @@ mod tests {
     }
 
     #[test]
+    fn long_utf8_checks_answer_as_core() {
+        // Texts of 64 to 200 bytes of 1- to 4-byte characters, from every start within the
+        // first character, so that the splits at the last whole block and at 64 from the end
+        // fall on boundaries and inside characters; each whole, and with a bad byte at every
+        // position.
+        for text in [
+            "a\u{e9}\u{4e2d}\u{1f680}",
+            "\u{4e2d}\u{6587}",
+            "\u{1f680}x",
+            "\u{e9}",
+        ] {
+            let long = text.repeat(200 / text.len() + 2).into_bytes();
+            for from in 0..4 {
+                for len in 64..=200 {
+                    let mut b = long[from..from + len].to_vec();
+                    assert_eq!(is_utf8_long(&b), core::str::from_utf8(&b).is_ok(), "{len}");
+                    for at in 0..len {
+                        for bad in [0x80u8, 0xC0, 0xF0, b'a'] {
+                            let old = b[at];
+                            b[at] = bad;
+                            assert_eq!(
+                                is_utf8_long(&b),
+                                core::str::from_utf8(&b).is_ok(),
+                                "{text} {from} {len} {at} {bad}"
+                            );
+                            b[at] = old;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn ascii_runs_stop_at_the_first_high_byte() {
         // Every length around one to three steps, a high byte (or none) at every position:
         // each build of the 256-byte step (AVX2 only where the CPU has it) against the
@@ -622,7 +681,11 @@ mod tests {
     #[test]
     fn avx2_detection_agrees_with_std() {
         assert_eq!(has_avx2(), std::is_x86_feature_detected!("avx2"));
-        assert_eq!(has_avx2(), std::is_x86_feature_detected!("avx2"), "remembered");
+        assert_eq!(
+            has_avx2(),
+            std::is_x86_feature_detected!("avx2"),
+            "remembered"
+        );
     }
 
     #[test]
