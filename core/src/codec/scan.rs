@@ -357,8 +357,22 @@ pub(crate) fn ascii_prefix(s: &[u8]) -> usize {
     // Long texts 256 bytes a step first (see `ascii_run`); then 64 bytes a step from the first
     // 256-byte block that is not ASCII (or from where fewer than 256 bytes are left): the
     // blocks of 64 before it are ASCII, so the answer is the one the 64-byte steps from the
-    // start would give.
-    let mut i = if s.len() >= WIDE { ascii_run(s) } else { 0 };
+    // start would give. (Apart, so that the short texts' steps start from a known 0.)
+    if s.len() >= WIDE {
+        return ascii_prefix_long(s);
+    }
+    ascii_prefix_from(s, 0)
+}
+
+/// [`ascii_prefix`] of a text of [`WIDE`] bytes or more.
+#[inline(never)]
+fn ascii_prefix_long(s: &[u8]) -> usize {
+    ascii_prefix_from(s, ascii_run(s))
+}
+
+/// [`ascii_prefix`] 64 bytes a step from `i` (a multiple of 64 with only ASCII before it).
+#[inline(always)]
+fn ascii_prefix_from(s: &[u8], mut i: usize) -> usize {
     while let Some(block) = s.get(i..).and_then(|r| r.first_chunk::<64>()) {
         if any_high(block) {
             return i;
