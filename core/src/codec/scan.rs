@@ -477,7 +477,7 @@ pub(crate) fn is_utf8_short(s: &[u8]) -> Option<bool> {
 /// 32 bytes of 0xFF, then 32 zeros: 32 bytes from `32 - k` on keep the first `k` bytes of a
 /// vector (AND), 16 from `32 - k` the first `k` of 16.
 #[cfg(target_arch = "x86_64")]
-static KEEP_FIRST: [u8; 64] = {
+static KEEP_FIRST: Line = Line({
     let mut t = [0u8; 64];
     let mut i = 0;
     while i < 32 {
@@ -485,11 +485,11 @@ static KEEP_FIRST: [u8; 64] = {
         i += 1;
     }
     t
-};
+});
 
 /// 32 zeros, then 32 bytes of 0xFF: 32 (or 16) bytes from `32 - k` on clear the first `k`.
 #[cfg(target_arch = "x86_64")]
-static DROP_FIRST: [u8; 64] = {
+static DROP_FIRST: Line = Line({
     let mut t = [0u8; 64];
     let mut i = 32;
     while i < 64 {
@@ -497,7 +497,12 @@ static DROP_FIRST: [u8; 64] = {
         i += 1;
     }
     t
-};
+});
+
+/// 64 bytes on a cache line of their own (a load from them never spans two lines).
+#[cfg(target_arch = "x86_64")]
+#[repr(align(64))]
+struct Line([u8; 64]);
 
 /// [`is_utf8_short`]'s block: `s[..a]`, zeros to `half`, zeros for `s[len - half..b]`, then
 /// `s[b..]` (`half` = 32: the two halves of `out`; 16: its first 32 bytes, zeros after), each
@@ -519,15 +524,16 @@ unsafe fn join_ends_avx2(s: &[u8], half: usize, a: usize, b: usize, out: &mut [u
     debug_assert!((16..64).contains(&len) && half == if len >= 32 { 32 } else { 16 });
     debug_assert!(a <= half && len - half <= b && b <= len - half + 3);
     let dropped = b - (len - half);
-    let keep = KEEP_FIRST.as_ptr().wrapping_add(32 - a);
-    let drop = DROP_FIRST.as_ptr().wrapping_add(32 - dropped);
+    let keep = KEEP_FIRST.0.as_ptr().wrapping_add(32 - a);
+    let drop = DROP_FIRST.0.as_ptr().wrapping_add(32 - dropped);
     let o = out.as_mut_ptr().cast::<__m256i>();
     // SAFETY: the caller has made sure the CPU has AVX2 (the 128-bit intrinsics need only
-    // SSE2). Loads: `s`'s first and last `half` bytes (`half <= len`); `KEEP_FIRST` and
-    // `DROP_FIRST` from `32 - a` and `32 - dropped` (both in 29..=32 or, for `a`, 16..=32), at
-    // most 32 bytes, within their 64. Stores: `out`'s two 32-byte halves. `loadu`/`storeu`
-    // have no alignment requirement. `tests::short_utf8_checks_answer_as_core` checks the
-    // answer against core's at every length, split and bad byte.
+    // SSE2). Loads: `s`'s first and last `half` bytes (`half <= len`); `half` bytes of
+    // `KEEP_FIRST` from `32 - a` and of `DROP_FIRST` from `32 - dropped` (`a <= half` and
+    // `dropped <= 3`, so both offsets are in `32 - half..=32` and end by 64, within them).
+    // Stores: `out`'s two 32-byte halves. `loadu`/`storeu` have no alignment requirement.
+    // `tests::short_utf8_checks_answer_as_core` checks the answer against core's at every
+    // length, split and bad byte.
     unsafe {
         if half == 32 {
             let first = _mm256_loadu_si256(s.as_ptr().cast());
