@@ -2,6 +2,12 @@
 //! run-time detection and no `std`), a portable word-at-a-time version elsewhere. Used by the
 //! JSON decoder to find the end of a string (its closing quote, or a backslash) and the next
 //! escape, and (through [`Hits`]) to walk an `extFields` object quote by quote.
+//!
+//! Long texts go 256 bytes a step (the ASCII check, the search past a long string's first
+//! blocks), with AVX2 where `cpuid` says the CPU has it ([`has_avx2`], asked once, no `std`).
+//! And the UTF-8 checks of non-ASCII text hand `simdutf8` whole 64-byte blocks in place, or
+//! one built in registers, rather than let it copy a short tail ([`is_utf8_long`],
+//! [`is_utf8_short`]).
 
 /// Whether the CPU has BMI1 (`blsr`, `tzcnt`: a hit popped in one step instead of two),
 /// asked of `cpuid` once and remembered. Always `false` off x86_64, and not needed where the
