@@ -2,6 +2,12 @@
 //! run-time detection and no `std`), a portable word-at-a-time version elsewhere. Used by the
 //! JSON decoder to find the end of a string (its closing quote, or a backslash) and the next
 //! escape, and (through [`Hits`]) to walk an `extFields` object quote by quote.
+//!
+//! Long texts go 256 bytes a step (the ASCII check, the search past a long string's first
+//! blocks), with AVX2 where `cpuid` says the CPU has it ([`has_avx2`], asked once, no `std`).
+//! And the UTF-8 checks of non-ASCII text hand `simdutf8` whole 64-byte blocks in place, or
+//! one built in registers, rather than let it copy a short tail ([`is_utf8_long`],
+//! [`is_utf8_short`]).
 
 /// Whether the CPU has BMI1 (`blsr`, `tzcnt`: a hit popped in one step instead of two),
 /// asked of `cpuid` once and remembered. Always `false` off x86_64, and not needed where the
@@ -173,8 +179,8 @@ impl Hits {
 
 impl Hits {
     /// Past two blocks without a hit, the second at `base` (a long string): the hits from
-    /// the next one, found with `memchr2` (32 bytes a step where the CPU can). `None` if
-    /// there is none.
+    /// the next one, found with `memchr2` (32 bytes a step where the CPU can) after
+    /// [`hit_free_start`] (256). `None` if there is none.
     ///
     /// Returns the new hits rather than changing a `&mut self`: a pointer to the caller's
     /// `Hits` kept it in memory, its word stored and loaded again at every hit popped.
@@ -182,9 +188,82 @@ impl Hits {
     #[inline(never)]
     fn after_run(buf: &[u8], base: usize) -> Option<Hits> {
         let from = base + 64;
+        let from = from + hit_free_start(buf.get(from..)?);
         let at = from + memchr::memchr2(b'"', b'\\', buf.get(from..)?)?;
         Some(Hits::new(buf, at))
     }
+}
+
+/// How many bytes at the start of `s` are known to hold no `"` or `\\`: where the CPU has
+/// AVX2 and `s` is long, the 256-byte blocks before the first that holds one (about a third
+/// fewer operations a byte than `memchr2`'s step, see [`hit_run_avx2`]); else none. `memchr2`
+/// from there gives the answer it gives from the start.
+#[inline(always)]
+fn hit_free_start(s: &[u8]) -> usize {
+    #[cfg(all(target_arch = "x86_64", not(target_feature = "avx2")))]
+    if s.len() >= WIDE && use_avx2() {
+        // SAFETY: `hit_run_avx2` only enables AVX2, which `has_avx2` has just found the CPU
+        // has and the OS saves (`tests::avx2_detection_agrees_with_std`).
+        return unsafe { hit_run_avx2(s) };
+    }
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    if s.len() >= WIDE {
+        // SAFETY: the build enables AVX2, so every CPU it runs on has it.
+        return unsafe { hit_run_avx2(s) };
+    }
+    let _ = s;
+    0
+}
+
+/// The offset of the first [`WIDE`]-byte block of `s` (from its start, a multiple of `WIDE`)
+/// that holds a `"` or a `\\`, or, if none, of the first that does not fit (fewer than `WIDE`
+/// bytes left).
+///
+/// Each 32 bytes take one table lookup (`vpshufb`) and one compare: the table, indexed by a
+/// byte's low four bits, holds `"` (0x22) at 2 and `\\` (0x5C) at 12 and 0xFF elsewhere, so a
+/// byte equals its entry exactly when it is one of the two (0xFF is above 0x7F, and a byte
+/// of 0x80 or above looks up 0, which it is not). `memchr2` takes two compares and an OR.
+///
+/// # Safety
+///
+/// The CPU must have AVX2 (and the OS save its registers).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline(never)]
+unsafe fn hit_run_avx2(s: &[u8]) -> usize {
+    use core::arch::x86_64::{
+        __m256i, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_or_si256,
+        _mm256_setr_epi8, _mm256_shuffle_epi8,
+    };
+    const Q: i8 = b'"' as i8;
+    const B: i8 = b'\\' as i8;
+    let mut i = 0;
+    while let Some(block) = s.get(i..).and_then(|r| r.first_chunk::<WIDE>()) {
+        // SAFETY: the caller has made sure the CPU has AVX2, all the intrinsics need. The eight
+        // loads read the 256 bytes `block` refers to (`p.add(7)` is its last 32; `loadu` has no
+        // alignment requirement). `tests::hit_runs_stop_at_the_first_quote_or_backslash`
+        // checks every byte value at every position.
+        let hit = unsafe {
+            #[rustfmt::skip]
+            let table = _mm256_setr_epi8(
+                -1, -1, Q, -1, -1, -1, -1, -1, -1, -1, -1, -1, B, -1, -1, -1,
+                -1, -1, Q, -1, -1, -1, -1, -1, -1, -1, -1, -1, B, -1, -1, -1,
+            );
+            let p = block.as_ptr().cast::<__m256i>();
+            let h = |k: usize| {
+                let v = _mm256_loadu_si256(p.add(k));
+                _mm256_cmpeq_epi8(_mm256_shuffle_epi8(table, v), v)
+            };
+            let a = _mm256_or_si256(_mm256_or_si256(h(0), h(1)), _mm256_or_si256(h(2), h(3)));
+            let b = _mm256_or_si256(_mm256_or_si256(h(4), h(5)), _mm256_or_si256(h(6), h(7)));
+            _mm256_movemask_epi8(_mm256_or_si256(a, b))
+        };
+        if hit != 0 {
+            return i;
+        }
+        i += WIDE;
+    }
+    i
 }
 
 /// The mask of the 64 bytes of `buf` from `at` on (bits past its end clear).
@@ -281,7 +360,25 @@ pub(crate) fn is_ascii(b: &[u8]) -> bool {
 /// `s`, or up to a 64-byte block that holds a byte of 0x80 or above.
 #[inline]
 pub(crate) fn ascii_prefix(s: &[u8]) -> usize {
-    let mut i = 0;
+    // Long texts 256 bytes a step first (see `ascii_run`); then 64 bytes a step from the first
+    // 256-byte block that is not ASCII (or from where fewer than 256 bytes are left): the
+    // blocks of 64 before it are ASCII, so the answer is the one the 64-byte steps from the
+    // start would give. (Apart, so that the short texts' steps start from a known 0.)
+    if s.len() >= WIDE {
+        return ascii_prefix_long(s);
+    }
+    ascii_prefix_from(s, 0)
+}
+
+/// [`ascii_prefix`] of a text of [`WIDE`] bytes or more.
+#[inline(never)]
+fn ascii_prefix_long(s: &[u8]) -> usize {
+    ascii_prefix_from(s, ascii_run(s))
+}
+
+/// [`ascii_prefix`] 64 bytes a step from `i` (a multiple of 64 with only ASCII before it).
+#[inline(always)]
+fn ascii_prefix_from(s: &[u8], mut i: usize) -> usize {
     while let Some(block) = s.get(i..).and_then(|r| r.first_chunk::<64>()) {
         if any_high(block) {
             return i;
@@ -297,6 +394,340 @@ pub(crate) fn ascii_prefix(s: &[u8]) -> usize {
         s.len()
     } else {
         i
+    }
+}
+
+/// Whether `bytes` (64 or more) is UTF-8, by `simdutf8` (SIMD where the CPU has it): when
+/// its length is not a multiple of 64, its whole 64-byte blocks in one call and its last 64
+/// bytes in another, if both splits fall on a character boundary (the bytes at `whole` and at
+/// `len - 64` are not continuation bytes); else in one call.
+///
+/// One call over such a length copies the last part into a zeroed 64-byte block and loads it
+/// back in wider pieces than it was stored (a store-forwarding stall: a 70-byte text took
+/// about four times as long as 64 bytes in place). The two checks answer as the one: each
+/// part starts and ends on a boundary of a valid text, so a valid text passes both; and two
+/// valid parts that overlap, the second starting on a boundary of the first, make a valid
+/// whole.
+#[inline]
+pub(crate) fn is_utf8_long(bytes: &[u8]) -> bool {
+    debug_assert!(bytes.len() >= 64);
+    let len = bytes.len();
+    let whole = len & !63;
+    let starts_char = |i: usize| matches!(bytes.get(i), Some(&b) if (b as i8) >= -0x40);
+    if whole != len && starts_char(whole) && starts_char(len - 64) {
+        simdutf8::basic::from_utf8(&bytes[..whole]).is_ok()
+            && simdutf8::basic::from_utf8(&bytes[len - 64..]).is_ok()
+    } else {
+        simdutf8::basic::from_utf8(bytes).is_ok()
+    }
+}
+
+/// Whether `s` (16 to 63 bytes) is UTF-8, checked without the stall of a padded copy, where
+/// the CPU has AVX2: `None` where this does not apply (another length, no AVX2, or no
+/// character boundary near the places it splits at), for the caller's own check.
+///
+/// The 64-byte block `simdutf8` checks is built in registers and written with two 32-byte
+/// stores, each of which one of `simdutf8`'s 32-byte loads then takes whole (a copy written in
+/// narrower pieces made those loads wait for the stores to reach the cache: 18 ns against 6 ns
+/// in place). It holds `s`'s first `half` bytes (32, or 16 under 32 bytes) up to `a`, the last
+/// character boundary at or before `half`, then zeros, then `s` from `b`, the first boundary
+/// at or after `len - half`, with `b <= a`. The zeros are ASCII, so the block is UTF-8 exactly
+/// when `s[..a]` and `s[b..]` are; and they are exactly when `s` is: both start and end on
+/// boundaries of `s` (a byte that is not a continuation byte starts a character in any
+/// UTF-8 text) and together they cover it.
+#[inline]
+pub(crate) fn is_utf8_short(s: &[u8]) -> Option<bool> {
+    let len = s.len();
+    if !(16..64).contains(&len) {
+        return None;
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    return None;
+    #[cfg(all(target_arch = "x86_64", not(target_feature = "avx2")))]
+    if !use_avx2() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let half = if len >= 32 { 32 } else { 16 };
+        let continues = |i: usize| matches!(s.get(i), Some(&b) if (b as i8) < -0x40);
+        // (A UTF-8 text has at most three continuation bytes in a row: past them, `s` is not
+        // UTF-8, and the caller's check says so.)
+        let mut a = half;
+        while continues(a) {
+            if a == half - 3 {
+                return None;
+            }
+            a -= 1;
+        }
+        let mut b = len - half;
+        while continues(b) {
+            if b == len - half + 3 {
+                return None;
+            }
+            b += 1;
+        }
+        if b > a {
+            return None;
+        }
+        let mut block = [0u8; 64];
+        // SAFETY: `join_ends_avx2` only enables AVX2, which `use_avx2` has just found the CPU
+        // has (or the build enables); its other conditions: `16 <= len < 64`, `half` as it
+        // requires, `a <= half` and `len - half <= b <= len - half + 3 <= len` (so the
+        // dropped start, `b - (len - half)`, is at most 3).
+        unsafe { join_ends_avx2(s, half, a, b, &mut block) };
+        Some(simdutf8::basic::from_utf8(&block).is_ok())
+    }
+}
+
+/// 32 bytes of 0xFF, then 32 zeros: 32 bytes from `32 - k` on keep the first `k` bytes of a
+/// vector (AND), 16 from `32 - k` the first `k` of 16.
+#[cfg(target_arch = "x86_64")]
+static KEEP_FIRST: Line = Line({
+    let mut t = [0u8; 64];
+    let mut i = 0;
+    while i < 32 {
+        t[i] = 0xFF;
+        i += 1;
+    }
+    t
+});
+
+/// 32 zeros, then 32 bytes of 0xFF: 32 (or 16) bytes from `32 - k` on clear the first `k`.
+#[cfg(target_arch = "x86_64")]
+static DROP_FIRST: Line = Line({
+    let mut t = [0u8; 64];
+    let mut i = 32;
+    while i < 64 {
+        t[i] = 0xFF;
+        i += 1;
+    }
+    t
+});
+
+/// 64 bytes on a cache line of their own (a load from them never spans two lines).
+#[cfg(target_arch = "x86_64")]
+#[repr(align(64))]
+struct Line([u8; 64]);
+
+/// [`is_utf8_short`]'s block: `s[..a]`, zeros to `half`, zeros for `s[len - half..b]`, then
+/// `s[b..]` (`half` = 32: the two halves of `out`; 16: its first 32 bytes, zeros after), each
+/// 32 bytes written by one store.
+///
+/// # Safety
+///
+/// The CPU must have AVX2. `16 <= s.len() < 64`, `half` is 32 if `s.len() >= 32` else 16,
+/// `a <= half`, and `s.len() - half <= b <= s.len() - half + 3`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline(never)]
+unsafe fn join_ends_avx2(s: &[u8], half: usize, a: usize, b: usize, out: &mut [u8; 64]) {
+    use core::arch::x86_64::{
+        __m128i, __m256i, _mm256_and_si256, _mm256_loadu_si256, _mm256_set_m128i,
+        _mm256_setzero_si256, _mm256_storeu_si256, _mm_and_si128, _mm_loadu_si128,
+    };
+    let len = s.len();
+    debug_assert!((16..64).contains(&len) && half == if len >= 32 { 32 } else { 16 });
+    debug_assert!(a <= half && len - half <= b && b <= len - half + 3);
+    let dropped = b - (len - half);
+    let keep = KEEP_FIRST.0.as_ptr().wrapping_add(32 - a);
+    let drop = DROP_FIRST.0.as_ptr().wrapping_add(32 - dropped);
+    let o = out.as_mut_ptr().cast::<__m256i>();
+    // SAFETY: the caller has made sure the CPU has AVX2 (the 128-bit intrinsics need only
+    // SSE2). Loads: `s`'s first and last `half` bytes (`half <= len`); `half` bytes of
+    // `KEEP_FIRST` from `32 - a` and of `DROP_FIRST` from `32 - dropped` (`a <= half` and
+    // `dropped <= 3`, so both offsets are in `32 - half..=32` and end by 64, within them).
+    // Stores: `out`'s two 32-byte halves. `loadu`/`storeu` have no alignment requirement.
+    // `tests::short_utf8_checks_answer_as_core` checks the answer against core's at every
+    // length, split and bad byte.
+    unsafe {
+        if half == 32 {
+            let first = _mm256_loadu_si256(s.as_ptr().cast());
+            let last = _mm256_loadu_si256(s.as_ptr().add(len - 32).cast());
+            let first = _mm256_and_si256(first, _mm256_loadu_si256(keep.cast()));
+            let last = _mm256_and_si256(last, _mm256_loadu_si256(drop.cast()));
+            _mm256_storeu_si256(o, first);
+            _mm256_storeu_si256(o.add(1), last);
+        } else {
+            let first = _mm_loadu_si128(s.as_ptr().cast::<__m128i>());
+            let last = _mm_loadu_si128(s.as_ptr().add(len - 16).cast::<__m128i>());
+            let first = _mm_and_si128(first, _mm_loadu_si128(keep.cast()));
+            let last = _mm_and_si128(last, _mm_loadu_si128(drop.cast()));
+            _mm256_storeu_si256(o, _mm256_set_m128i(last, first));
+            _mm256_storeu_si256(o.add(1), _mm256_setzero_si256());
+        }
+    }
+}
+
+/// The step of [`ascii_run`]: 256 bytes OR-ed together before one `movemask` (eight 32-byte
+/// loads with AVX2, sixteen 16-byte ones with SSE2: the loads, about three a cycle, are the
+/// limit, not one test and branch per 64 bytes).
+const WIDE: usize = 256;
+
+/// The offset of the first [`WIDE`]-byte block of `s` (from its start, a multiple of
+/// `WIDE`) that holds a byte of 0x80 or above, or, if none, of the first that does not fit
+/// (fewer than `WIDE` bytes left). AVX2 where the CPU has it (asked at run time, see
+/// [`has_avx2`], unless the build enables it), else SSE2; byte by byte off x86_64.
+#[inline]
+fn ascii_run(s: &[u8]) -> usize {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    {
+        // SAFETY: the build enables AVX2, so every CPU it runs on has it.
+        unsafe { ascii_run_avx2(s) }
+    }
+    #[cfg(all(target_arch = "x86_64", not(target_feature = "avx2")))]
+    {
+        if use_avx2() {
+            // SAFETY: `ascii_run_avx2` only enables AVX2, which `has_avx2` has just found the
+            // CPU has and the OS saves (`tests::avx2_detection_agrees_with_std` checks it
+            // against std's detection).
+            unsafe { ascii_run_avx2(s) }
+        } else {
+            ascii_run_sse2(s)
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        ascii_run_bytes(s)
+    }
+}
+
+/// [`ascii_run`] one byte at a time (off x86_64, and the tests' reference).
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+fn ascii_run_bytes(s: &[u8]) -> usize {
+    let mut i = 0;
+    while let Some(block) = s.get(i..).and_then(|r| r.first_chunk::<WIDE>()) {
+        if block.iter().any(|&b| b >= 0x80) {
+            return i;
+        }
+        i += WIDE;
+    }
+    i
+}
+
+/// [`ascii_run`] with SSE2 (part of the x86_64 baseline).
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+fn ascii_run_sse2(s: &[u8]) -> usize {
+    use core::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128};
+    let mut i = 0;
+    while let Some(block) = s.get(i..).and_then(|r| r.first_chunk::<WIDE>()) {
+        // SAFETY: the intrinsics need only SSE2, part of the x86_64 baseline (every x86_64 CPU
+        // has it). The sixteen loads read the 256 bytes `block` refers to (`p.add(15)` is its
+        // last 16; `loadu` has no alignment requirement).
+        // `tests::ascii_runs_stop_at_the_first_high_byte` checks a high byte at every position.
+        let high = unsafe {
+            let p = block.as_ptr().cast::<__m128i>();
+            let l = |k: usize| _mm_loadu_si128(p.add(k));
+            let a = _mm_or_si128(
+                _mm_or_si128(_mm_or_si128(l(0), l(1)), _mm_or_si128(l(2), l(3))),
+                _mm_or_si128(_mm_or_si128(l(4), l(5)), _mm_or_si128(l(6), l(7))),
+            );
+            let b = _mm_or_si128(
+                _mm_or_si128(_mm_or_si128(l(8), l(9)), _mm_or_si128(l(10), l(11))),
+                _mm_or_si128(_mm_or_si128(l(12), l(13)), _mm_or_si128(l(14), l(15))),
+            );
+            _mm_movemask_epi8(_mm_or_si128(a, b))
+        };
+        if high != 0 {
+            return i;
+        }
+        i += WIDE;
+    }
+    i
+}
+
+/// [`ascii_run`] with AVX2.
+///
+/// # Safety
+///
+/// The CPU must have AVX2 (and the OS save its registers).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline(never)]
+unsafe fn ascii_run_avx2(s: &[u8]) -> usize {
+    use core::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_or_si256};
+    let mut i = 0;
+    while let Some(block) = s.get(i..).and_then(|r| r.first_chunk::<WIDE>()) {
+        // SAFETY: the caller has made sure the CPU has AVX2, all the intrinsics need. The eight
+        // loads read the 256 bytes `block` refers to (`p.add(7)` is its last 32; `loadu` has no
+        // alignment requirement). `tests::ascii_runs_stop_at_the_first_high_byte` checks a
+        // high byte at every position.
+        let high = unsafe {
+            let p = block.as_ptr().cast::<__m256i>();
+            let l = |k: usize| _mm256_loadu_si256(p.add(k));
+            let a = _mm256_or_si256(_mm256_or_si256(l(0), l(1)), _mm256_or_si256(l(2), l(3)));
+            let b = _mm256_or_si256(_mm256_or_si256(l(4), l(5)), _mm256_or_si256(l(6), l(7)));
+            _mm256_movemask_epi8(_mm256_or_si256(a, b))
+        };
+        if high != 0 {
+            return i;
+        }
+        i += WIDE;
+    }
+    i
+}
+
+#[cfg(all(test, feature = "std"))]
+std::thread_local! {
+    /// Set by a test to take the paths built without AVX2 on this thread.
+    #[cfg_attr(
+        not(all(target_arch = "x86_64", not(target_feature = "avx2"))),
+        allow(dead_code)
+    )]
+    static WITHOUT_AVX2: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// [`has_avx2`], unless a test asked for the paths without AVX2 on this thread.
+#[cfg(all(target_arch = "x86_64", not(target_feature = "avx2")))]
+#[inline(always)]
+fn use_avx2() -> bool {
+    #[cfg(all(test, feature = "std"))]
+    if WITHOUT_AVX2.with(|w| w.get()) {
+        return false;
+    }
+    has_avx2()
+}
+
+/// Whether the CPU has AVX2 and the OS saves the AVX registers, asked of `cpuid` and `xgetbv`
+/// once and remembered. Not needed where the build already enables AVX2.
+#[cfg(all(target_arch = "x86_64", not(target_feature = "avx2")))]
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    /// 0: not asked yet; 1: no; 2: yes.
+    static AVX2: AtomicU8 = AtomicU8::new(0);
+    match AVX2.load(Ordering::Relaxed) {
+        0 => {
+            let yes = cpuid_avx2();
+            AVX2.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            yes
+        }
+        known => known == 2,
+    }
+}
+
+/// `cpuid`'s and `xgetbv`'s answer: leaf 1 says the CPU has AVX and the OS has enabled
+/// `xgetbv` (OSXSAVE), `xgetbv(0)` that the OS saves the SSE and AVX state (XCR0 bits 1 and
+/// 2), and leaf 7 (if the CPU has it), sub-leaf 0, EBX bit 5, that the CPU has AVX2 — what
+/// std's `is_x86_feature_detected!("avx2")` asks.
+#[cfg(all(target_arch = "x86_64", not(target_feature = "avx2")))]
+#[cold]
+fn cpuid_avx2() -> bool {
+    use core::arch::x86_64::{__cpuid, __cpuid_count, _xgetbv};
+    // SAFETY: `cpuid` exists on every x86_64 CPU; leaf 7 is asked only if leaf 0 says the CPU
+    // has it. `xgetbv` (an `xsave` instruction) runs only when leaf 1's OSXSAVE bit says the
+    // OS has enabled it, which implies the CPU has XSAVE. (`cpuid` is a safe function in newer
+    // Rust; the block keeps older ones building.)
+    #[allow(unused_unsafe)]
+    unsafe {
+        let leaf1 = __cpuid(1).ecx;
+        let (osxsave, avx) = (leaf1 & (1 << 27) != 0, leaf1 & (1 << 28) != 0);
+        osxsave
+            && avx
+            && _xgetbv(0) & 0b110 == 0b110
+            && __cpuid(0).eax >= 7
+            && __cpuid_count(7, 0).ebx & (1 << 5) != 0
     }
 }
 
@@ -393,6 +824,19 @@ mod tests {
         }
     }
 
+    /// `f` run with the AVX2 paths where the CPU has them (`without` false) and without them
+    /// (where `std` gives the tests a thread-local switch); the choice is put back after.
+    fn with_avx2_choice<R>(without: bool, f: impl FnOnce() -> R) -> R {
+        #[cfg(feature = "std")]
+        WITHOUT_AVX2.with(|w| w.set(without));
+        #[cfg(not(feature = "std"))]
+        let _ = without;
+        let r = f();
+        #[cfg(feature = "std")]
+        WITHOUT_AVX2.with(|w| w.set(false));
+        r
+    }
+
     fn by_bytes(block: &[u8], hit: impl Fn(u8) -> bool) -> u64 {
         let mut m = 0;
         for (i, &b) in block.iter().enumerate() {
@@ -420,6 +864,171 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn hit_runs_stop_at_the_first_quote_or_backslash() {
+        #[cfg(not(target_feature = "avx2"))]
+        if !has_avx2() {
+            return;
+        }
+        // Every byte value at every position of one to three steps (and none), among plain
+        // bytes or high ones: the AVX2 step against one byte at a time.
+        for fill in [b'a', 0xFF] {
+            for len in [255usize, 256, 300, 512, 700, 768] {
+                for at in (0..len).map(Some).chain([None]) {
+                    for b in 0..=255u8 {
+                        let mut s = alloc::vec![fill; len];
+                        if let Some(at) = at {
+                            s[at] = b;
+                        }
+                        let first = s.iter().position(|&b| b == b'"' || b == b'\\');
+                        let want = first
+                            .map_or(len, |i| i / WIDE * WIDE)
+                            .min(len / WIDE * WIDE);
+                        // SAFETY: the CPU has AVX2 (just asked, or the build enables it).
+                        let got = unsafe { hit_run_avx2(&s) };
+                        assert_eq!(got, want, "{fill} {len} {at:?} {b}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn short_utf8_checks_answer_as_core() {
+        // Texts of 16 to 63 bytes of 1- to 4-byte characters, from every start within the
+        // first character, so that the splits near 16/32 and `len - 16`/`len - 32` fall on
+        // boundaries and inside characters; each whole, and with a bad byte at every
+        // position; with AVX2 (where the CPU has it) and without (always `None`).
+        let mut taken = 0;
+        for text in [
+            "a\u{e9}\u{4e2d}\u{1f680}",
+            "\u{4e2d}\u{6587}",
+            "\u{1f680}x",
+            "\u{e9}",
+            "ab",
+        ] {
+            let long = text.repeat(64 / text.len() + 2).into_bytes();
+            for from in 0..4 {
+                for len in 0..64 {
+                    let mut b = long[from..from + len].to_vec();
+                    let mut check = |b: &[u8]| {
+                        let want = core::str::from_utf8(b).is_ok();
+                        let got = with_avx2_choice(false, || is_utf8_short(b));
+                        if let Some(got) = got {
+                            assert_eq!(got, want, "{text} {from} {b:?}");
+                            taken += 1;
+                        }
+                        assert_eq!(with_avx2_choice(true, || is_utf8_short(b)), None);
+                    };
+                    check(&b);
+                    for at in 0..len {
+                        for bad in [0x80u8, 0xBF, 0xC0, 0xE0, 0xF0, 0xFF, 0x00] {
+                            let old = b[at];
+                            b[at] = bad;
+                            check(&b);
+                            b[at] = old;
+                        }
+                    }
+                }
+            }
+        }
+        #[cfg(all(target_arch = "x86_64", not(target_feature = "avx2")))]
+        let avx2 = has_avx2();
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        let avx2 = true;
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2 = false;
+        assert_eq!(taken > 1000, avx2, "{taken}");
+    }
+
+    #[test]
+    fn long_utf8_checks_answer_as_core() {
+        // Texts of 64 to 200 bytes of 1- to 4-byte characters, from every start within the
+        // first character, so that the splits at the last whole block and at 64 from the end
+        // fall on boundaries and inside characters; each whole, and with a bad byte at every
+        // position.
+        for text in [
+            "a\u{e9}\u{4e2d}\u{1f680}",
+            "\u{4e2d}\u{6587}",
+            "\u{1f680}x",
+            "\u{e9}",
+        ] {
+            let long = text.repeat(200 / text.len() + 2).into_bytes();
+            for from in 0..4 {
+                for len in 64..=200 {
+                    let mut b = long[from..from + len].to_vec();
+                    assert_eq!(is_utf8_long(&b), core::str::from_utf8(&b).is_ok(), "{len}");
+                    for at in 0..len {
+                        for bad in [0x80u8, 0xC0, 0xF0, b'a'] {
+                            let old = b[at];
+                            b[at] = bad;
+                            assert_eq!(
+                                is_utf8_long(&b),
+                                core::str::from_utf8(&b).is_ok(),
+                                "{text} {from} {len} {at} {bad}"
+                            );
+                            b[at] = old;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ascii_runs_stop_at_the_first_high_byte() {
+        // Every length around one to three steps, a high byte (or none) at every position:
+        // each build of the 256-byte step (AVX2 only where the CPU has it) against the
+        // byte-by-byte one, and `ascii_prefix` (which chooses one) within 64 bytes of the
+        // high byte, as before.
+        for len in [0usize, 63, 255, 256, 257, 511, 512, 600, 767, 768, 800] {
+            for at in (0..len).map(Some).chain([None]) {
+                for high in [0x80u8, 0xC3, 0xFF] {
+                    let mut s = alloc::vec![b'a'; len];
+                    if let Some(at) = at {
+                        s[at] = high;
+                    }
+                    let want = ascii_run_bytes(&s);
+                    assert_eq!(want % WIDE, 0);
+                    #[cfg(target_arch = "x86_64")]
+                    {
+                        assert_eq!(ascii_run_sse2(&s), want, "{len} {at:?}");
+                        #[cfg(not(target_feature = "avx2"))]
+                        let avx2 = has_avx2();
+                        #[cfg(target_feature = "avx2")]
+                        let avx2 = true;
+                        if avx2 {
+                            // SAFETY: the CPU has AVX2 (just asked).
+                            assert_eq!(unsafe { ascii_run_avx2(&s) }, want, "{len} {at:?}");
+                        }
+                    }
+                    for without_avx2 in [false, true] {
+                        let n = with_avx2_choice(without_avx2, || ascii_prefix(&s));
+                        match at {
+                            None => assert_eq!(n, len),
+                            Some(at) => {
+                                assert!(n <= at && n % 64 == 0 && at - n < 64, "{len} {at}: {n}")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The `unsafe` calls of the AVX2 step rely on this answer: it must agree with std's
+    /// detection (a wrong `true` would run AVX2 instructions where they fault).
+    #[cfg(all(target_arch = "x86_64", not(target_feature = "avx2"), feature = "std"))]
+    #[test]
+    fn avx2_detection_agrees_with_std() {
+        assert_eq!(has_avx2(), std::is_x86_feature_detected!("avx2"));
+        assert_eq!(
+            has_avx2(),
+            std::is_x86_feature_detected!("avx2"),
+            "remembered"
+        );
     }
 
     #[test]
@@ -458,8 +1067,9 @@ mod tests {
 
     #[test]
     fn long_runs_without_hits_are_skipped() {
-        // Runs of every length up to five blocks between hits, from every start in a block.
-        for run in 0..320 {
+        // Runs of every length up to eleven blocks between hits (past the 256-byte steps of
+        // `after_run` three times), from every start in a block, with and without AVX2.
+        for (run, without_avx2) in (0..700).flat_map(|run| [(run, false), (run, true)]) {
             let mut buf = alloc::vec![b'"'];
             buf.extend(core::iter::repeat_n(b'x', run));
             buf.extend_from_slice(b"\\\"");
@@ -467,9 +1077,15 @@ mod tests {
             buf.push(b'"');
             for from in [0, 1, 30, 63, 64] {
                 let from = from.min(buf.len());
-                let mut hits = Hits::new(&buf, from);
-                let got: alloc::vec::Vec<usize> = core::iter::from_fn(|| hits.next(&buf)).collect();
-                assert_eq!(got, hits_by_bytes(&buf, from), "{run} {from}");
+                let got: alloc::vec::Vec<usize> = with_avx2_choice(without_avx2, || {
+                    let mut hits = Hits::new(&buf, from);
+                    core::iter::from_fn(|| hits.next(&buf)).collect()
+                });
+                assert_eq!(
+                    got,
+                    hits_by_bytes(&buf, from),
+                    "{run} {from} {without_avx2}"
+                );
             }
         }
     }
