@@ -15,16 +15,30 @@
 #[cfg(all(target_arch = "x86_64", not(target_feature = "bmi1")))]
 #[inline]
 pub(crate) fn has_bmi1() -> bool {
-    use core::sync::atomic::{AtomicU8, Ordering};
-    /// 0: not asked yet; 1: no; 2: yes.
     static BMI1: AtomicU8 = AtomicU8::new(0);
-    match BMI1.load(Ordering::Relaxed) {
+    asked_once(&BMI1, cpuid_bmi1)
+}
+
+#[cfg(all(
+    target_arch = "x86_64",
+    any(not(target_feature = "bmi1"), not(target_feature = "avx2"))
+))]
+use core::sync::atomic::{AtomicU8, Ordering};
+
+/// `ask()`, asked the first time and then read from `known` (0: not asked yet; 1: no; 2: yes).
+#[cfg(all(
+    target_arch = "x86_64",
+    any(not(target_feature = "bmi1"), not(target_feature = "avx2"))
+))]
+#[inline(always)]
+fn asked_once(known: &AtomicU8, ask: fn() -> bool) -> bool {
+    match known.load(Ordering::Relaxed) {
         0 => {
-            let yes = cpuid_bmi1();
-            BMI1.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            let yes = ask();
+            known.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
             yes
         }
-        known => known == 2,
+        answer => answer == 2,
     }
 }
 
@@ -694,17 +708,8 @@ fn use_avx2() -> bool {
 #[cfg(all(target_arch = "x86_64", not(target_feature = "avx2")))]
 #[inline]
 pub(crate) fn has_avx2() -> bool {
-    use core::sync::atomic::{AtomicU8, Ordering};
-    /// 0: not asked yet; 1: no; 2: yes.
     static AVX2: AtomicU8 = AtomicU8::new(0);
-    match AVX2.load(Ordering::Relaxed) {
-        0 => {
-            let yes = cpuid_avx2();
-            AVX2.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
-            yes
-        }
-        known => known == 2,
-    }
+    asked_once(&AVX2, cpuid_avx2)
 }
 
 /// `cpuid`'s and `xgetbv`'s answer: leaf 1 says the CPU has AVX and the OS has enabled
