@@ -106,8 +106,8 @@ fn remark_is_utf8(text: &[u8]) -> bool {
 
 /// Whether `bytes` (not ASCII) is UTF-8: `simdutf8` (SIMD where the target has it; see
 /// [`scan::is_utf8_long`] and, from 16 bytes, [`scan::is_utf8_short`]), else a text under 64
-/// bytes copied into 64 zeroed ones first so that it takes the SIMD path too (the zeros are ASCII: the copy is UTF-8 exactly when the text is, a
-/// character cut at its end stays cut).
+/// bytes copied into 64 zeroed ones first so that it takes the SIMD path too (the zeros are
+/// ASCII: the copy is UTF-8 exactly when the text is, a character cut at its end stays cut).
 #[inline(never)]
 fn is_utf8(bytes: &[u8]) -> bool {
     if bytes.len() >= 64 {

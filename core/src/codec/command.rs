@@ -624,7 +624,7 @@ pub struct ExtIter<'a> {
 }
 
 /// How an [`ExtIter`] finds the next entry.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Walk {
     /// A ROCKETMQ extension block ([`next_binary`]).
     Binary,

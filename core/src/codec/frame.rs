@@ -499,21 +499,12 @@ impl Codec {
     #[inline(always)]
     fn encode_bare_json_into(&self, cmd: &Command, dst: &mut BytesMut) -> Result<(), EncodeError> {
         dst.reserve(BARE_JSON_HEAD_ROOM + SLACK);
-        // After `reserve`, a `BytesMut`'s chunk is all its spare capacity: never `None`.
-        let Some(raw) = Raw::spare(dst, BARE_JSON_HEAD_ROOM) else {
-            return self.encode_general(cmd, SerializeType::Json, dst, true);
-        };
-        let body = cmd.body();
-        let end = self.bare_json_head(cmd, body.len(), raw)?;
-        // SAFETY: `bare_json_head` stored every byte up to `end` (prefix and header) in the
-        // spare capacity, which is what `advance_mut` requires.
-        // `tests::bare_json_frames_match_the_general_writer` compares every byte with the
-        // two-pass writer, into buffers of every capacity, shared or not.
-        unsafe { dst.advance_mut(end) };
-        if !body.is_empty() {
-            dst.extend_from_slice(body);
+        // After `reserve`, a `BytesMut`'s chunk is all its spare capacity (the head always
+        // fits) and it grows for the body (its `remaining_mut` is unbounded).
+        if self.encode_bare_json_in_place(cmd, dst, true)? {
+            return Ok(());
         }
-        Ok(())
+        self.encode_general(cmd, SerializeType::Json, dst, true)
     }
 
     /// [`Codec::bare_json_head`] into `dst`'s current chunk when it has the room (else
@@ -535,7 +526,8 @@ impl Codec {
         fits(remaining, end, end + body.len(), with_body)?;
         // SAFETY: `bare_json_head` stored every byte up to `end` in `dst.chunk_mut()`, which
         // is what `advance_mut` requires. `tests::bare_json_frames_match_the_general_writer`
-        // compares every byte with the two-pass writer, into slices of every length.
+        // compares every byte with the two-pass writer, into slices of every length and into
+        // buffers of every capacity, shared or not.
         unsafe { dst.advance_mut(end) };
         if with_body && !body.is_empty() {
             dst.put_slice(body);

@@ -3564,6 +3564,19 @@ mod tests {
         decode_frame_both(frame(header))
     }
 
+    /// [`decode_frame_both`] of `header`'s frame with each `(at, byte)` of `flips` written over
+    /// the header's byte `at` (modulo its length); nothing for no flips.
+    fn decode_flipped(header: &str, flips: &[(usize, u8)]) {
+        if flips.is_empty() {
+            return;
+        }
+        let mut wire = frame(header);
+        for &(at, byte) in flips {
+            wire[8 + at % header.len()] = byte;
+        }
+        let _compared = decode_frame_both(wire);
+    }
+
     /// [`decode_both`] of a whole frame (its header perhaps damaged): the same answer both
     /// ways, the body read back, and an error leaving the buffer as it was.
     fn decode_frame_both(
@@ -3959,14 +3972,7 @@ mod tests {
                 proptest::prop_assert_eq!(buf[8], compact::REMARK_AT);
             }
 
-            if !flips.is_empty() {
-                let mut wire = frame(&header);
-                for &(at, byte) in &flips {
-                    let n = header.len();
-                    wire[8 + at % n] = byte;
-                }
-                let _compared = decode_frame_both(wire);
-            }
+            decode_flipped(&header, &flips);
         }
     }
 
@@ -4082,14 +4088,7 @@ mod tests {
             proptest::prop_assert_eq!(got, want);
             proptest::prop_assert_eq!((decoded.code, decoded.opaque, decoded.version), (310, -7, 453));
 
-            if !flips.is_empty() {
-                let mut wire = frame(&header);
-                for &(at, byte) in &flips {
-                    let n = header.len();
-                    wire[8 + at % n] = byte;
-                }
-                let _compared = decode_frame_both(wire);
-            }
+            decode_flipped(&header, &flips);
         }
     }
 }
