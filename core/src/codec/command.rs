@@ -697,7 +697,9 @@ fn next_binary<'a>(block: &mut &'a [u8]) -> Option<(&'a str, &'a str)> {
 
 /// First byte of a JSON header the decoder rewrote to say where its remark is: the next three
 /// bytes (big-endian) are the position of the remark's opening quote (or of its
-/// [`UNESCAPED_START`]). It overwrites `{"code":`, which the parser checked; `{` cannot be it.
+/// [`UNESCAPED_START`]), the three after them that of its closing quote as written (an
+/// unescaped remark's text ends at its first [`UNESCAPED_END`] before it). It overwrites the
+/// header's first seven bytes, which the parser checked; `{` cannot be it.
 pub(crate) const REMARK_AT: u8 = 0xFD;
 
 /// `ext_at` flag: the `extFields` object of a JSON header was compacted in place when decoded.
@@ -926,9 +928,14 @@ fn next_json<'a>(text: &'a [u8], pos: &mut usize) -> Option<(&'a str, &'a str)> 
 /// The last `remark` of a validated, rewritten JSON header: `None` if absent or `null`.
 /// `ext_at` is the command's: a compacted `extFields` object there is skipped as such.
 fn json_remark(text: &[u8], ext_at: u32) -> Option<&str> {
-    if let [REMARK_AT, a, b, c, ..] = *text {
+    if let [REMARK_AT, a, b, c, d, e, f, ..] = *text {
         let at = u32::from_be_bytes([0, a, b, c]) as usize;
-        return json_str(text, at).map(|(s, _)| s);
+        let close = u32::from_be_bytes([0, d, e, f]) as usize;
+        let s = text.get(at + 1..close)?;
+        return Some(validated_str(match text[at] {
+            UNESCAPED_START => &s[..memchr::memchr(UNESCAPED_END, s).unwrap_or(s.len())],
+            _ => s,
+        }));
     }
     let compact_at = match ext_at & COMPACT_EXT {
         0 => usize::MAX,

@@ -608,6 +608,8 @@ struct Found {
     /// The opening quote of the last `remark` that is a string (read only if the last remark
     /// is one: [`Fixed::has_remark`]).
     remark_at: u32,
+    /// That remark's closing quote.
+    remark_end: u32,
     /// The closing `}` of the `extFields` object at [`Parsed::ext_at`] (when that is not 0).
     ext_end: u32,
     /// Where the entries of the last `extFields` object are.
@@ -711,7 +713,7 @@ pub(crate) fn parse_general_in_place(
         }
     }
     if parsed.fixed.has_remark {
-        compact::put_remark_at(header, found.remark_at as usize);
+        compact::put_remark_at(header, found.remark_at as usize, found.remark_end as usize);
     }
     Ok((parsed.fixed, ext_at))
 }
@@ -1148,6 +1150,7 @@ impl<'a> Parser<'a> {
                         fixed.has_remark = self.remark()?;
                         if fixed.has_remark {
                             self.found.remark_at = at as u32;
+                            self.found.remark_end = (self.pos - 1) as u32;
                         }
                     }
                     Key::ExtFields => {
@@ -1693,14 +1696,17 @@ pub(crate) mod compact {
         }
     }
 
-    /// Writes where the remark's opening quote is over the header's first bytes (`{"code":`,
-    /// which the parser checked and nothing reads again), so the command finds it at once.
+    /// Writes where the remark's opening quote (`at`) and closing quote (`close`, as
+    /// written: an escaped remark's text ends before it) are over the header's first seven
+    /// bytes (at least `{"code"` or `{"remar`, which the parser checked and nothing reads
+    /// again), so the command finds the remark without a search.
     #[inline]
-    pub(crate) fn put_remark_at(buf: &mut [u8], at: usize) {
-        debug_assert!(at <= 0x00FF_FFFF);
-        if let Some(dir) = buf.get_mut(..4) {
+    pub(crate) fn put_remark_at(buf: &mut [u8], at: usize, close: usize) {
+        debug_assert!(at < close && close <= 0x00FF_FFFF);
+        if let Some(dir) = buf.get_mut(..7) {
             let [_, a, b, c] = (at as u32).to_be_bytes();
-            dir.copy_from_slice(&[REMARK_AT, a, b, c]);
+            let [_, d, e, f] = (close as u32).to_be_bytes();
+            dir.copy_from_slice(&[REMARK_AT, a, b, c, d, e, f]);
         }
     }
 
@@ -1822,6 +1828,8 @@ mod fast {
         compacted: usize,
         /// The opening quote of the (non-null) remark; 0 for none.
         remark_at: usize,
+        /// Its closing quote.
+        remark_end: usize,
         /// Escaped strings of the `extFields` object unescaped as they were checked (when
         /// compacting; made at the first one).
         unescaped: Option<Unescaped>,
@@ -1838,6 +1846,7 @@ mod fast {
                 in_ext: false,
                 compacted: 0,
                 remark_at: 0,
+                remark_end: 0,
                 unescaped: None,
             }
         }
@@ -2423,6 +2432,7 @@ mod fast {
             let at = self.pos;
             self.string()?;
             self.remark_at = at;
+            self.remark_end = self.pos - 1;
             Some(true)
         }
 
@@ -2765,7 +2775,7 @@ mod fast {
                 u.write(c.buf.bytes_mut());
             }
             if c.remark_at != 0 {
-                compact::put_remark_at(c.buf.bytes_mut(), c.remark_at);
+                compact::put_remark_at(c.buf.bytes_mut(), c.remark_at, c.remark_end);
             }
         }
         Some((fixed?, ext_at))
