@@ -705,10 +705,12 @@ pub(crate) const REMARK_AT: u8 = 0xFD;
 /// `ext_at` flag: the `extFields` object of a JSON header was compacted in place when decoded.
 ///
 /// Each of its strings keeps its place; the two bytes before its text hold its length,
-/// big-endian with the high bit set (at most `0x7FFF`); what follows the text up to the next
-/// length is `"` (closing quotes, and the padding of an unescaped string), or a
-/// [`COMPACT_SKIP`] over that padding; the object's `}`
-/// stays and ends it. `crate::codec::json::compact` writes it.
+/// big-endian with the top two bits `10` (at most `0x3FFF`, see [`slot_len`]); a key of at
+/// most 63 bytes whose value has at most 255, neither escaped, may instead hold
+/// `0xC0 | key length` and the value's length there (a *short* key slot: both lengths in one
+/// load), and then its value's two bytes before the text stay `:"`. What follows the text up to the next length is `"`
+/// (closing quotes, and the padding of an unescaped string), or a [`COMPACT_SKIP`] over that
+/// padding; the object's `}` stays and ends it. `crate::codec::json::compact` writes it.
 pub(crate) const COMPACT_EXT: u32 = 1 << 31;
 
 /// In a compacted `extFields` object, the first byte after the text of a string that
@@ -717,21 +719,52 @@ pub(crate) const COMPACT_EXT: u32 = 1 << 31;
 /// over the padding a byte at a time.
 pub(crate) const COMPACT_SKIP: u8 = 0xFC;
 
+/// The length a compacted string's slot (`hi`, `lo`: the two bytes before its text, `hi` at
+/// least 0x80) holds: a short key slot's key length, or the long form's 14 bits.
+#[inline(always)]
+pub(crate) fn slot_len(hi: u8, lo: u8) -> usize {
+    if hi >= 0xC0 {
+        usize::from(hi & 0x3F)
+    } else {
+        usize::from(hi & 0x3F) << 8 | usize::from(lo)
+    }
+}
+
 /// The next entry of a compacted `extFields` object (`rest` starts at a key's length, or at
 /// the closing `}`); `rest` moves past it (to the `}`'s end when there is none).
 ///
-/// The usual entry — key length, key, one `"`, value length, value, one `"`, then the next
-/// key's length or the `}` — is read with two dependent loads (each string's length); anything
-/// else (an unescaped string's padding, a skip, the end) by [`next_compact_general`], which
-/// reads every shape the same way.
+/// The usual entry — a short key slot, key, one `"`, value length, value, one `"`, then the
+/// next key's length or the `}` — is read with one load on the chain from entry to entry (the
+/// short slot: both lengths; the quotes around are checked off that chain); one with a long
+/// key slot with two dependent loads (each string's length); anything else (an unescaped
+/// string's padding, a skip, the end) by [`next_compact_general`], which reads every shape
+/// the same way.
 #[inline]
 fn next_compact<'a>(rest: &mut &'a [u8]) -> Option<(&'a str, &'a str)> {
     let r = *rest;
     if let Some(&[kh, kl]) = r.first_chunk::<2>() {
-        let key_len = usize::from(kh & 0x7F) << 8 | usize::from(kl);
+        if kh >= 0xC0 {
+            let key_len = usize::from(kh & 0x3F);
+            let value_at = 2 + key_len + 3;
+            let value_end = value_at + usize::from(kl);
+            // The key's closing quote, the value's, and no padding quote after it.
+            if let (Some(b'"'), Some(&[b'"', next])) = (
+                r.get(2 + key_len),
+                r.get(value_end..).and_then(|t| t.first_chunk::<2>()),
+            ) {
+                if next != b'"' {
+                    *rest = &r[value_end + 1..];
+                    return Some((
+                        validated_str(&r[2..2 + key_len]),
+                        validated_str(&r[value_at..value_end]),
+                    ));
+                }
+            }
+        }
+        let key_len = slot_len(kh, kl);
         let value_at = 2 + key_len + 3;
         if let Some(&[b'"', vh, vl]) = r.get(2 + key_len..).and_then(|t| t.first_chunk::<3>()) {
-            let value_len = usize::from(vh & 0x7F) << 8 | usize::from(vl);
+            let value_len = slot_len(vh, vl);
             let value_end = value_at + value_len;
             // A `"` after the value and no second one (a padding quote) or skip after it;
             // both lengths with their high bit, as the general reader requires.
@@ -762,7 +795,7 @@ fn next_compact_general(rest: &[u8]) -> (Option<(&str, &str)>, &[u8]) {
         if hi < 0x80 {
             return None;
         }
-        let len = usize::from(hi & 0x7F) << 8 | usize::from(lo);
+        let len = slot_len(hi, lo);
         let text = r.get(2..2 + len)?;
         let mut after = &r[2 + len..];
         if let [COMPACT_SKIP, hi, lo, ..] = *after {
@@ -772,6 +805,19 @@ fn next_compact_general(rest: &[u8]) -> (Option<(&str, &str)>, &[u8]) {
             after = tail;
         }
         Some((validated_str(text), after))
+    }
+    if let [hi @ 0xC0..=0xFF, lo, ..] = *rest {
+        // A short key slot: the key, `":"`, the value, its `"` (no escape, so no padding).
+        let key_len = usize::from(hi & 0x3F);
+        let value_at = 2 + key_len + 3;
+        let value_end = value_at + usize::from(lo);
+        return match (rest.get(2..2 + key_len), rest.get(value_at..value_end)) {
+            (Some(key), Some(value)) => (
+                Some((validated_str(key), validated_str(value))),
+                rest.get(value_end + 1..).unwrap_or(&[]),
+            ),
+            _ => (None, rest.get(1..).unwrap_or(&[])),
+        };
     }
     let Some((key, after)) = string(rest) else {
         return (None, rest.get(1..).unwrap_or(&[]));
@@ -1704,11 +1750,14 @@ mod tests {
         .into_iter()
         .chain(long.iter().map(String::as_str))
         .collect();
+        // Keys on both sides of a short key slot's 63 bytes.
+        let (key63, key64) = ("q".repeat(63), "r".repeat(64));
+        let keys = ["k", r"key\n", "a", &key63, &key64];
         let codec = Codec::default();
-        let mut compacted = 0;
+        let (mut compacted, mut short) = (0, 0);
         for (i, first) in texts.iter().enumerate() {
             for (j, second) in texts.iter().enumerate() {
-                let key = ["k", r"key\n", "a"][(i + j) % 3];
+                let key = keys[(i + j) % keys.len()];
                 let header = alloc::format!(
                     r#"{{"code":310,"extFields":{{"{key}":"{first}","b":"{second}","{second}":"x","a":"{first}"}},"flag":0,"language":"JAVA","opaque":1,"serializeTypeCurrentRPC":"JSON","version":453}}"#
                 );
@@ -1716,9 +1765,14 @@ mod tests {
                 wire.extend_from_slice(&(header.len() as u32 + 4).to_be_bytes());
                 wire.extend_from_slice(&(header.len() as u32).to_be_bytes());
                 wire.extend_from_slice(header.as_bytes());
+                // The same frame read as sent (not rewritten): what every reading must give.
+                let sent = codec.decode_frame(&wire.clone().freeze()).unwrap();
+                let want = entries(sent.ext_fields());
+                assert_eq!(want.len(), 4, "{header}");
                 let crate::Decoded::Command(cmd) = codec.decode(&mut wire).unwrap() else {
                     panic!("{header}")
                 };
+                assert_eq!(entries(cmd.ext_fields()), want, "{header}");
                 let ExtSrc::Compact(block) = cmd.ext_fields().src else {
                     // Not compacted: read as sent (the `Json` walk).
                     assert_eq!(entries(cmd.ext_fields()).len(), 4, "{header}");
@@ -1734,10 +1788,27 @@ mod tests {
                 }
                 assert_eq!(fast, general, "{header}");
                 assert!(!fast.is_empty(), "{header}");
+                // Every short key slot says its entry's two lengths.
+                for (k, v) in &general {
+                    let at = k.as_ptr() as usize - block.as_ptr() as usize - 2;
+                    if block[at] >= 0xC0 {
+                        assert_eq!(
+                            (usize::from(block[at] & 0x3F), usize::from(block[at + 1])),
+                            (k.len(), v.len()),
+                            "{header}"
+                        );
+                        short += 1;
+                    }
+                }
             }
         }
-        // Most of them were compacted (more than four escaped strings are not).
+        // Most of them were compacted (more than four escaped strings are not), and most of
+        // their entries with a key under 64 bytes and a value under 256 have a short slot.
         assert!(compacted > texts.len() * texts.len() / 2, "{compacted}");
+        assert!(
+            short > compacted / 2,
+            "{short} short slots in {compacted} objects"
+        );
     }
 
     #[test]

@@ -1497,11 +1497,11 @@ fn number_at(buf: &[u8], start: usize) -> Result<(i32, usize), Option<DecodeErro
     ))
 }
 
-/// The longest `extFields` object [`compact_general`] rewrites: every string of a shorter one
-/// is shorter too, so its length fits the compact form with a first byte below
-/// [`COMPACT_SKIP`] (a value's length can follow its key's text directly there, where a skip
-/// would be looked for).
-const COMPACT_GENERAL_MAX: usize = 0x7C00;
+/// The longest `extFields` object [`compact_general`] rewrites, plus one: every string of a
+/// shorter one is shorter too, so its length fits the compact form's long slot, whose first
+/// byte is below [`COMPACT_SKIP`] (a value's length can follow its key's text directly there,
+/// where a skip would be looked for).
+const COMPACT_GENERAL_MAX: usize = compact::MAX_LEN + 1;
 
 /// Rewrites the `extFields` object from its `{` at `open` to its `}` at `close`, checked by
 /// the general parser and its escaped strings rewritten ([`Escapes::rewrite`]), in the compact
@@ -1670,7 +1670,7 @@ pub(crate) mod compact {
     pub(crate) use crate::codec::command::{COMPACT_SKIP, REMARK_AT};
 
     /// The longest string the form can hold.
-    pub(crate) const MAX_LEN: usize = 0x7FFF;
+    pub(crate) const MAX_LEN: usize = 0x3FFF;
 
     /// Writes `len` as the length of the text starting at `text` (at least 2: a string of
     /// the object follows its `{`, `,` or `:` and its opening quote).
@@ -1679,6 +1679,23 @@ pub(crate) mod compact {
         debug_assert!(len <= MAX_LEN && text >= 2);
         if let Some(slot) = buf.get_mut(text.wrapping_sub(2)..text) {
             slot.copy_from_slice(&(0x8000 | len as u16).to_be_bytes());
+        }
+    }
+
+    /// Compacts the entry whose key's text starts at `key` (at least 2) and has `key_len`
+    /// bytes, followed by `":"` and the value's text of `value_len` bytes (both at most
+    /// [`MAX_LEN`], neither escaped): a short key slot (`0xC0 | key length`, value length) if
+    /// both fit, so that a reader takes both at once (the value's `:"` then stays), else the
+    /// two lengths as [`put_len`] writes them.
+    #[inline(always)]
+    pub(crate) fn put_entry(buf: &mut [u8], key: usize, key_len: usize, value_len: usize) {
+        if key_len < 64 && value_len < 256 {
+            if let Some(slot) = buf.get_mut(key.wrapping_sub(2)..key) {
+                slot.copy_from_slice(&[0xC0 | key_len as u8, value_len as u8]);
+            }
+        } else {
+            put_len(buf, key, key_len);
+            put_len(buf, key + key_len + 3, value_len);
         }
     }
 
@@ -1711,11 +1728,13 @@ pub(crate) mod compact {
     }
 
     /// Puts back the first `strings` strings compacted from the object at `at` (keys and
-    /// values alternating, lengths as on the wire).
+    /// values alternating, lengths as on the wire; an entry with a short key slot counts as
+    /// two, its value's `:"` never written over).
     pub(crate) fn undo(buf: &mut [u8], at: usize, strings: usize) {
         let mut p = at;
-        for i in 0..strings {
-            let len = usize::from(buf[p] & 0x7F) << 8 | usize::from(buf[p + 1]);
+        let mut i = 0;
+        while i < strings {
+            let (hi, lo) = (buf[p], buf[p + 1]);
             buf[p] = match i {
                 0 => b'{',
                 _ if i % 2 == 1 => b':',
@@ -1723,7 +1742,14 @@ pub(crate) mod compact {
             };
             buf[p + 1] = b'"';
             // The text, then its closing quote; the next string's two bytes follow.
-            p += 2 + len + 1;
+            if hi >= 0xC0 {
+                // A short key slot: the key, `":"`, the value, its `"`.
+                p += 2 + usize::from(hi & 0x3F) + 3 + usize::from(lo) + 1;
+                i += 2;
+            } else {
+                p += 2 + crate::codec::command::slot_len(hi, lo) + 1;
+                i += 1;
+            }
         }
     }
 }
@@ -2220,8 +2246,8 @@ mod fast {
                 break None;
             }
             if T::COMPACT {
-                win[tp..tp + 2].copy_from_slice(&(0x8000 | klen as u16).to_be_bytes());
-                win[tk + 2..tk + 4].copy_from_slice(&(0x8000 | vlen as u16).to_be_bytes());
+                // (`tp + 2` is the key's text in `win`, at most 65: no bounds check is left.)
+                compact::put_entry(win, tp + 2, klen, vlen);
             }
             n += 1;
             word = w3 & w3.wrapping_sub(1);
@@ -2275,8 +2301,7 @@ mod fast {
             }
             if T::COMPACT {
                 if let Some(win) = buf.bytes_mut().get_mut(p - 1..vc + 4) {
-                    compact::put_len(win, 2, klen);
-                    compact::put_len(win, k + 3, vlen);
+                    compact::put_entry(win, 2, klen, vlen);
                 }
             }
             n += 1;
