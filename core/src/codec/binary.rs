@@ -875,18 +875,13 @@ mod tests {
                 let t = text.repeat(repeat);
                 let mut b = t.into_bytes();
                 assert!(remark_is_utf8(&b));
-                for at in 0..b.len() {
-                    for bad in [0x80u8, 0xC0, 0xFF, b'a'] {
-                        let old = b[at];
-                        b[at] = bad;
-                        assert_eq!(
-                            remark_is_utf8(&b),
-                            core::str::from_utf8(&b).is_ok(),
-                            "{at} {bad}"
-                        );
-                        b[at] = old;
-                    }
-                }
+                scan::each_bad_byte(&mut b, &[0x80, 0xC0, 0xFF, b'a'], |b, at, bad| {
+                    assert_eq!(
+                        remark_is_utf8(b),
+                        core::str::from_utf8(b).is_ok(),
+                        "{at} {bad}"
+                    );
+                });
             }
         }
     }

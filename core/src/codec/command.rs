@@ -708,9 +708,10 @@ pub(crate) const REMARK_AT: u8 = 0xFD;
 /// big-endian with the top two bits `10` (at most `0x3FFF`, see [`slot_len`]); a key of at
 /// most 63 bytes whose value has at most 255, neither escaped, may instead hold
 /// `0xC0 | key length` and the value's length there (a *short* key slot: both lengths in one
-/// load), and then its value's two bytes before the text stay `:"`. What follows the text up to the next length is `"`
-/// (closing quotes, and the padding of an unescaped string), or a [`COMPACT_SKIP`] over that
-/// padding; the object's `}` stays and ends it. `crate::codec::json::compact` writes it.
+/// load), and then its value's two bytes before the text stay `:"`. What follows the text up
+/// to the next length is `"` (closing quotes, and the padding of an unescaped string), or a
+/// [`COMPACT_SKIP`] over that padding; the object's `}` stays and ends it.
+/// `crate::codec::json::compact` writes it.
 pub(crate) const COMPACT_EXT: u32 = 1 << 31;
 
 /// In a compacted `extFields` object, the first byte after the text of a string that
@@ -719,15 +720,30 @@ pub(crate) const COMPACT_EXT: u32 = 1 << 31;
 /// over the padding a byte at a time.
 pub(crate) const COMPACT_SKIP: u8 = 0xFC;
 
+/// The first byte of a short key slot is at least this (see [`COMPACT_EXT`]); a long slot's
+/// first byte is 0x80 to 0xBF.
+pub(crate) const SHORT_SLOT: u8 = 0xC0;
+
 /// The length a compacted string's slot (`hi`, `lo`: the two bytes before its text, `hi` at
 /// least 0x80) holds: a short key slot's key length, or the long form's 14 bits.
 #[inline(always)]
 pub(crate) fn slot_len(hi: u8, lo: u8) -> usize {
-    if hi >= 0xC0 {
+    if hi >= SHORT_SLOT {
         usize::from(hi & 0x3F)
     } else {
         usize::from(hi & 0x3F) << 8 | usize::from(lo)
     }
+}
+
+/// The entry a short key slot (`hi`, `lo`, `hi` at least [`SHORT_SLOT`]) starts, counted from
+/// the slot: where its key's text ends (the key's closing quote), and where its value's text
+/// starts and ends (the value's closing quote); the key's text starts at 2.
+#[inline(always)]
+pub(crate) fn short_entry(hi: u8, lo: u8) -> (usize, usize, usize) {
+    let key_end = 2 + usize::from(hi & 0x3F);
+    // The key's `"`, then the value's `:"`, never written over.
+    let value_at = key_end + 3;
+    (key_end, value_at, value_at + usize::from(lo))
 }
 
 /// The next entry of a compacted `extFields` object (`rest` starts at a key's length, or at
@@ -743,19 +759,17 @@ pub(crate) fn slot_len(hi: u8, lo: u8) -> usize {
 fn next_compact<'a>(rest: &mut &'a [u8]) -> Option<(&'a str, &'a str)> {
     let r = *rest;
     if let Some(&[kh, kl]) = r.first_chunk::<2>() {
-        if kh >= 0xC0 {
-            let key_len = usize::from(kh & 0x3F);
-            let value_at = 2 + key_len + 3;
-            let value_end = value_at + usize::from(kl);
+        if kh >= SHORT_SLOT {
+            let (key_end, value_at, value_end) = short_entry(kh, kl);
             // The key's closing quote, the value's, and no padding quote after it.
             if let (Some(b'"'), Some(&[b'"', next])) = (
-                r.get(2 + key_len),
+                r.get(key_end),
                 r.get(value_end..).and_then(|t| t.first_chunk::<2>()),
             ) {
                 if next != b'"' {
                     *rest = &r[value_end + 1..];
                     return Some((
-                        validated_str(&r[2..2 + key_len]),
+                        validated_str(&r[2..key_end]),
                         validated_str(&r[value_at..value_end]),
                     ));
                 }
@@ -811,12 +825,10 @@ fn next_compact_general(rest: &[u8]) -> (Option<(&str, &str)>, &[u8]) {
         }
         Some((validated_str(text), after))
     }
-    if let [hi @ 0xC0..=0xFF, lo, ..] = *rest {
+    if let [hi @ SHORT_SLOT..=0xFF, lo, ..] = *rest {
         // A short key slot: the key, `":"`, the value, its `"` (no escape, so no padding).
-        let key_len = usize::from(hi & 0x3F);
-        let value_at = 2 + key_len + 3;
-        let value_end = value_at + usize::from(lo);
-        return match (rest.get(2..2 + key_len), rest.get(value_at..value_end)) {
+        let (key_end, value_at, value_end) = short_entry(hi, lo);
+        return match (rest.get(2..key_end), rest.get(value_at..value_end)) {
             (Some(key), Some(value)) => (
                 Some((validated_str(key), validated_str(value))),
                 rest.get(value_end + 1..).unwrap_or(&[]),

@@ -1667,7 +1667,8 @@ fn scalar_end_at(buf: &[u8], mut p: usize) -> usize {
 /// and its length (see [`pad`]); the closing `}` stays. A reader takes a length, the text,
 /// jumps a skip, skips `"`s, and stops at `}`.
 pub(crate) mod compact {
-    pub(crate) use crate::codec::command::{COMPACT_SKIP, REMARK_AT};
+    use crate::codec::command::{short_entry, slot_len};
+    pub(crate) use crate::codec::command::{COMPACT_SKIP, REMARK_AT, SHORT_SLOT};
 
     /// The longest string the form can hold.
     pub(crate) const MAX_LEN: usize = 0x3FFF;
@@ -1691,7 +1692,7 @@ pub(crate) mod compact {
     pub(crate) fn put_entry(buf: &mut [u8], key: usize, key_len: usize, value_len: usize) {
         if key_len < 64 && value_len < 256 {
             if let Some(slot) = buf.get_mut(key.wrapping_sub(2)..key) {
-                slot.copy_from_slice(&[0xC0 | key_len as u8, value_len as u8]);
+                slot.copy_from_slice(&[SHORT_SLOT | key_len as u8, value_len as u8]);
             }
         } else {
             put_len(buf, key, key_len);
@@ -1742,12 +1743,12 @@ pub(crate) mod compact {
             };
             buf[p + 1] = b'"';
             // The text, then its closing quote; the next string's two bytes follow.
-            if hi >= 0xC0 {
+            if hi >= SHORT_SLOT {
                 // A short key slot: the key, `":"`, the value, its `"`.
-                p += 2 + usize::from(hi & 0x3F) + 3 + usize::from(lo) + 1;
+                p += short_entry(hi, lo).2 + 1;
                 i += 2;
             } else {
-                p += 2 + crate::codec::command::slot_len(hi, lo) + 1;
+                p += 2 + slot_len(hi, lo) + 1;
                 i += 1;
             }
         }

@@ -251,8 +251,7 @@ unsafe fn hit_run_avx2(s: &[u8]) -> usize {
     };
     const Q: i8 = b'"' as i8;
     const B: i8 = b'\\' as i8;
-    let mut i = 0;
-    while let Some(block) = s.get(i..).and_then(|r| r.first_chunk::<WIDE>()) {
+    first_wide_block(s, |block| {
         // SAFETY: the caller has made sure the CPU has AVX2, all the intrinsics need. The eight
         // loads read the 256 bytes `block` refers to (`p.add(7)` is its last 32; `loadu` has no
         // alignment requirement). `tests::hit_runs_stop_at_the_first_quote_or_backslash`
@@ -272,12 +271,8 @@ unsafe fn hit_run_avx2(s: &[u8]) -> usize {
             let b = _mm256_or_si256(_mm256_or_si256(h(4), h(5)), _mm256_or_si256(h(6), h(7)));
             _mm256_movemask_epi8(_mm256_or_si256(a, b))
         };
-        if hit != 0 {
-            return i;
-        }
-        i += WIDE;
-    }
-    i
+        hit != 0
+    })
 }
 
 /// The mask of the 64 bytes of `buf` from `at` on (bits past its end clear).
@@ -497,32 +492,30 @@ pub(crate) fn is_utf8_short(s: &[u8]) -> Option<bool> {
 /// 32 bytes of 0xFF, then 32 zeros: 32 bytes from `32 - k` on keep the first `k` bytes of a
 /// vector (AND), 16 from `32 - k` the first `k` of 16.
 #[cfg(target_arch = "x86_64")]
-static KEEP_FIRST: Line = Line({
-    let mut t = [0u8; 64];
-    let mut i = 0;
-    while i < 32 {
-        t[i] = 0xFF;
-        i += 1;
-    }
-    t
-});
+static KEEP_FIRST: Line = Line::ones(0..32);
 
 /// 32 zeros, then 32 bytes of 0xFF: 32 (or 16) bytes from `32 - k` on clear the first `k`.
 #[cfg(target_arch = "x86_64")]
-static DROP_FIRST: Line = Line({
-    let mut t = [0u8; 64];
-    let mut i = 32;
-    while i < 64 {
-        t[i] = 0xFF;
-        i += 1;
-    }
-    t
-});
+static DROP_FIRST: Line = Line::ones(32..64);
 
 /// 64 bytes on a cache line of their own (a load from them never spans two lines).
 #[cfg(target_arch = "x86_64")]
 #[repr(align(64))]
 struct Line([u8; 64]);
+
+#[cfg(target_arch = "x86_64")]
+impl Line {
+    /// 0xFF at the bytes of `ones`, zeros elsewhere.
+    const fn ones(ones: core::ops::Range<usize>) -> Line {
+        let mut t = [0u8; 64];
+        let mut i = ones.start;
+        while i < ones.end {
+            t[i] = 0xFF;
+            i += 1;
+        }
+        Line(t)
+    }
+}
 
 /// [`is_utf8_short`]'s block: `s[..a]`, zeros to `half`, zeros for `s[len - half..b]`, then
 /// `s[b..]` (`half` = 32: the two halves of `out`; 16: its first 32 bytes, zeros after), each
@@ -609,9 +602,17 @@ fn ascii_run(s: &[u8]) -> usize {
 /// [`ascii_run`] one byte at a time (off x86_64, and the tests' reference).
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 fn ascii_run_bytes(s: &[u8]) -> usize {
+    first_wide_block(s, |block| block.iter().any(|&b| b >= 0x80))
+}
+
+/// The offset of the first [`WIDE`]-byte block of `s` (from its start, a multiple of `WIDE`)
+/// that `hit` says yes to, or, if none, of the first that does not fit (fewer than `WIDE`
+/// bytes left): the loop of the runs above.
+#[inline(always)]
+fn first_wide_block(s: &[u8], mut hit: impl FnMut(&[u8; WIDE]) -> bool) -> usize {
     let mut i = 0;
     while let Some(block) = s.get(i..).and_then(|r| r.first_chunk::<WIDE>()) {
-        if block.iter().any(|&b| b >= 0x80) {
+        if hit(block) {
             return i;
         }
         i += WIDE;
@@ -624,8 +625,7 @@ fn ascii_run_bytes(s: &[u8]) -> usize {
 #[inline(never)]
 fn ascii_run_sse2(s: &[u8]) -> usize {
     use core::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128};
-    let mut i = 0;
-    while let Some(block) = s.get(i..).and_then(|r| r.first_chunk::<WIDE>()) {
+    first_wide_block(s, |block| {
         // SAFETY: the intrinsics need only SSE2, part of the x86_64 baseline (every x86_64 CPU
         // has it). The sixteen loads read the 256 bytes `block` refers to (`p.add(15)` is its
         // last 16; `loadu` has no alignment requirement).
@@ -643,12 +643,8 @@ fn ascii_run_sse2(s: &[u8]) -> usize {
             );
             _mm_movemask_epi8(_mm_or_si128(a, b))
         };
-        if high != 0 {
-            return i;
-        }
-        i += WIDE;
-    }
-    i
+        high != 0
+    })
 }
 
 /// [`ascii_run`] with AVX2.
@@ -661,8 +657,7 @@ fn ascii_run_sse2(s: &[u8]) -> usize {
 #[inline(never)]
 unsafe fn ascii_run_avx2(s: &[u8]) -> usize {
     use core::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_or_si256};
-    let mut i = 0;
-    while let Some(block) = s.get(i..).and_then(|r| r.first_chunk::<WIDE>()) {
+    first_wide_block(s, |block| {
         // SAFETY: the caller has made sure the CPU has AVX2, all the intrinsics need. The eight
         // loads read the 256 bytes `block` refers to (`p.add(7)` is its last 32; `loadu` has no
         // alignment requirement). `tests::ascii_runs_stop_at_the_first_high_byte` checks a
@@ -674,12 +669,8 @@ unsafe fn ascii_run_avx2(s: &[u8]) -> usize {
             let b = _mm256_or_si256(_mm256_or_si256(l(4), l(5)), _mm256_or_si256(l(6), l(7)));
             _mm256_movemask_epi8(_mm256_or_si256(a, b))
         };
-        if high != 0 {
-            return i;
-        }
-        i += WIDE;
-    }
-    i
+        high != 0
+    })
 }
 
 #[cfg(all(test, feature = "std"))]
@@ -809,6 +800,20 @@ mod portable {
     }
 }
 
+/// Calls `check` with `b` changed at each position to each byte of `bad` in turn (one byte
+/// changed at a time), and that position and byte; `b` is as it was afterwards.
+#[cfg(test)]
+pub(crate) fn each_bad_byte(b: &mut [u8], bad: &[u8], mut check: impl FnMut(&[u8], usize, u8)) {
+    for at in 0..b.len() {
+        for &byte in bad {
+            let old = b[at];
+            b[at] = byte;
+            check(b, at, byte);
+            b[at] = old;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -928,14 +933,11 @@ mod tests {
                         assert_eq!(with_avx2_choice(true, || is_utf8_short(b)), None);
                     };
                     check(&b);
-                    for at in 0..len {
-                        for bad in [0x80u8, 0xBF, 0xC0, 0xE0, 0xF0, 0xFF, 0x00] {
-                            let old = b[at];
-                            b[at] = bad;
-                            check(&b);
-                            b[at] = old;
-                        }
-                    }
+                    each_bad_byte(
+                        &mut b,
+                        &[0x80, 0xBF, 0xC0, 0xE0, 0xF0, 0xFF, 0x00],
+                        |b, _, _| check(b),
+                    );
                 }
             }
         }
@@ -965,18 +967,13 @@ mod tests {
                 for len in 64..=200 {
                     let mut b = long[from..from + len].to_vec();
                     assert_eq!(is_utf8_long(&b), core::str::from_utf8(&b).is_ok(), "{len}");
-                    for at in 0..len {
-                        for bad in [0x80u8, 0xC0, 0xF0, b'a'] {
-                            let old = b[at];
-                            b[at] = bad;
-                            assert_eq!(
-                                is_utf8_long(&b),
-                                core::str::from_utf8(&b).is_ok(),
-                                "{text} {from} {len} {at} {bad}"
-                            );
-                            b[at] = old;
-                        }
-                    }
+                    each_bad_byte(&mut b, &[0x80, 0xC0, 0xF0, b'a'], |b, at, bad| {
+                        assert_eq!(
+                            is_utf8_long(b),
+                            core::str::from_utf8(b).is_ok(),
+                            "{text} {from} {len} {at} {bad}"
+                        );
+                    });
                 }
             }
         }
