@@ -1811,7 +1811,7 @@ mod fast {
     use super::{
         ascii_u_escape, compact, find_quote_or_backslash, int_at, scan, scan_string,
         unicode_escape, zero_bytes, Escapes, Fixed, LanguageCode, Limits, Parsed, COMPACT_EXT,
-        HEX_VALUE, ONES,
+        HEX_VALUE, ONES, UNESCAPED_END, UNESCAPED_START,
     };
 
     /// The header: read only, or (`COMPACT`) to be compacted as it is parsed.
@@ -1893,6 +1893,10 @@ mod fast {
         /// Opening and closing quote of each string, where its text is in `text`, its length.
         strings: [(u32, u32, u16, u16); 4],
         n: usize,
+        /// Bit `i`: string `i` is the remark, written between [`UNESCAPED_START`] and
+        /// [`UNESCAPED_END`] as [`Escapes::rewrite`] writes it; the others are strings of the
+        /// compacted `extFields` object.
+        marked: u8,
     }
 
     impl Unescaped {
@@ -1902,6 +1906,7 @@ mod fast {
                 used: 0,
                 strings: [(0, 0, 0, 0); 4],
                 n: 0,
+                marked: 0,
             }
         }
 
@@ -1928,30 +1933,51 @@ mod fast {
         }
 
         /// Writes each string's unescaped text over it, its length before it and the padding
-        /// after it (see [`compact`]).
+        /// after it (see [`compact`]); the remark's between its marks.
         fn write(&self, buf: &mut [u8]) {
-            for &(open, close, at, len) in &self.strings[..self.n] {
+            for (i, &(open, close, at, len)) in self.strings[..self.n].iter().enumerate() {
                 let (text, close) = (open as usize + 1, close as usize);
                 let (at, len) = (usize::from(at), usize::from(len));
-                // Sixteen bytes at a time while they stay within the string as written (what
-                // lands past its unescaped text is padding, written below).
-                let mut k = 0;
-                while k < len {
-                    match (
-                        self.text.get(at + k..).and_then(|r| r.first_chunk::<16>()),
-                        buf.get_mut(text + k..=close)
-                            .and_then(|r| r.first_chunk_mut::<16>()),
-                    ) {
-                        (Some(s), Some(d)) => *d = *s,
-                        _ => {
-                            buf[text + k..text + len].copy_from_slice(&self.text[at + k..at + len]);
-                            break;
-                        }
-                    }
-                    k += 16;
+                copy_exact(&self.text[at..at + len], &mut buf[text..text + len]);
+                if self.marked & (1 << i) != 0 {
+                    buf[text - 1] = UNESCAPED_START;
+                    buf[text + len..=close].fill(UNESCAPED_END);
+                } else {
+                    compact::put_len(buf, text, len);
+                    compact::pad(buf, text + len, close);
                 }
-                compact::put_len(buf, text, len);
-                compact::pad(buf, text + len, close);
+            }
+        }
+    }
+
+    /// Copies `src` to `dst` (of one length, at most a string's) without a call: 16-byte
+    /// pieces and then the last 16 bytes (overlapping the piece before), or under 16 bytes
+    /// its first and last 8, 4 or 1–3 bytes. Nothing is written past `dst`.
+    #[inline(always)]
+    fn copy_exact(src: &[u8], dst: &mut [u8]) {
+        /// The first and last `K` bytes (`K <= len <= 2 * K`).
+        #[inline(always)]
+        fn ends<const K: usize>(src: &[u8], dst: &mut [u8]) {
+            let n = src.len();
+            dst[..K].copy_from_slice(&src[..K]);
+            dst[n - K..].copy_from_slice(&src[n - K..]);
+        }
+        let n = src.len().min(dst.len());
+        let (src, dst) = (&src[..n], &mut dst[..n]);
+        match n {
+            0 => {}
+            1..=3 => {
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d = *s;
+                }
+            }
+            4..=7 => ends::<4>(src, dst),
+            8..=15 => ends::<8>(src, dst),
+            _ => {
+                for (d, s) in dst.chunks_exact_mut(16).zip(src.chunks_exact(16)) {
+                    d.copy_from_slice(s);
+                }
+                dst[n - 16..].copy_from_slice(&src[n - 16..]);
             }
         }
     }
@@ -2455,11 +2481,43 @@ mod fast {
             if self.lit(b"null") {
                 return Some(false);
             }
-            let at = self.pos;
-            self.string()?;
-            self.remark_at = at;
-            self.remark_end = self.pos - 1;
+            let open = self.pos;
+            let buf = self.buf.bytes();
+            if buf.get(open) != Some(&b'"') {
+                return None;
+            }
+            // Most remarks hold no escape: their end is the first quote or backslash.
+            let hit = find_quote_or_backslash(buf, open + 1)?;
+            let close = if buf[hit] == b'"' && hit - open - 1 <= self.limits.max_string_len {
+                hit
+            } else {
+                self.remark_slow(open)?
+            };
+            self.pos = close + 1;
+            self.remark_at = open;
+            self.remark_end = close;
             Some(true)
+        }
+
+        /// [`Cursor::remark`] of a remark with an escape, or a long one: where the header may
+        /// change, unescaped into the scratch while it is checked (one pass, written between
+        /// its marks once the header is accepted) if it fits; else checked now and unescaped
+        /// in place then. Returns its closing quote.
+        #[inline(never)]
+        fn remark_slow(&mut self, open: usize) -> Option<usize> {
+            if T::COMPACT {
+                if let Some(close) = self.unescape_to_scratch(open) {
+                    if let Some(u) = &mut self.unescaped {
+                        u.marked |= 1 << (u.n - 1);
+                    }
+                    #[cfg(all(test, feature = "std"))]
+                    SCRATCH_REMARKS.with(|n| n.set(n.get() + 1));
+                    return Some(close);
+                }
+            }
+            self.pos = open;
+            self.string()?;
+            Some(self.pos - 1)
         }
 
         /// `null` or an object of string values; returns where it starts if it holds any
@@ -2741,6 +2799,8 @@ mod fast {
         pub(super) static WITHOUT_BMI1: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
         /// How many walks of this thread were built without BMI1.
         pub(super) static PLAIN_WALKS: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+        /// How many remarks of this thread were unescaped through the scratch.
+        pub(super) static SCRATCH_REMARKS: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
     }
 
     /// Whether a test asked for the walk built without BMI1 on this thread.
@@ -3712,6 +3772,60 @@ mod tests {
     }
 
     #[test]
+    fn escaped_remarks_read_back_through_the_scratch_or_in_place() {
+        // Remarks with every kind of escape, from short to longer than the scratch holds, in
+        // both key orders (the remark before the `extFields` object or after it), beside no,
+        // one or five escaped strings of the object (which take the scratch's four slots).
+        let remarks = [
+            String::from(r#"a\"b"#),
+            String::from(r#"nl\n cr\r tab\t bs\b ff\f sl\/ bk\\ q\" end"#),
+            String::from(r#"\u0000\u001f\u00e9\u4E2D\ud83d\ude80 x"#),
+            format!("{}\\n", "x".repeat(110)),
+            format!("{}\\n", "y".repeat(140)),
+            format!("\\t{}", "\\u0001".repeat(40)),
+        ];
+        let exts = [
+            ("", 0),
+            (r#""k":"v\n""#, 1),
+            (r#""a\"":"1\t","b":"\u0002","c":"x\\y","d\/":"z""#, 4),
+        ];
+        for (r, remark) in remarks.iter().enumerate() {
+            let want = naive_unescape(remark);
+            for (e, (ext, fields)) in exts.into_iter().enumerate() {
+                let java = format!(
+                    r#"{{"code":310,"extFields":{{{ext}}},"flag":0,"language":"JAVA","opaque":-7,"remark":"{remark}","serializeTypeCurrentRPC":"JSON","version":453}}"#
+                );
+                let rust = format!(
+                    r#"{{"code":10,"language":"RUST","version":399,"opaque":1,"flag":2,"remark":"{remark}","extFields":{{{ext}}},"serializeTypeCurrentRPC":"JSON"}}"#
+                );
+                for (rust_order, header) in [(false, java), (true, rust)] {
+                    // The key-order parser takes it in place, whatever the scratch holds.
+                    let mut copy = header.clone().into_bytes();
+                    assert!(
+                        fast::parse(&mut copy[..], &Limits::default()).is_some(),
+                        "{header}"
+                    );
+                    // In place and from a copy (unescaped by `Escapes::rewrite`) alike.
+                    let before = fast::SCRATCH_REMARKS.with(|n| n.get());
+                    let (cmd, _) = decode_both(&header);
+                    let scratch = fast::SCRATCH_REMARKS.with(|n| n.get()) > before;
+                    let cmd = cmd.unwrap();
+                    assert_eq!(cmd.remark(), Some(want.as_str()), "{header}");
+                    assert_eq!(cmd.ext_fields().iter().count(), fields, "{header}");
+                    // The short remarks take the scratch unless the object's strings filled
+                    // it first; the 140-byte one never does.
+                    if r < 3 {
+                        assert_eq!(scratch, e < 2 || rust_order, "{header}");
+                    }
+                    if r == 4 || (e == 2 && !rust_order) {
+                        assert!(!scratch, "{header}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn escaped_ext_strings_beyond_the_scratch_are_unescaped_in_place() {
         // Each value ~100 bytes unescaped: the first is unescaped while parsing, the ones that
         // no longer fit the 128-byte scratch afterwards; all read back the same, compacted.
@@ -4062,6 +4176,7 @@ mod tests {
         #[test]
         fn the_quote_walk_agrees_with_the_general_parser(
             entries in proptest::collection::vec((ext_text(), ext_text()), 0..20),
+            remark in proptest::option::weighted(0.3, ext_text()),
             rust_order in proptest::bool::ANY,
             respell in proptest::bool::ANY,
             flips in proptest::collection::vec((proptest::num::usize::ANY, proptest::num::u8::ANY), 0..3),
@@ -4072,6 +4187,9 @@ mod tests {
             for (k, v) in &entries {
                 cmd = cmd.with_ext(k.as_str(), v.as_str());
             }
+            if let Some(remark) = &remark {
+                cmd = cmd.with_remark(remark.as_str());
+            }
             let java = encode(&cmd);
             let header = if rust_order {
                 let ext = match java.find(r#","extFields":"#) {
@@ -4079,7 +4197,8 @@ mod tests {
                     Some(at) => &java[at..at + java[at..].find(r#"},"flag":"#).unwrap() + 1],
                     None => "",
                 };
-                format!(r#"{{"code":310,"language":"JAVA","version":453,"opaque":-7,"flag":0,"remark":null{ext},"serializeTypeCurrentRPC":"JSON"}}"#)
+                let remark = remark.as_deref().map_or("null".into(), |r| json_string(r, false));
+                format!(r#"{{"code":310,"language":"JAVA","version":453,"opaque":-7,"flag":0,"remark":{remark}{ext},"serializeTypeCurrentRPC":"JSON"}}"#)
             } else {
                 java
             };
@@ -4122,6 +4241,7 @@ mod tests {
             let got: Vec<(String, String)> =
                 decoded.ext_fields().iter().map(|(k, v)| (k.into(), v.into())).collect();
             proptest::prop_assert_eq!(got, want);
+            proptest::prop_assert_eq!(decoded.remark(), cmd.remark());
             proptest::prop_assert_eq!((decoded.code, decoded.opaque, decoded.version), (310, -7, 453));
 
             decode_flipped(&header, &flips);
