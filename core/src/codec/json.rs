@@ -504,6 +504,14 @@ impl Escapes {
 /// (`compact`: writes its new length before it instead, and pads it with quotes).
 fn rewrite_one(buf: &mut [u8], open: usize, close: usize, compact: bool) {
     let end = unescape_in_place(buf, open + 1, close, open + 1);
+    mark_unescaped(buf, open, end, close, compact);
+}
+
+/// Marks the string whose opening quote is at `open` and closing quote at `close`, now that
+/// its unescaped text lies from `open + 1` to `end`: between [`UNESCAPED_START`] and
+/// [`UNESCAPED_END`], or (`compact`) with its length before it and padding after it.
+#[inline(always)]
+fn mark_unescaped(buf: &mut [u8], open: usize, end: usize, close: usize, compact: bool) {
     if compact {
         compact::put_len(buf, open + 1, end - open - 1);
         compact::pad(buf, end, close);
@@ -1809,10 +1817,11 @@ fn digits_near_end(buf: &[u8], start: usize) -> (u64, usize) {
 /// over; so it never decides an error, and what it accepts the general parser accepts the same.
 mod fast {
     use super::{
-        ascii_u_escape, compact, find_quote_or_backslash, int_at, scan, scan_string,
-        unicode_escape, zero_bytes, Escapes, Fixed, LanguageCode, Limits, Parsed, COMPACT_EXT,
-        HEX_VALUE, ONES, UNESCAPED_END, UNESCAPED_START,
+        ascii_u_escape, compact, find_quote_or_backslash, int_at, mark_unescaped, scan,
+        scan_string, sink, unicode_escape, zero_bytes, Escapes, Fixed, LanguageCode, Limits,
+        Parsed, COMPACT_EXT, HEX_VALUE, ONES,
     };
+    use bytes::buf::UninitSlice;
 
     /// The header: read only, or (`COMPACT`) to be compacted as it is parsed.
     pub(super) trait Text {
@@ -1893,9 +1902,8 @@ mod fast {
         /// Opening and closing quote of each string, where its text is in `text`, its length.
         strings: [(u32, u32, u16, u16); 4],
         n: usize,
-        /// Bit `i`: string `i` is the remark, written between [`UNESCAPED_START`] and
-        /// [`UNESCAPED_END`] as [`Escapes::rewrite`] writes it; the others are strings of the
-        /// compacted `extFields` object.
+        /// Bit `i`: string `i` is the remark, marked as [`Escapes::rewrite`] marks it (see
+        /// [`mark_unescaped`]); the others are strings of the compacted `extFields` object.
         marked: u8,
     }
 
@@ -1939,47 +1947,26 @@ mod fast {
                 let (text, close) = (open as usize + 1, close as usize);
                 let (at, len) = (usize::from(at), usize::from(len));
                 copy_exact(&self.text[at..at + len], &mut buf[text..text + len]);
-                if self.marked & (1 << i) != 0 {
-                    buf[text - 1] = UNESCAPED_START;
-                    buf[text + len..=close].fill(UNESCAPED_END);
-                } else {
-                    compact::put_len(buf, text, len);
-                    compact::pad(buf, text + len, close);
-                }
+                let compact = self.marked & (1 << i) == 0;
+                mark_unescaped(buf, text - 1, text + len, close, compact);
             }
         }
     }
 
     /// Copies `src` to `dst` (of one length, at most a string's) without a call: 16-byte
-    /// pieces and then the last 16 bytes (overlapping the piece before), or under 16 bytes
-    /// its first and last 8, 4 or 1–3 bytes. Nothing is written past `dst`.
+    /// pieces and then the last 16 bytes (overlapping the piece before); up to 16 bytes as
+    /// the encoders copy a short string ([`sink::copy_small`]). Nothing is written past `dst`.
     #[inline(always)]
     fn copy_exact(src: &[u8], dst: &mut [u8]) {
-        /// The first and last `K` bytes (`K <= len <= 2 * K`).
-        #[inline(always)]
-        fn ends<const K: usize>(src: &[u8], dst: &mut [u8]) {
-            let n = src.len();
-            dst[..K].copy_from_slice(&src[..K]);
-            dst[n - K..].copy_from_slice(&src[n - K..]);
-        }
         let n = src.len().min(dst.len());
         let (src, dst) = (&src[..n], &mut dst[..n]);
-        match n {
-            0 => {}
-            1..=3 => {
-                for (d, s) in dst.iter_mut().zip(src) {
-                    *d = *s;
-                }
-            }
-            4..=7 => ends::<4>(src, dst),
-            8..=15 => ends::<8>(src, dst),
-            _ => {
-                for (d, s) in dst.chunks_exact_mut(16).zip(src.chunks_exact(16)) {
-                    d.copy_from_slice(s);
-                }
-                dst[n - 16..].copy_from_slice(&src[n - 16..]);
-            }
+        if n <= 16 {
+            return sink::copy_small(UninitSlice::new(dst), src);
         }
+        for (d, s) in dst.chunks_exact_mut(16).zip(src.chunks_exact(16)) {
+            d.copy_from_slice(s);
+        }
+        dst[n - 16..].copy_from_slice(&src[n - 16..]);
     }
 
     /// Checks the string text from `r` on (up to its closing quote) and unescapes it to
@@ -2404,6 +2391,13 @@ mod fast {
         /// A string whose opening quote is next; returns its (escaped) text's range.
         #[inline(always)]
         fn string(&mut self) -> Option<(usize, usize)> {
+            self.string_as::<false>()
+        }
+
+        /// [`Cursor::string`], or (`REMARK`) the remark, whose escapes [`Cursor::remark_slow`]
+        /// takes.
+        #[inline(always)]
+        fn string_as<const REMARK: bool>(&mut self) -> Option<(usize, usize)> {
             let buf = self.buf.bytes();
             if buf.get(self.pos) != Some(&b'"') {
                 return None;
@@ -2414,6 +2408,9 @@ mod fast {
             if buf[hit] == b'"' && hit - open - 1 <= self.limits.max_string_len {
                 self.pos = hit + 1;
                 return Some((open + 1, hit));
+            }
+            if REMARK {
+                return self.remark_slow(open).map(|close| (open + 1, close));
             }
             let (s, next) = scan_string(buf, open, self.limits).ok()?;
             if s.escaped {
@@ -2481,28 +2478,17 @@ mod fast {
             if self.lit(b"null") {
                 return Some(false);
             }
-            let open = self.pos;
-            let buf = self.buf.bytes();
-            if buf.get(open) != Some(&b'"') {
-                return None;
-            }
-            // Most remarks hold no escape: their end is the first quote or backslash.
-            let hit = find_quote_or_backslash(buf, open + 1)?;
-            let close = if buf[hit] == b'"' && hit - open - 1 <= self.limits.max_string_len {
-                hit
-            } else {
-                self.remark_slow(open)?
-            };
-            self.pos = close + 1;
-            self.remark_at = open;
-            self.remark_end = close;
+            let at = self.pos;
+            self.string_as::<true>()?;
+            self.remark_at = at;
+            self.remark_end = self.pos - 1;
             Some(true)
         }
 
-        /// [`Cursor::remark`] of a remark with an escape, or a long one: where the header may
-        /// change, unescaped into the scratch while it is checked (one pass, written between
-        /// its marks once the header is accepted) if it fits; else checked now and unescaped
-        /// in place then. Returns its closing quote.
+        /// The remark with an escape, or a long one (see [`Cursor::string_as`]): where the
+        /// header may change, unescaped into the scratch while it is checked (one pass,
+        /// marked once the header is accepted) if it fits; else as any other string (checked
+        /// now, unescaped in place then). Returns its closing quote.
         #[inline(never)]
         fn remark_slow(&mut self, open: usize) -> Option<usize> {
             if T::COMPACT {
@@ -2512,11 +2498,12 @@ mod fast {
                     }
                     #[cfg(all(test, feature = "std"))]
                     SCRATCH_REMARKS.with(|n| n.set(n.get() + 1));
+                    self.pos = close + 1;
                     return Some(close);
                 }
             }
             self.pos = open;
-            self.string()?;
+            self.string_as::<false>()?;
             Some(self.pos - 1)
         }
 

@@ -552,7 +552,7 @@ impl<'a> WindowSink<'a> {
 /// Copies `src` to `dst` (of the same length): up to 16 bytes as two overlapping fixed-size
 /// moves (no call into `memcpy`), longer ones with `copy_from_slice`.
 #[inline(always)]
-fn copy_small(dst: &mut UninitSlice, src: &[u8]) {
+pub(crate) fn copy_small(dst: &mut UninitSlice, src: &[u8]) {
     let n = src.len();
     if n > 16 {
         dst.copy_from_slice(src);
