@@ -5,9 +5,9 @@
 //! frames (the vectors: 6 times the 44 frames), and prints each row's fastest round and its
 //! median round, per frame. Rows whose name does not contain FILTER are skipped. Cases:
 //!
-//! - `rocketmq-{send0,send128,heartbeat}` (the criterion bench's `SEND_MESSAGE_V2` request with
-//!   an empty or a 128-byte body, and the heartbeat);
-//! - `json-{send0,send128,heartbeat}` the same in JSON (the send request's `i`, Java's message
+//! - `rocketmq-{send0,send128,send4096,heartbeat}` (the criterion bench's `SEND_MESSAGE_V2`
+//!   request with an empty, a 128-byte or a 4096-byte body, and the heartbeat);
+//! - `json-{send0,send128,send4096,heartbeat}` the same in JSON (the send request's `i`, Java's message
 //!   properties, holds 8 `\u00XX` escapes); `json-send-one`: that with one escape left,
 //!   `json-send-plain`: none; `json-body`: the heartbeat with a 4-byte body (split off as `Bytes`
 //!   rather than skipped); `json-tiny`: that and 13 one-byte fields; `json-general-send0`:
@@ -155,11 +155,19 @@ fn main() {
             send_request(rocketmq, true, 128, Escapes::All),
         ),
         (
+            "rocketmq-send4096",
+            send_request(rocketmq, true, 4096, Escapes::All),
+        ),
+        (
             "rocketmq-heartbeat",
             send_request(rocketmq, false, 0, Escapes::All),
         ),
         ("json-send0", send_request(json, true, 0, Escapes::All)),
         ("json-send128", send_request(json, true, 128, Escapes::All)),
+        (
+            "json-send4096",
+            send_request(json, true, 4096, Escapes::All),
+        ),
         ("json-send-one", send_request(json, true, 0, Escapes::One)),
         (
             "json-send-plain",
