@@ -7,11 +7,12 @@
 //!
 //! - `rocketmq-{send0,send128,send4096,heartbeat}` (the criterion bench's `SEND_MESSAGE_V2`
 //!   request with an empty, a 128-byte or a 4096-byte body, and the heartbeat);
-//! - `json-{send0,send128,send4096,heartbeat}` the same in JSON (the send request's `i`, Java's message
-//!   properties, holds 8 `\u00XX` escapes); `json-send-one`: that with one escape left,
-//!   `json-send-plain`: none; `json-body`: the heartbeat with a 4-byte body (split off as `Bytes`
-//!   rather than skipped); `json-tiny`: that and 13 one-byte fields; `json-general-send0`:
-//!   `json-send0` with a space after every key's colon (the general parser takes it);
+//! - `json-{send0,send128,send4096,heartbeat}` the same in JSON (the send request's `i`, Java's
+//!   message properties, holds 8 `\u00XX` escapes); `json-send-one`: that with one escape left,
+//!   `json-send-plain`: none; `json-body`: the heartbeat with a 4-byte body (split off as
+//!   `Bytes` rather than skipped); `json-tiny`: that and 13 one-byte fields;
+//!   `json-general-send0`: `json-send0` with a space after every key's colon (the general parser
+//!   takes it);
 //! - `vectors` (the 44 shared vector frames, both header types); `vectors-json` (its 22 JSON
 //!   frames) and `vectors-small-json` (the 11 of those with no extension field: the fixed
 //!   fields and at most a remark), each alternating its frames as `vectors` does; with
